@@ -1,0 +1,13 @@
+// The subcommands of the `minitron` binary: one file each in cli/, each thin (parse flags,
+// call the library, print). argv[0] is the subcommand's own name.
+#pragma once
+
+namespace minitron::cli {
+
+int info(int argc, char** argv);
+int train(int argc, char** argv);
+int eval(int argc, char** argv);
+int tokenizer(int argc, char** argv);
+int tokenize(int argc, char** argv);
+
+}  // namespace minitron::cli

@@ -1,0 +1,54 @@
+// minitron: one binary, one subcommand per step of the Minitron recipe.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "cli/commands.h"
+#include "util/error.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* summary;
+};
+
+constexpr Command kCommands[] = {
+    {"info", minitron::cli::info, "show a model's architecture, parameter counts and FLOPs"},
+    {"train", minitron::cli::train, "train a model (from a checkpoint or a config) on token shards"},
+    {"eval", minitron::cli::eval, "perplexity of a model on token shards"},
+    {"tokenizer", minitron::cli::tokenizer, "encode, decode, or train a tokenizer.json"},
+    {"tokenize", minitron::cli::tokenize, "turn text or JSONL into llm.c token shards"},
+};
+
+void print_usage(std::FILE* out) {
+  std::fputs("usage: minitron <command> [--help] [flags]\n\ncommands:\n", out);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-12s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
+    print_usage(stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const Command& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      return c.run(argc - 1, argv + 1);
+    } catch (const minitron::Error& e) {
+      std::fprintf(stderr, "minitron: error: %s\n", e.what());
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "minitron: error: %s\n", e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "minitron: error: unknown command '%s' (expected one of:", argv[1]);
+  for (const Command& c : kCommands) std::fprintf(stderr, " %s", c.name);
+  std::fputs(")\n", stderr);
+  return 2;
+}

@@ -1,0 +1,48 @@
+// Shared flag handling for the subcommands: cxxopts with long names only, a --help on every
+// command, and range checks that fail with "minitron: error: --flag: ..." messages.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <cxxopts.hpp>
+
+#include "util/error.h"
+
+namespace minitron::cli {
+
+// Parses argv; prints help and returns false when --help was given.
+inline bool parse_options(cxxopts::Options& options, int argc, char** argv,
+                          cxxopts::ParseResult& result) {
+  options.add_options()("help", "Print this help");
+  try {
+    result = options.parse(argc, argv);
+  } catch (const cxxopts::exceptions::exception& e) {
+    fail(str(e.what(), " (see 'minitron ", options.program(), " --help')"));
+  }
+  if (result.count("help")) {
+    std::fputs(options.help().c_str(), stdout);
+    return false;
+  }
+  if (!result.unmatched().empty())
+    fail(str("unexpected argument '", result.unmatched().front(), "' (see 'minitron ",
+             options.program(), " --help')"));
+  return true;
+}
+
+template <typename T>
+T required(const cxxopts::ParseResult& result, const std::string& flag) {
+  if (!result.count(flag)) fail(str("--", flag, ": missing (this flag is required)"));
+  return result[flag].as<T>();
+}
+
+template <typename T>
+T in_range(const cxxopts::ParseResult& result, const std::string& flag, T low, T high) {
+  T value = result[flag].as<T>();
+  if (value < low || value > high)
+    fail_expected(str("--", flag), str("value ", value, " is out of range"),
+                  str("a value from ", low, " to ", high));
+  return value;
+}
+
+}  // namespace minitron::cli

@@ -1,0 +1,122 @@
+#include "util/files.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "util/error.h"
+
+namespace minitron {
+
+namespace fs = std::filesystem;
+
+std::string read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_expected(path.string(), "cannot open file", "a readable file");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail(str(path.string(), ": read failed"));
+  return text;
+}
+
+MappedFile::MappedFile(const fs::path& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail_expected(path.string(), std::strerror(errno), "a readable file");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    fail(str(path.string(), ": cannot stat: ", std::strerror(errno)));
+  }
+  size_ = static_cast<std::size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      fail(str(path.string(), ": cannot memory-map: ", std::strerror(errno)));
+    }
+    data_ = static_cast<const std::uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept { *this = std::move(other); }
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    if (data_) ::munmap(const_cast<std::uint8_t*>(data_), size_);
+    path_ = std::move(other.path_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+static fs::path temporary_sibling(const fs::path& path) {
+  return path.parent_path() / str(".", path.filename().string(), ".tmp-", ::getpid());
+}
+
+static void fsync_path(const fs::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+void write_file_atomically(const fs::path& path, const std::function<void(const fs::path&)>& write) {
+  if (!path.parent_path().empty()) fs::create_directories(path.parent_path());
+  fs::path tmp = temporary_sibling(path);
+  try {
+    write(tmp);
+    fsync_path(tmp);
+    fs::rename(tmp, path);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw;
+  }
+}
+
+void write_bytes_atomically(const fs::path& path, std::string_view bytes) {
+  write_file_atomically(path, [&](const fs::path& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail_expected(tmp.string(), "cannot create file", "a writable directory");
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) fail(str(tmp.string(), ": write failed (disk full?)"));
+  });
+}
+
+void write_directory_atomically(const fs::path& dir, const std::function<void(const fs::path&)>& fill) {
+  fs::path target = fs::absolute(dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  fs::create_directories(target.parent_path());
+  fs::path tmp = temporary_sibling(target);
+  std::error_code ignored;
+  fs::remove_all(tmp, ignored);
+  fs::create_directories(tmp);
+  try {
+    fill(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ignored);
+    throw;
+  }
+  if (fs::exists(target)) {
+    fs::path old = target.parent_path() / str(".", target.filename().string(), ".old-", ::getpid());
+    fs::rename(target, old);
+    fs::rename(tmp, target);
+    fs::remove_all(old, ignored);
+  } else {
+    fs::rename(tmp, target);
+  }
+}
+
+}  // namespace minitron
