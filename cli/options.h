@@ -4,9 +4,12 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <cxxopts.hpp>
 
+#include "model/backend.h"
+#include "model/safetensors.h"
 #include "util/error.h"
 
 namespace minitron::cli {
@@ -43,6 +46,24 @@ T in_range(const cxxopts::ParseResult& result, const std::string& flag, T low, T
     fail_expected(str("--", flag), str("value ", value, " is out of range"),
                   str("a value from ", low, " to ", high));
   return value;
+}
+
+// --device: "cpu", "cuda", or empty for the default (cuda when a GPU is present, else cpu).
+inline std::string choose_device(const std::string& requested) {
+  std::vector<std::string> devices = available_devices();
+  if (requested.empty()) {
+    for (const std::string& d : devices)
+      if (d == "cuda") return d;
+    return "cpu";
+  }
+  return requested;  // make_backend explains why an unavailable device cannot be used
+}
+
+// --save-dtype: the HF names bfloat16 / float32.
+inline SafetensorsDType parse_save_dtype(const std::string& name) {
+  if (name == "bfloat16" || name == "bf16") return SafetensorsDType::BF16;
+  if (name == "float32" || name == "fp32") return SafetensorsDType::F32;
+  fail_expected("--save-dtype", str("'", name, "'"), "bfloat16 or float32");
 }
 
 }  // namespace minitron::cli

@@ -46,6 +46,13 @@ class Backend {
   // Host <-> backend copies with conversion from/to fp32 (rounding to nearest even for bf16).
   virtual void upload(Tensor dst, const float* src) = 0;
   virtual void download(float* dst, Tensor src) = 0;
+  // Like download, into doubles: exact for F64 tensors (the gradient-check engine overrides
+  // it), widened from fp32 otherwise.
+  virtual void download_f64(double* dst, Tensor src) {
+    std::vector<float> host(static_cast<std::size_t>(src.numel));
+    download(host.data(), src);
+    for (std::size_t i = 0; i < host.size(); ++i) dst[i] = host[i];
+  }
   virtual void upload_i32(Tensor dst, const std::int32_t* src) = 0;
   virtual void copy(Tensor dst, Tensor src) = 0;  // any dtype to any float dtype, same numel
   virtual void synchronize() = 0;

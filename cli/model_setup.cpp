@@ -1,0 +1,121 @@
+#include "cli/model_setup.h"
+
+#include <cstdio>
+
+#include "cli/options.h"
+#include "data/shards.h"
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "util/error.h"
+
+namespace minitron::cli {
+
+namespace fs = std::filesystem;
+
+ModelSource model_source_from_flags(const cxxopts::ParseResult& r) {
+  const bool has_model = r.count("model") > 0, has_config = r.count("config") > 0;
+  if (has_model == has_config)
+    fail_expected("--model / --config", has_model ? "both given" : "neither given",
+                  "exactly one: a checkpoint directory or a config.json for random init");
+  ModelSource source;
+  if (has_model) {
+    source.checkpoint_dir = r["model"].as<std::string>();
+    if (!fs::is_directory(source.checkpoint_dir))
+      fail_expected(str("--model ", source.checkpoint_dir.string()), "not a directory",
+                    "an HF checkpoint directory with config.json and safetensors");
+    source.config = load_model_config(source.checkpoint_dir);
+    source.companion_files = companion_files(source.checkpoint_dir);
+    source.description = source.checkpoint_dir.string();
+  } else {
+    fs::path config = r["config"].as<std::string>();
+    source.config = load_model_config(config);
+    source.description = str("a random init of ", config.string());
+  }
+  if (r.count("tokenizer")) {
+    fs::path tokenizer = r["tokenizer"].as<std::string>();
+    if (fs::is_directory(tokenizer)) tokenizer /= "tokenizer.json";
+    if (!fs::is_regular_file(tokenizer)) fail_expected(str("--tokenizer ", tokenizer.string()), "no such file", "a tokenizer.json");
+    std::erase_if(source.companion_files, [](const fs::path& p) { return p.filename() == "tokenizer.json"; });
+    source.companion_files.push_back(tokenizer);
+  }
+  return source;
+}
+
+std::vector<float> initial_parameters(const ModelSource& source, std::uint64_t seed) {
+  ParameterTable table(source.config);
+  std::vector<float> params(static_cast<std::size_t>(table.total_numel()));
+  if (source.checkpoint_dir.empty())
+    initialize_parameters(source.config, table, params, seed,
+                          source.config.source.value("initializer_range", 0.02));
+  else
+    load_parameters(source.checkpoint_dir, source.config, table, params);
+  return params;
+}
+
+// The flags shared by train, correct and distill (Hugging Face TrainingArguments names).
+void add_training_options(cxxopts::Options& options, const TrainingDefaults& defaults) {
+  options.add_options("data")
+      ("data", "training token shards: a file, a glob or a comma list", cxxopts::value<std::string>())
+      ("validation-data", "validation token shards", cxxopts::value<std::string>())
+      ("output", "output directory (model/, checkpoint-N/, metrics.jsonl)", cxxopts::value<std::string>());
+  options.add_options("training")
+      ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""))
+      ("batch-size", "sequences per micro-batch", cxxopts::value<std::int64_t>()->default_value("8"))
+      ("sequence-length", "tokens per sequence", cxxopts::value<std::int64_t>()->default_value("256"))
+      ("steps", "optimizer steps", cxxopts::value<std::int64_t>()->default_value(std::to_string(defaults.steps)))
+      ("learning-rate", "peak learning rate", cxxopts::value<double>()->default_value(defaults.learning_rate))
+      ("min-learning-rate", "learning rate at the end of the cosine", cxxopts::value<double>()->default_value(defaults.min_learning_rate))
+      ("warmup-steps", "linear warm-up steps", cxxopts::value<std::int64_t>()->default_value("40"))
+      ("weight-decay", "decoupled weight decay (matrices; never norms)", cxxopts::value<double>()->default_value("0.1"))
+      ("no-embedding-weight-decay", "exclude the embedding table and LM head from weight decay")
+      ("grad-clip", "global gradient-norm clip (0 = off)", cxxopts::value<double>()->default_value("1.0"))
+      ("grad-accumulation", "micro-batches per optimizer step", cxxopts::value<std::int64_t>()->default_value("1"))
+      ("adam-beta1", "AdamW beta1", cxxopts::value<double>()->default_value("0.9"))
+      ("adam-beta2", "AdamW beta2", cxxopts::value<double>()->default_value("0.95"))
+      ("adam-epsilon", "AdamW epsilon", cxxopts::value<double>()->default_value("1e-8"))
+      ("seed", "seed of the data order (and of random init)", cxxopts::value<std::uint64_t>()->default_value("1337"))
+      ("eval-interval", "validate every N steps (0 = only at the end)", cxxopts::value<std::int64_t>()->default_value("0"))
+      ("eval-windows", "validation windows per evaluation (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
+      ("save-interval", "write a resumable checkpoint every N steps (0 = none)", cxxopts::value<std::int64_t>()->default_value("0"))
+      ("log-interval", "print and log every N steps", cxxopts::value<std::int64_t>()->default_value("1"))
+      ("save-dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("resume", "continue from the newest checkpoint in --output");
+}
+
+TrainOptions parse_training_options(const cxxopts::ParseResult& r) {
+  TrainOptions o;
+  o.train_shards = resolve_shards(required<std::string>(r, "data"));
+  if (r.count("validation-data")) o.validation_shards = resolve_shards(r["validation-data"].as<std::string>());
+  o.output = required<std::string>(r, "output");
+  o.batch_size = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
+  o.sequence_length = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
+  o.steps = in_range<std::int64_t>(r, "steps", 1, std::int64_t{1} << 40);
+  o.grad_accumulation = in_range<std::int64_t>(r, "grad-accumulation", 1, 1 << 20);
+  o.eval_interval = in_range<std::int64_t>(r, "eval-interval", 0, std::int64_t{1} << 40);
+  o.eval_windows = in_range<std::int64_t>(r, "eval-windows", 0, std::int64_t{1} << 40);
+  o.save_interval = in_range<std::int64_t>(r, "save-interval", 0, std::int64_t{1} << 40);
+  o.log_interval = in_range<std::int64_t>(r, "log-interval", 1, std::int64_t{1} << 40);
+  o.seed = r["seed"].as<std::uint64_t>();
+  o.save_dtype = parse_save_dtype(r["save-dtype"].as<std::string>());
+  o.resume = r.count("resume") > 0;
+  OptimizerConfig& opt = o.optimizer;
+  opt.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
+  opt.min_learning_rate = in_range<double>(r, "min-learning-rate", 0.0, opt.learning_rate);
+  opt.warmup_steps = in_range<std::int64_t>(r, "warmup-steps", 0, std::int64_t{1} << 40);
+  opt.weight_decay = in_range<double>(r, "weight-decay", 0.0, 10.0);
+  opt.decay_embeddings = r.count("no-embedding-weight-decay") == 0;
+  opt.grad_clip = in_range<double>(r, "grad-clip", 0.0, 1e9);
+  opt.beta1 = in_range<double>(r, "adam-beta1", 0.0, 0.999999);
+  opt.beta2 = in_range<double>(r, "adam-beta2", 0.0, 0.999999999);
+  opt.epsilon = in_range<double>(r, "adam-epsilon", 0.0, 1.0);
+  return o;
+}
+
+void print_training_summary(const TrainSummary& s, const TrainOptions& o) {
+  std::printf("done: %lld steps in %.1f s (%.0f tok/s), last train loss %.4f", static_cast<long long>(s.steps),
+              s.seconds, s.tokens_per_second, s.last_train_loss);
+  if (s.validation_loss == s.validation_loss) std::printf(", validation loss %.4f", s.validation_loss);
+  std::printf("\nmodel saved to %s\n", (o.output / "model").c_str());
+}
+
+}  // namespace minitron::cli

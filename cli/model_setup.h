@@ -1,0 +1,38 @@
+// Where a command's model comes from (--model DIR or --config FILE) and the training flags
+// shared by train, correct and distill.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <cxxopts.hpp>
+
+#include "model/config.h"
+#include "train/trainer.h"
+
+namespace minitron::cli {
+
+struct ModelSource {
+  ModelConfig config;
+  std::filesystem::path checkpoint_dir;  // empty: random init from a config file
+  std::vector<std::filesystem::path> companion_files;  // tokenizer files to copy into outputs
+  std::string description;
+};
+
+// From --model DIR or --config FILE (exactly one), plus an optional --tokenizer.
+ModelSource model_source_from_flags(const cxxopts::ParseResult& result);
+// The checkpoint's weights, or a seeded random init.
+std::vector<float> initial_parameters(const ModelSource& source, std::uint64_t seed);
+
+struct TrainingDefaults {
+  std::int64_t steps = 1000;
+  std::string learning_rate = "1e-4";
+  std::string min_learning_rate = "1e-5";
+};
+void add_training_options(cxxopts::Options& options, const TrainingDefaults& defaults);
+TrainOptions parse_training_options(const cxxopts::ParseResult& result);
+void print_training_summary(const TrainSummary& summary, const TrainOptions& options);
+
+}  // namespace minitron::cli

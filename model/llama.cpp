@@ -1,0 +1,379 @@
+#include "model/llama.h"
+
+#include <cmath>
+
+#include "util/error.h"
+
+namespace minitron {
+
+const char* activation_site_name(ActivationSite site) {
+  switch (site) {
+    case ActivationSite::LayerInput: return "layer_input";
+    case ActivationSite::AttentionNormOutput: return "input_layernorm";
+    case ActivationSite::OProjInput: return "o_proj_input";
+    case ActivationSite::MlpNormOutput: return "post_attention_layernorm";
+    case ActivationSite::GateProjOutput: return "gate_proj_output";
+    case ActivationSite::DownProjInput: return "down_proj_input";
+    case ActivationSite::LayerOutput: return "layer_output";
+  }
+  return "?";
+}
+
+// What one decoder layer keeps from forward for backward (or reuses across layers in
+// Inference mode). Sizes are for max_batch * max_sequence rows.
+struct LlamaModel::LayerActivations {
+  BackendBuffer attention_normed, attention_rstd;  // input_layernorm output and 1/rms
+  BackendBuffer q, k, v;                           // after RoPE (q, k)
+  BackendBuffer attention, lse;                    // concatenated head outputs; log-sum-exp
+  BackendBuffer mid;                               // residual after attention
+  BackendBuffer mlp_normed, mlp_rstd;              // post_attention_layernorm output and 1/rms
+  BackendBuffer gate, up, mlp;                     // gate_proj, up_proj outputs; silu(gate) * up
+};
+
+KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens)
+    : max_tokens_(max_tokens) {
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    keys_.emplace_back(backend, max_tokens * config.kv_dim(), backend.activation_dtype());
+    values_.emplace_back(backend, max_tokens * config.kv_dim(), backend.activation_dtype());
+  }
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch,
+                       std::int64_t max_sequence, ModelMode mode)
+    : config_(config),
+      table_(config),
+      backend_(backend),
+      mode_(mode),
+      max_batch_(max_batch),
+      max_sequence_(max_sequence) {
+  if (max_batch < 1 || max_sequence < 1)
+    fail_expected("model", str("batch ", max_batch, " x sequence ", max_sequence), "both >= 1");
+  allocate_arenas();
+}
+
+LlamaModel::~LlamaModel() = default;
+
+void LlamaModel::allocate_arenas() {
+  const DType act = backend_.activation_dtype();
+  // Norm statistics and log-sum-exp are fp32, except on the double engine of gradient checks.
+  const DType stat = act == DType::F64 ? DType::F64 : DType::F32;
+  const std::int64_t N = max_batch_ * max_sequence_;
+  const std::int64_t D = config_.hidden_size, F = config_.intermediate_size;
+  const std::int64_t QD = config_.q_dim(), KVD = config_.kv_dim();
+  const std::int64_t L = config_.num_hidden_layers;
+  Backend& b = backend_;
+
+  params_ = BackendBuffer(b, table_.total_numel(), act);
+  std::vector<float> inv_freq = rope_inverse_frequencies(config_);
+  inv_freq_ = BackendBuffer(b, static_cast<std::int64_t>(inv_freq.size()), DType::F32);
+  b.upload(inv_freq_, inv_freq.data());
+  tokens_ = BackendBuffer(b, N, DType::I32);
+
+  const bool training = mode_ == ModelMode::Training;
+  // Inference keeps only the current layer's activations, and two residual buffers.
+  const std::int64_t stored_layers = training ? L : 1;
+  for (std::int64_t i = 0; i < (training ? L + 1 : 2); ++i) residual_.emplace_back(b, N * D, act);
+  for (std::int64_t l = 0; l < stored_layers; ++l) {
+    auto a = std::make_unique<LayerActivations>();
+    a->attention_normed = BackendBuffer(b, N * D, act);
+    a->attention_rstd = BackendBuffer(b, N, stat);
+    a->q = BackendBuffer(b, N * QD, act);
+    a->k = BackendBuffer(b, N * KVD, act);
+    a->v = BackendBuffer(b, N * KVD, act);
+    a->attention = BackendBuffer(b, N * QD, act);
+    a->lse = BackendBuffer(b, max_batch_ * config_.num_attention_heads * max_sequence_, stat);
+    a->mid = BackendBuffer(b, N * D, act);
+    a->mlp_normed = BackendBuffer(b, N * D, act);
+    a->mlp_rstd = BackendBuffer(b, N, stat);
+    a->gate = BackendBuffer(b, N * F, act);
+    a->up = BackendBuffer(b, N * F, act);
+    a->mlp = BackendBuffer(b, N * F, act);
+    layers_.push_back(std::move(a));
+  }
+  final_hidden_ = BackendBuffer(b, N * D, act);
+  final_rstd_ = BackendBuffer(b, N, stat);
+
+  if (training) {
+    grads_ = BackendBuffer(b, table_.total_numel(), b.gradient_dtype());
+    b.zero(grads_);
+    d_residual_ = BackendBuffer(b, N * D, act);
+    d_hidden_ = BackendBuffer(b, N * D, act);
+    d_normed_ = BackendBuffer(b, N * D, act);
+    d_q_ = BackendBuffer(b, N * QD, act);
+    d_k_ = BackendBuffer(b, N * KVD, act);
+    d_v_ = BackendBuffer(b, N * KVD, act);
+    d_attention_ = BackendBuffer(b, N * QD, act);
+    d_gate_ = BackendBuffer(b, N * F, act);
+    d_up_ = BackendBuffer(b, N * F, act);
+    d_mlp_ = BackendBuffer(b, N * F, act);
+  }
+}
+
+void LlamaModel::set_parameters(std::span<const float> host) {
+  if (static_cast<std::int64_t>(host.size()) != table_.total_numel())
+    fail_expected("parameters", str(host.size(), " values"), str(table_.total_numel()));
+  backend_.upload(params_, host.data());
+}
+
+void LlamaModel::get_parameters(std::span<float> host) const {
+  MINITRON_ASSERT(static_cast<std::int64_t>(host.size()) == table_.total_numel());
+  backend_.download(host.data(), params_);
+}
+
+void LlamaModel::zero_gradients() {
+  MINITRON_ASSERT(mode_ == ModelMode::Training, "gradients need a Training-mode model");
+  backend_.zero(grads_);
+}
+
+Tensor LlamaModel::final_hidden() const {
+  return final_hidden_.tensor().slice(0, rows() * config_.hidden_size);
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+
+void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batch,
+                         std::int64_t sequence, const ForwardOptions& options) {
+  if (batch < 1 || batch > max_batch_ || sequence < 1 || sequence > max_sequence_)
+    fail_expected("forward", str("batch ", batch, " x sequence ", sequence),
+                  str("at most ", max_batch_, " x ", max_sequence_, " (the sizes the model was built for)"));
+  MINITRON_ASSERT(static_cast<std::int64_t>(tokens.size()) == batch * sequence);
+  for (std::int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size)
+      fail_expected("input tokens", str("token id ", t), str("ids in [0, ", config_.vocab_size, ")"));
+  if (options.skip_layers)
+    MINITRON_ASSERT(static_cast<std::int64_t>(options.skip_layers->size()) == config_.num_hidden_layers);
+  if (options.cache) {
+    MINITRON_ASSERT(batch == 1 && mode_ == ModelMode::Inference, "a KV cache serves one sequence in Inference mode");
+    if (options.cache->length() + sequence > options.cache->capacity())
+      fail_expected("generation", str(options.cache->length() + sequence, " tokens"),
+                    str("at most ", options.cache->capacity(), " (the KV cache size)"));
+  }
+
+  batch_ = batch;
+  sequence_ = sequence;
+  const std::int64_t N = batch * sequence, D = config_.hidden_size;
+  Backend& b = backend_;
+  Tensor token_ids = tokens_.tensor().slice(0, N);
+  b.upload_i32(token_ids, tokens.data());
+
+  // Training keeps every layer's input (residual_[l]); Inference ping-pongs between two.
+  auto residual = [&](std::int64_t l) {
+    std::int64_t slot = mode_ == ModelMode::Training ? l : l % 2;
+    return residual_[static_cast<std::size_t>(slot)].tensor().slice(0, N * D);
+  };
+  b.embedding_forward(residual(0), token_ids, p(table_.embed_tokens(), config_.vocab_size * D), N, D);
+
+  for (std::int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+    Tensor x_in = residual(l), x_out = residual(l + 1);
+    if (options.skip_layers && (*options.skip_layers)[static_cast<std::size_t>(l)]) {
+      b.copy(x_out, x_in);
+      continue;
+    }
+    LayerActivations& a = *layers_[mode_ == ModelMode::Training ? static_cast<std::size_t>(l) : 0];
+    layer_forward(l, a, x_in, x_out, options.observer, options.cache);
+  }
+  if (options.cache) options.cache->length_ += sequence;
+
+  b.rmsnorm_forward(final_hidden(), final_rstd_.tensor().slice(0, N), residual(config_.num_hidden_layers),
+                    p(table_.final_norm(), D), N, D, static_cast<float>(config_.rms_norm_eps));
+  // Skipped layers have no saved activations, so such a forward cannot be differentiated.
+  ready_for_backward_ = mode_ == ModelMode::Training && !options.skip_layers;
+  if (ready_for_backward_) b.zero(d_hidden_.tensor().slice(0, N * D));
+}
+
+void LlamaModel::layer_forward(std::int64_t l, LayerActivations& a, Tensor x_in, Tensor x_out,
+                               ActivationObserver* observer, KvCache* cache) {
+  const ModelConfig& c = config_;
+  const LayerOffsets& w = table_.layer(l);
+  const std::int64_t B = batch_, T = sequence_, N = B * T;
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size, hd = c.head_dim;
+  const std::int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const std::int64_t QD = c.q_dim(), KVD = c.kv_dim();
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  Backend& b = backend_;
+  auto observe = [&](ActivationSite site, Tensor act, std::int64_t channels) {
+    if (observer && observer->wants(site)) observer->observe(site, l, act, B, T, channels);
+  };
+
+  Tensor normed = a.attention_normed.tensor().slice(0, N * D);
+  Tensor q = a.q.tensor().slice(0, N * QD), k = a.k.tensor().slice(0, N * KVD);
+  Tensor v = a.v.tensor().slice(0, N * KVD), att = a.attention.tensor().slice(0, N * QD);
+  Tensor mid = a.mid.tensor().slice(0, N * D), mlp_normed = a.mlp_normed.tensor().slice(0, N * D);
+  Tensor gate = a.gate.tensor().slice(0, N * F), up = a.up.tensor().slice(0, N * F);
+  Tensor mlp = a.mlp.tensor().slice(0, N * F);
+
+  observe(ActivationSite::LayerInput, x_in, D);
+
+  // Attention block: x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = norm(x).
+  b.rmsnorm_forward(normed, a.attention_rstd.tensor().slice(0, N), x_in, p(w.input_layernorm, D), N, D, eps);
+  observe(ActivationSite::AttentionNormOutput, normed, D);
+  b.matmul(q, normed, p(w.q_proj, QD * D), N, QD, D, false, true);
+  b.matmul(k, normed, p(w.k_proj, KVD * D), N, KVD, D, false, true);
+  b.matmul(v, normed, p(w.v_proj, KVD * D), N, KVD, D, false, true);
+  const std::int64_t past = cache ? cache->length() : 0;  // tokens before these ones
+  b.rope_forward(q, inv_freq_, B, T, Hq, hd, past);
+  b.rope_forward(k, inv_freq_, B, T, Hkv, hd, past);
+  Tensor keys = k, values = v;
+  if (cache) {  // append this step's keys and values, then attend over the whole sequence
+    keys = cache->keys_[static_cast<std::size_t>(l)].tensor().slice(0, (past + T) * KVD);
+    values = cache->values_[static_cast<std::size_t>(l)].tensor().slice(0, (past + T) * KVD);
+    b.copy(keys.slice(past * KVD, T * KVD), k);
+    b.copy(values.slice(past * KVD, T * KVD), v);
+  }
+  b.attention_forward(att, a.lse.tensor().slice(0, B * Hq * T), q, keys, values, B, T, past + T, Hq, Hkv, hd);
+  observe(ActivationSite::OProjInput, att, QD);
+  b.copy(mid, x_in);
+  b.matmul(mid, att, p(w.o_proj, D * QD), N, D, QD, false, true, 1.0f, 1.0f);
+
+  // MLP block: mid + down_proj(silu(gate_proj(n)) * up_proj(n)), n = norm(mid).
+  b.rmsnorm_forward(mlp_normed, a.mlp_rstd.tensor().slice(0, N), mid, p(w.post_attention_layernorm, D), N, D, eps);
+  observe(ActivationSite::MlpNormOutput, mlp_normed, D);
+  b.matmul(gate, mlp_normed, p(w.gate_proj, F * D), N, F, D, false, true);
+  b.matmul(up, mlp_normed, p(w.up_proj, F * D), N, F, D, false, true);
+  observe(ActivationSite::GateProjOutput, gate, F);
+  b.swiglu_forward(mlp, gate, up, N * F);
+  observe(ActivationSite::DownProjInput, mlp, F);
+  b.copy(x_out, mid);
+  b.matmul(x_out, mlp, p(w.down_proj, D * F), N, D, F, false, true, 1.0f, 1.0f);
+
+  observe(ActivationSite::LayerOutput, x_out, D);
+}
+
+// ---------------------------------------------------------------------------------------
+// LM head
+// ---------------------------------------------------------------------------------------
+
+void LlamaModel::logits(Tensor out, std::int64_t row0, std::int64_t rows) const {
+  const std::int64_t D = config_.hidden_size, V = config_.vocab_size;
+  MINITRON_ASSERT(row0 >= 0 && rows >= 1 && row0 + rows <= this->rows());
+  backend_.matmul(out.slice(0, rows * V), final_hidden_.tensor().slice(row0 * D, rows * D),
+                  p(table_.lm_head(), V * D), rows, V, D, false, true);
+}
+
+void LlamaModel::head_backward(Tensor dlogits, std::int64_t row0, std::int64_t rows) {
+  MINITRON_ASSERT(ready_for_backward_, "head_backward needs a Training-mode forward without skipped layers");
+  const std::int64_t D = config_.hidden_size, V = config_.vocab_size;
+  Tensor dl = dlogits.slice(0, rows * V);
+  // d_hidden[rows] = dlogits @ W ; dW += dlogits^T @ hidden[rows]
+  backend_.matmul(d_hidden_.tensor().slice(row0 * D, rows * D), dl, p(table_.lm_head(), V * D), rows,
+                  D, V, false, false);
+  backend_.matmul(g(table_.lm_head(), V * D), dl, final_hidden_.tensor().slice(row0 * D, rows * D), V,
+                  D, rows, true, false, 1.0f, 1.0f);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------
+
+void LlamaModel::backward() {
+  MINITRON_ASSERT(ready_for_backward_, "backward needs a Training-mode forward without skipped layers");
+  const std::int64_t N = rows(), D = config_.hidden_size, L = config_.num_hidden_layers;
+  Backend& b = backend_;
+  Tensor dx = d_residual_.tensor().slice(0, N * D);
+
+  // Final norm: its input is the last layer's output; rmsnorm_backward accumulates into dx.
+  b.zero(dx);
+  b.rmsnorm_backward(dx, g(table_.final_norm(), D), d_hidden_.tensor().slice(0, N * D),
+                     residual_[static_cast<std::size_t>(L)].tensor().slice(0, N * D),
+                     p(table_.final_norm(), D), final_rstd_.tensor().slice(0, N), N, D);
+  for (std::int64_t l = L - 1; l >= 0; --l)
+    layer_backward(l, *layers_[static_cast<std::size_t>(l)],
+                   residual_[static_cast<std::size_t>(l)].tensor().slice(0, N * D));
+  b.embedding_backward(g(table_.embed_tokens(), config_.vocab_size * D), dx,
+                       tokens_.tensor().slice(0, N), N, D);
+  ready_for_backward_ = false;
+}
+
+// On entry d_residual_ holds dloss/d(x_out); on exit dloss/d(x_in). The residual connections
+// are why rmsnorm_backward accumulates into its input gradient.
+void LlamaModel::layer_backward(std::int64_t l, const LayerActivations& a, Tensor x_in) {
+  const ModelConfig& c = config_;
+  const LayerOffsets& w = table_.layer(l);
+  const std::int64_t B = batch_, T = sequence_, N = B * T;
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size, hd = c.head_dim;
+  const std::int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const std::int64_t QD = c.q_dim(), KVD = c.kv_dim();
+  Backend& b = backend_;
+
+  Tensor dx = d_residual_.tensor().slice(0, N * D);
+  Tensor dnormed = d_normed_.tensor().slice(0, N * D);
+  Tensor dgate = d_gate_.tensor().slice(0, N * F), dup = d_up_.tensor().slice(0, N * F);
+  Tensor dmlp = d_mlp_.tensor().slice(0, N * F);
+  Tensor dq = d_q_.tensor().slice(0, N * QD), dk = d_k_.tensor().slice(0, N * KVD);
+  Tensor dv = d_v_.tensor().slice(0, N * KVD), datt = d_attention_.tensor().slice(0, N * QD);
+  Tensor normed = a.attention_normed.tensor().slice(0, N * D);
+  Tensor mlp_normed = a.mlp_normed.tensor().slice(0, N * D);
+  Tensor gate = a.gate.tensor().slice(0, N * F), up = a.up.tensor().slice(0, N * F);
+  Tensor mlp = a.mlp.tensor().slice(0, N * F);
+  Tensor q = a.q.tensor().slice(0, N * QD), k = a.k.tensor().slice(0, N * KVD);
+  Tensor v = a.v.tensor().slice(0, N * KVD), att = a.attention.tensor().slice(0, N * QD);
+
+  // MLP block. y = mid + mlp @ Wd^T.
+  b.matmul(dmlp, dx, p(w.down_proj, D * F), N, F, D, false, false);
+  b.matmul(g(w.down_proj, D * F), dx, mlp, D, F, N, true, false, 1.0f, 1.0f);
+  b.swiglu_backward(dgate, dup, dmlp, gate, up, N * F);
+  b.matmul(dnormed, dgate, p(w.gate_proj, F * D), N, D, F, false, false);
+  b.matmul(dnormed, dup, p(w.up_proj, F * D), N, D, F, false, false, 1.0f, 1.0f);
+  b.matmul(g(w.gate_proj, F * D), dgate, mlp_normed, F, D, N, true, false, 1.0f, 1.0f);
+  b.matmul(g(w.up_proj, F * D), dup, mlp_normed, F, D, N, true, false, 1.0f, 1.0f);
+  b.rmsnorm_backward(dx, g(w.post_attention_layernorm, D), dnormed, a.mid.tensor().slice(0, N * D),
+                     p(w.post_attention_layernorm, D), a.mlp_rstd.tensor().slice(0, N), N, D);
+
+  // Attention block. mid = x + att @ Wo^T.
+  b.matmul(datt, dx, p(w.o_proj, D * QD), N, QD, D, false, false);
+  b.matmul(g(w.o_proj, D * QD), dx, att, D, QD, N, true, false, 1.0f, 1.0f);
+  b.attention_backward(dq, dk, dv, datt, att, a.lse.tensor().slice(0, B * Hq * T), q, k, v, B, T, Hq,
+                       Hkv, hd);
+  b.rope_backward(dq, inv_freq_, B, T, Hq, hd, 0);
+  b.rope_backward(dk, inv_freq_, B, T, Hkv, hd, 0);
+  b.matmul(dnormed, dq, p(w.q_proj, QD * D), N, D, QD, false, false);
+  b.matmul(dnormed, dk, p(w.k_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);
+  b.matmul(dnormed, dv, p(w.v_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);
+  b.matmul(g(w.q_proj, QD * D), dq, normed, QD, D, N, true, false, 1.0f, 1.0f);
+  b.matmul(g(w.k_proj, KVD * D), dk, normed, KVD, D, N, true, false, 1.0f, 1.0f);
+  b.matmul(g(w.v_proj, KVD * D), dv, normed, KVD, D, N, true, false, 1.0f, 1.0f);
+  b.rmsnorm_backward(dx, g(w.input_layernorm, D), dnormed, x_in, p(w.input_layernorm, D),
+                     a.attention_rstd.tensor().slice(0, N), N, D);
+}
+
+// ---------------------------------------------------------------------------------------
+// Initialisation
+// ---------------------------------------------------------------------------------------
+
+namespace {
+// splitmix64: a tiny generator with a fixed definition, so initial weights are identical on
+// every platform and standard library (std::normal_distribution is implementation-defined).
+struct SplitMix64 {
+  std::uint64_t state;
+  std::uint64_t next() {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }  // (0, 1)
+};
+}  // namespace
+
+void initialize_parameters(const ModelConfig& config, const ParameterTable& table,
+                           std::span<float> params, std::uint64_t seed, double std) {
+  (void)config;
+  MINITRON_ASSERT(static_cast<std::int64_t>(params.size()) == table.total_numel());
+  SplitMix64 rng{seed};
+  for (const ParamInfo& info : table.entries()) {
+    float* w = params.data() + info.offset;
+    if (info.kind == ParamKind::Norm) {
+      for (std::int64_t i = 0; i < info.numel; ++i) w[i] = 1.0f;
+      continue;
+    }
+    for (std::int64_t i = 0; i < info.numel; i += 2) {  // Box-Muller, two normals per draw
+      double r = std::sqrt(-2.0 * std::log(rng.uniform())), theta = 2.0 * M_PI * rng.uniform();
+      w[i] = static_cast<float>(std * r * std::cos(theta));
+      if (i + 1 < info.numel) w[i + 1] = static_cast<float>(std * r * std::sin(theta));
+    }
+  }
+}
+
+}  // namespace minitron

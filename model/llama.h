@@ -1,0 +1,139 @@
+// The Llama / Mistral decoder, written once over a Backend.
+//
+// Read it top to bottom like llama2.c's run.c: forward() runs embedding -> layers -> final
+// norm and leaves the final hidden state; the losses in train/ turn that hidden state into
+// logits chunk by chunk (logits() / head_backward()), so tokens x vocab logits never exist
+// in full; backward() then runs the layers in reverse. Every tensor lives in arenas sized
+// once from (max_batch, max_sequence, config): nothing is allocated in the step loop.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/backend.h"
+#include "model/config.h"
+#include "model/parameters.h"
+
+namespace minitron {
+
+// Named places in the network where an observer may read activations (importance scoring).
+enum class ActivationSite {
+  LayerInput,          // residual stream entering layer l, [N, hidden]
+  AttentionNormOutput, // output of input_layernorm, [N, hidden]
+  OProjInput,          // concatenated head outputs, [N, heads * head_dim]
+  MlpNormOutput,       // output of post_attention_layernorm, [N, hidden]
+  GateProjOutput,      // gate_proj output before SiLU (the paper's "first linear"), [N, ffn]
+  DownProjInput,       // silu(gate) * up, [N, ffn]
+  LayerOutput,         // residual stream leaving layer l, [N, hidden]
+};
+const char* activation_site_name(ActivationSite site);
+
+// Observers are called during forward(); `act` is valid only during the call.
+class ActivationObserver {
+ public:
+  virtual ~ActivationObserver() = default;
+  virtual bool wants(ActivationSite site) const = 0;
+  virtual void observe(ActivationSite site, std::int64_t layer, Tensor act, std::int64_t batch,
+                       std::int64_t sequence, std::int64_t channels) = 0;
+};
+
+// Keys and values of every layer for incremental decoding (generation) of one sequence.
+class KvCache {
+ public:
+  KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens);
+  std::int64_t length() const { return length_; }
+  std::int64_t capacity() const { return max_tokens_; }
+  void clear() { length_ = 0; }
+
+ private:
+  friend class LlamaModel;
+  std::int64_t max_tokens_, length_ = 0;
+  std::vector<BackendBuffer> keys_, values_;  // per layer [max_tokens, kv_heads * head_dim]
+};
+
+struct ForwardOptions {
+  ActivationObserver* observer = nullptr;
+  // When set (batch 1, Inference mode), the tokens continue the cached sequence: they sit at
+  // positions cache->length() onwards and attend to every cached token; the cache grows.
+  KvCache* cache = nullptr;
+  // When set, layers with skip_layers[l] == true are the identity (depth-importance ranking).
+  const std::vector<bool>* skip_layers = nullptr;
+};
+
+enum class ModelMode { Inference, Training };
+
+class LlamaModel {
+ public:
+  LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch,
+             std::int64_t max_sequence, ModelMode mode);
+  ~LlamaModel();
+  LlamaModel(const LlamaModel&) = delete;
+  LlamaModel& operator=(const LlamaModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const ParameterTable& table() const { return table_; }
+  Backend& backend() const { return backend_; }
+  ModelMode mode() const { return mode_; }
+  std::int64_t max_batch() const { return max_batch_; }
+  std::int64_t max_sequence() const { return max_sequence_; }
+
+  // All parameters in table order, as fp32 on the host.
+  void set_parameters(std::span<const float> host);
+  void get_parameters(std::span<float> host) const;
+  Tensor parameters() const { return params_; }
+  Tensor gradients() const { return grads_; }   // empty in Inference mode
+  Tensor parameter(const ParamInfo& info) const { return params_.tensor().slice(info.offset, info.numel); }
+  void zero_gradients();
+
+  // Runs the decoder on tokens [batch * sequence] and leaves the final normalised hidden
+  // state (rows = batch * sequence) for logits()/head_backward().
+  void forward(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t sequence,
+               const ForwardOptions& options = {});
+  std::int64_t rows() const { return batch_ * sequence_; }
+
+  // out [rows, vocab] (activation dtype) = logits of rows [row0, row0 + rows) of the last forward.
+  void logits(Tensor out, std::int64_t row0, std::int64_t rows) const;
+  // Given dloss/dlogits for those rows (overwritten logits buffer), accumulates the hidden
+  // state's gradient and the LM head's weight gradient. Training mode only.
+  void head_backward(Tensor dlogits, std::int64_t row0, std::int64_t rows);
+  // Backpropagates the accumulated hidden-state gradient through the final norm, the layers
+  // and the embedding, accumulating into gradients(). Call after head_backward() covered every row.
+  void backward();
+
+  // The final hidden state of the last forward (debugging, distillation of hidden states).
+  Tensor final_hidden() const;
+
+ private:
+  struct LayerActivations;
+  void allocate_arenas();
+  Tensor p(std::int64_t offset, std::int64_t numel) const { return params_.tensor().slice(offset, numel); }
+  Tensor g(std::int64_t offset, std::int64_t numel) const { return grads_.tensor().slice(offset, numel); }
+  void layer_forward(std::int64_t l, LayerActivations& a, Tensor x_in, Tensor x_out,
+                     ActivationObserver* observer, KvCache* cache);
+  void layer_backward(std::int64_t l, const LayerActivations& a, Tensor x_in);
+
+  ModelConfig config_;
+  ParameterTable table_;
+  Backend& backend_;
+  ModelMode mode_;
+  std::int64_t max_batch_, max_sequence_;
+  std::int64_t batch_ = 0, sequence_ = 0;
+  bool ready_for_backward_ = false;
+
+  BackendBuffer params_, grads_, inv_freq_, tokens_;
+  // residual_[l] is the input of layer l; residual_[L] the output of the last layer.
+  std::vector<BackendBuffer> residual_;
+  std::vector<std::unique_ptr<LayerActivations>> layers_;  // one per layer (Training) or one shared
+  BackendBuffer final_hidden_, final_rstd_;
+  // Backward scratch (Training mode only).
+  BackendBuffer d_residual_, d_hidden_, d_normed_, d_q_, d_k_, d_v_, d_attention_, d_gate_, d_up_, d_mlp_;
+};
+
+// Seeded random initialisation as transformers' LlamaPreTrainedModel does it: every matrix
+// (embedding and head included) ~ N(0, std), norm weights 1. Deterministic on every platform.
+void initialize_parameters(const ModelConfig& config, const ParameterTable& table,
+                           std::span<float> params, std::uint64_t seed, double std = 0.02);
+
+}  // namespace minitron

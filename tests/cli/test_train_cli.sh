@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# tokenizer train -> tokenize -> train (random init) -> resume bit-exactly -> eval -> info,
+# plus the errors a user meets first.
+set -euo pipefail
+MINITRON=$1
+WORK=$2
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# A small English text from the embedded corpus.
+xz -dc "$OLDPWD/data/corpora/austen.txt.xz" | head -c 400000 > text.txt
+"$MINITRON" tokenizer train --vocab-size 512 --input text.txt --output tok >/dev/null
+"$MINITRON" tokenize --tokenizer tok/tokenizer.json --input text.txt --output-prefix shards/austen \
+  --validation-tokens 4000 --split-blank-lines >/dev/null 2>&1
+ls shards/austen_val_000000.bin shards/austen_train_000000.bin >/dev/null
+
+cat > config.json <<'JSON'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512,
+ "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+ "num_key_value_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+ "max_position_embeddings": 256, "tie_word_embeddings": false, "hidden_act": "silu",
+ "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32"}
+JSON
+
+train() {  # train OUT STEPS [extra flags]
+  local out=$1 steps=$2; shift 2
+  "$MINITRON" train --config config.json --tokenizer tok/tokenizer.json --data 'shards/austen_train_*.bin' \
+    --validation-data shards/austen_val_000000.bin --output "$out" --batch-size 4 --sequence-length 32 \
+    --steps "$steps" --learning-rate 3e-3 --min-learning-rate 3e-4 --warmup-steps 2 --save-dtype float32 "$@"
+}
+train full 8 --save-interval 4 > full.log
+grep -q "validation loss" full.log || fail "no validation loss printed"
+[ -f full/model/config.json ] && [ -f full/model/model.safetensors ] && [ -f full/model/tokenizer.json ] \
+  || fail "final model incomplete"
+[ -f full/checkpoint-4/training_state.json ] || fail "no checkpoint at step 4"
+first=$(grep -m1 "^step 1/8" full.log | sed 's/.*cross_entropy \([0-9.]*\).*/\1/')
+last=$(grep "^step 8/8" full.log | sed 's/.*cross_entropy \([0-9.]*\).*/\1/')
+python3 -c "import sys; a,b=map(float,sys.argv[1:]); sys.exit(0 if b < a else 1)" "$first" "$last" \
+  || fail "loss did not decrease ($first -> $last)"
+
+# Resume: a copy of the run stopped after step 4 continues to the same losses, to the bit.
+mkdir resumed && cp -r full/checkpoint-4 resumed/
+train resumed 8 --save-interval 4 --resume > resumed.log
+grep -q "resuming from" resumed.log || fail "did not resume"
+diff <(grep -E "^step [5-8]/8" full.log | sed 's/ | [0-9]* tok\/s.*//') \
+     <(grep -E "^step [5-8]/8" resumed.log | sed 's/ | [0-9]* tok\/s.*//') || fail "resumed losses differ"
+
+# eval --json on the saved model.
+"$MINITRON" eval --model full/model --data shards/austen_val_000000.bin --sequence-length 32 --json > eval.json
+python3 -c "import json; r=json.load(open('eval.json')); assert r['tokens'] > 0 and r['loss'] > 0 and abs(r['perplexity'] - __import__('math').exp(r['loss'])) < 1e-6 * r['perplexity'], r"
+"$MINITRON" info --model full/model > info.txt
+grep -qi "parameters" info.txt || fail "info printed no parameter count"
+
+# Bad input: clear one-line errors, non-zero exit, nothing written.
+expect_error() {  # expect_error PATTERN command...
+  local pattern=$1; shift
+  if "$@" > err.out 2>&1; then fail "expected failure: $*"; fi
+  grep -q "^minitron: error: .*$pattern" err.out || { cat err.out; fail "message lacks '$pattern'"; }
+}
+expect_error "batch-size" train bad 2 --batch-size 0
+expect_error "sequence-length" train bad 2 --sequence-length 100000
+expect_error "save-dtype" train bad 2 --save-dtype float8
+expect_error "no-such" "$MINITRON" eval --model no-such-dir --data shards/austen_val_000000.bin
+head -c 100 shards/austen_val_000000.bin > truncated.bin
+expect_error "truncated.bin" "$MINITRON" eval --model full/model --data truncated.bin
+[ ! -e bad ] || [ -z "$(ls bad/model 2>/dev/null)" ] || fail "a failed run left a model behind"

@@ -1,0 +1,35 @@
+#include "train/evaluate.h"
+
+#include <cmath>
+#include <vector>
+
+#include "util/progress.h"
+
+namespace minitron {
+
+EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace,
+                         bool show_progress) {
+  const std::int64_t T = loader.windows().sequence_length();
+  const std::int64_t B = model.max_batch();
+  std::vector<std::int32_t> inputs(static_cast<std::size_t>(B * T)), targets(inputs.size());
+  loader.reset();
+  EvalResult result;
+  double sum = 0.0;
+  std::unique_ptr<Progress> progress;
+  if (show_progress) progress = std::make_unique<Progress>("eval", loader.total_batches(), "batch");
+  while (std::int64_t windows = loader.next(inputs, targets)) {
+    const std::size_t n = static_cast<std::size_t>(windows * T);
+    model.forward(std::span(inputs).first(n), windows, T);
+    double mean = cross_entropy_loss(model, std::span(targets).first(n), workspace);
+    sum += mean * static_cast<double>(n);
+    result.tokens += static_cast<std::int64_t>(n);
+    result.windows += windows;
+    if (progress) progress->advance();
+  }
+  if (progress) progress->finish();
+  if (result.tokens > 0) result.loss = sum / static_cast<double>(result.tokens);
+  result.perplexity = std::exp(result.loss);
+  return result;
+}
+
+}  // namespace minitron

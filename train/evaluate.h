@@ -1,0 +1,25 @@
+// Validation loss over token shards: mean next-token cross-entropy over the non-overlapping
+// windows defined in DESIGN.md, every target token weighted equally.
+#pragma once
+
+#include <cstdint>
+
+#include "data/dataloader.h"
+#include "model/llama.h"
+#include "train/losses.h"
+
+namespace minitron {
+
+struct EvalResult {
+  double loss = 0;        // nats per token
+  double perplexity = 0;  // exp(loss)
+  std::int64_t tokens = 0;
+  std::int64_t windows = 0;
+};
+
+// Runs every batch of the loader (from its start) through the model. show_progress draws a
+// progress bar on stderr.
+EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace,
+                         bool show_progress = false);
+
+}  // namespace minitron

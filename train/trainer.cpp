@@ -1,0 +1,231 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <regex>
+
+#include "data/dataloader.h"
+#include "model/checkpoint.h"
+#include "train/evaluate.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace minitron {
+
+namespace fs = std::filesystem;
+
+double CrossEntropyObjective::step(LlamaModel& model, std::span<const std::int32_t> inputs,
+                                   std::span<const std::int32_t> targets, std::int64_t batch,
+                                   std::int64_t sequence, float grad_weight) {
+  model.forward(inputs, batch, sequence);
+  return cross_entropy_loss(model, targets, workspace_, grad_weight);
+}
+
+fs::path latest_checkpoint(const fs::path& output) {
+  fs::path best;
+  std::int64_t best_step = -1;
+  if (!fs::is_directory(output)) return best;
+  static const std::regex pattern("checkpoint-([0-9]+)");
+  for (const auto& entry : fs::directory_iterator(output)) {
+    std::smatch m;
+    std::string name = entry.path().filename().string();
+    if (entry.is_directory() && std::regex_match(name, m, pattern) &&
+        fs::exists(entry.path() / "training_state.json")) {
+      std::int64_t step = std::stoll(m[1].str());
+      if (step > best_step) best_step = step, best = entry.path();
+    }
+  }
+  return best;
+}
+
+namespace {
+
+// Training state beside an HF checkpoint: fp32 parameters (the HF weights may be bf16, and
+// resume must be bit-exact), AdamW moments, and the step and data position as JSON.
+void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const AdamW& optimizer,
+                              const TrainLoader& loader, std::int64_t step, const TrainOptions& options) {
+  std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
+  std::vector<float> m, v, master;
+  optimizer.get_state(m, v, master);
+  if (optimizer.has_master()) params = master;  // the exact fp32 weights the update works on
+  else model.get_parameters(params);
+  write_directory_atomically(dir, [&](const fs::path& tmp) {
+    SaveOptions save;
+    save.dtype = options.save_dtype;
+    save.copy_files = options.companion_files;
+    save_checkpoint(tmp, model.config(), model.table(), params, save);
+    const std::vector<std::int64_t> shape{model.table().total_numel()};
+    std::vector<SafetensorsEntry> entries{{"params", shape, params.data()},
+                                          {"adam_m", shape, m.data()},
+                                          {"adam_v", shape, v.data()}};
+    write_safetensors_file(tmp / "training_state.safetensors", entries, SafetensorsDType::F32);
+    nlohmann::json state = {{"step", step},
+                            {"optimizer_steps", optimizer.steps_taken()},
+                            {"loader", loader.state()},
+                            {"batch_size", options.batch_size},
+                            {"sequence_length", options.sequence_length},
+                            {"grad_accumulation", options.grad_accumulation}};
+    write_bytes_atomically(tmp / "training_state.json", state.dump(2));
+  });
+}
+
+// Returns the step to continue from.
+std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model, AdamW& optimizer,
+                                         TrainLoader& loader, const TrainOptions& options) {
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(read_text_file(dir / "training_state.json"));
+  } catch (const nlohmann::json::exception& e) {
+    fail_expected((dir / "training_state.json").string(), e.what(), "valid JSON written by minitron train");
+  }
+  for (const char* key : {"batch_size", "sequence_length", "grad_accumulation"}) {
+    std::int64_t saved = state.at(key).get<std::int64_t>();
+    std::int64_t now = key == std::string("batch_size")        ? options.batch_size
+                       : key == std::string("sequence_length") ? options.sequence_length
+                                                               : options.grad_accumulation;
+    if (saved != now)
+      fail_expected(str("--resume from ", dir.string()), str(key, " is ", now, " now but was ", saved),
+                    "the same training flags as the interrupted run");
+  }
+  SafetensorsFile file(dir / "training_state.safetensors");
+  const auto n = static_cast<std::size_t>(model.table().total_numel());
+  std::vector<float> params(n), m(n), v(n);
+  file.read_f32("params", params);
+  file.read_f32("adam_m", m);
+  file.read_f32("adam_v", v);
+  model.set_parameters(params);
+  optimizer.set_state(m, v, optimizer.has_master() ? params : std::vector<float>{},
+                      state.at("optimizer_steps").get<std::int64_t>());
+  loader.restore(state.at("loader"));
+  return state.at("step").get<std::int64_t>();
+}
+
+std::string format_eta(double seconds) {
+  if (!(seconds >= 0)) return "--";
+  auto s = static_cast<long>(seconds + 0.5);
+  return s >= 3600 ? str(s / 3600, "h", (s / 60) % 60, "m") : str(s / 60, "m", s % 60, "s");
+}
+
+}  // namespace
+
+TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options) {
+  const std::int64_t B = options.batch_size, T = options.sequence_length;
+  if (options.steps < 1) fail_expected("--steps", str(options.steps), "at least 1");
+  if (options.grad_accumulation < 1)
+    fail_expected("--grad-accumulation", str(options.grad_accumulation), "at least 1");
+  if (T > model.config().max_position_embeddings)
+    fail_expected("--sequence-length", str(T),
+                  str("at most max_position_embeddings = ", model.config().max_position_embeddings));
+
+  TrainLoaderOptions loader_options;
+  loader_options.batch_size = B;
+  loader_options.sequence_length = T;
+  loader_options.seed = options.seed;
+  loader_options.vocab_size = model.config().vocab_size;
+  TrainLoader loader(options.train_shards, loader_options);
+  std::unique_ptr<EvalLoader> validation;
+  std::unique_ptr<LossWorkspace> eval_workspace;
+  if (!options.validation_shards.empty()) {
+    std::optional<std::int64_t> max_windows;
+    if (options.eval_windows > 0) max_windows = options.eval_windows;
+    validation = std::make_unique<EvalLoader>(options.validation_shards, B, T, max_windows,
+                                              model.config().vocab_size);
+    eval_workspace = std::make_unique<LossWorkspace>(model.backend(), model.config().vocab_size, B * T);
+  }
+
+  OptimizerConfig optimizer_config = options.optimizer;
+  optimizer_config.total_steps = options.steps;
+  AdamW optimizer(model, optimizer_config);
+
+  fs::create_directories(options.output);
+  std::int64_t start = 0;
+  if (options.resume) {
+    fs::path checkpoint = latest_checkpoint(options.output);
+    if (!checkpoint.empty()) {
+      start = restore_training_checkpoint(checkpoint, model, optimizer, loader, options);
+      std::printf("resuming from %s at step %lld\n", checkpoint.c_str(), static_cast<long long>(start));
+    } else {
+      std::printf("no checkpoint in %s: starting from step 0\n", options.output.c_str());
+    }
+  }
+  MetricsLog metrics(options.output / "metrics.jsonl", /*append=*/start > 0);
+
+  auto validate = [&](std::int64_t step, TrainSummary& summary) {
+    if (!validation) return;
+    EvalResult r = evaluate_loss(model, *validation, *eval_workspace);
+    summary.validation_loss = r.loss;
+    std::printf("step %lld | validation loss %.4f | perplexity %.2f | %lld tokens\n",
+                static_cast<long long>(step), r.loss, r.perplexity, static_cast<long long>(r.tokens));
+    metrics.write({{"step", step}, {"validation_loss", r.loss}, {"validation_perplexity", r.perplexity},
+                   {"validation_tokens", r.tokens}});
+  };
+
+  std::vector<std::int32_t> inputs(static_cast<std::size_t>(B * T)), targets(inputs.size());
+  TrainSummary summary;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto window_start = t0;
+  std::int64_t window_tokens = 0;
+  const float micro_weight = 1.0f / static_cast<float>(options.grad_accumulation);
+  for (std::int64_t step = start; step < options.steps; ++step) {
+    model.zero_gradients();
+    double loss = 0.0;
+    for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
+      loader.next(inputs, targets);
+      loss += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
+      model.backward();
+    }
+    OptimizerStepStats stats = optimizer.step(step);
+    window_tokens += B * T * options.grad_accumulation;
+    summary.last_train_loss = loss;
+    summary.steps = step + 1;
+    if (!std::isfinite(loss)) fail(str("training diverged at step ", step + 1, ": loss is ", loss));
+
+    if ((step + 1) % options.log_interval == 0 || step + 1 == options.steps) {
+      auto now = std::chrono::steady_clock::now();
+      double window = std::chrono::duration<double>(now - window_start).count();
+      double rate = window > 0 ? static_cast<double>(window_tokens) / window : 0.0;
+      double elapsed = std::chrono::duration<double>(now - t0).count();
+      double eta = elapsed / static_cast<double>(step + 1 - start) * static_cast<double>(options.steps - step - 1);
+      std::printf("step %lld/%lld | %s %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
+                  static_cast<long long>(step + 1), static_cast<long long>(options.steps), objective.name(),
+                  loss, stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
+      std::fflush(stdout);
+      metrics.write({{"step", step + 1}, {"loss", loss}, {"objective", objective.name()},
+                     {"learning_rate", stats.learning_rate}, {"grad_norm", stats.grad_norm},
+                     {"tokens_per_second", rate}, {"elapsed_seconds", elapsed},
+                     {"epoch", loader.epoch()}});
+      window_start = now;
+      window_tokens = 0;
+    }
+    if (options.eval_interval > 0 && (step + 1) % options.eval_interval == 0 && step + 1 < options.steps)
+      validate(step + 1, summary);
+    if (options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps)
+      save_training_checkpoint(options.output / str("checkpoint-", step + 1), model, optimizer, loader,
+                               step + 1, options);
+  }
+  validate(options.steps, summary);
+
+  // The final model, in HF format, for the next step of the recipe.
+  std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
+  std::vector<float> m, v, master;
+  if (optimizer.has_master()) {
+    optimizer.get_state(m, v, master);
+    params = master;
+  } else {
+    model.get_parameters(params);
+  }
+  SaveOptions save;
+  save.dtype = options.save_dtype;
+  save.copy_files = options.companion_files;
+  save_checkpoint(options.output / "model", model.config(), model.table(), params, save);
+
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  summary.tokens_per_second =
+      summary.seconds > 0 ? static_cast<double>((options.steps - start) * B * T * options.grad_accumulation) / summary.seconds : 0;
+  metrics.write({{"event", "done"}, {"steps", options.steps}, {"last_train_loss", summary.last_train_loss},
+                 {"validation_loss", summary.validation_loss}, {"tokens_per_second", summary.tokens_per_second}});
+  return summary;
+}
+
+}  // namespace minitron

@@ -1,0 +1,77 @@
+// The training loop shared by `train`, `correct` and `distill`: micro-batches with gradient
+// accumulation, AdamW, periodic validation, resumable checkpoints, JSONL metrics.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "model/llama.h"
+#include "model/safetensors.h"
+#include "train/losses.h"
+#include "train/optimizer.h"
+#include "util/progress.h"
+
+namespace minitron {
+
+// What a training step minimises on one micro-batch. step() runs the forward pass(es), the
+// loss and the head backward (with grad_weight != 0); the trainer then calls model.backward().
+class Objective {
+ public:
+  virtual ~Objective() = default;
+  virtual const char* name() const = 0;  // "cross_entropy", "kl", ...
+  virtual double step(LlamaModel& model, std::span<const std::int32_t> inputs,
+                      std::span<const std::int32_t> targets, std::int64_t batch,
+                      std::int64_t sequence, float grad_weight) = 0;
+};
+
+// Next-token cross-entropy: plain pre-training and teacher correction.
+class CrossEntropyObjective : public Objective {
+ public:
+  explicit CrossEntropyObjective(LossWorkspace& workspace) : workspace_(workspace) {}
+  const char* name() const override { return "cross_entropy"; }
+  double step(LlamaModel& model, std::span<const std::int32_t> inputs,
+              std::span<const std::int32_t> targets, std::int64_t batch, std::int64_t sequence,
+              float grad_weight) override;
+
+ private:
+  LossWorkspace& workspace_;
+};
+
+struct TrainOptions {
+  std::int64_t batch_size = 4;
+  std::int64_t sequence_length = 256;
+  std::int64_t steps = 100;
+  std::int64_t grad_accumulation = 1;
+  std::int64_t eval_interval = 0;   // 0: validate only at the end
+  std::int64_t eval_windows = 0;    // 0: every validation window
+  std::int64_t save_interval = 0;   // 0: no intermediate checkpoints
+  std::int64_t log_interval = 1;
+  std::uint64_t seed = 1337;
+  SafetensorsDType save_dtype = SafetensorsDType::BF16;
+  OptimizerConfig optimizer;
+  std::filesystem::path output;
+  bool resume = false;  // continue from the newest output/checkpoint-* when one exists
+  std::vector<std::filesystem::path> train_shards, validation_shards;
+  std::vector<std::filesystem::path> companion_files;  // copied beside every saved model
+};
+
+struct TrainSummary {
+  std::int64_t steps = 0;
+  double last_train_loss = std::numeric_limits<double>::quiet_NaN();
+  double validation_loss = std::numeric_limits<double>::quiet_NaN();
+  double tokens_per_second = 0;
+  double seconds = 0;
+};
+
+// Trains model (a Training-mode model holding its initial parameters) and writes
+// output/model (the final HF checkpoint), output/checkpoint-<step> (resumable) and
+// output/metrics.jsonl; validates on options.validation_shards when any are given.
+TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options);
+
+// The newest output/checkpoint-<step> directory, or empty.
+std::filesystem::path latest_checkpoint(const std::filesystem::path& output);
+
+}  // namespace minitron
