@@ -1,0 +1,220 @@
+#include "data/dataloader.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#include "util/error.h"
+
+namespace minitron {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::uint64_t splitmix64_next(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+Xoshiro256::Xoshiro256(std::uint64_t seed) {
+  for (auto& word : s_) word = splitmix64_next(seed);
+}
+
+static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+std::uint64_t Xoshiro256::next() {
+  const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  const std::uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+std::uint64_t Xoshiro256::below(std::uint64_t bound) {
+  MINITRON_ASSERT(bound > 0);
+  // Reject the lowest 2^64 mod bound values so that every residue is equally likely.
+  const std::uint64_t threshold = (0 - bound) % bound;
+  for (;;) {
+    const std::uint64_t r = next();
+    if (r >= threshold) return r % bound;
+  }
+}
+
+std::vector<std::int64_t> epoch_permutation(std::int64_t count, std::uint64_t seed, std::int64_t epoch) {
+  // Hash seed and epoch separately: seeding with seed+epoch would make epoch e's xoshiro state a
+  // shifted copy of epoch e-1's (splitmix64 is a counter).
+  std::uint64_t seed_state = seed;
+  std::uint64_t epoch_state = static_cast<std::uint64_t>(epoch) ^ 0x632BE59BD9B4E019ull;
+  Xoshiro256 rng(splitmix64_next(seed_state) ^ splitmix64_next(epoch_state));
+  std::vector<std::int64_t> order(static_cast<std::size_t>(count));
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  for (std::int64_t i = count - 1; i > 0; --i) {
+    const auto j = static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(i) + 1));
+    std::swap(order[i], order[j]);
+  }
+  return order;
+}
+
+// --- TokenWindows ----------------------------------------------------------------------------
+
+std::int64_t TokenWindows::windows_in(std::int64_t tokens, std::int64_t sequence_length) {
+  return tokens <= sequence_length ? 0 : (tokens - 1) / sequence_length;
+}
+
+TokenWindows::TokenWindows(const std::vector<fs::path>& paths, std::int64_t sequence_length,
+                           std::optional<std::int64_t> vocab_size)
+    : T_(sequence_length) {
+  if (T_ < 1) fail_expected("sequence length", str(T_), "at least 1");
+  if (paths.empty()) fail_expected("token shards", "none given", "at least one shard");
+  first_window_.push_back(0);
+  for (const auto& path : paths) {
+    shards_.push_back(TokenShard::open(path, vocab_size));
+    first_window_.push_back(first_window_.back() + windows_in(shards_.back().size(), T_));
+  }
+  if (count() == 0)
+    fail_expected(paths.size() == 1 ? paths[0].string() : str(paths.size(), " token shards"),
+                  str("no shard holds more than ", T_, " tokens, so there is no window"),
+                  str("at least ", T_ + 1, " tokens (sequence length + 1) in a shard"));
+}
+
+void TokenWindows::copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets) const {
+  MINITRON_ASSERT(index >= 0 && index < count(), "window ", index, " of ", count());
+  const auto shard = static_cast<std::size_t>(
+      std::upper_bound(first_window_.begin(), first_window_.end(), index) - first_window_.begin() - 1);
+  const std::uint32_t* tokens = shards_[shard].tokens().data() + (index - first_window_[shard]) * T_;
+  for (std::int64_t t = 0; t <= T_; ++t) {
+    // An id this large cannot be a token; as int32 it would turn negative and index out of range.
+    if (tokens[t] > static_cast<std::uint32_t>(std::numeric_limits<std::int32_t>::max()))
+      fail_expected(shards_[shard].path().string(), str("token id ", tokens[t]), "ids below 2^31");
+  }
+  for (std::int64_t t = 0; t < T_; ++t) {
+    inputs[t] = static_cast<std::int32_t>(tokens[t]);
+    targets[t] = static_cast<std::int32_t>(tokens[t + 1]);
+  }
+}
+
+json TokenWindows::describe() const {
+  json shards = json::array();
+  for (const auto& shard : shards_)
+    shards.push_back({{"name", shard.path().filename().string()}, {"tokens", shard.size()}});
+  return shards;
+}
+
+static void check_batch_spans(std::span<std::int32_t> inputs, std::span<std::int32_t> targets,
+                              std::int64_t B, std::int64_t T) {
+  const auto need = static_cast<std::size_t>(B * T);
+  MINITRON_ASSERT(inputs.size() >= need && targets.size() >= need, "batch buffers hold ",
+                  inputs.size(), " and ", targets.size(), " ids, need ", need);
+}
+
+// --- TrainLoader -----------------------------------------------------------------------------
+
+TrainLoader::TrainLoader(const std::vector<fs::path>& paths, const TrainLoaderOptions& options)
+    : windows_(paths, options.sequence_length, options.vocab_size), options_(options) {
+  if (options_.batch_size < 1) fail_expected("batch size", str(options_.batch_size), "at least 1");
+  if (options_.world_size < 1) fail_expected("world size", str(options_.world_size), "at least 1");
+  if (options_.rank < 0 || options_.rank >= options_.world_size)
+    fail_expected("rank", str(options_.rank), str("0 to ", options_.world_size - 1));
+  const std::int64_t global_batch = options_.batch_size * options_.world_size;
+  steps_per_epoch_ = windows_.count() / global_batch;
+  if (steps_per_epoch_ == 0)
+    fail_expected("training data",
+                  str("the shards hold ", windows_.count(), " windows of ", options_.sequence_length + 1,
+                      " tokens, fewer than one global batch of ", global_batch,
+                      " (batch size x world size)"),
+                  str("at least ", global_batch, " windows; use more data or a smaller batch or sequence"));
+  order_ = epoch_permutation(windows_.count(), options_.seed, epoch_);
+}
+
+void TrainLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets) {
+  const std::int64_t B = options_.batch_size, T = options_.sequence_length, R = options_.world_size;
+  check_batch_spans(inputs, targets, B, T);
+  if (step_ == steps_per_epoch_) {
+    ++epoch_;
+    step_ = 0;
+    order_ = epoch_permutation(windows_.count(), options_.seed, epoch_);
+  }
+  const std::int64_t base = step_ * B * R + options_.rank;
+  for (std::int64_t j = 0; j < B; ++j)
+    windows_.copy(order_[static_cast<std::size_t>(base + j * R)], inputs.data() + j * T,
+                  targets.data() + j * T);
+  ++step_;
+}
+
+json TrainLoader::state() const {
+  return {{"format", "minitron-train-loader-1"},
+          {"epoch", epoch_},
+          {"step_in_epoch", step_},
+          {"seed", options_.seed},
+          {"rank", options_.rank},
+          {"world_size", options_.world_size},
+          {"batch_size", options_.batch_size},
+          {"sequence_length", options_.sequence_length},
+          {"shards", windows_.describe()}};
+}
+
+void TrainLoader::restore(const json& state) {
+  const char* what = "data loader state";
+  std::int64_t epoch = 0, step = 0, world = 0, B = 0, T = 0;
+  std::uint64_t seed = 0;
+  json shards;
+  try {
+    if (state.value("format", "") != "minitron-train-loader-1")
+      fail_expected(what, str("format is '", state.value("format", ""), "'"), "'minitron-train-loader-1'");
+    epoch = state.at("epoch").get<std::int64_t>();
+    step = state.at("step_in_epoch").get<std::int64_t>();
+    seed = state.at("seed").get<std::uint64_t>();
+    world = state.at("world_size").get<std::int64_t>();
+    B = state.at("batch_size").get<std::int64_t>();
+    T = state.at("sequence_length").get<std::int64_t>();
+    shards = state.at("shards");
+  } catch (const json::exception& e) {
+    fail_expected(what, e.what(), "the object written by TrainLoader::state()");
+  }
+  if (B != options_.batch_size || T != options_.sequence_length)
+    fail_expected(what, str("it was saved with batch size ", B, " and sequence length ", T),
+                  str("batch size ", options_.batch_size, " and sequence length ",
+                      options_.sequence_length, " as this run uses"));
+  if (world != options_.world_size)
+    fail_expected(what, str("it was saved with world size ", world),
+                  str("world size ", options_.world_size, " as this run uses"));
+  if (shards != windows_.describe())
+    fail_expected(what, str("it was saved for the shards ", shards.dump()),
+                  str("the shards of this run, ", windows_.describe().dump()));
+  if (epoch < 0 || step < 0 || step > steps_per_epoch_)
+    fail_expected(what, str("epoch ", epoch, ", step ", step),
+                  str("a step from 0 to ", steps_per_epoch_, " in a non-negative epoch"));
+  options_.seed = seed;
+  epoch_ = epoch;
+  step_ = step;
+  order_ = epoch_permutation(windows_.count(), options_.seed, epoch_);
+}
+
+// --- EvalLoader ------------------------------------------------------------------------------
+
+EvalLoader::EvalLoader(const std::vector<fs::path>& paths, std::int64_t batch_size,
+                       std::int64_t sequence_length, std::optional<std::int64_t> max_windows,
+                       std::optional<std::int64_t> vocab_size)
+    : windows_(paths, sequence_length, vocab_size), B_(batch_size) {
+  if (B_ < 1) fail_expected("batch size", str(B_), "at least 1");
+  if (max_windows && *max_windows < 1) fail_expected("maximum windows", str(*max_windows), "at least 1");
+  total_ = max_windows ? std::min(*max_windows, windows_.count()) : windows_.count();
+}
+
+std::int64_t EvalLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets) {
+  const std::int64_t T = windows_.sequence_length();
+  const std::int64_t n = std::min(B_, total_ - next_window_);
+  check_batch_spans(inputs, targets, n, T);
+  for (std::int64_t j = 0; j < n; ++j)
+    windows_.copy(next_window_ + j, inputs.data() + j * T, targets.data() + j * T);
+  next_window_ += n;
+  return n;
+}
+
+}  // namespace minitron

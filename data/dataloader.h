@@ -1,0 +1,120 @@
+// Batches of fixed-length windows from token shards, for training and for evaluation.
+//
+// Window i of a shard of n tokens is tokens[i*T .. i*T+T] (T+1 tokens): inputs are the first T,
+// targets the last T, so consecutive windows share one boundary token and a shard holds
+// floor((n-1)/T) windows (a last partial window is dropped). Windows of all shards are numbered
+// globally in shard order.
+//
+// Training: each epoch visits every window once in a shuffled order that depends only on
+// (seed, epoch) — our own splitmix64/xoshiro256** and Fisher–Yates, because std::shuffle and the
+// std distributions differ between standard libraries. A global step takes B*R consecutive
+// positions of the epoch's order; rank r takes positions step*B*R + j*R + r (j < B), so ranks are
+// disjoint; the epoch's last W mod (B*R) positions are skipped on every rank alike.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/shards.h"
+
+namespace minitron {
+
+// splitmix64 (Steele, Lea, Flood 2014) and xoshiro256** (Blackman, Vigna 2018), bit-exact with
+// the reference C code, so shuffles are the same on every platform.
+std::uint64_t splitmix64_next(std::uint64_t& state);
+
+class Xoshiro256 {
+ public:
+  explicit Xoshiro256(std::uint64_t seed);  // state words drawn from splitmix64(seed)
+  std::uint64_t next();
+  std::uint64_t below(std::uint64_t bound);  // uniform in [0, bound), bound > 0; unbiased
+
+ private:
+  std::uint64_t s_[4];
+};
+
+// The order in which epoch `epoch` visits windows 0..count-1 (Fisher–Yates from the top).
+std::vector<std::int64_t> epoch_permutation(std::int64_t count, std::uint64_t seed, std::int64_t epoch);
+
+// Shards opened and numbered as windows of T+1 tokens.
+class TokenWindows {
+ public:
+  TokenWindows(const std::vector<std::filesystem::path>& paths, std::int64_t sequence_length,
+               std::optional<std::int64_t> vocab_size = std::nullopt);
+
+  std::int64_t sequence_length() const { return T_; }
+  std::int64_t count() const { return first_window_.back(); }
+  // Windows per shard: floor((n-1)/T), 0 for n <= T.
+  static std::int64_t windows_in(std::int64_t tokens, std::int64_t sequence_length);
+  // Copies window `index` into T inputs and T targets.
+  void copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets) const;
+  // [{"name": file name, "tokens": n}, ...]: identifies the data in a loader state.
+  nlohmann::json describe() const;
+
+ private:
+  std::int64_t T_;
+  std::vector<TokenShard> shards_;
+  std::vector<std::int64_t> first_window_;  // prefix sums; size shards+1
+};
+
+struct TrainLoaderOptions {
+  std::int64_t batch_size = 1;       // B windows per rank per step
+  std::int64_t sequence_length = 0;  // T
+  std::uint64_t seed = 0;
+  std::int64_t rank = 0;
+  std::int64_t world_size = 1;
+  std::optional<std::int64_t> vocab_size = std::nullopt;  // when set, every id is checked on open
+};
+
+class TrainLoader {
+ public:
+  TrainLoader(const std::vector<std::filesystem::path>& paths, const TrainLoaderOptions& options);
+
+  // Fills inputs[B*T] and targets[B*T] (row-major: window j is [j*T, j*T+T)) and advances.
+  void next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets);
+
+  std::int64_t epoch() const { return epoch_; }
+  std::int64_t step_in_epoch() const { return step_; }
+  std::int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  const TokenWindows& windows() const { return windows_; }
+
+  // Everything needed to continue exactly where this loader is. restore() refuses a state from
+  // other shards, B, T or world size; it takes the state's seed and keeps this loader's rank.
+  nlohmann::json state() const;
+  void restore(const nlohmann::json& state);
+
+ private:
+  TokenWindows windows_;
+  TrainLoaderOptions options_;
+  std::int64_t steps_per_epoch_ = 0;
+  std::int64_t epoch_ = 0, step_ = 0;
+  std::vector<std::int64_t> order_;  // the current epoch's permutation
+};
+
+// Windows 0, 1, 2, ... (at most max_windows), in batches of up to B; the last may be smaller.
+class EvalLoader {
+ public:
+  EvalLoader(const std::vector<std::filesystem::path>& paths, std::int64_t batch_size,
+             std::int64_t sequence_length, std::optional<std::int64_t> max_windows = std::nullopt,
+             std::optional<std::int64_t> vocab_size = std::nullopt);
+
+  // Fills up to B windows and returns how many (0 when all windows were served).
+  std::int64_t next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets);
+  void reset() { next_window_ = 0; }
+
+  std::int64_t total_windows() const { return total_; }
+  std::int64_t total_batches() const { return (total_ + B_ - 1) / B_; }
+  const TokenWindows& windows() const { return windows_; }
+
+ private:
+  TokenWindows windows_;
+  std::int64_t B_, total_, next_window_ = 0;
+};
+
+}  // namespace minitron
