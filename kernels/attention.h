@@ -1,0 +1,190 @@
+// Causal attention with grouped KV heads (GQA), CPU reference.
+//
+// q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], out [B*Tq, Hq*hd], lse [B, Hq, Tq].
+// Query row t attends to keys 0 .. t + (Tk - Tq); query head h reads KV head h / (Hq / Hkv)
+// in place (no copies of K/V per group). Scale 1/sqrt(hd). Sums run in T: fp32 for the float
+// engine, like the CUDA engine's accumulators; fp64 for gradient checks.
+//
+// The backward recomputes the probabilities from the saved log-sum-exp, as flash-attention
+// does: P_ij = exp(S_ij - lse_i), D_i = sum(dout_i * out_i), dS_ij = P_ij (dout_i.v_j - D_i).
+// It runs two passes so that every output element is owned by one thread and summed in a
+// fixed order (deterministic for any thread count): one over query rows for dq, one over key
+// rows for dk and dv (each key row loops over the query heads of its group, then the queries).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/cpu_parallel.h"
+#include "util/error.h"
+
+namespace minitron::cpu {
+
+template <typename T>
+T dot(const T* a, const T* b, std::int64_t n) {
+  T sum = 0;
+  // The vector reduction order is fixed at compile time, so results stay deterministic.
+#pragma omp simd reduction(+ : sum)
+  for (std::int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// Scratch the two passes need, in elements of T: one row of Tk scores per thread for the
+// forward, D [B, Hq, Tq] for the backward. Callers that run attention every step (the CPU
+// backend) keep one buffer of the larger size and pass it in; a null workspace makes the call
+// allocate its own, which is what a test wants.
+inline std::int64_t attention_forward_workspace(std::int64_t Tk) {
+#ifdef _OPENMP
+  return Tk * omp_get_max_threads();
+#else
+  return Tk;
+#endif
+}
+inline std::int64_t attention_backward_workspace(std::int64_t B, std::int64_t Hq,
+                                                 std::int64_t Tq) {
+  return B * Hq * Tq;
+}
+
+inline int current_thread() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline void check_attention_shape(std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
+                                  std::int64_t Hkv, std::int64_t hd) {
+  MINITRON_ASSERT(Hkv > 0 && Hq % Hkv == 0, "attention: Hq ", Hq, " must be a multiple of Hkv ",
+                  Hkv);
+  MINITRON_ASSERT(Tq <= Tk, "attention: Tq ", Tq, " must not exceed Tk ", Tk);
+  MINITRON_ASSERT(hd > 0, "attention: head_dim ", hd);
+}
+
+template <typename T>
+void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::int64_t B,
+                       std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
+                       std::int64_t hd, T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+  std::vector<T> own;
+  if (!workspace) {
+    own.resize(static_cast<std::size_t>(attention_forward_workspace(Tk)));
+    workspace = own.data();
+  }
+  const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
+  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+#pragma omp parallel if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
+  {
+    T* p = workspace + current_thread() * Tk;  // this thread's score row
+#pragma omp for schedule(static)
+    for (std::int64_t task = 0; task < B * Hq * Tq; ++task) {
+      const std::int64_t t = task % Tq, h = (task / Tq) % Hq, b = task / (Tq * Hq);
+      const std::int64_t hk = h / group, keys = t + offset + 1;
+      const T* qi = q + (b * Tq + t) * q_stride + h * hd;
+      const T* kb = k + b * Tk * kv_stride + hk * hd;
+      const T* vb = v + b * Tk * kv_stride + hk * hd;
+      T max = -std::numeric_limits<T>::infinity();
+      for (std::int64_t j = 0; j < keys; ++j) {
+        p[j] = dot(qi, kb + j * kv_stride, hd) * scale;
+        max = std::max(max, p[j]);
+      }
+      T sum = 0;
+      for (std::int64_t j = 0; j < keys; ++j) {
+        p[j] = std::exp(p[j] - max);
+        sum += p[j];
+      }
+      lse[(b * Hq + h) * Tq + t] = max + std::log(sum);
+      T* o = out + (b * Tq + t) * q_stride + h * hd;
+      std::fill_n(o, hd, T(0));
+      const T inv = T(1) / sum;
+      for (std::int64_t j = 0; j < keys; ++j) {
+        const T w = p[j] * inv;
+        const T* vj = vb + j * kv_stride;
+#pragma omp simd
+        for (std::int64_t d = 0; d < hd; ++d) o[d] += w * vj[d];
+      }
+    }
+  }
+}
+
+// Overwrites dq [B*Tq, Hq*hd], dk and dv [B*Tk, Hkv*hd].
+template <typename T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
+                        const T* q, const T* k, const T* v, std::int64_t B, std::int64_t Tq,
+                        std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                        T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+  std::vector<T> own;
+  if (!workspace) {
+    own.resize(static_cast<std::size_t>(attention_backward_workspace(B, Hq, Tq)));
+    workspace = own.data();
+  }
+  T* D = workspace;  // D_i, laid out like lse
+  const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
+  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+
+  // Pass 1, per query row: D_i, then dq_i = scale * sum_j dS_ij k_j.
+#pragma omp parallel for schedule(static) if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
+  for (std::int64_t task = 0; task < B * Hq * Tq; ++task) {
+    const std::int64_t t = task % Tq, h = (task / Tq) % Hq, b = task / (Tq * Hq);
+    const std::int64_t hk = h / group, keys = t + offset + 1;
+    const std::int64_t row = (b * Tq + t) * q_stride + h * hd;
+    const T* qi = q + row;
+    const T* doi = dout + row;
+    const T Di = dot(doi, out + row, hd);
+    const T li = lse[(b * Hq + h) * Tq + t];
+    D[task] = Di;
+    T* dqi = dq + row;
+    std::fill_n(dqi, hd, T(0));
+    const T* kb = k + b * Tk * kv_stride + hk * hd;
+    const T* vb = v + b * Tk * kv_stride + hk * hd;
+    for (std::int64_t j = 0; j < keys; ++j) {
+      const T* kj = kb + j * kv_stride;
+      const T pij = std::exp(dot(qi, kj, hd) * scale - li);
+      const T ds = pij * (dot(doi, vb + j * kv_stride, hd) - Di) * scale;
+#pragma omp simd
+      for (std::int64_t d = 0; d < hd; ++d) dqi[d] += ds * kj[d];
+    }
+  }
+
+  // Pass 2, per key row of a KV head: dv_j = sum P_ij dout_i, dk_j = scale * sum dS_ij q_i,
+  // over the group's query heads and the queries that see key j (t + offset >= j).
+#pragma omp parallel for schedule(static) if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
+  for (std::int64_t task = 0; task < B * Hkv * Tk; ++task) {
+    const std::int64_t j = task % Tk, hk = (task / Tk) % Hkv, b = task / (Tk * Hkv);
+    const std::int64_t krow = (b * Tk + j) * kv_stride + hk * hd;
+    const T* kj = k + krow;
+    const T* vj = v + krow;
+    T* dkj = dk + krow;
+    T* dvj = dv + krow;
+    std::fill_n(dkj, hd, T(0));
+    std::fill_n(dvj, hd, T(0));
+    const std::int64_t first_query = std::max<std::int64_t>(0, j - offset);
+    for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      for (std::int64_t t = first_query; t < Tq; ++t) {
+        const std::int64_t row = (b * Tq + t) * q_stride + h * hd;
+        const std::int64_t stat = (b * Hq + h) * Tq + t;
+        const T* qi = q + row;
+        const T* doi = dout + row;
+        const T pij = std::exp(dot(qi, kj, hd) * scale - lse[stat]);
+        const T ds = pij * (dot(doi, vj, hd) - D[stat]) * scale;
+#pragma omp simd
+        for (std::int64_t d = 0; d < hd; ++d) {
+          dvj[d] += pij * doi[d];
+          dkj[d] += ds * qi[d];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace minitron::cpu
