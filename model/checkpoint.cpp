@@ -1,0 +1,130 @@
+#include "model/checkpoint.h"
+
+#include <set>
+
+#include "util/error.h"
+#include "util/files.h"
+
+namespace minitron {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Messages get long on a wholly wrong checkpoint; the first few problems say enough.
+std::string summarize(const std::vector<std::string>& problems) {
+  constexpr std::size_t kShown = 5;
+  std::string out;
+  for (std::size_t i = 0; i < problems.size() && i < kShown; ++i) out += (i ? "; " : "") + problems[i];
+  if (problems.size() > kShown) out += str("; and ", problems.size() - kShown, " more");
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> checkpoint_mismatches(const SafetensorsCheckpoint& checkpoint, const ModelConfig& config,
+                                               const ParameterTable& table) {
+  std::vector<std::string> problems;
+  for (const ParamInfo& p : table.entries()) {
+    const SafetensorsTensor* t = checkpoint.find(p.name);
+    if (!t) {
+      problems.push_back(str("tensor '", p.name, "' is missing (expected shape ", shape_string(p.shape), ")"));
+    } else if (t->shape != p.shape) {
+      problems.push_back(
+          str("tensor '", p.name, "' has shape ", shape_string(t->shape), ", expected ", shape_string(p.shape)));
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (const std::string& name : checkpoint.names()) {
+    if (table.find(name)) continue;
+    // Older transformers saved RoPE's inverse frequencies as a buffer; they are derived data.
+    if (ends_with(name, ".rotary_emb.inv_freq")) continue;
+    if (config.tie_word_embeddings && name == "lm_head.weight") {
+      const std::vector<std::int64_t> expected{config.vocab_size, config.hidden_size};
+      if (checkpoint.at(name).shape == expected) continue;
+      problems.push_back(str("tensor 'lm_head.weight' (tied to the embedding) has shape ",
+                             shape_string(checkpoint.at(name).shape), ", expected ", shape_string(expected)));
+      continue;
+    }
+    unexpected.push_back(name);
+  }
+  if (!unexpected.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < unexpected.size() && i < 5; ++i) list += str(i ? ", " : "", "'", unexpected[i], "'");
+    if (unexpected.size() > 5) list += str(" and ", unexpected.size() - 5, " more");
+    problems.push_back(str(unexpected.size(), " unexpected tensor(s) not in a ", config.architecture, " of this config: ",
+                           list));
+  }
+  return problems;
+}
+
+void load_parameters(const fs::path& dir, const ModelConfig& config, const ParameterTable& table,
+                     std::span<float> params) {
+  if (static_cast<std::int64_t>(params.size()) != table.total_numel())
+    fail_expected("load_parameters", str("buffer holds ", params.size(), " floats"),
+                  str(table.total_numel(), ", the table's total"));
+  SafetensorsCheckpoint checkpoint(dir);
+  std::vector<std::string> problems = checkpoint_mismatches(checkpoint, config, table);
+  if (!problems.empty())
+    fail_expected(dir.string(), summarize(problems), "the tensors and shapes that config.json describes");
+  for (const ParamInfo& p : table.entries())
+    checkpoint.read_f32(p.name, params.subspan(static_cast<std::size_t>(p.offset), static_cast<std::size_t>(p.numel)));
+}
+
+LoadedCheckpoint load_checkpoint(const fs::path& dir) {
+  ModelConfig config = load_model_config(dir / "config.json");
+  ParameterTable table(config);
+  LoadedCheckpoint out{config, table, std::vector<float>(static_cast<std::size_t>(table.total_numel()))};
+  load_parameters(dir, out.config, out.table, out.params);
+  return out;
+}
+
+std::vector<fs::path> companion_files(const fs::path& model_dir) {
+  std::vector<fs::path> out;
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                           "generation_config.json"}) {
+    if (fs::is_regular_file(model_dir / name)) out.push_back(model_dir / name);
+  }
+  return out;
+}
+
+void save_checkpoint(const fs::path& dir, const ModelConfig& config, const ParameterTable& table,
+                     std::span<const float> params, const SaveOptions& options) {
+  if (static_cast<std::int64_t>(params.size()) != table.total_numel())
+    fail_expected("save_checkpoint", str("buffer holds ", params.size(), " floats"),
+                  str(table.total_numel(), ", the table's total"));
+  if (options.dtype == SafetensorsDType::F16)
+    fail_expected("save_checkpoint", "F16 output is not supported", "BF16 or F32");
+  std::set<std::string> copied_names{"config.json", "model.safetensors", "model.safetensors.index.json"};
+  for (const fs::path& f : options.copy_files) {
+    const std::string name = f.filename().string();
+    if (!copied_names.insert(name).second || name.starts_with("model-"))
+      fail_expected(f.string(), str("name '", name, "' is already taken in the checkpoint"),
+                    "distinct companion file names");
+  }
+
+  ModelConfig saved = config;
+  saved.torch_dtype = options.dtype == SafetensorsDType::BF16 ? "bfloat16" : "float32";
+  std::vector<SafetensorsEntry> entries;
+  for (const ParamInfo& p : table.entries())
+    entries.push_back({p.name, p.shape, params.data() + p.offset});
+
+  write_directory_atomically(dir, [&](const fs::path& tmp) {
+    save_model_config(saved, tmp / "config.json");
+    write_safetensors_model(tmp, entries, options.dtype, options.max_shard_bytes);
+    // Copied last, inside the temporary directory: a missing file fails the whole save and
+    // leaves any existing checkpoint at dir as it was.
+    for (const fs::path& f : options.copy_files) {
+      if (!fs::is_regular_file(f)) fail_expected(f.string(), "file to copy does not exist", "an existing file");
+      std::error_code error;
+      if (!fs::copy_file(f, tmp / f.filename(), error))
+        fail_expected(f.string(), str("cannot copy into the checkpoint: ", error.message()), "a readable file");
+    }
+  });
+}
+
+}  // namespace minitron

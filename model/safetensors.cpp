@@ -1,0 +1,392 @@
+#include "model/safetensors.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "model/bf16.h"
+#include "util/error.h"
+
+namespace minitron {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// The reference implementation's limit; a larger header is a damaged length field, not a model.
+constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
+// No real tensor comes near this; it keeps every size computation far from overflow.
+constexpr std::uint64_t kMaxElements = std::uint64_t{1} << 48;
+
+bool parse_dtype(const std::string& name, SafetensorsDType& out) {
+  if (name == "BF16") out = SafetensorsDType::BF16;
+  else if (name == "F16") out = SafetensorsDType::F16;
+  else if (name == "F32") out = SafetensorsDType::F32;
+  else return false;
+  return true;
+}
+
+std::uint64_t read_u64_le(const std::uint8_t* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+void put_u64_le(std::string& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+// Reads a non-negative JSON integer; anything else (negative, float, string, too large) fails.
+std::uint64_t non_negative(const json& v, const std::string& what, std::uint64_t limit) {
+  if (!v.is_number_unsigned())
+    fail_expected(what, str("found ", v.dump()), "a non-negative integer");
+  std::uint64_t x = v.get<std::uint64_t>();
+  if (x > limit) fail_expected(what, str("value ", x, " is implausibly large"), str("at most ", limit));
+  return x;
+}
+
+}  // namespace
+
+const char* safetensors_dtype_name(SafetensorsDType dtype) {
+  switch (dtype) {
+    case SafetensorsDType::BF16: return "BF16";
+    case SafetensorsDType::F16: return "F16";
+    case SafetensorsDType::F32: return "F32";
+  }
+  return "?";
+}
+
+std::size_t safetensors_dtype_size(SafetensorsDType dtype) { return dtype == SafetensorsDType::F32 ? 4 : 2; }
+
+std::string shape_string(std::span<const std::int64_t> shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += str(i ? ", " : "", shape[i]);
+  return s + "]";
+}
+
+SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
+  const std::string where = path.string();
+  const std::uint64_t size = file_.size();
+  if (size < 8)
+    fail_expected(where, str("file is ", size, " bytes, too short for the 8-byte header length"),
+                  "a safetensors file");
+  const std::uint64_t header_len = read_u64_le(file_.data());
+  if (header_len > size - 8)
+    fail_expected(where, str("header length ", header_len, " is beyond the file (", size, " bytes)"),
+                  str("at most ", size - 8, " bytes"));
+  if (header_len > kMaxHeaderBytes)
+    fail_expected(where, str("header length ", header_len, " is too large"), str("at most ", kMaxHeaderBytes, " bytes"));
+  data_start_ = 8 + header_len;
+  const std::uint64_t data_size = size - data_start_;
+
+  json header;
+  try {
+    const char* text = reinterpret_cast<const char*>(file_.data() + 8);
+    header = json::parse(text, text + header_len);
+  } catch (const json::exception& e) {
+    fail_expected(where, str("header is not valid JSON: ", e.what()), "a JSON object");
+  }
+  if (!header.is_object())
+    fail_expected(where, str("header is a JSON ", header.type_name()), "a JSON object");
+
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const json& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail_expected(str(where, ": __metadata__"), str("found ", v.type_name()), "an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string())
+          fail_expected(str(where, ": __metadata__.", m.key()), str("found ", m.value().type_name()), "a string");
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string what = str(where, ": tensor '", name, "'");
+    if (!v.is_object())
+      fail_expected(what, str("entry is a JSON ", v.type_name()), "an object with dtype, shape, data_offsets");
+    SafetensorsTensor t;
+    t.name = name;
+    if (!v.contains("dtype") || !v["dtype"].is_string())
+      fail_expected(what, "dtype missing or not a string", "\"BF16\", \"F16\" or \"F32\"");
+    const std::string dtype = v["dtype"].get<std::string>();
+    if (!parse_dtype(dtype, t.dtype))
+      fail_expected(what, str("dtype '", dtype, "' is not supported"), "BF16, F16 or F32");
+    if (!v.contains("shape") || !v["shape"].is_array())
+      fail_expected(what, "shape missing or not an array", "an array of non-negative integers");
+    if (v["shape"].size() > 8) fail_expected(what, str("shape has ", v["shape"].size(), " dimensions"), "at most 8");
+    std::uint64_t numel = 1;
+    for (const json& d : v["shape"]) {
+      std::uint64_t dim = non_negative(d, str(what, " shape"), kMaxElements);
+      if (dim != 0 && numel > kMaxElements / dim)
+        fail_expected(what, str("shape ", v["shape"].dump(), " has too many elements"), str("at most ", kMaxElements));
+      numel *= dim;
+      t.shape.push_back(static_cast<std::int64_t>(dim));
+    }
+    t.numel = static_cast<std::int64_t>(numel);
+    if (!v.contains("data_offsets") || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
+      fail_expected(what, "data_offsets missing or not a pair", "[begin, end]");
+    t.begin = non_negative(v["data_offsets"][0], str(what, " data_offsets"), data_size);
+    t.end = non_negative(v["data_offsets"][1], str(what, " data_offsets"), data_size);
+    if (t.begin > t.end)
+      fail_expected(what, str("data_offsets [", t.begin, ", ", t.end, "] end before begin"), "begin <= end");
+    const std::uint64_t bytes = numel * safetensors_dtype_size(t.dtype);
+    if (t.end - t.begin != bytes)
+      fail_expected(what,
+                    str("data_offsets [", t.begin, ", ", t.end, "] hold ", t.end - t.begin, " bytes but ", dtype,
+                        " ", shape_string(t.shape), " needs ", bytes),
+                    str(bytes, " bytes"));
+    index_[t.name] = tensors_.size();
+    tensors_.push_back(std::move(t));
+  }
+
+  // Overlap check over the non-empty byte ranges, in order of their start.
+  std::vector<const SafetensorsTensor*> by_offset;
+  for (const SafetensorsTensor& t : tensors_)
+    if (t.end > t.begin) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(), [](const auto* a, const auto* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->name < b->name;
+  });
+  for (std::size_t i = 1; i < by_offset.size(); ++i) {
+    const SafetensorsTensor& a = *by_offset[i - 1];
+    const SafetensorsTensor& b = *by_offset[i];
+    if (b.begin < a.end)
+      fail_expected(where,
+                    str("tensors '", a.name, "' [", a.begin, ", ", a.end, ") and '", b.name, "' [", b.begin, ", ",
+                        b.end, ") overlap"),
+                    "disjoint data_offsets");
+  }
+}
+
+const SafetensorsTensor* SafetensorsFile::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const SafetensorsTensor& SafetensorsFile::at(const std::string& name) const {
+  const SafetensorsTensor* t = find(name);
+  if (!t) fail_expected(path().string(), str("tensor '", name, "' is missing"), "it in this file");
+  return *t;
+}
+
+std::span<const std::uint8_t> SafetensorsFile::raw(const SafetensorsTensor& t) const {
+  return {file_.data() + data_start_ + t.begin, static_cast<std::size_t>(t.end - t.begin)};
+}
+
+void SafetensorsFile::read_f32(const SafetensorsTensor& t, std::span<float> out) const {
+  if (out.size() != static_cast<std::size_t>(t.numel))
+    fail_expected(str(path().string(), ": tensor '", t.name, "'"),
+                  str("destination holds ", out.size(), " floats but the tensor has ", t.numel), "equal sizes");
+  const std::uint8_t* src = file_.data() + data_start_ + t.begin;
+  const std::size_t n = out.size();
+  // memcpy per element: the data region need not be aligned for the element type.
+  switch (t.dtype) {
+    case SafetensorsDType::F32:
+      if (n) std::memcpy(out.data(), src, n * 4);
+      break;
+    case SafetensorsDType::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t b;
+        std::memcpy(&b, src + 2 * i, 2);
+        out[i] = bf16_to_float(b);
+      }
+      break;
+    case SafetensorsDType::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t b;
+        std::memcpy(&b, src + 2 * i, 2);
+        out[i] = fp16_to_float(b);
+      }
+      break;
+  }
+}
+
+bool SafetensorsCheckpoint::present(const fs::path& dir) {
+  return fs::exists(dir / "model.safetensors.index.json") || fs::exists(dir / "model.safetensors");
+}
+
+SafetensorsCheckpoint::SafetensorsCheckpoint(const fs::path& dir) : dir_(dir) {
+  const fs::path index_path = dir / "model.safetensors.index.json";
+  if (fs::exists(index_path)) {
+    sharded_ = true;
+    const std::string where = index_path.string();
+    json index;
+    try {
+      index = json::parse(read_text_file(index_path));
+    } catch (const json::exception& e) {
+      fail_expected(where, str("invalid JSON: ", e.what()), "a safetensors index");
+    }
+    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+      fail_expected(where, "no weight_map object", "{\"metadata\": {...}, \"weight_map\": {tensor: file}}");
+    std::map<std::string, const SafetensorsFile*> shards;
+    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
+      const std::string& tensor = it.key();
+      if (!it.value().is_string())
+        fail_expected(str(where, ": weight_map['", tensor, "']"), str("found ", it.value().dump()), "a file name");
+      const std::string file = it.value().get<std::string>();
+      if (file.empty() || file.find('/') != std::string::npos || file.find('\\') != std::string::npos ||
+          file == "." || file == "..")
+        fail_expected(str(where, ": weight_map['", tensor, "']"), str("'", file, "' is not a plain file name"),
+                      "a shard file in the same directory");
+      auto found = shards.find(file);
+      if (found == shards.end()) {
+        if (!fs::exists(dir / file))
+          fail_expected(where, str("shard '", file, "' (for tensor '", tensor, "') does not exist"),
+                        "every shard named in weight_map beside the index");
+        files_.push_back(std::make_unique<SafetensorsFile>(dir / file));
+        found = shards.emplace(file, files_.back().get()).first;
+      }
+      const SafetensorsTensor* t = found->second->find(tensor);
+      if (!t)
+        fail_expected(where, str("tensor '", tensor, "' is not in its shard '", file, "'"),
+                      "weight_map to match the shards' headers");
+      tensors_[tensor] = {found->second, t};
+    }
+    return;
+  }
+  const fs::path single = dir / "model.safetensors";
+  if (!fs::exists(single))
+    fail_expected(dir.string(), "no model.safetensors or model.safetensors.index.json",
+                  "a Hugging Face safetensors checkpoint directory");
+  files_.push_back(std::make_unique<SafetensorsFile>(single));
+  for (const SafetensorsTensor& t : files_.back()->tensors()) tensors_[t.name] = {files_.back().get(), &t};
+}
+
+std::vector<std::string> SafetensorsCheckpoint::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, _] : tensors_) out.push_back(name);
+  return out;
+}
+
+const SafetensorsTensor* SafetensorsCheckpoint::find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : it->second.second;
+}
+
+const SafetensorsTensor& SafetensorsCheckpoint::at(const std::string& name) const {
+  const SafetensorsTensor* t = find(name);
+  if (!t) fail_expected(dir_.string(), str("tensor '", name, "' is missing"), "it in the checkpoint");
+  return *t;
+}
+
+const SafetensorsFile& SafetensorsCheckpoint::file_of(const std::string& name) const {
+  at(name);
+  return *tensors_.at(name).first;
+}
+
+void SafetensorsCheckpoint::read_f32(const std::string& name, std::span<float> out) const {
+  file_of(name).read_f32(at(name), out);
+}
+
+// ---------------------------------------------------------------------------------- writing
+
+namespace {
+
+std::uint64_t entry_numel(const SafetensorsEntry& e) {
+  std::uint64_t n = 1;
+  for (std::int64_t d : e.shape) {
+    if (d < 0) fail_expected(str("tensor '", e.name, "'"), str("shape ", shape_string(e.shape)), "non-negative dims");
+    n *= static_cast<std::uint64_t>(d);
+  }
+  return n;
+}
+
+std::string header_bytes(std::span<const SafetensorsEntry> entries, SafetensorsDType dtype) {
+  nlohmann::ordered_json header;
+  header["__metadata__"] = {{"format", "pt"}};
+  std::uint64_t offset = 0;
+  std::set<std::string> seen;
+  for (const SafetensorsEntry& e : entries) {
+    if (e.name == "__metadata__" || !seen.insert(e.name).second)
+      fail_expected(str("tensor '", e.name, "'"), "name repeated or reserved", "unique tensor names");
+    const std::uint64_t bytes = entry_numel(e) * safetensors_dtype_size(dtype);
+    if (bytes && !e.data) fail(str("tensor '", e.name, "': no data to write"));
+    header[e.name] = {{"dtype", safetensors_dtype_name(dtype)},
+                      {"shape", e.shape},
+                      {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  // Pad so that 8 + N is a multiple of 8 and every tensor in the data region starts aligned.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out;
+  put_u64_le(out, text.size());
+  return out + text;
+}
+
+}  // namespace
+
+void write_safetensors_file(const fs::path& path, std::span<const SafetensorsEntry> entries, SafetensorsDType dtype) {
+  if (dtype == SafetensorsDType::F16)
+    fail_expected(path.string(), "writing F16 is not supported", "BF16 or F32");
+  const std::string header = header_bytes(entries, dtype);
+  write_file_atomically(path, [&](const fs::path& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail_expected(tmp.string(), "cannot create file", "a writable directory");
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    std::vector<std::uint16_t> buffer;
+    constexpr std::size_t kChunk = std::size_t{1} << 20;
+    for (const SafetensorsEntry& e : entries) {
+      const std::size_t n = static_cast<std::size_t>(entry_numel(e));
+      if (dtype == SafetensorsDType::F32) {
+        if (n) out.write(reinterpret_cast<const char*>(e.data), static_cast<std::streamsize>(n * 4));
+        continue;
+      }
+      for (std::size_t start = 0; start < n; start += kChunk) {
+        const std::size_t count = std::min(kChunk, n - start);
+        buffer.resize(count);
+        for (std::size_t i = 0; i < count; ++i) buffer[i] = float_to_bf16(e.data[start + i]);
+        out.write(reinterpret_cast<const char*>(buffer.data()), static_cast<std::streamsize>(count * 2));
+      }
+    }
+    out.close();
+    if (!out) fail(str(tmp.string(), ": write failed (disk full?)"));
+  });
+}
+
+std::vector<std::string> write_safetensors_model(const fs::path& dir, std::span<const SafetensorsEntry> entries,
+                                                 SafetensorsDType dtype, std::uint64_t max_shard_bytes) {
+  if (max_shard_bytes == 0) fail_expected("max_shard_bytes", "0", "a positive byte count");
+  // Greedy packing in table order, as transformers does: a tensor larger than the limit gets
+  // a shard of its own.
+  std::vector<std::pair<std::size_t, std::size_t>> shards;  // [first, last) entry ranges
+  std::uint64_t total = 0, current = 0;
+  std::size_t first = 0;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::uint64_t bytes = entry_numel(entries[i]) * safetensors_dtype_size(dtype);
+    if (i > first && current + bytes > max_shard_bytes) {
+      shards.emplace_back(first, i);
+      first = i;
+      current = 0;
+    }
+    current += bytes;
+    total += bytes;
+  }
+  shards.emplace_back(first, entries.size());
+
+  fs::create_directories(dir);
+  if (shards.size() == 1) {
+    write_safetensors_file(dir / "model.safetensors", entries, dtype);
+    return {"model.safetensors"};
+  }
+  std::vector<std::string> names;
+  json weight_map = json::object();
+  const std::size_t count = shards.size();
+  for (std::size_t s = 0; s < count; ++s) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, count);
+    auto [begin, end] = shards[s];
+    write_safetensors_file(dir / name, entries.subspan(begin, end - begin), dtype);
+    for (std::size_t i = begin; i < end; ++i) weight_map[entries[i].name] = name;
+    names.push_back(name);
+  }
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_bytes_atomically(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+  names.push_back("model.safetensors.index.json");
+  return names;
+}
+
+}  // namespace minitron
