@@ -1,0 +1,147 @@
+// minitron tokenizer encode|decode|train: a tokenizer.json from the command line.
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "data/bpe_trainer.h"
+#include "data/tokenizer.h"
+#include "util/error.h"
+
+namespace minitron::cli {
+
+namespace {
+
+std::string read_stdin() {
+  std::string data((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  return data;
+}
+
+int encode_command(int argc, char** argv) {
+  cxxopts::Options options("tokenizer encode",
+                           "Encode text (--text, or all of stdin byte for byte) to token ids on one line.");
+  options.add_options()("tokenizer", "tokenizer.json, or a directory holding one", cxxopts::value<std::string>())(
+      "text", "text to encode (default: read stdin)", cxxopts::value<std::string>())(
+      "json", "print a JSON array instead of space-separated ids")(
+      "add-special-tokens", "add the post-processor's tokens (e.g. BOS)");
+  cxxopts::ParseResult result;
+  if (!parse_options(options, argc, argv, result)) return 0;
+  Tokenizer tok = Tokenizer::load(required<std::string>(result, "tokenizer"));
+  std::string text = result.count("text") ? result["text"].as<std::string>() : read_stdin();
+  auto ids = tok.encode(text, result.count("add-special-tokens") > 0);
+  bool json = result.count("json") > 0;
+  std::string line = json ? "[" : "";
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i) line += json ? ", " : " ";
+    line += std::to_string(ids[i]);
+  }
+  if (json) line += "]";
+  line += "\n";
+  std::fwrite(line.data(), 1, line.size(), stdout);
+  return 0;
+}
+
+std::vector<std::int32_t> parse_ids(const std::string& text) {
+  std::vector<std::int32_t> ids;
+  std::string token;
+  auto flush = [&] {
+    if (token.empty()) return;
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(token.c_str(), &end, 10);
+    if (*end != '\0' || errno || v < 0 || v > INT32_MAX)
+      fail_expected("--ids", str("'", token, "' is not a token id"), "non-negative integers separated by spaces or commas");
+    ids.push_back(static_cast<std::int32_t>(v));
+    token.clear();
+  };
+  for (char c : text) {
+    if (std::isspace(static_cast<unsigned char>(c)) || c == ',' || c == '[' || c == ']')
+      flush();
+    else
+      token += c;
+  }
+  flush();
+  return ids;
+}
+
+int decode_command(int argc, char** argv) {
+  cxxopts::Options options("tokenizer decode",
+                           "Decode token ids (--ids, or stdin; spaces, commas or a JSON array) to text.");
+  options.add_options()("tokenizer", "tokenizer.json, or a directory holding one", cxxopts::value<std::string>())(
+      "ids", "ids to decode, e.g. \"9906 1917\" (default: read stdin)", cxxopts::value<std::string>())(
+      "skip-special-tokens", "leave out special added tokens");
+  cxxopts::ParseResult result;
+  if (!parse_options(options, argc, argv, result)) return 0;
+  Tokenizer tok = Tokenizer::load(required<std::string>(result, "tokenizer"));
+  auto ids = parse_ids(result.count("ids") ? result["ids"].as<std::string>() : read_stdin());
+  std::string text = tok.decode(ids, result.count("skip-special-tokens") > 0);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fputc('\n', stdout);
+  return 0;
+}
+
+int train_command(int argc, char** argv) {
+  cxxopts::Options options("tokenizer train",
+                           "Train a byte-level BPE tokenizer (Llama 3 style) and write DIR/tokenizer.json "
+                           "and DIR/tokenizer_config.json.");
+  options.add_options()("vocab-size", "total vocab size, special tokens included",
+                        cxxopts::value<std::int64_t>()->default_value("8192"))(
+      "input", "text files to train on", cxxopts::value<std::vector<std::string>>())(
+      "output", "output directory", cxxopts::value<std::string>())(
+      "special-tokens", "extra special tokens after <|begin_of_text|> (BOS) and <|end_of_text|> (EOS)",
+      cxxopts::value<std::vector<std::string>>())(
+      "min-frequency", "smallest pair count that is still merged",
+      cxxopts::value<std::int64_t>()->default_value("2"));
+  options.parse_positional({"input"});
+  cxxopts::ParseResult result;
+  if (!parse_options(options, argc, argv, result)) return 0;
+  BpeTrainOptions train_options;
+  train_options.vocab_size = in_range<std::int64_t>(result, "vocab-size", 259, 1 << 24);
+  train_options.min_frequency = in_range<std::int64_t>(result, "min-frequency", 1, INT64_MAX);
+  if (result.count("special-tokens"))
+    for (const auto& t : result["special-tokens"].as<std::vector<std::string>>())
+      if (std::find(train_options.special_tokens.begin(), train_options.special_tokens.end(), t) ==
+          train_options.special_tokens.end())
+        train_options.special_tokens.push_back(t);
+  auto inputs = required<std::vector<std::string>>(result, "input");
+  std::vector<std::filesystem::path> paths(inputs.begin(), inputs.end());
+  std::filesystem::path out = required<std::string>(result, "output");
+  TrainedBpe trained = train_bpe_files(paths, train_options, out);
+  std::printf("tokenizer: %lld tokens (%lld merges) -> %s\n", static_cast<long long>(trained.vocab_size),
+              static_cast<long long>(trained.merges), (out / "tokenizer.json").c_str());
+  return 0;
+}
+
+void usage(std::FILE* out) {
+  std::fputs(
+      "usage: minitron tokenizer <encode|decode|train> [--help] [flags]\n\n"
+      "  encode  --tokenizer PATH [--text T] [--json] [--add-special-tokens]\n"
+      "  decode  --tokenizer PATH [--ids \"1 2 3\"] [--skip-special-tokens]\n"
+      "  train   --vocab-size N --input FILES... --output DIR [--special-tokens T...]\n",
+      out);
+}
+
+}  // namespace
+
+int tokenizer(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
+    usage(stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  std::string sub = argv[1];
+  if (sub == "encode") return encode_command(argc - 1, argv + 1);
+  if (sub == "decode") return decode_command(argc - 1, argv + 1);
+  if (sub == "train") return train_command(argc - 1, argv + 1);
+  fail_expected("tokenizer", str("unknown subcommand '", sub, "'"), "encode, decode or train");
+}
+
+}  // namespace minitron::cli

