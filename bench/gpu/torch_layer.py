@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""PyTorch peer for bench/gpu/layer_step.cpp: the same Llama-3.1-8B-shaped model (layers,
+sequence, vocabulary as given), fp32 master weights with bf16 autocast, SDPA causal attention,
+cross-entropy, fused AdamW; timed eager and under torch.compile. Prints one JSON line per mode.
+
+Usage: torch_layer.py [layers=2] [sequence=4096] [vocab=32000] [peak_tflops=989] [--no-compile]
+"""
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+layers = int(args[0]) if len(args) > 0 else 2
+T = int(args[1]) if len(args) > 1 else 4096
+V = int(args[2]) if len(args) > 2 else 32000
+peak = float(args[3]) if len(args) > 3 else 989.0
+D, FF, HQ, HKV, HD = 4096, 14336, 32, 8, 128
+
+
+class RMSNorm(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        r = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)
+        return self.weight * (x.float() * r).to(x.dtype)
+
+
+def rope(x, cos, sin):
+    x1, x2 = x[..., : HD // 2], x[..., HD // 2:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Layer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.n1, self.n2 = RMSNorm(D), RMSNorm(D)
+        self.q = torch.nn.Linear(D, HQ * HD, bias=False)
+        self.k = torch.nn.Linear(D, HKV * HD, bias=False)
+        self.v = torch.nn.Linear(D, HKV * HD, bias=False)
+        self.o = torch.nn.Linear(HQ * HD, D, bias=False)
+        self.gate = torch.nn.Linear(D, FF, bias=False)
+        self.up = torch.nn.Linear(D, FF, bias=False)
+        self.down = torch.nn.Linear(FF, D, bias=False)
+
+    def forward(self, x, cos, sin):
+        B = x.shape[0]
+        h = self.n1(x)
+        q = self.q(h).view(B, T, HQ, HD).transpose(1, 2)
+        k = self.k(h).view(B, T, HKV, HD).transpose(1, 2)
+        v = self.v(h).view(B, T, HKV, HD).transpose(1, 2)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        k = k.repeat_interleave(HQ // HKV, dim=1)
+        v = v.repeat_interleave(HQ // HKV, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(B, T, HQ * HD))
+        h = self.n2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(V, D)
+        self.layers = torch.nn.ModuleList(Layer() for _ in range(layers))
+        self.norm = RMSNorm(D)
+        self.head = torch.nn.Linear(D, V, bias=False)
+        inv = 1.0 / (500000.0 ** (torch.arange(0, HD, 2).float() / HD))
+        ang = torch.outer(torch.arange(T).float(), inv)
+        emb = torch.cat((ang, ang), dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, tokens, targets):
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x, self.cos, self.sin)
+        logits = self.head(self.norm(x))
+        return F.cross_entropy(logits.float().view(-1, V), targets.view(-1))
+
+
+def bench(model, compiled):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    fn = torch.compile(model) if compiled else model
+    tokens = torch.randint(0, V, (1, T), device="cuda")
+    targets = torch.randint(0, V, (1, T), device="cuda")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = fn(tokens, targets)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    steps = 5
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    matmul = layers * (D * (HQ * HD + 2 * HKV * HD) + HQ * HD * D + 3 * D * FF) + V * D
+    flops_per_token = 6 * matmul + layers * 3 * 2 * 2 * (T / 2) * HD * HQ
+    tps = T / seconds
+    print(json.dumps({"engine": "torch.compile" if compiled else "torch eager", "layers": layers,
+                      "tokens": T, "vocab": V, "step_ms": round(seconds * 1e3, 2),
+                      "tokens_per_second": round(tps, 1),
+                      "mfu": round(flops_per_token * tps / (peak * 1e12), 4),
+                      "loss": round(float(loss), 4)}), flush=True)
+
+
+torch.manual_seed(0)
+model = Model().cuda()
+bench(model, compiled=False)
+if "--no-compile" not in sys.argv:
+    bench(model, compiled=True)

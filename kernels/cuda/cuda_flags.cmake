@@ -1,0 +1,31 @@
+# minitron_cuda_library(NAME): the nvcc build of the CUDA engine (kernels/cuda/*.cu) with the
+# project's CUDA flags. Shared by kernels/cuda/CMakeLists.txt (the main build) and
+# bench/gpu/CMakeLists.txt (the CUDA-only build on a lent GPU machine).
+#  - sm_80 and sm_90 (MINITRON_CUDA_GENCODE overrides, e.g. only sm_90 on an H200 to save time);
+#  - every host and device warning an error;
+#  - ptxas warns, hence fails, on register spills and local memory: a kernel that starts spilling
+#    is noticed at build time rather than in a profile.
+set(MINITRON_CUDA_GENCODE "arch=compute_80,code=sm_80;arch=compute_90,code=sm_90"
+    CACHE STRING "nvcc -gencode values for the CUDA engine")
+# CMake 3.25 does not know nvcc 13's C++20 flag; CUDA targets inherit the project's
+# CXX_STANDARD 20, so tell it (harmless where CMake knows it already).
+set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+
+function(minitron_cuda_library name)
+  set(dir ${CMAKE_CURRENT_FUNCTION_LIST_DIR})
+  add_library(${name} STATIC ${dir}/cuda_backend.cu ${dir}/cuda_context.cu ${dir}/gemm.cu)
+  set_target_properties(${name} PROPERTIES
+    CUDA_ARCHITECTURES OFF          # the -gencode flags below say exactly what is built
+    CUDA_STANDARD 20
+    POSITION_INDEPENDENT_CODE ON)
+  foreach(code ${MINITRON_CUDA_GENCODE})
+    target_compile_options(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:SHELL:-gencode ${code}>")
+  endforeach()
+  target_compile_options(${name} PRIVATE
+    "$<$<COMPILE_LANGUAGE:CUDA>:SHELL:-Werror all-warnings>"
+    "$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Werror>"
+    "$<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-warn-spills,-warn-lmem-usage>")
+  target_include_directories(${name} PUBLIC ${dir}/../..)
+  target_link_libraries(${name} PUBLIC CUDA::cudart CUDA::cublasLt)
+endfunction()

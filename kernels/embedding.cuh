@@ -1,0 +1,159 @@
+// Token embedding: forward lookup and a deterministic backward scatter-add.
+//
+// The backward must not use float atomics (their order, hence the rounding, varies from run to
+// run). Instead the positions are grouped by token with a counting sort (integer atomics only,
+// whose results do not depend on order), each group is put back into position order, and one
+// block owns each table row that received gradient: it adds that row's dout rows in position
+// order, exactly the order of the CPU reference (kernels/embedding.h).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/device_common.cuh"
+
+namespace minitron::cuda {
+
+// ---- kernels ----
+
+// One block per position n. A token id outside [0, vocab) cannot throw here; its row becomes
+// NaN so that the loss shows it instead of silently reading another row.
+template <typename T>
+__global__ void embedding_forward_kernel(T* out, const std::int32_t* tokens, const T* table,
+                                         std::int64_t D, std::int64_t vocab) {
+  const std::int64_t n = blockIdx.x;
+  const std::int32_t token = tokens[n];
+  T* dst = out + n * D;
+  if (token < 0 || token >= vocab) {
+    for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[d] = from_float<T>(NAN);
+    return;
+  }
+  const T* src = table + static_cast<std::int64_t>(token) * D;
+  for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[d] = src[d];
+}
+
+// Step 1: how many positions hold each token (counts zeroed by the launcher).
+__global__ void embedding_count_kernel(int* counts, const std::int32_t* tokens, std::int64_t N,
+                                       std::int64_t vocab) {
+  const std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (n >= N) return;
+  const std::int32_t token = tokens[n];
+  if (token >= 0 && token < vocab) atomicAdd(&counts[token], 1);
+}
+
+// Step 2: offsets[v] = sum of counts[0 .. v), offsets[vocab] = total. One block; each thread
+// scans a contiguous stretch, then the stretch totals are scanned across the block.
+constexpr int kScanThreads = 1024;
+__global__ void embedding_scan_kernel(int* offsets, const int* counts, std::int64_t vocab) {
+  __shared__ int partial[kScanThreads];
+  const int tid = static_cast<int>(threadIdx.x);
+  const std::int64_t per_thread = (vocab + kScanThreads - 1) / kScanThreads;
+  const std::int64_t begin = tid * per_thread;
+  const std::int64_t end = begin + per_thread < vocab ? begin + per_thread : vocab;
+  int sum = 0;
+  for (std::int64_t v = begin; v < end; ++v) sum += counts[v];
+  partial[tid] = sum;
+  __syncthreads();
+  // Hillis-Steele inclusive scan over the 1024 stretch totals.
+  for (int stride = 1; stride < kScanThreads; stride *= 2) {
+    const int add = tid >= stride ? partial[tid - stride] : 0;
+    __syncthreads();
+    partial[tid] += add;
+    __syncthreads();
+  }
+  int running = tid == 0 ? 0 : partial[tid - 1];
+  for (std::int64_t v = begin; v < end; ++v) {
+    offsets[v] = running;
+    running += counts[v];
+  }
+  if (tid == kScanThreads - 1) offsets[vocab] = partial[kScanThreads - 1];
+}
+
+// Step 3: drop each position into its token's bucket (order inside a bucket is arbitrary).
+__global__ void embedding_bucket_kernel(int* slots, int* cursor, const int* offsets,
+                                        const std::int32_t* tokens, std::int64_t N,
+                                        std::int64_t vocab) {
+  const std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (n >= N) return;
+  const std::int32_t token = tokens[n];
+  if (token < 0 || token >= vocab) return;
+  slots[offsets[token] + atomicAdd(&cursor[token], 1)] = static_cast<int>(n);
+}
+
+// Step 4: restore position order inside each bucket: a position's rank is the number of
+// smaller positions in its bucket (buckets are short except for very frequent tokens).
+__global__ void embedding_order_kernel(int* sorted, const int* slots, const int* offsets,
+                                       const std::int32_t* tokens, const int* total) {
+  const std::int64_t s = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (s >= *total) return;
+  const int n = slots[s];
+  const int token = tokens[n];
+  const int begin = offsets[token], end = offsets[token + 1];
+  int rank = 0;
+  for (int i = begin; i < end; ++i) rank += slots[i] < n;
+  sorted[begin + rank] = n;
+}
+
+// Step 5: one block per bucket slot; the block at the first slot of a bucket owns that table
+// row and adds its dout rows in position order.
+template <typename G, typename T>
+__global__ void embedding_accumulate_kernel(G* dtable, const T* dout, const int* sorted,
+                                            const int* offsets, const std::int32_t* tokens,
+                                            const int* total, std::int64_t D) {
+  const int s = blockIdx.x;
+  if (s >= *total) return;
+  const int token = tokens[sorted[s]];
+  const int begin = offsets[token], end = offsets[token + 1];
+  if (s != begin) return;
+  G* row = dtable + static_cast<std::int64_t>(token) * D;
+  for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = to_float(row[d]);
+    for (int i = begin; i < end; ++i) acc += to_float(dout[static_cast<std::int64_t>(sorted[i]) * D + d]);
+    row[d] = from_float<G>(acc);
+  }
+}
+
+// ---- launchers ----
+
+constexpr int kEmbeddingThreads = 256;
+
+template <typename T>
+void embedding_forward(T* out, const std::int32_t* tokens, const T* table, std::int64_t N,
+                       std::int64_t D, std::int64_t vocab, cudaStream_t stream) {
+  if (N <= 0) return;
+  launch(embedding_forward_kernel<T>, dim3(static_cast<unsigned>(N)), dim3(kEmbeddingThreads), 0,
+         stream, out, tokens, table, D, vocab);
+}
+
+// Integer scratch of the backward, in device memory: embedding_workspace_ints(N, vocab) ints.
+inline std::int64_t embedding_workspace_ints(std::int64_t N, std::int64_t vocab) {
+  return 3 * vocab + 1 + 2 * N;
+}
+
+// dtable [vocab, D] += scatter of dout [N, D] by tokens, deterministically.
+template <typename G, typename T>
+void embedding_backward(G* dtable, const T* dout, const std::int32_t* tokens, std::int64_t N,
+                        std::int64_t D, std::int64_t vocab, int* workspace, cudaStream_t stream) {
+  if (N <= 0) return;
+  int* counts = workspace;             // [vocab]
+  int* cursor = counts + vocab;        // [vocab]
+  int* offsets = cursor + vocab;       // [vocab + 1]
+  int* slots = offsets + vocab + 1;    // [N]
+  int* sorted = slots + N;             // [N]
+  MINITRON_CUDA_CHECK(cudaMemsetAsync(counts, 0, 2 * vocab * sizeof(int), stream));
+  const unsigned blocks = static_cast<unsigned>(ceil_div(N, kEmbeddingThreads));
+  launch(embedding_count_kernel, dim3(blocks), dim3(kEmbeddingThreads), 0, stream, counts, tokens,
+         N, vocab);
+  launch(embedding_scan_kernel, dim3(1), dim3(kScanThreads), 0, stream, offsets,
+         static_cast<const int*>(counts), vocab);
+  launch(embedding_bucket_kernel, dim3(blocks), dim3(kEmbeddingThreads), 0, stream, slots, cursor,
+         static_cast<const int*>(offsets), tokens, N, vocab);
+  // Invalid tokens were left out, so the buckets may hold fewer than N slots; the kernels
+  // below read that total on the device (offsets[vocab]) and skip the unused tail.
+  launch(embedding_order_kernel, dim3(blocks), dim3(kEmbeddingThreads), 0, stream, sorted,
+         static_cast<const int*>(slots), static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab));
+  launch(embedding_accumulate_kernel<G, T>, dim3(static_cast<unsigned>(N)),
+         dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
+         static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
+}
+
+}  // namespace minitron::cuda

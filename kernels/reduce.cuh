@@ -1,0 +1,141 @@
+// Reductions: the sum of squares behind the global gradient norm, per-channel statistics over a
+// sequence (importance scoring) and per-row cosine similarity (Block Importance).
+//
+// Deterministic without float atomics: every sum has a fixed shape. The sum of squares runs in
+// two passes: fixed 16384-element chunks, each reduced by one block in double, then one block
+// adds the chunk partials in a fixed order. The chunk size does not depend on the GPU, so the
+// result is the same on any device.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/device_common.cuh"
+#include "model/backend.h"
+
+namespace minitron::cuda {
+
+constexpr std::int64_t kSquaresChunk = 1 << 14;
+constexpr int kSquaresThreads = 256;
+constexpr int kSquaresFinalThreads = 1024;
+
+// ---- kernels ----
+
+template <typename T>
+__global__ void sum_of_squares_partial_kernel(double* partial, const T* x, std::int64_t n) {
+  __shared__ double scratch[kWarpSize];
+  const std::int64_t begin = blockIdx.x * kSquaresChunk;
+  const std::int64_t end = begin + kSquaresChunk < n ? begin + kSquaresChunk : n;
+  double sum = 0;
+  for (std::int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const double v = to_float(x[i]);
+    sum += v * v;
+  }
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
+}
+
+__global__ void sum_of_squares_final_kernel(double* result, const double* partial,
+                                            std::int64_t chunks) {
+  __shared__ double scratch[kWarpSize];
+  double sum = 0;
+  for (std::int64_t i = threadIdx.x; i < chunks; i += blockDim.x) sum += partial[i];
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) *result = sum;
+}
+
+// One thread per (sample, channel): a warp reads consecutive channels of one row (coalesced)
+// and walks the sequence. Mean: mean |x|; L2: sqrt(sum x^2); Variance: two passes.
+template <typename T>
+__global__ void reduce_over_sequence_kernel(float* out, const T* act, std::int64_t T_,
+                                            std::int64_t C, SequenceReduction reduction) {
+  const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const std::int64_t b = blockIdx.y;
+  const T* base = act + b * T_ * C + c;
+  float acc = 0;
+  if (reduction == SequenceReduction::Variance) {
+    float mean = 0;
+    for (std::int64_t t = 0; t < T_; ++t) mean += to_float(base[t * C]);
+    mean /= static_cast<float>(T_);
+    for (std::int64_t t = 0; t < T_; ++t) {
+      const float d = to_float(base[t * C]) - mean;
+      acc += d * d;
+    }
+    acc /= static_cast<float>(T_);
+  } else if (reduction == SequenceReduction::Mean) {
+    for (std::int64_t t = 0; t < T_; ++t) acc += fabsf(to_float(base[t * C]));
+    acc /= static_cast<float>(T_);
+  } else {
+    for (std::int64_t t = 0; t < T_; ++t) {
+      const float x = to_float(base[t * C]);
+      acc += x * x;
+    }
+    acc = sqrtf(acc);
+  }
+  out[b * C + c] = acc;
+}
+
+// out[r] = a[r].b[r] / (|a[r]| |b[r]|), 0 when either row is all zeros; one block per row.
+template <typename T>
+__global__ void row_cosine_kernel(float* out, const T* a, const T* b, std::int64_t C) {
+  __shared__ float scratch[kWarpSize];
+  const std::int64_t r = blockIdx.x;
+  const T* x = a + r * C;
+  const T* y = b + r * C;
+  float xy = 0, xx = 0, yy = 0;
+  for (std::int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float u = to_float(x[c]), w = to_float(y[c]);
+    xy += u * w;
+    xx += u * u;
+    yy += w * w;
+  }
+  xy = block_sum(xy, scratch);
+  xx = block_sum(xx, scratch);
+  yy = block_sum(yy, scratch);
+  if (threadIdx.x == 0) out[r] = (xx == 0 || yy == 0) ? 0.0f : xy / (sqrtf(xx) * sqrtf(yy));
+}
+
+// ---- launchers ----
+
+inline std::int64_t sum_of_squares_workspace_doubles(std::int64_t n) {
+  return ceil_div(n, kSquaresChunk) + 1;
+}
+
+// Writes the sum into result[0] on the device (workspace: sum_of_squares_workspace_doubles(n)
+// doubles, result may be its last element).
+template <typename T>
+void sum_of_squares(double* result, const T* x, std::int64_t n, double* workspace,
+                    cudaStream_t stream) {
+  const std::int64_t chunks = ceil_div(n, kSquaresChunk);
+  if (chunks == 0) {
+    MINITRON_CUDA_CHECK(cudaMemsetAsync(result, 0, sizeof(double), stream));
+    return;
+  }
+  launch(sum_of_squares_partial_kernel<T>, dim3(static_cast<unsigned>(chunks)),
+         dim3(kSquaresThreads), 0, stream, workspace, x, n);
+  launch(sum_of_squares_final_kernel, dim3(1), dim3(kSquaresFinalThreads), 0, stream, result,
+         static_cast<const double*>(workspace), chunks);
+}
+
+constexpr int kReduceThreads = 128;
+
+template <typename T>
+void reduce_over_sequence(float* out, const T* act, std::int64_t B, std::int64_t T_,
+                          std::int64_t C, SequenceReduction reduction, cudaStream_t stream) {
+  MINITRON_ASSERT(T_ > 0, "reduce_over_sequence: empty sequence");
+  MINITRON_ASSERT(B <= 65535, "reduce_over_sequence: batch ", B, " beyond gridDim.y");
+  if (B <= 0 || C <= 0) return;
+  launch(reduce_over_sequence_kernel<T>,
+         dim3(static_cast<unsigned>(ceil_div(C, kReduceThreads)), static_cast<unsigned>(B)),
+         dim3(kReduceThreads), 0, stream, out, act, T_, C, reduction);
+}
+
+template <typename T>
+void row_cosine(float* out, const T* a, const T* b, std::int64_t rows, std::int64_t C,
+                cudaStream_t stream) {
+  if (rows <= 0) return;
+  launch(row_cosine_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(256), 0, stream, out, a, b,
+         C);
+}
+
+}  // namespace minitron::cuda

@@ -1,0 +1,131 @@
+// RMSNorm forward and backward (transformers' LlamaRMSNorm), bf16 storage, fp32 arithmetic.
+//
+//   rstd = 1 / sqrt(mean(x^2) + eps),  out = weight * round(x * rstd)
+//
+// The rounding of x * rstd to the storage type before the weight multiplies it is what
+// transformers does (and kernels/rmsnorm.h), so both engines see the same numbers.
+// Forward and the input gradient use one warp per row: rows are a few thousand elements, a warp
+// covers one with coalesced loads and reduces with shuffles, no shared memory or block barrier.
+// The weight gradient sums over rows; to stay deterministic without float atomics it is done
+// in two fixed-order passes: column-parallel partial sums over fixed 64-row chunks, then one
+// thread per column adds the chunk partials in chunk order.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/device_common.cuh"
+
+namespace minitron::cuda {
+
+// ---- kernels ----
+
+template <typename T>
+__global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T* weight,
+                                       std::int64_t N, std::int64_t D, float eps) {
+  const int lane = threadIdx.x % kWarpSize;
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
+                           threadIdx.x / kWarpSize;
+  if (row >= N) return;  // whole warps leave together: the shuffles below stay full-warp
+  const T* x = in + row * D;
+  float sum = 0;
+  for (std::int64_t j = lane; j < D; j += kWarpSize) {
+    const float v = to_float(x[j]);
+    sum += v * v;
+  }
+  sum = warp_sum(sum);
+  const float r = rsqrtf(sum / static_cast<float>(D) + eps);
+  if (lane == 0) rstd[row] = r;
+  T* y = out + row * D;
+  for (std::int64_t j = lane; j < D; j += kWarpSize)
+    y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(x[j]) * r));
+}
+
+// din += r * g - r^3 / D * x * sum(g * x), g = dout * weight; one warp per row.
+template <typename T>
+__global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in, const T* weight,
+                                              const float* rstd, std::int64_t N, std::int64_t D) {
+  const int lane = threadIdx.x % kWarpSize;
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
+                           threadIdx.x / kWarpSize;
+  if (row >= N) return;
+  const T* x = in + row * D;
+  const T* dy = dout + row * D;
+  float dot = 0;
+  for (std::int64_t j = lane; j < D; j += kWarpSize)
+    dot += to_float(dy[j]) * to_float(weight[j]) * to_float(x[j]);
+  dot = warp_sum(dot);
+  const float r = rstd[row];
+  const float c = r * r * r * dot / static_cast<float>(D);
+  T* dx = din + row * D;
+  for (std::int64_t j = lane; j < D; j += kWarpSize) {
+    const float delta = r * to_float(dy[j]) * to_float(weight[j]) - c * to_float(x[j]);
+    dx[j] = from_float<T>(to_float(dx[j]) + delta);
+  }
+}
+
+constexpr int kRmsnormRowsPerChunk = 64;
+
+// partial[chunk, j] = sum over the chunk's rows of dout[n, j] * round(x[n, j] * r[n]).
+template <typename T>
+__global__ void rmsnorm_weight_partial_kernel(float* partial, const T* dout, const T* in,
+                                              const float* rstd, std::int64_t N, std::int64_t D) {
+  const std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= D) return;
+  const std::int64_t chunk = blockIdx.y;
+  const std::int64_t begin = chunk * kRmsnormRowsPerChunk;
+  const std::int64_t end = begin + kRmsnormRowsPerChunk < N ? begin + kRmsnormRowsPerChunk : N;
+  float acc = 0;
+  for (std::int64_t n = begin; n < end; ++n)
+    acc += to_float(dout[n * D + j]) * round_to<T>(to_float(in[n * D + j]) * rstd[n]);
+  partial[chunk * D + j] = acc;
+}
+
+// dweight[j] += sum over chunks of partial[chunk, j], chunks in order.
+template <typename G>
+__global__ void rmsnorm_weight_reduce_kernel(G* dweight, const float* partial, std::int64_t chunks,
+                                             std::int64_t D) {
+  const std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= D) return;
+  float acc = 0;
+  for (std::int64_t c = 0; c < chunks; ++c) acc += partial[c * D + j];
+  dweight[j] = from_float<G>(to_float(dweight[j]) + acc);
+}
+
+// ---- launchers ----
+
+constexpr int kRmsnormThreads = 256;  // 8 rows (warps) per block
+constexpr int kRmsnormColumnThreads = 128;
+
+template <typename T>
+void rmsnorm_forward(T* out, float* rstd, const T* in, const T* weight, std::int64_t N,
+                     std::int64_t D, float eps, cudaStream_t stream) {
+  if (N <= 0) return;
+  const std::int64_t rows_per_block = kRmsnormThreads / kWarpSize;
+  launch(rmsnorm_forward_kernel<T>, dim3(static_cast<unsigned>(ceil_div(N, rows_per_block))),
+         dim3(kRmsnormThreads), 0, stream, out, rstd, in, weight, N, D, eps);
+}
+
+// Float scratch the backward needs for its weight-gradient partial sums.
+inline std::int64_t rmsnorm_backward_workspace_floats(std::int64_t N, std::int64_t D) {
+  return ceil_div(N, kRmsnormRowsPerChunk) * D;
+}
+
+template <typename G, typename T>
+void rmsnorm_backward(T* din, G* dweight, const T* dout, const T* in, const T* weight,
+                      const float* rstd, std::int64_t N, std::int64_t D, float* workspace,
+                      cudaStream_t stream) {
+  if (N <= 0) return;
+  const std::int64_t rows_per_block = kRmsnormThreads / kWarpSize;
+  launch(rmsnorm_backward_input_kernel<T>, dim3(static_cast<unsigned>(ceil_div(N, rows_per_block))),
+         dim3(kRmsnormThreads), 0, stream, din, dout, in, weight, rstd, N, D);
+  const std::int64_t chunks = ceil_div(N, kRmsnormRowsPerChunk);
+  const unsigned column_blocks = static_cast<unsigned>(ceil_div(D, kRmsnormColumnThreads));
+  // chunks <= 65535 (gridDim.y) holds for N up to 4M rows.
+  MINITRON_ASSERT(chunks <= 65535, "rmsnorm backward: ", N, " rows");
+  launch(rmsnorm_weight_partial_kernel<T>, dim3(column_blocks, static_cast<unsigned>(chunks)),
+         dim3(kRmsnormColumnThreads), 0, stream, workspace, dout, in, rstd, N, D);
+  launch(rmsnorm_weight_reduce_kernel<G>, dim3(column_blocks), dim3(kRmsnormColumnThreads), 0,
+         stream, dweight, static_cast<const float*>(workspace), chunks, D);
+}
+
+}  // namespace minitron::cuda

@@ -1,0 +1,89 @@
+// Rotary position embedding (transformers' rotate-half convention), in place, forward and
+// backward. Plain and llama3-scaled RoPE differ only in the inv_freq table the model passes.
+//
+// One thread per rotated pair (channel i and i + head_dim/2 of one head of one row). The angle
+// is float(position) * inv_freq[i] in fp32, as transformers and kernels/rope.h compute it, so
+// long positions lose the same bits; sincosf is the accurate version (no fast math), because
+// angles reach a hundred thousand radians. sincosf would be exact too, but its slow path for
+// large arguments (Payne-Hanek) needs a local-memory stack, which the build forbids; so the
+// angle is reduced in double to [-pi, pi] (exactly enough: |angle| < 2^17) and sincospif, which
+// needs no such path, finishes. The backward is the inverse rotation (angle negated).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/device_common.cuh"
+
+namespace minitron::cuda {
+
+// ---- kernels ----
+
+// sin and cos of a float angle of any size used by RoPE (see above).
+__device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
+  const double half_turns = static_cast<double>(angle) * 0.31830988618379067154;  // 1/pi
+  const double reduced = half_turns - 2.0 * rint(half_turns * 0.5);  // in [-1, 1]
+#if defined(MINITRON_EMULATE)
+  *s = static_cast<float>(std::sin(reduced * 3.14159265358979323846));
+  *c = static_cast<float>(std::cos(reduced * 3.14159265358979323846));
+#else
+  sincospif(static_cast<float>(reduced), s, c);
+#endif
+}
+
+template <typename T>
+__global__ void rope_kernel(T* x, const float* inv_freq, std::int64_t rows, std::int64_t T_,
+                            std::int64_t heads, std::int64_t head_dim,
+                            std::int64_t position_offset, float direction) {
+  const std::int64_t half = head_dim / 2;
+  const std::int64_t pairs = rows * heads * half;
+  for (std::int64_t p = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+       p < pairs; p += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    // i fastest, so a warp touches consecutive channels of one head.
+    const std::int64_t i = p % half;
+    const std::int64_t h = (p / half) % heads;
+    const std::int64_t row = p / (half * heads);
+    const std::int64_t position = position_offset + row % T_;
+    const float angle = static_cast<float>(position) * inv_freq[i];
+    float s, c;
+    rope_sincos(angle, &s, &c);
+    s *= direction;
+    T* x1 = x + row * heads * head_dim + h * head_dim + i;
+    T* x2 = x1 + half;
+    const float a = to_float(*x1), b = to_float(*x2);
+    *x1 = from_float<T>(a * c - b * s);
+    *x2 = from_float<T>(b * c + a * s);
+  }
+}
+
+// ---- launchers ----
+
+constexpr int kRopeThreads = 256;
+
+template <typename T>
+void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
+                 std::int64_t head_dim, std::int64_t position_offset, float direction,
+                 cudaStream_t stream) {
+  MINITRON_ASSERT(head_dim % 2 == 0, "rope: head_dim ", head_dim, " must be even");
+  const std::int64_t pairs = B * T_ * heads * (head_dim / 2);
+  if (pairs <= 0) return;
+  launch(rope_kernel<T>, dim3(grid_for(pairs, kRopeThreads)), dim3(kRopeThreads), 0, stream, x,
+         inv_freq, B * T_, T_, heads, head_dim, position_offset, direction);
+}
+
+// x [B*T, heads*head_dim] rotated in place; inv_freq fp32 [head_dim / 2].
+template <typename T>
+void rope_forward(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
+                  std::int64_t head_dim, std::int64_t position_offset, cudaStream_t stream) {
+  rope_rotate(x, inv_freq, B, T_, heads, head_dim, position_offset, 1.0f, stream);
+}
+
+// dx <- R^T dx in place.
+template <typename T>
+void rope_backward(T* dx, const float* inv_freq, std::int64_t B, std::int64_t T_,
+                   std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
+                   cudaStream_t stream) {
+  rope_rotate(dx, inv_freq, B, T_, heads, head_dim, position_offset, -1.0f, stream);
+}
+
+}  // namespace minitron::cuda
