@@ -1,4 +1,6 @@
-// minitron eval: perplexity of a model on token shards.
+// minitron eval: perplexity of a model on token shards (--data), or lm-evaluation-harness
+// compatible multiple-choice accuracy on a task file (--task, --task-file).
+#include <cmath>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -7,14 +9,70 @@
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "data/shards.h"
+#include "data/tokenizer.h"
+#include "eval/run_task.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "train/evaluate.h"
 
 namespace minitron::cli {
 
+namespace {
+
+nlohmann::json json_number(double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); }
+
+int eval_task(const cxxopts::ParseResult& r, const std::string& model_dir) {
+  const TaskKind kind = parse_task_kind(r["task"].as<std::string>());
+  const std::string task_file = required<std::string>(r, "task-file");
+  TaskRunOptions run;
+  run.shots = in_range<std::int64_t>(r, "shots", 0, 1000);
+  run.limit = in_range<std::int64_t>(r, "limit", 0, std::int64_t{1} << 40);
+  run.max_length = in_range<std::int64_t>(r, "max-length", 0, std::int64_t{1} << 24);
+  run.show_progress = !r.count("json");
+  const std::vector<TaskDoc> docs = load_task_file(kind, task_file);
+  std::vector<TaskDoc> fewshot_docs;
+  if (r.count("fewshot-file")) fewshot_docs = load_task_file(kind, r["fewshot-file"].as<std::string>());
+
+  const Tokenizer tokenizer = Tokenizer::load(r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir);
+  run.encode.add_special_tokens = r.count("add-bos") > 0;
+  run.encode.prefix_token = tokenizer.bos_id() ? tokenizer.bos_id() : tokenizer.eos_id();
+  LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
+  if (run.max_length > checkpoint.config.max_position_embeddings)
+    fail_expected("--max-length", str(run.max_length),
+                  str("at most max_position_embeddings = ", checkpoint.config.max_position_embeddings));
+  if (tokenizer.vocab_size() > checkpoint.config.vocab_size)
+    fail_expected("--tokenizer", str("vocabulary of ", tokenizer.vocab_size(), " ids"),
+                  str("at most the model's vocab_size ", checkpoint.config.vocab_size));
+  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  const TaskRunResult result = run_task(kind, docs, r.count("fewshot-file") ? &fewshot_docs : nullptr, tokenizer,
+                                        checkpoint.config, checkpoint.params, *backend, run);
+
+  if (r.count("json")) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const MetricRow& row : result.rows)
+      rows.push_back({{"task", row.task}, {"metric", row.metric}, {"value", json_number(row.value)},
+                      {"stderr", json_number(row.stderr_value)}, {"count", row.count}});
+    nlohmann::json out = {{"model", model_dir}, {"task", task_kind_name(kind)}, {"task_file", task_file},
+                          {"shots", run.shots}, {"documents", result.questions.size()}, {"results", rows},
+                          {"device", backend->name()}};
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    std::printf("%-44s %-9s %8s %8s %7s\n", "task", "metric", "value", "stderr", "n");
+    for (const MetricRow& row : result.rows) {
+      char err[32] = "N/A";
+      if (!std::isnan(row.stderr_value)) std::snprintf(err, sizeof err, "%.4f", row.stderr_value);
+      std::printf("%-44s %-9s %8.4f %8s %7lld\n", row.task.c_str(), row.metric.c_str(), row.value, err,
+                  static_cast<long long>(row.count));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 int eval(int argc, char** argv) {
-  cxxopts::Options options("eval", "Mean next-token cross-entropy and perplexity of a model on token shards.");
+  cxxopts::Options options("eval", "Mean next-token cross-entropy and perplexity of a model on token shards (--data),\n"
+                                   "or lm-evaluation-harness multiple-choice accuracy on a task file (--task).");
   options.add_options()
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
       ("data", "token shards: a file, a glob or a comma list", cxxopts::value<std::string>())
@@ -23,9 +81,23 @@ int eval(int argc, char** argv) {
       ("max-windows", "evaluate at most N windows (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
       ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""))
       ("json", "print one JSON object instead of text");
+  options.add_options("task")
+      ("task", "hellaswag, winogrande, mmlu, arc_easy, arc_challenge or multiple_choice", cxxopts::value<std::string>())
+      ("task-file", "the task's documents: JSONL in the Hugging Face dataset's field layout", cxxopts::value<std::string>())
+      ("shots", "few-shot examples per question", cxxopts::value<std::int64_t>()->default_value("0"))
+      ("fewshot-file", "JSONL the few-shot examples come from, first K in order (mmlu: the subject's dev split); "
+                       "default: the task file itself, the question excluded", cxxopts::value<std::string>())
+      ("limit", "score only the first N documents (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
+      ("max-length", "left-truncate requests to N tokens (0 = max_position_embeddings)",
+       cxxopts::value<std::int64_t>()->default_value("0"))
+      ("tokenizer", "tokenizer.json (default: the model directory's)", cxxopts::value<std::string>())
+      ("add-bos", "encode with the tokenizer's special tokens (BOS); the harness's default for causal models is off");
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
+  if (r.count("task")) return eval_task(r, model_dir);
+  if (!r.count("data"))
+    fail("--data: missing (give --data SHARDS for perplexity, or --task NAME --task-file FILE for a benchmark)");
   const auto shards = resolve_shards(required<std::string>(r, "data"));
   const std::int64_t T = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
   const std::int64_t B = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);

@@ -1,0 +1,55 @@
+// Text generation with a KV cache: the prompt runs once, then one token per forward pass.
+// Greedy (temperature 0) or temperature / nucleus (top-p) sampling from a seeded RNG.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "data/dataloader.h"
+#include "data/tokenizer.h"
+#include "model/llama.h"
+
+namespace minitron {
+
+struct SamplingOptions {
+  std::int64_t max_new_tokens = 64;
+  double temperature = 0.0;  // 0: greedy (argmax)
+  double top_p = 1.0;        // nucleus: keep the most probable tokens whose mass reaches top_p
+  std::uint64_t seed = 0;
+  std::vector<std::int32_t> stop_tokens;  // generation ends after emitting one of these
+};
+
+// Picks the next token from one row of logits: argmax (first maximum) when temperature is 0;
+// otherwise softmax(logits / temperature), restricted (as HF's TopPLogitsWarper) to the
+// smallest set of most probable tokens whose probability reaches top_p (at least one),
+// renormalised, and sampled by inverse CDF with one uniform draw from rng.
+std::int32_t sample_token(std::span<const float> logits, double temperature, double top_p, Xoshiro256& rng);
+
+// Runs the prompt (>= 1 token) through the model with `cache` (cleared first), then generates
+// up to max_new_tokens tokens, calling on_token for each as soon as it is chosen. The model
+// needs max_batch >= 1, max_sequence >= prompt length, and the cache room for prompt +
+// max_new_tokens. Returns the generated tokens (the prompt excluded).
+std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<const std::int32_t> prompt,
+                                   const SamplingOptions& options,
+                                   const std::function<void(std::int32_t)>& on_token = {});
+
+// Streams decoded text: push() returns the text the new token adds, computed as the
+// difference of decoded prefixes, and holds text back while it ends in an incomplete UTF-8
+// sequence (raw bytes, or U+FFFD as HF byte-fallback gives), so characters are never split.
+class IncrementalDecoder {
+ public:
+  explicit IncrementalDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true)
+      : tokenizer_(tokenizer), skip_special_(skip_special_tokens) {}
+  std::string push(std::int32_t token);
+  std::string flush();  // whatever is still held back
+ private:
+  const Tokenizer& tokenizer_;
+  bool skip_special_;
+  std::vector<std::int32_t> tokens_;
+  std::size_t emitted_ = 0;  // bytes of the decoded text already returned
+};
+
+}  // namespace minitron

@@ -1,0 +1,37 @@
+// One multiple-choice task end to end: documents -> harness requests -> batched scoring on a
+// model built to the task's largest question -> metrics.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "eval/scoring.h"
+#include "eval/tasks.h"
+#include "model/backend.h"
+#include "model/config.h"
+
+namespace minitron {
+
+struct TaskRunOptions {
+  std::int64_t shots = 0;
+  std::int64_t limit = 0;       // score only the first N documents (0 = all)
+  std::int64_t max_length = 0;  // left-truncation length (0 = max_position_embeddings)
+  EncodeOptions encode;
+  bool show_progress = false;
+};
+
+struct TaskRunResult {
+  std::vector<MetricRow> rows;
+  std::vector<QuestionResult> questions;  // in document order
+  std::int64_t max_batch = 0, max_sequence = 0;  // the model shape the task needed
+};
+
+// fewshot_pool: the documents examples are drawn from (nullptr: `docs` itself, each document
+// excluded from its own examples). The model is built here (Inference mode) from config/params.
+TaskRunResult run_task(TaskKind kind, const std::vector<TaskDoc>& docs, const std::vector<TaskDoc>* fewshot_pool,
+                       const Tokenizer& tokenizer, const ModelConfig& config, std::span<const float> params,
+                       Backend& backend, const TaskRunOptions& options);
+
+}  // namespace minitron

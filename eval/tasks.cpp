@@ -1,0 +1,267 @@
+#include "eval/tasks.h"
+
+#include <algorithm>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "util/error.h"
+
+namespace minitron {
+
+using json = nlohmann::json;
+
+namespace {
+
+struct KindName {
+  TaskKind kind;
+  const char* name;
+};
+constexpr KindName kKinds[] = {
+    {TaskKind::HellaSwag, "hellaswag"}, {TaskKind::Winogrande, "winogrande"},
+    {TaskKind::Mmlu, "mmlu"},           {TaskKind::ArcEasy, "arc_easy"},
+    {TaskKind::ArcChallenge, "arc_challenge"}, {TaskKind::MultipleChoice, "multiple_choice"},
+};
+
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+const json& field(const json& doc, const char* name, const std::string& where, const char* expected) {
+  if (!doc.contains(name)) fail_expected(where, str("no \"", name, "\" field"), expected);
+  return doc.at(name);
+}
+
+std::string string_field(const json& doc, const char* name, const std::string& where) {
+  const json& v = field(doc, name, where, "a string");
+  if (!v.is_string()) fail_expected(where, str("\"", name, "\" is ", v.type_name()), "a string");
+  return v.get<std::string>();
+}
+
+std::vector<std::string> string_list(const json& v, const std::string& what, const std::string& where) {
+  if (!v.is_array() || v.empty()) fail_expected(where, str(what, " is not a non-empty list"), "a list of strings");
+  std::vector<std::string> out;
+  for (const json& s : v) {
+    if (!s.is_string()) fail_expected(where, str(what, " holds a ", s.type_name()), "a list of strings");
+    out.push_back(s.get<std::string>());
+  }
+  return out;
+}
+
+// An index given as a number or a digit string ("label": "2" in HellaSwag's HF files).
+int index_field(const json& v, const std::string& what, const std::string& where) {
+  if (v.is_number_integer()) return v.get<int>();
+  if (v.is_string()) {
+    const std::string s = v.get<std::string>();
+    if (!s.empty() && s.size() < 9 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return std::stoi(s);
+  }
+  fail_expected(where, str(what, " is ", v.dump()), "an integer index");
+}
+
+void check_gold(const TaskDoc& doc, const std::string& where) {
+  if (doc.gold < 0 || doc.gold >= static_cast<int>(doc.choices.size()))
+    fail_expected(where, str("answer index ", doc.gold, " is out of range"),
+                  str("0 to ", doc.choices.size() - 1, " (one per choice)"));
+}
+
+std::string replace_all(std::string text, const std::string& from, const std::string& to) {
+  std::string out;
+  std::size_t i = 0;
+  while (true) {
+    std::size_t j = text.find(from, i);
+    if (j == std::string::npos) break;
+    out.append(text, i, j - i);
+    out += to;
+    i = j + from.size();
+  }
+  out.append(text, i, std::string::npos);
+  return out;
+}
+
+}  // namespace
+
+TaskKind parse_task_kind(const std::string& name) {
+  for (const KindName& k : kKinds)
+    if (name == k.name) return k.kind;
+  fail_expected("--task", str("'", name, "' is not a known task"),
+                "hellaswag, winogrande, mmlu, arc_easy, arc_challenge or multiple_choice");
+}
+
+const char* task_kind_name(TaskKind kind) {
+  for (const KindName& k : kKinds)
+    if (k.kind == kind) return k.name;
+  return "?";
+}
+
+bool task_reports_acc_norm(TaskKind kind) { return kind != TaskKind::Winogrande && kind != TaskKind::Mmlu; }
+
+std::string python_strip(const std::string& text) {
+  std::size_t b = 0, e = text.size();
+  while (b < e && is_space(text[b])) ++b;
+  while (e > b && is_space(text[e - 1])) --e;
+  return text.substr(b, e - b);
+}
+
+std::string python_capitalize(const std::string& text) {
+  std::string out = text;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    char c = out[i];
+    if (i == 0 && c >= 'a' && c <= 'z') out[i] = static_cast<char>(c - 'a' + 'A');
+    if (i > 0 && c >= 'A' && c <= 'Z') out[i] = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+std::string hellaswag_preprocess(const std::string& input) {
+  std::string text = python_strip(input);
+  text = replace_all(text, " [title]", ". ");
+  // re.sub("\\[.*?\\]", "", text): the shortest "[...]" from each '[' ('.' excludes newlines).
+  std::string no_brackets;
+  for (std::size_t i = 0; i < text.size();) {
+    if (text[i] == '[') {
+      std::size_t j = i + 1;
+      while (j < text.size() && text[j] != ']' && text[j] != '\n') ++j;
+      if (j < text.size() && text[j] == ']') {
+        i = j + 1;
+        continue;
+      }
+    }
+    no_brackets += text[i++];
+  }
+  return replace_all(no_brackets, "  ", " ");
+}
+
+TaskDoc parse_task_doc(TaskKind kind, const std::string& line, const std::string& where) {
+  json doc;
+  try {
+    doc = json::parse(line);
+  } catch (const json::exception& e) {
+    fail_expected(where, str("not valid JSON (", e.what(), ")"), "one JSON object per line");
+  }
+  if (!doc.is_object()) fail_expected(where, "not a JSON object", "one JSON object per line");
+  TaskDoc out;
+  switch (kind) {
+    case TaskKind::HellaSwag: {
+      const std::string ctx = string_field(doc, "ctx_a", where) + " " + python_capitalize(string_field(doc, "ctx_b", where));
+      out.query = hellaswag_preprocess(string_field(doc, "activity_label", where) + ": " + ctx);
+      for (const std::string& e : string_list(field(doc, "endings", where, "a list"), "\"endings\"", where))
+        out.choices.push_back(hellaswag_preprocess(e));
+      out.gold = index_field(field(doc, "label", where, "an index"), "\"label\"", where);
+      break;
+    }
+    case TaskKind::Winogrande: {
+      const std::string sentence = string_field(doc, "sentence", where);
+      const std::size_t blank = sentence.find('_');
+      if (blank == std::string::npos) fail_expected(where, "\"sentence\" has no \"_\"", "a sentence with a _ blank");
+      out.query = sentence.substr(0, blank);
+      out.target = python_strip(sentence.substr(blank + 1));
+      out.choices = {string_field(doc, "option1", where), string_field(doc, "option2", where)};
+      const json& answer = field(doc, "answer", where, "\"1\" or \"2\"");
+      const int a = index_field(answer, "\"answer\"", where);
+      if (a != 1 && a != 2) fail_expected(where, str("\"answer\" is ", answer.dump()), "\"1\" or \"2\"");
+      out.gold = a - 1;
+      break;
+    }
+    case TaskKind::Mmlu: {
+      out.subject = string_field(doc, "subject", where);
+      const std::vector<std::string> options = string_list(field(doc, "choices", where, "a list"), "\"choices\"", where);
+      if (options.size() != 4) fail_expected(where, str("\"choices\" has ", options.size(), " entries"), "4 (A to D)");
+      out.query = python_strip(string_field(doc, "question", where)) + "\nA. " + options[0] + "\nB. " + options[1] +
+                  "\nC. " + options[2] + "\nD. " + options[3] + "\nAnswer:";
+      out.choices = {"A", "B", "C", "D"};
+      const json& answer = field(doc, "answer", where, "an index 0-3 or a letter A-D");
+      if (answer.is_string() && answer.get<std::string>().size() == 1 && answer.get<std::string>()[0] >= 'A' &&
+          answer.get<std::string>()[0] <= 'D')
+        out.gold = answer.get<std::string>()[0] - 'A';
+      else
+        out.gold = index_field(answer, "\"answer\"", where);
+      break;
+    }
+    case TaskKind::ArcEasy:
+    case TaskKind::ArcChallenge: {
+      out.query = "Question: " + string_field(doc, "question", where) + "\nAnswer:";
+      const json& choices = field(doc, "choices", where, "{\"text\": [...], \"label\": [...]}");
+      if (!choices.is_object() || !choices.contains("text") || !choices.contains("label"))
+        fail_expected(where, "\"choices\" is not {text, label}", "{\"text\": [...], \"label\": [...]}");
+      out.choices = string_list(choices["text"], "\"choices.text\"", where);
+      const std::vector<std::string> labels = string_list(choices["label"], "\"choices.label\"", where);
+      if (labels.size() != out.choices.size())
+        fail_expected(where, "\"choices.label\" and \"choices.text\" differ in length", "one label per choice");
+      const std::string key = string_field(doc, "answerKey", where);
+      auto it = std::find(labels.begin(), labels.end(), key);
+      if (it == labels.end()) fail_expected(where, str("\"answerKey\" '", key, "' is not a label"), "one of choices.label");
+      out.gold = static_cast<int>(it - labels.begin());
+      break;
+    }
+    case TaskKind::MultipleChoice: {
+      out.query = string_field(doc, "context", where);
+      out.choices = string_list(field(doc, "choices", where, "a list"), "\"choices\"", where);
+      out.gold = index_field(field(doc, "label", where, "an index"), "\"label\"", where);
+      break;
+    }
+  }
+  check_gold(out, where);
+  return out;
+}
+
+std::vector<TaskDoc> load_task_file(TaskKind kind, const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_expected(path.string(), "cannot be opened", "a readable JSONL task file");
+  std::vector<TaskDoc> docs;
+  std::string line;
+  for (std::int64_t n = 1; std::getline(in, line); ++n) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (python_strip(line).empty()) continue;
+    docs.push_back(parse_task_doc(kind, line, str(path.string(), ":", n)));
+  }
+  if (docs.empty()) fail_expected(path.string(), "holds no documents", str("JSONL in the ", task_kind_name(kind), " layout"));
+  return docs;
+}
+
+std::string fewshot_example(TaskKind kind, const TaskDoc& doc) {
+  if (kind == TaskKind::Winogrande)  // doc_to_text gives the gold index: the gold option's context
+    return doc.query + doc.choices[static_cast<std::size_t>(doc.gold)] + " " + doc.target;
+  return doc.query + " " + doc.choices[static_cast<std::size_t>(doc.gold)];
+}
+
+std::string fewshot_prefix(TaskKind kind, const std::string& subject, const std::vector<const TaskDoc*>& shots) {
+  std::string prefix;
+  if (kind == TaskKind::Mmlu)
+    prefix = "The following are multiple choice questions (with answers) about " + replace_all(subject, "_", " ") + ".\n\n";
+  for (const TaskDoc* d : shots) prefix += fewshot_example(kind, *d) + "\n\n";
+  return prefix;
+}
+
+Question build_question(TaskKind kind, const TaskDoc& doc, const std::string& prefix) {
+  Question q;
+  q.gold = doc.gold;
+  q.subject = doc.subject;
+  for (const std::string& choice : doc.choices) {
+    if (kind == TaskKind::Winogrande)
+      q.requests.push_back({prefix + doc.query + choice, " " + doc.target});
+    else
+      q.requests.push_back({prefix + doc.query, " " + choice});
+    q.choice_lengths.push_back(utf8_length(choice));
+  }
+  return q;
+}
+
+std::vector<const TaskDoc*> select_fewshot(TaskKind kind, const std::vector<TaskDoc>& pool, const TaskDoc& doc,
+                                           bool exclude_doc, std::int64_t shots) {
+  std::vector<const TaskDoc*> out;
+  for (const TaskDoc& d : pool) {
+    if (static_cast<std::int64_t>(out.size()) >= shots) break;
+    if (exclude_doc && &d == &doc) continue;
+    if (kind == TaskKind::Mmlu && d.subject != doc.subject) continue;
+    out.push_back(&d);
+  }
+  return out;
+}
+
+std::int64_t utf8_length(const std::string& text) {
+  std::int64_t n = 0;
+  for (unsigned char c : text)
+    if ((c & 0xC0) != 0x80) ++n;  // count every byte that is not a continuation byte
+  return n;
+}
+
+}  // namespace minitron
