@@ -18,9 +18,15 @@ struct Command {
 constexpr Command kCommands[] = {
     {"info", minitron::cli::info, "show a model's architecture, parameter counts and FLOPs"},
     {"train", minitron::cli::train, "train a model (from a checkpoint or a config) on token shards"},
-    {"eval", minitron::cli::eval, "perplexity of a model on token shards"},
+    {"eval", minitron::cli::eval, "perplexity on token shards, or lm-evaluation-harness-style multiple-choice tasks"},
+    {"generate", minitron::cli::generate, "continue a prompt with a model (greedy or sampled, KV cache)"},
     {"tokenizer", minitron::cli::tokenizer, "encode, decode, or train a tokenizer.json"},
     {"tokenize", minitron::cli::tokenize, "turn text or JSONL into llm.c token shards"},
+    {"importance", minitron::cli::importance, "score neurons, heads, channels and layers on calibration data"},
+    {"prune", minitron::cli::prune, "prune width and depth by importance scores into a new checkpoint"},
+    {"correct", minitron::cli::correct, "teacher correction: fine-tune the teacher on the distillation data (train preset)"},
+    {"distill", minitron::cli::distill, "distill a teacher into a student (forward KL on logits)"},
+    {"pipeline", minitron::cli::pipeline, "the whole recipe from a JSON config: correct, score, prune, distill, evaluate, report"},
 };
 
 void print_usage(std::FILE* out) {

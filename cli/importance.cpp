@@ -1,0 +1,179 @@
+// minitron importance: calibration forward passes that score MLP neurons, attention heads,
+// hidden channels and layers (DESIGN.md, "Method facts"), written to a scores JSON file.
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "data/dataloader.h"
+#include "data/shards.h"
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "prune/importance.h"
+#include "prune/layer_ranking.h"
+#include "prune/scores.h"
+#include "prune/slicing.h"
+#include "train/losses.h"
+#include "util/progress.h"
+
+namespace minitron::cli {
+
+namespace {
+
+std::vector<std::int64_t> parse_block_sizes(const std::string& text, std::int64_t layers) {
+  std::vector<std::int64_t> sizes;
+  if (text.empty()) {
+    if (layers / 2 >= 1) sizes.push_back(layers / 2);  // the recipe halves the depth
+    return sizes;
+  }
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    std::size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(start, end - start);
+    start = end + 1;
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos)
+      fail_expected("--block-size", str("'", text, "'"), "block sizes such as 16 or 4,8,16");
+    sizes.push_back(std::stoll(item));
+  }
+  return sizes;
+}
+
+}  // namespace
+
+int importance(int argc, char** argv) {
+  cxxopts::Options options("importance",
+                           "Score MLP neurons, attention heads, hidden channels and layers of a model with "
+                           "calibration forward passes (activation-based importance, as in Minitron).");
+  options.add_options()
+      ("model", "HF checkpoint directory", cxxopts::value<std::string>())
+      ("data", "calibration token shards: a file, a glob or a comma list", cxxopts::value<std::string>())
+      ("output", "scores file to write (JSON)", cxxopts::value<std::string>())
+      ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""))
+      ("samples", "calibration sequences (windows 0..N-1 of --data)", cxxopts::value<std::int64_t>()->default_value("1024"))
+      ("sequence-length", "tokens per calibration sequence", cxxopts::value<std::int64_t>()->default_value("4096"))
+      ("batch-size", "sequences per forward pass", cxxopts::value<std::int64_t>()->default_value("4"))
+      ("aggregation", "how activations are reduced: batch=<mean|l2|variance>,sequence=<mean|l2|variance>",
+       cxxopts::value<std::string>()->default_value("batch=l2,sequence=mean"))
+      ("mlp-site", "post-activation (down_proj input) or pre-activation (gate_proj output, the paper's variant)",
+       cxxopts::value<std::string>()->default_value("post-activation"))
+      ("layer-windows", "held-out windows for the layer-removal losses (0 = skip them)",
+       cxxopts::value<std::int64_t>()->default_value("64"))
+      ("layer-data", "held-out shards for layer ranking (default: --data windows after the calibration ones)",
+       cxxopts::value<std::string>())
+      ("block-size", "sizes k of the contiguous blocks removed, e.g. 8 or 4,8,16 (default: half the layers)",
+       cxxopts::value<std::string>()->default_value(""))
+      ("no-block-importance", "do not measure Block Importance (1 - mean cos of layer input and output)")
+      ("task-file", "evaluation task (JSONL) scored with each block removed", cxxopts::value<std::string>());
+  cxxopts::ParseResult r;
+  if (!parse_options(options, argc, argv, r)) return 0;
+  const std::string model_dir = required<std::string>(r, "model");
+  const std::string data_spec = required<std::string>(r, "data");
+  const std::string output = required<std::string>(r, "output");
+  const std::int64_t S = in_range<std::int64_t>(r, "samples", 1, std::int64_t{1} << 40);
+  const std::int64_t T = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
+  const std::int64_t B = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
+  const std::int64_t W = in_range<std::int64_t>(r, "layer-windows", 0, std::int64_t{1} << 40);
+  ImportanceOptions io;
+  io.aggregation = parse_aggregation(r["aggregation"].as<std::string>());
+  io.mlp_site = parse_mlp_site(r["mlp-site"].as<std::string>());
+  io.block_importance = r.count("no-block-importance") == 0;
+  if (r.count("task-file"))
+    fail_expected("--task-file", "evaluation tasks are not implemented yet (the evaluation issue adds them)",
+                  "no --task-file for now; layers are ranked by LM loss and Block Importance");
+
+  LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
+  const ModelConfig& config = checkpoint.config;
+  if (T > config.max_position_embeddings)
+    fail_expected("--sequence-length", str(T), str("at most max_position_embeddings = ", config.max_position_embeddings));
+  const std::vector<std::int64_t> block_sizes = parse_block_sizes(r["block-size"].as<std::string>(), config.num_hidden_layers);
+  const auto shards = resolve_shards(data_spec);
+  TokenWindows windows(shards, T, config.vocab_size);
+  if (S > windows.count())
+    fail_expected("--samples", str(S, " calibration sequences, but the shards hold ", windows.count(), " windows of ",
+                                   T + 1, " tokens"),
+                  str("at most ", windows.count(), ", or more data, or a shorter --sequence-length"));
+  // Held-out windows for layer ranking: read before the long calibration so errors come first.
+  HeldOutWindows held_out;
+  std::string held_out_description;
+  if (W > 0) {
+    if (r.count("layer-data")) {
+      TokenWindows other(resolve_shards(r["layer-data"].as<std::string>()), T, config.vocab_size);
+      held_out = read_windows(other, 0, W, "--layer-windows");
+      held_out_description = str(r["layer-data"].as<std::string>(), " windows 0..", W - 1);
+    } else {
+      held_out = read_windows(windows, S, W, "--layer-windows (held out after the --samples calibration windows)");
+      held_out_description = str(data_spec, " windows ", S, "..", S + W - 1);
+    }
+  }
+
+  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  const std::int64_t max_batch = std::min(B, std::max(S, W));
+  LlamaModel model(config, *backend, max_batch, T, ModelMode::Inference);
+  model.set_parameters(checkpoint.params);
+  std::printf("importance of %s on %s: %lld samples x %lld tokens, %s, mlp site %s\n", model_dir.c_str(),
+              backend->name().c_str(), static_cast<long long>(S), static_cast<long long>(T),
+              aggregation_string(io.aggregation).c_str(), mlp_site_name(io.mlp_site));
+  std::fflush(stdout);  // before the progress bars on stderr
+
+  ImportanceObserver observer(config, *backend, max_batch, T, io);
+  {
+    std::vector<std::int32_t> inputs(static_cast<std::size_t>(max_batch * T)), targets(inputs.size());
+    Progress progress("calibration", (S + max_batch - 1) / max_batch, "batch");
+    ForwardOptions forward;
+    forward.observer = &observer;
+    for (std::int64_t first = 0; first < S; first += max_batch) {
+      const std::int64_t b = std::min(max_batch, S - first);
+      for (std::int64_t i = 0; i < b; ++i) windows.copy(first + i, inputs.data() + i * T, targets.data() + i * T);
+      model.forward(std::span(inputs).first(static_cast<std::size_t>(b * T)), b, T, forward);
+      progress.advance();
+    }
+    progress.finish();
+  }
+
+  ImportanceScores scores = empty_scores(config);
+  scores.width = observer.scores();
+  if (W > 0) {
+    LossWorkspace workspace(*backend, config.vocab_size, max_batch * T);
+    LayerRankingOptions lo;
+    lo.block_sizes = block_sizes;
+    lo.show_progress = true;
+    scores.layers = rank_layers_by_removal(model, held_out, workspace, lo);
+  }
+  scores.layers.block_importance = scores.width.block_importance;
+  scores.provenance = {{"model", model_dir},
+                       {"data", data_spec},
+                       {"shards", windows.describe()},
+                       {"samples", observer.samples()},
+                       {"sequence_length", T},
+                       {"batch_size", max_batch},
+                       {"device", backend->name()},
+                       {"aggregation", {{"batch", batch_aggregation_name(io.aggregation.batch)},
+                                        {"sequence", sequence_reduction_name(io.aggregation.sequence)}}},
+                       {"mlp_site", mlp_site_name(io.mlp_site)},
+                       {"hidden_sites", "input_layernorm and post_attention_layernorm outputs, summed over layers"},
+                       {"head_site", "o_proj input; head score = L2 norm of its channel scores"}};
+  if (W > 0) scores.provenance["layer_ranking_data"] = held_out_description;
+  save_scores(output, scores);
+
+  // A short human summary: each layer's removal cost and the cheapest blocks to drop.
+  const LayerScores& ls = scores.layers;
+  if (ls.baseline_loss) std::printf("held-out loss %.4f with every layer (%lld windows)\n", *ls.baseline_loss,
+                                    static_cast<long long>(ls.windows));
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    std::printf("layer %3lld:", static_cast<long long>(l));
+    if (!ls.single_removal_loss.empty()) std::printf(" loss without it %.4f", ls.single_removal_loss[static_cast<std::size_t>(l)]);
+    if (!ls.block_importance.empty()) std::printf("  block importance %.4f", ls.block_importance[static_cast<std::size_t>(l)]);
+    std::printf("\n");
+  }
+  for (const auto& [k, losses] : ls.block_removal_loss) {
+    const std::int64_t s = least_important_block(scores, config.num_hidden_layers, k, LayerCriterion::Loss);
+    std::printf("cheapest block of %lld layers by loss: %lld-%lld (loss %.4f)\n", static_cast<long long>(k),
+                static_cast<long long>(s), static_cast<long long>(s + k - 1), losses[static_cast<std::size_t>(s)]);
+  }
+  std::printf("scores written to %s\n", output.c_str());
+  return 0;
+}
+
+}  // namespace minitron::cli

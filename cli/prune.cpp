@@ -1,0 +1,306 @@
+// minitron prune: width and depth pruning of an HF checkpoint by importance scores, to explicit
+// sizes or to a parameter budget (the paper's lightweight architecture search).
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <limits>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "data/dataloader.h"
+#include "data/shards.h"
+#include "model/checkpoint.h"
+#include "model/llama.h"
+#include "prune/distillation_objective.h"
+#include "prune/layer_ranking.h"
+#include "prune/scores.h"
+#include "prune/search.h"
+#include "prune/slicing.h"
+#include "train/losses.h"
+#include "train/trainer.h"
+#include "util/files.h"
+
+namespace minitron::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string human_count(std::int64_t n) {
+  const char* suffixes[] = {"", "K", "M", "B", "T"};
+  double value = static_cast<double>(n);
+  int i = 0;
+  while (value >= 999.5 && i < 4) value /= 1000, ++i;
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.3g%s", value, suffixes[i]);
+  return buffer;
+}
+
+std::string sizes_string(const ModelConfig& c) {
+  return str("hidden ", c.hidden_size, ", ffn ", c.intermediate_size, ", heads ", c.num_attention_heads, "/",
+             c.num_key_value_heads, ", layers ", c.num_hidden_layers);
+}
+
+// What was kept, for auditing the pruned checkpoint (HF loaders ignore the file).
+nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir, const std::string& scores_path) {
+  nlohmann::json j = {{"source_model", model_dir}, {"scores", scores_path}, {"kept_layers", plan.layers},
+                      {"hidden_channels", plan.hidden}, {"query_heads", plan.query_heads}, {"kv_heads", plan.kv_heads}};
+  if (plan.dropped_block) j["dropped_layers"] = {plan.dropped_block->first, plan.dropped_block->second};
+  j["ffn_neurons"] = plan.ffn;
+  return j;
+}
+
+// Zero-shot validation loss of a pruned model (Inference mode, batches of B windows).
+double zero_shot_loss(const ModelConfig& config, std::span<const float> params, Backend& backend,
+                      const HeldOutWindows& windows, std::int64_t B) {
+  const std::int64_t b = std::min(B, windows.count);
+  LlamaModel model(config, backend, b, windows.sequence_length, ModelMode::Inference);
+  model.set_parameters(params);
+  LossWorkspace workspace(backend, config.vocab_size, b * windows.sequence_length);
+  return removal_loss(model, windows, {}, workspace);
+}
+
+}  // namespace
+
+int prune(int argc, char** argv) {
+  cxxopts::Options options("prune",
+                           "Prune a model's width (hidden size, FFN, heads) and depth (a contiguous block of layers) "
+                           "by importance scores, to explicit sizes or to a parameter budget.");
+  options.add_options("model")
+      ("model", "HF checkpoint directory (the teacher)", cxxopts::value<std::string>())
+      ("scores", "scores file written by 'minitron importance'", cxxopts::value<std::string>())
+      ("output", "directory for the pruned HF checkpoint", cxxopts::value<std::string>())
+      ("save-dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
+      ("random-scores", "prune by uniform random scores from this seed instead (a baseline)",
+       cxxopts::value<std::uint64_t>());
+  options.add_options("targets")
+      ("hidden-size", "hidden (embedding) channels to keep", cxxopts::value<std::int64_t>())
+      ("intermediate-size", "MLP neurons to keep per layer", cxxopts::value<std::int64_t>())
+      ("num-attention-heads", "query heads to keep (the same number in every KV group)", cxxopts::value<std::int64_t>())
+      ("num-key-value-heads", "KV groups to keep (default: all)", cxxopts::value<std::int64_t>())
+      ("num-layers", "layers to keep: drops the contiguous block that hurts least", cxxopts::value<std::int64_t>())
+      ("drop-layers", "drop this zero-based inclusive block instead, e.g. 15-30", cxxopts::value<std::string>())
+      ("layer-criterion", "loss or block-importance (for --num-layers)",
+       cxxopts::value<std::string>()->default_value("loss"));
+  options.add_options("search")
+      ("target-params", "parameter budget, e.g. 4.5B: search architectures within --tolerance of it",
+       cxxopts::value<std::string>())
+      ("tolerance", "relative tolerance of the budget", cxxopts::value<double>()->default_value("0.05"))
+      ("max-candidates", "architectures to rank by zero-shot loss (spread over those that fit)",
+       cxxopts::value<std::int64_t>()->default_value("8"))
+      ("search-steps", "distill the best candidates this many steps each and rank by validation loss (0 = off)",
+       cxxopts::value<std::int64_t>()->default_value("0"))
+      ("search-candidates", "candidates distilled when --search-steps is given",
+       cxxopts::value<std::int64_t>()->default_value("3"))
+      ("learning-rate", "peak learning rate of the search's distillation", cxxopts::value<double>()->default_value("1e-4"));
+  options.add_options("evaluation")
+      ("data", "token shards: zero-shot loss of the result (and distillation data for --search-steps)",
+       cxxopts::value<std::string>())
+      ("validation-data", "shards for the losses (default: --data)", cxxopts::value<std::string>())
+      ("eval-windows", "validation windows", cxxopts::value<std::int64_t>()->default_value("16"))
+      ("sequence-length", "tokens per window", cxxopts::value<std::int64_t>()->default_value("256"))
+      ("batch-size", "windows per forward pass", cxxopts::value<std::int64_t>()->default_value("4"))
+      ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""));
+  cxxopts::ParseResult r;
+  if (!parse_options(options, argc, argv, r)) return 0;
+  const std::string model_dir = required<std::string>(r, "model");
+  const fs::path output = required<std::string>(r, "output");
+  SaveOptions save;
+  save.dtype = parse_save_dtype(r["save-dtype"].as<std::string>());
+  const bool random = r.count("random-scores") > 0;
+  if (!random && !r.count("scores"))
+    fail("--scores: missing (a scores file from 'minitron importance', or --random-scores SEED for a baseline)");
+  const std::string scores_path = random ? str("random:", r["random-scores"].as<std::uint64_t>()) : r["scores"].as<std::string>();
+  const std::int64_t T = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
+  const std::int64_t B = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
+  const std::int64_t W = in_range<std::int64_t>(r, "eval-windows", 1, std::int64_t{1} << 40);
+
+  PruneTargets targets;
+  auto optional_size = [&](const char* flag, std::optional<std::int64_t>& into) {
+    if (r.count(flag)) into = r[flag].as<std::int64_t>();
+  };
+  optional_size("hidden-size", targets.hidden_size);
+  optional_size("intermediate-size", targets.intermediate_size);
+  optional_size("num-attention-heads", targets.num_attention_heads);
+  optional_size("num-key-value-heads", targets.num_key_value_heads);
+  optional_size("num-layers", targets.num_layers);
+  if (r.count("drop-layers")) targets.drop_layers = parse_layer_range(r["drop-layers"].as<std::string>());
+  targets.layer_criterion = parse_layer_criterion(r["layer-criterion"].as<std::string>());
+  const bool search = r.count("target-params") > 0;
+  const bool explicit_targets = targets.hidden_size || targets.intermediate_size || targets.num_attention_heads ||
+                                targets.num_key_value_heads || targets.num_layers || targets.drop_layers;
+  if (search && explicit_targets)
+    fail_expected("--target-params", "given together with explicit sizes", "either a parameter budget or explicit sizes");
+  if (!search && !explicit_targets)
+    fail("prune: no target given (expected --hidden-size, --intermediate-size, --num-attention-heads, "
+         "--num-key-value-heads, --num-layers, --drop-layers or --target-params)");
+
+  LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
+  const ModelConfig& config = checkpoint.config;
+  ImportanceScores scores;
+  if (random) {
+    scores = random_scores(config, r["random-scores"].as<std::uint64_t>());
+  } else {
+    scores = load_scores(scores_path);
+    check_scores_match(scores, config, scores_path);
+  }
+  const std::int64_t teacher_params = parameter_count(config);
+  std::printf("teacher %s: %s parameters (%s)\n", model_dir.c_str(), human_count(teacher_params).c_str(),
+              sizes_string(config).c_str());
+
+  // Validation windows for zero-shot losses (and the search).
+  std::unique_ptr<Backend> backend;
+  HeldOutWindows validation;
+  std::vector<fs::path> train_shards;
+  if (r.count("data")) {
+    train_shards = resolve_shards(r["data"].as<std::string>());
+    const auto validation_shards =
+        r.count("validation-data") ? resolve_shards(r["validation-data"].as<std::string>()) : train_shards;
+    if (T > config.max_position_embeddings)
+      fail_expected("--sequence-length", str(T), str("at most max_position_embeddings = ", config.max_position_embeddings));
+    TokenWindows windows(validation_shards, T, config.vocab_size);
+    validation = read_windows(windows, 0, std::min(W, windows.count()), "--eval-windows");
+    if (validation.count == 0) fail_expected("--data", "no complete window", str("at least ", T + 1, " tokens"));
+    backend = make_backend(choose_device(r["device"].as<std::string>()));
+  }
+
+  if (!search) {
+    const PrunePlan plan = plan_pruning(config, scores, targets);
+    std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
+    save.copy_files = companion_files(model_dir);
+    save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
+    write_bytes_atomically(output / "pruning.json", plan_to_json(plan, model_dir, scores_path).dump(1));
+    std::printf("pruned: %s parameters (%s)", human_count(parameter_count(plan.config)).c_str(),
+                sizes_string(plan.config).c_str());
+    if (plan.dropped_block)
+      std::printf(", dropped layers %lld-%lld", static_cast<long long>(plan.dropped_block->first),
+                  static_cast<long long>(plan.dropped_block->second));
+    std::printf("\n");
+    if (backend) {
+      std::printf("zero-shot validation loss: teacher %.4f, pruned %.4f (%lld windows of %lld)\n",
+                  zero_shot_loss(config, checkpoint.params, *backend, validation, B),
+                  zero_shot_loss(plan.config, params, *backend, validation, B), static_cast<long long>(validation.count),
+                  static_cast<long long>(T));
+    }
+    std::printf("parameters %lld\nsaved to %s\n", static_cast<long long>(parameter_count(plan.config)), output.c_str());
+    return 0;
+  }
+
+  // ---- architecture search within a parameter budget ----
+  if (!backend) fail("--target-params: needs --data (candidates are ranked by their validation loss after pruning)");
+  const std::int64_t budget = parse_parameter_count(r["target-params"].as<std::string>());
+  const double tolerance = in_range<double>(r, "tolerance", 0.0, 1.0);
+  const std::int64_t max_candidates = in_range<std::int64_t>(r, "max-candidates", 1, 1 << 20);
+  const std::int64_t search_steps = in_range<std::int64_t>(r, "search-steps", 0, std::int64_t{1} << 40);
+  const std::int64_t search_candidates = in_range<std::int64_t>(r, "search-candidates", 1, 1 << 20);
+  if (budget >= teacher_params)
+    fail_expected("--target-params", str(human_count(budget), " is not below the teacher's ", human_count(teacher_params)),
+                  "a budget smaller than the model");
+  std::vector<Architecture> fitting = enumerate_architectures(config, budget, tolerance);
+  // Depths whose block cannot be chosen from these scores (no block-removal losses for that k)
+  // are left out rather than failing the whole search.
+  std::vector<std::int64_t> missing_depths;
+  std::erase_if(fitting, [&](const Architecture& a) {
+    if (a.num_layers == config.num_hidden_layers) return false;
+    try {
+      least_important_block(scores, config.num_hidden_layers, config.num_hidden_layers - a.num_layers,
+                            targets.layer_criterion);
+      return false;
+    } catch (const Error&) {
+      if (std::find(missing_depths.begin(), missing_depths.end(), a.num_layers) == missing_depths.end())
+        missing_depths.push_back(a.num_layers);
+      return true;
+    }
+  });
+  if (!missing_depths.empty()) {
+    std::sort(missing_depths.begin(), missing_depths.end());
+    std::string list;
+    for (std::int64_t l : missing_depths) list += str(list.empty() ? "" : ", ", l);
+    std::printf("note: skipping depths %s (the scores have no block-removal losses for them; rerun importance "
+                "with --block-size, or use --layer-criterion block-importance)\n", list.c_str());
+  }
+  if (fitting.empty())
+    fail_expected("--target-params", str("no architecture on the search grid has ", human_count(budget), " +- ",
+                                         tolerance * 100, "% parameters"),
+                  "a budget between about half and all of the model, or a larger --tolerance");
+  std::vector<Architecture> candidates = spread_subset(fitting, static_cast<std::size_t>(max_candidates));
+  std::printf("%zu architectures within %.0f%% of %s; ranking %zu by zero-shot validation loss\n", fitting.size(),
+              tolerance * 100, human_count(budget).c_str(), candidates.size());
+
+  struct Ranked {
+    Architecture architecture;
+    double zero_shot = 0, distilled = std::numeric_limits<double>::quiet_NaN();
+  };
+  std::vector<Ranked> ranked;
+  for (const Architecture& a : candidates) {
+    const PrunePlan plan = plan_pruning(config, scores, targets_of(a, targets.layer_criterion));
+    const std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
+    ranked.push_back({a, zero_shot_loss(plan.config, params, *backend, validation, B)});
+    std::printf("  %-48s %8s params  zero-shot loss %.4f\n", architecture_string(a).c_str(),
+                human_count(a.parameters).c_str(), ranked.back().zero_shot);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [](const Ranked& a, const Ranked& b) { return a.zero_shot < b.zero_shot; });
+
+  if (search_steps > 0) {
+    // Each of the best candidates is distilled briefly from the teacher (forward KL, tau = 1) and
+    // ranked by its validation loss afterwards, as the paper's lightweight search does.
+    const std::int64_t n = std::min<std::int64_t>(search_candidates, static_cast<std::int64_t>(ranked.size()));
+    LlamaModel teacher(config, *backend, B, T, ModelMode::Inference);
+    teacher.set_parameters(checkpoint.params);
+    const fs::path work = output.string() + ".search";
+    for (std::int64_t i = 0; i < n; ++i) {
+      Ranked& c = ranked[static_cast<std::size_t>(i)];
+      const PrunePlan plan = plan_pruning(config, scores, targets_of(c.architecture, targets.layer_criterion));
+      LlamaModel student(plan.config, *backend, B, T, ModelMode::Training);
+      student.set_parameters(slice_parameters(config, checkpoint.table, checkpoint.params, plan));
+      LossWorkspace workspace(*backend, config.vocab_size, B * T, 0, /*distillation=*/true);
+      DistillationObjective objective(teacher, workspace);
+      TrainOptions o;
+      o.batch_size = B;
+      o.sequence_length = T;
+      o.steps = search_steps;
+      o.train_shards = train_shards;
+      o.validation_shards = r.count("validation-data") ? resolve_shards(r["validation-data"].as<std::string>()) : train_shards;
+      o.eval_windows = validation.count;
+      o.log_interval = std::max<std::int64_t>(1, search_steps / 4);
+      o.output = work / str("candidate-", i);
+      o.optimizer.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
+      o.optimizer.min_learning_rate = o.optimizer.learning_rate / 10;
+      o.optimizer.warmup_steps = std::min<std::int64_t>(40, search_steps / 10);
+      std::printf("distilling candidate %lld (%s) for %lld steps\n", static_cast<long long>(i),
+                  architecture_string(c.architecture).c_str(), static_cast<long long>(search_steps));
+      c.distilled = run_training(student, objective, o).validation_loss;
+    }
+    std::stable_sort(ranked.begin(), ranked.begin() + n,
+                     [](const Ranked& a, const Ranked& b) { return a.distilled < b.distilled; });
+  }
+
+  nlohmann::json list = nlohmann::json::array();
+  for (const Ranked& c : ranked) {
+    nlohmann::json j = architecture_to_json(c.architecture);
+    j["zero_shot_loss"] = c.zero_shot;
+    if (c.distilled == c.distilled) j["distilled_loss"] = c.distilled;
+    list.push_back(j);
+  }
+  const Architecture& best = ranked.front().architecture;
+  const PrunePlan plan = plan_pruning(config, scores, targets_of(best, targets.layer_criterion));
+  std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
+  save.copy_files = companion_files(model_dir);
+  save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
+  write_bytes_atomically(output / "pruning.json", plan_to_json(plan, model_dir, scores_path).dump(1));
+  nlohmann::json search_json = {{"target_params", budget},     {"tolerance", tolerance},
+                                {"fitting_architectures", fitting.size()}, {"search_steps", search_steps},
+                                {"validation_windows", validation.count},  {"sequence_length", T},
+                                {"ranked", list}};
+  write_bytes_atomically(output / "search.json", search_json.dump(1));
+  std::printf("best: %s, %s parameters (zero-shot loss %.4f%s)\nparameters %lld\nsaved to %s (ranking in search.json)\n",
+              architecture_string(best).c_str(), human_count(best.parameters).c_str(), ranked.front().zero_shot,
+              search_steps > 0 ? str(", distilled ", ranked.front().distilled).c_str() : "",
+              static_cast<long long>(best.parameters), output.c_str());
+  return 0;
+}
+
+}  // namespace minitron::cli

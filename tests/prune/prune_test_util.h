@@ -1,0 +1,103 @@
+// Shared helpers of the pruning tests: tiny configs, seeded weights, logits of a forward pass,
+// and a temporary directory.
+#pragma once
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "model/backend.h"
+#include "model/llama.h"
+
+namespace minitron::testing {
+
+// Llama with GQA (8 query heads in 2 groups), head_dim 8 so q_dim (64) != hidden (32), and a
+// tiny RMSNorm epsilon so that hidden-channel pruning can be compared exactly (see test_slicing).
+inline ModelConfig tiny_config(bool tied = false) {
+  ModelConfig c;
+  c.vocab_size = 50;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.rope_theta = 10000.0;
+  c.rms_norm_eps = 1e-12;
+  c.tie_word_embeddings = tied;
+  c.max_position_embeddings = 64;
+  c.torch_dtype = "float32";
+  return c;
+}
+
+// Seeded weights larger than HF's 0.02 init so that every layer visibly changes the logits.
+inline std::vector<float> tiny_parameters(const ModelConfig& c, std::uint64_t seed = 7) {
+  ParameterTable table(c);
+  std::vector<float> params(static_cast<std::size_t>(table.total_numel()));
+  initialize_parameters(c, table, params, seed, 0.3);
+  // Norm weights away from 1 so that a wrongly sliced norm shows.
+  for (const ParamInfo& p : table.entries())
+    if (p.kind == ParamKind::Norm)
+      for (std::int64_t i = 0; i < p.numel; ++i)
+        params[static_cast<std::size_t>(p.offset + i)] = 1.0f + 0.05f * static_cast<float>((i * 7 + p.offset) % 11);
+  return params;
+}
+
+inline std::vector<std::int32_t> tiny_tokens(std::int64_t n, std::int64_t vocab, std::int64_t seed = 3) {
+  std::vector<std::int32_t> out;
+  for (std::int64_t i = 0; i < n; ++i) out.push_back(static_cast<std::int32_t>((i * 17 + seed * 5 + i * i) % vocab));
+  return out;
+}
+
+// fp32 logits [B*T, V] of a CPU forward pass.
+inline std::vector<float> forward_logits(const ModelConfig& c, const std::vector<float>& params,
+                                         const std::vector<std::int32_t>& tokens, std::int64_t B, std::int64_t T) {
+  auto backend = make_backend("cpu");
+  LlamaModel model(c, *backend, B, T, ModelMode::Inference);
+  model.set_parameters(params);
+  model.forward(tokens, B, T);
+  BackendBuffer logits(*backend, B * T * c.vocab_size, DType::F32);
+  model.logits(logits, 0, B * T);
+  std::vector<float> out(static_cast<std::size_t>(B * T * c.vocab_size));
+  backend->download(out.data(), logits);
+  return out;
+}
+
+inline double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, static_cast<double>(std::abs(x)));
+  return m;
+}
+
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::abs(double(a[i]) - b[i]));
+  return m;
+}
+
+// A directory unique to the running test, removed when the object goes out of scope.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::filesystem::temp_directory_path() /
+            (std::string("minitron-") + info->test_suite_name() + "-" + info->name() + "-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+}  // namespace minitron::testing
