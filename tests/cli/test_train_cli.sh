@@ -8,7 +8,7 @@ rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # A small English text from the embedded corpus.
-xz -dc "$OLDPWD/data/corpora/austen.txt.xz" | head -c 400000 > text.txt
+xz -dc "$OLDPWD/data/corpora/austen.txt.xz" > austen.txt && head -c 400000 austen.txt > text.txt
 "$MINITRON" tokenizer train --vocab-size 512 --input text.txt --output tok >/dev/null
 "$MINITRON" tokenize --tokenizer tok/tokenizer.json --input text.txt --output-prefix shards/austen \
   --validation-tokens 4000 --split-blank-lines >/dev/null 2>&1
