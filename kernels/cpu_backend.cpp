@@ -10,12 +10,15 @@
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/attention_blas.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
+#include "kernels/loss_fast.h"
 #include "kernels/reduce.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "kernels/swiglu_fast.h"
 #include "model/bf16.h"
 
 namespace minitron {
@@ -382,8 +385,9 @@ void CpuBackend<T>::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k
   expect("attention_forward", "k", k, dt, B * Tk * Hkv * hd);
   expect("attention_forward", "v", v, dt, B * Tk * Hkv * hd);
   StatView<T> l("attention_forward", "lse", lse, B * Hq * Tq, false);
-  cpu::attention_forward(out.as<T>(), l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, Tq, Tk, Hq,
-                         Hkv, hd, attention_workspace(cpu::attention_forward_workspace(Tk)));
+  cpu::attention_forward_tiles(out.as<T>(), l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, Tq, Tk,
+                               Hq, Hkv, hd,
+                               attention_workspace(cpu::attention_tiles_workspace(Tk)));
   l.commit();
 }
 
@@ -403,9 +407,9 @@ void CpuBackend<T>::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor d
   expect("attention_backward", "k", k, dt, nkv);
   expect("attention_backward", "v", v, dt, nkv);
   StatView<T> l("attention_backward", "lse", lse, B * Hq * T_, true);
-  cpu::attention_backward(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), out.as<T>(),
-                          l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, T_, T_, Hq, Hkv, hd,
-                          attention_workspace(cpu::attention_backward_workspace(B, Hq, T_)));
+  cpu::attention_backward_tiles(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), out.as<T>(),
+                                l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, T_, T_, Hq, Hkv, hd,
+                                attention_workspace(cpu::attention_tiles_workspace(T_)));
 }
 
 // ---- SwiGLU ----
@@ -416,7 +420,7 @@ void CpuBackend<T>::swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_
   expect("swiglu_forward", "h", h, dt, n);
   expect("swiglu_forward", "gate", gate, dt, n);
   expect("swiglu_forward", "up", up, dt, n);
-  cpu::swiglu_forward(h.as<T>(), gate.as<T>(), up.as<T>(), n);
+  cpu::swiglu_forward_fast(h.as<T>(), gate.as<T>(), up.as<T>(), n);
 }
 
 template <typename T>
@@ -428,7 +432,8 @@ void CpuBackend<T>::swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor 
   expect("swiglu_backward", "dh", dh, dt, n);
   expect("swiglu_backward", "gate", gate, dt, n);
   expect("swiglu_backward", "up", up, dt, n);
-  cpu::swiglu_backward(dgate.as<T>(), dup.as<T>(), dh.as<T>(), gate.as<T>(), up.as<T>(), n);
+  cpu::swiglu_backward_fast(dgate.as<T>(), dup.as<T>(), dh.as<T>(), gate.as<T>(), up.as<T>(),
+                            n);
 }
 
 // ---- losses ----
@@ -439,7 +444,8 @@ void CpuBackend<T>::cross_entropy(Tensor losses, Tensor logits, Tensor targets,
   expect("cross_entropy", "logits", logits, dtype_of<T>(), rows * V);
   expect("cross_entropy", "targets", targets, DType::I32, rows);
   StatView<T> l("cross_entropy", "losses", losses, rows, false);
-  cpu::cross_entropy(l.data(), logits.as<T>(), targets.as<std::int32_t>(), rows, V, grad_scale);
+  cpu::cross_entropy_fast(l.data(), logits.as<T>(), targets.as<std::int32_t>(), rows, V,
+                          grad_scale);
   l.commit();
 }
 

@@ -3,8 +3,10 @@
 //
 // Memory is host memory (64-byte aligned). Every op checks the dtype and element count of
 // each tensor against the sizes passed, so a wrong call fails loudly (MINITRON_ASSERT) rather
-// than reading past a buffer. Matmul goes through OpenBLAS; every other op is the reference
-// in kernels/<op>.h.
+// than reading past a buffer. Matmul goes through OpenBLAS. Attention, cross-entropy and SwiGLU
+// take the fast paths beside their references (kernels/attention_blas.h, loss_fast.h,
+// swiglu_fast.h: BLAS tiles and a vectorized exp, equal to the references up to float
+// rounding, tested against them); every other op is the reference in kernels/<op>.h.
 //
 // dtypes: parameters, activations and parameter gradients are T (F32 or F64). Tensors that
 // backend.h documents as "fp32" (rstd, lse, losses, inv_freq, m and v, observer outputs) may
