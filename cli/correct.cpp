@@ -1,0 +1,55 @@
+// minitron correct: teacher correction, a preset of `train`. The teacher is fine-tuned briefly
+// with cross-entropy on the data distillation will use, so that its distribution matches that
+// data (Minitron-4B / MN-Minitron-8B: the pre-training data is not available to the pruner).
+// The preset: start from --model, learning rate = 1/5 of the original peak (--original-learning-rate),
+// minimum 1/10 of that, linear warm-up then cosine; every other flag as in `train`.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/model_setup.h"
+#include "cli/options.h"
+#include "train/trainer.h"
+
+namespace minitron::cli {
+
+int correct(int argc, char** argv) {
+  cxxopts::Options options("correct",
+                           "Teacher correction: fine-tune the teacher on the distillation data (cross-entropy) at 1/5\n"
+                           "of the original peak learning rate, with warm-up and cosine decay (a preset of 'train').");
+  options.add_options("model")
+      ("model", "the teacher's HF checkpoint directory", cxxopts::value<std::string>())
+      ("tokenizer", "tokenizer.json to copy beside saved models (default: the model's)", cxxopts::value<std::string>())
+      ("original-learning-rate", "the peak learning rate of the original recipe; correction uses 1/5 of it",
+       cxxopts::value<double>()->default_value("1e-4"));
+  TrainingDefaults defaults;
+  defaults.steps = 100;
+  add_training_options(options, defaults);
+  cxxopts::ParseResult r;
+  if (!parse_options(options, argc, argv, r)) return 0;
+  if (!r.count("model")) fail_expected("--model", "missing", "the teacher's checkpoint directory");
+  TrainOptions o = parse_training_options(r);
+  const double original = in_range<double>(r, "original-learning-rate", 0.0, 10.0);
+  // Explicit --learning-rate / --min-learning-rate override the preset.
+  if (!r.count("learning-rate")) o.optimizer.learning_rate = original / 5.0;
+  if (!r.count("min-learning-rate")) o.optimizer.min_learning_rate = o.optimizer.learning_rate / 10.0;
+  if (o.optimizer.min_learning_rate > o.optimizer.learning_rate)
+    fail_expected("--min-learning-rate", str(o.optimizer.min_learning_rate), str("at most the learning rate ", o.optimizer.learning_rate));
+  ModelSource source = model_source_from_flags(r);
+  o.companion_files = source.companion_files;
+  if (o.sequence_length > source.config.max_position_embeddings)
+    fail_expected("--sequence-length", std::to_string(o.sequence_length),
+                  str("at most max_position_embeddings = ", source.config.max_position_embeddings));
+
+  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
+  model.set_parameters(initial_parameters(source, o.seed));
+  std::printf("correcting teacher %s on %s: peak learning rate %.3g (1/5 of %.3g), min %.3g, %lld warm-up steps, cosine\n",
+              source.description.c_str(), backend->name().c_str(), o.optimizer.learning_rate, original,
+              o.optimizer.min_learning_rate, static_cast<long long>(o.optimizer.warmup_steps));
+  LossWorkspace workspace(*backend, source.config.vocab_size, o.batch_size * o.sequence_length);
+  CrossEntropyObjective objective(workspace);
+  print_training_summary(run_training(model, objective, o), o);
+  return 0;
+}
+
+}  // namespace minitron::cli

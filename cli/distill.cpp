@@ -1,0 +1,116 @@
+// minitron distill: train a (pruned) student to match a teacher's next-token distribution.
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "cli/commands.h"
+#include "cli/model_setup.h"
+#include "cli/options.h"
+#include "data/dataloader.h"
+#include "model/checkpoint.h"
+#include "train/distill.h"
+#include "train/evaluate.h"
+#include "train/trainer.h"
+#include "util/files.h"
+#include "util/progress.h"
+
+namespace minitron::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path checkpoint_dir(const cxxopts::ParseResult& r, const std::string& flag) {
+  fs::path dir = required<std::string>(r, flag);
+  if (!fs::is_directory(dir))
+    fail_expected(str("--", flag, " ", dir.string()), "not a directory", "an HF checkpoint directory with config.json and safetensors");
+  return dir;
+}
+
+// Distillation compares distributions token id by token id: both models must read the same
+// tokenizer. Vocab sizes must match; tokenizer.json files, when both exist, byte for byte.
+void check_same_vocabulary(const fs::path& teacher, const ModelConfig& tc, const fs::path& student, const ModelConfig& sc) {
+  if (tc.vocab_size != sc.vocab_size)
+    fail_expected("distill", str("teacher ", teacher.string(), " has vocab_size ", tc.vocab_size, ", student ", student.string(),
+                                 " has ", sc.vocab_size),
+                  "teacher and student sharing one tokenizer and vocabulary");
+  const fs::path ttok = teacher / "tokenizer.json", stok = student / "tokenizer.json";
+  if (fs::is_regular_file(ttok) && fs::is_regular_file(stok) && read_text_file(ttok) != read_text_file(stok))
+    fail_expected("distill", str("the tokenizer.json files of ", teacher.string(), " and ", student.string(), " differ"),
+                  "teacher and student sharing one tokenizer");
+}
+
+}  // namespace
+
+int distill(int argc, char** argv) {
+  cxxopts::Options options("distill",
+                           "Distill a teacher into a student: forward KL(p_teacher || p_student) on logits at a\n"
+                           "temperature, the teacher forward-only, the loss computed in chunks of tokens.");
+  options.add_options("model")
+      ("teacher", "teacher HF checkpoint directory (forward only)", cxxopts::value<std::string>())
+      ("student", "student HF checkpoint directory (e.g. the output of 'minitron prune')", cxxopts::value<std::string>())
+      ("temperature", "softmax temperature of both distributions", cxxopts::value<float>()->default_value("1"))
+      ("hard-label-weight", "w in loss = (1 - w) KL + w CE(next token) (0 = pure distillation, the recipe's)",
+       cxxopts::value<float>()->default_value("0"))
+      ("loss-chunk-rows", "tokens per chunk of the loss (0 = about 16M logits per chunk)",
+       cxxopts::value<std::int64_t>()->default_value("0"));
+  add_training_options(options, TrainingDefaults{});
+  cxxopts::ParseResult r;
+  if (!parse_options(options, argc, argv, r)) return 0;
+  TrainOptions o = parse_training_options(r);
+  const fs::path teacher_dir = checkpoint_dir(r, "teacher"), student_dir = checkpoint_dir(r, "student");
+  const ModelConfig teacher_config = load_model_config(teacher_dir), student_config = load_model_config(student_dir);
+  check_same_vocabulary(teacher_dir, teacher_config, student_dir, student_config);
+  for (const ModelConfig* c : {&teacher_config, &student_config})
+    if (o.sequence_length > c->max_position_embeddings)
+      fail_expected("--sequence-length", std::to_string(o.sequence_length),
+                    str("at most max_position_embeddings = ", c->max_position_embeddings));
+  o.companion_files = companion_files(student_dir);
+  if (o.companion_files.empty()) o.companion_files = companion_files(teacher_dir);
+  const float temperature = r["temperature"].as<float>(), hard_label_weight = r["hard-label-weight"].as<float>();
+  const std::int64_t chunk_rows = in_range<std::int64_t>(r, "loss-chunk-rows", 0, std::int64_t{1} << 40);
+
+  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  const std::int64_t B = o.batch_size, T = o.sequence_length;
+  LlamaModel teacher(teacher_config, *backend, B, T, ModelMode::Inference);
+  {
+    ParameterTable table(teacher_config);
+    std::vector<float> params(static_cast<std::size_t>(table.total_numel()));
+    load_parameters(teacher_dir, teacher_config, table, params);
+    teacher.set_parameters(params);
+  }
+  LlamaModel student(student_config, *backend, B, T, ModelMode::Training);
+  {
+    std::vector<float> params(static_cast<std::size_t>(student.table().total_numel()));
+    load_parameters(student_dir, student_config, student.table(), params);
+    student.set_parameters(params);
+  }
+  std::printf("distilling %s (%lld parameters) into %s (%lld parameters) on %s, temperature %g, hard-label weight %g\n",
+              teacher_dir.c_str(), static_cast<long long>(teacher.table().total_numel()), student_dir.c_str(),
+              static_cast<long long>(student.table().total_numel()), backend->name().c_str(), temperature, hard_label_weight);
+
+  // The teacher's validation loss once, as the bar the student is measured against.
+  double teacher_validation = std::numeric_limits<double>::quiet_NaN();
+  if (!o.validation_shards.empty()) {
+    EvalLoader loader(o.validation_shards, B, T, o.eval_windows > 0 ? std::optional<std::int64_t>(o.eval_windows) : std::nullopt,
+                      teacher_config.vocab_size);
+    LossWorkspace eval_workspace(*backend, teacher_config.vocab_size, B * T);
+    teacher_validation = evaluate_loss(teacher, loader, eval_workspace).loss;
+    std::printf("teacher validation loss %.4f\n", teacher_validation);
+  }
+
+  LossWorkspace workspace(*backend, student_config.vocab_size, B * T, chunk_rows, /*distillation=*/true);
+  TeacherDistillationObjective objective(teacher, workspace, temperature, hard_label_weight);
+  const TrainSummary summary = run_training(student, objective, o);
+  const double share = summary.seconds > 0 ? objective.teacher_seconds() / summary.seconds : 0.0;
+  std::printf("teacher forward: %.1f%% of training time (%.1f s)\n", 100.0 * share, objective.teacher_seconds());
+  MetricsLog(o.output / "metrics.jsonl", /*append=*/true)
+      .write({{"event", "distillation"}, {"teacher_validation_loss", teacher_validation},
+              {"student_validation_loss", summary.validation_loss}, {"teacher_share", share},
+              {"teacher_seconds", objective.teacher_seconds()}, {"temperature", temperature},
+              {"hard_label_weight", hard_label_weight}});
+  print_training_summary(summary, o);
+  return 0;
+}
+
+}  // namespace minitron::cli

@@ -1,0 +1,64 @@
+// A recipe: the whole Minitron method as one JSON file (recipes/*.json), read by
+// `minitron pipeline`. Paths inside are relative to the working directory. Every key is
+// documented in recipes/README.md; unknown keys are refused so a typo never goes unnoticed.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace minitron {
+
+// One training run's settings (correction, distillation, the from-scratch baseline).
+struct RecipeTraining {
+  std::int64_t steps = 100;
+  std::int64_t batch_size = 0;         // 0: the recipe's batch_size
+  std::int64_t grad_accumulation = 1;
+  double learning_rate = 1e-4;         // correction: derived from original_learning_rate
+  double min_learning_rate = 1e-5;
+  double original_learning_rate = 1e-4;  // correction only: peak = 1/5 of this
+  std::int64_t warmup_steps = 40;
+  double weight_decay = 0.1;
+  std::int64_t eval_interval = 0;      // 0: a tenth of the steps
+  double temperature = 1.0;            // distillation only
+  double hard_label_weight = 0.0;      // distillation only
+  bool enabled = true;                 // correction: false skips it (the teacher is used as is)
+};
+
+// One pruned architecture: explicit targets (any subset) or a parameter budget.
+struct RecipeStudent {
+  std::string name;
+  std::optional<std::int64_t> hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, num_layers;
+  std::string drop_layers;    // "15-30": an explicit block instead of --num-layers' ranking
+  std::string target_params;  // "4.5B": search (prune's --target-params)
+};
+
+struct RecipeTask {
+  std::string task, task_file;
+  std::int64_t shots = 0, limit = 0;
+};
+
+struct Recipe {
+  std::string name;
+  std::filesystem::path teacher;
+  std::string device;  // "" : cuda when present, else cpu
+  std::int64_t batch_size = 8, sequence_length = 256;
+  std::string train_data, validation_data, calibration_data;  // shard specs; calibration defaults to train
+  std::int64_t seed = 1337;
+  RecipeTraining correction, distillation;
+  std::optional<double> baseline_learning_rate;  // default: the distillation's
+  std::int64_t importance_samples = 1024, importance_layer_windows = 64, importance_batch_size = 0;
+  std::int64_t importance_sequence_length = 0;  // 0: sequence_length
+  std::vector<RecipeStudent> students;
+  bool baseline = false;
+  std::int64_t eval_windows = 0;  // 0: every validation window
+  std::vector<RecipeTask> tasks;
+  std::string save_dtype = "bfloat16";
+};
+
+// Throws Error naming the file, the key and what was expected.
+Recipe load_recipe(const std::filesystem::path& path);
+
+}  // namespace minitron

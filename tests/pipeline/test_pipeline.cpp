@@ -1,0 +1,166 @@
+// `minitron pipeline` end to end through the built binary on a tiny random teacher: every step
+// runs, the report is written, a rerun skips every finished step without touching its outputs,
+// and removing one step's done.json reruns exactly that step.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "data/shards.h"
+#include "model/checkpoint.h"
+#include "pipeline/report.h"
+#include "tests/prune/prune_test_util.h"
+
+namespace minitron {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CommandResult {
+  int status = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+CommandResult minitron(const testing::TempDir& dir, const std::string& args) {
+  const std::string command = str(MINITRON_BINARY, " ", args, " > ", (dir / "stdout.txt").string(), " 2> ",
+                                  (dir / "stderr.txt").string());
+  CommandResult r;
+  const int raw = std::system(command.c_str());
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  r.out = slurp(dir / "stdout.txt");
+  r.err = slurp(dir / "stderr.txt");
+  return r;
+}
+
+std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+class Pipeline : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ModelConfig c = testing::tiny_config();
+    c.rms_norm_eps = 1e-5;
+    SaveOptions save;
+    save.dtype = SafetensorsDType::F32;
+    save_checkpoint(dir_ / "teacher", c, ParameterTable(c), testing::tiny_parameters(c), save);
+    write_shard(dir_ / "train.bin", testing::tiny_tokens(600, c.vocab_size, 5));
+    write_shard(dir_ / "val.bin", testing::tiny_tokens(200, c.vocab_size, 9));
+    recipe_ = {
+        {"name", "tiny"}, {"teacher", (dir_ / "teacher").string()}, {"device", "cpu"},
+        {"batch_size", 2}, {"sequence_length", 16},
+        {"data", {{"train", (dir_ / "train.bin").string()}, {"validation", (dir_ / "val.bin").string()}}},
+        {"correction", {{"steps", 2}, {"warmup_steps", 0}, {"original_learning_rate", 1e-3}}},
+        {"importance", {{"samples", 4}, {"layer_windows", 3}}},
+        {"students", {{{"name", "width"}, {"hidden_size", 16}, {"intermediate_size", 24}},
+                      {{"name", "depth"}, {"num_layers", 2}}}},
+        {"distillation", {{"steps", 3}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
+        {"baseline", true},
+        {"evaluation", {{"eval_windows", 4}}}};
+  }
+  CommandResult run(const nlohmann::json& recipe) {
+    std::ofstream(dir_ / "recipe.json") << recipe.dump(2);
+    return minitron(dir_, str("pipeline --config ", (dir_ / "recipe.json").string(), " --run-dir ", (dir_ / "run").string()));
+  }
+  testing::TempDir dir_;
+  nlohmann::json recipe_;
+};
+
+TEST_F(Pipeline, RunsEveryStepThenSkipsThemOnRerun) {
+  CommandResult first = run(recipe_);
+  ASSERT_EQ(first.status, 0) << first.out << first.err;
+  EXPECT_EQ(occurrences(first.out, "already done"), 0u);
+  const fs::path run_dir = dir_ / "run";
+  const nlohmann::json report = nlohmann::json::parse(slurp(run_dir / "report.json"));
+  // teacher, corrected, and per student: pruned, distilled, baseline.
+  ASSERT_EQ(report["models"].size(), 8u);
+  for (const nlohmann::json& m : report["models"]) EXPECT_TRUE(std::isfinite(m["validation_loss"].get<double>())) << m.dump();
+  EXPECT_EQ(report["models"][0]["key"], "teacher");
+  EXPECT_EQ(report["models"][4]["key"], "baseline-width");
+  // Distilled and baseline models saw the same tokens: 3 steps x 2 x 16.
+  EXPECT_EQ(report["models"][3]["training_tokens"], 96);
+  EXPECT_EQ(report["models"][4]["training_tokens"], 96);
+  EXPECT_EQ(report["findings"].size(), 5u);  // correction, and two claims per student
+  EXPECT_EQ(slurp(run_dir / "loss_curves.svg").rfind("<svg", 0), 0u);
+  EXPECT_NE(slurp(run_dir / "report.md").find("| model |"), std::string::npos);
+  const ModelConfig depth = load_model_config(run_dir / "03-prune-depth" / "model");
+  EXPECT_EQ(depth.num_hidden_layers, 2);
+  const ModelConfig width = load_model_config(run_dir / "03-prune-width" / "model");
+  EXPECT_EQ(width.hidden_size, 16);
+  EXPECT_EQ(width.intermediate_size, 24);
+
+  const fs::path weights = run_dir / "04-distill-width" / "model" / "model.safetensors";
+  ASSERT_TRUE(fs::exists(weights));
+  const auto stamp = fs::last_write_time(weights);
+  const std::string results = slurp(run_dir / "06-evaluate" / "results.json");
+
+  CommandResult second = run(recipe_);
+  ASSERT_EQ(second.status, 0) << second.out << second.err;
+  // correct, importance, 2 x (prune, distill, baseline), evaluate.
+  EXPECT_EQ(occurrences(second.out, "already done"), 9u) << second.out;
+  EXPECT_EQ(fs::last_write_time(weights), stamp);
+  EXPECT_EQ(slurp(run_dir / "06-evaluate" / "results.json"), results);
+
+  // An unfinished step (no done.json) is run again, and only it.
+  fs::remove(run_dir / "05-baseline-depth" / "done.json");
+  CommandResult third = run(recipe_);
+  ASSERT_EQ(third.status, 0) << third.out << third.err;
+  EXPECT_EQ(occurrences(third.out, "already done"), 8u) << third.out;
+  EXPECT_NE(third.out.find("== step baseline-depth\n"), std::string::npos) << third.out;
+}
+
+TEST_F(Pipeline, RefusesUnknownRecipeKeys) {
+  nlohmann::json recipe = recipe_;
+  recipe["distillation"]["learning_rte"] = 1e-3;
+  CommandResult r = run(recipe);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("distillation.learning_rte: unknown key"), std::string::npos) << r.err;
+}
+
+TEST_F(Pipeline, DistillRefusesAVocabularyMismatch) {
+  ModelConfig other = testing::tiny_config();
+  other.vocab_size = 60;
+  SaveOptions save;
+  save.dtype = SafetensorsDType::F32;
+  save_checkpoint(dir_ / "student", other, ParameterTable(other), testing::tiny_parameters(other), save);
+  const std::string common = str(" --data ", (dir_ / "train.bin").string(), " --output ", (dir_ / "out").string(),
+                                 " --device cpu --batch-size 2 --sequence-length 16 --steps 1");
+  CommandResult r = minitron(dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ",
+                                       (dir_ / "student").string(), common));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("vocab_size 50"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("sharing one tokenizer"), std::string::npos) << r.err;
+
+  // Same vocabulary size, different tokenizer.json files.
+  save_checkpoint(dir_ / "student2", testing::tiny_config(), ParameterTable(testing::tiny_config()),
+                  testing::tiny_parameters(testing::tiny_config()), save);
+  std::ofstream(dir_ / "teacher" / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0}}})";
+  std::ofstream(dir_ / "student2" / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"b": 0}}})";
+  r = minitron(dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ", (dir_ / "student2").string(), common));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("tokenizer.json files"), std::string::npos) << r.err;
+}
+
+TEST(LossCurves, SvgHasOnePolylinePerSeries) {
+  const std::string svg = loss_curves_svg({{"a <b>", {{0, 3.0}, {10, 2.0}}}, {"c", {{0, 3.5}, {10, 2.5}}}}, "t");
+  EXPECT_EQ(occurrences(svg, "<polyline"), 2u);
+  EXPECT_NE(svg.find("a &lt;b&gt;"), std::string::npos);
+  EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n");
+}
+
+}  // namespace
+}  // namespace minitron

@@ -1,0 +1,97 @@
+#include "train/distill.h"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <vector>
+
+#include "util/error.h"
+
+namespace minitron {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+TeacherDistillationObjective::TeacherDistillationObjective(LlamaModel& teacher, LossWorkspace& workspace,
+                                                           float temperature, float hard_label_weight)
+    : teacher_(teacher), workspace_(workspace), temperature_(temperature), hard_label_weight_(hard_label_weight) {
+  if (!(temperature > 0)) fail_expected("--temperature", str(temperature), "a value > 0");
+  if (!(hard_label_weight >= 0 && hard_label_weight <= 1))
+    fail_expected("--hard-label-weight", str(hard_label_weight), "a value in [0, 1]");
+  if (hard_label_weight_ > 0) {
+    Backend& b = teacher.backend();
+    const std::int64_t rows = workspace.rows_per_chunk(), V = teacher.config().vocab_size;
+    const DType act = b.activation_dtype();
+    student_logits_ = BackendBuffer(b, rows * V, act);
+    ce_logits_ = BackendBuffer(b, rows * V, act);
+    teacher_logits_ = BackendBuffer(b, rows * V, act);
+    losses_ = BackendBuffer(b, rows, act == DType::F64 ? DType::F64 : DType::F32);
+    targets_ = BackendBuffer(b, rows, DType::I32);
+  }
+}
+
+double TeacherDistillationObjective::step(LlamaModel& student, std::span<const std::int32_t> inputs,
+                                          std::span<const std::int32_t> targets, std::int64_t batch,
+                                          std::int64_t sequence, float grad_weight) {
+  const auto t0 = std::chrono::steady_clock::now();
+  teacher_.forward(inputs, batch, sequence);
+  teacher_.backend().synchronize();  // so the teacher's time is its own on asynchronous engines
+  teacher_seconds_ += seconds_since(t0);
+  student.forward(inputs, batch, sequence);
+  double loss;
+  if (hard_label_weight_ > 0) {
+    loss = mixed_loss(student, targets, grad_weight);
+  } else {
+    loss = last_kl_ = distillation_loss(student, teacher_, workspace_, temperature_, grad_weight);
+    last_ce_ = std::numeric_limits<double>::quiet_NaN();
+  }
+  student.backend().synchronize();
+  step_seconds_ += seconds_since(t0);
+  return loss;
+}
+
+double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<const std::int32_t> targets,
+                                                float grad_weight) {
+  const std::int64_t rows = student.rows(), V = student.config().vocab_size;
+  if (teacher_.config().vocab_size != V)
+    fail_expected("distillation", str("teacher vocabulary ", teacher_.config().vocab_size, " differs from the student's ", V),
+                  "teacher and student sharing one tokenizer");
+  MINITRON_ASSERT(static_cast<std::int64_t>(targets.size()) == rows);
+  std::int64_t counted = 0;
+  for (std::int32_t t : targets) counted += t >= 0;
+  const float w = hard_label_weight_;
+  const float kl_scale = grad_weight * (1.0f - w) / static_cast<float>(rows);
+  const float ce_scale = counted > 0 ? grad_weight * w / static_cast<float>(counted) : 0.0f;
+  Backend& b = student.backend();
+  const std::int64_t chunk = workspace_.rows_per_chunk();
+  std::vector<double> host(static_cast<std::size_t>(chunk));
+  double kl_sum = 0, ce_sum = 0;
+  for (std::int64_t row0 = 0; row0 < rows; row0 += chunk) {
+    const std::int64_t n = std::min(chunk, rows - row0);
+    Tensor s = student_logits_.tensor().slice(0, n * V), c = ce_logits_.tensor().slice(0, n * V);
+    Tensor t = teacher_logits_.tensor().slice(0, n * V), losses = losses_.tensor().slice(0, n);
+    Tensor chunk_targets = targets_.tensor().slice(0, n);
+    student.logits(s, row0, n);
+    teacher_.logits(t, row0, n);
+    b.copy(c, s);
+    b.upload_i32(chunk_targets, targets.data() + row0);
+    b.kl_divergence(losses, s, t, n, V, temperature_, kl_scale);
+    b.download_f64(host.data(), losses);
+    for (std::int64_t r = 0; r < n; ++r) kl_sum += host[static_cast<std::size_t>(r)];
+    b.cross_entropy(losses, c, chunk_targets, n, V, ce_scale);
+    b.download_f64(host.data(), losses);
+    for (std::int64_t r = 0; r < n; ++r) ce_sum += host[static_cast<std::size_t>(r)];
+    if (grad_weight != 0.0f) {
+      b.add_inplace(s, c);  // both are now scaled gradients of the mixed loss
+      student.head_backward(s, row0, n);
+    }
+  }
+  last_kl_ = kl_sum / static_cast<double>(rows);
+  last_ce_ = counted > 0 ? ce_sum / static_cast<double>(counted) : 0.0;
+  return (1.0 - w) * last_kl_ + w * last_ce_;
+}
+
+}  // namespace minitron
