@@ -3,8 +3,6 @@
 // and removing one step's done.json reruns exactly that step.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -20,29 +18,9 @@ namespace minitron {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct CommandResult {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-CommandResult minitron(const testing::TempDir& dir, const std::string& args) {
-  const std::string command = str(MINITRON_BINARY, " ", args, " > ", (dir / "stdout.txt").string(), " 2> ",
-                                  (dir / "stderr.txt").string());
-  CommandResult r;
-  const int raw = std::system(command.c_str());
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  r.out = slurp(dir / "stdout.txt");
-  r.err = slurp(dir / "stderr.txt");
-  return r;
-}
+using testing::CommandResult;
+using testing::minitron;
+using testing::slurp;
 
 std::size_t occurrences(const std::string& text, const std::string& what) {
   std::size_t n = 0;

@@ -1,11 +1,15 @@
 // Shared helpers of the pruning tests: tiny configs, seeded weights, logits of a forward pass,
-// and a temporary directory.
+// a temporary directory, and a runner for the built binary.
 #pragma once
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -14,6 +18,7 @@
 
 #include "model/backend.h"
 #include "model/llama.h"
+#include "util/error.h"
 
 namespace minitron::testing {
 
@@ -99,5 +104,32 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+#if defined(MINITRON_BINARY)
+// Runs the built `minitron` binary (MINITRON_BINARY) with args, capturing its exit status and
+// output through files in dir.
+struct CommandResult {
+  int status = -1;
+  std::string out, err;
+};
+
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+inline CommandResult minitron(const TempDir& dir, const std::string& args) {
+  const std::string command = str(MINITRON_BINARY, " ", args, " > ", (dir / "stdout.txt").string(), " 2> ",
+                                  (dir / "stderr.txt").string());
+  CommandResult r;
+  const int raw = std::system(command.c_str());
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  r.out = slurp(dir / "stdout.txt");
+  r.err = slurp(dir / "stderr.txt");
+  return r;
+}
+#endif  // MINITRON_BINARY
 
 }  // namespace minitron::testing
