@@ -3,8 +3,6 @@
 // data (Minitron-4B / MN-Minitron-8B: the pre-training data is not available to the pruner).
 // The preset: start from --model, learning rate = 1/5 of the original peak (--original-learning-rate),
 // minimum 1/10 of that, linear warm-up then cosine; every other flag as in `train`.
-#include <cstdio>
-
 #include "cli/commands.h"
 #include "cli/model_setup.h"
 #include "cli/options.h"
@@ -36,19 +34,10 @@ int correct(int argc, char** argv) {
     fail_expected("--min-learning-rate", str(o.optimizer.min_learning_rate), str("at most the learning rate ", o.optimizer.learning_rate));
   ModelSource source = model_source_from_flags(r);
   o.companion_files = source.companion_files;
-  if (o.sequence_length > source.config.max_position_embeddings)
-    fail_expected("--sequence-length", std::to_string(o.sequence_length),
-                  str("at most max_position_embeddings = ", source.config.max_position_embeddings));
-
-  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
-  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
-  model.set_parameters(initial_parameters(source, o.seed));
-  std::printf("correcting teacher %s on %s: peak learning rate %.3g (1/5 of %.3g), min %.3g, %lld warm-up steps, cosine\n",
-              source.description.c_str(), backend->name().c_str(), o.optimizer.learning_rate, original,
-              o.optimizer.min_learning_rate, static_cast<long long>(o.optimizer.warmup_steps));
-  LossWorkspace workspace(*backend, source.config.vocab_size, o.batch_size * o.sequence_length);
-  CrossEntropyObjective objective(workspace);
-  print_training_summary(run_training(model, objective, o), o);
+  train_with_cross_entropy(r, source, o,
+                           str("correcting teacher ", source.description, " (peak learning rate ", o.optimizer.learning_rate,
+                               ", 1/5 of ", original, "; min ", o.optimizer.min_learning_rate, "; ",
+                               o.optimizer.warmup_steps, " warm-up steps, cosine)"));
   return 0;
 }
 

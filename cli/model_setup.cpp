@@ -6,6 +6,7 @@
 #include "data/shards.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "train/losses.h"
 #include "util/error.h"
 
 namespace minitron::cli {
@@ -116,6 +117,24 @@ void print_training_summary(const TrainSummary& s, const TrainOptions& o) {
               s.seconds, s.tokens_per_second, s.last_train_loss);
   if (s.validation_loss == s.validation_loss) std::printf(", validation loss %.4f", s.validation_loss);
   std::printf("\nmodel saved to %s\n", (o.output / "model").c_str());
+}
+
+void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config) {
+  if (tokens > config.max_position_embeddings)
+    fail_expected(flag, std::to_string(tokens), str("at most max_position_embeddings = ", config.max_position_embeddings));
+}
+
+void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& source, const TrainOptions& o,
+                              const std::string& banner) {
+  check_sequence_length("--sequence-length", o.sequence_length, source.config);
+  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
+  model.set_parameters(initial_parameters(source, o.seed));
+  std::printf("%s on %s: %lld parameters, %zu training shard(s)\n", banner.c_str(), backend->name().c_str(),
+              static_cast<long long>(model.table().total_numel()), o.train_shards.size());
+  LossWorkspace workspace(*backend, source.config.vocab_size, o.batch_size * o.sequence_length);
+  CrossEntropyObjective objective(workspace);
+  print_training_summary(run_training(model, objective, o), o);
 }
 
 }  // namespace minitron::cli

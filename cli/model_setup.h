@@ -35,4 +35,12 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
 TrainOptions parse_training_options(const cxxopts::ParseResult& result);
 void print_training_summary(const TrainSummary& summary, const TrainOptions& options);
 
+// Fails naming `flag` unless `tokens` positions fit the model (max_position_embeddings).
+void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config);
+
+// The cross-entropy run shared by train and correct: the model from `source` on --device,
+// "<banner> on <device>: <N> parameters" printed, run_training, the summary.
+void train_with_cross_entropy(const cxxopts::ParseResult& result, const ModelSource& source, const TrainOptions& options,
+                              const std::string& banner);
+
 }  // namespace minitron::cli

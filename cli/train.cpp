@@ -1,10 +1,7 @@
 // minitron train: train a model from an HF checkpoint or from random init of a config.
-#include <cstdio>
-
 #include "cli/commands.h"
 #include "cli/model_setup.h"
 #include "cli/options.h"
-#include "data/shards.h"
 #include "train/trainer.h"
 
 namespace minitron::cli {
@@ -21,18 +18,7 @@ int train(int argc, char** argv) {
   TrainOptions o = parse_training_options(r);
   ModelSource source = model_source_from_flags(r);
   o.companion_files = source.companion_files;
-  if (o.sequence_length > source.config.max_position_embeddings)
-    fail_expected("--sequence-length", std::to_string(o.sequence_length),
-                  str("at most max_position_embeddings = ", source.config.max_position_embeddings));
-
-  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
-  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
-  model.set_parameters(initial_parameters(source, o.seed));
-  std::printf("training %s on %s: %lld parameters, %zu training shard(s)\n", source.description.c_str(),
-              backend->name().c_str(), static_cast<long long>(model.table().total_numel()), o.train_shards.size());
-  LossWorkspace workspace(*backend, source.config.vocab_size, o.batch_size * o.sequence_length);
-  CrossEntropyObjective objective(workspace);
-  print_training_summary(run_training(model, objective, o), o);
+  train_with_cross_entropy(r, source, o, str("training ", source.description));
   return 0;
 }
 
