@@ -85,8 +85,10 @@ int eval(int argc, char** argv) {
       ("task", "hellaswag, winogrande, mmlu, arc_easy, arc_challenge or multiple_choice", cxxopts::value<std::string>())
       ("task-file", "the task's documents: JSONL in the Hugging Face dataset's field layout", cxxopts::value<std::string>())
       ("shots", "few-shot examples per question", cxxopts::value<std::int64_t>()->default_value("0"))
-      ("fewshot-file", "JSONL the few-shot examples come from, first K in order (mmlu: the subject's dev split); "
-                       "default: the task file itself, the question excluded", cxxopts::value<std::string>())
+      ("fewshot-file", "JSONL the few-shot examples are drawn from, as lm-evaluation-harness draws them "
+                       "(random.Random(1234); mmlu: the first K of the subject's dev split); give the harness's "
+                       "split (train; mmlu: dev). Default: the task file itself, the question excluded",
+       cxxopts::value<std::string>())
       ("limit", "score only the first N documents (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
       ("max-length", "left-truncate requests to N tokens (0 = max_position_embeddings)",
        cxxopts::value<std::int64_t>()->default_value("0"))

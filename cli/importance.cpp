@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "data/shards.h"
+#include "data/tokenizer.h"
+#include "eval/run_task.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "prune/importance.h"
@@ -65,7 +68,14 @@ int importance(int argc, char** argv) {
       ("block-size", "sizes k of the contiguous blocks removed, e.g. 8 or 4,8,16 (default: half the layers)",
        cxxopts::value<std::string>()->default_value(""))
       ("no-block-importance", "do not measure Block Importance (1 - mean cos of layer input and output)")
-      ("task-file", "evaluation task (JSONL) scored with each block removed", cxxopts::value<std::string>());
+      ("task", "rank blocks also by this evaluation task's accuracy with each removed: hellaswag, winogrande, mmlu, "
+               "arc_easy, arc_challenge or multiple_choice", cxxopts::value<std::string>())
+      ("task-file", "the task's documents (JSONL, Hugging Face field layout)", cxxopts::value<std::string>())
+      ("shots", "few-shot examples per question (drawn as lm-evaluation-harness does)",
+       cxxopts::value<std::int64_t>()->default_value("0"))
+      ("fewshot-file", "JSONL the few-shot examples come from (default: the task file itself)", cxxopts::value<std::string>())
+      ("limit", "score only the first N task documents (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
+      ("tokenizer", "tokenizer.json for the task (default: the model directory's)", cxxopts::value<std::string>());
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
@@ -79,9 +89,11 @@ int importance(int argc, char** argv) {
   io.aggregation = parse_aggregation(r["aggregation"].as<std::string>());
   io.mlp_site = parse_mlp_site(r["mlp-site"].as<std::string>());
   io.block_importance = r.count("no-block-importance") == 0;
-  if (r.count("task-file"))
-    fail_expected("--task-file", "evaluation tasks are not implemented yet (the evaluation issue adds them)",
-                  "no --task-file for now; layers are ranked by LM loss and Block Importance");
+  const bool with_task = r.count("task") > 0;
+  if (with_task != (r.count("task-file") > 0))
+    fail_expected(with_task ? "--task-file" : "--task", "missing", "--task NAME and --task-file FILE together");
+  if (with_task && W == 0)
+    fail_expected("--layer-windows", "0 with --task", "held-out windows: the task is scored beside the removal losses");
 
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   const ModelConfig& config = checkpoint.config;
@@ -94,6 +106,26 @@ int importance(int argc, char** argv) {
     fail_expected("--samples", str(S, " calibration sequences, but the shards hold ", windows.count(), " windows of ",
                                    T + 1, " tokens"),
                   str("at most ", windows.count(), ", or more data, or a shorter --sequence-length"));
+  // The task, its tokenizer and the model shape its questions need: read before the long
+  // calibration so errors come first.
+  const TaskKind task_kind = with_task ? parse_task_kind(r["task"].as<std::string>()) : TaskKind::MultipleChoice;
+  std::vector<TaskDoc> task_docs, fewshot_docs;
+  std::optional<Tokenizer> tokenizer;
+  TaskRunOptions task_run;
+  TaskShape task_model;
+  if (with_task) {
+    task_docs = load_task_file(task_kind, r["task-file"].as<std::string>());
+    if (r.count("fewshot-file")) fewshot_docs = load_task_file(task_kind, r["fewshot-file"].as<std::string>());
+    task_run.shots = in_range<std::int64_t>(r, "shots", 0, 1000);
+    task_run.limit = in_range<std::int64_t>(r, "limit", 0, std::int64_t{1} << 40);
+    tokenizer = Tokenizer::load(r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir);
+    if (tokenizer->vocab_size() > config.vocab_size)
+      fail_expected("--tokenizer", str("vocabulary of ", tokenizer->vocab_size(), " ids"),
+                    str("at most the model's vocab_size ", config.vocab_size));
+    task_run.encode.prefix_token = tokenizer->bos_id() ? tokenizer->bos_id() : tokenizer->eos_id();
+    task_model = task_shape(task_kind, task_docs, r.count("fewshot-file") ? &fewshot_docs : nullptr, *tokenizer, config,
+                            task_run);
+  }
   // Held-out windows for layer ranking: read before the long calibration so errors come first.
   HeldOutWindows held_out;
   std::string held_out_description;
@@ -110,7 +142,9 @@ int importance(int argc, char** argv) {
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   const std::int64_t max_batch = std::min(B, std::max(S, W));
-  LlamaModel model(config, *backend, max_batch, T, ModelMode::Inference);
+  // One model serves calibration, removal losses and the task: as large as the largest of them.
+  LlamaModel model(config, *backend, std::max(max_batch, task_model.max_batch), std::max(T, task_model.max_sequence),
+                   ModelMode::Inference);
   model.set_parameters(checkpoint.params);
   std::printf("importance of %s on %s: %lld samples x %lld tokens, %s, mlp site %s\n", model_dir.c_str(),
               backend->name().c_str(), static_cast<long long>(S), static_cast<long long>(T),
@@ -135,11 +169,21 @@ int importance(int argc, char** argv) {
   ImportanceScores scores = empty_scores(config);
   scores.width = observer.scores();
   if (W > 0) {
-    LossWorkspace workspace(*backend, config.vocab_size, max_batch * T);
+    LossWorkspace workspace(*backend, config.vocab_size, model.max_batch() * model.max_sequence());
     LayerRankingOptions lo;
     lo.block_sizes = block_sizes;
     lo.show_progress = true;
+    if (with_task) {
+      lo.task_name = task_kind_name(task_kind);
+      lo.task_metric = [&](LlamaModel& m, const std::vector<bool>& skip) {
+        ForwardOptions forward;
+        if (!skip.empty()) forward.skip_layers = &skip;
+        return task_accuracy(task_kind, run_task_on_model(task_kind, task_docs, r.count("fewshot-file") ? &fewshot_docs : nullptr,
+                                                          *tokenizer, m, workspace, task_run, forward));
+      };
+    }
     scores.layers = rank_layers_by_removal(model, held_out, workspace, lo);
+    if (lo.task_metric) scores.layers.baseline_task_score = lo.task_metric(model, {});
   }
   scores.layers.block_importance = scores.width.block_importance;
   scores.provenance = {{"model", model_dir},
@@ -155,22 +199,37 @@ int importance(int argc, char** argv) {
                        {"hidden_sites", "input_layernorm and post_attention_layernorm outputs, summed over layers"},
                        {"head_site", "o_proj input; head score = L2 norm of its channel scores"}};
   if (W > 0) scores.provenance["layer_ranking_data"] = held_out_description;
+  if (with_task)
+    scores.provenance["layer_ranking_task"] = {
+        {"task", task_kind_name(task_kind)}, {"task_file", r["task-file"].as<std::string>()},
+        {"fewshot_file", r.count("fewshot-file") ? r["fewshot-file"].as<std::string>() : ""},
+        {"shots", task_run.shots}, {"limit", task_run.limit},
+        {"metric", task_kind == TaskKind::Mmlu ? "acc (mmlu: mean over all questions)" : "acc"}};
   save_scores(output, scores);
 
   // A short human summary: each layer's removal cost and the cheapest blocks to drop.
   const LayerScores& ls = scores.layers;
   if (ls.baseline_loss) std::printf("held-out loss %.4f with every layer (%lld windows)\n", *ls.baseline_loss,
                                     static_cast<long long>(ls.windows));
+  if (ls.baseline_task_score) std::printf("%s accuracy %.4f with every layer\n", ls.task.c_str(), *ls.baseline_task_score);
   for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
     std::printf("layer %3lld:", static_cast<long long>(l));
     if (!ls.single_removal_loss.empty()) std::printf(" loss without it %.4f", ls.single_removal_loss[static_cast<std::size_t>(l)]);
     if (!ls.block_importance.empty()) std::printf("  block importance %.4f", ls.block_importance[static_cast<std::size_t>(l)]);
+    if (auto it = ls.block_removal_task_score.find(1); it != ls.block_removal_task_score.end())
+      std::printf("  %s accuracy without it %.4f", ls.task.c_str(), it->second[static_cast<std::size_t>(l)]);
     std::printf("\n");
   }
   for (const auto& [k, losses] : ls.block_removal_loss) {
     const std::int64_t s = least_important_block(scores, config.num_hidden_layers, k, LayerCriterion::Loss);
     std::printf("cheapest block of %lld layers by loss: %lld-%lld (loss %.4f)\n", static_cast<long long>(k),
                 static_cast<long long>(s), static_cast<long long>(s + k - 1), losses[static_cast<std::size_t>(s)]);
+  }
+  for (const auto& [k, accuracies] : ls.block_removal_task_score) {
+    const auto best = std::max_element(accuracies.begin(), accuracies.end()) - accuracies.begin();  // first maximum
+    std::printf("block of %lld layers keeping %s accuracy best: %lld-%lld (accuracy %.4f)\n", static_cast<long long>(k),
+                ls.task.c_str(), static_cast<long long>(best), static_cast<long long>(best + k - 1),
+                accuracies[static_cast<std::size_t>(best)]);
   }
   std::printf("scores written to %s\n", output.c_str());
   return 0;

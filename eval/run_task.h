@@ -11,6 +11,8 @@
 #include "eval/tasks.h"
 #include "model/backend.h"
 #include "model/config.h"
+#include "model/llama.h"
+#include "train/losses.h"
 
 namespace minitron {
 
@@ -33,5 +35,23 @@ struct TaskRunResult {
 TaskRunResult run_task(TaskKind kind, const std::vector<TaskDoc>& docs, const std::vector<TaskDoc>* fewshot_pool,
                        const Tokenizer& tokenizer, const ModelConfig& config, std::span<const float> params,
                        Backend& backend, const TaskRunOptions& options);
+
+// The model shape (choices of the largest question, longest window) run_task needs, without
+// scoring: size a shared model with it. max_length 0 in options: config's max_position_embeddings.
+struct TaskShape {
+  std::int64_t max_batch = 0, max_sequence = 0;
+};
+TaskShape task_shape(TaskKind kind, const std::vector<TaskDoc>& docs, const std::vector<TaskDoc>* fewshot_pool,
+                     const Tokenizer& tokenizer, const ModelConfig& config, const TaskRunOptions& options);
+
+// The same run on a caller's model (at least task_shape() in batch and sequence; workspace for
+// its max_batch x max_sequence rows), its forward passes taking `forward` (e.g. skip_layers:
+// the task's accuracy with a block of layers removed). max_batch/max_sequence are the shape used.
+TaskRunResult run_task_on_model(TaskKind kind, const std::vector<TaskDoc>& docs, const std::vector<TaskDoc>* fewshot_pool,
+                                const Tokenizer& tokenizer, LlamaModel& model, LossWorkspace& workspace,
+                                const TaskRunOptions& options, const ForwardOptions& forward = {});
+
+// The headline accuracy of a run: the "mmlu" average for mmlu, else the task's acc.
+double task_accuracy(TaskKind kind, const TaskRunResult& result);
 
 }  // namespace minitron

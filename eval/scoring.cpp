@@ -52,7 +52,8 @@ ScoringWindow scoring_window(const EncodedRequest& request, std::int64_t max_len
   return w;
 }
 
-std::vector<double> score_batch(LlamaModel& model, LossWorkspace& workspace, std::span<const ScoringWindow> windows) {
+std::vector<double> score_batch(LlamaModel& model, LossWorkspace& workspace, std::span<const ScoringWindow> windows,
+                                const ForwardOptions& forward) {
   const std::int64_t B = static_cast<std::int64_t>(windows.size());
   MINITRON_ASSERT(B > 0 && B <= model.max_batch(), "batch of ", B, " requests, model built for ", model.max_batch());
   std::int64_t T = 0;
@@ -63,7 +64,7 @@ std::vector<double> score_batch(LlamaModel& model, LossWorkspace& workspace, std
     std::copy(w.inputs.begin(), w.inputs.end(), tokens.begin() + b * T);
     std::copy(w.targets.begin(), w.targets.end(), targets.begin() + b * T);
   }
-  model.forward(tokens, B, T);
+  model.forward(tokens, B, T, forward);
   std::vector<float> per_row;
   cross_entropy_loss(model, targets, workspace, 0.0f, &per_row);
   std::vector<double> out(static_cast<std::size_t>(B), 0.0);

@@ -45,8 +45,10 @@ ScoringWindow scoring_window(const EncodedRequest& request, std::int64_t max_len
 
 // Scores requests in one batch (B = requests.size() <= model.max_batch(), rows right-padded
 // to the longest with token 0 and target -1, which causal attention keeps from affecting the
-// real positions). Returns sum of log p(continuation token) per request.
-std::vector<double> score_batch(LlamaModel& model, LossWorkspace& workspace, std::span<const ScoringWindow> windows);
+// real positions). Returns sum of log p(continuation token) per request. `forward` passes
+// options to the model's forward (skip_layers: a task's accuracy with layers removed).
+std::vector<double> score_batch(LlamaModel& model, LossWorkspace& workspace, std::span<const ScoringWindow> windows,
+                                const ForwardOptions& forward = {});
 
 // ---- metrics ----
 struct QuestionResult {

@@ -200,6 +200,7 @@ TaskDoc parse_task_doc(TaskKind kind, const std::string& line, const std::string
     }
   }
   check_gold(out, where);
+  out.source = std::move(doc);
   return out;
 }
 
@@ -245,15 +246,36 @@ Question build_question(TaskKind kind, const TaskDoc& doc, const std::string& pr
   return q;
 }
 
-std::vector<const TaskDoc*> select_fewshot(TaskKind kind, const std::vector<TaskDoc>& pool, const TaskDoc& doc,
-                                           bool exclude_doc, std::int64_t shots) {
-  std::vector<const TaskDoc*> out;
-  for (const TaskDoc& d : pool) {
-    if (static_cast<std::int64_t>(out.size()) >= shots) break;
-    if (exclude_doc && &d == &doc) continue;
-    if (kind == TaskKind::Mmlu && d.subject != doc.subject) continue;
-    out.push_back(&d);
+std::int64_t fewshot_draw_count(TaskKind kind, bool pool_is_eval_docs, std::int64_t shots) {
+  // fewshot_split == test_split in the harness's yaml: both unset for hellaswag and winogrande.
+  const bool same_split = pool_is_eval_docs || kind == TaskKind::HellaSwag || kind == TaskKind::Winogrande;
+  return same_split ? shots + 1 : shots;
+}
+
+FewshotSampler::FewshotSampler(TaskKind kind, const std::vector<TaskDoc>& pool, bool pool_is_eval_docs,
+                               std::int64_t shots, std::int64_t seed)
+    : kind_(kind), pool_(pool), shots_(shots), draws_(fewshot_draw_count(kind, pool_is_eval_docs, shots)), rng_(seed) {}
+
+std::vector<const TaskDoc*> FewshotSampler::next(const TaskDoc& doc) {
+  if (shots_ <= 0) return {};
+  std::vector<const TaskDoc*> drawn;
+  if (kind_ == TaskKind::Mmlu) {  // first_n over the subject's documents (one harness task per subject)
+    for (const TaskDoc& d : pool_)
+      if (d.subject == doc.subject && static_cast<std::int64_t>(drawn.size()) < draws_) drawn.push_back(&d);
+    if (static_cast<std::int64_t>(drawn.size()) < draws_)
+      fail_expected("--shots", str(shots_, " examples need ", draws_, " few-shot documents of subject '", doc.subject,
+                                   "', the pool has ", drawn.size()),
+                    "a larger few-shot pool (--fewshot-file) or fewer shots");
+  } else {
+    const auto n = static_cast<std::int64_t>(pool_.size());
+    if (draws_ > n)
+      fail_expected("--shots", str(shots_, " examples need ", draws_, " few-shot documents, the pool has ", n),
+                    "a larger few-shot pool (--fewshot-file) or fewer shots");
+    for (std::int64_t i : rng_.sample(n, draws_)) drawn.push_back(&pool_[static_cast<std::size_t>(i)]);
   }
+  std::vector<const TaskDoc*> out;
+  for (const TaskDoc* d : drawn)
+    if (d->source != doc.source && static_cast<std::int64_t>(out.size()) < shots_) out.push_back(d);
   return out;
 }
 

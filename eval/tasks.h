@@ -11,6 +11,9 @@
 //    description "The following are multiple choice questions (with answers) about
 //    <subject with spaces>.\n\n", "<question.strip()>\nA. ..\nB. ..\nC. ..\nD. ..\nAnswer:",
 //    choices "A".."D", few-shot from the dev split's first K (sampler first_n).
+//  - few-shot sampling (lm_eval/api/samplers.py ContextSampler.get_context / sample,
+//    lm_eval/api/task.py, lm_eval/evaluator.py set_fewshot_seed): one random.Random(1234) per
+//    task, advanced across documents in order; see FewshotSampler below.
 //  - arc_easy / arc_challenge: lm_eval/tasks/arc/arc_easy.yaml: "Question: <q>\nAnswer:",
 //    choices = choices.text, gold = choices.label.index(answerKey).
 //  - multiple_choice: this project's generic layout {context, choices, label}.
@@ -23,6 +26,10 @@
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "eval/python_random.h"
 
 namespace minitron {
 
@@ -42,6 +49,8 @@ struct TaskDoc {
   std::string target;               // winogrande only: the shared continuation text
   int gold = 0;
   std::string subject;              // mmlu only
+  nlohmann::json source;            // the JSON object as read: the harness removes the evaluated
+                                    // document from its few-shot draw by dict equality
 };
 
 // The harness's HellaSwag text clean-up: strip, " [title]" -> ". ", drop "[...]" spans,
@@ -76,13 +85,39 @@ std::string fewshot_prefix(TaskKind kind, const std::string& subject, const std:
 // The requests for `doc` after `prefix`.
 Question build_question(TaskKind kind, const TaskDoc& doc, const std::string& prefix);
 
-// Few-shot selection (documented in the README): from `pool` (the --fewshot-file, or the task
-// file itself, then with `doc` excluded), the first K documents in file order — for mmlu only
-// those of doc's subject (the harness's first_n sampler over the subject's dev split). The
-// harness's default sampler draws K at random (seed 1234) instead; we keep file order so a
-// run is reproducible without Python's RNG.
-std::vector<const TaskDoc*> select_fewshot(TaskKind kind, const std::vector<TaskDoc>& pool, const TaskDoc& doc,
-                                           bool exclude_doc, std::int64_t shots);
+// lm-evaluation-harness's few-shot selection, reproduced draw for draw:
+//  - the default sampler (hellaswag, winogrande, arc, multiple_choice): per document,
+//    fewshotex = rnd.sample(pool, n); examples = [x for x in fewshotex if x != doc][:shots],
+//    with one rnd = random.Random(1234) (fewshot_random_seed) per task, advanced across the
+//    documents in order (ContextSampler.get_context; Task.build_all_requests).
+//  - mmlu's first_n sampler: the first n documents of the subject's pool, then the same
+//    removal (FirstNSampler.sample).
+//  - n = shots + 1 when the task config's fewshot_split == test_split, else shots. In the
+//    harness's yaml files hellaswag and winogrande set neither (None == None: shots + 1),
+//    arc sets test_split only (shots), mmlu both, differently (shots). Without a few-shot
+//    file the pool is the evaluated file itself, i.e. fewshot_split == test_split (shots + 1).
+//  - x != doc is dict equality: TaskDoc::source compared as JSON values. The harness keeps
+//    fewer than `shots` examples when a drawn document equals the evaluated one and n = shots.
+inline constexpr std::int64_t kHarnessFewshotSeed = 1234;
+
+// n for a task: documents drawn per evaluated document.
+std::int64_t fewshot_draw_count(TaskKind kind, bool pool_is_eval_docs, std::int64_t shots);
+
+class FewshotSampler {
+ public:
+  // pool must outlive the sampler; pool_is_eval_docs: the pool is the evaluated file itself.
+  FewshotSampler(TaskKind kind, const std::vector<TaskDoc>& pool, bool pool_is_eval_docs, std::int64_t shots,
+                 std::int64_t seed = kHarnessFewshotSeed);
+  // The examples for the next evaluated document, in prompt order. Call once per document in
+  // document order (the RNG advances). shots == 0 draws nothing, as the harness.
+  std::vector<const TaskDoc*> next(const TaskDoc& doc);
+
+ private:
+  TaskKind kind_;
+  const std::vector<TaskDoc>& pool_;
+  std::int64_t shots_, draws_;
+  PythonRandom rng_;
+};
 
 // Number of Unicode code points of UTF-8 text (Python's len()); invalid bytes count one each.
 std::int64_t utf8_length(const std::string& text);

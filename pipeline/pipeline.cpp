@@ -115,6 +115,11 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
   if (!fs::is_directory(recipe.teacher))
     fail_expected(str("recipe teacher ", recipe.teacher.string()), "not a directory", "an HF checkpoint directory");
   const ModelConfig teacher_config = load_model_config(recipe.teacher);
+  // Task files and the tokenizer are checked now, not after hours of training at the evaluate step.
+  for (const RecipeTask& task : recipe.tasks) load_task_file(parse_task_kind(task.task), task.task_file);
+  if (!recipe.tasks.empty() && !fs::is_regular_file(recipe.teacher / "tokenizer.json"))
+    fail_expected(str("recipe evaluation.tasks with teacher ", recipe.teacher.string()), "the teacher has no tokenizer.json",
+                  "a tokenizer.json beside the teacher's config.json (every derived model copies it)");
   fs::create_directories(run_dir);
   StepRunner steps(run_dir);
   const std::string device_flag = recipe.device;
@@ -241,6 +246,9 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
         const TaskKind kind = parse_task_kind(task.task);
         const std::vector<TaskDoc> docs = load_task_file(kind, task.task_file);
         const Tokenizer tokenizer = Tokenizer::load(m.dir);
+        if (tokenizer.vocab_size() > checkpoint.config.vocab_size)  // ids past the embedding would read out of bounds
+          fail_expected(str("evaluation.tasks ", task.task, " on ", m.dir.string()), str("tokenizer of ", tokenizer.vocab_size(), " ids"),
+                        str("at most the model's vocab_size ", checkpoint.config.vocab_size));
         TaskRunOptions options;
         options.shots = task.shots;
         options.limit = task.limit;

@@ -57,12 +57,18 @@ LayerScores rank_layers_by_removal(LlamaModel& model, const HeldOutWindows& wind
   scores.task = options.task_name;
   std::int64_t passes = 1 + L;
   for (std::int64_t k : sizes) passes += L - k + 1;
+  if (options.task_metric) passes = 1 + 2 * (passes - 1);
   std::unique_ptr<Progress> progress;
   if (options.show_progress) progress = std::make_unique<Progress>("layer ranking", passes, "pass");
   auto evaluate = [&](const std::vector<bool>& skip) {
     double loss = removal_loss(model, windows, skip, workspace);
     if (progress) progress->advance();
     return loss;
+  };
+  auto task_score = [&](const std::vector<bool>& skip) {
+    const double score = options.task_metric(model, skip);
+    if (progress) progress->advance();
+    return score;
   };
 
   scores.baseline_loss = evaluate({});
@@ -79,7 +85,7 @@ LayerScores rank_layers_by_removal(LlamaModel& model, const HeldOutWindows& wind
     for (std::int64_t l = 0; l < L; ++l) {
       std::vector<bool> skip(static_cast<std::size_t>(L), false);
       skip[static_cast<std::size_t>(l)] = true;
-      task1.push_back(options.task_metric(model, skip));
+      task1.push_back(task_score(skip));
     }
   }
   for (std::int64_t k : sizes) {
@@ -88,7 +94,7 @@ LayerScores rank_layers_by_removal(LlamaModel& model, const HeldOutWindows& wind
       std::vector<bool> skip(static_cast<std::size_t>(L), false);
       for (std::int64_t l = s; l < s + k; ++l) skip[static_cast<std::size_t>(l)] = true;
       losses.push_back(evaluate(skip));
-      if (options.task_metric) scores.block_removal_task_score[k].push_back(options.task_metric(model, skip));
+      if (options.task_metric) scores.block_removal_task_score[k].push_back(task_score(skip));
     }
   }
   if (progress) progress->finish();

@@ -29,8 +29,8 @@ HeldOutWindows read_windows(const TokenWindows& windows, std::int64_t first, std
 double removal_loss(LlamaModel& model, const HeldOutWindows& windows, const std::vector<bool>& skip,
                     LossWorkspace& workspace);
 
-// Hook for the evaluation-task issue: a score (e.g. accuracy) of the model with the marked
-// layers skipped. Not yet supplied by the CLI: the task code does not exist yet.
+// A score (an evaluation task's accuracy) of the model with the marked layers skipped (skip
+// empty: nothing skipped); `minitron importance --task` supplies one built on eval/run_task.h.
 using RemovalMetric = std::function<double(LlamaModel& model, const std::vector<bool>& skip)>;
 
 struct LayerRankingOptions {
@@ -40,7 +40,9 @@ struct LayerRankingOptions {
   bool show_progress = false;
 };
 
-// Baseline loss, single-layer removal losses and block-removal losses for each k.
+// Baseline loss, single-layer removal losses and block-removal losses for each k; with a
+// task_metric also its value with each single layer and each block removed (its baseline,
+// nothing removed, is the caller's: baseline_task_score stays empty here).
 // Block importance is not computed here (it comes from the calibration observer).
 LayerScores rank_layers_by_removal(LlamaModel& model, const HeldOutWindows& windows, LossWorkspace& workspace,
                                    const LayerRankingOptions& options);

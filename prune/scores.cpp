@@ -71,6 +71,7 @@ nlohmann::json scores_to_json(const ImportanceScores& s) {
     blocks.push_back(block);
   }
   if (!s.layers.task.empty()) layers["task"] = s.layers.task;
+  if (s.layers.baseline_task_score) layers["baseline_task_score"] = *s.layers.baseline_task_score;
   layers["block_removal_loss"] = blocks;
   if (!s.layers.block_importance.empty()) layers["block_importance"] = s.layers.block_importance;
   j["layers"] = layers;
@@ -109,6 +110,7 @@ ImportanceScores scores_from_json(const nlohmann::json& j, const std::string& wh
       if (b.contains("task_score")) s.layers.block_removal_task_score[k] = b["task_score"].get<std::vector<double>>();
     }
     s.layers.task = l.value("task", "");
+    if (l.contains("baseline_task_score")) s.layers.baseline_task_score = l["baseline_task_score"].get<double>();
     if (l.contains("block_importance")) s.layers.block_importance = l["block_importance"].get<std::vector<double>>();
   } catch (const nlohmann::json::exception& e) {
     fail_expected(where, e.what(), expected);

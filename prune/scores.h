@@ -29,6 +29,7 @@ struct LayerScores {
   // Accuracy on an evaluation task with each block removed (same layout as
   // block_removal_loss); filled only when a task metric is supplied to rank_layers.
   std::string task;
+  std::optional<double> baseline_task_score;  // nothing removed
   std::map<std::int64_t, std::vector<double>> block_removal_task_score;
 };
 

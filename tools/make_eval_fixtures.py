@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import llama_reference as ref  # noqa: E402
+from make_python_random_fixture import harness_select  # noqa: E402  (lm_eval/api/samplers.py)
 import safetensors_io  # noqa: E402
 
 DATA = os.path.join(ROOT, "tests", "eval", "data")
@@ -143,10 +144,10 @@ def fewshot_example(task, p):
     return text + " " + choices[gold]
 
 
-def requests_for(task, p, pool, self_index, shots):
+def requests_for(task, p, pool, self_index, shots, picks=None):
     text, choices, gold, subject, target = p
-    chosen = []
-    for j, q in enumerate(pool):
+    chosen = [] if picks is None else [pool[j] for j in picks]  # picks: the harness's random draw
+    for j, q in enumerate(pool if picks is None else []):
         if len(chosen) >= shots:
             break
         if j == self_index:
@@ -229,8 +230,11 @@ def run(model, spec):
     pool = [process(task, d) for d in read_jsonl(spec["fewshot_file"])] if spec.get("fewshot_file") else docs
     max_length = spec.get("max_length", 2048)
     questions = []
+    raw = read_jsonl(spec["task_file"])
+    picks = harness_select(task, read_jsonl(spec["fewshot_file"]) if spec.get("fewshot_file") else raw, raw, spec["shots"],
+                           not spec.get("fewshot_file")) if task != "mmlu" and spec["shots"] else [None] * len(docs)
     for i, p in enumerate(docs):
-        reqs = requests_for(task, p, pool, None if spec.get("fewshot_file") else i, spec["shots"])
+        reqs = requests_for(task, p, pool, None if spec.get("fewshot_file") else i, spec["shots"], picks[i])
         out = []
         for context, continuation in reqs:
             c_enc, k_enc = encode_pair(context, continuation)

@@ -95,9 +95,10 @@ TEST_P(ExpectedRuns, MatchesTheReference) {
 
   // The exact strings and ids the harness would produce.
   ASSERT_EQ(docs.size(), run["questions"].size());
+  FewshotSampler sampler(kind, has_pool ? pool : docs, !has_pool, shots);
   for (std::size_t i = 0; i < docs.size(); ++i) {
     const json& eq = run["questions"][i];
-    const auto fewshot = select_fewshot(kind, has_pool ? pool : docs, docs[i], !has_pool, shots);
+    const auto fewshot = sampler.next(docs[i]);
     const Question q = build_question(kind, docs[i], fewshot_prefix(kind, docs[i].subject, fewshot));
     ASSERT_EQ(q.requests.size(), eq["requests"].size());
     EXPECT_EQ(q.gold, eq["gold"].get<int>());

@@ -66,7 +66,7 @@ TEST(TaskFiles, MmluPromptWithDevShots) {
   const auto dev = load_task_file(TaskKind::Mmlu, data("mmlu_dev.jsonl"));
   ASSERT_EQ(test.size(), 3u);
   EXPECT_EQ(test[2].gold, 2);  // "answer": "C"
-  const auto shots = select_fewshot(TaskKind::Mmlu, dev, test[1], /*exclude_doc=*/false, 1);
+  const auto shots = FewshotSampler(TaskKind::Mmlu, dev, /*pool_is_eval_docs=*/false, 1).next(test[1]);
   ASSERT_EQ(shots.size(), 1u);
   const Question q = build_question(TaskKind::Mmlu, test[1], fewshot_prefix(TaskKind::Mmlu, test[1].subject, shots));
   ASSERT_EQ(q.requests.size(), 4u);
@@ -76,7 +76,7 @@ TEST(TaskFiles, MmluPromptWithDevShots) {
             "Which organ pumps blood?\nA. the lung\nB. the heart\nC. the skin\nD. the bone\nAnswer:");
   EXPECT_EQ(q.requests[3].continuation, " D");
   // Geography draws from its own subject's dev documents only.
-  const auto geo = select_fewshot(TaskKind::Mmlu, dev, test[2], false, 2);
+  const auto geo = FewshotSampler(TaskKind::Mmlu, dev, false, 2).next(test[2]);
   ASSERT_EQ(geo.size(), 2u);
   EXPECT_EQ(geo[0]->query.substr(0, 21), "Which is a continent?");
   EXPECT_EQ(geo[1]->query.substr(0, 17), "Which is an ocean");
@@ -87,7 +87,8 @@ TEST(TaskFiles, ArcPromptAndDefaultFewshot) {
   const auto docs = load_task_file(TaskKind::ArcEasy, data("arc_easy.jsonl"));
   ASSERT_EQ(docs.size(), 3u);
   EXPECT_EQ(docs[2].gold, 2);  // lower-case labels, answerKey "c"
-  const auto shots = select_fewshot(TaskKind::ArcEasy, docs, docs[1], /*exclude_doc=*/true, 2);
+  // Which documents the harness draws is tested in test_python_random; here the prompt's shape.
+  const std::vector<const TaskDoc*> shots{&docs[0], &docs[2]};
   const Question q = build_question(TaskKind::ArcEasy, docs[1], fewshot_prefix(TaskKind::ArcEasy, "", shots));
   ASSERT_EQ(q.requests.size(), 3u);
   EXPECT_EQ(q.requests[0].context,
