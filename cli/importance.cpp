@@ -226,7 +226,7 @@ int importance(int argc, char** argv) {
                 static_cast<long long>(s), static_cast<long long>(s + k - 1), losses[static_cast<std::size_t>(s)]);
   }
   for (const auto& [k, accuracies] : ls.block_removal_task_score) {
-    const auto best = std::max_element(accuracies.begin(), accuracies.end()) - accuracies.begin();  // first maximum
+    const auto best = least_important_block(scores, config.num_hidden_layers, k, LayerCriterion::Task);  // prune's choice
     std::printf("block of %lld layers keeping %s accuracy best: %lld-%lld (accuracy %.4f)\n", static_cast<long long>(k),
                 ls.task.c_str(), static_cast<long long>(best), static_cast<long long>(best + k - 1),
                 accuracies[static_cast<std::size_t>(best)]);

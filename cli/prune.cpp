@@ -45,10 +45,12 @@ std::string sizes_string(const ModelConfig& c) {
 }
 
 // What was kept, for auditing the pruned checkpoint (HF loaders ignore the file).
-nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir, const std::string& scores_path) {
+nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir, const std::string& scores_path,
+                            const PruneTargets& targets) {
   nlohmann::json j = {{"source_model", model_dir}, {"scores", scores_path}, {"kept_layers", plan.layers},
                       {"hidden_channels", plan.hidden}, {"query_heads", plan.query_heads}, {"kv_heads", plan.kv_heads}};
   if (plan.dropped_block) j["dropped_layers"] = {plan.dropped_block->first, plan.dropped_block->second};
+  if (plan.dropped_block && !targets.drop_layers) j["layer_criterion"] = layer_criterion_name(targets.layer_criterion);
   j["ffn_neurons"] = plan.ffn;
   return j;
 }
@@ -83,7 +85,10 @@ int prune(int argc, char** argv) {
       ("num-key-value-heads", "KV groups to keep (default: all)", cxxopts::value<std::int64_t>())
       ("num-layers", "layers to keep: drops the contiguous block that hurts least", cxxopts::value<std::int64_t>())
       ("drop-layers", "drop this zero-based inclusive block instead, e.g. 15-30", cxxopts::value<std::string>())
-      ("layer-criterion", "loss or block-importance (for --num-layers)",
+      ("layer-criterion",
+       "how --num-layers ranks blocks: loss (lowest held-out loss without the block), block-importance (lowest "
+       "sum of Block Importance) or task (highest task accuracy without the block; ties: lower loss, then the "
+       "earlier block; needs scores from 'importance --task NAME --task-file FILE')",
        cxxopts::value<std::string>()->default_value("loss"));
   options.add_options("search")
       ("target-params", "parameter budget, e.g. 4.5B: search architectures within --tolerance of it",
@@ -172,12 +177,20 @@ int prune(int argc, char** argv) {
     std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
     save.copy_files = companion_files(model_dir);
     save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-    write_bytes_atomically(output / "pruning.json", plan_to_json(plan, model_dir, scores_path).dump(1));
+    write_bytes_atomically(output / "pruning.json", plan_to_json(plan, model_dir, scores_path, targets).dump(1));
     std::printf("pruned: %s parameters (%s)", human_count(parameter_count(plan.config)).c_str(),
                 sizes_string(plan.config).c_str());
-    if (plan.dropped_block)
-      std::printf(", dropped layers %lld-%lld", static_cast<long long>(plan.dropped_block->first),
-                  static_cast<long long>(plan.dropped_block->second));
+    if (plan.dropped_block) {
+      const auto [first, last] = *plan.dropped_block;
+      std::printf(", dropped layers %lld-%lld", static_cast<long long>(first), static_cast<long long>(last));
+      if (!targets.drop_layers) {
+        std::printf(" (by %s", layer_criterion_name(targets.layer_criterion));
+        if (targets.layer_criterion == LayerCriterion::Task)  // least_important_block checked the scores exist
+          std::printf(": %s accuracy without them %.4f", scores.layers.task.c_str(),
+                      scores.layers.block_removal_task_score.at(last - first + 1)[static_cast<std::size_t>(first)]);
+        std::printf(")");
+      }
+    }
     std::printf("\n");
     if (backend) {
       std::printf("zero-shot validation loss: teacher %.4f, pruned %.4f (%lld windows of %lld)\n",
@@ -203,13 +216,15 @@ int prune(int argc, char** argv) {
   // Depths whose block cannot be chosen from these scores (no block-removal losses for that k)
   // are left out rather than failing the whole search.
   std::vector<std::int64_t> missing_depths;
+  std::string missing_why;  // the first refusal, which names the importance flags that would help
   std::erase_if(fitting, [&](const Architecture& a) {
     if (a.num_layers == config.num_hidden_layers) return false;
     try {
       least_important_block(scores, config.num_hidden_layers, config.num_hidden_layers - a.num_layers,
                             targets.layer_criterion);
       return false;
-    } catch (const Error&) {
+    } catch (const Error& e) {
+      if (missing_why.empty()) missing_why = e.what();
       if (std::find(missing_depths.begin(), missing_depths.end(), a.num_layers) == missing_depths.end())
         missing_depths.push_back(a.num_layers);
       return true;
@@ -219,8 +234,8 @@ int prune(int argc, char** argv) {
     std::sort(missing_depths.begin(), missing_depths.end());
     std::string list;
     for (std::int64_t l : missing_depths) list += str(list.empty() ? "" : ", ", l);
-    std::printf("note: skipping depths %s (the scores have no block-removal losses for them; rerun importance "
-                "with --block-size, or use --layer-criterion block-importance)\n", list.c_str());
+    std::printf("note: skipping depths %s (the scores cannot rank their blocks by %s; first reason: %s)\n", list.c_str(),
+                layer_criterion_name(targets.layer_criterion), missing_why.c_str());
   }
   if (fitting.empty())
     fail_expected("--target-params", str("no architecture on the search grid has ", human_count(budget), " +- ",
@@ -290,7 +305,8 @@ int prune(int argc, char** argv) {
   std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
   save.copy_files = companion_files(model_dir);
   save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-  write_bytes_atomically(output / "pruning.json", plan_to_json(plan, model_dir, scores_path).dump(1));
+  write_bytes_atomically(output / "pruning.json",
+                         plan_to_json(plan, model_dir, scores_path, targets_of(best, targets.layer_criterion)).dump(1));
   nlohmann::json search_json = {{"target_params", budget},     {"tolerance", tolerance},
                                 {"fitting_architectures", fitting.size()}, {"search_steps", search_steps},
                                 {"validation_windows", validation.count},  {"sequence_length", T},

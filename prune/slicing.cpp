@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <numeric>
 
 #include "util/error.h"
@@ -64,12 +65,36 @@ Role role_of(const ParameterTable& table, const ParamInfo& info) {
   fail(str("internal error: parameter ", info.name, " has no pruning rule"));
 }
 
+// Losses with each block of k removed (k = 1: the single-layer losses); nullptr when not measured.
+const std::vector<double>* removal_losses(const ImportanceScores& scores, std::int64_t k) {
+  if (auto it = scores.layers.block_removal_loss.find(k); it != scores.layers.block_removal_loss.end()) return &it->second;
+  if (k == 1 && !scores.layers.single_removal_loss.empty()) return &scores.layers.single_removal_loss;
+  return nullptr;
+}
+
+// "2, 8" or "none": the block sizes a scores map holds, for error messages.
+std::string block_sizes_of(const std::map<std::int64_t, std::vector<double>>& by_size) {
+  std::string have;
+  for (const auto& entry : by_size) have += str(have.empty() ? "" : ", ", entry.first);
+  return have.empty() ? "none" : have;
+}
+
 }  // namespace
 
 LayerCriterion parse_layer_criterion(const std::string& text) {
   if (text == "loss") return LayerCriterion::Loss;
   if (text == "block-importance") return LayerCriterion::BlockImportance;
-  fail_expected("--layer-criterion", str("'", text, "'"), "loss or block-importance");
+  if (text == "task") return LayerCriterion::Task;
+  fail_expected("--layer-criterion", str("'", text, "'"), "loss, block-importance or task");
+}
+
+const char* layer_criterion_name(LayerCriterion criterion) {
+  switch (criterion) {
+    case LayerCriterion::Loss: return "loss";
+    case LayerCriterion::BlockImportance: return "block-importance";
+    case LayerCriterion::Task: return "task";
+  }
+  return "?";
 }
 
 std::pair<std::int64_t, std::int64_t> parse_layer_range(const std::string& text) {
@@ -103,23 +128,38 @@ Index top_k_in_order(std::span<const double> scores, std::int64_t k) {
 std::int64_t least_important_block(const ImportanceScores& scores, std::int64_t L, std::int64_t k,
                                    LayerCriterion criterion) {
   MINITRON_ASSERT(k >= 1 && k < L);
+  const auto blocks = static_cast<std::size_t>(L - k + 1);
+  const std::vector<double>* losses = removal_losses(scores, k);
+  if (criterion == LayerCriterion::Task) {
+    auto it = scores.layers.block_removal_task_score.find(k);
+    if (it == scores.layers.block_removal_task_score.end())
+      fail_expected("--layer-criterion task",
+                    str("dropping ", k, " layers needs task accuracies for blocks of ", k,
+                        ", the scores file has them for k = ", block_sizes_of(scores.layers.block_removal_task_score)),
+                    str("scores from 'minitron importance --task NAME --task-file FILE --block-size ", k,
+                        "', or --layer-criterion loss"));
+    const std::vector<double>& accuracy = it->second;
+    if (accuracy.size() != blocks)
+      fail_expected("--layer-criterion task",
+                    str("the scores file's task_score for block size ", k, " has ", accuracy.size(), " values"),
+                    str(blocks, " (one per block of ", k, " in ", L, " layers)"));
+    // Highest accuracy; among equal accuracies the lower removal loss (when measured), then
+    // the earliest block: strict comparisons keep the first of full ties.
+    const bool by_loss = losses && losses->size() == blocks;
+    std::size_t best = 0;
+    for (std::size_t s = 1; s < blocks; ++s)
+      if (accuracy[s] > accuracy[best] || (accuracy[s] == accuracy[best] && by_loss && (*losses)[s] < (*losses)[best]))
+        best = s;
+    return static_cast<std::int64_t>(best);
+  }
   std::vector<double> cost;
   if (criterion == LayerCriterion::Loss) {
-    auto it = scores.layers.block_removal_loss.find(k);
-    if (it == scores.layers.block_removal_loss.end()) {
-      if (k == 1 && !scores.layers.single_removal_loss.empty()) {
-        cost = scores.layers.single_removal_loss;
-      } else {
-        std::string have;
-        for (const auto& [size, losses] : scores.layers.block_removal_loss) have += str(have.empty() ? "" : ", ", size);
-        fail_expected("--num-layers", str("dropping ", k, " layers needs block-removal losses for k = ", k,
-                                          ", the scores file has them for k = ", have.empty() ? "none" : have),
-                      str("scores from 'minitron importance --block-size ", k,
-                          "', or --layer-criterion block-importance, or --drop-layers A-B"));
-      }
-    } else {
-      cost = it->second;
-    }
+    if (!losses)
+      fail_expected("--num-layers", str("dropping ", k, " layers needs block-removal losses for k = ", k,
+                                        ", the scores file has them for k = ", block_sizes_of(scores.layers.block_removal_loss)),
+                    str("scores from 'minitron importance --block-size ", k,
+                        "', or --layer-criterion block-importance, or --drop-layers A-B"));
+    cost = *losses;
   } else {
     const std::vector<double>& bi = scores.layers.block_importance;
     if (bi.empty())
@@ -128,7 +168,7 @@ std::int64_t least_important_block(const ImportanceScores& scores, std::int64_t 
     for (std::int64_t s = 0; s + k <= L; ++s)
       cost.push_back(std::accumulate(bi.begin() + s, bi.begin() + s + k, 0.0));
   }
-  MINITRON_ASSERT(static_cast<std::int64_t>(cost.size()) == L - k + 1);
+  MINITRON_ASSERT(cost.size() == blocks);
   return std::min_element(cost.begin(), cost.end()) - cost.begin();
 }
 

@@ -23,8 +23,15 @@
 
 namespace minitron {
 
-enum class LayerCriterion { Loss, BlockImportance };
-LayerCriterion parse_layer_criterion(const std::string& text);  // "loss" | "block-importance"
+// How --num-layers ranks the contiguous blocks it may drop:
+//   Loss             the held-out LM loss with the block removed (lowest wins);
+//   BlockImportance  the sum of the block's per-layer Block Importance (lowest wins);
+//   Task             the evaluation task's accuracy with the block removed (highest wins; ties:
+//                    the lower removal loss, then the earliest block). Accuracies are counts of
+//                    correct answers over one question count, so ties are common and exact.
+enum class LayerCriterion { Loss, BlockImportance, Task };
+LayerCriterion parse_layer_criterion(const std::string& text);  // "loss" | "block-importance" | "task"
+const char* layer_criterion_name(LayerCriterion criterion);
 
 // The kernels read activations in 16-byte vectors (8 bf16 values), so the hidden size must be
 // a multiple of 8.
@@ -58,6 +65,7 @@ std::vector<std::int64_t> top_k_in_order(std::span<const double> scores, std::in
 PrunePlan plan_pruning(const ModelConfig& config, const ImportanceScores& scores, const PruneTargets& targets);
 
 // The start of the contiguous block of k layers whose removal hurts least by the criterion.
+// Throws an Error naming the importance flags that would produce the missing scores.
 std::int64_t least_important_block(const ImportanceScores& scores, std::int64_t num_layers, std::int64_t k,
                                    LayerCriterion criterion);
 

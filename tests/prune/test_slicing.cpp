@@ -292,6 +292,87 @@ TEST(Slicing, ChoosesTopKInOriginalOrder) {
   EXPECT_EQ(least_important_block(s, 4, 3, LayerCriterion::BlockImportance), 0);
 }
 
+// Hand-written accuracies and losses (values a 4-question task can produce: multiples of 1/4),
+// so every choice below follows from the documented rule by inspection.
+TEST(Slicing, TaskCriterionKeepsTheHighestAccuracyBlock) {
+  const ModelConfig c = tiny_config();  // 4 layers: 3 blocks of 2, 4 single layers
+  ImportanceScores s = empty_scores(c);
+  s.layers.block_removal_loss[2] = {1.0, 5.0, 2.0};
+  s.layers.block_removal_task_score[2] = {0.25, 0.75, 0.5};
+  // Block 1-2 keeps the most accuracy although its loss is the worst; loss alone picks 0-1.
+  EXPECT_EQ(least_important_block(s, 4, 2, LayerCriterion::Task), 1);
+  EXPECT_EQ(least_important_block(s, 4, 2, LayerCriterion::Loss), 0);
+
+  // Equal accuracies: the lower removal loss wins...
+  s.layers.block_removal_task_score[2] = {0.75, 0.5, 0.75};
+  s.layers.block_removal_loss[2] = {3.0, 1.0, 2.5};
+  EXPECT_EQ(least_important_block(s, 4, 2, LayerCriterion::Task), 2);
+  // ...and with equal losses too, the earliest block.
+  s.layers.block_removal_loss[2] = {2.5, 1.0, 2.5};
+  EXPECT_EQ(least_important_block(s, 4, 2, LayerCriterion::Task), 0);
+  // Without losses for that size only the earliest-block rule is left.
+  s.layers.block_removal_loss.erase(2);
+  s.layers.block_removal_task_score[2] = {0.5, 0.75, 0.75};
+  EXPECT_EQ(least_important_block(s, 4, 2, LayerCriterion::Task), 1);
+
+  // k = 1: the single-layer losses break the tie (as 'importance' writes them, without a
+  // block_removal_loss entry for k = 1 in older files).
+  s.layers.single_removal_loss = {3.0, 2.0, 1.0, 2.0};
+  s.layers.block_removal_task_score[1] = {0.5, 0.5, 0.25, 0.5};
+  EXPECT_EQ(least_important_block(s, 4, 1, LayerCriterion::Task), 1) << "tie of 0, 1, 3; losses 3, 2, 2 -> 1";
+
+  // Through plan_pruning: --num-layers 2 drops the chosen block.
+  PruneTargets t;
+  t.num_layers = 2;
+  t.layer_criterion = LayerCriterion::Task;
+  const PrunePlan plan = plan_pruning(c, s, t);
+  ASSERT_TRUE(plan.dropped_block);
+  EXPECT_EQ(*plan.dropped_block, (std::pair<std::int64_t, std::int64_t>(1, 2)));
+  EXPECT_EQ(plan.layers, (std::vector<std::int64_t>{0, 3}));
+
+  EXPECT_EQ(parse_layer_criterion("task"), LayerCriterion::Task);
+  EXPECT_STREQ(layer_criterion_name(LayerCriterion::Task), "task");
+  EXPECT_STREQ(layer_criterion_name(LayerCriterion::BlockImportance), "block-importance");
+}
+
+TEST(Slicing, TaskCriterionRefusesScoresWithoutTaskAccuracies) {
+  const ModelConfig c = tiny_config();
+  ImportanceScores s = empty_scores(c);
+  s.layers.block_removal_loss[2] = {1.0, 5.0, 2.0};  // losses alone do not rank by task
+  auto message = [&](std::int64_t k) -> std::string {
+    try {
+      least_important_block(s, 4, k, LayerCriterion::Task);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "accepted scores without task accuracies for k = " << k;
+    return "";
+  };
+  std::string m = message(2);
+  EXPECT_NE(m.find("--layer-criterion task"), std::string::npos) << m;
+  EXPECT_NE(m.find("has them for k = none"), std::string::npos) << m;
+  EXPECT_NE(m.find("minitron importance --task NAME --task-file FILE --block-size 2"), std::string::npos) << m;
+
+  s.layers.block_removal_task_score[1] = {0.5, 0.5, 0.25, 0.5};
+  m = message(2);
+  EXPECT_NE(m.find("has them for k = 1"), std::string::npos) << m;
+
+  s.layers.block_removal_task_score[2] = {0.5, 0.75};  // one block short
+  m = message(2);
+  EXPECT_NE(m.find("task_score for block size 2 has 2 values"), std::string::npos) << m;
+  EXPECT_NE(m.find("expected 3"), std::string::npos) << m;
+
+  PruneTargets t;
+  t.num_layers = 1;  // k = 3: never measured
+  t.layer_criterion = LayerCriterion::Task;
+  try {
+    plan_pruning(c, s, t);
+    ADD_FAILURE() << "accepted --num-layers 1 without task accuracies for k = 3";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--block-size 3"), std::string::npos) << e.what();
+  }
+}
+
 // Every refusal is a minitron::Error whose message names the problem.
 void expect_refused(const ModelConfig& c, const ImportanceScores& s, const PruneTargets& targets, const std::string& text) {
   try {
@@ -344,6 +425,7 @@ TEST(Slicing, RefusesImpossibleTargets) {
   EXPECT_THROW(parse_layer_range("30-15"), Error);
   EXPECT_THROW(parse_layer_range("a-b"), Error);
   EXPECT_THROW(parse_layer_criterion("random"), Error);
+  EXPECT_THROW(parse_layer_criterion("accuracy"), Error);
 
   // Scores of another model.
   ModelConfig other = c;
