@@ -1,5 +1,7 @@
 // minitron distill: train a (pruned) student to match a teacher's next-token distribution.
+#include <cmath>
 #include <cstdio>
+#include <memory>
 #include <filesystem>
 #include <string>
 
@@ -53,7 +55,15 @@ int distill(int argc, char** argv) {
       ("hard-label-weight", "w in loss = (1 - w) KL + w CE(next token) (0 = pure distillation, the recipe's)",
        cxxopts::value<float>()->default_value("0"))
       ("loss-chunk-rows", "tokens per chunk of the loss (0 = about 16M logits per chunk)",
-       cxxopts::value<std::int64_t>()->default_value("0"));
+       cxxopts::value<std::int64_t>()->default_value("0"))
+      ("intermediate-loss-weight",
+       "w in L = L_logits + w * alpha * L_is: cosine loss between mapped layers' hidden states (a learned linear map "
+       "when widths differ), alpha = L_logits / L_is recomputed every step (arXiv 2407.14679); 0 = off",
+       cxxopts::value<float>()->default_value("0"))
+      ("intermediate-layers",
+       "STUDENT:TEACHER zero-based layer pairs for it, e.g. 0:0,15:31 (default: every student layer, the last to "
+       "the teacher's last, evenly spaced)",
+       cxxopts::value<std::string>()->default_value(""));
   add_training_options(options, TrainingDefaults{});
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
@@ -69,6 +79,15 @@ int distill(int argc, char** argv) {
   if (o.companion_files.empty()) o.companion_files = companion_files(teacher_dir);
   const float temperature = r["temperature"].as<float>(), hard_label_weight = r["hard-label-weight"].as<float>();
   const std::int64_t chunk_rows = in_range<std::int64_t>(r, "loss-chunk-rows", 0, std::int64_t{1} << 40);
+  const float intermediate_weight = r["intermediate-loss-weight"].as<float>();
+  const std::string intermediate_layers = r["intermediate-layers"].as<std::string>();
+  if (!(intermediate_weight >= 0 && std::isfinite(intermediate_weight)))
+    fail_expected("--intermediate-loss-weight", str(intermediate_weight), "a finite value >= 0 (0 turns the loss off)");
+  if (intermediate_weight == 0 && !intermediate_layers.empty())
+    fail_expected("--intermediate-layers", intermediate_layers, "--intermediate-loss-weight > 0 alongside it");
+  std::vector<LayerPair> layer_pairs;
+  if (intermediate_weight > 0)  // checked before any weights are loaded
+    layer_pairs = parse_layer_mapping(intermediate_layers, student_config.num_hidden_layers, teacher_config.num_hidden_layers);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   const std::int64_t B = o.batch_size, T = o.sequence_length;
@@ -100,7 +119,15 @@ int distill(int argc, char** argv) {
   }
 
   LossWorkspace workspace(*backend, student_config.vocab_size, B * T, chunk_rows, /*distillation=*/true);
-  TeacherDistillationObjective objective(teacher, workspace, temperature, hard_label_weight);
+  std::unique_ptr<HiddenStateDistillation> hidden_states;
+  if (intermediate_weight > 0) {
+    hidden_states = std::make_unique<HiddenStateDistillation>(*backend, student_config, teacher_config, layer_pairs, B * T, o.seed);
+    std::printf("intermediate-state loss: weight %g, layers (student:teacher) %s%s\n", intermediate_weight,
+                format_layer_mapping(layer_pairs).c_str(),
+                hidden_states->has_map() ? str(", learned map ", student_config.hidden_size, " -> ", teacher_config.hidden_size).c_str() : "");
+  }
+  TeacherDistillationObjective objective(teacher, workspace, temperature, hard_label_weight, hidden_states.get(),
+                                         intermediate_weight);
   const TrainSummary summary = run_training(student, objective, o);
   const double share = summary.seconds > 0 ? objective.teacher_seconds() / summary.seconds : 0.0;
   std::printf("teacher forward: %.1f%% of training time (%.1f s)\n", 100.0 * share, objective.teacher_seconds());
@@ -108,7 +135,10 @@ int distill(int argc, char** argv) {
       .write({{"event", "distillation"}, {"teacher_validation_loss", teacher_validation},
               {"student_validation_loss", summary.validation_loss}, {"teacher_share", share},
               {"teacher_seconds", objective.teacher_seconds()}, {"temperature", temperature},
-              {"hard_label_weight", hard_label_weight}});
+              {"hard_label_weight", hard_label_weight}, {"intermediate_loss_weight", intermediate_weight},
+              {"intermediate_layers", format_layer_mapping(layer_pairs)},
+              {"last_intermediate_loss", hidden_states ? nlohmann::json(objective.last_intermediate()) : nlohmann::json()},
+              {"last_intermediate_alpha", hidden_states ? nlohmann::json(objective.last_alpha()) : nlohmann::json()}});
   print_training_summary(summary, o);
   return 0;
 }

@@ -153,6 +153,7 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
 
   batch_ = batch;
   sequence_ = sequence;
+  layer_output_gradients_.clear();
   const std::int64_t N = batch * sequence, D = config_.hidden_size;
   Backend& b = backend_;
   Tensor token_ids = tokens_.tensor().slice(0, N);
@@ -267,6 +268,15 @@ void LlamaModel::head_backward(Tensor dlogits, std::int64_t row0, std::int64_t r
 // Backward
 // ---------------------------------------------------------------------------------------
 
+void LlamaModel::add_layer_output_gradient(std::int64_t layer, Tensor grad) {
+  MINITRON_ASSERT(ready_for_backward_, "add_layer_output_gradient needs a Training-mode forward without skipped layers");
+  MINITRON_ASSERT(layer >= 0 && layer < config_.num_hidden_layers, "layer ", layer, " of ", config_.num_hidden_layers);
+  MINITRON_ASSERT(grad.dtype == backend_.activation_dtype() && grad.numel >= rows() * config_.hidden_size,
+                  "layer output gradient: ", grad.numel, " ", dtype_name(grad.dtype), " elements for ", rows(), " x ",
+                  config_.hidden_size, " rows of ", dtype_name(backend_.activation_dtype()));
+  layer_output_gradients_.emplace_back(layer, grad);
+}
+
 void LlamaModel::backward() {
   MINITRON_ASSERT(ready_for_backward_, "backward needs a Training-mode forward without skipped layers");
   const std::int64_t N = rows(), D = config_.hidden_size, L = config_.num_hidden_layers;
@@ -278,9 +288,14 @@ void LlamaModel::backward() {
   b.rmsnorm_backward(dx, g(table_.final_norm(), D), d_hidden_.tensor().slice(0, N * D),
                      residual_[static_cast<std::size_t>(L)].tensor().slice(0, N * D),
                      p(table_.final_norm(), D), final_rstd_.tensor().slice(0, N), N, D);
-  for (std::int64_t l = L - 1; l >= 0; --l)
+  for (std::int64_t l = L - 1; l >= 0; --l) {
+    // dx is dloss/d(output of layer l) here: losses on that hidden state add their part.
+    for (const auto& [layer, grad] : layer_output_gradients_)
+      if (layer == l) b.add_inplace(dx, grad.slice(0, N * D));
     layer_backward(l, *layers_[static_cast<std::size_t>(l)],
                    residual_[static_cast<std::size_t>(l)].tensor().slice(0, N * D));
+  }
+  layer_output_gradients_.clear();
   b.embedding_backward(g(table_.embed_tokens(), config_.vocab_size * D), dx,
                        tokens_.tensor().slice(0, N), N, D);
   ready_for_backward_ = false;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "model/backend.h"
@@ -101,6 +102,11 @@ class LlamaModel {
   // Backpropagates the accumulated hidden-state gradient through the final norm, the layers
   // and the embedding, accumulating into gradients(). Call after head_backward() covered every row.
   void backward();
+  // Adds grad [rows, hidden] (activation dtype) to dloss/d(output of layer `layer`) in the next
+  // backward(): how a loss on intermediate hidden states (distillation of hidden states) reaches
+  // the residual stream. grad must stay valid until that backward(), which consumes it; a new
+  // forward() drops gradients that were never consumed. Training mode, after forward().
+  void add_layer_output_gradient(std::int64_t layer, Tensor grad);
 
   // The final hidden state of the last forward (debugging, distillation of hidden states).
   Tensor final_hidden() const;
@@ -121,6 +127,7 @@ class LlamaModel {
   std::int64_t max_batch_, max_sequence_;
   std::int64_t batch_ = 0, sequence_ = 0;
   bool ready_for_backward_ = false;
+  std::vector<std::pair<std::int64_t, Tensor>> layer_output_gradients_;  // add_layer_output_gradient()
 
   BackendBuffer params_, grads_, inv_freq_, tokens_;
   // residual_[l] is the input of layer l; residual_[L] the output of the last layer.

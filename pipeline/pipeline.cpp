@@ -106,6 +106,7 @@ std::string prune_target_flags_description(const RecipeStudent& s) {
   add("layers", s.num_layers);
   if (!s.drop_layers.empty()) d += str(d.empty() ? "" : ", ", "drop ", s.drop_layers);
   if (!s.target_params.empty()) d += str(d.empty() ? "" : ", ", "budget ", s.target_params);
+  if (!s.layer_criterion.empty()) d += str(d.empty() ? "" : ", ", "layers by ", s.layer_criterion);
   return d;
 }
 
@@ -116,9 +117,14 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
     fail_expected(str("recipe teacher ", recipe.teacher.string()), "not a directory", "an HF checkpoint directory");
   const ModelConfig teacher_config = load_model_config(recipe.teacher);
   // Task files and the tokenizer are checked now, not after hours of training at the evaluate step.
-  for (const RecipeTask& task : recipe.tasks) load_task_file(parse_task_kind(task.task), task.task_file);
-  if (!recipe.tasks.empty() && !fs::is_regular_file(recipe.teacher / "tokenizer.json"))
-    fail_expected(str("recipe evaluation.tasks with teacher ", recipe.teacher.string()), "the teacher has no tokenizer.json",
+  std::vector<RecipeTask> all_tasks = recipe.tasks;
+  if (recipe.importance_task) all_tasks.push_back(*recipe.importance_task);
+  for (const RecipeTask& task : all_tasks) {
+    load_task_file(parse_task_kind(task.task), task.task_file);
+    if (!task.fewshot_file.empty()) load_task_file(parse_task_kind(task.task), task.fewshot_file);
+  }
+  if (!all_tasks.empty() && !fs::is_regular_file(recipe.teacher / "tokenizer.json"))
+    fail_expected(str("recipe tasks (evaluation.tasks, importance.task) with teacher ", recipe.teacher.string()), "the teacher has no tokenizer.json",
                   "a tokenizer.json beside the teacher's config.json (every derived model copies it)");
   fs::create_directories(run_dir);
   StepRunner steps(run_dir);
@@ -159,6 +165,11 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
       for (std::int64_t k : block_sizes) sizes += (sizes.empty() ? "" : ",") + std::to_string(k);
       args.insert(args.end(), {"--block-size", sizes});
     }
+    if (const auto& t = recipe.importance_task) {
+      args.insert(args.end(), {"--task", t->task, "--task-file", t->task_file, "--shots", std::to_string(t->shots),
+                               "--limit", std::to_string(t->limit)});
+      if (!t->fewshot_file.empty()) args.insert(args.end(), {"--fewshot-file", t->fewshot_file});
+    }
     invoke("importance", commands.importance, with_device(args));
   });
 
@@ -186,6 +197,7 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
       add("--num-layers", s.num_layers);
       if (!s.drop_layers.empty()) args.insert(args.end(), {"--drop-layers", s.drop_layers});
       if (!s.target_params.empty()) args.insert(args.end(), {"--target-params", s.target_params});
+      if (!s.layer_criterion.empty()) args.insert(args.end(), {"--layer-criterion", s.layer_criterion});
       invoke("prune", commands.prune, with_device(args));
     });
     models.push_back({"pruned-" + s.name, str(s.name, " pruned (", prune_target_flags_description(s), "), before distillation"),
@@ -198,6 +210,7 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
                                        "--hard-label-weight", number(recipe.distillation.hard_label_weight)};
       auto flags = training_flags(recipe, recipe.distillation, distilled, recipe.distillation.learning_rate, recipe.distillation.min_learning_rate);
       args.insert(args.end(), flags.begin(), flags.end());
+      if (recipe.distillation.intermediate_loss_weight > 0) args.insert(args.end(), {"--intermediate-loss-weight", number(recipe.distillation.intermediate_loss_weight), "--intermediate-layers=" + recipe.distillation.intermediate_layers});
       invoke("distill", commands.distill, args);
     });
     models.push_back({"distilled-" + s.name, str(s.name, " distilled"), distilled / "model", distill_tokens});
@@ -245,6 +258,8 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
       for (const RecipeTask& task : recipe.tasks) {
         const TaskKind kind = parse_task_kind(task.task);
         const std::vector<TaskDoc> docs = load_task_file(kind, task.task_file);
+        std::vector<TaskDoc> fewshot_docs;
+        if (!task.fewshot_file.empty()) fewshot_docs = load_task_file(kind, task.fewshot_file);
         const Tokenizer tokenizer = Tokenizer::load(m.dir);
         if (tokenizer.vocab_size() > checkpoint.config.vocab_size)  // ids past the embedding would read out of bounds
           fail_expected(str("evaluation.tasks ", task.task, " on ", m.dir.string()), str("tokenizer of ", tokenizer.vocab_size(), " ids"),
@@ -253,7 +268,7 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
         options.shots = task.shots;
         options.limit = task.limit;
         options.encode.prefix_token = tokenizer.bos_id() ? tokenizer.bos_id() : tokenizer.eos_id();
-        const TaskRunResult tr = run_task(kind, docs, nullptr, tokenizer, checkpoint.config, checkpoint.params, *backend, options);
+        const TaskRunResult tr = run_task(kind, docs, task.fewshot_file.empty() ? nullptr : &fewshot_docs, tokenizer, checkpoint.config, checkpoint.params, *backend, options);
         for (const MetricRow& row : tr.rows) {
           entry["tasks"][row.task + "/" + row.metric] = row.value;
           std::printf("  %-28s %s %s %.4f\n", "", row.task.c_str(), row.metric.c_str(), row.value);

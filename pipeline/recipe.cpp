@@ -79,9 +79,28 @@ void read_training(const json& j, const std::string& where, const std::filesyste
   r.get("eval_interval", t.eval_interval);
   r.get("temperature", t.temperature);
   r.get("hard_label_weight", t.hard_label_weight);
+  r.get("intermediate_loss_weight", t.intermediate_loss_weight);
+  r.get("intermediate_layers", t.intermediate_layers);
   r.get("enabled", t.enabled);
   r.finish();
   if (t.steps < 1) fail_expected(str(file.string(), ": ", where, "steps"), str(t.steps), "at least 1");
+}
+
+// One {task, task_file, shots, limit, fewshot_file} object; name is its key path ("importance.task").
+RecipeTask read_task(const json& j, const std::string& name, const std::filesystem::path& file) {
+  RecipeTask task;
+  Reader tr(j, name + ".", file);
+  tr.get("task", task.task);
+  tr.get("task_file", task.task_file);
+  tr.get("shots", task.shots);
+  tr.get("limit", task.limit);
+  tr.get("fewshot_file", task.fewshot_file);
+  tr.finish();
+  if (task.task.empty() || task.task_file.empty())
+    fail_expected(str(file.string(), ": ", name), "task or task_file missing", "both");
+  if (task.shots < 0 || task.limit < 0)
+    fail_expected(str(file.string(), ": ", name), str("shots ", task.shots, ", limit ", task.limit), "both at least 0");
+  return task;
 }
 
 }  // namespace
@@ -129,7 +148,11 @@ Recipe load_recipe(const std::filesystem::path& path) {
     ir.get("layer_windows", recipe.importance_layer_windows);
     ir.get("batch_size", recipe.importance_batch_size);
     ir.get("sequence_length", recipe.importance_sequence_length);
+    if (const json* t = ir.child("task")) recipe.importance_task = read_task(*t, "importance.task", path);
     ir.finish();
+    if (recipe.importance_task && recipe.importance_layer_windows < 1)
+      fail_expected(str(path.string(), ": importance.layer_windows"), str(recipe.importance_layer_windows, " with importance.task"),
+                    "at least 1 (the task is scored beside the layer-removal losses)");
   }
   if (const json* s = r.child("students")) {
     if (!s->is_array() || s->empty()) fail_expected(str(path.string(), ": students"), "not a non-empty array", "a list of pruned architectures");
@@ -144,7 +167,15 @@ Recipe load_recipe(const std::filesystem::path& path) {
       sr.get("num_layers", student.num_layers);
       sr.get("drop_layers", student.drop_layers);
       sr.get("target_params", student.target_params);
+      sr.get("layer_criterion", student.layer_criterion);
       sr.finish();
+      if (!student.layer_criterion.empty() && student.layer_criterion != "loss" &&
+          student.layer_criterion != "block-importance" && student.layer_criterion != "task")
+        fail_expected(str(path.string(), ": students[", k, "].layer_criterion"), str("'", student.layer_criterion, "'"),
+                      "loss, block-importance or task");
+      if (student.layer_criterion == "task" && !recipe.importance_task)
+        fail_expected(str(path.string(), ": students[", k, "].layer_criterion"), "task, but the recipe has no importance.task",
+                      "\"importance\": {\"task\": {\"task\": NAME, \"task_file\": FILE}} to measure block accuracies");
       if (student.name.empty() || student.name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-_") != std::string::npos)
         fail_expected(str(path.string(), ": students[", k, "].name"), str("'", student.name, "'"),
                       "a non-empty name of lower-case letters, digits, - and _ (it names the run directories)");
@@ -172,16 +203,7 @@ Recipe load_recipe(const std::filesystem::path& path) {
     if (const json* tasks = er.child("tasks")) {
       if (!tasks->is_array()) fail_expected(str(path.string(), ": evaluation.tasks"), "not an array", "a list of {task, task_file}");
       for (std::size_t k = 0; k < tasks->size(); ++k) {
-        RecipeTask task;
-        Reader tr((*tasks)[k], str("evaluation.tasks[", k, "]."), path);
-        tr.get("task", task.task);
-        tr.get("task_file", task.task_file);
-        tr.get("shots", task.shots);
-        tr.get("limit", task.limit);
-        tr.finish();
-        if (task.task.empty() || task.task_file.empty())
-          fail_expected(str(path.string(), ": evaluation.tasks[", k, "]"), "task or task_file missing", "both");
-        recipe.tasks.push_back(task);
+        recipe.tasks.push_back(read_task((*tasks)[k], str("evaluation.tasks[", k, "]"), path));
       }
     }
     er.finish();

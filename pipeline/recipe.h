@@ -24,6 +24,8 @@ struct RecipeTraining {
   std::int64_t eval_interval = 0;      // 0: a tenth of the steps
   double temperature = 1.0;            // distillation only
   double hard_label_weight = 0.0;      // distillation only
+  double intermediate_loss_weight = 0.0;  // distillation only: hidden-state cosine loss, 0 = off
+  std::string intermediate_layers;     // distillation only: "s:t,..." ("" = the default mapping)
   bool enabled = true;                 // correction: false skips it (the teacher is used as is)
 };
 
@@ -33,11 +35,13 @@ struct RecipeStudent {
   std::optional<std::int64_t> hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, num_layers;
   std::string drop_layers;    // "15-30": an explicit block instead of --num-layers' ranking
   std::string target_params;  // "4.5B": search (prune's --target-params)
+  std::string layer_criterion;  // prune's --layer-criterion: "loss", "block-importance", "task" ("": loss)
 };
 
 struct RecipeTask {
   std::string task, task_file;
   std::int64_t shots = 0, limit = 0;
+  std::string fewshot_file;  // the pool few-shot examples come from ("": the task file itself)
 };
 
 struct Recipe {
@@ -51,6 +55,7 @@ struct Recipe {
   std::optional<double> baseline_learning_rate;  // default: the distillation's
   std::int64_t importance_samples = 1024, importance_layer_windows = 64, importance_batch_size = 0;
   std::int64_t importance_sequence_length = 0;  // 0: sequence_length
+  std::optional<RecipeTask> importance_task;    // importance --task: blocks also ranked by its accuracy
   std::vector<RecipeStudent> students;
   bool baseline = false;
   std::int64_t eval_windows = 0;  // 0: every validation window

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -16,9 +17,19 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 TeacherDistillationObjective::TeacherDistillationObjective(LlamaModel& teacher, LossWorkspace& workspace,
-                                                           float temperature, float hard_label_weight)
-    : teacher_(teacher), workspace_(workspace), temperature_(temperature), hard_label_weight_(hard_label_weight) {
+                                                           float temperature, float hard_label_weight,
+                                                           HiddenStateDistillation* hidden_states, float intermediate_weight)
+    : teacher_(teacher),
+      workspace_(workspace),
+      temperature_(temperature),
+      hard_label_weight_(hard_label_weight),
+      hidden_states_(intermediate_weight > 0 ? hidden_states : nullptr),
+      intermediate_weight_(intermediate_weight) {
   if (!(temperature > 0)) fail_expected("--temperature", str(temperature), "a value > 0");
+  if (!(intermediate_weight >= 0 && std::isfinite(intermediate_weight)))
+    fail_expected("--intermediate-loss-weight", str(intermediate_weight), "a finite value >= 0 (0 turns the loss off)");
+  if (intermediate_weight > 0 && !hidden_states)
+    fail("distillation: an intermediate loss weight was given without the hidden-state loss to weigh");
   if (!(hard_label_weight >= 0 && hard_label_weight <= 1))
     fail_expected("--hard-label-weight", str(hard_label_weight), "a value in [0, 1]");
   if (hard_label_weight_ > 0) {
@@ -37,16 +48,30 @@ double TeacherDistillationObjective::step(LlamaModel& student, std::span<const s
                                           std::span<const std::int32_t> targets, std::int64_t batch,
                                           std::int64_t sequence, float grad_weight) {
   const auto t0 = std::chrono::steady_clock::now();
-  teacher_.forward(inputs, batch, sequence);
+  ForwardOptions teacher_options, student_options;
+  if (hidden_states_) {
+    teacher_options.observer = &hidden_states_->teacher_observer();
+    student_options.observer = &hidden_states_->student_observer();
+  }
+  teacher_.forward(inputs, batch, sequence, teacher_options);
   teacher_.backend().synchronize();  // so the teacher's time is its own on asynchronous engines
   teacher_seconds_ += seconds_since(t0);
-  student.forward(inputs, batch, sequence);
+  student.forward(inputs, batch, sequence, student_options);
   double loss;
   if (hard_label_weight_ > 0) {
     loss = mixed_loss(student, targets, grad_weight);
   } else {
     loss = last_kl_ = distillation_loss(student, teacher_, workspace_, temperature_, grad_weight);
     last_ce_ = std::numeric_limits<double>::quiet_NaN();
+  }
+  if (hidden_states_) {
+    // alpha = L_logits / L_is, a plain number: the two terms weigh the same whatever their
+    // scales, and no gradient flows through the ratio.
+    last_is_ = hidden_states_->loss();
+    last_alpha_ = last_is_ > 0 ? loss / last_is_ : 0.0;
+    if (grad_weight != 0.0f)
+      hidden_states_->backward(student, grad_weight * intermediate_weight_ * static_cast<float>(last_alpha_));
+    loss += intermediate_weight_ * last_alpha_ * last_is_;
   }
   student.backend().synchronize();
   step_seconds_ += seconds_since(t0);
@@ -92,6 +117,18 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
   last_kl_ = kl_sum / static_cast<double>(rows);
   last_ce_ = counted > 0 ? ce_sum / static_cast<double>(counted) : 0.0;
   return (1.0 - w) * last_kl_ + w * last_ce_;
+}
+
+void TeacherDistillationObjective::optimizer_step(std::int64_t step, const OptimizerConfig& config) {
+  if (hidden_states_) hidden_states_->optimizer_step(step, config);
+}
+
+void TeacherDistillationObjective::save_state(const std::filesystem::path& checkpoint) const {
+  if (hidden_states_) hidden_states_->save_state(checkpoint);
+}
+
+void TeacherDistillationObjective::restore_state(const std::filesystem::path& checkpoint) {
+  if (hidden_states_) hidden_states_->restore_state(checkpoint);
 }
 
 }  // namespace minitron

@@ -2,13 +2,18 @@
 // mode: no gradients, no saved activations), the student forward and backward, and the loss is
 // the forward KL(p_teacher || p_student) at temperature tau, optionally mixed with the hard-label
 // cross-entropy: loss = (1 - w) * KL + w * CE (w = --hard-label-weight, 0 in the recipe).
+// Optionally the intermediate-state loss of train/hidden_state_loss.h joins it as
+// L = L_logits + weight * alpha * L_is with alpha = L_logits / L_is (no gradient through alpha).
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
+#include <limits>
 #include <span>
 
 #include "model/backend.h"
 #include "model/llama.h"
+#include "train/hidden_state_loss.h"
 #include "train/losses.h"
 #include "train/trainer.h"
 
@@ -20,9 +25,15 @@ class TeacherDistillationObjective : public Objective {
  public:
   // workspace must have been built with distillation = true for the trainer's batch x sequence
   // rows. hard_label_weight in [0, 1].
+  // hidden_states, when given (and intermediate_weight > 0), adds the intermediate-state loss;
+  // it must outlive the objective.
   TeacherDistillationObjective(LlamaModel& teacher, LossWorkspace& workspace, float temperature = 1.0f,
-                               float hard_label_weight = 0.0f);
-  const char* name() const override { return hard_label_weight_ > 0 ? "kl+ce" : "kl"; }
+                               float hard_label_weight = 0.0f, HiddenStateDistillation* hidden_states = nullptr,
+                               float intermediate_weight = 0.0f);
+  const char* name() const override {
+    if (hidden_states_) return hard_label_weight_ > 0 ? "kl+ce+hidden" : "kl+hidden";
+    return hard_label_weight_ > 0 ? "kl+ce" : "kl";
+  }
   double step(LlamaModel& student, std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
               std::int64_t batch, std::int64_t sequence, float grad_weight) override;
 
@@ -33,6 +44,14 @@ class TeacherDistillationObjective : public Objective {
   // KL and CE of the last micro-batch (CE only when hard_label_weight > 0, else NaN).
   double last_kl() const { return last_kl_; }
   double last_cross_entropy() const { return last_ce_; }
+  // L_is and the dynamic alpha of the last micro-batch (NaN without the intermediate loss).
+  double last_intermediate() const { return last_is_; }
+  double last_alpha() const { return last_alpha_; }
+
+  // The hidden-state map W is trained, saved and restored with the student.
+  void optimizer_step(std::int64_t step, const OptimizerConfig& config) override;
+  void save_state(const std::filesystem::path& checkpoint) const override;
+  void restore_state(const std::filesystem::path& checkpoint) override;
 
  private:
   // (1 - w) KL + w CE over the same student logits chunk, gradients summed before head_backward
@@ -43,8 +62,11 @@ class TeacherDistillationObjective : public Objective {
   LlamaModel& teacher_;
   LossWorkspace& workspace_;
   float temperature_, hard_label_weight_;
+  HiddenStateDistillation* hidden_states_;
+  float intermediate_weight_;
   BackendBuffer student_logits_, ce_logits_, teacher_logits_, losses_, targets_;
   double teacher_seconds_ = 0, step_seconds_ = 0, last_kl_ = 0, last_ce_ = 0;
+  double last_is_ = std::numeric_limits<double>::quiet_NaN(), last_alpha_ = std::numeric_limits<double>::quiet_NaN();
 };
 
 }  // namespace minitron

@@ -44,7 +44,8 @@ namespace {
 // Training state beside an HF checkpoint: fp32 parameters (the HF weights may be bf16, and
 // resume must be bit-exact), AdamW moments, and the step and data position as JSON.
 void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const AdamW& optimizer,
-                              const TrainLoader& loader, std::int64_t step, const TrainOptions& options) {
+                              const TrainLoader& loader, std::int64_t step, const TrainOptions& options,
+                              const Objective& objective) {
   std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
   std::vector<float> m, v, master;
   optimizer.get_state(m, v, master);
@@ -67,12 +68,13 @@ void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const Adam
                             {"sequence_length", options.sequence_length},
                             {"grad_accumulation", options.grad_accumulation}};
     write_bytes_atomically(tmp / "training_state.json", state.dump(2));
+    objective.save_state(tmp);
   });
 }
 
 // Returns the step to continue from.
 std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model, AdamW& optimizer,
-                                         TrainLoader& loader, const TrainOptions& options) {
+                                         TrainLoader& loader, const TrainOptions& options, Objective& objective) {
   nlohmann::json state;
   try {
     state = nlohmann::json::parse(read_text_file(dir / "training_state.json"));
@@ -98,6 +100,7 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
   optimizer.set_state(m, v, optimizer.has_master() ? params : std::vector<float>{},
                       state.at("optimizer_steps").get<std::int64_t>());
   loader.restore(state.at("loader"));
+  objective.restore_state(dir);
   return state.at("step").get<std::int64_t>();
 }
 
@@ -143,7 +146,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   if (options.resume) {
     fs::path checkpoint = latest_checkpoint(options.output);
     if (!checkpoint.empty()) {
-      start = restore_training_checkpoint(checkpoint, model, optimizer, loader, options);
+      start = restore_training_checkpoint(checkpoint, model, optimizer, loader, options, objective);
       std::printf("resuming from %s at step %lld\n", checkpoint.c_str(), static_cast<long long>(start));
     } else {
       std::printf("no checkpoint in %s: starting from step 0\n", options.output.c_str());
@@ -176,6 +179,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       model.backward();
     }
     OptimizerStepStats stats = optimizer.step(step);
+    objective.optimizer_step(step, optimizer.config());
     window_tokens += B * T * options.grad_accumulation;
     summary.last_train_loss = loss;
     summary.steps = step + 1;
@@ -202,7 +206,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       validate(step + 1, summary);
     if (options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps)
       save_training_checkpoint(options.output / str("checkpoint-", step + 1), model, optimizer, loader,
-                               step + 1, options);
+                               step + 1, options, objective);
   }
   validate(options.steps, summary);
 

@@ -25,6 +25,12 @@ class Objective {
   virtual double step(LlamaModel& model, std::span<const std::int32_t> inputs,
                       std::span<const std::int32_t> targets, std::int64_t batch,
                       std::int64_t sequence, float grad_weight) = 0;
+  // Parameters an objective trains itself (the hidden-state map of distillation): updated
+  // after the model's optimizer step (0-based step), saved into and restored from each
+  // training checkpoint directory so that resume stays bit-exact.
+  virtual void optimizer_step(std::int64_t /*step*/, const OptimizerConfig& /*config*/) {}
+  virtual void save_state(const std::filesystem::path& /*checkpoint*/) const {}
+  virtual void restore_state(const std::filesystem::path& /*checkpoint*/) {}
 };
 
 // Next-token cross-entropy: plain pre-training and teacher correction.
