@@ -17,10 +17,19 @@ configure:
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+# After the suite, the emulated kernel tests are built and run again under ThreadSanitizer and
+# under ASan + UBSan (in $(BUILD_DIR)/build-emu-*); any report fails `make test`.
+# `make test SANITIZER_TESTS=0` leaves them out (quicker local runs).
+SANITIZER_TESTS ?= 1
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 900
+ifeq ($(SANITIZER_TESTS),1)
+	BUILD_ROOT=$(abspath $(BUILD_DIR)) JOBS=$(JOBS) bash tools/emu_sanitizer_tests.sh
+endif
 
-demo: build
+# The demo needs only the binary, not the tests and benchmarks.
+demo: configure
+	cmake --build $(BUILD_DIR) --target minitron -j $(JOBS)
 	bash tools/demo.sh $(BUILD_DIR)
 
 bench: build

@@ -15,6 +15,7 @@
 #include "kernels/loss.h"
 #include "kernels/loss_fast.h"
 #include "kernels/reduce.h"
+#include "kernels/residual_rmsnorm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -351,6 +352,29 @@ void CpuBackend<T>::rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Te
   StatView<T> r("rmsnorm_backward", "rstd", rstd, N, true);
   cpu::rmsnorm_backward(din.as<T>(), dweight.as<T>(), dout.as<T>(), in.as<T>(), weight.as<T>(),
                         r.data(), N, D);
+}
+
+// One pass over the row instead of copy, add and norm (the plain composition computes the same
+// values: the reference's norm reads the stored sum, as rmsnorm_forward would).
+template <typename T>
+void CpuBackend<T>::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
+                                             Tensor residual, Tensor branch, Tensor weight,
+                                             std::int64_t N, std::int64_t D, float eps) {
+  constexpr DType dt = dtype_of<T>();
+  const char* op = "residual_rmsnorm_forward";
+  expect(op, "residual_out", residual_out, dt, N * D);
+  expect(op, "out", out, dt, N * D);
+  expect(op, "residual", residual, dt, N * D);
+  expect(op, "branch", branch, dt, N * D);
+  expect(op, "weight", weight, dt, D);
+  MINITRON_ASSERT(!overlaps(out, residual_out) && !overlaps(out, residual) &&
+                      !overlaps(out, branch) && !overlaps(residual_out, residual) &&
+                      (branch.data == residual_out.data || !overlaps(branch, residual_out)),
+                  op, ": outputs overlap inputs (only branch == residual_out is allowed)");
+  StatView<T> r(op, "rstd", rstd, N, false);
+  cpu::residual_rmsnorm_forward(residual_out.as<T>(), out.as<T>(), r.data(), residual.as<T>(),
+                                branch.as<T>(), weight.as<T>(), N, D, eps);
+  r.commit();
 }
 
 // ---- RoPE ----

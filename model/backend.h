@@ -81,6 +81,13 @@ class Backend {
   // din += d(in) (accumulates: din is the residual stream's gradient); dweight += d(weight).
   virtual void rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in, Tensor weight,
                                 Tensor rstd, std::int64_t N, std::int64_t D) = 0;
+  // Residual add fused with the norm that reads it: residual_out = residual + branch (rounded
+  // to the storage dtype), then rmsnorm_forward(out, rstd, residual_out, weight). branch may be
+  // the same tensor as residual_out (in-place add); no other overlap. Backward: the add passes
+  // its gradient to both inputs unchanged, so rmsnorm_backward into the stream's gradient is it.
+  virtual void residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
+                                        Tensor residual, Tensor branch, Tensor weight,
+                                        std::int64_t N, std::int64_t D, float eps) = 0;
 
   // ---- RoPE, HF rotate-half convention, in place on x [B*T, heads * head_dim] ----
   // Position of row (b, t) is position_offset + t. inv_freq is fp32 [head_dim / 2].

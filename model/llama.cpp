@@ -225,11 +225,13 @@ void LlamaModel::layer_forward(std::int64_t l, LayerActivations& a, Tensor x_in,
   }
   b.attention_forward(att, a.lse.tensor().slice(0, B * Hq * T), q, keys, values, B, T, past + T, Hq, Hkv, hd);
   observe(ActivationSite::OProjInput, att, QD);
-  b.copy(mid, x_in);
-  b.matmul(mid, att, p(w.o_proj, D * QD), N, D, QD, false, true, 1.0f, 1.0f);
+  // mid = x + o_proj(att), and the MLP block's norm of it, in one pass (o_proj's output goes
+  // into mid, then the add is in place).
+  b.matmul(mid, att, p(w.o_proj, D * QD), N, D, QD, false, true);
 
   // MLP block: mid + down_proj(silu(gate_proj(n)) * up_proj(n)), n = norm(mid).
-  b.rmsnorm_forward(mlp_normed, a.mlp_rstd.tensor().slice(0, N), mid, p(w.post_attention_layernorm, D), N, D, eps);
+  b.residual_rmsnorm_forward(mid, mlp_normed, a.mlp_rstd.tensor().slice(0, N), x_in, mid,
+                             p(w.post_attention_layernorm, D), N, D, eps);
   observe(ActivationSite::MlpNormOutput, mlp_normed, D);
   b.matmul(gate, mlp_normed, p(w.gate_proj, F * D), N, F, D, false, true);
   b.matmul(up, mlp_normed, p(w.up_proj, F * D), N, F, D, false, true);

@@ -14,6 +14,7 @@
 #include "kernels/embedding.cuh"
 #include "kernels/loss.cuh"
 #include "kernels/reduce.cuh"
+#include "kernels/residual_rmsnorm.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/swiglu.cuh"
@@ -262,6 +263,29 @@ void CudaBackend::rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tens
                                    ptr<const T>(in), ptr<const T>(weight), ptr<const float>(rstd),
                                    N, D, workspace, context_->stream());
     });
+  });
+}
+
+void CudaBackend::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
+                                           Tensor residual, Tensor branch, Tensor weight,
+                                           std::int64_t N, std::int64_t D, float eps) {
+  const char* op = "residual_rmsnorm_forward";
+  need(op, "rstd", rstd, DType::F32, N);
+  // The kernel reads each element of branch before the same thread writes residual_out there;
+  // any other overlap would race between warps.
+  MINITRON_ASSERT(out.data != residual_out.data && out.data != residual.data &&
+                      out.data != branch.data && residual_out.data != residual.data,
+                  "cuda ", op, ": outputs alias inputs (only branch == residual_out is allowed)");
+  with_float_type(residual.dtype, op, "residual", [&](auto tag) {
+    using T = decltype(tag);
+    need(op, "residual", residual, residual.dtype, N * D);
+    need(op, "branch", branch, residual.dtype, N * D);
+    need(op, "residual_out", residual_out, residual.dtype, N * D);
+    need(op, "out", out, residual.dtype, N * D);
+    need(op, "weight", weight, residual.dtype, D);
+    cuda::residual_rmsnorm_forward<T>(ptr<T>(residual_out), ptr<T>(out), ptr<float>(rstd),
+                                      ptr<const T>(residual), ptr<const T>(branch),
+                                      ptr<const T>(weight), N, D, eps, context_->stream());
   });
 }
 

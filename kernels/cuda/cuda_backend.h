@@ -56,6 +56,9 @@ class CudaBackend final : public Backend {
                        std::int64_t D, float eps) override;
   void rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in, Tensor weight,
                         Tensor rstd, std::int64_t N, std::int64_t D) override;
+  void residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd, Tensor residual,
+                                Tensor branch, Tensor weight, std::int64_t N, std::int64_t D,
+                                float eps) override;
   void rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
                     std::int64_t head_dim, std::int64_t position_offset) override;
   void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,

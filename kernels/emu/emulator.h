@@ -12,8 +12,8 @@
 //   and where each thread waits (source lines from std::source_location).
 // - The built-ins (threadIdx, blockIdx, blockDim, gridDim) read the running fiber through one
 //   trivial thread_local pointer; a thread_local object with a destructor cost 35% in TLS setup.
-// - `__shared__` is `static thread_local`: one block per OS thread at a time, so each OS thread's
-//   copy is exactly the block's shared memory. Dynamic shared memory comes from
+// - `__shared__` is `static thread_local` (constinit under GCC): one block per OS thread at a
+//   time, so each OS thread's copy is exactly the block's shared memory. Dynamic shared memory comes from
 //   dynamic_shared<T>() (via MINITRON_DYNAMIC_SHARED in launch.cuh) and is filled with 0xFF bytes
 //   before each block: NaN as float, bf16 and fp16, -1 as integers, so reads of data nobody wrote
 //   show up in results.
@@ -47,8 +47,18 @@
 // ------------------------------------------------------------------------------------------------
 // Declaration specifiers. cuda_runtime.h already makes __host__/__device__/__global__ empty and
 // __forceinline__/__align__ GNU attributes for a host compiler.
+// GCC gives a function-local thread_local of class type a TLS "initialised" guard byte even when
+// its default constructor is trivial (__nv_bfloat16: `= default`); the first fiber to reach the
+// declaration sets it and later fibers read it, which TSan reports as a race between CUDA threads.
+// constinit makes GCC initialise it statically (no guard); CUDA forbids __shared__ initialisers, so
+// every valid __shared__ declaration is constant-initialised. Clang emits no guard (and rejects
+// constinit on such arrays).
 #undef __shared__
+#if defined(__clang__)
 #define __shared__ static thread_local
+#else
+#define __shared__ constinit static thread_local
+#endif
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
