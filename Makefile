@@ -5,7 +5,8 @@ CMAKE_FLAGS ?=
 
 # Debian packages the build needs; `make deps` installs the missing ones (README explains each).
 DEB_PACKAGES := cmake g++ make pkg-config libcxxopts-dev nlohmann-json3-dev libgtest-dev \
-                libgmock-dev libbenchmark-dev libopenblas-dev libomp-dev libpcre2-dev
+                libgmock-dev libbenchmark-dev libopenblas-dev libopenblas-openmp-dev libomp-dev \
+                libpcre2-dev
 
 .PHONY: all build configure test demo bench deps clean
 
