@@ -20,9 +20,10 @@ build=${1:-build}
 bin=$build/minitron
 run=runs/demo  # recipes/demo.json names these paths
 [[ -x $bin ]] || { echo "demo: $bin not found (run 'make' first)" >&2; exit 1; }
-# One thread: the demo's matrices are 96 wide, too small for threads to pay, and OpenMP's and
-# OpenBLAS's spinning thread pools collapse when another process shares the cores (measured on
-# the 2-core machine under load: 7061 tok/s with 1 thread, 1802 with 2).
+# One thread: the demo's matrices are 96 wide, too small for a second thread to pay, and spinning
+# thread pools collapse when another process shares the cores. Teacher steps on the 2-core machine
+# (pthread OpenBLAS): quiet, 8.7-10.9k tok/s with 1 thread, 5.2k with 2 (11.4k with 2 and
+# OMP_WAIT_POLICY=passive); under load, 7.1k with 1 and 1.8k with 2.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$run/data"
 start=$(date +%s)
