@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_setup.h"
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "data/shards.h"
@@ -37,9 +38,7 @@ int eval_task(const cxxopts::ParseResult& r, const std::string& model_dir) {
   run.encode.add_special_tokens = r.count("add-bos") > 0;
   run.encode.prefix_token = tokenizer.bos_id() ? tokenizer.bos_id() : tokenizer.eos_id();
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
-  if (run.max_length > checkpoint.config.max_position_embeddings)
-    fail_expected("--max-length", str(run.max_length),
-                  str("at most max_position_embeddings = ", checkpoint.config.max_position_embeddings));
+  check_sequence_length("--max-length", run.max_length, checkpoint.config);
   if (tokenizer.vocab_size() > checkpoint.config.vocab_size)
     fail_expected("--tokenizer", str("vocabulary of ", tokenizer.vocab_size(), " ids"),
                   str("at most the model's vocab_size ", checkpoint.config.vocab_size));
@@ -106,9 +105,7 @@ int eval(int argc, char** argv) {
   const std::int64_t max_windows = in_range<std::int64_t>(r, "max-windows", 0, std::int64_t{1} << 40);
 
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
-  if (T > checkpoint.config.max_position_embeddings)
-    fail_expected("--sequence-length", str(T),
-                  str("at most max_position_embeddings = ", checkpoint.config.max_position_embeddings));
+  check_sequence_length("--sequence-length", T, checkpoint.config);
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   EvalLoader loader(shards, B, T, max_windows > 0 ? std::optional<std::int64_t>(max_windows) : std::nullopt,
                     checkpoint.config.vocab_size);

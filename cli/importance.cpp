@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/model_setup.h"
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "data/shards.h"
@@ -97,8 +98,7 @@ int importance(int argc, char** argv) {
 
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   const ModelConfig& config = checkpoint.config;
-  if (T > config.max_position_embeddings)
-    fail_expected("--sequence-length", str(T), str("at most max_position_embeddings = ", config.max_position_embeddings));
+  check_sequence_length("--sequence-length", T, config);
   const std::vector<std::int64_t> block_sizes = parse_block_sizes(r["block-size"].as<std::string>(), config.num_hidden_layers);
   const auto shards = resolve_shards(data_spec);
   TokenWindows windows(shards, T, config.vocab_size);

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_setup.h"
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "data/shards.h"
@@ -164,8 +165,7 @@ int prune(int argc, char** argv) {
     train_shards = resolve_shards(r["data"].as<std::string>());
     const auto validation_shards =
         r.count("validation-data") ? resolve_shards(r["validation-data"].as<std::string>()) : train_shards;
-    if (T > config.max_position_embeddings)
-      fail_expected("--sequence-length", str(T), str("at most max_position_embeddings = ", config.max_position_embeddings));
+    check_sequence_length("--sequence-length", T, config);
     TokenWindows windows(validation_shards, T, config.vocab_size);
     validation = read_windows(windows, 0, std::min(W, windows.count()), "--eval-windows");
     if (validation.count == 0) fail_expected("--data", "no complete window", str("at least ", T + 1, " tokens"));
