@@ -11,7 +11,7 @@
 #include "data/shards.h"
 #include "model/backend.h"
 #include "model/llama.h"
-#include "tests/prune/prune_test_util.h"
+#include "tests/distill/distill_test_util.h"
 #include "train/distill.h"
 #include "train/losses.h"
 #include "train/trainer.h"
@@ -69,24 +69,8 @@ TEST(KlDivergence, IdenticalRowHasZeroLoss) {
 }
 
 // Two tiny models with the same vocabulary, different widths.
-struct Pair {
-  ModelConfig teacher_config = testing::tiny_config(), student_config = testing::tiny_config();
-  std::vector<float> teacher_params, student_params;
-  Pair() {
-    student_config.hidden_size = 16;
-    student_config.intermediate_size = 24;
-    student_config.num_hidden_layers = 2;
-    teacher_config.rms_norm_eps = student_config.rms_norm_eps = 1e-5;
-    teacher_params = testing::tiny_parameters(teacher_config, 11);
-    student_params = testing::tiny_parameters(student_config, 12);
-  }
-};
-
-std::vector<float> gradients(LlamaModel& m) {
-  std::vector<float> g(static_cast<std::size_t>(m.table().total_numel()));
-  m.backend().download(g.data(), m.gradients());
-  return g;
-}
+using Pair = testing::DistillPair;
+using testing::gradients;
 
 // The chunked loss of the models equals the plain double-precision KL of their full logits
 // (computed here from model.logits()), and every chunk size gives the same loss and gradients.

@@ -14,7 +14,7 @@
 #include "data/shards.h"
 #include "model/backend.h"
 #include "model/llama.h"
-#include "tests/prune/prune_test_util.h"
+#include "tests/distill/distill_test_util.h"
 #include "train/distill.h"
 #include "train/hidden_state_loss.h"
 #include "train/losses.h"
@@ -173,24 +173,8 @@ TEST(HiddenStateDistillation, WholeModelGradientMatchesCentralDifferences) {
   EXPECT_GT(difference, 1e-3);
 }
 
-struct Pair {
-  ModelConfig teacher_config = testing::tiny_config(), student_config = testing::tiny_config();
-  std::vector<float> teacher_params, student_params;
-  Pair() {
-    student_config.hidden_size = 16;
-    student_config.intermediate_size = 24;
-    student_config.num_hidden_layers = 2;
-    teacher_config.rms_norm_eps = student_config.rms_norm_eps = 1e-5;
-    teacher_params = testing::tiny_parameters(teacher_config, 11);
-    student_params = testing::tiny_parameters(student_config, 12);
-  }
-};
-
-std::vector<float> gradients(LlamaModel& m) {
-  std::vector<float> g(static_cast<std::size_t>(m.table().total_numel()));
-  m.backend().download(g.data(), m.gradients());
-  return g;
-}
+using Pair = testing::DistillPair;
+using testing::gradients;
 
 // L = KL + w * alpha * L_is with alpha = KL / L_is: the loss is (1 + w) KL, and the gradient is
 // the KL's plus w * alpha times the intermediate loss's own.

@@ -1,0 +1,31 @@
+// A teacher and a narrower, shallower student sharing one vocabulary, for the distillation tests.
+#pragma once
+
+#include <vector>
+
+#include "model/config.h"
+#include "model/llama.h"
+#include "tests/prune/prune_test_util.h"
+
+namespace minitron::testing {
+
+struct DistillPair {
+  ModelConfig teacher_config = tiny_config(), student_config = tiny_config();
+  std::vector<float> teacher_params, student_params;
+  DistillPair() {
+    student_config.hidden_size = 16;
+    student_config.intermediate_size = 24;
+    student_config.num_hidden_layers = 2;
+    teacher_config.rms_norm_eps = student_config.rms_norm_eps = 1e-5;
+    teacher_params = tiny_parameters(teacher_config, 11);
+    student_params = tiny_parameters(student_config, 12);
+  }
+};
+
+inline std::vector<float> gradients(LlamaModel& m) {
+  std::vector<float> g(static_cast<std::size_t>(m.table().total_numel()));
+  m.backend().download(g.data(), m.gradients());
+  return g;
+}
+
+}  // namespace minitron::testing
