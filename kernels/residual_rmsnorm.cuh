@@ -10,20 +10,24 @@
 // One warp per row as in rmsnorm.cuh. The second pass re-reads residual_out, which the same lane
 // wrote in the first (so `branch` may alias `residual_out`: every element is read before the same
 // thread overwrites it); the norm thereby sees exactly the rounded stream the reference sees.
+// Rows move as 16-byte packs (kernels/packed.cuh) when every row of every pointer is 16-byte
+// aligned, element by element otherwise; a lane's pass-2 packs are the ones it wrote in pass 1.
 // The backward is rmsnorm_backward into the stream's gradient (see the reference header).
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/packed.cuh"
 
 namespace minitron::cuda {
 
-template <typename T>
+template <typename T, bool kVector>
 __global__ void residual_rmsnorm_forward_kernel(T* residual_out, T* out, float* rstd,
                                                 const T* residual, const T* branch,
                                                 const T* weight, std::int64_t N, std::int64_t D,
                                                 float eps) {
+  constexpr int K = kVector ? pack_elements<T>() : 1;
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
                            threadIdx.x / kWarpSize;
@@ -31,19 +35,44 @@ __global__ void residual_rmsnorm_forward_kernel(T* residual_out, T* out, float* 
   const T* x = residual + row * D;
   const T* b = branch + row * D;
   T* h = residual_out + row * D;
+  T* y = out + row * D;
   float sum = 0;
-  for (std::int64_t j = lane; j < D; j += kWarpSize) {
-    const T v = from_float<T>(to_float(x[j]) + to_float(b[j]));
-    h[j] = v;
-    const float f = to_float(v);
-    sum += f * f;
+  if constexpr (kVector) {  // D is a multiple of K here
+    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
+      float u[K], v[K];
+      load_floats(u, x + j);
+      load_floats(v, b + j);
+#pragma unroll
+      for (int e = 0; e < K; ++e) {
+        u[e] = round_to<T>(u[e] + v[e]);  // the stored stream value, exactly representable
+        sum += u[e] * u[e];
+      }
+      store_floats(h + j, u);
+    }
+  } else {
+    for (std::int64_t j = lane; j < D; j += kWarpSize) {
+      const T v = from_float<T>(to_float(x[j]) + to_float(b[j]));
+      h[j] = v;
+      const float f = to_float(v);
+      sum += f * f;
+    }
   }
   sum = warp_sum(sum);
   const float r = rsqrtf(sum / static_cast<float>(D) + eps);
   if (lane == 0) rstd[row] = r;
-  T* y = out + row * D;
-  for (std::int64_t j = lane; j < D; j += kWarpSize)
-    y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(h[j]) * r));
+  if constexpr (kVector) {
+    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
+      float u[K], w[K];
+      load_floats(u, h + j);
+      load_floats(w, weight + j);
+#pragma unroll
+      for (int e = 0; e < K; ++e) u[e] = w[e] * round_to<T>(u[e] * r);
+      store_floats(y + j, u);
+    }
+  } else {
+    for (std::int64_t j = lane; j < D; j += kWarpSize)
+      y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(h[j]) * r));
+  }
 }
 
 constexpr int kResidualRmsnormThreads = 256;  // 8 rows (warps) per block
@@ -54,9 +83,13 @@ void residual_rmsnorm_forward(T* residual_out, T* out, float* rstd, const T* res
                               float eps, cudaStream_t stream) {
   if (N <= 0) return;
   const std::int64_t rows_per_block = kResidualRmsnormThreads / kWarpSize;
-  launch(residual_rmsnorm_forward_kernel<T>,
-         dim3(static_cast<unsigned>(ceil_div(N, rows_per_block))), dim3(kResidualRmsnormThreads),
-         0, stream, residual_out, out, rstd, residual, branch, weight, N, D, eps);
+  const dim3 grid(static_cast<unsigned>(ceil_div(N, rows_per_block)));
+  if (rows_aligned16<T>(D, {residual_out, out, residual, branch, weight}))
+    launch(residual_rmsnorm_forward_kernel<T, true>, grid, dim3(kResidualRmsnormThreads), 0,
+           stream, residual_out, out, rstd, residual, branch, weight, N, D, eps);
+  else
+    launch(residual_rmsnorm_forward_kernel<T, false>, grid, dim3(kResidualRmsnormThreads), 0,
+           stream, residual_out, out, rstd, residual, branch, weight, N, D, eps);
 }
 
 }  // namespace minitron::cuda

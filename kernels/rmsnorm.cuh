@@ -6,6 +6,9 @@
 // transformers does (and kernels/rmsnorm.h), so both engines see the same numbers.
 // Forward and the input gradient use one warp per row: rows are a few thousand elements, a warp
 // covers one with coalesced loads and reduces with shuffles, no shared memory or block barrier.
+// When every row starts on a 16-byte boundary (aligned base pointers, D * sizeof(T) a multiple
+// of 16) each lane moves 16-byte packs (kernels/packed.cuh); otherwise it goes element by
+// element. The pack path sums each lane's elements in a different order: same fp32 accuracy.
 // The weight gradient sums over rows; to stay deterministic without float atomics it is done
 // in two fixed-order passes: column-parallel partial sums over fixed 64-row chunks, then one
 // thread per column adds the chunk partials in chunk order.
@@ -14,52 +17,99 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/packed.cuh"
 
 namespace minitron::cuda {
 
 // ---- kernels ----
 
-template <typename T>
+template <typename T, bool kVector>
 __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T* weight,
                                        std::int64_t N, std::int64_t D, float eps) {
+  constexpr int K = kVector ? pack_elements<T>() : 1;
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
                            threadIdx.x / kWarpSize;
   if (row >= N) return;  // whole warps leave together: the shuffles below stay full-warp
   const T* x = in + row * D;
+  T* y = out + row * D;
   float sum = 0;
-  for (std::int64_t j = lane; j < D; j += kWarpSize) {
-    const float v = to_float(x[j]);
-    sum += v * v;
+  if constexpr (kVector) {  // D is a multiple of K here
+    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
+      float v[K];
+      load_floats(v, x + j);
+#pragma unroll
+      for (int e = 0; e < K; ++e) sum += v[e] * v[e];
+    }
+  } else {
+    for (std::int64_t j = lane; j < D; j += kWarpSize) {
+      const float v = to_float(x[j]);
+      sum += v * v;
+    }
   }
   sum = warp_sum(sum);
   const float r = rsqrtf(sum / static_cast<float>(D) + eps);
   if (lane == 0) rstd[row] = r;
-  T* y = out + row * D;
-  for (std::int64_t j = lane; j < D; j += kWarpSize)
-    y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(x[j]) * r));
+  if constexpr (kVector) {
+    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
+      float v[K], w[K];
+      load_floats(v, x + j);
+      load_floats(w, weight + j);
+#pragma unroll
+      for (int e = 0; e < K; ++e) v[e] = w[e] * round_to<T>(v[e] * r);
+      store_floats(y + j, v);
+    }
+  } else {
+    for (std::int64_t j = lane; j < D; j += kWarpSize)
+      y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(x[j]) * r));
+  }
 }
 
 // din += r * g - r^3 / D * x * sum(g * x), g = dout * weight; one warp per row.
-template <typename T>
+template <typename T, bool kVector>
 __global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in, const T* weight,
                                               const float* rstd, std::int64_t N, std::int64_t D) {
+  constexpr int K = kVector ? pack_elements<T>() : 1;
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
                            threadIdx.x / kWarpSize;
   if (row >= N) return;
   const T* x = in + row * D;
   const T* dy = dout + row * D;
+  T* dx = din + row * D;
   float dot = 0;
-  for (std::int64_t j = lane; j < D; j += kWarpSize)
-    dot += to_float(dy[j]) * to_float(weight[j]) * to_float(x[j]);
+  if constexpr (kVector) {
+    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
+      float a[K], w[K], b[K];
+      load_floats(a, dy + j);
+      load_floats(w, weight + j);
+      load_floats(b, x + j);
+#pragma unroll
+      for (int e = 0; e < K; ++e) dot += a[e] * w[e] * b[e];
+    }
+  } else {
+    for (std::int64_t j = lane; j < D; j += kWarpSize)
+      dot += to_float(dy[j]) * to_float(weight[j]) * to_float(x[j]);
+  }
   dot = warp_sum(dot);
   const float r = rstd[row];
   const float c = r * r * r * dot / static_cast<float>(D);
-  T* dx = din + row * D;
-  for (std::int64_t j = lane; j < D; j += kWarpSize) {
-    const float delta = r * to_float(dy[j]) * to_float(weight[j]) - c * to_float(x[j]);
-    dx[j] = from_float<T>(to_float(dx[j]) + delta);
+  if constexpr (kVector) {
+    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
+      float a[K], w[K], b[K], d[K];
+      load_floats(a, dy + j);
+      load_floats(w, weight + j);
+      load_floats(b, x + j);
+      load_floats(d, dx + j);
+#pragma unroll
+      for (int e = 0; e < K; ++e) d[e] += r * a[e] * w[e] - c * b[e];
+      store_floats(dx + j, d);
+    }
+  } else {
+    for (std::int64_t j = lane; j < D; j += kWarpSize) {
+      const float delta = r * to_float(dy[j]) * to_float(weight[j]) - c * to_float(x[j]);
+      dx[j] = from_float<T>(to_float(dx[j]) + delta);
+    }
   }
 }
 
@@ -101,8 +151,13 @@ void rmsnorm_forward(T* out, float* rstd, const T* in, const T* weight, std::int
                      std::int64_t D, float eps, cudaStream_t stream) {
   if (N <= 0) return;
   const std::int64_t rows_per_block = kRmsnormThreads / kWarpSize;
-  launch(rmsnorm_forward_kernel<T>, dim3(static_cast<unsigned>(ceil_div(N, rows_per_block))),
-         dim3(kRmsnormThreads), 0, stream, out, rstd, in, weight, N, D, eps);
+  const dim3 grid(static_cast<unsigned>(ceil_div(N, rows_per_block)));
+  if (rows_aligned16<T>(D, {out, in, weight}))
+    launch(rmsnorm_forward_kernel<T, true>, grid, dim3(kRmsnormThreads), 0, stream, out, rstd, in,
+           weight, N, D, eps);
+  else
+    launch(rmsnorm_forward_kernel<T, false>, grid, dim3(kRmsnormThreads), 0, stream, out, rstd,
+           in, weight, N, D, eps);
 }
 
 // Float scratch the backward needs for its weight-gradient partial sums.
@@ -116,8 +171,13 @@ void rmsnorm_backward(T* din, G* dweight, const T* dout, const T* in, const T* w
                       cudaStream_t stream) {
   if (N <= 0) return;
   const std::int64_t rows_per_block = kRmsnormThreads / kWarpSize;
-  launch(rmsnorm_backward_input_kernel<T>, dim3(static_cast<unsigned>(ceil_div(N, rows_per_block))),
-         dim3(kRmsnormThreads), 0, stream, din, dout, in, weight, rstd, N, D);
+  const dim3 row_grid(static_cast<unsigned>(ceil_div(N, rows_per_block)));
+  if (rows_aligned16<T>(D, {din, dout, in, weight}))
+    launch(rmsnorm_backward_input_kernel<T, true>, row_grid, dim3(kRmsnormThreads), 0, stream,
+           din, dout, in, weight, rstd, N, D);
+  else
+    launch(rmsnorm_backward_input_kernel<T, false>, row_grid, dim3(kRmsnormThreads), 0, stream,
+           din, dout, in, weight, rstd, N, D);
   const std::int64_t chunks = ceil_div(N, kRmsnormRowsPerChunk);
   const unsigned column_blocks = static_cast<unsigned>(ceil_div(D, kRmsnormColumnThreads));
   // chunks <= 65535 (gridDim.y) holds for N up to 4M rows.

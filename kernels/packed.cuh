@@ -1,0 +1,121 @@
+// 16-byte vectorized global loads and stores for memory-bound kernels (llm.c's x128/Packed128):
+// one instruction moves 8 bf16 or 4 floats instead of one element, which a memory-bound kernel
+// needs to get near copy bandwidth.
+//
+// A 16-byte access must start on a 16-byte boundary (a GPU faults otherwise). Tensors here are
+// often slices of larger buffers or rows of odd widths, so nothing guarantees that: every
+// launcher checks its pointers at run time with aligned16() (and, for row kernels, that a row's
+// byte width keeps every row aligned) and launches the vector variant only then; otherwise the
+// scalar variant. Vector variants process whole packs and finish the n % K tail element by
+// element. Under the emulator load128/store128 abort on a misaligned address, as the GPU would,
+// so a launcher that picks the vector path wrongly fails its test instead of passing silently.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#if defined(MINITRON_EMULATE)
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#endif
+
+#include "kernels/cuda/device_common.cuh"
+
+namespace minitron::cuda {
+
+template <typename T>
+struct alignas(16) Packed128 {
+  static constexpr int kSize = 16 / static_cast<int>(sizeof(T));
+  T payload[kSize];
+};
+
+inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Every row of D elements of T starting at each of these pointers is 16-byte aligned (and D is
+// then a multiple of the pack, so rows have no tail).
+template <typename T>
+bool rows_aligned16(std::int64_t D, std::initializer_list<const void*> pointers) {
+  if ((D * static_cast<std::int64_t>(sizeof(T))) % 16 != 0) return false;
+  for (const void* p : pointers)
+    if (!aligned16(p)) return false;
+  return true;
+}
+
+// Elements one thread handles per step: one 16-byte access of the narrowest type involved
+// (a float beside bf16 then takes two accesses), so every type's accesses stay whole packs.
+template <typename... Ts>
+__host__ __device__ constexpr int pack_elements() {
+  std::size_t smallest = 16;
+  ((smallest = sizeof(Ts) < smallest ? sizeof(Ts) : smallest), ...);
+  return static_cast<int>(16 / smallest);
+}
+
+#if defined(MINITRON_EMULATE)
+inline void check_aligned16(const void* p, const char* what) {
+  if (!aligned16(p)) {
+    std::fprintf(stderr, "minitron emulator: misaligned 16-byte %s at %p (a GPU faults here)\n",
+                 what, p);
+    std::abort();
+  }
+}
+#endif
+
+template <typename T>
+__device__ __forceinline__ Packed128<T> load128(const T* p) {
+#if defined(MINITRON_EMULATE)
+  check_aligned16(p, "load");
+  Packed128<T> v;
+  std::memcpy(static_cast<void*>(&v), static_cast<const void*>(p), sizeof(v));
+  return v;
+#else
+  return *reinterpret_cast<const Packed128<T>*>(p);
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ void store128(T* p, const Packed128<T>& v) {
+#if defined(MINITRON_EMULATE)
+  check_aligned16(p, "store");
+  std::memcpy(static_cast<void*>(p), static_cast<const void*>(&v), sizeof(v));
+#else
+  *reinterpret_cast<Packed128<T>*>(p) = v;
+#endif
+}
+
+// K consecutive elements at p (16-byte aligned) as floats, in K * sizeof(T) / 16 accesses.
+template <int K, typename T>
+__device__ __forceinline__ void load_floats(float (&out)[K], const T* p) {
+  constexpr int per = Packed128<T>::kSize;
+  static_assert(K % per == 0, "a pack must be whole 16-byte accesses");
+#pragma unroll
+  for (int q = 0; q < K / per; ++q) {
+    const Packed128<T> v = load128(p + q * per);
+#pragma unroll
+    for (int e = 0; e < per; ++e) out[q * per + e] = to_float(v.payload[e]);
+  }
+}
+
+// Stores K floats rounded to T at p (16-byte aligned).
+template <int K, typename T>
+__device__ __forceinline__ void store_floats(T* p, const float (&in)[K]) {
+  constexpr int per = Packed128<T>::kSize;
+  static_assert(K % per == 0, "a pack must be whole 16-byte accesses");
+#pragma unroll
+  for (int q = 0; q < K / per; ++q) {
+    Packed128<T> v;
+#pragma unroll
+    for (int e = 0; e < per; ++e) v.payload[e] = from_float<T>(in[q * per + e]);
+    store128(p + q * per, v);
+  }
+}
+
+// Grid-stride position of this thread.
+__device__ __forceinline__ std::int64_t grid_start() {
+  return blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+}
+__device__ __forceinline__ std::int64_t grid_stride() {
+  return static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+}
+
+}  // namespace minitron::cuda

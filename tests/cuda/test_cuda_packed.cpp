@@ -1,0 +1,264 @@
+// The 16-byte vector paths (kernels/packed.cuh) and their scalar fallbacks, under emulation, vs
+// the CPU references. Each op runs on views placed at chosen element offsets into larger
+// buffers: offset 0 is 16-byte aligned (emulated cudaMalloc aligns to 256 bytes, checked below)
+// and takes the vector path; offset 1 is not and must take the scalar one (the emulator aborts
+// on a misaligned 16-byte access, as a GPU faults). Sizes are whole packs, packs plus a tail, and
+// less than one pack; rows are whole packs wide or not. Outputs start as NaN, and the elements
+// around each view hold a sentinel that must survive (a vector store past the end would not).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "kernels/adamw.h"
+#include "kernels/residual_rmsnorm.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/swiglu.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace minitron::test {
+namespace {
+
+constexpr float kSentinel = 12288.0f;  // 3 * 2^12: exact in bf16
+constexpr std::int64_t kGuard = 9;     // sentinel elements after a view: more than a pack
+
+bool aligned16(const Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.data) % 16 == 0; }
+
+// n elements at `offset` elements into a buffer of offset + n + kGuard, the rest sentinels.
+class View {
+ public:
+  View(Device& dev, const std::vector<float>& host, DType dtype, std::int64_t offset)
+      : dev_(&dev), offset_(offset), n_(static_cast<std::int64_t>(host.size())) {
+    std::vector<float> all(static_cast<std::size_t>(offset + n_ + kGuard), kSentinel);
+    std::copy(host.begin(), host.end(), all.begin() + offset);
+    buffer_ = dev.put(all, dtype);
+    view_ = buffer_.tensor().slice(offset, n_);
+  }
+  static View poisoned(Device& dev, std::int64_t n, DType dtype, std::int64_t offset) {
+    return View(dev, std::vector<float>(static_cast<std::size_t>(n),
+                                        std::numeric_limits<float>::quiet_NaN()),
+                dtype, offset);
+  }
+  operator Tensor() const { return view_; }  // NOLINT: used where the backend takes a view
+  std::vector<float> get() const { return dev_->get(view_); }
+  // Every element outside the view still holds the sentinel.
+  void expect_guards_intact(const std::string& what) const {
+    const auto all = dev_->get(buffer_.tensor());
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(all.size()); ++i) {
+      if (i >= offset_ && i < offset_ + n_) continue;
+      EXPECT_EQ(all[static_cast<std::size_t>(i)], kSentinel)
+          << what << ": element " << i << " outside the view written";
+    }
+  }
+
+ private:
+  Device* dev_;
+  std::int64_t offset_, n_;
+  BackendBuffer buffer_;
+  Tensor view_;
+};
+
+struct Placement {
+  std::int64_t n, in_offset, out_offset;
+};
+
+class CudaPacked : public ::testing::TestWithParam<DType> {
+ protected:
+  Device dev;
+  DType dt() const { return GetParam(); }
+  // As in test_cuda_elementwise: one fp32 expression rounded once on each side.
+  double rel() const { return dt() == DType::BF16 ? kBf16Ulp : 1e-6; }
+  // 64 elements: whole packs for bf16 (8) and f32 (4); 61: packs plus a tail; 5: under one
+  // bf16 pack (tail only). Offsets: both aligned (vector), both off by one element, and only
+  // the output off (one misaligned pointer must send the whole launch to the scalar path).
+  static std::vector<Placement> placements() {
+    return {{64, 0, 0}, {61, 0, 0}, {5, 0, 0}, {61, 1, 1}, {64, 0, 1}, {64, 1, 0}};
+  }
+};
+
+TEST_P(CudaPacked, ViewsAreAlignedAsIntended) {
+  auto a = View(dev, std::vector<float>(8, 1.0f), dt(), 0);
+  auto b = View(dev, std::vector<float>(8, 1.0f), dt(), 1);
+  EXPECT_TRUE(aligned16(a));
+  EXPECT_FALSE(aligned16(b));
+}
+
+TEST_P(CudaPacked, CastAddScale) {
+  const DType other = dt() == DType::BF16 ? DType::F32 : DType::BF16;
+  for (const auto& [n, in_off, out_off] : placements()) {
+    SCOPED_TRACE(str("n=", n, " offsets ", in_off, "/", out_off));
+    const auto a = stored(random_floats(n, 101 + n, -3, 3), dt());
+    const auto b = random_floats(n, 102 + n, -3, 3);
+    auto ta = View(dev, a, dt(), in_off);
+    auto tc = View::poisoned(dev, n, other, out_off);
+    dev.backend().copy(tc, ta);
+    // f32 <-> bf16 rounds to nearest even on both sides: exact.
+    EXPECT_EQ(tc.get(), stored(a, other));
+    tc.expect_guards_intact("cast");
+
+    auto td = View(dev, a, dt(), out_off);
+    auto tb = View(dev, b, DType::F32, in_off);
+    dev.backend().add_inplace(td, tb);
+    std::vector<float> want(n);
+    for (std::int64_t i = 0; i < n; ++i) want[i] = a[i] + b[i];
+    // One rounding of the exact fp32 sum into dt, on both sides: exact.
+    want = stored(want, dt());
+    EXPECT_EQ(td.get(), want);
+    dev.backend().scale_inplace(td, -0.37f);
+    for (float& x : want) x *= -0.37f;
+    EXPECT_EQ(td.get(), stored(want, dt()));  // one fp32 product rounded once: exact
+    td.expect_guards_intact("add/scale");
+  }
+}
+
+TEST_P(CudaPacked, SwiGlu) {
+  for (const auto& [n, in_off, out_off] : placements()) {
+    SCOPED_TRACE(str("n=", n, " offsets ", in_off, "/", out_off));
+    const auto gate = stored(random_floats(n, 111 + n, -6, 6), dt());
+    const auto up = stored(random_floats(n, 112 + n, -2, 2), dt());
+    const auto dh = stored(random_floats(n, 113 + n, -1, 1), dt());
+    auto tg = View(dev, gate, dt(), in_off), tu = View(dev, up, dt(), in_off);
+    auto tdh = View(dev, dh, dt(), in_off);
+    auto th = View::poisoned(dev, n, dt(), out_off), tdg = View::poisoned(dev, n, dt(), out_off);
+    auto tdu = View::poisoned(dev, n, dt(), out_off);
+    dev.backend().swiglu_forward(th, tg, tu, n);
+    dev.backend().swiglu_backward(tdg, tdu, tdh, tg, tu, n);
+    std::vector<float> h(n), dg(n), du(n);
+    cpu::swiglu_forward(h.data(), gate.data(), up.data(), n);
+    cpu::swiglu_backward(dg.data(), du.data(), dh.data(), gate.data(), up.data(), n);
+    // One fp32 expression of stored inputs rounded once: rel() plus a denormal floor.
+    expect_near_all("swiglu h", th.get(), h, rel(), 1e-30);
+    expect_near_all("swiglu dgate", tdg.get(), dg, rel(), 1e-30);
+    expect_near_all("swiglu dup", tdu.get(), du, rel(), 1e-30);
+    th.expect_guards_intact("swiglu h");
+    tdg.expect_guards_intact("swiglu dgate");
+    tdu.expect_guards_intact("swiglu dup");
+  }
+}
+
+TEST_P(CudaPacked, AdamW) {
+  AdamWStep step;
+  step.learning_rate = 1e-2f;
+  step.weight_decay = 0.1f;
+  step.step = 2;
+  step.grad_scale = 0.5f;
+  const bool has_master = dt() == DType::BF16;
+  for (const auto& [n, in_off, out_off] : placements()) {
+    for (DType grad_type : {DType::F32, DType::BF16}) {
+      SCOPED_TRACE(str("n=", n, " offsets ", in_off, "/", out_off, " grads ", dtype_label(grad_type)));
+      const auto master = random_floats(n, 121 + n, -1, 1);
+      const auto grads = stored(random_floats(n, 122 + n, -0.1f, 0.1f), grad_type);
+      const auto m0 = random_floats(n, 123 + n, -0.01f, 0.01f);
+      const auto v0 = random_floats(n, 124 + n, 0, 1e-3f);
+      auto tp = View(dev, master, dt(), out_off);
+      auto tg = View(dev, grads, grad_type, in_off);
+      auto tm = View(dev, m0, DType::F32, out_off), tv = View(dev, v0, DType::F32, in_off);
+      std::vector<View> tmaster;
+      if (has_master) tmaster.push_back(View(dev, master, DType::F32, out_off));
+      dev.backend().adamw_update(tp, has_master ? Tensor(tmaster[0]) : Tensor{}, tg, tm, tv, step);
+
+      std::vector<float> p = master, m = m0, v = v0;
+      cpu::adamw_update(p.data(), grads.data(), m.data(), v.data(), n, step);
+      // The same fp32 operations in the same order: 1e-6 relative, tiny absolute floors.
+      expect_near_all("adamw m", tm.get(), m, 1e-6, 1e-12);
+      expect_near_all("adamw v", tv.get(), v, 1e-6, 1e-15);
+      if (has_master) {
+        const auto got_master = tmaster[0].get();
+        expect_near_all("adamw master", got_master, p, 1e-6, 1e-9);
+        EXPECT_EQ(tp.get(), stored(got_master, DType::BF16));  // the rounded master, exactly
+        tmaster[0].expect_guards_intact("adamw master");
+      } else {
+        expect_near_all("adamw params", tp.get(), p, 1e-6, 1e-9);
+      }
+      tp.expect_guards_intact("adamw params");
+      tm.expect_guards_intact("adamw m");
+      tv.expect_guards_intact("adamw v");
+    }
+  }
+}
+
+struct RowCase {
+  std::int64_t N, D, offset, weight_offset;
+};
+
+// D = 64: whole packs per row (vector path when aligned); 200: whole packs, not a multiple of a
+// warp's 32 packs; 45: rows not pack-aligned (scalar); offsets as above, weight alone too.
+std::vector<RowCase> row_cases() {
+  return {{37, 64, 0, 0}, {9, 200, 0, 0}, {9, 45, 0, 0}, {37, 64, 1, 1}, {9, 64, 0, 1}, {1, 8, 1, 0}};
+}
+
+TEST_P(CudaPacked, RmsNormForwardAndBackward) {
+  const float eps = 1e-5f;
+  for (const auto& [N, D, off, woff] : row_cases()) {
+    SCOPED_TRACE(str("N=", N, " D=", D, " offset ", off, " weight offset ", woff));
+    const auto x = stored(random_floats(N * D, 131 + D, -2, 2), dt());
+    const auto w = stored(random_floats(D, 132, 0.5f, 1.5f), dt());
+    auto tx = View(dev, x, dt(), off), tw = View(dev, w, dt(), woff);
+    auto out = View::poisoned(dev, N * D, dt(), off);
+    auto rstd = dev.poisoned(N, DType::F32);
+    dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, eps);
+    std::vector<float> want(N * D), want_rstd(N);
+    cpu::rmsnorm_forward(want.data(), want_rstd.data(), x.data(), w.data(), N, D, eps);
+    // As in test_cuda_norm_embedding: fp32 sum of D <= 200 squares (~D * 2^-24); bf16 output
+    // rounded twice (x * rstd, then the weight product) against the reference's once.
+    expect_near_all("rmsnorm rstd", dev.get(rstd), want_rstd, 2e-5, 0);
+    expect_near_all("rmsnorm out", out.get(), want, dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5,
+                    1e-30);
+    out.expect_guards_intact("rmsnorm out");
+
+    const auto dout = stored(random_floats(N * D, 133 + D, -1, 1), dt());
+    const auto din0 = stored(random_floats(N * D, 134 + D, -1, 1), dt());
+    auto tdout = View(dev, dout, dt(), off), tdin = View(dev, din0, dt(), off);
+    auto tdw = dev.put(std::vector<float>(D, 0.0f), DType::F32);
+    auto tr = dev.put(want_rstd, DType::F32);
+    dev.backend().rmsnorm_backward(tdin, tdw, tdout, tx, tw, tr, N, D);
+    std::vector<float> din = din0, dw(D, 0.0f);
+    cpu::rmsnorm_backward(din.data(), dw.data(), dout.data(), x.data(), w.data(), want_rstd.data(),
+                          N, D);
+    // As in test_cuda_norm_embedding: the increment's fp32 dot of D terms, then one rounding.
+    expect_near_all("rmsnorm din", tdin.get(), din, rel(), dt() == DType::BF16 ? 2e-3 : 2e-5);
+    tdin.expect_guards_intact("rmsnorm din");
+  }
+}
+
+TEST_P(CudaPacked, ResidualRmsNorm) {
+  const float eps = 1e-5f;
+  for (const auto& [N, D, off, woff] : row_cases()) {
+    SCOPED_TRACE(str("N=", N, " D=", D, " offset ", off, " weight offset ", woff));
+    const auto x = stored(random_floats(N * D, 141 + D, -2, 2), dt());
+    const auto branch = stored(random_floats(N * D, 142 + D, -1, 1), dt());
+    const auto w = stored(random_floats(D, 143, 0.5f, 1.5f), dt());
+    auto tx = View(dev, x, dt(), off), tb = View(dev, branch, dt(), off);
+    auto tw = View(dev, w, dt(), woff);
+    auto residual_out = View::poisoned(dev, N * D, dt(), off);
+    auto out = View::poisoned(dev, N * D, dt(), off);
+    auto rstd = dev.poisoned(N, DType::F32);
+    dev.backend().residual_rmsnorm_forward(residual_out, out, rstd, tx, tb, tw, N, D, eps);
+    std::vector<float> want_residual(N * D), want(N * D), want_rstd(N);
+    cpu::residual_rmsnorm_forward(want_residual.data(), want.data(), want_rstd.data(), x.data(),
+                                  branch.data(), w.data(), N, D, eps);
+    // As in test_cuda_residual_rmsnorm: the stored sum is exact; rstd and out within the
+    // bounds derived there (bf16: 1 ulp on rstd, 3 on out).
+    EXPECT_EQ(residual_out.get(), stored(want_residual, dt()));
+    expect_near_all("rstd", dev.get(rstd), want_rstd, dt() == DType::BF16 ? kBf16Ulp : 2e-5, 0);
+    const auto got = out.get();
+    expect_near_all("out", got, want, dt() == DType::BF16 ? 3 * kBf16Ulp : 2e-5, 1e-30);
+    residual_out.expect_guards_intact("residual_out");
+    out.expect_guards_intact("out");
+
+    // In place (branch's view becomes the stream): the same bits.
+    auto inplace_out = View::poisoned(dev, N * D, dt(), off);
+    dev.backend().residual_rmsnorm_forward(tb, inplace_out, rstd, tx, tb, tw, N, D, eps);
+    EXPECT_EQ(tb.get(), residual_out.get());
+    EXPECT_EQ(inplace_out.get(), got);
+    tb.expect_guards_intact("in-place stream");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaPacked, ::testing::Values(DType::F32, DType::BF16),
+                         [](const auto& info) { return std::string(dtype_label(info.param)); });
+
+}  // namespace
+}  // namespace minitron::test
