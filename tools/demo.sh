@@ -20,10 +20,11 @@ build=${1:-build}
 bin=$build/minitron
 run=runs/demo  # recipes/demo.json names these paths
 [[ -x $bin ]] || { echo "demo: $bin not found (run 'make' first)" >&2; exit 1; }
-# One thread: the demo's matrices are 96 wide, too small for a second thread to pay, and spinning
-# thread pools collapse when another process shares the cores. Teacher steps on the 2-core machine
-# (pthread OpenBLAS): quiet, 8.7-10.9k tok/s with 1 thread, 5.2k with 2 (11.4k with 2 and
-# OMP_WAIT_POLICY=passive); under load, 7.1k with 1 and 1.8k with 2.
+# One thread: the summed order inside BLAS depends on the thread count, so one thread gives the
+# same numbers whatever the core count (the README's figures), and a second thread buys little on the
+# demo's 96-wide matrices (teacher steps on the 2-core machine, quiet: 9.6-12.8k tok/s with 1
+# thread, 13.7-14.8k with 2; with another process on the cores, 2 threads can be several times
+# slower).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$run/data"
 start=$(date +%s)
