@@ -44,6 +44,17 @@ TeacherDistillationObjective::TeacherDistillationObjective(LlamaModel& teacher, 
   }
 }
 
+std::vector<std::pair<std::string, double>> TeacherDistillationObjective::step_metrics() const {
+  std::vector<std::pair<std::string, double>> terms;
+  if (hard_label_weight_ > 0 || hidden_states_) terms.emplace_back("kl", last_kl_);
+  if (hard_label_weight_ > 0) terms.emplace_back("ce", last_ce_);
+  if (hidden_states_) {
+    terms.emplace_back("l_is", last_is_);
+    terms.emplace_back("alpha", last_alpha_);
+  }
+  return terms;
+}
+
 double TeacherDistillationObjective::step(LlamaModel& student, std::span<const std::int32_t> inputs,
                                           std::span<const std::int32_t> targets, std::int64_t batch,
                                           std::int64_t sequence, float grad_weight) {

@@ -48,6 +48,9 @@ class TeacherDistillationObjective : public Objective {
   double last_intermediate() const { return last_is_; }
   double last_alpha() const { return last_alpha_; }
 
+  // Logged each step: the KL, and the CE / L_is / alpha terms when they are on.
+  std::vector<std::pair<std::string, double>> step_metrics() const override;
+
   // The hidden-state map W is trained, saved and restored with the student.
   void optimizer_step(std::int64_t step, const OptimizerConfig& config) override;
   void save_state(const std::filesystem::path& checkpoint) const override;

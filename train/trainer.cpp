@@ -191,14 +191,22 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       double rate = window > 0 ? static_cast<double>(window_tokens) / window : 0.0;
       double elapsed = std::chrono::duration<double>(now - t0).count();
       double eta = elapsed / static_cast<double>(step + 1 - start) * static_cast<double>(options.steps - step - 1);
-      std::printf("step %lld/%lld | %s %.4f | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
+      nlohmann::json record = {{"step", step + 1}, {"loss", loss}, {"objective", objective.name()},
+                                {"learning_rate", stats.learning_rate}, {"grad_norm", stats.grad_norm},
+                                {"tokens_per_second", rate}, {"elapsed_seconds", elapsed},
+                                {"epoch", loader.epoch()}};
+      std::string terms;
+      for (const auto& [name, value] : objective.step_metrics()) {
+        char number[32];
+        std::snprintf(number, sizeof number, "%.4f", value);
+        terms += str(" | ", name, " ", number);
+        record[name] = value;
+      }
+      std::printf("step %lld/%lld | %s %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
                   static_cast<long long>(step + 1), static_cast<long long>(options.steps), objective.name(),
-                  loss, stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
+                  loss, terms.c_str(), stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
       std::fflush(stdout);
-      metrics.write({{"step", step + 1}, {"loss", loss}, {"objective", objective.name()},
-                     {"learning_rate", stats.learning_rate}, {"grad_norm", stats.grad_norm},
-                     {"tokens_per_second", rate}, {"elapsed_seconds", elapsed},
-                     {"epoch", loader.epoch()}});
+      metrics.write(record);
       window_start = now;
       window_tokens = 0;
     }

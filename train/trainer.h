@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <limits>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/llama.h"
@@ -28,6 +30,8 @@ class Objective {
   // Parameters an objective trains itself (the hidden-state map of distillation): updated
   // after the model's optimizer step (0-based step), saved into and restored from each
   // training checkpoint directory so that resume stays bit-exact.
+  // Named values of the last micro-batch logged beside the loss (a distillation's loss terms).
+  virtual std::vector<std::pair<std::string, double>> step_metrics() const { return {}; }
   virtual void optimizer_step(std::int64_t /*step*/, const OptimizerConfig& /*config*/) {}
   virtual void save_state(const std::filesystem::path& /*checkpoint*/) const {}
   virtual void restore_state(const std::filesystem::path& /*checkpoint*/) {}
