@@ -7,9 +7,10 @@
 // writes it again (beta = 1), and then the norm reads it once more: 6 row-sized transfers and
 // three launches. Here the GEMM writes the branch once and this kernel reads residual and branch
 // and writes the stream and the norm's output: 5 transfers, two launches.
-// One warp per row as in rmsnorm.cuh. The second pass re-reads residual_out, which the same lane
-// wrote in the first (so `branch` may alias `residual_out`: every element is read before the same
-// thread overwrites it); the norm thereby sees exactly the rounded stream the reference sees.
+// One warp per row as in rmsnorm.cuh, whose rmsnorm_finish_row is the second pass. It re-reads
+// residual_out, which the same lane wrote in the first (so `branch` may alias `residual_out`:
+// every element is read before the same thread overwrites it); the norm thereby sees exactly the
+// rounded stream the reference sees.
 // Rows move as 16-byte packs (kernels/packed.cuh) when every row of every pointer is 16-byte
 // aligned, element by element otherwise; a lane's pass-2 packs are the ones it wrote in pass 1.
 // The backward is rmsnorm_backward into the stream's gradient (see the reference header).
@@ -19,6 +20,7 @@
 
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/packed.cuh"
+#include "kernels/rmsnorm.cuh"
 
 namespace minitron::cuda {
 
@@ -57,22 +59,7 @@ __global__ void residual_rmsnorm_forward_kernel(T* residual_out, T* out, float* 
       sum += f * f;
     }
   }
-  sum = warp_sum(sum);
-  const float r = rsqrtf(sum / static_cast<float>(D) + eps);
-  if (lane == 0) rstd[row] = r;
-  if constexpr (kVector) {
-    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
-      float u[K], w[K];
-      load_floats(u, h + j);
-      load_floats(w, weight + j);
-#pragma unroll
-      for (int e = 0; e < K; ++e) u[e] = w[e] * round_to<T>(u[e] * r);
-      store_floats(y + j, u);
-    }
-  } else {
-    for (std::int64_t j = lane; j < D; j += kWarpSize)
-      y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(h[j]) * r));
-  }
+  rmsnorm_finish_row<T, kVector>(y, rstd + row, h, weight, D, sum, eps);
 }
 
 constexpr int kResidualRmsnormThreads = 256;  // 8 rows (warps) per block

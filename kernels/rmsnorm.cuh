@@ -23,6 +23,31 @@ namespace minitron::cuda {
 
 // ---- kernels ----
 
+// The end of a warp's forward row, shared with residual_rmsnorm.cuh: `sum` is the lane's part
+// of sum(x^2); writes the row's rstd and y = weight * round(x * rstd) (packs when kVector).
+template <typename T, bool kVector>
+__device__ void rmsnorm_finish_row(T* y, float* rstd, const T* x, const T* weight, std::int64_t D,
+                                   float sum, float eps) {
+  constexpr int K = kVector ? pack_elements<T>() : 1;
+  const int lane = threadIdx.x % kWarpSize;
+  sum = warp_sum(sum);
+  const float r = rsqrtf(sum / static_cast<float>(D) + eps);
+  if (lane == 0) *rstd = r;
+  if constexpr (kVector) {
+    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
+      float v[K], w[K];
+      load_floats(v, x + j);
+      load_floats(w, weight + j);
+#pragma unroll
+      for (int e = 0; e < K; ++e) v[e] = w[e] * round_to<T>(v[e] * r);
+      store_floats(y + j, v);
+    }
+  } else {
+    for (std::int64_t j = lane; j < D; j += kWarpSize)
+      y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(x[j]) * r));
+  }
+}
+
 template <typename T, bool kVector>
 __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T* weight,
                                        std::int64_t N, std::int64_t D, float eps) {
@@ -47,22 +72,7 @@ __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T
       sum += v * v;
     }
   }
-  sum = warp_sum(sum);
-  const float r = rsqrtf(sum / static_cast<float>(D) + eps);
-  if (lane == 0) rstd[row] = r;
-  if constexpr (kVector) {
-    for (std::int64_t j = lane * K; j < D; j += kWarpSize * K) {
-      float v[K], w[K];
-      load_floats(v, x + j);
-      load_floats(w, weight + j);
-#pragma unroll
-      for (int e = 0; e < K; ++e) v[e] = w[e] * round_to<T>(v[e] * r);
-      store_floats(y + j, v);
-    }
-  } else {
-    for (std::int64_t j = lane; j < D; j += kWarpSize)
-      y[j] = from_float<T>(to_float(weight[j]) * round_to<T>(to_float(x[j]) * r));
-  }
+  rmsnorm_finish_row<T, kVector>(y, rstd + row, x, weight, D, sum, eps);
 }
 
 // din += r * g - r^3 / D * x * sum(g * x), g = dout * weight; one warp per row.
