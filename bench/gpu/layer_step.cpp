@@ -6,6 +6,7 @@
 // Usage: layer_step [layers=2] [sequence=4096] [vocab=32000] [peak_tflops=989]
 // The vocabulary is Llama-2's 32000 by default so that the head does not drown the layers.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -83,11 +84,17 @@ int run(int argc, char** argv) {
   const double flops_per_token = 6.0 * matmul_params + attention;
   const double tokens_per_second = static_cast<double>(B * T) / seconds;
   const double mfu = flops_per_token * tokens_per_second / (peak_tflops * 1e12);
+  // JSON has no NaN: a non-finite loss prints as null (the timing row still reaches the
+  // summary) and fails the stage, since finite weights must give a finite loss.
+  const bool finite = std::isfinite(loss);
+  char loss_json[32] = "null";
+  if (finite) std::snprintf(loss_json, sizeof loss_json, "%.4f", loss);
   std::printf("{\"engine\": \"minitron\", \"layers\": %lld, \"tokens\": %lld, \"vocab\": %lld, "
-              "\"step_ms\": %.2f, \"tokens_per_second\": %.1f, \"mfu\": %.4f, \"loss\": %.4f}\n",
+              "\"step_ms\": %.2f, \"tokens_per_second\": %.1f, \"mfu\": %.4f, \"loss\": %s}\n",
               static_cast<long long>(c.num_hidden_layers), static_cast<long long>(B * T),
-              static_cast<long long>(c.vocab_size), seconds * 1e3, tokens_per_second, mfu, loss);
-  return 0;
+              static_cast<long long>(c.vocab_size), seconds * 1e3, tokens_per_second, mfu, loss_json);
+  if (!finite) std::fprintf(stderr, "layer_step: error: the loss is %f, not finite\n", loss);
+  return finite ? 0 : 1;
 }
 
 }  // namespace

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """PyTorch peer for bench/gpu/layer_step.cpp: the same Llama-3.1-8B-shaped model (layers,
 sequence, vocabulary as given), fp32 master weights with bf16 autocast, SDPA causal attention,
-cross-entropy, fused AdamW; timed eager and under torch.compile. Prints one JSON line per mode.
+cross-entropy, fused AdamW; timed eager and under torch.compile. Prints one JSON line per mode
+(the keys layer_step prints); a torch.compile that is missing or fails prints a line with an
+"error" key instead, and the script carries on (exit 0 once eager ran).
 
 Usage: torch_layer.py [layers=2] [sequence=4096] [vocab=32000] [peak_tflops=989] [--no-compile]
+                      [--tiny-cpu]
+--tiny-cpu is for the CPU test only (tests/bench): layers of width 64 on the CPU, so that a
+Python error surfaces here, not on the lent GPU machine; the GPU measurement ignores it.
 """
 import json
 import sys
@@ -17,7 +22,27 @@ layers = int(args[0]) if len(args) > 0 else 2
 T = int(args[1]) if len(args) > 1 else 4096
 V = int(args[2]) if len(args) > 2 else 32000
 peak = float(args[3]) if len(args) > 3 else 989.0
-D, FF, HQ, HKV, HD = 4096, 14336, 32, 8, 128
+tiny_cpu = "--tiny-cpu" in sys.argv
+if tiny_cpu:
+    device = "cpu"
+    D, FF, HQ, HKV, HD = 64, 128, 4, 2, 16
+else:
+    device = "cuda"
+    D, FF, HQ, HKV, HD = 4096, 14336, 32, 8, 128
+
+
+def causal_attention(q, k, v):
+    if hasattr(F, "scaled_dot_product_attention"):  # PyTorch >= 2.0 (the GPU machine's)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # Older PyTorch (the CPU test's 1.13): the same maths, unfused.
+    scores = (q @ k.transpose(-2, -1)) * HD ** -0.5
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(mask, float("-inf")).softmax(-1).to(v.dtype) @ v
+
+
+def synchronize():
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 class RMSNorm(torch.nn.Module):
@@ -56,7 +81,7 @@ class Layer(torch.nn.Module):
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         k = k.repeat_interleave(HQ // HKV, dim=1)
         v = v.repeat_interleave(HQ // HKV, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        a = causal_attention(q, k, v)
         x = x + self.o(a.transpose(1, 2).reshape(B, T, HQ * HD))
         h = self.n2(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
@@ -84,14 +109,16 @@ class Model(torch.nn.Module):
 
 
 def bench(model, compiled):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    # fused AdamW on the GPU; the CPU test's PyTorch 1.13 has no `fused` argument at all.
+    fused = {"fused": True} if device == "cuda" else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
     fn = torch.compile(model) if compiled else model
-    tokens = torch.randint(0, V, (1, T), device="cuda")
-    targets = torch.randint(0, V, (1, T), device="cuda")
+    tokens = torch.randint(0, V, (1, T), device=device)
+    targets = torch.randint(0, V, (1, T), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             loss = fn(tokens, targets)
         loss.backward()
         opt.step()
@@ -99,12 +126,12 @@ def bench(model, compiled):
 
     for _ in range(3):
         step()
-    torch.cuda.synchronize()
+    synchronize()
     steps = 5
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
-    torch.cuda.synchronize()
+    synchronize()
     seconds = (time.perf_counter() - start) / steps
     matmul = layers * (D * (HQ * HD + 2 * HKV * HD) + HQ * HD * D + 3 * D * FF) + V * D
     flops_per_token = 6 * matmul + layers * 3 * 2 * 2 * (T / 2) * HD * HQ
@@ -117,7 +144,16 @@ def bench(model, compiled):
 
 
 torch.manual_seed(0)
-model = Model().cuda()
+model = Model().to(device)
 bench(model, compiled=False)
 if "--no-compile" not in sys.argv:
-    bench(model, compiled=True)
+    # torch.compile needs PyTorch >= 2.0 and, for Inductor, a working Triton and C compiler on
+    # the machine; any failure there is reported as a row and does not lose the eager result.
+    try:
+        if not hasattr(torch, "compile"):
+            raise RuntimeError(f"PyTorch {torch.__version__} has no torch.compile")
+        bench(model, compiled=True)
+    except Exception as e:  # noqa: BLE001 - any compile/runtime failure is a result here
+        message = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        print(f"torch_layer: torch.compile failed: {message}", file=sys.stderr, flush=True)
+        print(json.dumps({"engine": "torch.compile", "error": message}), flush=True)
