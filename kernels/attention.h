@@ -52,6 +52,14 @@ inline std::int64_t attention_backward_workspace(std::int64_t B, std::int64_t Hq
   return B * Hq * Tq;
 }
 
+// The caller's workspace, or (null) `size` elements allocated into `own` for this call.
+template <typename T>
+T* workspace_or_own(T* workspace, std::int64_t size, std::vector<T>& own) {
+  if (workspace) return workspace;
+  own.resize(static_cast<std::size_t>(size));
+  return own.data();
+}
+
 inline int current_thread() {
 #ifdef _OPENMP
   return omp_get_thread_num();
@@ -74,10 +82,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::
                        std::int64_t hd, T* workspace = nullptr) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd);
   std::vector<T> own;
-  if (!workspace) {
-    own.resize(static_cast<std::size_t>(attention_forward_workspace(Tk)));
-    workspace = own.data();
-  }
+  workspace = workspace_or_own(workspace, attention_forward_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
   const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
@@ -123,10 +128,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
                         T* workspace = nullptr) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd);
   std::vector<T> own;
-  if (!workspace) {
-    own.resize(static_cast<std::size_t>(attention_backward_workspace(B, Hq, Tq)));
-    workspace = own.data();
-  }
+  workspace = workspace_or_own(workspace, attention_backward_workspace(B, Hq, Tq), own);
   T* D = workspace;  // D_i, laid out like lse
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
   const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;

@@ -84,10 +84,7 @@ void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v,
                              std::int64_t hd, T* workspace = nullptr) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd);
   std::vector<T> own;
-  if (!workspace) {
-    own.resize(static_cast<std::size_t>(attention_tiles_workspace(Tk)));
-    workspace = own.data();
-  }
+  workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
   const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
   const std::int64_t tiles = (Tq + kAttentionTile - 1) / kAttentionTile;
@@ -134,10 +131,7 @@ void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, 
                               T* workspace = nullptr) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd);
   std::vector<T> own;
-  if (!workspace) {
-    own.resize(static_cast<std::size_t>(attention_tiles_workspace(Tk)));
-    workspace = own.data();
-  }
+  workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
   const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
   const std::int64_t tiles = (Tq + kAttentionTile - 1) / kAttentionTile;

@@ -23,16 +23,21 @@ double log_sum_exp(const T* x, std::int64_t V, double inv_tau = 1.0) {
   return max + std::log(sum);
 }
 
-// losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]; a negative target ignores the row
-// (loss 0, gradient 0). When grad_scale != 0, logits[r] <- grad_scale * (softmax - onehot).
-template <typename T>
-void cross_entropy(T* losses, T* logits, const std::int32_t* targets, std::int64_t rows,
-                   std::int64_t V, float grad_scale) {
+// Every target a vocabulary id or negative (an ignored row), checked before any row is touched.
+inline void check_targets(const std::int32_t* targets, std::int64_t rows, std::int64_t V) {
   for (std::int64_t r = 0; r < rows; ++r) {
     if (targets[r] >= V)
       fail_expected(str("target ", targets[r], " of row ", r), "outside the vocabulary",
                     str("a negative id (ignored) or 0 <= id < ", V));
   }
+}
+
+// losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]; a negative target ignores the row
+// (loss 0, gradient 0). When grad_scale != 0, logits[r] <- grad_scale * (softmax - onehot).
+template <typename T>
+void cross_entropy(T* losses, T* logits, const std::int32_t* targets, std::int64_t rows,
+                   std::int64_t V, float grad_scale) {
+  check_targets(targets, rows, V);
 #pragma omp parallel for schedule(static) if (rows * V >= kMinParallelWork)
   for (std::int64_t r = 0; r < rows; ++r) {
     T* x = logits + r * V;

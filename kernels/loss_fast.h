@@ -12,7 +12,6 @@
 #include "kernels/cpu_exp.h"
 #include "kernels/cpu_parallel.h"
 #include "kernels/loss.h"
-#include "util/error.h"
 
 namespace minitron::cpu {
 
@@ -23,11 +22,7 @@ void cross_entropy_fast(T* losses, T* logits, const std::int32_t* targets, std::
     cross_entropy(losses, logits, targets, rows, V, grad_scale);
     return;
   }
-  for (std::int64_t r = 0; r < rows; ++r) {
-    if (targets[r] >= V)
-      fail_expected(str("target ", targets[r], " of row ", r), "outside the vocabulary",
-                    str("a negative id (ignored) or 0 <= id < ", V));
-  }
+  check_targets(targets, rows, V);
 #pragma omp parallel for schedule(static) if (rows * V >= kMinParallelWork)
   for (std::int64_t r = 0; r < rows; ++r) {
     T* x = logits + r * V;

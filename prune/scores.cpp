@@ -173,10 +173,15 @@ void check_scores_match(const ImportanceScores& s, const ModelConfig& c, const s
     fail_expected(where, str("layers.single_removal_loss has ", s.layers.single_removal_loss.size(), " values"), str(L));
   if (!s.layers.block_importance.empty() && s.layers.block_importance.size() != L)
     fail_expected(where, str("layers.block_importance has ", s.layers.block_importance.size(), " values"), str(L));
-  for (const auto& [k, losses] : s.layers.block_removal_loss)
-    if (k < 1 || k > c.num_hidden_layers || losses.size() != L - static_cast<std::size_t>(k) + 1)
-      fail_expected(where, str("layers.block_removal_loss for block size ", k, " has ", losses.size(), " values"),
-                    str(c.num_hidden_layers, " - k + 1 values for 1 <= k <= ", c.num_hidden_layers));
+  // Per block size k, one value per block start: the losses and the task accuracies alike.
+  auto blocks = [&](const char* name, const std::map<std::int64_t, std::vector<double>>& by_size) {
+    for (const auto& [k, values] : by_size)
+      if (k < 1 || k > c.num_hidden_layers || values.size() != L - static_cast<std::size_t>(k) + 1)
+        fail_expected(where, str("layers.", name, " for block size ", k, " has ", values.size(), " values"),
+                      str(c.num_hidden_layers, " - k + 1 values for 1 <= k <= ", c.num_hidden_layers));
+  };
+  blocks("block_removal_loss", s.layers.block_removal_loss);
+  blocks("block_removal_task_score", s.layers.block_removal_task_score);
 }
 
 }  // namespace minitron

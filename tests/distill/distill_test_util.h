@@ -1,8 +1,11 @@
 // A teacher and a narrower, shallower student sharing one vocabulary, for the distillation tests.
 #pragma once
 
+#include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "model/backend.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "tests/prune/prune_test_util.h"
@@ -19,6 +22,21 @@ struct DistillPair {
     teacher_config.rms_norm_eps = student_config.rms_norm_eps = 1e-5;
     teacher_params = tiny_parameters(teacher_config, 11);
     student_params = tiny_parameters(student_config, 12);
+  }
+};
+
+// The pair as models on a CPU backend, for batches up to batch x sequence: the teacher in
+// Inference mode (no gradient storage, as distillation runs it), the student in Training mode,
+// each loaded with the pair's parameters.
+struct DistillModels {
+  std::unique_ptr<Backend> backend;
+  LlamaModel teacher, student;
+  DistillModels(const DistillPair& pair, std::int64_t batch, std::int64_t sequence)
+      : backend(make_backend("cpu")),
+        teacher(pair.teacher_config, *backend, batch, sequence, ModelMode::Inference),
+        student(pair.student_config, *backend, batch, sequence, ModelMode::Training) {
+    teacher.set_parameters(pair.teacher_params);
+    student.set_parameters(pair.student_params);
   }
 };
 

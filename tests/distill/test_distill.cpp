@@ -95,21 +95,17 @@ TEST(DistillationLoss, ChunkedMatchesUnchunkedAndReference) {
   }
   reference /= static_cast<double>(N);
 
-  auto backend = make_backend("cpu");
-  LlamaModel teacher(p.teacher_config, *backend, B, T, ModelMode::Inference);
-  teacher.set_parameters(p.teacher_params);
-  LlamaModel student(p.student_config, *backend, B, T, ModelMode::Training);
-  student.set_parameters(p.student_params);
+  testing::DistillModels models(p, B, T);
   std::vector<float> first_grad;
   double first_loss = 0;
   for (std::int64_t chunk : {N, std::int64_t{1}, std::int64_t{4}, std::int64_t{7}}) {
-    LossWorkspace ws(*backend, V, N, chunk, /*distillation=*/true);
-    teacher.forward(tokens, B, T);
-    student.forward(tokens, B, T);
-    student.zero_gradients();
-    const double loss = distillation_loss(student, teacher, ws, 1.0f, 1.0f);
-    student.backward();
-    const auto grad = gradients(student);
+    LossWorkspace ws(*models.backend, V, N, chunk, /*distillation=*/true);
+    models.teacher.forward(tokens, B, T);
+    models.student.forward(tokens, B, T);
+    models.student.zero_gradients();
+    const double loss = distillation_loss(models.student, models.teacher, ws, 1.0f, 1.0f);
+    models.student.backward();
+    const auto grad = gradients(models.student);
     // fp32 logits and softmax sums over 50 entries vs the double reference on the same logits.
     EXPECT_NEAR(loss, reference, 1e-5) << "chunk " << chunk;
     if (first_grad.empty()) {
@@ -129,25 +125,21 @@ TEST(DistillationObjective, HardLabelMixIsTheWeightedSum) {
   const std::int64_t B = 2, T = 8, N = B * T, V = p.teacher_config.vocab_size;
   const auto all = testing::tiny_tokens(N + 1, V);
   const std::vector<std::int32_t> inputs(all.begin(), all.end() - 1), targets(all.begin() + 1, all.end());
-  auto backend = make_backend("cpu");
-  LlamaModel teacher(p.teacher_config, *backend, B, T, ModelMode::Inference);
-  teacher.set_parameters(p.teacher_params);
-  LlamaModel student(p.student_config, *backend, B, T, ModelMode::Training);
-  student.set_parameters(p.student_params);
-  LossWorkspace ws(*backend, V, N, 5, /*distillation=*/true);
+  testing::DistillModels models(p, B, T);
+  LossWorkspace ws(*models.backend, V, N, 5, /*distillation=*/true);
 
   auto run = [&](Objective& o, std::vector<float>& grad) {
-    student.zero_gradients();
-    const double loss = o.step(student, inputs, targets, B, T, 1.0f);
-    student.backward();
-    grad = gradients(student);
+    models.student.zero_gradients();
+    const double loss = o.step(models.student, inputs, targets, B, T, 1.0f);
+    models.student.backward();
+    grad = gradients(models.student);
     return loss;
   };
   std::vector<float> g_kl, g_ce, g_mix;
-  TeacherDistillationObjective kl(teacher, ws, 1.0f, 0.0f);
+  TeacherDistillationObjective kl(models.teacher, ws, 1.0f, 0.0f);
   CrossEntropyObjective ce(ws);
   const float w = 0.3f;
-  TeacherDistillationObjective mix(teacher, ws, 1.0f, w);
+  TeacherDistillationObjective mix(models.teacher, ws, 1.0f, w);
   const double l_kl = run(kl, g_kl), l_ce = run(ce, g_ce), l_mix = run(mix, g_mix);
   // Same fp32 numbers combined in double: only the mix's fp32 rounding differs.
   EXPECT_NEAR(l_mix, (1 - w) * l_kl + w * l_ce, 1e-5);
@@ -157,8 +149,8 @@ TEST(DistillationObjective, HardLabelMixIsTheWeightedSum) {
   for (std::size_t i = 0; i < expected.size(); ++i) expected[i] = (1 - w) * g_kl[i] + w * g_ce[i];
   // Summing the two dlogits before the head GEMM vs after the backward: fp32 reassociation.
   EXPECT_LE(testing::max_abs_diff(g_mix, expected), 1e-5 * std::max(1.0, testing::max_abs(expected)));
-  EXPECT_THROW(TeacherDistillationObjective(teacher, ws, 1.0f, 1.5f), Error);
-  EXPECT_THROW(TeacherDistillationObjective(teacher, ws, 0.0f, 0.0f), Error);
+  EXPECT_THROW(TeacherDistillationObjective(models.teacher, ws, 1.0f, 1.5f), Error);
+  EXPECT_THROW(TeacherDistillationObjective(models.teacher, ws, 0.0f, 0.0f), Error);
 }
 
 // Training with the objective moves the student and leaves the teacher bit for bit alone.
@@ -167,14 +159,10 @@ TEST(DistillationObjective, TeacherIsNotModifiedByTraining) {
   testing::TempDir dir;
   const std::int64_t B = 2, T = 8, V = p.teacher_config.vocab_size;
   write_shard(dir / "train.bin", testing::tiny_tokens(200, V, 4));
-  auto backend = make_backend("cpu");
-  LlamaModel teacher(p.teacher_config, *backend, B, T, ModelMode::Inference);
-  teacher.set_parameters(p.teacher_params);
-  EXPECT_TRUE(teacher.gradients().empty());  // an Inference-mode model has no gradient storage
-  LlamaModel student(p.student_config, *backend, B, T, ModelMode::Training);
-  student.set_parameters(p.student_params);
-  LossWorkspace ws(*backend, V, B * T, 0, /*distillation=*/true);
-  TeacherDistillationObjective objective(teacher, ws);
+  testing::DistillModels models(p, B, T);
+  EXPECT_TRUE(models.teacher.gradients().empty());  // an Inference-mode model has no gradient storage
+  LossWorkspace ws(*models.backend, V, B * T, 0, /*distillation=*/true);
+  TeacherDistillationObjective objective(models.teacher, ws);
   TrainOptions o;
   o.batch_size = B;
   o.sequence_length = T;
@@ -184,11 +172,11 @@ TEST(DistillationObjective, TeacherIsNotModifiedByTraining) {
   o.output = dir / "out";
   o.save_dtype = SafetensorsDType::F32;
   o.train_shards = {dir / "train.bin"};
-  const TrainSummary s = run_training(student, objective, o);
+  const TrainSummary s = run_training(models.student, objective, o);
   EXPECT_EQ(s.steps, 3);
   std::vector<float> after(p.teacher_params.size()), student_after(p.student_params.size());
-  teacher.get_parameters(after);
-  student.get_parameters(student_after);
+  models.teacher.get_parameters(after);
+  models.student.get_parameters(student_after);
   EXPECT_EQ(0, std::memcmp(after.data(), p.teacher_params.data(), after.size() * sizeof(float)));
   EXPECT_GT(testing::max_abs_diff(student_after, p.student_params), 0.0);
   EXPECT_GT(objective.teacher_seconds(), 0.0);

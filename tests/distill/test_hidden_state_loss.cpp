@@ -183,41 +183,37 @@ TEST(HiddenStateDistillation, ObjectiveWeighsTheTermsDynamically) {
   const std::int64_t B = 2, T = 8, N = B * T, V = p.teacher_config.vocab_size;
   const auto all = testing::tiny_tokens(N + 1, V);
   const std::vector<std::int32_t> inputs(all.begin(), all.end() - 1), targets(all.begin() + 1, all.end());
-  auto backend = make_backend("cpu");
-  LlamaModel teacher(p.teacher_config, *backend, B, T, ModelMode::Inference);
-  teacher.set_parameters(p.teacher_params);
-  LlamaModel student(p.student_config, *backend, B, T, ModelMode::Training);
-  student.set_parameters(p.student_params);
-  LossWorkspace ws(*backend, V, N, 5, /*distillation=*/true);
-  HiddenStateDistillation hidden(*backend, p.student_config, p.teacher_config,
+  testing::DistillModels models(p, B, T);
+  LossWorkspace ws(*models.backend, V, N, 5, /*distillation=*/true);
+  HiddenStateDistillation hidden(*models.backend, p.student_config, p.teacher_config,
                                  parse_layer_mapping("0:1,1:3", 2, 4), N);
   const float w = 0.5f;
 
-  student.zero_gradients();
-  TeacherDistillationObjective kl(teacher, ws);
-  const double l_kl = kl.step(student, inputs, targets, B, T, 1.0f);
-  student.backward();
-  const auto g_kl = gradients(student);
+  models.student.zero_gradients();
+  TeacherDistillationObjective kl(models.teacher, ws);
+  const double l_kl = kl.step(models.student, inputs, targets, B, T, 1.0f);
+  models.student.backward();
+  const auto g_kl = gradients(models.student);
 
   // The intermediate loss's own gradient (weight 1) on the same forward.
-  student.zero_gradients();
+  models.student.zero_gradients();
   ForwardOptions to, so;
   to.observer = &hidden.teacher_observer();
   so.observer = &hidden.student_observer();
-  teacher.forward(inputs, B, T, to);
-  student.forward(inputs, B, T, so);
+  models.teacher.forward(inputs, B, T, to);
+  models.student.forward(inputs, B, T, so);
   const double l_is = hidden.loss();
-  hidden.backward(student, 1.0f);
-  student.backward();
-  const auto g_is = gradients(student);
+  hidden.backward(models.student, 1.0f);
+  models.student.backward();
+  const auto g_is = gradients(models.student);
   ASSERT_GT(l_is, 0.0);
 
-  student.zero_gradients();
-  TeacherDistillationObjective both(teacher, ws, 1.0f, 0.0f, &hidden, w);
+  models.student.zero_gradients();
+  TeacherDistillationObjective both(models.teacher, ws, 1.0f, 0.0f, &hidden, w);
   EXPECT_STREQ(both.name(), "kl+hidden");
-  const double l_both = both.step(student, inputs, targets, B, T, 1.0f);
-  student.backward();
-  const auto g_both = gradients(student);
+  const double l_both = both.step(models.student, inputs, targets, B, T, 1.0f);
+  models.student.backward();
+  const auto g_both = gradients(models.student);
   const double alpha = l_kl / l_is;
   // Same fp32 numbers, combined in double.
   EXPECT_NEAR(both.last_intermediate(), l_is, 1e-12);
@@ -228,8 +224,8 @@ TEST(HiddenStateDistillation, ObjectiveWeighsTheTermsDynamically) {
   // Scaling the hidden-state gradient before vs after the backward: fp32 reassociation.
   EXPECT_LE(testing::max_abs_diff(g_both, expected), 1e-5 * std::max(1.0, testing::max_abs(expected)));
 
-  EXPECT_THROW(TeacherDistillationObjective(teacher, ws, 1.0f, 0.0f, &hidden, -1.0f), Error);
-  EXPECT_THROW(TeacherDistillationObjective(teacher, ws, 1.0f, 0.0f, nullptr, 1.0f), Error);
+  EXPECT_THROW(TeacherDistillationObjective(models.teacher, ws, 1.0f, 0.0f, &hidden, -1.0f), Error);
+  EXPECT_THROW(TeacherDistillationObjective(models.teacher, ws, 1.0f, 0.0f, nullptr, 1.0f), Error);
 }
 
 // Training with the intermediate loss, interrupted at a checkpoint and resumed, ends with the
@@ -239,10 +235,8 @@ TEST(HiddenStateDistillation, ResumeIsBitExact) {
   testing::TempDir dir;
   const std::int64_t B = 2, T = 8, V = p.teacher_config.vocab_size;
   write_shard(dir / "train.bin", testing::tiny_tokens(300, V, 4));
-  auto backend = make_backend("cpu");
-  LlamaModel teacher(p.teacher_config, *backend, B, T, ModelMode::Inference);
-  teacher.set_parameters(p.teacher_params);
-  LossWorkspace ws(*backend, V, B * T, 0, /*distillation=*/true);
+  testing::DistillModels models(p, B, T);  // its student is the one refused a resume below
+  LossWorkspace ws(*models.backend, V, B * T, 0, /*distillation=*/true);
   TrainOptions o;
   o.batch_size = B;
   o.sequence_length = T;
@@ -255,11 +249,11 @@ TEST(HiddenStateDistillation, ResumeIsBitExact) {
   o.train_shards = {dir / "train.bin"};
 
   auto run = [&](const std::string& out, bool resume, std::uint64_t map_seed, std::vector<float>& map) {
-    LlamaModel student(p.student_config, *backend, B, T, ModelMode::Training);
+    LlamaModel student(p.student_config, *models.backend, B, T, ModelMode::Training);
     student.set_parameters(p.student_params);
-    HiddenStateDistillation hidden(*backend, p.student_config, p.teacher_config,
+    HiddenStateDistillation hidden(*models.backend, p.student_config, p.teacher_config,
                                    default_layer_mapping(2, 4), B * T, map_seed);
-    TeacherDistillationObjective objective(teacher, ws, 1.0f, 0.0f, &hidden, 1.0f);
+    TeacherDistillationObjective objective(models.teacher, ws, 1.0f, 0.0f, &hidden, 1.0f);
     TrainOptions options = o;
     options.output = dir / out;
     options.resume = resume;
@@ -283,19 +277,17 @@ TEST(HiddenStateDistillation, ResumeIsBitExact) {
   ASSERT_EQ(map_a.size(), map_b.size());
   EXPECT_EQ(0, std::memcmp(map_a.data(), map_b.data(), map_a.size() * sizeof(float)));
   // The map was trained (it moved from its seed-1 initialisation).
-  HiddenStateDistillation fresh(*backend, p.student_config, p.teacher_config, default_layer_mapping(2, 4), B * T, 1);
+  HiddenStateDistillation fresh(*models.backend, p.student_config, p.teacher_config, default_layer_mapping(2, 4), B * T, 1);
   EXPECT_GT(testing::max_abs_diff(fresh.get_map(), map_a), 0.0);
   // Resuming with another mapping is refused.
   std::filesystem::create_directories(dir / "c");
   std::filesystem::copy(dir / "a" / "checkpoint-2", dir / "c" / "checkpoint-2", std::filesystem::copy_options::recursive);
-  LlamaModel student(p.student_config, *backend, B, T, ModelMode::Training);
-  student.set_parameters(p.student_params);
-  HiddenStateDistillation other(*backend, p.student_config, p.teacher_config, parse_layer_mapping("1:3", 2, 4), B * T);
-  TeacherDistillationObjective objective(teacher, ws, 1.0f, 0.0f, &other, 1.0f);
+  HiddenStateDistillation other(*models.backend, p.student_config, p.teacher_config, parse_layer_mapping("1:3", 2, 4), B * T);
+  TeacherDistillationObjective objective(models.teacher, ws, 1.0f, 0.0f, &other, 1.0f);
   TrainOptions options = o;
   options.output = dir / "c";
   options.resume = true;
-  EXPECT_THROW(run_training(student, objective, options), Error);
+  EXPECT_THROW(run_training(models.student, objective, options), Error);
 }
 
 TEST(LayerMapping, DefaultMapsLastToLastEvenlySpaced) {

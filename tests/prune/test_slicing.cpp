@@ -439,6 +439,33 @@ TEST(Slicing, RefusesImpossibleTargets) {
   check_scores_match(s, c, "scores.json");  // its own are fine
 }
 
+// Task accuracies per removed block are checked like the losses, one per block start, when the
+// scores are loaded for pruning (rather than later, when a block is chosen).
+TEST(Scores, TaskScoreLengthsAreChecked) {
+  const ModelConfig c = tiny_config();  // 4 layers: blocks of 2 start at layers 0, 1 and 2
+  ImportanceScores s = empty_scores(c);
+  s.layers.block_removal_task_score[2] = {0.5, 0.6, 0.7};
+  check_scores_match(s, c, "scores.json");
+  auto message = [&]() -> std::string {
+    try {
+      check_scores_match(s, c, "scores.json");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "accepted task scores of the wrong length";
+    return "";
+  };
+  s.layers.block_removal_task_score[2] = {0.5, 0.6};
+  const std::string short_row = message();
+  EXPECT_NE(short_row.find("layers.block_removal_task_score for block size 2 has 2 values"), std::string::npos)
+      << short_row;
+  EXPECT_NE(short_row.find("expected 4 - k + 1 values"), std::string::npos) << short_row;
+  EXPECT_EQ(short_row.find('\n'), std::string::npos) << short_row;
+  s.layers.block_removal_task_score.clear();
+  s.layers.block_removal_task_score[5] = {0.5};  // a block larger than the model
+  EXPECT_NE(message().find("for block size 5 has 1 values"), std::string::npos);
+}
+
 TEST(Scores, JsonRoundTrip) {
   testing::TempDir dir;
   const ModelConfig c = tiny_config();
