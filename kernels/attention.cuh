@@ -38,17 +38,11 @@ constexpr int kAttentionKeyTile = 32;    // one key per lane
 template <typename T, int HD>
 inline constexpr int kAttentionSmemStride = HD + static_cast<int>(4 / sizeof(T));
 
-// Copies rows [row0, row0 + rows) of one head (HD contiguous elements at `base + r * stride`)
-// into padded shared memory, zero-filling rows at or beyond `limit`.
 template <typename T, int HD>
 __device__ __forceinline__ void attention_load_tile(T* tile, const T* base, std::int64_t stride,
-                                                    int row0, int rows, int limit) {
-  constexpr int S = kAttentionSmemStride<T, HD>;
-  for (int idx = threadIdx.x; idx < rows * HD; idx += blockDim.x) {
-    const int r = idx / HD, d = idx % HD;
-    tile[r * S + d] = row0 + r < limit ? base[static_cast<std::int64_t>(row0 + r) * stride + d]
-                                       : from_float<T>(0.0f);
-  }
+                                                    int row0, int rows, int limit, bool packed) {
+  attention_fill_tile<T, HD, kAttentionSmemStride<T, HD>>(tile, base, stride, row0, rows, limit,
+                                                          packed);
 }
 
 // ---- kernels ----
@@ -56,7 +50,8 @@ __device__ __forceinline__ void attention_load_tile(T* tile, const T* base, std:
 // grid (ceil(Tq / 16), Hq, B), 128 threads.
 template <typename T, int HD>
 __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v,
-                                         int Tq, int Tk, int Hq, int Hkv, float scale_log2) {
+                                         int Tq, int Tk, int Hq, int Hkv, float scale_log2,
+                                         bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;  // output dims per lane
@@ -74,7 +69,7 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
   const T* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
   const T* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
 
-  attention_load_tile<T, HD>(q_s, q_head, q_stride, q0, kAttentionQueryTile, Tq);
+  attention_load_tile<T, HD>(q_s, q_head, q_stride, q0, kAttentionQueryTile, Tq, packed);
 
   float m[R], l[R], o[R][DPL];
 #pragma unroll
@@ -91,8 +86,8 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
 
   for (int k0 = 0; k0 < key_end; k0 += kAttentionKeyTile) {
     __syncthreads();  // the previous tile is consumed (and the query tile is written)
-    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk);
-    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk);
+    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
     __syncthreads();
 
     float s[R] = {};
@@ -170,7 +165,8 @@ __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* 
 template <typename T, int HD>
 __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* lse,
                                              const float* D, const T* q, const T* k, const T* v,
-                                             int Tq, int Tk, int Hq, int Hkv, float scale) {
+                                             int Tq, int Tk, int Hq, int Hkv, float scale,
+                                             bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;
@@ -190,8 +186,9 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   const T* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
   const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
 
-  attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
-  attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
+  attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
+  attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
+                             packed);
 
   float row_lse[R], row_D[R], acc[R][DPL];
 #pragma unroll
@@ -210,8 +207,8 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
 
   for (int k0 = 0; k0 < key_end; k0 += kAttentionKeyTile) {
     __syncthreads();
-    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk);
-    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk);
+    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
     __syncthreads();
 
     float s[R] = {}, dp[R] = {};
@@ -268,7 +265,8 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
 template <typename T, int HD>
 __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const float* lse,
                                               const float* D, const T* q, const T* k, const T* v,
-                                              int Tq, int Tk, int Hq, int Hkv, float scale) {
+                                              int Tq, int Tk, int Hq, int Hkv, float scale,
+                                             bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int kWarps = kAttentionThreads / kWarpSize;
@@ -287,8 +285,8 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
   const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
   const std::int64_t kv_offset = static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
 
-  attention_load_tile<T, HD>(k_s, k + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk);
-  attention_load_tile<T, HD>(v_s, v + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk);
+  attention_load_tile<T, HD>(k_s, k + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk, packed);
+  attention_load_tile<T, HD>(v_s, v + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk, packed);
 
   float dk_acc[DPT], dv_acc[DPT];
 #pragma unroll
@@ -305,8 +303,10 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
     const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
     for (int q0 = tile_begin; q0 < Tq; q0 += kAttentionQueryTile) {
       __syncthreads();  // the previous query tile is consumed
-      attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
-      attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
+      attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
+                                 packed);
+      attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
+                                 packed);
       __syncthreads();
 
       // Scores for the warp's 4 query rows against this lane's key.
@@ -392,7 +392,7 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
                     static_cast<unsigned>(Hq), static_cast<unsigned>(B));
     launch(kernel, grid, dim3(kAttentionThreads), smem, stream, out, lse, q, k, v,
            static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
-           kLog2e / std::sqrt(static_cast<float>(HD)));
+           kLog2e / std::sqrt(static_cast<float>(HD)), rows_aligned16<T>(HD, {q, k, v}));
   }
 }
 
@@ -415,6 +415,7 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
     constexpr int S = kAttentionSmemStride<T, HD>;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     const int Hkvi = static_cast<int>(Hkv);
+    const bool packed = rows_aligned16<T>(HD, {q, k, v, dout});
     const std::size_t dq_smem = (2 * kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
                                 kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
     auto dq_kernel = attention_backward_dq_kernel<T, HD>;
@@ -423,7 +424,7 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
            dim3(static_cast<unsigned>(ceil_div(T_, kAttentionQueryTile)), static_cast<unsigned>(Hq),
                 static_cast<unsigned>(B)),
            dim3(kAttentionThreads), dq_smem, stream, dq, dout, lse,
-           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale);
+           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale, packed);
 
     const std::size_t dkv_smem = (2 * kAttentionKeyTile + 2 * kAttentionQueryTile) * S * sizeof(T) +
                                  2 * kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
@@ -433,7 +434,7 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
            dim3(static_cast<unsigned>(ceil_div(T_, kAttentionKeyTile)), static_cast<unsigned>(Hkv),
                 static_cast<unsigned>(B)),
            dim3(kAttentionThreads), dkv_smem, stream, dk, dv, dout, lse,
-           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale);
+           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale, packed);
   }
 }
 

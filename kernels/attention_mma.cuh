@@ -35,34 +35,48 @@ constexpr int kMmaQueryTile = 32;  // queries streamed per step (dk/dv)
 template <int HD>
 inline constexpr int kMmaSmemStride = HD + 8;  // 16 bytes of padding: rows start 4 banks apart
 
-// Copies rows [row0, row0 + rows) of one head (HD contiguous bf16 at `base + r * stride`) into
-// padded shared memory, zero-filling rows at or beyond `limit`. `packed`: every row starts on a
-// 16-byte boundary (the launcher checked the base pointers; HD % 8 == 0 keeps rows aligned), so
-// one 16-byte access moves 8 elements.
-template <int HD>
-__device__ __forceinline__ void mma_load_tile(bf16* tile, const bf16* base, std::int64_t stride,
-                                              int row0, int rows, int limit, bool packed) {
-  constexpr int S = kMmaSmemStride<HD>;
+// Copies rows [row0, row0 + rows) of one head (HD contiguous elements at `base + r * stride`)
+// into shared memory rows of S elements, zero-filling rows at or beyond `limit`. Shared by every
+// attention kernel (the CUDA-core ones of attention.cuh too). `packed`: every global row starts
+// on a 16-byte boundary (the launcher checked the base pointers with rows_aligned16; strides are
+// multiples of HD), so one 16-byte load moves a pack; it is stored whole where shared rows are
+// 16-byte aligned too (the tensor-core tiles), element by element otherwise.
+template <typename T, int HD, int S>
+__device__ __forceinline__ void attention_fill_tile(T* tile, const T* base, std::int64_t stride,
+                                                    int row0, int rows, int limit, bool packed) {
+  constexpr int K = Packed128<T>::kSize;
   if (packed) {
-    constexpr int P = HD / 8;
+    static_assert(HD % K == 0, "packed rows are whole 16-byte packs");
+    constexpr int P = HD / K;
     for (int idx = threadIdx.x; idx < rows * P; idx += blockDim.x) {
-      const int r = idx / P, d = idx % P * 8;
-      Packed128<bf16> v;
+      const int r = idx / P, d = idx % P * K;
+      Packed128<T> v;
       if (row0 + r < limit) {
         v = load128(base + static_cast<std::int64_t>(row0 + r) * stride + d);
       } else {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v.payload[e] = from_float<bf16>(0.0f);
+        for (int e = 0; e < K; ++e) v.payload[e] = from_float<T>(0.0f);
       }
-      store128(tile + r * S + d, v);
+      if constexpr (S * sizeof(T) % 16 == 0) {
+        store128(tile + r * S + d, v);
+      } else {
+#pragma unroll
+        for (int e = 0; e < K; ++e) tile[r * S + d + e] = v.payload[e];
+      }
     }
   } else {
     for (int idx = threadIdx.x; idx < rows * HD; idx += blockDim.x) {
       const int r = idx / HD, d = idx % HD;
       tile[r * S + d] = row0 + r < limit ? base[static_cast<std::int64_t>(row0 + r) * stride + d]
-                                         : from_float<bf16>(0.0f);
+                                         : from_float<T>(0.0f);
     }
   }
+}
+
+template <int HD>
+__device__ __forceinline__ void mma_load_tile(bf16* tile, const bf16* base, std::int64_t stride,
+                                              int row0, int rows, int limit, bool packed) {
+  attention_fill_tile<bf16, HD, kMmaSmemStride<HD>>(tile, base, stride, row0, rows, limit, packed);
 }
 
 __device__ __forceinline__ std::uint32_t load_bf16x2(const bf16* p) {
@@ -251,7 +265,8 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
       o_row[j * 8 + 2 * t] = from_float<bf16>(o[j].value[2 * half] * inv);
       o_row[j * 8 + 2 * t + 1] = from_float<bf16>(o[j].value[2 * half + 1] * inv);
     }
-    if (t == 0) lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
+    if (t == 0)
+      lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
   }
 }
 
@@ -550,7 +565,7 @@ void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, 
   allow_dynamic_shared(kernel, kMmaForwardSmem<HD>);
   const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kMmaBlockRows)), static_cast<unsigned>(Hq),
                   static_cast<unsigned>(B));
-  const bool packed = aligned16(q) && aligned16(k) && aligned16(v);
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v});
   launch(kernel, grid, dim3(kAttentionThreads), kMmaForwardSmem<HD>, stream, out, lse, q, k, v,
          static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
          kLog2e / std::sqrt(static_cast<float>(HD)), packed);
@@ -565,7 +580,7 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  const bool packed = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout);
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout});
 
   auto dq_kernel = attention_backward_dq_mma_kernel<HD>;
   allow_dynamic_shared(dq_kernel, kMmaDqSmem<HD>);

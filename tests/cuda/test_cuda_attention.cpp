@@ -6,6 +6,7 @@
 // suite over the 64-row blocks, 32-row tiles and KV groups it is built around.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -35,8 +36,12 @@ void expect_bf16_backward(const std::vector<float>& got_dq, const std::vector<fl
   const std::int64_t T = s.Tq, hd = s.hd, group = s.Hq / s.Hkv;
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   std::vector<double> mag_q(dq.size(), 0.0), mag_k(dk.size(), 0.0), mag_v(dv.size(), 0.0);
-  auto qi = [&](std::int64_t b, std::int64_t t, std::int64_t h) { return ((b * T + t) * s.Hq + h) * hd; };
-  auto ki = [&](std::int64_t b, std::int64_t t, std::int64_t h) { return ((b * T + t) * s.Hkv + h) * hd; };
+  auto qi = [&](std::int64_t b, std::int64_t t, std::int64_t h) {
+    return ((b * T + t) * s.Hq + h) * hd;
+  };
+  auto ki = [&](std::int64_t b, std::int64_t t, std::int64_t h) {
+    return ((b * T + t) * s.Hkv + h) * hd;
+  };
   for (std::int64_t b = 0; b < s.B; ++b)
     for (std::int64_t h = 0; h < s.Hq; ++h)
       for (std::int64_t i = 0; i < T; ++i) {
@@ -74,21 +79,33 @@ void expect_bf16_backward(const std::vector<float>& got_dq, const std::vector<fl
   expect_within("attention dv", got_dv, dv, bounds(mag_v, dv));
 }
 
-class CudaAttention : public ::testing::TestWithParam<std::tuple<DType, Shape>> {
- protected:
-  Device dev;
+// `host` at element `offset` of a larger device buffer: offset 1 puts every row off its 16-byte
+// boundary, so the kernels must take the element-wise tile fill (the emulator aborts on a
+// misaligned 16-byte load, as a GPU faults).
+struct Placed {
+  BackendBuffer buffer;
+  Tensor view;
 };
+Placed place(Device& dev, const std::vector<float>& host, DType dt, std::int64_t offset) {
+  std::vector<float> all(host.size() + static_cast<std::size_t>(offset), 0.0f);
+  std::copy(host.begin(), host.end(), all.begin() + offset);
+  Placed p{dev.put(all, dt), Tensor{}};
+  p.view = p.buffer.tensor().slice(offset, static_cast<std::int64_t>(host.size()));
+  return p;
+}
 
-TEST_P(CudaAttention, ForwardAndBackward) {
-  const auto [dt, s] = GetParam();
+// The forward, then (for Tq == Tk) the backward, against the CPU reference; inputs at `offset`.
+void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int64_t offset) {
   const std::int64_t qn = s.B * s.Tq * s.Hq * s.hd, kvn = s.B * s.Tk * s.Hkv * s.hd;
   const std::int64_t stats = s.B * s.Hq * s.Tq;
   const auto q = stored(random_floats(qn, 51, -1, 1), dt);
   const auto k = stored(random_floats(kvn, 52, -1, 1), dt);
   const auto v = stored(random_floats(kvn, 53, -1, 1), dt);
-  auto tq = dev.put(q, dt), tk = dev.put(k, dt), tv = dev.put(v, dt);
+  const Placed tq = place(dev, q, dt, offset), tk = place(dev, k, dt, offset),
+               tv = place(dev, v, dt, offset);
   auto tout = dev.poisoned(qn, dt), tlse = dev.poisoned(stats, DType::F32);
-  dev.backend().attention_forward(tout, tlse, tq, tk, tv, s.B, s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
+  dev.backend().attention_forward(tout, tlse, tq.view, tk.view, tv.view, s.B, s.Tq, s.Tk, s.Hq,
+                                  s.Hkv, s.hd);
 
   std::vector<float> out(qn), lse(stats);
   cpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), s.B, s.Tq, s.Tk,
@@ -98,17 +115,19 @@ TEST_P(CudaAttention, ForwardAndBackward) {
   // tensor-core kernel, which rounds P to bf16 for the PV product (each weight off by up to 2^-8
   // of itself, so out by at most 2^-8 * max|v|, absolute), then rounds the output once.
   const bool bf16 = dt == DType::BF16;
-  expect_near_all("attention out", dev.get(tout), out, bf16 ? kBf16Ulp : 1e-5, bf16 ? kBf16Ulp : 2e-6);
+  expect_near_all("attention out", dev.get(tout), out, bf16 ? kBf16Ulp : 1e-5,
+                  bf16 ? kBf16Ulp : 2e-6);
   // lse = max + log(sum) ~ log(Tk) <= 4: fp32 ulps of that plus the exp differences.
   expect_near_all("attention lse", dev.get(tlse), lse, 1e-6, 1e-5);
 
   if (s.Tq != s.Tk) return;  // the backward serves training, where Tq == Tk
   const auto out_used = dev.get(tout);  // both backwards read the same forward output
   const auto dout = stored(random_floats(qn, 54, -1, 1), dt);
-  auto tdout = dev.put(dout, dt), tused = dev.put(out_used, dt), tlse_ref = dev.put(lse, DType::F32);
+  const Placed tdout = place(dev, dout, dt, offset);
+  auto tused = dev.put(out_used, dt), tlse_ref = dev.put(lse, DType::F32);
   auto tdq = dev.poisoned(qn, dt), tdk = dev.poisoned(kvn, dt), tdv = dev.poisoned(kvn, dt);
-  dev.backend().attention_backward(tdq, tdk, tdv, tdout, tused, tlse_ref, tq, tk, tv, s.B, s.Tq,
-                                   s.Hq, s.Hkv, s.hd);
+  dev.backend().attention_backward(tdq, tdk, tdv, tdout.view, tused, tlse_ref, tq.view, tk.view,
+                                   tv.view, s.B, s.Tq, s.Hq, s.Hkv, s.hd);
   std::vector<float> dq(qn), dk(kvn), dv(kvn);
   cpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), out_used.data(), lse.data(),
                           q.data(), k.data(), v.data(), s.B, s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
@@ -122,6 +141,24 @@ TEST_P(CudaAttention, ForwardAndBackward) {
   expect_near_all("attention dq", dev.get(tdq), dq, 1e-5, 2e-5);
   expect_near_all("attention dk", dev.get(tdk), dk, 1e-5, 2e-5);
   expect_near_all("attention dv", dev.get(tdv), dv, 1e-5, 2e-5);
+}
+
+class CudaAttention : public ::testing::TestWithParam<std::tuple<DType, Shape>> {
+ protected:
+  Device dev;
+};
+
+TEST_P(CudaAttention, ForwardAndBackward) {
+  const auto [dt, s] = GetParam();
+  check_forward_and_backward(dev, dt, s, 0);
+}
+
+TEST(CudaAttentionMisaligned, UnalignedInputsTakeTheElementwiseFill) {
+  Device dev;
+  for (DType dt : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_label(dt));
+    check_forward_and_backward(dev, dt, Shape{2, 37, 37, 4, 2, 64}, 1);
+  }
 }
 
 const Shape kShapes[] = {
@@ -189,7 +226,8 @@ const Shape kBackwardShapes[] = {
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionBf16Backward, ::testing::ValuesIn(kBackwardShapes),
                          [](const auto& info) {
                            const Shape& s = info.param;
-                           return str("B", s.B, "_T", s.Tq, "_Hq", s.Hq, "_Hkv", s.Hkv, "_hd", s.hd);
+                           return str("B", s.B, "_T", s.Tq, "_Hq", s.Hq, "_Hkv", s.Hkv, "_hd",
+                                      s.hd);
                          });
 
 TEST(CudaAttentionErrors, UnsupportedHeadDimIsAClearError) {
