@@ -5,11 +5,11 @@
 // sees keys 0 .. t + (Tk - Tq); query head h reads KV head h / (Hq / Hkv) in place: K and V are
 // never copied per group.
 //
-// Two forwards: a plain tiled version on CUDA cores (fp32 FMAs), used for fp32 storage and the
-// reference shape of the algorithm, and a tensor-core version (mma.sync through kernels/mma.cuh)
-// used for bf16, the engine's dtype (head_dim a multiple of 16). The backward is CUDA-core only
-// so far (the next speed step is the same mma treatment for it).
-// Shape of the work:
+// This file: the CUDA-core kernels (fp32 FMAs), used for fp32 storage and the reference shape of
+// the algorithm, and the public launchers. bf16, the engine's dtype (head_dim a multiple of 16),
+// dispatches to the tensor-core forward and backward of kernels/attention_mma.cuh; the D kernel
+// below serves both backwards.
+// Shape of the CUDA-core work:
 //  - A block of 4 warps owns 16 query rows (4 per warp) of one (batch, head). Keys stream
 //    through shared memory 32 at a time; in a tile each lane owns one key, so a score is a
 //    lane-private dot product (no shuffles), and the softmax statistics need one warp
@@ -25,33 +25,24 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/attention_mma.cuh"
 #include "kernels/cuda/device_common.cuh"
-#include "kernels/mma.cuh"
 
 namespace minitron::cuda {
 
-constexpr int kAttentionThreads = 128;  // 4 warps
 constexpr int kAttentionRowsPerWarp = 4;
 constexpr int kAttentionQueryTile = 16;  // warps * rows per warp
 constexpr int kAttentionKeyTile = 32;    // one key per lane
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 // Elements per padded shared-memory row: 4 extra bytes shift consecutive rows by one bank.
 template <typename T, int HD>
 inline constexpr int kAttentionSmemStride = HD + static_cast<int>(4 / sizeof(T));
 
-// Copies rows [row0, row0 + rows) of one head (HD contiguous elements at `base + r * stride`)
-// into padded shared memory, zero-filling rows at or beyond `limit`.
 template <typename T, int HD>
 __device__ __forceinline__ void attention_load_tile(T* tile, const T* base, std::int64_t stride,
-                                                    int row0, int rows, int limit) {
-  constexpr int S = kAttentionSmemStride<T, HD>;
-  for (int idx = threadIdx.x; idx < rows * HD; idx += blockDim.x) {
-    const int r = idx / HD, d = idx % HD;
-    tile[r * S + d] = row0 + r < limit ? base[static_cast<std::int64_t>(row0 + r) * stride + d]
-                                       : from_float<T>(0.0f);
-  }
+                                                    int row0, int rows, int limit, bool packed) {
+  attention_fill_tile<T, HD, kAttentionSmemStride<T, HD>>(tile, base, stride, row0, rows, limit,
+                                                          packed);
 }
 
 // ---- kernels ----
@@ -59,7 +50,8 @@ __device__ __forceinline__ void attention_load_tile(T* tile, const T* base, std:
 // grid (ceil(Tq / 16), Hq, B), 128 threads.
 template <typename T, int HD>
 __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v,
-                                         int Tq, int Tk, int Hq, int Hkv, float scale_log2) {
+                                         int Tq, int Tk, int Hq, int Hkv, float scale_log2,
+                                         bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;  // output dims per lane
@@ -77,7 +69,7 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
   const T* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
   const T* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
 
-  attention_load_tile<T, HD>(q_s, q_head, q_stride, q0, kAttentionQueryTile, Tq);
+  attention_load_tile<T, HD>(q_s, q_head, q_stride, q0, kAttentionQueryTile, Tq, packed);
 
   float m[R], l[R], o[R][DPL];
 #pragma unroll
@@ -94,8 +86,8 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
 
   for (int k0 = 0; k0 < key_end; k0 += kAttentionKeyTile) {
     __syncthreads();  // the previous tile is consumed (and the query tile is written)
-    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk);
-    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk);
+    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
     __syncthreads();
 
     float s[R] = {};
@@ -173,7 +165,8 @@ __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* 
 template <typename T, int HD>
 __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* lse,
                                              const float* D, const T* q, const T* k, const T* v,
-                                             int Tq, int Tk, int Hq, int Hkv, float scale) {
+                                             int Tq, int Tk, int Hq, int Hkv, float scale,
+                                             bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;
@@ -193,8 +186,9 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   const T* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
   const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
 
-  attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
-  attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
+  attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
+  attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
+                             packed);
 
   float row_lse[R], row_D[R], acc[R][DPL];
 #pragma unroll
@@ -213,8 +207,8 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
 
   for (int k0 = 0; k0 < key_end; k0 += kAttentionKeyTile) {
     __syncthreads();
-    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk);
-    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk);
+    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
     __syncthreads();
 
     float s[R] = {}, dp[R] = {};
@@ -271,7 +265,8 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
 template <typename T, int HD>
 __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const float* lse,
                                               const float* D, const T* q, const T* k, const T* v,
-                                              int Tq, int Tk, int Hq, int Hkv, float scale) {
+                                              int Tq, int Tk, int Hq, int Hkv, float scale,
+                                             bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int kWarps = kAttentionThreads / kWarpSize;
@@ -290,8 +285,8 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
   const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
   const std::int64_t kv_offset = static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
 
-  attention_load_tile<T, HD>(k_s, k + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk);
-  attention_load_tile<T, HD>(v_s, v + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk);
+  attention_load_tile<T, HD>(k_s, k + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk, packed);
+  attention_load_tile<T, HD>(v_s, v + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk, packed);
 
   float dk_acc[DPT], dv_acc[DPT];
 #pragma unroll
@@ -308,8 +303,10 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
     const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
     for (int q0 = tile_begin; q0 < Tq; q0 += kAttentionQueryTile) {
       __syncthreads();  // the previous query tile is consumed
-      attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
-      attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq);
+      attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
+                                 packed);
+      attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
+                                 packed);
       __syncthreads();
 
       // Scores for the warp's 4 query rows against this lane's key.
@@ -365,184 +362,7 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
 }
 
 
-// ---- tensor-core forward (bf16, head_dim a multiple of 16) ----
-//
-// FlashAttention-2's layout on mma.sync m16n8k16 (kernels/mma.cuh): a warp owns 16 query rows,
-// a block 4 warps (64 rows); keys stream through shared memory 32 at a time. S = Q K^T and
-// O += P V are tensor-core products with fp32 accumulators; the S accumulator's per-lane layout
-// (rows g and g+8, columns 2t, 2t+1 of each 8-key block) is exactly the A-fragment layout P
-// needs, so P goes from S to the next mma without shared memory. Row statistics live in the 4
-// lanes of a quad (same g) and are combined with two shuffles. P is rounded to bf16 for the PV
-// product (as FlashAttention does): each output moves by at most 2^-9 of max |v|.
-constexpr int kMmaQueryTile = 64;
-constexpr int kMmaKeyTile = 32;
-template <int HD>
-inline constexpr int kMmaSmemStride = HD + 8;  // 16 bytes of padding: rows start 4 banks apart
-
-__device__ __forceinline__ std::uint32_t load_bf16x2(const bf16* p) {
-  return mma::pack_bf16x2(p[0], p[1]);
-}
-
-template <int HD>
-__global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
-                                             const bf16* v, int Tq, int Tk, int Hq, int Hkv,
-                                             float scale_log2) {
-  constexpr int S = kMmaSmemStride<HD>;
-  constexpr int KC = HD / 16;          // k-chunks of the QK^T product
-  constexpr int NB = kMmaKeyTile / 8;  // 8-key blocks of a tile
-  constexpr int OB = HD / 8;           // 8-dim blocks of the output
-  MINITRON_DYNAMIC_SHARED(bf16, q_s);  // [64][S]
-  bf16* k_s = q_s + kMmaQueryTile * S;  // [32][S]
-  bf16* v_s = k_s + kMmaKeyTile * S;    // [32][S]
-
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaQueryTile;
-  const int hk = h / (Hq / Hkv), offset = Tk - Tq;
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int g = lane / 4, t = lane % 4;
-  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
-  const bf16* q_head = q + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
-  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
-  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
-
-  for (int idx = threadIdx.x; idx < kMmaQueryTile * HD; idx += blockDim.x) {
-    const int r = idx / HD, d = idx % HD;
-    q_s[r * S + d] = q0 + r < Tq ? q_head[static_cast<std::int64_t>(q0 + r) * q_stride + d]
-                                 : from_float<bf16>(0.0f);
-  }
-
-  const int row0 = q0 + warp * 16;  // this warp's first query row
-  const int rows[2] = {row0 + g, row0 + g + 8};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  mma::Accumulator o[OB];
-#pragma unroll
-  for (int j = 0; j < OB; ++j) o[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-
-  const int last_query = (q0 + kMmaQueryTile < Tq ? q0 + kMmaQueryTile : Tq) - 1;
-  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
-  const bf16* q_warp = q_s + warp * 16 * S;
-
-  for (int k0 = 0; k0 < key_end; k0 += kMmaKeyTile) {
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < kMmaKeyTile * HD; idx += blockDim.x) {
-      const int r = idx / HD, d = idx % HD;
-      const bool in = k0 + r < Tk;
-      const std::int64_t at = static_cast<std::int64_t>(k0 + r) * kv_stride + d;
-      k_s[r * S + d] = in ? k_head[at] : from_float<bf16>(0.0f);
-      v_s[r * S + d] = in ? v_head[at] : from_float<bf16>(0.0f);
-    }
-    __syncthreads();
-    // A warp whose rows all precede this tile has nothing to add (the whole warp skips).
-    if (k0 > row0 + 15 + offset) continue;
-
-    mma::Accumulator s[NB];
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-      mma::FragmentA a;
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-        a.reg[r] = load_bf16x2(q_warp + (g + 8 * (r % 2)) * S + kc * 16 + 2 * t + 8 * (r / 2));
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        mma::FragmentB kb;
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-          kb.reg[r] = load_bf16x2(k_s + (nb * 8 + g) * S + kc * 16 + 2 * t + 8 * r);
-        mma::mma_m16n8k16_bf16(s[nb], a, kb, s[nb]);
-      }
-    }
-
-    // Mask, then the online softmax for rows g (half 0) and g + 8 (half 1).
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int key = k0 + nb * 8 + 2 * t + r % 2, half = r / 2;
-        const bool visible = key < Tk && key <= rows[half] + offset;
-        s[nb].value[r] = visible ? s[nb].value[r] * scale_log2 : -INFINITY;
-        tile_max[half] = fmaxf(tile_max[half], s[nb].value[r]);
-      }
-    }
-    float alpha[2], m_safe[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 1));
-      tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 2));
-      const float m_new = fmaxf(m[half], tile_max[half]);
-      m_safe[half] = m_new == -INFINITY ? 0.0f : m_new;
-      alpha[half] = exp2f(m[half] - m_safe[half]);
-      m[half] = m_new;
-      l[half] *= alpha[half];  // per-lane partial sums; the quad adds them at the end
-    }
-#pragma unroll
-    for (int j = 0; j < OB; ++j) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) o[j].value[r] *= alpha[r / 2];
-    }
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const float p = exp2f(s[nb].value[r] - m_safe[r / 2]);
-        s[nb].value[r] = p;
-        l[r / 2] += p;
-      }
-    }
-
-    // O += P V: P's A fragment for keys 16c .. 16c+15 is S blocks 2c and 2c+1 as they are.
-#pragma unroll
-    for (int c = 0; c < kMmaKeyTile / 16; ++c) {
-      mma::FragmentA pa;
-      pa.reg[0] = mma::pack_bf16x2(from_float<bf16>(s[2 * c].value[0]), from_float<bf16>(s[2 * c].value[1]));
-      pa.reg[1] = mma::pack_bf16x2(from_float<bf16>(s[2 * c].value[2]), from_float<bf16>(s[2 * c].value[3]));
-      pa.reg[2] = mma::pack_bf16x2(from_float<bf16>(s[2 * c + 1].value[0]), from_float<bf16>(s[2 * c + 1].value[1]));
-      pa.reg[3] = mma::pack_bf16x2(from_float<bf16>(s[2 * c + 1].value[2]), from_float<bf16>(s[2 * c + 1].value[3]));
-#pragma unroll
-      for (int j = 0; j < OB; ++j) {
-        mma::FragmentB vb;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const bf16* vk = v_s + (c * 16 + 2 * t + 8 * r) * S + j * 8 + g;
-          vb.reg[r] = mma::pack_bf16x2(vk[0], vk[S]);
-        }
-        mma::mma_m16n8k16_bf16(o[j], pa, vb, o[j]);
-      }
-    }
-  }
-
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    l[half] += __shfl_xor_sync(kFullMask, l[half], 1);
-    l[half] += __shfl_xor_sync(kFullMask, l[half], 2);
-  }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = rows[half];
-    if (row >= Tq) continue;
-    const float inv = 1.0f / l[half];
-    bf16* o_row = out + (static_cast<std::int64_t>(b) * Tq + row) * q_stride + h * HD;
-#pragma unroll
-    for (int j = 0; j < OB; ++j) {
-      o_row[j * 8 + 2 * t] = from_float<bf16>(o[j].value[2 * half] * inv);
-      o_row[j * 8 + 2 * t + 1] = from_float<bf16>(o[j].value[2 * half + 1] * inv);
-    }
-    if (t == 0) lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
-  }
-}
-
 // ---- launchers ----
-
-// Kernels whose dynamic shared memory exceeds the default 48 KiB must opt in (fp32 tiles of
-// head_dim 128 do; bf16 ones do not). The emulator enforces the same rule.
-template <typename Kernel>
-void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
-  if (bytes > 48 * 1024)
-    MINITRON_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(bytes)));
-}
 
 inline void check_attention_shape(std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                                   std::int64_t Hq, std::int64_t Hkv) {
@@ -561,15 +381,7 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
                           cudaStream_t stream) {
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core kernel (fp32 tiles stay on the CUDA-core kernel below).
-    constexpr int S = kMmaSmemStride<HD>;
-    const std::size_t smem = (kMmaQueryTile + 2 * kMmaKeyTile) * S * sizeof(bf16);
-    auto kernel = attention_forward_mma_kernel<HD>;
-    allow_dynamic_shared(kernel, smem);
-    const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kMmaQueryTile)), static_cast<unsigned>(Hq),
-                    static_cast<unsigned>(B));
-    launch(kernel, grid, dim3(kAttentionThreads), smem, stream, out, lse, q, k, v,
-           static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
-           kLog2e / std::sqrt(static_cast<float>(HD)));
+    attention_forward_mma<HD>(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, stream);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const std::size_t smem = (kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
@@ -580,7 +392,7 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
                     static_cast<unsigned>(Hq), static_cast<unsigned>(B));
     launch(kernel, grid, dim3(kAttentionThreads), smem, stream, out, lse, q, k, v,
            static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
-           kLog2e / std::sqrt(static_cast<float>(HD)));
+           kLog2e / std::sqrt(static_cast<float>(HD)), rows_aligned16<T>(HD, {q, k, v}));
   }
 }
 
@@ -589,34 +401,41 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
                            const T* q, const T* k, const T* v, std::int64_t B, std::int64_t T_,
                            std::int64_t Hq, std::int64_t Hkv, float* workspace,
                            cudaStream_t stream) {
-  constexpr int S = kAttentionSmemStride<T, HD>;
-  const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq);
   const std::int64_t rows = B * Hq * T_;
   constexpr int kDotWarps = 8;
   launch(attention_backward_dot_kernel<T, HD>,
          dim3(static_cast<unsigned>(ceil_div(rows, kDotWarps))), dim3(kDotWarps * kWarpSize), 0,
          stream, workspace, dout, out, rows, Ti, Hqi);
 
-  const std::size_t dq_smem = (2 * kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
-                              kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
-  auto dq_kernel = attention_backward_dq_kernel<T, HD>;
-  allow_dynamic_shared(dq_kernel, dq_smem);
-  launch(dq_kernel,
-         dim3(static_cast<unsigned>(ceil_div(T_, kAttentionQueryTile)), static_cast<unsigned>(Hq),
-              static_cast<unsigned>(B)),
-         dim3(kAttentionThreads), dq_smem, stream, dq, dout, lse,
-         static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale);
+  if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
+    // bf16: the tensor-core dq and dk/dv kernels (attention_mma.cuh).
+    attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, B, T_, Hq, Hkv, stream);
+  } else {
+    constexpr int S = kAttentionSmemStride<T, HD>;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    const int Hkvi = static_cast<int>(Hkv);
+    const bool packed = rows_aligned16<T>(HD, {q, k, v, dout});
+    const std::size_t dq_smem = (2 * kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
+                                kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
+    auto dq_kernel = attention_backward_dq_kernel<T, HD>;
+    allow_dynamic_shared(dq_kernel, dq_smem);
+    launch(dq_kernel,
+           dim3(static_cast<unsigned>(ceil_div(T_, kAttentionQueryTile)), static_cast<unsigned>(Hq),
+                static_cast<unsigned>(B)),
+           dim3(kAttentionThreads), dq_smem, stream, dq, dout, lse,
+           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale, packed);
 
-  const std::size_t dkv_smem = (2 * kAttentionKeyTile + 2 * kAttentionQueryTile) * S * sizeof(T) +
-                               2 * kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
-  auto dkv_kernel = attention_backward_dkv_kernel<T, HD>;
-  allow_dynamic_shared(dkv_kernel, dkv_smem);
-  launch(dkv_kernel,
-         dim3(static_cast<unsigned>(ceil_div(T_, kAttentionKeyTile)), static_cast<unsigned>(Hkv),
-              static_cast<unsigned>(B)),
-         dim3(kAttentionThreads), dkv_smem, stream, dk, dv, dout, lse,
-         static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale);
+    const std::size_t dkv_smem = (2 * kAttentionKeyTile + 2 * kAttentionQueryTile) * S * sizeof(T) +
+                                 2 * kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
+    auto dkv_kernel = attention_backward_dkv_kernel<T, HD>;
+    allow_dynamic_shared(dkv_kernel, dkv_smem);
+    launch(dkv_kernel,
+           dim3(static_cast<unsigned>(ceil_div(T_, kAttentionKeyTile)), static_cast<unsigned>(Hkv),
+                static_cast<unsigned>(B)),
+           dim3(kAttentionThreads), dkv_smem, stream, dk, dv, dout, lse,
+           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale, packed);
+  }
 }
 
 // The head sizes with compiled kernels (each is a template instance with its own registers).

@@ -1,0 +1,602 @@
+// Tensor-core causal attention for bf16 (head_dim a multiple of 16): FlashAttention-2's forward
+// and backward on mma.sync m16n8k16 through kernels/mma.cuh. kernels/attention.cuh holds the
+// CUDA-core kernels (fp32 storage) and the public launchers, which dispatch here for bf16.
+//
+// Layout as in attention.cuh: q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], lse fp32 [B, Hq, Tq] (natural
+// log); query head h reads KV head h / (Hq / Hkv) in place.
+//
+// Common shape of the three kernels: 4 warps per block, each warp owns 16 rows of the operand
+// it accumulates for (queries for the forward and dq, keys for dk/dv), so that its fp32
+// accumulators stay in registers; the other operand streams through shared memory. Shared rows
+// are padded by 16 bytes so that the 8 row addresses of an ldmatrix hit 8 different 16-byte bank
+// groups. An accumulator's per-lane layout (rows g and g+8, columns 2t, 2t+1 of each 8-column
+// block) is exactly the A-fragment layout of the next product, so P and dS go from one mma to
+// the next without shared memory, rounded to bf16 as FlashAttention does.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/device_common.cuh"
+#include "kernels/mma.cuh"
+#include "kernels/packed.cuh"
+
+namespace minitron::cuda {
+
+// Shared with the CUDA-core kernels of attention.cuh (which includes this file).
+constexpr int kAttentionThreads = 128;  // 4 warps
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+constexpr int kMmaWarpRows = 16;                                         // rows a warp owns
+constexpr int kMmaBlockRows = kAttentionThreads / kWarpSize * kMmaWarpRows;  // 64
+constexpr int kMmaKeyTile = 32;    // keys streamed per step (forward, dq)
+constexpr int kMmaQueryTile = 32;  // queries streamed per step (dk/dv)
+template <int HD>
+inline constexpr int kMmaSmemStride = HD + 8;  // 16 bytes of padding: rows start 4 banks apart
+
+// Copies rows [row0, row0 + rows) of one head (HD contiguous elements at `base + r * stride`)
+// into shared memory rows of S elements, zero-filling rows at or beyond `limit`. Shared by every
+// attention kernel (the CUDA-core ones of attention.cuh too). `packed`: every global row starts
+// on a 16-byte boundary (the launcher checked the base pointers with rows_aligned16; strides are
+// multiples of HD), so one 16-byte load moves a pack; it is stored whole where shared rows are
+// 16-byte aligned too (the tensor-core tiles), element by element otherwise.
+template <typename T, int HD, int S>
+__device__ __forceinline__ void attention_fill_tile(T* tile, const T* base, std::int64_t stride,
+                                                    int row0, int rows, int limit, bool packed) {
+  constexpr int K = Packed128<T>::kSize;
+  if (packed) {
+    static_assert(HD % K == 0, "packed rows are whole 16-byte packs");
+    constexpr int P = HD / K;
+    for (int idx = threadIdx.x; idx < rows * P; idx += blockDim.x) {
+      const int r = idx / P, d = idx % P * K;
+      Packed128<T> v;
+      if (row0 + r < limit) {
+        v = load128(base + static_cast<std::int64_t>(row0 + r) * stride + d);
+      } else {
+#pragma unroll
+        for (int e = 0; e < K; ++e) v.payload[e] = from_float<T>(0.0f);
+      }
+      if constexpr (S * sizeof(T) % 16 == 0) {
+        store128(tile + r * S + d, v);
+      } else {
+#pragma unroll
+        for (int e = 0; e < K; ++e) tile[r * S + d + e] = v.payload[e];
+      }
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < rows * HD; idx += blockDim.x) {
+      const int r = idx / HD, d = idx % HD;
+      tile[r * S + d] = row0 + r < limit ? base[static_cast<std::int64_t>(row0 + r) * stride + d]
+                                         : from_float<T>(0.0f);
+    }
+  }
+}
+
+template <int HD>
+__device__ __forceinline__ void mma_load_tile(bf16* tile, const bf16* base, std::int64_t stride,
+                                              int row0, int rows, int limit, bool packed) {
+  attention_fill_tile<bf16, HD, kMmaSmemStride<HD>>(tile, base, stride, row0, rows, limit, packed);
+}
+
+__device__ __forceinline__ std::uint32_t load_bf16x2(const bf16* p) {
+  return mma::pack_bf16x2(p[0], p[1]);
+}
+
+// The A fragment of the 16x16 block at `at` (row-major, row stride S): ldmatrix x4 with
+// matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = regs 0..3.
+template <int S>
+__device__ __forceinline__ mma::FragmentA ldsm_a(const bf16* at, int lane) {
+  mma::FragmentA a;
+  mma::ldmatrix_x4(a.reg, at + (lane % 8 + 8 * (lane / 8 % 2)) * S + 8 * (lane / 16));
+  return a;
+}
+
+// B fragments of two adjacent 8-column blocks of B (k 16 deep) stored n-major: row n of the
+// shared tile at `at` holds B[k][n] for consecutive k (K for S = Q K^T, V for dP = dO V^T).
+template <int S>
+__device__ __forceinline__ void ldsm_b_pair(mma::FragmentB& b0, mma::FragmentB& b1,
+                                            const bf16* at, int lane) {
+  std::uint32_t r[4];
+  mma::ldmatrix_x4(r, at + (lane % 8 + 8 * (lane / 16)) * S + 8 * (lane / 8 % 2));
+  b0.reg[0] = r[0], b0.reg[1] = r[1], b1.reg[0] = r[2], b1.reg[1] = r[3];
+}
+
+// The same for B stored k-major (row k holds B[k][n] for consecutive n: V for O = P V, K for
+// dQ = dS K): ldmatrix .trans turns 8x8 blocks of rows into the column-pair layout.
+template <int S>
+__device__ __forceinline__ void ldsm_b_pair_trans(mma::FragmentB& b0, mma::FragmentB& b1,
+                                                  const bf16* at, int lane) {
+  std::uint32_t r[4];
+  mma::ldmatrix_x4_trans(r, at + (lane % 8 + 8 * (lane / 8 % 2)) * S + 8 * (lane / 16));
+  b0.reg[0] = r[0], b0.reg[1] = r[1], b1.reg[0] = r[2], b1.reg[1] = r[3];
+}
+
+// Accumulators of columns 16c..16c+7 (`lo`) and 16c+8..16c+15 (`hi`) as the A fragment of
+// k-chunk c of the next product, rounded to bf16.
+__device__ __forceinline__ mma::FragmentA accumulators_as_a(const mma::Accumulator& lo,
+                                                            const mma::Accumulator& hi) {
+  mma::FragmentA a;
+  a.reg[0] = mma::pack_bf16x2(from_float<bf16>(lo.value[0]), from_float<bf16>(lo.value[1]));
+  a.reg[1] = mma::pack_bf16x2(from_float<bf16>(lo.value[2]), from_float<bf16>(lo.value[3]));
+  a.reg[2] = mma::pack_bf16x2(from_float<bf16>(hi.value[0]), from_float<bf16>(hi.value[1]));
+  a.reg[3] = mma::pack_bf16x2(from_float<bf16>(hi.value[2]), from_float<bf16>(hi.value[3]));
+  return a;
+}
+
+// ---- kernels ----
+
+// Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 32 at a
+// time. S = Q K^T and O += P V with fp32 accumulators; row statistics live in the 4 lanes of a
+// quad (same g) and are combined with two shuffles. P is rounded to bf16 for the PV product
+// (relative error <= 2^-8 per weight): each output moves by at most 2^-8 of max |v|. grid (ceil(Tq / 64), Hq, B), 128 threads.
+template <int HD>
+__global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
+                                             const bf16* v, int Tq, int Tk, int Hq, int Hkv,
+                                             float scale_log2, bool packed) {
+  constexpr int S = kMmaSmemStride<HD>;
+  constexpr int KC = HD / 16;          // k-chunks of the QK^T product
+  constexpr int NB = kMmaKeyTile / 8;  // 8-key blocks of a tile
+  constexpr int OB = HD / 8;           // 8-dim blocks of the output
+  MINITRON_DYNAMIC_SHARED(bf16, q_s);   // [64][S]
+  bf16* k_s = q_s + kMmaBlockRows * S;  // [32][S]
+  bf16* v_s = k_s + kMmaKeyTile * S;    // [32][S]
+
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaBlockRows;
+  const int hk = h / (Hq / Hkv), offset = Tk - Tq;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
+  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
+  const bf16* q_head = q + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
+  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+
+  mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
+
+  const int row0 = q0 + warp * kMmaWarpRows;  // this warp's first query row
+  const int rows[2] = {row0 + g, row0 + g + 8};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  mma::Accumulator o[OB];
+#pragma unroll
+  for (int j = 0; j < OB; ++j) o[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+
+  const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
+  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
+  const bf16* q_warp = q_s + warp * kMmaWarpRows * S;
+
+  for (int k0 = 0; k0 < key_end; k0 += kMmaKeyTile) {
+    __syncthreads();
+    mma_load_tile<HD>(k_s, k_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
+    mma_load_tile<HD>(v_s, v_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
+    __syncthreads();
+    // A warp whose rows all precede this tile has nothing to add (the whole warp skips).
+    if (k0 > row0 + 15 + offset) continue;
+
+    mma::Accumulator s[NB];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+      mma::FragmentA a;
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        a.reg[r] = load_bf16x2(q_warp + (g + 8 * (r % 2)) * S + kc * 16 + 2 * t + 8 * (r / 2));
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        mma::FragmentB kb;
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          kb.reg[r] = load_bf16x2(k_s + (nb * 8 + g) * S + kc * 16 + 2 * t + 8 * r);
+        mma::mma_m16n8k16_bf16(s[nb], a, kb, s[nb]);
+      }
+    }
+
+    // Mask, then the online softmax for rows g (half 0) and g + 8 (half 1).
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int key = k0 + nb * 8 + 2 * t + r % 2, half = r / 2;
+        const bool visible = key < Tk && key <= rows[half] + offset;
+        s[nb].value[r] = visible ? s[nb].value[r] * scale_log2 : -INFINITY;
+        tile_max[half] = fmaxf(tile_max[half], s[nb].value[r]);
+      }
+    }
+    float alpha[2], m_safe[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 1));
+      tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 2));
+      const float m_new = fmaxf(m[half], tile_max[half]);
+      // Key 0 is in the first tile and visible to every row, so m_new is finite from then on;
+      // the guard keeps exp2f(-inf - -inf) from ever producing a NaN.
+      m_safe[half] = m_new == -INFINITY ? 0.0f : m_new;
+      alpha[half] = exp2f(m[half] - m_safe[half]);
+      m[half] = m_new;
+      l[half] *= alpha[half];  // per-lane partial sums; the quad adds them at the end
+    }
+#pragma unroll
+    for (int j = 0; j < OB; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) o[j].value[r] *= alpha[r / 2];
+    }
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const float p = exp2f(s[nb].value[r] - m_safe[r / 2]);
+        s[nb].value[r] = p;
+        l[r / 2] += p;
+      }
+    }
+
+    // O += P V: P's A fragment for keys 16c .. 16c+15 is S blocks 2c and 2c+1 as they are.
+#pragma unroll
+    for (int c = 0; c < kMmaKeyTile / 16; ++c) {
+      const mma::FragmentA pa = accumulators_as_a(s[2 * c], s[2 * c + 1]);
+#pragma unroll
+      for (int j = 0; j < OB; ++j) {
+        mma::FragmentB vb;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const bf16* vk = v_s + (c * 16 + 2 * t + 8 * r) * S + j * 8 + g;
+          vb.reg[r] = mma::pack_bf16x2(vk[0], vk[S]);
+        }
+        mma::mma_m16n8k16_bf16(o[j], pa, vb, o[j]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    l[half] += __shfl_xor_sync(kFullMask, l[half], 1);
+    l[half] += __shfl_xor_sync(kFullMask, l[half], 2);
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = rows[half];
+    if (row >= Tq) continue;
+    const float inv = 1.0f / l[half];
+    bf16* o_row = out + (static_cast<std::int64_t>(b) * Tq + row) * q_stride + h * HD;
+#pragma unroll
+    for (int j = 0; j < OB; ++j) {
+      o_row[j * 8 + 2 * t] = from_float<bf16>(o[j].value[2 * half] * inv);
+      o_row[j * 8 + 2 * t + 1] = from_float<bf16>(o[j].value[2 * half + 1] * inv);
+    }
+    if (t == 0)
+      lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
+  }
+}
+
+// Backward, FlashAttention-2's math in two deterministic kernels (no atomics: every gradient
+// element is accumulated by one lane in a fixed order). Both recompute P = exp2(S * scale_log2 -
+// lse_log2) from the saved lse, dP = dO V^T and dS = P o (dP - D) with D = rowsum(dO o O) (the
+// dot kernel of attention.cuh, run first); the softmax scale is applied once, to dq and dk.
+//
+// Rounding (beyond fp32 accumulation): P and dS are rounded to bf16 (relative error <= 2^-8
+// each) before they multiply dO, Q or K, so |error dV_j| <= 2^-8 sum_i P_ij |dO_i|,
+// |error dK_j| <= 2^-8 scale sum_i |dS_ij| |q_i| and |error dQ_i| <= 2^-8 scale sum_j |dS_ij| |k_j|
+// (elementwise over dims), plus one bf16 rounding of each output.
+
+// dk/dv: a warp owns 16 keys of one KV head (a block 64) and keeps their dK and dV in registers
+// (HD / 2 floats each per lane); it loops over the group's query heads and their 32-query tiles,
+// which stream through shared memory with their lse and D:
+//   S^T = K Q^T, P^T = exp2(S^T * scale_log2 - lse_log2), dV += P^T dO,
+//   dP^T = V dO^T, dS^T = P^T o (dP^T - D), dK += dS^T Q.
+// K and V fragments are read from shared memory per tile (ldmatrix) rather than held in
+// registers, which keeps head_dim 128 free of spills. grid (ceil(Tk / 64), Hkv, B).
+template <int HD>
+__global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16* dout,
+                                                  const float* lse, const float* D, const bf16* q,
+                                                  const bf16* k, const bf16* v, int Tq, int Tk,
+                                                  int Hq, int Hkv, float scale, bool packed) {
+  constexpr int S = kMmaSmemStride<HD>;
+  constexpr int KC = HD / 16;             // k-chunks of the products over head_dim
+  constexpr int NB = kMmaQueryTile / 8;   // 8-query blocks of a tile
+  constexpr int OB = HD / 8;              // 8-dim blocks of dK and dV
+  MINITRON_DYNAMIC_SHARED(bf16, k_s);     // [64][S]
+  bf16* v_s = k_s + kMmaBlockRows * S;    // [64][S]
+  bf16* q_s = v_s + kMmaBlockRows * S;    // [32][S]
+  bf16* do_s = q_s + kMmaQueryTile * S;   // [32][S]
+  float* lse_s = reinterpret_cast<float*>(do_s + kMmaQueryTile * S);  // [32], log2 units
+  float* d_s = lse_s + kMmaQueryTile;                                 // [32]
+
+  const int b = blockIdx.z, hk = blockIdx.y, j0 = blockIdx.x * kMmaBlockRows;
+  const int group = Hq / Hkv, offset = Tk - Tq;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
+  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
+  const std::int64_t kv_offset = static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const float scale_log2 = scale * kLog2e;
+
+  mma_load_tile<HD>(k_s, k + kv_offset, kv_stride, j0, kMmaBlockRows, Tk, packed);
+  mma_load_tile<HD>(v_s, v + kv_offset, kv_stride, j0, kMmaBlockRows, Tk, packed);
+
+  mma::Accumulator dk_acc[OB], dv_acc[OB];
+#pragma unroll
+  for (int j = 0; j < OB; ++j) {
+    dk_acc[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+    dv_acc[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+  }
+
+  const int key0 = j0 + warp * kMmaWarpRows;  // this warp's first key
+  const int keys[2] = {key0 + g, key0 + g + 8};
+  const int first_query = j0 - offset > 0 ? j0 - offset : 0;  // the first that sees key j0
+  const int tile_begin = first_query / kMmaQueryTile * kMmaQueryTile;
+  const bf16* k_warp = k_s + warp * kMmaWarpRows * S;
+  const bf16* v_warp = v_s + warp * kMmaWarpRows * S;
+
+  for (int h = hk * group; h < (hk + 1) * group; ++h) {
+    const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
+    const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
+    for (int q0 = tile_begin; q0 < Tq; q0 += kMmaQueryTile) {
+      __syncthreads();  // the previous query tile is consumed (and K, V are written)
+      mma_load_tile<HD>(q_s, q + q_offset, q_stride, q0, kMmaQueryTile, Tq, packed);
+      mma_load_tile<HD>(do_s, dout + q_offset, q_stride, q0, kMmaQueryTile, Tq, packed);
+      if (static_cast<int>(threadIdx.x) < kMmaQueryTile) {
+        const int i = static_cast<int>(threadIdx.x), query = q0 + i;
+        lse_s[i] = query < Tq ? lse[stat0 + query] * kLog2e : 0.0f;
+        d_s[i] = query < Tq ? D[stat0 + query] : 0.0f;
+      }
+      __syncthreads();
+      // Keys past the sequence, or all after the tile's last query: nothing visible (whole warp).
+      if (key0 >= Tk || key0 > q0 + kMmaQueryTile - 1 + offset) continue;
+
+      mma::Accumulator s[NB], dp[NB];
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+        dp[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+      }
+#pragma unroll
+      for (int kc = 0; kc < KC; ++kc) {
+        const mma::FragmentA ka = ldsm_a<S>(k_warp + kc * 16, lane);
+        const mma::FragmentA va = ldsm_a<S>(v_warp + kc * 16, lane);
+#pragma unroll
+        for (int np = 0; np < NB / 2; ++np) {
+          mma::FragmentB b0, b1;
+          ldsm_b_pair<S>(b0, b1, q_s + np * 16 * S + kc * 16, lane);
+          mma::mma_m16n8k16_bf16(s[2 * np], ka, b0, s[2 * np]);
+          mma::mma_m16n8k16_bf16(s[2 * np + 1], ka, b1, s[2 * np + 1]);
+          ldsm_b_pair<S>(b0, b1, do_s + np * 16 * S + kc * 16, lane);
+          mma::mma_m16n8k16_bf16(dp[2 * np], va, b0, dp[2 * np]);
+          mma::mma_m16n8k16_bf16(dp[2 * np + 1], va, b1, dp[2 * np + 1]);
+        }
+      }
+
+      // P^T into s, dS^T into dp: value r is (key g + 8 (r / 2), query 8 nb + 2t + r % 2).
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int i = nb * 8 + 2 * t + r % 2, query = q0 + i;
+          const bool visible = query < Tq && keys[r / 2] < Tk && keys[r / 2] <= query + offset;
+          const float p = visible ? exp2f(s[nb].value[r] * scale_log2 - lse_s[i]) : 0.0f;
+          s[nb].value[r] = p;
+          dp[nb].value[r] = p * (dp[nb].value[r] - d_s[i]);
+        }
+      }
+
+      // dV += P^T dO and dK += dS^T Q over the tile's queries, 16 at a time.
+#pragma unroll
+      for (int c = 0; c < kMmaQueryTile / 16; ++c) {
+        const mma::FragmentA pa = accumulators_as_a(s[2 * c], s[2 * c + 1]);
+        const mma::FragmentA dsa = accumulators_as_a(dp[2 * c], dp[2 * c + 1]);
+#pragma unroll
+        for (int jp = 0; jp < OB / 2; ++jp) {
+          mma::FragmentB b0, b1;
+          ldsm_b_pair_trans<S>(b0, b1, do_s + c * 16 * S + jp * 16, lane);
+          mma::mma_m16n8k16_bf16(dv_acc[2 * jp], pa, b0, dv_acc[2 * jp]);
+          mma::mma_m16n8k16_bf16(dv_acc[2 * jp + 1], pa, b1, dv_acc[2 * jp + 1]);
+          ldsm_b_pair_trans<S>(b0, b1, q_s + c * 16 * S + jp * 16, lane);
+          mma::mma_m16n8k16_bf16(dk_acc[2 * jp], dsa, b0, dk_acc[2 * jp]);
+          mma::mma_m16n8k16_bf16(dk_acc[2 * jp + 1], dsa, b1, dk_acc[2 * jp + 1]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int key = keys[half];
+    if (key >= Tk) continue;
+    bf16* dk_row = dk + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
+    bf16* dv_row = dv + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
+#pragma unroll
+    for (int j = 0; j < OB; ++j) {
+      dk_row[j * 8 + 2 * t] = from_float<bf16>(dk_acc[j].value[2 * half] * scale);
+      dk_row[j * 8 + 2 * t + 1] = from_float<bf16>(dk_acc[j].value[2 * half + 1] * scale);
+      dv_row[j * 8 + 2 * t] = from_float<bf16>(dv_acc[j].value[2 * half]);
+      dv_row[j * 8 + 2 * t + 1] = from_float<bf16>(dv_acc[j].value[2 * half + 1]);
+    }
+  }
+}
+
+// dq: a warp owns 16 query rows (a block 64) and keeps their dQ in registers; keys stream
+// through shared memory 32 at a time: S = Q K^T, P, dP = dO V^T, dS = P o (dP - D), dQ += dS K.
+// grid (ceil(Tq / 64), Hq, B).
+template <int HD>
+__global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, const float* lse,
+                                                 const float* D, const bf16* q, const bf16* k,
+                                                 const bf16* v, int Tq, int Tk, int Hq, int Hkv,
+                                                 float scale, bool packed) {
+  constexpr int S = kMmaSmemStride<HD>;
+  constexpr int KC = HD / 16;
+  constexpr int NB = kMmaKeyTile / 8;
+  constexpr int OB = HD / 8;
+  MINITRON_DYNAMIC_SHARED(bf16, q_s);    // [64][S]
+  bf16* do_s = q_s + kMmaBlockRows * S;  // [64][S]
+  bf16* k_s = do_s + kMmaBlockRows * S;  // [32][S]
+  bf16* v_s = k_s + kMmaKeyTile * S;     // [32][S]
+
+  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaBlockRows;
+  const int hk = h / (Hq / Hkv), offset = Tk - Tq;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
+  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
+  const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
+  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
+  const float scale_log2 = scale * kLog2e;
+
+  mma_load_tile<HD>(q_s, q + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
+  mma_load_tile<HD>(do_s, dout + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
+
+  const int row0 = q0 + warp * kMmaWarpRows;
+  const int rows[2] = {row0 + g, row0 + g + 8};
+  float row_lse[2], row_D[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    row_lse[half] = rows[half] < Tq ? lse[stat0 + rows[half]] * kLog2e : 0.0f;
+    row_D[half] = rows[half] < Tq ? D[stat0 + rows[half]] : 0.0f;
+  }
+  mma::Accumulator dq_acc[OB];
+#pragma unroll
+  for (int j = 0; j < OB; ++j) dq_acc[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+
+  const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
+  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
+  const bf16* q_warp = q_s + warp * kMmaWarpRows * S;
+  const bf16* do_warp = do_s + warp * kMmaWarpRows * S;
+
+  for (int k0 = 0; k0 < key_end; k0 += kMmaKeyTile) {
+    __syncthreads();
+    mma_load_tile<HD>(k_s, k_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
+    mma_load_tile<HD>(v_s, v_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
+    __syncthreads();
+    // Rows past the sequence, or all before this tile's first key: nothing visible (whole warp).
+    if (row0 >= Tq || k0 > row0 + 15 + offset) continue;
+
+    mma::Accumulator s[NB], dp[NB];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+      dp[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+    }
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+      const mma::FragmentA qa = ldsm_a<S>(q_warp + kc * 16, lane);
+      const mma::FragmentA doa = ldsm_a<S>(do_warp + kc * 16, lane);
+#pragma unroll
+      for (int np = 0; np < NB / 2; ++np) {
+        mma::FragmentB b0, b1;
+        ldsm_b_pair<S>(b0, b1, k_s + np * 16 * S + kc * 16, lane);
+        mma::mma_m16n8k16_bf16(s[2 * np], qa, b0, s[2 * np]);
+        mma::mma_m16n8k16_bf16(s[2 * np + 1], qa, b1, s[2 * np + 1]);
+        ldsm_b_pair<S>(b0, b1, v_s + np * 16 * S + kc * 16, lane);
+        mma::mma_m16n8k16_bf16(dp[2 * np], doa, b0, dp[2 * np]);
+        mma::mma_m16n8k16_bf16(dp[2 * np + 1], doa, b1, dp[2 * np + 1]);
+      }
+    }
+
+    // dS into dp: value r is (row g + 8 (r / 2), key 8 nb + 2t + r % 2).
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int key = k0 + nb * 8 + 2 * t + r % 2, half = r / 2;
+        const bool visible = rows[half] < Tq && key < Tk && key <= rows[half] + offset;
+        const float p = visible ? exp2f(s[nb].value[r] * scale_log2 - row_lse[half]) : 0.0f;
+        dp[nb].value[r] = p * (dp[nb].value[r] - row_D[half]);
+      }
+    }
+
+    // dQ += dS K over the tile's keys, 16 at a time.
+#pragma unroll
+    for (int c = 0; c < kMmaKeyTile / 16; ++c) {
+      const mma::FragmentA dsa = accumulators_as_a(dp[2 * c], dp[2 * c + 1]);
+#pragma unroll
+      for (int jp = 0; jp < OB / 2; ++jp) {
+        mma::FragmentB b0, b1;
+        ldsm_b_pair_trans<S>(b0, b1, k_s + c * 16 * S + jp * 16, lane);
+        mma::mma_m16n8k16_bf16(dq_acc[2 * jp], dsa, b0, dq_acc[2 * jp]);
+        mma::mma_m16n8k16_bf16(dq_acc[2 * jp + 1], dsa, b1, dq_acc[2 * jp + 1]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = rows[half];
+    if (row >= Tq) continue;
+    bf16* dq_row = dq + q_offset + static_cast<std::int64_t>(row) * q_stride;
+#pragma unroll
+    for (int j = 0; j < OB; ++j) {
+      dq_row[j * 8 + 2 * t] = from_float<bf16>(dq_acc[j].value[2 * half] * scale);
+      dq_row[j * 8 + 2 * t + 1] = from_float<bf16>(dq_acc[j].value[2 * half + 1] * scale);
+    }
+  }
+}
+
+// ---- launchers ----
+
+// Kernels whose dynamic shared memory exceeds the default 48 KiB must opt in (fp32 tiles of
+// head_dim 128 do, and the bf16 backward at head_dim 128). The emulator enforces the same rule.
+template <typename Kernel>
+void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    MINITRON_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(bytes)));
+}
+
+// Shared-memory bytes of each kernel (also printed by bench/gpu's register report).
+template <int HD>
+inline constexpr std::size_t kMmaForwardSmem =
+    (kMmaBlockRows + 2 * kMmaKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
+template <int HD>
+inline constexpr std::size_t kMmaDkvSmem =
+    (2 * kMmaBlockRows + 2 * kMmaQueryTile) * kMmaSmemStride<HD> * sizeof(bf16) +
+    2 * kMmaQueryTile * sizeof(float);
+template <int HD>
+inline constexpr std::size_t kMmaDqSmem =
+    (2 * kMmaBlockRows + 2 * kMmaKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
+
+template <int HD>
+void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                           std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
+                           std::int64_t Hkv, cudaStream_t stream) {
+  static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
+  auto kernel = attention_forward_mma_kernel<HD>;
+  allow_dynamic_shared(kernel, kMmaForwardSmem<HD>);
+  const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kMmaBlockRows)), static_cast<unsigned>(Hq),
+                  static_cast<unsigned>(B));
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v});
+  launch(kernel, grid, dim3(kAttentionThreads), kMmaForwardSmem<HD>, stream, out, lse, q, k, v,
+         static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
+         kLog2e / std::sqrt(static_cast<float>(HD)), packed);
+}
+
+// dq, dk, dv from D = rowsum(dO o O) (already in `D`, B * Hq * T floats); training shapes.
+template <int HD>
+void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* lse,
+                            const float* D, const bf16* q, const bf16* k, const bf16* v,
+                            std::int64_t B, std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
+                            cudaStream_t stream) {
+  static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
+  const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout});
+
+  auto dq_kernel = attention_backward_dq_mma_kernel<HD>;
+  allow_dynamic_shared(dq_kernel, kMmaDqSmem<HD>);
+  launch(dq_kernel,
+         dim3(static_cast<unsigned>(ceil_div(T_, kMmaBlockRows)), static_cast<unsigned>(Hq),
+              static_cast<unsigned>(B)),
+         dim3(kAttentionThreads), kMmaDqSmem<HD>, stream, dq, dout, lse, D, q, k, v, Ti, Ti, Hqi,
+         Hkvi, scale, packed);
+
+  auto dkv_kernel = attention_backward_dkv_mma_kernel<HD>;
+  allow_dynamic_shared(dkv_kernel, kMmaDkvSmem<HD>);
+  launch(dkv_kernel,
+         dim3(static_cast<unsigned>(ceil_div(T_, kMmaBlockRows)), static_cast<unsigned>(Hkv),
+              static_cast<unsigned>(B)),
+         dim3(kAttentionThreads), kMmaDkvSmem<HD>, stream, dk, dv, dout, lse, D, q, k, v, Ti, Ti,
+         Hqi, Hkvi, scale, packed);
+}
+
+}  // namespace minitron::cuda
