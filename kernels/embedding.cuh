@@ -5,11 +5,16 @@
 // whose results do not depend on order), each group is put back into position order, and one
 // block owns each table row that received gradient: it adds that row's dout rows in position
 // order, exactly the order of the CPU reference (kernels/embedding.h).
+// Rows move as 16-byte packs (kernels/packed.cuh): the forward copies any row whose source and
+// destination start at the same address modulo 16 as packs between a scalar head and tail
+// (element by element otherwise); the backward's accumulation uses packs when every table and
+// dout row is 16-byte aligned. Neither changes a result: copies, and sums in the same order.
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/packed.cuh"
 
 namespace minitron::cuda {
 
@@ -20,15 +25,30 @@ namespace minitron::cuda {
 template <typename T>
 __global__ void embedding_forward_kernel(T* out, const std::int32_t* tokens, const T* table,
                                          std::int64_t D, std::int64_t vocab) {
+  constexpr int K = Packed128<T>::kSize;
   const std::int64_t n = blockIdx.x;
   const std::int32_t token = tokens[n];
   T* dst = out + n * D;
-  if (token < 0 || token >= vocab) {
-    for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[d] = from_float<T>(NAN);
-    return;
+  const bool valid = token >= 0 && token < vocab;
+  const T* src = table + static_cast<std::int64_t>(valid ? token : 0) * D;
+  const RowSplit split = !valid || same_phase16(dst, src) ? split_row16(dst, D) : RowSplit{0, 0};
+  const T value = from_float<T>(NAN);
+  for (std::int64_t d = split.head + threadIdx.x * static_cast<std::int64_t>(K); d < split.body_end;
+       d += static_cast<std::int64_t>(blockDim.x) * K) {
+    Packed128<T> v;
+    if (valid) {
+      v = load128(src + d);
+    } else {
+#pragma unroll
+      for (int e = 0; e < K; ++e) v.payload[e] = value;
+    }
+    store128(dst + d, v);
   }
-  const T* src = table + static_cast<std::int64_t>(token) * D;
-  for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) dst[d] = src[d];
+  const std::int64_t scalars = split_scalars(split, D);
+  for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x) {
+    const std::int64_t d = split_scalar_index(split, j);
+    dst[d] = valid ? src[d] : value;
+  }
 }
 
 // Step 1: how many positions hold each token (counts zeroed by the launcher).
@@ -94,21 +114,38 @@ __global__ void embedding_order_kernel(int* sorted, const int* slots, const int*
 }
 
 // Step 5: one block per bucket slot; the block at the first slot of a bucket owns that table
-// row and adds its dout rows in position order.
-template <typename G, typename T>
+// row and adds its dout rows in position order (kVector: K adjacent columns per thread, as
+// packs; every row aligned, checked by the launcher).
+template <typename G, typename T, bool kVector>
 __global__ void embedding_accumulate_kernel(G* dtable, const T* dout, const int* sorted,
                                             const int* offsets, const std::int32_t* tokens,
                                             const int* total, std::int64_t D) {
+  constexpr int K = kVector ? pack_elements<G, T>() : 1;
   const int s = blockIdx.x;
   if (s >= *total) return;
   const int token = tokens[sorted[s]];
   const int begin = offsets[token], end = offsets[token + 1];
   if (s != begin) return;
   G* row = dtable + static_cast<std::int64_t>(token) * D;
-  for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float acc = to_float(row[d]);
-    for (int i = begin; i < end; ++i) acc += to_float(dout[static_cast<std::int64_t>(sorted[i]) * D + d]);
-    row[d] = from_float<G>(acc);
+  if constexpr (kVector) {  // D is a multiple of K here
+    for (std::int64_t d = threadIdx.x * static_cast<std::int64_t>(K); d < D;
+         d += static_cast<std::int64_t>(blockDim.x) * K) {
+      float acc[K], v[K];
+      load_floats(acc, row + d);
+      for (int i = begin; i < end; ++i) {
+        load_floats(v, dout + static_cast<std::int64_t>(sorted[i]) * D + d);
+#pragma unroll
+        for (int e = 0; e < K; ++e) acc[e] += v[e];
+      }
+      store_floats(row + d, acc);
+    }
+  } else {
+    for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      float acc = to_float(row[d]);
+      for (int i = begin; i < end; ++i)
+        acc += to_float(dout[static_cast<std::int64_t>(sorted[i]) * D + d]);
+      row[d] = from_float<G>(acc);
+    }
   }
 }
 
@@ -151,9 +188,14 @@ void embedding_backward(G* dtable, const T* dout, const std::int32_t* tokens, st
   // below read that total on the device (offsets[vocab]) and skip the unused tail.
   launch(embedding_order_kernel, dim3(blocks), dim3(kEmbeddingThreads), 0, stream, sorted,
          static_cast<const int*>(slots), static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab));
-  launch(embedding_accumulate_kernel<G, T>, dim3(static_cast<unsigned>(N)),
-         dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
-         static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
+  if (rows_aligned16<G>(D, {dtable}) && rows_aligned16<T>(D, {dout}))
+    launch(embedding_accumulate_kernel<G, T, true>, dim3(static_cast<unsigned>(N)),
+           dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
+           static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
+  else
+    launch(embedding_accumulate_kernel<G, T, false>, dim3(static_cast<unsigned>(N)),
+           dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
+           static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
 }
 
 }  // namespace minitron::cuda

@@ -6,11 +6,17 @@
 // Pass 1 keeps an online (max, sum of exp) pair per thread (one read of the row, no overflow),
 // combined across the block in a fixed order; pass 2 writes the gradient. All in fp32; the
 // block reductions have a fixed shape, so results are deterministic.
+// Rows move as 16-byte packs (kernels/packed.cuh) whatever V and the row's start: each row is
+// split into a scalar head up to its first 16-byte boundary, whole packs, and a scalar tail
+// (the KL's two rows share the split when they start at the same address modulo 16, else the
+// row goes element by element). Where a row starts decides which thread sums which element, so
+// the fp32 sums of one row may differ in the last bits between placements; each is as accurate.
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/packed.cuh"
 
 namespace minitron::cuda {
 
@@ -40,24 +46,53 @@ __device__ __forceinline__ float block_log_sum_exp(float m, float s, float* scra
 template <typename T>
 __global__ void cross_entropy_kernel(float* losses, T* logits, const std::int32_t* targets,
                                      std::int64_t V, float grad_scale) {
+  constexpr int K = Packed128<T>::kSize;
   __shared__ float scratch[kWarpSize];
   const std::int64_t r = blockIdx.x;
   T* x = logits + r * V;
   const std::int32_t target = targets[r];
+  const RowSplit split = split_row16(x, V);
+  const std::int64_t scalars = split_scalars(split, V);
+  const std::int64_t first_pack = split.head + threadIdx.x * static_cast<std::int64_t>(K);
+  const std::int64_t pack_stride = static_cast<std::int64_t>(blockDim.x) * K;
   if (target < 0 || target >= V) {
     if (threadIdx.x == 0) losses[r] = target < 0 ? 0.0f : NAN;
-    if (grad_scale != 0.0f)
-      for (std::int64_t i = threadIdx.x; i < V; i += blockDim.x) x[i] = from_float<T>(0.0f);
+    if (grad_scale != 0.0f) {
+      for (std::int64_t i = first_pack; i < split.body_end; i += pack_stride) {
+        const float zero[K] = {};
+        store_floats(x + i, zero);
+      }
+      for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x)
+        x[split_scalar_index(split, j)] = from_float<T>(0.0f);
+    }
     return;
   }
   // Read before any thread overwrites the row (the reductions below contain barriers).
   const float x_target = to_float(x[target]);
   float m = -INFINITY, s = 0.0f;
-  for (std::int64_t i = threadIdx.x; i < V; i += blockDim.x) online_add(m, s, to_float(x[i]));
+  for (std::int64_t i = first_pack; i < split.body_end; i += pack_stride) {
+    float v[K];
+    load_floats(v, x + i);
+#pragma unroll
+    for (int e = 0; e < K; ++e) online_add(m, s, v[e]);
+  }
+  for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x)
+    online_add(m, s, to_float(x[split_scalar_index(split, j)]));
   const float lse = block_log_sum_exp(m, s, scratch);
   if (threadIdx.x == 0) losses[r] = lse - x_target;
   if (grad_scale != 0.0f) {
-    for (std::int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    for (std::int64_t i = first_pack; i < split.body_end; i += pack_stride) {
+      float v[K];
+      load_floats(v, x + i);
+#pragma unroll
+      for (int e = 0; e < K; ++e) {
+        v[e] = grad_scale * expf(v[e] - lse);
+        if (i + e == target) v[e] -= grad_scale;
+      }
+      store_floats(x + i, v);
+    }
+    for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x) {
+      const std::int64_t i = split_scalar_index(split, j);
       float g = grad_scale * expf(to_float(x[i]) - lse);
       if (i == target) g -= grad_scale;
       x[i] = from_float<T>(g);
@@ -65,29 +100,63 @@ __global__ void cross_entropy_kernel(float* losses, T* logits, const std::int32_
   }
 }
 
+// One element of a KL row: its term of the loss, and its gradient in `grad` (see below).
+__device__ __forceinline__ float kl_term(float s, float t, float inv_tau, float lse_s, float lse_t,
+                                         float grad_scale, float& grad) {
+  const float log_ps = s * inv_tau - lse_s;
+  const float log_pt = t * inv_tau - lse_t;
+  const float pt = expf(log_pt);
+  grad = grad_scale != 0.0f ? grad_scale * (expf(log_ps) - pt) * inv_tau : 0.0f;
+  return pt > 0.0f ? pt * (log_pt - log_ps) : 0.0f;
+}
+
 // losses[r] = sum_v p_t (log p_t - log p_s), p = softmax(logits / tau), 0 log 0 = 0; with
 // grad_scale != 0, student[r] <- grad_scale * (p_s - p_t) / tau.
 template <typename T>
 __global__ void kl_divergence_kernel(float* losses, T* student, const T* teacher, std::int64_t V,
                                      float inv_tau, float grad_scale) {
+  constexpr int K = Packed128<T>::kSize;
   __shared__ float scratch[kWarpSize];
   const std::int64_t r = blockIdx.x;
   T* s_row = student + r * V;
   const T* t_row = teacher + r * V;
+  const RowSplit split = same_phase16(s_row, t_row) ? split_row16(s_row, V) : RowSplit{0, 0};
+  const std::int64_t scalars = split_scalars(split, V);
+  const std::int64_t first_pack = split.head + threadIdx.x * static_cast<std::int64_t>(K);
+  const std::int64_t pack_stride = static_cast<std::int64_t>(blockDim.x) * K;
   float ms = -INFINITY, ss = 0.0f, mt = -INFINITY, st = 0.0f;
-  for (std::int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+  for (std::int64_t i = first_pack; i < split.body_end; i += pack_stride) {
+    float a[K], b[K];
+    load_floats(a, s_row + i);
+    load_floats(b, t_row + i);
+#pragma unroll
+    for (int e = 0; e < K; ++e) {
+      online_add(ms, ss, a[e] * inv_tau);
+      online_add(mt, st, b[e] * inv_tau);
+    }
+  }
+  for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x) {
+    const std::int64_t i = split_scalar_index(split, j);
     online_add(ms, ss, to_float(s_row[i]) * inv_tau);
     online_add(mt, st, to_float(t_row[i]) * inv_tau);
   }
   const float lse_s = block_log_sum_exp(ms, ss, scratch);
   const float lse_t = block_log_sum_exp(mt, st, scratch);
   float loss = 0.0f;
-  for (std::int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const float log_ps = to_float(s_row[i]) * inv_tau - lse_s;
-    const float log_pt = to_float(t_row[i]) * inv_tau - lse_t;
-    const float pt = expf(log_pt);
-    if (pt > 0.0f) loss += pt * (log_pt - log_ps);
-    if (grad_scale != 0.0f) s_row[i] = from_float<T>(grad_scale * (expf(log_ps) - pt) * inv_tau);
+  for (std::int64_t i = first_pack; i < split.body_end; i += pack_stride) {
+    float a[K], b[K];
+    load_floats(a, s_row + i);
+    load_floats(b, t_row + i);
+#pragma unroll
+    for (int e = 0; e < K; ++e)
+      loss += kl_term(a[e], b[e], inv_tau, lse_s, lse_t, grad_scale, a[e]);
+    if (grad_scale != 0.0f) store_floats(s_row + i, a);
+  }
+  for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x) {
+    const std::int64_t i = split_scalar_index(split, j);
+    float g;
+    loss += kl_term(to_float(s_row[i]), to_float(t_row[i]), inv_tau, lse_s, lse_t, grad_scale, g);
+    if (grad_scale != 0.0f) s_row[i] = from_float<T>(g);
   }
   loss = block_sum(loss, scratch);
   if (threadIdx.x == 0) losses[r] = loss;

@@ -110,6 +110,36 @@ __device__ __forceinline__ void store_floats(T* p, const float (&in)[K]) {
   }
 }
 
+// A row of n elements of T at p, split for 16-byte packs: [0, head) lies before p's first
+// 16-byte boundary, [head, body_end) is whole packs, [body_end, n) the tail. Lets a row kernel
+// use packs on any row, whatever its width or start; another row may share the split only if it
+// starts at the same address modulo 16 (same_phase16). A RowSplit{0, 0} is all scalar.
+struct RowSplit {
+  std::int64_t head, body_end;
+};
+
+template <typename T>
+__host__ __device__ __forceinline__ RowSplit split_row16(const T* p, std::int64_t n) {
+  constexpr std::int64_t K = Packed128<T>::kSize;
+  const auto phase = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(p) % 16);
+  std::int64_t head = phase == 0 ? 0 : (16 - phase) / static_cast<std::int64_t>(sizeof(T));
+  if (head > n) head = n;
+  return {head, head + (n - head) / K * K};
+}
+
+__host__ __device__ __forceinline__ bool same_phase16(const void* a, const void* b) {
+  return reinterpret_cast<std::uintptr_t>(a) % 16 == reinterpret_cast<std::uintptr_t>(b) % 16;
+}
+
+// Elements of a row of n outside the split's packs (head and tail), and the j-th of them.
+__host__ __device__ __forceinline__ std::int64_t split_scalars(const RowSplit& s, std::int64_t n) {
+  return s.head + n - s.body_end;
+}
+__host__ __device__ __forceinline__ std::int64_t split_scalar_index(const RowSplit& s,
+                                                                    std::int64_t j) {
+  return j < s.head ? j : s.body_end + (j - s.head);
+}
+
 // Grid-stride position of this thread.
 __device__ __forceinline__ std::int64_t grid_start() {
   return blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;

@@ -4,12 +4,16 @@
 // Deterministic without float atomics: every sum has a fixed shape. The sum of squares runs in
 // two passes: fixed 16384-element chunks, each reduced by one block in double, then one block
 // adds the chunk partials in a fixed order. The chunk size does not depend on the GPU, so the
-// result is the same on any device.
+// result is the same on any device. A chunk is read as 16-byte packs (kernels/packed.cuh)
+// between a scalar head (up to its first 16-byte boundary) and tail, whatever its start; chunks
+// are whole packs long, so all share the buffer's split. The per-channel and cosine reductions
+// are still element by element (pruning-time statistics, not in the training step).
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/packed.cuh"
 #include "model/backend.h"
 
 namespace minitron::cuda {
@@ -25,9 +29,20 @@ __global__ void sum_of_squares_partial_kernel(double* partial, const T* x, std::
   __shared__ double scratch[kWarpSize];
   const std::int64_t begin = blockIdx.x * kSquaresChunk;
   const std::int64_t end = begin + kSquaresChunk < n ? begin + kSquaresChunk : n;
+  constexpr int K = Packed128<T>::kSize;
+  const T* chunk = x + begin;
+  const RowSplit split = split_row16(chunk, end - begin);
   double sum = 0;
-  for (std::int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const double v = to_float(x[i]);
+  for (std::int64_t i = split.head + threadIdx.x * static_cast<std::int64_t>(K);
+       i < split.body_end; i += static_cast<std::int64_t>(blockDim.x) * K) {
+    float v[K];
+    load_floats(v, chunk + i);
+#pragma unroll
+    for (int e = 0; e < K; ++e) sum += static_cast<double>(v[e]) * v[e];
+  }
+  const std::int64_t scalars = split_scalars(split, end - begin);
+  for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x) {
+    const double v = to_float(chunk[split_scalar_index(split, j)]);
     sum += v * v;
   }
   sum = block_sum(sum, scratch);

@@ -10,8 +10,9 @@
 // of 16) each lane moves 16-byte packs (kernels/packed.cuh); otherwise it goes element by
 // element. The pack path sums each lane's elements in a different order: same fp32 accuracy.
 // The weight gradient sums over rows; to stay deterministic without float atomics it is done
-// in two fixed-order passes: column-parallel partial sums over fixed 64-row chunks, then one
-// thread per column adds the chunk partials in chunk order.
+// in two fixed-order passes: column-parallel partial sums over fixed 64-row chunks (a thread
+// reads a pack of columns per row when rows are aligned), then one thread per column adds the
+// chunk partials in chunk order (a small pass: N / 64 rows of floats, left element-wise).
 #pragma once
 
 #include <cstdint>
@@ -125,19 +126,35 @@ __global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in
 
 constexpr int kRmsnormRowsPerChunk = 64;
 
-// partial[chunk, j] = sum over the chunk's rows of dout[n, j] * round(x[n, j] * r[n]).
-template <typename T>
+// partial[chunk, j] = sum over the chunk's rows of dout[n, j] * round(x[n, j] * r[n]). With
+// kVector each thread owns K adjacent columns and reads them as 16-byte packs (every row
+// aligned: checked by the launcher); each column's sum keeps its row order either way.
+template <typename T, bool kVector>
 __global__ void rmsnorm_weight_partial_kernel(float* partial, const T* dout, const T* in,
                                               const float* rstd, std::int64_t N, std::int64_t D) {
-  const std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+  constexpr int K = kVector ? pack_elements<T>() : 1;
+  const std::int64_t j = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) * K;
   if (j >= D) return;
   const std::int64_t chunk = blockIdx.y;
   const std::int64_t begin = chunk * kRmsnormRowsPerChunk;
   const std::int64_t end = begin + kRmsnormRowsPerChunk < N ? begin + kRmsnormRowsPerChunk : N;
-  float acc = 0;
-  for (std::int64_t n = begin; n < end; ++n)
-    acc += to_float(dout[n * D + j]) * round_to<T>(to_float(in[n * D + j]) * rstd[n]);
-  partial[chunk * D + j] = acc;
+  if constexpr (kVector) {  // D is a multiple of K here
+    float acc[K] = {};
+    for (std::int64_t n = begin; n < end; ++n) {
+      float g[K], x[K];
+      load_floats(g, dout + n * D + j);
+      load_floats(x, in + n * D + j);
+      const float r = rstd[n];
+#pragma unroll
+      for (int e = 0; e < K; ++e) acc[e] += g[e] * round_to<T>(x[e] * r);
+    }
+    store_floats(partial + chunk * D + j, acc);
+  } else {
+    float acc = 0;
+    for (std::int64_t n = begin; n < end; ++n)
+      acc += to_float(dout[n * D + j]) * round_to<T>(to_float(in[n * D + j]) * rstd[n]);
+    partial[chunk * D + j] = acc;
+  }
 }
 
 // dweight[j] += sum over chunks of partial[chunk, j], chunks in order.
@@ -192,8 +209,17 @@ void rmsnorm_backward(T* din, G* dweight, const T* dout, const T* in, const T* w
   const unsigned column_blocks = static_cast<unsigned>(ceil_div(D, kRmsnormColumnThreads));
   // chunks <= 65535 (gridDim.y) holds for N up to 4M rows.
   MINITRON_ASSERT(chunks <= 65535, "rmsnorm backward: ", N, " rows");
-  launch(rmsnorm_weight_partial_kernel<T>, dim3(column_blocks, static_cast<unsigned>(chunks)),
-         dim3(kRmsnormColumnThreads), 0, stream, workspace, dout, in, rstd, N, D);
+  // The partials are floats: rows of D floats stay aligned whenever rows of D T's do.
+  if (rows_aligned16<T>(D, {dout, in, workspace})) {
+    const unsigned pack_blocks =
+        static_cast<unsigned>(ceil_div(D / pack_elements<T>(), kRmsnormColumnThreads));
+    launch(rmsnorm_weight_partial_kernel<T, true>, dim3(pack_blocks, static_cast<unsigned>(chunks)),
+           dim3(kRmsnormColumnThreads), 0, stream, workspace, dout, in, rstd, N, D);
+  } else {
+    launch(rmsnorm_weight_partial_kernel<T, false>,
+           dim3(column_blocks, static_cast<unsigned>(chunks)), dim3(kRmsnormColumnThreads), 0,
+           stream, workspace, dout, in, rstd, N, D);
+  }
   launch(rmsnorm_weight_reduce_kernel<G>, dim3(column_blocks), dim3(kRmsnormColumnThreads), 0,
          stream, dweight, static_cast<const float*>(workspace), chunks, D);
 }

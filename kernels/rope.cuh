@@ -8,12 +8,16 @@
 // large arguments (Payne-Hanek) needs a local-memory stack, which the build forbids; so the
 // angle is reduced in double to [-pi, pi] (exactly enough: |angle| < 2^17) and sincospif, which
 // needs no such path, finishes. The backward is the inverse rotation (angle negated).
+// When head_dim / 2 is a multiple of a 16-byte pack and x and inv_freq are 16-byte aligned, a
+// thread rotates K pairs at once: the pack at channel i and the pack at i + head_dim/2 (both
+// aligned then), with the pack of inv_freq at i; otherwise one pair per thread. Same results.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/packed.cuh"
 
 namespace minitron::cuda {
 
@@ -31,28 +35,47 @@ __device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
 #endif
 }
 
-template <typename T>
+// With kVector p counts packs of K pairs (K divides half), otherwise single pairs.
+template <typename T, bool kVector>
 __global__ void rope_kernel(T* x, const float* inv_freq, std::int64_t rows, std::int64_t T_,
                             std::int64_t heads, std::int64_t head_dim,
                             std::int64_t position_offset, float direction) {
+  constexpr int K = kVector ? pack_elements<T>() : 1;
   const std::int64_t half = head_dim / 2;
-  const std::int64_t pairs = rows * heads * half;
-  for (std::int64_t p = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-       p < pairs; p += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+  const std::int64_t groups = half / K;
+  const std::int64_t units = rows * heads * groups;
+  for (std::int64_t p = grid_start(); p < units; p += grid_stride()) {
     // i fastest, so a warp touches consecutive channels of one head.
-    const std::int64_t i = p % half;
-    const std::int64_t h = (p / half) % heads;
-    const std::int64_t row = p / (half * heads);
-    const std::int64_t position = position_offset + row % T_;
-    const float angle = static_cast<float>(position) * inv_freq[i];
-    float s, c;
-    rope_sincos(angle, &s, &c);
-    s *= direction;
+    const std::int64_t i = (p % groups) * K;
+    const std::int64_t h = (p / groups) % heads;
+    const std::int64_t row = p / (groups * heads);
+    const float position = static_cast<float>(position_offset + row % T_);
     T* x1 = x + row * heads * head_dim + h * head_dim + i;
     T* x2 = x1 + half;
-    const float a = to_float(*x1), b = to_float(*x2);
-    *x1 = from_float<T>(a * c - b * s);
-    *x2 = from_float<T>(b * c + a * s);
+    if constexpr (kVector) {
+      float a[K], b[K], f[K];
+      load_floats(a, x1);
+      load_floats(b, x2);
+      load_floats(f, inv_freq + i);
+#pragma unroll
+      for (int e = 0; e < K; ++e) {
+        float sn, c;
+        rope_sincos(position * f[e], &sn, &c);
+        sn *= direction;
+        const float u = a[e] * c - b[e] * sn;
+        b[e] = b[e] * c + a[e] * sn;
+        a[e] = u;
+      }
+      store_floats(x1, a);
+      store_floats(x2, b);
+    } else {
+      float sn, c;
+      rope_sincos(position * inv_freq[i], &sn, &c);
+      sn *= direction;
+      const float a = to_float(*x1), b = to_float(*x2);
+      *x1 = from_float<T>(a * c - b * sn);
+      *x2 = from_float<T>(b * c + a * sn);
+    }
   }
 }
 
@@ -67,8 +90,13 @@ void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, s
   MINITRON_ASSERT(head_dim % 2 == 0, "rope: head_dim ", head_dim, " must be even");
   const std::int64_t pairs = B * T_ * heads * (head_dim / 2);
   if (pairs <= 0) return;
-  launch(rope_kernel<T>, dim3(grid_for(pairs, kRopeThreads)), dim3(kRopeThreads), 0, stream, x,
-         inv_freq, B * T_, T_, heads, head_dim, position_offset, direction);
+  constexpr int K = pack_elements<T>();
+  if ((head_dim / 2) % K == 0 && aligned16(x) && aligned16(inv_freq))
+    launch(rope_kernel<T, true>, dim3(grid_for(pairs / K, kRopeThreads)), dim3(kRopeThreads), 0,
+           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, direction);
+  else
+    launch(rope_kernel<T, false>, dim3(grid_for(pairs, kRopeThreads)), dim3(kRopeThreads), 0,
+           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, direction);
 }
 
 // x [B*T, heads*head_dim] rotated in place; inv_freq fp32 [head_dim / 2].

@@ -3,18 +3,26 @@
 // buffers: offset 0 is 16-byte aligned (emulated cudaMalloc aligns to 256 bytes, checked below)
 // and takes the vector path; offset 1 is not and must take the scalar one (the emulator aborts
 // on a misaligned 16-byte access, as a GPU faults). Sizes are whole packs, packs plus a tail, and
-// less than one pack; rows are whole packs wide or not. Outputs start as NaN, and the elements
-// around each view hold a sentinel that must survive (a vector store past the end would not).
+// less than one pack; rows are whole packs wide or not. Kernels that split each row (losses,
+// embedding forward, sum of squares) take packs at any offset, between a scalar head up to the
+// first 16-byte boundary and a scalar tail, so there offset 1 tests the head. Outputs start as
+// NaN, and the elements around each view hold a sentinel that must survive (a vector store past
+// the end would not).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <utility>
 #include <vector>
 
 #include "kernels/adamw.h"
+#include "kernels/embedding.h"
+#include "kernels/loss.h"
+#include "kernels/reduce.h"
 #include "kernels/residual_rmsnorm.h"
 #include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
 #include "kernels/swiglu.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -185,8 +193,11 @@ struct RowCase {
 
 // D = 64: whole packs per row (vector path when aligned); 200: whole packs, not a multiple of a
 // warp's 32 packs; 45: rows not pack-aligned (scalar); offsets as above, weight alone too.
+// N = 70: two of the weight gradient's 64-row chunks, the second partial. Few rows elsewhere:
+// under ThreadSanitizer each emulated thread costs ~1000x more.
 std::vector<RowCase> row_cases() {
-  return {{37, 64, 0, 0}, {9, 200, 0, 0}, {9, 45, 0, 0}, {37, 64, 1, 1}, {9, 64, 0, 1}, {1, 8, 1, 0}};
+  return {{70, 64, 0, 0}, {9, 200, 0, 0}, {9, 45, 0, 0},
+          {37, 64, 1, 1}, {9, 64, 0, 1},  {1, 8, 1, 0}};
 }
 
 TEST_P(CudaPacked, RmsNormForwardAndBackward) {
@@ -220,6 +231,17 @@ TEST_P(CudaPacked, RmsNormForwardAndBackward) {
     // As in test_cuda_norm_embedding: the increment's fp32 dot of D terms, then one rounding.
     expect_near_all("rmsnorm din", tdin.get(), din, rel(), dt() == DType::BF16 ? 2e-3 : 2e-5);
     tdin.expect_guards_intact("rmsnorm din");
+    // As in test_cuda_norm_embedding: the kernel rounds x * rstd to dt before the product (the
+    // fp32 reference does not), so each term is off by up to half a dt ulp of itself; fp32 sums
+    // of <= 70 terms add ~1e-6 of the sum of |terms|.
+    std::vector<double> bound(D);
+    for (std::int64_t j = 0; j < D; ++j) {
+      double terms = 0;
+      for (std::int64_t n = 0; n < N; ++n)
+        terms += std::abs(dout[n * D + j] * x[n * D + j] * want_rstd[n]);
+      bound[j] = (dt() == DType::BF16 ? kBf16Ulp : 1e-6) * terms + 1e-6;
+    }
+    expect_within("rmsnorm dweight", dev.get(tdw), dw, bound);
   }
 }
 
@@ -254,6 +276,179 @@ TEST_P(CudaPacked, ResidualRmsNorm) {
     EXPECT_EQ(tb.get(), residual_out.get());
     EXPECT_EQ(inplace_out.get(), got);
     tb.expect_guards_intact("in-place stream");
+  }
+}
+
+// Logit rows of V = 64 at offset 0 (every row whole aligned packs), 61 at offset 1 (each row
+// starts at another phase: scalar head, packs, scalar tail) and 5 at offset 1 (under a pack).
+// A row is a block of 512 emulated threads: few rows, as each costs ~1 s under ThreadSanitizer.
+struct LossCase {
+  std::int64_t V, offset;
+};
+std::vector<LossCase> loss_cases() { return {{64, 0}, {61, 1}, {5, 1}}; }
+
+TEST_P(CudaPacked, CrossEntropy) {
+  const std::int64_t rows = 4;
+  for (const auto& [V, off] : loss_cases()) {
+    SCOPED_TRACE(str("V=", V, " offset ", off));
+    const auto logits = stored(random_floats(rows * V, 151 + V, -8, 8), dt());
+    // Targets in the head, the tail and the body of a row, and one ignored row.
+    const std::vector<std::int32_t> targets = {0, -1, static_cast<std::int32_t>(V - 1),
+                                               static_cast<std::int32_t>(V / 2)};
+    auto tl = View(dev, logits, dt(), off);
+    auto tt = dev.put_i32(targets);
+    auto losses = dev.poisoned(rows, DType::F32);
+    const float grad_scale = 0.25f;
+    dev.backend().cross_entropy(losses, tl, tt, rows, V, grad_scale);
+    std::vector<float> want = logits, want_losses(rows);
+    cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, grad_scale);
+    // As in test_cuda_loss: fp32 online log-sum-exp vs double, ~1e-6 relative on the loss;
+    // the gradient's exp(x - lse) ~1e-6 relative (bf16: one rounding), tiny-probability floor.
+    expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 1e-5);
+    expect_near_all("cross_entropy gradient", tl.get(), want,
+                    dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+    tl.expect_guards_intact("cross_entropy logits");
+
+    if (V != 61) continue;  // the loss alone: once, on rows with head, packs and tail
+    auto tl2 = View(dev, logits, dt(), off);
+    dev.backend().cross_entropy(losses, tl2, tt, rows, V, 0.0f);
+    EXPECT_EQ(tl2.get(), logits);  // no gradient: the logits stay as they were
+    expect_near_all("cross_entropy losses (no grad)", dev.get(losses), want_losses, 1e-6, 1e-5);
+  }
+}
+
+TEST_P(CudaPacked, KlDivergence) {
+  const std::int64_t rows = 2;
+  const float tau = 2.0f, grad_scale = 0.5f;
+  // Student and teacher at the same phase (packs; at V = 61 rows 0 and 1 start at different
+  // phases) and, last, at different phases (element by element).
+  for (const auto& [V, off, teacher_off] :
+       std::vector<Placement>{{64, 0, 0}, {61, 1, 1}, {5, 1, 1}, {61, 1, 0}}) {
+    SCOPED_TRACE(str("V=", V, " offsets ", off, "/", teacher_off));
+    const auto student = stored(random_floats(rows * V, 161 + V, -4, 4), dt());
+    const auto teacher = stored(random_floats(rows * V, 162 + V, -4, 4), dt());
+    auto ts = View(dev, student, dt(), off), tt = View(dev, teacher, dt(), teacher_off);
+    auto losses = dev.poisoned(rows, DType::F32);
+    dev.backend().kl_divergence(losses, ts, tt, rows, V, tau, grad_scale);
+    std::vector<float> s = student, want_losses(rows);
+    cpu::kl_divergence(want_losses.data(), s.data(), teacher.data(), rows, V, tau, grad_scale);
+    // As in test_cuda_loss: KL ~ 1 summed in fp32 over <= 64 terms, ~1e-6 each: 1e-5; the
+    // gradient is a difference of fp32 probabilities (bf16: one rounding more).
+    expect_near_all("kl losses", dev.get(losses), want_losses, 1e-5, 1e-5);
+    expect_near_all("kl gradient", ts.get(), s, dt() == DType::BF16 ? kBf16Ulp : 1e-4, 1e-8);
+    EXPECT_EQ(tt.get(), teacher);
+    ts.expect_guards_intact("kl student");
+    tt.expect_guards_intact("kl teacher");
+  }
+}
+
+TEST_P(CudaPacked, Embedding) {
+  const std::int64_t vocab = 5, N = 9;
+  std::vector<std::int32_t> tokens(N);
+  for (std::int64_t n = 0; n < N; ++n) tokens[n] = static_cast<std::int32_t>((n * n + 2) % vocab);
+  // Table and output at the same phase (packs between a scalar head and tail) or not (scalar).
+  for (const auto& [D, table_off, out_off] :
+       std::vector<Placement>{{64, 0, 0}, {61, 1, 1}, {64, 0, 1}, {5, 1, 0}}) {
+    SCOPED_TRACE(str("D=", D, " offsets ", table_off, "/", out_off));
+    const auto table = stored(random_floats(vocab * D, 171 + D, -1, 1), dt());
+    auto ttable = View(dev, table, dt(), table_off);
+    // Position 3 holds an id outside the vocabulary: its row must come out NaN.
+    std::vector<std::int32_t> with_bad = tokens;
+    with_bad[3] = static_cast<std::int32_t>(vocab);
+    auto tk = dev.put_i32(with_bad);
+    auto out = View::poisoned(dev, N * D, dt(), out_off);
+    dev.backend().embedding_forward(out, tk, ttable, N, D);
+    const auto got = out.get();
+    int wrong = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t d = 0; d < D; ++d) {
+        const float g = got[static_cast<std::size_t>(n * D + d)];
+        // A copy: exact (the NaN row by its own test).
+        const bool ok =
+            n == 3 ? std::isnan(g) : g == table[static_cast<std::size_t>(with_bad[n] * D + d)];
+        wrong += ok ? 0 : 1;
+      }
+    EXPECT_EQ(wrong, 0) << "embedding forward: elements not the table row (or NaN)";
+    out.expect_guards_intact("embedding out");
+    ttable.expect_guards_intact("embedding table");
+
+    // Backward into an fp32 and a dt gradient that already hold values.
+    auto tk_valid = dev.put_i32(tokens);
+    const auto dout = stored(random_floats(N * D, 172 + D, -1, 1), dt());
+    for (DType grad_type : dt() == DType::F32 ? std::vector<DType>{DType::F32}
+                                              : std::vector<DType>{DType::F32, DType::BF16}) {
+      SCOPED_TRACE(str("gradient ", dtype_label(grad_type)));
+      const auto dtable0 = stored(random_floats(vocab * D, 173 + D, -1, 1), grad_type);
+      auto tdout = View(dev, dout, dt(), table_off);
+      auto tdtable = View(dev, dtable0, grad_type, out_off);
+      dev.backend().embedding_backward(tdtable, tdout, tk_valid, N, D);
+      std::vector<float> want = dtable0;
+      cpu::embedding_backward(want.data(), dout.data(), tokens.data(), N, D, vocab);
+      // Both add each row's contributions in position order in fp32 and round once into the
+      // gradient's type: bit-identical.
+      EXPECT_EQ(tdtable.get(), stored(want, grad_type));
+      tdtable.expect_guards_intact("embedding dtable");
+    }
+  }
+}
+
+// Rotation of pairs (a, b): the output's error scales with |a| + |b| (as in test_cuda_elementwise).
+void expect_rope(const std::string& what, const std::vector<float>& got,
+                 const std::vector<float>& want, const std::vector<float>& input,
+                 std::int64_t head_dim, double rel) {
+  std::vector<double> bound(got.size());
+  const std::int64_t half = head_dim / 2;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const std::int64_t in_head = static_cast<std::int64_t>(i) % head_dim;
+    const std::size_t partner = in_head < half ? i + half : i - half;
+    bound[i] = rel * (std::abs(input[i]) + std::abs(input[partner])) + 1e-30;
+  }
+  expect_within(what, got, want, bound);
+}
+
+TEST_P(CudaPacked, Rope) {
+  const std::int64_t B = 2, T = 3, heads = 2, position_offset = 5;
+  // head_dim 32: half a multiple of both packs (vector when aligned); 24: half = 12, packs for
+  // f32 (4) but not bf16 (8); 10: half = 5, scalar. Offsets of x and of inv_freq.
+  for (const auto& [hd, x_off, f_off] :
+       std::vector<Placement>{{32, 0, 0}, {24, 0, 0}, {10, 0, 0}, {32, 1, 0}, {32, 0, 1}}) {
+    SCOPED_TRACE(str("head_dim ", hd, " offsets ", x_off, "/", f_off));
+    std::vector<float> inv_freq(hd / 2);
+    for (std::int64_t i = 0; i < hd / 2; ++i)
+      inv_freq[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / hd));
+    const std::int64_t n = B * T * heads * hd;
+    const auto x = stored(random_floats(n, 181 + hd, -2, 2), dt());
+    auto tx = View(dev, x, dt(), x_off);
+    auto tf = View(dev, inv_freq, DType::F32, f_off);
+    dev.backend().rope_forward(tx, tf, B, T, heads, hd, position_offset);
+    std::vector<float> want = x;
+    cpu::rope_forward(want.data(), inv_freq.data(), B, T, heads, hd, position_offset);
+    // As in test_cuda_elementwise: fp32 vs range-reduced double cos/sin (~1e-7), then one
+    // rounding into dt.
+    const double r = dt() == DType::BF16 ? kBf16Ulp : 1e-6;
+    const auto rotated = tx.get();
+    expect_rope("rope", rotated, want, x, hd, r);
+    dev.backend().rope_backward(tx, tf, B, T, heads, hd, position_offset);
+    std::vector<float> back = rotated;
+    cpu::rope_backward(back.data(), inv_freq.data(), B, T, heads, hd, position_offset);
+    expect_rope("rope backward", tx.get(), back, rotated, hd, r);
+    tx.expect_guards_intact("rope x");
+  }
+}
+
+TEST_P(CudaPacked, SumOfSquares) {
+  // Two whole 16384-element chunks plus a partial third (offset 1: every chunk has a head);
+  // whole packs; packs plus a tail; under a pack at offset 3 (head only).
+  const std::vector<std::pair<std::int64_t, std::int64_t>> cases = {
+      {2 * 16384 + 61, 1}, {64, 0}, {61, 0}, {5, 3}};
+  for (const auto& [n, off] : cases) {
+    SCOPED_TRACE(str("n=", n, " offset ", off));
+    const auto x = stored(random_floats(static_cast<std::size_t>(n), 191 + n, -2, 2), dt());
+    auto tx = View(dev, x, dt(), off);
+    const double want = cpu::sum_of_squares(x.data(), n);
+    // Squares of floats are exact in double; only the order of <= 3.3e4 double additions
+    // differs: relative error below n * 2^-53 ~ 4e-12.
+    EXPECT_NEAR(dev.backend().sum_of_squares(tx), want, 1e-10 * want);
   }
 }
 
