@@ -190,10 +190,10 @@ if [[ -x "$tests" ]]; then
   # CUDA 13 installs it under compute-sanitizer/ and links it into bin/; look in both.
   [[ -x /usr/local/cuda/compute-sanitizer/compute-sanitizer ]] && PATH="$PATH:/usr/local/cuda/compute-sanitizer"
   if command -v compute-sanitizer > /dev/null; then
-    small='*CopyAddScale*:*SwiGlu*:*RmsNorm*:*Embedding*:*SumOfSquares*:*CrossEntropy*:*Gemm*:*Tq20*:*Tq1_*'
+    small='*CopyAddScale*:*SwiGlu*:*RmsNorm*:*Embedding*:*SumOfSquares*:*CrossEntropy*:*Gemm*:*Tq20*:*Tq1_*:*Bf16Backward*_T20_*'
     stage memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 "$tests" --gtest_filter="$small"
     stage racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 1 "$tests" \
-      --gtest_filter='*Tq20*:*Tq1_*:*Embedding*:*SumOfSquares*:*RowCosine*:*CrossEntropy*'
+      --gtest_filter='*Tq20*:*Tq1_*:*Bf16Backward*_T20_*:*Embedding*:*SumOfSquares*:*RowCosine*:*CrossEntropy*'
   else
     log "compute-sanitizer not found: memcheck/racecheck skipped"
   fi
