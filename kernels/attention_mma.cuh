@@ -30,8 +30,9 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 constexpr int kMmaWarpRows = 16;                                         // rows a warp owns
 constexpr int kMmaBlockRows = kAttentionThreads / kWarpSize * kMmaWarpRows;  // 64
-constexpr int kMmaKeyTile = 32;    // keys streamed per step (forward, dq)
-constexpr int kMmaQueryTile = 32;  // queries streamed per step (dk/dv)
+constexpr int kMmaKeyTile = 32;         // keys streamed per step (dq)
+constexpr int kMmaForwardKeyTile = 64;  // keys streamed per step (forward)
+constexpr int kMmaQueryTile = 32;       // queries streamed per step (dk/dv)
 template <int HD>
 inline constexpr int kMmaSmemStride = HD + 8;  // 16 bytes of padding: rows start 4 banks apart
 
@@ -79,10 +80,6 @@ __device__ __forceinline__ void mma_load_tile(bf16* tile, const bf16* base, std:
   attention_fill_tile<bf16, HD, kMmaSmemStride<HD>>(tile, base, stride, row0, rows, limit, packed);
 }
 
-__device__ __forceinline__ std::uint32_t load_bf16x2(const bf16* p) {
-  return mma::pack_bf16x2(p[0], p[1]);
-}
-
 // The A fragment of the 16x16 block at `at` (row-major, row stride S): ldmatrix x4 with
 // matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = regs 0..3.
 template <int S>
@@ -126,21 +123,27 @@ __device__ __forceinline__ mma::FragmentA accumulators_as_a(const mma::Accumulat
 
 // ---- kernels ----
 
-// Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 32 at a
-// time. S = Q K^T and O += P V with fp32 accumulators; row statistics live in the 4 lanes of a
-// quad (same g) and are combined with two shuffles. P is rounded to bf16 for the PV product
-// (relative error <= 2^-8 per weight): each output moves by at most 2^-8 of max |v|. grid (ceil(Tq / 64), Hq, B), 128 threads.
+// Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 64 at a
+// time. Each warp loads its Q fragments once (ldmatrix, HD / 16 A fragments) and keeps them in
+// registers over the whole key loop, so the Q tile's shared memory is reused for the K tiles;
+// K fragments come by ldmatrix (K rows are the n index of Q K^T), V fragments by ldmatrix .trans.
+// S = Q K^T and O += P V with fp32 accumulators; row statistics live in the 4 lanes of a quad
+// (same g) and are combined with two shuffles. P is rounded to bf16 for the PV product (relative
+// error <= 2^-8 per weight): each output moves by at most 2^-8 of max |v|.
+// grid (ceil(Tq / 64), Hq, B), 128 threads.
 template <int HD>
 __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
                                              const bf16* v, int Tq, int Tk, int Hq, int Hkv,
                                              float scale_log2, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
-  constexpr int KC = HD / 16;          // k-chunks of the QK^T product
-  constexpr int NB = kMmaKeyTile / 8;  // 8-key blocks of a tile
-  constexpr int OB = HD / 8;           // 8-dim blocks of the output
-  MINITRON_DYNAMIC_SHARED(bf16, q_s);   // [64][S]
-  bf16* k_s = q_s + kMmaBlockRows * S;  // [32][S]
-  bf16* v_s = k_s + kMmaKeyTile * S;    // [32][S]
+  constexpr int KT = kMmaForwardKeyTile;
+  constexpr int KC = HD / 16;  // k-chunks of the QK^T product
+  constexpr int NB = KT / 8;   // 8-key blocks of a tile
+  constexpr int OB = HD / 8;   // 8-dim blocks of the output
+  static_assert(KT <= kMmaBlockRows, "a K tile fits where the Q tile was");
+  MINITRON_DYNAMIC_SHARED(bf16, q_s);   // [64][S], then the K tile [KT][S] in the same rows
+  bf16* k_s = q_s;
+  bf16* v_s = q_s + kMmaBlockRows * S;  // [KT][S]
 
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaBlockRows;
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
@@ -152,9 +155,13 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
   const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
 
-  mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
-
   const int row0 = q0 + warp * kMmaWarpRows;  // this warp's first query row
+  mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
+  __syncthreads();
+  mma::FragmentA qa[KC];
+#pragma unroll
+  for (int kc = 0; kc < KC; ++kc) qa[kc] = ldsm_a<S>(q_s + warp * kMmaWarpRows * S + kc * 16, lane);
+
   const int rows[2] = {row0 + g, row0 + g + 8};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   mma::Accumulator o[OB];
@@ -163,12 +170,11 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
 
   const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
   const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
-  const bf16* q_warp = q_s + warp * kMmaWarpRows * S;
 
-  for (int k0 = 0; k0 < key_end; k0 += kMmaKeyTile) {
-    __syncthreads();
-    mma_load_tile<HD>(k_s, k_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
-    mma_load_tile<HD>(v_s, v_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
+  for (int k0 = 0; k0 < key_end; k0 += KT) {
+    __syncthreads();  // every warp holds its Q fragments / is done with the previous tile
+    mma_load_tile<HD>(k_s, k_head, kv_stride, k0, KT, Tk, packed);
+    mma_load_tile<HD>(v_s, v_head, kv_stride, k0, KT, Tk, packed);
     __syncthreads();
     // A warp whose rows all precede this tile has nothing to add (the whole warp skips).
     if (k0 > row0 + 15 + offset) continue;
@@ -178,28 +184,25 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
     for (int nb = 0; nb < NB; ++nb) s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
     for (int kc = 0; kc < KC; ++kc) {
-      mma::FragmentA a;
 #pragma unroll
-      for (int r = 0; r < 4; ++r)
-        a.reg[r] = load_bf16x2(q_warp + (g + 8 * (r % 2)) * S + kc * 16 + 2 * t + 8 * (r / 2));
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        mma::FragmentB kb;
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-          kb.reg[r] = load_bf16x2(k_s + (nb * 8 + g) * S + kc * 16 + 2 * t + 8 * r);
-        mma::mma_m16n8k16_bf16(s[nb], a, kb, s[nb]);
+      for (int np = 0; np < NB / 2; ++np) {
+        mma::FragmentB b0, b1;
+        ldsm_b_pair<S>(b0, b1, k_s + np * 16 * S + kc * 16, lane);
+        mma::mma_m16n8k16_bf16(s[2 * np], qa[kc], b0, s[2 * np]);
+        mma::mma_m16n8k16_bf16(s[2 * np + 1], qa[kc], b1, s[2 * np + 1]);
       }
     }
 
-    // Mask, then the online softmax for rows g (half 0) and g + 8 (half 1).
+    // Mask (only where the tile reaches past the sequence or a row's diagonal; the same for the
+    // whole warp), then the online softmax for rows g (half 0) and g + 8 (half 1).
+    const bool masked = k0 + KT > Tk || k0 + KT - 1 > row0 + offset;
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int key = k0 + nb * 8 + 2 * t + r % 2, half = r / 2;
-        const bool visible = key < Tk && key <= rows[half] + offset;
+        const bool visible = !masked || (key < Tk && key <= rows[half] + offset);
         s[nb].value[r] = visible ? s[nb].value[r] * scale_log2 : -INFINITY;
         tile_max[half] = fmaxf(tile_max[half], s[nb].value[r]);
       }
@@ -234,17 +237,14 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
 
     // O += P V: P's A fragment for keys 16c .. 16c+15 is S blocks 2c and 2c+1 as they are.
 #pragma unroll
-    for (int c = 0; c < kMmaKeyTile / 16; ++c) {
+    for (int c = 0; c < KT / 16; ++c) {
       const mma::FragmentA pa = accumulators_as_a(s[2 * c], s[2 * c + 1]);
 #pragma unroll
-      for (int j = 0; j < OB; ++j) {
-        mma::FragmentB vb;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const bf16* vk = v_s + (c * 16 + 2 * t + 8 * r) * S + j * 8 + g;
-          vb.reg[r] = mma::pack_bf16x2(vk[0], vk[S]);
-        }
-        mma::mma_m16n8k16_bf16(o[j], pa, vb, o[j]);
+      for (int jp = 0; jp < OB / 2; ++jp) {
+        mma::FragmentB b0, b1;
+        ldsm_b_pair_trans<S>(b0, b1, v_s + c * 16 * S + jp * 16, lane);
+        mma::mma_m16n8k16_bf16(o[2 * jp], pa, b0, o[2 * jp]);
+        mma::mma_m16n8k16_bf16(o[2 * jp + 1], pa, b1, o[2 * jp + 1]);
       }
     }
   }
@@ -547,7 +547,7 @@ void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
 // Shared-memory bytes of each kernel (also printed by bench/gpu's register report).
 template <int HD>
 inline constexpr std::size_t kMmaForwardSmem =
-    (kMmaBlockRows + 2 * kMmaKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
+    (kMmaBlockRows + kMmaForwardKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
 template <int HD>
 inline constexpr std::size_t kMmaDkvSmem =
     (2 * kMmaBlockRows + 2 * kMmaQueryTile) * kMmaSmemStride<HD> * sizeof(bf16) +

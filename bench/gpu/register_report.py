@@ -69,8 +69,9 @@ print("`-Xptxas -warn-spills,-warn-lmem-usage` with warnings as errors, so every
 print("0 stack, 0 spills. Static shared memory only (dynamic shared memory is set at launch:")
 print("attention's CUDA-core kernels use (16 + 2*32) rows of head_dim + 4 bytes for the forward,")
 print("more for the backward; the bf16 tensor-core kernels (kernels/attention_mma.cuh) use rows of")
-print("head_dim + 8 bf16: (64 + 2*32) for the forward, (2*64 + 2*32) for dq, and (2*64 + 2*32) plus")
-print("256 bytes for dk/dv: 52,480 bytes at head_dim 128, past the 48 KiB default, so they opt in).\n")
+print("head_dim + 8 bf16: (64 + 64) for the forward (Q, then each K tile; V), (2*64 + 2*32) for dq,")
+print("and (2*64 + 2*32) plus 256 bytes for dk/dv: 52,480 bytes at head_dim 128, past the 48 KiB")
+print("default, so they opt in).\n")
 print("| kernel | arch | registers | stack bytes | spill stores | spill loads | static smem bytes |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:

@@ -1,7 +1,7 @@
 // Emulated CUDA attention (tiled forward, recomputing backward) vs the CPU reference.
-// Shapes: sequence 1; sequences that are not multiples of the 16-row query tiles or the 32-key
-// tiles; several query heads per KV head (group 2 and 3) and none; head_dim 16, 32, 64 and 128
-// (fp32 tiles of 128 need the >48 KiB shared-memory opt-in); a KV-cache forward (Tk > Tq).
+// Shapes: sequence 1; sequences that are not multiples of the 16-row query tiles or the 32- and
+// 64-key tiles; several query heads per KV head (group 2 and 3) and none; head_dim 16, 32, 64
+// and 128 (fp32 tiles of 128 need the >48 KiB shared-memory opt-in); a KV-cache forward (Tk > Tq).
 // bf16 runs the tensor-core kernels (kernels/attention_mma.cuh); their backward has its own
 // suite over the 64-row blocks, 32-row tiles and KV groups it is built around.
 #include <gtest/gtest.h>
@@ -94,8 +94,10 @@ Placed place(Device& dev, const std::vector<float>& host, DType dt, std::int64_t
   return p;
 }
 
-// The forward, then (for Tq == Tk) the backward, against the CPU reference; inputs at `offset`.
-void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int64_t offset) {
+// The forward, then (for Tq == Tk, unless `backward` is false) the backward, against the CPU
+// reference; inputs at `offset`.
+void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int64_t offset,
+                                bool backward = true) {
   const std::int64_t qn = s.B * s.Tq * s.Hq * s.hd, kvn = s.B * s.Tk * s.Hkv * s.hd;
   const std::int64_t stats = s.B * s.Hq * s.Tq;
   const auto q = stored(random_floats(qn, 51, -1, 1), dt);
@@ -120,7 +122,7 @@ void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int6
   // lse = max + log(sum) ~ log(Tk) <= 4: fp32 ulps of that plus the exp differences.
   expect_near_all("attention lse", dev.get(tlse), lse, 1e-6, 1e-5);
 
-  if (s.Tq != s.Tk) return;  // the backward serves training, where Tq == Tk
+  if (s.Tq != s.Tk || !backward) return;  // the backward serves training, where Tq == Tk
   const auto out_used = dev.get(tout);  // both backwards read the same forward output
   const auto dout = stored(random_floats(qn, 54, -1, 1), dt);
   const Placed tdout = place(dev, dout, dt, offset);
@@ -178,6 +180,29 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                            return str(dtype_label(std::get<0>(info.param)), "_B", s.B, "_Tq", s.Tq,
                                       "_Tk", s.Tk, "_Hq", s.Hq, "_Hkv", s.Hkv, "_hd", s.hd);
                          });
+
+// The bf16 tensor-core forward alone, over more than one of its 64-key tiles: a last tile cut
+// short by the sequence, tiles wholly below the diagonal (which skip the mask), query blocks
+// with rows past the sequence, a KV cache whose queries see every key of the early tiles.
+class CudaAttentionBf16Forward : public ::testing::TestWithParam<Shape> {
+ protected:
+  Device dev;
+};
+
+TEST_P(CudaAttentionBf16Forward, MatchesReferenceWithinRoundingOfP) {
+  check_forward_and_backward(dev, DType::BF16, GetParam(), 0, /*backward=*/false);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaAttentionBf16Forward,
+    ::testing::Values(Shape{2, 130, 130, 2, 1, 128},  // three key tiles, the last of 2 keys
+                      Shape{1, 128, 128, 3, 3, 64},   // whole tiles only, no grouping
+                      Shape{1, 7, 150, 4, 2, 64},     // KV cache: two unmasked tiles, a cut third
+                      Shape{1, 1, 70, 2, 1, 128}),    // one query over 70 keys
+    [](const auto& info) {
+      const Shape& s = info.param;
+      return str("B", s.B, "_Tq", s.Tq, "_Tk", s.Tk, "_Hq", s.Hq, "_Hkv", s.Hkv, "_hd", s.hd);
+    });
 
 // The bf16 tensor-core backward alone (Tq == Tk), two batches with NaN-poisoned outputs:
 // sequences that are not multiples of the 64-row blocks or the 32-row tiles (1, 20, 37, 77), KV
