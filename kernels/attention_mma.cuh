@@ -121,6 +121,37 @@ __device__ __forceinline__ mma::FragmentA accumulators_as_a(const mma::Accumulat
   return a;
 }
 
+// The backward's two score products for a warp's 16 rows against a tile of NB * 8 rows, both
+// over head_dim: s = A0 B0^T and dp = A1 B1^T, where a0/a1 are the warp's rows and b0/b1 the
+// tile's (dk/dv: K, V against Q, dO, giving S^T and dP^T; dq: Q, dO against K, V, giving S, dP).
+template <int HD, int NB>
+__device__ __forceinline__ void mma_score_pair(mma::Accumulator (&s)[NB],
+                                               mma::Accumulator (&dp)[NB], const bf16* a0,
+                                               const bf16* a1, const bf16* b0_tile,
+                                               const bf16* b1_tile, int lane) {
+  constexpr int S = kMmaSmemStride<HD>;
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb) {
+    s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+    dp[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
+  }
+#pragma unroll
+  for (int kc = 0; kc < HD / 16; ++kc) {
+    const mma::FragmentA fa0 = ldsm_a<S>(a0 + kc * 16, lane);
+    const mma::FragmentA fa1 = ldsm_a<S>(a1 + kc * 16, lane);
+#pragma unroll
+    for (int np = 0; np < NB / 2; ++np) {
+      mma::FragmentB b0, b1;
+      ldsm_b_pair<S>(b0, b1, b0_tile + np * 16 * S + kc * 16, lane);
+      mma::mma_m16n8k16_bf16(s[2 * np], fa0, b0, s[2 * np]);
+      mma::mma_m16n8k16_bf16(s[2 * np + 1], fa0, b1, s[2 * np + 1]);
+      ldsm_b_pair<S>(b0, b1, b1_tile + np * 16 * S + kc * 16, lane);
+      mma::mma_m16n8k16_bf16(dp[2 * np], fa1, b0, dp[2 * np]);
+      mma::mma_m16n8k16_bf16(dp[2 * np + 1], fa1, b1, dp[2 * np + 1]);
+    }
+  }
+}
+
 // ---- kernels ----
 
 // Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 64 at a
@@ -293,7 +324,6 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
                                                   const bf16* k, const bf16* v, int Tq, int Tk,
                                                   int Hq, int Hkv, float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
-  constexpr int KC = HD / 16;             // k-chunks of the products over head_dim
   constexpr int NB = kMmaQueryTile / 8;   // 8-query blocks of a tile
   constexpr int OB = HD / 8;              // 8-dim blocks of dK and dV
   MINITRON_DYNAMIC_SHARED(bf16, k_s);     // [64][S]
@@ -345,27 +375,8 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
       // Keys past the sequence, or all after the tile's last query: nothing visible (whole warp).
       if (key0 >= Tk || key0 > q0 + kMmaQueryTile - 1 + offset) continue;
 
-      mma::Accumulator s[NB], dp[NB];
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-        dp[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-      }
-#pragma unroll
-      for (int kc = 0; kc < KC; ++kc) {
-        const mma::FragmentA ka = ldsm_a<S>(k_warp + kc * 16, lane);
-        const mma::FragmentA va = ldsm_a<S>(v_warp + kc * 16, lane);
-#pragma unroll
-        for (int np = 0; np < NB / 2; ++np) {
-          mma::FragmentB b0, b1;
-          ldsm_b_pair<S>(b0, b1, q_s + np * 16 * S + kc * 16, lane);
-          mma::mma_m16n8k16_bf16(s[2 * np], ka, b0, s[2 * np]);
-          mma::mma_m16n8k16_bf16(s[2 * np + 1], ka, b1, s[2 * np + 1]);
-          ldsm_b_pair<S>(b0, b1, do_s + np * 16 * S + kc * 16, lane);
-          mma::mma_m16n8k16_bf16(dp[2 * np], va, b0, dp[2 * np]);
-          mma::mma_m16n8k16_bf16(dp[2 * np + 1], va, b1, dp[2 * np + 1]);
-        }
-      }
+      mma::Accumulator s[NB], dp[NB];  // S^T and dP^T
+      mma_score_pair<HD>(s, dp, k_warp, v_warp, q_s, do_s, lane);
 
       // P^T into s, dS^T into dp: value r is (key g + 8 (r / 2), query 8 nb + 2t + r % 2).
 #pragma unroll
@@ -424,7 +435,6 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
                                                  const bf16* v, int Tq, int Tk, int Hq, int Hkv,
                                                  float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
-  constexpr int KC = HD / 16;
   constexpr int NB = kMmaKeyTile / 8;
   constexpr int OB = HD / 8;
   MINITRON_DYNAMIC_SHARED(bf16, q_s);    // [64][S]
@@ -472,27 +482,8 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
     // Rows past the sequence, or all before this tile's first key: nothing visible (whole warp).
     if (row0 >= Tq || k0 > row0 + 15 + offset) continue;
 
-    mma::Accumulator s[NB], dp[NB];
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-      dp[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-    }
-#pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-      const mma::FragmentA qa = ldsm_a<S>(q_warp + kc * 16, lane);
-      const mma::FragmentA doa = ldsm_a<S>(do_warp + kc * 16, lane);
-#pragma unroll
-      for (int np = 0; np < NB / 2; ++np) {
-        mma::FragmentB b0, b1;
-        ldsm_b_pair<S>(b0, b1, k_s + np * 16 * S + kc * 16, lane);
-        mma::mma_m16n8k16_bf16(s[2 * np], qa, b0, s[2 * np]);
-        mma::mma_m16n8k16_bf16(s[2 * np + 1], qa, b1, s[2 * np + 1]);
-        ldsm_b_pair<S>(b0, b1, v_s + np * 16 * S + kc * 16, lane);
-        mma::mma_m16n8k16_bf16(dp[2 * np], doa, b0, dp[2 * np]);
-        mma::mma_m16n8k16_bf16(dp[2 * np + 1], doa, b1, dp[2 * np + 1]);
-      }
-    }
+    mma::Accumulator s[NB], dp[NB];  // S and dP
+    mma_score_pair<HD>(s, dp, q_warp, do_warp, k_s, v_s, lane);
 
     // dS into dp: value r is (row g + 8 (r / 2), key 8 nb + 2t + r % 2).
 #pragma unroll
