@@ -103,6 +103,20 @@ inline void expect_within(const std::string& what, const std::vector<float>& got
   EXPECT_EQ(misses, 0) << what << ": " << misses << " of " << got.size() << " out of tolerance";
 }
 
+// Rotation of pairs (a, b): the output's error scales with |a| + |b| (cancellation in a c - b s).
+inline void expect_rope(const std::string& what, const std::vector<float>& got,
+                 const std::vector<float>& want, const std::vector<float>& input,
+                 std::int64_t head_dim, double rel) {
+  std::vector<double> bound(got.size());
+  const std::int64_t half = head_dim / 2;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const std::int64_t in_head = static_cast<std::int64_t>(i) % head_dim;
+    const std::size_t partner = in_head < half ? i + half : i - half;
+    bound[i] = rel * (std::abs(input[i]) + std::abs(input[partner])) + 1e-30;
+  }
+  expect_within(what, got, want, bound);
+}
+
 inline const char* dtype_label(DType t) { return t == DType::BF16 ? "bf16" : "f32"; }
 
 }  // namespace minitron::test

@@ -68,20 +68,6 @@ TEST_P(CudaElementwise, SwiGlu) {
   expect_near_all("swiglu dup", dev.get(tdu), du, rel(), 1e-30);
 }
 
-// Rotation of pairs (a, b): the output's error scales with |a| + |b| (cancellation in a c - b s).
-void expect_rope(const std::string& what, const std::vector<float>& got,
-                 const std::vector<float>& want, const std::vector<float>& input,
-                 std::int64_t head_dim, double rel) {
-  std::vector<double> bound(got.size());
-  const std::int64_t half = head_dim / 2;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const std::int64_t in_head = static_cast<std::int64_t>(i) % head_dim;
-    const std::size_t partner = in_head < half ? i + half : i - half;
-    bound[i] = rel * (std::abs(input[i]) + std::abs(input[partner])) + 1e-30;
-  }
-  expect_within(what, got, want, bound);
-}
-
 TEST_P(CudaElementwise, RopePlainAndScaled) {
   const std::int64_t B = 2, T = 5, heads = 3;
   for (std::int64_t hd : {64, 128}) {

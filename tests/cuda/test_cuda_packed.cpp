@@ -392,20 +392,6 @@ TEST_P(CudaPacked, Embedding) {
   }
 }
 
-// Rotation of pairs (a, b): the output's error scales with |a| + |b| (as in test_cuda_elementwise).
-void expect_rope(const std::string& what, const std::vector<float>& got,
-                 const std::vector<float>& want, const std::vector<float>& input,
-                 std::int64_t head_dim, double rel) {
-  std::vector<double> bound(got.size());
-  const std::int64_t half = head_dim / 2;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const std::int64_t in_head = static_cast<std::int64_t>(i) % head_dim;
-    const std::size_t partner = in_head < half ? i + half : i - half;
-    bound[i] = rel * (std::abs(input[i]) + std::abs(input[partner])) + 1e-30;
-  }
-  expect_within(what, got, want, bound);
-}
-
 TEST_P(CudaPacked, Rope) {
   const std::int64_t B = 2, T = 3, heads = 2, position_offset = 5;
   // head_dim 32: half a multiple of both packs (vector when aligned); 24: half = 12, packs for
