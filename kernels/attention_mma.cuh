@@ -152,6 +152,35 @@ __device__ __forceinline__ void mma_score_pair(mma::Accumulator (&s)[NB],
   }
 }
 
+// acc[0 .. HD/8) += A B for one 16-deep k-chunk, where B is 16 rows of a k-major shared tile
+// (`b_rows`: row k holds B[k][0 .. HD)): O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K.
+template <int HD>
+__device__ __forceinline__ void mma_accumulate_rows(mma::Accumulator (&acc)[HD / 8],
+                                                    const mma::FragmentA& a, const bf16* b_rows,
+                                                    int lane) {
+  constexpr int S = kMmaSmemStride<HD>;
+#pragma unroll
+  for (int jp = 0; jp < HD / 16; ++jp) {
+    mma::FragmentB b0, b1;
+    ldsm_b_pair_trans<S>(b0, b1, b_rows + jp * 16, lane);
+    mma::mma_m16n8k16_bf16(acc[2 * jp], a, b0, acc[2 * jp]);
+    mma::mma_m16n8k16_bf16(acc[2 * jp + 1], a, b1, acc[2 * jp + 1]);
+  }
+}
+
+// Stores this lane's part of accumulator row g + 8 * half (columns 8j + 2t, 8j + 2t + 1 of
+// every 8-column block), times `scale`, as bf16 into `row`.
+template <int HD>
+__device__ __forceinline__ void store_accumulator_row(bf16* row,
+                                                      const mma::Accumulator (&acc)[HD / 8],
+                                                      int half, int t, float scale) {
+#pragma unroll
+  for (int j = 0; j < HD / 8; ++j) {
+    row[j * 8 + 2 * t] = from_float<bf16>(acc[j].value[2 * half] * scale);
+    row[j * 8 + 2 * t + 1] = from_float<bf16>(acc[j].value[2 * half + 1] * scale);
+  }
+}
+
 // ---- kernels ----
 
 // Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 64 at a
@@ -269,14 +298,8 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
     // O += P V: P's A fragment for keys 16c .. 16c+15 is S blocks 2c and 2c+1 as they are.
 #pragma unroll
     for (int c = 0; c < KT / 16; ++c) {
-      const mma::FragmentA pa = accumulators_as_a(s[2 * c], s[2 * c + 1]);
-#pragma unroll
-      for (int jp = 0; jp < OB / 2; ++jp) {
-        mma::FragmentB b0, b1;
-        ldsm_b_pair_trans<S>(b0, b1, v_s + c * 16 * S + jp * 16, lane);
-        mma::mma_m16n8k16_bf16(o[2 * jp], pa, b0, o[2 * jp]);
-        mma::mma_m16n8k16_bf16(o[2 * jp + 1], pa, b1, o[2 * jp + 1]);
-      }
+      mma_accumulate_rows<HD>(o, accumulators_as_a(s[2 * c], s[2 * c + 1]), v_s + c * 16 * S,
+                              lane);
     }
   }
 
@@ -291,11 +314,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
     if (row >= Tq) continue;
     const float inv = 1.0f / l[half];
     bf16* o_row = out + (static_cast<std::int64_t>(b) * Tq + row) * q_stride + h * HD;
-#pragma unroll
-    for (int j = 0; j < OB; ++j) {
-      o_row[j * 8 + 2 * t] = from_float<bf16>(o[j].value[2 * half] * inv);
-      o_row[j * 8 + 2 * t + 1] = from_float<bf16>(o[j].value[2 * half + 1] * inv);
-    }
+    store_accumulator_row<HD>(o_row, o, half, t, inv);
     if (t == 0)
       lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
   }
@@ -394,18 +413,10 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
       // dV += P^T dO and dK += dS^T Q over the tile's queries, 16 at a time.
 #pragma unroll
       for (int c = 0; c < kMmaQueryTile / 16; ++c) {
-        const mma::FragmentA pa = accumulators_as_a(s[2 * c], s[2 * c + 1]);
-        const mma::FragmentA dsa = accumulators_as_a(dp[2 * c], dp[2 * c + 1]);
-#pragma unroll
-        for (int jp = 0; jp < OB / 2; ++jp) {
-          mma::FragmentB b0, b1;
-          ldsm_b_pair_trans<S>(b0, b1, do_s + c * 16 * S + jp * 16, lane);
-          mma::mma_m16n8k16_bf16(dv_acc[2 * jp], pa, b0, dv_acc[2 * jp]);
-          mma::mma_m16n8k16_bf16(dv_acc[2 * jp + 1], pa, b1, dv_acc[2 * jp + 1]);
-          ldsm_b_pair_trans<S>(b0, b1, q_s + c * 16 * S + jp * 16, lane);
-          mma::mma_m16n8k16_bf16(dk_acc[2 * jp], dsa, b0, dk_acc[2 * jp]);
-          mma::mma_m16n8k16_bf16(dk_acc[2 * jp + 1], dsa, b1, dk_acc[2 * jp + 1]);
-        }
+        mma_accumulate_rows<HD>(dv_acc, accumulators_as_a(s[2 * c], s[2 * c + 1]),
+                                do_s + c * 16 * S, lane);
+        mma_accumulate_rows<HD>(dk_acc, accumulators_as_a(dp[2 * c], dp[2 * c + 1]),
+                                q_s + c * 16 * S, lane);
       }
     }
   }
@@ -416,13 +427,8 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
     if (key >= Tk) continue;
     bf16* dk_row = dk + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
     bf16* dv_row = dv + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
-#pragma unroll
-    for (int j = 0; j < OB; ++j) {
-      dk_row[j * 8 + 2 * t] = from_float<bf16>(dk_acc[j].value[2 * half] * scale);
-      dk_row[j * 8 + 2 * t + 1] = from_float<bf16>(dk_acc[j].value[2 * half + 1] * scale);
-      dv_row[j * 8 + 2 * t] = from_float<bf16>(dv_acc[j].value[2 * half]);
-      dv_row[j * 8 + 2 * t + 1] = from_float<bf16>(dv_acc[j].value[2 * half + 1]);
-    }
+    store_accumulator_row<HD>(dk_row, dk_acc, half, t, scale);
+    store_accumulator_row<HD>(dv_row, dv_acc, half, t, 1.0f);
   }
 }
 
@@ -500,14 +506,8 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
     // dQ += dS K over the tile's keys, 16 at a time.
 #pragma unroll
     for (int c = 0; c < kMmaKeyTile / 16; ++c) {
-      const mma::FragmentA dsa = accumulators_as_a(dp[2 * c], dp[2 * c + 1]);
-#pragma unroll
-      for (int jp = 0; jp < OB / 2; ++jp) {
-        mma::FragmentB b0, b1;
-        ldsm_b_pair_trans<S>(b0, b1, k_s + c * 16 * S + jp * 16, lane);
-        mma::mma_m16n8k16_bf16(dq_acc[2 * jp], dsa, b0, dq_acc[2 * jp]);
-        mma::mma_m16n8k16_bf16(dq_acc[2 * jp + 1], dsa, b1, dq_acc[2 * jp + 1]);
-      }
+      mma_accumulate_rows<HD>(dq_acc, accumulators_as_a(dp[2 * c], dp[2 * c + 1]),
+                              k_s + c * 16 * S, lane);
     }
   }
 
@@ -516,11 +516,7 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
     const int row = rows[half];
     if (row >= Tq) continue;
     bf16* dq_row = dq + q_offset + static_cast<std::int64_t>(row) * q_stride;
-#pragma unroll
-    for (int j = 0; j < OB; ++j) {
-      dq_row[j * 8 + 2 * t] = from_float<bf16>(dq_acc[j].value[2 * half] * scale);
-      dq_row[j * 8 + 2 * t + 1] = from_float<bf16>(dq_acc[j].value[2 * half + 1] * scale);
-    }
+    store_accumulator_row<HD>(dq_row, dq_acc, half, t, scale);
   }
 }
 
