@@ -2,15 +2,27 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "model/backend.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "tests/prune/prune_test_util.h"
+#include "util/files.h"
 
 namespace minitron::testing {
+
+// A JSON fixture of tests/fixtures/ (`writer`: the tools/ script that writes it).
+inline nlohmann::json load_json_fixture(const std::string& name, const std::string& writer) {
+  const std::filesystem::path path = std::filesystem::path(MINITRON_SOURCE_DIR) / "tests/fixtures" / name;
+  EXPECT_TRUE(std::filesystem::exists(path)) << "missing tests/fixtures/" << name << " (" << writer << " writes it)";
+  return nlohmann::json::parse(read_text_file(path));
+}
 
 struct DistillPair {
   ModelConfig teacher_config = tiny_config(), student_config = tiny_config();

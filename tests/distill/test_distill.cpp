@@ -3,8 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -19,17 +17,10 @@
 namespace minitron {
 namespace {
 
-nlohmann::json load_fixture() {
-  std::ifstream in(std::string(MINITRON_SOURCE_DIR) + "/tests/fixtures/kl/kl_fixture.json");
-  EXPECT_TRUE(in.good()) << "missing tests/fixtures/kl/kl_fixture.json (tools/make_kl_fixture.py writes it)";
-  std::stringstream s;
-  s << in.rdbuf();
-  return nlohmann::json::parse(s.str());
-}
 
 // Backend::kl_divergence on the fixture's logits: per-row losses and dlogits of the mean.
 void check_kernel(const std::string& device, double tolerance) {
-  const nlohmann::json f = load_fixture();
+  const nlohmann::json f = testing::load_json_fixture("kl/kl_fixture.json", "tools/make_kl_fixture.py");
   const std::int64_t rows = f["rows"], V = f["vocab"];
   const std::vector<float> student = f["student_logits"].get<std::vector<float>>(),
                            teacher = f["teacher_logits"].get<std::vector<float>>();
@@ -64,7 +55,7 @@ TEST(KlDivergence, CpuKernelMatchesTorch) { check_kernel("cpu", 2e-5); }
 TEST(KlDivergence, DoubleKernelMatchesTorch) { check_kernel("cpu-f64", 2e-5); }
 
 TEST(KlDivergence, IdenticalRowHasZeroLoss) {
-  const nlohmann::json f = load_fixture();
+  const nlohmann::json f = testing::load_json_fixture("kl/kl_fixture.json", "tools/make_kl_fixture.py");
   for (const nlohmann::json& c : f["cases"]) EXPECT_NEAR(c["per_row"][3].get<double>(), 0.0, 1e-15);  // row 3 is identical
 }
 

@@ -6,8 +6,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -23,13 +21,6 @@
 namespace minitron {
 namespace {
 
-nlohmann::json load_fixture() {
-  std::ifstream in(std::string(MINITRON_SOURCE_DIR) + "/tests/fixtures/hidden_state/cosine_fixture.json");
-  EXPECT_TRUE(in.good()) << "missing tests/fixtures/hidden_state/cosine_fixture.json (tools/make_hidden_state_fixture.py)";
-  std::stringstream s;
-  s << in.rdbuf();
-  return nlohmann::json::parse(s.str());
-}
 
 std::vector<double> download(Backend& b, Tensor t) {
   std::vector<double> out(static_cast<std::size_t>(t.numel));
@@ -41,7 +32,9 @@ void check_cosine(const std::string& device, double tolerance) {
   auto backend = make_backend(device);
   Backend& b = *backend;
   const DType act = b.activation_dtype();
-  for (const nlohmann::json& c : load_fixture()["cases"]) {
+  const nlohmann::json fixture = testing::load_json_fixture("hidden_state/cosine_fixture.json",
+                                                            "tools/make_hidden_state_fixture.py");
+  for (const nlohmann::json& c : fixture["cases"]) {
     const std::int64_t rows = c["rows"], Ds = c["student_width"], Dt = c["teacher_width"];
     const bool with_map = c.contains("map");
     BackendBuffer s(b, rows * Ds, act), t(b, rows * Dt, act), ds(b, rows * Ds, act);
@@ -77,8 +70,10 @@ void check_cosine(const std::string& device, double tolerance) {
 // fp32: rows of 5-7 values of order 1; the RMSNorm backward and the GEMMs each round to fp32
 // (~6e-8 relative) on values and gradients of order 0.1-1, so 2e-6 absolute leaves margin.
 TEST(HiddenStateCosine, CpuMatchesTorch) { check_cosine("cpu", 2e-6); }
-// fp64 engine on the same float32 inputs torch used: only double rounding separates them.
-TEST(HiddenStateCosine, DoubleMatchesTorch) { check_cosine("cpu-f64", 1e-12); }
+// fp64 engine on the same float32 inputs torch used. The loss is double throughout; the
+// gradients carry the factor -1 / (rows * Dt), which Backend::scale_inplace takes as a float
+// (1/42 rounded: up to 2^-24 relative), so gradients of up to 0.24 (dW) differ by up to 1.4e-8.
+TEST(HiddenStateCosine, DoubleMatchesTorch) { check_cosine("cpu-f64", 2e-8); }
 
 ModelConfig small_config(std::int64_t hidden, std::int64_t layers) {
   ModelConfig c;
