@@ -25,19 +25,25 @@ using testing::slurp;
 
 fs::path source(const std::string& rel) { return fs::path(MINITRON_SOURCE_DIR) / rel; }
 
-TEST(PipelineTasks, ReportCarriesTheTaskAccuraciesOfEveryModel) {
-  testing::TempDir dir;
+// A tiny teacher (with the eval tokenizer, which travels with every model the pipeline derives
+// from it) and train/val shards in dir.
+ModelConfig write_teacher_and_shards(const fs::path& dir, std::uint64_t seed) {
   ModelConfig c = testing::tiny_config();
   c.vocab_size = 67;  // the tokenizer's
   c.rms_norm_eps = 1e-5;
   c.max_position_embeddings = 128;
   SaveOptions save;
   save.dtype = SafetensorsDType::F32;
-  save_checkpoint(dir / "teacher", c, ParameterTable(c), testing::tiny_parameters(c, 13), save);
-  // The teacher's tokenizer travels with every model the pipeline derives from it.
+  save_checkpoint(dir / "teacher", c, ParameterTable(c), testing::tiny_parameters(c, seed), save);
   fs::copy_file(source("tests/eval/data/tokenizer.json"), dir / "teacher" / "tokenizer.json");
   write_shard(dir / "train.bin", testing::tiny_tokens(600, c.vocab_size, 5));
   write_shard(dir / "val.bin", testing::tiny_tokens(200, c.vocab_size, 9));
+  return c;
+}
+
+TEST(PipelineTasks, ReportCarriesTheTaskAccuraciesOfEveryModel) {
+  testing::TempDir dir;
+  const ModelConfig c = write_teacher_and_shards(dir.path(), 13);
   {
     std::ofstream task(dir / "task.jsonl");
     task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})" << "\n"
@@ -97,16 +103,7 @@ TEST(PipelineTasks, ReportCarriesTheTaskAccuraciesOfEveryModel) {
 // evaluation.tasks[].fewshot_file (the evaluation's few-shot pool).
 TEST(PipelineTasks, TaskKeysReachImportancePruneAndEvaluation) {
   testing::TempDir dir;
-  ModelConfig c = testing::tiny_config();
-  c.vocab_size = 67;  // the tokenizer's
-  c.rms_norm_eps = 1e-5;
-  c.max_position_embeddings = 128;
-  SaveOptions save;
-  save.dtype = SafetensorsDType::F32;
-  save_checkpoint(dir / "teacher", c, ParameterTable(c), testing::tiny_parameters(c, 18), save);
-  fs::copy_file(source("tests/eval/data/tokenizer.json"), dir / "teacher" / "tokenizer.json");
-  write_shard(dir / "train.bin", testing::tiny_tokens(600, c.vocab_size, 5));
-  write_shard(dir / "val.bin", testing::tiny_tokens(200, c.vocab_size, 9));
+  const ModelConfig c = write_teacher_and_shards(dir.path(), 18);
   {
     std::ofstream task(dir / "task.jsonl");
     task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})" << "\n"
