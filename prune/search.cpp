@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "model/parameters.h"
 #include "util/error.h"
 
 namespace minitron {
@@ -25,15 +26,15 @@ std::int64_t parse_parameter_count(const std::string& text, const std::string& f
   const double value = std::strtod(number.c_str(), &end);
   if (number.empty() || end != number.c_str() + number.size() || !(value > 0))
     fail_expected(flag, str("'", text, "'"), expected);
+  // Checked before rounding: llround of a value beyond int64 is undefined. A quadrillion is far
+  // above any model and far below where the conversion could overflow.
+  constexpr double kMaxCount = 1e15;
+  if (!(value * scale >= 1 && value * scale <= kMaxCount))
+    fail_expected(flag, str("'", text, "' is out of range"), "a count from 1 to 1000T (1e15)");
   return static_cast<std::int64_t>(std::llround(value * scale));
 }
 
-std::int64_t parameter_count(const ModelConfig& c) {
-  const std::int64_t D = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), F = c.intermediate_size;
-  const std::int64_t embedding = c.vocab_size * D;
-  const std::int64_t layer = 2 * D + q * D + 2 * kv * D + D * q + 3 * D * F;
-  return embedding * (c.tie_word_embeddings ? 1 : 2) + D + c.num_hidden_layers * layer;
-}
+std::int64_t parameter_count(const ModelConfig& c) { return ParameterTable(c).total_numel(); }
 
 nlohmann::json architecture_to_json(const Architecture& a) {
   return {{"hidden_size", a.hidden_size},         {"intermediate_size", a.intermediate_size},
