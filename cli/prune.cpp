@@ -15,11 +15,11 @@
 #include "data/shards.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
-#include "prune/distillation_objective.h"
 #include "prune/layer_ranking.h"
 #include "prune/scores.h"
 #include "prune/search.h"
 #include "prune/slicing.h"
+#include "train/distill.h"
 #include "train/losses.h"
 #include "train/trainer.h"
 #include "util/files.h"
@@ -272,7 +272,7 @@ int prune(int argc, char** argv) {
       LlamaModel student(plan.config, *backend, B, T, ModelMode::Training);
       student.set_parameters(slice_parameters(config, checkpoint.table, checkpoint.params, plan));
       LossWorkspace workspace(*backend, config.vocab_size, B * T, 0, /*distillation=*/true);
-      DistillationObjective objective(teacher, workspace);
+      TeacherDistillationObjective objective(teacher, workspace, /*temperature=*/1.0f, /*hard_label_weight=*/0.0f);
       TrainOptions o;
       o.batch_size = B;
       o.sequence_length = T;
