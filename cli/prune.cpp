@@ -1,6 +1,7 @@
 // minitron prune: width and depth pruning of an HF checkpoint by importance scores, to explicit
 // sizes or to a parameter budget (the paper's lightweight architecture search).
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
@@ -114,6 +115,8 @@ int prune(int argc, char** argv) {
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
   const fs::path output = required<std::string>(r, "output");
+  // Before any work: the output may replace an earlier checkpoint, never other files or the input.
+  check_checkpoint_output(output, std::array{fs::path(model_dir)}, str("--output ", output.string()));
   SaveOptions save;
   save.dtype = parse_save_dtype(r["save-dtype"].as<std::string>());
   const bool random = r.count("random-scores") > 0;
@@ -176,8 +179,8 @@ int prune(int argc, char** argv) {
     const PrunePlan plan = plan_pruning(config, scores, targets);
     std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
     save.copy_files = companion_files(model_dir);
+    save.extra_files = {{"pruning.json", plan_to_json(plan, model_dir, scores_path, targets).dump(1)}};
     save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-    write_bytes_atomically(output / "pruning.json", plan_to_json(plan, model_dir, scores_path, targets).dump(1));
     std::printf("pruned: %s parameters (%s)", human_count(parameter_count(plan.config)).c_str(),
                 sizes_string(plan.config).c_str());
     if (plan.dropped_block) {
@@ -282,6 +285,7 @@ int prune(int argc, char** argv) {
       o.eval_windows = validation.count;
       o.log_interval = std::max<std::int64_t>(1, search_steps / 4);
       o.output = work / str("candidate-", i);
+      o.input_models = {model_dir};
       o.optimizer.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
       o.optimizer.min_learning_rate = o.optimizer.learning_rate / 10;
       o.optimizer.warmup_steps = std::min<std::int64_t>(40, search_steps / 10);
@@ -303,15 +307,15 @@ int prune(int argc, char** argv) {
   const Architecture& best = ranked.front().architecture;
   const PrunePlan plan = plan_pruning(config, scores, targets_of(best, targets.layer_criterion));
   std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
-  save.copy_files = companion_files(model_dir);
-  save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-  write_bytes_atomically(output / "pruning.json",
-                         plan_to_json(plan, model_dir, scores_path, targets_of(best, targets.layer_criterion)).dump(1));
   nlohmann::json search_json = {{"target_params", budget},     {"tolerance", tolerance},
                                 {"fitting_architectures", fitting.size()}, {"search_steps", search_steps},
                                 {"validation_windows", validation.count},  {"sequence_length", T},
                                 {"ranked", list}};
-  write_bytes_atomically(output / "search.json", search_json.dump(1));
+  save.copy_files = companion_files(model_dir);
+  save.extra_files = {
+      {"pruning.json", plan_to_json(plan, model_dir, scores_path, targets_of(best, targets.layer_criterion)).dump(1)},
+      {"search.json", search_json.dump(1)}};
+  save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
   std::printf("best: %s, %s parameters (zero-shot loss %.4f%s)\nparameters %lld\nsaved to %s (ranking in search.json)\n",
               architecture_string(best).c_str(), human_count(best.parameters).c_str(), ranked.front().zero_shot,
               search_steps > 0 ? str(", distilled ", ranked.front().distilled).c_str() : "",
