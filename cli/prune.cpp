@@ -7,6 +7,8 @@
 #include <limits>
 #include <memory>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -56,6 +58,21 @@ nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir,
   j["ffn_neurons"] = plan.ffn;
   return j;
 }
+
+// The search's scratch directory ".<output name>.search-<pid>" beside the output: removed on
+// scope exit, success or failure. Only this process creates that name, so nothing else is lost.
+struct SearchWorkDirectory {
+  fs::path path;
+  static fs::path beside(const fs::path& output) {
+    fs::path target = fs::absolute(output).lexically_normal();
+    if (target.filename().empty()) target = target.parent_path();
+    return target.parent_path() / str(".", target.filename().string(), ".search-", ::getpid());
+  }
+  ~SearchWorkDirectory() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
 
 // Zero-shot validation loss of a pruned model (Inference mode, batches of B windows).
 double zero_shot_loss(const ModelConfig& config, std::span<const float> params, Backend& backend,
@@ -268,7 +285,10 @@ int prune(int argc, char** argv) {
     const std::int64_t n = std::min<std::int64_t>(search_candidates, static_cast<std::int64_t>(ranked.size()));
     LlamaModel teacher(config, *backend, B, T, ModelMode::Inference);
     teacher.set_parameters(checkpoint.params);
-    const fs::path work = output.string() + ".search";
+    // The candidates' short runs live in a hidden sibling of the output, removed once they are
+    // ranked (their losses go into search.json) or when the search fails.
+    const fs::path work = SearchWorkDirectory::beside(output);
+    SearchWorkDirectory cleanup{work};
     for (std::int64_t i = 0; i < n; ++i) {
       Ranked& c = ranked[static_cast<std::size_t>(i)];
       const PrunePlan plan = plan_pruning(config, scores, targets_of(c.architecture, targets.layer_criterion));
