@@ -92,18 +92,24 @@ std::vector<Architecture> enumerate_architectures(const ModelConfig& config, std
   ModelConfig c = config;
   for (std::int64_t d : axis(D, hidden_step, floor_of(D, grid.min_width_fraction)))
     for (std::int64_t f : axis(F, ffn_step, floor_of(F, grid.min_width_fraction)))
-      for (std::int64_t per_group = 1; per_group <= group; ++per_group)
+      for (std::int64_t per_group = 1; per_group <= group; ++per_group) {
+        c.hidden_size = d;
+        c.intermediate_size = f;
+        c.num_attention_heads = per_group * Hkv;
+        c.num_key_value_heads = Hkv;
+        // Every layer has the same tensors, so the table's total is linear in the depth: two
+        // small tables (1 and 2 layers) give it for every depth without a full table each.
+        c.num_hidden_layers = 1;
+        const std::int64_t one_layer = parameter_count(c);
+        c.num_hidden_layers = 2;
+        const std::int64_t per_layer = parameter_count(c) - one_layer;
         for (std::int64_t l = std::max<std::int64_t>(1, floor_of(L, grid.min_depth_fraction)); l <= L; ++l) {
-          c.hidden_size = d;
-          c.intermediate_size = f;
-          c.num_attention_heads = per_group * Hkv;
-          c.num_key_value_heads = Hkv;
-          c.num_hidden_layers = l;
-          const std::int64_t n = parameter_count(c);
+          const std::int64_t n = one_layer + (l - 1) * per_layer;
           if (std::abs(static_cast<double>(n) - static_cast<double>(target)) > tolerance * static_cast<double>(target))
             continue;
           out.push_back({d, f, per_group * Hkv, Hkv, l, n});
         }
+      }
   std::stable_sort(out.begin(), out.end(), [&](const Architecture& a, const Architecture& b) {
     return std::llabs(a.parameters - target) < std::llabs(b.parameters - target);
   });

@@ -557,6 +557,14 @@ TEST(Search, ParameterCountsAndBudget) {
   EXPECT_TRUE(std::any_of(grid.begin(), grid.end(), [](const Architecture& a) {
     return a.hidden_size == 3072 && a.intermediate_size == 9216 && a.num_attention_heads == 32 && a.num_layers == 32;
   }));
+  for (const Architecture& a : grid) {  // the grid's counts (linear in depth) match a full table
+    ModelConfig pc = llama;
+    pc.hidden_size = a.hidden_size;
+    pc.intermediate_size = a.intermediate_size;
+    pc.num_attention_heads = a.num_attention_heads;
+    pc.num_hidden_layers = a.num_layers;
+    EXPECT_EQ(a.parameters, ParameterTable(pc).total_numel()) << architecture_string(a);
+  }
 }
 
 }  // namespace
