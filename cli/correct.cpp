@@ -34,6 +34,7 @@ int correct(int argc, char** argv) {
     fail_expected("--min-learning-rate", str(o.optimizer.min_learning_rate), str("at most the learning rate ", o.optimizer.learning_rate));
   ModelSource source = model_source_from_flags(r);
   o.companion_files = source.companion_files;
+  if (!source.checkpoint_dir.empty()) o.input_models.push_back(source.checkpoint_dir);
   train_with_cross_entropy(r, source, o,
                            str("correcting teacher ", source.description, " (peak learning rate ", o.optimizer.learning_rate,
                                ", 1/5 of ", original, "; min ", o.optimizer.min_learning_rate, "; ",

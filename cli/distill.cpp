@@ -72,6 +72,7 @@ int distill(int argc, char** argv) {
   const ModelConfig teacher_config = load_model_config(teacher_dir), student_config = load_model_config(student_dir);
   check_same_vocabulary(teacher_dir, teacher_config, student_dir, student_config);
   for (const ModelConfig* c : {&teacher_config, &student_config}) check_sequence_length("--sequence-length", o.sequence_length, *c);
+  o.input_models = {teacher_dir, student_dir};
   o.companion_files = companion_files(student_dir);
   if (o.companion_files.empty()) o.companion_files = companion_files(teacher_dir);
   const float temperature = r["temperature"].as<float>(), hard_label_weight = r["hard-label-weight"].as<float>();

@@ -1,10 +1,13 @@
 // minitron prune: width and depth pruning of an HF checkpoint by importance scores, to explicit
 // sizes or to a parameter budget (the paper's lightweight architecture search).
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <limits>
 #include <memory>
+
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -15,11 +18,11 @@
 #include "data/shards.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
-#include "prune/distillation_objective.h"
 #include "prune/layer_ranking.h"
 #include "prune/scores.h"
 #include "prune/search.h"
 #include "prune/slicing.h"
+#include "train/distill.h"
 #include "train/losses.h"
 #include "train/trainer.h"
 #include "util/files.h"
@@ -55,6 +58,21 @@ nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir,
   j["ffn_neurons"] = plan.ffn;
   return j;
 }
+
+// The search's scratch directory ".<output name>.search-<pid>" beside the output: removed on
+// scope exit, success or failure. Only this process creates that name, so nothing else is lost.
+struct SearchWorkDirectory {
+  fs::path path;
+  static fs::path beside(const fs::path& output) {
+    fs::path target = fs::absolute(output).lexically_normal();
+    if (target.filename().empty()) target = target.parent_path();
+    return target.parent_path() / str(".", target.filename().string(), ".search-", ::getpid());
+  }
+  ~SearchWorkDirectory() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
 
 // Zero-shot validation loss of a pruned model (Inference mode, batches of B windows).
 double zero_shot_loss(const ModelConfig& config, std::span<const float> params, Backend& backend,
@@ -114,6 +132,8 @@ int prune(int argc, char** argv) {
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
   const fs::path output = required<std::string>(r, "output");
+  // Before any work: the output may replace an earlier checkpoint, never other files or the input.
+  check_checkpoint_output(output, std::array{fs::path(model_dir)}, str("--output ", output.string()));
   SaveOptions save;
   save.dtype = parse_save_dtype(r["save-dtype"].as<std::string>());
   const bool random = r.count("random-scores") > 0;
@@ -176,8 +196,8 @@ int prune(int argc, char** argv) {
     const PrunePlan plan = plan_pruning(config, scores, targets);
     std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
     save.copy_files = companion_files(model_dir);
+    save.extra_files = {{"pruning.json", plan_to_json(plan, model_dir, scores_path, targets).dump(1)}};
     save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-    write_bytes_atomically(output / "pruning.json", plan_to_json(plan, model_dir, scores_path, targets).dump(1));
     std::printf("pruned: %s parameters (%s)", human_count(parameter_count(plan.config)).c_str(),
                 sizes_string(plan.config).c_str());
     if (plan.dropped_block) {
@@ -265,14 +285,17 @@ int prune(int argc, char** argv) {
     const std::int64_t n = std::min<std::int64_t>(search_candidates, static_cast<std::int64_t>(ranked.size()));
     LlamaModel teacher(config, *backend, B, T, ModelMode::Inference);
     teacher.set_parameters(checkpoint.params);
-    const fs::path work = output.string() + ".search";
+    // The candidates' short runs live in a hidden sibling of the output, removed once they are
+    // ranked (their losses go into search.json) or when the search fails.
+    const fs::path work = SearchWorkDirectory::beside(output);
+    SearchWorkDirectory cleanup{work};
     for (std::int64_t i = 0; i < n; ++i) {
       Ranked& c = ranked[static_cast<std::size_t>(i)];
       const PrunePlan plan = plan_pruning(config, scores, targets_of(c.architecture, targets.layer_criterion));
       LlamaModel student(plan.config, *backend, B, T, ModelMode::Training);
       student.set_parameters(slice_parameters(config, checkpoint.table, checkpoint.params, plan));
       LossWorkspace workspace(*backend, config.vocab_size, B * T, 0, /*distillation=*/true);
-      DistillationObjective objective(teacher, workspace);
+      TeacherDistillationObjective objective(teacher, workspace, /*temperature=*/1.0f, /*hard_label_weight=*/0.0f);
       TrainOptions o;
       o.batch_size = B;
       o.sequence_length = T;
@@ -282,6 +305,7 @@ int prune(int argc, char** argv) {
       o.eval_windows = validation.count;
       o.log_interval = std::max<std::int64_t>(1, search_steps / 4);
       o.output = work / str("candidate-", i);
+      o.input_models = {model_dir};
       o.optimizer.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
       o.optimizer.min_learning_rate = o.optimizer.learning_rate / 10;
       o.optimizer.warmup_steps = std::min<std::int64_t>(40, search_steps / 10);
@@ -303,15 +327,15 @@ int prune(int argc, char** argv) {
   const Architecture& best = ranked.front().architecture;
   const PrunePlan plan = plan_pruning(config, scores, targets_of(best, targets.layer_criterion));
   std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
-  save.copy_files = companion_files(model_dir);
-  save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-  write_bytes_atomically(output / "pruning.json",
-                         plan_to_json(plan, model_dir, scores_path, targets_of(best, targets.layer_criterion)).dump(1));
   nlohmann::json search_json = {{"target_params", budget},     {"tolerance", tolerance},
                                 {"fitting_architectures", fitting.size()}, {"search_steps", search_steps},
                                 {"validation_windows", validation.count},  {"sequence_length", T},
                                 {"ranked", list}};
-  write_bytes_atomically(output / "search.json", search_json.dump(1));
+  save.copy_files = companion_files(model_dir);
+  save.extra_files = {
+      {"pruning.json", plan_to_json(plan, model_dir, scores_path, targets_of(best, targets.layer_criterion)).dump(1)},
+      {"search.json", search_json.dump(1)}};
+  save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
   std::printf("best: %s, %s parameters (zero-shot loss %.4f%s)\nparameters %lld\nsaved to %s (ranking in search.json)\n",
               architecture_string(best).c_str(), human_count(best.parameters).c_str(), ranked.front().zero_shot,
               search_steps > 0 ? str(", distilled ", ranked.front().distilled).c_str() : "",

@@ -18,6 +18,7 @@ int train(int argc, char** argv) {
   TrainOptions o = parse_training_options(r);
   ModelSource source = model_source_from_flags(r);
   o.companion_files = source.companion_files;
+  if (!source.checkpoint_dir.empty()) o.input_models.push_back(source.checkpoint_dir);
   train_with_cross_entropy(r, source, o, str("training ", source.description));
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "model/checkpoint.h"
 
+#include <regex>
 #include <set>
 
 #include "util/error.h"
@@ -92,6 +93,28 @@ std::vector<fs::path> companion_files(const fs::path& model_dir) {
   return out;
 }
 
+bool is_checkpoint_entry(const fs::directory_entry& entry) {
+  static const std::set<std::string> names{
+      // Hugging Face save_pretrained (model and tokenizer)
+      "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+      "pytorch_model.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
+      "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
+      "chat_template.jinja",
+      // minitron: prune's records, the trainer's resumable state, distillation's hidden-state map
+      "pruning.json", "search.json", "training_state.json", "training_state.safetensors", "hidden_state_map.json",
+      "hidden_state_map.safetensors"};
+  if (!entry.is_regular_file()) return false;
+  const std::string name = entry.path().filename().string();
+  if (names.count(name)) return true;
+  // Shards: model-00001-of-00004.safetensors, pytorch_model-00001-of-00002.bin.
+  static const std::regex shard(R"((model-[0-9]+-of-[0-9]+\.safetensors)|(pytorch_model-[0-9]+-of-[0-9]+\.bin))");
+  return std::regex_match(name, shard);
+}
+
+void check_checkpoint_output(const fs::path& dir, std::span<const fs::path> inputs, const std::string& label) {
+  check_replaceable_directory(dir, is_checkpoint_entry, inputs, label);
+}
+
 void save_checkpoint(const fs::path& dir, const ModelConfig& config, const ParameterTable& table,
                      std::span<const float> params, const SaveOptions& options) {
   if (static_cast<std::int64_t>(params.size()) != table.total_numel())
@@ -105,6 +128,12 @@ void save_checkpoint(const fs::path& dir, const ModelConfig& config, const Param
     if (!copied_names.insert(name).second || name.starts_with("model-"))
       fail_expected(f.string(), str("name '", name, "' is already taken in the checkpoint"),
                     "distinct companion file names");
+  }
+  for (const auto& [name, contents] : options.extra_files) {
+    if (!copied_names.insert(name).second || name.starts_with("model-"))
+      fail_expected(name, str("name '", name, "' is already taken in the checkpoint"), "distinct file names");
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+      fail_expected(str("'", name, "'"), "is not a plain file name", "a file name inside the checkpoint directory");
   }
 
   ModelConfig saved = config;
@@ -124,7 +153,8 @@ void save_checkpoint(const fs::path& dir, const ModelConfig& config, const Param
       if (!fs::copy_file(f, tmp / f.filename(), error))
         fail_expected(f.string(), str("cannot copy into the checkpoint: ", error.message()), "a readable file");
     }
-  });
+    for (const auto& [name, contents] : options.extra_files) write_bytes_atomically(tmp / name, contents);
+  }, is_checkpoint_entry);
 }
 
 }  // namespace minitron

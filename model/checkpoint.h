@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -39,13 +40,29 @@ struct SaveOptions {
   std::uint64_t max_shard_bytes = kDefaultMaxShardBytes;
   // Files copied beside the weights under their own names (tokenizer.json, ...). Each must exist.
   std::vector<std::filesystem::path> copy_files;
+  // Small files written beside the weights (name, contents), inside the temporary directory so
+  // they land together with the checkpoint: prune's pruning.json and search.json.
+  std::vector<std::pair<std::string, std::string>> extra_files;
 };
 
 // The tokenizer and generation files of a model directory that exist there, for copy_files.
 std::vector<std::filesystem::path> companion_files(const std::filesystem::path& model_dir);
 
+// True for a file a checkpoint directory holds when Hugging Face's save_pretrained or minitron
+// wrote it: config.json, generation_config.json, model.safetensors, model-NNNNN-of-NNNNN.safetensors
+// and the index, pytorch_model*.bin (and index), the tokenizer files, and minitron's pruning.json,
+// search.json, training_state.* and hidden_state_map.*. Subdirectories and other names are not.
+bool is_checkpoint_entry(const std::filesystem::directory_entry& entry);
+
+// check_replaceable_directory(dir, is_checkpoint_entry, inputs, label): call it on a command's
+// output checkpoint directory before the long work, so a refusal comes first, not at the save.
+void check_checkpoint_output(const std::filesystem::path& dir, std::span<const std::filesystem::path> inputs,
+                             const std::string& label);
+
 // Writes config.json (torch_dtype matching the saved dtype), the safetensors and the copied
 // files into a temporary directory and renames it over dir: an existing dir survives a failure.
+// An existing dir is replaced only when it holds nothing but checkpoint files
+// (is_checkpoint_entry); otherwise this throws before writing anything.
 void save_checkpoint(const std::filesystem::path& dir, const ModelConfig& config, const ParameterTable& table,
                      std::span<const float> params, const SaveOptions& options = {});
 

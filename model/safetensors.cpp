@@ -129,8 +129,11 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
     t.numel = static_cast<std::int64_t>(numel);
     if (!v.contains("data_offsets") || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
       fail_expected(what, "data_offsets missing or not a pair", "[begin, end]");
-    t.begin = non_negative(v["data_offsets"][0], str(what, " data_offsets"), data_size);
-    t.end = non_negative(v["data_offsets"][1], str(what, " data_offsets"), data_size);
+    // Bounded by the element limit here; against the file's data region below, so that a cut
+    // file is reported as truncated.
+    const std::uint64_t max_offset = kMaxElements * 4;
+    t.begin = non_negative(v["data_offsets"][0], str(what, " data_offsets"), max_offset);
+    t.end = non_negative(v["data_offsets"][1], str(what, " data_offsets"), max_offset);
     if (t.begin > t.end)
       fail_expected(what, str("data_offsets [", t.begin, ", ", t.end, "] end before begin"), "begin <= end");
     const std::uint64_t bytes = numel * safetensors_dtype_size(t.dtype);
@@ -143,22 +146,39 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
     tensors_.push_back(std::move(t));
   }
 
-  // Overlap check over the non-empty byte ranges, in order of their start.
+  // As the safetensors reference validates: in offset order, every tensor starts where the
+  // previous one ended and the last ends at the end of the file, so that the tensors tile the
+  // data region exactly (no gaps, no overlaps, no trailing bytes).
   std::vector<const SafetensorsTensor*> by_offset;
-  for (const SafetensorsTensor& t : tensors_)
-    if (t.end > t.begin) by_offset.push_back(&t);
+  for (const SafetensorsTensor& t : tensors_) by_offset.push_back(&t);
   std::sort(by_offset.begin(), by_offset.end(), [](const auto* a, const auto* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->name < b->name;
+    return a->begin != b->begin ? a->begin < b->begin : a->end != b->end ? a->end < b->end : a->name < b->name;
   });
-  for (std::size_t i = 1; i < by_offset.size(); ++i) {
-    const SafetensorsTensor& a = *by_offset[i - 1];
-    const SafetensorsTensor& b = *by_offset[i];
-    if (b.begin < a.end)
+  std::uint64_t needed = 0;
+  for (const SafetensorsTensor* t : by_offset) needed = std::max(needed, t->end);
+  if (needed > data_size)
+    fail_expected(where,
+                  str("file is truncated: its data region holds ", data_size, " bytes but the tensors need ", needed),
+                  str("a complete file of ", data_start_ + needed, " bytes"));
+  std::uint64_t position = 0;
+  const SafetensorsTensor* previous = nullptr;
+  for (const SafetensorsTensor* t : by_offset) {
+    if (t->begin < position)
       fail_expected(where,
-                    str("tensors '", a.name, "' [", a.begin, ", ", a.end, ") and '", b.name, "' [", b.begin, ", ",
-                        b.end, ") overlap"),
-                    "disjoint data_offsets");
+                    str("tensors '", previous->name, "' [", previous->begin, ", ", previous->end, ") and '", t->name,
+                        "' [", t->begin, ", ", t->end, ") overlap"),
+                    "tensors that tile the data region exactly");
+    if (t->begin > position)
+      fail_expected(where,
+                    str("bytes [", position, ", ", t->begin, ") of the data region before tensor '", t->name,
+                        "' belong to no tensor"),
+                    "tensors that tile the data region exactly (no gaps)");
+    position = t->end;
+    previous = t;
   }
+  if (position != data_size)
+    fail_expected(where, str("the data region holds ", data_size - position, " trailing bytes after the last tensor"),
+                  str("tensors that tile the data region exactly (", position, " bytes)"));
 }
 
 const SafetensorsTensor* SafetensorsFile::find(const std::string& name) const {
@@ -210,7 +230,9 @@ bool SafetensorsCheckpoint::present(const fs::path& dir) {
 
 SafetensorsCheckpoint::SafetensorsCheckpoint(const fs::path& dir) : dir_(dir) {
   const fs::path index_path = dir / "model.safetensors.index.json";
-  if (fs::exists(index_path)) {
+  const fs::path single = dir / "model.safetensors";
+  // As transformers does: a single model.safetensors wins over an index beside it.
+  if (!fs::exists(single) && fs::exists(index_path)) {
     sharded_ = true;
     const std::string where = index_path.string();
     json index;
@@ -247,7 +269,6 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const fs::path& dir) : dir_(dir) {
     }
     return;
   }
-  const fs::path single = dir / "model.safetensors";
   if (!fs::exists(single))
     fail_expected(dir.string(), "no model.safetensors or model.safetensors.index.json",
                   "a Hugging Face safetensors checkpoint directory");

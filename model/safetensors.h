@@ -3,7 +3,9 @@
 // optional "__metadata__"}), then the data region that the offsets index.
 //
 // The reader memory-maps and validates every header field before any tensor is touched, so a
-// damaged or hostile file gives a minitron::Error, never a crash or an out-of-bounds read.
+// damaged or hostile file gives a minitron::Error, never a crash or an out-of-bounds read. As the
+// safetensors reference requires, the tensors must tile the data region exactly (no gaps, no
+// overlaps, no trailing bytes); a file cut short is reported as truncated.
 #pragma once
 
 #include <cstdint>
@@ -57,7 +59,8 @@ class SafetensorsFile {
 };
 
 // The tensors of a model directory: `model.safetensors`, or shards listed by
-// `model.safetensors.index.json` (weight_map: tensor name -> shard file name).
+// `model.safetensors.index.json` (weight_map: tensor name -> shard file name). When both
+// exist, model.safetensors is read, as transformers does.
 class SafetensorsCheckpoint {
  public:
   explicit SafetensorsCheckpoint(const std::filesystem::path& dir);

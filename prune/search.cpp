@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "model/parameters.h"
 #include "util/error.h"
 
 namespace minitron {
@@ -25,15 +26,15 @@ std::int64_t parse_parameter_count(const std::string& text, const std::string& f
   const double value = std::strtod(number.c_str(), &end);
   if (number.empty() || end != number.c_str() + number.size() || !(value > 0))
     fail_expected(flag, str("'", text, "'"), expected);
+  // Checked before rounding: llround of a value beyond int64 is undefined. A quadrillion is far
+  // above any model and far below where the conversion could overflow.
+  constexpr double kMaxCount = 1e15;
+  if (!(value * scale >= 1 && value * scale <= kMaxCount))
+    fail_expected(flag, str("'", text, "' is out of range"), "a count from 1 to 1000T (1e15)");
   return static_cast<std::int64_t>(std::llround(value * scale));
 }
 
-std::int64_t parameter_count(const ModelConfig& c) {
-  const std::int64_t D = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), F = c.intermediate_size;
-  const std::int64_t embedding = c.vocab_size * D;
-  const std::int64_t layer = 2 * D + q * D + 2 * kv * D + D * q + 3 * D * F;
-  return embedding * (c.tie_word_embeddings ? 1 : 2) + D + c.num_hidden_layers * layer;
-}
+std::int64_t parameter_count(const ModelConfig& c) { return ParameterTable(c).total_numel(); }
 
 nlohmann::json architecture_to_json(const Architecture& a) {
   return {{"hidden_size", a.hidden_size},         {"intermediate_size", a.intermediate_size},
@@ -91,18 +92,24 @@ std::vector<Architecture> enumerate_architectures(const ModelConfig& config, std
   ModelConfig c = config;
   for (std::int64_t d : axis(D, hidden_step, floor_of(D, grid.min_width_fraction)))
     for (std::int64_t f : axis(F, ffn_step, floor_of(F, grid.min_width_fraction)))
-      for (std::int64_t per_group = 1; per_group <= group; ++per_group)
+      for (std::int64_t per_group = 1; per_group <= group; ++per_group) {
+        c.hidden_size = d;
+        c.intermediate_size = f;
+        c.num_attention_heads = per_group * Hkv;
+        c.num_key_value_heads = Hkv;
+        // Every layer has the same tensors, so the table's total is linear in the depth: two
+        // small tables (1 and 2 layers) give it for every depth without a full table each.
+        c.num_hidden_layers = 1;
+        const std::int64_t one_layer = parameter_count(c);
+        c.num_hidden_layers = 2;
+        const std::int64_t per_layer = parameter_count(c) - one_layer;
         for (std::int64_t l = std::max<std::int64_t>(1, floor_of(L, grid.min_depth_fraction)); l <= L; ++l) {
-          c.hidden_size = d;
-          c.intermediate_size = f;
-          c.num_attention_heads = per_group * Hkv;
-          c.num_key_value_heads = Hkv;
-          c.num_hidden_layers = l;
-          const std::int64_t n = parameter_count(c);
+          const std::int64_t n = one_layer + (l - 1) * per_layer;
           if (std::abs(static_cast<double>(n) - static_cast<double>(target)) > tolerance * static_cast<double>(target))
             continue;
           out.push_back({d, f, per_group * Hkv, Hkv, l, n});
         }
+      }
   std::stable_sort(out.begin(), out.end(), [&](const Architecture& a, const Architecture& b) {
     return std::llabs(a.parameters - target) < std::llabs(b.parameters - target);
   });

@@ -18,7 +18,7 @@ namespace minitron {
 // "4.5B", "350M", "20K", "123456" -> a parameter count.
 std::int64_t parse_parameter_count(const std::string& text, const std::string& flag = "--target-params");
 
-// Total parameters of a config (tied head counted once) without building a table.
+// Total parameters of a config (tied head counted once): ParameterTable(config).total_numel().
 std::int64_t parameter_count(const ModelConfig& config);
 
 struct Architecture {

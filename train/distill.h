@@ -19,8 +19,8 @@
 
 namespace minitron {
 
-// Named apart from prune/'s short-search DistillationObjective (same namespace, both libraries
-// link into the binary); this one adds the hard-label mix and times the teacher.
+// The one distillation objective: `minitron distill` and the short runs of `prune --search-steps`
+// (temperature 1, hard-label weight 0) both use it. It also times the teacher.
 class TeacherDistillationObjective : public Objective {
  public:
   // workspace must have been built with distillation = true for the trainer's batch x sequence

@@ -69,7 +69,7 @@ void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const Adam
                             {"grad_accumulation", options.grad_accumulation}};
     write_bytes_atomically(tmp / "training_state.json", state.dump(2));
     objective.save_state(tmp);
-  });
+  }, is_checkpoint_entry);
 }
 
 // Returns the step to continue from.
@@ -141,6 +141,15 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   optimizer_config.total_steps = options.steps;
   AdamW optimizer(model, optimizer_config);
 
+  // The directories this run replaces (output/model at the end, output/checkpoint-N on saves)
+  // are checked now rather than after hours of training; the run directory itself is only
+  // written into, never replaced.
+  check_checkpoint_output(options.output / "model", options.input_models,
+                          str((options.output / "model").string(), " (under --output)"));
+  if (fs::is_directory(options.output))
+    for (const auto& entry : fs::directory_iterator(options.output))
+      if (entry.is_directory() && std::regex_match(entry.path().filename().string(), std::regex("checkpoint-[0-9]+")))
+        check_checkpoint_output(entry.path(), options.input_models, str(entry.path().string(), " (under --output)"));
   fs::create_directories(options.output);
   std::int64_t start = 0;
   if (options.resume) {

@@ -66,6 +66,9 @@ struct TrainOptions {
   bool resume = false;  // continue from the newest output/checkpoint-* when one exists
   std::vector<std::filesystem::path> train_shards, validation_shards;
   std::vector<std::filesystem::path> companion_files;  // copied beside every saved model
+  // Checkpoint directories the run reads: output/model and output/checkpoint-N must not be,
+  // contain or lie inside them (check_checkpoint_output).
+  std::vector<std::filesystem::path> input_models;
 };
 
 struct TrainSummary {

@@ -5,9 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <vector>
 
 #include "util/error.h"
 
@@ -95,9 +97,70 @@ void write_bytes_atomically(const fs::path& path, std::string_view bytes) {
   });
 }
 
-void write_directory_atomically(const fs::path& dir, const std::function<void(const fs::path&)>& fill) {
+namespace {
+
+// Canonical form with no trailing separator, so that "out/" and "out" compare equal.
+fs::path resolved(const fs::path& path) {
+  fs::path p = fs::weakly_canonical(fs::absolute(path));
+  if (p.filename().empty() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  return p;
+}
+
+// True when `inner` is `outer` or lies somewhere below it (both resolved).
+bool is_within(const fs::path& inner, const fs::path& outer) {
+  auto i = inner.begin();
+  for (auto o = outer.begin(); o != outer.end(); ++o, ++i) {
+    if (o->empty()) continue;  // a trailing separator
+    if (i == inner.end() || *i != *o) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void check_replaceable_directory(const fs::path& dir, const OwnedEntry& owned, std::span<const fs::path> inputs,
+                                 const std::string& label) {
+  const std::string what = label.empty() ? dir.string() : label;
+  const std::string fix = "a new directory or one holding only a checkpoint (this tool's or Hugging Face's)";
+  const fs::path target = resolved(dir);
+  const fs::path cwd = resolved(fs::current_path());
+  if (target == cwd)
+    fail_expected(what, "is the current directory: replacing it would delete everything in it",
+                  "a new or checkpoint-only directory below it, e.g. pruned/");
+  if (is_within(cwd, target))
+    fail_expected(what, str("contains the current directory ", cwd.string(), ": replacing it would delete it"), fix);
+  for (const fs::path& input : inputs) {
+    if (input.empty()) continue;
+    const fs::path in = resolved(input);
+    if (in == target)
+      fail_expected(what, str("is the input model directory ", input.string()), "an output apart from the inputs");
+    if (is_within(in, target))
+      fail_expected(what, str("contains the input model directory ", input.string()), "an output apart from the inputs");
+    if (is_within(target, in))
+      fail_expected(what, str("lies inside the input model directory ", input.string()), "an output apart from the inputs");
+  }
+  std::error_code error;
+  const fs::file_status status = fs::status(target, error);
+  if (!fs::exists(status)) return;
+  if (!fs::is_directory(status))
+    fail_expected(what, "exists and is not a directory", "a directory path; move the file away or choose another output");
+  std::vector<std::string> foreign;
+  for (const fs::directory_entry& entry : fs::directory_iterator(target))
+    if (!owned(entry)) foreign.push_back(entry.path().filename().string() + (entry.is_directory() ? "/" : ""));
+  if (foreign.empty()) return;
+  std::sort(foreign.begin(), foreign.end());
+  fail_expected(what,
+                str("holds '", foreign.front(), "'",
+                    foreign.size() > 1 ? str(" and ", foreign.size() - 1, " more entries") : std::string(),
+                    " that no checkpoint writes; replacing the directory would delete them"),
+                str(fix, "; move those files away or choose another output"));
+}
+
+void write_directory_atomically(const fs::path& dir, const std::function<void(const fs::path&)>& fill,
+                                const OwnedEntry& owned) {
   fs::path target = fs::absolute(dir).lexically_normal();
   if (target.filename().empty()) target = target.parent_path();
+  check_replaceable_directory(target, owned);
   fs::create_directories(target.parent_path());
   fs::path tmp = temporary_sibling(target);
   std::error_code ignored;
@@ -105,6 +168,8 @@ void write_directory_atomically(const fs::path& dir, const std::function<void(co
   fs::create_directories(tmp);
   try {
     fill(tmp);
+    // Again: fill() may take hours, and the directory may have gained files meanwhile.
+    check_replaceable_directory(target, owned);
   } catch (...) {
     fs::remove_all(tmp, ignored);
     throw;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -43,10 +44,24 @@ void write_file_atomically(const std::filesystem::path& path,
 // Convenience: atomically replace path with the given bytes.
 void write_bytes_atomically(const std::filesystem::path& path, std::string_view bytes);
 
-// Builds a directory's contents under "<dir>.tmp-<pid>" and swaps it into place only when
-// fill() returns, so an existing checkpoint directory is never half overwritten. An existing
-// directory at `dir` is replaced as a whole (moved aside, then removed).
+// Whether an entry of an existing output directory is one the writer owns (a checkpoint's
+// config.json, safetensors, ...) and may therefore be replaced.
+using OwnedEntry = std::function<bool(const std::filesystem::directory_entry& entry)>;
+
+// The one rule for replacing a directory as a whole: it must not lose files the tool did not
+// write. Throws an Error naming `label` (e.g. "--output out") and what is in the way when dir
+// (resolved with weakly_canonical) is the current directory or one of its ancestors; is, contains
+// or lies inside one of `inputs` (directories the command reads); exists and is not a directory;
+// or holds an entry that `owned` rejects. A missing or empty directory always passes.
+void check_replaceable_directory(const std::filesystem::path& dir, const OwnedEntry& owned,
+                                 std::span<const std::filesystem::path> inputs = {}, const std::string& label = "");
+
+// Builds a directory's contents under ".<name>.tmp-<pid>" beside it and swaps it into place only
+// when fill() returns, so an existing checkpoint directory is never half overwritten. An existing
+// directory at `dir` is replaced as a whole (moved aside, then removed), and only when
+// check_replaceable_directory(dir, owned) allows it, checked before fill() and again before the swap.
 void write_directory_atomically(const std::filesystem::path& dir,
-                                const std::function<void(const std::filesystem::path& tmp_dir)>& fill);
+                                const std::function<void(const std::filesystem::path& tmp_dir)>& fill,
+                                const OwnedEntry& owned);
 
 }  // namespace minitron

@@ -150,6 +150,112 @@ TEST_F(CheckpointTest, FailedSaveLeavesExistingDirectoryUntouched) {
   EXPECT_EQ(entries, 1u);
 }
 
+// Expects fn to throw an Error whose message contains every needle.
+template <typename Fn>
+void expect_error(Fn fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error (expected one mentioning '" << needles.front() << "')";
+  } catch (const Error& e) {
+    for (const auto& needle : needles) EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+// Runs a block with the current directory changed, restoring it after.
+class ScopedCurrentDirectory {
+ public:
+  explicit ScopedCurrentDirectory(const fs::path& dir) : saved_(fs::current_path()) { fs::current_path(dir); }
+  ~ScopedCurrentDirectory() { fs::current_path(saved_); }
+
+ private:
+  fs::path saved_;
+};
+
+// F1: an output directory never loses files the tool did not write.
+TEST_F(CheckpointTest, SaveRefusesDirectoriesHoldingOtherFiles) {
+  ModelConfig config = tiny_config();
+  ParameterTable table(config);
+  std::vector<float> params = random_params(table, 6);
+  const fs::path victim = root_ / "victim";
+  fs::create_directories(victim / "sub");
+  write_bytes_atomically(victim / "notes.txt", "precious");
+  write_bytes_atomically(victim / "config.json", "{}");  // checkpoint-like names do not make it one
+  expect_error([&] { save_checkpoint(victim, config, table, params); },
+               {victim.string(), "holds 'notes.txt' and 1 more entries", "move those files away"});
+  EXPECT_EQ(read_text_file(victim / "notes.txt"), "precious");
+  EXPECT_TRUE(fs::is_directory(victim / "sub"));
+  EXPECT_EQ(read_text_file(victim / "config.json"), "{}");
+  // Only the subdirectory in the way: still refused, named with a slash.
+  fs::remove(victim / "notes.txt");
+  expect_error([&] { save_checkpoint(victim, config, table, params); }, {"holds 'sub/'"});
+  // A file where the directory should be.
+  write_bytes_atomically(root_ / "file", "x");
+  expect_error([&] { save_checkpoint(root_ / "file", config, table, params); }, {"exists and is not a directory"});
+  EXPECT_EQ(read_text_file(root_ / "file"), "x");
+  // No temporary or moved-aside directories are left behind by the refusals.
+  for (const auto& entry : fs::directory_iterator(root_))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
+}
+
+TEST_F(CheckpointTest, SaveReplacesItsOwnAndHuggingFaceCheckpoints) {
+  ModelConfig config = tiny_config();
+  ParameterTable table(config);
+  const std::vector<float> first = random_params(table, 7), second = random_params(table, 8);
+  // An empty directory, then our own sharded checkpoint with extra files, then HF's file names.
+  fs::create_directories(root_ / "ck");
+  SaveOptions options = save_options(SafetensorsDType::F32, 8192);
+  options.extra_files = {{"pruning.json", "{\"a\": 1}"}, {"search.json", "{}"}};
+  save_checkpoint(root_ / "ck", config, table, first, options);
+  EXPECT_EQ(read_text_file(root_ / "ck" / "pruning.json"), "{\"a\": 1}");
+  EXPECT_TRUE(fs::exists(root_ / "ck" / "model.safetensors.index.json"));
+  for (const char* name : {"generation_config.json", "special_tokens_map.json", "tokenizer.model", "merges.txt",
+                           "training_state.json", "hidden_state_map.safetensors", "pytorch_model-00001-of-00002.bin"})
+    write_bytes_atomically(root_ / "ck" / name, "hf");
+  save_checkpoint(root_ / "ck", config, table, second, save_options(SafetensorsDType::F32));
+  EXPECT_EQ(load_checkpoint(root_ / "ck").params, second);
+  EXPECT_FALSE(fs::exists(root_ / "ck" / "pruning.json"));  // replaced as a whole
+  EXPECT_FALSE(fs::exists(root_ / "ck" / "model.safetensors.index.json"));
+  // A trailing slash names the same directory.
+  save_checkpoint(str((root_ / "ck").string(), "/"), config, table, first, save_options(SafetensorsDType::F32));
+  EXPECT_EQ(load_checkpoint(root_ / "ck").params, first);
+  // Extra file names may not collide with the checkpoint's own or escape the directory.
+  options.extra_files = {{"config.json", "{}"}};
+  expect_error([&] { save_checkpoint(root_ / "ck", config, table, first, options); }, {"already taken"});
+  options.extra_files = {{"../x.json", "{}"}};
+  expect_error([&] { save_checkpoint(root_ / "ck", config, table, first, options); }, {"not a plain file name"});
+  EXPECT_FALSE(fs::exists(root_ / "x.json"));
+}
+
+TEST_F(CheckpointTest, OutputMayNotBeTheCurrentDirectoryOrOverlapTheInput) {
+  ModelConfig config = tiny_config();
+  ParameterTable table(config);
+  std::vector<float> params = random_params(table, 9);
+  const fs::path work = root_ / "work";
+  save_checkpoint(work / "teacher", config, table, params);
+  write_bytes_atomically(work / "scores.json", "{}");
+  {
+    ScopedCurrentDirectory cd(work);
+    // Even a directory holding only a checkpoint is refused when the process stands in it.
+    expect_error([&] { save_checkpoint(".", config, table, params); }, {"is the current directory"});
+    expect_error([&] { save_checkpoint("..", config, table, params); }, {"contains the current directory"});
+    expect_error([&] { save_checkpoint("teacher/..", config, table, params); }, {"is the current directory"});
+    const std::vector<fs::path> inputs{"teacher"};
+    expect_error([&] { check_checkpoint_output("teacher", inputs, "--output teacher"); },
+                 {"--output teacher", "is the input model directory teacher"});
+    expect_error([&] { check_checkpoint_output("./teacher/", inputs, "--output ./teacher/"); },
+                 {"is the input model directory"});
+    expect_error([&] { check_checkpoint_output("teacher/pruned", inputs, "--output teacher/pruned"); },
+                 {"lies inside the input model directory teacher"});
+    const std::vector<fs::path> nested{"runs/teacher/model"};
+    expect_error([&] { check_checkpoint_output("runs", nested, "--output runs"); },
+                 {"contains the input model directory runs/teacher/model"});
+    EXPECT_NO_THROW(check_checkpoint_output("pruned", inputs, "--output pruned"));
+    EXPECT_NO_THROW(check_checkpoint_output("teacher-pruned", inputs, "--output teacher-pruned"));  // a prefix is not a parent
+  }
+  EXPECT_TRUE(fs::exists(work / "scores.json"));
+  EXPECT_EQ(load_checkpoint(work / "teacher").params.size(), params.size());
+}
+
 TEST_F(CheckpointTest, MismatchesAreNamed) {
   ModelConfig config = tiny_config();
   ParameterTable table(config);

@@ -210,8 +210,8 @@ TEST_F(SafetensorsTest, CorruptionGivesErrors) {
   expect_error(raw_file("len", good, data, 1'000'000), "beyond the file");
   expect_error(raw_file("huge", good, data, -2 + (std::int64_t{1} << 62)), "beyond the file");
   {
-    // Truncated data region: header fine, data cut short.
-    expect_error(raw_file("trunc", good, data.substr(0, 5)), "data_offsets");
+    // Truncated data region: header fine, data cut short. Said as such, with both sizes.
+    expect_error(raw_file("trunc", good, data.substr(0, 5)), "file is truncated: its data region holds 5 bytes but the tensors need 8");
   }
   expect_error(raw_file("json", R"({"a":{"dtype":"F32",)", data), "not valid JSON");
   expect_error(raw_file("array", "[1,2]", data), "JSON object");
@@ -227,7 +227,7 @@ TEST_F(SafetensorsTest, CorruptionGivesErrors) {
                "shape");
   expect_error(raw_file("size", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data), "needs 12");
   expect_error(raw_file("size2", R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,8]}})", data), "needs 4");
-  expect_error(raw_file("range", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", data), "data_offsets");
+  expect_error(raw_file("range", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", data), "truncated");
   expect_error(raw_file("neg", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", data), "data_offsets");
   expect_error(raw_file("rev", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", data), "end before");
   expect_error(raw_file("pair", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data), "data_offsets");
@@ -242,6 +242,61 @@ TEST_F(SafetensorsTest, CorruptionGivesErrors) {
   expect_error(raw_file("meta", R"({"__metadata__":{"format":1}})", data), "__metadata__");
   expect_error(raw_file("meta2", R"({"__metadata__":[1]})", data), "__metadata__");
   expect_error(dir_ / "missing.safetensors", "missing.safetensors");
+}
+
+// The safetensors reference rejects any data region the tensors do not tile exactly; so do we.
+TEST_F(SafetensorsTest, TensorsMustTileTheDataRegion) {
+  const std::string data8(8, '\0'), data12(12, '\0');
+  // Gap: [0, 4) and [8, 12) leave bytes 4..8 to nobody.
+  expect_error(raw_file("gap",
+                        R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},
+                            "b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                        data12),
+               "bytes [4, 8) of the data region before tensor 'b' belong to no tensor");
+  // A gap at the start.
+  expect_error(raw_file("gap0", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8),
+               "bytes [0, 4)");
+  // Trailing bytes after the last tensor.
+  expect_error(raw_file("trailing", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", data8),
+               "4 trailing bytes");
+  // A header with no tensors and a non-empty data region.
+  expect_error(raw_file("notensors", R"({"__metadata__":{"format":"pt"}})", data8), "8 trailing bytes");
+  // Identical ranges overlap too.
+  expect_error(raw_file("same",
+                        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+                            "b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+                        data8),
+               "overlap");
+  // Exact tiling, out of key order and with an empty tensor between two others, opens.
+  auto path = raw_file("ok",
+                       R"({"c":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},
+                           "e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},
+                           "a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                       data8);
+  EXPECT_EQ(SafetensorsFile(path).tensors().size(), 3u);
+  // An empty file body with an empty tensor (offsets [0, 0]) opens too.
+  EXPECT_EQ(SafetensorsFile(raw_file("empty0", R"({"e":{"dtype":"BF16","shape":[0],"data_offsets":[0,0]}})", "")).tensors().size(), 1u);
+}
+
+// Our writer's files tile exactly, whatever the mix of sizes (zero-size tensors included).
+TEST_F(SafetensorsTest, WriterTilesExactly) {
+  std::vector<float> a = test_values(7, 11), b = test_values(3, 12);
+  std::vector<SafetensorsEntry> entries = {{"a", {7}, a.data()}, {"z", {0, 4}, nullptr}, {"b", {3, 1}, b.data()}};
+  for (SafetensorsDType dtype : {SafetensorsDType::BF16, SafetensorsDType::F32}) {
+    write_safetensors_file(dir_ / "w.safetensors", entries, dtype);
+    EXPECT_EQ(SafetensorsFile(dir_ / "w.safetensors").tensors().size(), 3u);
+  }
+}
+
+// Every committed fixture passes the stricter checks.
+TEST(SafetensorsFixtures, AllOpen) {
+  int found = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(fs::path(MINITRON_SOURCE_DIR) / "tests" / "fixtures"))
+    if (entry.path().extension() == ".safetensors") {
+      EXPECT_NO_THROW(SafetensorsFile{entry.path()}) << entry.path();
+      ++found;
+    }
+  EXPECT_GE(found, 6);
 }
 
 TEST_F(SafetensorsTest, MutatedHeadersNeverCrash) {
@@ -324,6 +379,21 @@ TEST_F(SafetensorsTest, ShardedRoundTrip) {
   std::vector<float> rc(50);
   one.read_f32("c", rc);
   EXPECT_EQ(rc, c);
+}
+
+// As transformers does: model.safetensors is read when both it and an index exist.
+TEST_F(SafetensorsTest, SingleFileWinsOverIndex) {
+  std::vector<float> a = test_values(100, 13), b = test_values(100, 14);
+  std::vector<SafetensorsEntry> sharded = {{"a", {100}, a.data()}, {"b", {100}, b.data()}};
+  write_safetensors_model(dir_, sharded, SafetensorsDType::F32, 400);  // two shards + index
+  std::vector<SafetensorsEntry> single = {{"only", {100}, b.data()}};
+  write_safetensors_file(dir_ / "model.safetensors", single, SafetensorsDType::F32);
+  ASSERT_TRUE(fs::exists(dir_ / "model.safetensors.index.json"));
+  SafetensorsCheckpoint ck(dir_);
+  EXPECT_EQ(ck.names(), std::vector<std::string>{"only"});
+  EXPECT_FALSE(ck.sharded());
+  fs::remove(dir_ / "model.safetensors");
+  EXPECT_EQ(SafetensorsCheckpoint(dir_).names(), (std::vector<std::string>{"a", "b"}));
 }
 
 TEST_F(SafetensorsTest, BadIndexGivesErrors) {

@@ -130,6 +130,10 @@ TEST_F(PruneCli, ParameterBudgetSearch) {
   const LoadedCheckpoint best = load_checkpoint(out);
   EXPECT_EQ(best.table.total_numel(), search["ranked"][0]["parameters"].get<std::int64_t>());
   EXPECT_LE(std::abs(static_cast<double>(best.table.total_numel() - budget)), 0.05 * static_cast<double>(budget));
+  EXPECT_TRUE(fs::exists(out / "pruning.json"));
+  // The candidates' distillation runs are gone once ranked: only the checkpoint remains.
+  for (const auto& entry : fs::directory_iterator(dir_.path()))
+    EXPECT_EQ(entry.path().filename().string().find(".search"), std::string::npos) << entry.path();
 
   r = minitron(dir_, str("prune --model ", teacher(), " --scores ", scores(), " --output ", out.string(),
                          " --target-params ", budget));

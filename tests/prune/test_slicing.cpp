@@ -506,6 +506,16 @@ TEST(Search, ParameterCountsAndBudget) {
   EXPECT_EQ(parse_parameter_count("123456"), 123'456);
   EXPECT_THROW(parse_parameter_count("4.5X"), Error);
   EXPECT_THROW(parse_parameter_count("-1M"), Error);
+  // Out of range is refused before rounding (llround of 1e30 is undefined), naming the flag.
+  for (const char* huge : {"1e30", "1e300T", "inf", "2000T", "0.1"}) {
+    try {
+      parse_parameter_count(huge);
+      ADD_FAILURE() << huge << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--target-params"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(parse_parameter_count("1000T"), 1'000'000'000'000'000);
 
   const ModelConfig c = tiny_config();
   const std::int64_t target = parameter_count(c) * 7 / 10;
@@ -538,6 +548,8 @@ TEST(Search, ParameterCountsAndBudget) {
   llama.num_attention_heads = 32;
   llama.num_key_value_heads = 8;
   llama.head_dim = 128;
+  // Meta's published total for Llama-3.1-8B.
+  EXPECT_EQ(parameter_count(llama), 8'030'261'248);
   ModelConfig width = llama;
   width.hidden_size = 3072;
   width.intermediate_size = 9216;
@@ -545,6 +557,14 @@ TEST(Search, ParameterCountsAndBudget) {
   EXPECT_TRUE(std::any_of(grid.begin(), grid.end(), [](const Architecture& a) {
     return a.hidden_size == 3072 && a.intermediate_size == 9216 && a.num_attention_heads == 32 && a.num_layers == 32;
   }));
+  for (const Architecture& a : grid) {  // the grid's counts (linear in depth) match a full table
+    ModelConfig pc = llama;
+    pc.hidden_size = a.hidden_size;
+    pc.intermediate_size = a.intermediate_size;
+    pc.num_attention_heads = a.num_attention_heads;
+    pc.num_hidden_layers = a.num_layers;
+    EXPECT_EQ(a.parameters, ParameterTable(pc).total_numel()) << architecture_string(a);
+  }
 }
 
 }  // namespace
