@@ -30,7 +30,9 @@ struct EncodeOptions {
 
 // _encode_pair: trailing whitespace of the context moves to the front of the continuation;
 // whole = encode(context + continuation), context_enc = encode(context), continuation_enc =
-// whole[len(context_enc):]. An empty context becomes [prefix_token] + encode(continuation).
+// whole[len(context_enc):]. An empty context becomes [prefix_token] + encode(continuation);
+// a context that encodes to no tokens after its whitespace moved (" ", "\n") becomes
+// [prefix_token] + whole (the harness asserts there instead).
 EncodedRequest encode_request(const Tokenizer& tokenizer, const ChoiceRequest& request, const EncodeOptions& options);
 
 // The model input of one request: (context + continuation)[-(max_length + 1):][:-1], and how
