@@ -9,6 +9,10 @@
 
 namespace minitron {
 
+std::optional<std::int32_t> prefix_token_id(const Tokenizer& tokenizer) {
+  return tokenizer.bos_id() ? tokenizer.bos_id() : tokenizer.eos_id();
+}
+
 EncodedRequest encode_request(const Tokenizer& tokenizer, const ChoiceRequest& request, const EncodeOptions& options) {
   EncodedRequest out;
   if (request.context.empty()) {
