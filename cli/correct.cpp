@@ -21,11 +21,12 @@ int correct(int argc, char** argv) {
        cxxopts::value<double>()->default_value("1e-4"));
   TrainingDefaults defaults;
   defaults.steps = 100;
+  defaults.min_learning_rate_help = "(default: 1/10 of the peak learning rate)";
   add_training_options(options, defaults);
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   if (!r.count("model")) fail_expected("--model", "missing", "the teacher's checkpoint directory");
-  TrainOptions o = parse_training_options(r);
+  TrainOptions o = parse_training_options(r, defaults);
   const double original = in_range<double>(r, "original-learning-rate", 0.0, 10.0);
   // Explicit --learning-rate / --min-learning-rate override the preset.
   if (!r.count("learning-rate")) o.optimizer.learning_rate = original / 5.0;

@@ -64,18 +64,18 @@ int distill(int argc, char** argv) {
        "STUDENT:TEACHER zero-based layer pairs for it, e.g. 0:0,15:31 (default: every student layer, the last to "
        "the teacher's last, evenly spaced)",
        cxxopts::value<std::string>()->default_value(""));
-  add_training_options(options, TrainingDefaults{});
+  const TrainingDefaults defaults;
+  add_training_options(options, defaults);
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
-  TrainOptions o = parse_training_options(r);
-  const fs::path teacher_dir = checkpoint_dir(r, "teacher"), student_dir = checkpoint_dir(r, "student");
-  const ModelConfig teacher_config = load_model_config(teacher_dir), student_config = load_model_config(student_dir);
-  check_same_vocabulary(teacher_dir, teacher_config, student_dir, student_config);
-  for (const ModelConfig* c : {&teacher_config, &student_config}) check_sequence_length("--sequence-length", o.sequence_length, *c);
-  o.input_models = {teacher_dir, student_dir};
-  o.companion_files = companion_files(student_dir);
-  if (o.companion_files.empty()) o.companion_files = companion_files(teacher_dir);
+  TrainOptions o = parse_training_options(r, defaults);
+  // Every flag that needs no model is checked here, before any checkpoint loads (the objective
+  // would refuse them only after both models and the teacher's validation pass).
   const float temperature = r["temperature"].as<float>(), hard_label_weight = r["hard-label-weight"].as<float>();
+  if (!(temperature > 0 && std::isfinite(temperature)))
+    fail_expected("--temperature", str(temperature), "a finite value > 0 (1 is the recipe's)");
+  if (!(hard_label_weight >= 0 && hard_label_weight <= 1))
+    fail_expected("--hard-label-weight", str(hard_label_weight), "a value in [0, 1] (0 = pure distillation)");
   const std::int64_t chunk_rows = in_range<std::int64_t>(r, "loss-chunk-rows", 0, std::int64_t{1} << 40);
   const float intermediate_weight = r["intermediate-loss-weight"].as<float>();
   const std::string intermediate_layers = r["intermediate-layers"].as<std::string>();
@@ -83,6 +83,13 @@ int distill(int argc, char** argv) {
     fail_expected("--intermediate-loss-weight", str(intermediate_weight), "a finite value >= 0 (0 turns the loss off)");
   if (intermediate_weight == 0 && !intermediate_layers.empty())
     fail_expected("--intermediate-layers", intermediate_layers, "--intermediate-loss-weight > 0 alongside it");
+  const fs::path teacher_dir = checkpoint_dir(r, "teacher"), student_dir = checkpoint_dir(r, "student");
+  const ModelConfig teacher_config = load_model_config(teacher_dir), student_config = load_model_config(student_dir);
+  check_same_vocabulary(teacher_dir, teacher_config, student_dir, student_config);
+  for (const ModelConfig* c : {&teacher_config, &student_config}) check_sequence_length("--sequence-length", o.sequence_length, *c);
+  o.input_models = {teacher_dir, student_dir};
+  o.companion_files = companion_files(student_dir);
+  if (o.companion_files.empty()) o.companion_files = companion_files(teacher_dir);
   std::vector<LayerPair> layer_pairs;
   if (intermediate_weight > 0)  // checked before any weights are loaded
     layer_pairs = parse_layer_mapping(intermediate_layers, student_config.num_hidden_layers, teacher_config.num_hidden_layers);

@@ -36,7 +36,7 @@ int eval_task(const cxxopts::ParseResult& r, const std::string& model_dir) {
 
   const Tokenizer tokenizer = Tokenizer::load(r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir);
   run.encode.add_special_tokens = r.count("add-bos") > 0;
-  run.encode.prefix_token = tokenizer.bos_id() ? tokenizer.bos_id() : tokenizer.eos_id();
+  run.encode.prefix_token = prefix_token_id(tokenizer);
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   check_sequence_length("--max-length", run.max_length, checkpoint.config);
   if (tokenizer.vocab_size() > checkpoint.config.vocab_size)

@@ -19,18 +19,24 @@
 #include "prune/scores.h"
 #include "prune/slicing.h"
 #include "train/losses.h"
+#include "util/numbers.h"
 #include "util/progress.h"
 
 namespace minitron::cli {
 
 namespace {
 
+// Checked against the model's depth here, before any forward pass (rank_layers_by_removal
+// would refuse a k >= L only after the whole calibration).
 std::vector<std::int64_t> parse_block_sizes(const std::string& text, std::int64_t layers) {
   std::vector<std::int64_t> sizes;
   if (text.empty()) {
     if (layers / 2 >= 1) sizes.push_back(layers / 2);  // the recipe halves the depth
     return sizes;
   }
+  if (layers < 2)
+    fail_expected("--block-size", str(text, " on a model with ", layers, " layer"),
+                  "no --block-size: removing the only layer leaves no model (its single-layer loss is still measured)");
   std::size_t start = 0;
   while (start <= text.size()) {
     std::size_t end = text.find(',', start);
@@ -39,7 +45,7 @@ std::vector<std::int64_t> parse_block_sizes(const std::string& text, std::int64_
     start = end + 1;
     if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos)
       fail_expected("--block-size", str("'", text, "'"), "block sizes such as 16 or 4,8,16");
-    sizes.push_back(std::stoll(item));
+    sizes.push_back(parse_integer("--block-size", item, 1, layers - 1));  // k = L would leave no model
   }
   return sizes;
 }
@@ -76,7 +82,11 @@ int importance(int argc, char** argv) {
        cxxopts::value<std::int64_t>()->default_value("0"))
       ("fewshot-file", "JSONL the few-shot examples come from (default: the task file itself)", cxxopts::value<std::string>())
       ("limit", "score only the first N task documents (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
-      ("tokenizer", "tokenizer.json for the task (default: the model directory's)", cxxopts::value<std::string>());
+      ("max-length", "left-truncate task requests to N tokens (0 = max_position_embeddings), as eval's --max-length",
+       cxxopts::value<std::int64_t>()->default_value("0"))
+      ("tokenizer", "tokenizer.json for the task (default: the model directory's)", cxxopts::value<std::string>())
+      ("add-bos", "encode the task with the tokenizer's special tokens (BOS), as eval's --add-bos; the harness's "
+                  "default for causal models is off");
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
@@ -96,10 +106,12 @@ int importance(int argc, char** argv) {
   if (with_task && W == 0)
     fail_expected("--layer-windows", "0 with --task", "held-out windows: the task is scored beside the removal losses");
 
+  // Flags checked against the config before the weights load.
+  const std::vector<std::int64_t> block_sizes =
+      parse_block_sizes(r["block-size"].as<std::string>(), load_model_config(model_dir).num_hidden_layers);
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   const ModelConfig& config = checkpoint.config;
   check_sequence_length("--sequence-length", T, config);
-  const std::vector<std::int64_t> block_sizes = parse_block_sizes(r["block-size"].as<std::string>(), config.num_hidden_layers);
   const auto shards = resolve_shards(data_spec);
   TokenWindows windows(shards, T, config.vocab_size);
   if (S > windows.count())
@@ -118,11 +130,14 @@ int importance(int argc, char** argv) {
     if (r.count("fewshot-file")) fewshot_docs = load_task_file(task_kind, r["fewshot-file"].as<std::string>());
     task_run.shots = in_range<std::int64_t>(r, "shots", 0, 1000);
     task_run.limit = in_range<std::int64_t>(r, "limit", 0, std::int64_t{1} << 40);
+    task_run.max_length = in_range<std::int64_t>(r, "max-length", 0, std::int64_t{1} << 24);
+    check_sequence_length("--max-length", task_run.max_length, config);
     tokenizer = Tokenizer::load(r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir);
     if (tokenizer->vocab_size() > config.vocab_size)
       fail_expected("--tokenizer", str("vocabulary of ", tokenizer->vocab_size(), " ids"),
                     str("at most the model's vocab_size ", config.vocab_size));
-    task_run.encode.prefix_token = tokenizer->bos_id() ? tokenizer->bos_id() : tokenizer->eos_id();
+    task_run.encode.prefix_token = prefix_token_id(*tokenizer);
+    task_run.encode.add_special_tokens = r.count("add-bos") > 0;
     task_model = task_shape(task_kind, task_docs, r.count("fewshot-file") ? &fewshot_docs : nullptr, *tokenizer, config,
                             task_run);
   }
@@ -203,7 +218,8 @@ int importance(int argc, char** argv) {
     scores.provenance["layer_ranking_task"] = {
         {"task", task_kind_name(task_kind)}, {"task_file", r["task-file"].as<std::string>()},
         {"fewshot_file", r.count("fewshot-file") ? r["fewshot-file"].as<std::string>() : ""},
-        {"shots", task_run.shots}, {"limit", task_run.limit},
+        {"shots", task_run.shots}, {"limit", task_run.limit}, {"max_length", task_run.max_length},
+        {"add_bos", task_run.encode.add_special_tokens},
         {"metric", task_kind == TaskKind::Mmlu ? "acc (mmlu: mean over all questions)" : "acc"}};
   save_scores(output, scores);
 
@@ -220,12 +236,15 @@ int importance(int argc, char** argv) {
       std::printf("  %s accuracy without it %.4f", ls.task.c_str(), it->second[static_cast<std::size_t>(l)]);
     std::printf("\n");
   }
+  // Blocks of k >= L layers are never ranked (a 1-layer model's k = 1 entry is its single removal).
   for (const auto& [k, losses] : ls.block_removal_loss) {
+    if (k >= config.num_hidden_layers) continue;
     const std::int64_t s = least_important_block(scores, config.num_hidden_layers, k, LayerCriterion::Loss);
     std::printf("cheapest block of %lld layers by loss: %lld-%lld (loss %.4f)\n", static_cast<long long>(k),
                 static_cast<long long>(s), static_cast<long long>(s + k - 1), losses[static_cast<std::size_t>(s)]);
   }
   for (const auto& [k, accuracies] : ls.block_removal_task_score) {
+    if (k >= config.num_hidden_layers) continue;
     const auto best = least_important_block(scores, config.num_hidden_layers, k, LayerCriterion::Task);  // prune's choice
     std::printf("block of %lld layers keeping %s accuracy best: %lld-%lld (accuracy %.4f)\n", static_cast<long long>(k),
                 ls.task.c_str(), static_cast<long long>(best), static_cast<long long>(best + k - 1),

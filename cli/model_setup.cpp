@@ -1,5 +1,6 @@
 #include "cli/model_setup.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "cli/options.h"
@@ -65,7 +66,12 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
       ("sequence-length", "tokens per sequence", cxxopts::value<std::int64_t>()->default_value("256"))
       ("steps", "optimizer steps", cxxopts::value<std::int64_t>()->default_value(std::to_string(defaults.steps)))
       ("learning-rate", "peak learning rate", cxxopts::value<double>()->default_value(defaults.learning_rate))
-      ("min-learning-rate", "learning rate at the end of the cosine", cxxopts::value<double>()->default_value(defaults.min_learning_rate))
+      ("min-learning-rate",
+       "learning rate at the end of the cosine " +
+           (defaults.min_learning_rate_help.empty()
+                ? str("(default: ", defaults.min_learning_rate, ", or --learning-rate when that is lower)")
+                : defaults.min_learning_rate_help),
+       cxxopts::value<double>())
       ("warmup-steps", "linear warm-up steps", cxxopts::value<std::int64_t>()->default_value("40"))
       ("weight-decay", "decoupled weight decay (matrices; never norms)", cxxopts::value<double>()->default_value("0.1"))
       ("no-embedding-weight-decay", "exclude the embedding table and LM head from weight decay")
@@ -83,7 +89,7 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
       ("resume", "continue from the newest checkpoint in --output");
 }
 
-TrainOptions parse_training_options(const cxxopts::ParseResult& r) {
+TrainOptions parse_training_options(const cxxopts::ParseResult& r, const TrainingDefaults& defaults) {
   TrainOptions o;
   o.train_shards = resolve_shards(required<std::string>(r, "data"));
   if (r.count("validation-data")) o.validation_shards = resolve_shards(r["validation-data"].as<std::string>());
@@ -101,7 +107,8 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r) {
   o.resume = r.count("resume") > 0;
   OptimizerConfig& opt = o.optimizer;
   opt.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
-  opt.min_learning_rate = in_range<double>(r, "min-learning-rate", 0.0, opt.learning_rate);
+  opt.min_learning_rate = r.count("min-learning-rate") ? in_range<double>(r, "min-learning-rate", 0.0, opt.learning_rate)
+                                                      : std::min(defaults.min_learning_rate, opt.learning_rate);
   opt.warmup_steps = in_range<std::int64_t>(r, "warmup-steps", 0, std::int64_t{1} << 40);
   opt.weight_decay = in_range<double>(r, "weight-decay", 0.0, 10.0);
   opt.decay_embeddings = r.count("no-embedding-weight-decay") == 0;

@@ -29,10 +29,14 @@ std::vector<float> initial_parameters(const ModelSource& source, std::uint64_t s
 struct TrainingDefaults {
   std::int64_t steps = 1000;
   std::string learning_rate = "1e-4";
-  std::string min_learning_rate = "1e-5";
+  // Used when --min-learning-rate is not given, lowered to the learning rate when that is
+  // lower (only a given --min-learning-rate is range-checked). The help text says so unless a
+  // command documents its own derivation (correct: learning rate / 10).
+  double min_learning_rate = 1e-5;
+  std::string min_learning_rate_help;
 };
 void add_training_options(cxxopts::Options& options, const TrainingDefaults& defaults);
-TrainOptions parse_training_options(const cxxopts::ParseResult& result);
+TrainOptions parse_training_options(const cxxopts::ParseResult& result, const TrainingDefaults& defaults);
 void print_training_summary(const TrainSummary& summary, const TrainOptions& options);
 
 // Fails naming `flag` unless `tokens` positions fit the model (max_position_embeddings).

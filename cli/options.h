@@ -20,6 +20,21 @@ inline bool parse_options(cxxopts::Options& options, int argc, char** argv,
   options.add_options()("help", "Print this help");
   try {
     result = options.parse(argc, argv);
+  } catch (const cxxopts::exceptions::incorrect_argument_type& e) {
+    // cxxopts names only the value ("Argument '1e99x' failed to parse"): name its flag too.
+    const std::string message = e.what();
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg.rfind("--", 0) != 0) continue;
+      const std::size_t eq = arg.find('=');
+      const std::string flag = arg.substr(0, eq);
+      const std::string value = eq != std::string::npos ? arg.substr(eq + 1) : (i + 1 < argc ? argv[i + 1] : "");
+      if (!value.empty() && (message.find("'" + value + "'") != std::string::npos ||
+                             message.find("\u2018" + value + "\u2019") != std::string::npos))
+        fail(str(flag, ": '", value, "' is not a number of this flag's type, or is out of its range (see 'minitron ",
+                 options.program(), " --help')"));
+    }
+    fail(str(message, " (see 'minitron ", options.program(), " --help')"));
   } catch (const cxxopts::exceptions::exception& e) {
     fail(str(e.what(), " (see 'minitron ", options.program(), " --help')"));
   }

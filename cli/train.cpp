@@ -12,10 +12,11 @@ int train(int argc, char** argv) {
       ("model", "HF checkpoint directory to start from", cxxopts::value<std::string>())
       ("config", "config.json to start from random init instead", cxxopts::value<std::string>())
       ("tokenizer", "tokenizer.json to copy beside saved models (default: the model's)", cxxopts::value<std::string>());
-  add_training_options(options, TrainingDefaults{});
+  const TrainingDefaults defaults;
+  add_training_options(options, defaults);
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
-  TrainOptions o = parse_training_options(r);
+  TrainOptions o = parse_training_options(r, defaults);
   ModelSource source = model_source_from_flags(r);
   o.companion_files = source.companion_files;
   if (!source.checkpoint_dir.empty()) o.input_models.push_back(source.checkpoint_dir);

@@ -9,6 +9,10 @@
 
 namespace minitron {
 
+std::optional<std::int32_t> prefix_token_id(const Tokenizer& tokenizer) {
+  return tokenizer.bos_id() ? tokenizer.bos_id() : tokenizer.eos_id();
+}
+
 EncodedRequest encode_request(const Tokenizer& tokenizer, const ChoiceRequest& request, const EncodeOptions& options) {
   EncodedRequest out;
   if (request.context.empty()) {
@@ -29,6 +33,17 @@ EncodedRequest encode_request(const Tokenizer& tokenizer, const ChoiceRequest& r
   context.resize(end);
   const std::vector<std::int32_t> whole = tokenizer.encode(context + continuation, options.add_special_tokens);
   out.context = tokenizer.encode(context, options.add_special_tokens);
+  if (out.context.empty()) {
+    // A whitespace-only context (" ", "\n") encodes to nothing once its whitespace has moved
+    // to the continuation; the harness asserts len(context_enc) > 0 here. Score it like an empty
+    // context: [prefix_token] + the whole (moved-whitespace) continuation.
+    if (!options.prefix_token)
+      fail_expected("scoring", "a whitespace-only context encodes to no tokens and the tokenizer has neither BOS nor EOS",
+                    "a context with non-whitespace text, or a tokenizer with a BOS or EOS token");
+    out.context = {*options.prefix_token};
+    out.continuation = whole;
+    return out;
+  }
   const std::size_t n = std::min(out.context.size(), whole.size());
   out.continuation.assign(whole.begin() + static_cast<std::ptrdiff_t>(n), whole.end());
   return out;
@@ -44,6 +59,11 @@ ScoringWindow scoring_window(const EncodedRequest& request, std::int64_t max_len
   full.insert(full.end(), request.continuation.begin(), request.continuation.end());
   const std::size_t keep = std::min<std::size_t>(full.size(), static_cast<std::size_t>(max_length) + 1);
   full.erase(full.begin(), full.end() - static_cast<std::ptrdiff_t>(keep));
+  // encode_request never leaves the context empty ([prefix_token] stands in), so the inputs
+  // hold at least contlen positions; without that the first scored position would wrap.
+  MINITRON_ASSERT(!request.context.empty() && full.size() >= static_cast<std::size_t>(contlen) + 1,
+                  "scoring window: ", request.context.size(), " context and ", contlen,
+                  " continuation tokens leave no position to predict the first continuation token");
   ScoringWindow w;
   w.inputs.assign(full.begin(), full.end() - 1);
   w.targets.assign(w.inputs.size(), -1);

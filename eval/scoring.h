@@ -28,9 +28,15 @@ struct EncodeOptions {
   std::optional<std::int32_t> prefix_token;
 };
 
+// HFLM.prefix_token_id: the tokenizer's BOS, else its EOS (none: an empty context cannot be
+// scored). Every caller that scores tasks (eval, importance --task, the pipeline) uses this.
+std::optional<std::int32_t> prefix_token_id(const Tokenizer& tokenizer);
+
 // _encode_pair: trailing whitespace of the context moves to the front of the continuation;
 // whole = encode(context + continuation), context_enc = encode(context), continuation_enc =
-// whole[len(context_enc):]. An empty context becomes [prefix_token] + encode(continuation).
+// whole[len(context_enc):]. An empty context becomes [prefix_token] + encode(continuation);
+// a context that encodes to no tokens after its whitespace moved (" ", "\n") becomes
+// [prefix_token] + whole (the harness asserts there instead).
 EncodedRequest encode_request(const Tokenizer& tokenizer, const ChoiceRequest& request, const EncodeOptions& options);
 
 // The model input of one request: (context + continuation)[-(max_length + 1):][:-1], and how

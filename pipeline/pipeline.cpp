@@ -267,7 +267,7 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
         TaskRunOptions options;
         options.shots = task.shots;
         options.limit = task.limit;
-        options.encode.prefix_token = tokenizer.bos_id() ? tokenizer.bos_id() : tokenizer.eos_id();
+        options.encode.prefix_token = prefix_token_id(tokenizer);
         const TaskRunResult tr = run_task(kind, docs, task.fewshot_file.empty() ? nullptr : &fewshot_docs, tokenizer, checkpoint.config, checkpoint.params, *backend, options);
         for (const MetricRow& row : tr.rows) {
           entry["tasks"][row.task + "/" + row.metric] = row.value;

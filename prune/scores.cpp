@@ -1,5 +1,7 @@
 #include "prune/scores.h"
 
+#include <cmath>
+
 #include "data/dataloader.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -118,7 +120,38 @@ ImportanceScores scores_from_json(const nlohmann::json& j, const std::string& wh
   return s;
 }
 
+void check_scores_finite(const ImportanceScores& s, const std::string& where) {
+  auto check = [&](double value, auto&&... site) {
+    if (!std::isfinite(value))
+      fail_expected(where, str("the score of ", site..., " is ", value),
+                    "finite scores (a non-finite activation or loss: the model or the calibration diverged)");
+  };
+  for (std::size_t l = 0; l < s.width.mlp.size(); ++l)
+    for (std::size_t j = 0; j < s.width.mlp[l].size(); ++j) check(s.width.mlp[l][j], "mlp neuron ", j, " of layer ", l);
+  for (std::size_t l = 0; l < s.width.heads.size(); ++l)
+    for (std::size_t h = 0; h < s.width.heads[l].size(); ++h) check(s.width.heads[l][h], "attention head ", h, " of layer ", l);
+  for (std::size_t l = 0; l < s.width.head_channels.size(); ++l)
+    for (std::size_t c = 0; c < s.width.head_channels[l].size(); ++c)
+      check(s.width.head_channels[l][c], "attention channel ", c, " (o_proj input) of layer ", l);
+  for (std::size_t c = 0; c < s.width.hidden.size(); ++c) check(s.width.hidden[c], "hidden channel ", c, " (summed over layers)");
+  if (s.layers.baseline_loss) check(*s.layers.baseline_loss, "the held-out loss with every layer");
+  for (std::size_t l = 0; l < s.layers.single_removal_loss.size(); ++l)
+    check(s.layers.single_removal_loss[l], "the held-out loss without layer ", l);
+  for (const auto& [k, losses] : s.layers.block_removal_loss)
+    for (std::size_t b = 0; b < losses.size(); ++b)
+      check(losses[b], "the held-out loss without layers ", b, "-", b + static_cast<std::size_t>(k) - 1);
+  if (s.layers.baseline_task_score) check(*s.layers.baseline_task_score, "the task accuracy with every layer");
+  for (const auto& [k, accuracies] : s.layers.block_removal_task_score)
+    for (std::size_t b = 0; b < accuracies.size(); ++b)
+      check(accuracies[b], "the task accuracy without layers ", b, "-", b + static_cast<std::size_t>(k) - 1);
+  for (std::size_t l = 0; l < s.layers.block_importance.size(); ++l)
+    check(s.layers.block_importance[l], "block importance of layer ", l);
+}
+
 void save_scores(const fs::path& path, const ImportanceScores& scores) {
+  // JSON has no NaN (nlohmann writes null, which load_scores then rejects as a type error):
+  // refuse here, naming the site and layer, before anything is written.
+  check_scores_finite(scores, path.string());
   // One top-level key per line keeps the file readable while the long arrays stay compact.
   const nlohmann::json j = scores_to_json(scores);
   std::string text = "{\n";

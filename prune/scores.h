@@ -54,7 +54,11 @@ ImportanceScores random_scores(const ModelConfig& config, std::uint64_t seed);
 
 nlohmann::json scores_to_json(const ImportanceScores& scores);
 ImportanceScores scores_from_json(const nlohmann::json& json, const std::string& where);
-void save_scores(const std::filesystem::path& path, const ImportanceScores& scores);  // atomic
+// Fails naming `where`, the site (mlp neuron / attention head / channel / hidden channel /
+// removal loss / block importance) and its layer when a score is NaN or infinite.
+void check_scores_finite(const ImportanceScores& scores, const std::string& where);
+// Atomic; refuses non-finite scores (check_scores_finite) before writing anything.
+void save_scores(const std::filesystem::path& path, const ImportanceScores& scores);
 ImportanceScores load_scores(const std::filesystem::path& path);
 
 // Throws an Error when the scores were measured on a model of another shape, or arrays are

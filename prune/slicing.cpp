@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "util/error.h"
+#include "util/numbers.h"
 
 namespace minitron {
 
@@ -97,12 +98,17 @@ const char* layer_criterion_name(LayerCriterion criterion) {
   return "?";
 }
 
+namespace {
+constexpr std::int64_t kMaxLayerIndex = (std::int64_t{1} << 20) - 1;  // far above any real model's depth
+}  // namespace
+
 std::pair<std::int64_t, std::int64_t> parse_layer_range(const std::string& text) {
   const std::string expected = "a zero-based inclusive range such as 15-30, or one layer such as 7";
   auto number = [&](const std::string& s) -> std::int64_t {
     if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos)
       fail_expected("--drop-layers", str("'", text, "'"), expected);
-    return std::stoll(s);
+    // Checked against the model's layers when the plan is made; this bound only stops overflow.
+    return parse_integer("--drop-layers", s, 0, kMaxLayerIndex);
   };
   const std::size_t dash = text.find('-');
   if (dash == std::string::npos) {

@@ -51,6 +51,29 @@ python3 -c "import json; r=json.load(open('eval.json')); assert r['tokens'] > 0 
 "$MINITRON" info --model full/model > info.txt
 grep -qi "parameters" info.txt || fail "info printed no parameter count"
 
+# --min-learning-rate is range-checked only when given: a small --learning-rate alone works
+# (train lowers its 1e-5 default to it; correct derives learning rate / 10). Both were refused
+# with "--min-learning-rate: value 1e-05 is out of range" before.
+small_lr() {  # small_lr COMMAND OUT [extra flags]
+  local command=$1 out=$2; shift 2
+  "$MINITRON" "$command" --data 'shards/austen_train_*.bin' --output "$out" --batch-size 4 --sequence-length 32 \
+    --steps 1 --warmup-steps 0 --save-dtype float32 "$@"
+}
+small_lr train small-train --config config.json --learning-rate 5e-6 > small-train.log 2>&1 \
+  || { cat small-train.log; fail "train --learning-rate 5e-6 was refused"; }
+small_lr correct small-correct --model full/model --learning-rate 1e-6 > small-correct.log 2>&1 \
+  || { cat small-correct.log; fail "correct --learning-rate 1e-6 was refused"; }
+grep -q "peak learning rate 1e-06, .*; min 1e-07;" small-correct.log || { cat small-correct.log; fail "correct did not derive min = lr / 10"; }
+# A given --min-learning-rate above the learning rate is still refused.
+expect_min_error() {
+  if small_lr train small-bad --config config.json --learning-rate 1e-6 --min-learning-rate 1e-5 > err.out 2>&1; then
+    fail "train accepted --min-learning-rate above --learning-rate"
+  fi
+  grep -q "^minitron: error: --min-learning-rate: value 1e-05 is out of range (expected a value from 0 to 1e-06)" err.out \
+    || { cat err.out; fail "unclear --min-learning-rate error"; }
+}
+expect_min_error
+
 # Bad input: clear one-line errors, non-zero exit, nothing written.
 expect_error() {  # expect_error PATTERN command...
   local pattern=$1; shift

@@ -54,6 +54,25 @@ TEST_F(DistillCli, RefusesBadLayerMappings) {
   EXPECT_NE(r.err.find("--intermediate-loss-weight"), std::string::npos) << r.err;
 }
 
+// --temperature / --hard-label-weight are checked right after parsing: before the fix they were
+// refused by the objective, after both checkpoints loaded (the "distilling" banner came first),
+// and a missing checkpoint directory was reported instead of them.
+TEST_F(DistillCli, RefusesBadLossFlagsBeforeLoadingCheckpoints) {
+  CommandResult r = distill("--steps 1 --temperature 0");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("--temperature: 0 (expected a finite value > 0"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("distilling"), std::string::npos) << r.out;
+  r = distill("--steps 1 --hard-label-weight 1.5");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("--hard-label-weight: 1.5 (expected a value in [0, 1]"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("distilling"), std::string::npos) << r.out;
+  r = minitron(dir_, str("distill --teacher ", (dir_ / "no-such-teacher").string(), " --student ", (dir_ / "student").string(),
+                         " --data ", (dir_ / "train.bin").string(), " --output ", (dir_ / "out").string(), " --temperature=-1"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("--temperature: -1"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "out"));
+}
+
 TEST_F(DistillCli, TrainsCheckpointsAndResumesTheMap) {
   CommandResult r = distill("--steps 2 --save-interval 1 --intermediate-loss-weight 0.5");
   ASSERT_EQ(r.status, 0) << r.out << r.err;

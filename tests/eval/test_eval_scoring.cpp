@@ -81,6 +81,56 @@ TEST(Metrics, StandardErrorsAsTheHarness) {
   EXPECT_TRUE(tie.correct());  // np.argmax takes the first maximum
 }
 
+TEST(ScoringWindow, RefusesAnEmptyContextInsteadOfWrapping) {
+  // With no context token nothing predicts the first continuation token; the scored span
+  // must lie inside the inputs (before the fix the start index wrapped and nothing was scored).
+  EXPECT_THROW(scoring_window({{}, {20, 21}}, 8), Error);
+}
+
+// Whitespace-only contexts (" ", "\n", " \n ") encode to no tokens once their whitespace moves
+// to the continuation. They must score exactly as the empty-context path ([prefix] +
+// encode(continuation)) scores the moved-whitespace continuation, computed here one request at
+// a time through that other branch; before the fix every choice scored 0 and choice 0 (the
+// gibberish one) won every tie.
+TEST(EncodePair, WhitespaceOnlyContextScoresLikeTheEmptyContext) {
+  const auto docs = load_task_file(TaskKind::MultipleChoice, source("tests/eval/data/whitespace_context.jsonl"));
+  LoadedCheckpoint checkpoint = load_checkpoint(source("tests/fixtures/llama3_gqa"));
+  auto backend = make_backend("cpu");
+  TaskRunOptions options;
+  options.encode.prefix_token = 1;  // <s> of the tiny tokenizer
+  const TaskRunResult result = run_task(TaskKind::MultipleChoice, docs, nullptr, tiny_tokenizer(), checkpoint.config,
+                                        checkpoint.params, *backend, options);
+  ASSERT_EQ(result.questions.size(), docs.size());
+
+  const std::int64_t T = checkpoint.config.max_position_embeddings;
+  LlamaModel model(checkpoint.config, *backend, 1, T, ModelMode::Inference);
+  model.set_parameters(checkpoint.params);
+  LossWorkspace workspace(*backend, checkpoint.config.vocab_size, T);
+  double expected_correct = 0;
+  for (std::size_t i = 0; i < docs.size(); ++i) {
+    const Question q = build_question(TaskKind::MultipleChoice, docs[i], "");
+    std::vector<double> independent;
+    for (std::size_t c = 0; c < q.requests.size(); ++c) {
+      const ChoiceRequest& r = q.requests[c];
+      ASSERT_EQ(r.context.find_first_not_of(" \n"), std::string::npos) << "the fixture's contexts are whitespace";
+      const EncodedRequest empty = encode_request(tiny_tokenizer(), {"", r.context + r.continuation}, options.encode);
+      ASSERT_EQ(empty.context, std::vector<std::int32_t>{1});
+      const ScoringWindow w = scoring_window(empty, T);
+      independent.push_back(score_batch(model, workspace, std::span(&w, 1))[0]);
+      const double got = result.questions[i].loglikelihoods[c];
+      EXPECT_LT(got, 0.0) << "question " << i << " choice " << c << " scored nothing";
+      // Same tokens and positions, but batch 1 here against one batch of all choices in
+      // run_task: the fp32 GEMMs may round differently per batch shape (~1e-6 per token).
+      EXPECT_NEAR(got, independent.back(), 1e-5 * static_cast<double>(empty.continuation.size()))
+          << "question " << i << " choice " << c;
+    }
+    const QuestionResult reference{independent, q.choice_lengths, q.gold, ""};
+    EXPECT_EQ(result.questions[i].correct(), reference.correct()) << "question " << i;
+    expected_correct += reference.correct() ? 1.0 : 0.0;
+  }
+  EXPECT_DOUBLE_EQ(task_accuracy(TaskKind::MultipleChoice, result), expected_correct / static_cast<double>(docs.size()));
+}
+
 class ExpectedRuns : public testing::TestWithParam<int> {};
 
 TEST_P(ExpectedRuns, MatchesTheReference) {

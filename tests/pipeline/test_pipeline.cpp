@@ -11,6 +11,7 @@
 
 #include "data/shards.h"
 #include "model/checkpoint.h"
+#include "pipeline/recipe.h"
 #include "pipeline/report.h"
 #include "tests/prune/prune_test_util.h"
 
@@ -138,6 +139,39 @@ TEST(LossCurves, SvgHasOnePolylinePerSeries) {
   EXPECT_EQ(occurrences(svg, "<polyline"), 2u);
   EXPECT_NE(svg.find("a &lt;b&gt;"), std::string::npos);
   EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n");
+}
+
+// The shipped recipes parse, and their distillation runs match the published settings: tokens
+// = steps x grad_accumulation x batch_size x sequence_length.
+TEST(ShippedRecipes, DistillationMatchesThePublishedSettings) {
+  const fs::path dir = fs::path(MINITRON_SOURCE_DIR) / "recipes";
+  auto tokens = [](const Recipe& r) {
+    const RecipeTraining& d = r.distillation;
+    return static_cast<double>(d.steps) * static_cast<double>(d.grad_accumulation) *
+           static_cast<double>(d.batch_size > 0 ? d.batch_size : r.batch_size) * static_cast<double>(r.sequence_length);
+  };
+  for (const char* name : {"llama-3.1-minitron-4b-width.json", "llama-3.1-minitron-4b-depth.json"}) {
+    SCOPED_TRACE(name);
+    const Recipe r = load_recipe(dir / name);
+    // arXiv 2408.11796: peak 1e-4, min 1e-5, 40 warm-up steps, global batch 1152, 94B tokens.
+    EXPECT_EQ(r.distillation.learning_rate, 1e-4);
+    EXPECT_EQ(r.distillation.min_learning_rate, 1e-5);
+    EXPECT_EQ(r.distillation.warmup_steps, 40);
+    EXPECT_EQ(r.distillation.grad_accumulation * r.batch_size, 1152);
+    EXPECT_NEAR(tokens(r), 94e9, 0.001 * 94e9);  // whole steps: 9960 x 1152 x 8192 is 93.99e9
+  }
+  const Recipe mn = load_recipe(dir / "mn-minitron-8b.json");
+  // NVIDIA's Mistral-NeMo-Minitron-8B release: peak 1e-4, min 4.5e-7, 60 warm-up steps,
+  // global batch 768, 380B tokens; teacher correction ~0.1T tokens.
+  EXPECT_EQ(mn.distillation.learning_rate, 1e-4);
+  EXPECT_EQ(mn.distillation.min_learning_rate, 4.5e-7);
+  EXPECT_EQ(mn.distillation.warmup_steps, 60);
+  EXPECT_EQ(mn.distillation.grad_accumulation * mn.batch_size, 768);
+  EXPECT_NEAR(tokens(mn), 380e9, 0.001 * 380e9);  // whole steps: 60400 x 768 x 8192 is 380.007e9
+  const RecipeTraining& c = mn.correction;
+  EXPECT_NEAR(static_cast<double>(c.steps * c.grad_accumulation * mn.batch_size * mn.sequence_length), 0.1e12,
+              0.001 * 0.1e12);  // whole steps: 10600 x 1152 x 8192 is 100.03e9
+  EXPECT_NO_THROW(load_recipe(dir / "demo.json"));
 }
 
 }  // namespace
