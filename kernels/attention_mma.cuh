@@ -230,7 +230,10 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   constexpr int kBuffer = 2 * KT * S;  // elements of one buffer (K then V)
   bf16* q_s = kv_s + kBuffer;
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaBlockRows;
+  // Query tiles in reverse: a causal tile's work grows with its index, so the heaviest blocks
+  // start first and the light ones fill the tail (FlashAttention's order).
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaBlockRows;
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
@@ -396,6 +399,8 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
   constexpr int kBuffer = 2 * QT * S;  // elements of one buffer (Q then dO)
   float* stats_s = reinterpret_cast<float*>(qdo_s + 2 * kBuffer);  // [2][lse QT, D QT]
 
+  // Key tiles in order: key tile j is seen by every query from j on, so the early (low
+  // blockIdx.x) tiles are the heavy ones and already start first.
   const int b = blockIdx.z, hk = blockIdx.y, j0 = blockIdx.x * kMmaBlockRows;
   const int group = Hq / Hkv, offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -515,7 +520,9 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   bf16* kv_s = do_s + kMmaBlockRows * S;
   constexpr int kBuffer = 2 * KT * S;  // elements of one buffer (K then V)
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaBlockRows;
+  // Query tiles in reverse, heaviest first, as in the forward.
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaBlockRows;
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
