@@ -202,6 +202,43 @@ __device__ __forceinline__ void store_accumulator_row(bf16* row,
   }
 }
 
+// Stores a warp's 16 accumulator rows (row g + 8 * half times scale[half], as bf16) into rows
+// row0 .. row0 + 15 of `dst` (row stride `stride`), leaving out rows at or past `limit`. With
+// `packed` (dst rows 16-byte aligned) the rows go through `stage`, 16 shared rows of stride S
+// that only this warp uses, so that every global store is a whole 16-byte pack; otherwise each
+// lane stores its 2-byte values in place.
+template <int HD>
+__device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, int row0,
+                                                int limit, const mma::Accumulator (&acc)[HD / 8],
+                                                const float (&scale)[2], bf16* stage,
+                                                bool packed, int lane) {
+  constexpr int S = kMmaSmemStride<HD>;
+  const int g = lane / 4, t = lane % 4;
+  if (!packed) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + g + 8 * half;
+      if (row < limit)
+        store_accumulator_row<HD>(dst + static_cast<std::int64_t>(row) * stride, acc, half, t,
+                                  scale[half]);
+    }
+    return;
+  }
+  __syncwarp();  // every lane is done reading the warp's rows of `stage`
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+    store_accumulator_row<HD>(stage + (g + 8 * half) * S, acc, half, t, scale[half]);
+  __syncwarp();
+  constexpr int K = Packed128<bf16>::kSize;
+  constexpr int P = HD / K;  // packs per row
+#pragma unroll
+  for (int idx = lane; idx < kMmaWarpRows * P; idx += kWarpSize) {
+    const int r = idx / P, d = idx % P * K;
+    if (row0 + r < limit)
+      store128(dst + static_cast<std::int64_t>(row0 + r) * stride + d, load128(stage + r * S + d));
+  }
+}
+
 // ---- kernels ----
 
 // Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 64 at a
@@ -353,14 +390,17 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
     l[half] += __shfl_xor_sync(kFullMask, l[half], 1);
     l[half] += __shfl_xor_sync(kFullMask, l[half], 2);
   }
+  // The buffer of tile n - 2 (Q's, with one tile) is free: every warp passed the barrier that
+  // began the last tile after reading it.
+  const int tiles = (key_end + KT - 1) / KT;
+  bf16* stage = kv_s + tiles % 2 * kBuffer + warp * kMmaWarpRows * S;
+  const float inv[2] = {1.0f / l[0], 1.0f / l[1]};
+  store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD, q_stride,
+                      row0, Tq, o, inv, stage, packed, lane);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = rows[half];
-    if (row >= Tq) continue;
-    const float inv = 1.0f / l[half];
-    bf16* o_row = out + (static_cast<std::int64_t>(b) * Tq + row) * q_stride + h * HD;
-    store_accumulator_row<HD>(o_row, o, half, t, inv);
-    if (t == 0)
+    if (row < Tq && t == 0)
       lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
   }
 }
@@ -490,15 +530,12 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
     }
   }
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int key = keys[half];
-    if (key >= Tk) continue;
-    bf16* dk_row = dk + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
-    bf16* dv_row = dv + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
-    store_accumulator_row<HD>(dk_row, dk_acc, half, t, scale);
-    store_accumulator_row<HD>(dv_row, dv_acc, half, t, 1.0f);
-  }
+  // The warp's own K and V rows (no other warp reads them) stage dK and dV.
+  const float dk_scale[2] = {scale, scale}, dv_scale[2] = {1.0f, 1.0f};
+  store_warp_rows<HD>(dk + kv_offset, kv_stride, key0, Tk, dk_acc, dk_scale,
+                      k_s + warp * kMmaWarpRows * S, packed, lane);
+  store_warp_rows<HD>(dv + kv_offset, kv_stride, key0, Tk, dv_acc, dv_scale,
+                      v_s + warp * kMmaWarpRows * S, packed, lane);
 }
 
 // dq: a warp owns 16 query rows (a block 64) and keeps their dQ in registers; keys stream
@@ -600,13 +637,10 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
     }
   }
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = rows[half];
-    if (row >= Tq) continue;
-    bf16* dq_row = dq + q_offset + static_cast<std::int64_t>(row) * q_stride;
-    store_accumulator_row<HD>(dq_row, dq_acc, half, t, scale);
-  }
+  // The warp's own Q rows (no other warp reads them) stage dQ.
+  const float dq_scale[2] = {scale, scale};
+  store_warp_rows<HD>(dq + q_offset, q_stride, row0, Tq, dq_acc, dq_scale,
+                      q_s + warp * kMmaWarpRows * S, packed, lane);
 }
 
 // ---- launchers ----
@@ -652,7 +686,8 @@ void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, 
   allow_dynamic_shared(kernel, kMmaForwardSmem<HD>);
   const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kMmaBlockRows)), static_cast<unsigned>(Hq),
                   static_cast<unsigned>(B));
-  const bool packed = rows_aligned16<bf16>(HD, {q, k, v});
+  // The outputs too: `packed` also selects 16-byte stores of the output rows.
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, out});
   launch(kernel, grid, dim3(kAttentionThreads), kMmaForwardSmem<HD>, stream, out, lse, q, k, v,
          static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
          kLog2e / std::sqrt(static_cast<float>(HD)), packed);
@@ -667,7 +702,8 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout});
+  // The outputs too: `packed` also selects 16-byte stores of dq, dk, dv.
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout, dq, dk, dv});
 
   auto dq_kernel = attention_backward_dq_mma_kernel<HD>;
   allow_dynamic_shared(dq_kernel, kMmaDqSmem<HD>);
