@@ -7,7 +7,9 @@
 //
 // Common shape of the three kernels: 4 warps per block, each warp owns 16 rows of the operand
 // it accumulates for (queries for the forward and dq, keys for dk/dv), so that its fp32
-// accumulators stay in registers; the other operand streams through shared memory. Shared rows
+// accumulators stay in registers; the other operand streams through shared memory in tiles,
+// double-buffered: cp.async (kernels/async_copy.cuh) loads tile n + 1 while tile n is computed,
+// each tile one commit group, waited for with wait_group 1 and a __syncthreads. Shared rows
 // are padded by 16 bytes so that the 8 row addresses of an ldmatrix hit 8 different 16-byte bank
 // groups. An accumulator's per-lane layout (rows g and g+8, columns 2t, 2t+1 of each 8-column
 // block) is exactly the A-fragment layout of the next product, so P and dS go from one mma to
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/async_copy.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/packed.cuh"
@@ -74,10 +77,28 @@ __device__ __forceinline__ void attention_fill_tile(T* tile, const T* base, std:
   }
 }
 
+// The tensor-core tiles' fill, asynchronous where rows are packed: one cp.async per 16-byte pack
+// (rows at or beyond `limit` zero-filled by the copy itself, reading nothing; the head's row 0
+// stands in as their valid, aligned source address). The caller commits the copies into a group
+// and, before reading the tile, waits for that group and meets the block at a __syncthreads.
+// Unpacked rows (a misaligned tensor) are copied synchronously, which the same barrier publishes.
 template <int HD>
 __device__ __forceinline__ void mma_load_tile(bf16* tile, const bf16* base, std::int64_t stride,
                                               int row0, int rows, int limit, bool packed) {
-  attention_fill_tile<bf16, HD, kMmaSmemStride<HD>>(tile, base, stride, row0, rows, limit, packed);
+  constexpr int S = kMmaSmemStride<HD>;
+  if (packed) {
+    constexpr int K = Packed128<bf16>::kSize;
+    static_assert(HD % K == 0 && S * sizeof(bf16) % 16 == 0, "tiles are whole 16-byte packs");
+    constexpr int P = HD / K;
+    for (int idx = threadIdx.x; idx < rows * P; idx += blockDim.x) {
+      const int r = idx / P, d = idx % P * K;
+      const bool inside = row0 + r < limit;
+      const bf16* source = inside ? base + static_cast<std::int64_t>(row0 + r) * stride + d : base;
+      cp_async16(tile + r * S + d, source, !inside);
+    }
+  } else {
+    attention_fill_tile<bf16, HD, S>(tile, base, stride, row0, rows, limit, false);
+  }
 }
 
 // The A fragment of the 16x16 block at `at` (row-major, row stride S): ldmatrix x4 with
@@ -181,11 +202,49 @@ __device__ __forceinline__ void store_accumulator_row(bf16* row,
   }
 }
 
+// Stores a warp's 16 accumulator rows (row g + 8 * half times scale[half], as bf16) into rows
+// row0 .. row0 + 15 of `dst` (row stride `stride`), leaving out rows at or past `limit`. With
+// `packed` (dst rows 16-byte aligned) the rows go through `stage`, 16 shared rows of stride S
+// that only this warp uses, so that every global store is a whole 16-byte pack; otherwise each
+// lane stores its 2-byte values in place.
+template <int HD>
+__device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, int row0,
+                                                int limit, const mma::Accumulator (&acc)[HD / 8],
+                                                const float (&scale)[2], bf16* stage,
+                                                bool packed, int lane) {
+  constexpr int S = kMmaSmemStride<HD>;
+  const int g = lane / 4, t = lane % 4;
+  if (!packed) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + g + 8 * half;
+      if (row < limit)
+        store_accumulator_row<HD>(dst + static_cast<std::int64_t>(row) * stride, acc, half, t,
+                                  scale[half]);
+    }
+    return;
+  }
+  __syncwarp();  // every lane is done reading the warp's rows of `stage`
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+    store_accumulator_row<HD>(stage + (g + 8 * half) * S, acc, half, t, scale[half]);
+  __syncwarp();
+  constexpr int K = Packed128<bf16>::kSize;
+  constexpr int P = HD / K;  // packs per row
+#pragma unroll
+  for (int idx = lane; idx < kMmaWarpRows * P; idx += kWarpSize) {
+    const int r = idx / P, d = idx % P * K;
+    if (row0 + r < limit)
+      store128(dst + static_cast<std::int64_t>(row0 + r) * stride + d, load128(stage + r * S + d));
+  }
+}
+
 // ---- kernels ----
 
 // Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 64 at a
-// time. Each warp loads its Q fragments once (ldmatrix, HD / 16 A fragments) and keeps them in
-// registers over the whole key loop, so the Q tile's shared memory is reused for the K tiles;
+// time, double-buffered (cp.async: tile n + 1 loads while tile n is computed). Each warp loads its
+// Q fragments once (ldmatrix, HD / 16 A fragments) and keeps them in registers over the whole key
+// loop, so the Q tile borrows the second buffer until tile 1 arrives there;
 // K fragments come by ldmatrix (K rows are the n index of Q K^T), V fragments by ldmatrix .trans.
 // S = Q K^T and O += P V with fp32 accumulators; row statistics live in the 4 lanes of a quad
 // (same g) and are combined with two shuffles. P is rounded to bf16 for the PV product (relative
@@ -200,12 +259,18 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   constexpr int KC = HD / 16;  // k-chunks of the QK^T product
   constexpr int NB = KT / 8;   // 8-key blocks of a tile
   constexpr int OB = HD / 8;   // 8-dim blocks of the output
-  static_assert(KT <= kMmaBlockRows, "a K tile fits where the Q tile was");
-  MINITRON_DYNAMIC_SHARED(bf16, q_s);   // [64][S], then the K tile [KT][S] in the same rows
-  bf16* k_s = q_s;
-  bf16* v_s = q_s + kMmaBlockRows * S;  // [KT][S]
+  static_assert(kMmaBlockRows <= 2 * KT, "the Q tile fits in buffer 1");
+  // Two buffers of a K tile and a V tile ([KT][S] each), filled alternately: tile n + 1 loads
+  // while tile n is computed. The Q tile [64][S] is first loaded into buffer 1's K rows (read
+  // into registers before tile 1 arrives there).
+  MINITRON_DYNAMIC_SHARED(bf16, kv_s);
+  constexpr int kBuffer = 2 * KT * S;  // elements of one buffer (K then V)
+  bf16* q_s = kv_s + kBuffer;
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaBlockRows;
+  // Query tiles in reverse: a causal tile's work grows with its index, so the heaviest blocks
+  // start first and the light ones fill the tail (FlashAttention's order).
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaBlockRows;
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
@@ -216,7 +281,17 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
 
   const int row0 = q0 + warp * kMmaWarpRows;  // this warp's first query row
+  const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
+  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
+
   mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
+  cp_async_commit();
+  if (key_end > 0) {  // tile 0 into buffer 0
+    mma_load_tile<HD>(kv_s, k_head, kv_stride, 0, KT, Tk, packed);
+    mma_load_tile<HD>(kv_s + KT * S, v_head, kv_stride, 0, KT, Tk, packed);
+  }
+  cp_async_commit();
+  cp_async_wait<1>();  // the Q group; tile 0 may still be in flight
   __syncthreads();
   mma::FragmentA qa[KC];
 #pragma unroll
@@ -228,14 +303,21 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
 #pragma unroll
   for (int j = 0; j < OB; ++j) o[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
 
-  const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
-  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
-
-  for (int k0 = 0; k0 < key_end; k0 += KT) {
-    __syncthreads();  // every warp holds its Q fragments / is done with the previous tile
-    mma_load_tile<HD>(k_s, k_head, kv_stride, k0, KT, Tk, packed);
-    mma_load_tile<HD>(v_s, v_head, kv_stride, k0, KT, Tk, packed);
+  for (int k0 = 0, n = 0; k0 < key_end; k0 += KT, ++n) {
+    // Every warp holds its Q fragments (n = 0) / is done with tile n - 1, whose buffer the next
+    // tile reuses; then tile n + 1 goes in flight and tile n is waited for. The commit may close an
+    // empty group (last tile): the count of groups per tile stays one, so wait_group 1 is right.
     __syncthreads();
+    if (k0 + KT < key_end) {
+      bf16* next = kv_s + (n + 1) % 2 * kBuffer;
+      mma_load_tile<HD>(next, k_head, kv_stride, k0 + KT, KT, Tk, packed);
+      mma_load_tile<HD>(next + KT * S, v_head, kv_stride, k0 + KT, KT, Tk, packed);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();  // every thread's copies of tile n are visible
+    const bf16* k_s = kv_s + n % 2 * kBuffer;
+    const bf16* v_s = k_s + KT * S;
     // A warp whose rows all precede this tile has nothing to add (the whole warp skips).
     if (k0 > row0 + 15 + offset) continue;
 
@@ -308,14 +390,17 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
     l[half] += __shfl_xor_sync(kFullMask, l[half], 1);
     l[half] += __shfl_xor_sync(kFullMask, l[half], 2);
   }
+  // The buffer of tile n - 2 (Q's, with one tile) is free: every warp passed the barrier that
+  // began the last tile after reading it.
+  const int tiles = (key_end + KT - 1) / KT;
+  bf16* stage = kv_s + tiles % 2 * kBuffer + warp * kMmaWarpRows * S;
+  const float inv[2] = {1.0f / l[0], 1.0f / l[1]};
+  store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD, q_stride,
+                      row0, Tq, o, inv, stage, packed, lane);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = rows[half];
-    if (row >= Tq) continue;
-    const float inv = 1.0f / l[half];
-    bf16* o_row = out + (static_cast<std::int64_t>(b) * Tq + row) * q_stride + h * HD;
-    store_accumulator_row<HD>(o_row, o, half, t, inv);
-    if (t == 0)
+    if (row < Tq && t == 0)
       lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
   }
 }
@@ -332,7 +417,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
 
 // dk/dv: a warp owns 16 keys of one KV head (a block 64) and keeps their dK and dV in registers
 // (HD / 2 floats each per lane); it loops over the group's query heads and their 32-query tiles,
-// which stream through shared memory with their lse and D:
+// which stream (double-buffered) through shared memory with their lse and D:
 //   S^T = K Q^T, P^T = exp2(S^T * scale_log2 - lse_log2), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T o (dP^T - D), dK += dS^T Q.
 // K and V fragments are read from shared memory per tile (ldmatrix) rather than held in
@@ -345,13 +430,17 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaQueryTile / 8;   // 8-query blocks of a tile
   constexpr int OB = HD / 8;              // 8-dim blocks of dK and dV
+  constexpr int QT = kMmaQueryTile;
   MINITRON_DYNAMIC_SHARED(bf16, k_s);     // [64][S]
   bf16* v_s = k_s + kMmaBlockRows * S;    // [64][S]
-  bf16* q_s = v_s + kMmaBlockRows * S;    // [32][S]
-  bf16* do_s = q_s + kMmaQueryTile * S;   // [32][S]
-  float* lse_s = reinterpret_cast<float*>(do_s + kMmaQueryTile * S);  // [32], log2 units
-  float* d_s = lse_s + kMmaQueryTile;                                 // [32]
+  // Two buffers of a Q tile and a dO tile ([QT][S] each), filled alternately: query tile n + 1
+  // loads while tile n is computed; their lse (log2 units) and D ([QT] floats each) likewise.
+  bf16* qdo_s = v_s + kMmaBlockRows * S;
+  constexpr int kBuffer = 2 * QT * S;  // elements of one buffer (Q then dO)
+  float* stats_s = reinterpret_cast<float*>(qdo_s + 2 * kBuffer);  // [2][lse QT, D QT]
 
+  // Key tiles in order: key tile j is seen by every query from j on, so the early (low
+  // blockIdx.x) tiles are the heavy ones and already start first.
   const int b = blockIdx.z, hk = blockIdx.y, j0 = blockIdx.x * kMmaBlockRows;
   const int group = Hq / Hkv, offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -361,8 +450,27 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
   const std::int64_t kv_offset = static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
   const float scale_log2 = scale * kLog2e;
 
+  const int first_query = j0 - offset > 0 ? j0 - offset : 0;  // the first that sees key j0
+  const int tile_begin = first_query / QT * QT;
+  // Query tile (h, q0) into buffer `p`: Q and dO by cp.async (the caller commits), lse and D by
+  // plain loads, which the same barrier after the wait publishes.
+  auto load_query_tile = [&](int p, int h, int q0) {
+    const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
+    bf16* buffer = qdo_s + p * kBuffer;
+    mma_load_tile<HD>(buffer, q + q_offset, q_stride, q0, QT, Tq, packed);
+    mma_load_tile<HD>(buffer + QT * S, dout + q_offset, q_stride, q0, QT, Tq, packed);
+    if (static_cast<int>(threadIdx.x) < QT) {
+      const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
+      const int i = static_cast<int>(threadIdx.x), query = q0 + i;
+      stats_s[p * 2 * QT + i] = query < Tq ? lse[stat0 + query] * kLog2e : 0.0f;
+      stats_s[p * 2 * QT + QT + i] = query < Tq ? D[stat0 + query] : 0.0f;
+    }
+  };
+  // One group: K, V and the first query tile (first_query < Tq, so every block has one).
   mma_load_tile<HD>(k_s, k + kv_offset, kv_stride, j0, kMmaBlockRows, Tk, packed);
   mma_load_tile<HD>(v_s, v + kv_offset, kv_stride, j0, kMmaBlockRows, Tk, packed);
+  load_query_tile(0, hk * group, tile_begin);
+  cp_async_commit();
 
   mma::Accumulator dk_acc[OB], dv_acc[OB];
 #pragma unroll
@@ -373,26 +481,27 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
 
   const int key0 = j0 + warp * kMmaWarpRows;  // this warp's first key
   const int keys[2] = {key0 + g, key0 + g + 8};
-  const int first_query = j0 - offset > 0 ? j0 - offset : 0;  // the first that sees key j0
-  const int tile_begin = first_query / kMmaQueryTile * kMmaQueryTile;
   const bf16* k_warp = k_s + warp * kMmaWarpRows * S;
   const bf16* v_warp = v_s + warp * kMmaWarpRows * S;
 
+  int n = 0;  // query tiles so far, over all heads of the group: tile n is in buffer n % 2
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
-    const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
-    const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
-    for (int q0 = tile_begin; q0 < Tq; q0 += kMmaQueryTile) {
-      __syncthreads();  // the previous query tile is consumed (and K, V are written)
-      mma_load_tile<HD>(q_s, q + q_offset, q_stride, q0, kMmaQueryTile, Tq, packed);
-      mma_load_tile<HD>(do_s, dout + q_offset, q_stride, q0, kMmaQueryTile, Tq, packed);
-      if (static_cast<int>(threadIdx.x) < kMmaQueryTile) {
-        const int i = static_cast<int>(threadIdx.x), query = q0 + i;
-        lse_s[i] = query < Tq ? lse[stat0 + query] * kLog2e : 0.0f;
-        d_s[i] = query < Tq ? D[stat0 + query] : 0.0f;
-      }
+    for (int q0 = tile_begin; q0 < Tq; q0 += QT, ++n) {
+      // As in the forward: the block is done with tile n - 1's buffer, the next tile (of this
+      // head, or the next head's first) goes in flight (an empty group after the last keeps one
+      // group per tile), tile n is waited for.
       __syncthreads();
+      if (q0 + QT < Tq) load_query_tile((n + 1) % 2, h, q0 + QT);
+      else if (h + 1 < (hk + 1) * group) load_query_tile((n + 1) % 2, h + 1, tile_begin);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();  // every thread's part of tile n (and K, V) is visible
+      const bf16* q_s = qdo_s + n % 2 * kBuffer;
+      const bf16* do_s = q_s + QT * S;
+      const float* lse_s = stats_s + n % 2 * 2 * QT;
+      const float* d_s = lse_s + QT;
       // Keys past the sequence, or all after the tile's last query: nothing visible (whole warp).
-      if (key0 >= Tk || key0 > q0 + kMmaQueryTile - 1 + offset) continue;
+      if (key0 >= Tk || key0 > q0 + QT - 1 + offset) continue;
 
       mma::Accumulator s[NB], dp[NB];  // S^T and dP^T
       mma_score_pair<HD>(s, dp, k_warp, v_warp, q_s, do_s, lane);
@@ -412,7 +521,7 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
 
       // dV += P^T dO and dK += dS^T Q over the tile's queries, 16 at a time.
 #pragma unroll
-      for (int c = 0; c < kMmaQueryTile / 16; ++c) {
+      for (int c = 0; c < QT / 16; ++c) {
         mma_accumulate_rows<HD>(dv_acc, accumulators_as_a(s[2 * c], s[2 * c + 1]),
                                 do_s + c * 16 * S, lane);
         mma_accumulate_rows<HD>(dk_acc, accumulators_as_a(dp[2 * c], dp[2 * c + 1]),
@@ -421,20 +530,17 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
     }
   }
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int key = keys[half];
-    if (key >= Tk) continue;
-    bf16* dk_row = dk + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
-    bf16* dv_row = dv + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
-    store_accumulator_row<HD>(dk_row, dk_acc, half, t, scale);
-    store_accumulator_row<HD>(dv_row, dv_acc, half, t, 1.0f);
-  }
+  // The warp's own K and V rows (no other warp reads them) stage dK and dV.
+  const float dk_scale[2] = {scale, scale}, dv_scale[2] = {1.0f, 1.0f};
+  store_warp_rows<HD>(dk + kv_offset, kv_stride, key0, Tk, dk_acc, dk_scale,
+                      k_s + warp * kMmaWarpRows * S, packed, lane);
+  store_warp_rows<HD>(dv + kv_offset, kv_stride, key0, Tk, dv_acc, dv_scale,
+                      v_s + warp * kMmaWarpRows * S, packed, lane);
 }
 
 // dq: a warp owns 16 query rows (a block 64) and keeps their dQ in registers; keys stream
-// through shared memory 32 at a time: S = Q K^T, P, dP = dO V^T, dS = P o (dP - D), dQ += dS K.
-// grid (ceil(Tq / 64), Hq, B).
+// through shared memory 32 at a time (double-buffered): S = Q K^T, P, dP = dO V^T,
+// dS = P o (dP - D), dQ += dS K. grid (ceil(Tq / 64), Hq, B).
 template <int HD>
 __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, const float* lse,
                                                  const float* D, const bf16* q, const bf16* k,
@@ -443,12 +549,17 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaKeyTile / 8;
   constexpr int OB = HD / 8;
+  constexpr int KT = kMmaKeyTile;
   MINITRON_DYNAMIC_SHARED(bf16, q_s);    // [64][S]
   bf16* do_s = q_s + kMmaBlockRows * S;  // [64][S]
-  bf16* k_s = do_s + kMmaBlockRows * S;  // [32][S]
-  bf16* v_s = k_s + kMmaKeyTile * S;     // [32][S]
+  // Two buffers of a K tile and a V tile ([KT][S] each), filled alternately: tile n + 1 loads
+  // while tile n is computed.
+  bf16* kv_s = do_s + kMmaBlockRows * S;
+  constexpr int kBuffer = 2 * KT * S;  // elements of one buffer (K then V)
 
-  const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kMmaBlockRows;
+  // Query tiles in reverse, heaviest first, as in the forward.
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaBlockRows;
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
@@ -460,8 +571,16 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
   const float scale_log2 = scale * kLog2e;
 
+  const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
+  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
+  // One group: Q, dO and tile 0 into buffer 0.
   mma_load_tile<HD>(q_s, q + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
   mma_load_tile<HD>(do_s, dout + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
+  if (key_end > 0) {
+    mma_load_tile<HD>(kv_s, k_head, kv_stride, 0, KT, Tk, packed);
+    mma_load_tile<HD>(kv_s + KT * S, v_head, kv_stride, 0, KT, Tk, packed);
+  }
+  cp_async_commit();
 
   const int row0 = q0 + warp * kMmaWarpRows;
   const int rows[2] = {row0 + g, row0 + g + 8};
@@ -475,16 +594,23 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
 #pragma unroll
   for (int j = 0; j < OB; ++j) dq_acc[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
 
-  const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
-  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
   const bf16* q_warp = q_s + warp * kMmaWarpRows * S;
   const bf16* do_warp = do_s + warp * kMmaWarpRows * S;
 
-  for (int k0 = 0; k0 < key_end; k0 += kMmaKeyTile) {
+  for (int k0 = 0, n = 0; k0 < key_end; k0 += KT, ++n) {
+    // As in the forward: the block is done with tile n - 1's buffer, tile n + 1 goes in flight
+    // (an empty group after the last tile keeps one group per tile), tile n is waited for.
     __syncthreads();
-    mma_load_tile<HD>(k_s, k_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
-    mma_load_tile<HD>(v_s, v_head, kv_stride, k0, kMmaKeyTile, Tk, packed);
-    __syncthreads();
+    if (k0 + KT < key_end) {
+      bf16* next = kv_s + (n + 1) % 2 * kBuffer;
+      mma_load_tile<HD>(next, k_head, kv_stride, k0 + KT, KT, Tk, packed);
+      mma_load_tile<HD>(next + KT * S, v_head, kv_stride, k0 + KT, KT, Tk, packed);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();  // every thread's copies of tile n (and Q, dO) are visible
+    const bf16* k_s = kv_s + n % 2 * kBuffer;
+    const bf16* v_s = k_s + KT * S;
     // Rows past the sequence, or all before this tile's first key: nothing visible (whole warp).
     if (row0 >= Tq || k0 > row0 + 15 + offset) continue;
 
@@ -505,19 +631,16 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
 
     // dQ += dS K over the tile's keys, 16 at a time.
 #pragma unroll
-    for (int c = 0; c < kMmaKeyTile / 16; ++c) {
+    for (int c = 0; c < KT / 16; ++c) {
       mma_accumulate_rows<HD>(dq_acc, accumulators_as_a(dp[2 * c], dp[2 * c + 1]),
                               k_s + c * 16 * S, lane);
     }
   }
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = rows[half];
-    if (row >= Tq) continue;
-    bf16* dq_row = dq + q_offset + static_cast<std::int64_t>(row) * q_stride;
-    store_accumulator_row<HD>(dq_row, dq_acc, half, t, scale);
-  }
+  // The warp's own Q rows (no other warp reads them) stage dQ.
+  const float dq_scale[2] = {scale, scale};
+  store_warp_rows<HD>(dq + q_offset, q_stride, row0, Tq, dq_acc, dq_scale,
+                      q_s + warp * kMmaWarpRows * S, packed, lane);
 }
 
 // ---- launchers ----
@@ -531,17 +654,28 @@ void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
                                              static_cast<int>(bytes)));
 }
 
-// Shared-memory bytes of each kernel (also printed by bench/gpu's register report).
+// Shared-memory bytes of each kernel (also printed by bench/gpu's register report). The streamed
+// tiles are double-buffered (cp.async), so each kernel holds 256 rows of S = head_dim + 8 bf16
+// (dk/dv 512 bytes of lse and D besides): forward 2 x (K, V) tiles of 64 (Q borrows buffer 1),
+// dq Q and dO of 64 + 2 x (K, V) tiles of 32, dk/dv K and V of 64 + 2 x (Q, dO) tiles of 32.
+// head_dim 64: 36,864 / 36,864 / 37,376 bytes; head_dim 128: 69,632 / 69,632 / 70,144 bytes
+// (68.5 KiB), under sm_80's 163 KiB per block with 2 blocks per SM (2 x (68.5 + 1 reserved)
+// = 139 KiB of 164) and sm_90's 227 KiB with 3 (208.5 KiB of 228). Above 48 KiB they opt in.
 template <int HD>
 inline constexpr std::size_t kMmaForwardSmem =
-    (kMmaBlockRows + kMmaForwardKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
+    2 * (2 * kMmaForwardKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
 template <int HD>
 inline constexpr std::size_t kMmaDkvSmem =
-    (2 * kMmaBlockRows + 2 * kMmaQueryTile) * kMmaSmemStride<HD> * sizeof(bf16) +
-    2 * kMmaQueryTile * sizeof(float);
+    (2 * kMmaBlockRows + 2 * (2 * kMmaQueryTile)) * kMmaSmemStride<HD> * sizeof(bf16) +
+    2 * (2 * kMmaQueryTile) * sizeof(float);
 template <int HD>
 inline constexpr std::size_t kMmaDqSmem =
-    (2 * kMmaBlockRows + 2 * kMmaKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
+    (2 * kMmaBlockRows + 2 * (2 * kMmaKeyTile)) * kMmaSmemStride<HD> * sizeof(bf16);
+static_assert(kMmaDkvSmem<128> == 70144 && kMmaForwardSmem<128> == 69632 &&
+                  kMmaDqSmem<128> == 69632,
+              "the shared-memory budget in the comment above");
+static_assert(2 * (kMmaDkvSmem<128> + 1024) <= 164 * 1024,
+              "2 blocks per SM on sm_80 at head_dim 128 (1 KiB reserved per block)");
 
 template <int HD>
 void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
@@ -552,7 +686,8 @@ void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, 
   allow_dynamic_shared(kernel, kMmaForwardSmem<HD>);
   const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kMmaBlockRows)), static_cast<unsigned>(Hq),
                   static_cast<unsigned>(B));
-  const bool packed = rows_aligned16<bf16>(HD, {q, k, v});
+  // The outputs too: `packed` also selects 16-byte stores of the output rows.
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, out});
   launch(kernel, grid, dim3(kAttentionThreads), kMmaForwardSmem<HD>, stream, out, lse, q, k, v,
          static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
          kLog2e / std::sqrt(static_cast<float>(HD)), packed);
@@ -567,7 +702,8 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout});
+  // The outputs too: `packed` also selects 16-byte stores of dq, dk, dv.
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout, dq, dk, dv});
 
   auto dq_kernel = attention_backward_dq_mma_kernel<HD>;
   allow_dynamic_shared(dq_kernel, kMmaDqSmem<HD>);

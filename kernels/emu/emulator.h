@@ -138,6 +138,18 @@ unsigned warp_exchange(unsigned mask, WarpOp op, const void* value, unsigned byt
 // Lanes of the current warp that have not exited.
 unsigned active_lanes();
 
+// cp.async (kernels/async_copy.cuh wraps these). Each CUDA thread keeps its pending copies in
+// commit groups, as the PTX ISA defines them: async_copy checks both addresses (16-byte aligned,
+// the destination in shared memory), writes 0xFF poison into the destination and records the
+// copy, uncommitted; async_commit closes the uncommitted copies into a group (an empty one if
+// there are none); async_wait(n) performs, oldest first, the copies of every committed group but
+// the newest n (uncommitted copies stay pending). So a read before the right wait sees NaN, and
+// under TSan the data arrives as a write by the issuing thread at its wait, so another thread
+// reading it needs a __syncthreads after that wait. A thread exiting with copies pending aborts.
+void async_copy(void* shared_dst, const void* global_src, bool zero_fill, const std::source_location& where);
+void async_commit();
+void async_wait(unsigned newest_pending, const std::source_location& where);
+
 // Type-erased kernel for the scheduler: `entry(arguments)` runs one CUDA thread.
 struct KernelLaunch {
   void (*entry)(const void* arguments);

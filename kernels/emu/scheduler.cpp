@@ -22,6 +22,7 @@
 // shared by the fibers of a block on purpose). Under AddressSanitizer the stack switches are
 // announced with __sanitizer_start/finish_switch_fiber.
 #include <cxxabi.h>
+#include <link.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -220,6 +221,15 @@ struct WarpGroup {
   alignas(16) unsigned char values[32][32];  // up to 32 bytes per lane (an mma's A and B fragments)
 };
 
+// A pending cp.async: `group` 0 while uncommitted, else the number of the commit that closed it
+// (1, 2, ...), so the copies of a fiber are sorted by group with the uncommitted ones last.
+struct AsyncCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  unsigned group;
+  bool zero_fill;
+};
+
 struct Fiber {
   ThreadView view{};
   void* sp = nullptr;
@@ -228,6 +238,8 @@ struct Fiber {
   unsigned linear = 0;
   std::source_location where;  // where it waits
   WarpGroup* group = nullptr;  // the warp operation it waits in
+  std::vector<AsyncCopy> async_copies;  // pending cp.async copies, in issue order
+  unsigned async_commits = 0;          // commit groups closed so far in this block
 #if defined(MINITRON_EMU_TSAN)
   void* tsan_fiber = nullptr;
 #endif
@@ -365,6 +377,15 @@ class Worker {
     return warp.existing & ~warp.exited;
   }
   MINITRON_EMU_NO_TSAN void run_fiber(Fiber* fiber);
+  MINITRON_EMU_NO_TSAN void async_copy(void* shared_dst, const void* global_src, bool zero_fill,
+                                       const std::source_location& where);
+  MINITRON_EMU_NO_TSAN void async_commit() {
+    Fiber* self = current_;
+    ++self->async_commits;
+    for (auto it = self->async_copies.rbegin(); it != self->async_copies.rend() && it->group == 0; ++it)
+      it->group = self->async_commits;
+  }
+  MINITRON_EMU_NO_TSAN void async_wait(unsigned newest_pending);
   [[noreturn]] void fail(const std::string& message) const;
   // fail() with the message built out of line, so that hot paths keep small stack frames.
   template <typename MakeMessage>
@@ -535,6 +556,8 @@ void Worker::run_block(const uint3& block_idx) {
     fiber.view.dynamic_shared_bytes = launch_.shared_bytes;
     fiber.linear = i;
     fiber.group = nullptr;
+    fiber.async_copies.clear();
+    fiber.async_commits = 0;
     fiber.state = FiberState::not_started;
     // Under TSan too a fiber keeps its stack from block to block: it is the same TSan fiber (see
     // run_block's TSan set-up), so its old frames are its own history, not another thread's.
@@ -675,6 +698,16 @@ void Worker::run_fiber(Fiber* fiber) {
 }
 
 void Worker::on_exit(Fiber* fiber) {
+  // On a GPU the copies would still land, but after the thread's end nothing can order them
+  // before another thread's reads (only the issuing thread can wait for them), and the buffer
+  // may be reused meanwhile: always a bug or a wasted copy, so it aborts.
+  if (!fiber->async_copies.empty())
+    fail_cold([&] {
+      const std::size_t uncommitted = static_cast<std::size_t>(std::count_if(
+          fiber->async_copies.begin(), fiber->async_copies.end(), [](const AsyncCopy& c) { return c.group == 0; }));
+      return str("the thread exited with ", fiber->async_copies.size(), " cp.async copies pending (", uncommitted,
+                 " of them never committed); wait for them (cp_async_wait<0>, after a commit) before exiting");
+    });
   fiber->state = FiberState::done;
   --live_;
 #if defined(MINITRON_EMU_TSAN)
@@ -915,6 +948,74 @@ void Worker::deadlock() const {
   std::abort();
 }
 
+// The static TLS block of this OS thread, where the emulator's __shared__ variables (static
+// thread_local) live: on x86-64 it lies just below the thread pointer (%fs:0) and holds the
+// PT_TLS segments of the executable and the libraries loaded at start (a sum over all loaded
+// modules, with alignment, is an upper bound).
+bool in_static_tls(const void* address) {
+  static const std::uintptr_t bytes = [] {
+    std::uintptr_t total = 0;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* data) {
+          for (int i = 0; i < info->dlpi_phnum; ++i)
+            if (info->dlpi_phdr[i].p_type == PT_TLS)
+              *static_cast<std::uintptr_t*>(data) += info->dlpi_phdr[i].p_memsz + info->dlpi_phdr[i].p_align;
+          return 0;
+        },
+        &total);
+    return total;
+  }();
+  std::uintptr_t thread_pointer;
+  asm("mov %%fs:0, %0" : "=r"(thread_pointer));
+  const auto a = reinterpret_cast<std::uintptr_t>(address);
+  return a < thread_pointer && a + 16 <= thread_pointer && thread_pointer - a <= bytes;
+}
+
+// The two memory accesses of a cp.async, kept out of the uninstrumented scheduler code: under TSan
+// they are the issuing fiber's writes (the poison at issue, the data at its wait) and its read of
+// the source, so a thread reading the data without a barrier after the issuer's wait is a race.
+[[gnu::noinline]] void poison_async_destination(unsigned char* dst) { std::memset(dst, 0xFF, 16); }
+[[gnu::noinline]] void perform_async_copy(const AsyncCopy& copy) {
+  if (copy.zero_fill) std::memset(copy.dst, 0, 16);
+  else std::memcpy(copy.dst, copy.src, 16);
+}
+
+void Worker::async_copy(void* shared_dst, const void* global_src, bool zero_fill, const std::source_location& where) {
+  auto* dst = static_cast<unsigned char*>(shared_dst);
+  const auto* src = static_cast<const unsigned char*>(global_src);
+  for (const void* address : {static_cast<const void*>(dst), static_cast<const void*>(src)})
+    if (reinterpret_cast<std::uintptr_t>(address) % 16 != 0)
+      fail_cold([&] {
+        return str("cp.async at ", location(where), ": misaligned 16-byte ", address == dst ? "destination" : "source",
+                   " at ", address, " (a GPU faults here)");
+      });
+  const unsigned char* shared = dynamic_shared_.get();
+  const bool in_dynamic = dst >= shared && dst + 16 <= shared + launch_.shared_bytes;
+  if (!in_dynamic && !in_static_tls(dst))
+    fail_cold([&] {
+      return str("cp.async at ", location(where), ": destination ", static_cast<const void*>(dst),
+                 " is not shared memory (neither the block's dynamic shared memory nor a __shared__ variable)");
+    });
+  if (src >= shared && src < shared + launch_.shared_bytes)
+    fail_cold([&] {
+      return str("cp.async at ", location(where), ": source ", static_cast<const void*>(src),
+                 " is shared memory (cp.async copies global to shared)");
+    });
+  poison_async_destination(dst);
+  current_->async_copies.push_back(AsyncCopy{dst, src, 0, zero_fill});
+}
+
+void Worker::async_wait(unsigned newest_pending) {
+  Fiber* self = current_;
+  // Groups 1..async_commits exist; all up to `last` must complete.
+  if (self->async_commits <= newest_pending) return;
+  const unsigned last = self->async_commits - newest_pending;
+  std::size_t done = 0;
+  auto& copies = self->async_copies;
+  while (done < copies.size() && copies[done].group != 0 && copies[done].group <= last) perform_async_copy(copies[done++]);
+  copies.erase(copies.begin(), copies.begin() + static_cast<std::ptrdiff_t>(done));
+}
+
 void fiber_main(void* fiber) {
   t_worker->run_fiber(static_cast<Fiber*>(fiber));
   __builtin_unreachable();
@@ -967,6 +1068,14 @@ unsigned warp_exchange(unsigned mask, WarpOp op, const void* value, unsigned byt
 }
 
 unsigned active_lanes() { return running_worker("__activemask").active_lanes(); }
+
+void async_copy(void* shared_dst, const void* global_src, bool zero_fill, const std::source_location& where) {
+  running_worker("cp.async").async_copy(shared_dst, global_src, zero_fill, where);
+}
+void async_commit() { running_worker("cp.async.commit_group").async_commit(); }
+void async_wait(unsigned newest_pending, const std::source_location&) {
+  running_worker("cp.async.wait_group").async_wait(newest_pending);
+}
 
 void run_kernel(const KernelLaunch& launch) {
   if (t_worker != nullptr)

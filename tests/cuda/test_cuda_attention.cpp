@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "kernels/attention.h"
@@ -95,9 +96,14 @@ Placed place(Device& dev, const std::vector<float>& host, DType dt, std::int64_t
 }
 
 // The forward, then (for Tq == Tk, unless `backward` is false) the backward, against the CPU
-// reference; inputs at `offset`.
+// reference; inputs at `offset`, the outputs out, dq, dk, dv (NaN-poisoned) at `out_offset`.
 void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int64_t offset,
-                                bool backward = true) {
+                                bool backward = true, std::int64_t out_offset = 0) {
+  const auto poisoned_at = [&](std::int64_t n) {
+    return place(dev, std::vector<float>(static_cast<std::size_t>(n),
+                                         std::numeric_limits<float>::quiet_NaN()),
+                 dt, out_offset);
+  };
   const std::int64_t qn = s.B * s.Tq * s.Hq * s.hd, kvn = s.B * s.Tk * s.Hkv * s.hd;
   const std::int64_t stats = s.B * s.Hq * s.Tq;
   const auto q = stored(random_floats(qn, 51, -1, 1), dt);
@@ -105,7 +111,9 @@ void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int6
   const auto v = stored(random_floats(kvn, 53, -1, 1), dt);
   const Placed tq = place(dev, q, dt, offset), tk = place(dev, k, dt, offset),
                tv = place(dev, v, dt, offset);
-  auto tout = dev.poisoned(qn, dt), tlse = dev.poisoned(stats, DType::F32);
+  const Placed placed_out = poisoned_at(qn);
+  const Tensor& tout = placed_out.view;
+  auto tlse = dev.poisoned(stats, DType::F32);
   dev.backend().attention_forward(tout, tlse, tq.view, tk.view, tv.view, s.B, s.Tq, s.Tk, s.Hq,
                                   s.Hkv, s.hd);
 
@@ -127,7 +135,9 @@ void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int6
   const auto dout = stored(random_floats(qn, 54, -1, 1), dt);
   const Placed tdout = place(dev, dout, dt, offset);
   auto tused = dev.put(out_used, dt), tlse_ref = dev.put(lse, DType::F32);
-  auto tdq = dev.poisoned(qn, dt), tdk = dev.poisoned(kvn, dt), tdv = dev.poisoned(kvn, dt);
+  const Placed placed_dq = poisoned_at(qn), placed_dk = poisoned_at(kvn),
+               placed_dv = poisoned_at(kvn);
+  const Tensor &tdq = placed_dq.view, &tdk = placed_dk.view, &tdv = placed_dv.view;
   dev.backend().attention_backward(tdq, tdk, tdv, tdout.view, tused, tlse_ref, tq.view, tk.view,
                                    tv.view, s.B, s.Tq, s.Hq, s.Hkv, s.hd);
   std::vector<float> dq(qn), dk(kvn), dv(kvn);
@@ -161,6 +171,13 @@ TEST(CudaAttentionMisaligned, UnalignedInputsTakeTheElementwiseFill) {
     SCOPED_TRACE(dtype_label(dt));
     check_forward_and_backward(dev, dt, Shape{2, 37, 37, 4, 2, 64}, 1);
   }
+}
+
+// Aligned inputs with outputs off their 16-byte boundary: the tensor-core kernels' 16-byte
+// output stores (staged through shared memory) must give way to element stores.
+TEST(CudaAttentionMisaligned, UnalignedOutputsTakeTheElementwiseStore) {
+  Device dev;
+  check_forward_and_backward(dev, DType::BF16, Shape{2, 37, 37, 4, 2, 64}, 0, true, 1);
 }
 
 const Shape kShapes[] = {

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "kernels/async_copy.cuh"
 #include "kernels/launch.cuh"
 
 // Any report ends this process, so the correct kernel below passing means "no report".
@@ -42,6 +43,34 @@ TEST(EmulatorThreadSanitizer, CorrectKernelGivesNoReport) { run(true); }
 TEST(EmulatorThreadSanitizerDeathTest, MissingBarrierIsReportedWithSourceLines) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(run(false), "ThreadSanitizer: data race.*tsan_test.cpp:2[0-9]");
+}
+
+// cp.async: the data lands as the issuing thread's write at its wait, so a thread reading another
+// thread's copied row needs a __syncthreads after the waits (the 4 words of row 63 - i).
+template <bool Barrier>
+__global__ void async_copy_kernel(const unsigned* input, unsigned* output) {
+  __shared__ __align__(16) unsigned rows[64 * 4];
+  const int i = static_cast<int>(threadIdx.x);
+  cuda::cp_async16(rows + 4 * i, input + 4 * i);
+  cuda::cp_async_wait_all();
+  if (Barrier) __syncthreads();
+  for (int e = 0; e < 4; ++e) output[4 * i + e] = rows[4 * (63 - i) + e];  // the racy read
+}
+
+void run_async(bool barrier) {
+  std::vector<unsigned> input(64 * 4), output(64 * 4);
+  for (int i = 0; i < 64 * 4; ++i) input[i] = static_cast<unsigned>(i) * 3u + 1u;
+  if (barrier) cuda::launch(async_copy_kernel<true>, dim3(1), dim3(64), 0, nullptr, input.data(), output.data());
+  else cuda::launch(async_copy_kernel<false>, dim3(1), dim3(64), 0, nullptr, input.data(), output.data());
+  for (int i = 0; i < 64; ++i)
+    for (int e = 0; e < 4; ++e) EXPECT_EQ(output[4 * i + e], input[4 * (63 - i) + e]);
+}
+
+TEST(EmulatorThreadSanitizer, AsyncCopyWithBarrierAfterTheWaitGivesNoReport) { run_async(true); }
+
+TEST(EmulatorThreadSanitizerDeathTest, AsyncCopyReadWithoutBarrierAfterTheWaitIsReported) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run_async(false), "ThreadSanitizer: data race.*tsan_test.cpp:5[0-9].*perform_async_copy");
 }
 
 }  // namespace
