@@ -4,10 +4,11 @@
 // and takes the vector path; offset 1 is not and must take the scalar one (the emulator aborts
 // on a misaligned 16-byte access, as a GPU faults). Sizes are whole packs, packs plus a tail, and
 // less than one pack; rows are whole packs wide or not. Kernels that split each row (losses,
-// embedding forward, sum of squares) take packs at any offset, between a scalar head up to the
-// first 16-byte boundary and a scalar tail, so there offset 1 tests the head. Outputs start as
-// NaN, and the elements around each view hold a sentinel that must survive (a vector store past
-// the end would not).
+// RMSNorm, embedding, cosine, sum of squares) take packs at any offset and width, between a
+// scalar head up to the first 16-byte boundary and a scalar tail, so there offsets 1-7 test the
+// head, and only rows whose tensors start at different phases go element by element. Outputs
+// start as NaN, and the elements around each view hold a sentinel that must survive (a vector
+// store past the end would not).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -449,6 +450,55 @@ TEST_P(CudaPacked, SumOfSquares) {
     // Squares of floats are exact in double; only the order of <= 3.3e4 double additions
     // differs: relative error below n * 2^-53 ~ 4e-12.
     EXPECT_NEAR(dev.backend().sum_of_squares(tx), want, 1e-10 * want);
+  }
+}
+
+TEST_P(CudaPacked, ReduceOverSequence) {
+  const std::int64_t B = 2, T = 5;
+  // Channels C at an offset: 64 (whole packs; at offset 3 every row starts 3 columns into a
+  // pack: packs after a head), 100 (rows whole f32 packs, not bf16 ones: bf16 rows change phase
+  // and go element by element), 37 (odd: element by element), 4100; the output's offset too.
+  for (const auto& [C, off, out_off] : std::vector<Placement>{
+           {64, 0, 0}, {64, 3, 1}, {100, 5, 0}, {37, 1, 2}, {4100, 6, 3}}) {
+    const auto act = stored(random_floats(B * T * C, 201 + C, -3, 3), dt());
+    auto ta = View(dev, act, dt(), off);
+    for (auto reduction :
+         {SequenceReduction::Mean, SequenceReduction::L2, SequenceReduction::Variance}) {
+      SCOPED_TRACE(str("C=", C, " offsets ", off, "/", out_off, " reduction ",
+                       static_cast<int>(reduction)));
+      auto out = View::poisoned(dev, B * C, DType::F32, out_off);
+      dev.backend().reduce_over_sequence(out, ta, B, T, C, reduction);
+      std::vector<float> want(B * C);
+      cpu::reduce_over_sequence(want.data(), act.data(), B, T, C, reduction);
+      // As in test_cuda_elementwise: fp32 sums of T = 5 terms vs the reference's double.
+      expect_near_all("reduce_over_sequence", out.get(), want, 1e-5, 1e-6);
+      out.expect_guards_intact("reduce_over_sequence out");
+    }
+  }
+}
+
+TEST_P(CudaPacked, RowCosine) {
+  const std::int64_t rows = 3;
+  // Rows of a and b at the same phase (packs between a scalar head and tail, at odd widths too:
+  // a[r] and b[r] move together) or not (element by element), and one 4100 wide.
+  for (const auto& [C, a_off, b_off] : std::vector<Placement>{
+           {64, 0, 0}, {37, 3, 3}, {61, 1, 1}, {100, 1, 2}, {5, 1, 1}, {4100, 5, 5}}) {
+    SCOPED_TRACE(str("C=", C, " offsets ", a_off, "/", b_off));
+    auto a = stored(random_floats(rows * C, 211 + C, -1, 1), dt());
+    auto b = random_floats(rows * C, 212 + C, -1, 1);
+    for (std::int64_t c = 0; c < C; ++c) b[C + c] = a[C + c] * 0.5f;  // row 1: cosine 1
+    b = stored(b, dt());
+    auto ta = View(dev, a, dt(), a_off), tb = View(dev, b, dt(), b_off);
+    auto out = View::poisoned(dev, rows, DType::F32, 1);
+    dev.backend().row_cosine(out, ta, tb, rows, C);
+    std::vector<float> want(rows);
+    cpu::row_cosine(want.data(), a.data(), b.data(), rows, C);
+    // Each fp32 sum is a thread's <= 21 terms then 8 tree levels: within ~30 * 2^-24 of the sum
+    // of |terms| (<= |a||b| by Cauchy-Schwarz), so ~1.8e-6 absolute on the cosine at worst.
+    expect_near_all("row_cosine", out.get(), want, 1e-5, 3e-6);
+    out.expect_guards_intact("row_cosine out");
+    ta.expect_guards_intact("row_cosine a");
+    tb.expect_guards_intact("row_cosine b");
   }
 }
 
