@@ -280,15 +280,16 @@ void CpuBackend<T>::add_inplace(Tensor dst, Tensor src) {
 }
 
 template <typename T>
-void CpuBackend<T>::scale_inplace(Tensor t, float factor) {
+void CpuBackend<T>::scale_inplace(Tensor t, double factor) {
   expect_float("scale_inplace", "t", t, t.numel);
   const std::int64_t n = t.numel;
   auto run = [n](auto* x, auto f) {
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < n; ++i) x[i] *= f;
   };
-  if (t.dtype == DType::F32) run(t.as<float>(), factor);
-  else run(t.as<double>(), static_cast<double>(factor));
+  // F32 tensors multiply by the float factor, as the CUDA engine does.
+  if (t.dtype == DType::F32) run(t.as<float>(), static_cast<float>(factor));
+  else run(t.as<double>(), factor);
 }
 
 template <typename T>

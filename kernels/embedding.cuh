@@ -5,10 +5,12 @@
 // whose results do not depend on order), each group is put back into position order, and one
 // block owns each table row that received gradient: it adds that row's dout rows in position
 // order, exactly the order of the CPU reference (kernels/embedding.h).
-// Rows move as 16-byte packs (kernels/packed.cuh): the forward copies any row whose source and
-// destination start at the same address modulo 16 as packs between a scalar head and tail
-// (element by element otherwise); the backward's accumulation uses packs when every table and
-// dout row is 16-byte aligned. Neither changes a result: copies, and sums in the same order.
+// Rows move as 16-byte packs (kernels/packed.cuh) at any width or offset: the forward copies
+// any row whose source and destination start at the same address modulo 16 as packs between a
+// scalar head and tail (element by element otherwise); the backward does the same for a table
+// row whose dout rows all share one split with it (always, when rows are whole 16-byte units
+// wide and the tensors' phases agree). Neither changes a result: copies, and sums in the same
+// order.
 #pragma once
 
 #include <cstdint>
@@ -114,39 +116,37 @@ __global__ void embedding_order_kernel(int* sorted, const int* slots, const int*
 }
 
 // Step 5: one block per bucket slot; the block at the first slot of a bucket owns that table
-// row and adds its dout rows in position order (kVector: K adjacent columns per thread, as
-// packs; every row aligned, checked by the launcher).
-template <typename G, typename T, bool kVector>
+// row and adds its dout rows in position order. The table row and all its dout rows are walked
+// with one split (packs of K adjacent columns per thread between a scalar head and tail); when
+// a dout row starts at another phase (rows of odd width), the whole row goes element by element.
+template <typename G, typename T>
 __global__ void embedding_accumulate_kernel(G* dtable, const T* dout, const int* sorted,
                                             const int* offsets, const std::int32_t* tokens,
                                             const int* total, std::int64_t D) {
-  constexpr int K = kVector ? pack_elements<G, T>() : 1;
+  constexpr int K = pack_elements<G, T>();
   const int s = blockIdx.x;
   if (s >= *total) return;
   const int token = tokens[sorted[s]];
   const int begin = offsets[token], end = offsets[token + 1];
   if (s != begin) return;
   G* row = dtable + static_cast<std::int64_t>(token) * D;
-  if constexpr (kVector) {  // D is a multiple of K here
-    for (std::int64_t d = threadIdx.x * static_cast<std::int64_t>(K); d < D;
-         d += static_cast<std::int64_t>(blockDim.x) * K) {
-      float acc[K], v[K];
-      load_floats(acc, row + d);
-      for (int i = begin; i < end; ++i) {
-        load_floats(v, dout + static_cast<std::int64_t>(sorted[i]) * D + d);
-#pragma unroll
-        for (int e = 0; e < K; ++e) acc[e] += v[e];
-      }
-      store_floats(row + d, acc);
-    }
-  } else {
-    for (std::int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-      float acc = to_float(row[d]);
-      for (int i = begin; i < end; ++i)
-        acc += to_float(dout[static_cast<std::int64_t>(sorted[i]) * D + d]);
-      row[d] = from_float<G>(acc);
-    }
+  const T* first = dout + static_cast<std::int64_t>(sorted[begin]) * D;
+  RowSplit split = split_rows16<K>(D, static_cast<const G*>(row), first);
+  if (split.body_end > split.head && (D * static_cast<std::int64_t>(sizeof(T))) % 16 != 0) {
+    for (int i = begin + 1; i < end; ++i)
+      if (!same_phase16(dout + static_cast<std::int64_t>(sorted[i]) * D, first)) split = {0, 0};
   }
+  for_each_span<K>(split, D, threadIdx.x, blockDim.x, [&](auto width, std::int64_t d) {
+    constexpr int W = decltype(width)::value;
+    float acc[W], v[W];
+    load_span(acc, row + d);
+    for (int i = begin; i < end; ++i) {
+      load_span(v, dout + static_cast<std::int64_t>(sorted[i]) * D + d);
+#pragma unroll
+      for (int e = 0; e < W; ++e) acc[e] += v[e];
+    }
+    store_span(row + d, acc);
+  });
 }
 
 // ---- launchers ----
@@ -188,14 +188,9 @@ void embedding_backward(G* dtable, const T* dout, const std::int32_t* tokens, st
   // below read that total on the device (offsets[vocab]) and skip the unused tail.
   launch(embedding_order_kernel, dim3(blocks), dim3(kEmbeddingThreads), 0, stream, sorted,
          static_cast<const int*>(slots), static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab));
-  if (rows_aligned16<G>(D, {dtable}) && rows_aligned16<T>(D, {dout}))
-    launch(embedding_accumulate_kernel<G, T, true>, dim3(static_cast<unsigned>(N)),
-           dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
-           static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
-  else
-    launch(embedding_accumulate_kernel<G, T, false>, dim3(static_cast<unsigned>(N)),
-           dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
-           static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
+  launch(embedding_accumulate_kernel<G, T>, dim3(static_cast<unsigned>(N)),
+         dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
+         static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
 }
 
 }  // namespace minitron::cuda

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 #if defined(MINITRON_EMULATE)
 #include <cstdio>
 #include <cstdlib>
@@ -30,7 +31,9 @@ struct alignas(16) Packed128 {
   T payload[kSize];
 };
 
-inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+__host__ __device__ inline bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
 
 // Every row of D elements of T starting at each of these pointers is 16-byte aligned (and D is
 // then a multiple of the pack, so rows have no tail).
@@ -138,6 +141,98 @@ __host__ __device__ __forceinline__ std::int64_t split_scalars(const RowSplit& s
 __host__ __device__ __forceinline__ std::int64_t split_scalar_index(const RowSplit& s,
                                                                     std::int64_t j) {
   return j < s.head ? j : s.body_end + (j - s.head);
+}
+
+// The split of a row of n elements that several pointers walk at the same columns (rows of
+// different tensors, even of different types): head is the first column at which every pointer
+// is 16-byte aligned, and packs are K columns (K = pack_elements<Ts...>(), so a step keeps every
+// pointer aligned). RowSplit{0, 0} (all scalar) when no column aligns them all, i.e. when the
+// rows start at incompatible phases.
+template <int K, typename... Ts>
+__host__ __device__ __forceinline__ RowSplit split_rows16(std::int64_t n, const Ts*... rows) {
+  for (std::int64_t h = 0; h < K; ++h) {
+    if ((... && (reinterpret_cast<std::uintptr_t>(rows + h) % 16 == 0))) {
+      const std::int64_t head = h < n ? h : n;
+      return {head, head + (n - head) / K * K};
+    }
+  }
+  return {0, 0};
+}
+
+// The split that every row [n] of each of these row-major tensors shares (column-parallel
+// kernels), or all scalar when their rows do not all start at one phase: a row width that is
+// not a whole number of 16-byte units moves each next row's phase.
+template <int K, typename... Ts>
+RowSplit rows_split(std::int64_t n, const Ts*... bases) {
+  if ((... || ((n * static_cast<std::int64_t>(sizeof(Ts))) % 16 != 0))) return {0, 0};
+  return split_rows16<K>(n, bases...);
+}
+
+// W consecutive elements as floats: whole 16-byte packs (p aligned) when W is a pack, one
+// element when W == 1; lets one step body serve a split row's packs and its scalars.
+template <int W, typename T>
+__device__ __forceinline__ void load_span(float (&out)[W], const T* p) {
+  if constexpr (W == 1) out[0] = to_float(*p);
+  else load_floats(out, p);
+}
+template <int W, typename T>
+__device__ __forceinline__ void store_span(T* p, const float (&in)[W]) {
+  if constexpr (W == 1) *p = from_float<T>(in[0]);
+  else store_floats(p, in);
+}
+// As load_span / store_span, but element by element unless `packed`: for a pointer whose phase
+// may differ from the row's split and that moves little memory (a weight vector every row
+// re-reads, served from cache; a small partial-sum output), so that it does not cost the
+// row's big streams their packs.
+template <int W, typename T>
+__device__ __forceinline__ void load_span(float (&out)[W], const T* p, bool packed) {
+  if (packed) {
+    load_span(out, p);
+  } else {
+#pragma unroll
+    for (int e = 0; e < W; ++e) out[e] = to_float(p[e]);
+  }
+}
+template <int W, typename T>
+__device__ __forceinline__ void store_span(T* p, const float (&in)[W], bool packed) {
+  if (packed) {
+    store_span(p, in);
+  } else {
+#pragma unroll
+    for (int e = 0; e < W; ++e) p[e] = from_float<T>(in[e]);
+  }
+}
+
+template <int W>
+using SpanWidth = std::integral_constant<int, W>;
+
+// Runs step(SpanWidth<K>{}, j) on each pack of the split row of n that falls to `lane` of
+// `lanes` (packs j = head + lane * K, + lanes * K, ...) and step(SpanWidth<1>{}, j) on its share
+// of the head and tail. A step body written once over W serves both.
+template <int K, typename Step>
+__device__ __forceinline__ void for_each_span(const RowSplit& split, std::int64_t n,
+                                              std::int64_t lane, std::int64_t lanes, Step&& step) {
+  for (std::int64_t j = split.head + lane * K; j < split.body_end; j += lanes * K)
+    step(SpanWidth<K>{}, j);
+  const std::int64_t scalars = split_scalars(split, n);
+  for (std::int64_t i = lane; i < scalars; i += lanes)
+    step(SpanWidth<1>{}, split_scalar_index(split, i));
+}
+
+// Column-parallel kernels (a thread owns columns across rows that all share one split): slot t
+// < packs owns the pack at head + t * K, the next slots one head or tail column each. Calls
+// step(SpanWidth<W>{}, column); slots past the end do nothing.
+template <int K, typename Step>
+__device__ __forceinline__ void column_slot(const RowSplit& split, std::int64_t n, std::int64_t t,
+                                            Step&& step) {
+  const std::int64_t packs = (split.body_end - split.head) / K;
+  if (t < packs) step(SpanWidth<K>{}, split.head + t * K);
+  else if (t - packs < split_scalars(split, n))
+    step(SpanWidth<1>{}, split_scalar_index(split, t - packs));
+}
+// Slots a column-parallel launch needs for a row of n under `split`.
+inline std::int64_t column_slots(const RowSplit& split, std::int64_t n, int K) {
+  return (split.body_end - split.head) / K + split_scalars(split, n);
 }
 
 // Grid-stride position of this thread.

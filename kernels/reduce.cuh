@@ -6,8 +6,10 @@
 // adds the chunk partials in a fixed order. The chunk size does not depend on the GPU, so the
 // result is the same on any device. A chunk is read as 16-byte packs (kernels/packed.cuh)
 // between a scalar head (up to its first 16-byte boundary) and tail, whatever its start; chunks
-// are whole packs long, so all share the buffer's split. The per-channel and cosine reductions
-// are still element by element (pruning-time statistics, not in the training step).
+// are whole packs long, so all share the buffer's split. The per-channel statistics read K
+// adjacent channels per thread as packs when every row of the activations shares one split
+// (the launcher's rows_split; element by element otherwise), and the cosine splits each row of
+// its two inputs for packs as the losses do; neither changes a per-channel sum's order.
 #pragma once
 
 #include <cstdint>
@@ -58,39 +60,64 @@ __global__ void sum_of_squares_final_kernel(double* result, const double* partia
   if (threadIdx.x == 0) *result = sum;
 }
 
-// One thread per (sample, channel): a warp reads consecutive channels of one row (coalesced)
-// and walks the sequence. Mean: mean |x|; L2: sqrt(sum x^2); Variance: two passes.
+// One column slot (column_slot: K adjacent channels read as packs, or one head/tail channel)
+// per thread and sample: a warp reads consecutive channels of one row (coalesced) and walks the
+// sequence. Mean: mean |x|; L2: sqrt(sum x^2); Variance: two passes. The [B, C] output is small
+// and written element by element.
 template <typename T>
 __global__ void reduce_over_sequence_kernel(float* out, const T* act, std::int64_t T_,
-                                            std::int64_t C, SequenceReduction reduction) {
-  const std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
+                                            std::int64_t C, SequenceReduction reduction,
+                                            RowSplit split) {
   const std::int64_t b = blockIdx.y;
-  const T* base = act + b * T_ * C + c;
-  float acc = 0;
-  if (reduction == SequenceReduction::Variance) {
-    float mean = 0;
-    for (std::int64_t t = 0; t < T_; ++t) mean += to_float(base[t * C]);
-    mean /= static_cast<float>(T_);
-    for (std::int64_t t = 0; t < T_; ++t) {
-      const float d = to_float(base[t * C]) - mean;
-      acc += d * d;
+  column_slot<pack_elements<T>()>(split, C, grid_start(), [&](auto width, std::int64_t c) {
+    constexpr int W = decltype(width)::value;
+    const T* base = act + b * T_ * C + c;
+    float acc[W] = {}, v[W];
+    if (reduction == SequenceReduction::Variance) {
+      float mean[W] = {};
+      for (std::int64_t t = 0; t < T_; ++t) {
+        load_span(v, base + t * C);
+#pragma unroll
+        for (int e = 0; e < W; ++e) mean[e] += v[e];
+      }
+#pragma unroll
+      for (int e = 0; e < W; ++e) mean[e] /= static_cast<float>(T_);
+      for (std::int64_t t = 0; t < T_; ++t) {
+        load_span(v, base + t * C);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float d = v[e] - mean[e];
+          acc[e] += d * d;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < W; ++e) acc[e] /= static_cast<float>(T_);
+    } else if (reduction == SequenceReduction::Mean) {
+      for (std::int64_t t = 0; t < T_; ++t) {
+        load_span(v, base + t * C);
+#pragma unroll
+        for (int e = 0; e < W; ++e) acc[e] += fabsf(v[e]);
+      }
+#pragma unroll
+      for (int e = 0; e < W; ++e) acc[e] /= static_cast<float>(T_);
+    } else {
+      for (std::int64_t t = 0; t < T_; ++t) {
+        load_span(v, base + t * C);
+#pragma unroll
+        for (int e = 0; e < W; ++e) acc[e] += v[e] * v[e];
+      }
+#pragma unroll
+      for (int e = 0; e < W; ++e) acc[e] = sqrtf(acc[e]);
     }
-    acc /= static_cast<float>(T_);
-  } else if (reduction == SequenceReduction::Mean) {
-    for (std::int64_t t = 0; t < T_; ++t) acc += fabsf(to_float(base[t * C]));
-    acc /= static_cast<float>(T_);
-  } else {
-    for (std::int64_t t = 0; t < T_; ++t) {
-      const float x = to_float(base[t * C]);
-      acc += x * x;
-    }
-    acc = sqrtf(acc);
-  }
-  out[b * C + c] = acc;
+#pragma unroll
+    for (int e = 0; e < W; ++e) out[b * C + c + e] = acc[e];
+  });
 }
 
-// out[r] = a[r].b[r] / (|a[r]| |b[r]|), 0 when either row is all zeros; one block per row.
+// out[r] = a[r].b[r] / (|a[r]| |b[r]|), 0 when either row is all zeros; one block per row, the
+// two rows split together (packs between a scalar head and tail; all scalar when a[r] and b[r]
+// start at different phases). Where a row starts decides which thread sums which element: the
+// last bits may differ between placements, each as accurate.
 template <typename T>
 __global__ void row_cosine_kernel(float* out, const T* a, const T* b, std::int64_t C) {
   __shared__ float scratch[kWarpSize];
@@ -98,12 +125,20 @@ __global__ void row_cosine_kernel(float* out, const T* a, const T* b, std::int64
   const T* x = a + r * C;
   const T* y = b + r * C;
   float xy = 0, xx = 0, yy = 0;
-  for (std::int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    const float u = to_float(x[c]), w = to_float(y[c]);
-    xy += u * w;
-    xx += u * u;
-    yy += w * w;
-  }
+  const RowSplit split = split_rows16<pack_elements<T>()>(C, x, y);
+  for_each_span<pack_elements<T>()>(split, C, threadIdx.x, blockDim.x, [&](auto width,
+                                                                          std::int64_t c) {
+    constexpr int W = decltype(width)::value;
+    float u[W], w[W];
+    load_span(u, x + c);
+    load_span(w, y + c);
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      xy += u[e] * w[e];
+      xx += u[e] * u[e];
+      yy += w[e] * w[e];
+    }
+  });
   xy = block_sum(xy, scratch);
   xx = block_sum(xx, scratch);
   yy = block_sum(yy, scratch);
@@ -140,9 +175,12 @@ void reduce_over_sequence(float* out, const T* act, std::int64_t B, std::int64_t
   MINITRON_ASSERT(T_ > 0, "reduce_over_sequence: empty sequence");
   MINITRON_ASSERT(B <= 65535, "reduce_over_sequence: batch ", B, " beyond gridDim.y");
   if (B <= 0 || C <= 0) return;
+  constexpr int K = pack_elements<T>();
+  const RowSplit split = rows_split<K>(C, act);
+  const std::int64_t slots = column_slots(split, C, K);
   launch(reduce_over_sequence_kernel<T>,
-         dim3(static_cast<unsigned>(ceil_div(C, kReduceThreads)), static_cast<unsigned>(B)),
-         dim3(kReduceThreads), 0, stream, out, act, T_, C, reduction);
+         dim3(static_cast<unsigned>(ceil_div(slots, kReduceThreads)), static_cast<unsigned>(B)),
+         dim3(kReduceThreads), 0, stream, out, act, T_, C, reduction, split);
 }
 
 template <typename T>

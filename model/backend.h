@@ -64,7 +64,9 @@ class Backend {
                       std::int64_t K, bool trans_a, bool trans_b, float alpha = 1.0f,
                       float beta = 0.0f) = 0;
   virtual void add_inplace(Tensor dst, Tensor src) = 0;  // dst += src, same numel
-  virtual void scale_inplace(Tensor t, float factor) = 0;
+  // A double factor so the f64 engine keeps factors like 1/42 exact to double precision; fp32
+  // and bf16 engines round it to float once.
+  virtual void scale_inplace(Tensor t, double factor) = 0;
   // Sum of squares of every element, in double, reduced in a fixed order (deterministic).
   virtual double sum_of_squares(Tensor t) = 0;
 

@@ -136,7 +136,7 @@ void CosineDistance::backward(Tensor ds, Tensor dW, Tensor s, Tensor t, Tensor W
   project(u, s, W, rows);
   // dL/d(uhat) = -grad_scale / (rows * Dt) * that, pushed through the unit-weight RMSNorm of u.
   b.rmsnorm_forward(tn, rstd_t, t.slice(0, rows * Dt), ones_, rows, Dt, kNormEps);
-  b.scale_inplace(tn, -grad_scale / static_cast<float>(rows * Dt));
+  b.scale_inplace(tn, -static_cast<double>(grad_scale) / static_cast<double>(rows * Dt));
   b.rmsnorm_forward(du, rstd_u, u, ones_, rows, Dt, kNormEps);  // only for rstd_u; du is reset next
   b.zero(du);
   b.rmsnorm_backward(du, dweight_, tn, u, ones_, rstd_u, rows, Dt);

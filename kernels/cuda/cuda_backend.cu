@@ -169,10 +169,11 @@ void CudaBackend::add_inplace(Tensor dst, Tensor src) {
   });
 }
 
-void CudaBackend::scale_inplace(Tensor t, float factor) {
+void CudaBackend::scale_inplace(Tensor t, double factor) {
   with_float_type(t.dtype, "scale_inplace", "t", [&](auto tag) {
     using T = decltype(tag);
-    cuda::scale_inplace<T>(ptr<T>(t), factor, t.numel, context_->stream());
+    // fp32 arithmetic on fp32/bf16 storage: the factor rounded to float once.
+    cuda::scale_inplace<T>(ptr<T>(t), static_cast<float>(factor), t.numel, context_->stream());
   });
 }
 

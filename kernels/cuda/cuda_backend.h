@@ -45,7 +45,7 @@ class CudaBackend final : public Backend {
   void matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
               bool trans_a, bool trans_b, float alpha, float beta) override;
   void add_inplace(Tensor dst, Tensor src) override;
-  void scale_inplace(Tensor t, float factor) override;
+  void scale_inplace(Tensor t, double factor) override;
   double sum_of_squares(Tensor t) override;
 
   void embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,

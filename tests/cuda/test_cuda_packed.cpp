@@ -4,10 +4,11 @@
 // and takes the vector path; offset 1 is not and must take the scalar one (the emulator aborts
 // on a misaligned 16-byte access, as a GPU faults). Sizes are whole packs, packs plus a tail, and
 // less than one pack; rows are whole packs wide or not. Kernels that split each row (losses,
-// embedding forward, sum of squares) take packs at any offset, between a scalar head up to the
-// first 16-byte boundary and a scalar tail, so there offset 1 tests the head. Outputs start as
-// NaN, and the elements around each view hold a sentinel that must survive (a vector store past
-// the end would not).
+// RMSNorm, embedding, cosine, sum of squares) take packs at any offset and width, between a
+// scalar head up to the first 16-byte boundary and a scalar tail, so there offsets 1-7 test the
+// head, and only rows whose tensors start at different phases go element by element. Outputs
+// start as NaN, and the elements around each view hold a sentinel that must survive (a vector
+// store past the end would not).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -188,32 +189,39 @@ TEST_P(CudaPacked, AdamW) {
 }
 
 struct RowCase {
-  std::int64_t N, D, offset, weight_offset;
+  std::int64_t N, D, offset, weight_offset, out_offset;
 };
 
-// D = 64: whole packs per row (vector path when aligned); 200: whole packs, not a multiple of a
-// warp's 32 packs; 45: rows not pack-aligned (scalar); offsets as above, weight alone too.
-// N = 70: two of the weight gradient's 64-row chunks, the second partial. Few rows elsewhere:
-// under ThreadSanitizer each emulated thread costs ~1000x more.
+// Row kernels split every row into a scalar head, packs and a scalar tail, so all of these take
+// packs somewhere. D = 64: whole packs per row; 200: whole packs, not a multiple of a warp's 32
+// packs; 45, 37, 100 (bf16), 4100 (bf16): odd widths, so each row starts at another phase (the
+// weight shares it in only some rows: packs for the streams, weight element by element in the
+// others). Offsets 1-7 move every row's head; the weight alone (its packs fall back); the output
+// alone (x and out at different phases: those rows go element by element). N = 70: two of the
+// weight gradient's 64-row chunks, the second partial; at D = 64, offset 4 the bf16 partial sums
+// take packs after a 4-column head. Few rows elsewhere: under ThreadSanitizer each emulated
+// thread costs ~1000x more.
 std::vector<RowCase> row_cases() {
-  return {{70, 64, 0, 0}, {9, 200, 0, 0}, {9, 45, 0, 0},
-          {37, 64, 1, 1}, {9, 64, 0, 1},  {1, 8, 1, 0}};
+  return {{70, 64, 0, 0, 0}, {9, 200, 0, 0, 0}, {9, 45, 0, 0, 0},  {37, 64, 1, 1, 1},
+          {9, 64, 0, 1, 0},  {1, 8, 1, 0, 1},   {10, 37, 3, 3, 3}, {6, 100, 5, 2, 5},
+          {2, 4100, 7, 7, 7}, {5, 64, 2, 2, 6}, {70, 64, 4, 4, 4}};
 }
 
 TEST_P(CudaPacked, RmsNormForwardAndBackward) {
   const float eps = 1e-5f;
-  for (const auto& [N, D, off, woff] : row_cases()) {
-    SCOPED_TRACE(str("N=", N, " D=", D, " offset ", off, " weight offset ", woff));
+  for (const auto& [N, D, off, woff, out_off] : row_cases()) {
+    SCOPED_TRACE(str("N=", N, " D=", D, " offsets ", off, "/", woff, "/", out_off));
     const auto x = stored(random_floats(N * D, 131 + D, -2, 2), dt());
     const auto w = stored(random_floats(D, 132, 0.5f, 1.5f), dt());
     auto tx = View(dev, x, dt(), off), tw = View(dev, w, dt(), woff);
-    auto out = View::poisoned(dev, N * D, dt(), off);
+    auto out = View::poisoned(dev, N * D, dt(), out_off);
     auto rstd = dev.poisoned(N, DType::F32);
     dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, eps);
     std::vector<float> want(N * D), want_rstd(N);
     cpu::rmsnorm_forward(want.data(), want_rstd.data(), x.data(), w.data(), N, D, eps);
-    // As in test_cuda_norm_embedding: fp32 sum of D <= 200 squares (~D * 2^-24); bf16 output
-    // rounded twice (x * rstd, then the weight product) against the reference's once.
+    // fp32 sum of D <= 4100 squares, each lane adding <= 130 of them before 5 shuffle levels
+    // (< 1e-5 relative); bf16 output rounded twice (x * rstd, then the weight product) against
+    // the reference's once.
     expect_near_all("rmsnorm rstd", dev.get(rstd), want_rstd, 2e-5, 0);
     expect_near_all("rmsnorm out", out.get(), want, dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5,
                     1e-30);
@@ -221,14 +229,15 @@ TEST_P(CudaPacked, RmsNormForwardAndBackward) {
 
     const auto dout = stored(random_floats(N * D, 133 + D, -1, 1), dt());
     const auto din0 = stored(random_floats(N * D, 134 + D, -1, 1), dt());
-    auto tdout = View(dev, dout, dt(), off), tdin = View(dev, din0, dt(), off);
+    auto tdout = View(dev, dout, dt(), off), tdin = View(dev, din0, dt(), out_off);
     auto tdw = dev.put(std::vector<float>(D, 0.0f), DType::F32);
     auto tr = dev.put(want_rstd, DType::F32);
     dev.backend().rmsnorm_backward(tdin, tdw, tdout, tx, tw, tr, N, D);
     std::vector<float> din = din0, dw(D, 0.0f);
     cpu::rmsnorm_backward(din.data(), dw.data(), dout.data(), x.data(), w.data(), want_rstd.data(),
                           N, D);
-    // As in test_cuda_norm_embedding: the increment's fp32 dot of D terms, then one rounding.
+    // As in test_cuda_norm_embedding: the increment's fp32 dot of D terms (<= 130 per lane,
+    // then 5 shuffle levels), then one rounding.
     expect_near_all("rmsnorm din", tdin.get(), din, rel(), dt() == DType::BF16 ? 2e-3 : 2e-5);
     tdin.expect_guards_intact("rmsnorm din");
     // As in test_cuda_norm_embedding: the kernel rounds x * rstd to dt before the product (the
@@ -247,15 +256,15 @@ TEST_P(CudaPacked, RmsNormForwardAndBackward) {
 
 TEST_P(CudaPacked, ResidualRmsNorm) {
   const float eps = 1e-5f;
-  for (const auto& [N, D, off, woff] : row_cases()) {
-    SCOPED_TRACE(str("N=", N, " D=", D, " offset ", off, " weight offset ", woff));
+  for (const auto& [N, D, off, woff, out_off] : row_cases()) {
+    SCOPED_TRACE(str("N=", N, " D=", D, " offsets ", off, "/", woff, "/", out_off));
     const auto x = stored(random_floats(N * D, 141 + D, -2, 2), dt());
     const auto branch = stored(random_floats(N * D, 142 + D, -1, 1), dt());
     const auto w = stored(random_floats(D, 143, 0.5f, 1.5f), dt());
     auto tx = View(dev, x, dt(), off), tb = View(dev, branch, dt(), off);
     auto tw = View(dev, w, dt(), woff);
     auto residual_out = View::poisoned(dev, N * D, dt(), off);
-    auto out = View::poisoned(dev, N * D, dt(), off);
+    auto out = View::poisoned(dev, N * D, dt(), out_off);
     auto rstd = dev.poisoned(N, DType::F32);
     dev.backend().residual_rmsnorm_forward(residual_out, out, rstd, tx, tb, tw, N, D, eps);
     std::vector<float> want_residual(N * D), want(N * D), want_rstd(N);
@@ -271,7 +280,7 @@ TEST_P(CudaPacked, ResidualRmsNorm) {
     out.expect_guards_intact("out");
 
     // In place (branch's view becomes the stream): the same bits.
-    auto inplace_out = View::poisoned(dev, N * D, dt(), off);
+    auto inplace_out = View::poisoned(dev, N * D, dt(), out_off);
     dev.backend().residual_rmsnorm_forward(tb, inplace_out, rstd, tx, tb, tw, N, D, eps);
     EXPECT_EQ(tb.get(), residual_out.get());
     EXPECT_EQ(inplace_out.get(), got);
@@ -344,11 +353,17 @@ TEST_P(CudaPacked, KlDivergence) {
 
 TEST_P(CudaPacked, Embedding) {
   const std::int64_t vocab = 5, N = 9;
-  std::vector<std::int32_t> tokens(N);
-  for (std::int64_t n = 0; n < N; ++n) tokens[n] = static_cast<std::int32_t>((n * n + 2) % vocab);
-  // Table and output at the same phase (packs between a scalar head and tail) or not (scalar).
+  // Buckets for the backward at an odd width D (each dout row at its own phase): token 2 at
+  // positions 0 and 8 (rows 8 * D apart: the same phase for bf16 and f32, so packs), token 3 at
+  // 1 and 3 (different phases: element by element), tokens 4 and 0 once, token 1 three times.
+  const std::vector<std::int32_t> tokens = {2, 3, 1, 3, 4, 1, 0, 1, 2};
+  // Forward: table and output at the same phase (packs between a scalar head and tail) or not
+  // (scalar). Backward (dout at the table's offset, the gradient at the output's): whole-pack
+  // rows; odd widths 61 and 37; the gradient alone misaligned (no common phase: scalar); offset
+  // 3 for both (a head of 1 (f32) or 5 (bf16 dout with an f32 gradient) columns); 4100 wide.
   for (const auto& [D, table_off, out_off] :
-       std::vector<Placement>{{64, 0, 0}, {61, 1, 1}, {64, 0, 1}, {5, 1, 0}}) {
+       std::vector<Placement>{{64, 0, 0}, {61, 1, 1}, {64, 0, 1}, {5, 1, 0}, {37, 3, 3},
+                              {64, 3, 3}, {4100, 6, 6}}) {
     SCOPED_TRACE(str("D=", D, " offsets ", table_off, "/", out_off));
     const auto table = stored(random_floats(vocab * D, 171 + D, -1, 1), dt());
     auto ttable = View(dev, table, dt(), table_off);
@@ -435,6 +450,55 @@ TEST_P(CudaPacked, SumOfSquares) {
     // Squares of floats are exact in double; only the order of <= 3.3e4 double additions
     // differs: relative error below n * 2^-53 ~ 4e-12.
     EXPECT_NEAR(dev.backend().sum_of_squares(tx), want, 1e-10 * want);
+  }
+}
+
+TEST_P(CudaPacked, ReduceOverSequence) {
+  const std::int64_t B = 2, T = 5;
+  // Channels C at an offset: 64 (whole packs; at offset 3 every row starts 3 columns into a
+  // pack: packs after a head), 100 (rows whole f32 packs, not bf16 ones: bf16 rows change phase
+  // and go element by element), 37 (odd: element by element), 4100; the output's offset too.
+  for (const auto& [C, off, out_off] : std::vector<Placement>{
+           {64, 0, 0}, {64, 3, 1}, {100, 5, 0}, {37, 1, 2}, {4100, 6, 3}}) {
+    const auto act = stored(random_floats(B * T * C, 201 + C, -3, 3), dt());
+    auto ta = View(dev, act, dt(), off);
+    for (auto reduction :
+         {SequenceReduction::Mean, SequenceReduction::L2, SequenceReduction::Variance}) {
+      SCOPED_TRACE(str("C=", C, " offsets ", off, "/", out_off, " reduction ",
+                       static_cast<int>(reduction)));
+      auto out = View::poisoned(dev, B * C, DType::F32, out_off);
+      dev.backend().reduce_over_sequence(out, ta, B, T, C, reduction);
+      std::vector<float> want(B * C);
+      cpu::reduce_over_sequence(want.data(), act.data(), B, T, C, reduction);
+      // As in test_cuda_elementwise: fp32 sums of T = 5 terms vs the reference's double.
+      expect_near_all("reduce_over_sequence", out.get(), want, 1e-5, 1e-6);
+      out.expect_guards_intact("reduce_over_sequence out");
+    }
+  }
+}
+
+TEST_P(CudaPacked, RowCosine) {
+  const std::int64_t rows = 3;
+  // Rows of a and b at the same phase (packs between a scalar head and tail, at odd widths too:
+  // a[r] and b[r] move together) or not (element by element), and one 4100 wide.
+  for (const auto& [C, a_off, b_off] : std::vector<Placement>{
+           {64, 0, 0}, {37, 3, 3}, {61, 1, 1}, {100, 1, 2}, {5, 1, 1}, {4100, 5, 5}}) {
+    SCOPED_TRACE(str("C=", C, " offsets ", a_off, "/", b_off));
+    auto a = stored(random_floats(rows * C, 211 + C, -1, 1), dt());
+    auto b = random_floats(rows * C, 212 + C, -1, 1);
+    for (std::int64_t c = 0; c < C; ++c) b[C + c] = a[C + c] * 0.5f;  // row 1: cosine 1
+    b = stored(b, dt());
+    auto ta = View(dev, a, dt(), a_off), tb = View(dev, b, dt(), b_off);
+    auto out = View::poisoned(dev, rows, DType::F32, 1);
+    dev.backend().row_cosine(out, ta, tb, rows, C);
+    std::vector<float> want(rows);
+    cpu::row_cosine(want.data(), a.data(), b.data(), rows, C);
+    // Each fp32 sum is a thread's <= 21 terms then 8 tree levels: within ~30 * 2^-24 of the sum
+    // of |terms| (<= |a||b| by Cauchy-Schwarz), so ~1.8e-6 absolute on the cosine at worst.
+    expect_near_all("row_cosine", out.get(), want, 1e-5, 3e-6);
+    out.expect_guards_intact("row_cosine out");
+    ta.expect_guards_intact("row_cosine a");
+    tb.expect_guards_intact("row_cosine b");
   }
 }
 
