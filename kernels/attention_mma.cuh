@@ -239,6 +239,42 @@ __device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, 
   }
 }
 
+// The K/V stream of the forward and dq kernels: KT-key tiles of K then V, double-buffered in
+// shared memory (two buffers of [KT][S] K rows then [KT][S] V rows) with one cp.async group per
+// tile, so tile n + 1 is in flight while tile n is computed.
+template <int HD, int KT>
+struct MmaKvStream {
+  static constexpr int kBuffer = 2 * KT * kMmaSmemStride<HD>;  // elements of one buffer
+
+  bf16* buffers;
+  const bf16* k_head;
+  const bf16* v_head;
+  std::int64_t stride;
+  int Tk, key_end;
+  bool packed;
+
+  // Issues the copies of the tile at keys k0 .. k0 + KT into buffer `slot` (none past key_end).
+  __device__ __forceinline__ void load(int slot, int k0) const {
+    if (k0 >= key_end) return;
+    bf16* buffer = buffers + slot * kBuffer;
+    mma_load_tile<HD>(buffer, k_head, stride, k0, KT, Tk, packed);
+    mma_load_tile<HD>(buffer + KT * kMmaSmemStride<HD>, v_head, stride, k0, KT, Tk, packed);
+  }
+
+  // Tile n (keys from k0), ready for every thread: the block is done with tile n - 1, whose
+  // buffer tile n + 1 now goes into; then tile n is waited for. The commit may close an empty
+  // group (after the last tile): one group per tile keeps wait_group 1 right. Returns tile n's
+  // K rows; its V rows follow KT rows later.
+  __device__ __forceinline__ const bf16* advance(int n, int k0) const {
+    __syncthreads();
+    load((n + 1) % 2, k0 + KT);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    return buffers + n % 2 * kBuffer;
+  }
+};
+
 // ---- kernels ----
 
 // Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 64 at a
@@ -264,7 +300,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   // while tile n is computed. The Q tile [64][S] is first loaded into buffer 1's K rows (read
   // into registers before tile 1 arrives there).
   MINITRON_DYNAMIC_SHARED(bf16, kv_s);
-  constexpr int kBuffer = 2 * KT * S;  // elements of one buffer (K then V)
+  constexpr int kBuffer = MmaKvStream<HD, KT>::kBuffer;
   bf16* q_s = kv_s + kBuffer;
 
   // Query tiles in reverse: a causal tile's work grows with its index, so the heaviest blocks
@@ -284,12 +320,10 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
   const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
 
+  const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, kv_stride, Tk, key_end, packed};
   mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
   cp_async_commit();
-  if (key_end > 0) {  // tile 0 into buffer 0
-    mma_load_tile<HD>(kv_s, k_head, kv_stride, 0, KT, Tk, packed);
-    mma_load_tile<HD>(kv_s + KT * S, v_head, kv_stride, 0, KT, Tk, packed);
-  }
+  stream.load(0, 0);
   cp_async_commit();
   cp_async_wait<1>();  // the Q group; tile 0 may still be in flight
   __syncthreads();
@@ -304,19 +338,9 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   for (int j = 0; j < OB; ++j) o[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
 
   for (int k0 = 0, n = 0; k0 < key_end; k0 += KT, ++n) {
-    // Every warp holds its Q fragments (n = 0) / is done with tile n - 1, whose buffer the next
-    // tile reuses; then tile n + 1 goes in flight and tile n is waited for. The commit may close an
-    // empty group (last tile): the count of groups per tile stays one, so wait_group 1 is right.
-    __syncthreads();
-    if (k0 + KT < key_end) {
-      bf16* next = kv_s + (n + 1) % 2 * kBuffer;
-      mma_load_tile<HD>(next, k_head, kv_stride, k0 + KT, KT, Tk, packed);
-      mma_load_tile<HD>(next + KT * S, v_head, kv_stride, k0 + KT, KT, Tk, packed);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();  // every thread's copies of tile n are visible
-    const bf16* k_s = kv_s + n % 2 * kBuffer;
+    // Before tile 1 overwrites the Q rows in buffer 1, every warp holds its Q fragments (the
+    // barrier that begins advance).
+    const bf16* k_s = stream.advance(n, k0);
     const bf16* v_s = k_s + KT * S;
     // A warp whose rows all precede this tile has nothing to add (the whole warp skips).
     if (k0 > row0 + 15 + offset) continue;
@@ -555,7 +579,6 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   // Two buffers of a K tile and a V tile ([KT][S] each), filled alternately: tile n + 1 loads
   // while tile n is computed.
   bf16* kv_s = do_s + kMmaBlockRows * S;
-  constexpr int kBuffer = 2 * KT * S;  // elements of one buffer (K then V)
 
   // Query tiles in reverse, heaviest first, as in the forward.
   const int b = blockIdx.z, h = blockIdx.y;
@@ -576,10 +599,8 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   // One group: Q, dO and tile 0 into buffer 0.
   mma_load_tile<HD>(q_s, q + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
   mma_load_tile<HD>(do_s, dout + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
-  if (key_end > 0) {
-    mma_load_tile<HD>(kv_s, k_head, kv_stride, 0, KT, Tk, packed);
-    mma_load_tile<HD>(kv_s + KT * S, v_head, kv_stride, 0, KT, Tk, packed);
-  }
+  const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, kv_stride, Tk, key_end, packed};
+  stream.load(0, 0);
   cp_async_commit();
 
   const int row0 = q0 + warp * kMmaWarpRows;
@@ -598,18 +619,7 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   const bf16* do_warp = do_s + warp * kMmaWarpRows * S;
 
   for (int k0 = 0, n = 0; k0 < key_end; k0 += KT, ++n) {
-    // As in the forward: the block is done with tile n - 1's buffer, tile n + 1 goes in flight
-    // (an empty group after the last tile keeps one group per tile), tile n is waited for.
-    __syncthreads();
-    if (k0 + KT < key_end) {
-      bf16* next = kv_s + (n + 1) % 2 * kBuffer;
-      mma_load_tile<HD>(next, k_head, kv_stride, k0 + KT, KT, Tk, packed);
-      mma_load_tile<HD>(next + KT * S, v_head, kv_stride, k0 + KT, KT, Tk, packed);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();  // every thread's copies of tile n (and Q, dO) are visible
-    const bf16* k_s = kv_s + n % 2 * kBuffer;
+    const bf16* k_s = stream.advance(n, k0);  // tile n (and, with tile 0, Q and dO)
     const bf16* v_s = k_s + KT * S;
     // Rows past the sequence, or all before this tile's first key: nothing visible (whole warp).
     if (row0 >= Tq || k0 > row0 + 15 + offset) continue;
