@@ -22,15 +22,20 @@ double CrossEntropyObjective::step(LlamaModel& model, std::span<const std::int32
   return cross_entropy_loss(model, targets, workspace_, grad_weight);
 }
 
+// A run's resumable checkpoint directories are named "checkpoint-<step>" (group 1: the step).
+static const std::regex& checkpoint_name_pattern() {
+  static const std::regex pattern("checkpoint-([0-9]+)");
+  return pattern;
+}
+
 fs::path latest_checkpoint(const fs::path& output) {
   fs::path best;
   std::int64_t best_step = -1;
   if (!fs::is_directory(output)) return best;
-  static const std::regex pattern("checkpoint-([0-9]+)");
   for (const auto& entry : fs::directory_iterator(output)) {
     std::smatch m;
     std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, m, pattern) &&
+    if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) &&
         fs::exists(entry.path() / "training_state.json")) {
       std::int64_t step = std::stoll(m[1].str());
       if (step > best_step) best_step = step, best = entry.path();
@@ -148,7 +153,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
                           str((options.output / "model").string(), " (under --output)"));
   if (fs::is_directory(options.output))
     for (const auto& entry : fs::directory_iterator(options.output))
-      if (entry.is_directory() && std::regex_match(entry.path().filename().string(), std::regex("checkpoint-[0-9]+")))
+      if (entry.is_directory() && std::regex_match(entry.path().filename().string(), checkpoint_name_pattern()))
         check_checkpoint_output(entry.path(), options.input_models, str(entry.path().string(), " (under --output)"));
   fs::create_directories(options.output);
   std::int64_t start = 0;
