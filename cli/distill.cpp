@@ -93,6 +93,7 @@ int distill(int argc, char** argv) {
   std::vector<LayerPair> layer_pairs;
   if (intermediate_weight > 0)  // checked before any weights are loaded
     layer_pairs = parse_layer_mapping(intermediate_layers, student_config.num_hidden_layers, teacher_config.num_hidden_layers);
+  check_training_output(o);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   const std::int64_t B = o.batch_size, T = o.sequence_length;

@@ -134,6 +134,7 @@ void check_sequence_length(const char* flag, std::int64_t tokens, const ModelCon
 void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& source, const TrainOptions& o,
                               const std::string& banner) {
   check_sequence_length("--sequence-length", o.sequence_length, source.config);
+  check_training_output(o);  // before the weights load, not after
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
   model.set_parameters(initial_parameters(source, o.seed));

@@ -7,7 +7,6 @@
 #include <limits>
 #include <memory>
 
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -63,11 +62,6 @@ nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir,
 // scope exit, success or failure. Only this process creates that name, so nothing else is lost.
 struct SearchWorkDirectory {
   fs::path path;
-  static fs::path beside(const fs::path& output) {
-    fs::path target = fs::absolute(output).lexically_normal();
-    if (target.filename().empty()) target = target.parent_path();
-    return target.parent_path() / str(".", target.filename().string(), ".search-", ::getpid());
-  }
   ~SearchWorkDirectory() {
     std::error_code ignored;
     fs::remove_all(path, ignored);
@@ -287,7 +281,7 @@ int prune(int argc, char** argv) {
     teacher.set_parameters(checkpoint.params);
     // The candidates' short runs live in a hidden sibling of the output, removed once they are
     // ranked (their losses go into search.json) or when the search fails.
-    const fs::path work = SearchWorkDirectory::beside(output);
+    const fs::path work = process_sibling(output, "search");
     SearchWorkDirectory cleanup{work};
     for (std::int64_t i = 0; i < n; ++i) {
       Ranked& c = ranked[static_cast<std::size_t>(i)];

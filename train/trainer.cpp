@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <regex>
 
 #include "data/dataloader.h"
@@ -10,6 +11,7 @@
 #include "train/evaluate.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/numbers.h"
 
 namespace minitron {
 
@@ -37,11 +39,21 @@ fs::path latest_checkpoint(const fs::path& output) {
     std::string name = entry.path().filename().string();
     if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) &&
         fs::exists(entry.path() / "training_state.json")) {
-      std::int64_t step = std::stoll(m[1].str());
+      const std::int64_t step =
+          parse_integer(entry.path().string(), m[1].str(), 0, std::numeric_limits<std::int64_t>::max());
       if (step > best_step) best_step = step, best = entry.path();
     }
   }
   return best;
+}
+
+void check_training_output(const TrainOptions& options) {
+  check_checkpoint_output(options.output / "model", options.input_models,
+                          str((options.output / "model").string(), " (under --output)"));
+  if (fs::is_directory(options.output))
+    for (const auto& entry : fs::directory_iterator(options.output))
+      if (entry.is_directory() && std::regex_match(entry.path().filename().string(), checkpoint_name_pattern()))
+        check_checkpoint_output(entry.path(), options.input_models, str(entry.path().string(), " (under --output)"));
 }
 
 namespace {
@@ -146,15 +158,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   optimizer_config.total_steps = options.steps;
   AdamW optimizer(model, optimizer_config);
 
-  // The directories this run replaces (output/model at the end, output/checkpoint-N on saves)
-  // are checked now rather than after hours of training; the run directory itself is only
-  // written into, never replaced.
-  check_checkpoint_output(options.output / "model", options.input_models,
-                          str((options.output / "model").string(), " (under --output)"));
-  if (fs::is_directory(options.output))
-    for (const auto& entry : fs::directory_iterator(options.output))
-      if (entry.is_directory() && std::regex_match(entry.path().filename().string(), checkpoint_name_pattern()))
-        check_checkpoint_output(entry.path(), options.input_models, str(entry.path().string(), " (under --output)"));
+  check_training_output(options);  // again: the caller's check may be minutes old
   fs::create_directories(options.output);
   std::int64_t start = 0;
   if (options.resume) {

@@ -84,6 +84,11 @@ struct TrainSummary {
 // output/metrics.jsonl; validates on options.validation_shards when any are given.
 TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options);
 
+// Refuses (an Error naming the path) an options.output whose model/ or checkpoint-<step>/ the
+// run would replace but must not (check_checkpoint_output): callers check it before loading
+// weights, and run_training again before it writes anything.
+void check_training_output(const TrainOptions& options);
+
 // The newest output/checkpoint-<step> directory, or empty.
 std::filesystem::path latest_checkpoint(const std::filesystem::path& output);
 

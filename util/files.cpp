@@ -61,8 +61,16 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   return *this;
 }
 
-static fs::path temporary_sibling(const fs::path& path) {
-  return path.parent_path() / str(".", path.filename().string(), ".tmp-", ::getpid());
+// Absolute and lexically normal, without a trailing separator: "out/" and "out" name one directory.
+static fs::path absolute_normal(const fs::path& path) {
+  fs::path p = fs::absolute(path).lexically_normal();
+  if (p.filename().empty() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  return p;
+}
+
+fs::path process_sibling(const fs::path& path, std::string_view tag) {
+  const fs::path target = absolute_normal(path);
+  return target.parent_path() / str(".", target.filename().string(), ".", tag, "-", ::getpid());
 }
 
 static void fsync_path(const fs::path& path) {
@@ -75,7 +83,7 @@ static void fsync_path(const fs::path& path) {
 
 void write_file_atomically(const fs::path& path, const std::function<void(const fs::path&)>& write) {
   if (!path.parent_path().empty()) fs::create_directories(path.parent_path());
-  fs::path tmp = temporary_sibling(path);
+  fs::path tmp = process_sibling(path, "tmp");
   try {
     write(tmp);
     fsync_path(tmp);
@@ -101,9 +109,7 @@ namespace {
 
 // Canonical form with no trailing separator, so that "out/" and "out" compare equal.
 fs::path resolved(const fs::path& path) {
-  fs::path p = fs::weakly_canonical(fs::absolute(path));
-  if (p.filename().empty() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
-  return p;
+  return absolute_normal(fs::weakly_canonical(fs::absolute(path)));
 }
 
 // True when `inner` is `outer` or lies somewhere below it (both resolved).
@@ -158,11 +164,10 @@ void check_replaceable_directory(const fs::path& dir, const OwnedEntry& owned, s
 
 void write_directory_atomically(const fs::path& dir, const std::function<void(const fs::path&)>& fill,
                                 const OwnedEntry& owned) {
-  fs::path target = fs::absolute(dir).lexically_normal();
-  if (target.filename().empty()) target = target.parent_path();
+  const fs::path target = absolute_normal(dir);
   check_replaceable_directory(target, owned);
   fs::create_directories(target.parent_path());
-  fs::path tmp = temporary_sibling(target);
+  const fs::path tmp = process_sibling(target, "tmp");
   std::error_code ignored;
   fs::remove_all(tmp, ignored);
   fs::create_directories(tmp);
@@ -175,7 +180,7 @@ void write_directory_atomically(const fs::path& dir, const std::function<void(co
     throw;
   }
   if (fs::exists(target)) {
-    fs::path old = target.parent_path() / str(".", target.filename().string(), ".old-", ::getpid());
+    const fs::path old = process_sibling(target, "old");
     fs::rename(target, old);
     fs::rename(tmp, target);
     fs::remove_all(old, ignored);

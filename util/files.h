@@ -44,6 +44,10 @@ void write_file_atomically(const std::filesystem::path& path,
 // Convenience: atomically replace path with the given bytes.
 void write_bytes_atomically(const std::filesystem::path& path, std::string_view bytes);
 
+// "<parent>/.<name>.<tag>-<pid>" for path (made absolute, without a trailing separator): a
+// hidden name beside path that only this process uses, for temporaries and scratch space.
+std::filesystem::path process_sibling(const std::filesystem::path& path, std::string_view tag);
+
 // Whether an entry of an existing output directory is one the writer owns (a checkpoint's
 // config.json, safetensors, ...) and may therefore be replaced.
 using OwnedEntry = std::function<bool(const std::filesystem::directory_entry& entry)>;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Output directories never lose files the tool did not write: prune, train and correct refuse
+# Output directories never lose files the tool did not write: prune, train, correct and distill refuse
 # an output that holds other files, is the current directory (or above it), or overlaps the input
 # model; they replace their own earlier checkpoints, and --resume keeps working.
 set -euo pipefail
@@ -77,4 +77,12 @@ expect_error "lies inside the input model directory" train train --model run/mod
 mkdir -p run2/model && echo precious > run2/model/notes.txt
 expect_error "run2/model (under --output): holds 'notes.txt'" train train --model teacher --output run2 --steps 1
 [ -f run2/model/notes.txt ] && [ ! -e run2/metrics.jsonl ] || fail "run2/ was touched"
+# The output is checked before any weights load: a cut checkpoint is never read, so the error is
+# the output's (a check after loading would report the truncated file instead).
+mkdir cut && cp teacher/config.json cut/ && head -c "$(( $(stat -c %s teacher/model.safetensors) / 2 ))" teacher/model.safetensors > cut/model.safetensors
+expect_error "run2/model (under --output): holds 'notes.txt'" train train --model cut --output run2 --steps 1
+expect_error "run2/model (under --output): holds 'notes.txt'" train correct --model cut --output run2 --steps 1
+expect_error "run2/model (under --output): holds 'notes.txt'" \
+  train distill --teacher teacher --student cut --output run2 --steps 1
+expect_error "truncated" train train --model cut --output run3 --steps 1
 echo "output safety: ok"
