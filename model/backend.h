@@ -38,6 +38,10 @@ class Backend {
   virtual std::string name() const = 0;        // "cpu", "cpu-f64", "cuda"
   virtual DType activation_dtype() const = 0;   // storage dtype of parameters and activations
   virtual DType gradient_dtype() const = 0;     // storage dtype of parameter gradients
+  // Logits per chunk of the loss head (LossWorkspace's default). Small on a CPU, where a few
+  // hundred rows already make an efficient GEMM; a GPU wants thousands, since each chunk's
+  // head weight-gradient GEMM reads and writes the whole vocab x hidden gradient.
+  virtual std::int64_t loss_chunk_logits() const { return std::int64_t{1} << 24; }
 
   // ---- memory: owned by the backend until free(); no allocation happens inside ops ----
   virtual Tensor allocate(std::int64_t numel, DType dtype) = 0;

@@ -13,17 +13,18 @@
 namespace minitron {
 
 // Chunk buffers, allocated once per run: rows_per_chunk x vocab logits (two sets for
-// distillation), per-row losses and targets.
+// distillation), and targets and per-row losses for up to max_rows rows.
 class LossWorkspace {
  public:
-  // rows_per_chunk = 0 picks about 16M logits per chunk (64 MB in fp32).
+  // rows_per_chunk = 0 picks Backend::loss_chunk_logits() logits per chunk, in whole 128-row
+  // tiles (16M logits on a CPU: 64 MB in fp32).
   LossWorkspace(Backend& backend, std::int64_t vocab_size, std::int64_t max_rows,
                 std::int64_t rows_per_chunk = 0, bool distillation = false);
   std::int64_t rows_per_chunk() const { return rows_per_chunk_; }
 
  private:
   Backend& backend_;
-  std::int64_t vocab_size_, rows_per_chunk_;
+  std::int64_t vocab_size_, max_rows_, rows_per_chunk_;
   BackendBuffer logits_, teacher_logits_, losses_, targets_;
   std::vector<double> host_losses_;
   friend double cross_entropy_loss(LlamaModel&, std::span<const std::int32_t>, LossWorkspace&,
