@@ -72,40 +72,44 @@ __global__ void reduce_over_sequence_kernel(float* out, const T* act, std::int64
   column_slot<pack_elements<T>()>(split, C, grid_start(), [&](auto width, std::int64_t c) {
     constexpr int W = decltype(width)::value;
     const T* base = act + b * T_ * C + c;
-    float acc[W] = {}, v[W];
+    // Calls step(v) with this slot's W values at each position, in sequence order.
+    auto over_sequence = [&](auto&& step) {
+      float v[W];
+      for (std::int64_t t = 0; t < T_; ++t) {
+        load_span(v, base + t * C);
+        step(v);
+      }
+    };
+    float acc[W] = {};
     if (reduction == SequenceReduction::Variance) {
       float mean[W] = {};
-      for (std::int64_t t = 0; t < T_; ++t) {
-        load_span(v, base + t * C);
+      over_sequence([&](const float (&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) mean[e] += v[e];
-      }
+      });
 #pragma unroll
       for (int e = 0; e < W; ++e) mean[e] /= static_cast<float>(T_);
-      for (std::int64_t t = 0; t < T_; ++t) {
-        load_span(v, base + t * C);
+      over_sequence([&](const float (&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) {
           const float d = v[e] - mean[e];
           acc[e] += d * d;
         }
-      }
+      });
 #pragma unroll
       for (int e = 0; e < W; ++e) acc[e] /= static_cast<float>(T_);
     } else if (reduction == SequenceReduction::Mean) {
-      for (std::int64_t t = 0; t < T_; ++t) {
-        load_span(v, base + t * C);
+      over_sequence([&](const float (&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) acc[e] += fabsf(v[e]);
-      }
+      });
 #pragma unroll
       for (int e = 0; e < W; ++e) acc[e] /= static_cast<float>(T_);
     } else {
-      for (std::int64_t t = 0; t < T_; ++t) {
-        load_span(v, base + t * C);
+      over_sequence([&](const float (&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) acc[e] += v[e] * v[e];
-      }
+      });
 #pragma unroll
       for (int e = 0; e < W; ++e) acc[e] = sqrtf(acc[e]);
     }
