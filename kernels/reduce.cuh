@@ -51,8 +51,9 @@ __global__ void sum_of_squares_partial_kernel(double* partial, const T* x, std::
   if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
-__global__ void sum_of_squares_final_kernel(double* result, const double* partial,
-                                            std::int64_t chunks) {
+// static: bench/gpu/kernel_bench.cu includes this header too, to time the launcher on its own.
+static __global__ void sum_of_squares_final_kernel(double* result, const double* partial,
+                                                   std::int64_t chunks) {
   __shared__ double scratch[kWarpSize];
   double sum = 0;
   for (std::int64_t i = threadIdx.x; i < chunks; i += blockDim.x) sum += partial[i];

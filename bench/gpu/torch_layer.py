@@ -1,9 +1,19 @@
 #!/usr/bin/env python3
 """PyTorch peer for bench/gpu/layer_step.cpp: the same Llama-3.1-8B-shaped model (layers,
-sequence, vocabulary as given), fp32 master weights with bf16 autocast, SDPA causal attention,
-cross-entropy, fused AdamW; timed eager and under torch.compile. Prints one JSON line per mode
-(the keys layer_step prints); a torch.compile that is missing or fails prints a line with an
+sequence, vocabulary as given), SDPA causal attention (grouped-query where PyTorch has it),
+cross-entropy, gradient clipping at norm 1.0 and fused AdamW with layer_step's settings; timed
+eager and under torch.compile. Prints one JSON line per mode (the keys layer_step prints, and
+which attention path ran); a torch.compile that is missing or fails prints a line with an
 "error" key instead, and the script carries on (exit 0 once eager ran).
+
+Precision, chosen to do the work ours does (the CUDA engine: bf16 parameters and activations,
+fp32 parameter gradients, AdamW on fp32 master weights and moments): fp32 parameters, which are
+the master weights AdamW updates and give fp32 gradients as ours, under bf16 autocast for the
+matmuls; the activations are bf16 as ours by explicit casts, since autocast alone would keep the
+embedding output, hence the residual stream, the norms and RoPE (fp32 cos/sin), in fp32. RMSNorm
+and the loss compute in fp32 and store bf16 as ours. One difference remains: autocast casts each
+fp32 weight to bf16 per step where ours has AdamW write the bf16 copy (about 3 GB more traffic
+per step at 2 layers: under a millisecond on an H200).
 
 Usage: torch_layer.py [layers=2] [sequence=4096] [vocab=32000] [peak_tflops=989] [--no-compile]
                       [--tiny-cpu]
@@ -29,12 +39,32 @@ if tiny_cpu:
 else:
     device = "cuda"
     D, FF, HQ, HKV, HD = 4096, 14336, 32, 8, 128
+ACTIVATION = torch.bfloat16  # the CUDA engine's activation dtype
+
+
+def attention_path():
+    """SDPA with enable_gqa (PyTorch >= 2.5: K/V heads shared, not copied), SDPA on K/V repeated
+    to every query head (PyTorch >= 2.0), or the unfused maths (the CPU test's PyTorch 1.13)."""
+    if not hasattr(F, "scaled_dot_product_attention"):
+        return "unfused, K/V repeated"
+    kv = torch.zeros(1, 1, 2, 8)
+    try:
+        F.scaled_dot_product_attention(torch.zeros(1, 2, 2, 8), kv, kv, enable_gqa=True)
+    except (TypeError, RuntimeError):  # no such argument before 2.5
+        return "sdpa, K/V repeated"
+    return "sdpa enable_gqa"
+
+
+ATTENTION = attention_path()
 
 
 def causal_attention(q, k, v):
-    if hasattr(F, "scaled_dot_product_attention"):  # PyTorch >= 2.0 (the GPU machine's)
+    if ATTENTION == "sdpa enable_gqa":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    k = k.repeat_interleave(HQ // HKV, dim=1)
+    v = v.repeat_interleave(HQ // HKV, dim=1)
+    if ATTENTION == "sdpa, K/V repeated":
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    # Older PyTorch (the CPU test's 1.13): the same maths, unfused.
     scores = (q @ k.transpose(-2, -1)) * HD ** -0.5
     mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
     return scores.masked_fill(mask, float("-inf")).softmax(-1).to(v.dtype) @ v
@@ -51,8 +81,9 @@ class RMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(d))
 
     def forward(self, x):
+        # fp32 arithmetic, bf16 out (the fp32 weight times a bf16 row would promote it).
         r = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)
-        return self.weight * (x.float() * r).to(x.dtype)
+        return (x.float() * r * self.weight).to(x.dtype)
 
 
 def rope(x, cos, sin):
@@ -79,8 +110,6 @@ class Layer(torch.nn.Module):
         k = self.k(h).view(B, T, HKV, HD).transpose(1, 2)
         v = self.v(h).view(B, T, HKV, HD).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
-        k = k.repeat_interleave(HQ // HKV, dim=1)
-        v = v.repeat_interleave(HQ // HKV, dim=1)
         a = causal_attention(q, k, v)
         x = x + self.o(a.transpose(1, 2).reshape(B, T, HQ * HD))
         h = self.n2(x)
@@ -101,9 +130,11 @@ class Model(torch.nn.Module):
         self.register_buffer("sin", emb.sin(), persistent=False)
 
     def forward(self, tokens, targets):
-        x = self.embed(tokens)
+        x = self.embed(tokens).to(ACTIVATION)  # the residual stream in bf16, as ours
+        # cos/sin in the activations' dtype (as Hugging Face's Llama does), so RoPE stays bf16.
+        cos, sin = self.cos.to(x.dtype), self.sin.to(x.dtype)
         for layer in self.layers:
-            x = layer(x, self.cos, self.sin)
+            x = layer(x, cos, sin)
         logits = self.head(self.norm(x))
         return F.cross_entropy(logits.float().view(-1, V), targets.view(-1))
 
@@ -111,7 +142,12 @@ class Model(torch.nn.Module):
 def bench(model, compiled):
     # fused AdamW on the GPU; the CPU test's PyTorch 1.13 has no `fused` argument at all.
     fused = {"fused": True} if device == "cuda" else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
+    # layer_step's OptimizerConfig: betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on matrices
+    # (embedding and head too), none on the norms; the gradient norm clipped at 1.0 every step.
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, **fused)
     fn = torch.compile(model) if compiled else model
     tokens = torch.randint(0, V, (1, T), device=device)
     targets = torch.randint(0, V, (1, T), device=device)
@@ -121,6 +157,7 @@ def bench(model, compiled):
         with torch.autocast(device, dtype=torch.bfloat16):
             loss = fn(tokens, targets)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         return loss
 
@@ -140,7 +177,7 @@ def bench(model, compiled):
                       "tokens": T, "vocab": V, "step_ms": round(seconds * 1e3, 2),
                       "tokens_per_second": round(tps, 1),
                       "mfu": round(flops_per_token * tps / (peak * 1e12), 4),
-                      "loss": round(float(loss), 4)}), flush=True)
+                      "loss": round(float(loss), 4), "attention": ATTENTION}), flush=True)
 
 
 torch.manual_seed(0)

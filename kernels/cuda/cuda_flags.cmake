@@ -4,9 +4,13 @@
 #  - sm_80 and sm_90 (MINITRON_CUDA_GENCODE overrides, e.g. only sm_90 on an H200 to save time);
 #  - every host and device warning an error;
 #  - ptxas warns, hence fails, on register spills and local memory: a kernel that starts spilling
-#    is noticed at build time rather than in a profile.
+#    is noticed at build time rather than in a profile. MINITRON_CUDA_SPILLS_FATAL=OFF (the lent
+#    GPU machine's build, bench/gpu, whose ptxas may differ from the one here) has ptxas report
+#    every kernel's registers, spills and stack (-v) instead: visible in the build log, not an
+#    error. Every other warning stays an error there too.
 set(MINITRON_CUDA_GENCODE "arch=compute_80,code=sm_80;arch=compute_90,code=sm_90"
     CACHE STRING "nvcc -gencode values for the CUDA engine")
+set(MINITRON_CUDA_SPILLS_FATAL ON CACHE BOOL "ptxas register spills and local memory fail the build")
 # CMake 3.25 does not know nvcc 13's C++20 flag; CUDA targets inherit the project's
 # CXX_STANDARD 20, so tell it (harmless where CMake knows it already).
 set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
@@ -24,8 +28,13 @@ function(minitron_cuda_library name)
   endforeach()
   target_compile_options(${name} PRIVATE
     "$<$<COMPILE_LANGUAGE:CUDA>:SHELL:-Werror all-warnings>"
-    "$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Werror>"
-    "$<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-warn-spills,-warn-lmem-usage>")
+    "$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Werror>")
+  if(MINITRON_CUDA_SPILLS_FATAL)
+    target_compile_options(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-warn-spills,-warn-lmem-usage>")
+  else()
+    # "-Werror all-warnings" would make ptxas spill warnings errors: the counts, without a warning.
+    target_compile_options(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-v>")
+  endif()
   target_include_directories(${name} PUBLIC ${dir}/../..)
   target_link_libraries(${name} PUBLIC CUDA::cudart CUDA::cublasLt)
 endfunction()

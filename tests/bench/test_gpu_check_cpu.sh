@@ -75,4 +75,54 @@ OUT="$work/spent" MINITRON_GPU_CHECK_SECONDS=0 PYTHON="$python" bash "$root/benc
 expect "$work/spent/stages.txt" "configure: skipped, out of time (budget 0 s)"
 expect "$work/spent/stages.txt" "torch_layer: skipped, out of time (budget 0 s)"
 expect "$work/spent/gpu_check.md" "| (no results: see layer_step.log and torch_layer.log) |"
+
+# 7. A whole run with a fake cmake whose build fails (so the relaxed rebuild runs) and prints
+#    ptxas -v counts, and a fake torch_layer.py: the strict configure empties the compiler
+#    launchers (a relaxed run's stay in the CMake cache of a reused build folder otherwise), the
+#    relaxed one sets them, and the summary names the kernel that spilled and only that one.
+mkdir -p "$work/fake_bin"
+cat > "$work/fake_bin/cmake" << 'SH'
+#!/usr/bin/env bash
+printf '%s ' "$@" >> "$FAKE_CMAKE_LOG"; echo >> "$FAKE_CMAKE_LOG"
+[[ "$1" == --build ]] || exit 0
+cat << 'LOG'
+ptxas info    : Compiling entry function '_ZN8minitron4cuda5spillEv' for 'sm_90'
+ptxas info    : Function properties for _ZN8minitron4cuda5spillEv
+    16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Function properties for _ZN8minitron4cuda5cleanEv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+error: a fake build failure
+LOG
+exit 1
+SH
+cat > "$work/fake_bin/python_fake" << SH
+#!/usr/bin/env bash
+if [[ "\$1" == */torch_layer.py ]]; then
+  echo '{"engine": "torch eager", "layers": 2, "tokens": 4096, "vocab": 32000, "step_ms": 4096.0, "tokens_per_second": 1000.0, "mfu": 0.2, "loss": 10.6}'
+  exit 0
+fi
+exec "$python" "\$@"
+SH
+chmod +x "$work/fake_bin/cmake" "$work/fake_bin/python_fake"
+rc=0
+FAKE_CMAKE_LOG="$work/cmake_calls.txt" PATH="$work/fake_bin:$PATH" OUT="$work/fake_run" \
+  MINITRON_GPU_BUILD_DIR="$work/fake_build" MINITRON_GPU_CHECK_SECONDS=120 \
+  PYTHON="$work/fake_bin/python_fake" bash "$root/bench/gpu_check.sh" > "$work/fake_run.out" 2>&1 || rc=$?
+[[ $rc -eq 1 ]] || { cat "$work/fake_run.out" >&2; fail "a failed build should exit 1, not $rc"; }
+strict="$(grep -F -- "-DCMAKE_BUILD_TYPE=Release" "$work/cmake_calls.txt")" || fail "no strict configure call"
+grep -qF -- "-DCMAKE_CXX_COMPILER_LAUNCHER= -DCMAKE_CUDA_COMPILER_LAUNCHER= " <<< "$strict" \
+  || fail "the strict configure does not empty the launchers: $strict"
+expect "$work/cmake_calls.txt" "-DCMAKE_CXX_COMPILER_LAUNCHER=$root/bench/gpu/without_werror.sh"
+expect "$work/fake_run/stages.txt" "build: failed; building again without -Werror"
+expect "$work/fake_run/gpu_check.md" "## Register spills and stack frames (ptxas, build logs)"
+expect "$work/fake_run/gpu_check.md" "16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads"
+! grep -qF "clean" "$work/fake_run/gpu_check.md" || fail "a kernel without spills is listed"
+expect "$work/fake_run/gpu_check.md" "| torch eager | 4096.0 | 1000.0 | 20.0% | 10.6 | - |"
+
+# 8. A build log without spills says so.
+mkdir "$work/no_spills"
+printf '%s\n' "ptxas info    : Function properties for _Z5cleanv" \
+  "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" > "$work/no_spills/build.log"
+summary "$work/no_spills"
+expect "$work/no_spills/gpu_check.md" "none (every kernel: 0 bytes spill stores/loads, 0 bytes stack frame)"
 echo "gpu_check CPU checks passed"
