@@ -19,9 +19,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
-#include <cstring>
 #if defined(MINITRON_EMULATE)
 #include <cstdio>
 #include <cstdlib>
