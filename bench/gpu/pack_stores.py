@@ -6,10 +6,12 @@ The PTX is kernels/cuda/cuda_backend.cu compiled by nvcc (bench/gpu/register_rep
 from its sm_90 build). nvcc may split a 16-byte store of a Packed128 into narrow ones (it did:
 6 st.global.u16 + 1 st.global.u32 per pack), which costs a memory-bound kernel its bandwidth and
 shows in no test; kernels/packed.cuh's store128 now emits st.global.v4 itself. This exits 1 when
-a kernel that must store whole packs has no st.global.v4 at all, or writes a whole aligned 16-byte
-window with a run of narrower stores to one base address (a split pack: the scalar head/tail and
-unpacked fallbacks never fill one). --table prints, per kernel, its st.global.v4 count, its split
-packs and its narrower global stores. Needs only the Python standard library and c++filt.
+a kernel that must store whole packs has no st.global.v4 at all, or fills a 16-byte window (from
+offset 0 mod 16 of one base register, in one basic block) with narrower stores: a split pack.
+The checked kernels' scalar heads, tails and unpacked fallbacks never fill one; elsewhere a
+fallback that writes 4 floats one by one to a possibly misaligned address does, so other kernels
+are only counted. --table prints, per kernel, its st.global.v4 count, its split packs and its
+narrower global stores. Needs only the Python standard library and c++filt.
 """
 import collections
 import re
@@ -31,8 +33,9 @@ func_re = re.compile(r"^\.(?:visible |weak |extern )*\.func\b")
 store_re = re.compile(r"\bst\.global(?:\.[a-z]+)*?\.(v[24]\.)?([a-z]\d+)\b")
 # A narrow store's operands: vector width, element bits, base register, byte offset.
 narrow_re = re.compile(r"^\s*st\.global(?:\.[a-z]+)*?\.(v2\.)?[a-z](\d+)\s+\[(%rd\d+)(?:\+(\d+))?\]")
-# Lines that may sit between the stores of one split pack (unpacking its registers).
-between_re = re.compile(r"^\s*(?:mov|cvt)\.")
+# What ends a run of stores: a label, a branch, a return (the stores of one split pack sit in
+# one basic block, between the conversions or moves that make their registers).
+block_end_re = re.compile(r"^\s*(?:\$?[\w$]+:|(?:@!?%p\d+\s+)?bra|ret\b|\}\s*$)")
 
 
 def demangle(names):
@@ -82,7 +85,7 @@ def count_stores(path):
                     end_run()
                     run_base = n.group(3)
                 run.append((int(n.group(4) or 0), int(n.group(2)) // 8 * (2 if n.group(1) else 1)))
-            elif not between_re.match(line):
+            elif block_end_re.match(line) or entry_re.match(line):
                 end_run()
             m = entry_re.match(line)
             if m:
