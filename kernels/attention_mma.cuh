@@ -62,7 +62,7 @@ __device__ __forceinline__ void attention_fill_tile(T* tile, const T* base, std:
         for (int e = 0; e < K; ++e) v.payload[e] = from_float<T>(0.0f);
       }
       if constexpr (S * sizeof(T) % 16 == 0) {
-        store128(tile + r * S + d, v);
+        store128_shared(tile + r * S + d, v);
       } else {
 #pragma unroll
         for (int e = 0; e < K; ++e) tile[r * S + d + e] = v.payload[e];
@@ -202,6 +202,19 @@ __device__ __forceinline__ void store_accumulator_row(bf16* row,
   }
 }
 
+// As store_accumulator_row, into a row of the shared staging tile (4-byte aligned at every even
+// column): each lane's two adjacent bf16 go as one 32-bit store.
+template <int HD>
+__device__ __forceinline__ void stage_accumulator_row(bf16* row,
+                                                      const mma::Accumulator (&acc)[HD / 8],
+                                                      int half, int t, float scale) {
+#pragma unroll
+  for (int j = 0; j < HD / 8; ++j)
+    *reinterpret_cast<__nv_bfloat162*>(row + j * 8 + 2 * t) =
+        __halves2bfloat162(from_float<bf16>(acc[j].value[2 * half] * scale),
+                           from_float<bf16>(acc[j].value[2 * half + 1] * scale));
+}
+
 // Stores a warp's 16 accumulator rows (row g + 8 * half times scale[half], as bf16) into rows
 // row0 .. row0 + 15 of `dst` (row stride `stride`), leaving out rows at or past `limit`. With
 // `packed` (dst rows 16-byte aligned) the rows go through `stage`, 16 shared rows of stride S
@@ -227,7 +240,7 @@ __device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, 
   __syncwarp();  // every lane is done reading the warp's rows of `stage`
 #pragma unroll
   for (int half = 0; half < 2; ++half)
-    store_accumulator_row<HD>(stage + (g + 8 * half) * S, acc, half, t, scale[half]);
+    stage_accumulator_row<HD>(stage + (g + 8 * half) * S, acc, half, t, scale[half]);
   __syncwarp();
   constexpr int K = Packed128<bf16>::kSize;
   constexpr int P = HD / K;  // packs per row

@@ -9,16 +9,22 @@
 // scalar variant. Vector variants process whole packs and finish the n % K tail element by
 // element. Under the emulator load128/store128 abort on a misaligned address, as the GPU would,
 // so a launcher that picks the vector path wrongly fails its test instead of passing silently.
+//
+// Stores name their state space: store128 (and store_floats, store_span) write global memory
+// with one st.global.v4 (nvcc split a plain 16-byte struct store of a pack into 2- and 4-byte
+// stores, e.g. when the pack came straight from load128), store128_shared writes shared memory.
+// A global store to a shared address faults on the GPU, so under the emulator each aborts when
+// its address lies outside its space. bench/gpu/pack_stores.py checks the PTX for the v4 stores.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 #if defined(MINITRON_EMULATE)
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #endif
 
 #include "kernels/cuda/device_common.cuh"
@@ -76,13 +82,39 @@ __device__ __forceinline__ Packed128<T> load128(const T* p) {
 #endif
 }
 
+// A pack's 16 bytes as four 32-bit words, the operand of one 128-bit store.
+template <typename T>
+__device__ __forceinline__ uint4 pack_words(const Packed128<T>& v) {
+  static_assert(sizeof(Packed128<T>) == sizeof(uint4), "a pack is 16 bytes");
+  uint4 words;
+  std::memcpy(static_cast<void*>(&words), static_cast<const void*>(&v), sizeof(words));
+  return words;
+}
+
+// Stores a pack at p, 16-byte aligned, in global memory: one st.global.v4 (__stwb is the plain
+// write-back store, the default cache policy).
 template <typename T>
 __device__ __forceinline__ void store128(T* p, const Packed128<T>& v) {
 #if defined(MINITRON_EMULATE)
   check_aligned16(p, "store");
+  ::minitron::emu::detail::check_store_space(p, sizeof(v), ::minitron::emu::detail::Space::global,
+                                             "store128");
   std::memcpy(static_cast<void*>(p), static_cast<const void*>(&v), sizeof(v));
 #else
-  *reinterpret_cast<Packed128<T>*>(p) = v;
+  __stwb(reinterpret_cast<uint4*>(p), pack_words(v));
+#endif
+}
+
+// Stores a pack at p, 16-byte aligned, in shared memory (a tile): one 16-byte store.
+template <typename T>
+__device__ __forceinline__ void store128_shared(T* p, const Packed128<T>& v) {
+#if defined(MINITRON_EMULATE)
+  check_aligned16(p, "shared store");
+  ::minitron::emu::detail::check_store_space(p, sizeof(v), ::minitron::emu::detail::Space::shared,
+                                             "store128_shared");
+  std::memcpy(static_cast<void*>(p), static_cast<const void*>(&v), sizeof(v));
+#else
+  *reinterpret_cast<uint4*>(p) = pack_words(v);
 #endif
 }
 

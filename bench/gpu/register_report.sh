@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Writes bench/results/registers.md: registers, stack, spills and static shared memory per kernel
 # for sm_80 and sm_90, as ptxas reports them. Needs nvcc only (no GPU): runs here or on a lent GPU.
+# Then checks the sm_90 PTX (kept from the same compile) with pack_stores.py: it fails when a
+# kernel that stores 16-byte packs (tensor-core attention, embedding, RMSNorm) lost its
+# st.global.v4 stores to narrower ones.
 # Usage: bench/gpu/register_report.sh [output.md]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -10,10 +13,12 @@ python="${PYTHON:-$(command -v python3)}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 for arch in 80 90; do
+  mkdir -p "$tmp/keep_$arch"
   "$nvcc" -std=c++20 -O3 -I"$root" -gencode "arch=compute_$arch,code=sm_$arch" \
-    -Xptxas -v -Xptxas -warn-spills,-warn-lmem-usage -c "$root/kernels/cuda/cuda_backend.cu" \
-    -o "$tmp/backend_$arch.o" 2> "$tmp/ptxas_$arch.log"
+    -Xptxas -v -Xptxas -warn-spills,-warn-lmem-usage -keep -keep-dir "$tmp/keep_$arch" \
+    -c "$root/kernels/cuda/cuda_backend.cu" -o "$tmp/backend_$arch.o" 2> "$tmp/ptxas_$arch.log"
 done
 mkdir -p "$(dirname "$out")"
 "$python" "$root/bench/gpu/register_report.py" "$tmp/ptxas_80.log" "$tmp/ptxas_90.log" > "$out"
 echo "wrote $out ($(grep -c '^| `' "$out") kernel rows)"
+"$python" "$root/bench/gpu/pack_stores.py" "$tmp/keep_90/cuda_backend.ptx"

@@ -150,6 +150,14 @@ void async_copy(void* shared_dst, const void* global_src, bool zero_fill, const 
 void async_commit();
 void async_wait(unsigned newest_pending, const std::source_location& where);
 
+// The state space of a store that names one (kernels/packed.cuh: st.global or st.shared): on a
+// GPU a global store to a shared address, or a shared store to any other address, faults (a
+// generic shared address is not a global one), so this aborts naming the kernel and block
+// unless [address, address + bytes) lies in the space named: shared memory is the block's
+// dynamic shared memory or a __shared__ variable, global memory anything else.
+enum class Space : int { global, shared };
+void check_store_space(const void* address, std::size_t bytes, Space space, const char* what);
+
 // Type-erased kernel for the scheduler: `entry(arguments)` runs one CUDA thread.
 struct KernelLaunch {
   void (*entry)(const void* arguments);

@@ -386,6 +386,8 @@ class Worker {
       it->group = self->async_commits;
   }
   MINITRON_EMU_NO_TSAN void async_wait(unsigned newest_pending);
+  MINITRON_EMU_NO_TSAN void check_store_space(const void* address, std::size_t bytes, Space space,
+                                               const char* what) const;
   [[noreturn]] void fail(const std::string& message) const;
   // fail() with the message built out of line, so that hot paths keep small stack frames.
   template <typename MakeMessage>
@@ -952,7 +954,7 @@ void Worker::deadlock() const {
 // thread_local) live: on x86-64 it lies just below the thread pointer (%fs:0) and holds the
 // PT_TLS segments of the executable and the libraries loaded at start (a sum over all loaded
 // modules, with alignment, is an upper bound).
-bool in_static_tls(const void* address) {
+bool in_static_tls(const void* address, std::size_t size = 16) {
   static const std::uintptr_t bytes = [] {
     std::uintptr_t total = 0;
     dl_iterate_phdr(
@@ -968,7 +970,18 @@ bool in_static_tls(const void* address) {
   std::uintptr_t thread_pointer;
   asm("mov %%fs:0, %0" : "=r"(thread_pointer));
   const auto a = reinterpret_cast<std::uintptr_t>(address);
-  return a < thread_pointer && a + 16 <= thread_pointer && thread_pointer - a <= bytes;
+  return a < thread_pointer && a + size <= thread_pointer && thread_pointer - a <= bytes;
+}
+
+void Worker::check_store_space(const void* address, std::size_t bytes, Space space, const char* what) const {
+  const auto* a = static_cast<const unsigned char*>(address);
+  const unsigned char* shared = dynamic_shared_.get();
+  const bool in_shared = (a >= shared && a + bytes <= shared + launch_.shared_bytes) || in_static_tls(a, bytes);
+  if (in_shared == (space == Space::shared)) return;
+  fail_cold([&] {
+    return str(what, ": ", bytes, "-byte store to ", address, space == Space::shared ? ", not shared memory" : ", shared memory",
+               " (st.", space == Space::shared ? "shared" : "global", " faults here on a GPU)");
+  });
 }
 
 // The two memory accesses of a cp.async, kept out of the uninstrumented scheduler code: under TSan
@@ -1073,6 +1086,9 @@ void async_copy(void* shared_dst, const void* global_src, bool zero_fill, const 
   running_worker("cp.async").async_copy(shared_dst, global_src, zero_fill, where);
 }
 void async_commit() { running_worker("cp.async.commit_group").async_commit(); }
+void check_store_space(const void* address, std::size_t bytes, Space space, const char* what) {
+  running_worker(what).check_store_space(address, bytes, space, what);
+}
 void async_wait(unsigned newest_pending, const std::source_location&) {
   running_worker("cp.async.wait_group").async_wait(newest_pending);
 }
