@@ -15,8 +15,9 @@ narrower global stores. Needs only the Python standard library and c++filt.
 """
 import collections
 import re
-import subprocess
 import sys
+
+from kernel_names import demangle, short
 
 # Kernels whose bulk output goes through store128 (Packed128 copies, not store_floats).
 MUST_STORE_PACKS = [
@@ -36,25 +37,6 @@ narrow_re = re.compile(r"^\s*st\.global(?:\.[a-z]+)*?\.(v2\.)?[a-z](\d+)\s+\[(%r
 # What ends a run of stores: a label, a branch, a return (the stores of one split pack sit in
 # one basic block, between the conversions or moves that make their registers).
 block_end_re = re.compile(r"^\s*(?:\$?[\w$]+:|(?:@!?%p\d+\s+)?bra|ret\b|\}\s*$)")
-
-
-def demangle(names):
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
-    return out.stdout.splitlines() if out.returncode == 0 else names
-
-
-def short(name):
-    # void minitron::cuda::rmsnorm_forward_kernel<__nv_bfloat16, ...>(...) -> rmsnorm_forward_kernel<bf16, ...>
-    name = name.replace("minitron::cuda::", "").replace("__nv_bfloat16", "bf16")
-    if name.startswith("void "):
-        name = name[len("void "):]
-    depth = 0
-    for i, ch in enumerate(name):
-        depth += ch == "<"
-        depth -= ch == ">"
-        if ch == "(" and depth == 0:
-            return name[:i]
-    return name
 
 
 def split_packs(run):

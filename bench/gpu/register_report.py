@@ -6,34 +6,13 @@ Each log is the stderr of compiling kernels/cuda/cuda_backend.cu with -Xptxas -v
 bench/gpu/register_report.sh). Needs only the Python standard library and c++filt.
 """
 import re
-import subprocess
 import sys
+
+from kernel_names import demangle, short
 
 entry_re = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
 frame_re = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 used_re = re.compile(r"Used (\d+) registers(?:, used \d+ barriers)?(?:, (\d+) bytes smem)?")
-
-
-def demangle(names):
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
-    return out.stdout.splitlines() if out.returncode == 0 else names
-
-
-def short(name):
-    # minitron::cuda::attention_forward_kernel<__nv_bfloat16, 128>(...) -> attention_forward_kernel<bf16, 128>
-    name = name.replace("minitron::cuda::", "").replace("__nv_bfloat16", "bf16")
-    if name.startswith("void "):  # c++filt prints a template's return type first
-        name = name[len("void "):]
-    depth, cut = 0, len(name)
-    for i, ch in enumerate(name):
-        if ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth -= 1
-        elif ch == "(" and depth == 0:
-            cut = i
-            break
-    return name[:cut]
 
 
 rows = []
