@@ -10,6 +10,7 @@
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "model/checkpoint.h"
+#include "model/parameters.h"
 #include "train/distill.h"
 #include "train/evaluate.h"
 #include "train/trainer.h"
@@ -96,6 +97,8 @@ int distill(int argc, char** argv) {
   check_training_output(o);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  check_training_memory(*backend, ParameterTable(student_config).total_numel(),
+                        ParameterTable(teacher_config).total_numel());
   const std::int64_t B = o.batch_size, T = o.sequence_length;
   LlamaModel teacher(teacher_config, *backend, B, T, ModelMode::Inference);
   {

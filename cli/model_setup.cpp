@@ -7,6 +7,7 @@
 #include "data/shards.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "model/parameters.h"
 #include "train/losses.h"
 #include "util/error.h"
 
@@ -136,6 +137,7 @@ void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& 
   check_sequence_length("--sequence-length", o.sequence_length, source.config);
   check_training_output(o);  // before the weights load, not after
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  check_training_memory(*backend, ParameterTable(source.config).total_numel());
   LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
   model.set_parameters(initial_parameters(source, o.seed));
   std::printf("%s on %s: %lld parameters, %zu training shard(s)\n", banner.c_str(), backend->name().c_str(),

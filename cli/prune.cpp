@@ -25,22 +25,13 @@
 #include "train/losses.h"
 #include "train/trainer.h"
 #include "util/files.h"
+#include "util/numbers.h"
 
 namespace minitron::cli {
 
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string human_count(std::int64_t n) {
-  const char* suffixes[] = {"", "K", "M", "B", "T"};
-  double value = static_cast<double>(n);
-  int i = 0;
-  while (value >= 999.5 && i < 4) value /= 1000, ++i;
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%.3g%s", value, suffixes[i]);
-  return buffer;
-}
 
 std::string sizes_string(const ModelConfig& c) {
   return str("hidden ", c.hidden_size, ", ffn ", c.intermediate_size, ", heads ", c.num_attention_heads, "/",

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,9 @@ class Backend {
   // hundred rows already make an efficient GEMM; a GPU wants thousands, since each chunk's
   // head weight-gradient GEMM reads and writes the whole vocab x hidden gradient.
   virtual std::int64_t loss_chunk_logits() const { return std::int64_t{1} << 24; }
+  // The device's memory in bytes where it is a hard, known bound (a GPU's); nullopt on the CPU,
+  // whose limit (RAM, swap, overcommit) no figure states.
+  virtual std::optional<std::int64_t> memory_bytes() const { return std::nullopt; }
 
   // ---- memory: owned by the backend until free(); no allocation happens inside ops ----
   virtual Tensor allocate(std::int64_t numel, DType dtype) = 0;

@@ -28,6 +28,16 @@ bool decays(const ParamInfo& info, const OptimizerConfig& config) {
   return true;
 }
 
+// Low-precision parameters get an fp32 master copy that the update works on.
+static bool keeps_master(const Backend& backend) { return backend.activation_dtype() == DType::BF16; }
+
+std::int64_t AdamW::state_bytes_per_parameter(const Backend& backend) {
+  const std::size_t moments = 2 * dtype_size(DType::F32);
+  const std::size_t master = keeps_master(backend) ? dtype_size(DType::F32) : 0;
+  return static_cast<std::int64_t>(dtype_size(backend.activation_dtype()) + dtype_size(backend.gradient_dtype()) +
+                                   moments + master);
+}
+
 AdamW::AdamW(LlamaModel& model, const OptimizerConfig& config) : model_(model), config_(config) {
   if (model.mode() != ModelMode::Training) fail("optimizer: the model was not built for training");
   Backend& b = model.backend();
@@ -36,8 +46,7 @@ AdamW::AdamW(LlamaModel& model, const OptimizerConfig& config) : model_(model), 
   v_ = BackendBuffer(b, n, DType::F32);
   b.zero(m_);
   b.zero(v_);
-  // Low-precision parameters get an fp32 master copy that the update works on.
-  if (b.activation_dtype() == DType::BF16) {
+  if (keeps_master(b)) {
     master_ = BackendBuffer(b, n, DType::F32);
     b.copy(master_, model.parameters());
   }

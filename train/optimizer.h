@@ -50,6 +50,10 @@ class AdamW {
                  const std::vector<float>& master, std::int64_t steps_taken);
   bool has_master() const { return !master_.tensor().empty(); }
 
+  // Bytes per parameter of a trained model on `backend`: the parameter, its gradient, both
+  // moments and, for low-precision parameters, the fp32 master copy the update works on.
+  static std::int64_t state_bytes_per_parameter(const Backend& backend);
+
  private:
   LlamaModel& model_;
   OptimizerConfig config_;

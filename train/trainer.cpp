@@ -56,6 +56,26 @@ void check_training_output(const TrainOptions& options) {
         check_checkpoint_output(entry.path(), options.input_models, str(entry.path().string(), " (under --output)"));
 }
 
+void check_training_memory(const Backend& backend, std::int64_t trained_parameters,
+                           std::int64_t frozen_parameters) {
+  const std::optional<std::int64_t> capacity = backend.memory_bytes();
+  if (!capacity) return;
+  const std::int64_t trained_bytes = AdamW::state_bytes_per_parameter(backend);
+  const auto frozen_bytes = static_cast<std::int64_t>(dtype_size(backend.activation_dtype()));
+  const double need = static_cast<double>(trained_parameters) * static_cast<double>(trained_bytes) +
+                      static_cast<double>(frozen_parameters) * static_cast<double>(frozen_bytes);
+  if (need <= static_cast<double>(*capacity)) return;
+  auto gib = [](double bytes) { return str(std::round(bytes / double(1 << 30) * 10) / 10, " GiB"); };
+  fail_expected(str("--device ", backend.name()),
+                str("training ", human_count(trained_parameters), " parameters (", trained_bytes,
+                    " bytes each for the weight, its gradient and the AdamW state)",
+                    frozen_parameters > 0 ? str(" beside a ", human_count(frozen_parameters), "-parameter teacher (", frozen_bytes,
+                                                " bytes each)")
+                                          : std::string(),
+                    " needs ", gib(need), " before any activation; the device has ", gib(double(*capacity))),
+                "a model whose state fits the device; training across several GPUs is not supported yet");
+}
+
 namespace {
 
 // Training state beside an HF checkpoint: fp32 parameters (the HF weights may be bf16, and

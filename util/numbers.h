@@ -1,9 +1,10 @@
-// Whole decimal integers from user text (flag values, comma lists, layer ranges): std::stoll
-// reports overflow as a bare "stoll", so every such parse goes through here and fails with
-// "<what>: value '<text>' ... (expected an integer from <low> to <high>)".
+// Numbers to and from user text. Whole decimal integers (flag values, comma lists, layer ranges):
+// std::stoll reports overflow as a bare "stoll", so every such parse goes through parse_integer
+// and fails with "<what>: value '<text>' ... (expected an integer from <low> to <high>)".
 #pragma once
 
 #include <charconv>
+#include <cstdio>
 #include <cstdint>
 #include <string>
 #include <system_error>
@@ -23,6 +24,17 @@ inline std::int64_t parse_integer(const std::string& what, const std::string& te
   if (error == std::errc::result_out_of_range || value < low || value > high)
     fail_expected(what, str("value ", text, " is out of range"), str("an integer from ", low, " to ", high));
   return value;
+}
+
+// n with three significant digits and a K/M/B/T suffix, e.g. 8.03B: parameter counts for people.
+inline std::string human_count(std::int64_t n) {
+  const char* suffixes[] = {"", "K", "M", "B", "T"};
+  double value = static_cast<double>(n);
+  int i = 0;
+  while (value >= 999.5 && i < 4) value /= 1000, ++i;
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.3g%s", value, suffixes[i]);
+  return buffer;
 }
 
 }  // namespace minitron

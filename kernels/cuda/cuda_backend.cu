@@ -65,6 +65,12 @@ std::string CudaBackend::name() const {
 
 // ---- memory ----
 
+std::optional<std::int64_t> CudaBackend::memory_bytes() const {
+  std::size_t free_bytes = 0, total_bytes = 0;
+  MINITRON_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return static_cast<std::int64_t>(total_bytes);
+}
+
 Tensor CudaBackend::allocate(std::int64_t numel, DType dtype) {
   if (numel < 0) fail_expected("cuda allocate", str(numel, " elements"), "a count >= 0");
   Tensor t{nullptr, numel, dtype};

@@ -35,6 +35,7 @@ class CudaBackend final : public Backend {
   // [vocab, hidden] head gradient is read and written once per 2048 tokens, not per 130.
   std::int64_t loss_chunk_logits() const override { return std::int64_t{1} << 28; }
   DType gradient_dtype() const override { return DType::F32; }
+  std::optional<std::int64_t> memory_bytes() const override;  // cudaMemGetInfo's total
 
   Tensor allocate(std::int64_t numel, DType dtype) override;
   void free(Tensor& t) override;

@@ -14,6 +14,8 @@
 #include "tests/cuda/cuda_test_util.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
+#include "train/trainer.h"
+#include "util/error.h"
 
 namespace minitron::test {
 namespace {
@@ -149,6 +151,34 @@ TEST_P(CudaTrainingStep, MatchesCpuEngine) {
 
 INSTANTIATE_TEST_SUITE_P(Head, CudaTrainingStep, ::testing::Values(false, true),
                          [](const auto& info) { return std::string(info.param ? "tied" : "untied"); });
+
+// What a run's parameter state needs, against the device's memory: the emulated runtime's
+// cudaMemGetInfo reports 80 GiB (kernels/emu/cuda_runtime.cpp).
+TEST(CudaTrainingMemory, RefusesParameterStateBeyondTheDevice) {
+  Device device;
+  Backend& gpu = device.backend();
+  auto cpu = make_backend("cpu");
+  // bf16 weight 2 + fp32 gradient 4 + two fp32 moments 8 + fp32 master 4; fp32 on the CPU: 4 + 4 + 8.
+  EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu), 18);
+  EXPECT_EQ(AdamW::state_bytes_per_parameter(*cpu), 16);
+  // 4e9 x 18 = 72e9 bytes = 67.1 GiB: fits.
+  EXPECT_NO_THROW(check_training_memory(gpu, 4'000'000'000));
+  // Llama-3.1-8B: 8030261248 x 18 = 144544702464 bytes = 134.6 GiB: refused, saying how much.
+  try {
+    check_training_memory(gpu, 8'030'261'248);
+    ADD_FAILURE() << "an 8B training state passed on an 80 GiB device";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("training 8.03B parameters"), std::string::npos) << message;
+    EXPECT_NE(message.find("needs 134.6 GiB"), std::string::npos) << message;
+    EXPECT_NE(message.find("the device has 80 GiB"), std::string::npos) << message;
+  }
+  // A 4e9 student beside an 8e9 bf16 teacher: 72e9 + 16e9 = 88e9 bytes = 82.0 GiB > 80 GiB.
+  EXPECT_THROW(check_training_memory(gpu, 4'000'000'000, 8'000'000'000), Error);
+  EXPECT_NO_THROW(check_training_memory(gpu, 4'000'000'000, 3'000'000'000));  // 78e9 bytes = 72.6 GiB
+  // The CPU engine states no limit.
+  EXPECT_NO_THROW(check_training_memory(*cpu, 1'000'000'000'000));
+}
 
 }  // namespace
 }  // namespace minitron::test
