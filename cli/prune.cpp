@@ -7,7 +7,6 @@
 #include <limits>
 #include <memory>
 
-
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"

@@ -115,10 +115,8 @@ fs::path resolved(const fs::path& path) {
 // True when `inner` is `outer` or lies somewhere below it (both resolved).
 bool is_within(const fs::path& inner, const fs::path& outer) {
   auto i = inner.begin();
-  for (auto o = outer.begin(); o != outer.end(); ++o, ++i) {
-    if (o->empty()) continue;  // a trailing separator
+  for (auto o = outer.begin(); o != outer.end(); ++o, ++i)
     if (i == inner.end() || *i != *o) return false;
-  }
   return true;
 }
 

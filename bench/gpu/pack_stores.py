@@ -2,8 +2,9 @@
 """Global stores per kernel in nvcc's PTX, and a check that the pack-storing kernels store packs.
 
 Usage: pack_stores.py [--table] PTX_FILE
-The PTX is kernels/cuda/cuda_backend.cu compiled by nvcc (bench/gpu/register_report.sh keeps it
-from its sm_90 build). nvcc may split a 16-byte store of a Packed128 into narrow ones (it did:
+The PTX is kernels/cuda/cuda_backend.cu compiled by nvcc for sm_90 (bench/gpu/register_report.sh
+keeps it from its build; the ctest cuda_pack_stores_ptx, tests/cuda/test_pack_stores_ptx.sh,
+compiles it). nvcc may split a 16-byte store of a Packed128 into narrow ones (it did:
 6 st.global.u16 + 1 st.global.u32 per pack), which costs a memory-bound kernel its bandwidth and
 shows in no test; kernels/packed.cuh's store128 now emits st.global.v4 itself. This exits 1 when
 a kernel that must store whole packs has no st.global.v4 at all, or fills a 16-byte window (from

@@ -2,6 +2,7 @@
 // emulated CUDA engine (bf16 activations, fp32 gradients and master weights) against the fp32
 // CPU engine, from the same bf16-representable weights; then the eval loss after the step.
 // The model code is the one shared by both engines (model/llama.cpp): only the backend differs.
+// Also: the parameter-state memory check a GPU run makes before it loads anything.
 #include <gtest/gtest.h>
 
 #include <cmath>
