@@ -6,6 +6,8 @@
 #include <memory>
 
 #include "model/backend.h"
+#include "model/communicator.h"
+#include "util/tcp_group.h"
 
 namespace minitron {
 
@@ -13,5 +15,9 @@ namespace minitron {
 std::unique_ptr<Backend> make_cuda_backend();
 // True when a CUDA device is present and usable.
 bool cuda_device_available();
+// NCCL over the ranks of `bootstrap`, for a backend made by make_cuda_backend(): rank 0's
+// ncclUniqueId travels over bootstrap, which is not needed once this returns. Throws Error
+// when this build has no NCCL.
+std::unique_ptr<Communicator> make_nccl_communicator(Backend& backend, TcpGroup& bootstrap);
 
 }  // namespace minitron
