@@ -267,6 +267,11 @@ int prune(int argc, char** argv) {
     // Each of the best candidates is distilled briefly from the teacher (forward KL, tau = 1) and
     // ranked by its validation loss afterwards, as the paper's lightweight search does.
     const std::int64_t n = std::min<std::int64_t>(search_candidates, static_cast<std::int64_t>(ranked.size()));
+    // Refused before the teacher loads: the largest candidate trains beside it.
+    std::int64_t largest = 0;
+    for (std::int64_t i = 0; i < n; ++i)
+      largest = std::max(largest, ranked[static_cast<std::size_t>(i)].architecture.parameters);
+    check_training_memory(*backend, largest, teacher_params);
     LlamaModel teacher(config, *backend, B, T, ModelMode::Inference);
     teacher.set_parameters(checkpoint.params);
     // The candidates' short runs live in a hidden sibling of the output, removed once they are
