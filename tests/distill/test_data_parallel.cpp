@@ -6,7 +6,9 @@
 // batches takes at its step s: the two runs minimise the same objective on the same data.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
+#include <functional>
 #include <fstream>
 #include <memory>
 
@@ -208,6 +210,41 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
                   ": this run has 1 process(es) (WORLD_SIZE) but the checkpoint was written by 2 (expected WORLD_SIZE=2 "
                   "as in the interrupted run (the data order depends on it))");
   }
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(MakeCommunicator, OneProcessNeedsNoConnection) {
+  auto backend = make_backend("cpu");
+  const auto communicator = make_communicator(*backend, DistributedEnvironment{});
+  EXPECT_EQ(communicator->world_size(), 1);
+  EXPECT_EQ(communicator->rank(), 0);
+}
+
+TEST(MakeCommunicator, RefusesTheDoubleEngineBeforeJoining) {
+  auto backend = make_backend("cpu-f64");
+  // Nobody listens on the port and the wait is 60 s: only a refusal before joining returns at once.
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(error_of([&] { make_communicator(*backend, testing::local_environment(1, 2, testing::free_tcp_port(), 60)); }),
+            "--device cpu-f64: its gradients are f64; training on several processes sums f32 gradients "
+            "(expected --device cpu (cpu-f64 is for gradient checks in one process))");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0);
+}
+
+TEST(HostCommunicator, RefusesTensorsOtherThanF32) {
+  auto backend = make_backend("cpu-f64");
+  HostCommunicator communicator(*backend, std::make_unique<TcpGroup>(DistributedEnvironment{}));
+  BackendBuffer t(*backend, 4, DType::F64);
+  EXPECT_EQ(error_of([&] { communicator.all_reduce_sum(Tensor(t)); }),
+            "all_reduce_sum on cpu-f64: a tensor of dtype f64 (expected f32 (gradients of the cpu engine; the cpu-f64 "
+            "engine is for gradient checks in one process))");
 }
 
 }  // namespace
