@@ -208,11 +208,13 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     // ranks see (or see late), they would train different models without noticing. The ranks
     // agree iff sum(s^2) * n == sum(s)^2 (equality in Cauchy-Schwarz), exact in double for
     // s below 2^26 (s: 0 for none, else 1 + the step modulo 2^26).
-    const std::int64_t step_found =
-        checkpoint.empty() ? -1
-                           : parse_integer(checkpoint.string(), checkpoint.filename().string().substr(std::string("checkpoint-").size()),
-                                           0, std::numeric_limits<std::int64_t>::max());
-    const double found = static_cast<double>(step_found < 0 ? 0 : step_found % (std::int64_t{1} << 26) + 1);
+    std::int64_t found_step = -1;
+    if (!checkpoint.empty()) {
+      const std::string name = checkpoint.filename().string();
+      found_step = parse_integer(checkpoint.string(), name.substr(name.find('-') + 1), 0,
+                                 std::numeric_limits<std::int64_t>::max());
+    }
+    const double found = static_cast<double>(found_step < 0 ? 0 : found_step % (std::int64_t{1} << 26) + 1);
     std::vector<double> sums{found, found * found};
     communicator.all_reduce_sum(sums);
     if (sums[1] * static_cast<double>(world) != sums[0] * sums[0])
