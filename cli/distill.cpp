@@ -96,9 +96,11 @@ int distill(int argc, char** argv) {
     layer_pairs = parse_layer_mapping(intermediate_layers, student_config.num_hidden_layers, teacher_config.num_hidden_layers);
   check_training_output(o);
 
-  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
-  check_training_memory(*backend, ParameterTable(student_config).total_numel(),
-                        ParameterTable(teacher_config).total_numel());
+  TrainingRun run = open_training_run(r, [&](Backend& backend) {
+    check_training_memory(backend, ParameterTable(student_config).total_numel(),
+                          ParameterTable(teacher_config).total_numel());
+  });
+  Backend* backend = run.backend.get();
   const std::int64_t B = o.batch_size, T = o.sequence_length;
   LlamaModel teacher(teacher_config, *backend, B, T, ModelMode::Inference);
   {
@@ -117,9 +119,10 @@ int distill(int argc, char** argv) {
               teacher_dir.c_str(), static_cast<long long>(teacher.table().total_numel()), student_dir.c_str(),
               static_cast<long long>(student.table().total_numel()), backend->name().c_str(), temperature, hard_label_weight);
 
-  // The teacher's validation loss once, as the bar the student is measured against.
+  // The teacher's validation loss once, as the bar the student is measured against (rank 0
+  // alone validates; the others wait for it at the first gradient sum).
   double teacher_validation = std::numeric_limits<double>::quiet_NaN();
-  if (!o.validation_shards.empty()) {
+  if (run.lead() && !o.validation_shards.empty()) {
     EvalLoader loader(o.validation_shards, B, T, o.eval_windows > 0 ? std::optional<std::int64_t>(o.eval_windows) : std::nullopt,
                       teacher_config.vocab_size);
     LossWorkspace eval_workspace(*backend, teacher_config.vocab_size, B * T);
@@ -137,7 +140,8 @@ int distill(int argc, char** argv) {
   }
   TeacherDistillationObjective objective(teacher, workspace, temperature, hard_label_weight, hidden_states.get(),
                                          intermediate_weight);
-  const TrainSummary summary = run_training(student, objective, o);
+  const TrainSummary summary = run_training(student, objective, o, *run.communicator);
+  if (!run.lead()) return 0;  // rank 0 writes the run's records
   const double share = summary.seconds > 0 ? objective.teacher_seconds() / summary.seconds : 0.0;
   std::printf("teacher forward: %.1f%% of training time (%.1f s)\n", 100.0 * share, objective.teacher_seconds());
   MetricsLog(o.output / "metrics.jsonl", /*append=*/true)

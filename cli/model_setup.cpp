@@ -127,6 +127,28 @@ void print_training_summary(const TrainSummary& s, const TrainOptions& o) {
   std::printf("\nmodel saved to %s\n", (o.output / "model").c_str());
 }
 
+TrainingRun open_training_run(const cxxopts::ParseResult& r, const std::function<void(Backend&)>& before_join) {
+  TrainingRun run;
+  run.environment = distributed_environment();
+  const DistributedEnvironment& env = run.environment;
+  // One log per run: the other ranks would print the same lines, rank 0's being the ones that
+  // count (losses averaged over ranks). Errors still reach stderr from every rank.
+  if (!run.lead()) {
+    std::fflush(stdout);
+    if (!std::freopen("/dev/null", "w", stdout)) std::fclose(stdout);
+  }
+  std::string device = choose_device(r["device"].as<std::string>());
+  if (env.world_size > 1 && device == "cuda") device = str("cuda:", env.local_rank);  // one GPU per process
+  run.backend = make_backend(device);
+  if (before_join) before_join(*run.backend);
+  run.communicator = make_communicator(*run.backend, env);
+  if (env.world_size > 1)
+    std::printf("data-parallel training: %lld processes (rank 0 at %s:%d), --batch-size %s per process\n",
+                static_cast<long long>(env.world_size), env.master_address.c_str(), env.master_port,
+                std::to_string(r["batch-size"].as<std::int64_t>()).c_str());
+  return run;
+}
+
 void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config) {
   if (tokens > config.max_position_embeddings)
     fail_expected(flag, std::to_string(tokens), str("at most max_position_embeddings = ", config.max_position_embeddings));
@@ -136,15 +158,18 @@ void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& 
                               const std::string& banner) {
   check_sequence_length("--sequence-length", o.sequence_length, source.config);
   check_training_output(o);  // before the weights load, not after
-  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
-  check_training_memory(*backend, ParameterTable(source.config).total_numel());
+  TrainingRun run = open_training_run(r, [&](Backend& backend) {
+    check_training_memory(backend, ParameterTable(source.config).total_numel());
+  });
+  Backend* backend = run.backend.get();
   LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
   model.set_parameters(initial_parameters(source, o.seed));
   std::printf("%s on %s: %lld parameters, %zu training shard(s)\n", banner.c_str(), backend->name().c_str(),
               static_cast<long long>(model.table().total_numel()), o.train_shards.size());
   LossWorkspace workspace(*backend, source.config.vocab_size, o.batch_size * o.sequence_length);
   CrossEntropyObjective objective(workspace);
-  print_training_summary(run_training(model, objective, o), o);
+  const TrainSummary summary = run_training(model, objective, o, *run.communicator);
+  if (run.lead()) print_training_summary(summary, o);
 }
 
 }  // namespace minitron::cli

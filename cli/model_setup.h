@@ -4,13 +4,18 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <cxxopts.hpp>
 
+#include "model/backend.h"
+#include "model/communicator.h"
 #include "model/config.h"
 #include "train/trainer.h"
+#include "util/distributed.h"
 
 namespace minitron::cli {
 
@@ -38,6 +43,21 @@ struct TrainingDefaults {
 void add_training_options(cxxopts::Options& options, const TrainingDefaults& defaults);
 TrainOptions parse_training_options(const cxxopts::ParseResult& result, const TrainingDefaults& defaults);
 void print_training_summary(const TrainSummary& summary, const TrainOptions& options);
+
+// The engine a training command runs on and the ranks it trains with. A data-parallel run is
+// launched like torchrun's or srun's (util/distributed.h): every process reads its rank from
+// the environment and runs the same command line.
+struct TrainingRun {
+  DistributedEnvironment environment;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Communicator> communicator;
+  bool lead() const { return environment.rank == 0; }  // the rank that prints and writes
+};
+// Reads the environment, then: the backend for --device (with several ranks, cuda means
+// cuda:<LOCAL_RANK>, one GPU per process); `before_join` (e.g. the memory check, so a run that
+// cannot fit fails on every rank without waiting for the others); the communicator, which
+// waits for every rank. Ranks other than 0 print nothing from here on but errors.
+TrainingRun open_training_run(const cxxopts::ParseResult& result, const std::function<void(Backend&)>& before_join = {});
 
 // Fails naming `flag` unless `tokens` positions fit the model (max_position_embeddings).
 void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config);

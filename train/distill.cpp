@@ -130,6 +130,10 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
   return (1.0 - w) * last_kl_ + w * last_ce_;
 }
 
+void TeacherDistillationObjective::all_reduce_gradients(Communicator& communicator) {
+  if (hidden_states_) hidden_states_->all_reduce_gradients(communicator);
+}
+
 void TeacherDistillationObjective::optimizer_step(std::int64_t step, const OptimizerConfig& config) {
   if (hidden_states_) hidden_states_->optimizer_step(step, config);
 }

@@ -52,6 +52,7 @@ class TeacherDistillationObjective : public Objective {
   std::vector<std::pair<std::string, double>> step_metrics() const override;
 
   // The hidden-state map W is trained, saved and restored with the student.
+  void all_reduce_gradients(Communicator& communicator) override;
   void optimizer_step(std::int64_t step, const OptimizerConfig& config) override;
   void save_state(const std::filesystem::path& checkpoint) const override;
   void restore_state(const std::filesystem::path& checkpoint) override;

@@ -292,6 +292,10 @@ void HiddenStateDistillation::backward(LlamaModel& student, float grad_weight) {
   rows_ = 0;
 }
 
+void HiddenStateDistillation::all_reduce_gradients(Communicator& communicator) {
+  if (has_map()) communicator.all_reduce_sum(map_gradient_);
+}
+
 void HiddenStateDistillation::optimizer_step(std::int64_t step, const OptimizerConfig& config) {
   if (!has_map()) return;
   Backend& b = backend_;

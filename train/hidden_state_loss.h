@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "model/communicator.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "train/optimizer.h"
@@ -99,6 +100,9 @@ class HiddenStateDistillation {
   // recorded student states with their gradients.
   void backward(LlamaModel& student, float grad_weight);
 
+  // Sums W's gradient over the ranks of a data-parallel run (before optimizer_step), so every
+  // rank's W takes the same update; nothing to do without a map.
+  void all_reduce_gradients(Communicator& communicator);
   // One AdamW update of W from its accumulated gradient (the model's schedule, decay and
   // clipping by W's own gradient norm), then zeroes that gradient. 0-based step.
   void optimizer_step(std::int64_t step, const OptimizerConfig& config);

@@ -4,7 +4,10 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <regex>
+#include <vector>
 
 #include "data/dataloader.h"
 #include "model/checkpoint.h"
@@ -73,7 +76,7 @@ void check_training_memory(const Backend& backend, std::int64_t trained_paramete
                                                 " bytes each)")
                                           : std::string(),
                     " needs ", gib(need), " before any activation; the device has ", gib(double(*capacity))),
-                "a model whose state fits the device; training across several GPUs is not supported yet");
+                "a model whose state fits the device (each data-parallel rank holds the whole model)");
 }
 
 namespace {
@@ -82,7 +85,7 @@ namespace {
 // resume must be bit-exact), AdamW moments, and the step and data position as JSON.
 void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const AdamW& optimizer,
                               const TrainLoader& loader, std::int64_t step, const TrainOptions& options,
-                              const Objective& objective) {
+                              const Objective& objective, std::int64_t world_size) {
   std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
   std::vector<float> m, v, master;
   optimizer.get_state(m, v, master);
@@ -103,7 +106,8 @@ void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const Adam
                             {"loader", loader.state()},
                             {"batch_size", options.batch_size},
                             {"sequence_length", options.sequence_length},
-                            {"grad_accumulation", options.grad_accumulation}};
+                            {"grad_accumulation", options.grad_accumulation},
+                            {"world_size", world_size}};
     write_bytes_atomically(tmp / "training_state.json", state.dump(2));
     objective.save_state(tmp);
   }, is_checkpoint_entry);
@@ -111,7 +115,8 @@ void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const Adam
 
 // Returns the step to continue from.
 std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model, AdamW& optimizer,
-                                         TrainLoader& loader, const TrainOptions& options, Objective& objective) {
+                                         TrainLoader& loader, const TrainOptions& options, Objective& objective,
+                                         std::int64_t world_size) {
   nlohmann::json state;
   try {
     state = nlohmann::json::parse(read_text_file(dir / "training_state.json"));
@@ -127,6 +132,12 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
       fail_expected(str("--resume from ", dir.string()), str(key, " is ", now, " now but was ", saved),
                     "the same training flags as the interrupted run");
   }
+  // Checked before the loader's own check, which says the same in its terms: each rank's
+  // windows, and so every later step, depend on the number of ranks.
+  if (const std::int64_t saved = state.value("world_size", std::int64_t{1}); saved != world_size)
+    fail_expected(str("--resume from ", dir.string()),
+                  str("this run has ", world_size, " process(es) (WORLD_SIZE) but the checkpoint was written by ", saved),
+                  str("WORLD_SIZE=", saved, " as in the interrupted run (the data order depends on it)"));
   SafetensorsFile file(dir / "training_state.safetensors");
   const auto n = static_cast<std::size_t>(model.table().total_numel());
   std::vector<float> params(n), m(n), v(n);
@@ -150,7 +161,15 @@ std::string format_eta(double seconds) {
 }  // namespace
 
 TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options) {
+  SingleProcessCommunicator single;
+  return run_training(model, objective, options, single);
+}
+
+TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options,
+                          Communicator& communicator) {
   const std::int64_t B = options.batch_size, T = options.sequence_length;
+  const std::int64_t world = communicator.world_size();
+  const bool lead = communicator.rank() == 0;  // prints, validates, writes
   if (options.steps < 1) fail_expected("--steps", str(options.steps), "at least 1");
   if (options.grad_accumulation < 1)
     fail_expected("--grad-accumulation", str(options.grad_accumulation), "at least 1");
@@ -162,11 +181,13 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   loader_options.batch_size = B;
   loader_options.sequence_length = T;
   loader_options.seed = options.seed;
+  loader_options.rank = communicator.rank();
+  loader_options.world_size = world;
   loader_options.vocab_size = model.config().vocab_size;
   TrainLoader loader(options.train_shards, loader_options);
   std::unique_ptr<EvalLoader> validation;
   std::unique_ptr<LossWorkspace> eval_workspace;
-  if (!options.validation_shards.empty()) {
+  if (lead && !options.validation_shards.empty()) {
     std::optional<std::int64_t> max_windows;
     if (options.eval_windows > 0) max_windows = options.eval_windows;
     validation = std::make_unique<EvalLoader>(options.validation_shards, B, T, max_windows,
@@ -179,18 +200,37 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   AdamW optimizer(model, optimizer_config);
 
   check_training_output(options);  // again: the caller's check may be minutes old
-  fs::create_directories(options.output);
+  if (lead) fs::create_directories(options.output);
   std::int64_t start = 0;
   if (options.resume) {
-    fs::path checkpoint = latest_checkpoint(options.output);
+    const fs::path checkpoint = latest_checkpoint(options.output);
+    // Every rank must continue from the same step: with --output on storage that only some
+    // ranks see (or see late), they would train different models without noticing. The ranks
+    // agree iff sum(s^2) * n == sum(s)^2 (equality in Cauchy-Schwarz), exact in double for
+    // s below 2^26 (s: 0 for none, else 1 + the step modulo 2^26).
+    std::int64_t found_step = -1;
     if (!checkpoint.empty()) {
-      start = restore_training_checkpoint(checkpoint, model, optimizer, loader, options, objective);
-      std::printf("resuming from %s at step %lld\n", checkpoint.c_str(), static_cast<long long>(start));
-    } else {
+      const std::string name = checkpoint.filename().string();
+      found_step = parse_integer(checkpoint.string(), name.substr(name.find('-') + 1), 0,
+                                 std::numeric_limits<std::int64_t>::max());
+    }
+    const double found = static_cast<double>(found_step < 0 ? 0 : found_step % (std::int64_t{1} << 26) + 1);
+    std::vector<double> sums{found, found * found};
+    communicator.all_reduce_sum(sums);
+    if (sums[1] * static_cast<double>(world) != sums[0] * sums[0])
+      fail_expected(str("--resume from ", options.output.string()),
+                    str("the ", world, " processes found different newest checkpoints (this one: ",
+                        checkpoint.empty() ? std::string("none") : checkpoint.string(), ")"),
+                    "--output on a file system that every rank sees");
+    if (!checkpoint.empty()) {
+      start = restore_training_checkpoint(checkpoint, model, optimizer, loader, options, objective, world);
+      if (lead) std::printf("resuming from %s at step %lld\n", checkpoint.c_str(), static_cast<long long>(start));
+    } else if (lead) {
       std::printf("no checkpoint in %s: starting from step 0\n", options.output.c_str());
     }
   }
-  MetricsLog metrics(options.output / "metrics.jsonl", /*append=*/start > 0);
+  MetricsLog metrics;  // rank 0's; a closed log writes nothing on the other ranks
+  if (lead) metrics = MetricsLog(options.output / "metrics.jsonl", /*append=*/start > 0);
 
   auto validate = [&](std::int64_t step, TrainSummary& summary) {
     if (!validation) return;
@@ -207,29 +247,35 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   const auto t0 = std::chrono::steady_clock::now();
   auto window_start = t0;
   std::int64_t window_tokens = 0;
-  const float micro_weight = 1.0f / static_cast<float>(options.grad_accumulation);
+  // Each rank's micro-batches carry 1 / (grad_accumulation x world) of the step's gradient, so
+  // the sum over ranks is the mean over every micro-batch of the global batch.
+  const std::int64_t global_micro_batches = options.grad_accumulation * world;
+  const float micro_weight = 1.0f / static_cast<float>(global_micro_batches);
   for (std::int64_t step = start; step < options.steps; ++step) {
     model.zero_gradients();
-    double loss = 0.0;
+    std::vector<double> loss{0.0};
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
       loader.next(inputs, targets);
-      loss += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
+      loss[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
       model.backward();
     }
+    communicator.all_reduce_sum(model.gradients());
+    objective.all_reduce_gradients(communicator);
+    communicator.all_reduce_sum(loss);
     OptimizerStepStats stats = optimizer.step(step);
     objective.optimizer_step(step, optimizer.config());
-    window_tokens += B * T * options.grad_accumulation;
-    summary.last_train_loss = loss;
+    window_tokens += B * T * global_micro_batches;
+    summary.last_train_loss = loss[0];
     summary.steps = step + 1;
-    if (!std::isfinite(loss)) fail(str("training diverged at step ", step + 1, ": loss is ", loss));
+    if (!std::isfinite(loss[0])) fail(str("training diverged at step ", step + 1, ": loss is ", loss[0]));
 
-    if ((step + 1) % options.log_interval == 0 || step + 1 == options.steps) {
+    if (lead && ((step + 1) % options.log_interval == 0 || step + 1 == options.steps)) {
       auto now = std::chrono::steady_clock::now();
       double window = std::chrono::duration<double>(now - window_start).count();
       double rate = window > 0 ? static_cast<double>(window_tokens) / window : 0.0;
       double elapsed = std::chrono::duration<double>(now - t0).count();
       double eta = elapsed / static_cast<double>(step + 1 - start) * static_cast<double>(options.steps - step - 1);
-      nlohmann::json record = {{"step", step + 1}, {"loss", loss}, {"objective", objective.name()},
+      nlohmann::json record = {{"step", step + 1}, {"loss", loss[0]}, {"objective", objective.name()},
                                 {"learning_rate", stats.learning_rate}, {"grad_norm", stats.grad_norm},
                                 {"tokens_per_second", rate}, {"elapsed_seconds", elapsed},
                                 {"epoch", loader.epoch()}};
@@ -242,7 +288,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       }
       std::printf("step %lld/%lld | %s %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
                   static_cast<long long>(step + 1), static_cast<long long>(options.steps), objective.name(),
-                  loss, terms.c_str(), stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
+                  loss[0], terms.c_str(), stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
       std::fflush(stdout);
       metrics.write(record);
       window_start = now;
@@ -250,31 +296,36 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     }
     if (options.eval_interval > 0 && (step + 1) % options.eval_interval == 0 && step + 1 < options.steps)
       validate(step + 1, summary);
-    if (options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps)
+    if (lead && options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps)
       save_training_checkpoint(options.output / str("checkpoint-", step + 1), model, optimizer, loader,
-                               step + 1, options, objective);
+                               step + 1, options, objective, world);
   }
   validate(options.steps, summary);
 
   // The final model, in HF format, for the next step of the recipe.
-  std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
-  std::vector<float> m, v, master;
-  if (optimizer.has_master()) {
-    optimizer.get_state(m, v, master);
-    params = master;
-  } else {
-    model.get_parameters(params);
+  if (lead) {
+    std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
+    std::vector<float> m, v, master;
+    if (optimizer.has_master()) {
+      optimizer.get_state(m, v, master);
+      params = master;
+    } else {
+      model.get_parameters(params);
+    }
+    SaveOptions save;
+    save.dtype = options.save_dtype;
+    save.copy_files = options.companion_files;
+    save_checkpoint(options.output / "model", model.config(), model.table(), params, save);
   }
-  SaveOptions save;
-  save.dtype = options.save_dtype;
-  save.copy_files = options.companion_files;
-  save_checkpoint(options.output / "model", model.config(), model.table(), params, save);
 
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   summary.tokens_per_second =
-      summary.seconds > 0 ? static_cast<double>((options.steps - start) * B * T * options.grad_accumulation) / summary.seconds : 0;
+      summary.seconds > 0 ? static_cast<double>((options.steps - start) * B * T * global_micro_batches) / summary.seconds : 0;
   metrics.write({{"event", "done"}, {"steps", options.steps}, {"last_train_loss", summary.last_train_loss},
                  {"validation_loss", summary.validation_loss}, {"tokens_per_second", summary.tokens_per_second}});
+  // No rank leaves (closing its connections, which the others would report as its failure)
+  // while rank 0 still writes the model.
+  communicator.barrier();
   return summary;
 }
 

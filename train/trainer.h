@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/communicator.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
 #include "train/losses.h"
@@ -33,6 +34,9 @@ class Objective {
   // Named values of the last micro-batch logged beside the loss (a distillation's loss terms).
   virtual std::vector<std::pair<std::string, double>> step_metrics() const { return {}; }
   virtual void optimizer_step(std::int64_t /*step*/, const OptimizerConfig& /*config*/) {}
+  // Sums the gradients of those parameters over the ranks of a data-parallel run, as the
+  // trainer does for the model's, after the micro-batches and before optimizer_step().
+  virtual void all_reduce_gradients(Communicator& /*communicator*/) {}
   virtual void save_state(const std::filesystem::path& /*checkpoint*/) const {}
   virtual void restore_state(const std::filesystem::path& /*checkpoint*/) {}
 };
@@ -83,6 +87,16 @@ struct TrainSummary {
 // output/model (the final HF checkpoint), output/checkpoint-<step> (resumable) and
 // output/metrics.jsonl; validates on options.validation_shards when any are given.
 TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options);
+
+// The same as one rank of a data-parallel run (model/communicator.h): each rank trains on its
+// own batch_size windows per micro-batch (TrainLoader's rank and world size), gradients are
+// summed over ranks with micro-batch weights 1 / (grad_accumulation x world size), and the
+// loss is the mean over ranks, so rank 0 logs what one process with grad_accumulation x world
+// size micro-batches would. Rank 0 alone prints, validates and writes anything under
+// options.output; every rank resumes from the same checkpoint, and all leave together (a
+// barrier) once rank 0 has saved. The summary's tokens per second count every rank.
+TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options,
+                          Communicator& communicator);
 
 // Refuses (an Error naming the path) an options.output whose model/ or checkpoint-<step>/ the
 // run would replace but must not (check_checkpoint_output): callers check it before loading

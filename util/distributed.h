@@ -2,6 +2,8 @@
 // launchers set: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or Slurm's
 // srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR and MASTER_PORT exported by the
 // batch script, as for torchrun under Slurm). No variable set means a single process.
+// MINITRON_DISTRIBUTED_TIMEOUT (seconds, default 300) bounds how long ranks wait for each other
+// to join: a rank that never starts is an error after that long, not a hang.
 #pragma once
 
 #include <cstdint>
@@ -24,9 +26,9 @@ struct DistributedEnvironment {
 using EnvironmentLookup = std::function<std::optional<std::string>(const std::string& name)>;
 std::optional<std::string> process_environment(const std::string& name);
 
-// Reads the variables above (torchrun's names win over Slurm's when both are set) and checks
+// Reads the variables above (torchrun's names win over Slurm's, variable by variable) and checks
 // them: 0 <= rank < world_size, local_rank >= 0, and for world_size > 1 a master address and a
-// port in 1..65535. Errors name the variable, its value and what was expected.
+// port in 1..65535, and a timeout > 0. Errors name the variable, its value and what was expected.
 DistributedEnvironment distributed_environment(const EnvironmentLookup& lookup = process_environment);
 
 }  // namespace minitron

@@ -1,0 +1,36 @@
+// The collectives of the CPU engines (and of any engine without NCCL): every tensor goes to the
+// host as fp32, is summed over the ranks of a TcpGroup (on rank 0, in rank order, so every rank
+// receives the same bits) and comes back. The CPU engines train models small enough that
+// moving their gradients through one process is not the bottleneck; the cuda engine sums with
+// NCCL instead (make_nccl_communicator).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/backend.h"
+#include "model/communicator.h"
+#include "util/tcp_group.h"
+
+namespace minitron {
+
+class HostCommunicator final : public Communicator {
+ public:
+  HostCommunicator(Backend& backend, std::unique_ptr<TcpGroup> group);
+
+  std::int64_t rank() const override { return group_->rank(); }
+  std::int64_t world_size() const override { return group_->world_size(); }
+  // t must be F32 (an Error naming the dtype otherwise).
+  void all_reduce_sum(Tensor t) override;
+  void all_reduce_sum(std::span<double> values) override;
+  void barrier() override;
+
+ private:
+  Backend& backend_;
+  std::unique_ptr<TcpGroup> group_;
+  std::vector<float> host_;  // staging, kept between calls: gradients are summed every step
+};
+
+}  // namespace minitron

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Data-parallel `minitron train`: two processes launched the way torchrun does (RANK,
+# WORLD_SIZE, MASTER_ADDR, MASTER_PORT) against one process taking both ranks' windows as
+# micro-batches (--grad-accumulation 2); rank 1 writing nothing; the launcher mistakes a user
+# meets first (no MASTER_ADDR, a rank that never comes) as one-line errors.
+set -euo pipefail
+MINITRON=$1
+WORK=$2
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# Two processes share the machine's cores: one OpenMP thread each, as torchrun sets for several
+# processes per node (threads spinning while their process waits for the other slow both ~20x).
+export OMP_NUM_THREADS=1
+
+xz -dc "$OLDPWD/data/corpora/austen.txt.xz" > austen.txt && head -c 200000 austen.txt > text.txt
+"$MINITRON" tokenizer train --vocab-size 300 --input text.txt --output tok >/dev/null
+"$MINITRON" tokenize --tokenizer tok/tokenizer.json --input text.txt --output-prefix shards/austen \
+  --validation-tokens 2000 --split-blank-lines >/dev/null 2>&1
+
+cat > config.json <<'JSON'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 300,
+ "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+ "num_key_value_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+ "max_position_embeddings": 64, "tie_word_embeddings": false, "hidden_act": "silu",
+ "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32"}
+JSON
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+train() {  # train OUT [extra flags]; the launcher's variables come from the caller's environment
+  local out=$1; shift
+  timeout 300 "$MINITRON" train --device cpu --config config.json --tokenizer tok/tokenizer.json \
+    --data 'shards/austen_train_*.bin' --validation-data shards/austen_val_000000.bin --eval-windows 4 \
+    --output "$out" --batch-size 1 --sequence-length 32 --steps 4 --learning-rate 3e-3 --warmup-steps 1 \
+    --save-dtype float32 "$@"
+}
+
+# One process, two micro-batches per step.
+train single --grad-accumulation 2 > single.log
+
+# Two processes, one micro-batch each; rank 1 is pointed at its own --output to show it writes
+# nothing (in a real run every rank gets the same flags).
+port=$(free_port)
+RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port train parallel > rank0.log 2> rank0.err &
+rank0=$!
+RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port train parallel-rank1 > rank1.log 2> rank1.err &
+rank1=$!
+wait $rank0 || { cat rank0.log rank0.err rank1.err; fail "rank 0 failed"; }
+wait $rank1 || { cat rank1.err; fail "rank 1 failed"; }
+grep -q "data-parallel training: 2 processes" rank0.log || { cat rank0.log; fail "rank 0 did not announce the run"; }
+[ ! -s rank1.log ] || { cat rank1.log; fail "rank 1 printed to stdout"; }
+[ ! -s rank1.err ] || { cat rank1.err; fail "rank 1 printed errors"; }
+[ ! -e parallel-rank1 ] || fail "rank 1 created its --output"
+[ -f parallel/model/model.safetensors ] || fail "rank 0 saved no model"
+
+# Rank 0 logs the loss averaged over ranks: what the single process logs, up to the order in
+# which the two micro-batches' fp32 gradients were summed (~1e-7 relative per weight, passed on
+# through 4 Adam steps at learning rate 3e-3): 1e-4 relative is far above that and far below
+# what a wrong window or a missing gradient sum would change (~1e-2).
+python3 - single/metrics.jsonl parallel/metrics.jsonl <<'PY' || fail "the two-rank run does not match one process with --grad-accumulation 2"
+import json, sys
+def records(path, key):
+    return [r for r in map(json.loads, open(path)) if key in r]
+single, parallel = (records(p, "loss") for p in sys.argv[1:3])
+assert [r["step"] for r in single] == [1, 2, 3, 4] == [r["step"] for r in parallel], (single, parallel)
+for a, b in zip(single, parallel):
+    assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"]), (a["step"], a["loss"], b["loss"])
+    assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-3 * abs(a["grad_norm"]), (a["step"], a["grad_norm"], b["grad_norm"])
+va, vb = (records(p, "validation_loss")[-1]["validation_loss"] for p in sys.argv[1:3])
+assert abs(va - vb) <= 1e-4 * abs(va), (va, vb)
+PY
+
+# Bad launches: one line on stderr, a non-zero exit, nothing written.
+expect_error() {  # expect_error PATTERN OUT, the launcher's variables from the caller
+  local pattern=$1 out=$2
+  if train "$out" > err.out 2>&1; then fail "expected failure ($pattern)"; fi
+  [ "$(wc -l < err.out)" -eq 1 ] || { cat err.out; fail "not a one-line error: $pattern"; }
+  grep -q "^minitron: error: .*$pattern" err.out || { cat err.out; fail "message lacks '$pattern'"; }
+  [ ! -e "$out" ] || fail "a failed launch created $out"
+}
+RANK=0 WORLD_SIZE=2 expect_error "MASTER_ADDR: not set, but WORLD_SIZE=2 asks for several processes" no-master
+port=$(free_port)
+start=$(date +%s)
+RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED_TIMEOUT=1 \
+  expect_error "127.0.0.1:$port: 1 of 2 ranks joined within 1 s .*missing rank(s) 1" lone-rank0
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED_TIMEOUT=1 \
+  expect_error "rank 1 connecting to rank 0 at MASTER_ADDR:MASTER_PORT = 127.0.0.1:$port: no connection within 1 s" lone-rank1
+[ $(( $(date +%s) - start )) -lt 30 ] || fail "lone ranks took more than 30 s to give up with a 1 s timeout"
+echo "ok"
