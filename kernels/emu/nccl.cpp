@@ -131,6 +131,7 @@ template <typename T>
 void sum_in_rank_order(Group& group) {
   const std::size_t count = group.calls[0].count;
   group.result.resize(count * sizeof(T));
+  if (count == 0) return;  // the buffers may be null
   T* out = reinterpret_cast<T*>(group.result.data());
   std::memcpy(out, group.calls[0].send, count * sizeof(T));
   for (int r = 1; r < group.ranks; ++r) {

