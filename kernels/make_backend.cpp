@@ -1,5 +1,7 @@
 // make_backend(): the one place that maps a device name to an engine.
+#include <charconv>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -8,17 +10,32 @@
 
 namespace minitron {
 
+std::optional<int> cuda_device_ordinal(const std::string& device) {
+  if (device == "cuda") return -1;
+  const std::string prefix = "cuda:";
+  if (device.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+  const std::string number = device.substr(prefix.size());
+  int ordinal = -1;
+  const char* end = number.data() + number.size();
+  // from_chars takes no sign or spaces, so "cuda:-1", "cuda:+1" and "cuda: 1" fail here too.
+  const auto [stop, error] = std::from_chars(number.data(), end, ordinal);
+  if (number.empty() || error != std::errc() || stop != end || ordinal < 0)
+    fail_expected(str("device '", device, "'"), str("'", number, "' is not a device number"),
+                  "cuda or cuda:N with N = 0, 1, ...");
+  return ordinal;
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device) {
   if (device == "cpu") return std::make_unique<CpuBackend<float>>();
   if (device == "cpu-f64") return std::make_unique<CpuBackend<double>>();
-  if (device == "cuda") {
+  if (const std::optional<int> ordinal = cuda_device_ordinal(device)) {
 #if defined(MINITRON_HAVE_CUDA_BACKEND)
-    return make_cuda_backend();
+    return make_cuda_backend(*ordinal);
 #else
-    fail_expected("device 'cuda'", "this build has no CUDA engine yet", "cpu or cpu-f64");
+    fail_expected(str("device '", device, "'"), "this build has no CUDA engine yet", "cpu or cpu-f64");
 #endif
   }
-  fail_expected(str("device '", device, "'"), "unknown device", "one of: cpu, cpu-f64, cuda");
+  fail_expected(str("device '", device, "'"), "unknown device", "one of: cpu, cpu-f64, cuda, cuda:N");
 }
 
 std::vector<std::string> available_devices() {

@@ -52,7 +52,7 @@ T* ptr(const Tensor& t) {
 
 }  // namespace
 
-CudaBackend::CudaBackend() : context_(std::make_unique<CudaContext>()) {}
+CudaBackend::CudaBackend(int device) : context_(std::make_unique<CudaContext>(device)) {}
 CudaBackend::~CudaBackend() = default;
 
 std::string CudaBackend::name() const {
@@ -473,9 +473,9 @@ void CudaBackend::row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, 
 namespace minitron {
 
 namespace {
-// Why no device can be used, or an empty string when one can.
-std::string cuda_unavailable_reason() {
-  int count = 0;
+// Why no device can be used, or an empty string when one can; `count` receives the devices.
+std::string cuda_unavailable_reason(int& count) {
+  count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {
     cudaGetLastError();  // clear the sticky error for later callers
@@ -486,12 +486,20 @@ std::string cuda_unavailable_reason() {
 }
 }  // namespace
 
-bool cuda_device_available() { return cuda_unavailable_reason().empty(); }
+bool cuda_device_available() {
+  int count = 0;
+  return cuda_unavailable_reason(count).empty();
+}
 
-std::unique_ptr<Backend> make_cuda_backend() {
-  const std::string reason = cuda_unavailable_reason();
+std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
+  int count = 0;
+  const std::string reason = cuda_unavailable_reason(count);
   if (!reason.empty()) fail(str("cuda: no CUDA device found (", reason, ")"));
-  return std::make_unique<cuda::CudaBackend>();
+  if (ordinal >= count)
+    fail_expected(str("device 'cuda:", ordinal, "'"),
+                  str("this machine has ", count, " CUDA device", count == 1 ? "" : "s"),
+                  count == 1 ? std::string("cuda or cuda:0") : str("cuda or cuda:0 .. cuda:", count - 1));
+  return std::make_unique<cuda::CudaBackend>(ordinal);
 }
 
 }  // namespace minitron

@@ -26,7 +26,8 @@ class CudaContext;
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend();
+  // On device `device` (-1: the calling thread's current one); see CudaContext.
+  explicit CudaBackend(int device = -1);
   ~CudaBackend() override;
 
   std::string name() const override;

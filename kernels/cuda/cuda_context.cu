@@ -28,7 +28,13 @@ void* DeviceScratch::get(std::size_t bytes, cudaStream_t stream) {
   return data_;
 }
 
-CudaContext::CudaContext() {
+CudaContext::CudaContext(int device) {
+  if (device >= 0) {
+    MINITRON_CUDA_CHECK(cudaSetDevice(device));
+    device_ = device;
+  } else {
+    MINITRON_CUDA_CHECK(cudaGetDevice(&device_));
+  }
   MINITRON_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   MINITRON_CUBLAS_CHECK(cublasLtCreate(&cublas_));
   MINITRON_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));

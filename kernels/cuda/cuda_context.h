@@ -43,17 +43,22 @@ class DeviceScratch {
 
 class CudaContext {
  public:
-  CudaContext();
+  // Makes `device` the calling thread's current device (cudaSetDevice) and creates everything
+  // there; -1 keeps the current device. The backend must be used from a thread whose current
+  // device is this one: CUDA's current device is per host thread.
+  explicit CudaContext(int device = -1);
   ~CudaContext();
   CudaContext(const CudaContext&) = delete;
   CudaContext& operator=(const CudaContext&) = delete;
 
+  int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
   cublasLtHandle_t cublas() const { return cublas_; }
   Gemm& gemm() { return *gemm_; }
   void* scratch(std::size_t bytes) { return scratch_.get(bytes, stream_); }
 
  private:
+  int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

@@ -19,6 +19,13 @@ set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
 function(minitron_cuda_library name)
   set(dir ${CMAKE_CURRENT_FUNCTION_LIST_DIR})
   add_library(${name} STATIC ${dir}/cuda_backend.cu ${dir}/cuda_context.cu ${dir}/gemm.cu)
+  minitron_cuda_target_options(${name})
+  target_link_libraries(${name} PUBLIC CUDA::cudart CUDA::cublasLt)
+endfunction()
+
+# The flags above for any target of the engine's .cu files (minitron_cuda, minitron_nccl).
+function(minitron_cuda_target_options name)
+  set(dir ${CMAKE_CURRENT_FUNCTION_LIST_DIR})
   set_target_properties(${name} PROPERTIES
     CUDA_ARCHITECTURES OFF          # the -gencode flags below say exactly what is built
     CUDA_STANDARD 20
@@ -36,5 +43,4 @@ function(minitron_cuda_library name)
     target_compile_options(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-v>")
   endif()
   target_include_directories(${name} PUBLIC ${dir}/../..)
-  target_link_libraries(${name} PUBLIC CUDA::cudart CUDA::cublasLt)
 endfunction()

@@ -70,11 +70,14 @@ namespace minitron::emu {
 
 // How launches run. Defaults come from the environment: MINITRON_EMU_THREADS (OS threads per
 // launch, default 2), MINITRON_EMU_REVERSE (1 = reversed thread order), MINITRON_EMU_STACK_KIB
-// (fiber stack size, default 64, 512 under AddressSanitizer).
+// (fiber stack size, default 64, 512 under AddressSanitizer), MINITRON_EMU_NCCL_TIMEOUT_SECONDS
+// (how long an emulated NCCL rank waits for the others before failing, default 120).
 struct Options {
   int os_threads = 2;
   bool reverse_order = false;
   std::size_t stack_bytes = 64 * 1024;
+  // Real NCCL waits forever for a rank that never comes; a test should fail instead of hanging.
+  double nccl_timeout_seconds = 120;
 };
 Options options();
 void set_options(const Options& options);

@@ -109,6 +109,8 @@ Options default_options() {
   defaults.os_threads = static_cast<int>(env_size("MINITRON_EMU_THREADS", 2));
   defaults.reverse_order = env_size("MINITRON_EMU_REVERSE", 0) != 0;
   defaults.stack_bytes = env_size("MINITRON_EMU_STACK_KIB", defaults.stack_bytes / 1024) * 1024;
+  defaults.nccl_timeout_seconds = static_cast<double>(
+      env_size("MINITRON_EMU_NCCL_TIMEOUT_SECONDS", static_cast<std::size_t>(defaults.nccl_timeout_seconds)));
   return defaults;
 }
 

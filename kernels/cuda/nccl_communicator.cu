@@ -1,0 +1,84 @@
+// NCCL collectives for the CUDA engine (see nccl_communicator.h). Compiled in every CUDA build;
+// empty unless CMake found NCCL (MINITRON_HAVE_NCCL), so a machine without it still builds.
+#if defined(MINITRON_HAVE_NCCL)
+#include "kernels/cuda/nccl_communicator.h"
+
+#include <algorithm>
+#include <string>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_context.h"
+
+namespace minitron::cuda {
+
+void fail_nccl(ncclResult_t result, const char* call, const char* file, int line) {
+  std::string message = str("NCCL error at ", file, ":", line, ": ", call, ": ", ncclGetErrorString(result));
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+  // The detail NCCL keeps (which rank, which argument); its comm argument is unused.
+  const char* detail = ncclGetLastError(nullptr);
+  if (detail != nullptr && *detail != '\0') message += str(" (", detail, ")");
+#endif
+  fail(message);
+}
+
+NcclCommunicator::NcclCommunicator(CudaBackend& backend, int rank, int world_size, const ncclUniqueId& id)
+    : backend_(backend), rank_(rank), world_size_(world_size) {
+  if (world_size < 1 || rank < 0 || rank >= world_size)
+    fail_expected("NCCL communicator", str("rank ", rank, " of world size ", world_size),
+                  "world size >= 1 and 0 <= rank < world size");
+  // NCCL binds the communicator to the current device: the backend's, whichever thread this is.
+  MINITRON_CUDA_CHECK(cudaSetDevice(backend_.context().device()));
+  MINITRON_NCCL_CHECK(ncclCommInitRank(&comm_, world_size, id, rank));
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // Destructors must not throw: errors here are reported by the next CUDA call, if any.
+  cudaStreamSynchronize(backend_.context().stream());
+  if (comm_) ncclCommDestroy(comm_);
+  if (staging_) cudaFree(staging_);
+}
+
+void NcclCommunicator::all_reduce_sum(Tensor t) {
+  if (t.dtype != DType::F32)
+    fail_expected("NCCL all_reduce_sum", str("the tensor has dtype ", dtype_name(t.dtype)), "f32");
+  if (t.numel == 0) return;
+  if (t.data == nullptr || t.numel < 0)
+    fail_expected("NCCL all_reduce_sum", str("a tensor of ", t.numel, " elements at null"), "device memory");
+  MINITRON_NCCL_CHECK(ncclAllReduce(t.data, t.data, static_cast<std::size_t>(t.numel), ncclFloat32, ncclSum,
+                                    comm_, backend_.context().stream()));
+}
+
+void NcclCommunicator::all_reduce_sum(std::span<double> values) {
+  if (values.empty()) return;
+  const cudaStream_t stream = backend_.context().stream();
+  double* device = staging(values.size());
+  MINITRON_CUDA_CHECK(cudaMemcpyAsync(device, values.data(), values.size_bytes(), cudaMemcpyHostToDevice, stream));
+  MINITRON_NCCL_CHECK(ncclAllReduce(device, device, values.size(), ncclFloat64, ncclSum, comm_, stream));
+  MINITRON_CUDA_CHECK(cudaMemcpyAsync(values.data(), device, values.size_bytes(), cudaMemcpyDeviceToHost, stream));
+  MINITRON_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void NcclCommunicator::barrier() {
+  const cudaStream_t stream = backend_.context().stream();
+  double* device = staging(1);
+  MINITRON_NCCL_CHECK(ncclAllReduce(device, device, 1, ncclFloat64, ncclSum, comm_, stream));
+  MINITRON_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+double* NcclCommunicator::staging(std::size_t count) {
+  if (count <= staging_count_) return staging_;
+  if (staging_) {
+    // Every use of the buffer ends in a stream synchronisation: nothing queued still reads it.
+    MINITRON_CUDA_CHECK(cudaFree(staging_));
+    staging_ = nullptr;
+    staging_count_ = 0;
+  }
+  // A few losses and counts per step: 64 covers them, so the buffer is allocated once.
+  const std::size_t wanted = std::max<std::size_t>(count, 64);
+  MINITRON_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&staging_), wanted * sizeof(double)));
+  staging_count_ = wanted;
+  return staging_;
+}
+
+}  // namespace minitron::cuda
+#endif  // MINITRON_HAVE_NCCL
