@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "util/distributed.h"
 #include "util/error.h"
 
 namespace {
@@ -13,19 +14,20 @@ struct Command {
   const char* name;
   int (*run)(int, char**);
   const char* summary;
+  bool data_parallel = false;  // runs as one rank of a torchrun/srun launch (util/distributed.h)
 };
 
 constexpr Command kCommands[] = {
     {"info", minitron::cli::info, "show a model's architecture, parameter counts and FLOPs"},
-    {"train", minitron::cli::train, "train a model (from a checkpoint or a config) on token shards"},
+    {"train", minitron::cli::train, "train a model (from a checkpoint or a config) on token shards", true},
     {"eval", minitron::cli::eval, "perplexity on token shards, or lm-evaluation-harness-style multiple-choice tasks"},
     {"generate", minitron::cli::generate, "continue a prompt with a model (greedy or sampled, KV cache)"},
     {"tokenizer", minitron::cli::tokenizer, "encode, decode, or train a tokenizer.json"},
     {"tokenize", minitron::cli::tokenize, "turn text or JSONL into llm.c token shards"},
     {"importance", minitron::cli::importance, "score neurons, heads, channels and layers on calibration data"},
     {"prune", minitron::cli::prune, "prune width and depth by importance scores into a new checkpoint"},
-    {"correct", minitron::cli::correct, "teacher correction: fine-tune the teacher on the distillation data (train preset)"},
-    {"distill", minitron::cli::distill, "distill a teacher into a student (forward KL on logits)"},
+    {"correct", minitron::cli::correct, "teacher correction: fine-tune the teacher on the distillation data (train preset)", true},
+    {"distill", minitron::cli::distill, "distill a teacher into a student (forward KL on logits)", true},
     {"pipeline", minitron::cli::pipeline, "the whole recipe from a JSON config: correct, score, prune, distill, evaluate, report"},
 };
 
@@ -44,6 +46,10 @@ int main(int argc, char** argv) {
   for (const Command& c : kCommands) {
     if (std::strcmp(argv[1], c.name) != 0) continue;
     try {
+      if (const std::int64_t processes = minitron::launched_world_size(); processes > 1 && !c.data_parallel)
+        minitron::fail_expected(minitron::str("minitron ", c.name),
+                                minitron::str("launched as ", processes, " processes (WORLD_SIZE or SLURM_NTASKS)"),
+                                "one process: train, correct and distill are the data-parallel commands");
       return c.run(argc - 1, argv + 1);
     } catch (const minitron::Error& e) {
       std::fprintf(stderr, "minitron: error: %s\n", e.what());

@@ -1,8 +1,10 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -152,6 +154,24 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
   return state.at("step").get<std::int64_t>();
 }
 
+// The step of a checkpoint-<step> directory; -1 for none (an empty path).
+std::int64_t checkpoint_step(const fs::path& checkpoint) {
+  if (checkpoint.empty()) return -1;
+  std::smatch m;
+  const std::string name = checkpoint.filename().string();
+  MINITRON_ASSERT(std::regex_match(name, m, checkpoint_name_pattern()), name);
+  return parse_integer(checkpoint.string(), m[1].str(), 0, std::int64_t{1} << 53);
+}
+
+// Every rank's value, in rank order: each rank fills its own slot of a zero vector and the
+// slots are summed over ranks (exact: one non-zero term per slot, |value| <= 2^53).
+std::vector<std::int64_t> gather_over_ranks(Communicator& communicator, std::int64_t value) {
+  std::vector<double> slots(static_cast<std::size_t>(communicator.world_size()), 0.0);
+  slots[static_cast<std::size_t>(communicator.rank())] = static_cast<double>(value);
+  communicator.all_reduce_sum(slots);
+  return std::vector<std::int64_t>(slots.begin(), slots.end());
+}
+
 std::string format_eta(double seconds) {
   if (!(seconds >= 0)) return "--";
   auto s = static_cast<long>(seconds + 0.5);
@@ -205,23 +225,16 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   if (options.resume) {
     const fs::path checkpoint = latest_checkpoint(options.output);
     // Every rank must continue from the same step: with --output on storage that only some
-    // ranks see (or see late), they would train different models without noticing. The ranks
-    // agree iff sum(s^2) * n == sum(s)^2 (equality in Cauchy-Schwarz), exact in double for
-    // s below 2^26 (s: 0 for none, else 1 + the step modulo 2^26).
-    std::int64_t found_step = -1;
-    if (!checkpoint.empty()) {
-      const std::string name = checkpoint.filename().string();
-      found_step = parse_integer(checkpoint.string(), name.substr(name.find('-') + 1), 0,
-                                 std::numeric_limits<std::int64_t>::max());
-    }
-    const double found = static_cast<double>(found_step < 0 ? 0 : found_step % (std::int64_t{1} << 26) + 1);
-    std::vector<double> sums{found, found * found};
-    communicator.all_reduce_sum(sums);
-    if (sums[1] * static_cast<double>(world) != sums[0] * sums[0])
+    // ranks see (or see late), they would train different models without noticing.
+    const std::vector<std::int64_t> found = gather_over_ranks(communicator, checkpoint_step(checkpoint));
+    if (std::adjacent_find(found.begin(), found.end(), std::not_equal_to<>()) != found.end()) {
+      std::string finds;
+      for (std::size_t r = 0; r < found.size(); ++r)
+        finds += str(r > 0 ? ", " : "", "rank ", r, ": ", found[r] < 0 ? std::string("none") : str("checkpoint-", found[r]));
       fail_expected(str("--resume from ", options.output.string()),
-                    str("the ", world, " processes found different newest checkpoints (this one: ",
-                        checkpoint.empty() ? std::string("none") : checkpoint.string(), ")"),
+                    str("the ranks found different newest checkpoints (", finds, ")"),
                     "--output on a file system that every rank sees");
+    }
     if (!checkpoint.empty()) {
       start = restore_training_checkpoint(checkpoint, model, optimizer, loader, options, objective, world);
       if (lead) std::printf("resuming from %s at step %lld\n", checkpoint.c_str(), static_cast<long long>(start));

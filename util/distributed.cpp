@@ -30,11 +30,21 @@ std::optional<Found> first_set(const EnvironmentLookup& lookup, std::initializer
 // Far more ranks than any cluster runs; only there to keep the arithmetic far from overflow.
 constexpr std::int64_t kMaxWorldSize = std::int64_t{1} << 24;
 
+// WORLD_SIZE, else SLURM_NTASKS.
+std::optional<Found> world_size_variable(const EnvironmentLookup& lookup) {
+  return first_set(lookup, {"WORLD_SIZE", "SLURM_NTASKS"});
+}
+
 }  // namespace
+
+std::int64_t launched_world_size(const EnvironmentLookup& lookup) {
+  const std::optional<Found> world = world_size_variable(lookup);
+  return world ? parse_integer(world->name, world->value, 1, kMaxWorldSize) : 1;
+}
 
 DistributedEnvironment distributed_environment(const EnvironmentLookup& lookup) {
   DistributedEnvironment env;
-  const std::optional<Found> world = first_set(lookup, {"WORLD_SIZE", "SLURM_NTASKS"});
+  const std::optional<Found> world = world_size_variable(lookup);
   const std::optional<Found> rank = first_set(lookup, {"RANK", "SLURM_PROCID"});
   const std::optional<Found> local_rank = first_set(lookup, {"LOCAL_RANK", "SLURM_LOCALID"});
   if (world) env.world_size = parse_integer(world->name, world->value, 1, kMaxWorldSize);

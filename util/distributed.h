@@ -26,6 +26,10 @@ struct DistributedEnvironment {
 using EnvironmentLookup = std::function<std::optional<std::string>(const std::string& name)>;
 std::optional<std::string> process_environment(const std::string& name);
 
+// The number of processes the launcher started: WORLD_SIZE, else SLURM_NTASKS, else 1. Commands
+// that run as one process refuse more (cli/main.cpp) rather than write the same files N times.
+std::int64_t launched_world_size(const EnvironmentLookup& lookup = process_environment);
+
 // Reads the variables above (torchrun's names win over Slurm's, variable by variable) and checks
 // them: 0 <= rank < world_size, local_rank >= 0, and for world_size > 1 a master address and a
 // port in 1..65535, and a timeout > 0. Errors name the variable, its value and what was expected.

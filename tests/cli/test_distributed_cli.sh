@@ -85,4 +85,11 @@ RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED
 RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED_TIMEOUT=1 \
   expect_error "rank 1 connecting to rank 0 at MASTER_ADDR:MASTER_PORT = 127.0.0.1:$port: no connection within 1 s" lone-rank1
 [ $(( $(date +%s) - start )) -lt 30 ] || fail "lone ranks took more than 30 s to give up with a 1 s timeout"
+
+# A one-process command under a multi-process launch refuses before it reads anything, rather
+# than have every rank write the same files.
+if SLURM_NTASKS=4 SLURM_PROCID=2 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin \
+    > eval.out 2>&1; then fail "eval under a 4-process launch succeeded"; fi
+grep -qx "minitron: error: minitron eval: launched as 4 processes (WORLD_SIZE or SLURM_NTASKS) (expected one process: train, correct and distill are the data-parallel commands)" eval.out \
+  || { cat eval.out; fail "eval under a 4-process launch: wrong message"; }
 echo "ok"

@@ -210,6 +210,20 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
                   ": this run has 1 process(es) (WORLD_SIZE) but the checkpoint was written by 2 (expected WORLD_SIZE=2 "
                   "as in the interrupted run (the data order depends on it))");
   }
+
+  // Ranks that see different --output contents (storage not shared) refuse together, naming
+  // what each found, before any of them trains from a different step.
+  const int port = testing::free_tcp_port();
+  const auto errors = testing::run_ranks(2, [&](std::int64_t rank) {
+    TrainOptions options = o;
+    options.output = rank == 0 ? dir / "resumed" : dir / "unshared";  // rank 1's has no checkpoint
+    options.resume = true;
+    train_rank(pair, options, false, rank, 2, port);
+  });
+  for (std::size_t r = 0; r < 2; ++r)
+    EXPECT_EQ(errors[r], str("--resume from ", (r == 0 ? dir / "resumed" : dir / "unshared").string(),
+                             ": the ranks found different newest checkpoints (rank 0: checkpoint-2, rank 1: none) "
+                             "(expected --output on a file system that every rank sees)"));
 }
 
 std::string error_of(const std::function<void()>& f) {

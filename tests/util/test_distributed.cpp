@@ -13,13 +13,16 @@ namespace {
 
 using Variables = std::map<std::string, std::string>;
 
-DistributedEnvironment read(const Variables& variables) {
-  return distributed_environment([&](const std::string& name) -> std::optional<std::string> {
+// A lookup into `variables`, which must outlive it.
+EnvironmentLookup lookup_in(const Variables& variables) {
+  return [&variables](const std::string& name) -> std::optional<std::string> {
     auto it = variables.find(name);
     if (it == variables.end()) return std::nullopt;
     return it->second;
-  });
+  };
 }
+
+DistributedEnvironment read(const Variables& variables) { return distributed_environment(lookup_in(variables)); }
 
 // The message of the Error that reading `variables` throws ("" when none is thrown).
 std::string error_of(const Variables& variables) {
@@ -124,6 +127,15 @@ TEST(DistributedEnvironment, SeveralRanksNeedTheMaster) {
       << no_port;
   EXPECT_EQ(error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "70000"}}),
             "MASTER_PORT: value 70000 is out of range (expected an integer from 1 to 65535)");
+}
+
+TEST(DistributedEnvironment, LaunchedWorldSize) {
+  const auto count = [](const Variables& variables) { return launched_world_size(lookup_in(variables)); };
+  EXPECT_EQ(count({}), 1);
+  EXPECT_EQ(count({{"WORLD_SIZE", "8"}}), 8);  // no RANK or MASTER_ADDR needed to count
+  EXPECT_EQ(count({{"SLURM_NTASKS", "4"}}), 4);
+  EXPECT_EQ(count({{"WORLD_SIZE", "2"}, {"SLURM_NTASKS", "4"}}), 2);
+  EXPECT_THROW(count({{"WORLD_SIZE", "two"}}), Error);
 }
 
 }  // namespace
