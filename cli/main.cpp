@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     try {
       if (const std::int64_t processes = minitron::launched_world_size(); processes > 1 && !c.data_parallel)
         minitron::fail_expected(minitron::str("minitron ", c.name),
-                                minitron::str("launched as ", processes, " processes (WORLD_SIZE or SLURM_NTASKS)"),
+                                minitron::str("launched as ", processes, " processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS)"),
                                 "one process: train, correct and distill are the data-parallel commands");
       return c.run(argc - 1, argv + 1);
     } catch (const minitron::Error& e) {

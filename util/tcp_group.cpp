@@ -59,7 +59,7 @@ const char* op_name(std::uint32_t op) {
 }
 
 std::string endpoint(const DistributedEnvironment& env) {
-  return str("MASTER_ADDR:MASTER_PORT = ", env.master_address, ":", env.master_port);
+  return str("MASTER_ADDR:", env.master_port_name, " = ", env.master_address, ":", env.master_port);
 }
 
 void close_socket(int& fd) {
@@ -159,7 +159,7 @@ int listen_on(const DistributedEnvironment& env) {
   }
   ::freeaddrinfo(found);
   if (fd < 0)
-    fail_expected(str("MASTER_PORT=", env.master_port), str("rank 0 cannot listen on it: ", std::strerror(last_error)),
+    fail_expected(str(env.master_port_name, "=", env.master_port), str("rank 0 cannot listen on it: ", std::strerror(last_error)),
                   "a free TCP port on rank 0's host");
   return fd;
 }

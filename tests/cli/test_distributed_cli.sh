@@ -87,9 +87,29 @@ RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED
 [ $(( $(date +%s) - start )) -lt 30 ] || fail "lone ranks took more than 30 s to give up with a 1 s timeout"
 
 # A one-process command under a multi-process launch refuses before it reads anything, rather
-# than have every rank write the same files.
-if SLURM_NTASKS=4 SLURM_PROCID=2 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin \
+# than have every rank write the same files; a batch script's own Slurm variables are no launch.
+if SLURM_STEP_NUM_TASKS=4 SLURM_PROCID=2 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin \
     > eval.out 2>&1; then fail "eval under a 4-process launch succeeded"; fi
-grep -qx "minitron: error: minitron eval: launched as 4 processes (WORLD_SIZE or SLURM_NTASKS) (expected one process: train, correct and distill are the data-parallel commands)" eval.out \
+grep -qx "minitron: error: minitron eval: launched as 4 processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS) (expected one process: train, correct and distill are the data-parallel commands)" eval.out \
   || { cat eval.out; fail "eval under a 4-process launch: wrong message"; }
+SLURM_NTASKS=4 SLURM_PROCID=0 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin --sequence-length 32 > eval.out 2>&1 \
+  || { cat eval.out; fail "eval in a batch script's environment (SLURM_NTASKS, no job step) was refused"; }
+
+# PyTorch's launcher (torchrun's agent, where /usr/bin/python3 has torch): the agent serves its
+# own store on the master port, so rank 0 must listen elsewhere.
+if /usr/bin/python3 -c "import torch.distributed.launcher.api" 2>/dev/null; then
+  OMP_NUM_THREADS=1 timeout 300 /usr/bin/python3 "$OLDPWD/tests/cli/elastic_launch.py" 2 "$(free_port)" "$MINITRON" train --device cpu --config config.json --tokenizer tok/tokenizer.json \
+    --data 'shards/austen_train_*.bin' --output torchrun --batch-size 1 --sequence-length 32 --steps 4 \
+    --learning-rate 3e-3 --warmup-steps 1 --save-dtype float32 > torchrun.log 2>&1 \
+    || { cat torchrun.log; fail "two ranks under torchrun failed"; }
+  python3 - single/metrics.jsonl torchrun/metrics.jsonl <<'PY' || fail "the torchrun run does not match one process with --grad-accumulation 2"
+import json, sys
+single, launched = ([r["loss"] for r in map(json.loads, open(p)) if "loss" in r] for p in sys.argv[1:3])
+assert len(single) == len(launched) == 4, (single, launched)
+# The same tolerance and reason as for the two hand-launched ranks above.
+assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(single, launched)), (single, launched)
+PY
+else
+  echo "note: /usr/bin/python3 has no torch; the torchrun launch was not tried"
+fi
 echo "ok"

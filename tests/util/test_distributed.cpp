@@ -54,7 +54,7 @@ TEST(DistributedEnvironment, Torchrun) {
 }
 
 TEST(DistributedEnvironment, Slurm) {
-  const DistributedEnvironment env = read({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "3"},
+  const DistributedEnvironment env = read({{"SLURM_PROCID", "3"}, {"SLURM_STEP_NUM_TASKS", "4"}, {"SLURM_LOCALID", "3"},
                                            {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "1234"}});
   EXPECT_EQ(env.rank, 3);
   EXPECT_EQ(env.world_size, 4);
@@ -66,11 +66,31 @@ TEST(DistributedEnvironment, Slurm) {
 TEST(DistributedEnvironment, TorchrunWinsOverSlurm) {
   // torchrun started by srun, one agent per node: torchrun's per-process names are the truth.
   const DistributedEnvironment env =
-      read({{"RANK", "6"}, {"WORLD_SIZE", "16"}, {"LOCAL_RANK", "6"}, {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"},
+      read({{"RANK", "6"}, {"WORLD_SIZE", "16"}, {"LOCAL_RANK", "6"}, {"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "2"},
             {"SLURM_LOCALID", "0"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}});
   EXPECT_EQ(env.rank, 6);
   EXPECT_EQ(env.world_size, 16);
   EXPECT_EQ(env.local_rank, 6);
+}
+
+TEST(DistributedEnvironment, SlurmBatchScriptIsOneProcess) {
+  // sbatch's script runs once, on the first node, with the allocation's task count and rank 0
+  // in its environment; only srun's job steps (SLURM_STEP_NUM_TASKS) are launches of several.
+  const DistributedEnvironment env = read({{"SLURM_NTASKS", "32"}, {"SLURM_PROCID", "0"}, {"SLURM_LOCALID", "0"}});
+  EXPECT_EQ(env.world_size, 1);
+  EXPECT_EQ(env.rank, 0);
+}
+
+TEST(DistributedEnvironment, TorchrunsAgentHoldsMasterPort) {
+  const DistributedEnvironment env = read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"},
+                                           {"MASTER_PORT", "29500"}, {"TORCHELASTIC_RUN_ID", "none"}});
+  EXPECT_EQ(env.master_port, 29501);
+  EXPECT_EQ(env.master_port_name, "MASTER_PORT+1");
+  EXPECT_EQ(read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "29500"}}).master_port, 29500);
+  EXPECT_EQ(error_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "65535"},
+                      {"TORCHELASTIC_RUN_ID", "x"}}),
+            "MASTER_PORT=65535: torchrun's agent holds it and rank 0 listens on the next port (expected a MASTER_PORT "
+            "below 65535)");
 }
 
 TEST(DistributedEnvironment, OneRankNeedsNoMaster) {
@@ -91,7 +111,7 @@ TEST(DistributedEnvironment, Timeout) {
 TEST(DistributedEnvironment, NotAnInteger) {
   EXPECT_EQ(error_of({{"RANK", "0"}, {"WORLD_SIZE", "abc"}}),
             "WORLD_SIZE: 'abc' is not a whole number (expected an integer from 1 to 16777216)");
-  EXPECT_EQ(error_of({{"SLURM_PROCID", "x1"}, {"SLURM_NTASKS", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}}),
+  EXPECT_EQ(error_of({{"SLURM_PROCID", "x1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}}),
             "SLURM_PROCID: 'x1' is not a whole number (expected an integer from 0 to 16777216)");
   EXPECT_EQ(error_of({{"RANK", "0"}, {"WORLD_SIZE", "0"}}),
             "WORLD_SIZE: value 0 is out of range (expected an integer from 1 to 16777216)");
@@ -106,9 +126,11 @@ TEST(DistributedEnvironment, RankOutOfRange) {
 
 TEST(DistributedEnvironment, HalfALauncher) {
   EXPECT_EQ(error_of({{"RANK", "1"}}),
-            "RANK=1: set without WORLD_SIZE (expected WORLD_SIZE (or SLURM_NTASKS) beside it, as torchrun and srun set both)");
+            "RANK=1: set without WORLD_SIZE (expected WORLD_SIZE beside it, as torchrun sets both)");
   EXPECT_EQ(error_of({{"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}}),
-            "WORLD_SIZE=2: set without RANK (expected RANK (or SLURM_PROCID) beside it, as torchrun and srun set both)");
+            "WORLD_SIZE=2: set without RANK (expected RANK beside it, as torchrun sets both)");
+  EXPECT_EQ(error_of({{"SLURM_STEP_NUM_TASKS", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}}),
+            "SLURM_STEP_NUM_TASKS=2: set without SLURM_PROCID (expected SLURM_PROCID beside it, as srun sets both)");
 }
 
 TEST(DistributedEnvironment, SeveralRanksNeedTheMaster) {
@@ -119,8 +141,8 @@ TEST(DistributedEnvironment, SeveralRanksNeedTheMaster) {
                              0),
             0u)
       << no_address;
-  const std::string no_port = error_of({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}, {"MASTER_ADDR", "n1"}});
-  EXPECT_EQ(no_port.rfind("MASTER_PORT: not set, but SLURM_NTASKS=2 asks for several processes (expected a free TCP "
+  const std::string no_port = error_of({{"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"MASTER_ADDR", "n1"}});
+  EXPECT_EQ(no_port.rfind("MASTER_PORT: not set, but SLURM_STEP_NUM_TASKS=2 asks for several processes (expected a free TCP "
                           "port on rank 0's host;",
                           0),
             0u)
@@ -133,8 +155,9 @@ TEST(DistributedEnvironment, LaunchedWorldSize) {
   const auto count = [](const Variables& variables) { return launched_world_size(lookup_in(variables)); };
   EXPECT_EQ(count({}), 1);
   EXPECT_EQ(count({{"WORLD_SIZE", "8"}}), 8);  // no RANK or MASTER_ADDR needed to count
-  EXPECT_EQ(count({{"SLURM_NTASKS", "4"}}), 4);
-  EXPECT_EQ(count({{"WORLD_SIZE", "2"}, {"SLURM_NTASKS", "4"}}), 2);
+  EXPECT_EQ(count({{"SLURM_STEP_NUM_TASKS", "4"}}), 4);
+  EXPECT_EQ(count({{"WORLD_SIZE", "2"}, {"SLURM_STEP_NUM_TASKS", "4"}}), 2);
+  EXPECT_EQ(count({{"SLURM_NTASKS", "32"}, {"SLURM_PROCID", "0"}}), 1);  // a batch script, not a step
   EXPECT_THROW(count({{"WORLD_SIZE", "two"}}), Error);
 }
 
