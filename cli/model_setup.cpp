@@ -1,5 +1,8 @@
 #include "cli/model_setup.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 
@@ -135,10 +138,15 @@ TrainingRun open_training_run(const cxxopts::ParseResult& r, const std::function
   // count (losses averaged over ranks). Errors still reach stderr from every rank.
   if (!run.lead()) {
     std::fflush(stdout);
-    if (!std::freopen("/dev/null", "w", stdout)) std::fclose(stdout);
+    // stdout stays a valid stream whatever happens; if /dev/null cannot be opened this rank
+    // just prints too.
+    if (const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC); null >= 0) {
+      ::dup2(null, STDOUT_FILENO);
+      ::close(null);
+    }
   }
   std::string device = choose_device(r["device"].as<std::string>());
-  if (env.world_size > 1 && device == "cuda") device = str("cuda:", env.local_rank);  // one GPU per process
+  if (env.world_size > 1) device = device_for_local_rank(device, env.local_rank);
   run.backend = make_backend(device);
   if (before_join) before_join(*run.backend);
   run.communicator = make_communicator(*run.backend, env);

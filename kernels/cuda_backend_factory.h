@@ -26,6 +26,8 @@ std::optional<int> cuda_device_ordinal(const std::string& device);
 std::unique_ptr<Backend> make_cuda_backend(int ordinal = -1);
 // True when a CUDA device is present and usable.
 bool cuda_device_available();
+// The usable CUDA devices; 0 when none is.
+int cuda_device_count();
 // NCCL over the ranks of `bootstrap`, for a backend made by make_cuda_backend(): rank 0's
 // ncclUniqueId travels over bootstrap, which is not needed once this returns. Throws Error
 // when this build has no NCCL or `backend` is not the CUDA engine.

@@ -38,6 +38,16 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
   fail_expected(str("device '", device, "'"), "unknown device", "one of: cpu, cpu-f64, cuda, cuda:N");
 }
 
+std::string device_for_local_rank(const std::string& device, std::int64_t local_rank) {
+  if (device != "cuda") return device;
+#if defined(MINITRON_HAVE_CUDA_BACKEND)
+  // Modulo the devices this process sees: a launcher that binds one GPU per task (Slurm's
+  // --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) leaves each process one device, cuda:0.
+  if (const int count = cuda_device_count(); count > 0) return str("cuda:", local_rank % count);
+#endif
+  return device;  // make_backend says why there is no GPU
+}
+
 std::vector<std::string> available_devices() {
   std::vector<std::string> devices = {"cpu", "cpu-f64"};
 #if defined(MINITRON_HAVE_CUDA_BACKEND)

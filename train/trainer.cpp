@@ -1,14 +1,17 @@
 #include "train/trainer.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <iomanip>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <regex>
+#include <span>
 #include <vector>
 
 #include "data/dataloader.h"
@@ -163,13 +166,41 @@ std::int64_t checkpoint_step(const fs::path& checkpoint) {
   return parse_integer(checkpoint.string(), m[1].str(), 0, std::int64_t{1} << 53);
 }
 
-// Every rank's value, in rank order: each rank fills its own slot of a zero vector and the
-// slots are summed over ranks (exact: one non-zero term per slot, |value| <= 2^53).
-std::vector<std::int64_t> gather_over_ranks(Communicator& communicator, std::int64_t value) {
-  std::vector<double> slots(static_cast<std::size_t>(communicator.world_size()), 0.0);
-  slots[static_cast<std::size_t>(communicator.rank())] = static_cast<double>(value);
+// Every rank's values, rank r's k values at [r*k, r*k + k): each rank fills its own slots of a
+// zero vector and the slots are summed over ranks (exact: one non-zero term per slot).
+std::vector<double> gather_over_ranks(Communicator& communicator, std::span<const double> values) {
+  const std::size_t k = values.size();
+  std::vector<double> slots(static_cast<std::size_t>(communicator.world_size()) * k, 0.0);
+  std::copy(values.begin(), values.end(), slots.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(communicator.rank()) * k));
   communicator.all_reduce_sum(slots);
-  return std::vector<std::int64_t>(slots.begin(), slots.end());
+  return slots;
+}
+
+// The replicas stay identical only if they start so. A node-local copy of the model that
+// differs would mix gradients of different models without an error; a different --steps or
+// batch shape would leave some ranks waiting forever in a collective the others never call.
+void check_ranks_agree(Communicator& communicator, LlamaModel& model, const TrainOptions& options, std::int64_t start) {
+  struct Agreed {
+    const char* what;
+    double value;
+  };
+  const Agreed agreed[] = {
+      {"the weights' sum of squares", model.backend().sum_of_squares(model.parameters())},
+      {"--steps", static_cast<double>(options.steps)},
+      {"--batch-size", static_cast<double>(options.batch_size)},
+      {"--sequence-length", static_cast<double>(options.sequence_length)},
+      {"--grad-accumulation", static_cast<double>(options.grad_accumulation)},
+      {"the step it starts from", static_cast<double>(start)},
+  };
+  constexpr std::size_t k = std::size(agreed);
+  std::array<double, k> mine;
+  for (std::size_t i = 0; i < k; ++i) mine[i] = agreed[i].value;
+  const std::vector<double> all = gather_over_ranks(communicator, mine);
+  for (std::size_t r = 1; r < all.size() / k; ++r)
+    for (std::size_t i = 0; i < k; ++i)
+      if (all[r * k + i] != all[i])
+        fail_expected(str("data-parallel rank ", r), str(agreed[i].what, " is ", std::setprecision(17), all[r * k + i], " but rank 0's is ", all[i]),
+                      "every rank started with the same command line and the same model files");
 }
 
 std::string format_eta(double seconds) {
@@ -226,11 +257,13 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     const fs::path checkpoint = latest_checkpoint(options.output);
     // Every rank must continue from the same step: with --output on storage that only some
     // ranks see (or see late), they would train different models without noticing.
-    const std::vector<std::int64_t> found = gather_over_ranks(communicator, checkpoint_step(checkpoint));
+    const double step = static_cast<double>(checkpoint_step(checkpoint));
+    const std::vector<double> found = gather_over_ranks(communicator, std::span(&step, 1));
     if (std::adjacent_find(found.begin(), found.end(), std::not_equal_to<>()) != found.end()) {
       std::string finds;
       for (std::size_t r = 0; r < found.size(); ++r)
-        finds += str(r > 0 ? ", " : "", "rank ", r, ": ", found[r] < 0 ? std::string("none") : str("checkpoint-", found[r]));
+        finds += str(r > 0 ? ", " : "", "rank ", r, ": ",
+                     found[r] < 0 ? std::string("none") : str("checkpoint-", static_cast<std::int64_t>(found[r])));
       fail_expected(str("--resume from ", options.output.string()),
                     str("the ranks found different newest checkpoints (", finds, ")"),
                     "--output on a file system that every rank sees");
@@ -242,6 +275,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       std::printf("no checkpoint in %s: starting from step 0\n", options.output.c_str());
     }
   }
+  if (world > 1) check_ranks_agree(communicator, model, options, start);
   MetricsLog metrics;  // rank 0's; a closed log writes nothing on the other ranks
   if (lead) metrics = MetricsLog(options.output / "metrics.jsonl", /*append=*/start > 0);
 

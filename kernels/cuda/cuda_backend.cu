@@ -491,6 +491,11 @@ bool cuda_device_available() {
   return cuda_unavailable_reason(count).empty();
 }
 
+int cuda_device_count() {
+  int count = 0;
+  return cuda_unavailable_reason(count).empty() ? count : 0;
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
   int count = 0;
   const std::string reason = cuda_unavailable_reason(count);

@@ -4,6 +4,7 @@
 #include "kernels/cuda/nccl_communicator.h"
 
 #include <algorithm>
+#include <exception>
 #include <string>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -33,8 +34,15 @@ NcclCommunicator::NcclCommunicator(CudaBackend& backend, int rank, int world_siz
 
 NcclCommunicator::~NcclCommunicator() {
   // Destructors must not throw: errors here are reported by the next CUDA call, if any.
-  cudaStreamSynchronize(backend_.context().stream());
-  if (comm_) ncclCommDestroy(comm_);
+  if (std::uncaught_exceptions() > 0) {
+    // This rank is failing, and the others may wait in a collective it will never join:
+    // ncclCommDestroy (and a stream sync) could then block forever, so the error would never
+    // be printed nor the process exit for the launcher to see. Abort does not wait.
+    if (comm_) ncclCommAbort(comm_);
+  } else {
+    cudaStreamSynchronize(backend_.context().stream());
+    if (comm_) ncclCommDestroy(comm_);
+  }
   if (staging_) cudaFree(staging_);
 }
 
@@ -76,6 +84,8 @@ double* NcclCommunicator::staging(std::size_t count) {
   // A few losses and counts per step: 64 covers them, so the buffer is allocated once.
   const std::size_t wanted = std::max<std::size_t>(count, 64);
   MINITRON_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&staging_), wanted * sizeof(double)));
+  // barrier() sums whatever is there: defined values (compute-sanitizer's initcheck).
+  MINITRON_CUDA_CHECK(cudaMemsetAsync(staging_, 0, wanted * sizeof(double), backend_.context().stream()));
   staging_count_ = wanted;
   return staging_;
 }

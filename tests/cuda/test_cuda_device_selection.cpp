@@ -1,5 +1,6 @@
 // Device names for the CUDA engine: "cuda" and PyTorch's "cuda:N", parsed by make_backend and
-// range-checked by make_cuda_backend against the device count (the emulator has one device).
+// range-checked by make_cuda_backend against the device count (the emulator has one device),
+// and each data-parallel process's device.
 #include <gtest/gtest.h>
 
 #include <optional>
@@ -61,6 +62,17 @@ TEST(CudaDeviceSelection, ThroughMakeBackend) {
 #else
   // A build without the nvcc engine (the sanitizer builds): make_backend has no CUDA engine.
   EXPECT_NE(error_of([] { make_backend("cuda:0"); }).find("no CUDA engine"), std::string::npos);
+#endif
+}
+
+TEST(CudaDeviceSelection, LocalRankModuloTheVisibleDevices) {
+  EXPECT_EQ(device_for_local_rank("cpu", 3), "cpu");
+  EXPECT_EQ(device_for_local_rank("cuda:1", 3), "cuda:1");  // an explicit choice stays
+#if defined(MINITRON_HAVE_CUDA_BACKEND)
+  EXPECT_EQ(cuda_device_count(), 1);
+  // One visible device, as under Slurm's --gpus-per-task=1: every local rank uses cuda:0.
+  EXPECT_EQ(device_for_local_rank("cuda", 0), "cuda:0");
+  EXPECT_EQ(device_for_local_rank("cuda", 3), "cuda:0");
 #endif
 }
 

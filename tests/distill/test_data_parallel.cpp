@@ -226,6 +226,36 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
                              "(expected --output on a file system that every rank sees)"));
 }
 
+// Replicas that would not start identical are refused on every rank before the first step:
+// different weights (a node-local model copy that differs) or a different --steps (which would
+// leave rank 0 waiting forever in a collective rank 1 never calls).
+TEST(DataParallel, RanksMustStartAlike) {
+  testing::TempDir dir;
+  testing::DistillPair pair;
+  write_shard(dir / "train.bin", testing::tiny_tokens(300, pair.student_config.vocab_size, 4));
+  testing::DistillPair other = pair;
+  other.student_params[7] += 0.5f;
+  const auto launch = [&](const testing::DistillPair& rank1_pair, std::int64_t rank1_steps) {
+    const int port = testing::free_tcp_port();
+    return testing::run_ranks(2, [&](std::int64_t rank) {
+      TrainOptions o = base_options(dir / "train.bin");
+      o.output = dir / str("run-", rank);
+      if (rank == 1) o.steps = rank1_steps;
+      train_rank(rank == 1 ? rank1_pair : pair, o, false, rank, 2, port);
+    });
+  };
+  for (const std::string& error : launch(other, 3)) {
+    EXPECT_EQ(error.rfind("data-parallel rank 1: the weights' sum of squares is ", 0), 0u) << error;
+    EXPECT_NE(error.find("(expected every rank started with the same command line and the same model files)"),
+              std::string::npos)
+        << error;
+  }
+  for (const std::string& error : launch(pair, 4))
+    EXPECT_EQ(error, "data-parallel rank 1: --steps is 4 but rank 0's is 3 (expected every rank started with the same "
+                     "command line and the same model files)");
+  EXPECT_FALSE(fs::exists(dir / "run-0" / "model"));
+}
+
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
