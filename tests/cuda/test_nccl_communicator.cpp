@@ -256,6 +256,8 @@ TEST(NcclCommunicator, ARankThatNeverComesIsAnErrorNotAHang) {
   EXPECT_EQ(errors[1], "");
 }
 
+// The emulator's behaviour, so that a test with a missing rank fails instead of hanging: real
+// NCCL has no such check and waits for the rank forever (hence the trainer's abort on unwind).
 TEST(NcclCommunicator, ARankThatLeavesIsAnErrorNotAHang) {
   std::vector<std::string> errors(2);
   ncclUniqueId id;
