@@ -5,9 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
 
 #include "data/shards.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -22,17 +19,6 @@ namespace minitron {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::vector<double> logged_losses(const fs::path& metrics) {
-  std::vector<double> losses;
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    const nlohmann::json record = nlohmann::json::parse(line);
-    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
-  }
-  return losses;
-}
 
 struct Result {
   std::vector<float> params;
@@ -87,7 +73,7 @@ TEST(CudaDataParallel, NcclRanksMatchGradAccumulation) {
   ASSERT_EQ(errors, std::vector<std::string>(2));
   EXPECT_FALSE(fs::exists(dir / "parallel-rank1"));
   EXPECT_EQ(0, std::memcmp(ranks[0].params.data(), ranks[1].params.data(), ranks[0].params.size() * sizeof(float)));
-  const auto a = logged_losses(dir / "single" / "metrics.jsonl"), b = logged_losses(dir / "parallel" / "metrics.jsonl");
+  const auto a = testing::logged_losses(dir / "single" / "metrics.jsonl"), b = testing::logged_losses(dir / "parallel" / "metrics.jsonl");
   ASSERT_EQ(a.size(), 2u);
   ASSERT_EQ(b.size(), 2u);
   // Step 1: the same windows on the same weights, 0 + l0/2 + l1/2 in double either way.

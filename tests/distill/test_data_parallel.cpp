@@ -9,10 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <functional>
-#include <fstream>
 #include <memory>
-
-#include <nlohmann/json.hpp>
 
 #include "data/shards.h"
 #include "kernels/host_communicator.h"
@@ -29,17 +26,6 @@ namespace minitron {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::vector<double> logged_losses(const fs::path& metrics) {
-  std::vector<double> losses;
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    const nlohmann::json record = nlohmann::json::parse(line);
-    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
-  }
-  return losses;
-}
 
 TrainOptions base_options(const fs::path& shard) {
   TrainOptions o;
@@ -123,8 +109,8 @@ void expect_same_training(const testing::TempDir& dir, const std::vector<RunResu
   EXPECT_EQ(r[0].summary.steps, 3);
   EXPECT_EQ(r[0].summary.last_train_loss, r[1].summary.last_train_loss);
 
-  const std::vector<double> parallel = logged_losses(dir / "parallel" / "metrics.jsonl");
-  const std::vector<double> single = logged_losses(dir / "single" / "metrics.jsonl");
+  const std::vector<double> parallel = testing::logged_losses(dir / "parallel" / "metrics.jsonl");
+  const std::vector<double> single = testing::logged_losses(dir / "single" / "metrics.jsonl");
   ASSERT_EQ(parallel.size(), 3u);
   ASSERT_EQ(single.size(), 3u);
   // Step 1 runs both micro-batches on the same initial weights, and the logged loss is
@@ -191,9 +177,9 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
     EXPECT_EQ(0, std::memcmp(full[0].params.data(), resumed[r].params.data(), full[0].params.size() * sizeof(float)))
         << "rank " << r;
   }
-  const std::vector<double> full_losses = logged_losses(dir / "full" / "metrics.jsonl");
+  const std::vector<double> full_losses = testing::logged_losses(dir / "full" / "metrics.jsonl");
   ASSERT_EQ(full_losses.size(), 4u);
-  EXPECT_EQ(std::vector<double>(full_losses.begin() + 2, full_losses.end()), logged_losses(dir / "resumed" / "metrics.jsonl"));
+  EXPECT_EQ(std::vector<double>(full_losses.begin() + 2, full_losses.end()), testing::logged_losses(dir / "resumed" / "metrics.jsonl"));
 
   // The same checkpoint resumed by one process: refused, naming both world sizes.
   fs::create_directories(dir / "alone");
