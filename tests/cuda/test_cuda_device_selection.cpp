@@ -10,19 +10,10 @@
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda_backend_factory.h"
 #include "model/backend.h"
+#include "tests/util/error_test_util.h"
 
 namespace minitron {
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 TEST(CudaDeviceSelection, ParsesCudaAndCudaN) {
   EXPECT_EQ(cuda_device_ordinal("cuda"), std::optional<int>(-1));
@@ -31,7 +22,7 @@ TEST(CudaDeviceSelection, ParsesCudaAndCudaN) {
   EXPECT_EQ(cuda_device_ordinal("cpu"), std::nullopt);
   EXPECT_EQ(cuda_device_ordinal("cudax"), std::nullopt);
   for (const char* bad : {"cuda:", "cuda:x", "cuda:-1", "cuda:+1", "cuda: 1", "cuda:1x", "cuda:99999999999"}) {
-    const std::string message = error_of([&] { cuda_device_ordinal(bad); });
+    const std::string message = testing::error_of([&] { cuda_device_ordinal(bad); });
     EXPECT_NE(message.find(str("device '", bad, "'")), std::string::npos) << message;
     EXPECT_NE(message.find("is not a device number"), std::string::npos) << message;
     EXPECT_NE(message.find("cuda:N"), std::string::npos) << message;
@@ -39,8 +30,8 @@ TEST(CudaDeviceSelection, ParsesCudaAndCudaN) {
 }
 
 TEST(CudaDeviceSelection, MakeBackendRefusesMalformedNames) {
-  EXPECT_NE(error_of([] { make_backend("cuda:x"); }).find("'x' is not a device number"), std::string::npos);
-  EXPECT_NE(error_of([] { make_backend("cudax"); }).find("unknown device"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cuda:x"); }).find("'x' is not a device number"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cudax"); }).find("unknown device"), std::string::npos);
 }
 
 TEST(CudaDeviceSelection, OrdinalInRangeOrErrorNamingTheCount) {
@@ -48,7 +39,7 @@ TEST(CudaDeviceSelection, OrdinalInRangeOrErrorNamingTheCount) {
   EXPECT_EQ(backend->name(), "cuda-emulated");
   EXPECT_EQ(dynamic_cast<cuda::CudaBackend&>(*backend).context().device(), 0);
   EXPECT_EQ(dynamic_cast<cuda::CudaBackend&>(*make_cuda_backend()).context().device(), 0);
-  const std::string message = error_of([] { make_cuda_backend(7); });
+  const std::string message = testing::error_of([] { make_cuda_backend(7); });
   EXPECT_NE(message.find("device 'cuda:7'"), std::string::npos) << message;
   EXPECT_NE(message.find("this machine has 1 CUDA device"), std::string::npos) << message;
   EXPECT_NE(message.find("cuda:0"), std::string::npos) << message;
@@ -58,10 +49,10 @@ TEST(CudaDeviceSelection, ThroughMakeBackend) {
 #if defined(MINITRON_HAVE_CUDA_BACKEND)
   EXPECT_EQ(make_backend("cuda:0")->name(), "cuda-emulated");
   EXPECT_EQ(make_backend("cuda")->name(), "cuda-emulated");
-  EXPECT_NE(error_of([] { make_backend("cuda:7"); }).find("this machine has 1 CUDA device"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cuda:7"); }).find("this machine has 1 CUDA device"), std::string::npos);
 #else
   // A build without the nvcc engine (the sanitizer builds): make_backend has no CUDA engine.
-  EXPECT_NE(error_of([] { make_backend("cuda:0"); }).find("no CUDA engine"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cuda:0"); }).find("no CUDA engine"), std::string::npos);
 #endif
 }
 

@@ -10,6 +10,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda_backend_factory.h"
 #include "model/llama.h"
+#include "tests/distill/data_parallel_test_util.h"
 #include "tests/prune/prune_test_util.h"
 #include "tests/util/tcp_test_util.h"
 #include "train/losses.h"
@@ -51,14 +52,8 @@ TEST(CudaDataParallel, NcclRanksMatchGradAccumulation) {
   config.num_hidden_layers = 2;
   const std::vector<float> init = testing::tiny_parameters(config, 3);
   write_shard(dir / "train.bin", testing::tiny_tokens(200, config.vocab_size, 4));
-  TrainOptions o;
-  o.batch_size = 1;
-  o.sequence_length = 8;
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
   o.steps = 2;
-  o.optimizer.learning_rate = 1e-2;
-  o.optimizer.warmup_steps = 1;
-  o.save_dtype = SafetensorsDType::F32;
-  o.train_shards = {dir / "train.bin"};
   TrainOptions single = o;
   single.grad_accumulation = 2;
   single.output = dir / "single";

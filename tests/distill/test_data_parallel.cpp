@@ -8,14 +8,15 @@
 
 #include <chrono>
 #include <cstring>
-#include <functional>
 #include <memory>
 
 #include "data/shards.h"
 #include "kernels/host_communicator.h"
 #include "model/backend.h"
 #include "model/llama.h"
+#include "tests/distill/data_parallel_test_util.h"
 #include "tests/distill/distill_test_util.h"
+#include "tests/util/error_test_util.h"
 #include "tests/util/tcp_test_util.h"
 #include "train/distill.h"
 #include "train/hidden_state_loss.h"
@@ -26,18 +27,6 @@ namespace minitron {
 namespace {
 
 namespace fs = std::filesystem;
-
-TrainOptions base_options(const fs::path& shard) {
-  TrainOptions o;
-  o.batch_size = 1;
-  o.sequence_length = 8;
-  o.steps = 3;
-  o.optimizer.learning_rate = 1e-2;
-  o.optimizer.warmup_steps = 1;
-  o.save_dtype = SafetensorsDType::F32;
-  o.train_shards = {shard};
-  return o;
-}
 
 struct RunResult {
   std::vector<float> params, map;
@@ -82,7 +71,7 @@ RunResult train_rank(const testing::DistillPair& pair, const TrainOptions& optio
 std::vector<RunResult> compare_runs(const testing::TempDir& dir, bool distill) {
   testing::DistillPair pair;
   write_shard(dir / "train.bin", testing::tiny_tokens(300, pair.student_config.vocab_size, 4));
-  TrainOptions single_options = base_options(dir / "train.bin");
+  TrainOptions single_options = testing::data_parallel_options(dir / "train.bin");
   single_options.grad_accumulation = 2;
   single_options.output = dir / "single";
   std::vector<RunResult> results(3);
@@ -90,7 +79,7 @@ std::vector<RunResult> compare_runs(const testing::TempDir& dir, bool distill) {
 
   const int port = testing::free_tcp_port();
   const auto errors = testing::run_ranks(2, [&](std::int64_t rank) {
-    TrainOptions o = base_options(dir / "train.bin");
+    TrainOptions o = testing::data_parallel_options(dir / "train.bin");
     o.output = dir / (rank == 0 ? "parallel" : "parallel-rank1");  // rank 1 must create nothing there
     results[static_cast<std::size_t>(rank)] = train_rank(pair, o, distill, rank, 2, port);
   });
@@ -153,7 +142,7 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
   testing::TempDir dir;
   testing::DistillPair pair;
   write_shard(dir / "train.bin", testing::tiny_tokens(300, pair.student_config.vocab_size, 4));
-  TrainOptions o = base_options(dir / "train.bin");
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
   o.steps = 4;
   o.save_interval = 2;
   auto parallel = [&](const fs::path& out, bool resume) {
@@ -224,7 +213,7 @@ TEST(DataParallel, RanksMustStartAlike) {
   const auto launch = [&](const testing::DistillPair& rank1_pair, std::int64_t rank1_steps) {
     const int port = testing::free_tcp_port();
     return testing::run_ranks(2, [&](std::int64_t rank) {
-      TrainOptions o = base_options(dir / "train.bin");
+      TrainOptions o = testing::data_parallel_options(dir / "train.bin");
       o.output = dir / str("run-", rank);
       if (rank == 1) o.steps = rank1_steps;
       train_rank(rank == 1 ? rank1_pair : pair, o, false, rank, 2, port);
@@ -242,15 +231,6 @@ TEST(DataParallel, RanksMustStartAlike) {
   EXPECT_FALSE(fs::exists(dir / "run-0" / "model"));
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
 TEST(MakeCommunicator, OneProcessNeedsNoConnection) {
   auto backend = make_backend("cpu");
   const auto communicator = make_communicator(*backend, DistributedEnvironment{});
@@ -262,7 +242,7 @@ TEST(MakeCommunicator, RefusesTheDoubleEngineBeforeJoining) {
   auto backend = make_backend("cpu-f64");
   // Nobody listens on the port and the wait is 60 s: only a refusal before joining returns at once.
   const auto start = std::chrono::steady_clock::now();
-  EXPECT_EQ(error_of([&] { make_communicator(*backend, testing::local_environment(1, 2, testing::free_tcp_port(), 60)); }),
+  EXPECT_EQ(testing::error_of([&] { make_communicator(*backend, testing::local_environment(1, 2, testing::free_tcp_port(), 60)); }),
             "--device cpu-f64: its gradients are f64; training on several processes sums f32 gradients "
             "(expected --device cpu (cpu-f64 is for gradient checks in one process))");
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0);
@@ -272,7 +252,7 @@ TEST(HostCommunicator, RefusesTensorsOtherThanF32) {
   auto backend = make_backend("cpu-f64");
   HostCommunicator communicator(*backend, std::make_unique<TcpGroup>(DistributedEnvironment{}));
   BackendBuffer t(*backend, 4, DType::F64);
-  EXPECT_EQ(error_of([&] { communicator.all_reduce_sum(Tensor(t)); }),
+  EXPECT_EQ(testing::error_of([&] { communicator.all_reduce_sum(Tensor(t)); }),
             "all_reduce_sum on cpu-f64: a tensor of dtype f64 (expected f32 (gradients of the cpu engine; the cpu-f64 "
             "engine is for gradient checks in one process))");
 }

@@ -13,6 +13,7 @@
 #include "model/backend.h"
 #include "model/bf16.h"
 #include "tests/kernels/test_util.h"
+#include "tests/util/error_test_util.h"
 
 namespace minitron {
 namespace {
@@ -29,15 +30,6 @@ Tensor make_f64(CpuBackend<double>& backend, const std::vector<double>& values) 
 }
 
 std::vector<double> read_f64(const Tensor& t) { return {t.as<double>(), t.as<double>() + t.numel}; }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(CpuBackend, AllocationIsZeroedAlignedAndFreedOnce) {
   CpuBackend<float> backend;
@@ -140,17 +132,17 @@ TEST(CpuBackend, MisuseFailsLoudlyNamingTheArgument) {
   BackendBuffer wrong_type(backend, 6, DType::F64);
   // [2,3] @ [3,2] is fine; claiming K = 4 is not.
   backend.matmul(out, a, b, 2, 2, 3, false, false, 1.0f, 0.0f);
-  EXPECT_NE(error_of([&] { backend.matmul(out, a, b, 2, 2, 4, false, false, 1.0f, 0.0f); })
+  EXPECT_NE(testing::error_of([&] { backend.matmul(out, a, b, 2, 2, 4, false, false, 1.0f, 0.0f); })
                 .find("matmul: a is f32[6], expected f32[8]"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { backend.matmul(out, wrong_type, b, 2, 2, 3, false, false, 1.0f, 0.0f); })
+  EXPECT_NE(testing::error_of([&] { backend.matmul(out, wrong_type, b, 2, 2, 3, false, false, 1.0f, 0.0f); })
                 .find("a is f64[6], expected f32[6]"),
             std::string::npos);
   EXPECT_THROW(backend.matmul(a, a, b, 2, 3, 3, false, false, 1.0f, 0.0f), Error);  // aliasing
 
   BackendBuffer lse_short(backend, 3, DType::F32), q(backend, 2 * 4 * 2, DType::F32);
   BackendBuffer att(backend, 2 * 4 * 2, DType::F32);
-  EXPECT_NE(error_of([&] { backend.attention_forward(att, lse_short, q, q, q, 1, 2, 2, 4, 4, 2); })
+  EXPECT_NE(testing::error_of([&] { backend.attention_forward(att, lse_short, q, q, q, 1, 2, 2, 4, 4, 2); })
                 .find("lse"),
             std::string::npos);
   BackendBuffer master(backend, 6, DType::F32), m(backend, 6, DType::F32), v(backend, 6, DType::F32);
@@ -174,9 +166,9 @@ TEST(MakeBackend, NamesDevicesAndRejectsUnknownOnes) {
   const std::vector<std::string> devices = available_devices();
   EXPECT_NE(std::find(devices.begin(), devices.end(), "cpu"), devices.end());
   EXPECT_NE(std::find(devices.begin(), devices.end(), "cpu-f64"), devices.end());
-  EXPECT_NE(error_of([] { make_backend("tpu"); }).find("cpu, cpu-f64, cuda"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("tpu"); }).find("cpu, cpu-f64, cuda"), std::string::npos);
 #if !defined(MINITRON_HAVE_CUDA_BACKEND)
-  EXPECT_NE(error_of([] { make_backend("cuda"); }).find("no CUDA engine"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cuda"); }).find("no CUDA engine"), std::string::npos);
 #endif
 }
 

@@ -1,5 +1,4 @@
-// Ranks of a TcpGroup as threads of one test process, on 127.0.0.1, and what tests of
-// data-parallel runs read back.
+// Ranks of a TcpGroup as threads of one test process, on 127.0.0.1.
 #pragma once
 
 #include <arpa/inet.h>
@@ -9,31 +8,15 @@
 
 #include <cstdint>
 #include <exception>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "util/distributed.h"
 #include "util/error.h"
 
 namespace minitron::testing {
-
-// The "loss" of every record of a run's metrics.jsonl, in order.
-inline std::vector<double> logged_losses(const std::filesystem::path& metrics) {
-  std::vector<double> losses;
-  std::ifstream in(metrics);
-  std::string line;
-  while (std::getline(in, line)) {
-    const nlohmann::json record = nlohmann::json::parse(line);
-    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
-  }
-  return losses;
-}
 
 // A port nobody listens on right now: the kernel picks one for a socket bound to port 0, which
 // is then closed for rank 0 to bind (SO_REUSEADDR lets it, even in TIME_WAIT).

@@ -5,6 +5,7 @@
 #include <map>
 #include <string>
 
+#include "tests/util/error_test_util.h"
 #include "util/distributed.h"
 #include "util/error.h"
 
@@ -26,12 +27,7 @@ DistributedEnvironment read(const Variables& variables) { return distributed_env
 
 // The message of the Error that reading `variables` throws ("" when none is thrown).
 std::string error_of(const Variables& variables) {
-  try {
-    read(variables);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return testing::error_of([&] { read(variables); });
 }
 
 TEST(DistributedEnvironment, NothingSetIsOneProcess) {
