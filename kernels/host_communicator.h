@@ -18,6 +18,7 @@ namespace minitron {
 
 class HostCommunicator final : public Communicator {
  public:
+  // The staging copies to and from the host refuse other dtypes with an Error naming them.
   HostCommunicator(Backend& backend, std::unique_ptr<TcpGroup> group);
 
   std::int64_t rank() const override { return group_->rank(); }
@@ -25,6 +26,11 @@ class HostCommunicator final : public Communicator {
   // t must be F32 (an Error naming the dtype otherwise).
   void all_reduce_sum(Tensor t) override;
   void all_reduce_sum(std::span<double> values) override;
+  // The whole of t is summed (each rank only needs its part, but the star moves every byte
+  // through rank 0 either way). F32.
+  void reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) override;
+  // F32 (the CPU engines' parameters): each rank's part goes to rank 0, which sends the whole.
+  void all_gather(Tensor t, std::span<const std::int64_t> bounds) override;
   void barrier() override;
 
  private:

@@ -41,7 +41,7 @@ struct Hello {
 // Every collective message starts with what the sender is doing, so that ranks that call
 // different collectives (a bug, or ranks that disagree on the step count) fail with an Error
 // naming both instead of reading each other's bytes as numbers.
-enum class Op : std::uint32_t { Broadcast = 1, SumFloat = 2, SumDouble = 3, Barrier = 4 };
+enum class Op : std::uint32_t { Broadcast = 1, SumFloat = 2, SumDouble = 3, Barrier = 4, AllGather = 5 };
 struct Header {
   std::uint32_t magic = kMagic;
   std::uint32_t op = 0;
@@ -54,6 +54,7 @@ const char* op_name(std::uint32_t op) {
     case Op::SumFloat: return "all_reduce_sum(float)";
     case Op::SumDouble: return "all_reduce_sum(double)";
     case Op::Barrier: return "barrier";
+    case Op::AllGather: return "all_gather";
   }
   return "an unknown message";
 }
@@ -368,6 +369,31 @@ void TcpGroup::broadcast(std::span<std::byte> bytes) {
     for (std::size_t r = 1; r < peers_.size(); ++r) send_all(peers_[r], bytes.data(), bytes.size(), str("rank ", r), during);
   } else {
     send_all(peers_[0], &h, sizeof h, "rank 0", during);
+    recv_all(peers_[0], bytes.data(), bytes.size(), "rank 0", during);
+  }
+}
+
+void TcpGroup::all_gather(std::span<std::byte> bytes, std::span<const std::size_t> bounds) {
+  const auto world = static_cast<std::size_t>(environment_.world_size);
+  MINITRON_ASSERT(bounds.size() == world + 1 && bounds.front() == 0 && bounds.back() == bytes.size(),
+                  "TcpGroup::all_gather: ", bounds.size(), " bounds for ", world, " ranks and ", bytes.size(), " bytes");
+  if (world == 1) return;
+  const char* during = op_name(static_cast<std::uint32_t>(Op::AllGather));
+  auto part = [&](std::size_t r) { return bytes.subspan(bounds[r], bounds[r + 1] - bounds[r]); };
+  if (environment_.rank == 0) {
+    for (std::size_t r = 1; r < world; ++r) {
+      // The header carries the whole size: ranks that disagree on it disagree on the bounds.
+      expect_header(peers_[r], static_cast<std::int64_t>(r), Op::AllGather, bytes.size());
+      recv_all(peers_[r], part(r).data(), part(r).size(), str("rank ", r), during);
+    }
+    for (std::size_t r = 1; r < world; ++r) send_all(peers_[r], bytes.data(), bytes.size(), str("rank ", r), during);
+  } else {
+    Header h;
+    h.op = static_cast<std::uint32_t>(Op::AllGather);
+    h.bytes = bytes.size();
+    const std::span<std::byte> mine = part(static_cast<std::size_t>(environment_.rank));
+    send_all(peers_[0], &h, sizeof h, "rank 0", during);
+    send_all(peers_[0], mine.data(), mine.size(), "rank 0", during);
     recv_all(peers_[0], bytes.data(), bytes.size(), "rank 0", during);
   }
 }

@@ -31,6 +31,9 @@ class TcpGroup {
   // Elementwise sums over ranks, added in rank order (0 + 1 + ...) on rank 0.
   void all_reduce_sum(std::span<float> values);
   void all_reduce_sum(std::span<double> values);
+  // Rank r's bytes [bounds[r], bounds[r + 1]) replace that part on every rank (world_size + 1
+  // non-decreasing byte offsets from 0 to bytes.size(); all ranks pass the same).
+  void all_gather(std::span<std::byte> bytes, std::span<const std::size_t> bounds);
   void barrier();
 
  private:
