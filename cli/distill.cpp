@@ -96,9 +96,9 @@ int distill(int argc, char** argv) {
     layer_pairs = parse_layer_mapping(intermediate_layers, student_config.num_hidden_layers, teacher_config.num_hidden_layers);
   check_training_output(o);
 
-  TrainingRun run = open_training_run(r, [&](Backend& backend) {
+  TrainingRun run = open_training_run(r, [&](Backend& backend, std::int64_t world_size) {
     check_training_memory(backend, ParameterTable(student_config).total_numel(),
-                          ParameterTable(teacher_config).total_numel());
+                          ParameterTable(teacher_config).total_numel(), world_size);
   });
   Backend* backend = run.backend.get();
   const std::int64_t B = o.batch_size, T = o.sequence_length;

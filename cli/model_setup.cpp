@@ -130,7 +130,8 @@ void print_training_summary(const TrainSummary& s, const TrainOptions& o) {
   std::printf("\nmodel saved to %s\n", (o.output / "model").c_str());
 }
 
-TrainingRun open_training_run(const cxxopts::ParseResult& r, const std::function<void(Backend&)>& before_join) {
+TrainingRun open_training_run(const cxxopts::ParseResult& r,
+                              const std::function<void(Backend&, std::int64_t world_size)>& before_join) {
   TrainingRun run;
   run.environment = distributed_environment();
   const DistributedEnvironment& env = run.environment;
@@ -148,7 +149,7 @@ TrainingRun open_training_run(const cxxopts::ParseResult& r, const std::function
   std::string device = choose_device(r["device"].as<std::string>());
   if (env.world_size > 1) device = device_for_local_rank(device, env.local_rank);
   run.backend = make_backend(device);
-  if (before_join) before_join(*run.backend);
+  if (before_join) before_join(*run.backend, env.world_size);
   run.communicator = make_communicator(*run.backend, env);
   if (env.world_size > 1)
     std::printf("data-parallel training: %lld processes (rank 0 at %s:%d), --batch-size %s per process\n",
@@ -166,8 +167,8 @@ void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& 
                               const std::string& banner) {
   check_sequence_length("--sequence-length", o.sequence_length, source.config);
   check_training_output(o);  // before the weights load, not after
-  TrainingRun run = open_training_run(r, [&](Backend& backend) {
-    check_training_memory(backend, ParameterTable(source.config).total_numel());
+  TrainingRun run = open_training_run(r, [&](Backend& backend, std::int64_t world_size) {
+    check_training_memory(backend, ParameterTable(source.config).total_numel(), 0, world_size);
   });
   Backend* backend = run.backend.get();
   LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);

@@ -54,10 +54,12 @@ struct TrainingRun {
   bool lead() const { return environment.rank == 0; }  // the rank that prints and writes
 };
 // Reads the environment, then: the backend for --device (with several ranks, cuda means
-// cuda:<LOCAL_RANK>, one GPU per process); `before_join` (e.g. the memory check, so a run that
-// cannot fit fails on every rank without waiting for the others); the communicator, which
-// waits for every rank. Ranks other than 0 print nothing from here on but errors.
-TrainingRun open_training_run(const cxxopts::ParseResult& result, const std::function<void(Backend&)>& before_join = {});
+// cuda:<LOCAL_RANK>, one GPU per process); `before_join` with the backend and the world size
+// (e.g. the memory check, so a run that cannot fit fails on every rank without waiting for the
+// others); the communicator, which waits for every rank. Ranks other than 0 print nothing from
+// here on but errors.
+TrainingRun open_training_run(const cxxopts::ParseResult& result,
+                              const std::function<void(Backend&, std::int64_t world_size)>& before_join = {});
 
 // Fails naming `flag` unless `tokens` positions fit the model (max_position_embeddings).
 void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config);

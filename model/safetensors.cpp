@@ -200,7 +200,16 @@ void SafetensorsFile::read_f32(const SafetensorsTensor& t, std::span<float> out)
   if (out.size() != static_cast<std::size_t>(t.numel))
     fail_expected(str(path().string(), ": tensor '", t.name, "'"),
                   str("destination holds ", out.size(), " floats but the tensor has ", t.numel), "equal sizes");
-  const std::uint8_t* src = file_.data() + data_start_ + t.begin;
+  read_f32_range(t, 0, out);
+}
+
+void SafetensorsFile::read_f32_range(const SafetensorsTensor& t, std::int64_t first, std::span<float> out) const {
+  if (first < 0 || first > t.numel || static_cast<std::uint64_t>(out.size()) > static_cast<std::uint64_t>(t.numel - first))
+    fail_expected(str(path().string(), ": tensor '", t.name, "'"),
+                  str("elements ", first, " to ", first + static_cast<std::int64_t>(out.size()), " asked of ", t.numel),
+                  "a range inside the tensor");
+  const std::uint8_t* src =
+      file_.data() + data_start_ + t.begin + static_cast<std::uint64_t>(first) * safetensors_dtype_size(t.dtype);
   const std::size_t n = out.size();
   // memcpy per element: the data region need not be aligned for the element type.
   switch (t.dtype) {

@@ -49,6 +49,12 @@ class SafetensorsFile {
   // Converts to fp32 into `out`, whose size must equal the tensor's element count.
   void read_f32(const SafetensorsTensor& tensor, std::span<float> out) const;
   void read_f32(const std::string& name, std::span<float> out) const { read_f32(at(name), out); }
+  // Elements [first, first + out.size()) of the flattened tensor, converted to fp32: one rank's
+  // part of a sharded optimizer state, without the rest in memory.
+  void read_f32_range(const SafetensorsTensor& tensor, std::int64_t first, std::span<float> out) const;
+  void read_f32_range(const std::string& name, std::int64_t first, std::span<float> out) const {
+    read_f32_range(at(name), first, out);
+  }
 
  private:
   MappedFile file_;

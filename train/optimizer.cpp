@@ -1,6 +1,9 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <span>
+#include <vector>
 
 #include "util/error.h"
 
@@ -31,37 +34,59 @@ bool decays(const ParamInfo& info, const OptimizerConfig& config) {
 // Low-precision parameters get an fp32 master copy that the update works on.
 static bool keeps_master(const Backend& backend) { return backend.activation_dtype() == DType::BF16; }
 
-std::int64_t AdamW::state_bytes_per_parameter(const Backend& backend) {
+double AdamW::state_bytes_per_parameter(const Backend& backend, std::int64_t world_size) {
   const std::size_t moments = 2 * dtype_size(DType::F32);
   const std::size_t master = keeps_master(backend) ? dtype_size(DType::F32) : 0;
-  return static_cast<std::int64_t>(dtype_size(backend.activation_dtype()) + dtype_size(backend.gradient_dtype()) +
-                                   moments + master);
+  return static_cast<double>(dtype_size(backend.activation_dtype()) + dtype_size(backend.gradient_dtype())) +
+         static_cast<double>(moments + master) / static_cast<double>(world_size);
 }
 
-AdamW::AdamW(LlamaModel& model, const OptimizerConfig& config) : model_(model), config_(config) {
-  if (model.mode() != ModelMode::Training) fail("optimizer: the model was not built for training");
-  Backend& b = model.backend();
-  const std::int64_t n = model.table().total_numel();
+AdamW::AdamW(LlamaModel& model, const OptimizerConfig& config)
+    : model_(model), config_(config), communicator_(single_process_) {
+  allocate_state();
+}
+
+AdamW::AdamW(LlamaModel& model, const OptimizerConfig& config, Communicator& communicator)
+    : model_(model), config_(config), communicator_(communicator) {
+  allocate_state();
+}
+
+void AdamW::allocate_state() {
+  if (model_.mode() != ModelMode::Training) fail("optimizer: the model was not built for training");
+  Backend& b = model_.backend();
+  bounds_ = ::minitron::shard_bounds(model_.table().total_numel(), communicator_.world_size());
+  const std::int64_t n = part_end() - part_begin();
   m_ = BackendBuffer(b, n, DType::F32);
   v_ = BackendBuffer(b, n, DType::F32);
   b.zero(m_);
   b.zero(v_);
-  if (keeps_master(b)) {
+  keeps_master_ = keeps_master(b);
+  if (keeps_master_) {
     master_ = BackendBuffer(b, n, DType::F32);
-    b.copy(master_, model.parameters());
+    b.copy(master_, model_.parameters().slice(part_begin(), n));
   }
 }
 
+std::int64_t AdamW::part_begin() const { return bounds_[static_cast<std::size_t>(communicator_.rank())]; }
+std::int64_t AdamW::part_end() const { return bounds_[static_cast<std::size_t>(communicator_.rank()) + 1]; }
+
 OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
   Backend& b = model_.backend();
+  const std::int64_t begin = part_begin(), end = part_end();
   OptimizerStepStats stats;
   stats.learning_rate = learning_rate_at(config_, step);
-  stats.grad_norm = std::sqrt(b.sum_of_squares(model_.gradients())) * grad_scale;
+  // The global norm from each rank's part: the sum of squares is additive over parts.
+  double sum_of_squares = end > begin ? b.sum_of_squares(model_.gradients().slice(begin, end - begin)) : 0.0;
+  if (communicator_.world_size() > 1) communicator_.all_reduce_sum(std::span<double>(&sum_of_squares, 1));
+  stats.grad_norm = std::sqrt(sum_of_squares) * grad_scale;
   float scale = grad_scale;
   if (config_.grad_clip > 0 && stats.grad_norm > config_.grad_clip)
     scale *= static_cast<float>(config_.grad_clip / (stats.grad_norm + 1e-6));
   ++steps_taken_;
   for (const ParamInfo& info : model_.table().entries()) {
+    // The piece of this parameter inside this rank's part (a part may start or end inside one).
+    const std::int64_t lo = std::max(info.offset, begin), hi = std::min(info.offset + info.numel, end);
+    if (lo >= hi) continue;
     AdamWStep s;
     s.learning_rate = static_cast<float>(stats.learning_rate);
     s.beta1 = static_cast<float>(config_.beta1);
@@ -70,38 +95,69 @@ OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
     s.weight_decay = decays(info, config_) ? static_cast<float>(config_.weight_decay) : 0.0f;
     s.step = steps_taken_;
     s.grad_scale = scale;
-    Tensor master = has_master() ? master_.tensor().slice(info.offset, info.numel) : Tensor{};
-    b.adamw_update(model_.parameter(info), master, model_.gradients().slice(info.offset, info.numel),
-                   m_.tensor().slice(info.offset, info.numel), v_.tensor().slice(info.offset, info.numel), s);
+    Tensor master = has_master() ? master_.tensor().slice(lo - begin, hi - lo) : Tensor{};
+    b.adamw_update(model_.parameters().slice(lo, hi - lo), master, model_.gradients().slice(lo, hi - lo),
+                   m_.tensor().slice(lo - begin, hi - lo), v_.tensor().slice(lo - begin, hi - lo), s);
   }
+  communicator_.all_gather(model_.parameters(), bounds_);
   return stats;
 }
 
-void AdamW::get_state(std::vector<float>& m, std::vector<float>& v, std::vector<float>& master) const {
+std::vector<float> AdamW::gather(Tensor part) const {
   Backend& b = model_.backend();
-  const auto n = static_cast<std::size_t>(model_.table().total_numel());
-  m.resize(n);
-  v.resize(n);
-  b.download(m.data(), m_);
-  b.download(v.data(), v_);
-  master.clear();
-  if (has_master()) {
-    master.resize(n);
-    b.download(master.data(), master_);
+  const bool lead = communicator_.rank() == 0;
+  const std::int64_t n = bounds_.back(), begin = part_begin(), end = part_end();
+  std::vector<float> whole(lead ? static_cast<std::size_t>(n) : 0);
+  if (communicator_.world_size() == 1) {
+    b.download(whole.data(), part);
+    return whole;
   }
+  // Through a window of device memory, so that no rank ever holds a whole state vector there:
+  // for 8B parameters one is 32 GB, the memory sharding saved.
+  const std::int64_t window = std::min<std::int64_t>(n, std::int64_t{1} << 24);
+  if (window == 0) return whole;
+  BackendBuffer staging(b, window, DType::F32);
+  std::vector<std::int64_t> window_bounds(bounds_.size());
+  for (std::int64_t first = 0; first < n; first += window) {
+    const std::int64_t count = std::min(window, n - first);
+    for (std::size_t r = 0; r < bounds_.size(); ++r)
+      window_bounds[r] = std::clamp(bounds_[r], first, first + count) - first;
+    const std::int64_t lo = std::max(begin, first), hi = std::min(end, first + count);
+    if (lo < hi) b.copy(staging.tensor().slice(lo - first, hi - lo), part.slice(lo - begin, hi - lo));
+    const Tensor gathered = staging.tensor().slice(0, count);
+    communicator_.all_gather(gathered, window_bounds);
+    if (lead) b.download(whole.data() + first, gathered);
+  }
+  return whole;
 }
 
-void AdamW::set_state(const std::vector<float>& m, const std::vector<float>& v,
-                      const std::vector<float>& master, std::int64_t steps_taken) {
+std::vector<float> AdamW::gather_weights() const {
+  if (has_master()) return gather(master_);
+  // The parameters are the fp32 weights, and after step() every rank holds all of them.
+  std::vector<float> whole;
+  if (communicator_.rank() == 0) {
+    whole.resize(static_cast<std::size_t>(model_.table().total_numel()));
+    model_.get_parameters(whole);
+  }
+  return whole;
+}
+
+void AdamW::gather_moments(std::vector<float>& m, std::vector<float>& v) const {
+  m = gather(m_);
+  v = gather(v_);
+}
+
+void AdamW::set_state(std::span<const float> m, std::span<const float> v, std::span<const float> weights,
+                      std::int64_t steps_taken) {
   Backend& b = model_.backend();
-  const auto n = static_cast<std::size_t>(model_.table().total_numel());
+  const auto n = static_cast<std::size_t>(part_end() - part_begin());
   if (m.size() != n || v.size() != n)
-    fail_expected("optimizer state", str(m.size(), " moments"), str(n, " (one per parameter)"));
+    fail_expected("optimizer state", str(m.size(), " and ", v.size(), " moments"), str(n, " each (this rank's part)"));
   b.upload(m_, m.data());
   b.upload(v_, v.data());
   if (has_master()) {
-    if (master.size() != n) fail_expected("optimizer state", "no fp32 master weights", str(n, " values"));
-    b.upload(master_, master.data());
+    if (weights.size() != n) fail_expected("optimizer state", str(weights.size(), " fp32 weights"), str(n, " (this rank's part)"));
+    b.upload(master_, weights.data());
   }
   steps_taken_ = steps_taken;
 }

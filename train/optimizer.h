@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "model/backend.h"
+#include "model/communicator.h"
 #include "model/llama.h"
 
 namespace minitron {
@@ -33,31 +35,60 @@ struct OptimizerStepStats {
   double grad_norm = 0;  // before clipping, of the gradients as scaled by grad_scale
 };
 
+// With a communicator of several ranks the state is sharded as in ZeRO stage 1
+// (model/communicator.h): each rank keeps the moments and master weights of its own part of the
+// flat parameter vector (shard_bounds), updates that part from the reduce-scattered gradients
+// and all-gathers the parameters, so every rank ends the step with the same weights.
 class AdamW {
  public:
-  AdamW(LlamaModel& model, const OptimizerConfig& config);
+  AdamW(LlamaModel& model, const OptimizerConfig& config);  // one process: the whole state
+  // `communicator` must outlive the optimizer; every rank constructs it the same way.
+  AdamW(LlamaModel& model, const OptimizerConfig& config, Communicator& communicator);
 
   // Applies one update (step is 0-based) from the model's accumulated gradients, each first
-  // multiplied by grad_scale (e.g. 1 / accumulation steps when losses were summed).
+  // multiplied by grad_scale (e.g. 1 / accumulation steps when losses were summed). With
+  // several ranks it is a collective, and only this rank's part of the gradients is read: the
+  // caller has reduce-scattered them with shard_bounds() (or all-reduced them).
   OptimizerStepStats step(std::int64_t step, float grad_scale = 1.0f);
 
   const OptimizerConfig& config() const { return config_; }
   std::int64_t steps_taken() const { return steps_taken_; }
 
-  // State for resume: fp32 moments (and master weights where parameters are not fp32).
-  void get_state(std::vector<float>& m, std::vector<float>& v, std::vector<float>& master) const;
-  void set_state(const std::vector<float>& m, const std::vector<float>& v,
-                 const std::vector<float>& master, std::int64_t steps_taken);
-  bool has_master() const { return !master_.tensor().empty(); }
+  // The parts of the flat parameter vector the ranks own ({0, n} in one process), and this one's.
+  std::span<const std::int64_t> shard_bounds() const { return bounds_; }
+  std::int64_t part_begin() const;
+  std::int64_t part_end() const;
 
-  // Bytes per parameter of a trained model on `backend`: the parameter, its gradient, both
-  // moments and, for low-precision parameters, the fp32 master copy the update works on.
-  static std::int64_t state_bytes_per_parameter(const Backend& backend);
+  // Collectives (every rank calls them) that assemble the whole state on rank 0's host; the
+  // other ranks' vectors come back empty. gather_weights: the fp32 weights the update works on
+  // (the master copy where the backend keeps one, else the parameters), the exact values a
+  // checkpoint must hold for a bit-exact resume. gather_moments: the AdamW moments.
+  std::vector<float> gather_weights() const;
+  void gather_moments(std::vector<float>& m, std::vector<float>& v) const;
+  // This rank's part (part_begin() to part_end()) of the state for resume: the moments and,
+  // where the backend keeps master weights, the fp32 weights (ignored otherwise: the parameters
+  // themselves are the model's).
+  void set_state(std::span<const float> m, std::span<const float> v, std::span<const float> weights,
+                 std::int64_t steps_taken);
+  bool has_master() const { return keeps_master_; }
+
+  // Bytes per parameter of a trained model on each of world_size ranks of `backend`: the
+  // parameter and its gradient, and this rank's share of both moments and, for low-precision
+  // parameters, of the fp32 master copy the update works on.
+  static double state_bytes_per_parameter(const Backend& backend, std::int64_t world_size = 1);
 
  private:
+  void allocate_state();
+  // Rank 0 receives `part` (this rank's part of a state vector) from every rank, whole.
+  std::vector<float> gather(Tensor part) const;
+
   LlamaModel& model_;
   OptimizerConfig config_;
-  BackendBuffer m_, v_, master_;
+  SingleProcessCommunicator single_process_;  // the communicator of the one-process constructor
+  Communicator& communicator_;
+  std::vector<std::int64_t> bounds_;
+  bool keeps_master_ = false;     // a rank's part may be empty, so its buffer cannot tell
+  BackendBuffer m_, v_, master_;  // this rank's part
   std::int64_t steps_taken_ = 0;
 };
 

@@ -64,38 +64,42 @@ void check_training_output(const TrainOptions& options) {
         check_checkpoint_output(entry.path(), options.input_models, str(entry.path().string(), " (under --output)"));
 }
 
-void check_training_memory(const Backend& backend, std::int64_t trained_parameters,
-                           std::int64_t frozen_parameters) {
+void check_training_memory(const Backend& backend, std::int64_t trained_parameters, std::int64_t frozen_parameters,
+                           std::int64_t world_size) {
   const std::optional<std::int64_t> capacity = backend.memory_bytes();
   if (!capacity) return;
-  const std::int64_t trained_bytes = AdamW::state_bytes_per_parameter(backend);
+  const double trained_bytes = AdamW::state_bytes_per_parameter(backend, world_size);
   const auto frozen_bytes = static_cast<std::int64_t>(dtype_size(backend.activation_dtype()));
-  const double need = static_cast<double>(trained_parameters) * static_cast<double>(trained_bytes) +
+  const double need = static_cast<double>(trained_parameters) * trained_bytes +
                       static_cast<double>(frozen_parameters) * static_cast<double>(frozen_bytes);
   if (need <= static_cast<double>(*capacity)) return;
   auto gib = [](double bytes) { return str(std::round(bytes / double(1 << 30) * 10) / 10, " GiB"); };
   fail_expected(str("--device ", backend.name()),
                 str("training ", human_count(trained_parameters), " parameters (", trained_bytes,
-                    " bytes each for the weight, its gradient and the AdamW state)",
+                    " bytes each for the weight, its gradient and ",
+                    world_size > 1 ? str("1/", world_size, " of its AdamW state") : std::string("its AdamW state"), ")",
                     frozen_parameters > 0 ? str(" beside a ", human_count(frozen_parameters), "-parameter teacher (", frozen_bytes,
                                                 " bytes each)")
                                           : std::string(),
                     " needs ", gib(need), " before any activation; the device has ", gib(double(*capacity))),
-                "a model whose state fits the device (each data-parallel rank holds the whole model)");
+                world_size > 1 ? std::string("a model whose state fits the device (each rank holds the whole model and "
+                                             "its share of the optimizer state), or more ranks")
+                               : std::string("a model whose state fits the device, or data-parallel ranks to share the "
+                                             "optimizer state (README: Training on several GPUs)"));
 }
 
 namespace {
 
 // Training state beside an HF checkpoint: fp32 parameters (the HF weights may be bf16, and
-// resume must be bit-exact), AdamW moments, and the step and data position as JSON.
+// resume must be bit-exact), AdamW moments, and the step and data position as JSON. A
+// collective: every rank's part of the optimizer state goes to rank 0, which alone writes.
 void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const AdamW& optimizer,
                               const TrainLoader& loader, std::int64_t step, const TrainOptions& options,
-                              const Objective& objective, std::int64_t world_size) {
-  std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
-  std::vector<float> m, v, master;
-  optimizer.get_state(m, v, master);
-  if (optimizer.has_master()) params = master;  // the exact fp32 weights the update works on
-  else model.get_parameters(params);
+                              const Objective& objective, Communicator& communicator) {
+  const std::vector<float> params = optimizer.gather_weights();  // the exact fp32 weights the update works on
+  std::vector<float> m, v;
+  optimizer.gather_moments(m, v);
+  if (communicator.rank() != 0) return;
   write_directory_atomically(dir, [&](const fs::path& tmp) {
     SaveOptions save;
     save.dtype = options.save_dtype;
@@ -112,7 +116,7 @@ void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const Adam
                             {"batch_size", options.batch_size},
                             {"sequence_length", options.sequence_length},
                             {"grad_accumulation", options.grad_accumulation},
-                            {"world_size", world_size}};
+                            {"world_size", communicator.world_size()}};
     write_bytes_atomically(tmp / "training_state.json", state.dump(2));
     objective.save_state(tmp);
   }, is_checkpoint_entry);
@@ -144,13 +148,16 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
                   str("this run has ", world_size, " process(es) (WORLD_SIZE) but the checkpoint was written by ", saved),
                   str("WORLD_SIZE=", saved, " as in the interrupted run (the data order depends on it)"));
   SafetensorsFile file(dir / "training_state.safetensors");
-  const auto n = static_cast<std::size_t>(model.table().total_numel());
-  std::vector<float> params(n), m(n), v(n);
+  std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
   file.read_f32("params", params);
-  file.read_f32("adam_m", m);
-  file.read_f32("adam_v", v);
   model.set_parameters(params);
-  optimizer.set_state(m, v, optimizer.has_master() ? params : std::vector<float>{},
+  // The moments of this rank's part only (the whole of each is 4 bytes per parameter).
+  const std::int64_t begin = optimizer.part_begin();
+  const auto part = static_cast<std::size_t>(optimizer.part_end() - begin);
+  std::vector<float> m(part), v(part);
+  file.read_f32_range("adam_m", begin, m);
+  file.read_f32_range("adam_v", begin, v);
+  optimizer.set_state(m, v, std::span<const float>(params).subspan(static_cast<std::size_t>(begin), part),
                       state.at("optimizer_steps").get<std::int64_t>());
   loader.restore(state.at("loader"));
   objective.restore_state(dir);
@@ -248,7 +255,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
 
   OptimizerConfig optimizer_config = options.optimizer;
   optimizer_config.total_steps = options.steps;
-  AdamW optimizer(model, optimizer_config);
+  AdamW optimizer(model, optimizer_config, communicator);
 
   check_training_output(options);  // again: the caller's check may be minutes old
   if (lead) fs::create_directories(options.output);
@@ -306,7 +313,9 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       loss[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
       model.backward();
     }
-    communicator.all_reduce_sum(model.gradients());
+    // Each rank needs the sum of its own part only: the optimizer updates that part and
+    // all-gathers the parameters (ZeRO stage 1, model/communicator.h).
+    communicator.reduce_scatter_sum(model.gradients(), optimizer.shard_bounds());
     objective.all_reduce_gradients(communicator);
     communicator.all_reduce_sum(loss);
     OptimizerStepStats stats = optimizer.step(step);
@@ -343,22 +352,15 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     }
     if (options.eval_interval > 0 && (step + 1) % options.eval_interval == 0 && step + 1 < options.steps)
       validate(step + 1, summary);
-    if (lead && options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps)
+    if (options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps)
       save_training_checkpoint(options.output / str("checkpoint-", step + 1), model, optimizer, loader,
-                               step + 1, options, objective, world);
+                               step + 1, options, objective, communicator);
   }
   validate(options.steps, summary);
 
   // The final model, in HF format, for the next step of the recipe.
+  const std::vector<float> params = optimizer.gather_weights();
   if (lead) {
-    std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
-    std::vector<float> m, v, master;
-    if (optimizer.has_master()) {
-      optimizer.get_state(m, v, master);
-      params = master;
-    } else {
-      model.get_parameters(params);
-    }
     SaveOptions save;
     save.dtype = options.save_dtype;
     save.copy_files = options.companion_files;

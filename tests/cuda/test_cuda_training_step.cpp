@@ -119,9 +119,9 @@ TEST_P(CudaTrainingStep, MatchesCpuEngine) {
   // except where |g| is below the gradient error (<= 5e-2 of the rms, bound above) and the sign
   // can flip: for roughly Gaussian gradients that is ~0.8 * 5e-2 of the elements, half of them
   // flipping, each contributing (2 lr)^2 against lr^2 per element: normwise ~2 sqrt(0.02) = 0.28.
-  std::vector<float> cpu_after(init.size()), gpu_m, gpu_v, gpu_master;
+  std::vector<float> cpu_after(init.size());
   cpu_model.get_parameters(cpu_after);
-  gpu_opt.get_state(gpu_m, gpu_v, gpu_master);
+  const std::vector<float> gpu_master = gpu_opt.gather_weights();
   ASSERT_EQ(gpu_master.size(), init.size());
   std::vector<float> cpu_update(init.size()), gpu_update(init.size());
   for (std::size_t i = 0; i < init.size(); ++i) {
@@ -177,6 +177,20 @@ TEST(CudaTrainingMemory, RefusesParameterStateBeyondTheDevice) {
   // A 4e9 student beside an 8e9 bf16 teacher: 72e9 + 16e9 = 88e9 bytes = 82.0 GiB > 80 GiB.
   EXPECT_THROW(check_training_memory(gpu, 4'000'000'000, 8'000'000'000), Error);
   EXPECT_NO_THROW(check_training_memory(gpu, 4'000'000'000, 3'000'000'000));  // 78e9 bytes = 72.6 GiB
+  // Data-parallel ranks each hold 1/world of the 12 bytes of AdamW state (ZeRO stage 1):
+  // 2 + 4 + 12/8 = 7.5 bytes; the 8B state is 60226959360 bytes = 56.1 GiB on each of 8 ranks.
+  EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu, 8), 7.5);
+  EXPECT_NO_THROW(check_training_memory(gpu, 8'030'261'248, 0, 8));
+  // On 2 ranks, 2 + 4 + 6 = 12 bytes: 96363134976 bytes = 89.7 GiB, refused, naming the share.
+  try {
+    check_training_memory(gpu, 8'030'261'248, 0, 2);
+    ADD_FAILURE() << "an 8B training state on 2 ranks passed on an 80 GiB device";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("(12 bytes each for the weight, its gradient and 1/2 of its AdamW state)"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("needs 89.7 GiB"), std::string::npos) << message;
+  }
   // The CPU engine states no limit.
   EXPECT_NO_THROW(check_training_memory(*cpu, 1'000'000'000'000));
 }

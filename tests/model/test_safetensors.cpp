@@ -167,6 +167,36 @@ TEST_F(SafetensorsTest, F32RoundTripIsExact) {
   EXPECT_EQ(header["empty"]["data_offsets"], json::array({188, 188}));
 }
 
+// A rank of a sharded optimizer reads its part of each state vector (train/trainer.cpp).
+TEST_F(SafetensorsTest, ReadsARangeOfATensor) {
+  const std::vector<float> a = test_values(7, 3), b = test_values(40, 4);
+  std::vector<SafetensorsEntry> entries = {{"a", {7}, a.data()}, {"b", {5, 8}, b.data()}};
+  for (SafetensorsDType dtype : {SafetensorsDType::F32, SafetensorsDType::BF16}) {
+    write_safetensors_file(dir_ / "r.safetensors", entries, dtype);
+    SafetensorsFile f(dir_ / "r.safetensors");
+    std::vector<float> whole(40), part(13);
+    f.read_f32("b", whole);
+    f.read_f32_range("b", 21, part);  // elements 21..33 of the flattened [5, 8] tensor
+    for (std::size_t i = 0; i < part.size(); ++i) EXPECT_EQ(part[i], whole[21 + i]) << i;
+    if (dtype == SafetensorsDType::F32) {
+      EXPECT_EQ(part[0], b[21]);
+    }
+    std::vector<float> tail(3), none;
+    f.read_f32_range("b", 37, tail);
+    EXPECT_EQ(tail[2], whole[39]);
+    f.read_f32_range("b", 40, none);  // an empty range at the end, as an empty rank's part
+    EXPECT_THROW(f.read_f32_range("b", 38, tail), Error);   // 38..41 runs past 40
+    EXPECT_THROW(f.read_f32_range("b", -1, tail), Error);
+    try {
+      f.read_f32_range("a", 5, tail);
+      ADD_FAILURE() << "a range past the end was read";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("tensor 'a': elements 5 to 8 asked of 7 (expected a range inside the tensor)"),
+                std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST_F(SafetensorsTest, Bf16MatchesIndependentRounding) {
   std::vector<float> v = test_values(4096, 3);
   v[0] = 1.0f + 1.0f / 256 + 1.0f / 512;  // a tie
