@@ -1,7 +1,7 @@
 // TcpGroup: ranks as threads on 127.0.0.1. Collectives against sums worked out by hand, the
 // rank-order summation, and the failures a run meets: a rank that never starts, a rank that
 // dies mid-collective, a duplicate rank, disagreeing world sizes or collectives. all_gather
-// against parts written by hand, with garbage outside each rank's own part.
+// against bytes from a rule of the test's own, with garbage outside each rank's own part.
 #include <gtest/gtest.h>
 
 #include <atomic>
