@@ -375,15 +375,26 @@ void TcpGroup::broadcast(std::span<std::byte> bytes) {
 
 void TcpGroup::all_gather(std::span<std::byte> bytes, std::span<const std::size_t> bounds) {
   const auto world = static_cast<std::size_t>(environment_.world_size);
-  MINITRON_ASSERT(bounds.size() == world + 1 && bounds.front() == 0 && bounds.back() == bytes.size(),
+  // Decreasing offsets would make a part's length wrap around (a read and write far beyond bytes).
+  MINITRON_ASSERT(bounds.size() == world + 1 && bounds.front() == 0 && bounds.back() == bytes.size() &&
+                      std::is_sorted(bounds.begin(), bounds.end()),
                   "TcpGroup::all_gather: ", bounds.size(), " bounds for ", world, " ranks and ", bytes.size(), " bytes");
   if (world == 1) return;
   const char* during = op_name(static_cast<std::uint32_t>(Op::AllGather));
   auto part = [&](std::size_t r) { return bytes.subspan(bounds[r], bounds[r + 1] - bounds[r]); };
   if (environment_.rank == 0) {
     for (std::size_t r = 1; r < world; ++r) {
-      // The header carries the whole size: ranks that disagree on it disagree on the bounds.
+      // The header carries the whole size, and then the sender's part: ranks that agree on the
+      // size but not on where a part lies would otherwise read other lengths than are sent and
+      // wait on each other for ever, or leave bytes for the next collective to misread.
       expect_header(peers_[r], static_cast<std::int64_t>(r), Op::AllGather, bytes.size());
+      std::uint64_t theirs[2] = {0, 0};
+      recv_all(peers_[r], theirs, sizeof theirs, str("rank ", r), during);
+      if (theirs[0] != bounds[r] || theirs[1] != bounds[r + 1])
+        fail_expected(str("TcpGroup: rank ", r),
+                      str("its all_gather part is bytes ", theirs[0], " to ", theirs[1], ", rank 0's bounds put it at ",
+                          bounds[r], " to ", bounds[r + 1]),
+                      "every rank passing the same bounds");
       recv_all(peers_[r], part(r).data(), part(r).size(), str("rank ", r), during);
     }
     for (std::size_t r = 1; r < world; ++r) send_all(peers_[r], bytes.data(), bytes.size(), str("rank ", r), during);
@@ -391,8 +402,11 @@ void TcpGroup::all_gather(std::span<std::byte> bytes, std::span<const std::size_
     Header h;
     h.op = static_cast<std::uint32_t>(Op::AllGather);
     h.bytes = bytes.size();
-    const std::span<std::byte> mine = part(static_cast<std::size_t>(environment_.rank));
+    const auto rank = static_cast<std::size_t>(environment_.rank);
+    const std::uint64_t mine_at[2] = {bounds[rank], bounds[rank + 1]};
+    const std::span<std::byte> mine = part(rank);
     send_all(peers_[0], &h, sizeof h, "rank 0", during);
+    send_all(peers_[0], mine_at, sizeof mine_at, "rank 0", during);
     send_all(peers_[0], mine.data(), mine.size(), "rank 0", during);
     recv_all(peers_[0], bytes.data(), bytes.size(), "rank 0", during);
   }

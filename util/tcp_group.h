@@ -32,7 +32,8 @@ class TcpGroup {
   void all_reduce_sum(std::span<float> values);
   void all_reduce_sum(std::span<double> values);
   // Rank r's bytes [bounds[r], bounds[r + 1]) replace that part on every rank (world_size + 1
-  // non-decreasing byte offsets from 0 to bytes.size(); all ranks pass the same).
+  // non-decreasing byte offsets from 0 to bytes.size(); all ranks pass the same: a rank that
+  // places its own part elsewhere than rank 0 does is an Error naming it).
   void all_gather(std::span<std::byte> bytes, std::span<const std::size_t> bounds);
   void barrier();
 

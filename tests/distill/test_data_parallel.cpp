@@ -253,8 +253,8 @@ TEST(HostCommunicator, RefusesTensorsOtherThanF32) {
   HostCommunicator communicator(*backend, std::make_unique<TcpGroup>(DistributedEnvironment{}));
   BackendBuffer t(*backend, 4, DType::F64);
   EXPECT_EQ(testing::error_of([&] { communicator.all_reduce_sum(Tensor(t)); }),
-            "all_reduce_sum on cpu-f64: a tensor of dtype f64 (expected f32 (gradients of the cpu engine; the cpu-f64 "
-            "engine is for gradient checks in one process))");
+            "all_reduce_sum on cpu-f64: a tensor of dtype f64 (expected f32 (the cpu engine's parameters and gradients; "
+            "the cpu-f64 engine is for gradient checks in one process))");
 }
 
 }  // namespace

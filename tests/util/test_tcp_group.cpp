@@ -1,12 +1,14 @@
 // TcpGroup: ranks as threads on 127.0.0.1. Collectives against sums worked out by hand, the
 // rank-order summation, and the failures a run meets: a rank that never starts, a rank that
-// dies mid-collective, a duplicate rank, disagreeing world sizes or collectives.
+// dies mid-collective, a duplicate rank, disagreeing world sizes or collectives. all_gather
+// against bytes from a rule of the test's own, with garbage outside each rank's own part.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "tests/util/tcp_test_util.h"
@@ -212,6 +214,172 @@ TEST(TcpGroup, MismatchedCollectivesAreAnError) {
             "TcpGroup: rank 1: it called all_reduce_sum(double) of 24 bytes while rank 0 called barrier of 4 bytes "
             "(expected every rank running the same collectives in the same order)");
   EXPECT_TRUE(contains(errors[1], "rank 0")) << errors[1];
+}
+
+
+// all_gather: part p of the bytes (between byte offsets bounds[p] and bounds[p + 1]) that rank
+// p holds, as a rule of the test's own: every (part, offset) gives a byte, and the garbage a
+// rank starts with outside its own part is that byte's complement, so no garbage byte can pass
+// for a gathered one.
+std::byte gathered_byte(std::size_t part, std::size_t i) { return static_cast<std::byte>((part * 89 + i * 7) % 251); }
+
+// Each rank of `world` threads fills its own part and garbage elsewhere, all-gathers over
+// `bounds`, and returns what it holds afterwards.
+std::vector<std::vector<std::byte>> gather_as_threads(std::int64_t world, const std::vector<std::size_t>& bounds) {
+  const int port = free_tcp_port();
+  std::vector<std::vector<std::byte>> held(static_cast<std::size_t>(world));
+  const auto errors = run_ranks(world, [&](std::int64_t rank) {
+    TcpGroup group(local_environment(rank, world, port));
+    std::vector<std::byte> bytes(bounds.back());
+    for (std::size_t p = 0; p + 1 < bounds.size(); ++p)
+      for (std::size_t i = bounds[p]; i < bounds[p + 1]; ++i)
+        bytes[i] = p == static_cast<std::size_t>(rank) ? gathered_byte(p, i) : ~gathered_byte(p, i);
+    group.all_gather(bytes, bounds);
+    held[static_cast<std::size_t>(rank)] = bytes;
+  });
+  EXPECT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world)));
+  return held;
+}
+
+// Every rank holds every part's bytes.
+void expect_gathered(const std::vector<std::vector<std::byte>>& held, const std::vector<std::size_t>& bounds) {
+  for (std::size_t r = 0; r < held.size(); ++r) {
+    ASSERT_EQ(held[r].size(), bounds.back()) << "rank " << r;
+    for (std::size_t p = 0; p + 1 < bounds.size(); ++p)
+      for (std::size_t i = bounds[p]; i < bounds[p + 1]; ++i)
+        ASSERT_EQ(held[r][i], gathered_byte(p, i)) << "rank " << r << " part " << p << " byte " << i;
+  }
+}
+
+TEST(TcpGroupAllGather, TwoRanks) {
+  const std::vector<std::size_t> bounds{0, 64, 200};
+  expect_gathered(gather_as_threads(2, bounds), bounds);
+}
+
+TEST(TcpGroupAllGather, ThreeRanksOfUnequalParts) {
+  // 300 000 bytes in parts of no common size or alignment: beyond one socket buffer each way,
+  // so partial sends and receives happen.
+  const std::vector<std::size_t> bounds{0, 100003, 190001, 300000};
+  expect_gathered(gather_as_threads(3, bounds), bounds);
+}
+
+TEST(TcpGroupAllGather, EmptyParts) {
+  // Rank 0's, the middle one's, the last one's and every part empty in turn.
+  for (const std::vector<std::size_t>& bounds : std::vector<std::vector<std::size_t>>{
+           {0, 0, 40, 100}, {0, 40, 40, 100}, {0, 40, 100, 100}, {0, 0, 0, 100}, {0, 0, 0, 0}}) {
+    SCOPED_TRACE("bounds " + std::to_string(bounds[1]) + " " + std::to_string(bounds[2]) + " " +
+                 std::to_string(bounds[3]));
+    expect_gathered(gather_as_threads(3, bounds), bounds);
+  }
+}
+
+TEST(TcpGroupAllGather, OneRankIsTheIdentity) {
+  TcpGroup group(DistributedEnvironment{});
+  std::vector<std::byte> bytes{std::byte{1}, std::byte{2}, std::byte{3}};
+  group.all_gather(bytes, std::vector<std::size_t>{0, 3});
+  EXPECT_EQ(bytes, (std::vector<std::byte>{std::byte{1}, std::byte{2}, std::byte{3}}));
+  std::vector<std::byte> none;
+  group.all_gather(none, std::vector<std::size_t>{0, 0});
+  EXPECT_TRUE(none.empty());
+}
+
+TEST(TcpGroupAllGather, BoundsThatDoNotFitAreAnError) {
+  TcpGroup group(DistributedEnvironment{});
+  std::vector<std::byte> bytes(8);
+  for (const std::vector<std::size_t>& bounds : std::vector<std::vector<std::size_t>>{{0, 4, 8}, {0, 7}, {1, 8}, {}}) {
+    std::string error;
+    try {
+      group.all_gather(bytes, bounds);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    EXPECT_TRUE(contains(error, "TcpGroup::all_gather: " + std::to_string(bounds.size()) + " bounds for 1 ranks and 8 bytes"))
+        << error;
+  }
+}
+
+TEST(TcpGroupAllGather, AgainstAnotherCollectiveIsAnError) {
+  const int port = free_tcp_port();
+  const auto errors = run_ranks(2, [&](std::int64_t rank) {
+    TcpGroup group(local_environment(rank, 2, port));
+    if (rank == 0) {
+      group.barrier();
+    } else {
+      std::vector<std::byte> bytes(24);
+      group.all_gather(bytes, std::vector<std::size_t>{0, 8, 24});
+    }
+  });
+  EXPECT_EQ(errors[0],
+            "TcpGroup: rank 1: it called all_gather of 24 bytes while rank 0 called barrier of 4 bytes "
+            "(expected every rank running the same collectives in the same order)");
+  // Closed or reset, depending on whether rank 0 closed with rank 1's part still unread.
+  EXPECT_TRUE(contains(errors[1], "rank 0")) << errors[1];
+  EXPECT_TRUE(contains(errors[1], "during all_gather")) << errors[1];
+}
+
+TEST(TcpGroupAllGather, AnotherCollectiveAgainstItIsAnError) {
+  const int port = free_tcp_port();
+  const auto errors = run_ranks(2, [&](std::int64_t rank) {
+    TcpGroup group(local_environment(rank, 2, port));
+    if (rank == 0) {
+      std::vector<std::byte> bytes(16);
+      group.all_gather(bytes, std::vector<std::size_t>{0, 8, 16});
+    } else {
+      std::vector<float> values(4, 1.0f);
+      group.all_reduce_sum(values);
+    }
+  });
+  EXPECT_EQ(errors[0],
+            "TcpGroup: rank 1: it called all_reduce_sum(float) of 16 bytes while rank 0 called all_gather of 16 bytes "
+            "(expected every rank running the same collectives in the same order)");
+  EXPECT_TRUE(contains(errors[1], "rank 0")) << errors[1];
+  EXPECT_TRUE(contains(errors[1], "during all_reduce_sum(float)")) << errors[1];
+}
+
+TEST(TcpGroupAllGather, DisagreeingSizesAreAnError) {
+  const int port = free_tcp_port();
+  // Ranks 1 and 2 agree with each other, not with rank 0: rank 0 names the first it hears.
+  const auto errors = run_ranks(3, [&](std::int64_t rank) {
+    TcpGroup group(local_environment(rank, 3, port));
+    const std::size_t size = rank == 0 ? 30 : 33;
+    std::vector<std::byte> bytes(size);
+    group.all_gather(bytes, std::vector<std::size_t>{0, 10, 20, size});
+  });
+  EXPECT_EQ(errors[0],
+            "TcpGroup: rank 1: it called all_gather of 33 bytes while rank 0 called all_gather of 30 bytes "
+            "(expected every rank running the same collectives in the same order)");
+  EXPECT_TRUE(contains(errors[1], "rank 0")) << errors[1];
+  EXPECT_TRUE(contains(errors[2], "rank 0")) << errors[2];
+}
+
+
+TEST(TcpGroupAllGather, DecreasingBoundsAreAnErrorNotACrash) {
+  const int port = free_tcp_port();
+  // The right count and ends, but part 1 would run from byte 10 back to byte 8.
+  const auto errors = run_ranks(2, [&](std::int64_t rank) {
+    TcpGroup group(local_environment(rank, 2, port));
+    std::vector<std::byte> bytes(8);
+    group.all_gather(bytes, std::vector<std::size_t>{0, 10, 8});
+  });
+  for (const std::string& error : errors)
+    EXPECT_TRUE(contains(error, "TcpGroup::all_gather: 3 bounds for 2 ranks and 8 bytes")) << error;
+}
+
+TEST(TcpGroupAllGather, DisagreeingBoundsOfOneSizeAreAnErrorNotAHang) {
+  // Rank 1 sends fewer bytes than rank 0 reads for its part (which would leave both waiting),
+  // then more (which would leave bytes behind for the next collective to misread).
+  for (const std::size_t rank_one_from : {10u, 6u}) {
+    const int port = free_tcp_port();
+    const auto errors = run_ranks(2, [&](std::int64_t rank) {
+      TcpGroup group(local_environment(rank, 2, port));
+      std::vector<std::byte> bytes(20);
+      group.all_gather(bytes, std::vector<std::size_t>{0, rank == 0 ? 8 : rank_one_from, 20});
+    });
+    EXPECT_EQ(errors[0], "TcpGroup: rank 1: its all_gather part is bytes " + std::to_string(rank_one_from) +
+                             " to 20, rank 0's bounds put it at 8 to 20 (expected every rank passing the same bounds)");
+    EXPECT_TRUE(contains(errors[1], "rank 0")) << errors[1];
+    EXPECT_TRUE(contains(errors[1], "during all_gather")) << errors[1];
+  }
 }
 
 }  // namespace
