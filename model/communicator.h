@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "model/backend.h"
@@ -41,7 +42,9 @@ class Communicator {
   // reduce_scatter_sum: part rank() of t becomes the elementwise sum over ranks of that part;
   // the other parts are left unspecified. F32 (an Error naming the dtype otherwise).
   virtual void reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) = 0;
-  // all_gather: every part r of every rank's t becomes rank r's part r, bit for bit. Any dtype.
+  // all_gather: every part r of every rank's t becomes rank r's part r, bit for bit. Any dtype
+  // the engine stores parameters in (F32 on the CPU engine, which refuses others; BF16 or F32
+  // on cuda).
   virtual void all_gather(Tensor t, std::span<const std::int64_t> bounds) = 0;
   // Returns once every rank has called it.
   virtual void barrier() = 0;
@@ -81,10 +84,12 @@ inline void check_shard_bounds(const char* what, std::span<const std::int64_t> b
                                std::int64_t numel) {
   bool ok = bounds.size() == static_cast<std::size_t>(world_size) + 1 && bounds.front() == 0 && bounds.back() == numel;
   for (std::size_t r = 1; ok && r < bounds.size(); ++r) ok = bounds[r - 1] <= bounds[r];
-  if (!ok)
-    fail_expected(what, str(bounds.size(), " bounds from ", bounds.empty() ? -1 : bounds.front(), " to ",
-                            bounds.empty() ? -1 : bounds.back()),
+  if (!ok) {
+    std::string given;
+    for (std::size_t r = 0; r < bounds.size(); ++r) given += str(r > 0 ? ", " : "", bounds[r]);
+    fail_expected(what, str("bounds {", given, "}"),
                   str(world_size + 1, " non-decreasing offsets from 0 to ", numel, " (one part per rank)"));
+  }
 }
 
 // The communicator for `backend` in the run `environment` describes: SingleProcessCommunicator

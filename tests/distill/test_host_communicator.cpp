@@ -236,10 +236,10 @@ TEST(HostCommunicator, RefusesBadBoundsBeforeSendingAnything) {
   });
   EXPECT_EQ(errors, std::vector<std::string>(2));
   const std::vector<std::string> expected{
-      "reduce_scatter_sum: 2 bounds from 0 to 100 (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))",
-      "reduce_scatter_sum: 3 bounds from 0 to 99 (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))",
-      "all_gather: 3 bounds from 0 to 100 (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))",
-      "all_gather: 3 bounds from 5 to 100 (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))"};
+      "reduce_scatter_sum: bounds {0, 100} (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))",
+      "reduce_scatter_sum: bounds {0, 64, 99} (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))",
+      "all_gather: bounds {0, 120, 100} (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))",
+      "all_gather: bounds {5, 64, 100} (expected 3 non-decreasing offsets from 0 to 100 (one part per rank))"};
   EXPECT_EQ(refusals[0], expected);
   EXPECT_EQ(refusals[1], expected);
   EXPECT_EQ(after, (std::vector<std::vector<float>>{{3.0f}, {3.0f}}));  // 1 + 2
@@ -249,7 +249,7 @@ TEST(HostCommunicator, RefusesBadBoundsBeforeSendingAnything) {
   BackendBuffer t(*backend, 10, DType::F32);
   EXPECT_EQ(error_of([&] { communicator.all_gather(t, Bounds{0, 10}); }), "");
   EXPECT_EQ(error_of([&] { communicator.reduce_scatter_sum(t, Bounds{0, 11}); }),
-            "reduce_scatter_sum: 2 bounds from 0 to 11 (expected 2 non-decreasing offsets from 0 to 10 (one part per rank))");
+            "reduce_scatter_sum: bounds {0, 11} (expected 2 non-decreasing offsets from 0 to 10 (one part per rank))");
 }
 
 }  // namespace
