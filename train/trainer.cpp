@@ -307,10 +307,20 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   const float micro_weight = 1.0f / static_cast<float>(global_micro_batches);
   for (std::int64_t step = start; step < options.steps; ++step) {
     model.zero_gradients();
+    // The loss, then the objective's named terms, each the mean over every micro-batch of
+    // every rank once summed over ranks.
     std::vector<double> loss{0.0};
+    std::vector<std::string> term_names;
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
       loader.next(inputs, targets);
       loss[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
+      const auto terms = objective.step_metrics();
+      loss.resize(1 + terms.size(), 0.0);
+      term_names.clear();
+      for (std::size_t i = 0; i < terms.size(); ++i) {
+        term_names.push_back(terms[i].first);
+        loss[1 + i] += terms[i].second * micro_weight;
+      }
       model.backward();
     }
     // Each rank needs the sum of its own part only: the optimizer updates that part and
@@ -336,11 +346,11 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
                                 {"tokens_per_second", rate}, {"elapsed_seconds", elapsed},
                                 {"epoch", loader.epoch()}};
       std::string terms;
-      for (const auto& [name, value] : objective.step_metrics()) {
+      for (std::size_t i = 0; i < term_names.size(); ++i) {
         char number[32];
-        std::snprintf(number, sizeof number, "%.4f", value);
-        terms += str(" | ", name, " ", number);
-        record[name] = value;
+        std::snprintf(number, sizeof number, "%.4f", loss[1 + i]);
+        terms += str(" | ", term_names[i], " ", number);
+        record[term_names[i]] = loss[1 + i];
       }
       std::printf("step %lld/%lld | %s %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
                   static_cast<long long>(step + 1), static_cast<long long>(options.steps), objective.name(),

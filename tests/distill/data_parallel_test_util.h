@@ -25,14 +25,15 @@ inline TrainOptions data_parallel_options(const std::filesystem::path& shard) {
   return o;
 }
 
-// The "loss" of every record of a run's metrics.jsonl, in order.
-inline std::vector<double> logged_losses(const std::filesystem::path& metrics) {
+// The `key` ("loss", or a logged term such as "kl") of every record of a run's metrics.jsonl
+// that has one, in order.
+inline std::vector<double> logged_losses(const std::filesystem::path& metrics, const std::string& key = "loss") {
   std::vector<double> losses;
   std::ifstream in(metrics);
   std::string line;
   while (std::getline(in, line)) {
     const nlohmann::json record = nlohmann::json::parse(line);
-    if (record.contains("loss")) losses.push_back(record["loss"].get<double>());
+    if (record.contains(key)) losses.push_back(record[key].get<double>());
   }
   return losses;
 }

@@ -134,6 +134,15 @@ TEST(DataParallel, DistillationWithHiddenStateMapMatchesGradAccumulation) {
   const auto r = compare_runs(dir, /*distill=*/true);
   ASSERT_FALSE(r[2].map.empty());  // the student (16 wide) maps to the teacher (32 wide) through W
   expect_same_training(dir, r);
+  // The loss terms are logged as the mean over every micro-batch of every rank, like the loss:
+  // at step 1, 0 + t0/2 + t1/2 in double either way, the same bits.
+  for (const char* term : {"kl", "l_is"}) {
+    const std::vector<double> parallel = testing::logged_losses(dir / "parallel" / "metrics.jsonl", term);
+    const std::vector<double> single = testing::logged_losses(dir / "single" / "metrics.jsonl", term);
+    ASSERT_EQ(parallel.size(), 3u) << term;
+    ASSERT_EQ(single.size(), 3u) << term;
+    EXPECT_EQ(parallel[0], single[0]) << term;
+  }
 }
 
 // A checkpoint written by two ranks, resumed by two ranks, continues to the same weights to
