@@ -307,19 +307,19 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   const float micro_weight = 1.0f / static_cast<float>(global_micro_batches);
   for (std::int64_t step = start; step < options.steps; ++step) {
     model.zero_gradients();
-    // The loss, then the objective's named terms, each the mean over every micro-batch of
+    // [0] the loss, then the objective's named terms: each the mean over every micro-batch of
     // every rank once summed over ranks.
-    std::vector<double> loss{0.0};
+    std::vector<double> logged{0.0};
     std::vector<std::string> term_names;
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
       loader.next(inputs, targets);
-      loss[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
+      logged[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
       const auto terms = objective.step_metrics();
-      loss.resize(1 + terms.size(), 0.0);
+      logged.resize(1 + terms.size(), 0.0);
       term_names.clear();
       for (std::size_t i = 0; i < terms.size(); ++i) {
         term_names.push_back(terms[i].first);
-        loss[1 + i] += terms[i].second * micro_weight;
+        logged[1 + i] += terms[i].second * micro_weight;
       }
       model.backward();
     }
@@ -327,13 +327,13 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     // all-gathers the parameters (ZeRO stage 1, model/communicator.h).
     communicator.reduce_scatter_sum(model.gradients(), optimizer.shard_bounds());
     objective.all_reduce_gradients(communicator);
-    communicator.all_reduce_sum(loss);
+    communicator.all_reduce_sum(logged);
     OptimizerStepStats stats = optimizer.step(step);
     objective.optimizer_step(step, optimizer.config());
     window_tokens += B * T * global_micro_batches;
-    summary.last_train_loss = loss[0];
+    summary.last_train_loss = logged[0];
     summary.steps = step + 1;
-    if (!std::isfinite(loss[0])) fail(str("training diverged at step ", step + 1, ": loss is ", loss[0]));
+    if (!std::isfinite(logged[0])) fail(str("training diverged at step ", step + 1, ": loss is ", logged[0]));
 
     if (lead && ((step + 1) % options.log_interval == 0 || step + 1 == options.steps)) {
       auto now = std::chrono::steady_clock::now();
@@ -341,20 +341,20 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       double rate = window > 0 ? static_cast<double>(window_tokens) / window : 0.0;
       double elapsed = std::chrono::duration<double>(now - t0).count();
       double eta = elapsed / static_cast<double>(step + 1 - start) * static_cast<double>(options.steps - step - 1);
-      nlohmann::json record = {{"step", step + 1}, {"loss", loss[0]}, {"objective", objective.name()},
+      nlohmann::json record = {{"step", step + 1}, {"loss", logged[0]}, {"objective", objective.name()},
                                 {"learning_rate", stats.learning_rate}, {"grad_norm", stats.grad_norm},
                                 {"tokens_per_second", rate}, {"elapsed_seconds", elapsed},
                                 {"epoch", loader.epoch()}};
       std::string terms;
       for (std::size_t i = 0; i < term_names.size(); ++i) {
         char number[32];
-        std::snprintf(number, sizeof number, "%.4f", loss[1 + i]);
+        std::snprintf(number, sizeof number, "%.4f", logged[1 + i]);
         terms += str(" | ", term_names[i], " ", number);
-        record[term_names[i]] = loss[1 + i];
+        record[term_names[i]] = logged[1 + i];
       }
       std::printf("step %lld/%lld | %s %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
                   static_cast<long long>(step + 1), static_cast<long long>(options.steps), objective.name(),
-                  loss[0], terms.c_str(), stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
+                  logged[0], terms.c_str(), stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
       std::fflush(stdout);
       metrics.write(record);
       window_start = now;
