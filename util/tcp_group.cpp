@@ -268,7 +268,9 @@ TcpGroup::TcpGroup(const DistributedEnvironment& environment) : environment_(env
         const int rc = ::getaddrinfo(env.master_address.c_str(), port.c_str(), &hints, &found);
         if (rc == 0) {
           for (const addrinfo* a = found; a && fd < 0; a = a->ai_next) {
-            fd = try_connect(a, deadline);
+            // At most a few seconds per address: MASTER_ADDR may resolve first to one whose
+            // packets vanish (an IPv6 address without a route), before the one that answers.
+            fd = try_connect(a, std::min(deadline, Clock::now() + std::chrono::seconds(5)));
             if (fd < 0) last_error = std::strerror(errno);
           }
           ::freeaddrinfo(found);
