@@ -46,6 +46,14 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(Tensor t) override;
   // Through a small device buffer (NCCL moves device memory); returns with the sums in `values`.
   void all_reduce_sum(std::span<double> values) override;
+  // Both queued on the backend's stream, like all_reduce_sum. With the parts shard_bounds()
+  // makes (every rank but the last c elements, the last c plus a tail), one ncclReduceScatter
+  // or ncclAllGather moves world_size x c elements and one ncclReduce or ncclBroadcast rooted at
+  // the last rank the tail; any other partition (windows of one, empty parts) takes one rooted
+  // ncclReduce or ncclBroadcast per non-empty part. reduce_scatter_sum is F32 only (an Error
+  // naming the dtype); all_gather moves bytes, so any dtype comes back bit for bit.
+  void reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) override;
+  void all_gather(Tensor t, std::span<const std::int64_t> bounds) override;
   // A one-element all-reduce, then waits for the stream: every rank has reached it when it returns.
   void barrier() override;
 
