@@ -9,6 +9,34 @@
 
 namespace minitron {
 
+std::vector<float> gather_to_rank0(Backend& backend, Communicator& communicator, std::span<const std::int64_t> bounds,
+                                   Tensor part, std::int64_t window) {
+  const std::size_t rank = static_cast<std::size_t>(communicator.rank());
+  const bool lead = rank == 0;
+  const std::int64_t n = bounds.back(), begin = bounds[rank], end = bounds[rank + 1];
+  MINITRON_ASSERT(part.numel == end - begin && window > 0, "gather_to_rank0: a part of ", part.numel, " for ", begin,
+                  " to ", end, ", window ", window);
+  std::vector<float> whole(lead ? static_cast<std::size_t>(n) : 0);
+  if (communicator.world_size() == 1) {
+    backend.download(whole.data(), part);
+    return whole;
+  }
+  window = std::min(window, n);
+  if (window == 0) return whole;
+  BackendBuffer staging(backend, window, DType::F32);
+  std::vector<std::int64_t> window_bounds(bounds.size());
+  for (std::int64_t first = 0; first < n; first += window) {
+    const std::int64_t count = std::min(window, n - first);
+    for (std::size_t r = 0; r < bounds.size(); ++r) window_bounds[r] = std::clamp(bounds[r], first, first + count) - first;
+    const std::int64_t lo = std::max(begin, first), hi = std::min(end, first + count);
+    if (lo < hi) backend.copy(staging.tensor().slice(lo - first, hi - lo), part.slice(lo - begin, hi - lo));
+    const Tensor gathered = staging.tensor().slice(0, count);
+    communicator.all_gather(gathered, window_bounds);
+    if (lead) backend.download(whole.data() + first, gathered);
+  }
+  return whole;
+}
+
 double learning_rate_at(const OptimizerConfig& c, std::int64_t step) {
   if (step < c.warmup_steps)
     return c.learning_rate * static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps);
@@ -104,31 +132,9 @@ OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
 }
 
 std::vector<float> AdamW::gather(Tensor part) const {
-  Backend& b = model_.backend();
-  const bool lead = communicator_.rank() == 0;
-  const std::int64_t n = bounds_.back(), begin = part_begin(), end = part_end();
-  std::vector<float> whole(lead ? static_cast<std::size_t>(n) : 0);
-  if (communicator_.world_size() == 1) {
-    b.download(whole.data(), part);
-    return whole;
-  }
   // Through a window of device memory, so that no rank ever holds a whole state vector there:
   // for 8B parameters one is 32 GB, the memory sharding saved.
-  const std::int64_t window = std::min<std::int64_t>(n, std::int64_t{1} << 24);
-  if (window == 0) return whole;
-  BackendBuffer staging(b, window, DType::F32);
-  std::vector<std::int64_t> window_bounds(bounds_.size());
-  for (std::int64_t first = 0; first < n; first += window) {
-    const std::int64_t count = std::min(window, n - first);
-    for (std::size_t r = 0; r < bounds_.size(); ++r)
-      window_bounds[r] = std::clamp(bounds_[r], first, first + count) - first;
-    const std::int64_t lo = std::max(begin, first), hi = std::min(end, first + count);
-    if (lo < hi) b.copy(staging.tensor().slice(lo - first, hi - lo), part.slice(lo - begin, hi - lo));
-    const Tensor gathered = staging.tensor().slice(0, count);
-    communicator_.all_gather(gathered, window_bounds);
-    if (lead) b.download(whole.data() + first, gathered);
-  }
-  return whole;
+  return gather_to_rank0(model_.backend(), communicator_, bounds_, part, std::int64_t{1} << 24);
 }
 
 std::vector<float> AdamW::gather_weights() const {

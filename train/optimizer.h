@@ -35,6 +35,12 @@ struct OptimizerStepStats {
   double grad_norm = 0;  // before clipping, of the gradients as scaled by grad_scale
 };
 
+// Rank r's part (F32, bounds[r] to bounds[r + 1] of a vector) from every rank, whole, on rank 0's
+// host; other ranks get an empty vector. A collective. The parts travel through `window`
+// elements of device memory at a time, so no rank ever holds the whole vector on the device.
+std::vector<float> gather_to_rank0(Backend& backend, Communicator& communicator, std::span<const std::int64_t> bounds,
+                                   Tensor part, std::int64_t window);
+
 // With a communicator of several ranks the state is sharded as in ZeRO stage 1
 // (model/communicator.h): each rank keeps the moments and master weights of its own part of the
 // flat parameter vector (shard_bounds), updates that part from the reduce-scattered gradients

@@ -104,4 +104,32 @@ inline void expect_sharded_matches(const OptimizerRun& expected, const std::vect
   EXPECT_EQ(lead.v, expected.v);
 }
 
+// gather_to_rank0 (train/optimizer.h) of n elements split by shard_bounds over the ranks, in
+// windows of `window` elements (smaller than, across and larger than the parts): rank r's part
+// holds 1000 (r + 1) + i at element i, all exact in fp32.
+inline std::vector<float> gather_through_window(Backend& backend, Communicator& communicator, std::int64_t n,
+                                                std::int64_t window) {
+  const std::vector<std::int64_t> bounds = shard_bounds(n, communicator.world_size());
+  const auto rank = static_cast<std::size_t>(communicator.rank());
+  std::vector<float> mine;
+  for (std::int64_t i = bounds[rank]; i < bounds[rank + 1]; ++i)
+    mine.push_back(static_cast<float>(1000 * (communicator.rank() + 1) + i));
+  BackendBuffer part(backend, static_cast<std::int64_t>(mine.size()), DType::F32);
+  backend.upload(part, mine.data());
+  return gather_to_rank0(backend, communicator, bounds, part, window);
+}
+
+// What rank 0 must receive: element i from the rank whose part holds it, by hand for n = 200
+// ({0, 64, 200} on 2 ranks, {0, 64, 128, 200} on 3).
+inline std::vector<float> expected_gather_of_200(std::int64_t world_size) {
+  std::vector<float> whole;
+  for (std::int64_t i = 0; i < 200; ++i) {
+    const std::int64_t owner = i < 64 ? 0 : (world_size == 2 || i < 128) ? 1 : 2;
+    whole.push_back(static_cast<float>(1000 * (owner + 1) + i));
+  }
+  return whole;
+}
+
+inline constexpr std::int64_t kGatherWindows[] = {1, 7, 64, 100, 200, 1000};
+
 }  // namespace minitron::testing

@@ -30,6 +30,24 @@ void expect_sharded_matches_one_process(std::int64_t world_size, double grad_cli
   EXPECT_EQ(ranks[0].weights, ranks[0].params);  // the CPU engine's fp32 weights are its parameters
 }
 
+TEST(GatherToRankZero, AnyWindowAssemblesTheParts) {
+  for (std::int64_t world_size : {2, 3}) {
+    std::vector<std::vector<std::vector<float>>> got(static_cast<std::size_t>(world_size));
+    const int port = testing::free_tcp_port();
+    const auto errors = testing::run_ranks(world_size, [&](std::int64_t rank) {
+      auto engine = make_backend("cpu");
+      HostCommunicator communicator(*engine, std::make_unique<TcpGroup>(testing::local_environment(rank, world_size, port)));
+      for (std::int64_t window : testing::kGatherWindows)
+        got[static_cast<std::size_t>(rank)].push_back(testing::gather_through_window(*engine, communicator, 200, window));
+    });
+    ASSERT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world_size)));
+    for (std::size_t w = 0; w < std::size(testing::kGatherWindows); ++w) {
+      EXPECT_EQ(got[0][w], testing::expected_gather_of_200(world_size)) << "window " << testing::kGatherWindows[w];
+      for (std::size_t r = 1; r < got.size(); ++r) EXPECT_TRUE(got[r][w].empty()) << "rank " << r;
+    }
+  }
+}
+
 TEST(ShardedAdamW, TwoRanksMatchOneProcessToTheBit) { expect_sharded_matches_one_process(2, 0.0); }
 TEST(ShardedAdamW, ThreeRanksMatchOneProcessToTheBit) { expect_sharded_matches_one_process(3, 0.0); }
 // With clipping (grad_clip far below the norm) the scale comes from the norm summed per part,
