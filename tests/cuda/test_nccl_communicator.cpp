@@ -17,35 +17,12 @@
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/nccl_communicator.h"
 #include "kernels/emu/emulator.h"
+#include "tests/cuda/nccl_test_util.h"
 #include "model/backend.h"
 #include "model/communicator.h"
 
 namespace minitron {
 namespace {
-
-using Body = std::function<void(int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& communicator)>;
-
-// Runs `body` on world_size threads, one rank each; returns each rank's error message ("" when
-// it finished). Assertions stay on the calling thread: bodies only record what they saw.
-std::vector<std::string> run_ranks(int world_size, const Body& body) {
-  ncclUniqueId id;
-  MINITRON_NCCL_CHECK(ncclGetUniqueId(&id));
-  std::vector<std::string> errors(static_cast<std::size_t>(world_size));
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < world_size; ++rank) {
-    threads.emplace_back([&, rank] {
-      try {
-        cuda::CudaBackend backend(0);
-        cuda::NcclCommunicator communicator(backend, rank, world_size, id);
-        body(rank, backend, communicator);
-      } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(rank)] = e.what();
-      }
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  return errors;
-}
 
 void expect_no_errors(const std::vector<std::string>& errors) {
   for (std::size_t rank = 0; rank < errors.size(); ++rank) EXPECT_EQ(errors[rank], "") << "rank " << rank;
@@ -70,7 +47,7 @@ TEST_P(NcclRanks, AllReduceF32IsTheExactSumOnEveryRank) {
   const int world = GetParam();
   const std::size_t n = 1000003;
   std::vector<std::vector<float>> got(static_cast<std::size_t>(world));
-  expect_no_errors(run_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     EXPECT_EQ(nccl.rank(), rank);
     EXPECT_EQ(nccl.world_size(), world);
     std::vector<float> mine(n);
@@ -105,7 +82,7 @@ TEST_P(NcclRanks, AllReduceF32GivesEveryRankTheSameBits) {
     return v;
   };
   std::vector<std::vector<float>> got(static_cast<std::size_t>(world));
-  expect_no_errors(run_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     const std::vector<float> mine = values_of(rank);
     BackendBuffer t(backend, static_cast<std::int64_t>(n), DType::F32);
     backend.upload(t, mine.data());
@@ -140,7 +117,7 @@ TEST_P(NcclRanks, AllReduceDoublesAndBarrier) {
   std::vector<std::vector<double>> small(static_cast<std::size_t>(world));
   std::atomic<int> before_barrier{0};
   std::vector<int> seen_after_barrier(static_cast<std::size_t>(world), -1);
-  expect_no_errors(run_ranks(world, [&](int rank, cuda::CudaBackend&, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend&, cuda::NcclCommunicator& nccl) {
     std::vector<double> two = {0.25 * (rank + 1), 1000.0 + rank};
     nccl.all_reduce_sum(two);
     small[static_cast<std::size_t>(rank)] = two;
@@ -207,7 +184,7 @@ TEST_P(NcclRanks, ReduceScatterSumsEachRanksOwnPart) {
   const auto all = partitions(world);
   // got[p][rank]: rank's own part after the collective on partition p.
   std::vector<std::vector<std::vector<float>>> got(all.size(), std::vector<std::vector<float>>(world));
-  expect_no_errors(run_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     for (std::size_t p = 0; p < all.size(); ++p) {
       const std::vector<std::int64_t>& bounds = all[p];
       const std::int64_t n = bounds.back();
@@ -266,7 +243,7 @@ TEST_P(NcclRanks, AllGatherGivesEveryRankEveryPartBitForBit) {
   std::vector<std::vector<std::vector<float>>> got_f32(all.size(), std::vector<std::vector<float>>(world));
   std::vector<std::vector<std::vector<std::uint16_t>>> got_bf16(all.size(),
                                                                 std::vector<std::vector<std::uint16_t>>(world));
-  expect_no_errors(run_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     for (std::size_t p = 0; p < all.size(); ++p) {
       const std::int64_t n = all[p].back();
       const std::size_t count = static_cast<std::size_t>(n);
@@ -319,7 +296,7 @@ TEST_P(NcclRanks, BadBoundsAreRefusedBeforeNccl) {
       world == 2 ? std::vector<std::int64_t>{0, 6, 4} : std::vector<std::int64_t>{0, 6, 4, 10}};
   std::vector<std::vector<std::string>> refusals(static_cast<std::size_t>(world));
   std::vector<float> after(static_cast<std::size_t>(world), 0.0f);
-  expect_no_errors(run_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     BackendBuffer t(backend, 10, DType::F32);
     backend.zero(t);
     for (const auto& bounds : bad) {
@@ -359,7 +336,7 @@ INSTANTIATE_TEST_SUITE_P(TwoAndThree, NcclRanks, ::testing::Values(2, 3));
 TEST(NcclCommunicator, WorldSizeOneIsTheIdentity) {
   std::vector<float> got;
   std::vector<double> doubles;
-  expect_no_errors(run_ranks(1, [&](int, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(1, [&](int, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     EXPECT_EQ(nccl.rank(), 0);
     EXPECT_EQ(nccl.world_size(), 1);
     const std::vector<float> mine = {1.5f, -2.25f, 3.0f};
@@ -379,7 +356,7 @@ TEST(NcclCommunicator, WorldSizeOneIsTheIdentity) {
 TEST(NcclCommunicator, RefusesNonF32TensorsOnEveryRankWithoutHanging) {
   std::vector<std::string> refusals(2);
   std::vector<float> after(2, 0.0f);
-  expect_no_errors(run_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     BackendBuffer bf16(backend, 8, DType::BF16);
     try {
       nccl.all_reduce_sum(bf16);
@@ -404,7 +381,7 @@ TEST(NcclCommunicator, RefusesNonF32TensorsOnEveryRankWithoutHanging) {
 TEST(NcclCommunicator, ShardedCollectivesOnOneRankLeaveTheTensor) {
   std::vector<float> got(5);
   std::string refusal;
-  expect_no_errors(run_ranks(1, [&](int, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(1, [&](int, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     const std::vector<float> mine = {1.5f, -2.25f, 3.0f, 0.5f, 8.0f};
     BackendBuffer t(backend, 5, DType::F32);
     backend.upload(t, mine.data());
@@ -425,7 +402,7 @@ TEST(NcclCommunicator, ShardedCollectivesOnOneRankLeaveTheTensor) {
 
 TEST(NcclCommunicator, ReduceScatterRefusesNonF32OnEveryRankWithoutHanging) {
   std::vector<std::string> refusals(2);
-  expect_no_errors(run_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+  expect_no_errors(testing::run_nccl_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
     BackendBuffer bf16(backend, 128, DType::BF16);
     try {
       nccl.reduce_scatter_sum(bf16, shard_bounds(128, 2));
@@ -445,7 +422,7 @@ TEST(NcclCommunicator, ReduceScatterRefusesNonF32OnEveryRankWithoutHanging) {
 // all-gathers) both get an error naming both calls, instead of hanging or mixing them.
 TEST(NcclCommunicator, DifferentCollectivesAtOnePointAreAnErrorOnEveryRank) {
   const std::vector<std::string> errors =
-      run_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+      testing::run_nccl_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
         BackendBuffer t(backend, 128, DType::F32);
         backend.zero(t);
         if (rank == 0)
@@ -463,7 +440,7 @@ TEST(NcclCommunicator, DifferentCollectivesAtOnePointAreAnErrorOnEveryRank) {
 
 TEST(NcclCommunicator, MismatchedCountsAreAnErrorOnEveryRank) {
   const std::vector<std::string> errors =
-      run_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+      testing::run_nccl_ranks(2, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
         BackendBuffer t(backend, 10 + rank, DType::F32);
         backend.zero(t);
         nccl.all_reduce_sum(t);
@@ -483,7 +460,7 @@ TEST(NcclCommunicator, ARankThatNeverComesIsAnErrorNotAHang) {
   const emu::ScopedOptions scoped(options);
   std::atomic<bool> rank0_done{false};
   const std::vector<std::string> errors =
-      run_ranks(2, [&](int rank, cuda::CudaBackend&, cuda::NcclCommunicator& nccl) {
+      testing::run_nccl_ranks(2, [&](int rank, cuda::CudaBackend&, cuda::NcclCommunicator& nccl) {
         if (rank == 0) {
           try {
             nccl.barrier();

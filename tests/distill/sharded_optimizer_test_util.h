@@ -132,4 +132,13 @@ inline std::vector<float> expected_gather_of_200(std::int64_t world_size) {
 
 inline constexpr std::int64_t kGatherWindows[] = {1, 7, 64, 100, 200, 1000};
 
+// got[rank][w]: what gather_through_window(..., 200, kGatherWindows[w]) returned on each rank.
+inline void expect_gathers_of_200(const std::vector<std::vector<std::vector<float>>>& got) {
+  const auto world_size = static_cast<std::int64_t>(got.size());
+  for (std::size_t w = 0; w < std::size(kGatherWindows); ++w) {
+    EXPECT_EQ(got[0][w], expected_gather_of_200(world_size)) << "window " << kGatherWindows[w];
+    for (std::size_t r = 1; r < got.size(); ++r) EXPECT_TRUE(got[r][w].empty()) << "rank " << r;
+  }
+}
+
 }  // namespace minitron::testing

@@ -4,11 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "kernels/cuda/cuda_backend.h"
-#include "kernels/cuda/nccl_communicator.h"
+#include "tests/cuda/nccl_test_util.h"
 #include "tests/distill/sharded_optimizer_test_util.h"
 
 namespace minitron {
@@ -18,23 +16,11 @@ void expect_sharded_matches_one_process(int world_size, double grad_clip) {
   const testing::DistillPair pair;
   cuda::CudaBackend backend(0);
   const testing::OptimizerRun expected = testing::one_process_run(pair, backend, world_size, grad_clip);
-  ncclUniqueId id;
-  MINITRON_NCCL_CHECK(ncclGetUniqueId(&id));
   std::vector<testing::OptimizerRun> ranks(static_cast<std::size_t>(world_size));
-  std::vector<std::string> errors(static_cast<std::size_t>(world_size));
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < world_size; ++rank)
-    threads.emplace_back([&, rank] {
-      try {
-        cuda::CudaBackend engine(0);
-        cuda::NcclCommunicator communicator(engine, rank, world_size, id);
-        ranks[static_cast<std::size_t>(rank)] =
-            testing::run_sharded_optimizer(pair, communicator, engine, static_cast<float>(rank + 1), grad_clip);
-      } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(rank)] = e.what();
-      }
-    });
-  for (std::thread& t : threads) t.join();
+  const auto errors = testing::run_nccl_ranks(world_size, [&](int rank, cuda::CudaBackend& engine, cuda::NcclCommunicator& nccl) {
+    ranks[static_cast<std::size_t>(rank)] =
+        testing::run_sharded_optimizer(pair, nccl, engine, static_cast<float>(rank + 1), grad_clip);
+  });
   ASSERT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world_size)));
   testing::expect_sharded_matches(expected, ranks);
   // The master weights are not the bf16 parameters: the gather returned the fp32 copy.
@@ -45,28 +31,13 @@ void expect_sharded_matches_one_process(int world_size, double grad_clip) {
 // equal parts of the whole vector.
 TEST(CudaGatherToRankZero, AnyWindowAssemblesTheParts) {
   for (int world_size : {2, 3}) {
-    ncclUniqueId id;
-    MINITRON_NCCL_CHECK(ncclGetUniqueId(&id));
     std::vector<std::vector<std::vector<float>>> got(static_cast<std::size_t>(world_size));
-    std::vector<std::string> errors(static_cast<std::size_t>(world_size));
-    std::vector<std::thread> threads;
-    for (int rank = 0; rank < world_size; ++rank)
-      threads.emplace_back([&, rank] {
-        try {
-          cuda::CudaBackend engine(0);
-          cuda::NcclCommunicator communicator(engine, rank, world_size, id);
-          for (std::int64_t window : testing::kGatherWindows)
-            got[static_cast<std::size_t>(rank)].push_back(testing::gather_through_window(engine, communicator, 200, window));
-        } catch (const std::exception& e) {
-          errors[static_cast<std::size_t>(rank)] = e.what();
-        }
-      });
-    for (std::thread& t : threads) t.join();
+    const auto errors = testing::run_nccl_ranks(world_size, [&](int rank, cuda::CudaBackend& engine, cuda::NcclCommunicator& nccl) {
+      for (std::int64_t window : testing::kGatherWindows)
+        got[static_cast<std::size_t>(rank)].push_back(testing::gather_through_window(engine, nccl, 200, window));
+    });
     ASSERT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world_size)));
-    for (std::size_t w = 0; w < std::size(testing::kGatherWindows); ++w) {
-      EXPECT_EQ(got[0][w], testing::expected_gather_of_200(world_size)) << "window " << testing::kGatherWindows[w];
-      for (std::size_t r = 1; r < got.size(); ++r) EXPECT_TRUE(got[r][w].empty()) << "rank " << r;
-    }
+    testing::expect_gathers_of_200(got);
   }
 }
 
