@@ -50,6 +50,9 @@ class AdamW {
   AdamW(LlamaModel& model, const OptimizerConfig& config);  // one process: the whole state
   // `communicator` must outlive the optimizer; every rank constructs it the same way.
   AdamW(LlamaModel& model, const OptimizerConfig& config, Communicator& communicator);
+  // Not movable: the one-process constructor's communicator is a member.
+  AdamW(AdamW&&) = delete;
+  AdamW& operator=(AdamW&&) = delete;
 
   // Applies one update (step is 0-based) from the model's accumulated gradients, each first
   // multiplied by grad_scale (e.g. 1 / accumulation steps when losses were summed). With

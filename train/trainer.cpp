@@ -151,7 +151,13 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
   std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
   file.read_f32("params", params);
   model.set_parameters(params);
-  // The moments of this rank's part only (the whole of each is 4 bytes per parameter).
+  // The moments of this rank's part only (the whole of each is 4 bytes per parameter), after
+  // every rank has checked their whole size, so that a damaged file fails every rank alike
+  // rather than only those whose part lies past its end.
+  for (const char* name : {"adam_m", "adam_v"})
+    if (const std::int64_t numel = file.at(name).numel; numel != model.table().total_numel())
+      fail_expected(str(file.path().string(), ": tensor '", name, "'"), str(numel, " elements"),
+                    str(model.table().total_numel(), ", one per parameter of the model"));
   const std::int64_t begin = optimizer.part_begin();
   const auto part = static_cast<std::size_t>(optimizer.part_end() - begin);
   std::vector<float> m(part), v(part);
@@ -186,11 +192,13 @@ std::vector<double> gather_over_ranks(Communicator& communicator, std::span<cons
 // The replicas stay identical only if they start so. A node-local copy of the model that
 // differs would mix gradients of different models without an error; a different --steps or
 // batch shape would leave some ranks waiting forever in a collective the others never call.
-void check_ranks_agree(Communicator& communicator, LlamaModel& model, const TrainOptions& options, std::int64_t start) {
+void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Objective& objective, const TrainOptions& options,
+                       std::int64_t start) {
   struct Agreed {
     const char* what;
     double value;
   };
+  const OptimizerConfig& o = options.optimizer;
   const Agreed agreed[] = {
       {"the weights' sum of squares", model.backend().sum_of_squares(model.parameters())},
       {"--steps", static_cast<double>(options.steps)},
@@ -198,6 +206,20 @@ void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Trai
       {"--sequence-length", static_cast<double>(options.sequence_length)},
       {"--grad-accumulation", static_cast<double>(options.grad_accumulation)},
       {"the step it starts from", static_cast<double>(start)},
+      // Checkpoints are collectives (the sharded optimizer state is gathered), and so is each
+      // step's sum of the loss and its logged terms: ranks must agree on when and how many.
+      {"--save-interval", static_cast<double>(options.save_interval)},
+      {"the number of logged loss terms", static_cast<double>(objective.step_metrics().size())},
+      // Each rank updates its own part of the weights: with other hyperparameters the parts
+      // would follow different optimizers.
+      {"--learning-rate", o.learning_rate},
+      {"--min-learning-rate", o.min_learning_rate},
+      {"--warmup-steps", static_cast<double>(o.warmup_steps)},
+      {"--weight-decay", o.weight_decay},
+      {"--grad-clip", o.grad_clip},
+      {"--adam-beta1", o.beta1},
+      {"--adam-beta2", o.beta2},
+      {"--adam-epsilon", o.epsilon},
   };
   constexpr std::size_t k = std::size(agreed);
   std::array<double, k> mine;
@@ -282,7 +304,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       std::printf("no checkpoint in %s: starting from step 0\n", options.output.c_str());
     }
   }
-  if (world > 1) check_ranks_agree(communicator, model, options, start);
+  if (world > 1) check_ranks_agree(communicator, model, objective, options, start);
   MetricsLog metrics;  // rank 0's; a closed log writes nothing on the other ranks
   if (lead) metrics = MetricsLog(options.output / "metrics.jsonl", /*append=*/start > 0);
 

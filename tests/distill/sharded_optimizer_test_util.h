@@ -1,9 +1,10 @@
 // AdamW sharded over data-parallel ranks (ZeRO stage 1, train/optimizer.h) against the one-process
 // AdamW on the same gradient, for any engine and communicator. Each rank holds the same weights
 // and the gradient (r + 1) g; the ranks' sum, (1 + ... + R) g, is what the one-process optimizer
-// is given. For R <= 3 that sum is the one-process gradient to the bit: 2 ranks sum
-// g + fl(2g) = fl(3g), 3 ranks fl(3g) + fl(3g) = 2 fl(3g) = fl(6g) (doubling is exact and
-// commutes with rounding). The update is elementwise, so a rank that updates its part of the
+// is given. For R <= 3 that sum is the one-process gradient to the bit when the ranks are added
+// in rank order, as TcpGroup and the emulated NCCL add them: 2 ranks sum g + fl(2g) = fl(3g),
+// 3 ranks fl(3g) + fl(3g) = 2 fl(3g) = fl(6g) (doubling is exact and commutes with rounding).
+// (Real NCCL's ring order, e.g. fl(5g) + g, need not be; these tests run on the emulator.) The update is elementwise, so a rank that updates its part of the
 // flat parameter vector must produce the one-process values to the bit; only the global
 // gradient norm is summed in another grouping (per part, then over ranks).
 #pragma once
@@ -120,25 +121,38 @@ inline std::vector<float> gather_through_window(Backend& backend, Communicator& 
 }
 
 // What rank 0 must receive: element i from the rank whose part holds it, by hand for n = 200
-// ({0, 64, 200} on 2 ranks, {0, 64, 128, 200} on 3).
-inline std::vector<float> expected_gather_of_200(std::int64_t world_size) {
+// ({0, 64, 200} on 2 ranks, {0, 64, 128, 200} on 3) and n = 100 (too short to split: every part
+// but the last empty).
+inline std::vector<float> expected_gather(std::int64_t n, std::int64_t world_size) {
   std::vector<float> whole;
-  for (std::int64_t i = 0; i < 200; ++i) {
-    const std::int64_t owner = i < 64 ? 0 : (world_size == 2 || i < 128) ? 1 : 2;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::int64_t owner = n == 100 ? world_size - 1 : i < 64 ? 0 : (world_size == 2 || i < 128) ? 1 : 2;
     whole.push_back(static_cast<float>(1000 * (owner + 1) + i));
   }
   return whole;
 }
 
+inline constexpr std::int64_t kGatherSizes[] = {200, 100};
 inline constexpr std::int64_t kGatherWindows[] = {1, 7, 64, 100, 200, 1000};
 
-// got[rank][w]: what gather_through_window(..., 200, kGatherWindows[w]) returned on each rank.
-inline void expect_gathers_of_200(const std::vector<std::vector<std::vector<float>>>& got) {
+// What gather_through_window returns on one rank for every size and window, in that order.
+inline std::vector<std::vector<float>> gathers_of_every_size(Backend& backend, Communicator& communicator) {
+  std::vector<std::vector<float>> got;
+  for (std::int64_t n : kGatherSizes)
+    for (std::int64_t window : kGatherWindows) got.push_back(gather_through_window(backend, communicator, n, window));
+  return got;
+}
+
+// got[rank]: gathers_of_every_size on each rank.
+inline void expect_gathers(const std::vector<std::vector<std::vector<float>>>& got) {
   const auto world_size = static_cast<std::int64_t>(got.size());
-  for (std::size_t w = 0; w < std::size(kGatherWindows); ++w) {
-    EXPECT_EQ(got[0][w], expected_gather_of_200(world_size)) << "window " << kGatherWindows[w];
-    for (std::size_t r = 1; r < got.size(); ++r) EXPECT_TRUE(got[r][w].empty()) << "rank " << r;
-  }
+  std::size_t k = 0;
+  for (std::int64_t n : kGatherSizes)
+    for (std::int64_t window : kGatherWindows) {
+      EXPECT_EQ(got[0][k], expected_gather(n, world_size)) << "n " << n << ", window " << window;
+      for (std::size_t r = 1; r < got.size(); ++r) EXPECT_TRUE(got[r][k].empty()) << "rank " << r;
+      ++k;
+    }
 }
 
 }  // namespace minitron::testing

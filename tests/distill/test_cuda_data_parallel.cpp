@@ -15,6 +15,7 @@
 #include "tests/util/tcp_test_util.h"
 #include "train/losses.h"
 #include "train/trainer.h"
+#include "util/files.h"
 
 namespace minitron {
 namespace {
@@ -79,6 +80,42 @@ TEST(CudaDataParallel, NcclRanksMatchGradAccumulation) {
   EXPECT_NEAR(a[1], b[1], 1e-2 * a[1]);
   // Weights up to ~1 after two Adam steps of 1e-2: a one-ulp bf16 difference is <= 2^-8.
   EXPECT_LE(testing::max_abs_diff(one.params, ranks[0].params), 1.0 / 256);
+}
+
+// A checkpoint written by two NCCL ranks and resumed by two: each rank takes its part of the
+// fp32 master weights and moments back from the file, so the run continues to the same bits.
+// The final model (fp32) holds the master weights gathered from both ranks.
+TEST(CudaDataParallel, ResumeOfShardedStateIsBitExact) {
+  testing::TempDir dir;
+  ModelConfig config = testing::tiny_config();
+  config.head_dim = 16;  // the CUDA attention kernels take 16, 32, 64, 96 or 128
+  config.num_hidden_layers = 2;
+  const std::vector<float> init = testing::tiny_parameters(config, 3);
+  write_shard(dir / "train.bin", testing::tiny_tokens(200, config.vocab_size, 4));
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
+  o.steps = 4;
+  o.save_interval = 2;
+  auto parallel = [&](const fs::path& out, bool resume) {
+    std::vector<Result> ranks(2);
+    const int port = testing::free_tcp_port();
+    const auto errors = testing::run_ranks(2, [&](std::int64_t rank) {
+      TrainOptions p = o;
+      p.output = out;
+      p.resume = resume;
+      ranks[static_cast<std::size_t>(rank)] = train(config, init, p, rank, 2, port);
+    });
+    EXPECT_EQ(errors, std::vector<std::string>(2));
+    return ranks;
+  };
+  const std::vector<Result> full = parallel(dir / "full", false);
+  fs::create_directories(dir / "resumed");
+  fs::copy(dir / "full" / "checkpoint-2", dir / "resumed" / "checkpoint-2", fs::copy_options::recursive);
+  const std::vector<Result> resumed = parallel(dir / "resumed", true);
+  ASSERT_EQ(full.size(), 2u);
+  ASSERT_EQ(resumed.size(), 2u);
+  for (std::size_t r = 0; r < 2; ++r) EXPECT_EQ(full[0].params, resumed[r].params) << "rank " << r;
+  EXPECT_EQ(read_text_file(dir / "full" / "model" / "model.safetensors"),
+            read_text_file(dir / "resumed" / "model" / "model.safetensors"));
 }
 
 }  // namespace

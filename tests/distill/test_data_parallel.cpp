@@ -8,12 +8,14 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 #include "data/shards.h"
 #include "kernels/host_communicator.h"
 #include "model/backend.h"
 #include "model/llama.h"
+#include "model/safetensors.h"
 #include "tests/distill/data_parallel_test_util.h"
 #include "tests/distill/distill_test_util.h"
 #include "tests/util/error_test_util.h"
@@ -210,6 +212,36 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
                              "(expected --output on a file system that every rank sees)"));
 }
 
+// Each rank reads only its part of the saved moments, so their whole size is checked first, on
+// every rank alike: a shortened adam_m is refused even where the part would still lie inside it.
+TEST(DataParallel, ResumeRefusesMomentsOfAnotherSize) {
+  testing::TempDir dir;
+  testing::DistillPair pair;
+  write_shard(dir / "train.bin", testing::tiny_tokens(300, pair.student_config.vocab_size, 4));
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
+  o.steps = 3;
+  o.save_interval = 2;
+  o.output = dir / "run";
+  train_rank(pair, o, false, 0, 1, 0);
+  const fs::path state = dir / "run" / "checkpoint-2" / "training_state.safetensors";
+  const auto n = static_cast<std::int64_t>(pair.student_params.size());
+  std::vector<float> params(static_cast<std::size_t>(n)), m(params.size()), v(params.size());
+  {
+    SafetensorsFile file(state);
+    file.read_f32("params", params);
+    file.read_f32("adam_m", m);
+    file.read_f32("adam_v", v);
+  }
+  const std::vector<std::int64_t> whole{n}, shorter{n - 1};
+  write_safetensors_file(state, std::vector<SafetensorsEntry>{{"params", whole, params.data()},
+                                                              {"adam_m", shorter, m.data()},
+                                                              {"adam_v", whole, v.data()}},
+                         SafetensorsDType::F32);
+  o.resume = true;
+  EXPECT_EQ(testing::error_of([&] { train_rank(pair, o, false, 0, 1, 0); }),
+            str(state.string(), ": tensor 'adam_m': ", n - 1, " elements (expected ", n, ", one per parameter of the model)"));
+}
+
 // Replicas that would not start identical are refused on every rank before the first step:
 // different weights (a node-local model copy that differs) or a different --steps (which would
 // leave rank 0 waiting forever in a collective rank 1 never calls).
@@ -219,24 +251,33 @@ TEST(DataParallel, RanksMustStartAlike) {
   write_shard(dir / "train.bin", testing::tiny_tokens(300, pair.student_config.vocab_size, 4));
   testing::DistillPair other = pair;
   other.student_params[7] += 0.5f;
-  const auto launch = [&](const testing::DistillPair& rank1_pair, std::int64_t rank1_steps) {
+  // Rank 1 starts from rank1_pair's weights, with `change` applied to its options.
+  const auto launch = [&](const testing::DistillPair& rank1_pair, const std::function<void(TrainOptions&)>& change) {
     const int port = testing::free_tcp_port();
     return testing::run_ranks(2, [&](std::int64_t rank) {
       TrainOptions o = testing::data_parallel_options(dir / "train.bin");
       o.output = dir / str("run-", rank);
-      if (rank == 1) o.steps = rank1_steps;
+      if (rank == 1) change(o);
       train_rank(rank == 1 ? rank1_pair : pair, o, false, rank, 2, port);
     });
   };
-  for (const std::string& error : launch(other, 3)) {
+  for (const std::string& error : launch(other, [](TrainOptions&) {})) {
     EXPECT_EQ(error.rfind("data-parallel rank 1: the weights' sum of squares is ", 0), 0u) << error;
     EXPECT_NE(error.find("(expected every rank started with the same command line and the same model files)"),
               std::string::npos)
         << error;
   }
-  for (const std::string& error : launch(pair, 4))
-    EXPECT_EQ(error, "data-parallel rank 1: --steps is 4 but rank 0's is 3 (expected every rank started with the same "
-                     "command line and the same model files)");
+  const std::string expected = " (expected every rank started with the same command line and the same model files)";
+  for (const std::string& error : launch(pair, [](TrainOptions& o) { o.steps = 4; }))
+    EXPECT_EQ(error, "data-parallel rank 1: --steps is 4 but rank 0's is 3" + expected);
+  // Checkpoints are collectives: ranks saving at different steps would wait on each other.
+  for (const std::string& error : launch(pair, [](TrainOptions& o) { o.save_interval = 2; }))
+    EXPECT_EQ(error, "data-parallel rank 1: --save-interval is 2 but rank 0's is 0" + expected);
+  // Each rank updates its own part of the weights, so its optimizer must be everyone's.
+  for (const std::string& error : launch(pair, [](TrainOptions& o) { o.optimizer.learning_rate = 0.5; }))
+    EXPECT_EQ(error, "data-parallel rank 1: --learning-rate is 0.5 but rank 0's is 0.01" + expected);
+  for (const std::string& error : launch(pair, [](TrainOptions& o) { o.optimizer.grad_clip = 0; }))
+    EXPECT_EQ(error, "data-parallel rank 1: --grad-clip is 0 but rank 0's is 1" + expected);
   EXPECT_FALSE(fs::exists(dir / "run-0" / "model"));
 }
 
