@@ -46,13 +46,23 @@ Result train(const ModelConfig& config, const std::vector<float>& init, TrainOpt
   return r;
 }
 
+// What both tests train: a tiny model the CUDA kernels take, and 200 tokens at dir/train.bin.
+struct TinyCudaModel {
+  ModelConfig config = testing::tiny_config();
+  std::vector<float> init;
+  explicit TinyCudaModel(const fs::path& dir) {
+    config.head_dim = 16;  // the CUDA attention kernels take 16, 32, 64, 96 or 128
+    config.num_hidden_layers = 2;
+    init = testing::tiny_parameters(config, 3);
+    write_shard(dir / "train.bin", testing::tiny_tokens(200, config.vocab_size, 4));
+  }
+};
+
 TEST(CudaDataParallel, NcclRanksMatchGradAccumulation) {
   testing::TempDir dir;
-  ModelConfig config = testing::tiny_config();
-  config.head_dim = 16;  // the CUDA attention kernels take 16, 32, 64, 96 or 128
-  config.num_hidden_layers = 2;
-  const std::vector<float> init = testing::tiny_parameters(config, 3);
-  write_shard(dir / "train.bin", testing::tiny_tokens(200, config.vocab_size, 4));
+  const TinyCudaModel model(dir.path());
+  const ModelConfig& config = model.config;
+  const std::vector<float>& init = model.init;
   TrainOptions o = testing::data_parallel_options(dir / "train.bin");
   o.steps = 2;
   TrainOptions single = o;
@@ -87,11 +97,9 @@ TEST(CudaDataParallel, NcclRanksMatchGradAccumulation) {
 // The final model (fp32) holds the master weights gathered from both ranks.
 TEST(CudaDataParallel, ResumeOfShardedStateIsBitExact) {
   testing::TempDir dir;
-  ModelConfig config = testing::tiny_config();
-  config.head_dim = 16;  // the CUDA attention kernels take 16, 32, 64, 96 or 128
-  config.num_hidden_layers = 2;
-  const std::vector<float> init = testing::tiny_parameters(config, 3);
-  write_shard(dir / "train.bin", testing::tiny_tokens(200, config.vocab_size, 4));
+  const TinyCudaModel model(dir.path());
+  const ModelConfig& config = model.config;
+  const std::vector<float>& init = model.init;
   TrainOptions o = testing::data_parallel_options(dir / "train.bin");
   o.steps = 4;
   o.save_interval = 2;
