@@ -67,8 +67,8 @@ class SingleProcessCommunicator final : public Communicator {
 // kShardAlignment elements, and the last one the rest (under kShardAlignment x world_size more):
 // equal parts let NCCL's reduce-scatter and all-gather move all but that short tail, and every
 // part then starts 64 elements apart from an aligned base (256 bytes of fp32, 128 of bf16), as
-// the vectorised kernels want. A vector shorter
-// than kShardAlignment x world_size is all the last rank's.
+// the vectorised kernels want. A vector shorter than kShardAlignment x world_size is all the
+// last rank's.
 inline constexpr std::int64_t kShardAlignment = 64;
 inline std::vector<std::int64_t> shard_bounds(std::int64_t n, std::int64_t world_size) {
   MINITRON_ASSERT(n >= 0 && world_size >= 1, "shard_bounds(", n, ", ", world_size, ")");

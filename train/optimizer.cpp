@@ -105,7 +105,7 @@ OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
   stats.learning_rate = learning_rate_at(config_, step);
   // The global norm from each rank's part: the sum of squares is additive over parts.
   double sum_of_squares = end > begin ? b.sum_of_squares(model_.gradients().slice(begin, end - begin)) : 0.0;
-  if (communicator_.world_size() > 1) communicator_.all_reduce_sum(std::span<double>(&sum_of_squares, 1));
+  communicator_.all_reduce_sum(std::span<double>(&sum_of_squares, 1));
   stats.grad_norm = std::sqrt(sum_of_squares) * grad_scale;
   float scale = grad_scale;
   if (config_.grad_clip > 0 && stats.grad_norm > config_.grad_clip)

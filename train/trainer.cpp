@@ -327,22 +327,18 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   // the sum over ranks is the mean over every micro-batch of the global batch.
   const std::int64_t global_micro_batches = options.grad_accumulation * world;
   const float micro_weight = 1.0f / static_cast<float>(global_micro_batches);
+  std::vector<std::string> term_names;  // the same on every step (Objective::step_metrics)
+  for (const auto& term : objective.step_metrics()) term_names.push_back(term.first);
   for (std::int64_t step = start; step < options.steps; ++step) {
     model.zero_gradients();
     // [0] the loss, then the objective's named terms: each the mean over every micro-batch of
     // every rank once summed over ranks.
-    std::vector<double> logged{0.0};
-    std::vector<std::string> term_names;
+    std::vector<double> logged(1 + term_names.size(), 0.0);
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
       loader.next(inputs, targets);
       logged[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
       const auto terms = objective.step_metrics();
-      logged.resize(1 + terms.size(), 0.0);
-      term_names.clear();
-      for (std::size_t i = 0; i < terms.size(); ++i) {
-        term_names.push_back(terms[i].first);
-        logged[1 + i] += terms[i].second * micro_weight;
-      }
+      for (std::size_t i = 0; i < term_names.size(); ++i) logged[1 + i] += terms[i].second * micro_weight;
       model.backward();
     }
     // Each rank needs the sum of its own part only: the optimizer updates that part and

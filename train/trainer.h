@@ -31,8 +31,9 @@ class Objective {
   // Parameters an objective trains itself (the hidden-state map of distillation): updated
   // after the model's optimizer step (0-based step), saved into and restored from each
   // training checkpoint directory so that resume stays bit-exact.
-  // Named values of the last micro-batch (a distillation's loss terms): the trainer logs each
-  // beside the loss as its mean over the step's micro-batches on every rank, as it does the loss.
+  // Named values of the last micro-batch (a distillation's loss terms), the same names from
+  // construction on: the trainer logs each beside the loss as its mean over the step's
+  // micro-batches on every rank, as it does the loss.
   virtual std::vector<std::pair<std::string, double>> step_metrics() const { return {}; }
   virtual void optimizer_step(std::int64_t /*step*/, const OptimizerConfig& /*config*/) {}
   // Sums the gradients of those parameters over the ranks of a data-parallel run, as the
