@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/llama.h"
 #include "train/losses.h"
 

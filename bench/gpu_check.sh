@@ -12,7 +12,7 @@
 #
 # The build is bench/gpu/CMakeLists.txt, a CUDA-only project: it compiles kernels/cuda/*.cu
 # with the main build's flags (kernels/cuda/cuda_flags.cmake; ptxas spills are listed in the
-# summary rather than fatal), the shared model/loss/optimizer code and the tests in tests/cuda/,
+# summary rather than fatal), the shared model/loss/optimizer code and the tests in tests/kernels/cuda/,
 # needing nothing beyond the CUDA toolkit and .deps/.
 # Each stage has its own time limit, cut further to what is left of the whole run's budget
 # (MINITRON_GPU_CHECK_SECONDS, default 480: the limits can never add up to more than the
@@ -207,7 +207,7 @@ stage torch_layer 180 "$python" "$root/bench/gpu/torch_layer.py" $layers $seq $v
 # 5. The kernel tests under compute-sanitizer on small cases: memcheck for out-of-bounds and
 #    uninitialised accesses, racecheck for shared-memory races (the kernels with shared tiles:
 #    attention, scan in the embedding backward, block reductions). Every filter pattern
-#    matches tests of tests/cuda/ (checked with --gtest_list_tests, which needs no GPU).
+#    matches tests of tests/kernels/cuda/ (checked with --gtest_list_tests, which needs no GPU).
 if [[ -x "$tests" ]]; then
   # CUDA 13 installs it under compute-sanitizer/ and links it into bin/; look in both.
   [[ -x /usr/local/cuda/compute-sanitizer/compute-sanitizer ]] && PATH="$PATH:/usr/local/cuda/compute-sanitizer"

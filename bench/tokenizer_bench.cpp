@@ -2,7 +2,7 @@
 // thread and on all cores (the text split into documents encoded in parallel).
 //
 //   tools/fetch_tokenizers.sh && build/bench/tokenizer_bench
-// Text: $MINITRON_BENCH_TEXT if set (any UTF-8 file), else tests/tokenizer/english_sample.txt
+// Text: $MINITRON_BENCH_TEXT if set (any UTF-8 file), else tests/data/english_sample.txt
 // repeated to 4 MB (repetition makes the pre-token cache hit more often than fresh text does).
 #include <benchmark/benchmark.h>
 
@@ -46,7 +46,7 @@ const Corpus& corpus() {
     if (const char* file = std::getenv("MINITRON_BENCH_TEXT")) {
       text = minitron::read_text_file(file);
     } else {
-      std::string sample = minitron::read_text_file(fs::path(__FILE__).parent_path().parent_path() / "tests/tokenizer/english_sample.txt");
+      std::string sample = minitron::read_text_file(fs::path(__FILE__).parent_path().parent_path() / "tests/data/english_sample.txt");
       while (text.size() < (4u << 20)) text += sample;
     }
     // Documents of ~16 KB, cut at a newline where possible.

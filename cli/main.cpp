@@ -5,7 +5,7 @@
 #include <string>
 
 #include "cli/commands.h"
-#include "util/distributed.h"
+#include "dist/environment.h"
 #include "util/error.h"
 
 namespace {
@@ -14,7 +14,7 @@ struct Command {
   const char* name;
   int (*run)(int, char**);
   const char* summary;
-  bool data_parallel = false;  // runs as one rank of a torchrun/srun launch (util/distributed.h)
+  bool data_parallel = false;  // runs as one rank of a torchrun/srun launch (dist/environment.h)
 };
 
 constexpr Command kCommands[] = {

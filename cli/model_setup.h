@@ -11,11 +11,11 @@
 
 #include <cxxopts.hpp>
 
-#include "model/backend.h"
-#include "model/communicator.h"
+#include "core/backend.h"
+#include "dist/communicator.h"
 #include "model/config.h"
 #include "train/trainer.h"
-#include "util/distributed.h"
+#include "dist/environment.h"
 
 namespace minitron::cli {
 
@@ -45,7 +45,7 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& result, const Tr
 void print_training_summary(const TrainSummary& summary, const TrainOptions& options);
 
 // The engine a training command runs on and the ranks it trains with. A data-parallel run is
-// launched like torchrun's or srun's (util/distributed.h): every process reads its rank from
+// launched like torchrun's or srun's (dist/environment.h): every process reads its rank from
 // the environment and runs the same command line.
 struct TrainingRun {
   DistributedEnvironment environment;

@@ -8,7 +8,7 @@
 
 #include <cxxopts.hpp>
 
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/safetensors.h"
 #include "util/error.h"
 

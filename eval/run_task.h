@@ -9,7 +9,7 @@
 #include "data/tokenizer.h"
 #include "eval/scoring.h"
 #include "eval/tasks.h"
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "train/losses.h"

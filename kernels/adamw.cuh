@@ -15,7 +15,7 @@
 
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/packed.cuh"
-#include "model/backend.h"
+#include "core/backend.h"
 
 namespace minitron::cuda {
 

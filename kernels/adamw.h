@@ -12,8 +12,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu_parallel.h"
-#include "model/backend.h"
+#include "kernels/cpu/parallel.h"
+#include "core/backend.h"
 
 namespace minitron::cpu {
 

@@ -13,7 +13,7 @@
 // __syncthreads after every thread's wait (PTX ISA, "Data Movement and Conversion Instructions:
 // cp.async").
 //
-// Under MINITRON_EMULATE the copies are queued per thread (kernels/emu/emulator.h, async_copy):
+// Under MINITRON_EMULATE the copies are queued per thread (emu/emulator.h, async_copy):
 // the destination holds 0xFF poison (NaN) from the issue until the wait that retires its group,
 // misaligned or non-shared destinations abort, and under TSan the data is a write by the issuing
 // thread at its wait, so a reader without a barrier after it is reported as a race.
@@ -22,7 +22,7 @@
 #if defined(MINITRON_EMULATE)
 #include <source_location>
 
-#include "kernels/emu/emulator.h"
+#include "emu/emulator.h"
 #else
 #include <cuda_runtime.h>
 #endif

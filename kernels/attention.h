@@ -22,7 +22,7 @@
 #include <omp.h>
 #endif
 
-#include "kernels/cpu_parallel.h"
+#include "kernels/cpu/parallel.h"
 #include "util/error.h"
 
 namespace minitron::cpu {

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "kernels/cpu_parallel.h"
+#include "kernels/cpu/parallel.h"
 #include "util/error.h"
 
 namespace minitron::cpu {

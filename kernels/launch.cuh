@@ -9,7 +9,7 @@
 #include <utility>
 
 #if defined(MINITRON_EMULATE)
-#include "kernels/emu/emulator.h"
+#include "emu/emulator.h"
 #define MINITRON_DYNAMIC_SHARED(T, name) T* name = ::minitron::emu::dynamic_shared<T>()
 #else
 #include <cuda_runtime.h>

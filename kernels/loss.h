@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "kernels/cpu_parallel.h"
+#include "kernels/cpu/parallel.h"
 #include "util/error.h"
 
 namespace minitron::cpu {

@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu_backend.h"
-#include "kernels/cuda_backend_factory.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend_factory.h"
 
 namespace minitron {
 

@@ -20,7 +20,7 @@
 #if defined(MINITRON_EMULATE)
 #include <cstring>
 
-#include "kernels/emu/emulator.h"
+#include "emu/emulator.h"
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cpu_parallel.h"
-#include "model/backend.h"
+#include "kernels/cpu/parallel.h"
+#include "core/backend.h"
 #include "util/error.h"
 
 namespace minitron::cpu {

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu_parallel.h"
+#include "kernels/cpu/parallel.h"
 
 namespace minitron::cpu {
 

@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu_parallel.h"
+#include "kernels/cpu/parallel.h"
 #include "util/error.h"
 
 namespace minitron::cpu {

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu_parallel.h"
+#include "kernels/cpu/parallel.h"
 
 namespace minitron::cpu {
 

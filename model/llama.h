@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/config.h"
 #include "model/parameters.h"
 

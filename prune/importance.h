@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/config.h"
 #include "model/llama.h"
 

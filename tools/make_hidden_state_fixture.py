@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Writes tests/fixtures/hidden_state/cosine_fixture.json: the intermediate-state distillation
 loss of train/hidden_state_loss.h and its gradients, computed by PyTorch autograd (float64), for
-tests/distill.
+tests/train.
 
 loss = mean over rows r of 1 - cos(u_r, t_r), u = s W^T (s [rows, Ds], W [Dt, Ds], t [rows, Dt]);
 the cosine written out as u.t / (|u| |t|). Gradients: d loss / d s and d loss / d W. A second case

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Writes tests/fixtures/kl/kl_fixture.json: the distillation loss and its gradient computed by
-PyTorch autograd (float64), for tests/distill.
+PyTorch autograd (float64), for tests/train.
 
 loss = mean over rows of sum_v p_t(v) (log p_t(v) - log p_s(v)), p = softmax(logits / tau),
 the forward KL of DESIGN.md (no tau^2 factor). dlogits = d loss / d student_logits.

@@ -1,11 +1,11 @@
-// Writes tests/tokenizer/goldens_<name>.json: the ids that an independent implementation of
+// Writes tests/data/goldens_<name>.json: the ids that an independent implementation of
 // HF tokenizer.json (@huggingface/tokenizers, the tokenizer code of transformers.js) gives for
 // a fixed list of tricky strings and a few KB of English, on the real tokenizer files that
 // tools/fetch_tokenizers.sh put in the cache. Only strings and ids are written (no vocab).
 //
 //   tools/fetch_tokenizers.sh && node tools/make_tokenizer_goldens.mjs
 //   node tools/make_tokenizer_goldens.mjs --dir DIR --name NAME   # any tokenizer dir, e.g. a
-//       `minitron tokenizer train` output: writes tests/tokenizer/goldens_NAME.json
+//       `minitron tokenizer train` output: writes tests/data/goldens_NAME.json
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -16,7 +16,7 @@ const repo = path.resolve(path.dirname(url.fileURLToPath(import.meta.url)), ".."
 const { Tokenizer } = await import(
   url.pathToFileURL(path.join(cache, "node_modules/@huggingface/tokenizers/dist/tokenizers.mjs")).href);
 
-const english = fs.readFileSync(path.join(repo, "tests/tokenizer/english_sample.txt"), "utf8");
+const english = fs.readFileSync(path.join(repo, "tests/data/english_sample.txt"), "utf8");
 
 export const tricky = [
   "Hello world",
@@ -76,7 +76,7 @@ function goldens(name, dir = path.join(cache, name)) {
     ids: Array.from(tok.encode(text, { add_special_tokens: false }).ids),
     ids_with_special: Array.from(tok.encode(text, { add_special_tokens: true }).ids),
   }));
-  const out = path.join(repo, `tests/tokenizer/goldens_${name}.json`);
+  const out = path.join(repo, `tests/data/goldens_${name}.json`);
   fs.writeFileSync(out, JSON.stringify({ tokenizer: name, reference: "@huggingface/tokenizers", cases }, null, 0) + "\n");
   console.log(`${out}: ${cases.length} cases`);
 }

@@ -11,7 +11,7 @@
 #include <limits>
 #include <span>
 
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/llama.h"
 #include "train/hidden_state_loss.h"
 #include "train/losses.h"

@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "model/backend.h"
-#include "model/communicator.h"
+#include "core/backend.h"
+#include "dist/communicator.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "train/optimizer.h"

@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/llama.h"
 
 namespace minitron {

@@ -6,8 +6,8 @@
 #include <span>
 #include <vector>
 
-#include "model/backend.h"
-#include "model/communicator.h"
+#include "core/backend.h"
+#include "dist/communicator.h"
 #include "model/llama.h"
 
 namespace minitron {
@@ -42,7 +42,7 @@ std::vector<float> gather_to_rank0(Backend& backend, Communicator& communicator,
                                    Tensor part, std::int64_t window);
 
 // With a communicator of several ranks the state is sharded as in ZeRO stage 1
-// (model/communicator.h): each rank keeps the moments and master weights of its own part of the
+// (dist/communicator.h): each rank keeps the moments and master weights of its own part of the
 // flat parameter vector (shard_bounds), updates that part from the reduce-scattered gradients
 // and all-gathers the parameters, so every rank ends the step with the same weights.
 class AdamW {

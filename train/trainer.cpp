@@ -342,7 +342,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       model.backward();
     }
     // Each rank needs the sum of its own part only: the optimizer updates that part and
-    // all-gathers the parameters (ZeRO stage 1, model/communicator.h).
+    // all-gathers the parameters (ZeRO stage 1, dist/communicator.h).
     communicator.reduce_scatter_sum(model.gradients(), optimizer.shard_bounds());
     objective.all_reduce_gradients(communicator);
     communicator.all_reduce_sum(logged);

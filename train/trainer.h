@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "model/communicator.h"
+#include "dist/communicator.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
 #include "train/losses.h"
@@ -90,7 +90,7 @@ struct TrainSummary {
 // output/metrics.jsonl; validates on options.validation_shards when any are given.
 TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options);
 
-// The same as one rank of a data-parallel run (model/communicator.h): each rank trains on its
+// The same as one rank of a data-parallel run (dist/communicator.h): each rank trains on its
 // own batch_size windows per micro-batch (TrainLoader's rank and world size), gradients are
 // summed over ranks with micro-batch weights 1 / (grad_accumulation x world size), and the
 // loss is the mean over ranks, so rank 0 logs what one process with grad_accumulation x world

@@ -16,7 +16,7 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_context.h"
-#include "kernels/cuda_backend_factory.h"
+#include "kernels/cuda/cuda_backend_factory.h"
 #include "kernels/reduce.cuh"
 
 namespace minitron {

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda_backend_factory.h"
+#include "kernels/cuda/cuda_backend_factory.h"
 #include "model/llama.h"
 #include "train/losses.h"
 #include "train/optimizer.h"

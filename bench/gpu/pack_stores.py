@@ -3,7 +3,7 @@
 
 Usage: pack_stores.py [--table] PTX_FILE
 The PTX is kernels/cuda/cuda_backend.cu compiled by nvcc for sm_90 (bench/gpu/register_report.sh
-keeps it from its build; the ctest cuda_pack_stores_ptx, tests/cuda/test_pack_stores_ptx.sh,
+keeps it from its build; the ctest cuda_pack_stores_ptx, tests/kernels/cuda/test_pack_stores_ptx.sh,
 compiles it). nvcc may split a 16-byte store of a Packed128 into narrow ones (it did:
 6 st.global.u16 + 1 st.global.u32 per pack), which costs a memory-bound kernel its bandwidth and
 shows in no test; kernels/packed.cuh's store128 now emits st.global.v4 itself. This exits 1 when

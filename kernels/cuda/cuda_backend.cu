@@ -10,7 +10,7 @@
 #include "kernels/cast.cuh"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/gemm.h"
-#include "kernels/cuda_backend_factory.h"
+#include "kernels/cuda/cuda_backend_factory.h"
 #include "kernels/embedding.cuh"
 #include "kernels/loss.cuh"
 #include "kernels/reduce.cuh"
@@ -18,7 +18,7 @@
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/swiglu.cuh"
-#include "model/bf16.h"
+#include "core/bf16.h"
 
 namespace minitron::cuda {
 

@@ -18,7 +18,7 @@
 #include <memory>
 #include <string>
 
-#include "model/backend.h"
+#include "core/backend.h"
 
 namespace minitron::cuda {
 

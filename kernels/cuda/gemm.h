@@ -18,7 +18,7 @@
 
 #include <cublasLt.h>
 
-#include "model/tensor.h"
+#include "core/tensor.h"
 
 namespace minitron::cuda {
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cpu_backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/residual_rmsnorm.h"
 #include "kernels/rmsnorm.h"
 #include "tests/kernels/test_util.h"

@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/bf16.h"
+#include "core/bf16.h"
 #include "util/error.h"
 #include "util/files.h"
 

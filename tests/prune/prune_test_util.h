@@ -16,7 +16,7 @@
 
 #include <gtest/gtest.h>
 
-#include "model/backend.h"
+#include "core/backend.h"
 #include "model/llama.h"
 #include "util/error.h"
 

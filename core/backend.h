@@ -1,0 +1,198 @@
+// The Backend: every operation the model, the losses, the optimizer and the importance
+// observers need, over tensors that live in the backend's memory. The Llama block is written
+// once (model/llama.cpp) against this interface; the CPU engine (fp32, or fp64 for gradient
+// checks) and the CUDA engine (bf16 storage, fp32 accumulation) implement it.
+//
+// Conventions for every op:
+//  - Matrices are row-major. "N" is a number of rows (tokens = batch * sequence).
+//  - Activations and parameters have the backend's storage dtype (activation_dtype());
+//    tensors documented as "fp32" are F32 on every backend (norm statistics, log-sum-exp,
+//    per-token losses, optimizer state, gradients of the CPU engine).
+//  - Backward ops ACCUMULATE into parameter gradients (so gradient accumulation and tied
+//    weights work) and OVERWRITE activation gradients unless they say otherwise.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace minitron {
+
+struct AdamWStep {
+  float learning_rate = 0;
+  float beta1 = 0.9f, beta2 = 0.95f, epsilon = 1e-8f;
+  float weight_decay = 0;  // already 0 for tensors excluded from decay
+  std::int64_t step = 1;   // 1-based, for bias correction
+  float grad_scale = 1.0f; // gradients are multiplied by this first (clipping, accumulation)
+};
+
+// How a per-channel activation statistic is reduced over a sequence (importance scoring).
+enum class SequenceReduction { Mean, L2, Variance };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;        // "cpu", "cpu-f64", "cuda"
+  virtual DType activation_dtype() const = 0;   // storage dtype of parameters and activations
+  virtual DType gradient_dtype() const = 0;     // storage dtype of parameter gradients
+  // Logits per chunk of the loss head (LossWorkspace's default). Small on a CPU, where a few
+  // hundred rows already make an efficient GEMM; a GPU wants thousands, since each chunk's
+  // head weight-gradient GEMM reads and writes the whole vocab x hidden gradient.
+  virtual std::int64_t loss_chunk_logits() const { return std::int64_t{1} << 24; }
+  // The device's memory in bytes where it is a hard, known bound (a GPU's); nullopt on the CPU,
+  // whose limit (RAM, swap, overcommit) no figure states.
+  virtual std::optional<std::int64_t> memory_bytes() const { return std::nullopt; }
+
+  // ---- memory: owned by the backend until free(); no allocation happens inside ops ----
+  virtual Tensor allocate(std::int64_t numel, DType dtype) = 0;
+  virtual void free(Tensor& t) = 0;
+  virtual void zero(Tensor t) = 0;
+  // Host <-> backend copies with conversion from/to fp32 (rounding to nearest even for bf16).
+  virtual void upload(Tensor dst, const float* src) = 0;
+  virtual void download(float* dst, Tensor src) = 0;
+  // Like download, into doubles: exact for F64 tensors (the gradient-check engine overrides
+  // it), widened from fp32 otherwise.
+  virtual void download_f64(double* dst, Tensor src) {
+    std::vector<float> host(static_cast<std::size_t>(src.numel));
+    download(host.data(), src);
+    for (std::size_t i = 0; i < host.size(); ++i) dst[i] = host[i];
+  }
+  virtual void upload_i32(Tensor dst, const std::int32_t* src) = 0;
+  virtual void copy(Tensor dst, Tensor src) = 0;  // any dtype to any float dtype, same numel
+  virtual void synchronize() = 0;
+
+  // ---- dense algebra ----
+  // out[M,N] = alpha * op(a) @ op(b) + beta * out, op(x) = x or x^T; a is [M,K] (or [K,M] when
+  // trans_a), b is [K,N] (or [N,K] when trans_b). Accumulates in fp32 (fp64 for F64).
+  virtual void matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
+                      std::int64_t K, bool trans_a, bool trans_b, float alpha = 1.0f,
+                      float beta = 0.0f) = 0;
+  virtual void add_inplace(Tensor dst, Tensor src) = 0;  // dst += src, same numel
+  // A double factor so the f64 engine keeps factors like 1/42 exact to double precision; fp32
+  // and bf16 engines round it to float once.
+  virtual void scale_inplace(Tensor t, double factor) = 0;
+  // Sum of squares of every element, in double, reduced in a fixed order (deterministic).
+  virtual double sum_of_squares(Tensor t) = 0;
+
+  // ---- embedding ----
+  virtual void embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
+                                 std::int64_t D) = 0;
+  // dtable += scatter of dout; deterministic (fixed order per row of the table).
+  virtual void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
+                                  std::int64_t D) = 0;
+
+  // ---- RMSNorm: out = in * rsqrt(mean(in^2) + eps) * weight; rstd is fp32 [N] ----
+  virtual void rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight, std::int64_t N,
+                               std::int64_t D, float eps) = 0;
+  // din += d(in) (accumulates: din is the residual stream's gradient); dweight += d(weight).
+  virtual void rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in, Tensor weight,
+                                Tensor rstd, std::int64_t N, std::int64_t D) = 0;
+  // Residual add fused with the norm that reads it: residual_out = residual + branch (rounded
+  // to the storage dtype), then rmsnorm_forward(out, rstd, residual_out, weight). branch may be
+  // the same tensor as residual_out (in-place add); no other overlap. Backward: the add passes
+  // its gradient to both inputs unchanged, so rmsnorm_backward into the stream's gradient is it.
+  virtual void residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
+                                        Tensor residual, Tensor branch, Tensor weight,
+                                        std::int64_t N, std::int64_t D, float eps) = 0;
+
+  // ---- RoPE, HF rotate-half convention, in place on x [B*T, heads * head_dim] ----
+  // Position of row (b, t) is position_offset + t. inv_freq is fp32 [head_dim / 2].
+  virtual void rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
+                            std::int64_t heads, std::int64_t head_dim,
+                            std::int64_t position_offset) = 0;
+  // In place: dx <- R^T dx (the inverse rotation).
+  virtual void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
+                             std::int64_t heads, std::int64_t head_dim,
+                             std::int64_t position_offset) = 0;
+
+  // ---- causal attention with grouped KV heads ----
+  // q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], out [B*Tq, Hq*hd], lse fp32 [B, Hq, Tq].
+  // Query row t attends to keys 0 .. t + (Tk - Tq) (so Tk > Tq serves a KV cache).
+  // Query head h reads KV head h / (Hq / Hkv). Scale 1/sqrt(hd).
+  virtual void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
+                                 std::int64_t B, std::int64_t Tq, std::int64_t Tk,
+                                 std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) = 0;
+  // Overwrites dq, dk, dv (Tq == Tk in training).
+  virtual void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
+                                  Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
+                                  std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
+                                  std::int64_t hd) = 0;
+
+  // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements ----
+  virtual void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) = 0;
+  virtual void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
+                               std::int64_t n) = 0;
+
+  // ---- losses over one chunk of rows of logits [rows, V] (fp32 results) ----
+  // losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]; rows whose target is negative
+  // are ignored (loss 0, gradient 0). When grad_scale != 0, logits is overwritten in place by
+  // grad_scale * dloss/dlogits.
+  virtual void cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
+                             std::int64_t V, float grad_scale) = 0;
+  // Forward KL(p_t || p_s) per row with p = softmax(logits / tau); when grad_scale != 0,
+  // student_logits is overwritten by grad_scale * dKL/dstudent_logits.
+  virtual void kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
+                             std::int64_t rows, std::int64_t V, float temperature,
+                             float grad_scale) = 0;
+
+  // ---- optimizer: AdamW on n elements. params has activation_dtype(); master (fp32) is
+  // empty on backends whose parameters are already fp32, else it holds the fp32 copy that
+  // is updated and rounded into params. m and v are fp32.
+  virtual void adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
+                            const AdamWStep& step) = 0;
+
+  // ---- observers (importance) ----
+  // out fp32 [B, C]: per sample and channel, the reduction over T of act [B*T, C]
+  // (Mean: mean |x|; L2: sqrt(sum x^2); Variance: population variance of x).
+  virtual void reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T,
+                                    std::int64_t C, SequenceReduction reduction) = 0;
+  // out fp32 [rows]: cosine similarity of a[r] and b[r] (Block Importance).
+  virtual void row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) = 0;
+};
+
+// Owns one backend allocation; frees it on destruction.
+class BackendBuffer {
+ public:
+  BackendBuffer() = default;
+  BackendBuffer(Backend& backend, std::int64_t numel, DType dtype)
+      : backend_(&backend), tensor_(backend.allocate(numel, dtype)) {}
+  ~BackendBuffer() { reset(); }
+  BackendBuffer(BackendBuffer&& o) noexcept : backend_(o.backend_), tensor_(o.tensor_) { o.tensor_ = {}; }
+  BackendBuffer& operator=(BackendBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      backend_ = o.backend_;
+      tensor_ = o.tensor_;
+      o.tensor_ = {};
+    }
+    return *this;
+  }
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+
+  void reset() {
+    if (backend_ && !tensor_.empty()) backend_->free(tensor_);
+    tensor_ = {};
+  }
+  const Tensor& tensor() const { return tensor_; }
+  operator Tensor() const { return tensor_; }  // NOLINT: a buffer is used where a view is
+  std::int64_t numel() const { return tensor_.numel; }
+
+ private:
+  Backend* backend_ = nullptr;
+  Tensor tensor_;
+};
+
+// "cpu" (fp32), "cpu-f64" (double, for gradient checks) and, when built with CUDA and a GPU
+// is present, "cuda". Throws Error naming the device and why it is unavailable.
+std::unique_ptr<Backend> make_backend(const std::string& device);
+// The device one process of a data-parallel run uses: for "cuda", cuda:<local_rank modulo the
+// devices it sees> (one GPU per process, as Megatron picks it); any other name unchanged.
+std::string device_for_local_rank(const std::string& device, std::int64_t local_rank);
+std::vector<std::string> available_devices();
+
+}  // namespace minitron

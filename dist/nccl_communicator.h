@@ -1,0 +1,72 @@
+// The CUDA engine's Communicator (dist/communicator.h): NCCL collectives on the backend's stream,
+// one rank per GPU. make_nccl_communicator (kernels/cuda/cuda_backend_factory.h) builds one from a run's
+// TCP bootstrap; this constructor takes the unique id directly, so tests can run ranks as threads
+// (the emulated NCCL of emu/nccl.cpp) without any network.
+//
+// Only for builds with NCCL (MINITRON_HAVE_NCCL): it needs <nccl.h>.
+#pragma once
+
+#include <nccl.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "dist/communicator.h"
+
+namespace minitron::cuda {
+
+class CudaBackend;
+
+[[noreturn]] void fail_nccl(ncclResult_t result, const char* call, const char* file, int line);
+
+// Checks an NCCL call, naming the call site, NCCL's error string and its last error message.
+#define MINITRON_NCCL_CHECK(call)                                                          \
+  do {                                                                                     \
+    ncclResult_t minitron_nccl_status_ = (call);                                           \
+    if (minitron_nccl_status_ != ncclSuccess)                                              \
+      ::minitron::cuda::fail_nccl(minitron_nccl_status_, #call, __FILE__, __LINE__);       \
+  } while (0)
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // Joins the communicator `id` names as `rank` of `world_size` on the backend's device
+  // (ncclCommInitRank): blocks until every rank has joined. Every rank passes the same id, made
+  // by ncclGetUniqueId on one of them. The backend must outlive the communicator.
+  NcclCommunicator(CudaBackend& backend, int rank, int world_size, const ncclUniqueId& id);
+  // ncclCommDestroy, after the stream's pending collectives (not ncclCommAbort: a normal end).
+  ~NcclCommunicator() override;
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+
+  std::int64_t rank() const override { return rank_; }
+  std::int64_t world_size() const override { return world_size_; }
+  // F32 only (gradients are summed in fp32); queued on the backend's stream like its ops, so the
+  // next op on the backend sees the sum without waiting here.
+  void all_reduce_sum(Tensor t) override;
+  // Through a small device buffer (NCCL moves device memory); returns with the sums in `values`.
+  void all_reduce_sum(std::span<double> values) override;
+  // Both queued on the backend's stream, like all_reduce_sum. With the parts shard_bounds()
+  // makes (every rank but the last c elements, the last c plus a tail), one ncclReduceScatter
+  // or ncclAllGather moves world_size x c elements and one ncclReduce or ncclBroadcast rooted at
+  // the last rank the tail; any other partition (windows of one, empty parts) takes one rooted
+  // ncclReduce or ncclBroadcast per non-empty part. reduce_scatter_sum is F32 only (an Error
+  // naming the dtype); all_gather moves bytes, so any dtype comes back bit for bit.
+  void reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) override;
+  void all_gather(Tensor t, std::span<const std::int64_t> bounds) override;
+  // A one-element all-reduce, then waits for the stream: every rank has reached it when it returns.
+  void barrier() override;
+
+ private:
+  // Device memory for at least `count` doubles.
+  double* staging(std::size_t count);
+
+  CudaBackend& backend_;
+  int rank_;
+  int world_size_;
+  ncclComm_t comm_ = nullptr;
+  double* staging_ = nullptr;
+  std::size_t staging_count_ = 0;
+};
+
+}  // namespace minitron::cuda

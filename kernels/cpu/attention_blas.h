@@ -1,0 +1,192 @@
+// Causal GQA attention for the CPU engine, on BLAS tiles: the fast path CpuBackend uses.
+// kernels/attention.h stays the plain reference (tests and the CUDA emulator compare against
+// it); this computes the same function with the same layouts and the same lse, differing only
+// in float rounding (GEMM sums in a blocked order instead of index order).
+//
+// Forward, per (batch, query head, tile of kTile query rows): S = scale * Q_tile K^T over the
+// keys the tile can see (GEMM), a masked softmax per row (lse saved), O_tile = P V (GEMM).
+// Backward, per (batch, KV head): for each query head of the group and each query tile,
+// recompute P from lse, dP = dO V^T, dS = P (dP - D) scale, then dQ_tile = dS K, dV += P^T dO,
+// dK += dS^T Q (GEMMs). GQA reads the KV head's columns in place through the leading
+// dimensions; nothing is copied.
+//
+// Deterministic for any thread count: every output element is owned by one task, a task runs
+// on one thread with single-threaded BLAS, and dK/dV accumulate over heads and tiles in a
+// fixed order.
+#pragma once
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/cpu/exp.h"
+
+namespace minitron::cpu {
+
+inline constexpr std::int64_t kAttentionTile = 64;  // query rows per GEMM tile
+
+// Per-thread scratch, in elements: two tile x Tk score blocks and the tile's D values.
+inline std::int64_t attention_tiles_workspace(std::int64_t Tk) {
+  const std::int64_t per_thread = 2 * kAttentionTile * Tk + kAttentionTile;
+#ifdef _OPENMP
+  return per_thread * omp_get_max_threads();
+#else
+  return per_thread;
+#endif
+}
+
+// Row-major C = alpha op(A) op(B) + beta C with explicit leading dimensions.
+template <typename T>
+void gemm_strided(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
+                  T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta,
+                  T* c, std::int64_t ldc) {
+  const auto ta = trans_a ? CblasTrans : CblasNoTrans;
+  const auto tb = trans_b ? CblasTrans : CblasNoTrans;
+  if constexpr (std::is_same_v<T, float>)
+    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<blasint>(M), static_cast<blasint>(N),
+                static_cast<blasint>(K), alpha, a, static_cast<blasint>(lda), b,
+                static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+  else
+    cblas_dgemm(CblasRowMajor, ta, tb, static_cast<blasint>(M), static_cast<blasint>(N),
+                static_cast<blasint>(K), alpha, a, static_cast<blasint>(lda), b,
+                static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+}
+
+// OpenBLAS single-threaded for the lifetime of the guard. The attention tasks already run one
+// per OpenMP thread; a threaded GEMM inside each would oversubscribe the cores, and fixing the
+// BLAS thread count makes the tile results independent of how many threads there are.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : saved_(openblas_get_num_threads()) {
+    if (saved_ != 1) openblas_set_num_threads(1);
+  }
+  ~SingleThreadedBlas() {
+    if (saved_ != 1) openblas_set_num_threads(saved_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Same contract as attention_forward in kernels/attention.h; workspace as sized by
+// attention_tiles_workspace(Tk), or null to allocate one.
+template <typename T>
+void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v, std::int64_t B,
+                             std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
+                             std::int64_t hd, T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+  std::vector<T> own;
+  workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
+  const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
+  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const std::int64_t tiles = (Tq + kAttentionTile - 1) / kAttentionTile;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const SingleThreadedBlas single;
+#pragma omp parallel if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
+  {
+    T* s = workspace + current_thread() * (2 * kAttentionTile * Tk + kAttentionTile);
+#pragma omp for schedule(static)
+    for (std::int64_t task = 0; task < B * Hq * tiles; ++task) {
+      const std::int64_t tile = task % tiles, h = (task / tiles) % Hq, b = task / (tiles * Hq);
+      const std::int64_t hk = h / group;
+      const std::int64_t t0 = tile * kAttentionTile, rows = std::min(kAttentionTile, Tq - t0);
+      const std::int64_t keys_end = t0 + rows + offset;  // the last row sees keys < keys_end
+      const T* q_tile = q + (b * Tq + t0) * q_stride + h * hd;
+      const T* kb = k + b * Tk * kv_stride + hk * hd;
+      const T* vb = v + b * Tk * kv_stride + hk * hd;
+      gemm_strided<T>(false, true, rows, keys_end, hd, scale, q_tile, q_stride, kb, kv_stride,
+                      T(0), s, keys_end);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        T* p = s + r * keys_end;
+        const std::int64_t keys = t0 + r + offset + 1;
+        T max = -std::numeric_limits<T>::infinity();
+        for (std::int64_t j = 0; j < keys; ++j) max = std::max(max, p[j]);
+        exp_shifted(p, p, max, keys);
+        T sum = 0;
+        for (std::int64_t j = 0; j < keys; ++j) sum += p[j];
+        lse[(b * Hq + h) * Tq + t0 + r] = max + std::log(sum);
+        const T inv = T(1) / sum;
+        for (std::int64_t j = 0; j < keys; ++j) p[j] *= inv;
+        std::fill(p + keys, p + keys_end, T(0));  // masked: the P V GEMM runs over keys_end
+      }
+      gemm_strided<T>(false, false, rows, hd, keys_end, T(1), s, keys_end, vb, kv_stride, T(0),
+                      out + (b * Tq + t0) * q_stride + h * hd, q_stride);
+    }
+  }
+}
+
+// Same contract as attention_backward in kernels/attention.h (overwrites dq, dk, dv).
+template <typename T>
+void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
+                              const T* q, const T* k, const T* v, std::int64_t B, std::int64_t Tq,
+                              std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                              T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+  std::vector<T> own;
+  workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
+  const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
+  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const std::int64_t tiles = (Tq + kAttentionTile - 1) / kAttentionTile;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  const SingleThreadedBlas single;
+#pragma omp parallel if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
+  {
+    T* p = workspace + current_thread() * (2 * kAttentionTile * Tk + kAttentionTile);
+    T* ds = p + kAttentionTile * Tk;
+    T* D = ds + kAttentionTile * Tk;
+#pragma omp for schedule(static)
+    for (std::int64_t task = 0; task < B * Hkv; ++task) {
+      const std::int64_t hk = task % Hkv, b = task / Hkv;
+      const std::int64_t kv0 = b * Tk * kv_stride + hk * hd;
+      const T* kb = k + kv0;
+      const T* vb = v + kv0;
+      T* dkb = dk + kv0;
+      T* dvb = dv + kv0;
+      for (std::int64_t j = 0; j < Tk; ++j) {
+        std::fill_n(dkb + j * kv_stride, hd, T(0));
+        std::fill_n(dvb + j * kv_stride, hd, T(0));
+      }
+      for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        for (std::int64_t tile = 0; tile < tiles; ++tile) {
+          const std::int64_t t0 = tile * kAttentionTile, rows = std::min(kAttentionTile, Tq - t0);
+          const std::int64_t keys_end = t0 + rows + offset;
+          const std::int64_t row0 = (b * Tq + t0) * q_stride + h * hd;
+          const T* q_tile = q + row0;
+          const T* do_tile = dout + row0;
+          for (std::int64_t r = 0; r < rows; ++r)
+            D[r] = dot(do_tile + r * q_stride, out + row0 + r * q_stride, hd);
+          gemm_strided<T>(false, true, rows, keys_end, hd, scale, q_tile, q_stride, kb, kv_stride,
+                          T(0), p, keys_end);
+          gemm_strided<T>(false, true, rows, keys_end, hd, T(1), do_tile, q_stride, vb, kv_stride,
+                          T(0), ds, keys_end);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            T* pr = p + r * keys_end;
+            T* dsr = ds + r * keys_end;
+            const std::int64_t keys = t0 + r + offset + 1;
+            const T li = lse[(b * Hq + h) * Tq + t0 + r], Dr = D[r];
+            exp_shifted(pr, pr, li, keys);
+            for (std::int64_t j = 0; j < keys; ++j) dsr[j] = pr[j] * (dsr[j] - Dr) * scale;
+            std::fill(pr + keys, pr + keys_end, T(0));
+            std::fill(dsr + keys, dsr + keys_end, T(0));
+          }
+          gemm_strided<T>(false, false, rows, hd, keys_end, T(1), ds, keys_end, kb, kv_stride,
+                          T(0), dq + row0, q_stride);
+          gemm_strided<T>(true, false, keys_end, hd, rows, T(1), p, keys_end, do_tile, q_stride,
+                          T(1), dvb, kv_stride);
+          gemm_strided<T>(true, false, keys_end, hd, rows, T(1), ds, keys_end, q_tile, q_stride,
+                          T(1), dkb, kv_stride);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace minitron::cpu

@@ -1,4 +1,0 @@
-// Emulated builds find this file instead of CUDA's <cooperative_groups.h>, which is empty for a
-// host compiler. It provides the subset in kernels/emu/cooperative_groups.h.
-#pragma once
-#include "kernels/emu/cooperative_groups.h"

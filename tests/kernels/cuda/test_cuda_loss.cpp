@@ -1,0 +1,71 @@
+// Emulated CUDA losses over a chunk of logits vs the CPU reference (double sums): cross-entropy
+// with ignored rows and KL divergence at two temperatures, with their in-place gradients.
+// V is not a multiple of the 512 threads of a row's block.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/loss.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+
+namespace minitron::test {
+namespace {
+
+class CudaLoss : public ::testing::TestWithParam<DType> {
+ protected:
+  Device dev;
+  DType dt() const { return GetParam(); }
+};
+
+TEST_P(CudaLoss, CrossEntropy) {
+  const std::int64_t rows = 5, V = 1000;
+  const auto logits = stored(random_floats(rows * V, 61, -8, 8), dt());
+  const std::vector<std::int32_t> targets = {3, -1, 999, 0, 512};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  const float grad_scale = 0.25f;
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, grad_scale);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, grad_scale);
+  // fp32 online log-sum-exp over 1000 terms vs double: the sum is good to ~log2(V) ulps, the
+  // loss (~7) to ~1e-6 relative.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 1e-5);
+  // Gradient grad_scale * (softmax - onehot): fp32 exp of (x - lse) with lse off by ~1e-6
+  // gives ~1e-6 relative; bf16 adds one rounding. Tiny probabilities need the small floor.
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+
+  // Without a gradient the logits stay untouched.
+  auto tl2 = dev.put(logits, dt());
+  dev.backend().cross_entropy(losses, tl2, tt, rows, V, 0.0f);
+  EXPECT_EQ(dev.get(tl2), logits);
+  expect_near_all("cross_entropy losses (no grad)", dev.get(losses), want_losses, 1e-6, 1e-5);
+}
+
+TEST_P(CudaLoss, KlDivergence) {
+  const std::int64_t rows = 4, V = 777;
+  for (float tau : {1.0f, 2.0f}) {
+    const auto student = stored(random_floats(rows * V, 71, -4, 4), dt());
+    const auto teacher = stored(random_floats(rows * V, 72, -4, 4), dt());
+    auto ts = dev.put(student, dt()), tt = dev.put(teacher, dt());
+    auto losses = dev.poisoned(rows, DType::F32);
+    const float grad_scale = 0.5f;
+    dev.backend().kl_divergence(losses, ts, tt, rows, V, tau, grad_scale);
+    std::vector<float> s = student, want_losses(rows);
+    cpu::kl_divergence(want_losses.data(), s.data(), teacher.data(), rows, V, tau, grad_scale);
+    // KL ~ 1 here, an fp32 sum of 777 terms each good to ~1e-6 of its size: 1e-5 absolute.
+    expect_near_all(str("kl losses tau ", tau), dev.get(losses), want_losses, 1e-5, 1e-5);
+    // (p_s - p_t) / tau: differences of fp32 probabilities (~1e-3 each), each good to ~1e-6
+    // relative, so ~1e-9 absolute; bf16 adds one rounding.
+    expect_near_all(str("kl gradient tau ", tau), dev.get(ts), s,
+                    dt() == DType::BF16 ? kBf16Ulp : 1e-4, 1e-8);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaLoss, ::testing::Values(DType::F32, DType::BF16),
+                         [](const auto& info) { return std::string(dtype_label(info.param)); });
+
+}  // namespace
+}  // namespace minitron::test

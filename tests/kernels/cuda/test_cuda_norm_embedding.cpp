@@ -1,0 +1,113 @@
+// Emulated CUDA backend vs the CPU references: embedding (forward, deterministic backward) and
+// RMSNorm (forward, backward). Shapes are odd on purpose: D not a multiple of 32 (warp) or 128
+// (column blocks), N not a multiple of 8 rows per block or of the 64-row weight chunks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/embedding.h"
+#include "kernels/rmsnorm.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+
+namespace minitron::test {
+namespace {
+
+class CudaNormEmbedding : public ::testing::TestWithParam<DType> {
+ protected:
+  Device dev;
+  DType dt() const { return GetParam(); }
+};
+
+TEST_P(CudaNormEmbedding, EmbeddingForwardAndBackward) {
+  const std::int64_t vocab = 11, D = 45, N = 150;
+  std::vector<std::int32_t> tokens(N);
+  for (std::int64_t n = 0; n < N; ++n) tokens[n] = static_cast<std::int32_t>((n * n * 7 + 3) % vocab);
+  tokens[5] = 0;  // some tokens repeat many times, token 10 never appears in the first half
+  const auto table = stored(random_floats(vocab * D, 21, -1, 1), dt());
+  auto tt = dev.put(table, dt());
+  auto tk = dev.put_i32(tokens);
+  auto out = dev.poisoned(N * D, dt());
+  dev.backend().embedding_forward(out, tk, tt, N, D);
+  std::vector<float> want(N * D);
+  cpu::embedding_forward(want.data(), tokens.data(), table.data(), N, D, vocab);
+  EXPECT_EQ(dev.get(out), want);  // a copy: exact
+
+  // Backward accumulates into an fp32 gradient that already holds values.
+  const auto dout = stored(random_floats(N * D, 22, -1, 1), dt());
+  const auto dtable0 = random_floats(vocab * D, 23, -1, 1);
+  auto tdout = dev.put(dout, dt());
+  auto tdtable = dev.put(dtable0, DType::F32);
+  dev.backend().embedding_backward(tdtable, tdout, tk, N, D);
+  std::vector<float> dtable = dtable0;
+  cpu::embedding_backward(dtable.data(), dout.data(), tokens.data(), N, D, vocab);
+  // The kernel adds each row's contributions in position order in fp32, exactly as the
+  // reference does: bit-identical.
+  const auto got = dev.get(tdtable);
+  EXPECT_EQ(got, dtable);
+
+  // Run again from the same start: the same bits (no order-dependent atomics).
+  dev.backend().upload(tdtable, dtable0.data());
+  dev.backend().embedding_backward(tdtable, tdout, tk, N, D);
+  EXPECT_EQ(dev.get(tdtable), got);
+}
+
+TEST_P(CudaNormEmbedding, RmsNormForward) {
+  for (std::int64_t N : {1, 37}) {
+    const std::int64_t D = 200;
+    const float eps = 1e-5f;
+    const auto x = stored(random_floats(N * D, 31 + N, -2, 2), dt());
+    const auto w = stored(random_floats(D, 32, 0.5f, 1.5f), dt());
+    auto tx = dev.put(x, dt()), tw = dev.put(w, dt());
+    auto out = dev.poisoned(N * D, dt());
+    auto rstd = dev.poisoned(N, DType::F32);
+    dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, eps);
+    std::vector<float> want(N * D), want_rstd(N);
+    cpu::rmsnorm_forward(want.data(), want_rstd.data(), x.data(), w.data(), N, D, eps);
+    // rstd: an fp32 sum of 200 squares vs double, ~D * 2^-24 ~ 1e-5 relative at worst.
+    expect_near_all("rmsnorm rstd", dev.get(rstd), want_rstd, 2e-5, 0);
+    // bf16: the kernel rounds x * rstd to bf16 before the weight (as transformers does) and
+    // then the product: two roundings against the fp32 reference's one, up to 2 ulps.
+    expect_near_all(str("rmsnorm out N=", N), dev.get(out), want,
+                    dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5, 1e-30);
+  }
+}
+
+TEST_P(CudaNormEmbedding, RmsNormBackward) {
+  const std::int64_t N = 133, D = 150;  // three 64-row chunks, the last one partial
+  const auto x = stored(random_floats(N * D, 41, -2, 2), dt());
+  const auto w = stored(random_floats(D, 42, 0.5f, 1.5f), dt());
+  const auto dout = stored(random_floats(N * D, 43, -1, 1), dt());
+  const auto din0 = stored(random_floats(N * D, 44, -1, 1), dt());
+  const auto dw0 = random_floats(D, 45, -1, 1);
+  // rstd from the reference forward (the backward's input, shared by both sides).
+  std::vector<float> y(N * D), rstd(N);
+  cpu::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, D, 1e-5f);
+  auto tx = dev.put(x, dt()), tw = dev.put(w, dt()), tdout = dev.put(dout, dt());
+  auto tdin = dev.put(din0, dt()), tdw = dev.put(dw0, DType::F32), tr = dev.put(rstd, DType::F32);
+  dev.backend().rmsnorm_backward(tdin, tdw, tdout, tx, tw, tr, N, D);
+  std::vector<float> din = din0, dw = dw0;
+  cpu::rmsnorm_backward(din.data(), dw.data(), dout.data(), x.data(), w.data(), rstd.data(), N, D);
+
+  // din: |increment| is O(rstd * |dout * w|), the fp32 dot of 150 terms is good to ~1e-5 of its
+  // terms' scale; then one rounding of din + increment into dt.
+  const double rel = dt() == DType::BF16 ? kBf16Ulp : 1e-6;
+  expect_near_all("rmsnorm din", dev.get(tdin), din, rel, dt() == DType::BF16 ? 2e-3 : 2e-5);
+  // dweight sums N products dout * round(x * rstd): the kernel rounds x * rstd to bf16 (as the
+  // forward does), the fp32 reference does not, so each term is off by up to 2^-9 of itself;
+  // the bound is 2^-8 of the sum of |terms| plus the dw0 magnitude's fp32 rounding.
+  std::vector<double> bound(D);
+  for (std::int64_t j = 0; j < D; ++j) {
+    double terms = 0;
+    for (std::int64_t n = 0; n < N; ++n) terms += std::abs(dout[n * D + j] * x[n * D + j] * rstd[n]);
+    bound[j] = (dt() == DType::BF16 ? kBf16Ulp : 1e-6) * terms + 1e-6;
+  }
+  expect_within("rmsnorm dweight", dev.get(tdw), dw, bound);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaNormEmbedding, ::testing::Values(DType::F32, DType::BF16),
+                         [](const auto& info) { return std::string(dtype_label(info.param)); });
+
+}  // namespace
+}  // namespace minitron::test

@@ -1,0 +1,199 @@
+// A whole training step of a tiny Llama (forward, chunked cross-entropy, backward, AdamW) on the
+// emulated CUDA engine (bf16 activations, fp32 gradients and master weights) against the fp32
+// CPU engine, from the same bf16-representable weights; then the eval loss after the step.
+// The model code is the one shared by both engines (model/llama.cpp): only the backend differs.
+// Also: the parameter-state memory check a GPU run makes before it loads anything.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdint>
+#include <vector>
+
+#include "core/bf16.h"
+#include "model/llama.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
+#include "train/losses.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+#include "util/error.h"
+
+namespace minitron::test {
+namespace {
+
+ModelConfig tiny_config(bool tied) {
+  ModelConfig c;
+  c.vocab_size = 97;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;  // groups of 2 query heads
+  c.head_dim = 16;
+  c.rope_theta = 10000.0;
+  c.rope_scaling.type = RopeScaling::Type::Llama3;
+  c.rope_scaling.factor = 8.0;
+  c.rope_scaling.low_freq_factor = 1.0;
+  c.rope_scaling.high_freq_factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 8;
+  c.rms_norm_eps = 1e-5;
+  c.tie_word_embeddings = tied;
+  c.max_position_embeddings = 64;
+  return c;
+}
+
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    norm += double(b[i]) * b[i];
+  }
+  return std::sqrt(diff / std::max(norm, 1e-300));
+}
+
+std::vector<float> part(const std::vector<float>& all, const ParamInfo& info) {
+  return {all.begin() + info.offset, all.begin() + info.offset + info.numel};
+}
+
+class CudaTrainingStep : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaTrainingStep, MatchesCpuEngine) {
+  const ModelConfig config = tiny_config(GetParam());
+  const std::int64_t B = 2, T = 9, N = B * T;
+  auto cpu = make_backend("cpu");
+  auto gpu = make_cuda_backend();
+  LlamaModel cpu_model(config, *cpu, B, T, ModelMode::Training);
+  LlamaModel gpu_model(config, *gpu, B, T, ModelMode::Training);
+  std::vector<float> init(static_cast<std::size_t>(cpu_model.table().total_numel()));
+  // std 0.2: attention far from uniform, so every path carries gradient.
+  initialize_parameters(config, cpu_model.table(), init, /*seed=*/11, /*std=*/0.2);
+  for (float& w : init) w = round_to_bf16(w);  // both engines start from the same values
+  cpu_model.set_parameters(init);
+  gpu_model.set_parameters(init);
+
+  std::vector<std::int32_t> inputs(N), targets(N);
+  for (std::int64_t i = 0; i < N; ++i) {
+    inputs[i] = static_cast<std::int32_t>((i * 37 + 5) % config.vocab_size);
+    targets[i] = static_cast<std::int32_t>((i * 53 + 2) % config.vocab_size);
+  }
+  targets[4] = -1;  // an ignored position
+  LossWorkspace cpu_ws(*cpu, config.vocab_size, N, /*rows_per_chunk=*/5);  // several chunks
+  LossWorkspace gpu_ws(*gpu, config.vocab_size, N, 5);
+  OptimizerConfig oc;
+  oc.learning_rate = 1e-3;  // a typical fine-tuning rate: one step changes the loss by a few percent
+  oc.warmup_steps = 0;
+  oc.total_steps = 10;
+  AdamW cpu_opt(cpu_model, oc), gpu_opt(gpu_model, oc);
+
+  auto train_step = [&](LlamaModel& model, LossWorkspace& ws, AdamW& opt, std::vector<float>& grads,
+                        double& grad_norm) {
+    model.zero_gradients();
+    model.forward(inputs, B, T);
+    const double loss = cross_entropy_loss(model, targets, ws, 1.0f);
+    model.backward();
+    grads.resize(init.size());
+    model.backend().download(grads.data(), model.gradients());
+    grad_norm = opt.step(0).grad_norm;
+    return loss;
+  };
+  std::vector<float> cpu_grads, gpu_grads;
+  double cpu_norm = 0, gpu_norm = 0;
+  const double cpu_loss = train_step(cpu_model, cpu_ws, cpu_opt, cpu_grads, cpu_norm);
+  const double gpu_loss = train_step(gpu_model, gpu_ws, gpu_opt, gpu_grads, gpu_norm);
+
+  // The loss (~4.6 nats) through two layers of bf16 activations: each stored activation is off
+  // by up to 2^-9 of itself, ~20 roundings deep, so logits move by ~1e-2 of their spread and
+  // the loss by well under 1e-2 relative.
+  EXPECT_NEAR(gpu_loss, cpu_loss, 1e-2 * cpu_loss);
+  // Gradients pass through the same bf16 activations and bf16 activation gradients (~40
+  // roundings from the loss back to the embedding): a few percent normwise per tensor.
+  for (const ParamInfo& info : cpu_model.table().entries()) {
+    if (GetParam() && info.name == "lm_head.weight") continue;  // tied: no separate tensor
+    const double err = relative_error(part(gpu_grads, info), part(cpu_grads, info));
+    EXPECT_LT(err, 5e-2) << info.name;
+  }
+  EXPECT_NEAR(gpu_norm, cpu_norm, 2e-2 * cpu_norm);
+
+  // The update itself: the CUDA engine's fp32 master weights against the CPU engine's fp32
+  // parameters. Adam's first step moves each weight by about lr * sign(g), so the updates agree
+  // except where |g| is below the gradient error (<= 5e-2 of the rms, bound above) and the sign
+  // can flip: for roughly Gaussian gradients that is ~0.8 * 5e-2 of the elements, half of them
+  // flipping, each contributing (2 lr)^2 against lr^2 per element: normwise ~2 sqrt(0.02) = 0.28.
+  std::vector<float> cpu_after(init.size());
+  cpu_model.get_parameters(cpu_after);
+  const std::vector<float> gpu_master = gpu_opt.gather_weights();
+  ASSERT_EQ(gpu_master.size(), init.size());
+  std::vector<float> cpu_update(init.size()), gpu_update(init.size());
+  for (std::size_t i = 0; i < init.size(); ++i) {
+    cpu_update[i] = cpu_after[i] - init[i];
+    gpu_update[i] = gpu_master[i] - init[i];
+  }
+  const double update_error = relative_error(gpu_update, cpu_update);
+  EXPECT_LT(update_error, 0.3);
+
+  // Both engines now evaluate the same bf16-rounded weights (the CUDA engine's parameters are
+  // its master rounded to bf16, and an update of lr = 1e-3 is about one bf16 ulp of a 0.2
+  // weight, so comparing with unrounded fp32 weights would measure that rounding, not the
+  // engine): the eval loss then agrees within the bf16 forward margin above.
+  std::vector<float> cpu_rounded = cpu_after;
+  for (float& w : cpu_rounded) w = round_to_bf16(w);
+  cpu_model.set_parameters(cpu_rounded);
+  cpu_model.forward(inputs, B, T);
+  gpu_model.forward(inputs, B, T);
+  const double cpu_eval = cross_entropy_loss(cpu_model, targets, cpu_ws);
+  const double gpu_eval = cross_entropy_loss(gpu_model, targets, gpu_ws);
+  EXPECT_LT(cpu_eval, cpu_loss);
+  EXPECT_LT(gpu_eval, gpu_loss);
+  EXPECT_NEAR(gpu_eval, cpu_eval, 1e-2 * cpu_eval);
+  std::printf("loss cpu %.6f gpu %.6f, eval after step cpu %.6f gpu %.6f, grad norm %.5f / %.5f, "
+              "update error %.4f\n", cpu_loss, gpu_loss, cpu_eval, gpu_eval, cpu_norm, gpu_norm,
+              update_error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Head, CudaTrainingStep, ::testing::Values(false, true),
+                         [](const auto& info) { return std::string(info.param ? "tied" : "untied"); });
+
+// What a run's parameter state needs, against the device's memory: the emulated runtime's
+// cudaMemGetInfo reports 80 GiB (emu/cuda_runtime.cpp).
+TEST(CudaTrainingMemory, RefusesParameterStateBeyondTheDevice) {
+  Device device;
+  Backend& gpu = device.backend();
+  auto cpu = make_backend("cpu");
+  // bf16 weight 2 + fp32 gradient 4 + two fp32 moments 8 + fp32 master 4; fp32 on the CPU: 4 + 4 + 8.
+  EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu), 18);
+  EXPECT_EQ(AdamW::state_bytes_per_parameter(*cpu), 16);
+  // 4e9 x 18 = 72e9 bytes = 67.1 GiB: fits.
+  EXPECT_NO_THROW(check_training_memory(gpu, 4'000'000'000));
+  // Llama-3.1-8B: 8030261248 x 18 = 144544702464 bytes = 134.6 GiB: refused, saying how much.
+  try {
+    check_training_memory(gpu, 8'030'261'248);
+    ADD_FAILURE() << "an 8B training state passed on an 80 GiB device";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("training 8.03B parameters"), std::string::npos) << message;
+    EXPECT_NE(message.find("needs 134.6 GiB"), std::string::npos) << message;
+    EXPECT_NE(message.find("the device has 80 GiB"), std::string::npos) << message;
+  }
+  // A 4e9 student beside an 8e9 bf16 teacher: 72e9 + 16e9 = 88e9 bytes = 82.0 GiB > 80 GiB.
+  EXPECT_THROW(check_training_memory(gpu, 4'000'000'000, 8'000'000'000), Error);
+  EXPECT_NO_THROW(check_training_memory(gpu, 4'000'000'000, 3'000'000'000));  // 78e9 bytes = 72.6 GiB
+  // Data-parallel ranks each hold 1/world of the 12 bytes of AdamW state (ZeRO stage 1):
+  // 2 + 4 + 12/8 = 7.5 bytes; the 8B state is 60226959360 bytes = 56.1 GiB on each of 8 ranks.
+  EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu, 8), 7.5);
+  EXPECT_NO_THROW(check_training_memory(gpu, 8'030'261'248, 0, 8));
+  // On 2 ranks, 2 + 4 + 6 = 12 bytes: 96363134976 bytes = 89.7 GiB, refused, naming the share.
+  try {
+    check_training_memory(gpu, 8'030'261'248, 0, 2);
+    ADD_FAILURE() << "an 8B training state on 2 ranks passed on an 80 GiB device";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("(12 bytes each for the weight, its gradient and 1/2 of its AdamW state)"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("needs 89.7 GiB"), std::string::npos) << message;
+  }
+  // The CPU engine states no limit.
+  EXPECT_NO_THROW(check_training_memory(*cpu, 1'000'000'000'000));
+}
+
+}  // namespace
+}  // namespace minitron::test

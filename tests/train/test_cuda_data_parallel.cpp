@@ -1,0 +1,130 @@
+// Data-parallel training on the emulated CUDA engine with NCCL (the emulated NCCL of
+// emu/nccl.cpp), bootstrapped over TcpGroup as make_communicator does for "cuda": two
+// ranks as threads vs one process with two micro-batches (the loader hands the same windows:
+// see test_data_parallel.cpp). Built only where the emulator serves NCCL.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "data/shards.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_backend_factory.h"
+#include "model/llama.h"
+#include "tests/train/data_parallel_test_util.h"
+#include "tests/prune/prune_test_util.h"
+#include "tests/dist/tcp_test_util.h"
+#include "train/losses.h"
+#include "train/trainer.h"
+#include "util/files.h"
+
+namespace minitron {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  std::vector<float> params;
+};
+
+Result train(const ModelConfig& config, const std::vector<float>& init, TrainOptions o, std::int64_t rank,
+             std::int64_t world, int port) {
+  cuda::CudaBackend backend(0);
+  LlamaModel model(config, backend, o.batch_size, o.sequence_length, ModelMode::Training);
+  model.set_parameters(init);
+  LossWorkspace workspace(backend, config.vocab_size, o.batch_size * o.sequence_length);
+  CrossEntropyObjective objective(workspace);
+  if (world == 1) {
+    run_training(model, objective, o);
+  } else {
+    TcpGroup bootstrap(testing::local_environment(rank, world, port));
+    auto communicator = make_nccl_communicator(backend, bootstrap);
+    run_training(model, objective, o, *communicator);
+  }
+  Result r;
+  r.params.resize(init.size());
+  model.get_parameters(r.params);
+  return r;
+}
+
+// What both tests train: a tiny model the CUDA kernels take, and 200 tokens at dir/train.bin.
+struct TinyCudaModel {
+  ModelConfig config = testing::tiny_config();
+  std::vector<float> init;
+  explicit TinyCudaModel(const fs::path& dir) {
+    config.head_dim = 16;  // the CUDA attention kernels take 16, 32, 64, 96 or 128
+    config.num_hidden_layers = 2;
+    init = testing::tiny_parameters(config, 3);
+    write_shard(dir / "train.bin", testing::tiny_tokens(200, config.vocab_size, 4));
+  }
+};
+
+TEST(CudaDataParallel, NcclRanksMatchGradAccumulation) {
+  testing::TempDir dir;
+  const TinyCudaModel model(dir.path());
+  const ModelConfig& config = model.config;
+  const std::vector<float>& init = model.init;
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
+  o.steps = 2;
+  TrainOptions single = o;
+  single.grad_accumulation = 2;
+  single.output = dir / "single";
+  const Result one = train(config, init, single, 0, 1, 0);
+  std::vector<Result> ranks(2);
+  const int port = testing::free_tcp_port();
+  const auto errors = testing::run_ranks(2, [&](std::int64_t rank) {
+    TrainOptions p = o;
+    p.output = dir / (rank == 0 ? "parallel" : "parallel-rank1");
+    ranks[static_cast<std::size_t>(rank)] = train(config, init, p, rank, 2, port);
+  });
+  ASSERT_EQ(errors, std::vector<std::string>(2));
+  EXPECT_FALSE(fs::exists(dir / "parallel-rank1"));
+  EXPECT_EQ(0, std::memcmp(ranks[0].params.data(), ranks[1].params.data(), ranks[0].params.size() * sizeof(float)));
+  const auto a = testing::logged_losses(dir / "single" / "metrics.jsonl"), b = testing::logged_losses(dir / "parallel" / "metrics.jsonl");
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  // Step 1: the same windows on the same weights, 0 + l0/2 + l1/2 in double either way.
+  EXPECT_EQ(a[0], b[0]);
+  // Step 2 starts from weights whose fp32 gradients were summed in another order (NCCL across
+  // ranks vs accumulation into one buffer); rounded to bf16 for the forward, an element can
+  // land one bf16 step (2^-8 relative) apart, which moves a loss of ~6 by far less than 1%.
+  EXPECT_NEAR(a[1], b[1], 1e-2 * a[1]);
+  // Weights up to ~1 after two Adam steps of 1e-2: a one-ulp bf16 difference is <= 2^-8.
+  EXPECT_LE(testing::max_abs_diff(one.params, ranks[0].params), 1.0 / 256);
+}
+
+// A checkpoint written by two NCCL ranks and resumed by two: each rank takes its part of the
+// fp32 master weights and moments back from the file, so the run continues to the same bits.
+// The final model (fp32) holds the master weights gathered from both ranks.
+TEST(CudaDataParallel, ResumeOfShardedStateIsBitExact) {
+  testing::TempDir dir;
+  const TinyCudaModel model(dir.path());
+  const ModelConfig& config = model.config;
+  const std::vector<float>& init = model.init;
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
+  o.steps = 4;
+  o.save_interval = 2;
+  auto parallel = [&](const fs::path& out, bool resume) {
+    std::vector<Result> ranks(2);
+    const int port = testing::free_tcp_port();
+    const auto errors = testing::run_ranks(2, [&](std::int64_t rank) {
+      TrainOptions p = o;
+      p.output = out;
+      p.resume = resume;
+      ranks[static_cast<std::size_t>(rank)] = train(config, init, p, rank, 2, port);
+    });
+    EXPECT_EQ(errors, std::vector<std::string>(2));
+    return ranks;
+  };
+  const std::vector<Result> full = parallel(dir / "full", false);
+  fs::create_directories(dir / "resumed");
+  fs::copy(dir / "full" / "checkpoint-2", dir / "resumed" / "checkpoint-2", fs::copy_options::recursive);
+  const std::vector<Result> resumed = parallel(dir / "resumed", true);
+  ASSERT_EQ(full.size(), 2u);
+  ASSERT_EQ(resumed.size(), 2u);
+  for (std::size_t r = 0; r < 2; ++r) EXPECT_EQ(full[0].params, resumed[r].params) << "rank " << r;
+  EXPECT_EQ(read_text_file(dir / "full" / "model" / "model.safetensors"),
+            read_text_file(dir / "resumed" / "model" / "model.safetensors"));
+}
+
+}  // namespace
+}  // namespace minitron
