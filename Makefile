@@ -1,18 +1,20 @@
-# The front door. `make` configures and builds (Release) into build/; `make test` runs ctest.
+# The front door. `make demo` and `make test` are the two commands: each installs the Debian
+# packages it needs when missing (tools/install_deps.sh), builds (Release) into build/ and runs.
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-# Debian packages the build needs; `make deps` installs the missing ones (README explains each).
+# Debian packages the build needs (README explains each); every build target installs the
+# missing ones first.
 DEB_PACKAGES := cmake g++ make pkg-config libcxxopts-dev nlohmann-json3-dev libgtest-dev \
                 libgmock-dev libbenchmark-dev libopenblas-dev libopenblas-openmp-dev libomp-dev \
-                libpcre2-dev
+                libpcre2-dev clang-format
 
 .PHONY: all build configure test demo bench deps clean
 
 all: build
 
-configure:
+configure: deps
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
 
 build: configure
@@ -37,13 +39,7 @@ bench: build
 	bash bench/run_cpu.sh $(BUILD_DIR)
 
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else echo "all build dependencies are installed"; fi
+	@bash tools/install_deps.sh $(DEB_PACKAGES)
 
 clean:
 	rm -rf $(BUILD_DIR)
