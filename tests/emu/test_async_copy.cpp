@@ -192,9 +192,9 @@ class EmulatorAsyncCopyDeathTest : public testing::Test {
 
 TEST_F(EmulatorAsyncCopyDeathTest, MisalignedAddressesAbort) {
   EXPECT_DEATH(cuda::launch(misaligned_destination_kernel, dim3(1), dim3(1), 64, nullptr, src.data()),
-               "misaligned_destination_kernel.*cp.async at .*async_copy_test.cpp.*misaligned 16-byte destination");
+               "misaligned_destination_kernel.*cp.async at .*test_async_copy.cpp.*misaligned 16-byte destination");
   EXPECT_DEATH(cuda::launch(misaligned_source_kernel, dim3(1), dim3(1), 64, nullptr, src.data()),
-               "misaligned_source_kernel.*cp.async at .*async_copy_test.cpp.*misaligned 16-byte source");
+               "misaligned_source_kernel.*cp.async at .*test_async_copy.cpp.*misaligned 16-byte source");
 }
 
 TEST_F(EmulatorAsyncCopyDeathTest, DestinationOutsideSharedMemoryAborts) {

@@ -479,7 +479,7 @@ class EmulatorDeathTest : public testing::Test {
 
 TEST_F(EmulatorDeathTest, ThreadsAtDifferentBarriersAbort) {
   EXPECT_DEATH(cuda::launch(divergent_barrier_kernel, dim3(2), dim3(64), 0, nullptr, output.data()),
-               "divergent_barrier_kernel.*block \\([01],0,0\\).*different barriers.*emulator_test.cpp");
+               "divergent_barrier_kernel.*block \\([01],0,0\\).*different barriers.*test_emulator.cpp");
 }
 
 TEST_F(EmulatorDeathTest, LaneExitingWhileItsWarpWaitsAborts) {
@@ -493,7 +493,7 @@ TEST_F(EmulatorDeathTest, LaneExitingWhileItsWarpWaitsAborts) {
 TEST_F(EmulatorDeathTest, WaitsNobodyCanCompleteAbort) {
   EXPECT_DEATH(cuda::launch(cross_wait_kernel, dim3(3), dim3(2), 0, nullptr, output.data()),
                "cross_wait_kernel.*block \\([0-2],0,0\\): deadlock.*\n.*threads 0..0.*__shfl_sync.*"
-               "emulator_test.cpp.*\n.*threads 1..1.*__syncthreads");
+               "test_emulator.cpp.*\n.*threads 1..1.*__syncthreads");
 }
 
 TEST_F(EmulatorDeathTest, BadMasksAbort) {

@@ -42,7 +42,7 @@ TEST(EmulatorThreadSanitizer, CorrectKernelGivesNoReport) { run(true); }
 
 TEST(EmulatorThreadSanitizerDeathTest, MissingBarrierIsReportedWithSourceLines) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_DEATH(run(false), "ThreadSanitizer: data race.*tsan_test.cpp:2[0-9]");
+  EXPECT_DEATH(run(false), "ThreadSanitizer: data race.*test_tsan.cpp:2[0-9]");
 }
 
 // cp.async: the data lands as the issuing thread's write at its wait, so a thread reading another
@@ -70,7 +70,7 @@ TEST(EmulatorThreadSanitizer, AsyncCopyWithBarrierAfterTheWaitGivesNoReport) { r
 
 TEST(EmulatorThreadSanitizerDeathTest, AsyncCopyReadWithoutBarrierAfterTheWaitIsReported) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_DEATH(run_async(false), "ThreadSanitizer: data race.*tsan_test.cpp:5[0-9].*perform_async_copy");
+  EXPECT_DEATH(run_async(false), "ThreadSanitizer: data race.*test_tsan.cpp:5[0-9].*perform_async_copy");
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 # Usage: test_pack_stores_ptx.sh NVCC WORK_DIR
 set -euo pipefail
 nvcc=$1 work=$2
-root="$(cd "$(dirname "$0")/../.." && pwd)"
+root="$(cd "$(dirname "$0")/../../.." && pwd)"
 mkdir -p "$work"
 "$nvcc" -std=c++20 -O3 -I"$root" -gencode arch=compute_90,code=compute_90 -ptx \
   "$root/kernels/cuda/cuda_backend.cu" -o "$work/cuda_backend.ptx"
