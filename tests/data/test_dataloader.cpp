@@ -6,7 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "data/dataloader.h"
-#include "tests/data/test_helpers.h"
+#include "tests/data/data_test_util.h"
 #include "util/error.h"
 
 namespace minitron {

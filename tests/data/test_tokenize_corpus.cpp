@@ -6,7 +6,7 @@
 
 #include "data/shards.h"
 #include "data/tokenize_corpus.h"
-#include "tests/data/test_helpers.h"
+#include "tests/data/data_test_util.h"
 #include "util/error.h"
 
 namespace minitron {

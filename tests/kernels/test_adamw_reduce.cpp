@@ -10,7 +10,7 @@
 
 #include "kernels/adamw.h"
 #include "kernels/reduce.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace minitron {
 namespace {

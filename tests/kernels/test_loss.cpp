@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kernels/loss.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 #include "util/error.h"
 
 namespace minitron {

@@ -10,7 +10,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/residual_rmsnorm.h"
 #include "kernels/rmsnorm.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace minitron {
 namespace {

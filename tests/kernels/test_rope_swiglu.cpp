@@ -9,7 +9,7 @@
 
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace minitron {
 namespace {

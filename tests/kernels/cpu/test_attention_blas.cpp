@@ -14,7 +14,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/cpu/attention_blas.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 #include "util/error.h"
 
 namespace minitron {

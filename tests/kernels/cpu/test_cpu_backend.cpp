@@ -12,7 +12,7 @@
 #include "kernels/swiglu.h"
 #include "core/backend.h"
 #include "core/bf16.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 #include "tests/util/error_test_util.h"
 
 namespace minitron {

@@ -16,7 +16,7 @@
 #include "kernels/cpu/loss_fast.h"
 #include "kernels/swiglu.h"
 #include "kernels/cpu/swiglu_fast.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 #include "util/error.h"
 
 namespace minitron {

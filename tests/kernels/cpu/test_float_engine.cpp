@@ -12,7 +12,7 @@
 #include "kernels/attention.h"
 #include "kernels/loss.h"
 #include "kernels/rmsnorm.h"
-#include "tests/kernels/test_util.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace minitron {
 namespace {
