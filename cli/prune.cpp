@@ -142,7 +142,8 @@ int prune(int argc, char** argv) {
   std::vector<fs::path> train_shards, validation_shards;
   if (r.count("data")) {
     train_shards = resolve_shards(r["data"].as<std::string>());
-    validation_shards = r.count("validation-data") ? resolve_shards(r["validation-data"].as<std::string>()) : train_shards;
+    validation_shards =
+        r.count("validation-data") ? resolve_shards(r["validation-data"].as<std::string>()) : train_shards;
     check_sequence_length("--sequence-length", T, config);
     TokenWindows windows(validation_shards, T, config.vocab_size);
     validation = read_windows(windows, 0, std::min(W, windows.count()), "--eval-windows");
@@ -197,21 +198,22 @@ int prune(int argc, char** argv) {
   search_options.teacher_directory = model_dir;
   // The candidates' short runs live in a hidden sibling of the output.
   search_options.work_directory = process_sibling(output, "search");
-  const ArchitectureSearchResult result = search_architectures(checkpoint, scores, *backend, validation, search_options);
+  const ArchitectureSearchResult result =
+      search_architectures(checkpoint, scores, *backend, validation, search_options);
 
   const RankedArchitecture& best = result.ranked.front();
   const PruneTargets best_targets = targets_of(best.architecture, targets.layer_criterion);
   const PrunePlan plan = plan_pruning(config, scores, best_targets);
   std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
   save.copy_files = companion_files(model_dir);
-  save.extra_files = {
-      {"pruning.json", plan_to_json(plan, model_dir, scores_path, best_targets).dump(1)},
-      {"search.json", search_to_json(result, search_options, validation).dump(1)}};
+  save.extra_files = {{"pruning.json", plan_to_json(plan, model_dir, scores_path, best_targets).dump(1)},
+                      {"search.json", search_to_json(result, search_options, validation).dump(1)}};
   save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-  std::printf("best: %s, %s parameters (zero-shot loss %.4f%s)\nparameters %lld\nsaved to %s (ranking in search.json)\n",
-              architecture_string(best.architecture).c_str(), human_count(best.architecture.parameters).c_str(),
-              best.zero_shot_loss, best.distilled_loss ? str(", distilled ", *best.distilled_loss).c_str() : "",
-              static_cast<long long>(best.architecture.parameters), output.c_str());
+  std::printf(
+      "best: %s, %s parameters (zero-shot loss %.4f%s)\nparameters %lld\nsaved to %s (ranking in search.json)\n",
+      architecture_string(best.architecture).c_str(), human_count(best.architecture.parameters).c_str(),
+      best.zero_shot_loss, best.distilled_loss ? str(", distilled ", *best.distilled_loss).c_str() : "",
+      static_cast<long long>(best.architecture.parameters), output.c_str());
   return 0;
 }
 

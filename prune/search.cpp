@@ -168,12 +168,13 @@ std::vector<Architecture> fitting_architectures(const ModelConfig& config, const
     std::sort(missing_depths.begin(), missing_depths.end());
     std::string list;
     for (std::int64_t l : missing_depths) list += str(list.empty() ? "" : ", ", l);
-    std::printf("note: skipping depths %s (the scores cannot rank their blocks by %s; first reason: %s)\n", list.c_str(),
-                layer_criterion_name(options.layer_criterion), missing_why.c_str());
+    std::printf("note: skipping depths %s (the scores cannot rank their blocks by %s; first reason: %s)\n",
+                list.c_str(), layer_criterion_name(options.layer_criterion), missing_why.c_str());
   }
   if (fitting.empty())
-    fail_expected("--target-params", str("no architecture on the search grid has ", human_count(options.target_parameters),
-                                         " +- ", options.tolerance * 100, "% parameters"),
+    fail_expected("--target-params",
+                  str("no architecture on the search grid has ", human_count(options.target_parameters), " +- ",
+                      options.tolerance * 100, "% parameters"),
                   "a budget between about half and all of the model, or a larger --tolerance");
   return fitting;
 }
@@ -236,9 +237,10 @@ ArchitectureSearchResult search_architectures(const LoadedCheckpoint& teacher, c
   const ModelConfig& config = teacher.config;
   const std::int64_t teacher_parameters = parameter_count(config);
   if (options.target_parameters >= teacher_parameters)
-    fail_expected("--target-params",
-                  str(human_count(options.target_parameters), " is not below the teacher's ", human_count(teacher_parameters)),
-                  "a budget smaller than the model");
+    fail_expected(
+        "--target-params",
+        str(human_count(options.target_parameters), " is not below the teacher's ", human_count(teacher_parameters)),
+        "a budget smaller than the model");
   ArchitectureSearchResult result;
   const std::vector<Architecture> fitting = fitting_architectures(config, scores, options);
   result.fitting_architectures = fitting.size();
@@ -252,9 +254,9 @@ ArchitectureSearchResult search_architectures(const LoadedCheckpoint& teacher, c
     std::printf("  %-48s %8s params  zero-shot loss %.4f\n", architecture_string(a).c_str(),
                 human_count(a.parameters).c_str(), result.ranked.back().zero_shot_loss);
   }
-  std::stable_sort(result.ranked.begin(), result.ranked.end(), [](const RankedArchitecture& a, const RankedArchitecture& b) {
-    return a.zero_shot_loss < b.zero_shot_loss;
-  });
+  std::stable_sort(
+      result.ranked.begin(), result.ranked.end(),
+      [](const RankedArchitecture& a, const RankedArchitecture& b) { return a.zero_shot_loss < b.zero_shot_loss; });
   if (options.distillation_steps > 0) {
     const std::span distilled(result.ranked.data(),
                               std::min(static_cast<std::size_t>(options.distilled_candidates), result.ranked.size()));

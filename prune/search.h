@@ -61,8 +61,9 @@ struct ArchitectureSearchOptions {
   std::int64_t target_parameters = 0;  // below the teacher's count
   double tolerance = 0.05;             // relative to target_parameters
   std::int64_t max_candidates = 8;     // ranked by zero-shot loss, spread over those that fit
-  LayerCriterion layer_criterion = LayerCriterion::Loss;  // how each depth's dropped block is chosen
-  std::int64_t batch_size = 4;         // windows per forward pass and per training step
+  // How each candidate depth's dropped block is chosen.
+  LayerCriterion layer_criterion = LayerCriterion::Loss;
+  std::int64_t batch_size = 4;  // windows per forward pass and per training step
   // The short distillation (forward KL, temperature 1) of the best distilled_candidates by
   // zero-shot loss, each for distillation_steps steps; 0 steps: zero-shot ranking only.
   std::int64_t distillation_steps = 0;
