@@ -188,7 +188,7 @@ struct WorkDirectory {
   }
 };
 
-// Distills each of ranked[0, n) briefly from the teacher (forward KL, tau = 1, no hard labels)
+// Distills each candidate briefly from the teacher (forward KL, tau = 1, no hard labels)
 // and records its validation loss afterwards, as the paper's lightweight search does.
 void distill_candidates(const LoadedCheckpoint& teacher_checkpoint, const ImportanceScores& scores, Backend& backend,
                         const HeldOutWindows& validation, const ArchitectureSearchOptions& options,

@@ -78,7 +78,7 @@ struct NormalPair {
 };
 
 // Box-Muller: two independent normals of mean 0 and the given standard deviation from two
-// uniforms in (0, 1). The standard deviation scales the radius before the cosine and sine are
+// uniforms in (0, 1]. The standard deviation scales the radius before the cosine and sine are
 // applied, the order the initial weights have always been computed in (they stay bit-identical).
 inline NormalPair box_muller(double radius_uniform, double angle_uniform, double standard_deviation) {
   const double radius = standard_deviation * std::sqrt(-2.0 * std::log(radius_uniform));
