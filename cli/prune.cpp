@@ -4,7 +4,6 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
-#include <limits>
 #include <memory>
 
 #include <nlohmann/json.hpp>
@@ -15,14 +14,10 @@
 #include "data/dataloader.h"
 #include "data/shards.h"
 #include "model/checkpoint.h"
-#include "model/llama.h"
 #include "prune/layer_ranking.h"
 #include "prune/scores.h"
 #include "prune/search.h"
 #include "prune/slicing.h"
-#include "train/distill.h"
-#include "train/losses.h"
-#include "train/trainer.h"
 #include "util/files.h"
 #include "util/numbers.h"
 
@@ -46,26 +41,6 @@ nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir,
   if (plan.dropped_block && !targets.drop_layers) j["layer_criterion"] = layer_criterion_name(targets.layer_criterion);
   j["ffn_neurons"] = plan.ffn;
   return j;
-}
-
-// The search's scratch directory ".<output name>.search-<pid>" beside the output: removed on
-// scope exit, success or failure. Only this process creates that name, so nothing else is lost.
-struct SearchWorkDirectory {
-  fs::path path;
-  ~SearchWorkDirectory() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
-
-// Zero-shot validation loss of a pruned model (Inference mode, batches of B windows).
-double zero_shot_loss(const ModelConfig& config, std::span<const float> params, Backend& backend,
-                      const HeldOutWindows& windows, std::int64_t B) {
-  const std::int64_t b = std::min(B, windows.count);
-  LlamaModel model(config, backend, b, windows.sequence_length, ModelMode::Inference);
-  model.set_parameters(params);
-  LossWorkspace workspace(backend, config.vocab_size, b * windows.sequence_length);
-  return removal_loss(model, windows, {}, workspace);
 }
 
 }  // namespace
@@ -164,10 +139,10 @@ int prune(int argc, char** argv) {
   // Validation windows for zero-shot losses (and the search).
   std::unique_ptr<Backend> backend;
   HeldOutWindows validation;
-  std::vector<fs::path> train_shards;
+  std::vector<fs::path> train_shards, validation_shards;
   if (r.count("data")) {
     train_shards = resolve_shards(r["data"].as<std::string>());
-    const auto validation_shards =
+    validation_shards =
         r.count("validation-data") ? resolve_shards(r["validation-data"].as<std::string>()) : train_shards;
     check_sequence_length("--sequence-length", T, config);
     TokenWindows windows(validation_shards, T, config.vocab_size);
@@ -208,127 +183,37 @@ int prune(int argc, char** argv) {
 
   // ---- architecture search within a parameter budget ----
   if (!backend) fail("--target-params: needs --data (candidates are ranked by their validation loss after pruning)");
-  const std::int64_t budget = parse_parameter_count(r["target-params"].as<std::string>());
-  const double tolerance = in_range<double>(r, "tolerance", 0.0, 1.0);
-  const std::int64_t max_candidates = in_range<std::int64_t>(r, "max-candidates", 1, 1 << 20);
-  const std::int64_t search_steps = in_range<std::int64_t>(r, "search-steps", 0, std::int64_t{1} << 40);
-  const std::int64_t search_candidates = in_range<std::int64_t>(r, "search-candidates", 1, 1 << 20);
-  if (budget >= teacher_params)
-    fail_expected("--target-params", str(human_count(budget), " is not below the teacher's ", human_count(teacher_params)),
-                  "a budget smaller than the model");
-  std::vector<Architecture> fitting = enumerate_architectures(config, budget, tolerance);
-  // Depths whose block cannot be chosen from these scores (no block-removal losses for that k)
-  // are left out rather than failing the whole search.
-  std::vector<std::int64_t> missing_depths;
-  std::string missing_why;  // the first refusal, which names the importance flags that would help
-  std::erase_if(fitting, [&](const Architecture& a) {
-    if (a.num_layers == config.num_hidden_layers) return false;
-    try {
-      least_important_block(scores, config.num_hidden_layers, config.num_hidden_layers - a.num_layers,
-                            targets.layer_criterion);
-      return false;
-    } catch (const Error& e) {
-      if (missing_why.empty()) missing_why = e.what();
-      if (std::find(missing_depths.begin(), missing_depths.end(), a.num_layers) == missing_depths.end())
-        missing_depths.push_back(a.num_layers);
-      return true;
-    }
-  });
-  if (!missing_depths.empty()) {
-    std::sort(missing_depths.begin(), missing_depths.end());
-    std::string list;
-    for (std::int64_t l : missing_depths) list += str(list.empty() ? "" : ", ", l);
-    std::printf("note: skipping depths %s (the scores cannot rank their blocks by %s; first reason: %s)\n", list.c_str(),
-                layer_criterion_name(targets.layer_criterion), missing_why.c_str());
-  }
-  if (fitting.empty())
-    fail_expected("--target-params", str("no architecture on the search grid has ", human_count(budget), " +- ",
-                                         tolerance * 100, "% parameters"),
-                  "a budget between about half and all of the model, or a larger --tolerance");
-  std::vector<Architecture> candidates = spread_subset(fitting, static_cast<std::size_t>(max_candidates));
-  std::printf("%zu architectures within %.0f%% of %s; ranking %zu by zero-shot validation loss\n", fitting.size(),
-              tolerance * 100, human_count(budget).c_str(), candidates.size());
+  ArchitectureSearchOptions search_options;
+  search_options.target_parameters = parse_parameter_count(r["target-params"].as<std::string>());
+  search_options.tolerance = in_range<double>(r, "tolerance", 0.0, 1.0);
+  search_options.max_candidates = in_range<std::int64_t>(r, "max-candidates", 1, 1 << 20);
+  search_options.distillation_steps = in_range<std::int64_t>(r, "search-steps", 0, std::int64_t{1} << 40);
+  search_options.distilled_candidates = in_range<std::int64_t>(r, "search-candidates", 1, 1 << 20);
+  if (search_options.distillation_steps > 0)
+    search_options.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
+  search_options.layer_criterion = targets.layer_criterion;
+  search_options.batch_size = B;
+  search_options.train_shards = train_shards;
+  search_options.validation_shards = validation_shards;
+  search_options.teacher_directory = model_dir;
+  // The candidates' short runs live in a hidden sibling of the output.
+  search_options.work_directory = process_sibling(output, "search");
+  const ArchitectureSearchResult result =
+      search_architectures(checkpoint, scores, *backend, validation, search_options);
 
-  struct Ranked {
-    Architecture architecture;
-    double zero_shot = 0, distilled = std::numeric_limits<double>::quiet_NaN();
-  };
-  std::vector<Ranked> ranked;
-  for (const Architecture& a : candidates) {
-    const PrunePlan plan = plan_pruning(config, scores, targets_of(a, targets.layer_criterion));
-    const std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
-    ranked.push_back({a, zero_shot_loss(plan.config, params, *backend, validation, B)});
-    std::printf("  %-48s %8s params  zero-shot loss %.4f\n", architecture_string(a).c_str(),
-                human_count(a.parameters).c_str(), ranked.back().zero_shot);
-  }
-  std::stable_sort(ranked.begin(), ranked.end(), [](const Ranked& a, const Ranked& b) { return a.zero_shot < b.zero_shot; });
-
-  if (search_steps > 0) {
-    // Each of the best candidates is distilled briefly from the teacher (forward KL, tau = 1) and
-    // ranked by its validation loss afterwards, as the paper's lightweight search does.
-    const std::int64_t n = std::min<std::int64_t>(search_candidates, static_cast<std::int64_t>(ranked.size()));
-    // Refused before the teacher loads: the largest candidate trains beside it.
-    std::int64_t largest = 0;
-    for (std::int64_t i = 0; i < n; ++i)
-      largest = std::max(largest, ranked[static_cast<std::size_t>(i)].architecture.parameters);
-    check_training_memory(*backend, largest, teacher_params);
-    LlamaModel teacher(config, *backend, B, T, ModelMode::Inference);
-    teacher.set_parameters(checkpoint.params);
-    // The candidates' short runs live in a hidden sibling of the output, removed once they are
-    // ranked (their losses go into search.json) or when the search fails.
-    const fs::path work = process_sibling(output, "search");
-    SearchWorkDirectory cleanup{work};
-    for (std::int64_t i = 0; i < n; ++i) {
-      Ranked& c = ranked[static_cast<std::size_t>(i)];
-      const PrunePlan plan = plan_pruning(config, scores, targets_of(c.architecture, targets.layer_criterion));
-      LlamaModel student(plan.config, *backend, B, T, ModelMode::Training);
-      student.set_parameters(slice_parameters(config, checkpoint.table, checkpoint.params, plan));
-      LossWorkspace workspace(*backend, config.vocab_size, B * T, 0, /*distillation=*/true);
-      TeacherDistillationObjective objective(teacher, workspace, /*temperature=*/1.0f, /*hard_label_weight=*/0.0f);
-      TrainOptions o;
-      o.batch_size = B;
-      o.sequence_length = T;
-      o.steps = search_steps;
-      o.train_shards = train_shards;
-      o.validation_shards = r.count("validation-data") ? resolve_shards(r["validation-data"].as<std::string>()) : train_shards;
-      o.eval_windows = validation.count;
-      o.log_interval = std::max<std::int64_t>(1, search_steps / 4);
-      o.output = work / str("candidate-", i);
-      o.input_models = {model_dir};
-      o.optimizer.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
-      o.optimizer.min_learning_rate = o.optimizer.learning_rate / 10;
-      o.optimizer.warmup_steps = std::min<std::int64_t>(40, search_steps / 10);
-      std::printf("distilling candidate %lld (%s) for %lld steps\n", static_cast<long long>(i),
-                  architecture_string(c.architecture).c_str(), static_cast<long long>(search_steps));
-      c.distilled = run_training(student, objective, o).validation_loss;
-    }
-    std::stable_sort(ranked.begin(), ranked.begin() + n,
-                     [](const Ranked& a, const Ranked& b) { return a.distilled < b.distilled; });
-  }
-
-  nlohmann::json list = nlohmann::json::array();
-  for (const Ranked& c : ranked) {
-    nlohmann::json j = architecture_to_json(c.architecture);
-    j["zero_shot_loss"] = c.zero_shot;
-    if (c.distilled == c.distilled) j["distilled_loss"] = c.distilled;
-    list.push_back(j);
-  }
-  const Architecture& best = ranked.front().architecture;
-  const PrunePlan plan = plan_pruning(config, scores, targets_of(best, targets.layer_criterion));
+  const RankedArchitecture& best = result.ranked.front();
+  const PruneTargets best_targets = targets_of(best.architecture, targets.layer_criterion);
+  const PrunePlan plan = plan_pruning(config, scores, best_targets);
   std::vector<float> params = slice_parameters(config, checkpoint.table, checkpoint.params, plan);
-  nlohmann::json search_json = {{"target_params", budget},     {"tolerance", tolerance},
-                                {"fitting_architectures", fitting.size()}, {"search_steps", search_steps},
-                                {"validation_windows", validation.count},  {"sequence_length", T},
-                                {"ranked", list}};
   save.copy_files = companion_files(model_dir);
-  save.extra_files = {
-      {"pruning.json", plan_to_json(plan, model_dir, scores_path, targets_of(best, targets.layer_criterion)).dump(1)},
-      {"search.json", search_json.dump(1)}};
+  save.extra_files = {{"pruning.json", plan_to_json(plan, model_dir, scores_path, best_targets).dump(1)},
+                      {"search.json", search_to_json(result, search_options, validation).dump(1)}};
   save_checkpoint(output, plan.config, ParameterTable(plan.config), params, save);
-  std::printf("best: %s, %s parameters (zero-shot loss %.4f%s)\nparameters %lld\nsaved to %s (ranking in search.json)\n",
-              architecture_string(best).c_str(), human_count(best.parameters).c_str(), ranked.front().zero_shot,
-              search_steps > 0 ? str(", distilled ", ranked.front().distilled).c_str() : "",
-              static_cast<long long>(best.parameters), output.c_str());
+  std::printf(
+      "best: %s, %s parameters (zero-shot loss %.4f%s)\nparameters %lld\nsaved to %s (ranking in search.json)\n",
+      architecture_string(best.architecture).c_str(), human_count(best.architecture.parameters).c_str(),
+      best.zero_shot_loss, best.distilled_loss ? str(", distilled ", *best.distilled_loss).c_str() : "",
+      static_cast<long long>(best.architecture.parameters), output.c_str());
   return 0;
 }
 

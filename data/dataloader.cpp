@@ -5,53 +5,18 @@
 #include <numeric>
 
 #include "util/error.h"
+#include "util/random.h"
 
 namespace minitron {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::uint64_t splitmix64_next(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-Xoshiro256::Xoshiro256(std::uint64_t seed) {
-  for (auto& word : s_) word = splitmix64_next(seed);
-}
-
-static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-std::uint64_t Xoshiro256::next() {
-  const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
-  const std::uint64_t t = s_[1] << 17;
-  s_[2] ^= s_[0];
-  s_[3] ^= s_[1];
-  s_[1] ^= s_[2];
-  s_[0] ^= s_[3];
-  s_[2] ^= t;
-  s_[3] = rotl(s_[3], 45);
-  return result;
-}
-
-std::uint64_t Xoshiro256::below(std::uint64_t bound) {
-  MINITRON_ASSERT(bound > 0);
-  // Reject the lowest 2^64 mod bound values so that every residue is equally likely.
-  const std::uint64_t threshold = (0 - bound) % bound;
-  for (;;) {
-    const std::uint64_t r = next();
-    if (r >= threshold) return r % bound;
-  }
-}
-
 std::vector<std::int64_t> epoch_permutation(std::int64_t count, std::uint64_t seed, std::int64_t epoch) {
   // Hash seed and epoch separately: seeding with seed+epoch would make epoch e's xoshiro state a
   // shifted copy of epoch e-1's (splitmix64 is a counter).
-  std::uint64_t seed_state = seed;
-  std::uint64_t epoch_state = static_cast<std::uint64_t>(epoch) ^ 0x632BE59BD9B4E019ull;
-  Xoshiro256 rng(splitmix64_next(seed_state) ^ splitmix64_next(epoch_state));
+  const std::uint64_t epoch_seed = static_cast<std::uint64_t>(epoch) ^ 0x632BE59BD9B4E019ull;
+  Xoshiro256 rng(SplitMix64(seed).next() ^ SplitMix64(epoch_seed).next());
   std::vector<std::int64_t> order(static_cast<std::size_t>(count));
   std::iota(order.begin(), order.end(), std::int64_t{0});
   for (std::int64_t i = count - 1; i > 0; --i) {

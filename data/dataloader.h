@@ -6,8 +6,8 @@
 // globally in shard order.
 //
 // Training: each epoch visits every window once in a shuffled order that depends only on
-// (seed, epoch) — our own splitmix64/xoshiro256** and Fisher–Yates, because std::shuffle and the
-// std distributions differ between standard libraries. A global step takes B*R consecutive
+// (seed, epoch) — util/random.h's xoshiro256** and our own Fisher–Yates, because std::shuffle and
+// the std distributions differ between standard libraries. A global step takes B*R consecutive
 // positions of the epoch's order; rank r takes positions step*B*R + j*R + r (j < B), so ranks are
 // disjoint; the epoch's last W mod (B*R) positions are skipped on every rank alike.
 #pragma once
@@ -24,20 +24,6 @@
 #include "data/shards.h"
 
 namespace minitron {
-
-// splitmix64 (Steele, Lea, Flood 2014) and xoshiro256** (Blackman, Vigna 2018), bit-exact with
-// the reference C code, so shuffles are the same on every platform.
-std::uint64_t splitmix64_next(std::uint64_t& state);
-
-class Xoshiro256 {
- public:
-  explicit Xoshiro256(std::uint64_t seed);  // state words drawn from splitmix64(seed)
-  std::uint64_t next();
-  std::uint64_t below(std::uint64_t bound);  // uniform in [0, bound), bound > 0; unbiased
-
- private:
-  std::uint64_t s_[4];
-};
 
 // The order in which epoch `epoch` visits windows 0..count-1 (Fisher–Yates from the top).
 std::vector<std::int64_t> epoch_permutation(std::int64_t count, std::uint64_t seed, std::int64_t epoch);

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "data/dataloader.h"
 #include "data/tokenizer.h"
 #include "model/llama.h"
+#include "util/random.h"
 
 namespace minitron {
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "util/error.h"
+#include "util/random.h"
 
 namespace minitron {
 
@@ -359,36 +360,21 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerActivations& a, Tenso
 // Initialisation
 // ---------------------------------------------------------------------------------------
 
-namespace {
-// splitmix64: a tiny generator with a fixed definition, so initial weights are identical on
-// every platform and standard library (std::normal_distribution is implementation-defined).
-struct SplitMix64 {
-  std::uint64_t state;
-  std::uint64_t next() {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }  // (0, 1)
-};
-}  // namespace
-
 void initialize_parameters(const ModelConfig& config, const ParameterTable& table,
                            std::span<float> params, std::uint64_t seed, double std) {
   (void)config;
   MINITRON_ASSERT(static_cast<std::int64_t>(params.size()) == table.total_numel());
-  SplitMix64 rng{seed};
+  SplitMix64 rng(seed);
   for (const ParamInfo& info : table.entries()) {
     float* w = params.data() + info.offset;
     if (info.kind == ParamKind::Norm) {
       for (std::int64_t i = 0; i < info.numel; ++i) w[i] = 1.0f;
       continue;
     }
-    for (std::int64_t i = 0; i < info.numel; i += 2) {  // Box-Muller, two normals per draw
-      double r = std::sqrt(-2.0 * std::log(rng.uniform())), theta = 2.0 * M_PI * rng.uniform();
-      w[i] = static_cast<float>(std * r * std::cos(theta));
-      if (i + 1 < info.numel) w[i + 1] = static_cast<float>(std * r * std::sin(theta));
+    for (std::int64_t i = 0; i < info.numel; i += 2) {
+      const NormalPair z = normal_pair(rng, std);
+      w[i] = static_cast<float>(z.first);
+      if (i + 1 < info.numel) w[i + 1] = static_cast<float>(z.second);
     }
   }
 }

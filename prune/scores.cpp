@@ -2,9 +2,9 @@
 
 #include <cmath>
 
-#include "data/dataloader.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/random.h"
 
 namespace minitron {
 

@@ -2,10 +2,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 
+#include "model/llama.h"
 #include "model/parameters.h"
+#include "train/distill.h"
+#include "train/losses.h"
+#include "train/trainer.h"
 #include "util/error.h"
+#include "util/numbers.h"
 
 namespace minitron {
 
@@ -122,6 +128,162 @@ std::vector<Architecture> spread_subset(const std::vector<Architecture>& all, st
   std::vector<Architecture> out;
   for (std::size_t i = 0; i < n; ++i) out.push_back(all[i * (all.size() - 1) / (n - 1)]);
   return out;
+}
+
+double zero_shot_loss(const ModelConfig& config, std::span<const float> params, Backend& backend,
+                      const HeldOutWindows& windows, std::int64_t batch_size) {
+  const std::int64_t b = std::min(batch_size, windows.count);
+  LlamaModel model(config, backend, b, windows.sequence_length, ModelMode::Inference);
+  model.set_parameters(params);
+  LossWorkspace workspace(backend, config.vocab_size, b * windows.sequence_length);
+  return removal_loss(model, windows, {}, workspace);
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The architectures within the budget whose dropped block the scores can choose. Depths without
+// the block-removal scores the criterion needs are left out, with a note, rather than failing
+// the whole search.
+std::vector<Architecture> fitting_architectures(const ModelConfig& config, const ImportanceScores& scores,
+                                                const ArchitectureSearchOptions& options) {
+  std::vector<Architecture> fitting = enumerate_architectures(config, options.target_parameters, options.tolerance);
+  std::vector<std::int64_t> missing_depths;
+  std::string missing_why;  // the first refusal, which names the importance flags that would help
+  std::erase_if(fitting, [&](const Architecture& a) {
+    if (a.num_layers == config.num_hidden_layers) return false;
+    try {
+      least_important_block(scores, config.num_hidden_layers, config.num_hidden_layers - a.num_layers,
+                            options.layer_criterion);
+      return false;
+    } catch (const Error& e) {
+      if (missing_why.empty()) missing_why = e.what();
+      if (std::find(missing_depths.begin(), missing_depths.end(), a.num_layers) == missing_depths.end())
+        missing_depths.push_back(a.num_layers);
+      return true;
+    }
+  });
+  if (!missing_depths.empty()) {
+    std::sort(missing_depths.begin(), missing_depths.end());
+    std::string list;
+    for (std::int64_t l : missing_depths) list += str(list.empty() ? "" : ", ", l);
+    std::printf("note: skipping depths %s (the scores cannot rank their blocks by %s; first reason: %s)\n",
+                list.c_str(), layer_criterion_name(options.layer_criterion), missing_why.c_str());
+  }
+  if (fitting.empty())
+    fail_expected("--target-params",
+                  str("no architecture on the search grid has ", human_count(options.target_parameters), " +- ",
+                      options.tolerance * 100, "% parameters"),
+                  "a budget between about half and all of the model, or a larger --tolerance");
+  return fitting;
+}
+
+// The candidates' scratch directory: removed on scope exit, success or failure.
+struct WorkDirectory {
+  fs::path path;
+  ~WorkDirectory() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
+// Distills each candidate briefly from the teacher (forward KL, tau = 1, no hard labels)
+// and records its validation loss afterwards, as the paper's lightweight search does.
+void distill_candidates(const LoadedCheckpoint& teacher_checkpoint, const ImportanceScores& scores, Backend& backend,
+                        const HeldOutWindows& validation, const ArchitectureSearchOptions& options,
+                        std::span<RankedArchitecture> candidates) {
+  const ModelConfig& config = teacher_checkpoint.config;
+  const std::int64_t B = options.batch_size, T = validation.sequence_length, steps = options.distillation_steps;
+  // Refused before the teacher loads: the largest candidate trains beside it.
+  std::int64_t largest = 0;
+  for (const RankedArchitecture& c : candidates) largest = std::max(largest, c.architecture.parameters);
+  check_training_memory(backend, largest, parameter_count(config));
+  LlamaModel teacher(config, backend, B, T, ModelMode::Inference);
+  teacher.set_parameters(teacher_checkpoint.params);
+  // The runs are only needed for their losses (which go into search.json).
+  const WorkDirectory work{options.work_directory};
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    RankedArchitecture& c = candidates[i];
+    const PrunePlan plan = plan_pruning(config, scores, targets_of(c.architecture, options.layer_criterion));
+    LlamaModel student(plan.config, backend, B, T, ModelMode::Training);
+    student.set_parameters(slice_parameters(config, teacher_checkpoint.table, teacher_checkpoint.params, plan));
+    LossWorkspace workspace(backend, config.vocab_size, B * T, 0, /*distillation=*/true);
+    TeacherDistillationObjective objective(teacher, workspace, /*temperature=*/1.0f, /*hard_label_weight=*/0.0f);
+    TrainOptions o;
+    o.batch_size = B;
+    o.sequence_length = T;
+    o.steps = steps;
+    o.train_shards = options.train_shards;
+    o.validation_shards = options.validation_shards;
+    o.eval_windows = validation.count;
+    o.log_interval = std::max<std::int64_t>(1, steps / 4);
+    o.output = work.path / str("candidate-", i);
+    o.input_models = {options.teacher_directory};
+    o.optimizer.learning_rate = options.learning_rate;
+    o.optimizer.min_learning_rate = options.learning_rate / 10;
+    o.optimizer.warmup_steps = std::min<std::int64_t>(40, steps / 10);
+    std::printf("distilling candidate %zu (%s) for %lld steps\n", i, architecture_string(c.architecture).c_str(),
+                static_cast<long long>(steps));
+    c.distilled_loss = run_training(student, objective, o).validation_loss;
+  }
+}
+
+}  // namespace
+
+ArchitectureSearchResult search_architectures(const LoadedCheckpoint& teacher, const ImportanceScores& scores,
+                                              Backend& backend, const HeldOutWindows& validation,
+                                              const ArchitectureSearchOptions& options) {
+  const ModelConfig& config = teacher.config;
+  const std::int64_t teacher_parameters = parameter_count(config);
+  if (options.target_parameters >= teacher_parameters)
+    fail_expected(
+        "--target-params",
+        str(human_count(options.target_parameters), " is not below the teacher's ", human_count(teacher_parameters)),
+        "a budget smaller than the model");
+  ArchitectureSearchResult result;
+  const std::vector<Architecture> fitting = fitting_architectures(config, scores, options);
+  result.fitting_architectures = fitting.size();
+  const std::vector<Architecture> candidates = spread_subset(fitting, static_cast<std::size_t>(options.max_candidates));
+  std::printf("%zu architectures within %.0f%% of %s; ranking %zu by zero-shot validation loss\n", fitting.size(),
+              options.tolerance * 100, human_count(options.target_parameters).c_str(), candidates.size());
+  for (const Architecture& a : candidates) {
+    const PrunePlan plan = plan_pruning(config, scores, targets_of(a, options.layer_criterion));
+    const std::vector<float> params = slice_parameters(config, teacher.table, teacher.params, plan);
+    result.ranked.push_back({a, zero_shot_loss(plan.config, params, backend, validation, options.batch_size), {}});
+    std::printf("  %-48s %8s params  zero-shot loss %.4f\n", architecture_string(a).c_str(),
+                human_count(a.parameters).c_str(), result.ranked.back().zero_shot_loss);
+  }
+  std::stable_sort(
+      result.ranked.begin(), result.ranked.end(),
+      [](const RankedArchitecture& a, const RankedArchitecture& b) { return a.zero_shot_loss < b.zero_shot_loss; });
+  if (options.distillation_steps > 0) {
+    const std::span distilled(result.ranked.data(),
+                              std::min(static_cast<std::size_t>(options.distilled_candidates), result.ranked.size()));
+    distill_candidates(teacher, scores, backend, validation, options, distilled);
+    std::stable_sort(distilled.begin(), distilled.end(), [](const RankedArchitecture& a, const RankedArchitecture& b) {
+      return *a.distilled_loss < *b.distilled_loss;
+    });
+  }
+  return result;
+}
+
+nlohmann::json search_to_json(const ArchitectureSearchResult& result, const ArchitectureSearchOptions& options,
+                              const HeldOutWindows& validation) {
+  nlohmann::json ranked = nlohmann::json::array();
+  for (const RankedArchitecture& c : result.ranked) {
+    nlohmann::json j = architecture_to_json(c.architecture);
+    j["zero_shot_loss"] = c.zero_shot_loss;
+    if (c.distilled_loss) j["distilled_loss"] = *c.distilled_loss;
+    ranked.push_back(j);
+  }
+  return {{"target_params", options.target_parameters},
+          {"tolerance", options.tolerance},
+          {"fitting_architectures", result.fitting_architectures},
+          {"search_steps", options.distillation_steps},
+          {"validation_windows", validation.count},
+          {"sequence_length", validation.sequence_length},
+          {"ranked", ranked}};
 }
 
 }  // namespace minitron

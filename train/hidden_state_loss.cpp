@@ -9,6 +9,7 @@
 #include "model/safetensors.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/random.h"
 
 namespace minitron {
 
@@ -188,25 +189,19 @@ class HiddenStateDistillation::Recorder : public ActivationObserver {
 };
 
 namespace {
-// splitmix64 + Box-Muller: a fixed definition, so the map's initial values are identical on
-// every platform (std::normal_distribution is implementation-defined).
+// Normals from util/random.h, so the map's initial values are identical on every machine. The
+// seed is mixed with a constant ("minitron") so that the map does not repeat the stream of the
+// model's initial weights drawn from the same seed.
 std::vector<float> initial_map(std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
-  std::uint64_t state = seed ^ 0x6D696E6974726F6Eull;
-  auto uniform = [&] {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (static_cast<double>(z >> 11) + 0.5) * 0x1.0p-53;
-  };
+  SplitMix64 rng(seed ^ 0x6D696E6974726F6Eull);
   // std 1/sqrt(fan_in): u = W s keeps the scale of s (the cosine ignores it, but the update
   // sizes of AdamW are relative to the weights' scale).
   const double std = 1.0 / std::sqrt(static_cast<double>(cols));
   std::vector<float> w(static_cast<std::size_t>(rows * cols));
   for (std::size_t i = 0; i < w.size(); i += 2) {
-    const double r = std::sqrt(-2.0 * std::log(uniform())), theta = 2.0 * M_PI * uniform();
-    w[i] = static_cast<float>(std * r * std::cos(theta));
-    if (i + 1 < w.size()) w[i + 1] = static_cast<float>(std * r * std::sin(theta));
+    const NormalPair z = normal_pair(rng, std);
+    w[i] = static_cast<float>(z.first);
+    if (i + 1 < w.size()) w[i + 1] = static_cast<float>(z.second);
   }
   return w;
 }
