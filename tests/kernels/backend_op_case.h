@@ -11,7 +11,6 @@
 #include <functional>
 #include <limits>
 #include <map>
-#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -19,6 +18,7 @@
 #include "core/backend.h"
 #include "core/bf16.h"
 #include "util/error.h"
+#include "util/random.h"
 
 namespace minitron::test {
 
@@ -218,22 +218,22 @@ inline void run_op_case(Backend& backend, const std::string& engine, const OpCas
       continue;
     }
     const std::string& source = spec.draw_as.empty() ? spec.name : spec.draw_as;
-    std::mt19937_64 rng(draw_seed(c.name, source));
+    Xoshiro256 rng(draw_seed(c.name, source));
     if (spec.role == Role::Ids) {
-      std::uniform_int_distribution<std::int32_t> id(static_cast<std::int32_t>(spec.lo),
-                                                     static_cast<std::int32_t>(spec.hi) - 1);
       std::vector<std::int32_t> ids(static_cast<std::size_t>(spec.numel));
-      for (std::int32_t& x : ids) x = id(rng);
+      for (std::int32_t& x : ids)
+        x = static_cast<std::int32_t>(spec.lo) +
+            static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(spec.hi - spec.lo)));
       host.set_ids(spec.name, ids);
-      engine_tensors.add(spec.name, spec.numel, DType::I32);
-      backend.upload_i32(engine_tensors[spec.name], ids.data());
+      backend.upload_i32(engine_tensors.add(spec.name, spec.numel, DType::I32), ids.data());
       continue;
     }
-    std::uniform_real_distribution<float> uniform(static_cast<float>(spec.lo),
-                                                  static_cast<float>(spec.hi));
     std::vector<double> values(static_cast<std::size_t>(spec.numel));
-    for (double& x : values)
-      x = spec.fill == Fill::Poison ? std::numeric_limits<double>::quiet_NaN() : uniform(rng);
+    for (double& x : values) {
+      const double uniform = static_cast<double>(rng.next() >> 11) * 0x1.0p-53;  // [0, 1)
+      x = spec.fill == Fill::Poison ? std::numeric_limits<double>::quiet_NaN()
+                                    : static_cast<float>(spec.lo + (spec.hi - spec.lo) * uniform);
+    }
     host.set(spec.name, values);
   }
   if (c.prepare) c.prepare(host);
