@@ -7,7 +7,7 @@
 //
 // Engines: built with the CUDA emulator (test_backend_ops), "cpu", "cpu-f64" and the emulated
 // CUDA engine; built against the real CUDA engine (test_backend_ops_cuda), "cuda", skipped with
-// make_backend's reason where no GPU is present. The two cannot share a binary: the emulated
+// make_cuda_backend's reason where no GPU is present (and by bench/gpu_check.sh on a lent GPU). The two cannot share a binary: the emulated
 // engine defines the same symbols as the real one.
 //
 // Adding an op: one add_entry() below. The machinery (seeded inputs, upload, run, download,
@@ -33,10 +33,8 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
-#include "tests/kernels/backend_op_case.h"
-#if defined(MINITRON_EMULATE)
 #include "kernels/cuda/cuda_backend_factory.h"
-#endif
+#include "tests/kernels/backend_op_case.h"
 
 namespace minitron::test {
 namespace {
@@ -736,7 +734,9 @@ std::vector<Engine> engines() {
           {"cpu_f64", [] { return make_backend("cpu-f64"); }},
           {"cuda_emulated", [] { return make_cuda_backend(); }}};
 #else
-  return {{"cuda", [] { return make_backend("cuda"); }}};
+  // make_cuda_backend rather than make_backend: bench/gpu builds this file against the CUDA engine
+  // alone (no CPU engine, no OpenBLAS on the lent GPU machine).
+  return {{"cuda", [] { return make_cuda_backend(); }}};
 #endif
 }
 
