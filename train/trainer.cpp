@@ -341,12 +341,9 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       for (std::size_t i = 0; i < term_names.size(); ++i) logged[1 + i] += terms[i].second * micro_weight;
       model.backward();
     }
-    // Each rank needs the sum of its own part only: the optimizer updates that part and
-    // all-gathers the parameters (ZeRO stage 1, dist/communicator.h).
-    communicator.reduce_scatter_sum(model.gradients(), optimizer.shard_bounds());
     objective.all_reduce_gradients(communicator);
     communicator.all_reduce_sum(logged);
-    OptimizerStepStats stats = optimizer.step(step);
+    OptimizerStepStats stats = optimizer.step(step);  // sums the gradients over ranks (ZeRO stage 1)
     objective.optimizer_step(step, optimizer.config());
     window_tokens += B * T * global_micro_batches;
     summary.last_train_loss = logged[0];
