@@ -93,13 +93,14 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
   const float kl_scale = grad_weight * (1.0f - w) / static_cast<float>(rows);
   const float ce_scale = counted > 0 ? grad_weight * w / static_cast<float>(counted) : 0.0f;
   Backend& b = student.backend();
+  const bool backpropagate = grad_weight != 0.0f;
   const std::span<const double> losses =
-      for_each_logits_chunk(student, &teacher_, targets, workspace_, 2, grad_weight != 0.0f, [&](const LogitsChunk& chunk) {
+      for_each_logits_chunk(student, &teacher_, targets, workspace_, 2, backpropagate, [&](const LogitsChunk& chunk) {
         const Tensor ce_logits = ce_logits_.tensor().slice(0, chunk.rows * V);
         b.copy(ce_logits, chunk.logits);
         b.kl_divergence(chunk.losses[0], chunk.logits, chunk.teacher_logits, chunk.rows, V, temperature_, kl_scale);
         b.cross_entropy(chunk.losses[1], ce_logits, chunk.targets, chunk.rows, V, ce_scale);
-        if (grad_weight != 0.0f) b.add_inplace(chunk.logits, ce_logits);  // both are now scaled gradients of the mixed loss
+        if (backpropagate) b.add_inplace(chunk.logits, ce_logits);  // both are now scaled gradients of the mixed loss
       });
   const std::span<const double> kl = losses.first(static_cast<std::size_t>(rows)), ce = losses.subspan(kl.size());
   last_kl_ = std::accumulate(kl.begin(), kl.end(), 0.0) / static_cast<double>(rows);

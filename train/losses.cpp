@@ -39,7 +39,8 @@ std::span<const double> for_each_logits_chunk(LlamaModel& model, LlamaModel* tea
   MINITRON_ASSERT(targets.empty() || static_cast<std::int64_t>(targets.size()) == rows);
   if (teacher) {
     if (teacher->config().vocab_size != V)
-      fail_expected("distillation", str("teacher vocabulary ", teacher->config().vocab_size, " differs from the student's ", V),
+      fail_expected("distillation",
+                    str("teacher vocabulary ", teacher->config().vocab_size, " differs from the student's ", V),
                     "teacher and student sharing one tokenizer");
     MINITRON_ASSERT(teacher->rows() == rows, "teacher and student ran on different batches");
     MINITRON_ASSERT(!ws.teacher_logits_.tensor().empty(), "workspace built without distillation buffers");

@@ -20,9 +20,9 @@ inline constexpr int kMaxLossTerms = 2;
 // One chunk of rows as a loss over the head sees it.
 struct LogitsChunk {
   std::int64_t rows = 0;
-  Tensor logits;          // rows x vocab, the model's; the loss leaves its scaled d(loss)/d(logits) here
-  Tensor teacher_logits;  // the teacher's, when the loop was given one
-  Tensor targets;         // the rows' targets, when the loop was given any
+  Tensor logits;                 // rows x vocab, the model's; the loss leaves its scaled d(loss)/d(logits) here
+  Tensor teacher_logits;         // the teacher's, when the loop was given one
+  Tensor targets;                // the rows' targets, when the loop was given any
   Tensor losses[kMaxLossTerms];  // each loss term's per-row values, kept on the device
 };
 using ChunkLoss = std::function<void(const LogitsChunk&)>;

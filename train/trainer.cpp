@@ -46,7 +46,8 @@ fs::path latest_checkpoint(const fs::path& output) {
   for (const auto& entry : fs::directory_iterator(output)) {
     std::smatch m;
     std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) && has_training_state(entry.path())) {
+    if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) &&
+        has_training_state(entry.path())) {
       const std::int64_t step =
           parse_integer(entry.path().string(), m[1].str(), 0, std::numeric_limits<std::int64_t>::max());
       if (step > best_step) best_step = step, best = entry.path();
@@ -131,7 +132,8 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
                              Shape{"sequence_length", saved.sequence_length, options.sequence_length},
                              Shape{"grad_accumulation", saved.grad_accumulation, options.grad_accumulation}})
     if (shape.saved != shape.now)
-      fail_expected(str("--resume from ", dir.string()), str(shape.name, " is ", shape.now, " now but was ", shape.saved),
+      fail_expected(str("--resume from ", dir.string()),
+                    str(shape.name, " is ", shape.now, " now but was ", shape.saved),
                     "the same training flags as the interrupted run");
   // Checked before the loader's own check, which says the same in its terms: each rank's
   // windows, and so every later step, depend on the number of ranks.
