@@ -1,9 +1,9 @@
 #include "train/distill.h"
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "util/error.h"
@@ -34,13 +34,7 @@ TeacherDistillationObjective::TeacherDistillationObjective(LlamaModel& teacher, 
     fail_expected("--hard-label-weight", str(hard_label_weight), "a value in [0, 1]");
   if (hard_label_weight_ > 0) {
     Backend& b = teacher.backend();
-    const std::int64_t rows = workspace.rows_per_chunk(), V = teacher.config().vocab_size;
-    const DType act = b.activation_dtype();
-    student_logits_ = BackendBuffer(b, rows * V, act);
-    ce_logits_ = BackendBuffer(b, rows * V, act);
-    teacher_logits_ = BackendBuffer(b, rows * V, act);
-    losses_ = BackendBuffer(b, rows, act == DType::F64 ? DType::F64 : DType::F32);
-    targets_ = BackendBuffer(b, rows, DType::I32);
+    ce_logits_ = BackendBuffer(b, workspace.rows_per_chunk() * teacher.config().vocab_size, b.activation_dtype());
   }
 }
 
@@ -92,9 +86,6 @@ double TeacherDistillationObjective::step(LlamaModel& student, std::span<const s
 double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<const std::int32_t> targets,
                                                 float grad_weight) {
   const std::int64_t rows = student.rows(), V = student.config().vocab_size;
-  if (teacher_.config().vocab_size != V)
-    fail_expected("distillation", str("teacher vocabulary ", teacher_.config().vocab_size, " differs from the student's ", V),
-                  "teacher and student sharing one tokenizer");
   MINITRON_ASSERT(static_cast<std::int64_t>(targets.size()) == rows);
   std::int64_t counted = 0;
   for (std::int32_t t : targets) counted += t >= 0;
@@ -102,31 +93,18 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
   const float kl_scale = grad_weight * (1.0f - w) / static_cast<float>(rows);
   const float ce_scale = counted > 0 ? grad_weight * w / static_cast<float>(counted) : 0.0f;
   Backend& b = student.backend();
-  const std::int64_t chunk = workspace_.rows_per_chunk();
-  std::vector<double> host(static_cast<std::size_t>(chunk));
-  double kl_sum = 0, ce_sum = 0;
-  for (std::int64_t row0 = 0; row0 < rows; row0 += chunk) {
-    const std::int64_t n = std::min(chunk, rows - row0);
-    Tensor s = student_logits_.tensor().slice(0, n * V), c = ce_logits_.tensor().slice(0, n * V);
-    Tensor t = teacher_logits_.tensor().slice(0, n * V), losses = losses_.tensor().slice(0, n);
-    Tensor chunk_targets = targets_.tensor().slice(0, n);
-    student.logits(s, row0, n);
-    teacher_.logits(t, row0, n);
-    b.copy(c, s);
-    b.upload_i32(chunk_targets, targets.data() + row0);
-    b.kl_divergence(losses, s, t, n, V, temperature_, kl_scale);
-    b.download_f64(host.data(), losses);
-    for (std::int64_t r = 0; r < n; ++r) kl_sum += host[static_cast<std::size_t>(r)];
-    b.cross_entropy(losses, c, chunk_targets, n, V, ce_scale);
-    b.download_f64(host.data(), losses);
-    for (std::int64_t r = 0; r < n; ++r) ce_sum += host[static_cast<std::size_t>(r)];
-    if (grad_weight != 0.0f) {
-      b.add_inplace(s, c);  // both are now scaled gradients of the mixed loss
-      student.head_backward(s, row0, n);
-    }
-  }
-  last_kl_ = kl_sum / static_cast<double>(rows);
-  last_ce_ = counted > 0 ? ce_sum / static_cast<double>(counted) : 0.0;
+  const bool backpropagate = grad_weight != 0.0f;
+  const std::span<const double> losses =
+      for_each_logits_chunk(student, &teacher_, targets, workspace_, 2, backpropagate, [&](const LogitsChunk& chunk) {
+        const Tensor ce_logits = ce_logits_.tensor().slice(0, chunk.rows * V);
+        b.copy(ce_logits, chunk.logits);
+        b.kl_divergence(chunk.losses[0], chunk.logits, chunk.teacher_logits, chunk.rows, V, temperature_, kl_scale);
+        b.cross_entropy(chunk.losses[1], ce_logits, chunk.targets, chunk.rows, V, ce_scale);
+        if (backpropagate) b.add_inplace(chunk.logits, ce_logits);  // both are now scaled gradients of the mixed loss
+      });
+  const std::span<const double> kl = losses.first(static_cast<std::size_t>(rows)), ce = losses.subspan(kl.size());
+  last_kl_ = std::accumulate(kl.begin(), kl.end(), 0.0) / static_cast<double>(rows);
+  last_ce_ = counted > 0 ? std::accumulate(ce.begin(), ce.end(), 0.0) / static_cast<double>(counted) : 0.0;
   return (1.0 - w) * last_kl_ + w * last_ce_;
 }
 

@@ -60,7 +60,7 @@ class TeacherDistillationObjective : public Objective {
  private:
   // (1 - w) KL + w CE over the same student logits chunk, gradients summed before head_backward
   // (head_backward overwrites the hidden-state gradient of its rows, so two separate loss calls
-  // cannot be combined).
+  // cannot be combined): the CE works on a copy of the chunk's logits in ce_logits_.
   double mixed_loss(LlamaModel& student, std::span<const std::int32_t> targets, float grad_weight);
 
   LlamaModel& teacher_;
@@ -68,7 +68,7 @@ class TeacherDistillationObjective : public Objective {
   float temperature_, hard_label_weight_;
   HiddenStateDistillation* hidden_states_;
   float intermediate_weight_;
-  BackendBuffer student_logits_, ce_logits_, teacher_logits_, losses_, targets_;
+  BackendBuffer ce_logits_;
   double teacher_seconds_ = 0, step_seconds_ = 0, last_kl_ = 0, last_ce_ = 0;
   double last_is_ = std::numeric_limits<double>::quiet_NaN(), last_alpha_ = std::numeric_limits<double>::quiet_NaN();
 };

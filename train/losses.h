@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -12,8 +13,23 @@
 
 namespace minitron {
 
+// Per-row loss terms a loss over the head may keep at once: the mixed distillation loss keeps
+// its KL and its cross-entropy.
+inline constexpr int kMaxLossTerms = 2;
+
+// One chunk of rows as a loss over the head sees it.
+struct LogitsChunk {
+  std::int64_t rows = 0;
+  Tensor logits;                 // rows x vocab, the model's; the loss leaves its scaled d(loss)/d(logits) here
+  Tensor teacher_logits;         // the teacher's, when the loop was given one
+  Tensor targets;                // the rows' targets, when the loop was given any
+  Tensor losses[kMaxLossTerms];  // each loss term's per-row values, kept on the device
+};
+using ChunkLoss = std::function<void(const LogitsChunk&)>;
+
 // Chunk buffers, allocated once per run: rows_per_chunk x vocab logits (two sets for
-// distillation), and targets and per-row losses for up to max_rows rows.
+// distillation), and targets and per-row losses (kMaxLossTerms per row for distillation) for up
+// to max_rows rows.
 class LossWorkspace {
  public:
   // rows_per_chunk = 0 picks Backend::loss_chunk_logits() logits per chunk, in whole 128-row
@@ -24,13 +40,22 @@ class LossWorkspace {
 
  private:
   Backend& backend_;
-  std::int64_t vocab_size_, max_rows_, rows_per_chunk_;
+  std::int64_t vocab_size_, max_rows_, rows_per_chunk_, loss_terms_;
   BackendBuffer logits_, teacher_logits_, losses_, targets_;
   std::vector<double> host_losses_;
-  friend double cross_entropy_loss(LlamaModel&, std::span<const std::int32_t>, LossWorkspace&,
-                                   float, std::vector<float>*);
-  friend double distillation_loss(LlamaModel&, LlamaModel&, LossWorkspace&, float, float);
+  friend std::span<const double> for_each_logits_chunk(LlamaModel&, LlamaModel*, std::span<const std::int32_t>,
+                                                       LossWorkspace&, int, bool, const ChunkLoss&);
 };
+
+// The loop every loss over the head runs, after model.forward() (and teacher->forward() on the
+// same tokens): chunk by chunk of workspace.rows_per_chunk() rows, the model's (and the
+// teacher's) logits, `chunk_loss`, and, with `backpropagate`, the head backward of the gradient
+// it left in the logits. Targets are uploaded and the per-row losses downloaded once per call,
+// not per chunk (each copy is a host sync). Returns the rows' values of the first `terms` loss
+// terms, term k of row r at [k * rows + r], valid until the workspace's next loop.
+std::span<const double> for_each_logits_chunk(LlamaModel& model, LlamaModel* teacher,
+                                              std::span<const std::int32_t> targets, LossWorkspace& workspace,
+                                              int terms, bool backpropagate, const ChunkLoss& chunk_loss);
 
 // Mean next-token cross-entropy (nats) over rows whose target is >= 0, after model.forward().
 // With grad_weight != 0 (Training mode) it also back-propagates grad_weight * d(mean)/d(logits)

@@ -101,6 +101,7 @@ std::int64_t AdamW::part_end() const { return bounds_[static_cast<std::size_t>(c
 OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
   Backend& b = model_.backend();
   const std::int64_t begin = part_begin(), end = part_end();
+  communicator_.reduce_scatter_sum(model_.gradients(), bounds_);
   OptimizerStepStats stats;
   stats.learning_rate = learning_rate_at(config_, step);
   // The global norm from each rank's part: the sum of squares is additive over parts.

@@ -56,8 +56,10 @@ class AdamW {
 
   // Applies one update (step is 0-based) from the model's accumulated gradients, each first
   // multiplied by grad_scale (e.g. 1 / accumulation steps when losses were summed). With
-  // several ranks it is a collective, and only this rank's part of the gradients is read: the
-  // caller has reduce-scattered them with shard_bounds() (or all-reduced them).
+  // several ranks it is a collective that takes each rank's own, unsummed gradients: it sums
+  // over ranks only this rank's part (a reduce-scatter, after which the other parts of the
+  // model's gradients are stale), updates that part and all-gathers the parameters. In one
+  // process the gradients are already the sum.
   OptimizerStepStats step(std::int64_t step, float grad_scale = 1.0f);
 
   const OptimizerConfig& config() const { return config_; }

@@ -16,6 +16,7 @@
 
 #include "data/dataloader.h"
 #include "model/checkpoint.h"
+#include "model/training_state.h"
 #include "train/evaluate.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -46,7 +47,7 @@ fs::path latest_checkpoint(const fs::path& output) {
     std::smatch m;
     std::string name = entry.path().filename().string();
     if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) &&
-        fs::exists(entry.path() / "training_state.json")) {
+        has_training_state(entry.path())) {
       const std::int64_t step =
           parse_integer(entry.path().string(), m[1].str(), 0, std::numeric_limits<std::int64_t>::max());
       if (step > best_step) best_step = step, best = entry.path();
@@ -90,9 +91,9 @@ void check_training_memory(const Backend& backend, std::int64_t trained_paramete
 
 namespace {
 
-// Training state beside an HF checkpoint: fp32 parameters (the HF weights may be bf16, and
-// resume must be bit-exact), AdamW moments, and the step and data position as JSON. A
-// collective: every rank's part of the optimizer state goes to rank 0, which alone writes.
+// A resumable checkpoint: the HF checkpoint, the training state beside it
+// (model/training_state.h) and the objective's own. A collective: every rank's part of the
+// optimizer state goes to rank 0, which alone writes.
 void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const AdamW& optimizer,
                               const TrainLoader& loader, std::int64_t step, const TrainOptions& options,
                               const Objective& objective, Communicator& communicator) {
@@ -105,19 +106,15 @@ void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const Adam
     save.dtype = options.save_dtype;
     save.copy_files = options.companion_files;
     save_checkpoint(tmp, model.config(), model.table(), params, save);
-    const std::vector<std::int64_t> shape{model.table().total_numel()};
-    std::vector<SafetensorsEntry> entries{{"params", shape, params.data()},
-                                          {"adam_m", shape, m.data()},
-                                          {"adam_v", shape, v.data()}};
-    write_safetensors_file(tmp / "training_state.safetensors", entries, SafetensorsDType::F32);
-    nlohmann::json state = {{"step", step},
-                            {"optimizer_steps", optimizer.steps_taken()},
-                            {"loader", loader.state()},
-                            {"batch_size", options.batch_size},
-                            {"sequence_length", options.sequence_length},
-                            {"grad_accumulation", options.grad_accumulation},
-                            {"world_size", communicator.world_size()}};
-    write_bytes_atomically(tmp / "training_state.json", state.dump(2));
+    TrainingProgress progress;
+    progress.step = step;
+    progress.optimizer_steps = optimizer.steps_taken();
+    progress.loader = loader.state();
+    progress.batch_size = options.batch_size;
+    progress.sequence_length = options.sequence_length;
+    progress.grad_accumulation = options.grad_accumulation;
+    progress.world_size = communicator.world_size();
+    write_training_state(tmp, progress, params, m, v);
     objective.save_state(tmp);
   }, is_checkpoint_entry);
 }
@@ -126,48 +123,36 @@ void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const Adam
 std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model, AdamW& optimizer,
                                          TrainLoader& loader, const TrainOptions& options, Objective& objective,
                                          std::int64_t world_size) {
-  nlohmann::json state;
-  try {
-    state = nlohmann::json::parse(read_text_file(dir / "training_state.json"));
-  } catch (const nlohmann::json::exception& e) {
-    fail_expected((dir / "training_state.json").string(), e.what(), "valid JSON written by minitron train");
-  }
-  for (const char* key : {"batch_size", "sequence_length", "grad_accumulation"}) {
-    std::int64_t saved = state.at(key).get<std::int64_t>();
-    std::int64_t now = key == std::string("batch_size")        ? options.batch_size
-                       : key == std::string("sequence_length") ? options.sequence_length
-                                                               : options.grad_accumulation;
-    if (saved != now)
-      fail_expected(str("--resume from ", dir.string()), str(key, " is ", now, " now but was ", saved),
+  const TrainingProgress saved = read_training_progress(dir);
+  struct Shape {
+    const char* name;
+    std::int64_t saved, now;
+  };
+  for (const Shape& shape : {Shape{"batch_size", saved.batch_size, options.batch_size},
+                             Shape{"sequence_length", saved.sequence_length, options.sequence_length},
+                             Shape{"grad_accumulation", saved.grad_accumulation, options.grad_accumulation}})
+    if (shape.saved != shape.now)
+      fail_expected(str("--resume from ", dir.string()),
+                    str(shape.name, " is ", shape.now, " now but was ", shape.saved),
                     "the same training flags as the interrupted run");
-  }
   // Checked before the loader's own check, which says the same in its terms: each rank's
   // windows, and so every later step, depend on the number of ranks.
-  if (const std::int64_t saved = state.value("world_size", std::int64_t{1}); saved != world_size)
+  if (saved.world_size != world_size)
     fail_expected(str("--resume from ", dir.string()),
-                  str("this run has ", world_size, " process(es) (WORLD_SIZE) but the checkpoint was written by ", saved),
-                  str("WORLD_SIZE=", saved, " as in the interrupted run (the data order depends on it)"));
-  SafetensorsFile file(dir / "training_state.safetensors");
+                  str("this run has ", world_size, " process(es) (WORLD_SIZE) but the checkpoint was written by ",
+                      saved.world_size),
+                  str("WORLD_SIZE=", saved.world_size, " as in the interrupted run (the data order depends on it)"));
   std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
-  file.read_f32("params", params);
-  model.set_parameters(params);
-  // The moments of this rank's part only (the whole of each is 4 bytes per parameter), after
-  // every rank has checked their whole size, so that a damaged file fails every rank alike
-  // rather than only those whose part lies past its end.
-  for (const char* name : {"adam_m", "adam_v"})
-    if (const std::int64_t numel = file.at(name).numel; numel != model.table().total_numel())
-      fail_expected(str(file.path().string(), ": tensor '", name, "'"), str(numel, " elements"),
-                    str(model.table().total_numel(), ", one per parameter of the model"));
   const std::int64_t begin = optimizer.part_begin();
   const auto part = static_cast<std::size_t>(optimizer.part_end() - begin);
   std::vector<float> m(part), v(part);
-  file.read_f32_range("adam_m", begin, m);
-  file.read_f32_range("adam_v", begin, v);
+  read_training_tensors(dir, params, begin, m, v);
+  model.set_parameters(params);
   optimizer.set_state(m, v, std::span<const float>(params).subspan(static_cast<std::size_t>(begin), part),
-                      state.at("optimizer_steps").get<std::int64_t>());
-  loader.restore(state.at("loader"));
+                      saved.optimizer_steps);
+  loader.restore(saved.loader);
   objective.restore_state(dir);
-  return state.at("step").get<std::int64_t>();
+  return saved.step;
 }
 
 // The step of a checkpoint-<step> directory; -1 for none (an empty path).
@@ -341,12 +326,9 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       for (std::size_t i = 0; i < term_names.size(); ++i) logged[1 + i] += terms[i].second * micro_weight;
       model.backward();
     }
-    // Each rank needs the sum of its own part only: the optimizer updates that part and
-    // all-gathers the parameters (ZeRO stage 1, dist/communicator.h).
-    communicator.reduce_scatter_sum(model.gradients(), optimizer.shard_bounds());
     objective.all_reduce_gradients(communicator);
     communicator.all_reduce_sum(logged);
-    OptimizerStepStats stats = optimizer.step(step);
+    OptimizerStepStats stats = optimizer.step(step);  // sums the gradients over ranks (ZeRO stage 1)
     objective.optimizer_step(step, optimizer.config());
     window_tokens += B * T * global_micro_batches;
     summary.last_train_loss = logged[0];

@@ -37,7 +37,7 @@ class Objective {
   virtual std::vector<std::pair<std::string, double>> step_metrics() const { return {}; }
   virtual void optimizer_step(std::int64_t /*step*/, const OptimizerConfig& /*config*/) {}
   // Sums the gradients of those parameters over the ranks of a data-parallel run, as the
-  // trainer does for the model's, after the micro-batches and before optimizer_step().
+  // optimizer does for the model's, after the micro-batches and before optimizer_step().
   virtual void all_reduce_gradients(Communicator& /*communicator*/) {}
   virtual void save_state(const std::filesystem::path& /*checkpoint*/) const {}
   virtual void restore_state(const std::filesystem::path& /*checkpoint*/) {}

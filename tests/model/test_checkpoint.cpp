@@ -1,4 +1,5 @@
 #include "model/checkpoint.h"
+#include "model/training_state.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -368,6 +369,43 @@ TEST_F(CheckpointTest, IndependentPythonReaderAgrees) {
     }
     std::cout << name << ": " << result["checks"].dump() << "\n";
   }
+}
+
+// The training state reads back as written, each rank taking its own part of the moments; a
+// file from before data-parallel training (no world_size) reads as one process's.
+TEST_F(CheckpointTest, TrainingStateRoundTripsWithAPartOfTheMoments) {
+  std::vector<float> weights(10), m(10), v(10);
+  for (std::size_t i = 0; i < weights.size(); ++i) {
+    weights[i] = 0.5f + static_cast<float>(i);
+    m[i] = -0.25f * static_cast<float>(i);
+    v[i] = 0.125f * static_cast<float>(i * i);
+  }
+  TrainingProgress written;
+  written.step = 7;
+  written.optimizer_steps = 6;
+  written.loader = {{"epoch", 1}, {"position", 42}};
+  written.batch_size = 4;
+  written.sequence_length = 32;
+  written.grad_accumulation = 2;
+  written.world_size = 3;
+  write_training_state(root_, written, weights, m, v);
+
+  const TrainingProgress read = read_training_progress(root_);
+  EXPECT_EQ(std::tie(read.step, read.optimizer_steps, read.batch_size, read.sequence_length, read.grad_accumulation,
+                     read.world_size),
+            std::tie(written.step, written.optimizer_steps, written.batch_size, written.sequence_length,
+                     written.grad_accumulation, written.world_size));
+  EXPECT_EQ(read.loader, written.loader);
+  std::vector<float> read_weights(weights.size()), part_m(4), part_v(4);
+  read_training_tensors(root_, read_weights, 3, part_m, part_v);
+  EXPECT_EQ(read_weights, weights);
+  EXPECT_EQ(part_m, std::vector<float>(m.begin() + 3, m.begin() + 7));
+  EXPECT_EQ(part_v, std::vector<float>(v.begin() + 3, v.begin() + 7));
+
+  json older = json::parse(read_text_file(root_ / "training_state.json"));
+  older.erase("world_size");
+  write_bytes_atomically(root_ / "training_state.json", older.dump(2));
+  EXPECT_EQ(read_training_progress(root_).world_size, 1);
 }
 
 }  // namespace

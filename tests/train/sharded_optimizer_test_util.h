@@ -44,7 +44,8 @@ inline std::vector<float> sharded_test_gradient(std::size_t n, int step, float f
 }
 
 // kShardedSteps AdamW steps of the pair's student on `communicator`'s rank, whose gradient is
-// the pattern times `factor`; grad_clip 0 leaves the norm out of the update.
+// the pattern times `factor` (AdamW::step sums it over ranks); grad_clip 0 leaves the norm out
+// of the update.
 inline OptimizerRun run_sharded_optimizer(const DistillPair& pair, Communicator& communicator, Backend& backend,
                                           float factor, double grad_clip) {
   LlamaModel model(pair.student_config, backend, 1, 4, ModelMode::Training);
@@ -61,7 +62,6 @@ inline OptimizerRun run_sharded_optimizer(const DistillPair& pair, Communicator&
   for (int s = 0; s < kShardedSteps; ++s) {
     const std::vector<float> g = sharded_test_gradient(n, s, factor);
     backend.upload(model.gradients(), g.data());
-    communicator.reduce_scatter_sum(model.gradients(), optimizer.shard_bounds());
     result.grad_norms.push_back(optimizer.step(s).grad_norm);
   }
   result.params.resize(n);

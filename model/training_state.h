@@ -1,0 +1,41 @@
+// The state a training run writes beside each resumable checkpoint (output/checkpoint-<step>)
+// so that --resume continues bit for bit. training_state.safetensors (F32, one value per
+// parameter in the table's order): "params", the fp32 weights the optimizer updates (the HF
+// weights beside them may be bf16), and the AdamW moments "adam_m" and "adam_v".
+// training_state.json: the TrainingProgress fields under their own names.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+
+#include <nlohmann/json.hpp>
+
+namespace minitron {
+
+struct TrainingProgress {
+  std::int64_t step = 0;             // optimizer steps done, the step to continue from
+  std::int64_t optimizer_steps = 0;  // AdamW's own count, which its bias correction uses
+  nlohmann::json loader;             // the data position (TrainLoader::state)
+  // The data order depends on these: a resume must use the same. world_size is 1 in files
+  // written before data-parallel training.
+  std::int64_t batch_size = 0, sequence_length = 0, grad_accumulation = 0, world_size = 1;
+};
+
+// Writes both files into dir (a checkpoint directory being written); the three vectors are whole.
+void write_training_state(const std::filesystem::path& dir, const TrainingProgress& progress,
+                          std::span<const float> weights, std::span<const float> m, std::span<const float> v);
+
+// Whether dir holds a training state: the mark of a checkpoint --resume can continue from.
+bool has_training_state(const std::filesystem::path& dir);
+
+TrainingProgress read_training_progress(const std::filesystem::path& dir);
+
+// Every fp32 weight, and the moments of [moments_begin, moments_begin + m.size()) only (one
+// rank's part: the whole of each is 4 bytes per parameter). Both moments' whole size is checked
+// against the weights' first, so that a damaged file fails every rank alike rather than only
+// those whose part lies past its end.
+void read_training_tensors(const std::filesystem::path& dir, std::span<float> weights, std::int64_t moments_begin,
+                           std::span<float> m, std::span<float> v);
+
+}  // namespace minitron
