@@ -14,6 +14,7 @@
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "data/shards.h"
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "prune/layer_ranking.h"

@@ -13,7 +13,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -186,13 +185,5 @@ class BackendBuffer {
   Backend* backend_ = nullptr;
   Tensor tensor_;
 };
-
-// "cpu" (fp32), "cpu-f64" (double, for gradient checks) and, when built with CUDA and a GPU
-// is present, "cuda". Throws Error naming the device and why it is unavailable.
-std::unique_ptr<Backend> make_backend(const std::string& device);
-// The device one process of a data-parallel run uses: for "cuda", cuda:<local_rank modulo the
-// devices it sees> (one GPU per process, as Megatron picks it); any other name unchanged.
-std::string device_for_local_rank(const std::string& device, std::int64_t local_rank);
-std::vector<std::string> available_devices();
 
 }  // namespace minitron

@@ -2,9 +2,9 @@
 #include <memory>
 #include <utility>
 
-#include "kernels/cuda/cuda_backend_factory.h"
-#include "dist/host_communicator.h"
 #include "dist/communicator.h"
+#include "dist/host_communicator.h"
+#include "dist/make_nccl_communicator.h"
 #include "util/error.h"
 
 namespace minitron {

@@ -10,7 +10,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/swiglu.h"
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "core/bf16.h"
 #include "tests/kernels/test_util.h"
 #include "tests/util/error_test_util.h"
