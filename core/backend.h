@@ -32,6 +32,9 @@ struct AdamWStep {
 // How a per-channel activation statistic is reduced over a sequence (importance scoring).
 enum class SequenceReduction { Mean, L2, Variance };
 
+// Where an engine's tensors live: what a communicator must move them through.
+enum class MemorySpace { Host, CudaDevice };
+
 // The public ops are the contract: each checks its arguments (dtypes, element counts, sizes,
 // overlaps, the op's own preconditions) the same way on every engine, failing with one line
 // that names the op and what was expected, then calls the engine's do_<op>. Engines override
@@ -52,6 +55,8 @@ class Backend {
   // The storage dtypes the ops compute in: activation_dtype(), and whatever else an engine
   // runs its kernels in (the CUDA engine: F32 too, so tests can run its kernels in fp32).
   virtual bool computes_in(DType dtype) const { return dtype == activation_dtype(); }
+  // Host memory (a communicator sums it over TCP) or CUDA device memory (NCCL moves it).
+  virtual MemorySpace memory_space() const = 0;
   // Logits per chunk of the loss head (LossWorkspace's default). Small on a CPU, where a few
   // hundred rows already make an efficient GEMM; a GPU wants thousands, since each chunk's
   // head weight-gradient GEMM reads and writes the whole vocab x hidden gradient.

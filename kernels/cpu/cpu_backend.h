@@ -42,6 +42,7 @@ class CpuBackend final : public Backend {
   std::string name() const override;
   DType activation_dtype() const override { return dtype_of<T>(); }
   DType gradient_dtype() const override { return dtype_of<T>(); }
+  MemorySpace memory_space() const override { return MemorySpace::Host; }
   void free(Tensor& t) override;
   void zero(Tensor t) override;
   void synchronize() override {}

@@ -39,6 +39,7 @@ class CudaBackend final : public Backend {
   bool computes_in(DType dtype) const override {
     return dtype == DType::BF16 || dtype == DType::F32;
   }
+  MemorySpace memory_space() const override { return MemorySpace::CudaDevice; }
   std::optional<std::int64_t> memory_bytes() const override;  // cudaMemGetInfo's total
   void free(Tensor& t) override;
   void zero(Tensor t) override;

@@ -15,9 +15,12 @@
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_context.h"
+#include "kernels/make_backend.h"
+#include "dist/host_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "emu/emulator.h"
 #include "tests/dist/nccl_test_util.h"
+#include "tests/dist/tcp_test_util.h"
 #include "core/backend.h"
 #include "dist/communicator.h"
 
@@ -604,6 +607,35 @@ TEST(EmulatedNccl, RefusesRootsOutOfRangeAndTypesAKindDoesNotTake) {
   EXPECT_EQ(ncclAllGather(&half, &half, 1, ncclBfloat16, comm, nullptr), ncclSuccess);
   EXPECT_EQ(half, 0x3f80);
   EXPECT_EQ(ncclCommDestroy(comm), ncclSuccess);
+}
+
+// make_communicator picks by where an engine's tensors live, not by its name: the emulated CUDA
+// engine (named "cuda-emulated", device memory) gets NCCL, the CPU engine (host memory) sums over
+// TCP. Either way the communicator works: 1 + 2 summed over the two ranks.
+TEST(MakeCommunicator, PicksNcclForDeviceMemoryAndTcpForHostMemory) {
+  using DeviceAndCommunicator = std::pair<std::string, std::string>;
+  for (const auto& [device, want] : {DeviceAndCommunicator{"cuda:0", "nccl"}, {"cpu", "host"}}) {
+    SCOPED_TRACE(device);
+    const int port = testing::free_tcp_port();
+    std::vector<std::string> kinds(2);
+    std::vector<float> sums(2, 0.0f);
+    expect_no_errors(testing::run_ranks(2, [&](std::int64_t rank) {
+      const std::unique_ptr<Backend> backend = make_backend(device);
+      const std::unique_ptr<Communicator> communicator =
+          make_communicator(*backend, testing::local_environment(rank, 2, port));
+      const auto r = static_cast<std::size_t>(rank);
+      kinds[r] = dynamic_cast<cuda::NcclCommunicator*>(communicator.get()) != nullptr ? "nccl"
+                 : dynamic_cast<HostCommunicator*>(communicator.get()) != nullptr    ? "host"
+                                                                                     : "other";
+      BackendBuffer t(*backend, 1, DType::F32);
+      const float mine = static_cast<float>(rank + 1);
+      backend->upload(t, &mine);
+      communicator->all_reduce_sum(t);
+      backend->download(&sums[r], t);
+    }));
+    EXPECT_EQ(kinds, std::vector<std::string>(2, want));
+    EXPECT_EQ(sums, std::vector<float>(2, 3.0f));
+  }
 }
 
 }  // namespace
