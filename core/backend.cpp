@@ -15,11 +15,11 @@ namespace {
 // The dtypes an argument may have, named in an error as "f32 or bf16".
 class DTypeSet {
  public:
-  DTypeSet() = default;
-  DTypeSet(std::initializer_list<DType> dtypes) {
+  constexpr DTypeSet() = default;
+  constexpr DTypeSet(std::initializer_list<DType> dtypes) {
     for (DType d : dtypes) add(d);
   }
-  DTypeSet& add(DType d) {
+  constexpr DTypeSet& add(DType d) {
     bits_ |= 1u << static_cast<unsigned>(d);
     return *this;
   }
@@ -27,7 +27,7 @@ class DTypeSet {
     bits_ |= other.bits_;
     return *this;
   }
-  bool contains(DType d) const { return (bits_ >> static_cast<unsigned>(d)) & 1u; }
+  constexpr bool contains(DType d) const { return (bits_ >> static_cast<unsigned>(d)) & 1u; }
   std::string names() const {
     std::vector<std::string> names;
     for (DType d : {DType::F32, DType::F64, DType::BF16, DType::I32})
@@ -41,6 +41,9 @@ class DTypeSet {
  private:
   unsigned bits_ = 0;
 };
+
+// The float dtypes: what upload and download convert from and to, and what copy writes.
+constexpr DTypeSet kFloatDTypes{DType::F32, DType::F64, DType::BF16};
 
 bool overlaps(const Tensor& a, const Tensor& b) {
   if (a.empty() || b.empty()) return false;
@@ -117,19 +120,19 @@ Tensor Backend::allocate(std::int64_t numel, DType dtype) {
 
 void Backend::upload(Tensor dst, const float* src) {
   const OpCheck check(*this, "upload");
-  check.dtype("dst", dst, {DType::F32, DType::F64, DType::BF16});
+  check.dtype("dst", dst, kFloatDTypes);
   do_upload(dst, src);
 }
 
 void Backend::download(float* dst, Tensor src) {
   const OpCheck check(*this, "download");
-  check.dtype("src", src, {DType::F32, DType::F64, DType::BF16});
+  check.dtype("src", src, kFloatDTypes);
   do_download(dst, src);
 }
 
 void Backend::download_f64(double* dst, Tensor src) {
   const OpCheck check(*this, "download_f64");
-  check.dtype("src", src, {DType::F32, DType::F64, DType::BF16});
+  check.dtype("src", src, kFloatDTypes);
   do_download_f64(dst, src);
 }
 
@@ -140,7 +143,7 @@ void Backend::upload_i32(Tensor dst, const std::int32_t* src) {
 
 void Backend::copy(Tensor dst, Tensor src) {
   const OpCheck check(*this, "copy");
-  check.dtype("dst", dst, {DType::F32, DType::F64, DType::BF16});
+  check.dtype("dst", dst, kFloatDTypes);
   check.count("src", src, dst.numel);
   if (dst.dtype != src.dtype) check.separate("dst", dst, "src", src);
   do_copy(dst, src);

@@ -1,12 +1,14 @@
 // The Backend contract (core/backend.h): a wrong call fails with the same one-line message on the
-// CPU engines and the emulated CUDA engine, before any engine code runs. Messages that name a
-// dtype name the engine's activation dtype, written {act} in the table.
+// CPU engines and the emulated CUDA engine, before any engine code runs. Where a message names
+// the engine's own dtypes the table writes {act} (its activation dtype) or {fp_or_act} (what
+// scale_inplace takes: its storage dtypes and f32).
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/make_backend.h"
@@ -32,7 +34,7 @@ struct ContractTensors {
 struct WrongCall {
   std::string name;
   std::function<void(Backend&, ContractTensors&)> call;
-  std::string message;  // {act} stands for the engine's activation dtype
+  std::string message;
 };
 
 std::vector<WrongCall> wrong_calls() {
@@ -138,7 +140,6 @@ std::vector<WrongCall> wrong_calls() {
 
 std::string expected_message(const Backend& backend, std::string message) {
   const std::string act = dtype_name(backend.activation_dtype());
-  // scale_inplace takes storage or fp32 tensors: the engine's storage dtypes and F32.
   const std::string fp_or_act = backend.activation_dtype() == DType::BF16 ? "f32 or bf16"
                                 : backend.activation_dtype() == DType::F64 ? "f32 or f64"
                                                                            : "f32";
