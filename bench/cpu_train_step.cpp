@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "train/losses.h"
 #include "train/optimizer.h"

@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "train/losses.h"
 

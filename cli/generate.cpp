@@ -6,6 +6,7 @@
 #include "cli/options.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 

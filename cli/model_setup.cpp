@@ -8,6 +8,7 @@
 
 #include "cli/options.h"
 #include "data/shards.h"
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "model/parameters.h"

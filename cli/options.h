@@ -8,7 +8,7 @@
 
 #include <cxxopts.hpp>
 
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "model/safetensors.h"
 #include "util/error.h"
 

@@ -13,6 +13,7 @@
 #include "cli/options.h"
 #include "data/dataloader.h"
 #include "data/shards.h"
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "prune/layer_ranking.h"
 #include "prune/scores.h"

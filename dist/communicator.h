@@ -94,9 +94,10 @@ inline void check_shard_bounds(const char* what, std::span<const std::int64_t> b
 }
 
 // The communicator for `backend` in the run `environment` describes: SingleProcessCommunicator
-// for world size 1; NCCL for the cuda backend; for the CPU engines, sums over the TCP
-// connections of dist/tcp_group.h. Blocks until every rank has joined (or fails naming
-// MASTER_ADDR:MASTER_PORT after environment.timeout_seconds).
+// for world size 1; otherwise by where the backend's tensors live (Backend::memory_space), NCCL
+// for CUDA device memory and, for host memory, sums over the TCP connections of
+// dist/tcp_group.h. Blocks until every rank has joined (or fails naming MASTER_ADDR:MASTER_PORT
+// after environment.timeout_seconds).
 std::unique_ptr<Communicator> make_communicator(Backend& backend, const DistributedEnvironment& environment);
 
 }  // namespace minitron

@@ -1,7 +1,7 @@
-// make_nccl_communicator (kernels/cuda/cuda_backend_factory.h): rank 0's ncclUniqueId over the run's
-// TCP bootstrap, then NcclCommunicator. Its own file because it needs TcpGroup (util/): a program
-// or test that never calls it links neither.
-#include "kernels/cuda/cuda_backend_factory.h"
+// make_nccl_communicator (dist/make_nccl_communicator.h): rank 0's ncclUniqueId over the run's
+// TCP bootstrap, then NcclCommunicator. Its own file because it needs TcpGroup: a program or
+// test that never calls it links neither.
+#include "dist/make_nccl_communicator.h"
 
 #if defined(MINITRON_HAVE_NCCL)
 #include <span>

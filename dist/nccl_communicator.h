@@ -1,5 +1,5 @@
 // The CUDA engine's Communicator (dist/communicator.h): NCCL collectives on the backend's stream,
-// one rank per GPU. make_nccl_communicator (kernels/cuda/cuda_backend_factory.h) builds one from a run's
+// one rank per GPU. make_nccl_communicator (dist/make_nccl_communicator.h) builds one from a run's
 // TCP bootstrap; this constructor takes the unique id directly, so tests can run ranks as threads
 // (the emulated NCCL of emu/nccl.cpp) without any network.
 //

@@ -1,4 +1,6 @@
 // make_backend(): the one place that maps a device name to an engine.
+#include "kernels/make_backend.h"
+
 #include <charconv>
 #include <memory>
 #include <optional>

@@ -12,6 +12,7 @@
 #include "data/shards.h"
 #include "data/tokenizer.h"
 #include "eval/run_task.h"
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "pipeline/report.h"
 #include "train/evaluate.h"

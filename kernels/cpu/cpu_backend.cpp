@@ -27,30 +27,13 @@ namespace {
 
 constexpr std::size_t kAlignment = 64;
 
-// Fails naming the op and argument when a tensor's dtype or size disagrees with the call.
-void expect(const char* op, const char* arg, const Tensor& t, DType dtype, std::int64_t numel) {
-  MINITRON_ASSERT(t.dtype == dtype && t.numel == numel && (numel == 0 || !t.empty()), op, ": ",
-                  arg, " is ", dtype_name(t.dtype), "[", t.numel, "]",
-                  t.empty() ? " (unallocated)" : "", ", expected ", dtype_name(dtype), "[",
-                  numel, "]");
-}
-
-bool is_float_type(DType d) { return d == DType::F32 || d == DType::F64; }
-
-void expect_float(const char* op, const char* arg, const Tensor& t, std::int64_t numel) {
-  MINITRON_ASSERT(is_float_type(t.dtype) && t.numel == numel && (numel == 0 || !t.empty()), op,
-                  ": ", arg, " is ", dtype_name(t.dtype), "[", t.numel, "], expected f32 or f64[",
-                  numel, "]");
-}
-
 // A statistic tensor ("fp32" in backend.h) seen as T*: used in place when its dtype is T,
 // otherwise converted into a scratch copy and, for outputs, written back by commit().
 template <typename T>
 class StatView {
  public:
-  StatView(const char* op, const char* arg, const Tensor& t, std::int64_t numel, bool read)
-      : tensor_(t) {
-    expect_float(op, arg, t, numel);
+  StatView(const Tensor& t, bool read) : tensor_(t) {
+    const std::int64_t numel = t.numel;
     if (t.dtype == dtype_of<T>()) {
       data_ = t.as<T>();
       return;
@@ -82,12 +65,11 @@ class StatView {
 // inv_freq as float*: F32 used in place, F64 rounded to float (transformers keeps it in fp32).
 class InvFreqView {
  public:
-  InvFreqView(const char* op, const Tensor& t, std::int64_t numel) {
-    expect_float(op, "inv_freq", t, numel);
+  explicit InvFreqView(const Tensor& t) {
     if (t.dtype == DType::F32) {
       data_ = t.as<float>();
     } else {
-      scratch_.assign(t.as<double>(), t.as<double>() + numel);
+      scratch_.assign(t.as<double>(), t.as<double>() + t.numel);
       data_ = scratch_.data();
     }
   }
@@ -115,13 +97,6 @@ void store_element(const Tensor& t, std::int64_t i, double x) {
     case DType::BF16: t.as<std::uint16_t>()[i] = float_to_bf16(static_cast<float>(x)); break;
     case DType::I32: MINITRON_ASSERT(false, "store into i32"); break;
   }
-}
-
-bool overlaps(const Tensor& a, const Tensor& b) {
-  if (a.empty() || b.empty()) return false;
-  const char* a0 = static_cast<const char*>(a.data);
-  const char* b0 = static_cast<const char*>(b.data);
-  return a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
 }
 
 template <typename T>
@@ -162,8 +137,7 @@ T* CpuBackend<T>::attention_workspace(std::int64_t elements) {
 // ---- memory ----
 
 template <typename T>
-Tensor CpuBackend<T>::allocate(std::int64_t numel, DType dtype) {
-  MINITRON_ASSERT(numel >= 0, "allocate: negative element count ", numel);
+Tensor CpuBackend<T>::do_allocate(std::int64_t numel, DType dtype) {
   if (numel == 0) return Tensor{nullptr, 0, dtype};
   const std::size_t bytes = static_cast<std::size_t>(numel) * dtype_size(dtype);
   const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
@@ -193,8 +167,7 @@ void CpuBackend<T>::zero(Tensor t) {
 }
 
 template <typename T>
-void CpuBackend<T>::upload(Tensor dst, const float* src) {
-  MINITRON_ASSERT(dst.dtype != DType::I32, "upload: i32 tensors take upload_i32");
+void CpuBackend<T>::do_upload(Tensor dst, const float* src) {
   if (dst.numel == 0) return;
   if (dst.dtype == DType::F32) {
     std::memcpy(dst.data, src, dst.bytes());
@@ -204,7 +177,7 @@ void CpuBackend<T>::upload(Tensor dst, const float* src) {
 }
 
 template <typename T>
-void CpuBackend<T>::download(float* dst, Tensor src) {
+void CpuBackend<T>::do_download(float* dst, Tensor src) {
   if (src.numel == 0) return;
   if (src.dtype == DType::F32) {
     std::memcpy(dst, src.data, src.bytes());
@@ -214,7 +187,7 @@ void CpuBackend<T>::download(float* dst, Tensor src) {
 }
 
 template <typename T>
-void CpuBackend<T>::download_f64(double* dst, Tensor src) {
+void CpuBackend<T>::do_download_f64(double* dst, Tensor src) {
   if (src.numel == 0) return;
   if (src.dtype == DType::F64) {
     std::memcpy(dst, src.data, src.bytes());
@@ -224,36 +197,25 @@ void CpuBackend<T>::download_f64(double* dst, Tensor src) {
 }
 
 template <typename T>
-void CpuBackend<T>::upload_i32(Tensor dst, const std::int32_t* src) {
-  MINITRON_ASSERT(dst.dtype == DType::I32, "upload_i32: destination is ", dtype_name(dst.dtype),
-                  ", expected i32");
+void CpuBackend<T>::do_upload_i32(Tensor dst, const std::int32_t* src) {
   if (dst.numel > 0) std::memcpy(dst.data, src, dst.bytes());
 }
 
 template <typename T>
-void CpuBackend<T>::copy(Tensor dst, Tensor src) {
-  MINITRON_ASSERT(dst.numel == src.numel, "copy: ", dst.numel, " elements from ", src.numel);
-  MINITRON_ASSERT(dst.dtype != DType::I32, "copy: destination must be a float dtype");
+void CpuBackend<T>::do_copy(Tensor dst, Tensor src) {
   if (dst.numel == 0 || dst.data == src.data) return;
   if (dst.dtype == src.dtype) {
     std::memmove(dst.data, src.data, dst.bytes());
     return;
   }
-  MINITRON_ASSERT(!overlaps(dst, src), "copy: converting copy between overlapping tensors");
   for (std::int64_t i = 0; i < dst.numel; ++i) store_element(dst, i, load_element(src, i));
 }
 
 // ---- dense algebra ----
 
 template <typename T>
-void CpuBackend<T>::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
-                           std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta) {
-  MINITRON_ASSERT(M >= 0 && N >= 0 && K >= 0, "matmul: sizes M=", M, " N=", N, " K=", K);
-  constexpr DType dt = dtype_of<T>();
-  expect("matmul", "out", out, dt, M * N);
-  expect("matmul", "a", a, dt, M * K);
-  expect("matmul", "b", b, dt, K * N);
-  MINITRON_ASSERT(!overlaps(out, a) && !overlaps(out, b), "matmul: out overlaps an input");
+void CpuBackend<T>::do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
+                              std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta) {
   if (M == 0 || N == 0) return;
   MINITRON_ASSERT(std::max({M, N, K}) <= std::numeric_limits<blasint>::max(),
                   "matmul: a dimension exceeds OpenBLAS's index type");
@@ -267,21 +229,23 @@ void CpuBackend<T>::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::
 }
 
 template <typename T>
-void CpuBackend<T>::add_inplace(Tensor dst, Tensor src) {
-  expect_float("add_inplace", "dst", dst, dst.numel);
-  expect("add_inplace", "src", src, dst.dtype, dst.numel);
+void CpuBackend<T>::do_add_inplace(Tensor dst, Tensor src) {
   const std::int64_t n = dst.numel;
   auto run = [n](auto* d, const auto* s) {
 #pragma omp parallel for schedule(static)
     for (std::int64_t i = 0; i < n; ++i) d[i] += s[i];
   };
-  if (dst.dtype == DType::F32) run(dst.as<float>(), src.as<float>());
-  else run(dst.as<double>(), src.as<double>());
+  // F32 and T in any mix (the contract's storage or fp32); each sum is rounded once into dst.
+  auto into = [&](auto* d) {
+    if (src.dtype == DType::F32) run(d, src.as<float>());
+    else run(d, src.as<double>());
+  };
+  if (dst.dtype == DType::F32) into(dst.as<float>());
+  else into(dst.as<double>());
 }
 
 template <typename T>
-void CpuBackend<T>::scale_inplace(Tensor t, double factor) {
-  expect_float("scale_inplace", "t", t, t.numel);
+void CpuBackend<T>::do_scale_inplace(Tensor t, double factor) {
   const std::int64_t n = t.numel;
   auto run = [n](auto* x, auto f) {
 #pragma omp parallel for schedule(static)
@@ -293,8 +257,7 @@ void CpuBackend<T>::scale_inplace(Tensor t, double factor) {
 }
 
 template <typename T>
-double CpuBackend<T>::sum_of_squares(Tensor t) {
-  expect_float("sum_of_squares", "t", t, t.numel);
+double CpuBackend<T>::do_sum_of_squares(Tensor t) {
   if (t.dtype == DType::F32) return cpu::sum_of_squares(t.as<float>(), t.numel);
   return cpu::sum_of_squares(t.as<double>(), t.numel);
 }
@@ -302,27 +265,15 @@ double CpuBackend<T>::sum_of_squares(Tensor t) {
 // ---- embedding ----
 
 template <typename T>
-void CpuBackend<T>::embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
-                                      std::int64_t D) {
-  MINITRON_ASSERT(D > 0 && table.numel % D == 0, "embedding_forward: table of ", table.numel,
-                  " elements is not [vocab, ", D, "]");
-  constexpr DType dt = dtype_of<T>();
-  expect("embedding_forward", "out", out, dt, N * D);
-  expect("embedding_forward", "tokens", tokens, DType::I32, N);
-  expect("embedding_forward", "table", table, dt, table.numel);
+void CpuBackend<T>::do_embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
+                                         std::int64_t D) {
   cpu::embedding_forward(out.as<T>(), tokens.as<std::int32_t>(), table.as<T>(), N, D,
                          table.numel / D);
 }
 
 template <typename T>
-void CpuBackend<T>::embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
-                                       std::int64_t D) {
-  MINITRON_ASSERT(D > 0 && dtable.numel % D == 0, "embedding_backward: dtable of ", dtable.numel,
-                  " elements is not [vocab, ", D, "]");
-  constexpr DType dt = dtype_of<T>();
-  expect("embedding_backward", "dtable", dtable, dt, dtable.numel);
-  expect("embedding_backward", "dout", dout, dt, N * D);
-  expect("embedding_backward", "tokens", tokens, DType::I32, N);
+void CpuBackend<T>::do_embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
+                                          std::int64_t D) {
   cpu::embedding_backward(dtable.as<T>(), dout.as<T>(), tokens.as<std::int32_t>(), N, D,
                           dtable.numel / D);
 }
@@ -330,27 +281,18 @@ void CpuBackend<T>::embedding_backward(Tensor dtable, Tensor dout, Tensor tokens
 // ---- RMSNorm ----
 
 template <typename T>
-void CpuBackend<T>::rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight,
-                                    std::int64_t N, std::int64_t D, float eps) {
-  constexpr DType dt = dtype_of<T>();
-  expect("rmsnorm_forward", "out", out, dt, N * D);
-  expect("rmsnorm_forward", "in", in, dt, N * D);
-  expect("rmsnorm_forward", "weight", weight, dt, D);
-  StatView<T> r("rmsnorm_forward", "rstd", rstd, N, false);
+void CpuBackend<T>::do_rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight,
+                                       std::int64_t N, std::int64_t D, float eps) {
+  StatView<T> r(rstd, false);
   cpu::rmsnorm_forward(out.as<T>(), r.data(), in.as<T>(), weight.as<T>(), N, D, eps);
   r.commit();
 }
 
 template <typename T>
-void CpuBackend<T>::rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in,
-                                     Tensor weight, Tensor rstd, std::int64_t N, std::int64_t D) {
-  constexpr DType dt = dtype_of<T>();
-  expect("rmsnorm_backward", "din", din, dt, N * D);
-  expect("rmsnorm_backward", "dweight", dweight, dt, D);
-  expect("rmsnorm_backward", "dout", dout, dt, N * D);
-  expect("rmsnorm_backward", "in", in, dt, N * D);
-  expect("rmsnorm_backward", "weight", weight, dt, D);
-  StatView<T> r("rmsnorm_backward", "rstd", rstd, N, true);
+void CpuBackend<T>::do_rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in,
+                                        Tensor weight, Tensor rstd, std::int64_t N,
+                                        std::int64_t D) {
+  StatView<T> r(rstd, true);
   cpu::rmsnorm_backward(din.as<T>(), dweight.as<T>(), dout.as<T>(), in.as<T>(), weight.as<T>(),
                         r.data(), N, D);
 }
@@ -358,21 +300,10 @@ void CpuBackend<T>::rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Te
 // One pass over the row instead of copy, add and norm (the plain composition computes the same
 // values: the reference's norm reads the stored sum, as rmsnorm_forward would).
 template <typename T>
-void CpuBackend<T>::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
-                                             Tensor residual, Tensor branch, Tensor weight,
-                                             std::int64_t N, std::int64_t D, float eps) {
-  constexpr DType dt = dtype_of<T>();
-  const char* op = "residual_rmsnorm_forward";
-  expect(op, "residual_out", residual_out, dt, N * D);
-  expect(op, "out", out, dt, N * D);
-  expect(op, "residual", residual, dt, N * D);
-  expect(op, "branch", branch, dt, N * D);
-  expect(op, "weight", weight, dt, D);
-  MINITRON_ASSERT(!overlaps(out, residual_out) && !overlaps(out, residual) &&
-                      !overlaps(out, branch) && !overlaps(residual_out, residual) &&
-                      (branch.data == residual_out.data || !overlaps(branch, residual_out)),
-                  op, ": outputs overlap inputs (only branch == residual_out is allowed)");
-  StatView<T> r(op, "rstd", rstd, N, false);
+void CpuBackend<T>::do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
+                                                Tensor residual, Tensor branch, Tensor weight,
+                                                std::int64_t N, std::int64_t D, float eps) {
+  StatView<T> r(rstd, false);
   cpu::residual_rmsnorm_forward(residual_out.as<T>(), out.as<T>(), r.data(), residual.as<T>(),
                                 branch.as<T>(), weight.as<T>(), N, D, eps);
   r.commit();
@@ -381,35 +312,28 @@ void CpuBackend<T>::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Te
 // ---- RoPE ----
 
 template <typename T>
-void CpuBackend<T>::rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
-                                 std::int64_t heads, std::int64_t head_dim,
-                                 std::int64_t position_offset) {
-  expect("rope_forward", "x", x, dtype_of<T>(), B * T_ * heads * head_dim);
-  InvFreqView f("rope_forward", inv_freq, head_dim / 2);
+void CpuBackend<T>::do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
+                                    std::int64_t heads, std::int64_t head_dim,
+                                    std::int64_t position_offset) {
+  InvFreqView f(inv_freq);
   cpu::rope_forward(x.as<T>(), f.data(), B, T_, heads, head_dim, position_offset);
 }
 
 template <typename T>
-void CpuBackend<T>::rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
-                                  std::int64_t heads, std::int64_t head_dim,
-                                  std::int64_t position_offset) {
-  expect("rope_backward", "dx", dx, dtype_of<T>(), B * T_ * heads * head_dim);
-  InvFreqView f("rope_backward", inv_freq, head_dim / 2);
+void CpuBackend<T>::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
+                                     std::int64_t heads, std::int64_t head_dim,
+                                     std::int64_t position_offset) {
+  InvFreqView f(inv_freq);
   cpu::rope_backward(dx.as<T>(), f.data(), B, T_, heads, head_dim, position_offset);
 }
 
 // ---- attention ----
 
 template <typename T>
-void CpuBackend<T>::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
-                                      std::int64_t B, std::int64_t Tq, std::int64_t Tk,
-                                      std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) {
-  constexpr DType dt = dtype_of<T>();
-  expect("attention_forward", "out", out, dt, B * Tq * Hq * hd);
-  expect("attention_forward", "q", q, dt, B * Tq * Hq * hd);
-  expect("attention_forward", "k", k, dt, B * Tk * Hkv * hd);
-  expect("attention_forward", "v", v, dt, B * Tk * Hkv * hd);
-  StatView<T> l("attention_forward", "lse", lse, B * Hq * Tq, false);
+void CpuBackend<T>::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
+                                         std::int64_t B, std::int64_t Tq, std::int64_t Tk,
+                                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) {
+  StatView<T> l(lse, false);
   cpu::attention_forward_tiles(out.as<T>(), l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, Tq, Tk,
                                Hq, Hkv, hd,
                                attention_workspace(cpu::attention_tiles_workspace(Tk)));
@@ -417,21 +341,11 @@ void CpuBackend<T>::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k
 }
 
 template <typename T>
-void CpuBackend<T>::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
-                                       Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
-                                       std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
-                                       std::int64_t hd) {
-  constexpr DType dt = dtype_of<T>();
-  const std::int64_t nq = B * T_ * Hq * hd, nkv = B * T_ * Hkv * hd;
-  expect("attention_backward", "dq", dq, dt, nq);
-  expect("attention_backward", "dk", dk, dt, nkv);
-  expect("attention_backward", "dv", dv, dt, nkv);
-  expect("attention_backward", "dout", dout, dt, nq);
-  expect("attention_backward", "out", out, dt, nq);
-  expect("attention_backward", "q", q, dt, nq);
-  expect("attention_backward", "k", k, dt, nkv);
-  expect("attention_backward", "v", v, dt, nkv);
-  StatView<T> l("attention_backward", "lse", lse, B * Hq * T_, true);
+void CpuBackend<T>::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
+                                          Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
+                                          std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
+                                          std::int64_t hd) {
+  StatView<T> l(lse, true);
   cpu::attention_backward_tiles(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), out.as<T>(),
                                 l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, T_, T_, Hq, Hkv, hd,
                                 attention_workspace(cpu::attention_tiles_workspace(T_)));
@@ -440,23 +354,13 @@ void CpuBackend<T>::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor d
 // ---- SwiGLU ----
 
 template <typename T>
-void CpuBackend<T>::swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) {
-  constexpr DType dt = dtype_of<T>();
-  expect("swiglu_forward", "h", h, dt, n);
-  expect("swiglu_forward", "gate", gate, dt, n);
-  expect("swiglu_forward", "up", up, dt, n);
+void CpuBackend<T>::do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) {
   cpu::swiglu_forward_fast(h.as<T>(), gate.as<T>(), up.as<T>(), n);
 }
 
 template <typename T>
-void CpuBackend<T>::swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                                    std::int64_t n) {
-  constexpr DType dt = dtype_of<T>();
-  expect("swiglu_backward", "dgate", dgate, dt, n);
-  expect("swiglu_backward", "dup", dup, dt, n);
-  expect("swiglu_backward", "dh", dh, dt, n);
-  expect("swiglu_backward", "gate", gate, dt, n);
-  expect("swiglu_backward", "up", up, dt, n);
+void CpuBackend<T>::do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
+                                       std::int64_t n) {
   cpu::swiglu_backward_fast(dgate.as<T>(), dup.as<T>(), dh.as<T>(), gate.as<T>(), up.as<T>(),
                             n);
 }
@@ -464,24 +368,19 @@ void CpuBackend<T>::swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor 
 // ---- losses ----
 
 template <typename T>
-void CpuBackend<T>::cross_entropy(Tensor losses, Tensor logits, Tensor targets,
-                                  std::int64_t rows, std::int64_t V, float grad_scale) {
-  expect("cross_entropy", "logits", logits, dtype_of<T>(), rows * V);
-  expect("cross_entropy", "targets", targets, DType::I32, rows);
-  StatView<T> l("cross_entropy", "losses", losses, rows, false);
+void CpuBackend<T>::do_cross_entropy(Tensor losses, Tensor logits, Tensor targets,
+                                     std::int64_t rows, std::int64_t V, float grad_scale) {
+  StatView<T> l(losses, false);
   cpu::cross_entropy_fast(l.data(), logits.as<T>(), targets.as<std::int32_t>(), rows, V,
                           grad_scale);
   l.commit();
 }
 
 template <typename T>
-void CpuBackend<T>::kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
-                                  std::int64_t rows, std::int64_t V, float temperature,
-                                  float grad_scale) {
-  constexpr DType dt = dtype_of<T>();
-  expect("kl_divergence", "student_logits", student_logits, dt, rows * V);
-  expect("kl_divergence", "teacher_logits", teacher_logits, dt, rows * V);
-  StatView<T> l("kl_divergence", "losses", losses, rows, false);
+void CpuBackend<T>::do_kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
+                                     std::int64_t rows, std::int64_t V, float temperature,
+                                     float grad_scale) {
+  StatView<T> l(losses, false);
   cpu::kl_divergence(l.data(), student_logits.as<T>(), teacher_logits.as<T>(), rows, V,
                      temperature, grad_scale);
   l.commit();
@@ -489,16 +388,13 @@ void CpuBackend<T>::kl_divergence(Tensor losses, Tensor student_logits, Tensor t
 
 // ---- optimizer ----
 
+// The contract leaves master empty here: CPU parameters are already full precision (T).
 template <typename T>
-void CpuBackend<T>::adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
-                                 const AdamWStep& step) {
+void CpuBackend<T>::do_adamw_update(Tensor params, Tensor /*master*/, Tensor grads, Tensor m,
+                                    Tensor v, const AdamWStep& step) {
   const std::int64_t n = params.numel;
-  expect("adamw_update", "params", params, dtype_of<T>(), n);
-  MINITRON_ASSERT(master.empty(), "adamw_update: master must be empty on the ", name(),
-                  " backend (parameters are already ", dtype_name(dtype_of<T>()), ")");
-  expect("adamw_update", "grads", grads, dtype_of<T>(), n);
-  StatView<T> mv("adamw_update", "m", m, n, true);
-  StatView<T> vv("adamw_update", "v", v, n, true);
+  StatView<T> mv(m, true);
+  StatView<T> vv(v, true);
   cpu::adamw_update(params.as<T>(), grads.as<T>(), mv.data(), vv.data(), n, step);
   mv.commit();
   vv.commit();
@@ -507,20 +403,17 @@ void CpuBackend<T>::adamw_update(Tensor params, Tensor master, Tensor grads, Ten
 // ---- observers ----
 
 template <typename T>
-void CpuBackend<T>::reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T_,
-                                         std::int64_t C, SequenceReduction reduction) {
-  expect("reduce_over_sequence", "act", act, dtype_of<T>(), B * T_ * C);
-  StatView<T> o("reduce_over_sequence", "out", out, B * C, false);
+void CpuBackend<T>::do_reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T_,
+                                            std::int64_t C, SequenceReduction reduction) {
+  StatView<T> o(out, false);
   cpu::reduce_over_sequence(o.data(), act.as<T>(), B, T_, C, reduction);
   o.commit();
 }
 
 template <typename T>
-void CpuBackend<T>::row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows,
-                               std::int64_t C) {
-  expect("row_cosine", "a", a, dtype_of<T>(), rows * C);
-  expect("row_cosine", "b", b, dtype_of<T>(), rows * C);
-  StatView<T> o("row_cosine", "out", out, rows, false);
+void CpuBackend<T>::do_row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows,
+                                  std::int64_t C) {
+  StatView<T> o(out, false);
   cpu::row_cosine(o.data(), a.as<T>(), b.as<T>(), rows, C);
   o.commit();
 }

@@ -1,17 +1,18 @@
 // The CPU engine: CpuBackend<float> ("cpu", the fp32 reference engine) and
 // CpuBackend<double> ("cpu-f64", for gradient checks of the whole model in double).
 //
-// Memory is host memory (64-byte aligned). Every op checks the dtype and element count of
-// each tensor against the sizes passed, so a wrong call fails loudly (MINITRON_ASSERT) rather
-// than reading past a buffer. Matmul goes through OpenBLAS. Attention, cross-entropy and SwiGLU
-// take the fast paths beside their references (kernels/cpu/attention_blas.h, loss_fast.h,
-// swiglu_fast.h: BLAS tiles and a vectorized exp, equal to the references up to float
-// rounding, tested against them); every other op is the reference in kernels/<op>.h.
+// Memory is host memory (64-byte aligned). The arguments arrive checked by the Backend contract
+// (core/backend.h); the engine checks only its own limit, OpenBLAS's index range. Matmul goes
+// through OpenBLAS. Attention, cross-entropy and SwiGLU take the fast paths beside their
+// references (kernels/cpu/attention_blas.h, loss_fast.h, swiglu_fast.h: BLAS tiles and a
+// vectorized exp, equal to the references up to float rounding, tested against them); every
+// other op is the reference in kernels/<op>.h.
 //
 // dtypes: parameters, activations and parameter gradients are T (F32 or F64). Tensors that
 // backend.h documents as "fp32" (rstd, lse, losses, inv_freq, m and v, observer outputs) may
 // be F32 or T: on "cpu-f64" passing them as F64 keeps a gradient check entirely in double,
 // passing them as F32 follows backend.h literally (they are converted around the call).
+// add_inplace, scale_inplace and sum_of_squares take F32 as well as T.
 #pragma once
 
 #include <cstdint>
@@ -41,69 +42,69 @@ class CpuBackend final : public Backend {
   std::string name() const override;
   DType activation_dtype() const override { return dtype_of<T>(); }
   DType gradient_dtype() const override { return dtype_of<T>(); }
-
-  Tensor allocate(std::int64_t numel, DType dtype) override;
+  MemorySpace memory_space() const override { return MemorySpace::Host; }
   void free(Tensor& t) override;
   void zero(Tensor t) override;
-  void upload(Tensor dst, const float* src) override;
-  void download(float* dst, Tensor src) override;
-  void download_f64(double* dst, Tensor src) override;  // exact for F64 tensors
-  void upload_i32(Tensor dst, const std::int32_t* src) override;
-  void copy(Tensor dst, Tensor src) override;
   void synchronize() override {}
 
-  void matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
-              bool trans_a, bool trans_b, float alpha, float beta) override;
-  void add_inplace(Tensor dst, Tensor src) override;
-  void scale_inplace(Tensor t, double factor) override;
-  double sum_of_squares(Tensor t) override;
-
-  void embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
-                         std::int64_t D) override;
-  void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
-                          std::int64_t D) override;
-
-  void rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight, std::int64_t N,
-                       std::int64_t D, float eps) override;
-  void rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in, Tensor weight,
-                        Tensor rstd, std::int64_t N, std::int64_t D) override;
-  void residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd, Tensor residual,
-                                Tensor branch, Tensor weight, std::int64_t N, std::int64_t D,
-                                float eps) override;
-
-  void rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
-                    std::int64_t heads, std::int64_t head_dim,
-                    std::int64_t position_offset) override;
-  void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
-                     std::int64_t heads, std::int64_t head_dim,
-                     std::int64_t position_offset) override;
-
-  void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
-                         std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                         std::int64_t hd) override;
-  void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
-                          Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T_,
-                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) override;
-
-  void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) override;
-  void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                       std::int64_t n) override;
-
-  void cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
-                     std::int64_t V, float grad_scale) override;
-  void kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
-                     std::int64_t rows, std::int64_t V, float temperature,
-                     float grad_scale) override;
-
-  // master must be empty: CPU parameters are already T.
-  void adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
-                    const AdamWStep& step) override;
-
-  void reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T_,
-                            std::int64_t C, SequenceReduction reduction) override;
-  void row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) override;
-
  private:
+  Tensor do_allocate(std::int64_t numel, DType dtype) override;
+  void do_upload(Tensor dst, const float* src) override;
+  void do_download(float* dst, Tensor src) override;
+  void do_download_f64(double* dst, Tensor src) override;  // exact for F64 tensors
+  void do_upload_i32(Tensor dst, const std::int32_t* src) override;
+  void do_copy(Tensor dst, Tensor src) override;
+
+  void do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
+                 bool trans_a, bool trans_b, float alpha, float beta) override;
+  void do_add_inplace(Tensor dst, Tensor src) override;
+  void do_scale_inplace(Tensor t, double factor) override;
+  double do_sum_of_squares(Tensor t) override;
+
+  void do_embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
+                            std::int64_t D) override;
+  void do_embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
+                             std::int64_t D) override;
+
+  void do_rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight, std::int64_t N,
+                          std::int64_t D, float eps) override;
+  void do_rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in, Tensor weight,
+                           Tensor rstd, std::int64_t N, std::int64_t D) override;
+  void do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd, Tensor residual,
+                                   Tensor branch, Tensor weight, std::int64_t N, std::int64_t D,
+                                   float eps) override;
+
+  void do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
+                       std::int64_t heads, std::int64_t head_dim,
+                       std::int64_t position_offset) override;
+  void do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
+                        std::int64_t heads, std::int64_t head_dim,
+                        std::int64_t position_offset) override;
+
+  void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
+                            std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
+                            std::int64_t hd) override;
+  void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
+                             Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T_,
+                             std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) override;
+
+  void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) override;
+  void do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
+                          std::int64_t n) override;
+
+  void do_cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
+                        std::int64_t V, float grad_scale) override;
+  void do_kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
+                        std::int64_t rows, std::int64_t V, float temperature,
+                        float grad_scale) override;
+
+  void do_adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
+                       const AdamWStep& step) override;
+
+  void do_reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T_,
+                               std::int64_t C, SequenceReduction reduction) override;
+  void do_row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) override;
+
   // Scratch for attention, grown to the largest call seen so the step loop does not allocate.
   // It makes a backend single-caller: ops on one backend must not run concurrently.
   T* attention_workspace(std::int64_t elements);

@@ -32,19 +32,6 @@ void with_float_type(DType t, const char* op, const char* tensor, F&& f) {
   fail_expected(str("cuda ", op), str(tensor, " has dtype ", dtype_name(t)), "f32 or bf16");
 }
 
-void need_numel(const char* op, const char* name, const Tensor& t, std::int64_t numel) {
-  if (t.numel < numel || (numel > 0 && t.data == nullptr))
-    fail_expected(str("cuda ", op), str(name, " has ", t.numel, " elements"),
-                  str("at least ", numel));
-}
-
-void need(const char* op, const char* name, const Tensor& t, DType dtype, std::int64_t numel) {
-  if (t.dtype != dtype)
-    fail_expected(str("cuda ", op), str(name, " has dtype ", dtype_name(t.dtype)),
-                  dtype_name(dtype));
-  need_numel(op, name, t, numel);
-}
-
 template <typename T>
 T* ptr(const Tensor& t) {
   return static_cast<T*>(t.data);
@@ -71,8 +58,7 @@ std::optional<std::int64_t> CudaBackend::memory_bytes() const {
   return static_cast<std::int64_t>(total_bytes);
 }
 
-Tensor CudaBackend::allocate(std::int64_t numel, DType dtype) {
-  if (numel < 0) fail_expected("cuda allocate", str(numel, " elements"), "a count >= 0");
+Tensor CudaBackend::do_allocate(std::int64_t numel, DType dtype) {
   Tensor t{nullptr, numel, dtype};
   if (numel == 0) return t;
   const cudaError_t status = cudaMalloc(&t.data, t.bytes());
@@ -96,7 +82,7 @@ void CudaBackend::zero(Tensor t) {
   MINITRON_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), context_->stream()));
 }
 
-void CudaBackend::upload(Tensor dst, const float* src) {
+void CudaBackend::do_upload(Tensor dst, const float* src) {
   const cudaStream_t s = context_->stream();
   if (dst.numel == 0) return;
   if (dst.dtype == DType::F32) {
@@ -112,7 +98,7 @@ void CudaBackend::upload(Tensor dst, const float* src) {
   MINITRON_CUDA_CHECK(cudaStreamSynchronize(s));  // the caller may reuse `src` at once
 }
 
-void CudaBackend::download(float* dst, Tensor src) {
+void CudaBackend::do_download(float* dst, Tensor src) {
   const cudaStream_t s = context_->stream();
   if (src.numel == 0) return;
   if (src.dtype == DType::F32) {
@@ -128,17 +114,14 @@ void CudaBackend::download(float* dst, Tensor src) {
   }
 }
 
-void CudaBackend::upload_i32(Tensor dst, const std::int32_t* src) {
-  need("upload_i32", "destination", dst, DType::I32, dst.numel);
+void CudaBackend::do_upload_i32(Tensor dst, const std::int32_t* src) {
   if (dst.numel == 0) return;
   const cudaStream_t s = context_->stream();
   MINITRON_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, s));
   MINITRON_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-void CudaBackend::copy(Tensor dst, Tensor src) {
-  if (dst.numel != src.numel)
-    fail_expected("cuda copy", str(src.numel, " elements into ", dst.numel), "equal counts");
+void CudaBackend::do_copy(Tensor dst, Tensor src) {
   if (dst.numel == 0) return;
   const cudaStream_t s = context_->stream();
   if (dst.dtype == src.dtype) {
@@ -158,14 +141,12 @@ void CudaBackend::synchronize() { MINITRON_CUDA_CHECK(cudaStreamSynchronize(cont
 
 // ---- dense algebra ----
 
-void CudaBackend::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
-                         std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta) {
+void CudaBackend::do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
+                            std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta) {
   context_->gemm().run(out, a, b, M, N, K, trans_a, trans_b, alpha, beta, context_->stream());
 }
 
-void CudaBackend::add_inplace(Tensor dst, Tensor src) {
-  if (dst.numel != src.numel)
-    fail_expected("cuda add_inplace", str(src.numel, " elements into ", dst.numel), "equal counts");
+void CudaBackend::do_add_inplace(Tensor dst, Tensor src) {
   with_float_type(dst.dtype, "add_inplace", "dst", [&](auto d) {
     with_float_type(src.dtype, "add_inplace", "src", [&](auto s) {
       using D = decltype(d);
@@ -175,7 +156,7 @@ void CudaBackend::add_inplace(Tensor dst, Tensor src) {
   });
 }
 
-void CudaBackend::scale_inplace(Tensor t, double factor) {
+void CudaBackend::do_scale_inplace(Tensor t, double factor) {
   with_float_type(t.dtype, "scale_inplace", "t", [&](auto tag) {
     using T = decltype(tag);
     // fp32 arithmetic on fp32/bf16 storage: the factor rounded to float once.
@@ -183,7 +164,7 @@ void CudaBackend::scale_inplace(Tensor t, double factor) {
   });
 }
 
-double CudaBackend::sum_of_squares(Tensor t) {
+double CudaBackend::do_sum_of_squares(Tensor t) {
   const cudaStream_t s = context_->stream();
   const std::int64_t doubles = sum_of_squares_workspace_doubles(t.numel);
   auto* workspace = static_cast<double*>(context_->scratch(static_cast<std::size_t>(doubles) * sizeof(double)));
@@ -200,27 +181,17 @@ double CudaBackend::sum_of_squares(Tensor t) {
 
 // ---- embedding ----
 
-void CudaBackend::embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
-                                    std::int64_t D) {
-  if (D <= 0 || table.numel % D != 0)
-    fail_expected("cuda embedding_forward", str("table of ", table.numel, " elements, D = ", D),
-                  "a [vocab, D] table");
-  need("embedding_forward", "tokens", tokens, DType::I32, N);
+void CudaBackend::do_embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
+                                       std::int64_t D) {
   with_float_type(table.dtype, "embedding_forward", "table", [&](auto tag) {
     using T = decltype(tag);
-    need("embedding_forward", "out", out, table.dtype, N * D);
     cuda::embedding_forward<T>(ptr<T>(out), ptr<const std::int32_t>(tokens), ptr<const T>(table),
                                N, D, table.numel / D, context_->stream());
   });
 }
 
-void CudaBackend::embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
-                                     std::int64_t D) {
-  if (D <= 0 || dtable.numel % D != 0)
-    fail_expected("cuda embedding_backward", str("dtable of ", dtable.numel, " elements, D = ", D),
-                  "a [vocab, D] table");
-  need("embedding_backward", "tokens", tokens, DType::I32, N);
-  need_numel("embedding_backward", "dout", dout, N * D);
+void CudaBackend::do_embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
+                                        std::int64_t D) {
   const std::int64_t vocab = dtable.numel / D;
   if (vocab >= (std::int64_t{1} << 30) || N >= (std::int64_t{1} << 30))
     fail_expected("cuda embedding_backward", str("vocab ", vocab, ", N ", N), "both below 2^30");
@@ -239,33 +210,23 @@ void CudaBackend::embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, 
 
 // ---- RMSNorm ----
 
-void CudaBackend::rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight,
-                                  std::int64_t N, std::int64_t D, float eps) {
-  need("rmsnorm_forward", "rstd", rstd, DType::F32, N);
+void CudaBackend::do_rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight,
+                                     std::int64_t N, std::int64_t D, float eps) {
   with_float_type(in.dtype, "rmsnorm_forward", "in", [&](auto tag) {
     using T = decltype(tag);
-    need("rmsnorm_forward", "in", in, in.dtype, N * D);
-    need("rmsnorm_forward", "out", out, in.dtype, N * D);
-    need("rmsnorm_forward", "weight", weight, in.dtype, D);
     cuda::rmsnorm_forward<T>(ptr<T>(out), ptr<float>(rstd), ptr<const T>(in), ptr<const T>(weight),
                              N, D, eps, context_->stream());
   });
 }
 
-void CudaBackend::rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in,
-                                   Tensor weight, Tensor rstd, std::int64_t N, std::int64_t D) {
-  need("rmsnorm_backward", "rstd", rstd, DType::F32, N);
-  need_numel("rmsnorm_backward", "dweight", dweight, D);
+void CudaBackend::do_rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in,
+                                      Tensor weight, Tensor rstd, std::int64_t N, std::int64_t D) {
   float* workspace = static_cast<float*>(context_->scratch(
       static_cast<std::size_t>(rmsnorm_backward_workspace_floats(N, D)) * sizeof(float)));
   with_float_type(in.dtype, "rmsnorm_backward", "in", [&](auto t) {
     with_float_type(dweight.dtype, "rmsnorm_backward", "dweight", [&](auto g) {
       using T = decltype(t);
       using G = decltype(g);
-      need("rmsnorm_backward", "in", in, in.dtype, N * D);
-      need("rmsnorm_backward", "din", din, in.dtype, N * D);
-      need("rmsnorm_backward", "dout", dout, in.dtype, N * D);
-      need("rmsnorm_backward", "weight", weight, in.dtype, D);
       cuda::rmsnorm_backward<G, T>(ptr<T>(din), ptr<G>(dweight), ptr<const T>(dout),
                                    ptr<const T>(in), ptr<const T>(weight), ptr<const float>(rstd),
                                    N, D, workspace, context_->stream());
@@ -273,23 +234,12 @@ void CudaBackend::rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tens
   });
 }
 
-void CudaBackend::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
-                                           Tensor residual, Tensor branch, Tensor weight,
-                                           std::int64_t N, std::int64_t D, float eps) {
+void CudaBackend::do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
+                                              Tensor residual, Tensor branch, Tensor weight,
+                                              std::int64_t N, std::int64_t D, float eps) {
   const char* op = "residual_rmsnorm_forward";
-  need(op, "rstd", rstd, DType::F32, N);
-  // The kernel reads each element of branch before the same thread writes residual_out there;
-  // any other overlap would race between warps.
-  MINITRON_ASSERT(out.data != residual_out.data && out.data != residual.data &&
-                      out.data != branch.data && residual_out.data != residual.data,
-                  "cuda ", op, ": outputs alias inputs (only branch == residual_out is allowed)");
   with_float_type(residual.dtype, op, "residual", [&](auto tag) {
     using T = decltype(tag);
-    need(op, "residual", residual, residual.dtype, N * D);
-    need(op, "branch", branch, residual.dtype, N * D);
-    need(op, "residual_out", residual_out, residual.dtype, N * D);
-    need(op, "out", out, residual.dtype, N * D);
-    need(op, "weight", weight, residual.dtype, D);
     cuda::residual_rmsnorm_forward<T>(ptr<T>(residual_out), ptr<T>(out), ptr<float>(rstd),
                                       ptr<const T>(residual), ptr<const T>(branch),
                                       ptr<const T>(weight), N, D, eps, context_->stream());
@@ -298,11 +248,9 @@ void CudaBackend::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tens
 
 // ---- RoPE ----
 
-void CudaBackend::rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
-                               std::int64_t heads, std::int64_t head_dim,
-                               std::int64_t position_offset) {
-  need("rope_forward", "inv_freq", inv_freq, DType::F32, head_dim / 2);
-  need_numel("rope_forward", "x", x, B * T * heads * head_dim);
+void CudaBackend::do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
+                                  std::int64_t heads, std::int64_t head_dim,
+                                  std::int64_t position_offset) {
   with_float_type(x.dtype, "rope_forward", "x", [&](auto tag) {
     using X = decltype(tag);
     cuda::rope_forward<X>(ptr<X>(x), ptr<const float>(inv_freq), B, T, heads, head_dim,
@@ -310,11 +258,9 @@ void CudaBackend::rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::i
   });
 }
 
-void CudaBackend::rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
-                                std::int64_t heads, std::int64_t head_dim,
-                                std::int64_t position_offset) {
-  need("rope_backward", "inv_freq", inv_freq, DType::F32, head_dim / 2);
-  need_numel("rope_backward", "dx", dx, B * T * heads * head_dim);
+void CudaBackend::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
+                                   std::int64_t heads, std::int64_t head_dim,
+                                   std::int64_t position_offset) {
   with_float_type(dx.dtype, "rope_backward", "dx", [&](auto tag) {
     using X = decltype(tag);
     cuda::rope_backward<X>(ptr<X>(dx), ptr<const float>(inv_freq), B, T, heads, head_dim,
@@ -324,39 +270,24 @@ void CudaBackend::rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std:
 
 // ---- attention ----
 
-void CudaBackend::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
-                                    std::int64_t B, std::int64_t Tq, std::int64_t Tk,
-                                    std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) {
-  need("attention_forward", "lse", lse, DType::F32, B * Hq * Tq);
+void CudaBackend::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
+                                       std::int64_t B, std::int64_t Tq, std::int64_t Tk,
+                                       std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) {
   with_float_type(q.dtype, "attention_forward", "q", [&](auto tag) {
     using T = decltype(tag);
-    need("attention_forward", "q", q, q.dtype, B * Tq * Hq * hd);
-    need("attention_forward", "out", out, q.dtype, B * Tq * Hq * hd);
-    need("attention_forward", "k", k, q.dtype, B * Tk * Hkv * hd);
-    need("attention_forward", "v", v, q.dtype, B * Tk * Hkv * hd);
     cuda::attention_forward<T>(ptr<T>(out), ptr<float>(lse), ptr<const T>(q), ptr<const T>(k),
                                ptr<const T>(v), B, Tq, Tk, Hq, Hkv, hd, context_->stream());
   });
 }
 
-void CudaBackend::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
-                                     Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
-                                     std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
-                                     std::int64_t hd) {
-  need("attention_backward", "lse", lse, DType::F32, B * Hq * T);
+void CudaBackend::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
+                                        Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
+                                        std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
+                                        std::int64_t hd) {
   float* workspace = static_cast<float*>(context_->scratch(
       static_cast<std::size_t>(attention_backward_workspace_floats(B, T, Hq)) * sizeof(float)));
   with_float_type(q.dtype, "attention_backward", "q", [&](auto tag) {
     using X = decltype(tag);
-    const std::int64_t qn = B * T * Hq * hd, kvn = B * T * Hkv * hd;
-    need("attention_backward", "q", q, q.dtype, qn);
-    need("attention_backward", "out", out, q.dtype, qn);
-    need("attention_backward", "dout", dout, q.dtype, qn);
-    need("attention_backward", "dq", dq, q.dtype, qn);
-    need("attention_backward", "k", k, q.dtype, kvn);
-    need("attention_backward", "v", v, q.dtype, kvn);
-    need("attention_backward", "dk", dk, q.dtype, kvn);
-    need("attention_backward", "dv", dv, q.dtype, kvn);
     cuda::attention_backward<X>(ptr<X>(dq), ptr<X>(dk), ptr<X>(dv), ptr<const X>(dout),
                                 ptr<const X>(out), ptr<const float>(lse), ptr<const X>(q),
                                 ptr<const X>(k), ptr<const X>(v), B, T, Hq, Hkv, hd, workspace,
@@ -366,25 +297,17 @@ void CudaBackend::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dou
 
 // ---- SwiGLU ----
 
-void CudaBackend::swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) {
+void CudaBackend::do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) {
   with_float_type(gate.dtype, "swiglu_forward", "gate", [&](auto tag) {
     using T = decltype(tag);
-    need("swiglu_forward", "gate", gate, gate.dtype, n);
-    need("swiglu_forward", "up", up, gate.dtype, n);
-    need("swiglu_forward", "h", h, gate.dtype, n);
     cuda::swiglu_forward<T>(ptr<T>(h), ptr<const T>(gate), ptr<const T>(up), n, context_->stream());
   });
 }
 
-void CudaBackend::swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                                  std::int64_t n) {
+void CudaBackend::do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
+                                     std::int64_t n) {
   with_float_type(gate.dtype, "swiglu_backward", "gate", [&](auto tag) {
     using T = decltype(tag);
-    need("swiglu_backward", "gate", gate, gate.dtype, n);
-    need("swiglu_backward", "up", up, gate.dtype, n);
-    need("swiglu_backward", "dh", dh, gate.dtype, n);
-    need("swiglu_backward", "dgate", dgate, gate.dtype, n);
-    need("swiglu_backward", "dup", dup, gate.dtype, n);
     cuda::swiglu_backward<T>(ptr<T>(dgate), ptr<T>(dup), ptr<const T>(dh), ptr<const T>(gate),
                              ptr<const T>(up), n, context_->stream());
   });
@@ -392,11 +315,8 @@ void CudaBackend::swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor ga
 
 // ---- losses ----
 
-void CudaBackend::cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
-                                std::int64_t V, float grad_scale) {
-  need("cross_entropy", "losses", losses, DType::F32, rows);
-  need("cross_entropy", "targets", targets, DType::I32, rows);
-  need_numel("cross_entropy", "logits", logits, rows * V);
+void CudaBackend::do_cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
+                                   std::int64_t V, float grad_scale) {
   with_float_type(logits.dtype, "cross_entropy", "logits", [&](auto tag) {
     using T = decltype(tag);
     cuda::cross_entropy<T>(ptr<float>(losses), ptr<T>(logits), ptr<const std::int32_t>(targets),
@@ -404,14 +324,11 @@ void CudaBackend::cross_entropy(Tensor losses, Tensor logits, Tensor targets, st
   });
 }
 
-void CudaBackend::kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
-                                std::int64_t rows, std::int64_t V, float temperature,
-                                float grad_scale) {
-  need("kl_divergence", "losses", losses, DType::F32, rows);
+void CudaBackend::do_kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
+                                   std::int64_t rows, std::int64_t V, float temperature,
+                                   float grad_scale) {
   with_float_type(student_logits.dtype, "kl_divergence", "student_logits", [&](auto tag) {
     using T = decltype(tag);
-    need("kl_divergence", "student_logits", student_logits, student_logits.dtype, rows * V);
-    need("kl_divergence", "teacher_logits", teacher_logits, student_logits.dtype, rows * V);
     cuda::kl_divergence<T>(ptr<float>(losses), ptr<T>(student_logits),
                            ptr<const T>(teacher_logits), rows, V, temperature, grad_scale,
                            context_->stream());
@@ -420,19 +337,9 @@ void CudaBackend::kl_divergence(Tensor losses, Tensor student_logits, Tensor tea
 
 // ---- optimizer ----
 
-void CudaBackend::adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
-                               const AdamWStep& step) {
+void CudaBackend::do_adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
+                                  const AdamWStep& step) {
   const std::int64_t n = params.numel;
-  need("adamw_update", "m", m, DType::F32, n);
-  need("adamw_update", "v", v, DType::F32, n);
-  need_numel("adamw_update", "grads", grads, n);
-  if (master.empty()) {
-    if (params.dtype != DType::F32)
-      fail_expected("cuda adamw_update", str(dtype_name(params.dtype), " parameters without master weights"),
-                    "an fp32 master copy for bf16 parameters");
-  } else {
-    need("adamw_update", "master", master, DType::F32, n);
-  }
   with_float_type(params.dtype, "adamw_update", "params", [&](auto p) {
     with_float_type(grads.dtype, "adamw_update", "grads", [&](auto g) {
       using P = decltype(p);
@@ -446,10 +353,8 @@ void CudaBackend::adamw_update(Tensor params, Tensor master, Tensor grads, Tenso
 
 // ---- observers ----
 
-void CudaBackend::reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T,
-                                       std::int64_t C, SequenceReduction reduction) {
-  need("reduce_over_sequence", "out", out, DType::F32, B * C);
-  need_numel("reduce_over_sequence", "act", act, B * T * C);
+void CudaBackend::do_reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T,
+                                          std::int64_t C, SequenceReduction reduction) {
   with_float_type(act.dtype, "reduce_over_sequence", "act", [&](auto tag) {
     using X = decltype(tag);
     cuda::reduce_over_sequence<X>(ptr<float>(out), ptr<const X>(act), B, T, C, reduction,
@@ -457,12 +362,9 @@ void CudaBackend::reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, s
   });
 }
 
-void CudaBackend::row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) {
-  need("row_cosine", "out", out, DType::F32, rows);
+void CudaBackend::do_row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) {
   with_float_type(a.dtype, "row_cosine", "a", [&](auto tag) {
     using X = decltype(tag);
-    need("row_cosine", "a", a, a.dtype, rows * C);
-    need("row_cosine", "b", b, a.dtype, rows * C);
     cuda::row_cosine<X>(ptr<float>(out), ptr<const X>(a), ptr<const X>(b), rows, C,
                         context_->stream());
   });

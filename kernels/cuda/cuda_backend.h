@@ -1,8 +1,8 @@
 // The CUDA engine: the Backend interface over device memory, bf16 storage, fp32 arithmetic.
 //
-// Dtype rules (what each op accepts; anything else is a clear Error naming the op):
+// Dtype rules (the Backend contract of core/backend.h checks them before any op runs):
 //  - activation_dtype() is BF16: parameters, activations and activation gradients. Every op
-//    also accepts F32 in their place (all of one op's activation tensors share one dtype), so
+//    also computes in F32 (computes_in; all of one op's activation tensors share one dtype), so
 //    tests can run the same kernels in fp32.
 //  - gradient_dtype() is F32: parameter gradients (dweight of RMSNorm, dtable of the
 //    embedding, matmul outputs with beta = 1) accumulate in fp32.
@@ -36,62 +36,67 @@ class CudaBackend final : public Backend {
   // [vocab, hidden] head gradient is read and written once per 2048 tokens, not per 130.
   std::int64_t loss_chunk_logits() const override { return std::int64_t{1} << 28; }
   DType gradient_dtype() const override { return DType::F32; }
+  bool computes_in(DType dtype) const override {
+    return dtype == DType::BF16 || dtype == DType::F32;
+  }
+  MemorySpace memory_space() const override { return MemorySpace::CudaDevice; }
   std::optional<std::int64_t> memory_bytes() const override;  // cudaMemGetInfo's total
-
-  Tensor allocate(std::int64_t numel, DType dtype) override;
   void free(Tensor& t) override;
   void zero(Tensor t) override;
-  void upload(Tensor dst, const float* src) override;
-  void download(float* dst, Tensor src) override;
-  void upload_i32(Tensor dst, const std::int32_t* src) override;
-  void copy(Tensor dst, Tensor src) override;
   void synchronize() override;
-
-  void matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
-              bool trans_a, bool trans_b, float alpha, float beta) override;
-  void add_inplace(Tensor dst, Tensor src) override;
-  void scale_inplace(Tensor t, double factor) override;
-  double sum_of_squares(Tensor t) override;
-
-  void embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
-                         std::int64_t D) override;
-  void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
-                          std::int64_t D) override;
-  void rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight, std::int64_t N,
-                       std::int64_t D, float eps) override;
-  void rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in, Tensor weight,
-                        Tensor rstd, std::int64_t N, std::int64_t D) override;
-  void residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd, Tensor residual,
-                                Tensor branch, Tensor weight, std::int64_t N, std::int64_t D,
-                                float eps) override;
-  void rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
-                    std::int64_t head_dim, std::int64_t position_offset) override;
-  void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
-                     std::int64_t heads, std::int64_t head_dim,
-                     std::int64_t position_offset) override;
-  void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
-                         std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                         std::int64_t hd) override;
-  void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
-                          Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T,
-                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) override;
-  void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) override;
-  void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                       std::int64_t n) override;
-  void cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
-                     std::int64_t V, float grad_scale) override;
-  void kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
-                     std::int64_t rows, std::int64_t V, float temperature,
-                     float grad_scale) override;
-  void adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
-                    const AdamWStep& step) override;
-  void reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T,
-                            std::int64_t C, SequenceReduction reduction) override;
-  void row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) override;
 
   CudaContext& context() { return *context_; }
 
  private:
+  Tensor do_allocate(std::int64_t numel, DType dtype) override;
+  void do_upload(Tensor dst, const float* src) override;
+  void do_download(float* dst, Tensor src) override;
+  void do_upload_i32(Tensor dst, const std::int32_t* src) override;
+  void do_copy(Tensor dst, Tensor src) override;
+
+  void do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
+                 bool trans_a, bool trans_b, float alpha, float beta) override;
+  void do_add_inplace(Tensor dst, Tensor src) override;
+  void do_scale_inplace(Tensor t, double factor) override;
+  double do_sum_of_squares(Tensor t) override;
+
+  void do_embedding_forward(Tensor out, Tensor tokens, Tensor table, std::int64_t N,
+                            std::int64_t D) override;
+  void do_embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
+                             std::int64_t D) override;
+  void do_rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight, std::int64_t N,
+                          std::int64_t D, float eps) override;
+  void do_rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in, Tensor weight,
+                           Tensor rstd, std::int64_t N, std::int64_t D) override;
+  void do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd, Tensor residual,
+                                   Tensor branch, Tensor weight, std::int64_t N, std::int64_t D,
+                                   float eps) override;
+  void do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
+                       std::int64_t heads, std::int64_t head_dim,
+                       std::int64_t position_offset) override;
+  void do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
+                        std::int64_t heads, std::int64_t head_dim,
+                        std::int64_t position_offset) override;
+  void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
+                            std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
+                            std::int64_t hd) override;
+  void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
+                             Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T,
+                             std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) override;
+  void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) override;
+  void do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
+                          std::int64_t n) override;
+  void do_cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
+                        std::int64_t V, float grad_scale) override;
+  void do_kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
+                        std::int64_t rows, std::int64_t V, float temperature,
+                        float grad_scale) override;
+  void do_adamw_update(Tensor params, Tensor master, Tensor grads, Tensor m, Tensor v,
+                       const AdamWStep& step) override;
+  void do_reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T,
+                               std::int64_t C, SequenceReduction reduction) override;
+  void do_row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) override;
+
   std::unique_ptr<CudaContext> context_;
 };
 

@@ -1,5 +1,5 @@
 // The hook through which make_backend() reaches the CUDA engine. The CUDA engine (kernels/cuda/)
-// defines make_cuda_backend, cuda_device_available and make_nccl_communicator and adds
+// defines make_cuda_backend, cuda_device_available and cuda_device_count and adds
 // MINITRON_HAVE_CUDA_BACKEND=1 to minitron_kernels' compile definitions; until it does,
 // make_backend("cuda") reports that this build has no CUDA engine.
 #pragma once
@@ -9,8 +9,6 @@
 #include <string>
 
 #include "core/backend.h"
-#include "dist/communicator.h"
-#include "dist/tcp_group.h"
 
 namespace minitron {
 
@@ -28,9 +26,5 @@ std::unique_ptr<Backend> make_cuda_backend(int ordinal = -1);
 bool cuda_device_available();
 // The usable CUDA devices; 0 when none is.
 int cuda_device_count();
-// NCCL over the ranks of `bootstrap`, for a backend made by make_cuda_backend(): rank 0's
-// ncclUniqueId travels over bootstrap, which is not needed once this returns. Throws Error
-// when this build has no NCCL or `backend` is not the CUDA engine.
-std::unique_ptr<Communicator> make_nccl_communicator(Backend& backend, TcpGroup& bootstrap);
 
 }  // namespace minitron

@@ -105,18 +105,8 @@ Gemm::Plan& Gemm::plan(const Key& key) {
 
 void Gemm::run(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
                bool trans_a, bool trans_b, float alpha, float beta, cudaStream_t stream) {
-  if (a.dtype != b.dtype || !(out.dtype == DType::F32 || out.dtype == a.dtype) ||
-      (a.dtype != DType::F32 && a.dtype != DType::BF16))
-    fail_expected("cuda matmul",
-                  str("dtypes ", dtype_name(a.dtype), " x ", dtype_name(b.dtype), " -> ",
-                      dtype_name(out.dtype)),
-                  "bf16 x bf16 -> bf16 or f32, or f32 x f32 -> f32");
+  // Dtypes and element counts arrive checked by the Backend contract (core/backend.h).
   if (M <= 0 || N <= 0) return;
-  if (out.numel < M * N || a.numel < M * K || b.numel < K * N)
-    fail_expected("cuda matmul",
-                  str("M=", M, " N=", N, " K=", K, " over tensors of ", a.numel, ", ", b.numel,
-                      " -> ", out.numel, " elements"),
-                  "a >= M*K, b >= K*N, out >= M*N elements");
   if (K == 0) {  // an empty sum: out = beta * out
     fail_expected("cuda matmul", "K = 0", "K >= 1");
   }

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "dist/host_communicator.h"
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "tests/util/error_test_util.h"
 #include "tests/dist/tcp_test_util.h"
 

@@ -8,16 +8,21 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_backend_factory.h"
 #include "kernels/cuda/cuda_context.h"
+#include "kernels/make_backend.h"
+#include "dist/host_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "emu/emulator.h"
 #include "tests/dist/nccl_test_util.h"
+#include "tests/dist/tcp_test_util.h"
 #include "core/backend.h"
 #include "dist/communicator.h"
 
@@ -604,6 +609,54 @@ TEST(EmulatedNccl, RefusesRootsOutOfRangeAndTypesAKindDoesNotTake) {
   EXPECT_EQ(ncclAllGather(&half, &half, 1, ncclBfloat16, comm, nullptr), ncclSuccess);
   EXPECT_EQ(half, 0x3f80);
   EXPECT_EQ(ncclCommDestroy(comm), ncclSuccess);
+}
+
+// What make_communicator gave two ranks of one engine, and what their one-element sum of 1 + 2
+// came to; errors[rank] is "" when the rank finished.
+struct TwoRanks {
+  std::vector<std::string> kinds = std::vector<std::string>(2);
+  std::vector<float> sums = std::vector<float>(2, 0.0f);
+  std::vector<std::string> errors;
+};
+
+TwoRanks communicators_of(const std::function<std::unique_ptr<Backend>()>& make_engine) {
+  TwoRanks out;
+  const int port = testing::free_tcp_port();
+  out.errors = testing::run_ranks(2, [&](std::int64_t rank) {
+    const std::unique_ptr<Backend> backend = make_engine();
+    const std::unique_ptr<Communicator> communicator =
+        make_communicator(*backend, testing::local_environment(rank, 2, port));
+    const auto r = static_cast<std::size_t>(rank);
+    out.kinds[r] = dynamic_cast<cuda::NcclCommunicator*>(communicator.get()) != nullptr ? "nccl"
+                   : dynamic_cast<HostCommunicator*>(communicator.get()) != nullptr    ? "host"
+                                                                                       : "other";
+    BackendBuffer t(*backend, 1, DType::F32);
+    const float mine = static_cast<float>(rank + 1);
+    backend->upload(t, &mine);
+    communicator->all_reduce_sum(t);
+    backend->download(&out.sums[r], t);
+  });
+  return out;
+}
+
+// make_communicator picks by where an engine's tensors live, not by its name: the emulated CUDA
+// engine (named "cuda-emulated", device memory) gets NCCL, the CPU engine (host memory) sums over
+// TCP.
+TEST(MakeCommunicator, PicksNcclForDeviceMemoryAndTcpForHostMemory) {
+  const TwoRanks device = communicators_of([] { return make_cuda_backend(0); });
+#if defined(MINITRON_HAVE_CUDA_BACKEND)
+  expect_no_errors(device.errors);
+  EXPECT_EQ(device.kinds, std::vector<std::string>(2, "nccl"));
+  EXPECT_EQ(device.sums, std::vector<float>(2, 3.0f));
+#else
+  // A build without the nvcc engine (the sanitizer builds) has no NCCL path in make_communicator.
+  for (const std::string& error : device.errors)
+    EXPECT_NE(error.find("this build has no CUDA engine"), std::string::npos) << error;
+#endif
+  const TwoRanks host = communicators_of([] { return make_backend("cpu"); });
+  expect_no_errors(host.errors);
+  EXPECT_EQ(host.kinds, std::vector<std::string>(2, "host"));
+  EXPECT_EQ(host.sums, std::vector<float>(2, 3.0f));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 
 #include "eval/run_task.h"
 #include "eval/scoring.h"
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "util/error.h"
 

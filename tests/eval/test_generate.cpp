@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/generate.h"
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 
 namespace minitron {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "train/losses.h"
 

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "train/losses.h"

@@ -16,7 +16,7 @@
 
 #include <gtest/gtest.h>
 
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "util/error.h"
 

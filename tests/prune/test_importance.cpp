@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
 #include "prune/importance.h"

@@ -3,6 +3,7 @@
 // down_proj), computed by an ordinary forward pass without skip_layers.
 #include <gtest/gtest.h>
 
+#include "kernels/make_backend.h"
 #include "prune/layer_ranking.h"
 #include "prune/slicing.h"
 #include "prune_test_util.h"

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "tests/prune/prune_test_util.h"

@@ -7,8 +7,8 @@
 #include <cstring>
 
 #include "data/shards.h"
+#include "dist/make_nccl_communicator.h"
 #include "kernels/cuda/cuda_backend.h"
-#include "kernels/cuda/cuda_backend_factory.h"
 #include "model/llama.h"
 #include "tests/train/data_parallel_test_util.h"
 #include "tests/prune/prune_test_util.h"

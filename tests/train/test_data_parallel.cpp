@@ -13,7 +13,7 @@
 
 #include "data/shards.h"
 #include "dist/host_communicator.h"
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
 #include "tests/train/data_parallel_test_util.h"

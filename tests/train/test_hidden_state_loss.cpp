@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/shards.h"
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "tests/train/distill_test_util.h"
 #include "train/distill.h"

@@ -2,7 +2,7 @@
 // GEMM tiles, never more rows than a call can have.
 #include <gtest/gtest.h>
 
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "train/losses.h"
 
 namespace minitron {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dist/host_communicator.h"
+#include "kernels/make_backend.h"
 #include "tests/train/sharded_optimizer_test_util.h"
 #include "tests/dist/tcp_test_util.h"
 

@@ -10,7 +10,7 @@
 
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/swiglu.h"
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "core/bf16.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/util/error_test_util.h"
@@ -133,10 +133,10 @@ TEST(CpuBackend, MisuseFailsLoudlyNamingTheArgument) {
   // [2,3] @ [3,2] is fine; claiming K = 4 is not.
   backend.matmul(out, a, b, 2, 2, 3, false, false, 1.0f, 0.0f);
   EXPECT_NE(testing::error_of([&] { backend.matmul(out, a, b, 2, 2, 4, false, false, 1.0f, 0.0f); })
-                .find("matmul: a is f32[6], expected f32[8]"),
+                .find("matmul: a has 6 elements (expected 8)"),
             std::string::npos);
   EXPECT_NE(testing::error_of([&] { backend.matmul(out, wrong_type, b, 2, 2, 3, false, false, 1.0f, 0.0f); })
-                .find("a is f64[6], expected f32[6]"),
+                .find("matmul: a is f64 (expected f32)"),
             std::string::npos);
   EXPECT_THROW(backend.matmul(a, a, b, 2, 3, 3, false, false, 1.0f, 0.0f), Error);  // aliasing
 

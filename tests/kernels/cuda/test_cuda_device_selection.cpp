@@ -9,7 +9,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/cuda_backend_factory.h"
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 #include "tests/util/error_test_util.h"
 
 namespace minitron {

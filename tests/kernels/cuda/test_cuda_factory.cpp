@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend_factory.h"
-#include "core/backend.h"
+#include "kernels/make_backend.h"
 
 namespace minitron {
 namespace {

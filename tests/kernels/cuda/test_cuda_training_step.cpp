@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "train/losses.h"
