@@ -20,11 +20,10 @@ def main() -> int:
     root = pathlib.Path(__file__).resolve().parent.parent
     files = subprocess.run(["git", "ls-files", "*.h", "*.cpp", "*.cu", "*.cuh"], cwd=root, check=True,
                            capture_output=True, text=True).stdout.split()
+    layered = [name for name in files if name.split("/", 1)[0] in RANK]
     offences = []
-    for name in files:
+    for name in layered:
         folder = name.split("/", 1)[0]
-        if folder not in RANK:
-            continue
         for number, line in enumerate((root / name).read_text(encoding="utf-8").splitlines(), 1):
             match = INCLUDE.match(line)
             if match and match.group(1) in RANK and RANK[match.group(1)] > RANK[folder]:
@@ -34,7 +33,7 @@ def main() -> int:
     if offences:
         print(f"layering: {len(offences)} includes reach up (order: {' < '.join(LAYERS)})")
         return 1
-    print(f"layering: {len(files)} files checked, every include reaches down ({' < '.join(LAYERS)})")
+    print(f"layering: {len(layered)} files checked, every include reaches down ({' < '.join(LAYERS)})")
     return 0
 
 

@@ -27,6 +27,7 @@
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
+#include "kernels/make_backend.h"
 #include "kernels/loss.h"
 #include "kernels/reduce.h"
 #include "kernels/residual_rmsnorm.h"
