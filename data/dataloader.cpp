@@ -125,6 +125,12 @@ json TrainLoader::state() const {
           {"shards", windows_.describe()}};
 }
 
+namespace {
+
+constexpr std::int64_t kLargestEpoch = std::int64_t{1} << 40;
+
+}  // namespace
+
 void TrainLoader::restore(const json& state) { restore(JsonField(state, "data loader state")); }
 
 void TrainLoader::restore(const JsonField& state) {
@@ -132,7 +138,9 @@ void TrainLoader::restore(const JsonField& state) {
   if (!state.is_object() || !state.at("format").is_string() ||
       state.at("format").as_string() != "minitron-train-loader-1")
     state.at("format").refuse("\"minitron-train-loader-1\"");
-  const auto epoch = state.at("epoch").as_int<std::int64_t>();
+  // Bounded far below INT64_MAX: next() counts epochs up from the saved one (fuzz_loader_state
+  // found 2^63 - 1 overflowing there).
+  const auto epoch = state.at("epoch").as_int<std::int64_t>(0, kLargestEpoch);
   const auto step = state.at("step_in_epoch").as_int<std::int64_t>();
   const auto seed = state.at("seed").as_int<std::uint64_t>();
   const auto world = state.at("world_size").as_int<std::int64_t>();

@@ -302,8 +302,8 @@ TEST(TokenizerErrors, VocabularyIdsMustBeInt32Integers) {
       message = e.what();
     }
     const std::string printed = std::string(id) == "3.3e37" ? "3.3e+37" : id;
-    EXPECT_EQ(message, path.string() + ": model.vocab.he is " + printed +
-                           " (expected an integer from 0 to 2147483647)");
+    EXPECT_EQ(message,
+              path.string() + ": model.vocab.he is " + printed + " (expected an integer from 0 to 2147483647)");
   }
   json j = byte_level_tokenizer();
   j["model"]["vocab"]["&"] = 4294967297ULL;

@@ -74,7 +74,8 @@ TEST(CheckedJson, PathsNameEveryStepDown) {
   EXPECT_EQ(keys, (std::vector<std::string>{"model.vocab[\"&\"]", "model.vocab.a_1"}));
   const JsonField document_itself(document, "f.json");
   EXPECT_EQ(error_of([&] { document_itself.as_array(); }).substr(0, 12), "f.json is {\"");
-  EXPECT_EQ(error_of([&] { root.at("model").refuse("3 layers", "4"); }), "tokenizer.json: model: 3 layers (expected 4)");
+  EXPECT_EQ(error_of([&] { root.at("model").refuse("3 layers", "4"); }),
+            "tokenizer.json: model: 3 layers (expected 4)");
 }
 
 TEST(CheckedJson, ExcerptsAreShortAndOneLine) {
