@@ -7,7 +7,7 @@
 # minitron::Error, leak, timeout (one input over 10 s) or out-of-memory fails it (non-zero exit).
 #   tools/fuzz_smoke.sh [TARGET...]     (default: every tests/fuzz/fuzz_*.cpp)
 # Environment: BUILD_ROOT (folder for build-fuzz, default: the repository's build/), JOBS (default
-# 2), FUZZ_SECONDS (default 10), FUZZ_CXX (default clang++-14).$
+# 2), FUZZ_SECONDS (default 10), FUZZ_CXX (default clang++-14).
 # Inputs the fuzzer finds go to build-fuzz/corpus/<target> (the repository's seeds stay as they
 # are); a failing input is saved as build-fuzz/findings/<target>/crash-* (or timeout-*, oom-*):
 # rerun it with build-fuzz/tests/fuzz/<target> FILE.
