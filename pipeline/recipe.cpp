@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/llama.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -82,8 +83,11 @@ void read_training(const json& j, const std::string& where, const std::filesyste
   r.get("intermediate_loss_weight", t.intermediate_loss_weight);
   r.get("intermediate_layers", t.intermediate_layers);
   r.get("enabled", t.enabled);
+  r.get("recompute", t.recompute);
   r.finish();
   if (t.steps < 1) fail_expected(str(file.string(), ": ", where, "steps"), str(t.steps), "at least 1");
+  if (!parse_activation_recompute(t.recompute))
+    fail_expected(str(file.string(), ": ", where, "recompute"), str("'", t.recompute, "'"), "none, selective or full");
 }
 
 // One {task, task_file, shots, limit, fewshot_file} object; name is its key path ("importance.task").
