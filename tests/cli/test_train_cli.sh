@@ -54,6 +54,17 @@ diff <(grep -E "^step [1-8]/8" full.log | sed 's/ | [0-9]* tok\/s.*//') \
      <(grep -E "^step [1-8]/8" limited.log | sed 's/ | [0-9]* tok\/s.*//') || fail "--recompute full changed the losses"
 [ "$(cd limited && ls -A | tr '\n' ' ')" = "checkpoint-6 metrics.jsonl model " ] || { ls -A limited; fail "--save-total-limit 1 kept $(ls -A limited)"; }
 
+# distill takes --recompute for the student alone (the teacher only infers): the same losses.
+for mode in none selective; do
+  "$MINITRON" distill --teacher full/model --student full/checkpoint-4 --data 'shards/austen_train_*.bin' \
+    --output "distilled-$mode" --batch-size 4 --sequence-length 32 --steps 3 --warmup-steps 1 --recompute "$mode" \
+    > "distilled-$mode.log"
+done
+grep -q "activation recomputation selective" distilled-selective.log || fail "distill printed no recomputation line"
+diff <(grep -E "^step [1-3]/3" distilled-none.log | sed 's/ | [0-9]* tok\/s.*//') \
+     <(grep -E "^step [1-3]/3" distilled-selective.log | sed 's/ | [0-9]* tok\/s.*//') \
+  || fail "distill --recompute selective changed the losses"
+
 # eval --json on the saved model.
 "$MINITRON" eval --model full/model --data shards/austen_val_000000.bin --sequence-length 32 --json > eval.json
 python3 -c "import json; r=json.load(open('eval.json')); assert r['tokens'] > 0 and r['loss'] > 0 and abs(r['perplexity'] - __import__('math').exp(r['loss'])) < 1e-6 * r['perplexity'], r"
