@@ -293,6 +293,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   if (options.steps < 1) fail_expected("--steps", str(options.steps), "at least 1");
   if (options.grad_accumulation < 1)
     fail_expected("--grad-accumulation", str(options.grad_accumulation), "at least 1");
+  if (options.save_total_limit < 0)
+    fail_expected("--save-total-limit", str(options.save_total_limit), "at least 0 (0 keeps every checkpoint)");
   if (T > model.config().max_position_embeddings)
     fail_expected("--sequence-length", str(T),
                   str("at most max_position_embeddings = ", model.config().max_position_embeddings));
@@ -320,8 +322,6 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   AdamW optimizer(model, optimizer_config, communicator);
 
   check_training_output(options);  // again: the caller's check may be minutes old
-  if (options.save_total_limit < 0)
-    fail_expected("--save-total-limit", str(options.save_total_limit), "at least 0 (0 keeps every checkpoint)");
   if (lead) {
     fs::create_directories(options.output);
     clean_interrupted_saves(options.output);
