@@ -8,9 +8,9 @@ CMAKE_FLAGS ?=
 # missing ones first.
 DEB_PACKAGES := cmake g++ make pkg-config libcxxopts-dev nlohmann-json3-dev libgtest-dev \
                 libgmock-dev libbenchmark-dev libopenblas-dev libopenblas-openmp-dev libomp-dev \
-                libpcre2-dev clang-format
+                libpcre2-dev clang-format clang-14 libclang-rt-14-dev
 
-.PHONY: all build configure test demo bench deps clean
+.PHONY: all build configure test demo bench fuzz deps clean
 
 all: build
 
@@ -23,12 +23,24 @@ build: configure
 # After the suite, the emulated kernel tests are built and run again under ThreadSanitizer and
 # under ASan + UBSan (in $(BUILD_DIR)/build-emu-*); any report fails `make test`.
 # `make test SANITIZER_TESTS=0` leaves them out (quicker local runs).
+# Then the fuzz targets of the file parsers (tests/fuzz, clang 14 + libFuzzer, ASan + UBSan, in
+# $(BUILD_DIR)/build-fuzz) run 10 s each, so a target that no longer builds or crashes at once
+# fails `make test`; `make test FUZZ_TESTS=0` leaves them out.
 SANITIZER_TESTS ?= 1
+FUZZ_TESTS ?= 1
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 900
 ifeq ($(SANITIZER_TESTS),1)
 	BUILD_ROOT=$(abspath $(BUILD_DIR)) JOBS=$(JOBS) bash tools/emu_sanitizer_tests.sh
 endif
+ifeq ($(FUZZ_TESTS),1)
+	BUILD_ROOT=$(abspath $(BUILD_DIR)) JOBS=$(JOBS) FUZZ_SECONDS=10 bash tools/fuzz_smoke.sh
+endif
+
+# Every fuzz target for FUZZ_SECONDS seconds each (findings in $(BUILD_DIR)/build-fuzz/findings).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	BUILD_ROOT=$(abspath $(BUILD_DIR)) JOBS=$(JOBS) FUZZ_SECONDS=$(FUZZ_SECONDS) bash tools/fuzz_smoke.sh
 
 # The demo needs only the binary, not the tests and benchmarks.
 demo: configure

@@ -1,8 +1,8 @@
 // minitron info: what a model is (architecture, sizes, rope), how many parameters it has and
 // what a token costs, read from config.json alone; safetensors headers, when present, are
 // checked against the parameter table.
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <set>
 #include <string>
@@ -77,14 +77,20 @@ int info(int argc, char** argv) {
   const fs::path dir = fs::is_directory(model) ? model : model.parent_path();
   std::vector<std::string> problems;
   nlohmann::json checkpoint = nullptr;
+  std::size_t checkpoint_files = 0, checkpoint_tensors = 0;
   if (SafetensorsCheckpoint::present(dir.empty() ? fs::path(".") : dir)) {
     SafetensorsCheckpoint ck(dir.empty() ? fs::path(".") : dir);
     problems = checkpoint_mismatches(ck, config, table);
     std::set<std::string> dtypes;
     for (const auto& file : ck.files())
       for (const auto& t : file->tensors()) dtypes.insert(safetensors_dtype_name(t.dtype));
-    checkpoint = {{"files", ck.files().size()}, {"tensors", ck.names().size()}, {"dtypes", dtypes},
-                  {"matches_config", problems.empty()}, {"problems", problems}};
+    checkpoint_files = ck.files().size();
+    checkpoint_tensors = ck.names().size();
+    checkpoint = {{"files", checkpoint_files},
+                  {"tensors", checkpoint_tensors},
+                  {"dtypes", dtypes},
+                  {"matches_config", problems.empty()},
+                  {"problems", problems}};
   }
 
   const char* rope_type = config.rope_scaling.type == RopeScaling::Type::Llama3 ? "llama3" : "default";
@@ -147,8 +153,7 @@ int info(int argc, char** argv) {
                 static_cast<long long>(sequence_length));
     std::printf("training / token      %s (3x forward)\n", human_flops(counts.training_flops_per_token).c_str());
     if (!checkpoint.is_null())
-      std::printf("checkpoint            %zu file(s), %zu tensors, %s\n", checkpoint["files"].get<std::size_t>(),
-                  checkpoint["tensors"].get<std::size_t>(),
+      std::printf("checkpoint            %zu file(s), %zu tensors, %s\n", checkpoint_files, checkpoint_tensors,
                   problems.empty() ? "matches config.json" : "DOES NOT match config.json");
   }
   if (!problems.empty()) {

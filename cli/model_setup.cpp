@@ -14,6 +14,7 @@
 #include "model/llama.h"
 #include "model/parameters.h"
 #include "train/losses.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 
 namespace minitron::cli {
@@ -52,11 +53,12 @@ ModelSource model_source_from_flags(const cxxopts::ParseResult& r) {
 std::vector<float> initial_parameters(const ModelSource& source, std::uint64_t seed) {
   ParameterTable table(source.config);
   std::vector<float> params(static_cast<std::size_t>(table.total_numel()));
-  if (source.checkpoint_dir.empty())
-    initialize_parameters(source.config, table, params, seed,
-                          source.config.source.value("initializer_range", 0.02));
-  else
+  if (source.checkpoint_dir.empty()) {
+    const std::optional<JsonField> range = JsonField(source.config.source, "config.json").optional("initializer_range");
+    initialize_parameters(source.config, table, params, seed, range ? range->as_float() : 0.02);
+  } else {
     load_parameters(source.checkpoint_dir, source.config, table, params);
+  }
   return params;
 }
 

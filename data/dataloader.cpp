@@ -4,6 +4,7 @@
 #include <limits>
 #include <numeric>
 
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/random.h"
 
@@ -124,24 +125,28 @@ json TrainLoader::state() const {
           {"shards", windows_.describe()}};
 }
 
-void TrainLoader::restore(const json& state) {
-  const char* what = "data loader state";
-  std::int64_t epoch = 0, step = 0, world = 0, B = 0, T = 0;
-  std::uint64_t seed = 0;
-  json shards;
-  try {
-    if (state.value("format", "") != "minitron-train-loader-1")
-      fail_expected(what, str("format is '", state.value("format", ""), "'"), "'minitron-train-loader-1'");
-    epoch = state.at("epoch").get<std::int64_t>();
-    step = state.at("step_in_epoch").get<std::int64_t>();
-    seed = state.at("seed").get<std::uint64_t>();
-    world = state.at("world_size").get<std::int64_t>();
-    B = state.at("batch_size").get<std::int64_t>();
-    T = state.at("sequence_length").get<std::int64_t>();
-    shards = state.at("shards");
-  } catch (const json::exception& e) {
-    fail_expected(what, e.what(), "the object written by TrainLoader::state()");
-  }
+namespace {
+
+constexpr std::int64_t kLargestEpoch = std::int64_t{1} << 40;
+
+}  // namespace
+
+void TrainLoader::restore(const json& state) { restore(JsonField(state, "data loader state")); }
+
+void TrainLoader::restore(const JsonField& state) {
+  const std::string what = state.where();
+  if (!state.is_object() || !state.at("format").is_string() ||
+      state.at("format").as_string() != "minitron-train-loader-1")
+    state.at("format").refuse("\"minitron-train-loader-1\"");
+  // Bounded far below INT64_MAX: next() counts epochs up from the saved one (fuzz_loader_state
+  // found 2^63 - 1 overflowing there).
+  const auto epoch = state.at("epoch").as_int<std::int64_t>(0, kLargestEpoch);
+  const auto step = state.at("step_in_epoch").as_int<std::int64_t>();
+  const auto seed = state.at("seed").as_int<std::uint64_t>();
+  const auto world = state.at("world_size").as_int<std::int64_t>();
+  const auto B = state.at("batch_size").as_int<std::int64_t>();
+  const auto T = state.at("sequence_length").as_int<std::int64_t>();
+  const json& shards = state.at("shards").raw();
   if (B != options_.batch_size || T != options_.sequence_length)
     fail_expected(what, str("it was saved with batch size ", B, " and sequence length ", T),
                   str("batch size ", options_.batch_size, " and sequence length ",

@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/shards.h"
+#include "util/checked_json.h"
 
 namespace minitron {
 
@@ -74,6 +75,8 @@ class TrainLoader {
   // other shards, B, T or world size; it takes the state's seed and keeps this loader's rank.
   nlohmann::json state() const;
   void restore(const nlohmann::json& state);
+  // The same, naming the file and JSON path of the state in every refusal.
+  void restore(const JsonField& state);
 
  private:
   TokenWindows windows_;

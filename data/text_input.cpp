@@ -1,7 +1,6 @@
 #include "data/text_input.h"
 
-#include <nlohmann/json.hpp>
-
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -52,18 +51,10 @@ std::vector<std::string> parse_jsonl_documents(std::string_view text, const std:
     pos = eol + 1;
     if (is_blank(line)) continue;
     const std::string where = str(source, ":", line_number);
-    nlohmann::json record;
-    try {
-      record = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      fail_expected(where, str("invalid JSON (", e.what(), ")"), "one JSON object per line");
-    }
-    if (!record.is_object()) fail_expected(where, str("a JSON ", record.type_name()), "a JSON object");
-    const auto text_field = record.find("text");
-    if (text_field == record.end()) fail_expected(where, "no \"text\" field", "an object with a string field \"text\"");
-    if (!text_field->is_string())
-      fail_expected(where, str("\"text\" is a ", text_field->type_name()), "\"text\" to be a string");
-    documents.push_back(text_field->get<std::string>());
+    const nlohmann::json record = parse_untrusted_json(line, where, "one JSON object per line");
+    const JsonField document(record, where);
+    if (!document.is_object()) document.refuse("a JSON object");
+    documents.push_back(document.at("text").as_string());
   }
   return documents;
 }

@@ -24,6 +24,7 @@
 
 #include "data/tokenizer_bytes.h"
 #include "data/tokenizer_impl.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -346,13 +347,13 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 namespace {
 
-std::optional<std::string> config_token(const nlohmann::json& config, const char* key) {
-  if (!config.contains(key)) return std::nullopt;
-  const auto& v = config[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string())
-    return v["content"].get<std::string>();
-  return std::nullopt;
+// bos_token/eos_token: a string, {"content": ...} (AddedToken's layout), or null.
+std::optional<std::string> config_token(const JsonField& config, const char* key) {
+  std::optional<JsonField> token = config.optional(key);
+  if (!token) return std::nullopt;
+  if (token->is_string()) return token->as_string();
+  if (token->is_object()) return token->at("content").as_string();
+  token->refuse("a string, {\"content\": ...} or null");
 }
 
 }  // namespace
@@ -374,13 +375,12 @@ Tokenizer Tokenizer::load(const fs::path& path_or_dir) {
   // first added token (bos), else the usual names of these models.
   fs::path config_path = path.parent_path() / "tokenizer_config.json";
   if (fs::exists(config_path, ec)) {
-    try {
-      auto config = nlohmann::json::parse(read_text_file(config_path));
-      if (auto t = config_token(config, "bos_token")) impl->bos = find(*t);
-      if (auto t = config_token(config, "eos_token")) impl->eos = find(*t);
-    } catch (const nlohmann::json::exception& e) {
-      fail_expected(config_path.string(), str("not valid JSON: ", e.what()), "a tokenizer_config.json");
-    }
+    const nlohmann::json document =
+        parse_untrusted_json(read_text_file(config_path), config_path.string(), "a tokenizer_config.json");
+    const JsonField config(document, config_path.string());
+    if (!config.is_object()) config.refuse("a JSON object");
+    if (auto t = config_token(config, "bos_token")) impl->bos = find(*t);
+    if (auto t = config_token(config, "eos_token")) impl->eos = find(*t);
   }
   if (!impl->bos && !impl->prefix_ids.empty()) impl->bos = impl->prefix_ids.front();
   if (!impl->eos && !impl->suffix_ids.empty()) impl->eos = impl->suffix_ids.back();

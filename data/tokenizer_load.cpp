@@ -3,27 +3,32 @@
 #include <algorithm>
 #include <cstdio>
 
-#include <nlohmann/json.hpp>
-
 #include "data/tokenizer_bytes.h"
 #include "data/tokenizer_impl.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 
 namespace minitron {
 
 namespace {
 
-using nlohmann::json;
-
-std::string type_of(const json& j) {
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) return "";
-  return j["type"].get<std::string>();
+std::string type_of(const JsonField& j) {
+  if (!j.is_object() || !j.at("type").is_string()) return "";
+  return j.at("type").as_string();
 }
 
-bool flag(const json& j, const char* key, bool fallback) {
-  if (!j.contains(key) || j[key].is_null()) return fallback;
-  return j[key].get<bool>();
+bool flag(const JsonField& j, const char* key, bool fallback) {
+  std::optional<JsonField> value = j.optional(key);
+  return value ? value->as_bool() : fallback;
 }
+
+std::string string_or(const JsonField& j, const char* key, const std::string& fallback) {
+  std::optional<JsonField> value = j.optional(key);
+  return value ? value->as_string() : fallback;
+}
+
+// Token ids are int32 everywhere (shards hold them as such).
+std::int32_t token_id(const JsonField& j) { return j.as_int<std::int32_t>(0); }
 
 // Escapes a literal for use inside a PCRE2 pattern.
 std::string quote_regex(const std::string& literal) {
@@ -43,32 +48,29 @@ const char* kGpt2Pattern =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 // pattern: {"String": "..."} or {"Regex": "..."}; returns the regex and, for String, the literal.
-std::shared_ptr<TokenizerRegex> parse_pattern(const json& pattern, const std::string& what,
-                                              std::string* literal) {
-  if (pattern.contains("Regex"))
-    return std::make_shared<TokenizerRegex>(pattern["Regex"].get<std::string>(), what);
-  if (pattern.contains("String")) {
-    std::string s = pattern["String"].get<std::string>();
+std::shared_ptr<TokenizerRegex> parse_pattern(const JsonField& pattern, const std::string& what, std::string* literal) {
+  if (pattern.has("Regex")) return std::make_shared<TokenizerRegex>(pattern.at("Regex").as_string(), what);
+  if (pattern.has("String")) {
+    std::string s = pattern.at("String").as_string();
     if (literal) *literal = s;
     return std::make_shared<TokenizerRegex>(quote_regex(s), what);
   }
-  fail_expected(what, str("pattern ", pattern.dump(), " is not understood"),
-                "{\"String\": ...} or {\"Regex\": ...}");
+  pattern.refuse("{\"String\": ...} or {\"Regex\": ...}");
 }
 
-void parse_normalizer(const json& j, std::vector<NormalizerStep>& steps, const std::string& what) {
+void parse_normalizer(const JsonField& j, std::vector<NormalizerStep>& steps, const std::string& what) {
   if (j.is_null()) return;
   std::string type = type_of(j);
   if (type == "Sequence") {
-    for (const json& n : j.at("normalizers")) parse_normalizer(n, steps, what);
+    for (const JsonField& n : j.at("normalizers").as_array()) parse_normalizer(n, steps, what);
   } else if (type == "Prepend") {
-    steps.push_back({NormalizerStep::Kind::kPrepend, j.at("prepend").get<std::string>(), "", nullptr});
+    steps.push_back({NormalizerStep::Kind::kPrepend, j.at("prepend").as_string(), "", nullptr});
   } else if (type == "Replace") {
-    NormalizerStep step{NormalizerStep::Kind::kReplace, "", j.at("content").get<std::string>(), nullptr};
-    if (j.at("pattern").contains("String"))
-      step.text = j["pattern"]["String"].get<std::string>();
+    NormalizerStep step{NormalizerStep::Kind::kReplace, "", j.at("content").as_string(), nullptr};
+    if (j.at("pattern").has("String"))
+      step.text = j.at("pattern").at("String").as_string();
     else
-      step.regex = parse_pattern(j["pattern"], what + ": normalizer Replace", nullptr);
+      step.regex = parse_pattern(j.at("pattern"), what + ": normalizer Replace", nullptr);
     steps.push_back(step);
   } else if (type == "Strip") {
     NormalizerStep step{NormalizerStep::Kind::kStrip, "", "", nullptr};
@@ -81,8 +83,8 @@ void parse_normalizer(const json& j, std::vector<NormalizerStep>& steps, const s
   }
 }
 
-SplitBehavior parse_behavior(const json& j, const std::string& what) {
-  std::string b = j.get<std::string>();
+SplitBehavior parse_behavior(const JsonField& j, const std::string& what) {
+  const std::string& b = j.as_string();
   if (b == "Isolated") return SplitBehavior::kIsolated;
   if (b == "Removed") return SplitBehavior::kRemoved;
   if (b == "MergedWithPrevious") return SplitBehavior::kMergedWithPrevious;
@@ -92,12 +94,12 @@ SplitBehavior parse_behavior(const json& j, const std::string& what) {
                 "Isolated, Removed, MergedWithPrevious, MergedWithNext or Contiguous");
 }
 
-void parse_pre_tokenizer(const json& j, std::vector<PreTokenizerStep>& steps, const std::string& what) {
+void parse_pre_tokenizer(const JsonField& j, std::vector<PreTokenizerStep>& steps, const std::string& what) {
   if (j.is_null()) return;
   std::string type = type_of(j);
   PreTokenizerStep step{};
   if (type == "Sequence") {
-    for (const json& p : j.at("pretokenizers")) parse_pre_tokenizer(p, steps, what);
+    for (const JsonField& p : j.at("pretokenizers").as_array()) parse_pre_tokenizer(p, steps, what);
     return;
   } else if (type == "Split") {
     step.kind = PreTokenizerStep::Kind::kSplit;
@@ -106,8 +108,8 @@ void parse_pre_tokenizer(const json& j, std::vector<PreTokenizerStep>& steps, co
     step.invert = flag(j, "invert", false);
   } else if (type == "Metaspace") {
     step.kind = PreTokenizerStep::Kind::kMetaspace;
-    step.replacement = j.value("replacement", std::string("\xE2\x96\x81"));
-    std::string scheme = j.value("prepend_scheme", std::string());
+    step.replacement = string_or(j, "replacement", "\xE2\x96\x81");
+    std::string scheme = string_or(j, "prepend_scheme", "");
     if (scheme.empty()) scheme = flag(j, "add_prefix_space", true) ? "always" : "never";
     if (scheme == "always") step.prepend_scheme = PreTokenizerStep::Prepend::kAlways;
     else if (scheme == "first") step.prepend_scheme = PreTokenizerStep::Prepend::kFirst;
@@ -127,33 +129,35 @@ void parse_pre_tokenizer(const json& j, std::vector<PreTokenizerStep>& steps, co
   steps.push_back(step);
 }
 
-void parse_decoder(const json& j, std::vector<DecoderStep>& steps, const std::string& what) {
+void parse_decoder(const JsonField& j, std::vector<DecoderStep>& steps, const std::string& what) {
   std::string type = type_of(j);
   DecoderStep step{};
   if (type == "Sequence") {
-    for (const json& d : j.at("decoders")) parse_decoder(d, steps, what);
+    for (const JsonField& d : j.at("decoders").as_array()) parse_decoder(d, steps, what);
     return;
   } else if (type == "ByteLevel") {
     step.kind = DecoderStep::Kind::kByteLevel;
   } else if (type == "Replace") {
     step.kind = DecoderStep::Kind::kReplace;
-    if (!j.at("pattern").contains("String"))
+    if (!j.at("pattern").has("String"))
       fail_expected(what, "decoder Replace with a Regex pattern is not supported", "a String pattern");
-    step.pattern = j["pattern"]["String"].get<std::string>();
-    step.content = j.at("content").get<std::string>();
+    step.pattern = j.at("pattern").at("String").as_string();
+    step.content = j.at("content").as_string();
   } else if (type == "ByteFallback") {
     step.kind = DecoderStep::Kind::kByteFallback;
   } else if (type == "Fuse") {
     step.kind = DecoderStep::Kind::kFuse;
   } else if (type == "Strip") {
     step.kind = DecoderStep::Kind::kStrip;
-    step.content = j.at("content").get<std::string>();
-    step.start = j.value("start", 0);
-    step.stop = j.value("stop", 0);
+    // HF's content is one char; an empty one would strip nothing `start` times over.
+    step.content = j.at("content").as_string();
+    if (step.content.empty()) j.at("content").refuse("one character");
+    step.start = j.optional("start") ? j.at("start").as_int<int>(0) : 0;
+    step.stop = j.optional("stop") ? j.at("stop").as_int<int>(0) : 0;
   } else if (type == "Metaspace") {
     step.kind = DecoderStep::Kind::kMetaspace;
-    step.content = j.value("replacement", std::string("\xE2\x96\x81"));
-    std::string scheme = j.value("prepend_scheme", std::string());
+    step.content = string_or(j, "replacement", "\xE2\x96\x81");
+    std::string scheme = string_or(j, "prepend_scheme", "");
     step.prepend = scheme.empty() ? flag(j, "add_prefix_space", true) : scheme != "never";
   } else {
     fail_expected(what, str("decoder type '", type, "' is not supported"),
@@ -165,31 +169,31 @@ void parse_decoder(const json& j, std::vector<DecoderStep>& steps, const std::st
 // Post-processor -> the ids added before and after a single sequence.
 // ImplT is Tokenizer::Impl (a template so that these helpers may fill the private Impl).
 template <typename ImplT>
-void parse_post_processor(const json& j, ImplT& impl, const std::string& what) {
+void parse_post_processor(const JsonField& j, ImplT& impl, const std::string& what) {
   if (j.is_null()) return;
   std::string type = type_of(j);
   if (type == "Sequence") {
-    for (const json& p : j.at("processors")) parse_post_processor(p, impl, what);
+    for (const JsonField& p : j.at("processors").as_array()) parse_post_processor(p, impl, what);
   } else if (type == "ByteLevel") {
     // Offsets only; ids are unchanged.
   } else if (type == "TemplateProcessing") {
-    const json& special = j.at("special_tokens");
+    const JsonField special = j.at("special_tokens");
     bool after_sequence = false;
-    for (const json& piece : j.at("single")) {
-      if (piece.contains("Sequence")) {
+    for (const JsonField& piece : j.at("single").as_array()) {
+      if (piece.is_object() && piece.raw().contains("Sequence")) {
         after_sequence = true;
-      } else if (piece.contains("SpecialToken")) {
-        std::string name = piece["SpecialToken"].at("id").get<std::string>();
-        if (!special.contains(name))
+      } else if (piece.is_object() && piece.raw().contains("SpecialToken")) {
+        const std::string& name = piece.at("SpecialToken").at("id").as_string();
+        if (!special.has(name))
           fail_expected(what, str("post_processor template names '", name, "' but special_tokens lacks it"),
                         "every template special token listed in special_tokens");
-        for (const json& id : special[name].at("ids"))
-          (after_sequence ? impl.suffix_ids : impl.prefix_ids).push_back(id.get<std::int32_t>());
+        for (const JsonField& id : special.at(name).at("ids").as_array())
+          (after_sequence ? impl.suffix_ids : impl.prefix_ids).push_back(token_id(id));
       }
     }
   } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-    impl.prefix_ids.push_back(j.at("cls").at(1).get<std::int32_t>());
-    impl.suffix_ids.push_back(j.at("sep").at(1).get<std::int32_t>());
+    impl.prefix_ids.push_back(token_id(j.at("cls")[1]));
+    impl.suffix_ids.push_back(token_id(j.at("sep")[1]));
   } else {
     fail_expected(what, str("post_processor type '", type, "' is not supported"),
                   "null, ByteLevel, TemplateProcessing, or a Sequence of them");
@@ -197,51 +201,45 @@ void parse_post_processor(const json& j, ImplT& impl, const std::string& what) {
 }
 
 template <typename ImplT>
-void parse_model(const json& model, ImplT& impl, const std::string& what) {
+void parse_model(const JsonField& model, ImplT& impl, const std::string& what) {
   std::string type = type_of(model);
-  if (type.empty() && model.contains("merges")) type = "BPE";
-  if (type != "BPE")
-    fail_expected(what, str("model type '", type, "' is not supported"), "a BPE model");
-  if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() > 0)
+  if (type.empty() && model.is_object() && model.raw().contains("merges")) type = "BPE";
+  if (type != "BPE") fail_expected(what, str("model type '", type, "' is not supported"), "a BPE model");
+  if (model.has("dropout") && model.at("dropout").as_float() > 0)
     fail_expected(what, "BPE dropout is not supported", "dropout null");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
-    if (model.contains(key) && !model[key].is_null() && !model[key].get<std::string>().empty())
+    if (!string_or(model, key, "").empty())
       fail_expected(what, str("BPE ", key, " is not supported"), str(key, " null"));
   impl.fuse_unk = flag(model, "fuse_unk", false);
   impl.byte_fallback = flag(model, "byte_fallback", false);
   impl.ignore_merges = flag(model, "ignore_merges", false);
 
-  const json& vocab = model.at("vocab");
-  if (!vocab.is_object()) fail_expected(what, "model.vocab is not an object", "{token: id, ...}");
-  impl.vocab.reserve(vocab.size() + 1024);
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    std::int32_t id = it.value().get<std::int32_t>();
-    if (id < 0) fail_expected(what, str("token '", it.key(), "' has negative id ", id), "ids >= 0");
-    impl.vocab.emplace(it.key(), id);
-  }
-  if (model.contains("unk_token") && !model["unk_token"].is_null()) {
-    auto it = impl.vocab.find(model["unk_token"].get<std::string>());
+  const JsonField vocab = model.at("vocab");
+  if (!vocab.is_object()) vocab.refuse("{token: id, ...}");
+  impl.vocab.reserve(vocab.raw().size() + 1024);
+  for (const auto& [token, id] : vocab.as_object()) impl.vocab.emplace(token, token_id(id));
+  if (std::optional<JsonField> unk_token = model.optional("unk_token")) {
+    auto it = impl.vocab.find(unk_token->as_string());
     if (it != impl.vocab.end()) impl.unk_id = it->second;
   }
 
-  const json& merges = model.at("merges");
+  const std::vector<JsonField> merges = model.at("merges").as_array();
   impl.merges.reserve(merges.size() * 2);
   std::int32_t rank = 0;
-  for (const json& m : merges) {
+  for (const JsonField& m : merges) {
     std::string left, right;
     if (m.is_string()) {
-      const std::string& s = m.get_ref<const std::string&>();
+      const std::string& s = m.as_string();
       std::size_t space = s.find(' ', 1);
       if (space == std::string::npos)
         fail_expected(what, str("merge '", s, "' has no space"), "merges like \"a b\" or [\"a\", \"b\"]");
       left = s.substr(0, space);
       right = s.substr(space + 1);
     } else if (m.is_array() && m.size() == 2) {
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
+      left = m[0].as_string();
+      right = m[1].as_string();
     } else {
-      fail_expected(what, str("merge ", m.dump(), " is not understood"),
-                    "merges like \"a b\" or [\"a\", \"b\"]");
+      m.refuse("merges like \"a b\" or [\"a\", \"b\"]");
     }
     auto l = impl.vocab.find(left), r = impl.vocab.find(right), merged = impl.vocab.find(left + right);
     if (l == impl.vocab.end() || r == impl.vocab.end() || merged == impl.vocab.end())
@@ -283,59 +281,53 @@ std::string tokenizer_byte_level_bytes(const std::string& token) { return byte_l
 std::unique_ptr<Tokenizer::Impl> Tokenizer::Impl::from_json_text(const std::string& text,
                                                                  const std::string& what) {
   auto impl = std::make_unique<Impl>();
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::exception& e) {
-    fail_expected(what, str("not valid JSON: ", e.what()), "a Hugging Face tokenizer.json");
+  const nlohmann::json document = parse_untrusted_json(text, what, "a Hugging Face tokenizer.json");
+  const JsonField root(document, what);
+  if (!root.has("model")) fail_expected(what, "no \"model\" section", "a Hugging Face tokenizer.json");
+  parse_model(root.at("model"), *impl, what);
+  // Built before added tokens join `vocab`: ignore_merges looks in the model's vocab only.
+  if (root.has("pre_tokenizer") && root.at("pre_tokenizer").raw().dump().find("\"ByteLevel\"") != std::string::npos) {
+    impl->byte_vocab.reserve(impl->vocab.size());
+    for (const auto& [token, id] : impl->vocab) impl->byte_vocab.emplace(byte_level_bytes(token), id);
   }
-  try {
-    if (!root.is_object() || !root.contains("model"))
-      fail_expected(what, "no \"model\" section", "a Hugging Face tokenizer.json");
-    parse_model(root["model"], *impl, what);
-    // Built before added tokens join `vocab`: ignore_merges looks in the model's vocab only.
-    if (root.contains("pre_tokenizer") && root["pre_tokenizer"].dump().find("\"ByteLevel\"") != std::string::npos) {
-      impl->byte_vocab.reserve(impl->vocab.size());
-      for (const auto& [token, id] : impl->vocab) impl->byte_vocab.emplace(byte_level_bytes(token), id);
+  parse_normalizer(root.at("normalizer"), impl->normalizer, what);
+  parse_pre_tokenizer(root.at("pre_tokenizer"), impl->pre_tokenizer, what);
+  for (std::size_t i = 0; i < impl->pre_tokenizer.size(); ++i)
+    if (impl->pre_tokenizer[i].kind == PreTokenizerStep::Kind::kByteLevel) {
+      if (i + 1 != impl->pre_tokenizer.size())
+        fail_expected(what, "a ByteLevel pre_tokenizer is followed by other pre-tokenizers",
+                      "ByteLevel as the last pre-tokenizer");
+      impl->byte_level = true;
     }
-    parse_normalizer(root.value("normalizer", json()), impl->normalizer, what);
-    parse_pre_tokenizer(root.value("pre_tokenizer", json()), impl->pre_tokenizer, what);
-    for (std::size_t i = 0; i < impl->pre_tokenizer.size(); ++i)
-      if (impl->pre_tokenizer[i].kind == PreTokenizerStep::Kind::kByteLevel) {
-        if (i + 1 != impl->pre_tokenizer.size())
-          fail_expected(what, "a ByteLevel pre_tokenizer is followed by other pre-tokenizers",
-                        "ByteLevel as the last pre-tokenizer");
-        impl->byte_level = true;
-      }
-    json decoder = root.value("decoder", json());
-    if (!decoder.is_null()) {
-      impl->has_decoder = true;
-      parse_decoder(decoder, impl->decoder, what);
-    }
+  if (!root.at("decoder").is_null()) {
+    impl->has_decoder = true;
+    parse_decoder(root.at("decoder"), impl->decoder, what);
+  }
 
-    if (root.contains("added_tokens") && !root["added_tokens"].is_null()) {
-      for (const json& t : root["added_tokens"]) {
-        AddedToken a;
-        a.content = t.at("content").get<std::string>();
-        a.id = t.at("id").get<std::int32_t>();
-        a.special = flag(t, "special", false);
-        a.lstrip = flag(t, "lstrip", false);
-        a.rstrip = flag(t, "rstrip", false);
-        a.single_word = flag(t, "single_word", false);
-        a.normalized = flag(t, "normalized", !a.special);
-        if (a.content.empty() || a.id < 0)
-          fail_expected(what, str("added token ", t.dump(), " is invalid"), "non-empty content, id >= 0");
-        impl->vocab[a.content] = a.id;
-        impl->added.push_back(a);
-      }
+  if (std::optional<JsonField> added_tokens = root.optional("added_tokens")) {
+    for (const JsonField& t : added_tokens->as_array()) {
+      AddedToken a;
+      a.content = t.at("content").as_string();
+      a.id = token_id(t.at("id"));
+      a.special = flag(t, "special", false);
+      a.lstrip = flag(t, "lstrip", false);
+      a.rstrip = flag(t, "rstrip", false);
+      a.single_word = flag(t, "single_word", false);
+      a.normalized = flag(t, "normalized", !a.special);
+      if (a.content.empty()) t.at("content").refuse("a non-empty string");
+      impl->vocab[a.content] = a.id;
+      impl->added.push_back(a);
     }
-    parse_post_processor(root.value("post_processor", json()), *impl, what);
-  } catch (const json::exception& e) {
-    fail_expected(what, str("unexpected structure: ", e.what()), "a Hugging Face tokenizer.json");
   }
+  parse_post_processor(root.at("post_processor"), *impl, what);
 
   std::int64_t size = 0;
   for (const auto& [token, id] : impl->vocab) size = std::max<std::int64_t>(size, id + 1);
+  // The id tables below are as long as the largest id: a stray 2000000000 must not allocate 64 GB.
+  constexpr std::int64_t kLargestVocabulary = std::int64_t{1} << 24;
+  if (size > kLargestVocabulary)
+    fail_expected(what, str("token id ", size - 1, " is beyond any vocabulary"),
+                  str("token ids below ", kLargestVocabulary));
   impl->id_to_token.assign(static_cast<std::size_t>(size), std::string());
   for (const auto& [token, id] : impl->vocab) impl->id_to_token[id] = token;
   // Added tokens own their id even where the model vocab reuses it.

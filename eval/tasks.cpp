@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "util/checked_json.h"
 #include "util/error.h"
 
 namespace minitron {
@@ -25,36 +26,20 @@ constexpr KindName kKinds[] = {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
-const json& field(const json& doc, const char* name, const std::string& where, const char* expected) {
-  if (!doc.contains(name)) fail_expected(where, str("no \"", name, "\" field"), expected);
-  return doc.at(name);
-}
-
-std::string string_field(const json& doc, const char* name, const std::string& where) {
-  const json& v = field(doc, name, where, "a string");
-  if (!v.is_string()) fail_expected(where, str("\"", name, "\" is ", v.type_name()), "a string");
-  return v.get<std::string>();
-}
-
-std::vector<std::string> string_list(const json& v, const std::string& what, const std::string& where) {
-  if (!v.is_array() || v.empty()) fail_expected(where, str(what, " is not a non-empty list"), "a list of strings");
-  std::vector<std::string> out;
-  for (const json& s : v) {
-    if (!s.is_string()) fail_expected(where, str(what, " holds a ", s.type_name()), "a list of strings");
-    out.push_back(s.get<std::string>());
-  }
-  return out;
+std::vector<std::string> string_list(const JsonField& v) {
+  if (!v.is_array() || v.size() == 0) v.refuse("a non-empty list of strings");
+  return v.as_string_array();
 }
 
 // An index given as a number or a digit string ("label": "2" in HellaSwag's HF files).
-int index_field(const json& v, const std::string& what, const std::string& where) {
-  if (v.is_number_integer()) return v.get<int>();
+int index_field(const JsonField& v) {
+  if (v.is_number()) return v.as_int<int>();
   if (v.is_string()) {
-    const std::string s = v.get<std::string>();
+    const std::string& s = v.as_string();
     if (!s.empty() && s.size() < 9 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }))
       return std::stoi(s);
   }
-  fail_expected(where, str(what, " is ", v.dump()), "an integer index");
+  v.refuse("an integer index");
 }
 
 void check_gold(const TaskDoc& doc, const std::string& where) {
@@ -131,76 +116,70 @@ std::string hellaswag_preprocess(const std::string& input) {
 }
 
 TaskDoc parse_task_doc(TaskKind kind, const std::string& line, const std::string& where) {
-  json doc;
-  try {
-    doc = json::parse(line);
-  } catch (const json::exception& e) {
-    fail_expected(where, str("not valid JSON (", e.what(), ")"), "one JSON object per line");
-  }
-  if (!doc.is_object()) fail_expected(where, "not a JSON object", "one JSON object per line");
+  json source = parse_untrusted_json(line, where, "one JSON object per line");
+  const JsonField doc(source, where);
+  if (!doc.is_object()) doc.refuse("a JSON object");
+  auto string_field = [&](const char* name) -> const std::string& { return doc.at(name).as_string(); };
   TaskDoc out;
   switch (kind) {
     case TaskKind::HellaSwag: {
-      const std::string ctx = string_field(doc, "ctx_a", where) + " " + python_capitalize(string_field(doc, "ctx_b", where));
-      out.query = hellaswag_preprocess(string_field(doc, "activity_label", where) + ": " + ctx);
-      for (const std::string& e : string_list(field(doc, "endings", where, "a list"), "\"endings\"", where))
-        out.choices.push_back(hellaswag_preprocess(e));
-      out.gold = index_field(field(doc, "label", where, "an index"), "\"label\"", where);
+      const std::string ctx = string_field("ctx_a") + " " + python_capitalize(string_field("ctx_b"));
+      out.query = hellaswag_preprocess(string_field("activity_label") + ": " + ctx);
+      for (const std::string& e : string_list(doc.at("endings"))) out.choices.push_back(hellaswag_preprocess(e));
+      out.gold = index_field(doc.at("label"));
       break;
     }
     case TaskKind::Winogrande: {
-      const std::string sentence = string_field(doc, "sentence", where);
+      const std::string& sentence = string_field("sentence");
       const std::size_t blank = sentence.find('_');
       if (blank == std::string::npos) fail_expected(where, "\"sentence\" has no \"_\"", "a sentence with a _ blank");
       out.query = sentence.substr(0, blank);
       out.target = python_strip(sentence.substr(blank + 1));
-      out.choices = {string_field(doc, "option1", where), string_field(doc, "option2", where)};
-      const json& answer = field(doc, "answer", where, "\"1\" or \"2\"");
-      const int a = index_field(answer, "\"answer\"", where);
-      if (a != 1 && a != 2) fail_expected(where, str("\"answer\" is ", answer.dump()), "\"1\" or \"2\"");
+      out.choices = {string_field("option1"), string_field("option2")};
+      const int a = index_field(doc.at("answer"));
+      if (a != 1 && a != 2) doc.at("answer").refuse("\"1\" or \"2\"");
       out.gold = a - 1;
       break;
     }
     case TaskKind::Mmlu: {
-      out.subject = string_field(doc, "subject", where);
-      const std::vector<std::string> options = string_list(field(doc, "choices", where, "a list"), "\"choices\"", where);
+      out.subject = string_field("subject");
+      const std::vector<std::string> options = string_list(doc.at("choices"));
       if (options.size() != 4) fail_expected(where, str("\"choices\" has ", options.size(), " entries"), "4 (A to D)");
-      out.query = python_strip(string_field(doc, "question", where)) + "\nA. " + options[0] + "\nB. " + options[1] +
-                  "\nC. " + options[2] + "\nD. " + options[3] + "\nAnswer:";
+      out.query = python_strip(string_field("question")) + "\nA. " + options[0] + "\nB. " + options[1] + "\nC. " +
+                  options[2] + "\nD. " + options[3] + "\nAnswer:";
       out.choices = {"A", "B", "C", "D"};
-      const json& answer = field(doc, "answer", where, "an index 0-3 or a letter A-D");
-      if (answer.is_string() && answer.get<std::string>().size() == 1 && answer.get<std::string>()[0] >= 'A' &&
-          answer.get<std::string>()[0] <= 'D')
-        out.gold = answer.get<std::string>()[0] - 'A';
+      const JsonField answer = doc.at("answer");
+      if (answer.is_string() && answer.as_string().size() == 1 && answer.as_string()[0] >= 'A' &&
+          answer.as_string()[0] <= 'D')
+        out.gold = answer.as_string()[0] - 'A';
       else
-        out.gold = index_field(answer, "\"answer\"", where);
+        out.gold = index_field(answer);
       break;
     }
     case TaskKind::ArcEasy:
     case TaskKind::ArcChallenge: {
-      out.query = "Question: " + string_field(doc, "question", where) + "\nAnswer:";
-      const json& choices = field(doc, "choices", where, "{\"text\": [...], \"label\": [...]}");
-      if (!choices.is_object() || !choices.contains("text") || !choices.contains("label"))
-        fail_expected(where, "\"choices\" is not {text, label}", "{\"text\": [...], \"label\": [...]}");
-      out.choices = string_list(choices["text"], "\"choices.text\"", where);
-      const std::vector<std::string> labels = string_list(choices["label"], "\"choices.label\"", where);
+      out.query = "Question: " + string_field("question") + "\nAnswer:";
+      const JsonField choices = doc.at("choices");
+      if (!choices.has("text") || !choices.has("label")) choices.refuse("{\"text\": [...], \"label\": [...]}");
+      out.choices = string_list(choices.at("text"));
+      const std::vector<std::string> labels = string_list(choices.at("label"));
       if (labels.size() != out.choices.size())
         fail_expected(where, "\"choices.label\" and \"choices.text\" differ in length", "one label per choice");
-      const std::string key = string_field(doc, "answerKey", where);
+      const std::string& key = string_field("answerKey");
       auto it = std::find(labels.begin(), labels.end(), key);
       if (it == labels.end()) fail_expected(where, str("\"answerKey\" '", key, "' is not a label"), "one of choices.label");
       out.gold = static_cast<int>(it - labels.begin());
       break;
     }
     case TaskKind::MultipleChoice: {
-      out.query = string_field(doc, "context", where);
-      out.choices = string_list(field(doc, "choices", where, "a list"), "\"choices\"", where);
-      out.gold = index_field(field(doc, "label", where, "an index"), "\"label\"", where);
+      out.query = string_field("context");
+      out.choices = string_list(doc.at("choices"));
+      out.gold = index_field(doc.at("label"));
       break;
     }
   }
   check_gold(out, where);
-  out.source = std::move(doc);
+  out.source = std::move(source);
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/bf16.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 
 namespace minitron {
@@ -40,13 +41,10 @@ void put_u64_le(std::string& out, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
 
-// Reads a non-negative JSON integer; anything else (negative, float, string, too large) fails.
-std::uint64_t non_negative(const json& v, const std::string& what, std::uint64_t limit) {
-  if (!v.is_number_unsigned())
-    fail_expected(what, str("found ", v.dump()), "a non-negative integer");
-  std::uint64_t x = v.get<std::uint64_t>();
-  if (x > limit) fail_expected(what, str("value ", x, " is implausibly large"), str("at most ", limit));
-  return x;
+// A non-negative JSON integer (the safetensors format writes no floats here), at most `limit`.
+std::uint64_t non_negative(const JsonField& v, std::uint64_t limit) {
+  if (!v.is_number() || !v.raw().is_number_unsigned()) v.refuse("a non-negative integer");
+  return v.as_int<std::uint64_t>(0, limit);
 }
 
 }  // namespace
@@ -83,26 +81,15 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
   data_start_ = 8 + header_len;
   const std::uint64_t data_size = size - data_start_;
 
-  json header;
-  try {
-    const char* text = reinterpret_cast<const char*>(file_.data() + 8);
-    header = json::parse(text, text + header_len);
-  } catch (const json::exception& e) {
-    fail_expected(where, str("header is not valid JSON: ", e.what()), "a JSON object");
-  }
-  if (!header.is_object())
-    fail_expected(where, str("header is a JSON ", header.type_name()), "a JSON object");
+  const json header = parse_untrusted_json(
+      std::string_view(reinterpret_cast<const char*>(file_.data() + 8), header_len), where, "a JSON object header");
+  const JsonField header_field(header, where);
+  if (!header_field.is_object()) header_field.refuse("a JSON object");
 
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    const json& v = it.value();
+  for (const auto& [name, entry] : header_field.as_object()) {
+    const json& v = entry.raw();
     if (name == "__metadata__") {
-      if (!v.is_object()) fail_expected(str(where, ": __metadata__"), str("found ", v.type_name()), "an object");
-      for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string())
-          fail_expected(str(where, ": __metadata__.", m.key()), str("found ", m.value().type_name()), "a string");
-        metadata_[m.key()] = m.value().get<std::string>();
-      }
+      for (const auto& [key, value] : entry.as_object()) metadata_[key] = value.as_string();
       continue;
     }
     const std::string what = str(where, ": tensor '", name, "'");
@@ -112,15 +99,15 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
     t.name = name;
     if (!v.contains("dtype") || !v["dtype"].is_string())
       fail_expected(what, "dtype missing or not a string", "\"BF16\", \"F16\" or \"F32\"");
-    const std::string dtype = v["dtype"].get<std::string>();
+    const std::string dtype = entry.at("dtype").as_string();
     if (!parse_dtype(dtype, t.dtype))
       fail_expected(what, str("dtype '", dtype, "' is not supported"), "BF16, F16 or F32");
     if (!v.contains("shape") || !v["shape"].is_array())
       fail_expected(what, "shape missing or not an array", "an array of non-negative integers");
     if (v["shape"].size() > 8) fail_expected(what, str("shape has ", v["shape"].size(), " dimensions"), "at most 8");
     std::uint64_t numel = 1;
-    for (const json& d : v["shape"]) {
-      std::uint64_t dim = non_negative(d, str(what, " shape"), kMaxElements);
+    for (const JsonField& d : entry.at("shape").as_array()) {
+      std::uint64_t dim = non_negative(d, kMaxElements);
       if (dim != 0 && numel > kMaxElements / dim)
         fail_expected(what, str("shape ", v["shape"].dump(), " has too many elements"), str("at most ", kMaxElements));
       numel *= dim;
@@ -132,8 +119,8 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
     // Bounded by the element limit here; against the file's data region below, so that a cut
     // file is reported as truncated.
     const std::uint64_t max_offset = kMaxElements * 4;
-    t.begin = non_negative(v["data_offsets"][0], str(what, " data_offsets"), max_offset);
-    t.end = non_negative(v["data_offsets"][1], str(what, " data_offsets"), max_offset);
+    t.begin = non_negative(entry.at("data_offsets")[0], max_offset);
+    t.end = non_negative(entry.at("data_offsets")[1], max_offset);
     if (t.begin > t.end)
       fail_expected(what, str("data_offsets [", t.begin, ", ", t.end, "] end before begin"), "begin <= end");
     const std::uint64_t bytes = numel * safetensors_dtype_size(t.dtype);
@@ -244,22 +231,16 @@ SafetensorsCheckpoint::SafetensorsCheckpoint(const fs::path& dir) : dir_(dir) {
   if (!fs::exists(single) && fs::exists(index_path)) {
     sharded_ = true;
     const std::string where = index_path.string();
-    json index;
-    try {
-      index = json::parse(read_text_file(index_path));
-    } catch (const json::exception& e) {
-      fail_expected(where, str("invalid JSON: ", e.what()), "a safetensors index");
-    }
-    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    const json index = parse_untrusted_json(read_text_file(index_path), where, "a safetensors index");
+    const JsonField index_field(index, where);
+    if (!index_field.is_object() || !index_field.at("weight_map").is_object())
       fail_expected(where, "no weight_map object", "{\"metadata\": {...}, \"weight_map\": {tensor: file}}");
     std::map<std::string, const SafetensorsFile*> shards;
-    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
-      const std::string& tensor = it.key();
-      if (!it.value().is_string())
-        fail_expected(str(where, ": weight_map['", tensor, "']"), str("found ", it.value().dump()), "a file name");
-      const std::string file = it.value().get<std::string>();
-      if (file.empty() || file.find('/') != std::string::npos || file.find('\\') != std::string::npos ||
-          file == "." || file == "..")
+    for (const auto& [tensor, file_field] : index_field.at("weight_map").as_object()) {
+      if (!file_field.is_string()) file_field.refuse("a file name");
+      const std::string& file = file_field.as_string();
+      if (file.empty() || file.find('/') != std::string::npos || file.find('\\') != std::string::npos || file == "." ||
+          file == "..")
         fail_expected(str(where, ": weight_map['", tensor, "']"), str("'", file, "' is not a plain file name"),
                       "a shard file in the same directory");
       auto found = shards.find(file);

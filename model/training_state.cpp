@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "model/safetensors.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -37,20 +38,18 @@ void write_training_state(const fs::path& dir, const TrainingProgress& progress,
 bool has_training_state(const fs::path& dir) { return fs::exists(progress_path(dir)); }
 
 TrainingProgress read_training_progress(const fs::path& dir) {
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(read_text_file(progress_path(dir)));
-  } catch (const nlohmann::json::exception& e) {
-    fail_expected(progress_path(dir).string(), e.what(), "valid JSON written by minitron train");
-  }
+  const std::string file = progress_path(dir).string();
+  const nlohmann::json document =
+      parse_untrusted_json(read_text_file(progress_path(dir)), file, "valid JSON written by minitron train");
+  const JsonField json(document, file);
   TrainingProgress progress;
-  progress.step = json.at("step").get<std::int64_t>();
-  progress.optimizer_steps = json.at("optimizer_steps").get<std::int64_t>();
-  progress.loader = json.at("loader");
-  progress.batch_size = json.at("batch_size").get<std::int64_t>();
-  progress.sequence_length = json.at("sequence_length").get<std::int64_t>();
-  progress.grad_accumulation = json.at("grad_accumulation").get<std::int64_t>();
-  progress.world_size = json.value("world_size", std::int64_t{1});
+  progress.step = json.at("step").as_int<std::int64_t>(0);
+  progress.optimizer_steps = json.at("optimizer_steps").as_int<std::int64_t>(0);
+  progress.loader = json.at("loader").raw();
+  progress.batch_size = json.at("batch_size").as_int<std::int64_t>(1);
+  progress.sequence_length = json.at("sequence_length").as_int<std::int64_t>(1);
+  progress.grad_accumulation = json.at("grad_accumulation").as_int<std::int64_t>(1);
+  if (const auto world_size = json.optional("world_size")) progress.world_size = world_size->as_int<std::int64_t>(1);
   return progress;
 }
 

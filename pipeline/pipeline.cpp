@@ -16,6 +16,7 @@
 #include "model/checkpoint.h"
 #include "pipeline/report.h"
 #include "train/evaluate.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -281,7 +282,9 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
     write_bytes_atomically(evaluation / "results.json", results.dump(2) + "\n");
   });
 
-  write_report(recipe, run_dir, json::parse(read_text_file(evaluation / "results.json")));
+  const fs::path results_path = evaluation / "results.json";
+  write_report(recipe, run_dir,
+               parse_untrusted_json(read_text_file(results_path), results_path.string(), "the evaluation's results"));
   return steps.steps();
 }
 

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/llama.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -17,58 +18,51 @@ using nlohmann::json;
 // Reads keys from one JSON object, refusing unknown ones and wrong types with the key's path.
 class Reader {
  public:
-  Reader(const json& object, std::string where, const std::filesystem::path& file) : object_(object), where_(std::move(where)), file_(file) {
-    if (!object_.is_object()) fail_expected(str(file_.string(), ": ", where_), "not a JSON object", "an object");
+  explicit Reader(const JsonField& object) : object_(object) {
+    if (!object_.is_object()) object_.refuse("an object");
   }
-  ~Reader() = default;
   template <typename T>
   void get(const char* key, T& out) {
     seen_.insert(key);
-    auto it = object_.find(key);
-    if (it == object_.end()) return;
-    try {
-      out = it->get<T>();
-    } catch (const json::exception&) {
-      fail_expected(str(file_.string(), ": ", where_, key), str("value ", it->dump()), expected_type<T>());
-    }
+    const JsonField value = object_.at(key);
+    if (!value.exists()) return;
+    if constexpr (std::is_same_v<T, std::string>)
+      out = value.as_string();
+    else if constexpr (std::is_same_v<T, bool>)
+      out = value.as_bool();
+    else if constexpr (std::is_integral_v<T>)
+      out = value.as_int<T>();
+    else
+      out = value.as_float();
   }
   template <typename T>
   void get(const char* key, std::optional<T>& out) {
     T value{};
-    if (object_.contains(key)) {
+    if (object_.at(key).exists()) {
       get(key, value);
       out = value;
     } else {
       seen_.insert(key);
     }
   }
-  const json* child(const char* key) {
+  std::optional<JsonField> child(const char* key) {
     seen_.insert(key);
-    auto it = object_.find(key);
-    return it == object_.end() ? nullptr : &*it;
+    const JsonField value = object_.at(key);
+    if (!value.exists()) return std::nullopt;
+    return value;
   }
   void finish() const {
-    for (auto it = object_.begin(); it != object_.end(); ++it)
-      if (!seen_.count(it.key()))
-        fail_expected(str(file_.string(), ": ", where_, it.key()), "unknown key", "one of the keys listed in recipes/README.md");
+    for (const auto& [key, value] : object_.as_object())
+      if (!seen_.count(key)) value.refuse("unknown key", "one of the keys listed in recipes/README.md");
   }
 
  private:
-  template <typename T>
-  static const char* expected_type() {
-    if constexpr (std::is_same_v<T, std::string>) return "a string";
-    else if constexpr (std::is_same_v<T, bool>) return "true or false";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else return "a number";
-  }
-  const json& object_;
-  std::string where_;
-  const std::filesystem::path& file_;
+  JsonField object_;
   std::set<std::string> seen_;
 };
 
-void read_training(const json& j, const std::string& where, const std::filesystem::path& file, RecipeTraining& t) {
-  Reader r(j, where, file);
+void read_training(const JsonField& j, RecipeTraining& t) {
+  Reader r(j);
   r.get("steps", t.steps);
   r.get("batch_size", t.batch_size);
   r.get("grad_accumulation", t.grad_accumulation);
@@ -85,39 +79,34 @@ void read_training(const json& j, const std::string& where, const std::filesyste
   r.get("enabled", t.enabled);
   r.get("recompute", t.recompute);
   r.finish();
-  if (t.steps < 1) fail_expected(str(file.string(), ": ", where, "steps"), str(t.steps), "at least 1");
+  if (t.steps < 1) fail_expected(j.at("steps").where(), str(t.steps), "at least 1");
   if (!parse_activation_recompute(t.recompute))
-    fail_expected(str(file.string(), ": ", where, "recompute"), str("'", t.recompute, "'"), "none, selective or full");
+    fail_expected(j.at("recompute").where(), str("'", t.recompute, "'"), "none, selective or full");
 }
 
 // One {task, task_file, shots, limit, fewshot_file} object; name is its key path ("importance.task").
-RecipeTask read_task(const json& j, const std::string& name, const std::filesystem::path& file) {
+RecipeTask read_task(const JsonField& j) {
   RecipeTask task;
-  Reader tr(j, name + ".", file);
+  Reader tr(j);
   tr.get("task", task.task);
   tr.get("task_file", task.task_file);
   tr.get("shots", task.shots);
   tr.get("limit", task.limit);
   tr.get("fewshot_file", task.fewshot_file);
   tr.finish();
-  if (task.task.empty() || task.task_file.empty())
-    fail_expected(str(file.string(), ": ", name), "task or task_file missing", "both");
+  if (task.task.empty() || task.task_file.empty()) fail_expected(j.where(), "task or task_file missing", "both");
   if (task.shots < 0 || task.limit < 0)
-    fail_expected(str(file.string(), ": ", name), str("shots ", task.shots, ", limit ", task.limit), "both at least 0");
+    fail_expected(j.where(), str("shots ", task.shots, ", limit ", task.limit), "both at least 0");
   return task;
 }
 
 }  // namespace
 
 Recipe load_recipe(const std::filesystem::path& path) {
-  json j;
-  try {
-    j = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail_expected(str("recipe ", path.string()), e.what(), "a JSON object");
-  }
+  const json j = parse_untrusted_json(read_text_file(path), str("recipe ", path.string()), "a JSON object");
+  const JsonField root(j, path.string());
   Recipe recipe;
-  Reader r(j, "", path);
+  Reader r(root);
   std::string teacher;
   r.get("name", recipe.name);
   r.get("teacher", teacher);
@@ -128,8 +117,8 @@ Recipe load_recipe(const std::filesystem::path& path) {
   r.get("sequence_length", recipe.sequence_length);
   r.get("seed", recipe.seed);
   r.get("save_dtype", recipe.save_dtype);
-  if (const json* d = r.child("data")) {
-    Reader dr(*d, "data.", path);
+  if (std::optional<JsonField> d = r.child("data")) {
+    Reader dr(*d);
     dr.get("train", recipe.train_data);
     dr.get("validation", recipe.validation_data);
     dr.get("calibration", recipe.calibration_data);
@@ -141,28 +130,29 @@ Recipe load_recipe(const std::filesystem::path& path) {
   if (recipe.calibration_data.empty()) recipe.calibration_data = recipe.train_data;
   // Correction defaults: the paper's 1/5 of the original peak, minimum a tenth of that.
   recipe.correction.learning_rate = 0;
-  if (const json* c = r.child("correction")) read_training(*c, "correction.", path, recipe.correction);
-  if (recipe.correction.learning_rate <= 0) recipe.correction.learning_rate = recipe.correction.original_learning_rate / 5.0;
-  if (const json* c = r.child("correction"); !c || !c->contains("min_learning_rate"))
+  if (std::optional<JsonField> c = r.child("correction")) read_training(*c, recipe.correction);
+  if (recipe.correction.learning_rate <= 0)
+    recipe.correction.learning_rate = recipe.correction.original_learning_rate / 5.0;
+  if (std::optional<JsonField> c = r.child("correction"); !c || !c->at("min_learning_rate").exists())
     recipe.correction.min_learning_rate = recipe.correction.learning_rate / 10.0;
-  if (const json* d = r.child("distillation")) read_training(*d, "distillation.", path, recipe.distillation);
-  if (const json* i = r.child("importance")) {
-    Reader ir(*i, "importance.", path);
+  if (std::optional<JsonField> d = r.child("distillation")) read_training(*d, recipe.distillation);
+  if (std::optional<JsonField> i = r.child("importance")) {
+    Reader ir(*i);
     ir.get("samples", recipe.importance_samples);
     ir.get("layer_windows", recipe.importance_layer_windows);
     ir.get("batch_size", recipe.importance_batch_size);
     ir.get("sequence_length", recipe.importance_sequence_length);
-    if (const json* t = ir.child("task")) recipe.importance_task = read_task(*t, "importance.task", path);
+    if (std::optional<JsonField> t = ir.child("task")) recipe.importance_task = read_task(*t);
     ir.finish();
     if (recipe.importance_task && recipe.importance_layer_windows < 1)
       fail_expected(str(path.string(), ": importance.layer_windows"), str(recipe.importance_layer_windows, " with importance.task"),
                     "at least 1 (the task is scored beside the layer-removal losses)");
   }
-  if (const json* s = r.child("students")) {
-    if (!s->is_array() || s->empty()) fail_expected(str(path.string(), ": students"), "not a non-empty array", "a list of pruned architectures");
+  if (std::optional<JsonField> s = r.child("students")) {
+    if (!s->is_array() || s->size() == 0) s->refuse("a non-empty list of pruned architectures");
     for (std::size_t k = 0; k < s->size(); ++k) {
       RecipeStudent student;
-      Reader sr((*s)[k], str("students[", k, "]."), path);
+      Reader sr((*s)[k]);
       sr.get("name", student.name);
       sr.get("hidden_size", student.hidden_size);
       sr.get("intermediate_size", student.intermediate_size);
@@ -188,12 +178,13 @@ Recipe load_recipe(const std::filesystem::path& path) {
       recipe.students.push_back(std::move(student));
     }
   }
-  if (recipe.students.empty()) fail_expected(str(path.string(), ": students"), "missing", "at least one pruned architecture");
-  if (const json* b = r.child("baseline")) {
-    if (b->is_boolean()) {
-      recipe.baseline = b->get<bool>();
+  if (recipe.students.empty())
+    fail_expected(str(path.string(), ": students"), "missing", "at least one pruned architecture");
+  if (std::optional<JsonField> b = r.child("baseline")) {
+    if (b->is_bool()) {
+      recipe.baseline = b->as_bool();
     } else {
-      Reader br(*b, "baseline.", path);
+      Reader br(*b);
       double lr = 0;
       br.get("learning_rate", lr);
       br.finish();
@@ -201,14 +192,12 @@ Recipe load_recipe(const std::filesystem::path& path) {
       if (lr > 0) recipe.baseline_learning_rate = lr;
     }
   }
-  if (const json* e = r.child("evaluation")) {
-    Reader er(*e, "evaluation.", path);
+  if (std::optional<JsonField> e = r.child("evaluation")) {
+    Reader er(*e);
     er.get("eval_windows", recipe.eval_windows);
-    if (const json* tasks = er.child("tasks")) {
-      if (!tasks->is_array()) fail_expected(str(path.string(), ": evaluation.tasks"), "not an array", "a list of {task, task_file}");
-      for (std::size_t k = 0; k < tasks->size(); ++k) {
-        recipe.tasks.push_back(read_task((*tasks)[k], str("evaluation.tasks[", k, "]"), path));
-      }
+    if (std::optional<JsonField> tasks = er.child("tasks")) {
+      if (!tasks->is_array()) tasks->refuse("a list of {task, task_file}");
+      for (const JsonField& task : tasks->as_array()) recipe.tasks.push_back(read_task(task));
     }
     er.finish();
   }

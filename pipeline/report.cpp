@@ -7,6 +7,7 @@
 #include <limits>
 #include <sstream>
 
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -51,22 +52,24 @@ std::vector<std::pair<double, double>> validation_curve(const fs::path& metrics)
   std::vector<std::pair<double, double>> points;
   std::ifstream in(metrics);
   std::string line;
-  while (std::getline(in, line)) {
+  for (std::int64_t line_number = 1; std::getline(in, line); ++line_number) {
     if (line.empty()) continue;
+    // A line cut short by an interrupted run is skipped, as are records other than evaluations.
     json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_object() || !j.contains("validation_loss") || !j.contains("step") || j.contains("event")) continue;
-    const double step = j["step"].get<double>();
+    const JsonField record(j, str(metrics.string(), ":", line_number));
+    if (!record.has("validation_loss") || !record.has("step") || record.at("event").exists()) continue;
+    const double step = record.at("step").as_float();
     std::erase_if(points, [&](const auto& p) { return p.first == step; });
-    points.emplace_back(step, j["validation_loss"].get<double>());
+    points.emplace_back(step, record.at("validation_loss").as_float());
   }
   std::sort(points.begin(), points.end());
   return points;
 }
 
-const json* find_model(const json& results, const std::string& key) {
-  for (const json& r : results)
-    if (r["key"] == key) return &r;
-  return nullptr;
+std::optional<JsonField> find_model(const JsonField& results, const std::string& key) {
+  for (const JsonField& r : results.as_array())
+    if (r.at("key").as_string() == key) return r;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -117,12 +120,13 @@ std::string loss_curves_svg(const std::vector<LossSeries>& series, const std::st
   return o.str();
 }
 
-void write_report(const Recipe& recipe, const fs::path& run_dir, const json& results) {
+void write_report(const Recipe& recipe, const fs::path& run_dir, const json& results_json) {
+  const JsonField results(results_json, (run_dir / "evaluation" / "results.json").string());
   // The task columns are the union of every model's task metrics.
   std::vector<std::string> task_columns;
-  for (const json& r : results)
-    for (auto it = r["tasks"].begin(); it != r["tasks"].end(); ++it)
-      if (std::find(task_columns.begin(), task_columns.end(), it.key()) == task_columns.end()) task_columns.push_back(it.key());
+  for (const JsonField& r : results.as_array())
+    for (const auto& [task, _] : r.at("tasks").as_object())
+      if (std::find(task_columns.begin(), task_columns.end(), task) == task_columns.end()) task_columns.push_back(task);
 
   std::ostringstream md;
   md << "# minitron pipeline report" << (recipe.name.empty() ? "" : ": " + recipe.name) << "\n\n"
@@ -134,18 +138,20 @@ void write_report(const Recipe& recipe, const fs::path& run_dir, const json& res
   for (std::size_t i = 0; i < task_columns.size(); ++i) md << "---:|";
   md << "\n";
   std::printf("\n%-52s %11s %10s %10s %10s\n", "model", "parameters", "val loss", "perplexity", "tokens");
-  for (const json& r : results) {
-    const std::string label = r["label"].get<std::string>();
-    const double loss = r["validation_loss"].get<double>(), ppl = r["validation_perplexity"].get<double>();
-    const std::int64_t params = r["parameters"].get<std::int64_t>(), tokens = r["training_tokens"].get<std::int64_t>();
+  for (const JsonField& r : results.as_array()) {
+    const std::string& label = r.at("label").as_string();
+    const double loss = r.at("validation_loss").as_float(), ppl = r.at("validation_perplexity").as_float();
+    const auto params = r.at("parameters").as_int<std::int64_t>(),
+               tokens = r.at("training_tokens").as_int<std::int64_t>();
     md << "| " << label << " | " << count(params) << " | " << fixed(loss, 4) << " | " << fixed(ppl, 2) << " | "
        << (tokens ? count(tokens) : "-") << " |";
     std::printf("%-52s %11s %10s %10s %10s", label.c_str(), count(params).c_str(), fixed(loss, 4).c_str(), fixed(ppl, 2).c_str(),
                 tokens ? count(tokens).c_str() : "-");
     for (const std::string& t : task_columns) {
-      const bool has = r["tasks"].contains(t);
-      md << " " << (has ? fixed(r["tasks"][t].get<double>(), 4) : "-") << " |";
-      std::printf("  %s %s", t.c_str(), has ? fixed(r["tasks"][t].get<double>(), 4).c_str() : "-");
+      const bool has = r.at("tasks").has(t);
+      const std::string score = has ? fixed(r.at("tasks").at(t).as_float(), 4) : "-";
+      md << " " << score << " |";
+      std::printf("  %s %s", t.c_str(), score.c_str());
     }
     md << "\n";
     std::printf("\n");
@@ -154,8 +160,8 @@ void write_report(const Recipe& recipe, const fs::path& run_dir, const json& res
   // The claims the method makes, checked on this run's numbers.
   json findings = json::array();
   auto loss_of = [&](const std::string& key) {
-    const json* r = find_model(results, key);
-    return r ? (*r)["validation_loss"].get<double>() : std::numeric_limits<double>::quiet_NaN();
+    const std::optional<JsonField> r = find_model(results, key);
+    return r ? r->at("validation_loss").as_float() : std::numeric_limits<double>::quiet_NaN();
   };
   md << "\n## Findings\n\n";
   std::printf("\n");
@@ -191,8 +197,9 @@ void write_report(const Recipe& recipe, const fs::path& run_dir, const json& res
   write_bytes_atomically(run_dir / "loss_curves.svg", loss_curves_svg(series, "validation loss during training"));
   md << "\n![validation loss curves](loss_curves.svg)\n";
   write_bytes_atomically(run_dir / "report.md", md.str());
-  write_bytes_atomically(run_dir / "report.json",
-                        json{{"recipe", recipe.name}, {"models", results}, {"findings", findings}}.dump(2) + "\n");
+  write_bytes_atomically(
+      run_dir / "report.json",
+      json{{"recipe", recipe.name}, {"models", results_json}, {"findings", findings}}.dump(2) + "\n");
   std::printf("\nreport: %s, %s, %s\n", (run_dir / "report.md").c_str(), (run_dir / "report.json").c_str(),
               (run_dir / "loss_curves.svg").c_str());
 }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/random.h"
@@ -80,43 +81,56 @@ nlohmann::json scores_to_json(const ImportanceScores& s) {
   return j;
 }
 
+namespace {
+
+std::vector<std::vector<double>> float_matrix(const JsonField& rows) {
+  std::vector<std::vector<double>> out;
+  for (const JsonField& row : rows.as_array()) out.push_back(row.as_float_array());
+  return out;
+}
+
+}  // namespace
+
 ImportanceScores scores_from_json(const nlohmann::json& j, const std::string& where) {
   const std::string expected = "a scores file written by 'minitron importance'";
-  if (!j.is_object() || j.value("format", "") != kScoresFormat)
+  const JsonField root(j, where);
+  if (!root.is_object() || !root.at("format").is_string() || root.at("format").as_string() != kScoresFormat)
     fail_expected(where, "not a minitron importance scores file (no \"format\": \"minitron-importance\")", expected);
-  if (j.value("version", 0) != kScoresVersion)
-    fail_expected(where, str("version ", j.value("version", 0)), str("version ", kScoresVersion));
+  if (root.at("version").as_int<std::int64_t>() != kScoresVersion)
+    root.at("version").refuse(str("version ", kScoresVersion));
   ImportanceScores s;
-  try {
-    const nlohmann::json& m = j.at("model_shape");
-    s.hidden_size = m.at("hidden_size");
-    s.intermediate_size = m.at("intermediate_size");
-    s.num_layers = m.at("num_hidden_layers");
-    s.num_attention_heads = m.at("num_attention_heads");
-    s.num_key_value_heads = m.at("num_key_value_heads");
-    s.head_dim = m.at("head_dim");
-    s.vocab_size = m.value("vocab_size", 0);
-    s.provenance = j.value("provenance", nlohmann::json::object());
-    const nlohmann::json& w = j.at("width");
-    if (w.contains("mlp")) s.width.mlp = w["mlp"].get<std::vector<std::vector<double>>>();
-    if (w.contains("heads")) s.width.heads = w["heads"].get<std::vector<std::vector<double>>>();
-    if (w.contains("head_channels")) s.width.head_channels = w["head_channels"].get<std::vector<std::vector<double>>>();
-    if (w.contains("hidden")) s.width.hidden = w["hidden"].get<std::vector<double>>();
-    const nlohmann::json& l = j.at("layers");
-    s.layers.windows = l.value("windows", 0);
-    if (l.contains("baseline_loss")) s.layers.baseline_loss = l["baseline_loss"].get<double>();
-    if (l.contains("single_removal_loss")) s.layers.single_removal_loss = l["single_removal_loss"].get<std::vector<double>>();
-    for (const nlohmann::json& b : l.value("block_removal_loss", nlohmann::json::array())) {
-      const auto k = b.at("block_size").get<std::int64_t>();
-      s.layers.block_removal_loss[k] = b.at("loss").get<std::vector<double>>();
-      if (b.contains("task_score")) s.layers.block_removal_task_score[k] = b["task_score"].get<std::vector<double>>();
+  // Sizes are bounded as config.json's are (check_scores_match compares them with the model's).
+  constexpr std::int64_t kLargestSize = std::int64_t{1} << 24;
+  const JsonField m = root.at("model_shape");
+  s.hidden_size = m.at("hidden_size").as_int<std::int64_t>(0, kLargestSize);
+  s.intermediate_size = m.at("intermediate_size").as_int<std::int64_t>(0, kLargestSize);
+  s.num_layers = m.at("num_hidden_layers").as_int<std::int64_t>(0, kLargestSize);
+  s.num_attention_heads = m.at("num_attention_heads").as_int<std::int64_t>(0, kLargestSize);
+  s.num_key_value_heads = m.at("num_key_value_heads").as_int<std::int64_t>(0, kLargestSize);
+  s.head_dim = m.at("head_dim").as_int<std::int64_t>(0, kLargestSize);
+  s.vocab_size = m.optional("vocab_size") ? m.at("vocab_size").as_int<std::int64_t>(0, kLargestSize) : 0;
+  if (std::optional<JsonField> provenance = root.optional("provenance")) s.provenance = provenance->raw();
+  const JsonField w = root.at("width");
+  if (!w.is_object()) w.refuse("an object");
+  if (w.has("mlp")) s.width.mlp = float_matrix(w.at("mlp"));
+  if (w.has("heads")) s.width.heads = float_matrix(w.at("heads"));
+  if (w.has("head_channels")) s.width.head_channels = float_matrix(w.at("head_channels"));
+  if (w.has("hidden")) s.width.hidden = w.at("hidden").as_float_array();
+  const JsonField l = root.at("layers");
+  if (!l.is_object()) l.refuse("an object");
+  s.layers.windows = l.optional("windows") ? l.at("windows").as_int<std::int64_t>(0) : 0;
+  if (l.has("baseline_loss")) s.layers.baseline_loss = l.at("baseline_loss").as_float();
+  if (l.has("single_removal_loss")) s.layers.single_removal_loss = l.at("single_removal_loss").as_float_array();
+  if (std::optional<JsonField> blocks = l.optional("block_removal_loss")) {
+    for (const JsonField& b : blocks->as_array()) {
+      const auto k = b.at("block_size").as_int<std::int64_t>(1, kLargestSize);
+      s.layers.block_removal_loss[k] = b.at("loss").as_float_array();
+      if (b.has("task_score")) s.layers.block_removal_task_score[k] = b.at("task_score").as_float_array();
     }
-    s.layers.task = l.value("task", "");
-    if (l.contains("baseline_task_score")) s.layers.baseline_task_score = l["baseline_task_score"].get<double>();
-    if (l.contains("block_importance")) s.layers.block_importance = l["block_importance"].get<std::vector<double>>();
-  } catch (const nlohmann::json::exception& e) {
-    fail_expected(where, e.what(), expected);
   }
+  s.layers.task = l.optional("task") ? l.at("task").as_string() : "";
+  if (l.has("baseline_task_score")) s.layers.baseline_task_score = l.at("baseline_task_score").as_float();
+  if (l.has("block_importance")) s.layers.block_importance = l.at("block_importance").as_float_array();
   return s;
 }
 
@@ -166,12 +180,8 @@ void save_scores(const fs::path& path, const ImportanceScores& scores) {
 
 ImportanceScores load_scores(const fs::path& path) {
   if (!fs::is_regular_file(path)) fail_expected(str("--scores ", path.string()), "no such file", "a scores JSON file");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_text_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail_expected(path.string(), e.what(), "valid JSON written by 'minitron importance'");
-  }
+  const nlohmann::json j =
+      parse_untrusted_json(read_text_file(path), path.string(), "valid JSON written by 'minitron importance'");
   return scores_from_json(j, path.string());
 }
 

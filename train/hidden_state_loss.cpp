@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/safetensors.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/random.h"
@@ -331,19 +332,16 @@ void HiddenStateDistillation::restore_state(const fs::path& dir) {
   if (!fs::is_regular_file(meta_path))
     fail_expected(str("--resume from ", dir.string()), "no hidden_state_map.json",
                   "a checkpoint written with the same --intermediate-loss-weight (> 0) and --intermediate-layers");
-  nlohmann::json meta;
-  try {
-    meta = nlohmann::json::parse(read_text_file(meta_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail_expected(meta_path.string(), e.what(), "valid JSON written by minitron distill");
-  }
-  const std::string layers = meta.value("layers", std::string());
-  if (layers != format_layer_mapping(pairs_) || meta.value("student_hidden_size", std::int64_t{-1}) != student_width_ ||
-      meta.value("teacher_hidden_size", std::int64_t{-1}) != teacher_width_)
+  const nlohmann::json document =
+      parse_untrusted_json(read_text_file(meta_path), meta_path.string(), "valid JSON written by minitron distill");
+  const JsonField meta(document, meta_path.string());
+  const std::string layers = meta.at("layers").as_string();
+  if (layers != format_layer_mapping(pairs_) || meta.at("student_hidden_size").as_int<std::int64_t>() != student_width_ ||
+      meta.at("teacher_hidden_size").as_int<std::int64_t>() != teacher_width_)
     fail_expected(str("--resume from ", dir.string()),
                   str("the checkpoint's intermediate loss maps layers ", layers, " but this run maps ", format_layer_mapping(pairs_)),
                   "the same --intermediate-layers and models as the interrupted run");
-  map_steps_ = meta.value("steps", std::int64_t{0});
+  map_steps_ = meta.at("steps").as_int<std::int64_t>(0);
   if (!has_map()) return;
   SafetensorsFile file(dir / "hidden_state_map.safetensors");
   const auto n = static_cast<std::size_t>(map_.numel());

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <set>
 #include <vector>
@@ -197,6 +198,29 @@ TEST(TrainLoader, RestoreRefusesOtherDataOrShape) {
     EXPECT_NE(std::string(e.what()).find("d_train_000001.bin"), std::string::npos) << e.what();
   }
   EXPECT_THROW(loader.restore(nlohmann::json{{"epoch", 1}}), Error);
+}
+
+// Found by fuzz_loader_state: a saved epoch of 2^63 - 1 at the end of an epoch made next()
+// overflow the epoch counter (undefined behaviour); such a state is refused on restore.
+TEST(TrainLoader, RestoreRefusesAnEpochNextCannotCountPast) {
+  TempDir dir;
+  const auto paths = make_shards(dir, {161});
+  TrainLoader loader(paths, {.batch_size = 4, .sequence_length = 8});
+  nlohmann::json state = loader.state();
+  state["epoch"] = std::numeric_limits<std::int64_t>::max();
+  state["step_in_epoch"] = loader.steps_per_epoch();
+  try {
+    loader.restore(JsonField(state, "training_state.json"));
+    ADD_FAILURE() << "restored epoch 2^63 - 1";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "training_state.json: epoch is 9223372036854775807 (expected an integer from 0 to 1099511627776)");
+  }
+  state["epoch"] = 7.5;
+  EXPECT_THROW(loader.restore(state), Error);
+  state["epoch"] = 3;
+  loader.restore(state);
+  EXPECT_EQ(loader.epoch(), 3);
 }
 
 TEST(TrainLoader, TooLittleDataIsAClearError) {

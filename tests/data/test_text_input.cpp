@@ -51,10 +51,10 @@ void expect_jsonl_error(const std::string& text, std::initializer_list<std::stri
 }
 
 TEST(TextInput, JsonlErrorsNameTheLine) {
-  expect_jsonl_error("{\"text\": \"ok\"}\n{\"text\": \"broken\n", {"in.jsonl:2", "invalid JSON"});
-  expect_jsonl_error("{\"text\": \"ok\"}\n\n{\"body\": \"x\"}\n", {"in.jsonl:3", "no \"text\" field"});
-  expect_jsonl_error("{\"text\": 5}\n", {"in.jsonl:1", "\"text\" is a number", "string"});
-  expect_jsonl_error("[1, 2]\n", {"in.jsonl:1", "array", "object"});
+  expect_jsonl_error("{\"text\": \"ok\"}\n{\"text\": \"broken\n", {"in.jsonl:2", "not valid JSON"});
+  expect_jsonl_error("{\"text\": \"ok\"}\n\n{\"body\": \"x\"}\n", {"in.jsonl:3: text is missing (expected a string)"});
+  expect_jsonl_error("{\"text\": 5}\n", {"in.jsonl:1: text is 5 (expected a string)"});
+  expect_jsonl_error("[1, 2]\n", {"in.jsonl:1 is [1,2] (expected a JSON object)"});
 }
 
 }  // namespace

@@ -283,6 +283,71 @@ TEST(TokenizerRegex, Llama3PreTokens) {
   EXPECT_EQ(split(kLlama3Pattern, "ab\xFF" "cd"), (Strings{"ab", "cd"}));
 }
 
+// Issue 22: ids that nlohmann's get<int32_t>() wrapped (4294967297 became 1, colliding with
+// another token), truncated (7.5 became 7) or converted with undefined behaviour (3.3e37) are
+// refused, naming the file, the JSON path and the range.
+TEST(TokenizerErrors, VocabularyIdsMustBeInt32Integers) {
+  TempDir dir;
+  for (const char* id : {"4294967297", "7.5", "3.3e37", "-1", "\"7\""}) {
+    json j = byte_level_tokenizer();
+    std::string text = j.dump();
+    const std::string entry = "\"he\":256";
+    ASSERT_NE(text.find(entry), std::string::npos);
+    text.replace(text.find(entry), entry.size(), std::string("\"he\":") + id);
+    const fs::path path = dir.write("tokenizer.json", text);
+    std::string message = "no error";
+    try {
+      Tokenizer::load(path);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    const std::string printed = std::string(id) == "3.3e37" ? "3.3e+37" : id;
+    EXPECT_EQ(message,
+              path.string() + ": model.vocab.he is " + printed + " (expected an integer from 0 to 2147483647)");
+  }
+  json j = byte_level_tokenizer();
+  j["model"]["vocab"]["&"] = 4294967297ULL;
+  const fs::path path = dir.write("tokenizer.json", j.dump());
+  try {
+    Tokenizer::load(path);
+    ADD_FAILURE() << "a vocabulary id of 2^32 + 1 loaded";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), (path.string() + ": model.vocab[\"&\"] is 4294967297 (expected an integer from 0 to "
+                                            "2147483647)")
+                               .c_str());
+  }
+}
+
+// An id in range for int32 but beyond any vocabulary would size the id tables (64 GB for 2^31).
+TEST(TokenizerErrors, AnIdBeyondAnyVocabularyIsRefused) {
+  TempDir dir;
+  json j = byte_level_tokenizer();
+  j["model"]["vocab"]["&"] = 2000000000;
+  const fs::path path = dir.write("tokenizer.json", j.dump());
+  try {
+    Tokenizer::load(path);
+    ADD_FAILURE() << "a vocabulary id of 2e9 loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 2000000000 is beyond any vocabulary"), std::string::npos)
+        << e.what();
+  }
+}
+
+// tokenizer_config.json is read with the same reader: a bos_token of the wrong type is refused.
+TEST(TokenizerErrors, TokenizerConfigFieldsAreChecked) {
+  TempDir dir;
+  dir.write("tokenizer.json", byte_level_tokenizer().dump());
+  dir.write("tokenizer_config.json", R"({"bos_token": 262})");
+  try {
+    Tokenizer::load(dir.path());
+    ADD_FAILURE() << "a numeric bos_token loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json: bos_token is 262 (expected a string"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(TokenizerErrors, BadFilesNameTheProblem) {
   TempDir dir;
   auto message_of = [](const std::function<void()>& f) {

@@ -1,6 +1,7 @@
 #include "model/checkpoint.h"
 #include "model/training_state.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/bf16.h"
+#include "tests/util/error_test_util.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -406,6 +408,33 @@ TEST_F(CheckpointTest, TrainingStateRoundTripsWithAPartOfTheMoments) {
   older.erase("world_size");
   write_bytes_atomically(root_ / "training_state.json", older.dump(2));
   EXPECT_EQ(read_training_progress(root_).world_size, 1);
+}
+
+// A damaged or hand-edited training_state.json is refused naming the field, not read as a
+// truncated or wrapped number (a step of 7.5 would resume at 7, 2^64 - 1 at -1).
+TEST_F(CheckpointTest, TrainingProgressRefusesFieldsThatAreNotTheirIntegers) {
+  const std::vector<float> zeros(4, 0.0f);
+  TrainingProgress written;
+  written.batch_size = written.sequence_length = written.grad_accumulation = 1;
+  write_training_state(root_, written, zeros, zeros, zeros);
+  const json valid = json::parse(read_text_file(root_ / "training_state.json"));
+  const std::string file = (root_ / "training_state.json").string();
+  for (const auto& [field, value, expected] :
+       {std::tuple<std::string, json, std::string>{"step", 7.5, "is 7.5 (expected an integer from 0 to "},
+        {"batch_size", 0, "is 0 (expected an integer from 1 to "},
+        {"world_size", "2", "is \"2\" (expected an integer from 1 to "},
+        {"optimizer_steps", json::parse("18446744073709551615"), "is 18446744073709551615 (expected an integer"}}) {
+    json damaged = valid;
+    damaged[field] = value;
+    write_bytes_atomically(root_ / "training_state.json", damaged.dump(2));
+    EXPECT_THAT(testing::error_of([&] { read_training_progress(root_); }),
+                ::testing::HasSubstr(str(file, ": ", field, " ", expected)))
+        << field;
+  }
+  json missing = valid;
+  missing.erase("loader");
+  write_bytes_atomically(root_ / "training_state.json", missing.dump(2));
+  EXPECT_THAT(testing::error_of([&] { read_training_progress(root_); }), ::testing::HasSubstr(str(file, ": loader is missing")));
 }
 
 }  // namespace
