@@ -21,21 +21,6 @@ const char* activation_site_name(ActivationSite site) {
   return "?";
 }
 
-const char* activation_recompute_name(ActivationRecompute recompute) {
-  switch (recompute) {
-    case ActivationRecompute::None: return "none";
-    case ActivationRecompute::Selective: return "selective";
-    case ActivationRecompute::Full: return "full";
-  }
-  return "?";
-}
-
-std::optional<ActivationRecompute> parse_activation_recompute(std::string_view name) {
-  for (ActivationRecompute r : {ActivationRecompute::None, ActivationRecompute::Selective, ActivationRecompute::Full})
-    if (name == activation_recompute_name(r)) return r;
-  return std::nullopt;
-}
-
 namespace {
 
 // The activations one decoder layer writes in forward, in that order.

@@ -9,13 +9,12 @@
 
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <span>
-#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "core/backend.h"
+#include "model/activation_recompute.h"
 #include "model/config.h"
 #include "model/parameters.h"
 
@@ -66,17 +65,6 @@ struct ForwardOptions {
 };
 
 enum class ModelMode { Inference, Training };
-
-// How much of each layer's forward activations training keeps for backward (Hugging Face's
-// gradient checkpointing, Megatron's recompute granularity). backward() rebuilds the rest with
-// the ops and inputs forward used, in the same order, so gradients are bit-identical to None's.
-enum class ActivationRecompute {
-  None,       // keep every activation backward reads
-  Selective,  // keep the GEMM and attention outputs; recompute the norms and the SwiGLU product
-  Full,       // keep each layer's input only; rerun the layer's forward before its backward
-};
-const char* activation_recompute_name(ActivationRecompute recompute);  // "none", "selective", "full"
-std::optional<ActivationRecompute> parse_activation_recompute(std::string_view name);
 
 // Bytes of a model's activation arenas (allocated once, at construction). The final norm's
 // output and the backward scratch come on top, the same in every mode.

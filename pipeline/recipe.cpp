@@ -4,7 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/llama.h"
+#include "model/activation_recompute.h"
 #include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
