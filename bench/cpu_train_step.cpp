@@ -1,5 +1,7 @@
 // One CPU training step (forward, cross-entropy, backward, AdamW) of the fixed bench model,
 // the same model bench/torch_train_step.py times in PyTorch: bench/run_cpu.sh prints the ratio.
+// BM_TrainStepRecompute times the same step per activation-recompute mode (0 none, 1 selective,
+// 2 full) beside the bytes each keeps: bench/results/recompute.md.
 #include <benchmark/benchmark.h>
 
 #include <vector>
@@ -27,11 +29,11 @@ ModelConfig bench_config() {
   return c;
 }
 
-void BM_TrainStep(benchmark::State& state) {
+void time_train_step(benchmark::State& state, ActivationRecompute recompute) {
   const std::int64_t B = state.range(0), T = state.range(1);
   const ModelConfig config = bench_config();
   auto backend = make_backend("cpu");
-  LlamaModel model(config, *backend, B, T, ModelMode::Training);
+  LlamaModel model(config, *backend, B, T, ModelMode::Training, recompute);
   std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
   initialize_parameters(config, model.table(), params, 1);
   model.set_parameters(params);
@@ -54,8 +56,27 @@ void BM_TrainStep(benchmark::State& state) {
   }
   state.counters["tokens_per_second"] =
       benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
+  const ActivationArenaBytes bytes = model.activation_arena_bytes();
+  state.counters["saved_activation_MiB"] = static_cast<double>(bytes.saved) / (1 << 20);
+  state.counters["workspace_MiB"] = static_cast<double>(bytes.workspace) / (1 << 20);
 }
+
+void BM_TrainStep(benchmark::State& state) { time_train_step(state, ActivationRecompute::None); }
 BENCHMARK(BM_TrainStep)->Args({4, 256})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+
+void BM_TrainStepRecompute(benchmark::State& state) {
+  const ActivationRecompute modes[] = {ActivationRecompute::None, ActivationRecompute::Selective,
+                                       ActivationRecompute::Full};
+  state.SetLabel(activation_recompute_name(modes[state.range(2)]));
+  time_train_step(state, modes[state.range(2)]);
+}
+BENCHMARK(BM_TrainStepRecompute)
+    ->Args({4, 256, 0})
+    ->Args({4, 256, 1})
+    ->Args({4, 256, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(5.0);
 
 }  // namespace
 }  // namespace minitron

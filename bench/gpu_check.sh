@@ -82,7 +82,8 @@ write_summary() {
     [[ -f "$out/kernels.md" ]] && sed 's/^# /## /' "$out/kernels.md" && echo
     echo "## Training step, $layers Llama-3.1-8B layers, 1 x $seq tokens, vocab $vocab"
     echo
-    "$python" - "$out/layer_step.log" "$out/torch_layer.log" <<'PY' || echo "(summary script failed: see the logs)"
+    "$python" - "$out/layer_step.log" "$out/layer_step_selective.log" "$out/layer_step_full.log" \
+      "$out/torch_layer.log" <<'PY' || echo "(summary script failed: see the logs)"
 import json, sys
 
 def number(row, key, scale=1.0, fmt="{}"):
@@ -203,6 +204,10 @@ run_built kernel_bench 90 "$build/kernel_bench" "$out/kernels.md"
 # 4. A training step of 8B-shaped layers: ours, then PyTorch eager and torch.compile.
 run_built layer_step 90 "$build/layer_step" $layers $seq $vocab
 stage torch_layer 180 "$python" "$root/bench/gpu/torch_layer.py" $layers $seq $vocab
+# The same step with activation recomputation (train's --recompute), after PyTorch so that it
+# cannot starve that comparison; its rows' ratio column is each mode's cost against none.
+run_built layer_step_selective 60 "$build/layer_step" $layers $seq $vocab 989 selective
+run_built layer_step_full 60 "$build/layer_step" $layers $seq $vocab 989 full
 
 # 5. The kernel tests under compute-sanitizer on small cases: memcheck for out-of-bounds and
 #    uninitialised accesses, racecheck for shared-memory races (the kernels with shared tiles:

@@ -8,7 +8,7 @@ THREADS=${THREADS:-$(nproc)}
 mkdir -p bench/results
 out=bench/results/cpu_train_step.json
 
-"$BUILD_DIR/bench/cpu_train_step" --benchmark_format=json --benchmark_out="$out.ours" >/dev/null
+"$BUILD_DIR/bench/cpu_train_step" --benchmark_filter='^BM_TrainStep/' --benchmark_format=json --benchmark_out="$out.ours" >/dev/null
 ours=$(python3 -c "import json;b=json.load(open('$out.ours'))['benchmarks'][0];print(b['tokens_per_second'])")
 echo "minitron (cpu, fp32, $THREADS threads): $ours tokens/s"
 

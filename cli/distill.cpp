@@ -109,7 +109,7 @@ int distill(int argc, char** argv) {
     load_parameters(teacher_dir, teacher_config, table, params);
     teacher.set_parameters(params);
   }
-  LlamaModel student(student_config, *backend, B, T, ModelMode::Training);
+  LlamaModel student(student_config, *backend, B, T, ModelMode::Training, o.recompute);  // the teacher only infers
   {
     std::vector<float> params(static_cast<std::size_t>(student.table().total_numel()));
     load_parameters(student_dir, student_config, student.table(), params);
@@ -118,6 +118,7 @@ int distill(int argc, char** argv) {
   std::printf("distilling %s (%lld parameters) into %s (%lld parameters) on %s, temperature %g, hard-label weight %g\n",
               teacher_dir.c_str(), static_cast<long long>(teacher.table().total_numel()), student_dir.c_str(),
               static_cast<long long>(student.table().total_numel()), backend->name().c_str(), temperature, hard_label_weight);
+  print_activation_recompute(student);
 
   // The teacher's validation loss once, as the bar the student is measured against (rank 0
   // alone validates; the others wait for it at the first gradient sum).

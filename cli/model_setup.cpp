@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 #include "cli/options.h"
 #include "data/shards.h"
@@ -91,6 +92,12 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
       ("eval-interval", "validate every N steps (0 = only at the end)", cxxopts::value<std::int64_t>()->default_value("0"))
       ("eval-windows", "validation windows per evaluation (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
       ("save-interval", "write a resumable checkpoint every N steps (0 = none)", cxxopts::value<std::int64_t>()->default_value("0"))
+      ("save-total-limit", "keep only the newest N checkpoint-* directories, removing older ones once a new one is complete (0 = all)",
+       cxxopts::value<std::int64_t>()->default_value("0"))
+      ("recompute",
+       "activations kept for backward: none (all), selective (GEMM and attention outputs; norms and SwiGLU are "
+       "recomputed) or full (each layer's input; the layer reruns in backward). Same gradients, less memory",
+       cxxopts::value<std::string>()->default_value("none"))
       ("log-interval", "print and log every N steps", cxxopts::value<std::int64_t>()->default_value("1"))
       ("save-dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("resume", "continue from the newest checkpoint in --output");
@@ -108,6 +115,11 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   o.eval_interval = in_range<std::int64_t>(r, "eval-interval", 0, std::int64_t{1} << 40);
   o.eval_windows = in_range<std::int64_t>(r, "eval-windows", 0, std::int64_t{1} << 40);
   o.save_interval = in_range<std::int64_t>(r, "save-interval", 0, std::int64_t{1} << 40);
+  o.save_total_limit = in_range<std::int64_t>(r, "save-total-limit", 0, std::int64_t{1} << 40);
+  const std::string recompute = r["recompute"].as<std::string>();
+  const std::optional<ActivationRecompute> mode = parse_activation_recompute(recompute);
+  if (!mode) fail_expected("--recompute", str("'", recompute, "'"), "none, selective or full");
+  o.recompute = *mode;
   o.log_interval = in_range<std::int64_t>(r, "log-interval", 1, std::int64_t{1} << 40);
   o.seed = r["seed"].as<std::uint64_t>();
   o.save_dtype = parse_save_dtype(r["save-dtype"].as<std::string>());
@@ -124,6 +136,14 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   opt.beta2 = in_range<double>(r, "adam-beta2", 0.0, 0.999999999);
   opt.epsilon = in_range<double>(r, "adam-epsilon", 0.0, 1.0);
   return o;
+}
+
+void print_activation_recompute(const LlamaModel& model) {
+  if (model.recompute() == ActivationRecompute::None) return;
+  const ActivationArenaBytes bytes = model.activation_arena_bytes();
+  std::printf("activation recomputation %s: %.1f MiB of activations kept for backward, %.1f MiB recomputed per layer\n",
+              activation_recompute_name(model.recompute()), static_cast<double>(bytes.saved) / (1 << 20),
+              static_cast<double>(bytes.workspace) / (1 << 20));
 }
 
 void print_training_summary(const TrainSummary& s, const TrainOptions& o) {
@@ -174,10 +194,11 @@ void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& 
     check_training_memory(backend, ParameterTable(source.config).total_numel(), 0, world_size);
   });
   Backend* backend = run.backend.get();
-  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training);
+  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training, o.recompute);
   model.set_parameters(initial_parameters(source, o.seed));
   std::printf("%s on %s: %lld parameters, %zu training shard(s)\n", banner.c_str(), backend->name().c_str(),
               static_cast<long long>(model.table().total_numel()), o.train_shards.size());
+  print_activation_recompute(model);
   LossWorkspace workspace(*backend, source.config.vocab_size, o.batch_size * o.sequence_length);
   CrossEntropyObjective objective(workspace);
   const TrainSummary summary = run_training(model, objective, o, *run.communicator);

@@ -43,6 +43,8 @@ struct TrainingDefaults {
 void add_training_options(cxxopts::Options& options, const TrainingDefaults& defaults);
 TrainOptions parse_training_options(const cxxopts::ParseResult& result, const TrainingDefaults& defaults);
 void print_training_summary(const TrainSummary& summary, const TrainOptions& options);
+// With --recompute selective or full: the activation memory the mode keeps and recomputes.
+void print_activation_recompute(const LlamaModel& model);
 
 // The engine a training command runs on and the ranks it trains with. A data-parallel run is
 // launched like torchrun's or srun's (dist/environment.h): every process reads its rank from

@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <array>
 #include <cmath>
 
 #include "util/error.h"
@@ -20,15 +21,74 @@ const char* activation_site_name(ActivationSite site) {
   return "?";
 }
 
-// What one decoder layer keeps from forward for backward (or reuses across layers in
-// Inference mode). Sizes are for max_batch * max_sequence rows.
+namespace {
+
+// The activations one decoder layer writes in forward, in that order.
+enum ActivationSlot : int {
+  kAttentionNormed,  // input_layernorm output
+  kAttentionRstd,    // its 1/rms
+  kQ,                // q_proj output after RoPE
+  kK,                // k_proj output after RoPE
+  kV,                // v_proj output
+  kAttention,        // concatenated head outputs
+  kLse,              // attention's log-sum-exp
+  kMid,              // residual stream after attention
+  kMlpNormed,        // post_attention_layernorm output
+  kMlpRstd,          // its 1/rms
+  kGate,             // gate_proj output
+  kUp,               // up_proj output
+  kMlp,              // silu(gate) * up
+  kActivationSlots
+};
+
+struct SlotShape {
+  std::int64_t per_token;        // values per token (row)
+  bool statistic;                // fp32 (fp64 on the double engine) whatever the activation dtype
+  bool recomputed_by_selective;  // cheap to rebuild: a norm or the SwiGLU product
+};
+
+// RoPE rotates q and k in place, so keeping the rotated GEMM outputs costs nothing extra and
+// Selective has no RoPE output to drop. The attention output and its log-sum-exp are kept:
+// rebuilding them means rerunning attention, as expensive as a GEMM.
+std::array<SlotShape, kActivationSlots> slot_shapes(const ModelConfig& c) {
+  const std::int64_t D = c.hidden_size, F = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
+  return {{{D, false, true},
+           {1, true, true},
+           {QD, false, false},
+           {KVD, false, false},
+           {KVD, false, false},
+           {QD, false, false},
+           {c.num_attention_heads, true, false},
+           {D, false, false},
+           {D, false, true},
+           {1, true, true},
+           {F, false, false},
+           {F, false, false},
+           {F, false, true}}};
+}
+
+// Whether a layer's own buffer holds this activation from forward to backward; otherwise it
+// lives in the workspace that every layer overwrites (and backward recomputes it there).
+bool kept_for_backward(const SlotShape& shape, ModelMode mode, ActivationRecompute recompute) {
+  if (mode == ModelMode::Inference) return false;
+  switch (recompute) {
+    case ActivationRecompute::None: return true;
+    case ActivationRecompute::Selective: return !shape.recomputed_by_selective;
+    case ActivationRecompute::Full: return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// One layer's activation buffers, sized for max_batch * max_sequence rows; a slot the owner
+// does not hold stays empty.
 struct LlamaModel::LayerActivations {
-  BackendBuffer attention_normed, attention_rstd;  // input_layernorm output and 1/rms
-  BackendBuffer q, k, v;                           // after RoPE (q, k)
-  BackendBuffer attention, lse;                    // concatenated head outputs; log-sum-exp
-  BackendBuffer mid;                               // residual after attention
-  BackendBuffer mlp_normed, mlp_rstd;              // post_attention_layernorm output and 1/rms
-  BackendBuffer gate, up, mlp;                     // gate_proj, up_proj outputs; silu(gate) * up
+  std::array<BackendBuffer, kActivationSlots> slots;
+};
+
+struct LlamaModel::LayerTensors {
+  Tensor attention_normed, attention_rstd, q, k, v, attention, lse, mid, mlp_normed, mlp_rstd, gate, up, mlp;
 };
 
 KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens)
@@ -39,16 +99,19 @@ KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_t
   }
 }
 
-LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch,
-                       std::int64_t max_sequence, ModelMode mode)
+LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch, std::int64_t max_sequence,
+                       ModelMode mode, ActivationRecompute recompute)
     : config_(config),
       table_(config),
       backend_(backend),
       mode_(mode),
+      recompute_(recompute),
       max_batch_(max_batch),
       max_sequence_(max_sequence) {
   if (max_batch < 1 || max_sequence < 1)
     fail_expected("model", str("batch ", max_batch, " x sequence ", max_sequence), "both >= 1");
+  MINITRON_ASSERT(mode == ModelMode::Training || recompute == ActivationRecompute::None, "activation recomputation (",
+                  activation_recompute_name(recompute), ") needs a Training-mode model");
   allocate_arenas();
 }
 
@@ -71,26 +134,20 @@ void LlamaModel::allocate_arenas() {
   tokens_ = BackendBuffer(b, N, DType::I32);
 
   const bool training = mode_ == ModelMode::Training;
-  // Inference keeps only the current layer's activations, and two residual buffers.
-  const std::int64_t stored_layers = training ? L : 1;
+  // Inference keeps nothing per layer (one layer's workspace) and two residual buffers.
   for (std::int64_t i = 0; i < (training ? L + 1 : 2); ++i) residual_.emplace_back(b, N * D, act);
-  for (std::int64_t l = 0; l < stored_layers; ++l) {
-    auto a = std::make_unique<LayerActivations>();
-    a->attention_normed = BackendBuffer(b, N * D, act);
-    a->attention_rstd = BackendBuffer(b, N, stat);
-    a->q = BackendBuffer(b, N * QD, act);
-    a->k = BackendBuffer(b, N * KVD, act);
-    a->v = BackendBuffer(b, N * KVD, act);
-    a->attention = BackendBuffer(b, N * QD, act);
-    a->lse = BackendBuffer(b, max_batch_ * config_.num_attention_heads * max_sequence_, stat);
-    a->mid = BackendBuffer(b, N * D, act);
-    a->mlp_normed = BackendBuffer(b, N * D, act);
-    a->mlp_rstd = BackendBuffer(b, N, stat);
-    a->gate = BackendBuffer(b, N * F, act);
-    a->up = BackendBuffer(b, N * F, act);
-    a->mlp = BackendBuffer(b, N * F, act);
-    layers_.push_back(std::move(a));
+  const std::array<SlotShape, kActivationSlots> shapes = slot_shapes(config_);
+  auto allocate = [&](LayerActivations& a, bool kept) {
+    for (int s = 0; s < kActivationSlots; ++s)
+      if (kept_for_backward(shapes[s], mode_, recompute_) == kept)
+        a.slots[s] = BackendBuffer(b, N * shapes[s].per_token, shapes[s].statistic ? stat : act);
+  };
+  for (std::int64_t l = 0; l < (training ? L : 0); ++l) {
+    layers_.push_back(std::make_unique<LayerActivations>());
+    allocate(*layers_.back(), true);
   }
+  workspace_ = std::make_unique<LayerActivations>();
+  allocate(*workspace_, false);
   final_hidden_ = BackendBuffer(b, N * D, act);
   final_rstd_ = BackendBuffer(b, N, stat);
 
@@ -124,6 +181,50 @@ void LlamaModel::get_parameters(std::span<float> host) const {
 void LlamaModel::zero_gradients() {
   MINITRON_ASSERT(mode_ == ModelMode::Training, "gradients need a Training-mode model");
   backend_.zero(grads_);
+}
+
+LlamaModel::LayerTensors LlamaModel::layer_tensors(std::int64_t l) const {
+  const std::array<SlotShape, kActivationSlots> shapes = slot_shapes(config_);
+  const std::int64_t N = rows();
+  auto view = [&](ActivationSlot s) {
+    const LayerActivations& owner =
+        kept_for_backward(shapes[s], mode_, recompute_) ? *layers_[static_cast<std::size_t>(l)] : *workspace_;
+    return owner.slots[s].tensor().slice(0, N * shapes[s].per_token);
+  };
+  return {view(kAttentionNormed),
+          view(kAttentionRstd),
+          view(kQ),
+          view(kK),
+          view(kV),
+          view(kAttention),
+          view(kLse),
+          view(kMid),
+          view(kMlpNormed),
+          view(kMlpRstd),
+          view(kGate),
+          view(kUp),
+          view(kMlp)};
+}
+
+ActivationArenaBytes LlamaModel::activation_arena_bytes() const {
+  ActivationArenaBytes bytes;
+  auto sum = [](const LayerActivations& a) {
+    std::int64_t total = 0;
+    for (const BackendBuffer& buffer : a.slots) total += static_cast<std::int64_t>(buffer.tensor().bytes());
+    return total;
+  };
+  for (const BackendBuffer& r : residual_) bytes.saved += static_cast<std::int64_t>(r.tensor().bytes());
+  for (const auto& layer : layers_) bytes.saved += sum(*layer);
+  bytes.workspace = sum(*workspace_);
+  return bytes;
+}
+
+std::vector<Tensor> LlamaModel::recomputed_activations() const {
+  std::vector<Tensor> out;
+  if (mode_ != ModelMode::Training) return out;
+  for (const BackendBuffer& buffer : workspace_->slots)
+    if (!buffer.tensor().empty()) out.push_back(buffer.tensor());
+  return out;
 }
 
 Tensor LlamaModel::final_hidden() const {
@@ -173,8 +274,7 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
       b.copy(x_out, x_in);
       continue;
     }
-    LayerActivations& a = *layers_[mode_ == ModelMode::Training ? static_cast<std::size_t>(l) : 0];
-    layer_forward(l, a, x_in, x_out, options.observer, options.cache);
+    layer_forward(l, layer_tensors(l), x_in, x_out, options.observer, options.cache);
   }
   if (options.cache) options.cache->length_ += sequence;
 
@@ -185,7 +285,9 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
   if (ready_for_backward_) b.zero(d_hidden_.tensor().slice(0, N * D));
 }
 
-void LlamaModel::layer_forward(std::int64_t l, LayerActivations& a, Tensor x_in, Tensor x_out,
+// With an empty x_out (recomputation for backward) it stops after the SwiGLU product: backward
+// reads nothing that the down projection writes.
+void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_in, Tensor x_out,
                                ActivationObserver* observer, KvCache* cache) {
   const ModelConfig& c = config_;
   const LayerOffsets& w = table_.layer(l);
@@ -199,17 +301,13 @@ void LlamaModel::layer_forward(std::int64_t l, LayerActivations& a, Tensor x_in,
     if (observer && observer->wants(site)) observer->observe(site, l, act, B, T, channels);
   };
 
-  Tensor normed = a.attention_normed.tensor().slice(0, N * D);
-  Tensor q = a.q.tensor().slice(0, N * QD), k = a.k.tensor().slice(0, N * KVD);
-  Tensor v = a.v.tensor().slice(0, N * KVD), att = a.attention.tensor().slice(0, N * QD);
-  Tensor mid = a.mid.tensor().slice(0, N * D), mlp_normed = a.mlp_normed.tensor().slice(0, N * D);
-  Tensor gate = a.gate.tensor().slice(0, N * F), up = a.up.tensor().slice(0, N * F);
-  Tensor mlp = a.mlp.tensor().slice(0, N * F);
+  const Tensor normed = a.attention_normed, q = a.q, k = a.k, v = a.v, att = a.attention, mid = a.mid;
+  const Tensor mlp_normed = a.mlp_normed, gate = a.gate, up = a.up, mlp = a.mlp;
 
   observe(ActivationSite::LayerInput, x_in, D);
 
   // Attention block: x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = norm(x).
-  b.rmsnorm_forward(normed, a.attention_rstd.tensor().slice(0, N), x_in, p(w.input_layernorm, D), N, D, eps);
+  b.rmsnorm_forward(normed, a.attention_rstd, x_in, p(w.input_layernorm, D), N, D, eps);
   observe(ActivationSite::AttentionNormOutput, normed, D);
   b.matmul(q, normed, p(w.q_proj, QD * D), N, QD, D, false, true);
   b.matmul(k, normed, p(w.k_proj, KVD * D), N, KVD, D, false, true);
@@ -224,21 +322,21 @@ void LlamaModel::layer_forward(std::int64_t l, LayerActivations& a, Tensor x_in,
     b.copy(keys.slice(past * KVD, T * KVD), k);
     b.copy(values.slice(past * KVD, T * KVD), v);
   }
-  b.attention_forward(att, a.lse.tensor().slice(0, B * Hq * T), q, keys, values, B, T, past + T, Hq, Hkv, hd);
+  b.attention_forward(att, a.lse, q, keys, values, B, T, past + T, Hq, Hkv, hd);
   observe(ActivationSite::OProjInput, att, QD);
   // mid = x + o_proj(att), and the MLP block's norm of it, in one pass (o_proj's output goes
   // into mid, then the add is in place).
   b.matmul(mid, att, p(w.o_proj, D * QD), N, D, QD, false, true);
 
   // MLP block: mid + down_proj(silu(gate_proj(n)) * up_proj(n)), n = norm(mid).
-  b.residual_rmsnorm_forward(mid, mlp_normed, a.mlp_rstd.tensor().slice(0, N), x_in, mid,
-                             p(w.post_attention_layernorm, D), N, D, eps);
+  b.residual_rmsnorm_forward(mid, mlp_normed, a.mlp_rstd, x_in, mid, p(w.post_attention_layernorm, D), N, D, eps);
   observe(ActivationSite::MlpNormOutput, mlp_normed, D);
   b.matmul(gate, mlp_normed, p(w.gate_proj, F * D), N, F, D, false, true);
   b.matmul(up, mlp_normed, p(w.up_proj, F * D), N, F, D, false, true);
   observe(ActivationSite::GateProjOutput, gate, F);
   b.swiglu_forward(mlp, gate, up, N * F);
   observe(ActivationSite::DownProjInput, mlp, F);
+  if (x_out.empty()) return;
   b.copy(x_out, mid);
   b.matmul(x_out, mlp, p(w.down_proj, D * F), N, D, F, false, true, 1.0f, 1.0f);
 
@@ -295,8 +393,10 @@ void LlamaModel::backward() {
     // dx is dloss/d(output of layer l) here: losses on that hidden state add their part.
     for (const auto& [layer, grad] : layer_output_gradients_)
       if (layer == l) b.add_inplace(dx, grad.slice(0, N * D));
-    layer_backward(l, *layers_[static_cast<std::size_t>(l)],
-                   residual_[static_cast<std::size_t>(l)].tensor().slice(0, N * D));
+    const LayerTensors a = layer_tensors(l);
+    const Tensor x_in = residual_[static_cast<std::size_t>(l)].tensor().slice(0, N * D);
+    recompute_layer(l, a, x_in);
+    layer_backward(l, a, x_in);
   }
   layer_output_gradients_.clear();
   b.embedding_backward(g(table_.embed_tokens(), config_.vocab_size * D), dx,
@@ -304,9 +404,29 @@ void LlamaModel::backward() {
   ready_for_backward_ = false;
 }
 
+// Rebuilds in the workspace what forward wrote for layer l but the mode did not keep, with the
+// ops and inputs forward used: the same values, bit for bit.
+void LlamaModel::recompute_layer(std::int64_t l, const LayerTensors& a, Tensor x_in) {
+  const LayerOffsets& w = table_.layer(l);
+  const std::int64_t N = rows(), D = config_.hidden_size, F = config_.intermediate_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Backend& b = backend_;
+  switch (recompute_) {
+    case ActivationRecompute::None: return;
+    case ActivationRecompute::Full: layer_forward(l, a, x_in, Tensor{}, nullptr, nullptr); return;
+    case ActivationRecompute::Selective:
+      b.rmsnorm_forward(a.attention_normed, a.attention_rstd, x_in, p(w.input_layernorm, D), N, D, eps);
+      // Forward normed `mid` inside residual_rmsnorm_forward, whose norm reads the stored
+      // (rounded) stream exactly as rmsnorm_forward does (kernels/residual_rmsnorm.h).
+      b.rmsnorm_forward(a.mlp_normed, a.mlp_rstd, a.mid, p(w.post_attention_layernorm, D), N, D, eps);
+      b.swiglu_forward(a.mlp, a.gate, a.up, N * F);
+      return;
+  }
+}
+
 // On entry d_residual_ holds dloss/d(x_out); on exit dloss/d(x_in). The residual connections
 // are why rmsnorm_backward accumulates into its input gradient.
-void LlamaModel::layer_backward(std::int64_t l, const LayerActivations& a, Tensor x_in) {
+void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_in) {
   const ModelConfig& c = config_;
   const LayerOffsets& w = table_.layer(l);
   const std::int64_t B = batch_, T = sequence_, N = B * T;
@@ -321,12 +441,8 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerActivations& a, Tenso
   Tensor dmlp = d_mlp_.tensor().slice(0, N * F);
   Tensor dq = d_q_.tensor().slice(0, N * QD), dk = d_k_.tensor().slice(0, N * KVD);
   Tensor dv = d_v_.tensor().slice(0, N * KVD), datt = d_attention_.tensor().slice(0, N * QD);
-  Tensor normed = a.attention_normed.tensor().slice(0, N * D);
-  Tensor mlp_normed = a.mlp_normed.tensor().slice(0, N * D);
-  Tensor gate = a.gate.tensor().slice(0, N * F), up = a.up.tensor().slice(0, N * F);
-  Tensor mlp = a.mlp.tensor().slice(0, N * F);
-  Tensor q = a.q.tensor().slice(0, N * QD), k = a.k.tensor().slice(0, N * KVD);
-  Tensor v = a.v.tensor().slice(0, N * KVD), att = a.attention.tensor().slice(0, N * QD);
+  const Tensor normed = a.attention_normed, mlp_normed = a.mlp_normed, gate = a.gate, up = a.up, mlp = a.mlp;
+  const Tensor q = a.q, k = a.k, v = a.v, att = a.attention;
 
   // MLP block. y = mid + mlp @ Wd^T.
   b.matmul(dmlp, dx, p(w.down_proj, D * F), N, F, D, false, false);
@@ -336,14 +452,13 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerActivations& a, Tenso
   b.matmul(dnormed, dup, p(w.up_proj, F * D), N, D, F, false, false, 1.0f, 1.0f);
   b.matmul(g(w.gate_proj, F * D), dgate, mlp_normed, F, D, N, true, false, 1.0f, 1.0f);
   b.matmul(g(w.up_proj, F * D), dup, mlp_normed, F, D, N, true, false, 1.0f, 1.0f);
-  b.rmsnorm_backward(dx, g(w.post_attention_layernorm, D), dnormed, a.mid.tensor().slice(0, N * D),
-                     p(w.post_attention_layernorm, D), a.mlp_rstd.tensor().slice(0, N), N, D);
+  b.rmsnorm_backward(dx, g(w.post_attention_layernorm, D), dnormed, a.mid, p(w.post_attention_layernorm, D), a.mlp_rstd,
+                     N, D);
 
   // Attention block. mid = x + att @ Wo^T.
   b.matmul(datt, dx, p(w.o_proj, D * QD), N, QD, D, false, false);
   b.matmul(g(w.o_proj, D * QD), dx, att, D, QD, N, true, false, 1.0f, 1.0f);
-  b.attention_backward(dq, dk, dv, datt, att, a.lse.tensor().slice(0, B * Hq * T), q, k, v, B, T, Hq,
-                       Hkv, hd);
+  b.attention_backward(dq, dk, dv, datt, att, a.lse, q, k, v, B, T, Hq, Hkv, hd);
   b.rope_backward(dq, inv_freq_, B, T, Hq, hd, 0);
   b.rope_backward(dk, inv_freq_, B, T, Hkv, hd, 0);
   b.matmul(dnormed, dq, p(w.q_proj, QD * D), N, D, QD, false, false);
@@ -352,8 +467,7 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerActivations& a, Tenso
   b.matmul(g(w.q_proj, QD * D), dq, normed, QD, D, N, true, false, 1.0f, 1.0f);
   b.matmul(g(w.k_proj, KVD * D), dk, normed, KVD, D, N, true, false, 1.0f, 1.0f);
   b.matmul(g(w.v_proj, KVD * D), dv, normed, KVD, D, N, true, false, 1.0f, 1.0f);
-  b.rmsnorm_backward(dx, g(w.input_layernorm, D), dnormed, x_in, p(w.input_layernorm, D),
-                     a.attention_rstd.tensor().slice(0, N), N, D);
+  b.rmsnorm_backward(dx, g(w.input_layernorm, D), dnormed, x_in, p(w.input_layernorm, D), a.attention_rstd, N, D);
 }
 
 // ---------------------------------------------------------------------------------------

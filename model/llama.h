@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "model/activation_recompute.h"
 #include "model/config.h"
 #include "model/parameters.h"
 
@@ -65,10 +66,18 @@ struct ForwardOptions {
 
 enum class ModelMode { Inference, Training };
 
+// Bytes of a model's activation arenas (allocated once, at construction). The final norm's
+// output and the backward scratch come on top, the same in every mode.
+struct ActivationArenaBytes {
+  std::int64_t saved = 0;  // kept from forward to backward: every layer's input, and what the mode keeps of each layer
+  std::int64_t workspace = 0;  // one layer's worth of the rest, rewritten by each layer
+};
+
 class LlamaModel {
  public:
-  LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch,
-             std::int64_t max_sequence, ModelMode mode);
+  // recompute other than None needs Training mode (Inference keeps one layer's activations).
+  LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch, std::int64_t max_sequence,
+             ModelMode mode, ActivationRecompute recompute = ActivationRecompute::None);
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
@@ -77,6 +86,11 @@ class LlamaModel {
   const ParameterTable& table() const { return table_; }
   Backend& backend() const { return backend_; }
   ModelMode mode() const { return mode_; }
+  ActivationRecompute recompute() const { return recompute_; }
+  ActivationArenaBytes activation_arena_bytes() const;
+  // The workspace buffers that backward() refills by recomputation (none in None mode): what
+  // forward left there is never read, which a test checks by poisoning them before backward().
+  std::vector<Tensor> recomputed_activations() const;
   std::int64_t max_batch() const { return max_batch_; }
   std::int64_t max_sequence() const { return max_sequence_; }
 
@@ -112,18 +126,22 @@ class LlamaModel {
   Tensor final_hidden() const;
 
  private:
-  struct LayerActivations;
+  struct LayerActivations;  // buffers, one per activation a layer writes (llama.cpp)
+  struct LayerTensors;      // views of the activations of layer l, kept or in the workspace
   void allocate_arenas();
+  LayerTensors layer_tensors(std::int64_t l) const;
   Tensor p(std::int64_t offset, std::int64_t numel) const { return params_.tensor().slice(offset, numel); }
   Tensor g(std::int64_t offset, std::int64_t numel) const { return grads_.tensor().slice(offset, numel); }
-  void layer_forward(std::int64_t l, LayerActivations& a, Tensor x_in, Tensor x_out,
-                     ActivationObserver* observer, KvCache* cache);
-  void layer_backward(std::int64_t l, const LayerActivations& a, Tensor x_in);
+  void layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_in, Tensor x_out, ActivationObserver* observer,
+                     KvCache* cache);
+  void recompute_layer(std::int64_t l, const LayerTensors& a, Tensor x_in);
+  void layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_in);
 
   ModelConfig config_;
   ParameterTable table_;
   Backend& backend_;
   ModelMode mode_;
+  ActivationRecompute recompute_;
   std::int64_t max_batch_, max_sequence_;
   std::int64_t batch_ = 0, sequence_ = 0;
   bool ready_for_backward_ = false;
@@ -132,7 +150,8 @@ class LlamaModel {
   BackendBuffer params_, grads_, inv_freq_, tokens_;
   // residual_[l] is the input of layer l; residual_[L] the output of the last layer.
   std::vector<BackendBuffer> residual_;
-  std::vector<std::unique_ptr<LayerActivations>> layers_;  // one per layer (Training) or one shared
+  std::vector<std::unique_ptr<LayerActivations>> layers_;  // kept for backward, per layer (Training)
+  std::unique_ptr<LayerActivations> workspace_;            // the rest, shared by the layers
   BackendBuffer final_hidden_, final_rstd_;
   // Backward scratch (Training mode only).
   BackendBuffer d_residual_, d_hidden_, d_normed_, d_q_, d_k_, d_v_, d_attention_, d_gate_, d_up_, d_mlp_;

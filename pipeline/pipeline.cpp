@@ -63,6 +63,7 @@ std::vector<std::string> training_flags(const Recipe& r, const RecipeTraining& t
       "--eval-windows", std::to_string(r.eval_windows), "--save-dtype", r.save_dtype,
       "--log-interval", std::to_string(std::max<std::int64_t>(1, t.steps / 20)), "--resume"};
   if (!r.device.empty()) f.insert(f.end(), {"--device", r.device});
+  if (t.recompute != "none") f.insert(f.end(), {"--recompute", t.recompute});
   return f;
 }
 

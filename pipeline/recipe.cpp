@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/activation_recompute.h"
 #include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -76,8 +77,11 @@ void read_training(const JsonField& j, RecipeTraining& t) {
   r.get("intermediate_loss_weight", t.intermediate_loss_weight);
   r.get("intermediate_layers", t.intermediate_layers);
   r.get("enabled", t.enabled);
+  r.get("recompute", t.recompute);
   r.finish();
   if (t.steps < 1) fail_expected(j.at("steps").where(), str(t.steps), "at least 1");
+  if (!parse_activation_recompute(t.recompute))
+    fail_expected(j.at("recompute").where(), str("'", t.recompute, "'"), "none, selective or full");
 }
 
 // One {task, task_file, shots, limit, fewshot_file} object; name is its key path ("importance.task").

@@ -27,6 +27,7 @@ struct RecipeTraining {
   double intermediate_loss_weight = 0.0;  // distillation only: hidden-state cosine loss, 0 = off
   std::string intermediate_layers;     // distillation only: "s:t,..." ("" = the default mapping)
   bool enabled = true;                 // correction: false skips it (the teacher is used as is)
+  std::string recompute = "none";      // --recompute: none, selective or full (the baseline takes distillation's)
 };
 
 // One pruned architecture: explicit targets (any subset) or a parameter budget.

@@ -155,6 +155,61 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
   return saved.step;
 }
 
+// What a killed run can leave under --output, named by util/files.h's process_sibling:
+// ".<checkpoint-N|model>.tmp-<pid>" (a save in progress), ".<name>.old-<pid>" (the copy a
+// replacing save moved aside) and ".checkpoint-N.removing-<pid>" (one --save-total-limit was
+// deleting). Groups: 1 the directory's name, 2 the tag.
+const std::regex& interrupted_save_pattern() {
+  static const std::regex pattern(R"(\.(checkpoint-[0-9]+|model)\.(tmp|old|removing)-[0-9]+)");
+  return pattern;
+}
+
+// Run before anything reads or writes the output directory, so a run starts from complete
+// checkpoints only. A moved-aside copy whose directory is gone (killed between a replacing
+// save's two renames) is the last complete version of it: it is put back, not removed.
+void clean_interrupted_saves(const fs::path& output) {
+  if (!fs::is_directory(output)) return;
+  std::vector<fs::path> leftovers;
+  for (const auto& entry : fs::directory_iterator(output))
+    if (entry.is_directory() && std::regex_match(entry.path().filename().string(), interrupted_save_pattern()))
+      leftovers.push_back(entry.path());
+  for (const fs::path& leftover : leftovers) {
+    std::smatch m;
+    const std::string name = leftover.filename().string();
+    std::regex_match(name, m, interrupted_save_pattern());
+    const fs::path original = output / m[1].str();
+    if (m[2] == "old" && !fs::exists(original)) {
+      fs::rename(leftover, original);
+      std::printf("restored %s from %s, left by an interrupted save\n", original.c_str(), leftover.c_str());
+    } else {
+      fs::remove_all(leftover);
+      std::printf("removed %s, left by an interrupted run\n", leftover.c_str());
+    }
+  }
+}
+
+// Keeps `written` and the newest limit - 1 other checkpoint-<step> directories by step (the
+// order resume picks them in), once `written` is complete. Each removal renames first, so a
+// kill midway leaves a hidden leftover for clean_interrupted_saves, never a half-removed
+// directory under a checkpoint's name.
+void remove_old_checkpoints(const fs::path& output, const fs::path& written, std::int64_t limit) {
+  if (limit <= 0) return;
+  std::vector<std::pair<std::int64_t, fs::path>> others;
+  for (const auto& entry : fs::directory_iterator(output)) {
+    std::smatch m;
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) && name != written.filename())
+      others.emplace_back(parse_integer(entry.path().string(), m[1].str(), 0, std::numeric_limits<std::int64_t>::max()),
+                          entry.path());
+  }
+  std::sort(others.begin(), others.end(), std::greater<>());
+  for (std::size_t i = static_cast<std::size_t>(limit - 1); i < others.size(); ++i) {
+    const fs::path doomed = process_sibling(others[i].second, "removing");
+    fs::rename(others[i].second, doomed);
+    fs::remove_all(doomed);
+  }
+}
+
 // The step of a checkpoint-<step> directory; -1 for none (an empty path).
 std::int64_t checkpoint_step(const fs::path& checkpoint) {
   if (checkpoint.empty()) return -1;
@@ -238,6 +293,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   if (options.steps < 1) fail_expected("--steps", str(options.steps), "at least 1");
   if (options.grad_accumulation < 1)
     fail_expected("--grad-accumulation", str(options.grad_accumulation), "at least 1");
+  if (options.save_total_limit < 0)
+    fail_expected("--save-total-limit", str(options.save_total_limit), "at least 0 (0 keeps every checkpoint)");
   if (T > model.config().max_position_embeddings)
     fail_expected("--sequence-length", str(T),
                   str("at most max_position_embeddings = ", model.config().max_position_embeddings));
@@ -265,7 +322,12 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   AdamW optimizer(model, optimizer_config, communicator);
 
   check_training_output(options);  // again: the caller's check may be minutes old
-  if (lead) fs::create_directories(options.output);
+  if (lead) {
+    fs::create_directories(options.output);
+    clean_interrupted_saves(options.output);
+  }
+  // No rank looks for a checkpoint while rank 0 may still be putting one back.
+  if (world > 1) communicator.barrier();
   std::int64_t start = 0;
   if (options.resume) {
     const fs::path checkpoint = latest_checkpoint(options.output);
@@ -362,9 +424,11 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     }
     if (options.eval_interval > 0 && (step + 1) % options.eval_interval == 0 && step + 1 < options.steps)
       validate(step + 1, summary);
-    if (options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps)
-      save_training_checkpoint(options.output / str("checkpoint-", step + 1), model, optimizer, loader,
-                               step + 1, options, objective, communicator);
+    if (options.save_interval > 0 && (step + 1) % options.save_interval == 0 && step + 1 < options.steps) {
+      const fs::path checkpoint = options.output / str("checkpoint-", step + 1);
+      save_training_checkpoint(checkpoint, model, optimizer, loader, step + 1, options, objective, communicator);
+      if (lead) remove_old_checkpoints(options.output, checkpoint, options.save_total_limit);
+    }
   }
   validate(options.steps, summary);
 

@@ -64,6 +64,11 @@ struct TrainOptions {
   std::int64_t eval_interval = 0;   // 0: validate only at the end
   std::int64_t eval_windows = 0;    // 0: every validation window
   std::int64_t save_interval = 0;   // 0: no intermediate checkpoints
+  // Keep only the newest N output/checkpoint-* directories (by step), removing older ones once
+  // a new one is complete; 0 keeps them all (Hugging Face's save_total_limit).
+  std::int64_t save_total_limit = 0;
+  // What the trained model keeps for backward: the caller builds the model with it.
+  ActivationRecompute recompute = ActivationRecompute::None;
   std::int64_t log_interval = 1;
   std::uint64_t seed = 1337;
   SafetensorsDType save_dtype = SafetensorsDType::BF16;

@@ -3,12 +3,16 @@
 // Prints tokens/s and MFU as one JSON line (bench/gpu/torch_layer.py measures PyTorch on the
 // same shape; bench/gpu_check.sh prints the ratios).
 //
-// Usage: layer_step [layers=2] [sequence=4096] [vocab=32000] [peak_tflops=989]
+// Usage: layer_step [layers=2] [sequence=4096] [vocab=32000] [peak_tflops=989] [recompute=none]
 // The vocabulary is Llama-2's 32000 by default so that the head does not drown the layers.
+// recompute (none, selective, full) is train's --recompute: its row is named after it, so the
+// summary's ratio column gives each mode's cost against none.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -27,6 +31,9 @@ int run(int argc, char** argv) {
   const std::int64_t T = static_cast<std::int64_t>(arg(2, 4096)), B = 1;
   c.vocab_size = static_cast<std::int64_t>(arg(3, 32000));
   const double peak_tflops = arg(4, 989.0);  // H200 SXM dense bf16
+  const std::string recompute_name = argc > 5 ? argv[5] : "none";
+  const std::optional<ActivationRecompute> recompute = parse_activation_recompute(recompute_name);
+  if (!recompute) throw std::runtime_error("recompute '" + recompute_name + "' (expected none, selective or full)");
   c.hidden_size = 4096;
   c.intermediate_size = 14336;
   c.num_attention_heads = 32;
@@ -37,7 +44,7 @@ int run(int argc, char** argv) {
   c.max_position_embeddings = T;
 
   auto backend = make_cuda_backend();
-  LlamaModel model(c, *backend, B, T, ModelMode::Training);
+  LlamaModel model(c, *backend, B, T, ModelMode::Training, *recompute);
   // Any finite weights do for timing; a cheap generator instead of the seeded normal init.
   std::vector<float> init(static_cast<std::size_t>(model.table().total_numel()));
   std::uint64_t state = 42;
@@ -89,10 +96,16 @@ int run(int argc, char** argv) {
   const bool finite = std::isfinite(loss);
   char loss_json[32] = "null";
   if (finite) std::snprintf(loss_json, sizeof loss_json, "%.4f", loss);
-  std::printf("{\"engine\": \"minitron\", \"layers\": %lld, \"tokens\": %lld, \"vocab\": %lld, "
-              "\"step_ms\": %.2f, \"tokens_per_second\": %.1f, \"mfu\": %.4f, \"loss\": %s}\n",
-              static_cast<long long>(c.num_hidden_layers), static_cast<long long>(B * T),
-              static_cast<long long>(c.vocab_size), seconds * 1e3, tokens_per_second, mfu, loss_json);
+  const std::string engine =
+      *recompute == ActivationRecompute::None ? "minitron" : "minitron, recompute " + recompute_name;
+  const ActivationArenaBytes bytes = model.activation_arena_bytes();
+  std::printf(
+      "{\"engine\": \"%s\", \"layers\": %lld, \"tokens\": %lld, \"vocab\": %lld, "
+      "\"step_ms\": %.2f, \"tokens_per_second\": %.1f, \"mfu\": %.4f, \"loss\": %s, "
+      "\"activation_gib\": %.3f}\n",
+      engine.c_str(), static_cast<long long>(c.num_hidden_layers), static_cast<long long>(B * T),
+      static_cast<long long>(c.vocab_size), seconds * 1e3, tokens_per_second, mfu, loss_json,
+      static_cast<double>(bytes.saved + bytes.workspace) / double(1 << 30));
   if (!finite) std::fprintf(stderr, "layer_step: error: the loss is %f, not finite\n", loss);
   return finite ? 0 : 1;
 }

@@ -45,6 +45,26 @@ grep -q "resuming from" resumed.log || fail "did not resume"
 diff <(grep -E "^step [5-8]/8" full.log | sed 's/ | [0-9]* tok\/s.*//') \
      <(grep -E "^step [5-8]/8" resumed.log | sed 's/ | [0-9]* tok\/s.*//') || fail "resumed losses differ"
 
+# --recompute full trains to the same losses, to the bit; --save-total-limit 1 keeps only the
+# newest checkpoint, and a temporary left by a killed save is gone at the next start.
+mkdir limited && mkdir limited/.checkpoint-3.tmp-999999 && touch limited/.checkpoint-3.tmp-999999/config.json
+train limited 8 --save-interval 2 --save-total-limit 1 --recompute full > limited.log
+grep -q "activation recomputation full" limited.log || fail "no recomputation line"
+diff <(grep -E "^step [1-8]/8" full.log | sed 's/ | [0-9]* tok\/s.*//') \
+     <(grep -E "^step [1-8]/8" limited.log | sed 's/ | [0-9]* tok\/s.*//') || fail "--recompute full changed the losses"
+[ "$(cd limited && ls -A | tr '\n' ' ')" = "checkpoint-6 metrics.jsonl model " ] || { ls -A limited; fail "--save-total-limit 1 kept $(ls -A limited)"; }
+
+# distill takes --recompute for the student alone (the teacher only infers): the same losses.
+for mode in none selective; do
+  "$MINITRON" distill --teacher full/model --student full/checkpoint-4 --data 'shards/austen_train_*.bin' \
+    --output "distilled-$mode" --batch-size 4 --sequence-length 32 --steps 3 --warmup-steps 1 --recompute "$mode" \
+    > "distilled-$mode.log"
+done
+grep -q "activation recomputation selective" distilled-selective.log || fail "distill printed no recomputation line"
+diff <(grep -E "^step [1-3]/3" distilled-none.log | sed 's/ | [0-9]* tok\/s.*//') \
+     <(grep -E "^step [1-3]/3" distilled-selective.log | sed 's/ | [0-9]* tok\/s.*//') \
+  || fail "distill --recompute selective changed the losses"
+
 # eval --json on the saved model.
 "$MINITRON" eval --model full/model --data shards/austen_val_000000.bin --sequence-length 32 --json > eval.json
 python3 -c "import json; r=json.load(open('eval.json')); assert r['tokens'] > 0 and r['loss'] > 0 and abs(r['perplexity'] - __import__('math').exp(r['loss'])) < 1e-6 * r['perplexity'], r"
@@ -83,6 +103,8 @@ expect_error() {  # expect_error PATTERN command...
 expect_error "batch-size" train bad 2 --batch-size 0
 expect_error "sequence-length" train bad 2 --sequence-length 100000
 expect_error "save-dtype" train bad 2 --save-dtype float8
+expect_error "--recompute: 'partial' (expected none, selective or full)" train bad 2 --recompute partial
+expect_error "save-total-limit" train bad 2 --save-total-limit -1
 expect_error "no-such" "$MINITRON" eval --model no-such-dir --data shards/austen_val_000000.bin
 head -c 100 shards/austen_val_000000.bin > truncated.bin
 expect_error "truncated.bin" "$MINITRON" eval --model full/model --data truncated.bin

@@ -110,6 +110,21 @@ TEST_F(Pipeline, RefusesUnknownRecipeKeys) {
   EXPECT_NE(r.err.find("distillation.learning_rte: unknown key"), std::string::npos) << r.err;
 }
 
+// A recompute mode is read per training step and refused, naming its key, when it is no mode.
+TEST_F(Pipeline, ReadsAndRefusesRecomputeModes) {
+  nlohmann::json recipe = recipe_;
+  recipe["distillation"]["recompute"] = "selective";
+  std::ofstream(dir_ / "recompute.json") << recipe.dump();
+  const Recipe loaded = load_recipe(dir_ / "recompute.json");
+  EXPECT_EQ(loaded.distillation.recompute, "selective");
+  EXPECT_EQ(loaded.correction.recompute, "none");
+  recipe["correction"]["recompute"] = "partial";
+  CommandResult r = run(recipe);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("correction.recompute: 'partial' (expected none, selective or full)"), std::string::npos)
+      << r.err;
+}
+
 TEST_F(Pipeline, DistillRefusesAVocabularyMismatch) {
   ModelConfig other = testing::tiny_config();
   other.vocab_size = 60;

@@ -286,6 +286,35 @@ TEST(HiddenStateDistillation, ResumeIsBitExact) {
   EXPECT_THROW(run_training(models.student, objective, options), Error);
 }
 
+// The intermediate-state loss reads the student's layer outputs during forward and adds their
+// gradients in backward; with recomputation those outputs are the kept layer inputs, so the
+// KL + hidden-state gradients stay bit-identical.
+TEST(HiddenStateDistillation, RecomputationKeepsTheGradientsBitIdentical) {
+  Pair p;
+  const std::int64_t B = 2, T = 8, N = B * T, V = p.teacher_config.vocab_size;
+  const auto all = testing::tiny_tokens(N + 1, V);
+  const std::vector<std::int32_t> inputs(all.begin(), all.end() - 1), targets(all.begin() + 1, all.end());
+  testing::DistillModels models(p, B, T);
+  LossWorkspace ws(*models.backend, V, N, 5, /*distillation=*/true);
+  auto gradients_with = [&](ActivationRecompute recompute) {
+    LlamaModel student(p.student_config, *models.backend, B, T, ModelMode::Training, recompute);
+    student.set_parameters(p.student_params);
+    HiddenStateDistillation hidden(*models.backend, p.student_config, p.teacher_config,
+                                   parse_layer_mapping("0:1,1:3", 2, 4), N);
+    TeacherDistillationObjective objective(models.teacher, ws, 1.0f, 0.0f, &hidden, 0.5f);
+    student.zero_gradients();
+    objective.step(student, inputs, targets, B, T, 1.0f);
+    student.backward();
+    return testing::gradients(student);
+  };
+  const std::vector<float> none = gradients_with(ActivationRecompute::None);
+  for (ActivationRecompute r : {ActivationRecompute::Selective, ActivationRecompute::Full}) {
+    const std::vector<float> g = gradients_with(r);
+    ASSERT_EQ(g.size(), none.size());
+    EXPECT_EQ(0, std::memcmp(g.data(), none.data(), none.size() * sizeof(float))) << activation_recompute_name(r);
+  }
+}
+
 TEST(LayerMapping, DefaultMapsLastToLastEvenlySpaced) {
   EXPECT_EQ(default_layer_mapping(4, 4), (std::vector<LayerPair>{{0, 0}, {1, 1}, {2, 2}, {3, 3}}));
   EXPECT_EQ(default_layer_mapping(2, 4), (std::vector<LayerPair>{{0, 1}, {1, 3}}));

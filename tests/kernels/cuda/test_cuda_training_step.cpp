@@ -14,6 +14,7 @@
 #include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/model/recompute_test_util.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -153,6 +154,28 @@ TEST_P(CudaTrainingStep, MatchesCpuEngine) {
 
 INSTANTIATE_TEST_SUITE_P(Head, CudaTrainingStep, ::testing::Values(false, true),
                          [](const auto& info) { return std::string(info.param ? "tied" : "untied"); });
+
+// Activation recomputation on the CUDA engine (bf16 activations, fp32 statistics): gradients
+// bit-identical to keeping every activation, also at a width whose rows start off a 16-byte
+// pack boundary (hidden 36: the norm kernels then split rows into head, packs and tail, and the
+// recomputed norm must split them as forward's fused residual norm did).
+TEST(CudaActivationRecompute, GradientsBitIdentical) {
+  auto gpu = make_cuda_backend();
+  for (const std::int64_t hidden : {64, 36}) {
+    SCOPED_TRACE(hidden);
+    ModelConfig config = tiny_config(false);
+    config.hidden_size = hidden;
+    expect_recompute_bit_identical(*gpu, config);
+  }
+  // bf16 activations (2 bytes), fp32 statistics (4): Selective recomputes 2 D + F activations
+  // and 2 statistics per token.
+  const ModelConfig c = tiny_config(false);
+  const std::int64_t N = 2 * 9;
+  const ActivationArenaBytes bytes =
+      LlamaModel(c, *gpu, 2, 9, ModelMode::Training, ActivationRecompute::Selective)
+          .activation_arena_bytes();
+  EXPECT_EQ(bytes.workspace, N * ((2 * c.hidden_size + c.intermediate_size) * 2 + 2 * 4));
+}
 
 // What a run's parameter state needs, against the device's memory: the emulated runtime's
 // cudaMemGetInfo reports 80 GiB (emu/cuda_runtime.cpp).
