@@ -1,0 +1,62 @@
+// Conversations rendered into a model's prompt text by the checkpoint's own chat template, exactly
+// as transformers' apply_chat_template does (Jinja2 with trim_blocks and lstrip_blocks), by the
+// Jinja subset in data/jinja_*.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace minitron {
+
+struct ChatMessage {
+  std::string role;
+  std::string content;
+};
+
+// A calendar day for strftime_now: templates like Llama 3.1's print "Today Date: 26 Jul 2024";
+// the caller says which day, so that a rendering never depends on the clock.
+struct CalendarDate {
+  int year = 0;
+  int month = 0;  // 1..12
+  int day = 0;    // 1..31
+};
+
+struct ChatTemplateInput {
+  std::vector<ChatMessage> messages;
+  bool add_generation_prompt = false;
+  std::string bos_token;
+  std::string eos_token;
+  // More template variables (tools, documents, date_string, ...): a JSON object, its key order kept.
+  nlohmann::ordered_json extra_variables = nlohmann::ordered_json::object();
+  // What strftime_now formats; a template that calls it without a date is refused.
+  std::optional<CalendarDate> today;
+};
+
+// Renders `template_text` on `input`. Template errors, unsupported constructs and the template's
+// own raise_exception(...) throw minitron::Error naming the template line and column.
+std::string render_chat_template(const std::string& template_text, const ChatTemplateInput& input);
+
+// What tokenizer_config.json says about chat: the template (a string, or the default of the
+// [{name, template}] list some checkpoints carry) and the BOS/EOS token texts it is rendered with.
+struct ChatTemplateConfig {
+  std::string chat_template;
+  std::string bos_token;
+  std::string eos_token;
+};
+
+// Reads `tokenizer_config` (the file, or the directory holding it). Throws when it has no
+// chat_template, naming the file.
+ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokenizer_config);
+
+// A conversation file: [{"role", "content"}, ...] or {"messages": [...]} (TRL's conversational
+// format, one record).
+std::vector<ChatMessage> parse_conversation(const nlohmann::ordered_json& conversation, const std::string& what);
+
+// "2024-07-26" -> {2024, 7, 26}; throws on anything else.
+CalendarDate parse_calendar_date(const std::string& text);
+
+}  // namespace minitron
