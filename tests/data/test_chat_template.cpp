@@ -1,9 +1,10 @@
 // Chat templates: (a) small hand-checked templates, one or a few constructs each, and the refusals
 // with their line and column; (b) templates written for the tests (Mistral [INST], ChatML and one
-// with every construct) and (c) the real Llama 3 / 3.1 templates from the tokenizer cache, rendered
-// on the conversations of chat_template_conversations.json and compared byte for byte with what
-// @huggingface/jinja rendered (tools/make_chat_template_goldens.mjs -> chat_template_goldens.json).
-// The real templates are not committed; their tests skip when tools/fetch_tokenizers.sh has not run.
+// with every construct) and (c) the real Llama 3 / 3.1, Qwen 3 and Gemma 3 templates from the
+// tokenizer cache, rendered on the conversations of chat_template_conversations.json and compared
+// byte for byte with what @huggingface/jinja rendered (tools/make_chat_template_goldens.mjs ->
+// chat_template_goldens.json). The real templates are not committed; their tests skip when tools/fetch_tokenizers.sh
+// has not run.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -306,6 +307,8 @@ TEST(ChatTemplateReference, ChatML) { matches_reference_renderings("chatml"); }
 TEST(ChatTemplateReference, EveryConstruct) { matches_reference_renderings("constructs"); }
 TEST(ChatTemplateReference, RealLlama3) { matches_reference_renderings("llama3"); }
 TEST(ChatTemplateReference, RealLlama3_1) { matches_reference_renderings("llama3_1"); }
+TEST(ChatTemplateReference, RealQwen3) { matches_reference_renderings("qwen3"); }
+TEST(ChatTemplateReference, RealGemma3) { matches_reference_renderings("gemma3"); }
 
 TEST(ChatTemplateReference, MistralRefusesAnAssistantFirstConversation) {
   auto text = read_text_file(test::fixture("chat_templates/mistral_inst.jinja"));
