@@ -80,7 +80,7 @@ std::string render_chat_template(const std::string& template_text, const ChatTem
   return jinja::render(parsed, variables);
 }
 
-ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokenizer_config) {
+ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokenizer_config, bool template_required) {
   std::filesystem::path path = tokenizer_config;
   if (std::filesystem::is_directory(path)) path /= "tokenizer_config.json";
   ordered_json config;
@@ -93,6 +93,7 @@ ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokeni
   result.bos_token = token_text(config, "bos_token");
   result.eos_token = token_text(config, "eos_token");
   const ordered_json* chat_template = config.contains("chat_template") ? &config["chat_template"] : nullptr;
+  if ((!chat_template || chat_template->is_null()) && !template_required) return result;
   if (!chat_template || chat_template->is_null())
     fail_expected(path.string(), "has no chat_template", "a chat_template, or --chat-template FILE");
   if (chat_template->is_string()) {

@@ -48,9 +48,10 @@ struct ChatTemplateConfig {
   std::string eos_token;
 };
 
-// Reads `tokenizer_config` (the file, or the directory holding it). Throws when it has no
-// chat_template, naming the file.
-ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokenizer_config);
+// Reads `tokenizer_config` (the file, or the directory holding it). Throws, naming the file, when
+// it has no chat_template and `template_required` (a template given elsewhere needs only the tokens).
+ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokenizer_config,
+                                             bool template_required = true);
 
 // A conversation file: [{"role", "content"}, ...] or {"messages": [...]} (TRL's conversational
 // format, one record).
