@@ -49,14 +49,24 @@ std::string token_text(const ordered_json& config, const char* key) {
 
 }  // namespace
 
+ChatTemplate::ChatTemplate(const std::string& template_text)
+    : parsed_(std::make_shared<const jinja::Template>(jinja::parse_template(template_text))) {}
+
 std::string render_chat_template(const std::string& template_text, const ChatTemplateInput& input) {
-  jinja::Template parsed = jinja::parse_template(template_text);
+  return ChatTemplate(template_text).render(input);
+}
+
+std::string ChatTemplate::render(const ChatTemplateInput& input) const {
   jinja::Value variables = jinja::Value::new_dict();
   jinja::ValueList messages;
   for (const ChatMessage& m : input.messages) {
     jinja::Value message = jinja::Value::new_dict();
     message.dict->set("role", jinja::Value::from_string(m.role));
     message.dict->set("content", jinja::Value::from_string(m.content));
+    if (!m.other_fields.is_object())
+      fail_expected(str("message of role ", m.role), "other_fields is not a JSON object", "{\"key\": value, ...}");
+    for (const auto& [key, value] : m.other_fields.items())
+      if (key != "role" && key != "content") message.dict->set(key, jinja::Value::from_json(value));
     messages.push_back(message);
   }
   variables.dict->set("messages", jinja::Value::from_list(std::move(messages)));
@@ -77,7 +87,7 @@ std::string render_chat_template(const std::string& template_text, const ChatTem
     fail_expected("chat template variables", "are not a JSON object", "{\"name\": value, ...}");
   for (const auto& [name, value] : input.extra_variables.items())
     variables.dict->set(name, jinja::Value::from_json(value));
-  return jinja::render(parsed, variables);
+  return jinja::render(*parsed_, variables);
 }
 
 ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokenizer_config, bool template_required) {
@@ -124,7 +134,10 @@ std::vector<ChatMessage> parse_conversation(const ordered_json& conversation, co
         !m["content"].is_string())
       fail_expected(str(what, " message ", i), "lacks a string role or content",
                     "{\"role\": \"user\", \"content\": \"...\"}");
-    messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    ChatMessage message{m["role"].get<std::string>(), m["content"].get<std::string>()};
+    for (const auto& [key, value] : m.items())
+      if (key != "role" && key != "content") message.other_fields[key] = value;
+    messages.push_back(std::move(message));
   }
   return messages;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,9 @@ namespace minitron {
 struct ChatMessage {
   std::string role;
   std::string content;
+  // The message's other keys (tool_calls, reasoning_content, name, ...), given to the template as
+  // they are: a JSON object, its key order kept.
+  nlohmann::ordered_json other_fields = nlohmann::ordered_json::object();
 };
 
 // A calendar day for strftime_now: templates like Llama 3.1's print "Today Date: 26 Jul 2024";
@@ -36,8 +40,24 @@ struct ChatTemplateInput {
   std::optional<CalendarDate> today;
 };
 
-// Renders `template_text` on `input`. Template errors, unsupported constructs and the template's
-// own raise_exception(...) throw minitron::Error naming the template line and column.
+namespace jinja {
+struct Template;
+}
+
+// A template parsed once, to render many conversations (a training set).
+class ChatTemplate {
+ public:
+  // Throws minitron::Error naming the line and column of a syntax error or unsupported construct.
+  explicit ChatTemplate(const std::string& template_text);
+  // Throws minitron::Error naming the template line and column of a failure, including the
+  // template's own raise_exception(...).
+  std::string render(const ChatTemplateInput& input) const;
+
+ private:
+  std::shared_ptr<const jinja::Template> parsed_;
+};
+
+// ChatTemplate(template_text).render(input).
 std::string render_chat_template(const std::string& template_text, const ChatTemplateInput& input);
 
 // What tokenizer_config.json says about chat: the template (a string, or the default of the
@@ -53,8 +73,8 @@ struct ChatTemplateConfig {
 ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokenizer_config,
                                              bool template_required = true);
 
-// A conversation file: [{"role", "content"}, ...] or {"messages": [...]} (TRL's conversational
-// format, one record).
+// A conversation file: [{"role", "content", ...}, ...] or {"messages": [...]} (TRL's
+// conversational format, one record); keys other than role and content go to other_fields.
 std::vector<ChatMessage> parse_conversation(const nlohmann::ordered_json& conversation, const std::string& what);
 
 // "2024-07-26" -> {2024, 7, 26}; throws on anything else.

@@ -208,6 +208,40 @@ TEST(ChatTemplateConstructs, StrftimeNowFormatsTheDateTheCallerGives) {
   EXPECT_THROW(parse_calendar_date("2025-13-01"), Error);
 }
 
+// Llama 3.1/3.2's way of asking for the date: strftime_now is defined, and prints the given day.
+TEST(ChatTemplateConstructs, DateStringFallsBackToStrftimeNowAsLlamaTemplatesAsk) {
+  const char* t =
+      "{%- if not date_string is defined %}\n"
+      "    {%- if strftime_now is defined %}\n"
+      "        {%- set date_string = strftime_now(\"%d %b %Y\") %}\n"
+      "    {%- else %}\n"
+      "        {%- set date_string = \"26 Jul 2024\" %}\n"
+      "    {%- endif %}\n"
+      "{%- endif %}\n"
+      "Today Date: {{ date_string }}";
+  ChatTemplateInput input;
+  input.today = CalendarDate{2025, 3, 1};
+  EXPECT_EQ(render_chat_template(t, input), "Today Date: 01 Mar 2025");
+  input.extra_variables = {{"date_string", "given"}};
+  EXPECT_EQ(render_chat_template(t, input), "Today Date: given");
+}
+
+TEST(ChatTemplateConstructs, ParsedOnceRendersManyConversationsWithTheirOtherFields) {
+  ChatTemplate chat(
+      "{% for m in messages %}{{ m.role }}:{{ m.content }}"
+      "{% if m.tool_calls %}{{ m.tool_calls | map(attribute='name') | join(',') }}{% endif %};{% endfor %}");
+  ChatTemplateInput first;
+  first.messages = {{"user", "hi"}};
+  ChatTemplateInput second;
+  second.messages = parse_conversation(
+      ordered_json::parse(R"([{"role": "assistant", "content": "", "tool_calls": [{"name": "a"}, {"name": "b"}]}])"),
+      "conversation");
+  EXPECT_EQ(chat.render(first), "user:hi;");
+  EXPECT_EQ(chat.render(second), "assistant:a,b;");
+  EXPECT_EQ(chat.render(first), "user:hi;");
+  EXPECT_THROW(ChatTemplate("{% for %}"), Error);
+}
+
 TEST(ChatTemplateRefusals, NameLineAndColumn) {
   struct Case {
     const char* text;
