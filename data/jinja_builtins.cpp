@@ -416,9 +416,11 @@ Value builtin_global(const std::string& name) {
         step = args.integer(2, 1);
       }
       if (step == 0) problem("range() step is zero", "a non-zero step");
+      constexpr double kMaxRange = 1e6;
+      if ((static_cast<double>(stop) - static_cast<double>(start)) / static_cast<double>(step) > kMaxRange)
+        problem("range() is too long", str("at most ", kMaxRange, " numbers"));
       ValueList numbers;
       for (std::int64_t i = start; step > 0 ? i < stop : i > stop; i += step) numbers.push_back(Value::from_int(i));
-      if (numbers.size() > 100000) problem("range() is too long", "at most 100000 numbers");
       return Value::from_list(std::move(numbers));
     });
   if (name == "namespace" || name == "dict")

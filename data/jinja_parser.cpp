@@ -44,21 +44,31 @@ struct Piece {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
-// Where the tag whose contents start at `from` closes ("}}", "%}" or "#}"), skipping quoted strings.
+// Where the tag whose contents start at `from` closes ("}}", "%}" or "#}"), skipping quoted strings
+// and, as Jinja2's lexer does, brackets still open: {{ {'a': {'b': 1}} }} closes at the last "}}".
 std::size_t find_tag_close(const std::string& s, std::size_t from, char closer, bool is_comment) {
   char quote = 0;
+  int open_brackets = 0;
   for (std::size_t i = from; i + 1 < s.size(); ++i) {
+    char c = s[i];
     if (quote) {
-      if (s[i] == '\\')
-        ++i;
-      else if (s[i] == quote)
-        quote = 0;
+      if (c == '\\') ++i;
+      if (c == quote) quote = 0;
       continue;
     }
-    if (!is_comment && (s[i] == '\'' || s[i] == '"'))
-      quote = s[i];
-    else if (s[i] == closer && s[i + 1] == '}')
+    if (is_comment) {
+      if (c == closer && s[i + 1] == '}') return i;
+      continue;
+    }
+    if (c == '\'' || c == '"') {
+      quote = c;
+    } else if (c == '(' || c == '[' || c == '{') {
+      ++open_brackets;
+    } else if (open_brackets > 0 && (c == ')' || c == ']' || c == '}')) {
+      --open_brackets;
+    } else if (c == closer && s[i + 1] == '}') {
       return i;
+    }
   }
   return std::string::npos;
 }

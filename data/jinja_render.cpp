@@ -30,6 +30,8 @@ enum class Flow { Normal, Break, Continue };
 
 // Deep enough for any real template; stops a macro that calls itself forever.
 constexpr int kMaxMacroDepth = 64;
+// A template's output is a prompt: anything near this size is a template bug, not a prompt.
+constexpr std::uint64_t kMaxStringBytes = 1ull << 28;
 
 class Renderer {
  public:
@@ -354,6 +356,8 @@ class Renderer {
         ((left.kind == K::String && right.kind == K::Int) || (left.kind == K::Int && right.kind == K::String))) {
       const Value& s = left.kind == K::String ? left : right;
       std::int64_t times = left.kind == K::Int ? left.integer : right.integer;
+      if (times > 0 && !s.string.empty() && static_cast<std::uint64_t>(times) > kMaxStringBytes / s.string.size())
+        fail_at(e.where, "the repeated string is too long", str("at most ", kMaxStringBytes, " bytes"));
       std::string out;
       for (std::int64_t i = 0; i < times; ++i) out += s.string;
       return Value::from_string(out);
@@ -365,9 +369,21 @@ class Renderer {
     auto integer_of = [](const Value& v) -> std::int64_t { return v.kind == K::Bool ? v.boolean : v.integer; };
     double a = left.as_double(), b = right.as_double();
     if ((op == "/" || op == "//" || op == "%") && b == 0) fail_at(e.where, "division by zero", "a non-zero divisor");
-    if (op == "+") return integers ? Value::from_int(integer_of(left) + integer_of(right)) : Value::from_float(a + b);
-    if (op == "-") return integers ? Value::from_int(integer_of(left) - integer_of(right)) : Value::from_float(a - b);
-    if (op == "*") return integers ? Value::from_int(integer_of(left) * integer_of(right)) : Value::from_float(a * b);
+    // Python's integers do not overflow; ours are 64-bit, so an overflow is refused, never wrapped.
+    auto checked = [&](bool overflowed, std::int64_t result) {
+      if (overflowed) fail_at(e.where, str("integer overflow in '", op, "'"), "results within 64 bits");
+      return Value::from_int(result);
+    };
+    if (integers && (op == "+" || op == "-" || op == "*")) {
+      std::int64_t result = 0;
+      bool overflowed = op == "+"   ? __builtin_add_overflow(integer_of(left), integer_of(right), &result)
+                        : op == "-" ? __builtin_sub_overflow(integer_of(left), integer_of(right), &result)
+                                    : __builtin_mul_overflow(integer_of(left), integer_of(right), &result);
+      return checked(overflowed, result);
+    }
+    if (op == "+") return Value::from_float(a + b);
+    if (op == "-") return Value::from_float(a - b);
+    if (op == "*") return Value::from_float(a * b);
     if (op == "/") return Value::from_float(a / b);
     if (op == "//") {
       if (!integers) return Value::from_float(std::floor(a / b));
@@ -381,9 +397,13 @@ class Renderer {
     }
     if (op == "**") {
       if (integers && integer_of(right) >= 0) {
-        std::int64_t result = 1;
-        for (std::int64_t i = 0; i < integer_of(right); ++i) result *= integer_of(left);
-        return Value::from_int(result);
+        std::int64_t power = 1, base = integer_of(left);
+        bool overflowed = false;
+        for (std::int64_t exponent = integer_of(right); exponent > 0 && !overflowed; exponent >>= 1) {
+          if (exponent & 1) overflowed |= __builtin_mul_overflow(power, base, &power);
+          if (exponent > 1) overflowed |= __builtin_mul_overflow(base, base, &base);
+        }
+        return checked(overflowed, power);
       }
       return Value::from_float(std::pow(a, b));
     }

@@ -46,6 +46,8 @@ TEST(ChatTemplateConstructs, TextOutputAndComments) {
   EXPECT_EQ(render("{{ bos_token }}{{ eos_token }}"), "<s></s>");
   EXPECT_EQ(render("{{ 'it\\'s\\n' }}"), "it's\n");
   EXPECT_EQ(render("{{ '}}' }}"), "}}");
+  // Brackets still open do not close the tag, as in Jinja2's lexer.
+  EXPECT_EQ(render("{{ {'a': {'b': 1}} }}"), "{'a': {'b': 1}}");
 }
 
 TEST(ChatTemplateConstructs, WhitespaceControlAsTransformersSetsIt) {
@@ -118,6 +120,7 @@ TEST(ChatTemplateConstructs, Expressions) {
   EXPECT_EQ(
       render("{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 2 ** 10 }}"),
       "7 9 3 -4 1 2 1024");
+  EXPECT_EQ(render("{{ 3 ** 0 }} {{ (-2) ** 3 }} {{ 2 ** 62 }} {{ 2 ** -1 }}"), "1 -8 4611686018427387904 0.5");
   EXPECT_EQ(render("{{ 7 / 2 }} {{ 1.5 + 1 }} {{ 4 / 2 }} {{ -3 }} {{ 0.1 + 0.2 }}"),
             "3.5 2.5 2.0 -3 0.30000000000000004");
   EXPECT_EQ(render("{{ 'a' + 'b' }} {{ 'a' ~ 1 ~ none }} {{ 'ab' * 2 }} {{ [1] + [2] }}"), "ab a1None abab [1, 2]");
@@ -262,6 +265,9 @@ TEST(ChatTemplateRefusals, NameLineAndColumn) {
       {"{% set x = 1 %}{% set x.y = 2 %}", "line 1 column 19: 'x' is not a namespace"},
       {"{{ 1 / 0 }}", "line 1 column 6: division by zero"},
       {"{{ x @ y }}", "line 1 column 6: unexpected character '@'"},
+      {"{{ 9223372036854775807 + 1 }}", "line 1 column 24: integer overflow in '+'"},
+      {"{{ 3 ** 99 }}", "line 1 column 6: integer overflow in '**'"},
+      {"{% for i in range(10000000000) %}{% endfor %}", "line 1 column 13: range() is too long"},
   };
   for (const Case& c : cases) {
     std::string message = render_error(c.text);
