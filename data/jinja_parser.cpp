@@ -137,6 +137,27 @@ std::vector<Piece> cut_into_pieces(const std::string& source, const SourceMap& m
   return pieces;
 }
 
+// Nesting deeper than this is refused rather than risking the parser's (and the evaluator's) stack;
+// real templates nest a handful of levels.
+constexpr int kMaxNesting = 200;
+
+// Counts one level of nesting while alive.
+class NestingGuard {
+ public:
+  NestingGuard(int& depth, SourcePosition where) : depth_(depth) {
+    if (++depth_ > kMaxNesting) {
+      --depth_;
+      fail_at(where, "expressions or blocks nest too deeply", str("at most ", kMaxNesting, " levels"));
+    }
+  }
+  ~NestingGuard() { --depth_; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+
+ private:
+  int& depth_;
+};
+
 struct Token {
   enum class Kind { Name, Integer, Float, String, Operator, End };
   Kind kind;
@@ -243,6 +264,7 @@ class ExpressionParser {
   }
 
   ExpressionPtr expression(bool with_conditional = true) {
+    NestingGuard guard(depth_, peek().where);
     ExpressionPtr value = or_expression();
     if (!with_conditional || !is_name("if")) return value;
     SourcePosition where = next().where;
@@ -283,6 +305,7 @@ class ExpressionParser {
     return left;
   }
   ExpressionPtr not_expression() {
+    NestingGuard guard(depth_, peek().where);
     if (is_name("not")) {
       SourcePosition where = next().where;
       return make(Expression::Kind::Unary, where, "not", {not_expression()});
@@ -351,6 +374,7 @@ class ExpressionParser {
     return filters_and_tests(postfix(primary()));
   }
   ExpressionPtr unary_without_filters() {
+    NestingGuard guard(depth_, peek().where);
     if (is_operator("-") || is_operator("+")) {
       Token op = next();
       return make(Expression::Kind::Unary, op.where, op.text, {unary_without_filters()});
@@ -528,6 +552,7 @@ class ExpressionParser {
 
   std::vector<Token> tokens_;
   std::size_t position_ = 0;
+  int depth_ = 0;
 };
 
 class TemplateParser {
@@ -592,6 +617,7 @@ class TemplateParser {
   }
 
   Statement statement(const std::string& keyword, SourcePosition where) {
+    NestingGuard guard(block_depth_, where);
     Statement s;
     s.where = where;
     ExpressionParser& p = *current_;
@@ -701,6 +727,7 @@ class TemplateParser {
   SourceMap map_;
   std::vector<Piece> pieces_;
   std::size_t index_ = 0;
+  int block_depth_ = 0;
   std::unique_ptr<ExpressionParser> current_;
   SourcePosition terminator_where_;
 };

@@ -277,6 +277,18 @@ TEST(ChatTemplateRefusals, NameLineAndColumn) {
   }
 }
 
+TEST(ChatTemplateRefusals, DeepNestingIsRefusedNotAStackOverflow) {
+  std::string parentheses = "{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}";
+  std::string nots = "{{ " + std::string(20000, '-') + "1 }}";
+  std::string blocks;
+  for (int i = 0; i < 5000; ++i) blocks += "{% if true %}";
+  for (const std::string& text : {parentheses, nots, blocks}) {
+    std::string message = render_error(text);
+    EXPECT_NE(message.find("nest too deeply"), std::string::npos) << message.substr(0, 200);
+  }
+  EXPECT_EQ(render("{{ ((((1)))) }}{{ - - 2 }}{% if true %}{% if true %}x{% endif %}{% endif %}"), "12x");
+}
+
 TEST(ChatTemplateConfig, LoadsStringOrNamedListAndTokens) {
   auto dir = std::filesystem::temp_directory_path() / "minitron_test_chat_template_config";
   std::filesystem::create_directories(dir);
