@@ -490,15 +490,16 @@ bool apply_test(const std::string& name, const Value& v, const CallArguments& a)
 
 Value apply_filter(const std::string& name, const Value& v, const CallArguments& a) {
   using K = Value::Kind;
+  // Jinja2's string filters take str() of anything (soft_str): undefined is "", none is "None".
   if (name == "trim") {
     Arguments args(a, name, {"chars"});
-    return Value::from_string(strip(as_string(v, "trim"), true, true, args.get(0)));
+    return Value::from_string(strip(v.to_output(), true, true, args.get(0)));
   }
   if (name == "length" || name == "count") return Value::from_int(python_length(v));
-  if (name == "upper") return Value::from_string(to_upper(as_string(v, name)));
-  if (name == "lower") return Value::from_string(to_lower(as_string(v, name)));
-  if (name == "capitalize") return Value::from_string(capitalize(as_string(v, name)));
-  if (name == "title") return Value::from_string(title(as_string(v, name)));
+  if (name == "upper") return Value::from_string(to_upper(v.to_output()));
+  if (name == "lower") return Value::from_string(to_lower(v.to_output()));
+  if (name == "capitalize") return Value::from_string(capitalize(v.to_output()));
+  if (name == "title") return Value::from_string(title(v.to_output()));
   if (name == "string") return v.kind == K::String ? v : Value::from_string(v.to_output());
   if (name == "safe" || name == "list" || name == "items") {
     if (name == "safe") return v;

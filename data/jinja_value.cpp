@@ -119,15 +119,32 @@ bool Value::truthy() const {
 
 namespace {
 
-// Python's repr(float): the shortest digits that read back exactly, with ".0" on whole numbers.
+// Python's repr(float): the shortest digits that read back exactly, written positionally when the
+// decimal exponent is in [-4, 16) and as d.ddde+XX otherwise, with ".0" on whole numbers.
 std::string python_float(double f) {
   if (std::isnan(f)) return "nan";
   if (std::isinf(f)) return f > 0 ? "inf" : "-inf";
   char buffer[64];
-  auto [end, error] = std::to_chars(buffer, buffer + sizeof buffer, f);
-  std::string s(buffer, end);
-  if (s.find_first_of(".en") == std::string::npos) s += ".0";
-  return s;
+  auto [end, error] = std::to_chars(buffer, buffer + sizeof buffer, f, std::chars_format::scientific);
+  std::string scientific(buffer, end);
+  std::size_t e = scientific.find('e');
+  int exponent = std::stoi(scientific.substr(e + 1));
+  bool negative = scientific[0] == '-';
+  std::string digits;
+  for (std::size_t i = negative ? 1 : 0; i < e; ++i)
+    if (scientific[i] != '.') digits += scientific[i];
+  std::string out = negative ? "-" : "";
+  if (exponent < -4 || exponent >= 16) {
+    out += digits.substr(0, 1);
+    if (digits.size() > 1) out += "." + digits.substr(1);
+    char exponent_text[16];
+    std::snprintf(exponent_text, sizeof exponent_text, "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
+    return out + exponent_text;
+  }
+  if (exponent < 0) return out + "0." + std::string(static_cast<std::size_t>(-exponent - 1), '0') + digits;
+  auto integer_digits = static_cast<std::size_t>(exponent) + 1;
+  if (digits.size() <= integer_digits) return out + digits + std::string(integer_digits - digits.size(), '0') + ".0";
+  return out + digits.substr(0, integer_digits) + "." + digits.substr(integer_digits);
 }
 
 std::string python_string_repr(const std::string& s) {

@@ -162,6 +162,7 @@ TEST(ChatTemplateConstructs, Tests) {
 
 TEST(ChatTemplateConstructs, Filters) {
   ordered_json v = {{"msgs", {{{"role", "user"}, {"content", "a"}}, {{"role", "bot"}, {"content", "b"}}}}};
+  EXPECT_EQ(render("[{{ missing | trim }}] [{{ 3 | upper }}] [{{ none | lower }}]"), "[] [3] [none]");
   EXPECT_EQ(render("[{{ '  x \\n' | trim }}] {{ 'ab' | upper }} {{ 'AB' | lower }} {{ 'hello world' | capitalize }} "
                    "{{ 'hello world' | title }} {{ [1, 2] | length }} {{ 'abc' | count }}"),
             "[x] AB ab Hello world Hello World 2 3");
