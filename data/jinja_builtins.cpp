@@ -511,9 +511,22 @@ Value apply_filter(const std::string& name, const Value& v, const CallArguments&
     return Value::from_list(iterate(v));
   }
   if (name == "tojson") {
-    Arguments args(a, name, {"indent"});
-    Value indent = args.get(0);
-    return Value::from_string(v.to_json(indent.kind == K::Int ? static_cast<int>(indent.integer) : 0));
+    Arguments args(a, name, {"indent", "sort_keys", "ensure_ascii", "separators"});
+    JsonStyle style;
+    Value indent = args.get(0, Value::none());
+    if (indent.kind == K::String) problem("tojson(indent=) as a string is not supported", "an integer or none");
+    if (indent.kind != K::None) style.indent = static_cast<int>(std::max<std::int64_t>(0, args.integer(0, 0)));
+    style.sort_keys = args.get(1, Value::from_bool(false)).truthy();
+    style.ensure_ascii = args.get(2, Value::from_bool(false)).truthy();
+    Value separators = args.get(3, Value::none());
+    if (separators.kind != K::None) {
+      if (separators.kind != K::List || separators.list->size() != 2 || (*separators.list)[0].kind != K::String ||
+          (*separators.list)[1].kind != K::String)
+        problem("tojson(separators=) is not two strings", "(item_separator, key_separator)");
+      style.item_separator = (*separators.list)[0].string;
+      style.key_separator = (*separators.list)[1].string;
+    }
+    return Value::from_string(v.to_json(style));
   }
   if (name == "join") {
     Arguments args(a, name, {"d", "attribute"});

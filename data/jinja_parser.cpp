@@ -158,6 +158,24 @@ class NestingGuard {
   int& depth_;
 };
 
+void append_utf8(std::uint32_t code, std::string& out) {
+  if (code < 0x80) {
+    out += static_cast<char>(code);
+  } else if (code < 0x800) {
+    out += static_cast<char>(0xC0 | (code >> 6));
+    out += static_cast<char>(0x80 | (code & 0x3F));
+  } else if (code < 0x10000) {
+    out += static_cast<char>(0xE0 | (code >> 12));
+    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (code >> 18));
+    out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code & 0x3F));
+  }
+}
+
 struct Token {
   enum class Kind { Name, Integer, Float, String, Operator, End };
   Kind kind;
@@ -209,6 +227,24 @@ std::vector<Token> tokenize(const std::string& source, std::size_t begin, std::s
           case '\'': value += '\''; break;
           case '"': value += '"'; break;
           case '\n': break;
+          case 'a': value += '\a'; break;
+          case 'b': value += '\b'; break;
+          case 'f': value += '\f'; break;
+          case 'v': value += '\v'; break;
+          case 'x':
+          case 'u':
+          case 'U': {
+            // Python's \xXX, \uXXXX and \UXXXXXXXX, written out as UTF-8.
+            std::size_t digits = escaped == 'x' ? 2 : escaped == 'u' ? 4 : 8;
+            std::string hex = source.substr(j + 1, std::min(digits, end - j - 1));
+            if (hex.size() != digits || hex.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
+              fail_at(map.at(j - 1), str("a malformed \\", escaped, " escape"), str(digits, " hexadecimal digits"));
+            auto code = static_cast<std::uint32_t>(std::stoul(hex, nullptr, 16));
+            if (code > 0x10FFFF) fail_at(map.at(j - 1), "an escape beyond Unicode", "at most \\U0010FFFF");
+            append_utf8(code, value);
+            j += digits;
+            break;
+          }
           default: value += '\\', value += escaped;
         }
       }

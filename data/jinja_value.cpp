@@ -1,5 +1,6 @@
 #include "data/jinja_value.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -171,9 +172,41 @@ std::string python_string_repr(const std::string& s) {
   return out + quote;
 }
 
-std::string json_string(const std::string& s) {
+// The code point of the UTF-8 sequence at s[i], advancing i past it (a stray byte stands for itself).
+std::uint32_t next_code_point(const std::string& s, std::size_t& i) {
+  auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char lead = byte(i);
+  int length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 1;
+  if (i + static_cast<std::size_t>(length) > s.size()) length = 1;
+  std::uint32_t code = length == 1 ? lead : lead & (0x7F >> length);
+  for (int k = 1; k < length; ++k) code = (code << 6) | (byte(i + static_cast<std::size_t>(k)) & 0x3F);
+  i += static_cast<std::size_t>(length);
+  return code;
+}
+
+std::string json_string(const std::string& s, bool ensure_ascii) {
   std::string out = "\"";
-  for (unsigned char c : s) {
+  auto escape = [&](std::uint32_t code) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "\\u%04x", static_cast<unsigned>(code));
+    out += hex;
+  };
+  for (std::size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      std::size_t start = i;
+      std::uint32_t code = next_code_point(s, i);
+      if (!ensure_ascii) {
+        out += s.substr(start, i - start);
+      } else if (code >= 0x10000) {
+        escape(0xD800 + ((code - 0x10000) >> 10));  // a surrogate pair, as json.dumps writes it
+        escape(0xDC00 + ((code - 0x10000) & 0x3FF));
+      } else {
+        escape(code);
+      }
+      continue;
+    }
+    ++i;
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -183,53 +216,64 @@ std::string json_string(const std::string& s) {
       case '\b': out += "\\b"; break;
       case '\f': out += "\\f"; break;
       default:
-        if (c < 0x20) {
-          char hex[8];
-          std::snprintf(hex, sizeof hex, "\\u%04x", c);
-          out += hex;
-        } else {
+        if (c < 0x20 || (ensure_ascii && c == 0x7F))
+          escape(c);
+        else
           out += static_cast<char>(c);
-        }
     }
   }
   return out + "\"";
 }
 
-void append_json(const Value& v, int indent, int depth, std::string& out) {
+void append_json(const Value& v, const JsonStyle& style, int depth, std::string& out) {
   // json.dumps's default separators: ", " and ": " on one line; "," before a newline when indenting.
-  const std::string item_separator = indent > 0 ? "," : ", ";
+  const bool indented = style.indent >= 0;
+  const std::string item_separator = !style.item_separator.empty() ? style.item_separator : (indented ? "," : ", ");
+  const std::string key_separator = !style.key_separator.empty() ? style.key_separator : ": ";
   auto newline = [&](int level) {
-    if (indent > 0) out += "\n" + std::string(static_cast<std::size_t>(indent * level), ' ');
+    if (indented) out += "\n" + std::string(static_cast<std::size_t>(style.indent * level), ' ');
   };
   switch (v.kind) {
     case Value::Kind::Undefined:
     case Value::Kind::None: out += "null"; return;
     case Value::Kind::Bool: out += v.boolean ? "true" : "false"; return;
     case Value::Kind::Int: out += std::to_string(v.integer); return;
-    case Value::Kind::Float: out += python_float(v.floating); return;
-    case Value::Kind::String: out += json_string(v.string); return;
+    case Value::Kind::Float:
+      if (std::isnan(v.floating))
+        out += "NaN";
+      else if (std::isinf(v.floating))
+        out += v.floating > 0 ? "Infinity" : "-Infinity";
+      else
+        out += python_float(v.floating);
+      return;
+    case Value::Kind::String: out += json_string(v.string, style.ensure_ascii); return;
     case Value::Kind::Function: fail("tojson: a function cannot be written as JSON");
     case Value::Kind::List:
       out += "[";
       for (std::size_t i = 0; i < v.list->size(); ++i) {
         if (i) out += item_separator;
         newline(depth + 1);
-        append_json((*v.list)[i], indent, depth + 1, out);
+        append_json((*v.list)[i], style, depth + 1, out);
       }
       if (!v.list->empty()) newline(depth);
       out += "]";
       return;
-    case Value::Kind::Dict:
+    case Value::Kind::Dict: {
+      std::vector<const std::pair<std::string, Value>*> entries;
+      for (const auto& entry : v.dict->entries) entries.push_back(&entry);
+      if (style.sort_keys)
+        std::stable_sort(entries.begin(), entries.end(), [](auto* a, auto* b) { return a->first < b->first; });
       out += "{";
-      for (std::size_t i = 0; i < v.dict->entries.size(); ++i) {
+      for (std::size_t i = 0; i < entries.size(); ++i) {
         if (i) out += item_separator;
         newline(depth + 1);
-        out += json_string(v.dict->entries[i].first) + ": ";
-        append_json(v.dict->entries[i].second, indent, depth + 1, out);
+        out += json_string(entries[i]->first, style.ensure_ascii) + key_separator;
+        append_json(entries[i]->second, style, depth + 1, out);
       }
-      if (!v.dict->entries.empty()) newline(depth);
+      if (!entries.empty()) newline(depth);
       out += "}";
       return;
+    }
   }
 }
 
@@ -266,9 +310,9 @@ std::string Value::to_output() const {
   return "";
 }
 
-std::string Value::to_json(int indent) const {
+std::string Value::to_json(const JsonStyle& style) const {
   std::string out;
-  append_json(*this, indent, 0, out);
+  append_json(*this, style, 0, out);
   return out;
 }
 

@@ -30,6 +30,16 @@ struct CallArguments {
 };
 using Function = std::function<Value(const CallArguments&)>;
 
+// json.dumps's keyword arguments as transformers' tojson passes them (its defaults are these).
+struct JsonStyle {
+  int indent = -1;  // -1: None (one line); 0 or more: newlines, that many spaces per level
+  bool sort_keys = false;
+  bool ensure_ascii = false;
+  // The separators=(item, key) argument; empty: json.dumps's defaults for the indent.
+  std::string item_separator;
+  std::string key_separator;
+};
+
 struct Value {
   enum class Kind { Undefined, None, Bool, Int, Float, String, List, Dict, Function };
   Kind kind = Kind::Undefined;
@@ -62,8 +72,8 @@ struct Value {
   std::string to_output() const;
   // Python's repr(): strings quoted, as they appear inside a printed list or dict.
   std::string repr() const;
-  // json.dumps(value, ensure_ascii=False, indent=indent), as transformers' tojson filter calls it.
-  std::string to_json(int indent) const;
+  // json.dumps(value, **style), as transformers' tojson filter calls it.
+  std::string to_json(const JsonStyle& style) const;
   std::string type_name() const;
 };
 

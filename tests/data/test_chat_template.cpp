@@ -46,6 +46,7 @@ TEST(ChatTemplateConstructs, TextOutputAndComments) {
   EXPECT_EQ(render("{{ bos_token }}{{ eos_token }}"), "<s></s>");
   EXPECT_EQ(render("{{ 'it\\'s\\n' }}"), "it's\n");
   EXPECT_EQ(render("{{ '}}' }}"), "}}");
+  EXPECT_EQ(render("{{ '\\u00e9\\x41\\U0001F999' }}"), "éA🦙");
   // Brackets still open do not close the tag, as in Jinja2's lexer.
   EXPECT_EQ(render("{{ {'a': {'b': 1}} }}"), "{'a': {'b': 1}}");
 }
@@ -171,6 +172,11 @@ TEST(ChatTemplateConstructs, Filters) {
             "1, 2, 3 1 2 ['a', 'b'] d e None");
   EXPECT_EQ(render("{{ {'a': 1, 'b': [true, none, 'q\"']} | tojson }}"), "{\"a\": 1, \"b\": [true, null, \"q\\\"\"]}");
   EXPECT_EQ(render("{{ {'a': [1]} | tojson(indent=2) }}"), "{\n  \"a\": [\n    1\n  ]\n}");
+  // json.dumps's other arguments as transformers' tojson passes them: indent=0 still breaks lines.
+  EXPECT_EQ(render("{{ [1, {}] | tojson(indent=0) }}"), "[\n1,\n{}\n]");
+  EXPECT_EQ(render("{{ {'b': 1, 'a': 'é🦙\\u007f'} | tojson(sort_keys=true, ensure_ascii=true) }}"),
+            "{\"a\": \"\\u00e9\\ud83e\\udd99\\u007f\", \"b\": 1}");
+  EXPECT_EQ(render("{{ {'a': [1, 2]} | tojson(separators=(',', ':')) }}"), "{\"a\":[1,2]}");
   EXPECT_EQ(render("{{ msgs | selectattr('role', 'equalto', 'user') | map(attribute='content') | list }} "
                    "{{ msgs | rejectattr('role', 'equalto', 'user') | map(attribute='content') | join }} "
                    "{{ msgs | map(attribute='role') | join('/') }} {{ {'x': 1} | items | list }}",
