@@ -66,7 +66,7 @@ std::string ChatTemplate::render(const ChatTemplateInput& input) const {
     if (!m.other_fields.is_object())
       fail_expected(str("message of role ", m.role), "other_fields is not a JSON object", "{\"key\": value, ...}");
     for (const auto& [key, value] : m.other_fields.items())
-      if (key != "role" && key != "content") message.dict->set(key, jinja::Value::from_json(value));
+      if (key != "role") message.dict->set(key, jinja::Value::from_json(value));
     messages.push_back(message);
   }
   variables.dict->set("messages", jinja::Value::from_list(std::move(messages)));
@@ -130,13 +130,15 @@ std::vector<ChatMessage> parse_conversation(const ordered_json& conversation, co
   std::vector<ChatMessage> messages;
   for (std::size_t i = 0; i < list->size(); ++i) {
     const ordered_json& m = (*list)[i];
-    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
-        !m["content"].is_string())
-      fail_expected(str(what, " message ", i), "lacks a string role or content",
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content"))
+      fail_expected(str(what, " message ", i), "lacks a string role or a content",
                     "{\"role\": \"user\", \"content\": \"...\"}");
-    ChatMessage message{m["role"].get<std::string>(), m["content"].get<std::string>()};
+    ChatMessage message{m["role"].get<std::string>(), ""};
+    // Content that is not a string (null beside tool_calls, a list of multimodal parts) reaches the
+    // template as it is, through other_fields.
+    if (m["content"].is_string()) message.content = m["content"].get<std::string>();
     for (const auto& [key, value] : m.items())
-      if (key != "role" && key != "content") message.other_fields[key] = value;
+      if (key != "role" && !(key == "content" && value.is_string())) message.other_fields[key] = value;
     messages.push_back(std::move(message));
   }
   return messages;

@@ -17,7 +17,8 @@ struct ChatMessage {
   std::string role;
   std::string content;
   // The message's other keys (tool_calls, reasoning_content, name, ...), given to the template as
-  // they are: a JSON object, its key order kept.
+  // they are: a JSON object, its key order kept. A "content" here (null, or a list of parts)
+  // replaces the string content.
   nlohmann::ordered_json other_fields = nlohmann::ordered_json::object();
 };
 

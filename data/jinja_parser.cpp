@@ -770,6 +770,19 @@ class TemplateParser {
 
 }  // namespace
 
-Template parse_template(const std::string& source) { return TemplateParser(source).parse(); }
+Template parse_template(const std::string& source) {
+  // Jinja2 reads "\r\n" and "\r" as "\n" everywhere in the source before lexing.
+  std::string normalized;
+  normalized.reserve(source.size());
+  for (std::size_t i = 0; i < source.size(); ++i) {
+    if (source[i] != '\r') {
+      normalized += source[i];
+    } else {
+      normalized += '\n';
+      if (i + 1 < source.size() && source[i + 1] == '\n') ++i;
+    }
+  }
+  return TemplateParser(normalized).parse();
+}
 
 }  // namespace minitron::jinja

@@ -52,7 +52,7 @@ expect_error "chat template line 13 column 13: the template raised an exception:
   --chat-template "$SOURCE/tests/data/chat_templates/mistral_inst.jinja"
 expect_error "no_template_config.json: has no chat_template" chat --tokenizer-config no_template_config.json --conversation conv.json
 echo '[{"role": "user"}]' > bad_conv.json
-expect_error "bad_conv.json message 0: lacks a string role or content" chat --tokenizer-config . --conversation bad_conv.json
+expect_error "bad_conv.json message 0: lacks a string role or a content" chat --tokenizer-config . --conversation bad_conv.json
 echo '{{ 1 | wordwrap }}' > unsupported.jinja
 expect_error "chat template line 1 column 8: the filter 'wordwrap' is not supported" \
   chat --chat-template unsupported.jinja --conversation conv.json

@@ -52,6 +52,8 @@ TEST(ChatTemplateConstructs, TextOutputAndComments) {
 }
 
 TEST(ChatTemplateConstructs, WhitespaceControlAsTransformersSetsIt) {
+  // Jinja2 reads \r\n and \r as \n before anything else.
+  EXPECT_EQ(render("a\r\n{% if true %}\r\nb\rc{% endif %}\r\n"), "a\nb\nc");
   // Explicit markers strip every kind of whitespace on their side.
   EXPECT_EQ(render("a  \n {{- 'b' -}} \n  c"), "abc");
   EXPECT_EQ(render("a \n{%- if true -%}\n b {%- endif %}"), "ab");
@@ -250,6 +252,17 @@ TEST(ChatTemplateConstructs, ParsedOnceRendersManyConversationsWithTheirOtherFie
   EXPECT_EQ(chat.render(second), "assistant:a,b;");
   EXPECT_EQ(chat.render(first), "user:hi;");
   EXPECT_THROW(ChatTemplate("{% for %}"), Error);
+  // Content that is not a string (null, a list of parts) reaches the template as it is.
+  ChatTemplate parts(
+      "{% for m in messages %}{{ m.content is none }} {{ m.content is string }}"
+      "{% if m.content is iterable and m.content is not string %}{{ m.content[0].text }}{% endif %};"
+      "{% endfor %}");
+  ChatTemplateInput mixed;
+  mixed.messages = parse_conversation(ordered_json::parse(R"([{"role": "assistant", "content": null},
+      {"role": "user", "content": [{"type": "text", "text": "look"}]}, {"role": "user", "content": "s"}])"),
+                                      "conversation");
+  EXPECT_EQ(parts.render(mixed), "True False;False Falselook;False True;");
+  EXPECT_THROW(parse_conversation(ordered_json::parse(R"([{"role": "user"}])"), "conversation"), Error);
 }
 
 TEST(ChatTemplateRefusals, NameLineAndColumn) {
