@@ -229,7 +229,7 @@ Value dict_method(const Value& d, const std::string& name) {
   if (name == "items")
     return bound([d](const CallArguments&) {
       ValueList pairs;
-      for (const auto& [k, v] : d.dict->entries) pairs.push_back(Value::from_list({Value::from_string(k), v}));
+      for (const auto& [k, v] : d.dict->entries) pairs.push_back(Value::tuple({Value::from_string(k), v}));
       return Value::from_list(std::move(pairs));
     });
   if (name == "keys")
@@ -386,7 +386,8 @@ Value python_slice(const Value& subject, const Value& start_value, const Value& 
   ValueList picked;
   for (std::int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
     picked.push_back(items[static_cast<std::size_t>(i)]);
-  if (subject.kind == Value::Kind::List) return Value::from_list(std::move(picked));
+  if (subject.kind == Value::Kind::List)
+    return subject.is_tuple ? Value::tuple(std::move(picked)) : Value::from_list(std::move(picked));
   std::string s;
   for (const Value& c : picked) s += c.string;
   return Value::from_string(s);

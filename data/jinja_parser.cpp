@@ -452,7 +452,7 @@ class ExpressionParser {
           if (is_operator(")")) break;
           items.push_back(expression());
         }
-        inner = make(Expression::Kind::ListLiteral, t.where, "", items);
+        inner = make(Expression::Kind::TupleLiteral, t.where, "", items);
       }
       expect_operator(")");
       return inner;

@@ -228,10 +228,11 @@ class Renderer {
         if (const Value* v = scope.find(e.name)) return *v;
         return builtin_global(e.name);
       }
-      case K::ListLiteral: {
+      case K::ListLiteral:
+      case K::TupleLiteral: {
         ValueList items;
         for (const auto& item : e.operands) items.push_back(evaluate(*item, scope));
-        return Value::from_list(std::move(items));
+        return e.kind == K::TupleLiteral ? Value::tuple(std::move(items)) : Value::from_list(std::move(items));
       }
       case K::DictLiteral: {
         Value d = Value::new_dict();

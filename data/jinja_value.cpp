@@ -59,6 +59,11 @@ Value Value::from_list(ValueList items) {
   v.list = std::make_shared<ValueList>(std::move(items));
   return v;
 }
+Value Value::tuple(ValueList items) {
+  Value v = from_list(std::move(items));
+  v.is_tuple = true;
+  return v;
+}
 Value Value::new_dict() {
   Value v;
   v.kind = Kind::Dict;
@@ -282,9 +287,10 @@ void append_json(const Value& v, const JsonStyle& style, int depth, std::string&
 std::string Value::repr() const {
   if (kind == Kind::String) return python_string_repr(string);
   if (kind == Kind::List) {
-    std::string out = "[";
+    std::string out = is_tuple ? "(" : "[";
     for (std::size_t i = 0; i < list->size(); ++i) out += (i ? ", " : "") + (*list)[i].repr();
-    return out + "]";
+    if (is_tuple && list->size() == 1) out += ",";
+    return out + (is_tuple ? ")" : "]");
   }
   if (kind == Kind::Dict) {
     std::string out = "{";
@@ -344,7 +350,7 @@ bool values_equal(const Value& a, const Value& b) {
     case Value::Kind::None: return true;
     case Value::Kind::String: return a.string == b.string;
     case Value::Kind::List:
-      if (a.list->size() != b.list->size()) return false;
+      if (a.is_tuple != b.is_tuple || a.list->size() != b.list->size()) return false;
       for (std::size_t i = 0; i < a.list->size(); ++i)
         if (!values_equal((*a.list)[i], (*b.list)[i])) return false;
       return true;

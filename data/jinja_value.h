@@ -48,6 +48,8 @@ struct Value {
   double floating = 0;
   std::string string;
   std::shared_ptr<ValueList> list;
+  // A Python tuple ((a, b) literals, dict items): a list that prints as (a, b) and never equals a list.
+  bool is_tuple = false;
   std::shared_ptr<ValueDict> dict;
   std::shared_ptr<Function> function;
   // For an undefined value: the name that was looked up, so the error that uses it can name it.
@@ -59,6 +61,7 @@ struct Value {
   static Value from_float(double f);
   static Value from_string(std::string s);
   static Value from_list(ValueList items);
+  static Value tuple(ValueList items);
   static Value new_dict();
   static Value from_function(Function f);
   static Value undefined(std::string name);

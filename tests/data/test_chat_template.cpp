@@ -136,7 +136,9 @@ TEST(ChatTemplateConstructs, Expressions) {
       "True True True True True");
   EXPECT_EQ(render("{{ 'yes' if 1 > 0 else 'no' }} {{ 'yes' if 0 else 'no' }}[{{ 'only' if false }}]"), "yes no[]");
   EXPECT_EQ(render("{{ [1, 'a', none, true] }} {{ {'k': 'v', 'n': 1} }} {{ ('t', 1) }}"),
-            "[1, 'a', None, True] {'k': 'v', 'n': 1} ['t', 1]");
+            "[1, 'a', None, True] {'k': 'v', 'n': 1} ('t', 1)");
+  EXPECT_EQ(render("{{ (1,) }} {{ (1, 2) == [1, 2] }} {{ (1, 2) == (1, 2) }} {{ {'x': 1}.items() | first }}"),
+            "(1,) False True ('x', 1)");
 }
 
 TEST(ChatTemplateConstructs, AttributesSubscriptsAndSlices) {
@@ -183,7 +185,7 @@ TEST(ChatTemplateConstructs, Filters) {
                    "{{ msgs | rejectattr('role', 'equalto', 'user') | map(attribute='content') | join }} "
                    "{{ msgs | map(attribute='role') | join('/') }} {{ {'x': 1} | items | list }}",
                    v),
-            "['a'] b user/bot [['x', 1]]");
+            "['a'] b user/bot [('x', 1)]");
   EXPECT_EQ(render("{{ 'a-b-c' | replace('-', '+') }} {{ 5 | string ~ '!' }} {{ ' 42 ' | int + 1 }} {{ 'x' | int }} "
                    "{{ 2.7 | int }} {{ [3, 1, 3] | unique | list }} {{ [1, 2] | reverse | list }}"),
             "a+b+c 5! 43 0 2 [3, 1] [2, 1]");
