@@ -101,15 +101,30 @@ std::string capitalize(const std::string& s) {
   if (!out.empty()) out[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(out[0])));
   return out;
 }
-// str.title(): a letter after a non-letter is upper case, every other letter lower case.
-std::string title(const std::string& s) {
+// str.title(): a letter after a non-letter is upper case, every other letter lower case. Bytes of
+// non-ASCII characters count as letters (é continues a word, as in Python); case changes are ASCII.
+std::string python_title(const std::string& s) {
   std::string out = s;
   bool previous_is_letter = false;
   for (char& c : out) {
-    bool letter = std::isalpha(static_cast<unsigned char>(c));
-    c = static_cast<char>(letter && !previous_is_letter ? std::toupper(static_cast<unsigned char>(c))
-                                                        : std::tolower(static_cast<unsigned char>(c)));
+    auto byte = static_cast<unsigned char>(c);
+    bool letter = std::isalpha(byte) || byte >= 0x80;
+    if (byte < 0x80) c = static_cast<char>(letter && !previous_is_letter ? std::toupper(byte) : std::tolower(byte));
     previous_is_letter = letter;
+  }
+  return out;
+}
+
+// Jinja2's title filter, which differs from str.title: words start after runs of spaces, '-', '(',
+// '{', '[' or '<' only, so "it's" gives "It's" (str.title gives "It'S").
+std::string jinja_title(const std::string& s) {
+  std::string out = s;
+  bool at_word_start = true;
+  for (char& c : out) {
+    bool separator = is_python_space(c) || c == '-' || c == '(' || c == '{' || c == '[' || c == '<';
+    auto byte = static_cast<unsigned char>(c);
+    if (!separator && byte < 0x80) c = static_cast<char>(at_word_start ? std::toupper(byte) : std::tolower(byte));
+    at_word_start = separator;
   }
   return out;
 }
@@ -200,7 +215,7 @@ Value string_method(const std::string& s, const std::string& name) {
     });
   if (name == "upper") return bound([s](const CallArguments&) { return Value::from_string(to_upper(s)); });
   if (name == "lower") return bound([s](const CallArguments&) { return Value::from_string(to_lower(s)); });
-  if (name == "title") return bound([s](const CallArguments&) { return Value::from_string(title(s)); });
+  if (name == "title") return bound([s](const CallArguments&) { return Value::from_string(python_title(s)); });
   if (name == "capitalize") return bound([s](const CallArguments&) { return Value::from_string(capitalize(s)); });
   if (name == "replace")
     return bound([s](const CallArguments& a) {
@@ -500,7 +515,7 @@ Value apply_filter(const std::string& name, const Value& v, const CallArguments&
   if (name == "upper") return Value::from_string(to_upper(v.to_output()));
   if (name == "lower") return Value::from_string(to_lower(v.to_output()));
   if (name == "capitalize") return Value::from_string(capitalize(v.to_output()));
-  if (name == "title") return Value::from_string(title(v.to_output()));
+  if (name == "title") return Value::from_string(jinja_title(v.to_output()));
   if (name == "string") return v.kind == K::String ? v : Value::from_string(v.to_output());
   if (name == "safe" || name == "list" || name == "items") {
     if (name == "safe") return v;

@@ -191,6 +191,12 @@ TEST(ChatTemplateConstructs, Filters) {
             "a+b+c 5! 43 0 2 [3, 1] [2, 1]");
 }
 
+// Jinja2's title filter and Python's str.title split words differently; both are kept.
+TEST(ChatTemplateConstructs, TitleFilterAndTitleMethodDiffer) {
+  EXPECT_EQ(render("{{ \"it's a-b (c) wörld\" | title }}|{{ \"it's a-b (c) wörld\".title() }}"),
+            "It's A-B (C) Wörld|It'S A-B (C) Wörld");
+}
+
 TEST(ChatTemplateConstructs, StringMethods) {
   EXPECT_EQ(
       render("[{{ '  a b  '.strip() }}] [{{ 'xxaxx'.strip('x') }}] [{{ '  a'.lstrip() }}] [{{ 'a  '.rstrip() }}]"),
