@@ -83,6 +83,10 @@ std::string ChatTemplate::render(const ChatTemplateInput& input) const {
           throw jinja::BuiltinProblem{"strftime_now() takes one format string", "strftime_now(\"%d %b %Y\")"};
         return jinja::Value::from_string(format_date(*today, a.positional[0].string));
       }));
+  // apply_chat_template always passes tools= and documents= (None unless given), so a template's
+  // `tools is defined` is true and `tools is none` decides.
+  variables.dict->set("tools", jinja::Value::none());
+  variables.dict->set("documents", jinja::Value::none());
   if (!input.extra_variables.is_object())
     fail_expected("chat template variables", "are not a JSON object", "{\"name\": value, ...}");
   for (const auto& [name, value] : input.extra_variables.items())

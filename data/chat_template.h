@@ -36,6 +36,7 @@ struct ChatTemplateInput {
   std::string bos_token;
   std::string eos_token;
   // More template variables (tools, documents, date_string, ...): a JSON object, its key order kept.
+  // tools and documents are none unless given here, as in apply_chat_template.
   nlohmann::ordered_json extra_variables = nlohmann::ordered_json::object();
   // What strftime_now formats; a template that calls it without a date is refused.
   std::optional<CalendarDate> today;

@@ -70,9 +70,10 @@ def main():
         text, bos, eos = templates[golden["template"]]
         conversation = conversations[golden["conversation"]]
         try:
+            variables = {"tools": None, "documents": None, **conversation.get("variables", {})}
             rendered = ("text", env.from_string(text).render(
                 messages=conversation["messages"], add_generation_prompt=golden["add_generation_prompt"],
-                bos_token=bos, eos_token=eos, **conversation.get("variables", {})))
+                bos_token=bos, eos_token=eos, **variables))
         except TemplateError as e:
             rendered = ("error", str(e))
         expected = ("text", golden["text"]) if "text" in golden else ("error", golden["error"])

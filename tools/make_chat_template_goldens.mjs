@@ -52,6 +52,9 @@ for (const entry of spec.templates) {
           add_generation_prompt: addGenerationPrompt,
           bos_token: loaded.bos,
           eos_token: loaded.eos,
+          // transformers' apply_chat_template always passes these, None unless given.
+          tools: null,
+          documents: null,
           ...(conversation.variables || {}),
         });
       } catch (error) {

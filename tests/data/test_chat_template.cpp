@@ -246,6 +246,12 @@ TEST(ChatTemplateConstructs, DateStringFallsBackToStrftimeNowAsLlamaTemplatesAsk
   EXPECT_EQ(render_chat_template(t, input), "Today Date: given");
 }
 
+TEST(ChatTemplateConstructs, ToolsAndDocumentsAreNoneUnlessGivenAsInApplyChatTemplate) {
+  const char* t = "{{ tools is defined }} {{ tools is none }} {{ documents is none }}";
+  EXPECT_EQ(render(t), "True True True");
+  EXPECT_EQ(render(t, {{"tools", ordered_json::array()}}), "True False True");
+}
+
 TEST(ChatTemplateConstructs, ParsedOnceRendersManyConversationsWithTheirOtherFields) {
   ChatTemplate chat(
       "{% for m in messages %}{{ m.role }}:{{ m.content }}"
