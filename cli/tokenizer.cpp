@@ -161,8 +161,13 @@ int chat_command(int argc, char** argv) {
   input.add_generation_prompt = result.count("add-generation-prompt") > 0;
   input.bos_token = config.bos_token;
   input.eos_token = config.eos_token;
-  if (result.count("variables"))
-    input.extra_variables = read_json_file(result["variables"].as<std::string>(), "--variables");
+  input.extra_variables = config.other_special_tokens;
+  if (result.count("variables")) {
+    std::string path = result["variables"].as<std::string>();
+    nlohmann::ordered_json variables = read_json_file(path, "--variables");
+    if (!variables.is_object()) fail_expected("--variables " + path, "is not a JSON object", "{\"tools\": [...], ...}");
+    input.extra_variables.update(variables);
+  }
   if (result.count("date")) input.today = parse_calendar_date(result["date"].as<std::string>());
   std::string text = render_chat_template(config.chat_template, input);
   std::fwrite(text.data(), 1, text.size(), stdout);

@@ -106,6 +106,14 @@ ChatTemplateConfig load_chat_template_config(const std::filesystem::path& tokeni
   ChatTemplateConfig result;
   result.bos_token = token_text(config, "bos_token");
   result.eos_token = token_text(config, "eos_token");
+  for (const char* key : {"unk_token", "sep_token", "pad_token", "cls_token", "mask_token"})
+    if (!token_text(config, key).empty()) result.other_special_tokens[key] = token_text(config, key);
+  if (config.contains("additional_special_tokens") && config["additional_special_tokens"].is_array()) {
+    ordered_json texts = ordered_json::array();
+    for (const auto& token : config["additional_special_tokens"])
+      texts.push_back(token.is_string() ? token.get<std::string>() : token.value("content", ""));
+    result.other_special_tokens["additional_special_tokens"] = texts;
+  }
   const ordered_json* chat_template = config.contains("chat_template") ? &config["chat_template"] : nullptr;
   if ((!chat_template || chat_template->is_null()) && !template_required) return result;
   if (!chat_template || chat_template->is_null())

@@ -68,6 +68,10 @@ struct ChatTemplateConfig {
   std::string chat_template;
   std::string bos_token;
   std::string eos_token;
+  // The rest of transformers' special_tokens_map that the config sets (unk_token, sep_token,
+  // pad_token, cls_token, mask_token: their texts; additional_special_tokens: a list of texts),
+  // which apply_chat_template also passes to the template: a JSON object for extra_variables.
+  nlohmann::ordered_json other_special_tokens = nlohmann::ordered_json::object();
 };
 
 // Reads `tokenizer_config` (the file, or the directory holding it). Throws, naming the file, when

@@ -46,6 +46,15 @@ chat --tokenizer-config named_config.json --conversation conv.json \
   --chat-template "$SOURCE/tests/data/chat_templates/mistral_inst.jinja" > mistral.txt
 [ "$(cat mistral.txt)" = "<s>[INST] Hi there [/INST] Hello!</s>" ] || fail "--chat-template: $(cat mistral.txt)"
 
+# The config's other special tokens and --variables reach the template; --variables wins.
+echo '{{ unk_token }} {{ additional_special_tokens | join(",") }} {{ tools | length }} {{ enable_thinking }}' > vars.jinja
+echo '{"tools": [{"name": "f"}], "enable_thinking": false, "unk_token": "<override>"}' > vars.json
+python3 -c 'import json; json.dump({"unk_token": "<unk>", "additional_special_tokens": ["<a>", "<b>"]}, open("special_config.json", "w"))'
+chat --tokenizer-config special_config.json --chat-template vars.jinja --conversation conv.json --variables vars.json > vars.txt
+[ "$(cat vars.txt)" = "<override> <a>,<b> 1 False" ] || fail "variables: $(cat vars.txt)"
+echo '[1]' > list.json
+expect_error "--variables list.json: is not a JSON object" chat --chat-template vars.jinja --conversation conv.json --variables list.json
+
 # Refusals: the template's raise_exception (with its line), no template at all, a bad conversation.
 expect_error "chat template line 13 column 13: the template raised an exception: After the optional system message, conversation roles must alternate" \
   chat --tokenizer-config named_config.json --conversation assistant_first.json \

@@ -327,12 +327,15 @@ TEST(ChatTemplateConfig, LoadsStringOrNamedListAndTokens) {
   auto dir = std::filesystem::temp_directory_path() / "minitron_test_chat_template_config";
   std::filesystem::create_directories(dir);
   auto file = dir / "tokenizer_config.json";
-  write_bytes_atomically(file, R"({"bos_token": {"__type": "AddedToken", "content": "<s>"}, "eos_token": "</s>",
+  write_bytes_atomically(
+      file, R"({"bos_token": {"__type": "AddedToken", "content": "<s>"}, "eos_token": "</s>", "unk_token": "<unk>",
+    "pad_token": null, "additional_special_tokens": ["<a>", {"content": "<b>"}],
     "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]})");
   ChatTemplateConfig config = load_chat_template_config(dir);
   EXPECT_EQ(config.chat_template, "D");
   EXPECT_EQ(config.bos_token, "<s>");
   EXPECT_EQ(config.eos_token, "</s>");
+  EXPECT_EQ(config.other_special_tokens.dump(), R"({"unk_token":"<unk>","additional_special_tokens":["<a>","<b>"]})");
   write_bytes_atomically(file, R"({"chat_template": "{{ bos_token }}"})");
   EXPECT_EQ(load_chat_template_config(file).chat_template, "{{ bos_token }}");
   write_bytes_atomically(file, R"({"bos_token": "<s>"})");
