@@ -63,7 +63,7 @@ class Renderer {
         for (const IfBranch& branch : s.branches)
           if (evaluate(*branch.condition, scope).truthy()) return run(branch.body, scope, out, loop_depth);
         return run(s.else_body, scope, out, loop_depth);
-      case Statement::Kind::For: for_loop(s, scope, out); return Flow::Normal;
+      case Statement::Kind::For: return for_loop(s, scope, out, loop_depth);
       case Statement::Kind::Set: assign(s, evaluate(*s.expression, scope), scope); return Flow::Normal;
       case Statement::Kind::SetBlock: {
         std::string captured;
@@ -104,7 +104,9 @@ class Renderer {
     return parts;
   }
 
-  void for_loop(const Statement& s, Scope& scope, std::string& out) {
+  // Returns the flow of the else block, which runs outside this loop: a break there ends the
+  // enclosing loop, as in Jinja2.
+  Flow for_loop(const Statement& s, Scope& scope, std::string& out, int loop_depth) {
     Value iterable = evaluate(*s.expression, scope);
     if (iterable.kind == Value::Kind::None) fail_at(s.expression->where, "none cannot be iterated", "a list or dict");
     ValueList items = guarded(s.expression->where, [&] { return iterate(iterable); });
@@ -125,10 +127,7 @@ class Renderer {
       }
       items = std::move(kept);
     }
-    if (items.empty()) {
-      run(s.else_body, scope, out, 0);
-      return;
-    }
+    if (items.empty()) return run(s.else_body, scope, out, loop_depth);
     auto n = static_cast<std::int64_t>(items.size());
     for (std::int64_t i = 0; i < n; ++i) {
       Scope inner{{}, &scope};
@@ -151,6 +150,7 @@ class Renderer {
       inner.variables["loop"] = loop;
       if (run(s.body, inner, out, 1) == Flow::Break) break;
     }
+    return Flow::Normal;
   }
 
   Value make_macro(const Statement& s) {

@@ -100,6 +100,8 @@ TEST(ChatTemplateConstructs, ForLoopVariablesElseAndFilter) {
   EXPECT_EQ(render("{% for x in xs %}{% if x == 'b' %}{% break %}{% endif %}{{ x }}{% endfor %}", v), "a");
   EXPECT_EQ(render("{% for i in range(3) %}{{ i }}{% endfor %}{% for i in range(1, 7, 2) %}{{ i }}{% endfor %}"),
             "012135");
+  // A break in an inner loop's else block ends the outer loop.
+  EXPECT_EQ(render("{% for a in [1, 2] %}{{ a }}{% for b in [] %}{% else %}{% break %}{% endfor %}{% endfor %}"), "1");
   // A variable set inside a loop is gone after it, as in Jinja2.
   EXPECT_EQ(render("{% set n = 0 %}{% for x in xs %}{% set n = n + 1 %}{% endfor %}{{ n }}", v), "0");
 }
