@@ -339,7 +339,46 @@ std::string indent_lines(const std::string& s, const std::string& prefix, bool f
   return out;
 }
 
+const std::vector<std::string> kFilters = {
+    "trim",  "length",     "count",      "upper",  "lower",  "capitalize", "title",   "string",
+    "safe",  "list",       "items",      "tojson", "join",   "first",      "last",    "default",
+    "d",     "selectattr", "rejectattr", "select", "reject", "map",        "replace", "int",
+    "float", "abs",        "reverse",    "unique", "indent", "sum",        "min",     "max"};
+const std::vector<std::string> kTests = {"defined",     "undefined", "none",        "string", "number",  "integer",
+                                         "float",       "boolean",   "true",        "false",  "mapping", "sequence",
+                                         "iterable",    "callable",  "lower",       "upper",  "odd",     "even",
+                                         "divisibleby", "eq",        "equalto",     "ne",     "lt",      "lessthan",
+                                         "le",          "gt",        "greaterthan", "ge",     "sameas",  "in"};
+
+std::string joined_with_or(const std::vector<std::string>& names) {
+  std::string s;
+  for (std::size_t i = 0; i < names.size(); ++i) s += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  return s;
+}
+
+// The first thing inside `v` that json.dumps cannot write ("" when there is none).
+std::string json_unwritable(const Value& v) {
+  if (v.kind == Value::Kind::Undefined) return str("the undefined value '", v.undefined_name, "'");
+  if (v.kind == Value::Kind::Function) return "a function";
+  if (v.kind == Value::Kind::List)
+    for (const Value& item : *v.list)
+      if (std::string what = json_unwritable(item); !what.empty()) return what;
+  if (v.kind == Value::Kind::Dict)
+    for (const auto& entry : v.dict->entries)
+      if (std::string what = json_unwritable(entry.second); !what.empty()) return what;
+  return "";
+}
+
 }  // namespace
+
+bool is_supported_filter(const std::string& name) {
+  return std::find(kFilters.begin(), kFilters.end(), name) != kFilters.end();
+}
+bool is_supported_test(const std::string& name) {
+  return std::find(kTests.begin(), kTests.end(), name) != kTests.end();
+}
+std::string supported_filters() { return joined_with_or(kFilters); }
+std::string supported_tests() { return joined_with_or(kTests); }
 
 ValueList iterate(const Value& v) {
   switch (v.kind) {
@@ -499,9 +538,7 @@ bool apply_test(const std::string& name, const Value& v, const CallArguments& a)
       if (values_equal(item, v)) return true;
     return other.kind == K::String && v.kind == K::String && other.string.find(v.string) != std::string::npos;
   }
-  problem(str("the test '", name, "' is not supported"),
-          "defined, undefined, none, string, number, integer, float, boolean, true, false, mapping, sequence, "
-          "iterable, callable, lower, upper, odd, even, divisibleby, eq, ne, lt, le, gt, ge, sameas or in");
+  problem(str("the test '", name, "' is not supported"), supported_tests());
 }
 
 Value apply_filter(const std::string& name, const Value& v, const CallArguments& a) {
@@ -542,6 +579,8 @@ Value apply_filter(const std::string& name, const Value& v, const CallArguments&
       style.item_separator = (*separators.list)[0].string;
       style.key_separator = (*separators.list)[1].string;
     }
+    if (std::string what = json_unwritable(v); !what.empty())
+      problem(str("tojson cannot write ", what), "values that JSON can hold");
     return Value::from_string(v.to_json(style));
   }
   if (name == "join") {
@@ -664,10 +703,7 @@ Value apply_filter(const std::string& name, const Value& v, const CallArguments&
       if ((compare_values(item, best) < 0) == (name == "min") && !values_equal(item, best)) best = item;
     return best;
   }
-  problem(str("the filter '", name, "' is not supported"),
-          "trim, length, count, upper, lower, capitalize, title, string, safe, list, items, tojson, join, first, "
-          "last, default, selectattr, rejectattr, select, reject, map, replace, int, float, abs, reverse, unique, "
-          "indent, sum, min or max");
+  problem(str("the filter '", name, "' is not supported"), supported_filters());
 }
 
 }  // namespace minitron::jinja

@@ -13,6 +13,14 @@ struct BuiltinProblem {
   std::string expected;
 };
 
+// Whether a filter or test of that name exists. The parser refuses an unknown filter when it reads
+// the template, even in a branch that never runs; an unknown test only when it runs (both as Jinja2).
+bool is_supported_filter(const std::string& name);
+bool is_supported_test(const std::string& name);
+// "trim, length, ... or max": for the messages that refuse a name.
+std::string supported_filters();
+std::string supported_tests();
+
 Value apply_filter(const std::string& name, const Value& subject, const CallArguments& arguments);
 bool apply_test(const std::string& name, const Value& subject, const CallArguments& arguments);
 // subject.name: a dict's entry, or a string's or dict's method bound to it; undefined when absent.

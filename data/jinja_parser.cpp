@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <set>
 
+#include "data/jinja_builtins.h"
 #include "data/jinja_syntax.h"
 #include "util/error.h"
 
@@ -554,6 +555,8 @@ class ExpressionParser {
         filter->kind = Expression::Kind::Filter;
         filter->where = peek().where;
         filter->name = expect_identifier();
+        if (!is_supported_filter(filter->name))
+          fail_at(filter->where, str("the filter '", filter->name, "' is not supported"), supported_filters());
         filter->operands.push_back(subject);
         if (is_operator("(")) arguments(filter->operands, filter->keyword_names);
         subject = filter;
@@ -659,13 +662,14 @@ class TemplateParser {
     ExpressionParser& p = *current_;
     if (keyword == "if") {
       s.kind = Statement::Kind::If;
-      IfBranch branch{p.expression(), {}};
+      // Jinja2 reads an if's test without the `a if b else c` form (parse_if: with_condexpr=False).
+      IfBranch branch{p.expression(false), {}};
       p.expect_end();
       while (true) {
         std::string end = body(branch.body, {"elif", "else", "endif"});
         s.branches.push_back(std::move(branch));
         if (end == "elif") {
-          branch = IfBranch{current_->expression(), {}};
+          branch = IfBranch{current_->expression(false), {}};
           current_->expect_end();
           continue;
         }

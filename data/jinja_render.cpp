@@ -273,7 +273,12 @@ class Renderer {
       case K::Unary: {
         Value v = evaluate(*e.operands[0], scope);
         if (e.name == "not") return Value::from_bool(!v.truthy());
-        if (v.kind == Value::Kind::Int) return Value::from_int(e.name == "-" ? -v.integer : v.integer);
+        if (v.kind == Value::Kind::Int || v.kind == Value::Kind::Bool) {
+          std::int64_t integer = v.kind == Value::Kind::Bool ? v.boolean : v.integer;
+          if (e.name == "-" && integer == INT64_MIN)
+            fail_at(e.where, "integer overflow in '-'", "results within 64 bits");
+          return Value::from_int(e.name == "-" ? -integer : integer);
+        }
         if (v.kind == Value::Kind::Float) return Value::from_float(e.name == "-" ? -v.floating : v.floating);
         fail_at(e.where, str("unary ", e.name, " of a ", v.type_name()), "a number");
       }

@@ -125,6 +125,7 @@ TEST(ChatTemplateConstructs, Expressions) {
   EXPECT_EQ(
       render("{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 2 ** 10 }}"),
       "7 9 3 -4 1 2 1024");
+  EXPECT_EQ(render("{{ -true }} {{ +false }} {{ -(1 == 1) + 3 }}"), "-1 0 2");
   EXPECT_EQ(render("{{ 3 ** 0 }} {{ (-2) ** 3 }} {{ 2 ** 62 }} {{ 2 ** -1 }}"), "1 -8 4611686018427387904 0.5");
   EXPECT_EQ(render("{{ 7 / 2 }} {{ 1.5 + 1 }} {{ 4 / 2 }} {{ -3 }} {{ 0.1 + 0.2 }}"),
             "3.5 2.5 2.0 -3 0.30000000000000004");
@@ -165,6 +166,7 @@ TEST(ChatTemplateConstructs, Tests) {
                    v),
             "TrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueFalse");
   EXPECT_EQ(render("{{ s is number }}{{ d is string }}{{ z is defined }}", v), "FalseFalseTrue");
+  EXPECT_EQ(render("{% if false %}{{ x is prime }}{% endif %}ok"), "ok");
 }
 
 TEST(ChatTemplateConstructs, Filters) {
@@ -289,6 +291,11 @@ TEST(ChatTemplateRefusals, NameLineAndColumn) {
   const Case cases[] = {
       {"ok\n{% include 'x' %}", "line 2 column 4: the statement 'include' is not supported"},
       {"{{ x | wordwrap }}", "line 1 column 8: the filter 'wordwrap' is not supported"},
+      // An unknown filter is refused when the template is read, as Jinja2 does, even in a branch not taken
+      // (an unknown test only when it runs).
+      {"{% if false %}{{ x | wordwrap }}{% endif %}", "line 1 column 22: the filter 'wordwrap' is not supported"},
+      {"{{ {'a': missing} | tojson }}", "line 1 column 21: tojson cannot write the undefined value 'missing'"},
+      {"{% if a if b else c %}{% endif %}", "line 1 column 9: unexpected 'if'"},
       {"a\nb\n  {{ 1 is prime }}", "line 3 column 11: the test 'prime' is not supported"},
       {"{% if true %}never closed", "the template ends inside a block"},
       {"{% endfor %}", "line 1 column 4: 'endfor' without its opening tag"},
