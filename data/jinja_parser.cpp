@@ -350,7 +350,11 @@ class ExpressionParser {
     return comparison();
   }
   ExpressionPtr comparison() {
-    ExpressionPtr left = additive();
+    ExpressionPtr first = additive();
+    auto chain = std::make_shared<Expression>();
+    chain->kind = Expression::Kind::ComparisonChain;
+    chain->where = first->where;
+    chain->operands.push_back(first);
     while (true) {
       SourcePosition where = peek().where;
       std::string op;
@@ -365,11 +369,17 @@ class ExpressionParser {
         next();
         op = "not in";
       } else {
-        return left;
+        break;
       }
-      // Chained comparisons (a < b < c) are rare in templates; each compares with its left neighbour.
-      left = make(Expression::Kind::Binary, where, op, {left, additive()});
+      chain->comparison_operators.push_back(op);
+      chain->operands.push_back(additive());
+      if (chain->operands.size() == 2) chain->where = where;
     }
+    if (chain->comparison_operators.empty()) return first;
+    // One comparison stays a plain binary operation; longer chains compare neighbours, as Python.
+    if (chain->comparison_operators.size() == 1)
+      return make(Expression::Kind::Binary, chain->where, chain->comparison_operators[0], chain->operands);
+    return chain;
   }
   ExpressionPtr additive() {
     ExpressionPtr left = concatenation();
@@ -555,8 +565,6 @@ class ExpressionParser {
         filter->kind = Expression::Kind::Filter;
         filter->where = peek().where;
         filter->name = expect_identifier();
-        if (!is_supported_filter(filter->name))
-          fail_at(filter->where, str("the filter '", filter->name, "' is not supported"), supported_filters());
         filter->operands.push_back(subject);
         if (is_operator("(")) arguments(filter->operands, filter->keyword_names);
         subject = filter;
@@ -594,6 +602,32 @@ class ExpressionParser {
   int depth_ = 0;
 };
 
+// Jinja2 refuses an unknown filter when it compiles the template, except inside an if block or a
+// conditional expression, where the refusal waits until the filter runs; a for loop's or a macro's
+// body is checked again.
+void check_filter_names(const Expression& e, bool deferred) {
+  if (e.kind == Expression::Kind::Filter && !deferred && !is_supported_filter(e.name))
+    fail_at(e.where, str("the filter '", e.name, "' is not supported"), supported_filters());
+  for (const ExpressionPtr& operand : e.operands)
+    if (operand) check_filter_names(*operand, deferred || e.kind == Expression::Kind::Conditional);
+}
+
+void check_filter_names(const Body& body, bool deferred) {
+  for (const Statement& s : body) {
+    for (const ExpressionPtr& e : {s.expression, s.loop_filter})
+      if (e) check_filter_names(*e, deferred);
+    for (const IfBranch& branch : s.branches) {
+      check_filter_names(*branch.condition, deferred);
+      check_filter_names(branch.body, true);
+    }
+    for (const MacroParameter& p : s.parameters)
+      if (p.default_value) check_filter_names(*p.default_value, false);
+    bool loop_or_macro = s.kind == Statement::Kind::For || s.kind == Statement::Kind::Macro;
+    check_filter_names(s.body, loop_or_macro ? false : deferred);
+    check_filter_names(s.else_body, s.kind == Statement::Kind::If || deferred);
+  }
+}
+
 class TemplateParser {
  public:
   TemplateParser(const std::string& source) : source_(source), map_(source), pieces_(cut_into_pieces(source, map_)) {}
@@ -602,6 +636,7 @@ class TemplateParser {
     Template t;
     std::string terminator = body(t.body, {});
     if (!terminator.empty()) fail_at(terminator_where_, str("'", terminator, "' without its opening tag"), "");
+    check_filter_names(t.body, false);
     return t;
   }
 

@@ -283,6 +283,7 @@ class Renderer {
         fail_at(e.where, str("unary ", e.name, " of a ", v.type_name()), "a number");
       }
       case K::Binary: return binary(e, scope);
+      case K::ComparisonChain: return comparison_chain(e, scope);
       case K::Conditional:
         if (evaluate(*e.operands[1], scope).truthy()) return evaluate(*e.operands[0], scope);
         return e.operands[2] ? evaluate(*e.operands[2], scope) : Value::undefined("else");
@@ -318,7 +319,22 @@ class Renderer {
     Value left = evaluate(*e.operands[0], scope);
     if (op == "and") return left.truthy() ? evaluate(*e.operands[1], scope) : left;
     if (op == "or") return left.truthy() ? left : evaluate(*e.operands[1], scope);
-    Value right = evaluate(*e.operands[1], scope);
+    return apply_binary(op, left, evaluate(*e.operands[1], scope), e.where);
+  }
+
+  // a < b == c is (a < b) and (b == c), each operand evaluated once, stopping at the first false.
+  Value comparison_chain(const Expression& e, Scope& scope) {
+    Value left = evaluate(*e.operands[0], scope);
+    for (std::size_t i = 0; i < e.comparison_operators.size(); ++i) {
+      Value right = evaluate(*e.operands[i + 1], scope);
+      if (!apply_binary(e.comparison_operators[i], left, right, e.operands[i + 1]->where).truthy())
+        return Value::from_bool(false);
+      left = std::move(right);
+    }
+    return Value::from_bool(true);
+  }
+
+  Value apply_binary(const std::string& op, const Value& left, const Value& right, SourcePosition where) {
     using K = Value::Kind;
     if (op == "~") return Value::from_string(left.to_output() + right.to_output());
     if (op == "==") return Value::from_bool(values_equal(left, right));
@@ -327,12 +343,12 @@ class Renderer {
       bool found = false;
       if (right.kind == K::String) {
         if (left.kind != K::String)
-          fail_at(e.where, str("'in <string>' needs a string, not a ", left.type_name()), "a string");
+          fail_at(where, str("'in <string>' needs a string, not a ", left.type_name()), "a string");
         found = right.string.find(left.string) != std::string::npos;
       } else if (right.kind == K::List || right.kind == K::Dict || right.kind == K::Undefined) {
         for (const Value& item : iterate(right)) found |= values_equal(item, left);
       } else {
-        fail_at(e.where, str("'in' a ", right.type_name()), "a list, dict or string");
+        fail_at(where, str("'in' a ", right.type_name()), "a list, dict or string");
       }
       return Value::from_bool(found == (op == "in"));
     }
@@ -343,7 +359,7 @@ class Renderer {
       } else if (left.kind == K::String && right.kind == K::String) {
         order = left.string.compare(right.string);
       } else {
-        fail_at(e.where, str("'", op, "' between a ", left.type_name(), " and a ", right.type_name()),
+        fail_at(where, str("'", op, "' between a ", left.type_name(), " and a ", right.type_name()),
                 "two numbers or two strings");
       }
       if (op == "<") return Value::from_bool(order < 0);
@@ -363,21 +379,21 @@ class Renderer {
       const Value& s = left.kind == K::String ? left : right;
       std::int64_t times = left.kind == K::Int ? left.integer : right.integer;
       if (times > 0 && !s.string.empty() && static_cast<std::uint64_t>(times) > kMaxStringBytes / s.string.size())
-        fail_at(e.where, "the repeated string is too long", str("at most ", kMaxStringBytes, " bytes"));
+        fail_at(where, "the repeated string is too long", str("at most ", kMaxStringBytes, " bytes"));
       std::string out;
       for (std::int64_t i = 0; i < times; ++i) out += s.string;
       return Value::from_string(out);
     }
     if (!left.is_number() || !right.is_number())
-      fail_at(e.where, str("'", op, "' between a ", left.type_name(), " and a ", right.type_name()),
+      fail_at(where, str("'", op, "' between a ", left.type_name(), " and a ", right.type_name()),
               op == "+" ? "two numbers, two strings or two lists" : "two numbers");
     bool integers = left.kind != K::Float && right.kind != K::Float;
     auto integer_of = [](const Value& v) -> std::int64_t { return v.kind == K::Bool ? v.boolean : v.integer; };
     double a = left.as_double(), b = right.as_double();
-    if ((op == "/" || op == "//" || op == "%") && b == 0) fail_at(e.where, "division by zero", "a non-zero divisor");
+    if ((op == "/" || op == "//" || op == "%") && b == 0) fail_at(where, "division by zero", "a non-zero divisor");
     // Python's integers do not overflow; ours are 64-bit, so an overflow is refused, never wrapped.
     auto checked = [&](bool overflowed, std::int64_t result) {
-      if (overflowed) fail_at(e.where, str("integer overflow in '", op, "'"), "results within 64 bits");
+      if (overflowed) fail_at(where, str("integer overflow in '", op, "'"), "results within 64 bits");
       return Value::from_int(result);
     };
     if (integers && (op == "+" || op == "-" || op == "*")) {
@@ -413,7 +429,7 @@ class Renderer {
       }
       return Value::from_float(std::pow(a, b));
     }
-    fail_at(e.where, str("the operator '", op, "'"), "a supported operator");
+    fail_at(where, str("the operator '", op, "'"), "a supported operator");
   }
 
   Scope root_;

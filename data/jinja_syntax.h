@@ -25,20 +25,21 @@ using ExpressionPtr = std::shared_ptr<const Expression>;
 
 struct Expression {
   enum class Kind {
-    Literal,       // literal
-    Name,          // name
-    ListLiteral,   // operands: the items
-    TupleLiteral,  // operands: the items
-    DictLiteral,   // operands: key, value, key, value, ...
-    Attribute,     // operands[0].name
-    Subscript,     // operands[0][operands[1]]
-    Slice,         // operands[0][operands[1]:operands[2]:operands[3]], each bound may be null
-    Unary,         // name: "not", "-" or "+"; operands[0]
-    Binary,        // name: the operator ("+", "and", "not in", ...); operands[0], operands[1]
-    Conditional,   // operands[0] if operands[1] else operands[2] (null: undefined)
-    Call,          // operands[0](operands[1..]); keyword_names[i] names operands[i + 1] or is ""
-    Filter,        // operands[0] | name(operands[1..]); keyword_names as for Call
-    Test,          // operands[0] is [not] name(operands[1..])
+    Literal,          // literal
+    Name,             // name
+    ListLiteral,      // operands: the items
+    TupleLiteral,     // operands: the items
+    DictLiteral,      // operands: key, value, key, value, ...
+    Attribute,        // operands[0].name
+    Subscript,        // operands[0][operands[1]]
+    Slice,            // operands[0][operands[1]:operands[2]:operands[3]], each bound may be null
+    Unary,            // name: "not", "-" or "+"; operands[0]
+    Binary,           // name: the operator ("+", "and", "not in", ...); operands[0], operands[1]
+    ComparisonChain,  // operands[0] op0 operands[1] op1 operands[2] ...: comparison_operators
+    Conditional,      // operands[0] if operands[1] else operands[2] (null: undefined)
+    Call,             // operands[0](operands[1..]); keyword_names[i] names operands[i + 1] or is ""
+    Filter,           // operands[0] | name(operands[1..]); keyword_names as for Call
+    Test,             // operands[0] is [not] name(operands[1..])
   };
   Kind kind = Kind::Literal;
   SourcePosition where;
@@ -47,6 +48,7 @@ struct Expression {
   bool negated = false;
   std::vector<ExpressionPtr> operands;
   std::vector<std::string> keyword_names;
+  std::vector<std::string> comparison_operators;  // ComparisonChain: "==", "<", "in", "not in", ...
 };
 
 struct Statement;

@@ -125,6 +125,9 @@ TEST(ChatTemplateConstructs, Expressions) {
   EXPECT_EQ(
       render("{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 2 ** 10 }}"),
       "7 9 3 -4 1 2 1024");
+  // Chained comparisons are Python's: a in b != c is (a in b) and (b != c).
+  EXPECT_EQ(render("{{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 'x' in ['role'] != 'system' }} {{ 1 == 1 in [1] }}"),
+            "True False False True");
   EXPECT_EQ(render("{{ -true }} {{ +false }} {{ -(1 == 1) + 3 }}"), "-1 0 2");
   EXPECT_EQ(render("{{ 3 ** 0 }} {{ (-2) ** 3 }} {{ 2 ** 62 }} {{ 2 ** -1 }}"), "1 -8 4611686018427387904 0.5");
   EXPECT_EQ(render("{{ 7 / 2 }} {{ 1.5 + 1 }} {{ 4 / 2 }} {{ -3 }} {{ 0.1 + 0.2 }}"),
@@ -167,6 +170,8 @@ TEST(ChatTemplateConstructs, Tests) {
             "TrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueTrueFalse");
   EXPECT_EQ(render("{{ s is number }}{{ d is string }}{{ z is defined }}", v), "FalseFalseTrue");
   EXPECT_EQ(render("{% if false %}{{ x is prime }}{% endif %}ok"), "ok");
+  // Jinja2 waits to refuse an unknown filter inside an if block or a conditional expression.
+  EXPECT_EQ(render("{% if false %}{{ x | nope }}{% endif %}{{ (x | nope) if false else 1 }}"), "1");
 }
 
 TEST(ChatTemplateConstructs, Filters) {
@@ -291,9 +296,12 @@ TEST(ChatTemplateRefusals, NameLineAndColumn) {
   const Case cases[] = {
       {"ok\n{% include 'x' %}", "line 2 column 4: the statement 'include' is not supported"},
       {"{{ x | wordwrap }}", "line 1 column 8: the filter 'wordwrap' is not supported"},
-      // An unknown filter is refused when the template is read, as Jinja2 does, even in a branch not taken
-      // (an unknown test only when it runs).
-      {"{% if false %}{{ x | wordwrap }}{% endif %}", "line 1 column 22: the filter 'wordwrap' is not supported"},
+      // An unknown filter is refused when the template is read, as Jinja2 does, even in a loop that
+      // never runs (but not inside an if block; an unknown test only when it runs).
+      {"{% for a in [] %}{{ x | wordwrap }}{% endfor %}", "line 1 column 25: the filter 'wordwrap' is not supported"},
+      {"{% if true %}{% for a in [] %}{{ x | nope }}{% endfor %}{% endif %}", "line 1 column 38: the filter 'nope'"},
+      {"{% macro m() %}{{ x | nope }}{% endmacro %}", "line 1 column 23: the filter 'nope' is not supported"},
+      {"{{ 1 if false else x | nope }}", "line 1 column 24: the filter 'nope' is not supported"},
       {"{{ {'a': missing} | tojson }}", "line 1 column 21: tojson cannot write the undefined value 'missing'"},
       {"{% if a if b else c %}{% endif %}", "line 1 column 9: unexpected 'if'"},
       {"a\nb\n  {{ 1 is prime }}", "line 3 column 11: the test 'prime' is not supported"},
