@@ -536,6 +536,16 @@ class ExpressionParser {
           is_slice = true;
           next();
         }
+        if (!is_slice && bounds[0] && is_operator(",")) {
+          // x[a, b] subscripts with a tuple, as Python does.
+          std::vector<ExpressionPtr> items{bounds[0]};
+          while (is_operator(",")) {
+            next();
+            if (is_operator("]")) break;
+            items.push_back(expression());
+          }
+          bounds[0] = make(Expression::Kind::TupleLiteral, where, "", items);
+        }
         expect_operator("]");
         if (is_slice) {
           bounds.resize(3);
@@ -557,6 +567,16 @@ class ExpressionParser {
     }
   }
 
+  // Jinja2 reads a filter's or test's name with dots (x | a.b names the filter "a.b").
+  std::string dotted_name() {
+    std::string name = expect_identifier();
+    while (is_operator(".") && peek(1).kind == Token::Kind::Name) {
+      next();
+      name += "." + next().text;
+    }
+    return name;
+  }
+
   ExpressionPtr filters_and_tests(ExpressionPtr subject) {
     while (true) {
       if (is_operator("|")) {
@@ -564,7 +584,7 @@ class ExpressionParser {
         auto filter = std::make_shared<Expression>();
         filter->kind = Expression::Kind::Filter;
         filter->where = peek().where;
-        filter->name = expect_identifier();
+        filter->name = dotted_name();
         filter->operands.push_back(subject);
         if (is_operator("(")) arguments(filter->operands, filter->keyword_names);
         subject = filter;
@@ -578,7 +598,7 @@ class ExpressionParser {
         }
         test->where = peek().where;
         // `is none`, `is true`, `is false` name tests, not literals.
-        test->name = expect_identifier();
+        test->name = dotted_name();
         test->operands.push_back(subject);
         if (is_operator("(")) {
           arguments(test->operands, test->keyword_names);
@@ -602,9 +622,9 @@ class ExpressionParser {
   int depth_ = 0;
 };
 
-// Jinja2 refuses an unknown filter when it compiles the template, except inside an if block or a
-// conditional expression, where the refusal waits until the filter runs; a for loop's or a macro's
-// body is checked again.
+// Jinja2 refuses an unknown filter when it compiles the template, except inside an if statement
+// (its tests and blocks) or a conditional expression, where the refusal waits until the filter runs; a for loop's or a
+// macro's body is checked again.
 void check_filter_names(const Expression& e, bool deferred) {
   if (e.kind == Expression::Kind::Filter && !deferred && !is_supported_filter(e.name))
     fail_at(e.where, str("the filter '", e.name, "' is not supported"), supported_filters());
@@ -617,7 +637,7 @@ void check_filter_names(const Body& body, bool deferred) {
     for (const ExpressionPtr& e : {s.expression, s.loop_filter})
       if (e) check_filter_names(*e, deferred);
     for (const IfBranch& branch : s.branches) {
-      check_filter_names(*branch.condition, deferred);
+      check_filter_names(*branch.condition, true);
       check_filter_names(branch.body, true);
     }
     for (const MacroParameter& p : s.parameters)

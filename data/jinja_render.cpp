@@ -259,8 +259,10 @@ class Renderer {
           return found ? *found : Value::undefined(key.string);
         }
         if (key.kind == Value::Kind::String) return member_of(subject, key.string);
-        if (key.kind != Value::Kind::Int)
-          fail_at(e.operands[1]->where, str("an index that is a ", key.type_name()), "an integer");
+        // Jinja2's getitem falls back to an undefined value for keys a sequence cannot take.
+        if (key.kind == Value::Kind::Bool) key = Value::from_int(key.boolean);
+        if (key.kind != Value::Kind::Int || (subject.kind != Value::Kind::List && subject.kind != Value::Kind::String))
+          return Value::undefined(key.to_output());
         return guarded(e.where, [&] { return python_index(subject, key.integer); });
       }
       case K::Slice: {

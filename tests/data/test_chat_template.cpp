@@ -171,7 +171,9 @@ TEST(ChatTemplateConstructs, Tests) {
   EXPECT_EQ(render("{{ s is number }}{{ d is string }}{{ z is defined }}", v), "FalseFalseTrue");
   EXPECT_EQ(render("{% if false %}{{ x is prime }}{% endif %}ok"), "ok");
   // Jinja2 waits to refuse an unknown filter inside an if block or a conditional expression.
-  EXPECT_EQ(render("{% if false %}{{ x | nope }}{% endif %}{{ (x | nope) if false else 1 }}"), "1");
+  EXPECT_EQ(render("{% if false and x | nope %}{{ x | nope }}{% endif %}{{ (x | nope) if false else 1 }}"), "1");
+  EXPECT_EQ(render("{% if false %}{{ x | trim.content }}{{ x is string.y }}{% endif %}{{ 'ab'[0, 1] is defined }}"),
+            "False");
 }
 
 TEST(ChatTemplateConstructs, Filters) {
