@@ -300,6 +300,19 @@ class ExpressionParser {
     if (!at_end()) fail_at(peek().where, str("unexpected '", peek().text, "'"), "the end of the tag");
   }
 
+  // Jinja2's parse_tuple: in {{ }}, set and for, `a, b` without parentheses is a tuple.
+  ExpressionPtr expression_or_tuple(bool with_conditional = true) {
+    ExpressionPtr first = expression(with_conditional);
+    if (!is_operator(",")) return first;
+    std::vector<ExpressionPtr> items{first};
+    while (is_operator(",")) {
+      next();
+      if (at_end() || is_name("if")) break;
+      items.push_back(expression(with_conditional));
+    }
+    return make(Expression::Kind::TupleLiteral, first->where, "", items);
+  }
+
   ExpressionPtr expression(bool with_conditional = true) {
     NestingGuard guard(depth_, peek().where);
     ExpressionPtr value = or_expression();
@@ -684,7 +697,7 @@ class TemplateParser {
         Statement s;
         s.kind = Statement::Kind::Output;
         s.where = where;
-        s.expression = current_->expression();
+        s.expression = current_->expression_or_tuple();
         current_->expect_end();
         out.push_back(std::move(s));
         continue;
@@ -744,7 +757,7 @@ class TemplateParser {
         s.targets.push_back(p.expect_identifier());
       }
       p.expect_name("in");
-      s.expression = p.expression(false);
+      s.expression = p.expression_or_tuple(false);
       if (p.is_name("if")) {
         p.next();
         s.loop_filter = p.expression(false);
@@ -777,7 +790,7 @@ class TemplateParser {
       }
       s.kind = Statement::Kind::Set;
       p.expect_operator("=");
-      s.expression = p.expression();
+      s.expression = p.expression_or_tuple();
       p.expect_end();
       return s;
     }

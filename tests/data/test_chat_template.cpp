@@ -143,6 +143,8 @@ TEST(ChatTemplateConstructs, Expressions) {
   EXPECT_EQ(render("{{ 'yes' if 1 > 0 else 'no' }} {{ 'yes' if 0 else 'no' }}[{{ 'only' if false }}]"), "yes no[]");
   EXPECT_EQ(render("{{ [1, 'a', none, true] }} {{ {'k': 'v', 'n': 1} }} {{ ('t', 1) }}"),
             "[1, 'a', None, True] {'k': 'v', 'n': 1} ('t', 1)");
+  EXPECT_EQ(render("{{ 1, 'a' }} {% set t = 1, 2 %}{{ t }} {% for x in 3, 4 %}{{ x }}{% endfor %}"),
+            "(1, 'a') (1, 2) 34");
   EXPECT_EQ(render("{{ (1,) }} {{ (1, 2) == [1, 2] }} {{ (1, 2) == (1, 2) }} {{ {'x': 1}.items() | first }}"),
             "(1,) False True ('x', 1)");
 }
