@@ -82,21 +82,37 @@ Value Value::undefined(std::string name) {
   return v;
 }
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
-  if (j.is_null()) return none();
-  if (j.is_boolean()) return from_bool(j.get<bool>());
-  if (j.is_number_integer()) return from_int(j.get<std::int64_t>());
-  if (j.is_number()) return from_float(j.get<double>());
-  if (j.is_string()) return from_string(j.get<std::string>());
+namespace {
+
+// Deep enough for any conversation or tool schema; a file of a million '[' is refused, not recursed.
+constexpr int kMaxJsonNesting = 256;
+
+Value value_from_json(const nlohmann::ordered_json& j, int depth) {
+  if (depth > kMaxJsonNesting)
+    fail_expected("chat template variables", "JSON nests too deeply", str("at most ", kMaxJsonNesting, " levels"));
+  // Each read below follows the type test that makes it exact; an integer beyond int64 (which
+  // nlohmann keeps unsigned) would wrap, so it is refused.
+  if (j.is_null()) return Value::none();
+  if (j.is_boolean()) return Value::from_bool(j.get<bool>());
+  if (j.is_number_unsigned() && j.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
+    fail_expected("chat template variables", str("the integer ", j.dump(), " is beyond 64 bits"),
+                  "integers within 64 bits");
+  if (j.is_number_integer()) return Value::from_int(j.get<std::int64_t>());
+  if (j.is_number()) return Value::from_float(j.get<double>());
+  if (j.is_string()) return Value::from_string(j.get<std::string>());
   if (j.is_array()) {
     ValueList items;
-    for (const auto& item : j) items.push_back(from_json(item));
-    return from_list(std::move(items));
+    for (const auto& item : j) items.push_back(value_from_json(item, depth + 1));
+    return Value::from_list(std::move(items));
   }
-  Value d = new_dict();
-  for (const auto& [key, item] : j.items()) d.dict->set(key, from_json(item));
+  Value d = Value::new_dict();
+  for (const auto& [key, item] : j.items()) d.dict->set(key, value_from_json(item, depth + 1));
   return d;
 }
+
+}  // namespace
+
+Value Value::from_json(const nlohmann::ordered_json& j) { return value_from_json(j, 0); }
 
 double Value::as_double() const {
   switch (kind) {

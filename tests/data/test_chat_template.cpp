@@ -290,6 +290,10 @@ TEST(ChatTemplateConstructs, ParsedOnceRendersManyConversationsWithTheirOtherFie
                                       "conversation");
   EXPECT_EQ(parts.render(mixed), "True False;False Falselook;False True;");
   EXPECT_THROW(parse_conversation(ordered_json::parse(R"([{"role": "user"}])"), "conversation"), Error);
+  // Untrusted JSON: integers beyond 64 bits and deep nesting are refused, not wrapped or recursed.
+  EXPECT_THROW(render("{{ n }}", {{"n", ordered_json::parse("18446744073709551615")}}), Error);
+  EXPECT_THROW(render("{{ n }}", {{"n", ordered_json::parse(std::string(300, '[') + std::string(300, ']'))}}), Error);
+  EXPECT_EQ(render("{{ n }}", {{"n", ordered_json::parse("9223372036854775807")}}), "9223372036854775807");
 }
 
 TEST(ChatTemplateRefusals, NameLineAndColumn) {
