@@ -1,4 +1,4 @@
-// minitron tokenizer encode|decode|train: a tokenizer.json from the command line.
+// minitron tokenizer encode|decode|train|chat: a tokenizer.json, or its chat template, from the command line.
 #include <algorithm>
 #include <cerrno>
 #include <climits>
@@ -14,8 +14,10 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "data/bpe_trainer.h"
+#include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "util/error.h"
+#include "util/files.h"
 
 namespace minitron::cli {
 
@@ -121,12 +123,65 @@ int train_command(int argc, char** argv) {
   return 0;
 }
 
+nlohmann::ordered_json read_json_file(const std::string& path, const std::string& flag) {
+  try {
+    return nlohmann::ordered_json::parse(read_text_file(path));
+  } catch (const nlohmann::ordered_json::parse_error& e) {
+    fail_expected(str(flag, " ", path), str("is not JSON: ", e.what()), "a JSON file");
+  }
+}
+
+int chat_command(int argc, char** argv) {
+  cxxopts::Options options("tokenizer chat",
+                           "Render a conversation with the checkpoint's chat template (tokenizer_config.json), as "
+                           "transformers' apply_chat_template does, and print the text exactly (no newline added).");
+  options.add_options()("tokenizer-config", "tokenizer_config.json, or a directory holding one",
+                        cxxopts::value<std::string>())(
+      "conversation", "JSON file: [{\"role\", \"content\"}, ...] or {\"messages\": [...]}",
+      cxxopts::value<std::string>())("chat-template", "a Jinja file that replaces the checkpoint's chat_template",
+                                     cxxopts::value<std::string>())(
+      "add-generation-prompt", "end with the template's opening of an assistant turn")(
+      "variables", "JSON file: an object of more template variables (tools, enable_thinking, ...)",
+      cxxopts::value<std::string>())("date", "the day strftime_now prints, YYYY-MM-DD (templates that ask for it)",
+                                     cxxopts::value<std::string>());
+  cxxopts::ParseResult result;
+  if (!parse_options(options, argc, argv, result)) return 0;
+  ChatTemplateConfig config;
+  if (result.count("tokenizer-config")) {
+    // With --chat-template the checkpoint's file still gives the BOS and EOS texts.
+    bool template_required = result.count("chat-template") == 0;
+    config = load_chat_template_config(result["tokenizer-config"].as<std::string>(), template_required);
+  } else if (!result.count("chat-template")) {
+    fail_expected("tokenizer chat", "neither --tokenizer-config nor --chat-template was given", "one or both");
+  }
+  if (result.count("chat-template")) config.chat_template = read_text_file(result["chat-template"].as<std::string>());
+  ChatTemplateInput input;
+  std::string conversation = required<std::string>(result, "conversation");
+  input.messages = parse_conversation(read_json_file(conversation, "--conversation"), "--conversation " + conversation);
+  input.add_generation_prompt = result.count("add-generation-prompt") > 0;
+  input.bos_token = config.bos_token;
+  input.eos_token = config.eos_token;
+  input.extra_variables = config.other_special_tokens;
+  if (result.count("variables")) {
+    std::string path = result["variables"].as<std::string>();
+    nlohmann::ordered_json variables = read_json_file(path, "--variables");
+    if (!variables.is_object()) fail_expected("--variables " + path, "is not a JSON object", "{\"tools\": [...], ...}");
+    input.extra_variables.update(variables);
+  }
+  if (result.count("date")) input.today = parse_calendar_date(result["date"].as<std::string>());
+  std::string text = render_chat_template(config.chat_template, input);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  return 0;
+}
+
 void usage(std::FILE* out) {
   std::fputs(
-      "usage: minitron tokenizer <encode|decode|train> [--help] [flags]\n\n"
+      "usage: minitron tokenizer <encode|decode|train|chat> [--help] [flags]\n\n"
       "  encode  --tokenizer PATH [--text T] [--json] [--add-special-tokens]\n"
       "  decode  --tokenizer PATH [--ids \"1 2 3\"] [--skip-special-tokens]\n"
-      "  train   --vocab-size N --input FILES... --output DIR [--special-tokens T...]\n",
+      "  train   --vocab-size N --input FILES... --output DIR [--special-tokens T...]\n"
+      "  chat    --tokenizer-config PATH --conversation FILE [--chat-template FILE] [--add-generation-prompt]\n"
+      "          [--variables FILE] [--date YYYY-MM-DD]\n",
       out);
 }
 
@@ -141,7 +196,8 @@ int tokenizer(int argc, char** argv) {
   if (sub == "encode") return encode_command(argc - 1, argv + 1);
   if (sub == "decode") return decode_command(argc - 1, argv + 1);
   if (sub == "train") return train_command(argc - 1, argv + 1);
-  fail_expected("tokenizer", str("unknown subcommand '", sub, "'"), "encode, decode or train");
+  if (sub == "chat") return chat_command(argc - 1, argv + 1);
+  fail_expected("tokenizer", str("unknown subcommand '", sub, "'"), "encode, decode, train or chat");
 }
 
 }  // namespace minitron::cli
