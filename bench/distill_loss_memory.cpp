@@ -73,7 +73,8 @@ Measurement measure(std::int64_t vocab, std::int64_t tokens, std::int64_t chunk_
   initialize_parameters(sc, student.table(), p, 2);
   student.set_parameters(p);
   std::vector<std::int32_t> ids(static_cast<std::size_t>(tokens));
-  for (std::int64_t i = 0; i < tokens; ++i) ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % vocab);
+  for (std::int64_t i = 0; i < tokens; ++i)
+    ids[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % vocab);
   teacher.forward(ids, 1, tokens);
   student.forward(ids, 1, tokens);
   if (with_gradient) student.zero_gradients();  // touch the gradient buffer before the baseline
@@ -124,12 +125,17 @@ int main(int argc, char** argv) {
   double full_limit_mib = 2048;
   bool with_gradient = true;
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--vocab") && i + 1 < argc) vocabs = {std::atoll(argv[++i])};
-    else if (!std::strcmp(argv[i], "--max-tokens") && i + 1 < argc) max_tokens = std::atoll(argv[++i]);
-    else if (!std::strcmp(argv[i], "--full-logits-limit-mib") && i + 1 < argc) full_limit_mib = std::atof(argv[++i]);
-    else if (!std::strcmp(argv[i], "--loss-only")) with_gradient = false;
+    if (!std::strcmp(argv[i], "--vocab") && i + 1 < argc)
+      vocabs = {std::atoll(argv[++i])};
+    else if (!std::strcmp(argv[i], "--max-tokens") && i + 1 < argc)
+      max_tokens = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--full-logits-limit-mib") && i + 1 < argc)
+      full_limit_mib = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--loss-only"))
+      with_gradient = false;
     else {
-      std::fprintf(stderr, "usage: %s [--vocab N] [--max-tokens N] [--loss-only] [--full-logits-limit-mib N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--vocab N] [--max-tokens N] [--loss-only] [--full-logits-limit-mib N]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -144,7 +150,8 @@ int main(int argc, char** argv) {
     for (std::int64_t tokens = 1024; tokens <= max_tokens; tokens *= 2) {
       Measurement chunked, full;
       if (!measure_in_child(vocab, tokens, 0, with_gradient, chunked)) {
-        std::printf("| %6lld | %6lld | failed (see stderr) |\n", static_cast<long long>(vocab), static_cast<long long>(tokens));
+        std::printf("| %6lld | %6lld | failed (see stderr) |\n", static_cast<long long>(vocab),
+                    static_cast<long long>(tokens));
         all_ok = false;
         continue;
       }

@@ -46,7 +46,8 @@ const Corpus& corpus() {
     if (const char* file = std::getenv("MINITRON_BENCH_TEXT")) {
       text = minitron::read_text_file(file);
     } else {
-      std::string sample = minitron::read_text_file(fs::path(__FILE__).parent_path().parent_path() / "tests/data/english_sample.txt");
+      std::string sample =
+          minitron::read_text_file(fs::path(__FILE__).parent_path().parent_path() / "tests/data/english_sample.txt");
       while (text.size() < (4u << 20)) text += sample;
     }
     // Documents of ~16 KB, cut at a newline where possible.
@@ -91,7 +92,8 @@ void BM_Llama3EncodeAllCores(benchmark::State& state) {
     for (unsigned t = 0; t < threads; ++t)
       pool.emplace_back([&] {
         std::size_t local = 0;
-        for (std::size_t i; (i = next.fetch_add(1)) < c.documents.size();) local += c.tokenizer->encode(c.documents[i]).size();
+        for (std::size_t i; (i = next.fetch_add(1)) < c.documents.size();)
+          local += c.tokenizer->encode(c.documents[i]).size();
         tokens += local;
       });
     for (auto& th : pool) th.join();

@@ -14,11 +14,13 @@ int correct(int argc, char** argv) {
   cxxopts::Options options("correct",
                            "Teacher correction: fine-tune the teacher on the distillation data (cross-entropy) at 1/5\n"
                            "of the original peak learning rate, with warm-up and cosine decay (a preset of 'train').");
+  // clang-format off
   options.add_options("model")
       ("model", "the teacher's HF checkpoint directory", cxxopts::value<std::string>())
       ("tokenizer", "tokenizer.json to copy beside saved models (default: the model's)", cxxopts::value<std::string>())
       ("original-learning-rate", "the peak learning rate of the original recipe; correction uses 1/5 of it",
        cxxopts::value<double>()->default_value("1e-4"));
+  // clang-format on
   TrainingDefaults defaults;
   defaults.steps = 100;
   defaults.min_learning_rate_help = "(default: 1/10 of the peak learning rate)";
@@ -32,14 +34,16 @@ int correct(int argc, char** argv) {
   if (!r.count("learning-rate")) o.optimizer.learning_rate = original / 5.0;
   if (!r.count("min-learning-rate")) o.optimizer.min_learning_rate = o.optimizer.learning_rate / 10.0;
   if (o.optimizer.min_learning_rate > o.optimizer.learning_rate)
-    fail_expected("--min-learning-rate", str(o.optimizer.min_learning_rate), str("at most the learning rate ", o.optimizer.learning_rate));
+    fail_expected("--min-learning-rate", str(o.optimizer.min_learning_rate),
+                  str("at most the learning rate ", o.optimizer.learning_rate));
   ModelSource source = model_source_from_flags(r);
   o.companion_files = source.companion_files;
   if (!source.checkpoint_dir.empty()) o.input_models.push_back(source.checkpoint_dir);
-  train_with_cross_entropy(r, source, o,
-                           str("correcting teacher ", source.description, " (peak learning rate ", o.optimizer.learning_rate,
-                               ", 1/5 of ", original, "; min ", o.optimizer.min_learning_rate, "; ",
-                               o.optimizer.warmup_steps, " warm-up steps, cosine)"));
+  train_with_cross_entropy(
+      r, source, o,
+      str("correcting teacher ", source.description, " (peak learning rate ", o.optimizer.learning_rate, ", 1/5 of ",
+          original, "; min ", o.optimizer.min_learning_rate, "; ", o.optimizer.warmup_steps,
+          " warm-up steps, cosine)"));
   return 0;
 }
 

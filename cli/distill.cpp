@@ -1,8 +1,8 @@
 // minitron distill: train a (pruned) student to match a teacher's next-token distribution.
 #include <cmath>
 #include <cstdio>
-#include <memory>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "cli/commands.h"
@@ -26,20 +26,24 @@ namespace {
 fs::path checkpoint_dir(const cxxopts::ParseResult& r, const std::string& flag) {
   fs::path dir = required<std::string>(r, flag);
   if (!fs::is_directory(dir))
-    fail_expected(str("--", flag, " ", dir.string()), "not a directory", "an HF checkpoint directory with config.json and safetensors");
+    fail_expected(str("--", flag, " ", dir.string()), "not a directory",
+                  "an HF checkpoint directory with config.json and safetensors");
   return dir;
 }
 
 // Distillation compares distributions token id by token id: both models must read the same
 // tokenizer. Vocab sizes must match; tokenizer.json files, when both exist, byte for byte.
-void check_same_vocabulary(const fs::path& teacher, const ModelConfig& tc, const fs::path& student, const ModelConfig& sc) {
+void check_same_vocabulary(const fs::path& teacher, const ModelConfig& tc, const fs::path& student,
+                           const ModelConfig& sc) {
   if (tc.vocab_size != sc.vocab_size)
-    fail_expected("distill", str("teacher ", teacher.string(), " has vocab_size ", tc.vocab_size, ", student ", student.string(),
-                                 " has ", sc.vocab_size),
+    fail_expected("distill",
+                  str("teacher ", teacher.string(), " has vocab_size ", tc.vocab_size, ", student ", student.string(),
+                      " has ", sc.vocab_size),
                   "teacher and student sharing one tokenizer and vocabulary");
   const fs::path ttok = teacher / "tokenizer.json", stok = student / "tokenizer.json";
   if (fs::is_regular_file(ttok) && fs::is_regular_file(stok) && read_text_file(ttok) != read_text_file(stok))
-    fail_expected("distill", str("the tokenizer.json files of ", teacher.string(), " and ", student.string(), " differ"),
+    fail_expected("distill",
+                  str("the tokenizer.json files of ", teacher.string(), " and ", student.string(), " differ"),
                   "teacher and student sharing one tokenizer");
 }
 
@@ -49,6 +53,7 @@ int distill(int argc, char** argv) {
   cxxopts::Options options("distill",
                            "Distill a teacher into a student: forward KL(p_teacher || p_student) on logits at a\n"
                            "temperature, the teacher forward-only, the loss computed in chunks of tokens.");
+  // clang-format off
   options.add_options("model")
       ("teacher", "teacher HF checkpoint directory (forward only)", cxxopts::value<std::string>())
       ("student", "student HF checkpoint directory (e.g. the output of 'minitron prune')", cxxopts::value<std::string>())
@@ -65,6 +70,7 @@ int distill(int argc, char** argv) {
        "STUDENT:TEACHER zero-based layer pairs for it, e.g. 0:0,15:31 (default: every student layer, the last to "
        "the teacher's last, evenly spaced)",
        cxxopts::value<std::string>()->default_value(""));
+  // clang-format on
   const TrainingDefaults defaults;
   add_training_options(options, defaults);
   cxxopts::ParseResult r;
@@ -87,13 +93,15 @@ int distill(int argc, char** argv) {
   const fs::path teacher_dir = checkpoint_dir(r, "teacher"), student_dir = checkpoint_dir(r, "student");
   const ModelConfig teacher_config = load_model_config(teacher_dir), student_config = load_model_config(student_dir);
   check_same_vocabulary(teacher_dir, teacher_config, student_dir, student_config);
-  for (const ModelConfig* c : {&teacher_config, &student_config}) check_sequence_length("--sequence-length", o.sequence_length, *c);
+  for (const ModelConfig* c : {&teacher_config, &student_config})
+    check_sequence_length("--sequence-length", o.sequence_length, *c);
   o.input_models = {teacher_dir, student_dir};
   o.companion_files = companion_files(student_dir);
   if (o.companion_files.empty()) o.companion_files = companion_files(teacher_dir);
   std::vector<LayerPair> layer_pairs;
   if (intermediate_weight > 0)  // checked before any weights are loaded
-    layer_pairs = parse_layer_mapping(intermediate_layers, student_config.num_hidden_layers, teacher_config.num_hidden_layers);
+    layer_pairs =
+        parse_layer_mapping(intermediate_layers, student_config.num_hidden_layers, teacher_config.num_hidden_layers);
   check_training_output(o);
 
   TrainingRun run = open_training_run(r, [&](Backend& backend, std::int64_t world_size) {
@@ -117,14 +125,16 @@ int distill(int argc, char** argv) {
   }
   std::printf("distilling %s (%lld parameters) into %s (%lld parameters) on %s, temperature %g, hard-label weight %g\n",
               teacher_dir.c_str(), static_cast<long long>(teacher.table().total_numel()), student_dir.c_str(),
-              static_cast<long long>(student.table().total_numel()), backend->name().c_str(), temperature, hard_label_weight);
+              static_cast<long long>(student.table().total_numel()), backend->name().c_str(), temperature,
+              hard_label_weight);
   print_activation_recompute(student);
 
   // The teacher's validation loss once, as the bar the student is measured against (rank 0
   // alone validates; the others wait for it at the first gradient sum).
   double teacher_validation = std::numeric_limits<double>::quiet_NaN();
   if (run.lead() && !o.validation_shards.empty()) {
-    EvalLoader loader(o.validation_shards, B, T, o.eval_windows > 0 ? std::optional<std::int64_t>(o.eval_windows) : std::nullopt,
+    EvalLoader loader(o.validation_shards, B, T,
+                      o.eval_windows > 0 ? std::optional<std::int64_t>(o.eval_windows) : std::nullopt,
                       teacher_config.vocab_size);
     LossWorkspace eval_workspace(*backend, teacher_config.vocab_size, B * T);
     teacher_validation = evaluate_loss(teacher, loader, eval_workspace).loss;
@@ -134,10 +144,13 @@ int distill(int argc, char** argv) {
   LossWorkspace workspace(*backend, student_config.vocab_size, B * T, chunk_rows, /*distillation=*/true);
   std::unique_ptr<HiddenStateDistillation> hidden_states;
   if (intermediate_weight > 0) {
-    hidden_states = std::make_unique<HiddenStateDistillation>(*backend, student_config, teacher_config, layer_pairs, B * T, o.seed);
+    hidden_states =
+        std::make_unique<HiddenStateDistillation>(*backend, student_config, teacher_config, layer_pairs, B * T, o.seed);
     std::printf("intermediate-state loss: weight %g, layers (student:teacher) %s%s\n", intermediate_weight,
                 format_layer_mapping(layer_pairs).c_str(),
-                hidden_states->has_map() ? str(", learned map ", student_config.hidden_size, " -> ", teacher_config.hidden_size).c_str() : "");
+                hidden_states->has_map()
+                    ? str(", learned map ", student_config.hidden_size, " -> ", teacher_config.hidden_size).c_str()
+                    : "");
   }
   TeacherDistillationObjective objective(teacher, workspace, temperature, hard_label_weight, hidden_states.get(),
                                          intermediate_weight);
@@ -146,13 +159,18 @@ int distill(int argc, char** argv) {
   const double share = summary.seconds > 0 ? objective.teacher_seconds() / summary.seconds : 0.0;
   std::printf("teacher forward: %.1f%% of training time (%.1f s)\n", 100.0 * share, objective.teacher_seconds());
   MetricsLog(o.output / "metrics.jsonl", /*append=*/true)
-      .write({{"event", "distillation"}, {"teacher_validation_loss", teacher_validation},
-              {"student_validation_loss", summary.validation_loss}, {"teacher_share", share},
-              {"teacher_seconds", objective.teacher_seconds()}, {"temperature", temperature},
-              {"hard_label_weight", hard_label_weight}, {"intermediate_loss_weight", intermediate_weight},
-              {"intermediate_layers", format_layer_mapping(layer_pairs)},
-              {"last_intermediate_loss", hidden_states ? nlohmann::json(objective.last_intermediate()) : nlohmann::json()},
-              {"last_intermediate_alpha", hidden_states ? nlohmann::json(objective.last_alpha()) : nlohmann::json()}});
+      .write(
+          {{"event", "distillation"},
+           {"teacher_validation_loss", teacher_validation},
+           {"student_validation_loss", summary.validation_loss},
+           {"teacher_share", share},
+           {"teacher_seconds", objective.teacher_seconds()},
+           {"temperature", temperature},
+           {"hard_label_weight", hard_label_weight},
+           {"intermediate_loss_weight", intermediate_weight},
+           {"intermediate_layers", format_layer_mapping(layer_pairs)},
+           {"last_intermediate_loss", hidden_states ? nlohmann::json(objective.last_intermediate()) : nlohmann::json()},
+           {"last_intermediate_alpha", hidden_states ? nlohmann::json(objective.last_alpha()) : nlohmann::json()}});
   print_training_summary(summary, o);
   return 0;
 }

@@ -50,10 +50,13 @@ int eval_task(const cxxopts::ParseResult& r, const std::string& model_dir) {
   if (r.count("json")) {
     nlohmann::json rows = nlohmann::json::array();
     for (const MetricRow& row : result.rows)
-      rows.push_back({{"task", row.task}, {"metric", row.metric}, {"value", json_number(row.value)},
-                      {"stderr", json_number(row.stderr_value)}, {"count", row.count}});
-    nlohmann::json out = {{"model", model_dir}, {"task", task_kind_name(kind)}, {"task_file", task_file},
-                          {"shots", run.shots}, {"documents", result.questions.size()}, {"results", rows},
+      rows.push_back({{"task", row.task},
+                      {"metric", row.metric},
+                      {"value", json_number(row.value)},
+                      {"stderr", json_number(row.stderr_value)},
+                      {"count", row.count}});
+    nlohmann::json out = {{"model", model_dir},       {"task", task_kind_name(kind)},         {"task_file", task_file},
+                          {"shots", run.shots},       {"documents", result.questions.size()}, {"results", rows},
                           {"device", backend->name()}};
     std::printf("%s\n", out.dump().c_str());
   } else {
@@ -71,8 +74,10 @@ int eval_task(const cxxopts::ParseResult& r, const std::string& model_dir) {
 }  // namespace
 
 int eval(int argc, char** argv) {
-  cxxopts::Options options("eval", "Mean next-token cross-entropy and perplexity of a model on token shards (--data),\n"
-                                   "or lm-evaluation-harness multiple-choice accuracy on a task file (--task).");
+  cxxopts::Options options("eval",
+                           "Mean next-token cross-entropy and perplexity of a model on token shards (--data),\n"
+                           "or lm-evaluation-harness multiple-choice accuracy on a task file (--task).");
+  // clang-format off
   options.add_options()
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
       ("data", "token shards: a file, a glob or a comma list", cxxopts::value<std::string>())
@@ -94,6 +99,7 @@ int eval(int argc, char** argv) {
        cxxopts::value<std::int64_t>()->default_value("0"))
       ("tokenizer", "tokenizer.json (default: the model directory's)", cxxopts::value<std::string>())
       ("add-bos", "encode with the tokenizer's special tokens (BOS); the harness's default for causal models is off");
+  // clang-format on
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
@@ -118,8 +124,8 @@ int eval(int argc, char** argv) {
   EvalResult result = evaluate_loss(model, loader, workspace, /*show_progress=*/!r.count("json"));
 
   if (r.count("json")) {
-    nlohmann::json out = {{"model", model_dir}, {"loss", result.loss}, {"perplexity", result.perplexity},
-                          {"tokens", result.tokens}, {"windows", result.windows}, {"sequence_length", T},
+    nlohmann::json out = {{"model", model_dir},       {"loss", result.loss},       {"perplexity", result.perplexity},
+                          {"tokens", result.tokens},  {"windows", result.windows}, {"sequence_length", T},
                           {"device", backend->name()}};
     std::printf("%s\n", out.dump().c_str());
   } else {

@@ -14,6 +14,7 @@ namespace minitron::cli {
 
 int generate(int argc, char** argv) {
   cxxopts::Options options("generate", "Continue a prompt with a model: greedy, or temperature / top-p sampling.");
+  // clang-format off
   options.add_options()
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
       ("prompt", "text to continue", cxxopts::value<std::string>())
@@ -25,6 +26,7 @@ int generate(int argc, char** argv) {
       ("no-bos", "do not add the tokenizer's BOS before the prompt")
       ("ignore-eos", "keep generating after an end-of-sequence token")
       ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""));
+  // clang-format on
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
@@ -50,7 +52,8 @@ int generate(int argc, char** argv) {
     fail_expected("--prompt", str(prompt_tokens, " tokens"), str("fewer than max_position_embeddings = ", limit));
   sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - prompt_tokens);
   if (!r.count("ignore-eos")) {
-    for (std::int64_t id : checkpoint.config.eos_token_ids) sampling.stop_tokens.push_back(static_cast<std::int32_t>(id));
+    for (std::int64_t id : checkpoint.config.eos_token_ids)
+      sampling.stop_tokens.push_back(static_cast<std::int32_t>(id));
     if (tokenizer.eos_id()) sampling.stop_tokens.push_back(*tokenizer.eos_id());
   }
 

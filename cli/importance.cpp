@@ -57,6 +57,7 @@ int importance(int argc, char** argv) {
   cxxopts::Options options("importance",
                            "Score MLP neurons, attention heads, hidden channels and layers of a model with "
                            "calibration forward passes (activation-based importance, as in Minitron).");
+  // clang-format off
   options.add_options()
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
       ("data", "calibration token shards: a file, a glob or a comma list", cxxopts::value<std::string>())
@@ -88,6 +89,7 @@ int importance(int argc, char** argv) {
       ("tokenizer", "tokenizer.json for the task (default: the model directory's)", cxxopts::value<std::string>())
       ("add-bos", "encode the task with the tokenizer's special tokens (BOS), as eval's --add-bos; the harness's "
                   "default for causal models is off");
+  // clang-format on
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
@@ -116,9 +118,10 @@ int importance(int argc, char** argv) {
   const auto shards = resolve_shards(data_spec);
   TokenWindows windows(shards, T, config.vocab_size);
   if (S > windows.count())
-    fail_expected("--samples", str(S, " calibration sequences, but the shards hold ", windows.count(), " windows of ",
-                                   T + 1, " tokens"),
-                  str("at most ", windows.count(), ", or more data, or a shorter --sequence-length"));
+    fail_expected(
+        "--samples",
+        str(S, " calibration sequences, but the shards hold ", windows.count(), " windows of ", T + 1, " tokens"),
+        str("at most ", windows.count(), ", or more data, or a shorter --sequence-length"));
   // The task, its tokenizer and the model shape its questions need: read before the long
   // calibration so errors come first.
   const TaskKind task_kind = with_task ? parse_task_kind(r["task"].as<std::string>()) : TaskKind::MultipleChoice;
@@ -194,8 +197,9 @@ int importance(int argc, char** argv) {
       lo.task_metric = [&](LlamaModel& m, const std::vector<bool>& skip) {
         ForwardOptions forward;
         if (!skip.empty()) forward.skip_layers = &skip;
-        return task_accuracy(task_kind, run_task_on_model(task_kind, task_docs, r.count("fewshot-file") ? &fewshot_docs : nullptr,
-                                                          *tokenizer, m, workspace, task_run, forward));
+        return task_accuracy(task_kind,
+                             run_task_on_model(task_kind, task_docs, r.count("fewshot-file") ? &fewshot_docs : nullptr,
+                                               *tokenizer, m, workspace, task_run, forward));
       };
     }
     scores.layers = rank_layers_by_removal(model, held_out, workspace, lo);
@@ -209,30 +213,38 @@ int importance(int argc, char** argv) {
                        {"sequence_length", T},
                        {"batch_size", max_batch},
                        {"device", backend->name()},
-                       {"aggregation", {{"batch", batch_aggregation_name(io.aggregation.batch)},
-                                        {"sequence", sequence_reduction_name(io.aggregation.sequence)}}},
+                       {"aggregation",
+                        {{"batch", batch_aggregation_name(io.aggregation.batch)},
+                         {"sequence", sequence_reduction_name(io.aggregation.sequence)}}},
                        {"mlp_site", mlp_site_name(io.mlp_site)},
                        {"hidden_sites", "input_layernorm and post_attention_layernorm outputs, summed over layers"},
                        {"head_site", "o_proj input; head score = L2 norm of its channel scores"}};
   if (W > 0) scores.provenance["layer_ranking_data"] = held_out_description;
   if (with_task)
     scores.provenance["layer_ranking_task"] = {
-        {"task", task_kind_name(task_kind)}, {"task_file", r["task-file"].as<std::string>()},
+        {"task", task_kind_name(task_kind)},
+        {"task_file", r["task-file"].as<std::string>()},
         {"fewshot_file", r.count("fewshot-file") ? r["fewshot-file"].as<std::string>() : ""},
-        {"shots", task_run.shots}, {"limit", task_run.limit}, {"max_length", task_run.max_length},
+        {"shots", task_run.shots},
+        {"limit", task_run.limit},
+        {"max_length", task_run.max_length},
         {"add_bos", task_run.encode.add_special_tokens},
         {"metric", task_kind == TaskKind::Mmlu ? "acc (mmlu: mean over all questions)" : "acc"}};
   save_scores(output, scores);
 
   // A short human summary: each layer's removal cost and the cheapest blocks to drop.
   const LayerScores& ls = scores.layers;
-  if (ls.baseline_loss) std::printf("held-out loss %.4f with every layer (%lld windows)\n", *ls.baseline_loss,
-                                    static_cast<long long>(ls.windows));
-  if (ls.baseline_task_score) std::printf("%s accuracy %.4f with every layer\n", ls.task.c_str(), *ls.baseline_task_score);
+  if (ls.baseline_loss)
+    std::printf("held-out loss %.4f with every layer (%lld windows)\n", *ls.baseline_loss,
+                static_cast<long long>(ls.windows));
+  if (ls.baseline_task_score)
+    std::printf("%s accuracy %.4f with every layer\n", ls.task.c_str(), *ls.baseline_task_score);
   for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
     std::printf("layer %3lld:", static_cast<long long>(l));
-    if (!ls.single_removal_loss.empty()) std::printf(" loss without it %.4f", ls.single_removal_loss[static_cast<std::size_t>(l)]);
-    if (!ls.block_importance.empty()) std::printf("  block importance %.4f", ls.block_importance[static_cast<std::size_t>(l)]);
+    if (!ls.single_removal_loss.empty())
+      std::printf(" loss without it %.4f", ls.single_removal_loss[static_cast<std::size_t>(l)]);
+    if (!ls.block_importance.empty())
+      std::printf("  block importance %.4f", ls.block_importance[static_cast<std::size_t>(l)]);
     if (auto it = ls.block_removal_task_score.find(1); it != ls.block_removal_task_score.end())
       std::printf("  %s accuracy without it %.4f", ls.task.c_str(), it->second[static_cast<std::size_t>(l)]);
     std::printf("\n");
@@ -246,7 +258,8 @@ int importance(int argc, char** argv) {
   }
   for (const auto& [k, accuracies] : ls.block_removal_task_score) {
     if (k >= config.num_hidden_layers) continue;
-    const auto best = least_important_block(scores, config.num_hidden_layers, k, LayerCriterion::Task);  // prune's choice
+    const auto best =
+        least_important_block(scores, config.num_hidden_layers, k, LayerCriterion::Task);  // prune's choice
     std::printf("block of %lld layers keeping %s accuracy best: %lld-%lld (accuracy %.4f)\n", static_cast<long long>(k),
                 ls.task.c_str(), static_cast<long long>(best), static_cast<long long>(best + k - 1),
                 accuracies[static_cast<std::size_t>(best)]);

@@ -58,18 +58,20 @@ std::string ids_string(const std::vector<std::int64_t>& ids) {
 
 int info(int argc, char** argv) {
   cxxopts::Options options("info", "Show a model's architecture, parameter counts and FLOPs per token");
+  // clang-format off
   options.add_options()
       ("model", "Model directory (config.json, optional safetensors) or a config.json path", cxxopts::value<std::string>())
       ("sequence-length", "Sequence length for attention FLOPs (default: min(max_position_embeddings, 4096))",
        cxxopts::value<std::int64_t>())
       ("json", "Print one JSON object instead of text");
+  // clang-format on
   cxxopts::ParseResult result;
   if (!parse_options(options, argc, argv, result)) return 0;
   const fs::path model = required<std::string>(result, "model");
   const ModelConfig config = load_model_config(model);
-  const std::int64_t sequence_length =
-      result.count("sequence-length") ? in_range<std::int64_t>(result, "sequence-length", 1, std::int64_t{1} << 24)
-                                      : std::min<std::int64_t>(config.max_position_embeddings, 4096);
+  const std::int64_t sequence_length = result.count("sequence-length")
+                                           ? in_range<std::int64_t>(result, "sequence-length", 1, std::int64_t{1} << 24)
+                                           : std::min<std::int64_t>(config.max_position_embeddings, 4096);
   const ParameterTable table(config);
   const ModelCounts counts = count_model(config, sequence_length);
 
@@ -95,33 +97,33 @@ int info(int argc, char** argv) {
 
   const char* rope_type = config.rope_scaling.type == RopeScaling::Type::Llama3 ? "llama3" : "default";
   if (result.count("json")) {
-    nlohmann::json out = {
-        {"architecture", config.architecture},
-        {"model_type", config.model_type},
-        {"vocab_size", config.vocab_size},
-        {"hidden_size", config.hidden_size},
-        {"intermediate_size", config.intermediate_size},
-        {"num_hidden_layers", config.num_hidden_layers},
-        {"num_attention_heads", config.num_attention_heads},
-        {"num_key_value_heads", config.num_key_value_heads},
-        {"head_dim", config.head_dim},
-        {"max_position_embeddings", config.max_position_embeddings},
-        {"rms_norm_eps", config.rms_norm_eps},
-        {"rope_theta", config.rope_theta},
-        {"rope_type", rope_type},
-        {"tie_word_embeddings", config.tie_word_embeddings},
-        {"torch_dtype", config.torch_dtype},
-        {"total_params", counts.total_params},
-        {"non_embedding_params", counts.non_embedding_params},
-        {"sequence_length", sequence_length},
-        {"forward_flops_per_token", counts.forward_flops_per_token},
-        {"training_flops_per_token", counts.training_flops_per_token},
-        {"checkpoint", checkpoint}};
+    nlohmann::json out = {{"architecture", config.architecture},
+                          {"model_type", config.model_type},
+                          {"vocab_size", config.vocab_size},
+                          {"hidden_size", config.hidden_size},
+                          {"intermediate_size", config.intermediate_size},
+                          {"num_hidden_layers", config.num_hidden_layers},
+                          {"num_attention_heads", config.num_attention_heads},
+                          {"num_key_value_heads", config.num_key_value_heads},
+                          {"head_dim", config.head_dim},
+                          {"max_position_embeddings", config.max_position_embeddings},
+                          {"rms_norm_eps", config.rms_norm_eps},
+                          {"rope_theta", config.rope_theta},
+                          {"rope_type", rope_type},
+                          {"tie_word_embeddings", config.tie_word_embeddings},
+                          {"torch_dtype", config.torch_dtype},
+                          {"total_params", counts.total_params},
+                          {"non_embedding_params", counts.non_embedding_params},
+                          {"sequence_length", sequence_length},
+                          {"forward_flops_per_token", counts.forward_flops_per_token},
+                          {"training_flops_per_token", counts.training_flops_per_token},
+                          {"checkpoint", checkpoint}};
     if (config.rope_scaling.type == RopeScaling::Type::Llama3)
-      out["rope_scaling"] = {{"factor", config.rope_scaling.factor},
-                             {"low_freq_factor", config.rope_scaling.low_freq_factor},
-                             {"high_freq_factor", config.rope_scaling.high_freq_factor},
-                             {"original_max_position_embeddings", config.rope_scaling.original_max_position_embeddings}};
+      out["rope_scaling"] = {
+          {"factor", config.rope_scaling.factor},
+          {"low_freq_factor", config.rope_scaling.low_freq_factor},
+          {"high_freq_factor", config.rope_scaling.high_freq_factor},
+          {"original_max_position_embeddings", config.rope_scaling.original_max_position_embeddings}};
     std::puts(out.dump().c_str());
   } else {
     std::printf("architecture          %s (model_type %s)\n", config.architecture.c_str(), config.model_type.c_str());
@@ -149,8 +151,8 @@ int info(int argc, char** argv) {
                 static_cast<long long>(counts.total_params));
     std::printf("non-embedding         %s (%lld)\n", human(static_cast<double>(counts.non_embedding_params)).c_str(),
                 static_cast<long long>(counts.non_embedding_params));
-    std::printf("forward / token       %s at sequence length %lld\n", human_flops(counts.forward_flops_per_token).c_str(),
-                static_cast<long long>(sequence_length));
+    std::printf("forward / token       %s at sequence length %lld\n",
+                human_flops(counts.forward_flops_per_token).c_str(), static_cast<long long>(sequence_length));
     std::printf("training / token      %s (3x forward)\n", human_flops(counts.training_flops_per_token).c_str());
     if (!checkpoint.is_null())
       std::printf("checkpoint            %zu file(s), %zu tensors, %s\n", checkpoint_files, checkpoint_tensors,

@@ -26,9 +26,11 @@ constexpr Command kCommands[] = {
     {"tokenize", minitron::cli::tokenize, "turn text or JSONL into llm.c token shards"},
     {"importance", minitron::cli::importance, "score neurons, heads, channels and layers on calibration data"},
     {"prune", minitron::cli::prune, "prune width and depth by importance scores into a new checkpoint"},
-    {"correct", minitron::cli::correct, "teacher correction: fine-tune the teacher on the distillation data (train preset)", true},
+    {"correct", minitron::cli::correct,
+     "teacher correction: fine-tune the teacher on the distillation data (train preset)", true},
     {"distill", minitron::cli::distill, "distill a teacher into a student (forward KL on logits)", true},
-    {"pipeline", minitron::cli::pipeline, "the whole recipe from a JSON config: correct, score, prune, distill, evaluate, report"},
+    {"pipeline", minitron::cli::pipeline,
+     "the whole recipe from a JSON config: correct, score, prune, distill, evaluate, report"},
 };
 
 void print_usage(std::FILE* out) {
@@ -47,9 +49,10 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[1], c.name) != 0) continue;
     try {
       if (const std::int64_t processes = minitron::launched_world_size(); processes > 1 && !c.data_parallel)
-        minitron::fail_expected(minitron::str("minitron ", c.name),
-                                minitron::str("launched as ", processes, " processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS)"),
-                                "one process: train, correct and distill are the data-parallel commands");
+        minitron::fail_expected(
+            minitron::str("minitron ", c.name),
+            minitron::str("launched as ", processes, " processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS)"),
+            "one process: train, correct and distill are the data-parallel commands");
       return c.run(argc - 1, argv + 1);
     } catch (const minitron::Error& e) {
       std::fprintf(stderr, "minitron: error: %s\n", e.what());

@@ -43,7 +43,8 @@ ModelSource model_source_from_flags(const cxxopts::ParseResult& r) {
   if (r.count("tokenizer")) {
     fs::path tokenizer = r["tokenizer"].as<std::string>();
     if (fs::is_directory(tokenizer)) tokenizer /= "tokenizer.json";
-    if (!fs::is_regular_file(tokenizer)) fail_expected(str("--tokenizer ", tokenizer.string()), "no such file", "a tokenizer.json");
+    if (!fs::is_regular_file(tokenizer))
+      fail_expected(str("--tokenizer ", tokenizer.string()), "no such file", "a tokenizer.json");
     std::erase_if(source.companion_files, [](const fs::path& p) { return p.filename() == "tokenizer.json"; });
     source.companion_files.push_back(tokenizer);
   }
@@ -64,6 +65,7 @@ std::vector<float> initial_parameters(const ModelSource& source, std::uint64_t s
 
 // The flags shared by train, correct and distill (Hugging Face TrainingArguments names).
 void add_training_options(cxxopts::Options& options, const TrainingDefaults& defaults) {
+  // clang-format off
   options.add_options("data")
       ("data", "training token shards: a file, a glob or a comma list", cxxopts::value<std::string>())
       ("validation-data", "validation token shards", cxxopts::value<std::string>())
@@ -101,6 +103,7 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
       ("log-interval", "print and log every N steps", cxxopts::value<std::int64_t>()->default_value("1"))
       ("save-dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("resume", "continue from the newest checkpoint in --output");
+  // clang-format on
 }
 
 TrainOptions parse_training_options(const cxxopts::ParseResult& r, const TrainingDefaults& defaults) {
@@ -126,8 +129,9 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   o.resume = r.count("resume") > 0;
   OptimizerConfig& opt = o.optimizer;
   opt.learning_rate = in_range<double>(r, "learning-rate", 0.0, 10.0);
-  opt.min_learning_rate = r.count("min-learning-rate") ? in_range<double>(r, "min-learning-rate", 0.0, opt.learning_rate)
-                                                      : std::min(defaults.min_learning_rate, opt.learning_rate);
+  opt.min_learning_rate = r.count("min-learning-rate")
+                              ? in_range<double>(r, "min-learning-rate", 0.0, opt.learning_rate)
+                              : std::min(defaults.min_learning_rate, opt.learning_rate);
   opt.warmup_steps = in_range<std::int64_t>(r, "warmup-steps", 0, std::int64_t{1} << 40);
   opt.weight_decay = in_range<double>(r, "weight-decay", 0.0, 10.0);
   opt.decay_embeddings = r.count("no-embedding-weight-decay") == 0;
@@ -183,7 +187,8 @@ TrainingRun open_training_run(const cxxopts::ParseResult& r,
 
 void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config) {
   if (tokens > config.max_position_embeddings)
-    fail_expected(flag, std::to_string(tokens), str("at most max_position_embeddings = ", config.max_position_embeddings));
+    fail_expected(flag, std::to_string(tokens),
+                  str("at most max_position_embeddings = ", config.max_position_embeddings));
 }
 
 void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& source, const TrainOptions& o,

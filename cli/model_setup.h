@@ -13,15 +13,15 @@
 
 #include "core/backend.h"
 #include "dist/communicator.h"
+#include "dist/environment.h"
 #include "model/config.h"
 #include "train/trainer.h"
-#include "dist/environment.h"
 
 namespace minitron::cli {
 
 struct ModelSource {
   ModelConfig config;
-  std::filesystem::path checkpoint_dir;  // empty: random init from a config file
+  std::filesystem::path checkpoint_dir;                // empty: random init from a config file
   std::vector<std::filesystem::path> companion_files;  // tokenizer files to copy into outputs
   std::string description;
 };
@@ -68,7 +68,7 @@ void check_sequence_length(const char* flag, std::int64_t tokens, const ModelCon
 
 // The cross-entropy run shared by train and correct: the model from `source` on --device,
 // "<banner> on <device>: <N> parameters" printed, run_training, the summary.
-void train_with_cross_entropy(const cxxopts::ParseResult& result, const ModelSource& source, const TrainOptions& options,
-                              const std::string& banner);
+void train_with_cross_entropy(const cxxopts::ParseResult& result, const ModelSource& source,
+                              const TrainOptions& options, const std::string& banner);
 
 }  // namespace minitron::cli

@@ -15,9 +15,10 @@
 namespace minitron::cli {
 
 // Parses argv; prints help and returns false when --help was given.
-inline bool parse_options(cxxopts::Options& options, int argc, char** argv,
-                          cxxopts::ParseResult& result) {
+inline bool parse_options(cxxopts::Options& options, int argc, char** argv, cxxopts::ParseResult& result) {
+  // clang-format off
   options.add_options()("help", "Print this help");
+  // clang-format on
   try {
     result = options.parse(argc, argv);
   } catch (const cxxopts::exceptions::incorrect_argument_type& e) {
@@ -43,8 +44,7 @@ inline bool parse_options(cxxopts::Options& options, int argc, char** argv,
     return false;
   }
   if (!result.unmatched().empty())
-    fail(str("unexpected argument '", result.unmatched().front(), "' (see 'minitron ",
-             options.program(), " --help')"));
+    fail(str("unexpected argument '", result.unmatched().front(), "' (see 'minitron ", options.program(), " --help')"));
   return true;
 }
 
@@ -58,8 +58,7 @@ template <typename T>
 T in_range(const cxxopts::ParseResult& result, const std::string& flag, T low, T high) {
   T value = result[flag].as<T>();
   if (value < low || value > high)
-    fail_expected(str("--", flag), str("value ", value, " is out of range"),
-                  str("a value from ", low, " to ", high));
+    fail_expected(str("--", flag), str("value ", value, " is out of range"), str("a value from ", low, " to ", high));
   return value;
 }
 

@@ -9,13 +9,16 @@
 namespace minitron::cli {
 
 int pipeline(int argc, char** argv) {
-  cxxopts::Options options("pipeline",
-                           "Run the recipe: teacher correction -> importance -> prune -> distill (and the from-scratch\n"
-                           "baseline) -> evaluate -> report. Each step writes into its own directory of --run-dir;\n"
-                           "a finished step (its done.json) is skipped when the pipeline is run again.");
+  cxxopts::Options options(
+      "pipeline",
+      "Run the recipe: teacher correction -> importance -> prune -> distill (and the from-scratch\n"
+      "baseline) -> evaluate -> report. Each step writes into its own directory of --run-dir;\n"
+      "a finished step (its done.json) is skipped when the pipeline is run again.");
+  // clang-format off
   options.add_options()
       ("config", "the recipe (JSON; see recipes/README.md)", cxxopts::value<std::string>())
       ("run-dir", "where every step writes (default: runs/<recipe name>)", cxxopts::value<std::string>());
+  // clang-format on
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const Recipe recipe = load_recipe(required<std::string>(r, "config"));

@@ -36,7 +36,7 @@ std::string sizes_string(const ModelConfig& c) {
 // What was kept, for auditing the pruned checkpoint (HF loaders ignore the file).
 nlohmann::json plan_to_json(const PrunePlan& plan, const std::string& model_dir, const std::string& scores_path,
                             const PruneTargets& targets) {
-  nlohmann::json j = {{"source_model", model_dir}, {"scores", scores_path}, {"kept_layers", plan.layers},
+  nlohmann::json j = {{"source_model", model_dir},      {"scores", scores_path},           {"kept_layers", plan.layers},
                       {"hidden_channels", plan.hidden}, {"query_heads", plan.query_heads}, {"kv_heads", plan.kv_heads}};
   if (plan.dropped_block) j["dropped_layers"] = {plan.dropped_block->first, plan.dropped_block->second};
   if (plan.dropped_block && !targets.drop_layers) j["layer_criterion"] = layer_criterion_name(targets.layer_criterion);
@@ -50,6 +50,7 @@ int prune(int argc, char** argv) {
   cxxopts::Options options("prune",
                            "Prune a model's width (hidden size, FFN, heads) and depth (a contiguous block of layers) "
                            "by importance scores, to explicit sizes or to a parameter budget.");
+  // clang-format off
   options.add_options("model")
       ("model", "HF checkpoint directory (the teacher)", cxxopts::value<std::string>())
       ("scores", "scores file written by 'minitron importance'", cxxopts::value<std::string>())
@@ -88,6 +89,7 @@ int prune(int argc, char** argv) {
       ("sequence-length", "tokens per window", cxxopts::value<std::int64_t>()->default_value("256"))
       ("batch-size", "windows per forward pass", cxxopts::value<std::int64_t>()->default_value("4"))
       ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""));
+  // clang-format on
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
@@ -99,7 +101,8 @@ int prune(int argc, char** argv) {
   const bool random = r.count("random-scores") > 0;
   if (!random && !r.count("scores"))
     fail("--scores: missing (a scores file from 'minitron importance', or --random-scores SEED for a baseline)");
-  const std::string scores_path = random ? str("random:", r["random-scores"].as<std::uint64_t>()) : r["scores"].as<std::string>();
+  const std::string scores_path =
+      random ? str("random:", r["random-scores"].as<std::uint64_t>()) : r["scores"].as<std::string>();
   const std::int64_t T = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
   const std::int64_t B = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
   const std::int64_t W = in_range<std::int64_t>(r, "eval-windows", 1, std::int64_t{1} << 40);
@@ -119,10 +122,12 @@ int prune(int argc, char** argv) {
   const bool explicit_targets = targets.hidden_size || targets.intermediate_size || targets.num_attention_heads ||
                                 targets.num_key_value_heads || targets.num_layers || targets.drop_layers;
   if (search && explicit_targets)
-    fail_expected("--target-params", "given together with explicit sizes", "either a parameter budget or explicit sizes");
+    fail_expected("--target-params", "given together with explicit sizes",
+                  "either a parameter budget or explicit sizes");
   if (!search && !explicit_targets)
-    fail("prune: no target given (expected --hidden-size, --intermediate-size, --num-attention-heads, "
-         "--num-key-value-heads, --num-layers, --drop-layers or --target-params)");
+    fail(
+        "prune: no target given (expected --hidden-size, --intermediate-size, --num-attention-heads, "
+        "--num-key-value-heads, --num-layers, --drop-layers or --target-params)");
 
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   const ModelConfig& config = checkpoint.config;
@@ -175,8 +180,8 @@ int prune(int argc, char** argv) {
     if (backend) {
       std::printf("zero-shot validation loss: teacher %.4f, pruned %.4f (%lld windows of %lld)\n",
                   zero_shot_loss(config, checkpoint.params, *backend, validation, B),
-                  zero_shot_loss(plan.config, params, *backend, validation, B), static_cast<long long>(validation.count),
-                  static_cast<long long>(T));
+                  zero_shot_loss(plan.config, params, *backend, validation, B),
+                  static_cast<long long>(validation.count), static_cast<long long>(T));
     }
     std::printf("parameters %lld\nsaved to %s\n", static_cast<long long>(parameter_count(plan.config)), output.c_str());
     return 0;

@@ -13,13 +13,13 @@
 namespace minitron::cli {
 
 int tokenize(int argc, char** argv) {
-  cxxopts::Options options(
-      "tokenize",
-      "Tokenize text or JSONL (.jsonl/.json, a \"text\" field per line) into llm.c token shards:\n"
-      "PREFIX_val_000000.bin (first --validation-tokens tokens, whole documents), then\n"
-      "PREFIX_train_000000.bin, ... Each document starts with the tokenizer's BOS (or ends with\n"
-      "its EOS when it has no BOS).");
+  cxxopts::Options options("tokenize",
+                           "Tokenize text or JSONL (.jsonl/.json, a \"text\" field per line) into llm.c token shards:\n"
+                           "PREFIX_val_000000.bin (first --validation-tokens tokens, whole documents), then\n"
+                           "PREFIX_train_000000.bin, ... Each document starts with the tokenizer's BOS (or ends with\n"
+                           "its EOS when it has no BOS).");
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // clang-format off
   options.add_options()
       ("tokenizer", "tokenizer.json, or a model directory holding one", cxxopts::value<std::string>())
       ("input", "Text or JSONL files (repeat the flag or list them after it)",
@@ -30,6 +30,7 @@ int tokenize(int argc, char** argv) {
        cxxopts::value<std::int64_t>()->default_value("0"))
       ("split-blank-lines", "In plain text, each blank-line-separated block is a document")
       ("threads", "Tokenizer threads", cxxopts::value<int>()->default_value(std::to_string(cores)));
+  // clang-format on
   options.parse_positional({"input"});
   options.positional_help("");
   cxxopts::ParseResult result;
@@ -46,8 +47,8 @@ int tokenize(int argc, char** argv) {
   settings.show_progress = true;
 
   const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
-  const TokenizeSummary summary = tokenize_to_shards(
-      tokenizer, std::vector<std::filesystem::path>(inputs.begin(), inputs.end()), settings);
+  const TokenizeSummary summary =
+      tokenize_to_shards(tokenizer, std::vector<std::filesystem::path>(inputs.begin(), inputs.end()), settings);
 
   std::printf("tokenized %lld documents into %lld tokens (vocab size %lld)\n",
               static_cast<long long>(summary.documents), static_cast<long long>(summary.tokens),

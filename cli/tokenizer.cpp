@@ -31,10 +31,12 @@ std::string read_stdin() {
 int encode_command(int argc, char** argv) {
   cxxopts::Options options("tokenizer encode",
                            "Encode text (--text, or all of stdin byte for byte) to token ids on one line.");
+  // clang-format off
   options.add_options()("tokenizer", "tokenizer.json, or a directory holding one", cxxopts::value<std::string>())(
       "text", "text to encode (default: read stdin)", cxxopts::value<std::string>())(
       "json", "print a JSON array instead of space-separated ids")(
       "add-special-tokens", "add the post-processor's tokens (e.g. BOS)");
+  // clang-format on
   cxxopts::ParseResult result;
   if (!parse_options(options, argc, argv, result)) return 0;
   Tokenizer tok = Tokenizer::load(required<std::string>(result, "tokenizer"));
@@ -61,7 +63,8 @@ std::vector<std::int32_t> parse_ids(const std::string& text) {
     errno = 0;
     long long v = std::strtoll(token.c_str(), &end, 10);
     if (*end != '\0' || errno || v < 0 || v > INT32_MAX)
-      fail_expected("--ids", str("'", token, "' is not a token id"), "non-negative integers separated by spaces or commas");
+      fail_expected("--ids", str("'", token, "' is not a token id"),
+                    "non-negative integers separated by spaces or commas");
     ids.push_back(static_cast<std::int32_t>(v));
     token.clear();
   };
@@ -78,9 +81,11 @@ std::vector<std::int32_t> parse_ids(const std::string& text) {
 int decode_command(int argc, char** argv) {
   cxxopts::Options options("tokenizer decode",
                            "Decode token ids (--ids, or stdin; spaces, commas or a JSON array) to text.");
+  // clang-format off
   options.add_options()("tokenizer", "tokenizer.json, or a directory holding one", cxxopts::value<std::string>())(
       "ids", "ids to decode, e.g. \"9906 1917\" (default: read stdin)", cxxopts::value<std::string>())(
       "skip-special-tokens", "leave out special added tokens");
+  // clang-format on
   cxxopts::ParseResult result;
   if (!parse_options(options, argc, argv, result)) return 0;
   Tokenizer tok = Tokenizer::load(required<std::string>(result, "tokenizer"));
@@ -95,6 +100,7 @@ int train_command(int argc, char** argv) {
   cxxopts::Options options("tokenizer train",
                            "Train a byte-level BPE tokenizer (Llama 3 style) and write DIR/tokenizer.json "
                            "and DIR/tokenizer_config.json.");
+  // clang-format off
   options.add_options()("vocab-size", "total vocab size, special tokens included",
                         cxxopts::value<std::int64_t>()->default_value("8192"))(
       "input", "text files to train on", cxxopts::value<std::vector<std::string>>())(
@@ -103,6 +109,7 @@ int train_command(int argc, char** argv) {
       cxxopts::value<std::vector<std::string>>())(
       "min-frequency", "smallest pair count that is still merged",
       cxxopts::value<std::int64_t>()->default_value("2"));
+  // clang-format on
   options.parse_positional({"input"});
   cxxopts::ParseResult result;
   if (!parse_options(options, argc, argv, result)) return 0;
@@ -135,6 +142,7 @@ int chat_command(int argc, char** argv) {
   cxxopts::Options options("tokenizer chat",
                            "Render a conversation with the checkpoint's chat template (tokenizer_config.json), as "
                            "transformers' apply_chat_template does, and print the text exactly (no newline added).");
+  // clang-format off
   options.add_options()("tokenizer-config", "tokenizer_config.json, or a directory holding one",
                         cxxopts::value<std::string>())(
       "conversation", "JSON file: [{\"role\", \"content\"}, ...] or {\"messages\": [...]}",
@@ -144,6 +152,7 @@ int chat_command(int argc, char** argv) {
       "variables", "JSON file: an object of more template variables (tools, enable_thinking, ...)",
       cxxopts::value<std::string>())("date", "the day strftime_now prints, YYYY-MM-DD (templates that ask for it)",
                                      cxxopts::value<std::string>());
+  // clang-format on
   cxxopts::ParseResult result;
   if (!parse_options(options, argc, argv, result)) return 0;
   ChatTemplateConfig config;

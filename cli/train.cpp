@@ -8,10 +8,12 @@ namespace minitron::cli {
 
 int train(int argc, char** argv) {
   cxxopts::Options options("train", "Train a Llama/Mistral model on token shards (cross-entropy).");
+  // clang-format off
   options.add_options("model")
       ("model", "HF checkpoint directory to start from", cxxopts::value<std::string>())
       ("config", "config.json to start from random init instead", cxxopts::value<std::string>())
       ("tokenizer", "tokenizer.json to copy beside saved models (default: the model's)", cxxopts::value<std::string>());
+  // clang-format on
   const TrainingDefaults defaults;
   add_training_options(options, defaults);
   cxxopts::ParseResult r;

@@ -151,8 +151,8 @@ void Backend::copy(Tensor dst, Tensor src) {
 
 // ---- dense algebra ----
 
-void Backend::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
-                     std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta) {
+void Backend::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
+                     bool trans_a, bool trans_b, float alpha, float beta) {
   const OpCheck check(*this, "matmul");
   check.size("M", M);
   check.size("N", N);
@@ -315,8 +315,8 @@ void check_attention_shape(const OpCheck& check, std::int64_t B, std::int64_t Tq
 }  // namespace
 
 void Backend::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
-                                std::int64_t B, std::int64_t Tq, std::int64_t Tk,
-                                std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) {
+                                std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
+                                std::int64_t Hkv, std::int64_t hd) {
   const OpCheck check(*this, "attention_forward");
   check_attention_shape(check, B, Tq, Tk, Hq, Hkv, hd);
   const DType s = check.storage_tensor("q", q, B * Tq * Hq * hd);

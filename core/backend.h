@@ -24,9 +24,9 @@ namespace minitron {
 struct AdamWStep {
   float learning_rate = 0;
   float beta1 = 0.9f, beta2 = 0.95f, epsilon = 1e-8f;
-  float weight_decay = 0;  // already 0 for tensors excluded from decay
-  std::int64_t step = 1;   // 1-based, for bias correction
-  float grad_scale = 1.0f; // gradients are multiplied by this first (clipping, accumulation)
+  float weight_decay = 0;   // already 0 for tensors excluded from decay
+  std::int64_t step = 1;    // 1-based, for bias correction
+  float grad_scale = 1.0f;  // gradients are multiplied by this first (clipping, accumulation)
 };
 
 // How a per-channel activation statistic is reduced over a sequence (importance scoring).
@@ -50,8 +50,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;        // "cpu", "cpu-f64", "cuda", "cuda-emulated"
-  virtual DType activation_dtype() const = 0;   // storage dtype of parameters and activations
-  virtual DType gradient_dtype() const = 0;     // storage dtype of parameter gradients
+  virtual DType activation_dtype() const = 0;  // storage dtype of parameters and activations
+  virtual DType gradient_dtype() const = 0;    // storage dtype of parameter gradients
   // The storage dtypes the ops compute in: activation_dtype(), and whatever else an engine
   // runs its kernels in (the CUDA engine: F32 too, so tests can run its kernels in fp32).
   virtual bool computes_in(DType dtype) const { return dtype == activation_dtype(); }
@@ -122,8 +122,8 @@ class Backend {
   void rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
                     std::int64_t head_dim, std::int64_t position_offset);
   // In place: dx <- R^T dx (the inverse rotation).
-  void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
-                     std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset);
+  void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
+                     std::int64_t head_dim, std::int64_t position_offset);
 
   // ---- causal attention with grouped KV heads ----
   // q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], out [B*Tq, Hq*hd], lse fp32 [B, Hq, Tq].
@@ -139,8 +139,7 @@ class Backend {
 
   // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements ----
   void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n);
-  void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                       std::int64_t n);
+  void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, std::int64_t n);
 
   // ---- losses over one chunk of rows of logits [rows, V] (fp32 results) ----
   // losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]; rows whose target is negative
@@ -150,8 +149,8 @@ class Backend {
                      std::int64_t V, float grad_scale);
   // Forward KL(p_t || p_s) per row with p = softmax(logits / tau); when grad_scale != 0,
   // student_logits is overwritten by grad_scale * dKL/dstudent_logits.
-  void kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,
-                     std::int64_t rows, std::int64_t V, float temperature, float grad_scale);
+  void kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits, std::int64_t rows,
+                     std::int64_t V, float temperature, float grad_scale);
 
   // ---- optimizer: AdamW on n = params.numel elements. params is storage; grads is a
   // parameter gradient; m and v are fp32. master is empty when params is already fp32, else it
@@ -162,8 +161,8 @@ class Backend {
   // ---- observers (importance) ----
   // out fp32 [B, C]: per sample and channel, the reduction over T of act [B*T, C]
   // (Mean: mean |x|; L2: sqrt(sum x^2); Variance: population variance of x).
-  void reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T,
-                            std::int64_t C, SequenceReduction reduction);
+  void reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T, std::int64_t C,
+                            SequenceReduction reduction);
   // out fp32 [rows]: cosine similarity of a[r] and b[r] (Block Importance).
   void row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C);
 
@@ -188,11 +187,10 @@ class Backend {
                                     std::int64_t D) = 0;
   virtual void do_embedding_backward(Tensor dtable, Tensor dout, Tensor tokens, std::int64_t N,
                                      std::int64_t D) = 0;
-  virtual void do_rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight,
-                                  std::int64_t N, std::int64_t D, float eps) = 0;
+  virtual void do_rmsnorm_forward(Tensor out, Tensor rstd, Tensor in, Tensor weight, std::int64_t N,
+                                  std::int64_t D, float eps) = 0;
   virtual void do_rmsnorm_backward(Tensor din, Tensor dweight, Tensor dout, Tensor in,
-                                   Tensor weight, Tensor rstd, std::int64_t N,
-                                   std::int64_t D) = 0;
+                                   Tensor weight, Tensor rstd, std::int64_t N, std::int64_t D) = 0;
   virtual void do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
                                            Tensor residual, Tensor branch, Tensor weight,
                                            std::int64_t N, std::int64_t D, float eps) = 0;
@@ -221,8 +219,7 @@ class Backend {
                                const AdamWStep& step) = 0;
   virtual void do_reduce_over_sequence(Tensor out, Tensor act, std::int64_t B, std::int64_t T,
                                        std::int64_t C, SequenceReduction reduction) = 0;
-  virtual void do_row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows,
-                             std::int64_t C) = 0;
+  virtual void do_row_cosine(Tensor out, Tensor a, Tensor b, std::int64_t rows, std::int64_t C) = 0;
 };
 
 // Owns one backend allocation; frees it on destruction.
@@ -232,7 +229,9 @@ class BackendBuffer {
   BackendBuffer(Backend& backend, std::int64_t numel, DType dtype)
       : backend_(&backend), tensor_(backend.allocate(numel, dtype)) {}
   ~BackendBuffer() { reset(); }
-  BackendBuffer(BackendBuffer&& o) noexcept : backend_(o.backend_), tensor_(o.tensor_) { o.tensor_ = {}; }
+  BackendBuffer(BackendBuffer&& o) noexcept : backend_(o.backend_), tensor_(o.tensor_) {
+    o.tensor_ = {};
+  }
   BackendBuffer& operator=(BackendBuffer&& o) noexcept {
     if (this != &o) {
       reset();

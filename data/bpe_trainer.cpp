@@ -34,8 +34,8 @@ std::string mapped(std::string_view bytes) {
 }
 
 ordered_json added_token(std::int64_t id, const std::string& content) {
-  return ordered_json{{"id", id},         {"content", content}, {"single_word", false}, {"lstrip", false},
-                      {"rstrip", false},  {"normalized", false}, {"special", true}};
+  return ordered_json{{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+                      {"rstrip", false}, {"normalized", false}, {"special", true}};
 }
 
 }  // namespace
@@ -48,8 +48,7 @@ struct BpeTrainer::Impl {
 };
 
 BpeTrainer::BpeTrainer(BpeTrainOptions options) : impl_(std::make_unique<Impl>()) {
-  if (options.special_tokens.empty())
-    fail_expected("BPE trainer", "no special tokens", "at least a BOS token");
+  if (options.special_tokens.empty()) fail_expected("BPE trainer", "no special tokens", "at least a BOS token");
   std::int64_t floor = 256 + static_cast<std::int64_t>(options.special_tokens.size());
   if (options.vocab_size < floor)
     fail_expected("--vocab-size", str(options.vocab_size, " is too small"),
@@ -185,7 +184,8 @@ TrainedBpe BpeTrainer::train() const {
   ordered_json vocab = ordered_json::object();
   for (std::size_t id = 0; id < token_bytes.size(); ++id) vocab[mapped(token_bytes[id])] = id;
   ordered_json merge_list = ordered_json::array();
-  for (auto [a, b] : merges) merge_list.push_back(ordered_json::array({mapped(token_bytes[a]), mapped(token_bytes[b])}));
+  for (auto [a, b] : merges)
+    merge_list.push_back(ordered_json::array({mapped(token_bytes[a]), mapped(token_bytes[b])}));
   ordered_json added = ordered_json::array();
   std::vector<std::int64_t> special_ids;
   for (const std::string& t : options.special_tokens) {
@@ -206,16 +206,21 @@ TrainedBpe BpeTrainer::train() const {
   root["padding"] = nullptr;
   root["added_tokens"] = added;
   root["normalizer"] = nullptr;
-  root["pre_tokenizer"] = {
-      {"type", "Sequence"},
-      {"pretokenizers",
-       ordered_json::array({ordered_json{{"type", "Split"}, {"pattern", {{"Regex", kLlama3Pattern}}}, {"behavior", "Isolated"}, {"invert", false}},
-                            ordered_json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}})}};
+  root["pre_tokenizer"] = {{"type", "Sequence"},
+                           {"pretokenizers", ordered_json::array({ordered_json{{"type", "Split"},
+                                                                               {"pattern", {{"Regex", kLlama3Pattern}}},
+                                                                               {"behavior", "Isolated"},
+                                                                               {"invert", false}},
+                                                                  ordered_json{{"type", "ByteLevel"},
+                                                                               {"add_prefix_space", false},
+                                                                               {"trim_offsets", true},
+                                                                               {"use_regex", false}}})}};
   root["post_processor"] = {
       {"type", "TemplateProcessing"},
       {"single", ordered_json::array({special(bos, 0), sequence("A", 0)})},
       {"pair", ordered_json::array({special(bos, 0), sequence("A", 0), special(bos, 1), sequence("B", 1)})},
-      {"special_tokens", {{bos, {{"id", bos}, {"ids", ordered_json::array({special_ids[0]})}, {"tokens", ordered_json::array({bos})}}}}}};
+      {"special_tokens",
+       {{bos, {{"id", bos}, {"ids", ordered_json::array({special_ids[0]})}, {"tokens", ordered_json::array({bos})}}}}}};
   root["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
   root["model"] = {{"type", "BPE"},
                    {"dropout", nullptr},
@@ -231,9 +236,12 @@ TrainedBpe BpeTrainer::train() const {
   ordered_json config;
   config["added_tokens_decoder"] = ordered_json::object();
   for (std::size_t i = 0; i < special_ids.size(); ++i)
-    config["added_tokens_decoder"][std::to_string(special_ids[i])] = {
-        {"content", options.special_tokens[i]}, {"lstrip", false}, {"normalized", false},
-        {"rstrip", false}, {"single_word", false}, {"special", true}};
+    config["added_tokens_decoder"][std::to_string(special_ids[i])] = {{"content", options.special_tokens[i]},
+                                                                      {"lstrip", false},
+                                                                      {"normalized", false},
+                                                                      {"rstrip", false},
+                                                                      {"single_word", false},
+                                                                      {"special", true}};
   config["bos_token"] = bos;
   config["clean_up_tokenization_spaces"] = false;
   config["eos_token"] = options.special_tokens.size() > 1 ? options.special_tokens[1] : bos;

@@ -51,8 +51,8 @@ TokenWindows::TokenWindows(const std::vector<fs::path>& paths, std::int64_t sequ
 
 void TokenWindows::copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets) const {
   MINITRON_ASSERT(index >= 0 && index < count(), "window ", index, " of ", count());
-  const auto shard = static_cast<std::size_t>(
-      std::upper_bound(first_window_.begin(), first_window_.end(), index) - first_window_.begin() - 1);
+  const auto shard = static_cast<std::size_t>(std::upper_bound(first_window_.begin(), first_window_.end(), index) -
+                                              first_window_.begin() - 1);
   const std::uint32_t* tokens = shards_[shard].tokens().data() + (index - first_window_[shard]) * T_;
   for (std::int64_t t = 0; t <= T_; ++t) {
     // An id this large cannot be a token; as int32 it would turn negative and index out of range.
@@ -72,11 +72,11 @@ json TokenWindows::describe() const {
   return shards;
 }
 
-static void check_batch_spans(std::span<std::int32_t> inputs, std::span<std::int32_t> targets,
-                              std::int64_t B, std::int64_t T) {
+static void check_batch_spans(std::span<std::int32_t> inputs, std::span<std::int32_t> targets, std::int64_t B,
+                              std::int64_t T) {
   const auto need = static_cast<std::size_t>(B * T);
-  MINITRON_ASSERT(inputs.size() >= need && targets.size() >= need, "batch buffers hold ",
-                  inputs.size(), " and ", targets.size(), " ids, need ", need);
+  MINITRON_ASSERT(inputs.size() >= need && targets.size() >= need, "batch buffers hold ", inputs.size(), " and ",
+                  targets.size(), " ids, need ", need);
 }
 
 // --- TrainLoader -----------------------------------------------------------------------------
@@ -92,8 +92,7 @@ TrainLoader::TrainLoader(const std::vector<fs::path>& paths, const TrainLoaderOp
   if (steps_per_epoch_ == 0)
     fail_expected("training data",
                   str("the shards hold ", windows_.count(), " windows of ", options_.sequence_length + 1,
-                      " tokens, fewer than one global batch of ", global_batch,
-                      " (batch size x world size)"),
+                      " tokens, fewer than one global batch of ", global_batch, " (batch size x world size)"),
                   str("at least ", global_batch, " windows; use more data or a smaller batch or sequence"));
   order_ = epoch_permutation(windows_.count(), options_.seed, epoch_);
 }
@@ -108,8 +107,7 @@ void TrainLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> t
   }
   const std::int64_t base = step_ * B * R + options_.rank;
   for (std::int64_t j = 0; j < B; ++j)
-    windows_.copy(order_[static_cast<std::size_t>(base + j * R)], inputs.data() + j * T,
-                  targets.data() + j * T);
+    windows_.copy(order_[static_cast<std::size_t>(base + j * R)], inputs.data() + j * T, targets.data() + j * T);
   ++step_;
 }
 
@@ -149,8 +147,8 @@ void TrainLoader::restore(const JsonField& state) {
   const json& shards = state.at("shards").raw();
   if (B != options_.batch_size || T != options_.sequence_length)
     fail_expected(what, str("it was saved with batch size ", B, " and sequence length ", T),
-                  str("batch size ", options_.batch_size, " and sequence length ",
-                      options_.sequence_length, " as this run uses"));
+                  str("batch size ", options_.batch_size, " and sequence length ", options_.sequence_length,
+                      " as this run uses"));
   if (world != options_.world_size)
     fail_expected(what, str("it was saved with world size ", world),
                   str("world size ", options_.world_size, " as this run uses"));
@@ -168,9 +166,8 @@ void TrainLoader::restore(const JsonField& state) {
 
 // --- EvalLoader ------------------------------------------------------------------------------
 
-EvalLoader::EvalLoader(const std::vector<fs::path>& paths, std::int64_t batch_size,
-                       std::int64_t sequence_length, std::optional<std::int64_t> max_windows,
-                       std::optional<std::int64_t> vocab_size)
+EvalLoader::EvalLoader(const std::vector<fs::path>& paths, std::int64_t batch_size, std::int64_t sequence_length,
+                       std::optional<std::int64_t> max_windows, std::optional<std::int64_t> vocab_size)
     : windows_(paths, sequence_length, vocab_size), B_(batch_size) {
   if (B_ < 1) fail_expected("batch size", str(B_), "at least 1");
   if (max_windows && *max_windows < 1) fail_expected("maximum windows", str(*max_windows), "at least 1");
@@ -181,8 +178,7 @@ std::int64_t EvalLoader::next(std::span<std::int32_t> inputs, std::span<std::int
   const std::int64_t T = windows_.sequence_length();
   const std::int64_t n = std::min(B_, total_ - next_window_);
   check_batch_spans(inputs, targets, n, T);
-  for (std::int64_t j = 0; j < n; ++j)
-    windows_.copy(next_window_ + j, inputs.data() + j * T, targets.data() + j * T);
+  for (std::int64_t j = 0; j < n; ++j) windows_.copy(next_window_ + j, inputs.data() + j * T, targets.data() + j * T);
   next_window_ += n;
   return n;
 }

@@ -89,8 +89,8 @@ class TrainLoader {
 // Windows 0, 1, 2, ... (at most max_windows), in batches of up to B; the last may be smaller.
 class EvalLoader {
  public:
-  EvalLoader(const std::vector<std::filesystem::path>& paths, std::int64_t batch_size,
-             std::int64_t sequence_length, std::optional<std::int64_t> max_windows = std::nullopt,
+  EvalLoader(const std::vector<std::filesystem::path>& paths, std::int64_t batch_size, std::int64_t sequence_length,
+             std::optional<std::int64_t> max_windows = std::nullopt,
              std::optional<std::int64_t> vocab_size = std::nullopt);
 
   // Fills up to B windows and returns how many (0 when all windows were served).

@@ -20,8 +20,7 @@ void write_shard(const fs::path& path, std::span<const std::int32_t> tokens) {
                   str("at most ", kShardMaxTokens, " tokens (the header's count is an int32)"));
   for (std::size_t i = 0; i < tokens.size(); ++i)
     if (tokens[i] < 0)
-      fail_expected(path.string(), str("token ", i, " has the negative id ", tokens[i]),
-                    "non-negative token ids");
+      fail_expected(path.string(), str("token ", i, " has the negative id ", tokens[i]), "non-negative token ids");
   std::array<std::int32_t, kShardHeaderInts> header{};
   header[0] = kShardMagic;
   header[1] = kShardVersion;
@@ -57,11 +56,9 @@ TokenShard TokenShard::open(const fs::path& path, std::optional<std::int64_t> vo
                   str("version ", kShardVersion, " (uint32 tokens, llm.c Llama-3 format)"));
   const std::int64_t count = head[2];
   const std::int64_t payload = bytes - kShardHeaderBytes;
-  if (count < 0)
-    fail_expected(name, str("header's token count is ", count), "a non-negative count");
+  if (count < 0) fail_expected(name, str("header's token count is ", count), "a non-negative count");
   if (payload != count * 4)
-    fail_expected(name,
-                  str("header says ", count, " tokens but the file holds ", payload, " bytes after the header"),
+    fail_expected(name, str("header says ", count, " tokens but the file holds ", payload, " bytes after the header"),
                   str(count * 4, " bytes (4 per token); the file is truncated or corrupt"));
   shard.count_ = count;
   shard.tokens_ = reinterpret_cast<const std::uint32_t*>(shard.file_.data() + kShardHeaderBytes);
@@ -75,9 +72,7 @@ TokenShard TokenShard::open(const fs::path& path, std::optional<std::int64_t> vo
   return shard;
 }
 
-static bool has_glob_characters(const std::string& s) {
-  return s.find_first_of("*?[") != std::string::npos;
-}
+static bool has_glob_characters(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
 
 static std::vector<fs::path> expand_glob(const std::string& pattern) {
   glob_t matches{};

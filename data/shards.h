@@ -29,8 +29,7 @@ void write_shard(const std::filesystem::path& path, std::span<const std::int32_t
 // matches the file size; with a vocab size it also checks every id is below it.
 class TokenShard {
  public:
-  static TokenShard open(const std::filesystem::path& path,
-                         std::optional<std::int64_t> vocab_size = std::nullopt);
+  static TokenShard open(const std::filesystem::path& path, std::optional<std::int64_t> vocab_size = std::nullopt);
 
   const std::filesystem::path& path() const { return file_.path(); }
   std::int64_t size() const { return count_; }

@@ -13,9 +13,7 @@ bool is_jsonl_path(const fs::path& path) {
   return ext == ".jsonl" || ext == ".json";
 }
 
-static bool is_blank(std::string_view line) {
-  return line.find_first_not_of(" \t\r\f\v") == std::string_view::npos;
-}
+static bool is_blank(std::string_view line) { return line.find_first_not_of(" \t\r\f\v") == std::string_view::npos; }
 
 std::vector<std::string> split_blank_line_blocks(std::string_view text) {
   std::vector<std::string> blocks;
@@ -25,8 +23,7 @@ std::vector<std::string> split_blank_line_blocks(std::string_view text) {
     const std::size_t line_end = eol == std::string_view::npos ? text.size() : eol;
     const std::string_view line = text.substr(pos, line_end - pos);
     if (is_blank(line)) {
-      if (block_begin != std::string_view::npos)
-        blocks.emplace_back(text.substr(block_begin, block_end - block_begin));
+      if (block_begin != std::string_view::npos) blocks.emplace_back(text.substr(block_begin, block_end - block_begin));
       block_begin = std::string_view::npos;
     } else {
       if (block_begin == std::string_view::npos) block_begin = pos;
@@ -34,8 +31,7 @@ std::vector<std::string> split_blank_line_blocks(std::string_view text) {
     }
     pos = eol == std::string_view::npos ? text.size() : eol + 1;
   }
-  if (block_begin != std::string_view::npos)
-    blocks.emplace_back(text.substr(block_begin, block_end - block_begin));
+  if (block_begin != std::string_view::npos) blocks.emplace_back(text.substr(block_begin, block_end - block_begin));
   return blocks;
 }
 

@@ -137,16 +137,17 @@ TokenizeSummary tokenize_to_shards(const Tokenizer& tokenizer, const std::vector
   std::int64_t bytes_done = 0;
   std::vector<std::vector<std::int32_t>> encoded;
   for (const auto& input : inputs) {
-    const std::vector<std::string> documents =
-        read_documents(input, {.split_blank_lines = options.split_blank_lines});
+    const std::vector<std::string> documents = read_documents(input, {.split_blank_lines = options.split_blank_lines});
     for (std::size_t begin = 0; begin < documents.size();) {
       std::size_t end = begin, bytes = 0;
       while (end < documents.size() && (end == begin || bytes < kBatchBytes)) bytes += documents[end++].size();
       encode_all(tokenizer, std::span<const std::string>(documents).subspan(begin, end - begin), encoded,
                  options.threads);
       for (auto& tokens : encoded) {
-        if (bos) tokens.insert(tokens.begin(), *bos);
-        else tokens.push_back(*eos);
+        if (bos)
+          tokens.insert(tokens.begin(), *bos);
+        else
+          tokens.push_back(*eos);
         sink.add_document(tokens);
       }
       if (progress) progress->advance(static_cast<std::int64_t>(bytes));

@@ -29,12 +29,11 @@ struct TokenizeOptions {
 struct TokenizeSummary {
   std::int64_t documents = 0, tokens = 0;
   std::int64_t validation_documents = 0, validation_tokens = 0;
-  std::vector<std::filesystem::path> shards;          // in writing order: validation first
-  std::vector<std::filesystem::path> removed_stale;   // old shards past the new last index
+  std::vector<std::filesystem::path> shards;         // in writing order: validation first
+  std::vector<std::filesystem::path> removed_stale;  // old shards past the new last index
 };
 
-TokenizeSummary tokenize_to_shards(const Tokenizer& tokenizer,
-                                   const std::vector<std::filesystem::path>& inputs,
+TokenizeSummary tokenize_to_shards(const Tokenizer& tokenizer, const std::vector<std::filesystem::path>& inputs,
                                    const TokenizeOptions& options);
 
 std::filesystem::path shard_path(const std::string& prefix, const std::string& split, std::int64_t index);

@@ -99,8 +99,10 @@ std::string normalize(const std::vector<NormalizerStep>& steps, std::string_view
         break;
       case NormalizerStep::Kind::kStrip: {
         std::size_t b = 0, e = s.size();
-        if (step.strip_left) while (b < e && is_ascii_space(s[b])) ++b;
-        if (step.strip_right) while (e > b && is_ascii_space(s[e - 1])) --e;
+        if (step.strip_left)
+          while (b < e && is_ascii_space(s[b])) ++b;
+        if (step.strip_right)
+          while (e > b && is_ascii_space(s[e - 1])) --e;
         s = s.substr(b, e - b);
         break;
       }
@@ -118,7 +120,10 @@ void split_pieces(const PreTokenizerStep& step, std::vector<Piece>& pieces,
     matches.clear();
     step.regex->find_all(piece.text, matches);
     // Segments covering the piece: (begin, end, is_match).
-    struct Span { std::size_t b, e; bool match; };
+    struct Span {
+      std::size_t b, e;
+      bool match;
+    };
     std::vector<Span> spans;
     std::size_t pos = 0;
     for (auto [b, e] : matches) {
@@ -135,19 +140,26 @@ void split_pieces(const PreTokenizerStep& step, std::vector<Piece>& pieces,
         for (const Span& s : spans) emit(s.b, s.e);
         break;
       case SplitBehavior::kRemoved:
-        for (const Span& s : spans) if (!s.match) emit(s.b, s.e);
+        for (const Span& s : spans)
+          if (!s.match) emit(s.b, s.e);
         break;
       case SplitBehavior::kMergedWithPrevious: {
         std::size_t start = 0;
         for (const Span& s : spans)
-          if (s.match) { emit(start, s.e); start = s.e; }
+          if (s.match) {
+            emit(start, s.e);
+            start = s.e;
+          }
         emit(start, piece.text.size());
         break;
       }
       case SplitBehavior::kMergedWithNext: {
         std::size_t start = 0;
         for (const Span& s : spans)
-          if (s.match) { emit(start, s.b); start = s.b; }
+          if (s.match) {
+            emit(start, s.b);
+            start = s.b;
+          }
         emit(start, piece.text.size());
         break;
       }
@@ -155,7 +167,8 @@ void split_pieces(const PreTokenizerStep& step, std::vector<Piece>& pieces,
         std::size_t i = 0;
         while (i < spans.size()) {
           std::size_t j = i + 1;
-          if (spans[i].match) while (j < spans.size() && spans[j].match) ++j;
+          if (spans[i].match)
+            while (j < spans.size() && spans[j].match) ++j;
           emit(spans[i].b, spans[j - 1].e);
           i = j;
         }
@@ -174,13 +187,19 @@ void Tokenizer::Impl::bpe(std::string_view piece, std::vector<std::int32_t>& out
   if (byte_level) {
     if (ignore_merges) {
       auto it = byte_vocab.find(piece);
-      if (it != byte_vocab.end()) { out.push_back(it->second); return; }
+      if (it != byte_vocab.end()) {
+        out.push_back(it->second);
+        return;
+      }
     }
     for (char c : piece) symbols.push_back(byte_ids[static_cast<unsigned char>(c)]);
   } else {
     if (ignore_merges) {
       auto it = vocab.find(piece);
-      if (it != vocab.end()) { out.push_back(it->second); return; }
+      if (it != vocab.end()) {
+        out.push_back(it->second);
+        return;
+      }
     }
     bool last_unk = false;
     for (std::size_t i = 0; i < piece.size();) {
@@ -188,9 +207,13 @@ void Tokenizer::Impl::bpe(std::string_view piece, std::vector<std::int32_t>& out
       std::string_view ch = piece.substr(i, n);
       i += n;
       auto it = vocab.find(ch);
-      if (it != vocab.end()) { symbols.push_back(it->second); last_unk = false; continue; }
-      if (byte_fallback && std::all_of(ch.begin(), ch.end(), [&](char b) {
-            return byte_fallback_ids[static_cast<unsigned char>(b)] >= 0; })) {
+      if (it != vocab.end()) {
+        symbols.push_back(it->second);
+        last_unk = false;
+        continue;
+      }
+      if (byte_fallback && std::all_of(ch.begin(), ch.end(),
+                                       [&](char b) { return byte_fallback_ids[static_cast<unsigned char>(b)] >= 0; })) {
         for (char b : ch) symbols.push_back(byte_fallback_ids[static_cast<unsigned char>(b)]);
         last_unk = false;
         continue;
@@ -291,9 +314,7 @@ void Tokenizer::Impl::encode_segment(std::string_view segment, bool at_text_star
   std::vector<std::pair<std::size_t, std::size_t>> matches;
   for (const PreTokenizerStep& step : pre_tokenizer) {
     switch (step.kind) {
-      case PreTokenizerStep::Kind::kSplit:
-        split_pieces(step, pieces, matches);
-        break;
+      case PreTokenizerStep::Kind::kSplit: split_pieces(step, pieces, matches); break;
       case PreTokenizerStep::Kind::kMetaspace: {
         std::vector<Piece> out;
         for (const Piece& piece : pieces) {
@@ -420,8 +441,10 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_spec
       continue;
     }
     std::size_t begin = pos, end = pos + hit->content.size();
-    if (hit->lstrip) while (begin > segment_start && is_ascii_space(text[begin - 1])) --begin;
-    if (hit->rstrip) while (end < n && is_ascii_space(text[end])) ++end;
+    if (hit->lstrip)
+      while (begin > segment_start && is_ascii_space(text[begin - 1])) --begin;
+    if (hit->rstrip)
+      while (end < n && is_ascii_space(text[end])) ++end;
     m.encode_segment(text.substr(segment_start, begin - segment_start), segment_start == 0, out);
     out.push_back(hit->id);
     pos = segment_start = end;
@@ -435,8 +458,7 @@ std::string Tokenizer::decode(std::span<const std::int32_t> ids, bool skip_speci
   const Impl& m = *impl_;
   const auto size = static_cast<std::int64_t>(m.id_to_token.size());
   for (std::int32_t id : ids)
-    if (id < 0 || id >= size)
-      fail_expected("token id", str(id, " is out of range"), str("0 to ", size - 1));
+    if (id < 0 || id >= size) fail_expected("token id", str(id, " is out of range"), str("0 to ", size - 1));
   auto skipped = [&](std::int32_t id) { return skip_special_tokens && m.is_special[id]; };
   if (!m.id_bytes.empty()) {
     std::string out;
@@ -493,7 +515,8 @@ std::string Tokenizer::decode(std::span<const std::int32_t> ids, bool skip_speci
           for (int k = 0; k < step.start && b < e && t.compare(b, step.content.size(), step.content) == 0; ++k)
             b += step.content.size();
           for (int k = 0; k < step.stop && e >= b + step.content.size() &&
-                          t.compare(e - step.content.size(), step.content.size(), step.content) == 0; ++k)
+                          t.compare(e - step.content.size(), step.content.size(), step.content) == 0;
+               ++k)
             e -= step.content.size();
           t = t.substr(b, e - b);
         }

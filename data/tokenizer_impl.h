@@ -37,8 +37,8 @@ struct AddedToken {
 
 struct NormalizerStep {
   enum class Kind { kPrepend, kReplace, kStrip } kind;
-  std::string text;     // Prepend: the prefix; Replace: the literal pattern
-  std::string content;  // Replace: the replacement
+  std::string text;                       // Prepend: the prefix; Replace: the literal pattern
+  std::string content;                    // Replace: the replacement
   std::shared_ptr<TokenizerRegex> regex;  // Replace with a Regex pattern
   bool strip_left = false, strip_right = false;
 };
@@ -90,8 +90,8 @@ struct MergeRule {
 
 struct Tokenizer::Impl {
   // Model (BPE).
-  StringIdMap vocab;                       // model vocab and added tokens, by token string
-  std::vector<std::string> id_to_token;    // size vocab_size; "" where no token has the id
+  StringIdMap vocab;                                    // model vocab and added tokens, by token string
+  std::vector<std::string> id_to_token;                 // size vocab_size; "" where no token has the id
   std::unordered_map<std::uint64_t, MergeRule> merges;  // (left id << 32 | right id) -> rule
   std::optional<std::int32_t> unk_id;
   bool fuse_unk = false;
@@ -104,9 +104,9 @@ struct Tokenizer::Impl {
   std::array<std::int32_t, 256> byte_ids{};
   StringIdMap byte_vocab;  // raw bytes of every byte-level vocab entry -> id (ignore_merges)
 
-  std::vector<AddedToken> added;                 // sorted longest content first
+  std::vector<AddedToken> added;  // sorted longest content first
   std::array<bool, 256> added_first_byte{};
-  std::vector<bool> is_special;                  // by id
+  std::vector<bool> is_special;  // by id
 
   std::vector<NormalizerStep> normalizer;
   std::vector<PreTokenizerStep> pre_tokenizer;
@@ -122,8 +122,7 @@ struct Tokenizer::Impl {
   static std::unique_ptr<Impl> from_json_text(const std::string& text, const std::string& what);
   void encode_piece(std::string_view piece, std::vector<std::int32_t>& out) const;
   void bpe(std::string_view piece, std::vector<std::int32_t>& out) const;
-  void encode_segment(std::string_view segment, bool at_text_start,
-                      std::vector<std::int32_t>& out) const;
+  void encode_segment(std::string_view segment, bool at_text_start, std::vector<std::int32_t>& out) const;
 };
 
 }  // namespace minitron

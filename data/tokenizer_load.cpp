@@ -44,8 +44,7 @@ std::string quote_regex(const std::string& literal) {
   return out + "\\E";
 }
 
-const char* kGpt2Pattern =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+const char* kGpt2Pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 // pattern: {"String": "..."} or {"Regex": "..."}; returns the regex and, for String, the literal.
 std::shared_ptr<TokenizerRegex> parse_pattern(const JsonField& pattern, const std::string& what, std::string* literal) {
@@ -111,11 +110,14 @@ void parse_pre_tokenizer(const JsonField& j, std::vector<PreTokenizerStep>& step
     step.replacement = string_or(j, "replacement", "\xE2\x96\x81");
     std::string scheme = string_or(j, "prepend_scheme", "");
     if (scheme.empty()) scheme = flag(j, "add_prefix_space", true) ? "always" : "never";
-    if (scheme == "always") step.prepend_scheme = PreTokenizerStep::Prepend::kAlways;
-    else if (scheme == "first") step.prepend_scheme = PreTokenizerStep::Prepend::kFirst;
-    else if (scheme == "never") step.prepend_scheme = PreTokenizerStep::Prepend::kNever;
-    else fail_expected(what, str("Metaspace prepend_scheme '", scheme, "' is not understood"),
-                       "always, first or never");
+    if (scheme == "always")
+      step.prepend_scheme = PreTokenizerStep::Prepend::kAlways;
+    else if (scheme == "first")
+      step.prepend_scheme = PreTokenizerStep::Prepend::kFirst;
+    else if (scheme == "never")
+      step.prepend_scheme = PreTokenizerStep::Prepend::kNever;
+    else
+      fail_expected(what, str("Metaspace prepend_scheme '", scheme, "' is not understood"), "always, first or never");
     step.split = flag(j, "split", true);
   } else if (type == "ByteLevel") {
     step.kind = PreTokenizerStep::Kind::kByteLevel;
@@ -278,8 +280,7 @@ std::string byte_level_bytes(const std::string& token) {
 
 std::string tokenizer_byte_level_bytes(const std::string& token) { return byte_level_bytes(token); }
 
-std::unique_ptr<Tokenizer::Impl> Tokenizer::Impl::from_json_text(const std::string& text,
-                                                                 const std::string& what) {
+std::unique_ptr<Tokenizer::Impl> Tokenizer::Impl::from_json_text(const std::string& text, const std::string& what) {
   auto impl = std::make_unique<Impl>();
   const nlohmann::json document = parse_untrusted_json(text, what, "a Hugging Face tokenizer.json");
   const JsonField root(document, what);
@@ -337,9 +338,11 @@ std::unique_ptr<Tokenizer::Impl> Tokenizer::Impl::from_json_text(const std::stri
     if (a.special) impl->is_special[a.id] = true;
   }
   for (std::int32_t id : impl->prefix_ids)
-    if (id < 0 || id >= size) fail_expected(what, str("post_processor id ", id, " is out of range"), "an id in the vocab");
+    if (id < 0 || id >= size)
+      fail_expected(what, str("post_processor id ", id, " is out of range"), "an id in the vocab");
   for (std::int32_t id : impl->suffix_ids)
-    if (id < 0 || id >= size) fail_expected(what, str("post_processor id ", id, " is out of range"), "an id in the vocab");
+    if (id < 0 || id >= size)
+      fail_expected(what, str("post_processor id ", id, " is out of range"), "an id in the vocab");
 
   std::stable_sort(impl->added.begin(), impl->added.end(),
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
@@ -362,8 +365,7 @@ std::unique_ptr<Tokenizer::Impl> Tokenizer::Impl::from_json_text(const std::stri
       impl->byte_ids[b] = it->second;
     }
   }
-  bool pure_byte_level_decoder =
-      impl->decoder.size() == 1 && impl->decoder[0].kind == DecoderStep::Kind::kByteLevel;
+  bool pure_byte_level_decoder = impl->decoder.size() == 1 && impl->decoder[0].kind == DecoderStep::Kind::kByteLevel;
   if (pure_byte_level_decoder) {
     impl->id_bytes.resize(impl->id_to_token.size());
     for (std::size_t id = 0; id < impl->id_to_token.size(); ++id)

@@ -15,18 +15,16 @@ struct TokenizerRegex::Impl {
   }
 };
 
-TokenizerRegex::TokenizerRegex(const std::string& pattern, const std::string& what)
-    : impl_(std::make_unique<Impl>()) {
+TokenizerRegex::TokenizerRegex(const std::string& pattern, const std::string& what) : impl_(std::make_unique<Impl>()) {
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
   impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                              PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error_code,
-                              &error_offset, nullptr);
+                              PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error_code, &error_offset, nullptr);
   if (!impl_->code) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error_code, message, sizeof message);
-    fail_expected(what, str("regex does not compile at offset ", error_offset, ": ",
-                            reinterpret_cast<const char*>(message)),
+    fail_expected(what,
+                  str("regex does not compile at offset ", error_offset, ": ", reinterpret_cast<const char*>(message)),
                   "a PCRE2/Oniguruma-compatible pattern");
   }
   // JIT is an optimisation only: when it is unavailable the interpreter gives the same matches.
@@ -37,18 +35,15 @@ TokenizerRegex::~TokenizerRegex() = default;
 TokenizerRegex::TokenizerRegex(TokenizerRegex&&) noexcept = default;
 TokenizerRegex& TokenizerRegex::operator=(TokenizerRegex&&) noexcept = default;
 
-void TokenizerRegex::find_all(std::string_view subject,
-                              std::vector<std::pair<std::size_t, std::size_t>>& out) const {
+void TokenizerRegex::find_all(std::string_view subject, std::vector<std::pair<std::size_t, std::size_t>>& out) const {
   // One match-data block per call keeps the regex usable from many threads at once.
   std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> match(
       pcre2_match_data_create_from_pattern(impl_->code, nullptr), &pcre2_match_data_free);
   const auto* data = reinterpret_cast<PCRE2_SPTR>(subject.data());
   std::size_t offset = 0;
   while (offset < subject.size()) {
-    int rc = impl_->jit ? pcre2_jit_match(impl_->code, data, subject.size(), offset, 0,
-                                          match.get(), nullptr)
-                        : pcre2_match(impl_->code, data, subject.size(), offset, 0, match.get(),
-                                      nullptr);
+    int rc = impl_->jit ? pcre2_jit_match(impl_->code, data, subject.size(), offset, 0, match.get(), nullptr)
+                        : pcre2_match(impl_->code, data, subject.size(), offset, 0, match.get(), nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR message[256];
@@ -63,9 +58,7 @@ void TokenizerRegex::find_all(std::string_view subject,
     } else {
       // Empty match: step one byte (a whole character when valid) past it.
       offset = end + 1;
-      while (offset < subject.size() &&
-             (static_cast<unsigned char>(subject[offset]) & 0xC0) == 0x80)
-        ++offset;
+      while (offset < subject.size() && (static_cast<unsigned char>(subject[offset]) & 0xC0) == 0x80) ++offset;
     }
   }
 }

@@ -84,9 +84,11 @@ DistributedEnvironment distributed_environment(const EnvironmentLookup& lookup) 
   if (env.world_size == 1) return env;
 
   // Several ranks meet at rank 0's address: torchrun sets it; under Slurm the batch script does.
-  const char* how = "torchrun sets it; under Slurm export it in the batch script, e.g. "
-                    "MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1) and MASTER_PORT=29500";
-  const std::string several = str("not set, but ", launcher->world_size, "=", env.world_size, " asks for several processes");
+  const char* how =
+      "torchrun sets it; under Slurm export it in the batch script, e.g. "
+      "MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1) and MASTER_PORT=29500";
+  const std::string several =
+      str("not set, but ", launcher->world_size, "=", env.world_size, " asks for several processes");
   const std::optional<std::string> address = lookup("MASTER_ADDR");
   if (!address || address->empty())
     fail_expected("MASTER_ADDR", several, str("the host name or address of rank 0; ", how));

@@ -19,11 +19,11 @@ namespace minitron {
 struct DistributedEnvironment {
   std::int64_t rank = 0;
   std::int64_t world_size = 1;
-  std::int64_t local_rank = 0;     // this process's GPU on its node
-  std::string master_address;      // rank 0's host; empty when world_size == 1
-  int master_port = 0;             // the port rank 0 listens on
+  std::int64_t local_rank = 0;                   // this process's GPU on its node
+  std::string master_address;                    // rank 0's host; empty when world_size == 1
+  int master_port = 0;                           // the port rank 0 listens on
   std::string master_port_name = "MASTER_PORT";  // how messages name it ("MASTER_PORT+1" under torchrun)
-  double timeout_seconds = 300;    // how long ranks wait for each other to join
+  double timeout_seconds = 300;                  // how long ranks wait for each other to join
 };
 
 // Looks a variable up; nullopt when unset. Tests pass a map; the CLI passes std::getenv.

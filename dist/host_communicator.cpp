@@ -17,8 +17,9 @@ namespace {
 
 void require_f32(const char* collective, const Backend& backend, Tensor t) {
   if (t.dtype != DType::F32)
-    fail_expected(str(collective, " on ", backend.name()), str("a tensor of dtype ", dtype_name(t.dtype)),
-                  "f32 (the cpu engine's parameters and gradients; the cpu-f64 engine is for gradient checks in one process)");
+    fail_expected(
+        str(collective, " on ", backend.name()), str("a tensor of dtype ", dtype_name(t.dtype)),
+        "f32 (the cpu engine's parameters and gradients; the cpu-f64 engine is for gradient checks in one process)");
 }
 
 }  // namespace

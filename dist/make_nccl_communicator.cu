@@ -6,8 +6,8 @@
 #if defined(MINITRON_HAVE_NCCL)
 #include <span>
 
-#include "kernels/cuda/cuda_backend.h"
 #include "dist/nccl_communicator.h"
+#include "kernels/cuda/cuda_backend.h"
 #endif
 
 namespace minitron {

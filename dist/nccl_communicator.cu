@@ -55,8 +55,8 @@ void NcclCommunicator::all_reduce_sum(Tensor t) {
   if (t.numel == 0) return;
   if (t.data == nullptr || t.numel < 0)
     fail_expected("NCCL all_reduce_sum", str("a tensor of ", t.numel, " elements at null"), "device memory");
-  MINITRON_NCCL_CHECK(ncclAllReduce(t.data, t.data, static_cast<std::size_t>(t.numel), ncclFloat32, ncclSum,
-                                    comm_, backend_.context().stream()));
+  MINITRON_NCCL_CHECK(ncclAllReduce(t.data, t.data, static_cast<std::size_t>(t.numel), ncclFloat32, ncclSum, comm_,
+                                    backend_.context().stream()));
 }
 
 namespace {
@@ -90,8 +90,8 @@ void NcclCommunicator::reduce_scatter_sum(Tensor t, std::span<const std::int64_t
   const std::int64_t c = uniform_part(bounds, world_size_);
   if (c > 0) {
     // In place as NCCL defines it: this rank's part of the send buffer is its receive buffer.
-    MINITRON_NCCL_CHECK(ncclReduceScatter(data, data + rank_ * c, static_cast<std::size_t>(c), ncclFloat32, ncclSum,
-                                          comm_, stream));
+    MINITRON_NCCL_CHECK(
+        ncclReduceScatter(data, data + rank_ * c, static_cast<std::size_t>(c), ncclFloat32, ncclSum, comm_, stream));
     const std::int64_t tail = t.numel - world_size_ * c;
     if (tail > 0)
       MINITRON_NCCL_CHECK(ncclReduce(data + world_size_ * c, data + world_size_ * c, static_cast<std::size_t>(tail),
@@ -120,8 +120,8 @@ void NcclCommunicator::all_gather(Tensor t, std::span<const std::int64_t> bounds
   const std::int64_t c = uniform_part(bounds, world_size_);
   if (c > 0) {
     // In place as NCCL defines it: this rank's part of the receive buffer is its send buffer.
-    MINITRON_NCCL_CHECK(ncclAllGather(bytes + rank_ * c * size, bytes, static_cast<std::size_t>(c * size), ncclUint8,
-                                      comm_, stream));
+    MINITRON_NCCL_CHECK(
+        ncclAllGather(bytes + rank_ * c * size, bytes, static_cast<std::size_t>(c * size), ncclUint8, comm_, stream));
     const std::int64_t tail = t.numel - world_size_ * c;
     if (tail > 0)
       MINITRON_NCCL_CHECK(ncclBroadcast(bytes + world_size_ * c * size, bytes + world_size_ * c * size,

@@ -21,11 +21,11 @@ class CudaBackend;
 [[noreturn]] void fail_nccl(ncclResult_t result, const char* call, const char* file, int line);
 
 // Checks an NCCL call, naming the call site, NCCL's error string and its last error message.
-#define MINITRON_NCCL_CHECK(call)                                                          \
-  do {                                                                                     \
-    ncclResult_t minitron_nccl_status_ = (call);                                           \
-    if (minitron_nccl_status_ != ncclSuccess)                                              \
-      ::minitron::cuda::fail_nccl(minitron_nccl_status_, #call, __FILE__, __LINE__);       \
+#define MINITRON_NCCL_CHECK(call)                                                    \
+  do {                                                                               \
+    ncclResult_t minitron_nccl_status_ = (call);                                     \
+    if (minitron_nccl_status_ != ncclSuccess)                                        \
+      ::minitron::cuda::fail_nccl(minitron_nccl_status_, #call, __FILE__, __LINE__); \
   } while (0)
 
 class NcclCommunicator final : public Communicator {

@@ -114,7 +114,8 @@ bool recv_all(int fd, void* data, std::size_t n, const std::string& peer, const 
                " (it exited or failed; see its own error)"));
     }
     if (got == 0)
-      fail(str("TcpGroup: ", peer, " closed its connection during ", during, " (it exited or failed; see its own error)"));
+      fail(str("TcpGroup: ", peer, " closed its connection during ", during,
+               " (it exited or failed; see its own error)"));
     p += got;
     n -= static_cast<std::size_t>(got);
   }
@@ -140,8 +141,9 @@ int listen_on(const DistributedEnvironment& env) {
   // IPv6 first, accepting IPv4 too (v6only off), so one socket serves either kind of address.
   std::vector<addrinfo*> candidates;
   for (addrinfo* a = found; a; a = a->ai_next) candidates.push_back(a);
-  std::stable_sort(candidates.begin(), candidates.end(),
-                   [](const addrinfo* a, const addrinfo* b) { return a->ai_family == AF_INET6 && b->ai_family != AF_INET6; });
+  std::stable_sort(candidates.begin(), candidates.end(), [](const addrinfo* a, const addrinfo* b) {
+    return a->ai_family == AF_INET6 && b->ai_family != AF_INET6;
+  });
   int last_error = 0;
   int fd = -1;
   for (addrinfo* a : candidates) {
@@ -160,8 +162,8 @@ int listen_on(const DistributedEnvironment& env) {
   }
   ::freeaddrinfo(found);
   if (fd < 0)
-    fail_expected(str(env.master_port_name, "=", env.master_port), str("rank 0 cannot listen on it: ", std::strerror(last_error)),
-                  "a free TCP port on rank 0's host");
+    fail_expected(str(env.master_port_name, "=", env.master_port),
+                  str("rank 0 cannot listen on it: ", std::strerror(last_error)), "a free TCP port on rank 0's host");
   return fd;
 }
 
@@ -196,8 +198,8 @@ TcpGroup::TcpGroup(const DistributedEnvironment& environment) : environment_(env
   MINITRON_ASSERT(env.world_size >= 1 && env.rank >= 0 && env.rank < env.world_size, "rank ", env.rank, " of ",
                   env.world_size);
   if (env.world_size == 1) return;
-  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                           std::chrono::duration<double>(env.timeout_seconds));
+  const auto deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(env.timeout_seconds));
   const std::string wait = str(env.timeout_seconds, " s (MINITRON_DISTRIBUTED_TIMEOUT)");
   try {
     if (env.rank == 0) {
@@ -209,10 +211,11 @@ TcpGroup::TcpGroup(const DistributedEnvironment& environment) : environment_(env
           std::string missing;
           for (std::int64_t r = 1; r < env.world_size; ++r)
             if (peers_[static_cast<std::size_t>(r)] < 0) missing += str(missing.empty() ? "" : ", ", r);
-          fail_expected(str("rank 0 listening on ", endpoint(env)),
-                        str(joined, " of ", env.world_size, " ranks joined within ", wait, "; missing rank(s) ", missing),
-                        str("all WORLD_SIZE=", env.world_size,
-                            " ranks started (torchrun or srun start them) with this MASTER_ADDR and MASTER_PORT"));
+          fail_expected(
+              str("rank 0 listening on ", endpoint(env)),
+              str(joined, " of ", env.world_size, " ranks joined within ", wait, "; missing rank(s) ", missing),
+              str("all WORLD_SIZE=", env.world_size,
+                  " ranks started (torchrun or srun start them) with this MASTER_ADDR and MASTER_PORT"));
         }
         int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
         if (fd < 0) {
@@ -301,7 +304,8 @@ TcpGroup::TcpGroup(const DistributedEnvironment& environment) : environment_(env
                       str("rank 0 did not see every rank join within ", wait),
                       str("all WORLD_SIZE=", env.world_size, " ranks started (torchrun or srun start them)"));
       if (welcome.magic != kMagic || welcome.world_size != env.world_size)
-        fail_expected(str("rank ", env.rank, " joining ", endpoint(env)), "rank 0 answered with another world size or protocol",
+        fail_expected(str("rank ", env.rank, " joining ", endpoint(env)),
+                      "rank 0 answered with another world size or protocol",
                       "every rank of the run sharing WORLD_SIZE and the minitron build");
     }
   } catch (...) {
@@ -367,8 +371,10 @@ void TcpGroup::broadcast(std::span<std::byte> bytes) {
   if (environment_.rank == 0) {
     // Each rank first says it is ready for this broadcast (and of which size), so a mismatch
     // is an Error rather than bytes read by the wrong collective.
-    for (std::size_t r = 1; r < peers_.size(); ++r) expect_header(peers_[r], static_cast<std::int64_t>(r), Op::Broadcast, h.bytes);
-    for (std::size_t r = 1; r < peers_.size(); ++r) send_all(peers_[r], bytes.data(), bytes.size(), str("rank ", r), during);
+    for (std::size_t r = 1; r < peers_.size(); ++r)
+      expect_header(peers_[r], static_cast<std::int64_t>(r), Op::Broadcast, h.bytes);
+    for (std::size_t r = 1; r < peers_.size(); ++r)
+      send_all(peers_[r], bytes.data(), bytes.size(), str("rank ", r), during);
   } else {
     send_all(peers_[0], &h, sizeof h, "rank 0", during);
     recv_all(peers_[0], bytes.data(), bytes.size(), "rank 0", during);
@@ -380,7 +386,8 @@ void TcpGroup::all_gather(std::span<std::byte> bytes, std::span<const std::size_
   // Decreasing offsets would make a part's length wrap around (a read and write far beyond bytes).
   MINITRON_ASSERT(bounds.size() == world + 1 && bounds.front() == 0 && bounds.back() == bytes.size() &&
                       std::is_sorted(bounds.begin(), bounds.end()),
-                  "TcpGroup::all_gather: ", bounds.size(), " bounds for ", world, " ranks and ", bytes.size(), " bytes");
+                  "TcpGroup::all_gather: ", bounds.size(), " bounds for ", world, " ranks and ", bytes.size(),
+                  " bytes");
   if (world == 1) return;
   const char* during = op_name(static_cast<std::uint32_t>(Op::AllGather));
   auto part = [&](std::size_t r) { return bytes.subspan(bounds[r], bounds[r + 1] - bounds[r]); };

@@ -69,12 +69,12 @@ void* prepare_fiber_stack(void* stack_top, void (*entry)(void*), void* argument)
   auto* frame = reinterpret_cast<std::uint64_t*>(top - 16 - 8 * 8);
   std::uint32_t control[2] = {0x1F80u, 0x037Fu};  // default MXCSR, default x87 control word
   __builtin_memcpy(&frame[0], control, sizeof control);
-  frame[1] = 0;                                           // r15
-  frame[2] = 0;                                           // r14
-  frame[3] = reinterpret_cast<std::uint64_t>(entry);      // r13
-  frame[4] = reinterpret_cast<std::uint64_t>(argument);   // r12
-  frame[5] = 0;                                           // rbx
-  frame[6] = 0;                                           // rbp
+  frame[1] = 0;                                          // r15
+  frame[2] = 0;                                          // r14
+  frame[3] = reinterpret_cast<std::uint64_t>(entry);     // r13
+  frame[4] = reinterpret_cast<std::uint64_t>(argument);  // r12
+  frame[5] = 0;                                          // rbx
+  frame[6] = 0;                                          // rbp
   frame[7] = reinterpret_cast<std::uint64_t>(&minitron_emu_fiber_trampoline);
   return frame;
 }

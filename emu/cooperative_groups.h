@@ -11,9 +11,7 @@ namespace cooperative_groups {
 class thread_block {
  public:
   void sync(const std::source_location& where = std::source_location::current()) const { __syncthreads(where); }
-  static unsigned thread_rank() {
-    return (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
-  }
+  static unsigned thread_rank() { return (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x; }
   static unsigned size() { return blockDim.x * blockDim.y * blockDim.z; }
   static unsigned num_threads() { return size(); }
   static dim3 group_index() { return dim3(blockIdx.x, blockIdx.y, blockIdx.z); }

@@ -84,8 +84,9 @@ void store(void* base, cudaDataType_t type, std::int64_t index, float value) {
 
 // Offset of element (row, column) of a stored matrix.
 std::int64_t offset(const LayoutDescription& layout, std::uint64_t row, std::uint64_t column) {
-  return layout.order == CUBLASLT_ORDER_ROW ? static_cast<std::int64_t>(row) * layout.ld + static_cast<std::int64_t>(column)
-                                            : static_cast<std::int64_t>(column) * layout.ld + static_cast<std::int64_t>(row);
+  return layout.order == CUBLASLT_ORDER_ROW
+             ? static_cast<std::int64_t>(row) * layout.ld + static_cast<std::int64_t>(column)
+             : static_cast<std::int64_t>(column) * layout.ld + static_cast<std::int64_t>(row);
 }
 
 bool valid_layout(const LayoutDescription& layout) {
@@ -193,8 +194,9 @@ cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t handle) {
   return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t handle, cublasLtMatrixLayoutAttribute_t attribute,
-                                                const void* buffer, size_t bytes) {
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t handle,
+                                                cublasLtMatrixLayoutAttribute_t attribute, const void* buffer,
+                                                size_t bytes) {
   if (handle == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
   LayoutDescription& layout = description(handle);
   switch (attribute) {
@@ -249,8 +251,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t oper
                               cublasLtMatrixLayout_t b_handle, const void* beta_pointer, const void* c,
                               cublasLtMatrixLayout_t c_handle, void* d, cublasLtMatrixLayout_t d_handle,
                               const cublasLtMatmulAlgo_t*, void*, size_t, cudaStream_t) {
-  if (handle == nullptr || operation == nullptr || a_handle == nullptr || b_handle == nullptr ||
-      c_handle == nullptr || d_handle == nullptr || alpha_pointer == nullptr || beta_pointer == nullptr)
+  if (handle == nullptr || operation == nullptr || a_handle == nullptr || b_handle == nullptr || c_handle == nullptr ||
+      d_handle == nullptr || alpha_pointer == nullptr || beta_pointer == nullptr)
     return CUBLAS_STATUS_INVALID_VALUE;
   const MatmulDescription& desc = description(operation);
   const LayoutDescription& la = description(a_handle);
@@ -298,8 +300,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t oper
         std::fill(product.begin(), product.end(), 0.0f);
       } else {
         cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-                    static_cast<int>(k), 1.0f, op_a.data(), static_cast<int>(m), op_b.data(), static_cast<int>(k),
-                    0.0f, product.data(), static_cast<int>(m));
+                    static_cast<int>(k), 1.0f, op_a.data(), static_cast<int>(m), op_b.data(), static_cast<int>(k), 0.0f,
+                    product.data(), static_cast<int>(m));
       }
     }
     for (std::uint64_t j = 0; j < n; ++j)

@@ -290,7 +290,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attribute, in
 cudaError_t cudaFuncSetAttribute(const void* kernel, enum cudaFuncAttribute attribute, int value) {
   if (kernel == nullptr) return emu::record(cudaErrorInvalidDeviceFunction);
   if (attribute == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value < 0 || static_cast<std::size_t>(value) > emu::optin_shared_limit) return emu::record(cudaErrorInvalidValue);
+    if (value < 0 || static_cast<std::size_t>(value) > emu::optin_shared_limit)
+      return emu::record(cudaErrorInvalidValue);
     auto& runtime = emu::state();
     std::lock_guard lock(runtime.mutex);
     runtime.shared_limits[kernel] = std::max<std::size_t>(static_cast<std::size_t>(value), emu::default_shared_limit);

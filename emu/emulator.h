@@ -85,9 +85,7 @@ void set_options(const Options& options);
 // Sets options for a scope (tests), restoring the previous ones at its end.
 class ScopedOptions {
  public:
-  explicit ScopedOptions(const Options& options) : saved_(::minitron::emu::options()) {
-    set_options(options);
-  }
+  explicit ScopedOptions(const Options& options) : saved_(::minitron::emu::options()) { set_options(options); }
   ~ScopedOptions() { set_options(saved_); }
   ScopedOptions(const ScopedOptions&) = delete;
   ScopedOptions& operator=(const ScopedOptions&) = delete;
@@ -136,8 +134,8 @@ enum class WarpOp : int { syncwarp, shfl, shfl_up, shfl_down, shfl_xor, ballot, 
 // non-zero, __all_sync 1 when every taking-part lane's is. Lanes named in the mask that exited
 // (or that the block lacks) are left out of __syncwarp and the votes; shuffles abort on them.
 inline constexpr unsigned all_lanes = 0xffffffffu;
-unsigned warp_exchange(unsigned mask, WarpOp op, const void* value, unsigned bytes,
-                       unsigned source_lane, void* out, const std::source_location& where);
+unsigned warp_exchange(unsigned mask, WarpOp op, const void* value, unsigned bytes, unsigned source_lane, void* out,
+                       const std::source_location& where);
 // Lanes of the current warp that have not exited.
 unsigned active_lanes();
 
@@ -195,9 +193,7 @@ T* dynamic_shared() {
   return reinterpret_cast<T*>(detail::current("dynamic shared memory").dynamic_shared);
 }
 // Its size in bytes, as requested at launch.
-inline std::size_t dynamic_shared_bytes() {
-  return detail::current("dynamic shared memory").dynamic_shared_bytes;
-}
+inline std::size_t dynamic_shared_bytes() { return detail::current("dynamic shared memory").dynamic_shared_bytes; }
 
 // Runs kernel<<<grid, block, shared_bytes, stream>>>(args...) and returns when it has finished.
 // Arguments are converted to the kernel's parameter types once and copied to each thread, as
@@ -251,8 +247,10 @@ inline int __syncthreads_and(int predicate, const std::source_location& where = 
 inline int __syncthreads_or(int predicate, const std::source_location& where = std::source_location::current()) {
   return ::minitron::emu::detail::block_barrier(::minitron::emu::detail::BarrierKind::any, predicate != 0, where);
 }
-inline void __syncwarp(unsigned mask = 0xffffffffu, const std::source_location& where = std::source_location::current()) {
-  ::minitron::emu::detail::warp_exchange(mask, ::minitron::emu::detail::WarpOp::syncwarp, nullptr, 0, 0, nullptr, where);
+inline void __syncwarp(unsigned mask = 0xffffffffu,
+                       const std::source_location& where = std::source_location::current()) {
+  ::minitron::emu::detail::warp_exchange(mask, ::minitron::emu::detail::WarpOp::syncwarp, nullptr, 0, 0, nullptr,
+                                         where);
 }
 // Fibers of one block share an OS thread and blocks never wait on each other, so a compiler and
 // CPU fence is all a __threadfence can mean here.
@@ -271,8 +269,7 @@ T shuffle(unsigned mask, WarpOp op, T value, unsigned source_lane, const std::so
   return bits_as<T>(result);
 }
 inline unsigned check_width(int width) {
-  if (width <= 0 || width > 32 || (width & (width - 1)) != 0)
-    die("shuffle width must be a power of two from 1 to 32");
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) die("shuffle width must be a power of two from 1 to 32");
   return static_cast<unsigned>(width);
 }
 }  // namespace minitron::emu::detail
@@ -314,7 +311,8 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = warpSize,
   const unsigned lane = d::current("__shfl_xor_sync").lane;
   const unsigned source = lane ^ static_cast<unsigned>(lane_mask);
   // A source in a later segment returns the lane's own value (CUDA programming guide).
-  return d::shuffle(mask, d::WarpOp::shfl_xor, value, (source & ~(w - 1)) > (lane & ~(w - 1)) || source > 31 ? lane : source, where);
+  return d::shuffle(mask, d::WarpOp::shfl_xor, value,
+                    (source & ~(w - 1)) > (lane & ~(w - 1)) || source > 31 ? lane : source, where);
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate,
                               const std::source_location& where = std::source_location::current()) {
@@ -322,12 +320,14 @@ inline unsigned __ballot_sync(unsigned mask, int predicate,
   const unsigned char bit = predicate != 0;
   return d::warp_exchange(mask, d::WarpOp::ballot, &bit, 1, 0, nullptr, where);
 }
-inline int __any_sync(unsigned mask, int predicate, const std::source_location& where = std::source_location::current()) {
+inline int __any_sync(unsigned mask, int predicate,
+                      const std::source_location& where = std::source_location::current()) {
   namespace d = ::minitron::emu::detail;
   const unsigned char bit = predicate != 0;
   return d::warp_exchange(mask, d::WarpOp::any, &bit, 1, 0, nullptr, where) != 0;
 }
-inline int __all_sync(unsigned mask, int predicate, const std::source_location& where = std::source_location::current()) {
+inline int __all_sync(unsigned mask, int predicate,
+                      const std::source_location& where = std::source_location::current()) {
   namespace d = ::minitron::emu::detail;
   const unsigned char bit = predicate != 0;
   return d::warp_exchange(mask, d::WarpOp::all, &bit, 1, 0, nullptr, where) != 0;
@@ -350,36 +350,31 @@ template <typename Half, typename Op>
 Half atomic_update_16(Half* address, Op op) {
   static_assert(sizeof(Half) == 2);
   auto* bits = reinterpret_cast<unsigned short*>(address);
-  const unsigned short old = atomic_update(bits, [&](unsigned short current) {
-    return bits_as<unsigned short>(op(bits_as<Half>(current)));
-  });
+  const unsigned short old =
+      atomic_update(bits, [&](unsigned short current) { return bits_as<unsigned short>(op(bits_as<Half>(current))); });
   return bits_as<Half>(old);
 }
 template <typename Pair, typename Op>
 Pair atomic_update_32(Pair* address, Op op) {
   static_assert(sizeof(Pair) == 4);
   auto* bits = reinterpret_cast<unsigned*>(address);
-  const unsigned old = atomic_update(bits, [&](unsigned current) {
-    return bits_as<unsigned>(op(bits_as<Pair>(current)));
-  });
+  const unsigned old =
+      atomic_update(bits, [&](unsigned current) { return bits_as<unsigned>(op(bits_as<Pair>(current))); });
   return bits_as<Pair>(old);
 }
 }  // namespace minitron::emu::detail
 
 template <typename T>
-  requires(std::is_integral_v<T> || std::is_floating_point_v<T>)
-T atomicAdd(T* address, std::type_identity_t<T> value) {
+requires(std::is_integral_v<T> || std::is_floating_point_v<T>) T atomicAdd(T* address, std::type_identity_t<T> value) {
   return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_relaxed);
 }
 inline __nv_bfloat16 atomicAdd(__nv_bfloat16* address, __nv_bfloat16 value) {
-  return ::minitron::emu::detail::atomic_update_16(address, [&](__nv_bfloat16 x) {
-    return __float2bfloat16_rn(__bfloat162float(x) + __bfloat162float(value));
-  });
+  return ::minitron::emu::detail::atomic_update_16(
+      address, [&](__nv_bfloat16 x) { return __float2bfloat16_rn(__bfloat162float(x) + __bfloat162float(value)); });
 }
 inline __half atomicAdd(__half* address, __half value) {
-  return ::minitron::emu::detail::atomic_update_16(address, [&](__half x) {
-    return __float2half_rn(__half2float(x) + __half2float(value));
-  });
+  return ::minitron::emu::detail::atomic_update_16(
+      address, [&](__half x) { return __float2half_rn(__half2float(x) + __half2float(value)); });
 }
 inline __nv_bfloat162 atomicAdd(__nv_bfloat162* address, __nv_bfloat162 value) {
   return ::minitron::emu::detail::atomic_update_32(address, [&](__nv_bfloat162 x) {
@@ -387,43 +382,35 @@ inline __nv_bfloat162 atomicAdd(__nv_bfloat162* address, __nv_bfloat162 value) {
   });
 }
 template <typename T>
-  requires std::is_integral_v<T>
-T atomicSub(T* address, std::type_identity_t<T> value) {
+requires std::is_integral_v<T> T atomicSub(T* address, std::type_identity_t<T> value) {
   return std::atomic_ref<T>(*address).fetch_sub(value, std::memory_order_relaxed);
 }
 template <typename T>
-  requires(std::is_integral_v<T> || std::is_floating_point_v<T>)
-T atomicMax(T* address, std::type_identity_t<T> value) {
+requires(std::is_integral_v<T> || std::is_floating_point_v<T>) T atomicMax(T* address, std::type_identity_t<T> value) {
   return ::minitron::emu::detail::atomic_update(address, [&](T x) { return x < value ? value : x; });
 }
 template <typename T>
-  requires(std::is_integral_v<T> || std::is_floating_point_v<T>)
-T atomicMin(T* address, std::type_identity_t<T> value) {
+requires(std::is_integral_v<T> || std::is_floating_point_v<T>) T atomicMin(T* address, std::type_identity_t<T> value) {
   return ::minitron::emu::detail::atomic_update(address, [&](T x) { return value < x ? value : x; });
 }
 template <typename T>
-  requires std::is_integral_v<T>
-T atomicAnd(T* address, std::type_identity_t<T> value) {
+requires std::is_integral_v<T> T atomicAnd(T* address, std::type_identity_t<T> value) {
   return std::atomic_ref<T>(*address).fetch_and(value, std::memory_order_relaxed);
 }
 template <typename T>
-  requires std::is_integral_v<T>
-T atomicOr(T* address, std::type_identity_t<T> value) {
+requires std::is_integral_v<T> T atomicOr(T* address, std::type_identity_t<T> value) {
   return std::atomic_ref<T>(*address).fetch_or(value, std::memory_order_relaxed);
 }
 template <typename T>
-  requires std::is_integral_v<T>
-T atomicXor(T* address, std::type_identity_t<T> value) {
+requires std::is_integral_v<T> T atomicXor(T* address, std::type_identity_t<T> value) {
   return std::atomic_ref<T>(*address).fetch_xor(value, std::memory_order_relaxed);
 }
 template <typename T>
-  requires(std::is_integral_v<T> || std::is_floating_point_v<T>)
-T atomicExch(T* address, std::type_identity_t<T> value) {
+requires(std::is_integral_v<T> || std::is_floating_point_v<T>) T atomicExch(T* address, std::type_identity_t<T> value) {
   return std::atomic_ref<T>(*address).exchange(value, std::memory_order_relaxed);
 }
 template <typename T>
-  requires std::is_integral_v<T>
-T atomicCAS(T* address, std::type_identity_t<T> compare, std::type_identity_t<T> value) {
+requires std::is_integral_v<T> T atomicCAS(T* address, std::type_identity_t<T> compare, std::type_identity_t<T> value) {
   std::atomic_ref<T>(*address).compare_exchange_strong(compare, value, std::memory_order_relaxed);
   return compare;  // holds the old value either way
 }
@@ -431,7 +418,8 @@ inline unsigned atomicInc(unsigned* address, unsigned limit) {
   return ::minitron::emu::detail::atomic_update(address, [&](unsigned x) { return x >= limit ? 0u : x + 1; });
 }
 inline unsigned atomicDec(unsigned* address, unsigned limit) {
-  return ::minitron::emu::detail::atomic_update(address, [&](unsigned x) { return (x == 0 || x > limit) ? limit : x - 1; });
+  return ::minitron::emu::detail::atomic_update(address,
+                                                [&](unsigned x) { return (x == 0 || x > limit) ? limit : x - 1; });
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -445,8 +433,14 @@ inline float __log10f(float x) { return std::log10(x); }
 inline float __sinf(float x) { return std::sin(x); }
 inline float __cosf(float x) { return std::cos(x); }
 inline float __tanf(float x) { return std::tan(x); }
-inline void __sincosf(float x, float* s, float* c) { *s = std::sin(x); *c = std::cos(x); }
-inline void sincosf(float x, float* s, float* c) { *s = std::sin(x); *c = std::cos(x); }
+inline void __sincosf(float x, float* s, float* c) {
+  *s = std::sin(x);
+  *c = std::cos(x);
+}
+inline void sincosf(float x, float* s, float* c) {
+  *s = std::sin(x);
+  *c = std::cos(x);
+}
 inline float __powf(float x, float y) { return std::pow(x, y); }
 inline float __fdividef(float x, float y) { return x / y; }
 inline float fdividef(float x, float y) { return x / y; }
@@ -493,7 +487,9 @@ inline unsigned __brev(unsigned x) {
 inline int __mul24(int x, int y) { return (x << 8 >> 8) * (y << 8 >> 8); }
 inline unsigned __umul24(unsigned x, unsigned y) { return (x & 0xFFFFFFu) * (y & 0xFFFFFFu); }
 inline int __mulhi(int x, int y) { return static_cast<int>((static_cast<long long>(x) * y) >> 32); }
-inline unsigned __umulhi(unsigned x, unsigned y) { return static_cast<unsigned>((static_cast<unsigned long long>(x) * y) >> 32); }
+inline unsigned __umulhi(unsigned x, unsigned y) {
+  return static_cast<unsigned>((static_cast<unsigned long long>(x) * y) >> 32);
+}
 inline unsigned long long __umul64hi(unsigned long long x, unsigned long long y) {
   __extension__ using wide = unsigned __int128;
   return static_cast<unsigned long long>((static_cast<wide>(x) * y) >> 64);
@@ -535,18 +531,18 @@ inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
   return __halves2half2(__hfma(__low2half(a), __low2half(b), __low2half(c)),
                         __hfma(__high2half(a), __high2half(b), __high2half(c)));
 }
-#define MINITRON_EMU_BF16_UNARY(name, expression)                                                \
-  inline __nv_bfloat16 name(__nv_bfloat16 a) {                                                  \
-    const float x = __bfloat162float(a);                                                        \
-    return __float2bfloat16_rn(expression);                                                     \
-  }                                                                                             \
-  inline __half name(__half a) {                                                                \
-    const float x = __half2float(a);                                                            \
-    return __float2half_rn(expression);                                                         \
-  }                                                                                             \
-  inline __nv_bfloat162 h2##name(__nv_bfloat162 a) {                                            \
-    return __halves2bfloat162(name(__low2bfloat16(a)), name(__high2bfloat16(a)));               \
-  }                                                                                             \
+#define MINITRON_EMU_BF16_UNARY(name, expression)                                 \
+  inline __nv_bfloat16 name(__nv_bfloat16 a) {                                    \
+    const float x = __bfloat162float(a);                                          \
+    return __float2bfloat16_rn(expression);                                       \
+  }                                                                               \
+  inline __half name(__half a) {                                                  \
+    const float x = __half2float(a);                                              \
+    return __float2half_rn(expression);                                           \
+  }                                                                               \
+  inline __nv_bfloat162 h2##name(__nv_bfloat162 a) {                              \
+    return __halves2bfloat162(name(__low2bfloat16(a)), name(__high2bfloat16(a))); \
+  }                                                                               \
   inline __half2 h2##name(__half2 a) { return __halves2half2(name(__low2half(a)), name(__high2half(a))); }
 MINITRON_EMU_BF16_UNARY(hexp, std::exp(x))
 MINITRON_EMU_BF16_UNARY(hexp2, std::exp2(x))
@@ -569,25 +565,45 @@ inline int __half2int_rn(__half a) { return static_cast<int>(std::nearbyint(__ha
 // ------------------------------------------------------------------------------------------------
 // Read-only and cache-hint loads and stores: plain memory accesses on the host.
 template <typename T>
-T __ldg(const T* address) { return *address; }
+T __ldg(const T* address) {
+  return *address;
+}
 template <typename T>
-T __ldca(const T* address) { return *address; }
+T __ldca(const T* address) {
+  return *address;
+}
 template <typename T>
-T __ldcg(const T* address) { return *address; }
+T __ldcg(const T* address) {
+  return *address;
+}
 template <typename T>
-T __ldcs(const T* address) { return *address; }
+T __ldcs(const T* address) {
+  return *address;
+}
 template <typename T>
-T __ldlu(const T* address) { return *address; }
+T __ldlu(const T* address) {
+  return *address;
+}
 template <typename T>
-T __ldcv(const T* address) { return *address; }
+T __ldcv(const T* address) {
+  return *address;
+}
 template <typename T>
-void __stwb(T* address, T value) { *address = value; }
+void __stwb(T* address, T value) {
+  *address = value;
+}
 template <typename T>
-void __stcg(T* address, T value) { *address = value; }
+void __stcg(T* address, T value) {
+  *address = value;
+}
 template <typename T>
-void __stcs(T* address, T value) { *address = value; }
+void __stcs(T* address, T value) {
+  *address = value;
+}
 template <typename T>
-void __stwt(T* address, T value) { *address = value; }
+void __stwt(T* address, T value) {
+  *address = value;
+}
 
 // ------------------------------------------------------------------------------------------------
 // Runtime API templates that cuda_runtime.h declares only for nvcc.

@@ -80,26 +80,28 @@ struct Call {
 // The ranks of one communicator. Guarded by `mutex`; `result` is written only by the last rank to
 // arrive and read by every rank between `complete` and its leaving, when nobody writes it.
 struct Group {
-  explicit Group(int size) : ranks(size), joined(static_cast<std::size_t>(size), false),
-                             departed(static_cast<std::size_t>(size), false),
-                             calls(static_cast<std::size_t>(size)),
-                             present(static_cast<std::size_t>(size), false) {}
+  explicit Group(int size)
+      : ranks(size),
+        joined(static_cast<std::size_t>(size), false),
+        departed(static_cast<std::size_t>(size), false),
+        calls(static_cast<std::size_t>(size)),
+        present(static_cast<std::size_t>(size), false) {}
   std::mutex mutex;
   std::condition_variable changed;
   const int ranks;
   std::vector<bool> joined;
   int joined_count = 0;
-  std::vector<bool> departed;      // ranks that destroyed their communicator
-  std::vector<Call> calls;         // the current collective's call of each arrived rank
-  std::vector<bool> present;       // the ranks that have arrived at the current collective
+  std::vector<bool> departed;  // ranks that destroyed their communicator
+  std::vector<Call> calls;     // the current collective's call of each arrived rank
+  std::vector<bool> present;   // the ranks that have arrived at the current collective
   int arrived = 0;
   int left = 0;
-  bool complete = false;           // the current collective's outcome is known
-  std::uint64_t generation = 0;    // collectives completed and left by every rank
+  bool complete = false;         // the current collective's outcome is known
+  std::uint64_t generation = 0;  // collectives completed and left by every rank
   ncclResult_t outcome = ncclSuccess;
   std::string outcome_message;
   std::vector<unsigned char> result;
-  std::string broken;              // why no collective can complete any more
+  std::string broken;  // why no collective can complete any more
 };
 
 // The live groups by unique id. Process-wide like the device state it stands for.
@@ -287,8 +289,7 @@ namespace {
 std::string refusal(const Call& call, int rank, int ranks) {
   const char* name = kind_name(call.kind);
   if (is_reduction(call.kind)) {
-    if (call.op != ncclSum)
-      return str(name, ": op ", static_cast<int>(call.op), " is not emulated (ncclSum is)");
+    if (call.op != ncclSum) return str(name, ": op ", static_cast<int>(call.op), " is not emulated (ncclSum is)");
     if (!is_summed(call.type))
       return str(name, ": datatype ", static_cast<int>(call.type),
                  " is not emulated (ncclFloat32, ncclFloat64, ncclInt32, ncclInt64 are)");
@@ -348,10 +349,10 @@ ncclResult_t collective(ncclComm_t comm, const Call& call) {
     const std::uint64_t generation = group.generation;
     if (!wait_for([&] { return group.complete && group.generation == generation; },
                   [&] {
-                    return str("ranks ", rank_list(group.ranks, [&](int r) {
-                                 return !group.present[static_cast<std::size_t>(r)];
-                               }),
-                               " to call it (", group.arrived, " of ", group.ranks, " ranks arrived)");
+                    return str(
+                        "ranks ",
+                        rank_list(group.ranks, [&](int r) { return !group.present[static_cast<std::size_t>(r)]; }),
+                        " to call it (", group.arrived, " of ", group.ranks, " ranks arrived)");
                   }))
       return failure(ncclSystemError, group.broken);
   }
@@ -436,12 +437,11 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId comm_id
   group->changed.notify_all();
   const auto until = emu::deadline();
   while (group->joined_count < group->ranks && group->broken.empty()) {
-    if (group->changed.wait_until(lock, until) == std::cv_status::timeout &&
-        group->joined_count < group->ranks) {
-      group->broken = str("ncclCommInitRank: rank ", rank, " waited ", ::minitron::emu::options().nccl_timeout_seconds,
-                          " s for ranks ",
-                          emu::rank_list(group->ranks, [&](int r) { return !group->joined[static_cast<std::size_t>(r)]; }),
-                          " of ", group->ranks, " to join");
+    if (group->changed.wait_until(lock, until) == std::cv_status::timeout && group->joined_count < group->ranks) {
+      group->broken = str(
+          "ncclCommInitRank: rank ", rank, " waited ", ::minitron::emu::options().nccl_timeout_seconds, " s for ranks ",
+          emu::rank_list(group->ranks, [&](int r) { return !group->joined[static_cast<std::size_t>(r)]; }), " of ",
+          group->ranks, " to join");
       group->changed.notify_all();
     }
   }
@@ -452,8 +452,8 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId comm_id
   return ncclSuccess;
 }
 
-ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
-                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, ncclRedOp_t op,
+                           ncclComm_t comm, cudaStream_t) {
   return emu::collective(comm, emu::Call{emu::Kind::AllReduce, sendbuff, recvbuff, count, datatype, op, -1});
 }
 
@@ -487,9 +487,9 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     group.departed[static_cast<std::size_t>(comm->rank)] = true;
     if (group.arrived > 0 && !group.complete && group.broken.empty()) {
       const auto waiting = std::find(group.present.begin(), group.present.end(), true) - group.present.begin();
-      group.broken = str("rank ", comm->rank, " destroyed its communicator while ", group.arrived, " ranks wait in ",
-                         emu::kind_name(group.calls[static_cast<std::size_t>(waiting)].kind), " #",
-                         group.generation + 1);
+      group.broken =
+          str("rank ", comm->rank, " destroyed its communicator while ", group.arrived, " ranks wait in ",
+              emu::kind_name(group.calls[static_cast<std::size_t>(waiting)].kind), " #", group.generation + 1);
       group.changed.notify_all();
     }
   }
@@ -513,7 +513,8 @@ ncclResult_t ncclCommUserRank(const ncclComm_t comm, int* rank) {
   return ncclSuccess;
 }
 ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int* device) {
-  if (comm == nullptr || device == nullptr) return emu::failure(ncclInvalidArgument, "ncclCommCuDevice: a NULL argument");
+  if (comm == nullptr || device == nullptr)
+    return emu::failure(ncclInvalidArgument, "ncclCommCuDevice: a NULL argument");
   *device = comm->device;
   return ncclSuccess;
 }

@@ -69,9 +69,8 @@ extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
 // warp operation it is in). Those fibers are suspended on this OS thread and the process ends
 // right after, so the reads are no race; unannotated, TSan reports them and its report replaces
 // the emulator's message (halt_on_error), breaking the death tests that expect the message.
-#define MINITRON_EMU_TSAN_IGNORE_FOR_REPORT()         \
-  (AnnotateIgnoreReadsBegin(__FILE__, __LINE__),      \
-   AnnotateIgnoreWritesBegin(__FILE__, __LINE__))
+#define MINITRON_EMU_TSAN_IGNORE_FOR_REPORT() \
+  (AnnotateIgnoreReadsBegin(__FILE__, __LINE__), AnnotateIgnoreWritesBegin(__FILE__, __LINE__))
 #else
 #define MINITRON_EMU_NO_TSAN
 #define MINITRON_EMU_TSAN_IGNORE_FOR_REPORT() ((void)0)
@@ -174,8 +173,8 @@ class StackPool {
         }
       }
     }
-    void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    void* memory =
+        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (memory == MAP_FAILED) die("cannot map a fiber stack (lower MINITRON_EMU_STACK_KIB or the block size)");
     if (mprotect(memory, page, PROT_NONE) != 0) die("cannot protect a fiber stack's guard page");
     return Stack{static_cast<unsigned char*>(memory), bytes};
@@ -238,10 +237,10 @@ struct Fiber {
   Stack stack;
   FiberState state = FiberState::not_started;
   unsigned linear = 0;
-  std::source_location where;  // where it waits
-  WarpGroup* group = nullptr;  // the warp operation it waits in
+  std::source_location where;           // where it waits
+  WarpGroup* group = nullptr;           // the warp operation it waits in
   std::vector<AsyncCopy> async_copies;  // pending cp.async copies, in issue order
-  unsigned async_commits = 0;          // commit groups closed so far in this block
+  unsigned async_commits = 0;           // commit groups closed so far in this block
 #if defined(MINITRON_EMU_TSAN)
   void* tsan_fiber = nullptr;
 #endif
@@ -290,9 +289,7 @@ const char* barrier_name(BarrierKind kind) {
   return "__syncthreads";
 }
 
-std::string location(const std::source_location& where) {
-  return str(where.file_name(), ":", where.line());
-}
+std::string location(const std::source_location& where) { return str(where.file_name(), ":", where.line()); }
 
 bool same_location(const std::source_location& a, const std::source_location& b) {
   return a.line() == b.line() && a.column() == b.column() &&
@@ -348,7 +345,7 @@ class Worker {
     barrier_waiters_.resize(threads);
     warps_.resize((threads + 31) / 32);
     dynamic_shared_.reset(static_cast<unsigned char*>(
-        ::operator new(std::max<std::size_t>(launch.shared_bytes, 16), std::align_val_t{128})));
+        ::operator new (std::max<std::size_t>(launch.shared_bytes, 16), std::align_val_t{128})));
   }
 
   ~Worker() {
@@ -389,7 +386,7 @@ class Worker {
   }
   MINITRON_EMU_NO_TSAN void async_wait(unsigned newest_pending);
   MINITRON_EMU_NO_TSAN void check_store_space(const void* address, std::size_t bytes, Space space,
-                                               const char* what) const;
+                                              const char* what) const;
   [[noreturn]] void fail(const std::string& message) const;
   // fail() with the message built out of line, so that hot paths keep small stack frames.
   template <typename MakeMessage>
@@ -428,7 +425,7 @@ class Worker {
   std::vector<Fiber> fibers_;
   std::vector<Warp> warps_;
   std::unique_ptr<unsigned char, void (*)(unsigned char*)> dynamic_shared_{
-      nullptr, [](unsigned char* p) { ::operator delete(p, std::align_val_t{128}); }};
+      nullptr, [](unsigned char* p) { ::operator delete (p, std::align_val_t{128}); }};
 
   // Ready queue: a ring of a power-of-two size >= fibers_.size(); each fiber is in it at most once.
   std::vector<Fiber*> queue_;
@@ -465,9 +462,9 @@ class Worker {
 
 void Worker::fail(const std::string& message) const {
   MINITRON_EMU_TSAN_IGNORE_FOR_REPORT();
-  const std::string text = str("minitron emulator: ", kernel_name(launch_), ", block ", dim_text(block_idx_),
-                               current_ != nullptr ? str(", thread ", thread_text(*current_)) : std::string(),
-                               ": ", message, "\n");
+  const std::string text =
+      str("minitron emulator: ", kernel_name(launch_), ", block ", dim_text(block_idx_),
+          current_ != nullptr ? str(", thread ", thread_text(*current_)) : std::string(), ": ", message, "\n");
   std::fputs(text.c_str(), stderr);
   std::fflush(stderr);
   std::abort();
@@ -569,7 +566,8 @@ void Worker::run_block(const uint3& block_idx) {
     if (fiber.stack.base == nullptr) fiber.stack = stack_pool().acquire(options_.stack_bytes);
 #if defined(MINITRON_EMU_ASAN)
     // The previous block's fiber never unwound its last frames, whose redzones are still poisoned.
-    else __asan_unpoison_memory_region(fiber.stack.bottom(), fiber.stack.usable());
+    else
+      __asan_unpoison_memory_region(fiber.stack.bottom(), fiber.stack.usable());
 #endif
   }
   for (unsigned w = 0; w < warps_.size(); ++w) {
@@ -737,8 +735,10 @@ void Worker::on_exit(Fiber* fiber) {
     // A __syncwarp or vote goes on without the exited lane.
     group->required &= ~bit;
     --group->readers;
-    if (group->arrived == group->required) complete_group(group, fiber->view.warp, 32);  // removes it
-    else ++g;
+    if (group->arrived == group->required)
+      complete_group(group, fiber->view.warp, 32);  // removes it
+    else
+      ++g;
   }
   // Exited threads do not hold a barrier back (as on sm_70 and later).
   if (barrier_arrived_ != 0 && barrier_arrived_ == live_) complete_barrier();
@@ -759,9 +759,11 @@ int Worker::barrier(BarrierKind kind, int predicate, const std::source_location&
     barrier_accumulator_ = kind == BarrierKind::all ? 1 : 0;
   } else if (kind != barrier_kind_ || !same_location(where, barrier_where_)) {
     const Fiber* first = barrier_waiters_[0];
-    fail_cold([&] { return str("threads wait at different barriers: thread ", thread_text(*first), " at ", barrier_name(barrier_kind_),
-             " (", location(barrier_where_), "), this thread at ", barrier_name(kind), " (", location(where),
-             "); a barrier in divergent code deadlocks or misbehaves on a GPU"); });
+    fail_cold([&] {
+      return str("threads wait at different barriers: thread ", thread_text(*first), " at ",
+                 barrier_name(barrier_kind_), " (", location(barrier_where_), "), this thread at ", barrier_name(kind),
+                 " (", location(where), "); a barrier in divergent code deadlocks or misbehaves on a GPU");
+    });
   }
   switch (kind) {
     case BarrierKind::sync: break;
@@ -843,8 +845,8 @@ unsigned Worker::warp_exchange(unsigned mask, WarpOp op, const void* value, unsi
   if (group != nullptr && (group->bytes != bytes || (group->op == WarpOp::mma) != (op == WarpOp::mma) ||
                            (group->op == WarpOp::syncwarp) != (op == WarpOp::syncwarp))) {
     fail_cold([&] {
-      return str("lanes of one warp disagree: lanes 0x", std::hex, group->arrived, " wait in ", op_name(group->op), " (",
-                 std::dec, group->bytes, " bytes) at ", location(group->where), ", lane ", lane, " calls ",
+      return str("lanes of one warp disagree: lanes 0x", std::hex, group->arrived, " wait in ", op_name(group->op),
+                 " (", std::dec, group->bytes, " bytes) at ", location(group->where), ", lane ", lane, " calls ",
                  op_name(op), " (", bytes, " bytes) with the same mask at ", location(where));
     });
   }
@@ -919,8 +921,7 @@ unsigned Worker::warp_exchange(unsigned mask, WarpOp op, const void* value, unsi
 
 std::string Worker::describe_wait(const Fiber& fiber) const {
   switch (fiber.state) {
-    case FiberState::at_barrier:
-      return str("wait at ", barrier_name(barrier_kind_), " (", location(fiber.where), ")");
+    case FiberState::at_barrier: return str("wait at ", barrier_name(barrier_kind_), " (", location(fiber.where), ")");
     case FiberState::at_warp:
       return str("wait in ", op_name(fiber.group->op), " (", location(fiber.where), ") with mask 0x", std::hex,
                  fiber.group->mask, ", missing lanes 0x", fiber.group->required & ~fiber.group->arrived);
@@ -945,8 +946,8 @@ void Worker::deadlock() const {
   }
   if (lines > 16) report += str("\n  ... ", lines - 16, " more groups");
   // The report is about the block, not the thread that noticed.
-  const std::string text = str("minitron emulator: ", kernel_name(launch_), ", block ", dim_text(block_idx_), ": ",
-                               report, "\n");
+  const std::string text =
+      str("minitron emulator: ", kernel_name(launch_), ", block ", dim_text(block_idx_), ": ", report, "\n");
   std::fputs(text.c_str(), stderr);
   std::fflush(stderr);
   std::abort();
@@ -981,8 +982,9 @@ void Worker::check_store_space(const void* address, std::size_t bytes, Space spa
   const bool in_shared = (a >= shared && a + bytes <= shared + launch_.shared_bytes) || in_static_tls(a, bytes);
   if (in_shared == (space == Space::shared)) return;
   fail_cold([&] {
-    return str(what, ": ", bytes, "-byte store to ", address, space == Space::shared ? ", not shared memory" : ", shared memory",
-               " (st.", space == Space::shared ? "shared" : "global", " faults here on a GPU)");
+    return str(what, ": ", bytes, "-byte store to ", address,
+               space == Space::shared ? ", not shared memory" : ", shared memory", " (st.",
+               space == Space::shared ? "shared" : "global", " faults here on a GPU)");
   });
 }
 
@@ -991,8 +993,10 @@ void Worker::check_store_space(const void* address, std::size_t bytes, Space spa
 // the source, so a thread reading the data without a barrier after the issuer's wait is a race.
 [[gnu::noinline]] void poison_async_destination(unsigned char* dst) { std::memset(dst, 0xFF, 16); }
 [[gnu::noinline]] void perform_async_copy(const AsyncCopy& copy) {
-  if (copy.zero_fill) std::memset(copy.dst, 0, 16);
-  else std::memcpy(copy.dst, copy.src, 16);
+  if (copy.zero_fill)
+    std::memset(copy.dst, 0, 16);
+  else
+    std::memcpy(copy.dst, copy.src, 16);
 }
 
 void Worker::async_copy(void* shared_dst, const void* global_src, bool zero_fill, const std::source_location& where) {
@@ -1027,7 +1031,8 @@ void Worker::async_wait(unsigned newest_pending) {
   const unsigned last = self->async_commits - newest_pending;
   std::size_t done = 0;
   auto& copies = self->async_copies;
-  while (done < copies.size() && copies[done].group != 0 && copies[done].group <= last) perform_async_copy(copies[done++]);
+  while (done < copies.size() && copies[done].group != 0 && copies[done].group <= last)
+    perform_async_copy(copies[done++]);
   copies.erase(copies.begin(), copies.begin() + static_cast<std::ptrdiff_t>(done));
 }
 

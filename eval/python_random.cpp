@@ -33,7 +33,8 @@ void PythonRandom::init_by_array(const std::vector<std::uint32_t>& key) {
   std::size_t i = 1, j = 0;
   const std::size_t length = key.size();
   for (std::size_t k = std::max<std::size_t>(kN, length); k > 0; --k) {
-    state_[i] = (state_[i] ^ ((state_[i - 1] ^ (state_[i - 1] >> 30)) * 1664525u)) + key[j] + static_cast<std::uint32_t>(j);
+    state_[i] =
+        (state_[i] ^ ((state_[i - 1] ^ (state_[i - 1] >> 30)) * 1664525u)) + key[j] + static_cast<std::uint32_t>(j);
     ++i, ++j;
     if (i >= kN) state_[0] = state_[kN - 1], i = 1;
     if (j >= length) j = 0;
@@ -53,11 +54,13 @@ std::uint32_t PythonRandom::genrand_uint32() {
     auto mag = [](std::uint32_t y) { return (y & 1u) ? kMatrix : 0u; };
     int k = 0;
     for (; k < kN - kM; ++k) {
-      const std::uint32_t y = (state_[static_cast<std::size_t>(k)] & kUpper) | (state_[static_cast<std::size_t>(k + 1)] & kLower);
+      const std::uint32_t y =
+          (state_[static_cast<std::size_t>(k)] & kUpper) | (state_[static_cast<std::size_t>(k + 1)] & kLower);
       state_[static_cast<std::size_t>(k)] = state_[static_cast<std::size_t>(k + kM)] ^ (y >> 1) ^ mag(y);
     }
     for (; k < kN - 1; ++k) {
-      const std::uint32_t y = (state_[static_cast<std::size_t>(k)] & kUpper) | (state_[static_cast<std::size_t>(k + 1)] & kLower);
+      const std::uint32_t y =
+          (state_[static_cast<std::size_t>(k)] & kUpper) | (state_[static_cast<std::size_t>(k + 1)] & kLower);
       state_[static_cast<std::size_t>(k)] = state_[static_cast<std::size_t>(k + (kM - kN))] ^ (y >> 1) ^ mag(y);
     }
     const std::uint32_t y = (state_[kN - 1] & kUpper) | (state_[0] & kLower);
@@ -106,7 +109,9 @@ std::vector<std::int64_t> PythonRandom::sample(std::int64_t n, std::int64_t k) {
   if (k < 0 || k > n) fail_expected("sample", str(k, " of a population of ", n), "0 <= k <= population size");
   std::vector<std::int64_t> result(static_cast<std::size_t>(k));
   std::int64_t setsize = 21;  // "size of a small set minus size of an empty list"
-  if (k > 5) setsize += static_cast<std::int64_t>(std::pow(4.0, std::ceil(std::log(static_cast<double>(k * 3)) / std::log(4.0))));
+  if (k > 5)
+    setsize +=
+        static_cast<std::int64_t>(std::pow(4.0, std::ceil(std::log(static_cast<double>(k * 3)) / std::log(4.0))));
   if (n <= setsize) {
     std::vector<std::int64_t> pool(static_cast<std::size_t>(n));
     for (std::int64_t i = 0; i < n; ++i) pool[static_cast<std::size_t>(i)] = i;

@@ -55,7 +55,8 @@ class TaskRequests {
       for (const ScoringWindow& w : ws)
         if (static_cast<std::int64_t>(w.inputs.size()) > model.max_sequence() ||
             static_cast<std::int64_t>(ws.size()) > model.max_batch())
-          fail_expected("task scoring", str("document ", i + 1, " needs ", ws.size(), " rows of ", w.inputs.size(), " tokens"),
+          fail_expected("task scoring",
+                        str("document ", i + 1, " needs ", ws.size(), " rows of ", w.inputs.size(), " tokens"),
                         str("a model built for at least that (", model.max_batch(), " x ", model.max_sequence(), ")"));
       QuestionResult r;
       r.loglikelihoods = score_batch(model, workspace, ws, forward);
@@ -104,11 +105,13 @@ TaskRunResult run_task(TaskKind kind, const std::vector<TaskDoc>& docs, const st
   return result;
 }
 
-TaskRunResult run_task_on_model(TaskKind kind, const std::vector<TaskDoc>& docs, const std::vector<TaskDoc>* fewshot_pool,
-                                const Tokenizer& tokenizer, LlamaModel& model, LossWorkspace& workspace,
-                                const TaskRunOptions& options, const ForwardOptions& forward) {
+TaskRunResult run_task_on_model(TaskKind kind, const std::vector<TaskDoc>& docs,
+                                const std::vector<TaskDoc>* fewshot_pool, const Tokenizer& tokenizer, LlamaModel& model,
+                                LossWorkspace& workspace, const TaskRunOptions& options,
+                                const ForwardOptions& forward) {
   const std::int64_t max_length = options.max_length > 0 ? options.max_length : model.config().max_position_embeddings;
-  TaskRunResult result = TaskRequests(kind, docs, fewshot_pool, tokenizer, max_length, options).score(model, workspace, forward);
+  TaskRunResult result =
+      TaskRequests(kind, docs, fewshot_pool, tokenizer, max_length, options).score(model, workspace, forward);
   result.max_batch = model.max_batch();
   result.max_sequence = model.max_sequence();
   return result;

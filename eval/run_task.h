@@ -6,10 +6,10 @@
 #include <span>
 #include <vector>
 
+#include "core/backend.h"
 #include "data/tokenizer.h"
 #include "eval/scoring.h"
 #include "eval/tasks.h"
-#include "core/backend.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "train/losses.h"
@@ -26,7 +26,7 @@ struct TaskRunOptions {
 
 struct TaskRunResult {
   std::vector<MetricRow> rows;
-  std::vector<QuestionResult> questions;  // in document order
+  std::vector<QuestionResult> questions;         // in document order
   std::int64_t max_batch = 0, max_sequence = 0;  // the model shape the task needed
 };
 
@@ -47,9 +47,10 @@ TaskShape task_shape(TaskKind kind, const std::vector<TaskDoc>& docs, const std:
 // The same run on a caller's model (at least task_shape() in batch and sequence; workspace for
 // its max_batch x max_sequence rows), its forward passes taking `forward` (e.g. skip_layers:
 // the task's accuracy with a block of layers removed). max_batch/max_sequence are the shape used.
-TaskRunResult run_task_on_model(TaskKind kind, const std::vector<TaskDoc>& docs, const std::vector<TaskDoc>* fewshot_pool,
-                                const Tokenizer& tokenizer, LlamaModel& model, LossWorkspace& workspace,
-                                const TaskRunOptions& options, const ForwardOptions& forward = {});
+TaskRunResult run_task_on_model(TaskKind kind, const std::vector<TaskDoc>& docs,
+                                const std::vector<TaskDoc>* fewshot_pool, const Tokenizer& tokenizer, LlamaModel& model,
+                                LossWorkspace& workspace, const TaskRunOptions& options,
+                                const ForwardOptions& forward = {});
 
 // The headline accuracy of a run: the "mmlu" average for mmlu, else the task's acc.
 double task_accuracy(TaskKind kind, const TaskRunResult& result);

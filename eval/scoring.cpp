@@ -38,7 +38,8 @@ EncodedRequest encode_request(const Tokenizer& tokenizer, const ChoiceRequest& r
     // to the continuation; the harness asserts len(context_enc) > 0 here. Score it like an empty
     // context: [prefix_token] + the whole (moved-whitespace) continuation.
     if (!options.prefix_token)
-      fail_expected("scoring", "a whitespace-only context encodes to no tokens and the tokenizer has neither BOS nor EOS",
+      fail_expected("scoring",
+                    "a whitespace-only context encodes to no tokens and the tokenizer has neither BOS nor EOS",
                     "a context with non-whitespace text, or a tokenizer with a BOS or EOS token");
     out.context = {*options.prefix_token};
     out.continuation = whole;

@@ -19,9 +19,12 @@ struct KindName {
   const char* name;
 };
 constexpr KindName kKinds[] = {
-    {TaskKind::HellaSwag, "hellaswag"}, {TaskKind::Winogrande, "winogrande"},
-    {TaskKind::Mmlu, "mmlu"},           {TaskKind::ArcEasy, "arc_easy"},
-    {TaskKind::ArcChallenge, "arc_challenge"}, {TaskKind::MultipleChoice, "multiple_choice"},
+    {TaskKind::HellaSwag, "hellaswag"},
+    {TaskKind::Winogrande, "winogrande"},
+    {TaskKind::Mmlu, "mmlu"},
+    {TaskKind::ArcEasy, "arc_easy"},
+    {TaskKind::ArcChallenge, "arc_challenge"},
+    {TaskKind::MultipleChoice, "multiple_choice"},
 };
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
@@ -167,7 +170,8 @@ TaskDoc parse_task_doc(TaskKind kind, const std::string& line, const std::string
         fail_expected(where, "\"choices.label\" and \"choices.text\" differ in length", "one label per choice");
       const std::string& key = string_field("answerKey");
       auto it = std::find(labels.begin(), labels.end(), key);
-      if (it == labels.end()) fail_expected(where, str("\"answerKey\" '", key, "' is not a label"), "one of choices.label");
+      if (it == labels.end())
+        fail_expected(where, str("\"answerKey\" '", key, "' is not a label"), "one of choices.label");
       out.gold = static_cast<int>(it - labels.begin());
       break;
     }
@@ -193,7 +197,8 @@ std::vector<TaskDoc> load_task_file(TaskKind kind, const std::filesystem::path& 
     if (python_strip(line).empty()) continue;
     docs.push_back(parse_task_doc(kind, line, str(path.string(), ":", n)));
   }
-  if (docs.empty()) fail_expected(path.string(), "holds no documents", str("JSONL in the ", task_kind_name(kind), " layout"));
+  if (docs.empty())
+    fail_expected(path.string(), "holds no documents", str("JSONL in the ", task_kind_name(kind), " layout"));
   return docs;
 }
 
@@ -206,7 +211,8 @@ std::string fewshot_example(TaskKind kind, const TaskDoc& doc) {
 std::string fewshot_prefix(TaskKind kind, const std::string& subject, const std::vector<const TaskDoc*>& shots) {
   std::string prefix;
   if (kind == TaskKind::Mmlu)
-    prefix = "The following are multiple choice questions (with answers) about " + replace_all(subject, "_", " ") + ".\n\n";
+    prefix =
+        "The following are multiple choice questions (with answers) about " + replace_all(subject, "_", " ") + ".\n\n";
   for (const TaskDoc* d : shots) prefix += fewshot_example(kind, *d) + "\n\n";
   return prefix;
 }
@@ -242,8 +248,9 @@ std::vector<const TaskDoc*> FewshotSampler::next(const TaskDoc& doc) {
     for (const TaskDoc& d : pool_)
       if (d.subject == doc.subject && static_cast<std::int64_t>(drawn.size()) < draws_) drawn.push_back(&d);
     if (static_cast<std::int64_t>(drawn.size()) < draws_)
-      fail_expected("--shots", str(shots_, " examples need ", draws_, " few-shot documents of subject '", doc.subject,
-                                   "', the pool has ", drawn.size()),
+      fail_expected("--shots",
+                    str(shots_, " examples need ", draws_, " few-shot documents of subject '", doc.subject,
+                        "', the pool has ", drawn.size()),
                     "a larger few-shot pool (--fewshot-file) or fewer shots");
   } else {
     const auto n = static_cast<std::int64_t>(pool_.size());

@@ -43,14 +43,14 @@ bool task_reports_acc_norm(TaskKind kind);
 
 // One document after the harness's per-task processing.
 struct TaskDoc {
-  std::string query;                // doc_to_text (winogrande: the sentence before "_")
-  std::vector<std::string> choices; // doc_to_choice: what continuations are built from and
-                                    // what acc_norm divides by (winogrande: the options)
-  std::string target;               // winogrande only: the shared continuation text
+  std::string query;                 // doc_to_text (winogrande: the sentence before "_")
+  std::vector<std::string> choices;  // doc_to_choice: what continuations are built from and
+                                     // what acc_norm divides by (winogrande: the options)
+  std::string target;                // winogrande only: the shared continuation text
   int gold = 0;
-  std::string subject;              // mmlu only
-  nlohmann::json source;            // the JSON object as read: the harness removes the evaluated
-                                    // document from its few-shot draw by dict equality
+  std::string subject;    // mmlu only
+  nlohmann::json source;  // the JSON object as read: the harness removes the evaluated
+                          // document from its few-shot draw by dict equality
 };
 
 // The harness's HellaSwag text clean-up: strip, " [title]" -> ". ", drop "[...]" spans,
@@ -72,7 +72,7 @@ struct ChoiceRequest {
   std::string context, continuation;
 };
 struct Question {
-  std::vector<ChoiceRequest> requests;  // one per choice
+  std::vector<ChoiceRequest> requests;       // one per choice
   std::vector<std::int64_t> choice_lengths;  // acc_norm divisors: len(choice) in code points
   int gold = 0;
   std::string subject;

@@ -13,9 +13,9 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/backend.h"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/packed.cuh"
-#include "core/backend.h"
 
 namespace minitron::cuda {
 
@@ -83,8 +83,8 @@ __global__ void adamw_kernel(P* params, float* master, const G* grads, float* m,
   }
   for (std::int64_t i = done + start; i < n; i += stride) {
     float mi = m[i], vi = v[i];
-    const float p = adamw_element(master ? master[i] : to_float(params[i]), to_float(grads[i]),
-                                  mi, vi, s);
+    const float p =
+        adamw_element(master ? master[i] : to_float(params[i]), to_float(grads[i]), mi, vi, s);
     m[i] = mi;
     v[i] = vi;
     if (master) master[i] = p;

@@ -12,8 +12,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu/parallel.h"
 #include "core/backend.h"
+#include "kernels/cpu/parallel.h"
 
 namespace minitron::cpu {
 

@@ -54,10 +54,10 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
                                          bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
-  constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;  // output dims per lane
-  MINITRON_DYNAMIC_SHARED(T, q_s);                        // [16][S]
-  T* k_s = q_s + kAttentionQueryTile * S;                 // [32][S]
-  T* v_s = k_s + kAttentionKeyTile * S;                   // [32][S]
+  constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;                // output dims per lane
+  MINITRON_DYNAMIC_SHARED(T, q_s);                                     // [16][S]
+  T* k_s = q_s + kAttentionQueryTile * S;                              // [32][S]
+  T* v_s = k_s + kAttentionKeyTile * S;                                // [32][S]
   float* p_s = reinterpret_cast<float*>(v_s + kAttentionKeyTile * S);  // [16][32]
 
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kAttentionQueryTile;
@@ -141,7 +141,8 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
       const int d = lane + j * kWarpSize;
       if (d < HD) o_row[d] = from_float<T>(o[r][j] * inv);
     }
-    if (lane == 0) lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + t] = (m[r] + log2f(l[r])) * kLn2;
+    if (lane == 0)
+      lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + t] = (m[r] + log2f(l[r])) * kLn2;
   }
 }
 
@@ -149,31 +150,31 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
 template <typename T, int HD>
 __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* out,
                                               std::int64_t rows, int Tq, int Hq) {
-  const std::int64_t w = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
-                         threadIdx.x / kWarpSize;
+  const std::int64_t w =
+      blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (w >= rows) return;  // whole warps leave together
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t t = w % Tq, h = (w / Tq) % Hq, b = w / (static_cast<std::int64_t>(Tq) * Hq);
   const std::int64_t base = ((b * Tq + t) * Hq + h) * HD;
   float sum = 0.0f;
-  for (int d = lane; d < HD; d += kWarpSize) sum += to_float(dout[base + d]) * to_float(out[base + d]);
+  for (int d = lane; d < HD; d += kWarpSize)
+    sum += to_float(dout[base + d]) * to_float(out[base + d]);
   sum = warp_sum(sum);
   if (lane == 0) D[w] = sum;
 }
 
 // dq_i = scale * sum_j dS_ij k_j, dS_ij = P_ij (dO_i . v_j - D_i); grid (ceil(Tq / 16), Hq, B).
 template <typename T, int HD>
-__global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* lse,
-                                             const float* D, const T* q, const T* k, const T* v,
-                                             int Tq, int Tk, int Hq, int Hkv, float scale,
-                                             bool packed) {
+__global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* lse, const float* D,
+                                             const T* q, const T* k, const T* v, int Tq, int Tk,
+                                             int Hq, int Hkv, float scale, bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;
-  MINITRON_DYNAMIC_SHARED(T, q_s);                    // [16][S]
-  T* do_s = q_s + kAttentionQueryTile * S;            // [16][S]
-  T* k_s = do_s + kAttentionQueryTile * S;            // [32][S]
-  T* v_s = k_s + kAttentionKeyTile * S;               // [32][S]
+  MINITRON_DYNAMIC_SHARED(T, q_s);                                      // [16][S]
+  T* do_s = q_s + kAttentionQueryTile * S;                              // [16][S]
+  T* k_s = do_s + kAttentionQueryTile * S;                              // [32][S]
+  T* v_s = k_s + kAttentionKeyTile * S;                                 // [32][S]
   float* ds_s = reinterpret_cast<float*>(v_s + kAttentionKeyTile * S);  // [16][32]
 
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kAttentionQueryTile;
@@ -187,8 +188,7 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
 
   attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
-  attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
-                             packed);
+  attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
 
   float row_lse[R], row_D[R], acc[R][DPL];
 #pragma unroll
@@ -266,15 +266,15 @@ template <typename T, int HD>
 __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const float* lse,
                                               const float* D, const T* q, const T* k, const T* v,
                                               int Tq, int Tk, int Hq, int Hkv, float scale,
-                                             bool packed) {
+                                              bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int kWarps = kAttentionThreads / kWarpSize;
-  constexpr int DPT = (HD + kWarps - 1) / kWarps;  // dims per thread
-  MINITRON_DYNAMIC_SHARED(T, k_s);                  // [32][S]
-  T* v_s = k_s + kAttentionKeyTile * S;             // [32][S]
-  T* q_s = v_s + kAttentionKeyTile * S;             // [16][S]
-  T* do_s = q_s + kAttentionQueryTile * S;          // [16][S]
+  constexpr int DPT = (HD + kWarps - 1) / kWarps;                         // dims per thread
+  MINITRON_DYNAMIC_SHARED(T, k_s);                                        // [32][S]
+  T* v_s = k_s + kAttentionKeyTile * S;                                   // [32][S]
+  T* q_s = v_s + kAttentionKeyTile * S;                                   // [16][S]
+  T* do_s = q_s + kAttentionQueryTile * S;                                // [16][S]
   float* p_s = reinterpret_cast<float*>(do_s + kAttentionQueryTile * S);  // [16][32]
   float* ds_s = p_s + kAttentionQueryTile * kAttentionKeyTile;            // [16][32]
 
@@ -303,8 +303,7 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
     const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
     for (int q0 = tile_begin; q0 < Tq; q0 += kAttentionQueryTile) {
       __syncthreads();  // the previous query tile is consumed
-      attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
-                                 packed);
+      attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
       attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
                                  packed);
       __syncthreads();
@@ -361,16 +360,14 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
   }
 }
 
-
 // ---- launchers ----
 
-inline void check_attention_shape(std::int64_t B, std::int64_t Tq, std::int64_t Tk,
-                                  std::int64_t Hq, std::int64_t Hkv) {
+inline void check_attention_shape(std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
+                                  std::int64_t Hkv) {
   if (Hkv <= 0 || Hq % Hkv != 0)
     fail_expected("attention", str(Hq, " query heads over ", Hkv, " KV heads"),
                   "query heads a multiple of KV heads");
-  if (Tq > Tk)
-    fail_expected("attention", str(Tq, " queries over ", Tk, " keys"), "Tq <= Tk");
+  if (Tq > Tk) fail_expected("attention", str(Tq, " queries over ", Tk, " keys"), "Tq <= Tk");
   if (B > 65535 || Hq > 65535)
     fail_expected("attention", str("batch ", B, ", heads ", Hq), "both <= 65535 (grid limits)");
 }
@@ -475,8 +472,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
   check_attention_shape(B, T_, T_, Hq, Hkv);
   if (B <= 0 || T_ <= 0) return;
   switch (hd) {
-#define MINITRON_CASE(HD)                                                                  \
-  case HD:                                                                                 \
+#define MINITRON_CASE(HD)                                                                    \
+  case HD:                                                                                   \
     return attention_backward_hd<T, HD>(dq, dk, dv, dout, out, lse, q, k, v, B, T_, Hq, Hkv, \
                                         workspace, stream);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)

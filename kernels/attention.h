@@ -47,8 +47,7 @@ inline std::int64_t attention_forward_workspace(std::int64_t Tk) {
   return Tk;
 #endif
 }
-inline std::int64_t attention_backward_workspace(std::int64_t B, std::int64_t Hq,
-                                                 std::int64_t Tq) {
+inline std::int64_t attention_backward_workspace(std::int64_t B, std::int64_t Hq, std::int64_t Tq) {
   return B * Hq * Tq;
 }
 
@@ -122,9 +121,9 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::
 
 // Overwrites dq [B*Tq, Hq*hd], dk and dv [B*Tk, Hkv*hd].
 template <typename T>
-void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
-                        const T* q, const T* k, const T* v, std::int64_t B, std::int64_t Tq,
-                        std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
+                        const T* k, const T* v, std::int64_t B, std::int64_t Tq, std::int64_t Tk,
+                        std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
                         T* workspace = nullptr) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd);
   std::vector<T> own;

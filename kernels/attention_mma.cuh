@@ -31,7 +31,7 @@ constexpr int kAttentionThreads = 128;  // 4 warps
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-constexpr int kMmaWarpRows = 16;                                         // rows a warp owns
+constexpr int kMmaWarpRows = 16;                                             // rows a warp owns
 constexpr int kMmaBlockRows = kAttentionThreads / kWarpSize * kMmaWarpRows;  // 64
 constexpr int kMmaKeyTile = 32;         // keys streamed per step (dq)
 constexpr int kMmaForwardKeyTile = 64;  // keys streamed per step (forward)
@@ -113,8 +113,8 @@ __device__ __forceinline__ mma::FragmentA ldsm_a(const bf16* at, int lane) {
 // B fragments of two adjacent 8-column blocks of B (k 16 deep) stored n-major: row n of the
 // shared tile at `at` holds B[k][n] for consecutive k (K for S = Q K^T, V for dP = dO V^T).
 template <int S>
-__device__ __forceinline__ void ldsm_b_pair(mma::FragmentB& b0, mma::FragmentB& b1,
-                                            const bf16* at, int lane) {
+__device__ __forceinline__ void ldsm_b_pair(mma::FragmentB& b0, mma::FragmentB& b1, const bf16* at,
+                                            int lane) {
   std::uint32_t r[4];
   mma::ldmatrix_x4(r, at + (lane % 8 + 8 * (lane / 16)) * S + 8 * (lane / 8 % 2));
   b0.reg[0] = r[0], b0.reg[1] = r[1], b1.reg[0] = r[2], b1.reg[1] = r[3];
@@ -221,10 +221,10 @@ __device__ __forceinline__ void stage_accumulator_row(bf16* row,
 // that only this warp uses, so that every global store is a whole 16-byte pack; otherwise each
 // lane stores its 2-byte values in place.
 template <int HD>
-__device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, int row0,
-                                                int limit, const mma::Accumulator (&acc)[HD / 8],
-                                                const float (&scale)[2], bf16* stage,
-                                                bool packed, int lane) {
+__device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, int row0, int limit,
+                                                const mma::Accumulator (&acc)[HD / 8],
+                                                const float (&scale)[2], bf16* stage, bool packed,
+                                                int lane) {
   constexpr int S = kMmaSmemStride<HD>;
   const int g = lane / 4, t = lane % 4;
   if (!packed) {
@@ -417,8 +417,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
     // O += P V: P's A fragment for keys 16c .. 16c+15 is S blocks 2c and 2c+1 as they are.
 #pragma unroll
     for (int c = 0; c < KT / 16; ++c) {
-      mma_accumulate_rows<HD>(o, accumulators_as_a(s[2 * c], s[2 * c + 1]), v_s + c * 16 * S,
-                              lane);
+      mma_accumulate_rows<HD>(o, accumulators_as_a(s[2 * c], s[2 * c + 1]), v_s + c * 16 * S, lane);
     }
   }
 
@@ -432,8 +431,8 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   const int tiles = (key_end + KT - 1) / KT;
   bf16* stage = kv_s + tiles % 2 * kBuffer + warp * kMmaWarpRows * S;
   const float inv[2] = {1.0f / l[0], 1.0f / l[1]};
-  store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD, q_stride,
-                      row0, Tq, o, inv, stage, packed, lane);
+  store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD, q_stride, row0,
+                      Tq, o, inv, stage, packed, lane);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = rows[half];
@@ -465,11 +464,11 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
                                                   const bf16* k, const bf16* v, int Tq, int Tk,
                                                   int Hq, int Hkv, float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
-  constexpr int NB = kMmaQueryTile / 8;   // 8-query blocks of a tile
-  constexpr int OB = HD / 8;              // 8-dim blocks of dK and dV
+  constexpr int NB = kMmaQueryTile / 8;  // 8-query blocks of a tile
+  constexpr int OB = HD / 8;             // 8-dim blocks of dK and dV
   constexpr int QT = kMmaQueryTile;
-  MINITRON_DYNAMIC_SHARED(bf16, k_s);     // [64][S]
-  bf16* v_s = k_s + kMmaBlockRows * S;    // [64][S]
+  MINITRON_DYNAMIC_SHARED(bf16, k_s);   // [64][S]
+  bf16* v_s = k_s + kMmaBlockRows * S;  // [64][S]
   // Two buffers of a Q tile and a dO tile ([QT][S] each), filled alternately: query tile n + 1
   // loads while tile n is computed; their lse (log2 units) and D ([QT] floats each) likewise.
   bf16* qdo_s = v_s + kMmaBlockRows * S;
@@ -528,8 +527,10 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
       // head, or the next head's first) goes in flight (an empty group after the last keeps one
       // group per tile), tile n is waited for.
       __syncthreads();
-      if (q0 + QT < Tq) load_query_tile((n + 1) % 2, h, q0 + QT);
-      else if (h + 1 < (hk + 1) * group) load_query_tile((n + 1) % 2, h + 1, tile_begin);
+      if (q0 + QT < Tq)
+        load_query_tile((n + 1) % 2, h, q0 + QT);
+      else if (h + 1 < (hk + 1) * group)
+        load_query_tile((n + 1) % 2, h + 1, tile_begin);
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();  // every thread's part of tile n (and K, V) is visible
@@ -655,8 +656,8 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
     // dQ += dS K over the tile's keys, 16 at a time.
 #pragma unroll
     for (int c = 0; c < KT / 16; ++c) {
-      mma_accumulate_rows<HD>(dq_acc, accumulators_as_a(dp[2 * c], dp[2 * c + 1]),
-                              k_s + c * 16 * S, lane);
+      mma_accumulate_rows<HD>(dq_acc, accumulators_as_a(dp[2 * c], dp[2 * c + 1]), k_s + c * 16 * S,
+                              lane);
     }
   }
 
@@ -685,8 +686,8 @@ void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
 // (68.5 KiB), under sm_80's 163 KiB per block with 2 blocks per SM (2 x (68.5 + 1 reserved)
 // = 139 KiB of 164) and sm_90's 227 KiB with 3 (208.5 KiB of 228). Above 48 KiB they opt in.
 template <int HD>
-inline constexpr std::size_t kMmaForwardSmem =
-    2 * (2 * kMmaForwardKeyTile) * kMmaSmemStride<HD> * sizeof(bf16);
+inline constexpr std::size_t kMmaForwardSmem = 2 * (2 * kMmaForwardKeyTile) * kMmaSmemStride<HD> *
+                                               sizeof(bf16);
 template <int HD>
 inline constexpr std::size_t kMmaDkvSmem =
     (2 * kMmaBlockRows + 2 * (2 * kMmaQueryTile)) * kMmaSmemStride<HD> * sizeof(bf16) +

@@ -70,7 +70,8 @@ __global__ void scale_inplace_kernel(T* t, float factor, std::int64_t n) {
     }
     done = packs * K;
   }
-  for (std::int64_t i = done + start; i < n; i += stride) t[i] = from_float<T>(to_float(t[i]) * factor);
+  for (std::int64_t i = done + start; i < n; i += stride)
+    t[i] = from_float<T>(to_float(t[i]) * factor);
 }
 
 // ---- launchers ----

@@ -171,11 +171,11 @@ template <typename G, typename T>
 void embedding_backward(G* dtable, const T* dout, const std::int32_t* tokens, std::int64_t N,
                         std::int64_t D, std::int64_t vocab, int* workspace, cudaStream_t stream) {
   if (N <= 0) return;
-  int* counts = workspace;             // [vocab]
-  int* cursor = counts + vocab;        // [vocab]
-  int* offsets = cursor + vocab;       // [vocab + 1]
-  int* slots = offsets + vocab + 1;    // [N]
-  int* sorted = slots + N;             // [N]
+  int* counts = workspace;           // [vocab]
+  int* cursor = counts + vocab;      // [vocab]
+  int* offsets = cursor + vocab;     // [vocab + 1]
+  int* slots = offsets + vocab + 1;  // [N]
+  int* sorted = slots + N;           // [N]
   MINITRON_CUDA_CHECK(cudaMemsetAsync(counts, 0, 2 * vocab * sizeof(int), stream));
   const unsigned blocks = static_cast<unsigned>(ceil_div(N, kEmbeddingThreads));
   launch(embedding_count_kernel, dim3(blocks), dim3(kEmbeddingThreads), 0, stream, counts, tokens,
@@ -187,10 +187,11 @@ void embedding_backward(G* dtable, const T* dout, const std::int32_t* tokens, st
   // Invalid tokens were left out, so the buckets may hold fewer than N slots; the kernels
   // below read that total on the device (offsets[vocab]) and skip the unused tail.
   launch(embedding_order_kernel, dim3(blocks), dim3(kEmbeddingThreads), 0, stream, sorted,
-         static_cast<const int*>(slots), static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab));
-  launch(embedding_accumulate_kernel<G, T>, dim3(static_cast<unsigned>(N)),
-         dim3(kEmbeddingThreads), 0, stream, dtable, dout, static_cast<const int*>(sorted),
-         static_cast<const int*>(offsets), tokens, static_cast<const int*>(offsets + vocab), D);
+         static_cast<const int*>(slots), static_cast<const int*>(offsets), tokens,
+         static_cast<const int*>(offsets + vocab));
+  launch(embedding_accumulate_kernel<G, T>, dim3(static_cast<unsigned>(N)), dim3(kEmbeddingThreads),
+         0, stream, dtable, dout, static_cast<const int*>(sorted), static_cast<const int*>(offsets),
+         tokens, static_cast<const int*>(offsets + vocab), D);
 }
 
 }  // namespace minitron::cuda

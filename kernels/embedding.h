@@ -28,8 +28,7 @@ void embedding_forward(T* out, const std::int32_t* tokens, const T* table, std::
                        std::int64_t D, std::int64_t vocab) {
   check_token_ids(tokens, N, vocab);
 #pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
-  for (std::int64_t n = 0; n < N; ++n)
-    std::copy_n(table + tokens[n] * D, D, out + n * D);
+  for (std::int64_t n = 0; n < N; ++n) std::copy_n(table + tokens[n] * D, D, out + n * D);
 }
 
 // dtable[tokens[n], :] += dout[n, :] for n = 0 .. N-1, in that order for every element.

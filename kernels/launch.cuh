@@ -23,12 +23,12 @@
 namespace minitron::cuda {
 
 // Checks a CUDA runtime call, naming the call site.
-#define MINITRON_CUDA_CHECK(call)                                                           \
-  do {                                                                                      \
-    cudaError_t minitron_cuda_status_ = (call);                                             \
-    if (minitron_cuda_status_ != cudaSuccess)                                               \
-      ::minitron::fail(::minitron::str("CUDA error at ", __FILE__, ":", __LINE__, ": ",     \
-                                       #call, ": ", cudaGetErrorString(minitron_cuda_status_))); \
+#define MINITRON_CUDA_CHECK(call)                                                              \
+  do {                                                                                         \
+    cudaError_t minitron_cuda_status_ = (call);                                                \
+    if (minitron_cuda_status_ != cudaSuccess)                                                  \
+      ::minitron::fail(::minitron::str("CUDA error at ", __FILE__, ":", __LINE__, ": ", #call, \
+                                       ": ", cudaGetErrorString(minitron_cuda_status_)));      \
   } while (0)
 
 template <typename... KernelArgs, typename... Args>

@@ -179,8 +179,8 @@ void kl_divergence(float* losses, T* student, const T* teacher, std::int64_t row
                    float temperature, float grad_scale, cudaStream_t stream) {
   MINITRON_ASSERT(temperature > 0, "kl_divergence: temperature ", temperature, " must be > 0");
   if (rows <= 0) return;
-  launch(kl_divergence_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kLossThreads), 0,
-         stream, losses, student, teacher, V, 1.0f / temperature, grad_scale);
+  launch(kl_divergence_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kLossThreads), 0, stream,
+         losses, student, teacher, V, 1.0f / temperature, grad_scale);
 }
 
 }  // namespace minitron::cuda

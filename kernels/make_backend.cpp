@@ -34,13 +34,16 @@ std::unique_ptr<Backend> make_backend(const std::string& device) {
 #if defined(MINITRON_HAVE_CUDA_BACKEND)
     return make_cuda_backend(*ordinal);
 #else
-    fail_expected(str("device '", device, "'"), "this build has no CUDA engine yet", "cpu or cpu-f64");
+    fail_expected(str("device '", device, "'"), "this build has no CUDA engine yet",
+                  "cpu or cpu-f64");
 #endif
   }
-  fail_expected(str("device '", device, "'"), "unknown device", "one of: cpu, cpu-f64, cuda, cuda:N");
+  fail_expected(str("device '", device, "'"), "unknown device",
+                "one of: cpu, cpu-f64, cuda, cuda:N");
 }
 
-std::string device_for_local_rank(const std::string& device, [[maybe_unused]] std::int64_t local_rank) {
+std::string device_for_local_rank(const std::string& device,
+                                  [[maybe_unused]] std::int64_t local_rank) {
   if (device != "cuda") return device;
 #if defined(MINITRON_HAVE_CUDA_BACKEND)
   // Modulo the devices this process sees: a launcher that binds one GPU per task (Slurm's

@@ -64,13 +64,16 @@ inline std::uint16_t b16_at(const unsigned char* row, unsigned element) {
 // The x1/x2/x4 ldmatrix: each lane publishes the 16-byte row it points at (read when it arrives,
 // so a lane that runs ahead after the exchange cannot change what the others receive).
 template <unsigned Matrices, bool Transposed>
-void ldmatrix(std::uint32_t* registers, const void* row_address, const std::source_location& where) {
+void ldmatrix(std::uint32_t* registers, const void* row_address,
+              const std::source_location& where) {
   const unsigned lane = ::minitron::emu::detail::current("ldmatrix").lane;
   unsigned char row[16] = {};
-  if (lane < 8 * Matrices) std::memcpy(row, row_address, sizeof row);  // other lanes' addresses are ignored
+  if (lane < 8 * Matrices)
+    std::memcpy(row, row_address, sizeof row);  // other lanes' addresses are ignored
   unsigned char rows[32][16];
-  ::minitron::emu::detail::warp_exchange(0xffffffffu, ::minitron::emu::detail::WarpOp::mma, row, sizeof row,
-                                         ::minitron::emu::detail::all_lanes, rows, where);
+  ::minitron::emu::detail::warp_exchange(0xffffffffu, ::minitron::emu::detail::WarpOp::mma, row,
+                                         sizeof row, ::minitron::emu::detail::all_lanes, rows,
+                                         where);
   for (unsigned j = 0; j < Matrices; ++j) {
     std::uint16_t low, high;
     if (Transposed) {
@@ -87,7 +90,8 @@ void ldmatrix(std::uint32_t* registers, const void* row_address, const std::sour
 }  // namespace detail
 
 // d = a * b + c for the warp's 16x8 tile (d may alias c).
-inline void mma_m16n8k16_bf16(Accumulator& d, const FragmentA& a, const FragmentB& b, const Accumulator& c,
+inline void mma_m16n8k16_bf16(Accumulator& d, const FragmentA& a, const FragmentB& b,
+                              const Accumulator& c,
                               const std::source_location& where = std::source_location::current()) {
   struct Operands {
     FragmentA a;
@@ -95,10 +99,12 @@ inline void mma_m16n8k16_bf16(Accumulator& d, const FragmentA& a, const Fragment
   };
   const Operands mine{a, b};
   Operands all[32];
-  ::minitron::emu::detail::warp_exchange(0xffffffffu, ::minitron::emu::detail::WarpOp::mma, &mine, sizeof mine,
-                                         ::minitron::emu::detail::all_lanes, all, where);
+  ::minitron::emu::detail::warp_exchange(0xffffffffu, ::minitron::emu::detail::WarpOp::mma, &mine,
+                                         sizeof mine, ::minitron::emu::detail::all_lanes, all,
+                                         where);
   auto a_at = [&](unsigned row, unsigned k) {
-    return detail::bf16_half(all[(row % 8) * 4 + (k % 8) / 2].a.reg[(row / 8) + 2 * (k / 8)], k % 2);
+    return detail::bf16_half(all[(row % 8) * 4 + (k % 8) / 2].a.reg[(row / 8) + 2 * (k / 8)],
+                             k % 2);
   };
   auto b_at = [&](unsigned k, unsigned column) {
     return detail::bf16_half(all[column * 4 + (k % 8) / 2].b.reg[k / 8], k % 2);
@@ -142,8 +148,8 @@ inline void ldmatrix_x1_trans(std::uint32_t (&registers)[1], const void* row_add
 
 #else  // nvcc: the instructions themselves (sm_80 and later)
 
-__device__ __forceinline__ void mma_m16n8k16_bf16(Accumulator& d, const FragmentA& a, const FragmentB& b,
-                                                  const Accumulator& c) {
+__device__ __forceinline__ void mma_m16n8k16_bf16(Accumulator& d, const FragmentA& a,
+                                                  const FragmentB& b, const Accumulator& c) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
       "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"

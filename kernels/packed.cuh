@@ -204,13 +204,17 @@ RowSplit rows_split(std::int64_t n, const Ts*... bases) {
 // element when W == 1; lets one step body serve a split row's packs and its scalars.
 template <int W, typename T>
 __device__ __forceinline__ void load_span(float (&out)[W], const T* p) {
-  if constexpr (W == 1) out[0] = to_float(*p);
-  else load_floats(out, p);
+  if constexpr (W == 1)
+    out[0] = to_float(*p);
+  else
+    load_floats(out, p);
 }
 template <int W, typename T>
 __device__ __forceinline__ void store_span(T* p, const float (&in)[W]) {
-  if constexpr (W == 1) *p = from_float<T>(in[0]);
-  else store_floats(p, in);
+  if constexpr (W == 1)
+    *p = from_float<T>(in[0]);
+  else
+    store_floats(p, in);
 }
 // As load_span / store_span, but element by element unless `packed`: for a pointer whose phase
 // may differ from the row's split and that moves little memory (a weight vector every row
@@ -258,7 +262,8 @@ template <int K, typename Step>
 __device__ __forceinline__ void column_slot(const RowSplit& split, std::int64_t n, std::int64_t t,
                                             Step&& step) {
   const std::int64_t packs = (split.body_end - split.head) / K;
-  if (t < packs) step(SpanWidth<K>{}, split.head + t * K);
+  if (t < packs)
+    step(SpanWidth<K>{}, split.head + t * K);
   else if (t - packs < split_scalars(split, n))
     step(SpanWidth<1>{}, split_scalar_index(split, t - packs));
 }

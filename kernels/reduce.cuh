@@ -14,9 +14,9 @@
 
 #include <cstdint>
 
+#include "core/backend.h"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/packed.cuh"
-#include "core/backend.h"
 
 namespace minitron::cuda {
 
@@ -35,8 +35,8 @@ __global__ void sum_of_squares_partial_kernel(double* partial, const T* x, std::
   const T* chunk = x + begin;
   const RowSplit split = split_row16(chunk, end - begin);
   double sum = 0;
-  for (std::int64_t i = split.head + threadIdx.x * static_cast<std::int64_t>(K);
-       i < split.body_end; i += static_cast<std::int64_t>(blockDim.x) * K) {
+  for (std::int64_t i = split.head + threadIdx.x * static_cast<std::int64_t>(K); i < split.body_end;
+       i += static_cast<std::int64_t>(blockDim.x) * K) {
     float v[K];
     load_floats(v, chunk + i);
 #pragma unroll
@@ -84,13 +84,13 @@ __global__ void reduce_over_sequence_kernel(float* out, const T* act, std::int64
     float acc[W] = {};
     if (reduction == SequenceReduction::Variance) {
       float mean[W] = {};
-      over_sequence([&](const float (&v)[W]) {
+      over_sequence([&](const float(&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) mean[e] += v[e];
       });
 #pragma unroll
       for (int e = 0; e < W; ++e) mean[e] /= static_cast<float>(T_);
-      over_sequence([&](const float (&v)[W]) {
+      over_sequence([&](const float(&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) {
           const float d = v[e] - mean[e];
@@ -100,14 +100,14 @@ __global__ void reduce_over_sequence_kernel(float* out, const T* act, std::int64
 #pragma unroll
       for (int e = 0; e < W; ++e) acc[e] /= static_cast<float>(T_);
     } else if (reduction == SequenceReduction::Mean) {
-      over_sequence([&](const float (&v)[W]) {
+      over_sequence([&](const float(&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) acc[e] += fabsf(v[e]);
       });
 #pragma unroll
       for (int e = 0; e < W; ++e) acc[e] /= static_cast<float>(T_);
     } else {
-      over_sequence([&](const float (&v)[W]) {
+      over_sequence([&](const float(&v)[W]) {
 #pragma unroll
         for (int e = 0; e < W; ++e) acc[e] += v[e] * v[e];
       });
@@ -131,19 +131,19 @@ __global__ void row_cosine_kernel(float* out, const T* a, const T* b, std::int64
   const T* y = b + r * C;
   float xy = 0, xx = 0, yy = 0;
   const RowSplit split = split_rows16<pack_elements<T>()>(C, x, y);
-  for_each_span<pack_elements<T>()>(split, C, threadIdx.x, blockDim.x, [&](auto width,
-                                                                          std::int64_t c) {
-    constexpr int W = decltype(width)::value;
-    float u[W], w[W];
-    load_span(u, x + c);
-    load_span(w, y + c);
+  for_each_span<pack_elements<T>()>(split, C, threadIdx.x, blockDim.x,
+                                    [&](auto width, std::int64_t c) {
+                                      constexpr int W = decltype(width)::value;
+                                      float u[W], w[W];
+                                      load_span(u, x + c);
+                                      load_span(w, y + c);
 #pragma unroll
-    for (int e = 0; e < W; ++e) {
-      xy += u[e] * w[e];
-      xx += u[e] * u[e];
-      yy += w[e] * w[e];
-    }
-  });
+                                      for (int e = 0; e < W; ++e) {
+                                        xy += u[e] * w[e];
+                                        xx += u[e] * u[e];
+                                        yy += w[e] * w[e];
+                                      }
+                                    });
   xy = block_sum(xy, scratch);
   xx = block_sum(xx, scratch);
   yy = block_sum(yy, scratch);
@@ -175,8 +175,8 @@ void sum_of_squares(double* result, const T* x, std::int64_t n, double* workspac
 constexpr int kReduceThreads = 128;
 
 template <typename T>
-void reduce_over_sequence(float* out, const T* act, std::int64_t B, std::int64_t T_,
-                          std::int64_t C, SequenceReduction reduction, cudaStream_t stream) {
+void reduce_over_sequence(float* out, const T* act, std::int64_t B, std::int64_t T_, std::int64_t C,
+                          SequenceReduction reduction, cudaStream_t stream) {
   MINITRON_ASSERT(T_ > 0, "reduce_over_sequence: empty sequence");
   MINITRON_ASSERT(B <= 65535, "reduce_over_sequence: batch ", B, " beyond gridDim.y");
   if (B <= 0 || C <= 0) return;

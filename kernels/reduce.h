@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cpu/parallel.h"
 #include "core/backend.h"
+#include "kernels/cpu/parallel.h"
 #include "util/error.h"
 
 namespace minitron::cpu {
@@ -51,9 +51,12 @@ void reduce_over_sequence(T* out, const T* act, std::int64_t B, std::int64_t T_,
       const T* row = base + t * C;
       for (std::int64_t c = c0; c < c1; ++c) {
         const double x = row[c];
-        if (reduction == SequenceReduction::Mean) acc[c - c0] += std::abs(x);
-        else if (reduction == SequenceReduction::L2) acc[c - c0] += x * x;
-        else mean[c - c0] += x;
+        if (reduction == SequenceReduction::Mean)
+          acc[c - c0] += std::abs(x);
+        else if (reduction == SequenceReduction::L2)
+          acc[c - c0] += x * x;
+        else
+          mean[c - c0] += x;
       }
     }
     if (reduction == SequenceReduction::Variance) {

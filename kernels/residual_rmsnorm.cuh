@@ -27,12 +27,11 @@ namespace minitron::cuda {
 
 template <typename T>
 __global__ void residual_rmsnorm_forward_kernel(T* residual_out, T* out, float* rstd,
-                                                const T* residual, const T* branch,
-                                                const T* weight, std::int64_t N, std::int64_t D,
-                                                float eps) {
+                                                const T* residual, const T* branch, const T* weight,
+                                                std::int64_t N, std::int64_t D, float eps) {
   const int lane = threadIdx.x % kWarpSize;
-  const std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
-                         threadIdx.x / kWarpSize;
+  const std::int64_t n =
+      blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (n >= N) return;  // whole warps leave together: the shuffles below stay full-warp
   const T* x = residual + n * D;
   const T* b = branch + n * D;

@@ -22,9 +22,8 @@
 namespace minitron::cpu {
 
 template <typename T>
-void residual_rmsnorm_forward(T* residual_out, T* out, T* rstd, const T* residual,
-                              const T* branch, const T* weight, std::int64_t N, std::int64_t D,
-                              float eps) {
+void residual_rmsnorm_forward(T* residual_out, T* out, T* rstd, const T* residual, const T* branch,
+                              const T* weight, std::int64_t N, std::int64_t D, float eps) {
 #pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
   for (std::int64_t n = 0; n < N; ++n) {
     const T* x = residual + n * D;

@@ -69,8 +69,8 @@ template <typename T>
 __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T* weight,
                                        std::int64_t N, std::int64_t D, float eps) {
   const int lane = threadIdx.x % kWarpSize;
-  const std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
-                         threadIdx.x / kWarpSize;
+  const std::int64_t n =
+      blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (n >= N) return;  // whole warps leave together: the shuffles below stay full-warp
   const T* x = in + n * D;
   T* y = out + n * D;
@@ -92,8 +92,8 @@ __global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in
                                               const float* rstd, std::int64_t N, std::int64_t D) {
   constexpr int K = pack_elements<T>();
   const int lane = threadIdx.x % kWarpSize;
-  const std::int64_t n = blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) +
-                         threadIdx.x / kWarpSize;
+  const std::int64_t n =
+      blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (n >= N) return;
   const T* x = in + n * D;
   const T* dy = dout + n * D;

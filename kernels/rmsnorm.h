@@ -16,8 +16,8 @@
 namespace minitron::cpu {
 
 template <typename T>
-void rmsnorm_forward(T* out, T* rstd, const T* in, const T* weight, std::int64_t N,
-                     std::int64_t D, float eps) {
+void rmsnorm_forward(T* out, T* rstd, const T* in, const T* weight, std::int64_t N, std::int64_t D,
+                     float eps) {
 #pragma omp parallel for schedule(static) if (N * D >= kMinParallelWork)
   for (std::int64_t n = 0; n < N; ++n) {
     const T* x = in + n * D;

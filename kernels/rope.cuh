@@ -26,7 +26,7 @@ namespace minitron::cuda {
 // sin and cos of a float angle of any size used by RoPE (see above).
 __device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
   const double half_turns = static_cast<double>(angle) * 0.31830988618379067154;  // 1/pi
-  const double reduced = half_turns - 2.0 * rint(half_turns * 0.5);  // in [-1, 1]
+  const double reduced = half_turns - 2.0 * rint(half_turns * 0.5);               // in [-1, 1]
 #if defined(MINITRON_EMULATE)
   *s = static_cast<float>(std::sin(reduced * 3.14159265358979323846));
   *c = static_cast<float>(std::cos(reduced * 3.14159265358979323846));
@@ -38,8 +38,8 @@ __device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
 // With kVector p counts packs of K pairs (K divides half), otherwise single pairs.
 template <typename T, bool kVector>
 __global__ void rope_kernel(T* x, const float* inv_freq, std::int64_t rows, std::int64_t T_,
-                            std::int64_t heads, std::int64_t head_dim,
-                            std::int64_t position_offset, float direction) {
+                            std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
+                            float direction) {
   constexpr int K = kVector ? pack_elements<T>() : 1;
   const std::int64_t half = head_dim / 2;
   const std::int64_t groups = half / K;

@@ -42,8 +42,8 @@ void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, s
 }
 
 template <typename T>
-void rope_forward(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_,
-                  std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset) {
+void rope_forward(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
+                  std::int64_t head_dim, std::int64_t position_offset) {
   rope_rotate(x, inv_freq, B, T_, heads, head_dim, position_offset, +1);
 }
 

@@ -1,8 +1,8 @@
 // SwiGLU gating h = silu(gate) * up, elementwise, forward and backward, fp32 arithmetic.
 //
 // Memory bound: grid-stride loops over 16-byte packs (kernels/packed.cuh) when every pointer is
-// 16-byte aligned, element by element otherwise; the sigmoid uses expf (accurate) rather than __expf so the
-// bf16 result is the correctly rounded one in nearly every case.
+// 16-byte aligned, element by element otherwise; the sigmoid uses expf (accurate) rather than
+// __expf so the bf16 result is the correctly rounded one in nearly every case.
 #pragma once
 
 #include <cstdint>
@@ -80,11 +80,11 @@ void swiglu_forward(T* h, const T* gate, const T* up, std::int64_t n, cudaStream
   if (n <= 0) return;
   if (aligned16(h) && aligned16(gate) && aligned16(up))
     launch(swiglu_forward_kernel<T, true>,
-           dim3(grid_for(ceil_div(n, pack_elements<T>()), kSwigluThreads)), dim3(kSwigluThreads),
-           0, stream, h, gate, up, n);
+           dim3(grid_for(ceil_div(n, pack_elements<T>()), kSwigluThreads)), dim3(kSwigluThreads), 0,
+           stream, h, gate, up, n);
   else
-    launch(swiglu_forward_kernel<T, false>, dim3(grid_for(n, kSwigluThreads)),
-           dim3(kSwigluThreads), 0, stream, h, gate, up, n);
+    launch(swiglu_forward_kernel<T, false>, dim3(grid_for(n, kSwigluThreads)), dim3(kSwigluThreads),
+           0, stream, h, gate, up, n);
 }
 
 template <typename T>
@@ -93,8 +93,8 @@ void swiglu_backward(T* dgate, T* dup, const T* dh, const T* gate, const T* up, 
   if (n <= 0) return;
   if (aligned16(dgate) && aligned16(dup) && aligned16(dh) && aligned16(gate) && aligned16(up))
     launch(swiglu_backward_kernel<T, true>,
-           dim3(grid_for(ceil_div(n, pack_elements<T>()), kSwigluThreads)), dim3(kSwigluThreads),
-           0, stream, dgate, dup, dh, gate, up, n);
+           dim3(grid_for(ceil_div(n, pack_elements<T>()), kSwigluThreads)), dim3(kSwigluThreads), 0,
+           stream, dgate, dup, dh, gate, up, n);
   else
     launch(swiglu_backward_kernel<T, false>, dim3(grid_for(n, kSwigluThreads)),
            dim3(kSwigluThreads), 0, stream, dgate, dup, dh, gate, up, n);

@@ -57,8 +57,8 @@ std::vector<std::string> checkpoint_mismatches(const SafetensorsCheckpoint& chec
     std::string list;
     for (std::size_t i = 0; i < unexpected.size() && i < 5; ++i) list += str(i ? ", " : "", "'", unexpected[i], "'");
     if (unexpected.size() > 5) list += str(" and ", unexpected.size() - 5, " more");
-    problems.push_back(str(unexpected.size(), " unexpected tensor(s) not in a ", config.architecture, " of this config: ",
-                           list));
+    problems.push_back(
+        str(unexpected.size(), " unexpected tensor(s) not in a ", config.architecture, " of this config: ", list));
   }
   return problems;
 }
@@ -96,10 +96,9 @@ std::vector<fs::path> companion_files(const fs::path& model_dir) {
 bool is_checkpoint_entry(const fs::directory_entry& entry) {
   static const std::set<std::string> names{
       // Hugging Face save_pretrained (model and tokenizer)
-      "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-      "pytorch_model.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
-      "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
-      "chat_template.jinja",
+      "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+      "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+      "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
       // minitron: prune's records, the trainer's resumable state, distillation's hidden-state map
       "pruning.json", "search.json", "training_state.json", "training_state.safetensors", "hidden_state_map.json",
       "hidden_state_map.safetensors"};
@@ -139,22 +138,24 @@ void save_checkpoint(const fs::path& dir, const ModelConfig& config, const Param
   ModelConfig saved = config;
   saved.torch_dtype = options.dtype == SafetensorsDType::BF16 ? "bfloat16" : "float32";
   std::vector<SafetensorsEntry> entries;
-  for (const ParamInfo& p : table.entries())
-    entries.push_back({p.name, p.shape, params.data() + p.offset});
+  for (const ParamInfo& p : table.entries()) entries.push_back({p.name, p.shape, params.data() + p.offset});
 
-  write_directory_atomically(dir, [&](const fs::path& tmp) {
-    save_model_config(saved, tmp / "config.json");
-    write_safetensors_model(tmp, entries, options.dtype, options.max_shard_bytes);
-    // Copied last, inside the temporary directory: a missing file fails the whole save and
-    // leaves any existing checkpoint at dir as it was.
-    for (const fs::path& f : options.copy_files) {
-      if (!fs::is_regular_file(f)) fail_expected(f.string(), "file to copy does not exist", "an existing file");
-      std::error_code error;
-      if (!fs::copy_file(f, tmp / f.filename(), error))
-        fail_expected(f.string(), str("cannot copy into the checkpoint: ", error.message()), "a readable file");
-    }
-    for (const auto& [name, contents] : options.extra_files) write_bytes_atomically(tmp / name, contents);
-  }, is_checkpoint_entry);
+  write_directory_atomically(
+      dir,
+      [&](const fs::path& tmp) {
+        save_model_config(saved, tmp / "config.json");
+        write_safetensors_model(tmp, entries, options.dtype, options.max_shard_bytes);
+        // Copied last, inside the temporary directory: a missing file fails the whole save and
+        // leaves any existing checkpoint at dir as it was.
+        for (const fs::path& f : options.copy_files) {
+          if (!fs::is_regular_file(f)) fail_expected(f.string(), "file to copy does not exist", "an existing file");
+          std::error_code error;
+          if (!fs::copy_file(f, tmp / f.filename(), error))
+            fail_expected(f.string(), str("cannot copy into the checkpoint: ", error.message()), "a readable file");
+        }
+        for (const auto& [name, contents] : options.extra_files) write_bytes_atomically(tmp / name, contents);
+      },
+      is_checkpoint_entry);
 }
 
 }  // namespace minitron

@@ -91,8 +91,7 @@ struct LlamaModel::LayerTensors {
   Tensor attention_normed, attention_rstd, q, k, v, attention, lse, mid, mlp_normed, mlp_rstd, gate, up, mlp;
 };
 
-KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens)
-    : max_tokens_(max_tokens) {
+KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens) : max_tokens_(max_tokens) {
   for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
     keys_.emplace_back(backend, max_tokens * config.kv_dim(), backend.activation_dtype());
     values_.emplace_back(backend, max_tokens * config.kv_dim(), backend.activation_dtype());
@@ -227,16 +226,14 @@ std::vector<Tensor> LlamaModel::recomputed_activations() const {
   return out;
 }
 
-Tensor LlamaModel::final_hidden() const {
-  return final_hidden_.tensor().slice(0, rows() * config_.hidden_size);
-}
+Tensor LlamaModel::final_hidden() const { return final_hidden_.tensor().slice(0, rows() * config_.hidden_size); }
 
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
 
-void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batch,
-                         std::int64_t sequence, const ForwardOptions& options) {
+void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t sequence,
+                         const ForwardOptions& options) {
   if (batch < 1 || batch > max_batch_ || sequence < 1 || sequence > max_sequence_)
     fail_expected("forward", str("batch ", batch, " x sequence ", sequence),
                   str("at most ", max_batch_, " x ", max_sequence_, " (the sizes the model was built for)"));
@@ -350,8 +347,8 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
 void LlamaModel::logits(Tensor out, std::int64_t row0, std::int64_t rows) const {
   const std::int64_t D = config_.hidden_size, V = config_.vocab_size;
   MINITRON_ASSERT(row0 >= 0 && rows >= 1 && row0 + rows <= this->rows());
-  backend_.matmul(out.slice(0, rows * V), final_hidden_.tensor().slice(row0 * D, rows * D),
-                  p(table_.lm_head(), V * D), rows, V, D, false, true);
+  backend_.matmul(out.slice(0, rows * V), final_hidden_.tensor().slice(row0 * D, rows * D), p(table_.lm_head(), V * D),
+                  rows, V, D, false, true);
 }
 
 void LlamaModel::head_backward(Tensor dlogits, std::int64_t row0, std::int64_t rows) {
@@ -359,10 +356,10 @@ void LlamaModel::head_backward(Tensor dlogits, std::int64_t row0, std::int64_t r
   const std::int64_t D = config_.hidden_size, V = config_.vocab_size;
   Tensor dl = dlogits.slice(0, rows * V);
   // d_hidden[rows] = dlogits @ W ; dW += dlogits^T @ hidden[rows]
-  backend_.matmul(d_hidden_.tensor().slice(row0 * D, rows * D), dl, p(table_.lm_head(), V * D), rows,
-                  D, V, false, false);
-  backend_.matmul(g(table_.lm_head(), V * D), dl, final_hidden_.tensor().slice(row0 * D, rows * D), V,
-                  D, rows, true, false, 1.0f, 1.0f);
+  backend_.matmul(d_hidden_.tensor().slice(row0 * D, rows * D), dl, p(table_.lm_head(), V * D), rows, D, V, false,
+                  false);
+  backend_.matmul(g(table_.lm_head(), V * D), dl, final_hidden_.tensor().slice(row0 * D, rows * D), V, D, rows, true,
+                  false, 1.0f, 1.0f);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -370,7 +367,8 @@ void LlamaModel::head_backward(Tensor dlogits, std::int64_t row0, std::int64_t r
 // ---------------------------------------------------------------------------------------
 
 void LlamaModel::add_layer_output_gradient(std::int64_t layer, Tensor grad) {
-  MINITRON_ASSERT(ready_for_backward_, "add_layer_output_gradient needs a Training-mode forward without skipped layers");
+  MINITRON_ASSERT(ready_for_backward_,
+                  "add_layer_output_gradient needs a Training-mode forward without skipped layers");
   MINITRON_ASSERT(layer >= 0 && layer < config_.num_hidden_layers, "layer ", layer, " of ", config_.num_hidden_layers);
   MINITRON_ASSERT(grad.dtype == backend_.activation_dtype() && grad.numel >= rows() * config_.hidden_size,
                   "layer output gradient: ", grad.numel, " ", dtype_name(grad.dtype), " elements for ", rows(), " x ",
@@ -387,8 +385,8 @@ void LlamaModel::backward() {
   // Final norm: its input is the last layer's output; rmsnorm_backward accumulates into dx.
   b.zero(dx);
   b.rmsnorm_backward(dx, g(table_.final_norm(), D), d_hidden_.tensor().slice(0, N * D),
-                     residual_[static_cast<std::size_t>(L)].tensor().slice(0, N * D),
-                     p(table_.final_norm(), D), final_rstd_.tensor().slice(0, N), N, D);
+                     residual_[static_cast<std::size_t>(L)].tensor().slice(0, N * D), p(table_.final_norm(), D),
+                     final_rstd_.tensor().slice(0, N), N, D);
   for (std::int64_t l = L - 1; l >= 0; --l) {
     // dx is dloss/d(output of layer l) here: losses on that hidden state add their part.
     for (const auto& [layer, grad] : layer_output_gradients_)
@@ -399,8 +397,7 @@ void LlamaModel::backward() {
     layer_backward(l, a, x_in);
   }
   layer_output_gradients_.clear();
-  b.embedding_backward(g(table_.embed_tokens(), config_.vocab_size * D), dx,
-                       tokens_.tensor().slice(0, N), N, D);
+  b.embedding_backward(g(table_.embed_tokens(), config_.vocab_size * D), dx, tokens_.tensor().slice(0, N), N, D);
   ready_for_backward_ = false;
 }
 
@@ -474,8 +471,8 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
 // Initialisation
 // ---------------------------------------------------------------------------------------
 
-void initialize_parameters(const ModelConfig& config, const ParameterTable& table,
-                           std::span<float> params, std::uint64_t seed, double std) {
+void initialize_parameters(const ModelConfig& config, const ParameterTable& table, std::span<float> params,
+                           std::uint64_t seed, double std) {
   (void)config;
   MINITRON_ASSERT(static_cast<std::int64_t>(params.size()) == table.total_numel());
   SplitMix64 rng(seed);

@@ -22,13 +22,13 @@ namespace minitron {
 
 // Named places in the network where an observer may read activations (importance scoring).
 enum class ActivationSite {
-  LayerInput,          // residual stream entering layer l, [N, hidden]
-  AttentionNormOutput, // output of input_layernorm, [N, hidden]
-  OProjInput,          // concatenated head outputs, [N, heads * head_dim]
-  MlpNormOutput,       // output of post_attention_layernorm, [N, hidden]
-  GateProjOutput,      // gate_proj output before SiLU (the paper's "first linear"), [N, ffn]
-  DownProjInput,       // silu(gate) * up, [N, ffn]
-  LayerOutput,         // residual stream leaving layer l, [N, hidden]
+  LayerInput,           // residual stream entering layer l, [N, hidden]
+  AttentionNormOutput,  // output of input_layernorm, [N, hidden]
+  OProjInput,           // concatenated head outputs, [N, heads * head_dim]
+  MlpNormOutput,        // output of post_attention_layernorm, [N, hidden]
+  GateProjOutput,       // gate_proj output before SiLU (the paper's "first linear"), [N, ffn]
+  DownProjInput,        // silu(gate) * up, [N, ffn]
+  LayerOutput,          // residual stream leaving layer l, [N, hidden]
 };
 const char* activation_site_name(ActivationSite site);
 
@@ -37,8 +37,8 @@ class ActivationObserver {
  public:
   virtual ~ActivationObserver() = default;
   virtual bool wants(ActivationSite site) const = 0;
-  virtual void observe(ActivationSite site, std::int64_t layer, Tensor act, std::int64_t batch,
-                       std::int64_t sequence, std::int64_t channels) = 0;
+  virtual void observe(ActivationSite site, std::int64_t layer, Tensor act, std::int64_t batch, std::int64_t sequence,
+                       std::int64_t channels) = 0;
 };
 
 // Keys and values of every layer for incremental decoding (generation) of one sequence.
@@ -98,7 +98,7 @@ class LlamaModel {
   void set_parameters(std::span<const float> host);
   void get_parameters(std::span<float> host) const;
   Tensor parameters() const { return params_; }
-  Tensor gradients() const { return grads_; }   // empty in Inference mode
+  Tensor gradients() const { return grads_; }  // empty in Inference mode
   Tensor parameter(const ParamInfo& info) const { return params_.tensor().slice(info.offset, info.numel); }
   void zero_gradients();
 
@@ -159,7 +159,7 @@ class LlamaModel {
 
 // Seeded random initialisation as transformers' LlamaPreTrainedModel does it: every matrix
 // (embedding and head included) ~ N(0, std), norm weights 1. Deterministic on every platform.
-void initialize_parameters(const ModelConfig& config, const ParameterTable& table,
-                           std::span<float> params, std::uint64_t seed, double std = 0.02);
+void initialize_parameters(const ModelConfig& config, const ParameterTable& table, std::span<float> params,
+                           std::uint64_t seed, double std = 0.02);
 
 }  // namespace minitron

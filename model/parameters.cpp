@@ -77,8 +77,8 @@ ModelCounts count_model(const ModelConfig& config, std::int64_t sequence_length)
   if (config.tie_word_embeddings) matmul_weights += static_cast<double>(embedding);
   // PaLM's convention: QK^T and the value mix each cost 2 * q_dim * T per token and layer,
   // counted over the full sequence (not halved for the causal mask).
-  const double attention = 4.0 * static_cast<double>(config.num_hidden_layers) *
-                           static_cast<double>(config.q_dim()) * static_cast<double>(sequence_length);
+  const double attention = 4.0 * static_cast<double>(config.num_hidden_layers) * static_cast<double>(config.q_dim()) *
+                           static_cast<double>(sequence_length);
   counts.forward_flops_per_token = 2.0 * matmul_weights + attention;
   counts.training_flops_per_token = 3.0 * counts.forward_flops_per_token;
   return counts;

@@ -20,8 +20,8 @@ struct ParamInfo {
   std::string name;                 // HF name, e.g. "model.layers.3.self_attn.q_proj.weight"
   std::vector<std::int64_t> shape;  // HF (PyTorch) shape: [out_features, in_features] for linears
   ParamKind kind;
-  std::int64_t layer = -1;          // -1 for tensors outside the decoder layers
-  std::int64_t offset = 0;          // element offset in the contiguous parameter buffer
+  std::int64_t layer = -1;  // -1 for tensors outside the decoder layers
+  std::int64_t offset = 0;  // element offset in the contiguous parameter buffer
   std::int64_t numel = 0;
   bool matrix() const { return shape.size() == 2; }
 };

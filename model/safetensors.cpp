@@ -24,10 +24,14 @@ constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr std::uint64_t kMaxElements = std::uint64_t{1} << 48;
 
 bool parse_dtype(const std::string& name, SafetensorsDType& out) {
-  if (name == "BF16") out = SafetensorsDType::BF16;
-  else if (name == "F16") out = SafetensorsDType::F16;
-  else if (name == "F32") out = SafetensorsDType::F32;
-  else return false;
+  if (name == "BF16")
+    out = SafetensorsDType::BF16;
+  else if (name == "F16")
+    out = SafetensorsDType::F16;
+  else if (name == "F32")
+    out = SafetensorsDType::F32;
+  else
+    return false;
   return true;
 }
 
@@ -70,14 +74,14 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
   const std::string where = path.string();
   const std::uint64_t size = file_.size();
   if (size < 8)
-    fail_expected(where, str("file is ", size, " bytes, too short for the 8-byte header length"),
-                  "a safetensors file");
+    fail_expected(where, str("file is ", size, " bytes, too short for the 8-byte header length"), "a safetensors file");
   const std::uint64_t header_len = read_u64_le(file_.data());
   if (header_len > size - 8)
     fail_expected(where, str("header length ", header_len, " is beyond the file (", size, " bytes)"),
                   str("at most ", size - 8, " bytes"));
   if (header_len > kMaxHeaderBytes)
-    fail_expected(where, str("header length ", header_len, " is too large"), str("at most ", kMaxHeaderBytes, " bytes"));
+    fail_expected(where, str("header length ", header_len, " is too large"),
+                  str("at most ", kMaxHeaderBytes, " bytes"));
   data_start_ = 8 + header_len;
   const std::uint64_t data_size = size - data_start_;
 
@@ -126,8 +130,8 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : file_(path) {
     const std::uint64_t bytes = numel * safetensors_dtype_size(t.dtype);
     if (t.end - t.begin != bytes)
       fail_expected(what,
-                    str("data_offsets [", t.begin, ", ", t.end, "] hold ", t.end - t.begin, " bytes but ", dtype,
-                        " ", shape_string(t.shape), " needs ", bytes),
+                    str("data_offsets [", t.begin, ", ", t.end, "] hold ", t.end - t.begin, " bytes but ", dtype, " ",
+                        shape_string(t.shape), " needs ", bytes),
                     str(bytes, " bytes"));
     index_[t.name] = tensors_.size();
     tensors_.push_back(std::move(t));
@@ -191,7 +195,8 @@ void SafetensorsFile::read_f32(const SafetensorsTensor& t, std::span<float> out)
 }
 
 void SafetensorsFile::read_f32_range(const SafetensorsTensor& t, std::int64_t first, std::span<float> out) const {
-  if (first < 0 || first > t.numel || static_cast<std::uint64_t>(out.size()) > static_cast<std::uint64_t>(t.numel - first))
+  if (first < 0 || first > t.numel ||
+      static_cast<std::uint64_t>(out.size()) > static_cast<std::uint64_t>(t.numel - first))
     fail_expected(str(path().string(), ": tensor '", t.name, "'"),
                   str("elements ", first, " to ", first + static_cast<std::int64_t>(out.size()), " asked of ", t.numel),
                   "a range inside the tensor");
@@ -315,9 +320,8 @@ std::string header_bytes(std::span<const SafetensorsEntry> entries, SafetensorsD
       fail_expected(str("tensor '", e.name, "'"), "name repeated or reserved", "unique tensor names");
     const std::uint64_t bytes = entry_numel(e) * safetensors_dtype_size(dtype);
     if (bytes && !e.data) fail(str("tensor '", e.name, "': no data to write"));
-    header[e.name] = {{"dtype", safetensors_dtype_name(dtype)},
-                      {"shape", e.shape},
-                      {"data_offsets", {offset, offset + bytes}}};
+    header[e.name] = {
+        {"dtype", safetensors_dtype_name(dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();
@@ -331,8 +335,7 @@ std::string header_bytes(std::span<const SafetensorsEntry> entries, SafetensorsD
 }  // namespace
 
 void write_safetensors_file(const fs::path& path, std::span<const SafetensorsEntry> entries, SafetensorsDType dtype) {
-  if (dtype == SafetensorsDType::F16)
-    fail_expected(path.string(), "writing F16 is not supported", "BF16 or F32");
+  if (dtype == SafetensorsDType::F16) fail_expected(path.string(), "writing F16 is not supported", "BF16 or F32");
   const std::string header = header_bytes(entries, dtype);
   write_file_atomically(path, [&](const fs::path& tmp) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);

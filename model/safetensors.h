@@ -105,8 +105,7 @@ void write_safetensors_file(const std::filesystem::path& path, std::span<const S
 // `model-0000i-of-0000N.safetensors` shards plus `model.safetensors.index.json`. Returns the
 // file names written.
 std::vector<std::string> write_safetensors_model(const std::filesystem::path& dir,
-                                                 std::span<const SafetensorsEntry> entries,
-                                                 SafetensorsDType dtype,
+                                                 std::span<const SafetensorsEntry> entries, SafetensorsDType dtype,
                                                  std::uint64_t max_shard_bytes = kDefaultMaxShardBytes);
 
 }  // namespace minitron

@@ -47,21 +47,47 @@ std::string number(double v) {
   return s.str();
 }
 
-std::int64_t batch_of(const Recipe& r, const RecipeTraining& t) { return t.batch_size > 0 ? t.batch_size : r.batch_size; }
+std::int64_t batch_of(const Recipe& r, const RecipeTraining& t) {
+  return t.batch_size > 0 ? t.batch_size : r.batch_size;
+}
 
 // The flags every training step shares (train, correct and distill take the same ones).
-std::vector<std::string> training_flags(const Recipe& r, const RecipeTraining& t, const fs::path& output, double learning_rate,
-                                        double min_learning_rate) {
+std::vector<std::string> training_flags(const Recipe& r, const RecipeTraining& t, const fs::path& output,
+                                        double learning_rate, double min_learning_rate) {
   const std::int64_t eval_interval = t.eval_interval > 0 ? t.eval_interval : std::max<std::int64_t>(1, t.steps / 10);
-  std::vector<std::string> f = {
-      "--data", r.train_data, "--validation-data", r.validation_data, "--output", output.string(),
-      "--batch-size", std::to_string(batch_of(r, t)), "--sequence-length", std::to_string(r.sequence_length),
-      "--steps", std::to_string(t.steps), "--grad-accumulation", std::to_string(t.grad_accumulation),
-      "--learning-rate", number(learning_rate), "--min-learning-rate", number(min_learning_rate),
-      "--warmup-steps", std::to_string(t.warmup_steps), "--weight-decay", number(t.weight_decay),
-      "--seed", std::to_string(r.seed), "--eval-interval", std::to_string(eval_interval),
-      "--eval-windows", std::to_string(r.eval_windows), "--save-dtype", r.save_dtype,
-      "--log-interval", std::to_string(std::max<std::int64_t>(1, t.steps / 20)), "--resume"};
+  std::vector<std::string> f = {"--data",
+                                r.train_data,
+                                "--validation-data",
+                                r.validation_data,
+                                "--output",
+                                output.string(),
+                                "--batch-size",
+                                std::to_string(batch_of(r, t)),
+                                "--sequence-length",
+                                std::to_string(r.sequence_length),
+                                "--steps",
+                                std::to_string(t.steps),
+                                "--grad-accumulation",
+                                std::to_string(t.grad_accumulation),
+                                "--learning-rate",
+                                number(learning_rate),
+                                "--min-learning-rate",
+                                number(min_learning_rate),
+                                "--warmup-steps",
+                                std::to_string(t.warmup_steps),
+                                "--weight-decay",
+                                number(t.weight_decay),
+                                "--seed",
+                                std::to_string(r.seed),
+                                "--eval-interval",
+                                std::to_string(eval_interval),
+                                "--eval-windows",
+                                std::to_string(r.eval_windows),
+                                "--save-dtype",
+                                r.save_dtype,
+                                "--log-interval",
+                                std::to_string(std::max<std::int64_t>(1, t.steps / 20)),
+                                "--resume"};
   if (!r.device.empty()) f.insert(f.end(), {"--device", r.device});
   if (t.recompute != "none") f.insert(f.end(), {"--recompute", t.recompute});
   return f;
@@ -78,7 +104,8 @@ class StepRunner {
     status.name = name;
     if (fs::exists(dir / "done.json")) {
       status.skipped = true;
-      std::printf("== step %s: already done (skipped; delete %s to redo it)\n", name.c_str(), (dir / "done.json").c_str());
+      std::printf("== step %s: already done (skipped; delete %s to redo it)\n", name.c_str(),
+                  (dir / "done.json").c_str());
     } else {
       std::printf("== step %s\n", name.c_str());
       std::fflush(stdout);
@@ -101,7 +128,9 @@ class StepRunner {
 
 std::string prune_target_flags_description(const RecipeStudent& s) {
   std::string d;
-  auto add = [&](const char* k, const std::optional<std::int64_t>& v) { if (v) d += str(d.empty() ? "" : ", ", k, " ", *v); };
+  auto add = [&](const char* k, const std::optional<std::int64_t>& v) {
+    if (v) d += str(d.empty() ? "" : ", ", k, " ", *v);
+  };
   add("hidden", s.hidden_size);
   add("ffn", s.intermediate_size);
   add("heads", s.num_attention_heads);
@@ -115,7 +144,8 @@ std::string prune_target_flags_description(const RecipeStudent& s) {
 
 }  // namespace
 
-std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::path& run_dir, const PipelineCommands& commands) {
+std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::path& run_dir,
+                                             const PipelineCommands& commands) {
   if (!fs::is_directory(recipe.teacher))
     fail_expected(str("recipe teacher ", recipe.teacher.string()), "not a directory", "an HF checkpoint directory");
   const ModelConfig teacher_config = load_model_config(recipe.teacher);
@@ -127,7 +157,8 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
     if (!task.fewshot_file.empty()) load_task_file(parse_task_kind(task.task), task.fewshot_file);
   }
   if (!all_tasks.empty() && !fs::is_regular_file(recipe.teacher / "tokenizer.json"))
-    fail_expected(str("recipe tasks (evaluation.tasks, importance.task) with teacher ", recipe.teacher.string()), "the teacher has no tokenizer.json",
+    fail_expected(str("recipe tasks (evaluation.tasks, importance.task) with teacher ", recipe.teacher.string()),
+                  "the teacher has no tokenizer.json",
                   "a tokenizer.json beside the teacher's config.json (every derived model copies it)");
   fs::create_directories(run_dir);
   StepRunner steps(run_dir);
@@ -144,7 +175,8 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
     steps.run("correct", dir, [&] {
       std::vector<std::string> args = {"correct", "--model", recipe.teacher.string(), "--original-learning-rate",
                                        number(recipe.correction.original_learning_rate)};
-      auto flags = training_flags(recipe, recipe.correction, dir, recipe.correction.learning_rate, recipe.correction.min_learning_rate);
+      auto flags = training_flags(recipe, recipe.correction, dir, recipe.correction.learning_rate,
+                                  recipe.correction.min_learning_rate);
       args.insert(args.end(), flags.begin(), flags.end());
       invoke("correct", commands.correct, args);
     });
@@ -155,14 +187,28 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
   const fs::path scores = run_dir / "02-importance" / "scores.json";
   std::set<std::int64_t> block_sizes;
   for (const RecipeStudent& s : recipe.students)
-    if (s.num_layers && *s.num_layers < teacher_config.num_hidden_layers) block_sizes.insert(teacher_config.num_hidden_layers - *s.num_layers);
+    if (s.num_layers && *s.num_layers < teacher_config.num_hidden_layers)
+      block_sizes.insert(teacher_config.num_hidden_layers - *s.num_layers);
   steps.run("importance", scores.parent_path(), [&] {
-    std::vector<std::string> args = {"importance", "--model", corrected.string(), "--data", recipe.calibration_data,
-                                     "--samples", std::to_string(recipe.importance_samples),
-                                     "--sequence-length", std::to_string(recipe.importance_sequence_length > 0 ? recipe.importance_sequence_length : recipe.sequence_length),
-                                     "--batch-size", std::to_string(recipe.importance_batch_size > 0 ? recipe.importance_batch_size : recipe.batch_size),
-                                     "--layer-windows", std::to_string(recipe.importance_layer_windows),
-                                     "--layer-data", recipe.validation_data, "--output", scores.string()};
+    std::vector<std::string> args = {
+        "importance",
+        "--model",
+        corrected.string(),
+        "--data",
+        recipe.calibration_data,
+        "--samples",
+        std::to_string(recipe.importance_samples),
+        "--sequence-length",
+        std::to_string(recipe.importance_sequence_length > 0 ? recipe.importance_sequence_length
+                                                             : recipe.sequence_length),
+        "--batch-size",
+        std::to_string(recipe.importance_batch_size > 0 ? recipe.importance_batch_size : recipe.batch_size),
+        "--layer-windows",
+        std::to_string(recipe.importance_layer_windows),
+        "--layer-data",
+        recipe.validation_data,
+        "--output",
+        scores.string()};
     if (!block_sizes.empty()) {
       std::string sizes;
       for (std::int64_t k : block_sizes) sizes += (sizes.empty() ? "" : ",") + std::to_string(k);
@@ -182,17 +228,31 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
   models.push_back({"teacher", "teacher (original)", recipe.teacher, 0});
   if (recipe.correction.enabled)
     models.push_back({"corrected", "teacher (corrected)", corrected,
-                      recipe.correction.steps * batch_of(recipe, recipe.correction) * recipe.correction.grad_accumulation * recipe.sequence_length});
-  const std::int64_t distill_tokens =
-      recipe.distillation.steps * batch_of(recipe, recipe.distillation) * recipe.distillation.grad_accumulation * recipe.sequence_length;
+                      recipe.correction.steps * batch_of(recipe, recipe.correction) *
+                          recipe.correction.grad_accumulation * recipe.sequence_length});
+  const std::int64_t distill_tokens = recipe.distillation.steps * batch_of(recipe, recipe.distillation) *
+                                      recipe.distillation.grad_accumulation * recipe.sequence_length;
   for (const RecipeStudent& s : recipe.students) {
     const fs::path pruned = run_dir / str("03-prune-", s.name);
     steps.run("prune-" + s.name, pruned, [&] {
-      std::vector<std::string> args = {"prune", "--model", corrected.string(), "--scores", scores.string(),
-                                       "--output", (pruned / "model").string(), "--save-dtype", recipe.save_dtype,
-                                       "--data", recipe.validation_data, "--sequence-length", std::to_string(recipe.sequence_length),
-                                       "--batch-size", std::to_string(recipe.batch_size)};
-      auto add = [&](const char* flag, const std::optional<std::int64_t>& v) { if (v) args.insert(args.end(), {flag, std::to_string(*v)}); };
+      std::vector<std::string> args = {"prune",
+                                       "--model",
+                                       corrected.string(),
+                                       "--scores",
+                                       scores.string(),
+                                       "--output",
+                                       (pruned / "model").string(),
+                                       "--save-dtype",
+                                       recipe.save_dtype,
+                                       "--data",
+                                       recipe.validation_data,
+                                       "--sequence-length",
+                                       std::to_string(recipe.sequence_length),
+                                       "--batch-size",
+                                       std::to_string(recipe.batch_size)};
+      auto add = [&](const char* flag, const std::optional<std::int64_t>& v) {
+        if (v) args.insert(args.end(), {flag, std::to_string(*v)});
+      };
       add("--hidden-size", s.hidden_size);
       add("--intermediate-size", s.intermediate_size);
       add("--num-attention-heads", s.num_attention_heads);
@@ -203,17 +263,27 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
       if (!s.layer_criterion.empty()) args.insert(args.end(), {"--layer-criterion", s.layer_criterion});
       invoke("prune", commands.prune, with_device(args));
     });
-    models.push_back({"pruned-" + s.name, str(s.name, " pruned (", prune_target_flags_description(s), "), before distillation"),
+    models.push_back({"pruned-" + s.name,
+                      str(s.name, " pruned (", prune_target_flags_description(s), "), before distillation"),
                       pruned / "model", 0});
 
     const fs::path distilled = run_dir / str("04-distill-", s.name);
     steps.run("distill-" + s.name, distilled, [&] {
-      std::vector<std::string> args = {"distill", "--teacher", corrected.string(), "--student", (pruned / "model").string(),
-                                       "--temperature", number(recipe.distillation.temperature),
-                                       "--hard-label-weight", number(recipe.distillation.hard_label_weight)};
-      auto flags = training_flags(recipe, recipe.distillation, distilled, recipe.distillation.learning_rate, recipe.distillation.min_learning_rate);
+      std::vector<std::string> args = {"distill",
+                                       "--teacher",
+                                       corrected.string(),
+                                       "--student",
+                                       (pruned / "model").string(),
+                                       "--temperature",
+                                       number(recipe.distillation.temperature),
+                                       "--hard-label-weight",
+                                       number(recipe.distillation.hard_label_weight)};
+      auto flags = training_flags(recipe, recipe.distillation, distilled, recipe.distillation.learning_rate,
+                                  recipe.distillation.min_learning_rate);
       args.insert(args.end(), flags.begin(), flags.end());
-      if (recipe.distillation.intermediate_loss_weight > 0) args.insert(args.end(), {"--intermediate-loss-weight", number(recipe.distillation.intermediate_loss_weight), "--intermediate-layers=" + recipe.distillation.intermediate_layers});
+      if (recipe.distillation.intermediate_loss_weight > 0)
+        args.insert(args.end(), {"--intermediate-loss-weight", number(recipe.distillation.intermediate_loss_weight),
+                                 "--intermediate-layers=" + recipe.distillation.intermediate_layers});
       invoke("distill", commands.distill, args);
     });
     models.push_back({"distilled-" + s.name, str(s.name, " distilled"), distilled / "model", distill_tokens});
@@ -224,12 +294,14 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
         const double lr = recipe.baseline_learning_rate.value_or(recipe.distillation.learning_rate);
         const double min_lr = recipe.distillation.min_learning_rate * lr / recipe.distillation.learning_rate;
         std::vector<std::string> args = {"train", "--config", (pruned / "model" / "config.json").string()};
-        if (fs::exists(corrected / "tokenizer.json")) args.insert(args.end(), {"--tokenizer", (corrected / "tokenizer.json").string()});
+        if (fs::exists(corrected / "tokenizer.json"))
+          args.insert(args.end(), {"--tokenizer", (corrected / "tokenizer.json").string()});
         auto flags = training_flags(recipe, recipe.distillation, baseline, lr, min_lr);
         args.insert(args.end(), flags.begin(), flags.end());
         invoke("baseline", commands.train, args);
       });
-      models.push_back({"baseline-" + s.name, str(s.name, " from random init, cross-entropy"), baseline / "model", distill_tokens});
+      models.push_back(
+          {"baseline-" + s.name, str(s.name, " from random init, cross-entropy"), baseline / "model", distill_tokens});
     }
   }
 
@@ -254,9 +326,15 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
                         checkpoint.config.vocab_size);
       LossWorkspace workspace(*backend, checkpoint.config.vocab_size, recipe.batch_size * recipe.sequence_length);
       const EvalResult r = evaluate_loss(model, loader, workspace);
-      json entry = {{"key", m.key}, {"label", m.label}, {"dir", m.dir.string()}, {"parameters", checkpoint.table.total_numel()},
-                    {"validation_loss", r.loss}, {"validation_perplexity", r.perplexity}, {"validation_tokens", r.tokens},
-                    {"training_tokens", m.training_tokens}, {"tasks", json::object()}};
+      json entry = {{"key", m.key},
+                    {"label", m.label},
+                    {"dir", m.dir.string()},
+                    {"parameters", checkpoint.table.total_numel()},
+                    {"validation_loss", r.loss},
+                    {"validation_perplexity", r.perplexity},
+                    {"validation_tokens", r.tokens},
+                    {"training_tokens", m.training_tokens},
+                    {"tasks", json::object()}};
       std::printf("  %-28s validation loss %.4f (perplexity %.2f)\n", m.key.c_str(), r.loss, r.perplexity);
       for (const RecipeTask& task : recipe.tasks) {
         const TaskKind kind = parse_task_kind(task.task);
@@ -265,13 +343,15 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
         if (!task.fewshot_file.empty()) fewshot_docs = load_task_file(kind, task.fewshot_file);
         const Tokenizer tokenizer = Tokenizer::load(m.dir);
         if (tokenizer.vocab_size() > checkpoint.config.vocab_size)  // ids past the embedding would read out of bounds
-          fail_expected(str("evaluation.tasks ", task.task, " on ", m.dir.string()), str("tokenizer of ", tokenizer.vocab_size(), " ids"),
+          fail_expected(str("evaluation.tasks ", task.task, " on ", m.dir.string()),
+                        str("tokenizer of ", tokenizer.vocab_size(), " ids"),
                         str("at most the model's vocab_size ", checkpoint.config.vocab_size));
         TaskRunOptions options;
         options.shots = task.shots;
         options.limit = task.limit;
         options.encode.prefix_token = prefix_token_id(tokenizer);
-        const TaskRunResult tr = run_task(kind, docs, task.fewshot_file.empty() ? nullptr : &fewshot_docs, tokenizer, checkpoint.config, checkpoint.params, *backend, options);
+        const TaskRunResult tr = run_task(kind, docs, task.fewshot_file.empty() ? nullptr : &fewshot_docs, tokenizer,
+                                          checkpoint.config, checkpoint.params, *backend, options);
         for (const MetricRow& row : tr.rows) {
           entry["tasks"][row.task + "/" + row.metric] = row.value;
           std::printf("  %-28s %s %s %.4f\n", "", row.task.c_str(), row.metric.c_str(), row.value);

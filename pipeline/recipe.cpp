@@ -111,7 +111,8 @@ Recipe load_recipe(const std::filesystem::path& path) {
   r.get("name", recipe.name);
   r.get("teacher", teacher);
   recipe.teacher = teacher;
-  if (teacher.empty()) fail_expected(str(path.string(), ": teacher"), "missing", "the teacher's HF checkpoint directory");
+  if (teacher.empty())
+    fail_expected(str(path.string(), ": teacher"), "missing", "the teacher's HF checkpoint directory");
   r.get("device", recipe.device);
   r.get("batch_size", recipe.batch_size);
   r.get("sequence_length", recipe.sequence_length);
@@ -145,7 +146,8 @@ Recipe load_recipe(const std::filesystem::path& path) {
     if (std::optional<JsonField> t = ir.child("task")) recipe.importance_task = read_task(*t);
     ir.finish();
     if (recipe.importance_task && recipe.importance_layer_windows < 1)
-      fail_expected(str(path.string(), ": importance.layer_windows"), str(recipe.importance_layer_windows, " with importance.task"),
+      fail_expected(str(path.string(), ": importance.layer_windows"),
+                    str(recipe.importance_layer_windows, " with importance.task"),
                     "at least 1 (the task is scored beside the layer-removal losses)");
   }
   if (std::optional<JsonField> s = r.child("students")) {
@@ -168,13 +170,16 @@ Recipe load_recipe(const std::filesystem::path& path) {
         fail_expected(str(path.string(), ": students[", k, "].layer_criterion"), str("'", student.layer_criterion, "'"),
                       "loss, block-importance or task");
       if (student.layer_criterion == "task" && !recipe.importance_task)
-        fail_expected(str(path.string(), ": students[", k, "].layer_criterion"), "task, but the recipe has no importance.task",
+        fail_expected(str(path.string(), ": students[", k, "].layer_criterion"),
+                      "task, but the recipe has no importance.task",
                       "\"importance\": {\"task\": {\"task\": NAME, \"task_file\": FILE}} to measure block accuracies");
-      if (student.name.empty() || student.name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-_") != std::string::npos)
+      if (student.name.empty() ||
+          student.name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-_") != std::string::npos)
         fail_expected(str(path.string(), ": students[", k, "].name"), str("'", student.name, "'"),
                       "a non-empty name of lower-case letters, digits, - and _ (it names the run directories)");
       for (const RecipeStudent& other : recipe.students)
-        if (other.name == student.name) fail_expected(str(path.string(), ": students[", k, "].name"), "duplicate", "distinct names");
+        if (other.name == student.name)
+          fail_expected(str(path.string(), ": students[", k, "].name"), "duplicate", "distinct names");
       recipe.students.push_back(std::move(student));
     }
   }

@@ -14,28 +14,28 @@ namespace minitron {
 // One training run's settings (correction, distillation, the from-scratch baseline).
 struct RecipeTraining {
   std::int64_t steps = 100;
-  std::int64_t batch_size = 0;         // 0: the recipe's batch_size
+  std::int64_t batch_size = 0;  // 0: the recipe's batch_size
   std::int64_t grad_accumulation = 1;
-  double learning_rate = 1e-4;         // correction: derived from original_learning_rate
+  double learning_rate = 1e-4;  // correction: derived from original_learning_rate
   double min_learning_rate = 1e-5;
   double original_learning_rate = 1e-4;  // correction only: peak = 1/5 of this
   std::int64_t warmup_steps = 40;
   double weight_decay = 0.1;
-  std::int64_t eval_interval = 0;      // 0: a tenth of the steps
-  double temperature = 1.0;            // distillation only
-  double hard_label_weight = 0.0;      // distillation only
+  std::int64_t eval_interval = 0;         // 0: a tenth of the steps
+  double temperature = 1.0;               // distillation only
+  double hard_label_weight = 0.0;         // distillation only
   double intermediate_loss_weight = 0.0;  // distillation only: hidden-state cosine loss, 0 = off
-  std::string intermediate_layers;     // distillation only: "s:t,..." ("" = the default mapping)
-  bool enabled = true;                 // correction: false skips it (the teacher is used as is)
-  std::string recompute = "none";      // --recompute: none, selective or full (the baseline takes distillation's)
+  std::string intermediate_layers;        // distillation only: "s:t,..." ("" = the default mapping)
+  bool enabled = true;                    // correction: false skips it (the teacher is used as is)
+  std::string recompute = "none";         // --recompute: none, selective or full (the baseline takes distillation's)
 };
 
 // One pruned architecture: explicit targets (any subset) or a parameter budget.
 struct RecipeStudent {
   std::string name;
   std::optional<std::int64_t> hidden_size, intermediate_size, num_attention_heads, num_key_value_heads, num_layers;
-  std::string drop_layers;    // "15-30": an explicit block instead of --num-layers' ranking
-  std::string target_params;  // "4.5B": search (prune's --target-params)
+  std::string drop_layers;      // "15-30": an explicit block instead of --num-layers' ranking
+  std::string target_params;    // "4.5B": search (prune's --target-params)
   std::string layer_criterion;  // prune's --layer-criterion: "loss", "block-importance", "task" ("": loss)
 };
 

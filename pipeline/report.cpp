@@ -27,21 +27,30 @@ std::string fixed(double v, int digits) {
 
 std::string count(std::int64_t n) {
   char buf[64];
-  if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.2fB", static_cast<double>(n) / 1e9);
-  else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", static_cast<double>(n) / 1e6);
-  else if (n >= 10000) std::snprintf(buf, sizeof buf, "%.1fK", static_cast<double>(n) / 1e3);
-  else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+  if (n >= 1000000000)
+    std::snprintf(buf, sizeof buf, "%.2fB", static_cast<double>(n) / 1e9);
+  else if (n >= 1000000)
+    std::snprintf(buf, sizeof buf, "%.2fM", static_cast<double>(n) / 1e6);
+  else if (n >= 10000)
+    std::snprintf(buf, sizeof buf, "%.1fK", static_cast<double>(n) / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
   return buf;
 }
 
 std::string escape_xml(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else if (c == '"') out += "&quot;";
-    else out += c;
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else if (c == '"')
+      out += "&quot;";
+    else
+      out += c;
   }
   return out;
 }
@@ -89,22 +98,32 @@ std::string loss_curves_svg(const std::vector<LossSeries>& series, const std::st
   y0 -= pad, y1 += pad;
   auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (W - left - right); };
   auto py = [&](double y) { return top + (y1 - y) / (y1 - y0) * (H - top - bottom); };
-  static const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+  static const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                                 "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
   std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+    << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
     << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"" << W / 2 - right / 2 << "\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">" << escape_xml(title) << "</text>\n"
-    << "<line x1=\"" << left << "\" y1=\"" << H - bottom << "\" x2=\"" << W - right << "\" y2=\"" << H - bottom << "\" stroke=\"black\"/>\n"
-    << "<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left << "\" y2=\"" << H - bottom << "\" stroke=\"black\"/>\n";
+    << "<text x=\"" << W / 2 - right / 2 << "\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">" << escape_xml(title)
+    << "</text>\n"
+    << "<line x1=\"" << left << "\" y1=\"" << H - bottom << "\" x2=\"" << W - right << "\" y2=\"" << H - bottom
+    << "\" stroke=\"black\"/>\n"
+    << "<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left << "\" y2=\"" << H - bottom
+    << "\" stroke=\"black\"/>\n";
   for (int i = 0; i <= 5; ++i) {
     const double x = x0 + (x1 - x0) * i / 5, y = y0 + (y1 - y0) * i / 5;
-    o << "<line x1=\"" << px(x) << "\" y1=\"" << H - bottom << "\" x2=\"" << px(x) << "\" y2=\"" << H - bottom + 4 << "\" stroke=\"black\"/>"
-      << "<text x=\"" << px(x) << "\" y=\"" << H - bottom + 18 << "\" text-anchor=\"middle\">" << fixed(x, 0) << "</text>\n"
-      << "<line x1=\"" << left - 4 << "\" y1=\"" << py(y) << "\" x2=\"" << W - right << "\" y2=\"" << py(y) << "\" stroke=\"#e0e0e0\"/>"
+    o << "<line x1=\"" << px(x) << "\" y1=\"" << H - bottom << "\" x2=\"" << px(x) << "\" y2=\"" << H - bottom + 4
+      << "\" stroke=\"black\"/>"
+      << "<text x=\"" << px(x) << "\" y=\"" << H - bottom + 18 << "\" text-anchor=\"middle\">" << fixed(x, 0)
+      << "</text>\n"
+      << "<line x1=\"" << left - 4 << "\" y1=\"" << py(y) << "\" x2=\"" << W - right << "\" y2=\"" << py(y)
+      << "\" stroke=\"#e0e0e0\"/>"
       << "<text x=\"" << left - 6 << "\" y=\"" << py(y) + 4 << "\" text-anchor=\"end\">" << fixed(y, 2) << "</text>\n";
   }
-  o << "<text x=\"" << (left + W - right) / 2 << "\" y=\"" << H - 10 << "\" text-anchor=\"middle\">optimizer step</text>\n"
-    << "<text transform=\"translate(16," << (top + H - bottom) / 2 << ") rotate(-90)\" text-anchor=\"middle\">validation loss (nats/token)</text>\n";
+  o << "<text x=\"" << (left + W - right) / 2 << "\" y=\"" << H - 10
+    << "\" text-anchor=\"middle\">optimizer step</text>\n"
+    << "<text transform=\"translate(16," << (top + H - bottom) / 2
+    << ") rotate(-90)\" text-anchor=\"middle\">validation loss (nats/token)</text>\n";
   for (std::size_t k = 0; k < series.size(); ++k) {
     const char* color = colors[k % (sizeof colors / sizeof colors[0])];
     o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"2\" points=\"";
@@ -130,8 +149,9 @@ void write_report(const Recipe& recipe, const fs::path& run_dir, const json& res
 
   std::ostringstream md;
   md << "# minitron pipeline report" << (recipe.name.empty() ? "" : ": " + recipe.name) << "\n\n"
-     << "Validation data: `" << recipe.validation_data << "` (" << (recipe.eval_windows > 0 ? std::to_string(recipe.eval_windows) : "all")
-     << " windows of " << recipe.sequence_length << " tokens). Loss = mean next-token cross-entropy (nats/token).\n\n"
+     << "Validation data: `" << recipe.validation_data << "` ("
+     << (recipe.eval_windows > 0 ? std::to_string(recipe.eval_windows) : "all") << " windows of "
+     << recipe.sequence_length << " tokens). Loss = mean next-token cross-entropy (nats/token).\n\n"
      << "| model | parameters | validation loss | perplexity | training tokens |";
   for (const std::string& t : task_columns) md << " " << t << " |";
   md << "\n|---|---:|---:|---:|---:|";
@@ -145,8 +165,8 @@ void write_report(const Recipe& recipe, const fs::path& run_dir, const json& res
                tokens = r.at("training_tokens").as_int<std::int64_t>();
     md << "| " << label << " | " << count(params) << " | " << fixed(loss, 4) << " | " << fixed(ppl, 2) << " | "
        << (tokens ? count(tokens) : "-") << " |";
-    std::printf("%-52s %11s %10s %10s %10s", label.c_str(), count(params).c_str(), fixed(loss, 4).c_str(), fixed(ppl, 2).c_str(),
-                tokens ? count(tokens).c_str() : "-");
+    std::printf("%-52s %11s %10s %10s %10s", label.c_str(), count(params).c_str(), fixed(loss, 4).c_str(),
+                fixed(ppl, 2).c_str(), tokens ? count(tokens).c_str() : "-");
     for (const std::string& t : task_columns) {
       const bool has = r.at("tasks").has(t);
       const std::string score = has ? fixed(r.at("tasks").at(t).as_float(), 4) : "-";
@@ -165,19 +185,21 @@ void write_report(const Recipe& recipe, const fs::path& run_dir, const json& res
   };
   md << "\n## Findings\n\n";
   std::printf("\n");
-  auto finding = [&](const std::string& claim, double better, double worse, const std::string& better_name, const std::string& worse_name) {
+  auto finding = [&](const std::string& claim, double better, double worse, const std::string& better_name,
+                     const std::string& worse_name) {
     if (!std::isfinite(better) || !std::isfinite(worse)) return;
     const bool holds = better < worse;
-    const std::string text = str(claim, ": ", better_name, " ", fixed(better, 4), holds ? " < " : " >= ", worse_name, " ",
-                                 fixed(worse, 4), holds ? " (holds)" : " (does NOT hold)");
+    const std::string text = str(claim, ": ", better_name, " ", fixed(better, 4), holds ? " < " : " >= ", worse_name,
+                                 " ", fixed(worse, 4), holds ? " (holds)" : " (does NOT hold)");
     md << "- " << text << "\n";
     std::printf("%s\n", text.c_str());
     findings.push_back({{"claim", claim}, {"holds", holds}, {better_name, better}, {worse_name, worse}});
   };
-  finding("teacher correction helps on the distillation data", loss_of("corrected"), loss_of("teacher"), "corrected", "original");
+  finding("teacher correction helps on the distillation data", loss_of("corrected"), loss_of("teacher"), "corrected",
+          "original");
   for (const RecipeStudent& s : recipe.students) {
-    finding(str(s.name, ": distillation recovers the pruned model"), loss_of("distilled-" + s.name), loss_of("pruned-" + s.name),
-            "distilled", "pruned");
+    finding(str(s.name, ": distillation recovers the pruned model"), loss_of("distilled-" + s.name),
+            loss_of("pruned-" + s.name), "distilled", "pruned");
     finding(str(s.name, ": distilled beats the same architecture from scratch on the same tokens"),
             loss_of("distilled-" + s.name), loss_of("baseline-" + s.name), "distilled", "scratch");
   }

@@ -54,9 +54,13 @@ Aggregation parse_aggregation(const std::string& text) {
     if (value != "mean" && value != "l2" && value != "variance")
       fail_expected("--aggregation", str("unknown reduction '", value, "'"), expected);
     if (key == "batch")
-      a.batch = value == "mean" ? BatchAggregation::Mean : value == "l2" ? BatchAggregation::L2 : BatchAggregation::Variance;
+      a.batch = value == "mean" ? BatchAggregation::Mean
+                : value == "l2" ? BatchAggregation::L2
+                                : BatchAggregation::Variance;
     else if (key == "sequence")
-      a.sequence = value == "mean" ? SequenceReduction::Mean : value == "l2" ? SequenceReduction::L2 : SequenceReduction::Variance;
+      a.sequence = value == "mean" ? SequenceReduction::Mean
+                   : value == "l2" ? SequenceReduction::L2
+                                   : SequenceReduction::Variance;
     else
       fail_expected("--aggregation", str("unknown axis '", key, "'"), expected);
   }
@@ -125,8 +129,8 @@ ImportanceObserver::Accumulator& ImportanceObserver::accumulator(int slot, std::
   return accumulators_[static_cast<std::size_t>(slot * config_.num_hidden_layers + layer)];
 }
 
-void ImportanceObserver::observe(ActivationSite site, std::int64_t layer, Tensor act, std::int64_t B,
-                                 std::int64_t T, std::int64_t C) {
+void ImportanceObserver::observe(ActivationSite site, std::int64_t layer, Tensor act, std::int64_t B, std::int64_t T,
+                                 std::int64_t C) {
   MINITRON_ASSERT(layer >= 0 && layer < config_.num_hidden_layers && B * T <= max_rows_);
   const std::int64_t N = B * T;
   if (site == ActivationSite::LayerInput) {
@@ -145,9 +149,9 @@ void ImportanceObserver::observe(ActivationSite site, std::int64_t layer, Tensor
     return;
   }
   const int slot = site == ActivationSite::AttentionNormOutput ? kAttentionNorm
-                   : site == ActivationSite::OProjInput       ? kOProjInput
-                   : site == ActivationSite::MlpNormOutput    ? kMlpNorm
-                                                              : kMlpSite;
+                   : site == ActivationSite::OProjInput        ? kOProjInput
+                   : site == ActivationSite::MlpNormOutput     ? kMlpNorm
+                                                               : kMlpSite;
   Tensor reduced = reduced_.tensor().slice(0, B * C);
   backend_.reduce_over_sequence(reduced, act, B, T, C, options_.aggregation.sequence);
   backend_.download(host_.data(), reduced);
@@ -191,8 +195,9 @@ WidthScores ImportanceObserver::scores() const {
     std::vector<double> heads(static_cast<std::size_t>(config_.num_attention_heads), 0.0);
     for (std::size_t h = 0; h < heads.size(); ++h) {
       double sq = 0;
-      for (std::int64_t i = 0; i < hd; ++i) sq += ch[h * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i)] *
-                                                 ch[h * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i)];
+      for (std::int64_t i = 0; i < hd; ++i)
+        sq += ch[h * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i)] *
+              ch[h * static_cast<std::size_t>(hd) + static_cast<std::size_t>(i)];
       heads[h] = std::sqrt(sq);
     }
     s.heads.push_back(std::move(heads));
@@ -204,7 +209,8 @@ WidthScores ImportanceObserver::scores() const {
   if (options_.block_importance) {
     for (std::int64_t l = 0; l < L; ++l) {
       const auto i = static_cast<std::size_t>(l);
-      s.block_importance.push_back(cosine_rows_[i] > 0 ? 1.0 - cosine_sum_[i] / static_cast<double>(cosine_rows_[i]) : 0.0);
+      s.block_importance.push_back(cosine_rows_[i] > 0 ? 1.0 - cosine_sum_[i] / static_cast<double>(cosine_rows_[i])
+                                                       : 0.0);
     }
   }
   return s;

@@ -61,12 +61,12 @@ struct WidthScores {
 class ImportanceObserver : public ActivationObserver {
  public:
   // Scratch space on the backend is sized for batches up to max_batch x max_sequence.
-  ImportanceObserver(const ModelConfig& config, Backend& backend, std::int64_t max_batch,
-                     std::int64_t max_sequence, const ImportanceOptions& options);
+  ImportanceObserver(const ModelConfig& config, Backend& backend, std::int64_t max_batch, std::int64_t max_sequence,
+                     const ImportanceOptions& options);
 
   bool wants(ActivationSite site) const override;
-  void observe(ActivationSite site, std::int64_t layer, Tensor act, std::int64_t batch,
-               std::int64_t sequence, std::int64_t channels) override;
+  void observe(ActivationSite site, std::int64_t layer, Tensor act, std::int64_t batch, std::int64_t sequence,
+               std::int64_t channels) override;
 
   std::int64_t samples() const;  // calibration sequences seen
   WidthScores scores() const;

@@ -11,8 +11,9 @@ namespace minitron {
 HeldOutWindows read_windows(const TokenWindows& windows, std::int64_t first, std::int64_t count,
                             const std::string& what) {
   if (first < 0 || count < 0 || first + count > windows.count())
-    fail_expected(what, str("windows ", first, "..", first + count - 1, " are needed but the shards hold ",
-                            windows.count(), " windows of ", windows.sequence_length() + 1, " tokens"),
+    fail_expected(what,
+                  str("windows ", first, "..", first + count - 1, " are needed but the shards hold ", windows.count(),
+                      " windows of ", windows.sequence_length() + 1, " tokens"),
                   "more data, fewer samples/windows or a shorter --sequence-length");
   HeldOutWindows out;
   out.count = count;
@@ -36,8 +37,7 @@ double removal_loss(LlamaModel& model, const HeldOutWindows& windows, const std:
     const std::int64_t b = std::min(B, windows.count - w);
     const auto offset = static_cast<std::size_t>(w * T), n = static_cast<std::size_t>(b * T);
     model.forward(std::span(windows.inputs).subspan(offset, n), b, T, options);
-    sum += cross_entropy_loss(model, std::span(windows.targets).subspan(offset, n), workspace) *
-           static_cast<double>(n);
+    sum += cross_entropy_loss(model, std::span(windows.targets).subspan(offset, n), workspace) * static_cast<double>(n);
     tokens += static_cast<std::int64_t>(n);
   }
   return tokens > 0 ? sum / static_cast<double>(tokens) : 0.0;

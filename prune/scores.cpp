@@ -143,11 +143,13 @@ void check_scores_finite(const ImportanceScores& s, const std::string& where) {
   for (std::size_t l = 0; l < s.width.mlp.size(); ++l)
     for (std::size_t j = 0; j < s.width.mlp[l].size(); ++j) check(s.width.mlp[l][j], "mlp neuron ", j, " of layer ", l);
   for (std::size_t l = 0; l < s.width.heads.size(); ++l)
-    for (std::size_t h = 0; h < s.width.heads[l].size(); ++h) check(s.width.heads[l][h], "attention head ", h, " of layer ", l);
+    for (std::size_t h = 0; h < s.width.heads[l].size(); ++h)
+      check(s.width.heads[l][h], "attention head ", h, " of layer ", l);
   for (std::size_t l = 0; l < s.width.head_channels.size(); ++l)
     for (std::size_t c = 0; c < s.width.head_channels[l].size(); ++c)
       check(s.width.head_channels[l][c], "attention channel ", c, " (o_proj input) of layer ", l);
-  for (std::size_t c = 0; c < s.width.hidden.size(); ++c) check(s.width.hidden[c], "hidden channel ", c, " (summed over layers)");
+  for (std::size_t c = 0; c < s.width.hidden.size(); ++c)
+    check(s.width.hidden[c], "hidden channel ", c, " (summed over layers)");
   if (s.layers.baseline_loss) check(*s.layers.baseline_loss, "the held-out loss with every layer");
   for (std::size_t l = 0; l < s.layers.single_removal_loss.size(); ++l)
     check(s.layers.single_removal_loss[l], "the held-out loss without layer ", l);
@@ -188,7 +190,8 @@ ImportanceScores load_scores(const fs::path& path) {
 void check_scores_match(const ImportanceScores& s, const ModelConfig& c, const std::string& where) {
   auto same = [&](const char* field, std::int64_t scored, std::int64_t model) {
     if (scored != model)
-      fail_expected(where, str("scores were measured on a model with ", field, " = ", scored, ", this model has ", model),
+      fail_expected(where,
+                    str("scores were measured on a model with ", field, " = ", scored, ", this model has ", model),
                     "scores from 'minitron importance' on this same model");
   };
   same("hidden_size", s.hidden_size, c.hidden_size);
@@ -213,7 +216,8 @@ void check_scores_match(const ImportanceScores& s, const ModelConfig& c, const s
     fail_expected(where, str("width.hidden has ", s.width.hidden.size(), " scores"), str(c.hidden_size));
   const auto L = static_cast<std::size_t>(c.num_hidden_layers);
   if (!s.layers.single_removal_loss.empty() && s.layers.single_removal_loss.size() != L)
-    fail_expected(where, str("layers.single_removal_loss has ", s.layers.single_removal_loss.size(), " values"), str(L));
+    fail_expected(where, str("layers.single_removal_loss has ", s.layers.single_removal_loss.size(), " values"),
+                  str(L));
   if (!s.layers.block_importance.empty() && s.layers.block_importance.size() != L)
     fail_expected(where, str("layers.block_importance has ", s.layers.block_importance.size(), " values"), str(L));
   // Per block size k, one value per block start: the losses and the task accuracies alike.

@@ -21,11 +21,11 @@ namespace minitron {
 // Depth ranking: LM loss on held-out windows with layers removed (identity), and Block
 // Importance (1 - mean cos(layer input, layer output)); empty members were not measured.
 struct LayerScores {
-  std::int64_t windows = 0;                          // held-out windows of the loss ranking
-  std::optional<double> baseline_loss;               // nothing removed
-  std::vector<double> single_removal_loss;           // [layers]: loss with layer l removed
+  std::int64_t windows = 0;                                        // held-out windows of the loss ranking
+  std::optional<double> baseline_loss;                             // nothing removed
+  std::vector<double> single_removal_loss;                         // [layers]: loss with layer l removed
   std::map<std::int64_t, std::vector<double>> block_removal_loss;  // k -> [layers - k + 1], block s..s+k-1
-  std::vector<double> block_importance;              // [layers]
+  std::vector<double> block_importance;                            // [layers]
   // Accuracy on an evaluation task with each block removed (same layout as
   // block_removal_loss); filled only when a task metric is supplied to rank_layers.
   std::string task;

@@ -21,10 +21,16 @@ std::int64_t parse_parameter_count(const std::string& text, const std::string& f
   double scale = 1;
   std::string number = text;
   switch (text.back()) {
-    case 'K': case 'k': scale = 1e3; break;
-    case 'M': case 'm': scale = 1e6; break;
-    case 'B': case 'b': case 'G': case 'g': scale = 1e9; break;
-    case 'T': case 't': scale = 1e12; break;
+    case 'K':
+    case 'k': scale = 1e3; break;
+    case 'M':
+    case 'm': scale = 1e6; break;
+    case 'B':
+    case 'b':
+    case 'G':
+    case 'g': scale = 1e9; break;
+    case 'T':
+    case 't': scale = 1e12; break;
     default: break;
   }
   if (scale != 1) number.pop_back();
@@ -43,9 +49,12 @@ std::int64_t parse_parameter_count(const std::string& text, const std::string& f
 std::int64_t parameter_count(const ModelConfig& c) { return ParameterTable(c).total_numel(); }
 
 nlohmann::json architecture_to_json(const Architecture& a) {
-  return {{"hidden_size", a.hidden_size},         {"intermediate_size", a.intermediate_size},
-          {"num_attention_heads", a.num_attention_heads}, {"num_key_value_heads", a.num_key_value_heads},
-          {"num_hidden_layers", a.num_layers},    {"parameters", a.parameters}};
+  return {{"hidden_size", a.hidden_size},
+          {"intermediate_size", a.intermediate_size},
+          {"num_attention_heads", a.num_attention_heads},
+          {"num_key_value_heads", a.num_key_value_heads},
+          {"num_hidden_layers", a.num_layers},
+          {"parameters", a.parameters}};
 }
 
 std::string architecture_string(const Architecture& a) {
@@ -88,7 +97,8 @@ std::vector<Architecture> enumerate_architectures(const ModelConfig& config, std
   const std::int64_t Hkv = config.num_key_value_heads, group = config.query_heads_per_group();
   const std::int64_t hidden_step =
       grid.hidden_step > 0 ? grid.hidden_step : (D >= 2048 ? 256 : default_step(D, kHiddenSizeMultiple));
-  const std::int64_t ffn_step = grid.intermediate_step > 0 ? grid.intermediate_step : (F >= 4096 ? 512 : default_step(F, 8));
+  const std::int64_t ffn_step =
+      grid.intermediate_step > 0 ? grid.intermediate_step : (F >= 4096 ? 512 : default_step(F, 8));
   if (hidden_step % kHiddenSizeMultiple != 0)
     fail_expected("hidden step", str(hidden_step), str("a multiple of ", kHiddenSizeMultiple));
   const auto floor_of = [](std::int64_t size, double fraction) {

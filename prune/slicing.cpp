@@ -28,8 +28,7 @@ Index head_channels(const Index& heads, std::int64_t head_dim) {
   return out;
 }
 
-std::int64_t check_size(const char* flag, std::optional<std::int64_t> target, std::int64_t current,
-                        const char* field) {
+std::int64_t check_size(const char* flag, std::optional<std::int64_t> target, std::int64_t current, const char* field) {
   if (!target) return current;
   if (*target < 1) fail_expected(flag, str(*target), str("a positive size (at most ", field, " = ", current, ")"));
   if (*target > current)
@@ -68,7 +67,8 @@ Role role_of(const ParameterTable& table, const ParamInfo& info) {
 
 // Losses with each block of k removed (k = 1: the single-layer losses); nullptr when not measured.
 const std::vector<double>* removal_losses(const ImportanceScores& scores, std::int64_t k) {
-  if (auto it = scores.layers.block_removal_loss.find(k); it != scores.layers.block_removal_loss.end()) return &it->second;
+  if (auto it = scores.layers.block_removal_loss.find(k); it != scores.layers.block_removal_loss.end())
+    return &it->second;
   if (k == 1 && !scores.layers.single_removal_loss.empty()) return &scores.layers.single_removal_loss;
   return nullptr;
 }
@@ -161,8 +161,9 @@ std::int64_t least_important_block(const ImportanceScores& scores, std::int64_t 
   std::vector<double> cost;
   if (criterion == LayerCriterion::Loss) {
     if (!losses)
-      fail_expected("--num-layers", str("dropping ", k, " layers needs block-removal losses for k = ", k,
-                                        ", the scores file has them for k = ", block_sizes_of(scores.layers.block_removal_loss)),
+      fail_expected("--num-layers",
+                    str("dropping ", k, " layers needs block-removal losses for k = ", k,
+                        ", the scores file has them for k = ", block_sizes_of(scores.layers.block_removal_loss)),
                     str("scores from 'minitron importance --block-size ", k,
                         "', or --layer-criterion block-importance, or --drop-layers A-B"));
     cost = *losses;
@@ -171,8 +172,7 @@ std::int64_t least_important_block(const ImportanceScores& scores, std::int64_t 
     if (bi.empty())
       fail_expected("--layer-criterion block-importance", "the scores file has no block_importance",
                     "scores from 'minitron importance' (which measures it by default)");
-    for (std::int64_t s = 0; s + k <= L; ++s)
-      cost.push_back(std::accumulate(bi.begin() + s, bi.begin() + s + k, 0.0));
+    for (std::int64_t s = 0; s + k <= L; ++s) cost.push_back(std::accumulate(bi.begin() + s, bi.begin() + s + k, 0.0));
   }
   MINITRON_ASSERT(cost.size() == blocks);
   return std::min_element(cost.begin(), cost.end()) - cost.begin();
@@ -199,8 +199,8 @@ PrunePlan plan_pruning(const ModelConfig& config, const ImportanceScores& scores
                   str("a multiple of the number of KV heads (", Hkv2, ")"));
   if (Hq2 / Hkv2 > group)
     fail_expected("--num-attention-heads",
-                  str(Hq2, " query heads over ", Hkv2, " KV groups is ", Hq2 / Hkv2, " per group, but each group has only ",
-                      group),
+                  str(Hq2, " query heads over ", Hkv2, " KV groups is ", Hq2 / Hkv2,
+                      " per group, but each group has only ", group),
                   str("at most ", Hkv2 * group, " query heads with ", Hkv2, " KV heads"));
 
   PrunePlan plan;
@@ -209,7 +209,8 @@ PrunePlan plan_pruning(const ModelConfig& config, const ImportanceScores& scores
   if (t.num_layers) {
     const std::int64_t n = *t.num_layers;
     if (n < 1) fail_expected("--num-layers", str(n), str("from 1 to ", L, " (dropping every layer leaves no model)"));
-    if (n > L) fail_expected("--num-layers", str(n, " is above the model's num_hidden_layers = ", L), str("at most ", L));
+    if (n > L)
+      fail_expected("--num-layers", str(n, " is above the model's num_hidden_layers = ", L), str("at most ", L));
     if (n < L) {
       const std::int64_t k = L - n, s = least_important_block(scores, L, k, t.layer_criterion);
       plan.dropped_block = std::pair(s, s + k - 1);
@@ -220,11 +221,13 @@ PrunePlan plan_pruning(const ModelConfig& config, const ImportanceScores& scores
     if (a < 0 || b >= L)
       fail_expected("--drop-layers", str(a, "-", b, " is outside the model's layers"), str("layers within 0-", L - 1));
     if (b - a + 1 >= L)
-      fail_expected("--drop-layers", str(a, "-", b, " drops every layer"), str("at most ", L - 1, " of ", L, " layers"));
+      fail_expected("--drop-layers", str(a, "-", b, " drops every layer"),
+                    str("at most ", L - 1, " of ", L, " layers"));
     plan.dropped_block = std::pair(a, b);
   }
   for (std::int64_t l = 0; l < L; ++l)
-    if (!plan.dropped_block || l < plan.dropped_block->first || l > plan.dropped_block->second) plan.layers.push_back(l);
+    if (!plan.dropped_block || l < plan.dropped_block->first || l > plan.dropped_block->second)
+      plan.layers.push_back(l);
 
   // ---- what to keep ----
   plan.hidden = D2 == D ? all_of(D) : top_k_in_order(need(scores.width.hidden, "hidden-channel", "--hidden-size"), D2);
@@ -234,7 +237,8 @@ PrunePlan plan_pruning(const ModelConfig& config, const ImportanceScores& scores
       plan.ffn.push_back(all_of(F));
     } else {
       if (scores.width.mlp.size() != static_cast<std::size_t>(L))
-        fail_expected("--intermediate-size", "the scores file has no MLP scores", "scores written by 'minitron importance'");
+        fail_expected("--intermediate-size", "the scores file has no MLP scores",
+                      "scores written by 'minitron importance'");
       plan.ffn.push_back(top_k_in_order(scores.width.mlp[li], F2));
     }
     if (Hq2 == Hq && Hkv2 == Hkv) {
@@ -243,13 +247,15 @@ PrunePlan plan_pruning(const ModelConfig& config, const ImportanceScores& scores
       continue;
     }
     if (scores.width.heads.size() != static_cast<std::size_t>(L))
-      fail_expected("--num-attention-heads", "the scores file has no head scores", "scores written by 'minitron importance'");
+      fail_expected("--num-attention-heads", "the scores file has no head scores",
+                    "scores written by 'minitron importance'");
     const std::vector<double>& h = scores.width.heads[li];
     // Query head q belongs to KV group q / group (the attention kernel's GQA mapping).
     Index groups = all_of(Hkv);
     if (Hkv2 < Hkv) {
       std::vector<double> group_scores(static_cast<std::size_t>(Hkv), 0.0);
-      for (std::int64_t q = 0; q < Hq; ++q) group_scores[static_cast<std::size_t>(q / group)] += h[static_cast<std::size_t>(q)];
+      for (std::int64_t q = 0; q < Hq; ++q)
+        group_scores[static_cast<std::size_t>(q / group)] += h[static_cast<std::size_t>(q)];
       groups = top_k_in_order(group_scores, Hkv2);
     }
     Index kept;
@@ -288,7 +294,8 @@ std::vector<float> slice_parameters(const ModelConfig& config, const ParameterTa
     if (info.layer >= 0) {
       const std::string prefix = str("model.layers.", info.layer, ".");
       MINITRON_ASSERT(info.name.rfind(prefix, 0) == 0);
-      source_name = str("model.layers.", plan.layers[static_cast<std::size_t>(info.layer)], ".", info.name.substr(prefix.size()));
+      source_name =
+          str("model.layers.", plan.layers[static_cast<std::size_t>(info.layer)], ".", info.name.substr(prefix.size()));
       q_channels = head_channels(plan.query_heads[static_cast<std::size_t>(info.layer)], config.head_dim);
       kv_channels = head_channels(plan.kv_heads[static_cast<std::size_t>(info.layer)], config.head_dim);
     }

@@ -48,12 +48,12 @@ struct PruneTargets {
 std::pair<std::int64_t, std::int64_t> parse_layer_range(const std::string& text);
 
 struct PrunePlan {
-  ModelConfig config;                                // the pruned model
-  std::vector<std::int64_t> layers;                  // original index of each kept layer
-  std::vector<std::int64_t> hidden;                  // kept hidden channels
-  std::vector<std::vector<std::int64_t>> ffn;        // per kept layer: kept neurons
-  std::vector<std::vector<std::int64_t>> query_heads;  // per kept layer: kept query heads
-  std::vector<std::vector<std::int64_t>> kv_heads;     // per kept layer: kept KV heads
+  ModelConfig config;                                                  // the pruned model
+  std::vector<std::int64_t> layers;                                    // original index of each kept layer
+  std::vector<std::int64_t> hidden;                                    // kept hidden channels
+  std::vector<std::vector<std::int64_t>> ffn;                          // per kept layer: kept neurons
+  std::vector<std::vector<std::int64_t>> query_heads;                  // per kept layer: kept query heads
+  std::vector<std::vector<std::int64_t>> kv_heads;                     // per kept layer: kept KV heads
   std::optional<std::pair<std::int64_t, std::int64_t>> dropped_block;  // original indices, inclusive
 };
 

@@ -18,7 +18,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 TeacherDistillationObjective::TeacherDistillationObjective(LlamaModel& teacher, LossWorkspace& workspace,
                                                            float temperature, float hard_label_weight,
-                                                           HiddenStateDistillation* hidden_states, float intermediate_weight)
+                                                           HiddenStateDistillation* hidden_states,
+                                                           float intermediate_weight)
     : teacher_(teacher),
       workspace_(workspace),
       temperature_(temperature),

@@ -7,8 +7,7 @@
 
 namespace minitron {
 
-EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace,
-                         bool show_progress) {
+EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress) {
   const std::int64_t T = loader.windows().sequence_length();
   const std::int64_t B = model.max_batch();
   std::vector<std::int32_t> inputs(static_cast<std::size_t>(B * T)), targets(inputs.size());

@@ -19,7 +19,6 @@ struct EvalResult {
 
 // Runs every batch of the loader (from its start) through the model. show_progress draws a
 // progress bar on stderr.
-EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace,
-                         bool show_progress = false);
+EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress = false);
 
 }  // namespace minitron

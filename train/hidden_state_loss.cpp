@@ -59,12 +59,15 @@ std::vector<LayerPair> parse_layer_mapping(const std::string& spec, std::int64_t
     if (colon == std::string::npos)
       fail_expected(str("--intermediate-layers ", spec), str("entry '", entry, "' has no ':'"),
                     "comma-separated STUDENT:TEACHER pairs of zero-based layer indices, e.g. 0:0,3:7");
-    const LayerPair p{parse_layer(entry.substr(0, colon), entry, spec), parse_layer(entry.substr(colon + 1), entry, spec)};
+    const LayerPair p{parse_layer(entry.substr(0, colon), entry, spec),
+                      parse_layer(entry.substr(colon + 1), entry, spec)};
     if (p.student >= student_layers)
-      fail_expected(str("--intermediate-layers ", spec), str("student layer ", p.student, " in '", entry, "' is out of range"),
+      fail_expected(str("--intermediate-layers ", spec),
+                    str("student layer ", p.student, " in '", entry, "' is out of range"),
                     str("0 <= student layer < ", student_layers, " (the student's num_hidden_layers)"));
     if (p.teacher >= teacher_layers)
-      fail_expected(str("--intermediate-layers ", spec), str("teacher layer ", p.teacher, " in '", entry, "' is out of range"),
+      fail_expected(str("--intermediate-layers ", spec),
+                    str("teacher layer ", p.teacher, " in '", entry, "' is out of range"),
                     str("0 <= teacher layer < ", teacher_layers, " (the teacher's num_hidden_layers)"));
     if (!seen.insert(p.student).second)
       fail_expected(str("--intermediate-layers ", spec), str("student layer ", p.student, " is mapped twice"),
@@ -111,8 +114,10 @@ CosineDistance::CosineDistance(Backend& backend, std::int64_t max_rows, std::int
 }
 
 void CosineDistance::project(Tensor u, Tensor s, Tensor W, std::int64_t rows) {
-  if (W.empty()) backend_.copy(u, s.slice(0, rows * student_width_));
-  else backend_.matmul(u, s.slice(0, rows * student_width_), W, rows, teacher_width_, student_width_, false, true);
+  if (W.empty())
+    backend_.copy(u, s.slice(0, rows * student_width_));
+  else
+    backend_.matmul(u, s.slice(0, rows * student_width_), W, rows, teacher_width_, student_width_, false, true);
 }
 
 double CosineDistance::value(Tensor s, Tensor t, Tensor W, std::int64_t rows) {
@@ -167,7 +172,8 @@ class HiddenStateDistillation::Recorder : public ActivationObserver {
     for (std::size_t i = 0; i < targets_.size(); ++i) {
       if (targets_[i].first != layer) continue;
       const std::int64_t n = batch * sequence * channels;
-      MINITRON_ASSERT(n <= targets_[i].second.numel, "hidden state of ", batch, " x ", sequence, " rows exceeds the buffer");
+      MINITRON_ASSERT(n <= targets_[i].second.numel, "hidden state of ", batch, " x ", sequence,
+                      " rows exceeds the buffer");
       backend_.copy(targets_[i].second.slice(0, n), act.slice(0, n));
       recorded_[i] = true;
       rows_ = batch * sequence;
@@ -219,7 +225,8 @@ HiddenStateDistillation::HiddenStateDistillation(Backend& backend, const ModelCo
       cosine_(backend, max_rows, student.hidden_size, teacher.hidden_size) {
   if (pairs_.empty()) fail_expected("--intermediate-layers", "no layer pairs", "at least one STUDENT:TEACHER pair");
   for (const LayerPair& p : pairs_)
-    if (p.student < 0 || p.student >= student.num_hidden_layers || p.teacher < 0 || p.teacher >= teacher.num_hidden_layers)
+    if (p.student < 0 || p.student >= student.num_hidden_layers || p.teacher < 0 ||
+        p.teacher >= teacher.num_hidden_layers)
       fail_expected("--intermediate-layers", str("pair ", p.student, ":", p.teacher, " is out of range"),
                     str("student layers in [0, ", student.num_hidden_layers, "), teacher layers in [0, ",
                         teacher.num_hidden_layers, ")"));
@@ -262,13 +269,15 @@ void HiddenStateDistillation::set_map(std::span<const float> host) {
 
 std::vector<float> HiddenStateDistillation::get_map() const {
   std::vector<float> host(static_cast<std::size_t>(map_.numel()));
-  if (!host.empty()) backend_.download(host.data(), map_master_.tensor().empty() ? map_.tensor() : map_master_.tensor());
+  if (!host.empty())
+    backend_.download(host.data(), map_master_.tensor().empty() ? map_.tensor() : map_master_.tensor());
   return host;
 }
 
 double HiddenStateDistillation::loss() {
   const std::int64_t rows = student_recorder_->take("student");
-  if (teacher_recorder_->take("teacher") != rows) fail("intermediate loss: teacher and student ran on different batches");
+  if (teacher_recorder_->take("teacher") != rows)
+    fail("intermediate loss: teacher and student ran on different batches");
   MINITRON_ASSERT(rows <= max_rows_, rows, " rows, built for ", max_rows_);
   rows_ = rows;
   double sum = 0;
@@ -321,7 +330,8 @@ void HiddenStateDistillation::save_state(const fs::path& dir) const {
     backend_.download(m.data(), map_m_);
     backend_.download(v.data(), map_v_);
     const std::vector<std::int64_t> shape{teacher_width_, student_width_};
-    const std::vector<SafetensorsEntry> entries{{"map", shape, w.data()}, {"adam_m", shape, m.data()}, {"adam_v", shape, v.data()}};
+    const std::vector<SafetensorsEntry> entries{
+        {"map", shape, w.data()}, {"adam_m", shape, m.data()}, {"adam_v", shape, v.data()}};
     write_safetensors_file(dir / "hidden_state_map.safetensors", entries, SafetensorsDType::F32);
   }
   write_bytes_atomically(dir / "hidden_state_map.json", meta.dump(2));
@@ -336,10 +346,12 @@ void HiddenStateDistillation::restore_state(const fs::path& dir) {
       parse_untrusted_json(read_text_file(meta_path), meta_path.string(), "valid JSON written by minitron distill");
   const JsonField meta(document, meta_path.string());
   const std::string layers = meta.at("layers").as_string();
-  if (layers != format_layer_mapping(pairs_) || meta.at("student_hidden_size").as_int<std::int64_t>() != student_width_ ||
+  if (layers != format_layer_mapping(pairs_) ||
+      meta.at("student_hidden_size").as_int<std::int64_t>() != student_width_ ||
       meta.at("teacher_hidden_size").as_int<std::int64_t>() != teacher_width_)
     fail_expected(str("--resume from ", dir.string()),
-                  str("the checkpoint's intermediate loss maps layers ", layers, " but this run maps ", format_layer_mapping(pairs_)),
+                  str("the checkpoint's intermediate loss maps layers ", layers, " but this run maps ",
+                      format_layer_mapping(pairs_)),
                   "the same --intermediate-layers and models as the interrupted run");
   map_steps_ = meta.at("steps").as_int<std::int64_t>(0);
   if (!has_map()) return;

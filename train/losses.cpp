@@ -65,8 +65,8 @@ std::span<const double> for_each_logits_chunk(LlamaModel& model, LlamaModel* tea
   return std::span<const double>(ws.host_losses_).first(static_cast<std::size_t>(terms * rows));
 }
 
-double cross_entropy_loss(LlamaModel& model, std::span<const std::int32_t> targets,
-                          LossWorkspace& ws, float grad_weight, std::vector<float>* per_row) {
+double cross_entropy_loss(LlamaModel& model, std::span<const std::int32_t> targets, LossWorkspace& ws,
+                          float grad_weight, std::vector<float>* per_row) {
   const std::int64_t rows = model.rows(), V = model.config().vocab_size;
   MINITRON_ASSERT(static_cast<std::int64_t>(targets.size()) == rows);
   std::int64_t counted = 0;
@@ -87,8 +87,8 @@ double cross_entropy_loss(LlamaModel& model, std::span<const std::int32_t> targe
   return std::accumulate(losses.begin(), losses.end(), 0.0) / static_cast<double>(counted);
 }
 
-double distillation_loss(LlamaModel& student, LlamaModel& teacher, LossWorkspace& ws,
-                         float temperature, float grad_weight) {
+double distillation_loss(LlamaModel& student, LlamaModel& teacher, LossWorkspace& ws, float temperature,
+                         float grad_weight) {
   const std::int64_t rows = student.rows(), V = student.config().vocab_size;
   if (!(temperature > 0)) fail_expected("--temperature", str(temperature), "a value > 0");
   const float grad_scale = grad_weight / static_cast<float>(rows);

@@ -34,8 +34,8 @@ class LossWorkspace {
  public:
   // rows_per_chunk = 0 picks Backend::loss_chunk_logits() logits per chunk, in whole 128-row
   // tiles (16M logits on a CPU: 64 MB in fp32).
-  LossWorkspace(Backend& backend, std::int64_t vocab_size, std::int64_t max_rows,
-                std::int64_t rows_per_chunk = 0, bool distillation = false);
+  LossWorkspace(Backend& backend, std::int64_t vocab_size, std::int64_t max_rows, std::int64_t rows_per_chunk = 0,
+                bool distillation = false);
   std::int64_t rows_per_chunk() const { return rows_per_chunk_; }
 
  private:
@@ -61,14 +61,13 @@ std::span<const double> for_each_logits_chunk(LlamaModel& model, LlamaModel* tea
 // With grad_weight != 0 (Training mode) it also back-propagates grad_weight * d(mean)/d(logits)
 // into the head (call model.backward() afterwards). per_row, when given, receives every
 // row's loss (0 for ignored rows). Returns the mean (0 when no row counts).
-double cross_entropy_loss(LlamaModel& model, std::span<const std::int32_t> targets,
-                          LossWorkspace& workspace, float grad_weight = 0.0f,
-                          std::vector<float>* per_row = nullptr);
+double cross_entropy_loss(LlamaModel& model, std::span<const std::int32_t> targets, LossWorkspace& workspace,
+                          float grad_weight = 0.0f, std::vector<float>* per_row = nullptr);
 
 // Mean forward KL(p_teacher || p_student) per token at temperature tau, after both models ran
 // forward() on the same tokens. With grad_weight != 0, back-propagates into the student's head. The teacher gets no
 // gradient and may be an Inference-mode model.
-double distillation_loss(LlamaModel& student, LlamaModel& teacher, LossWorkspace& workspace,
-                         float temperature, float grad_weight = 0.0f);
+double distillation_loss(LlamaModel& student, LlamaModel& teacher, LossWorkspace& workspace, float temperature,
+                         float grad_weight = 0.0f);
 
 }  // namespace minitron

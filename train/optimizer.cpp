@@ -27,7 +27,8 @@ std::vector<float> gather_to_rank0(Backend& backend, Communicator& communicator,
   std::vector<std::int64_t> window_bounds(bounds.size());
   for (std::int64_t first = 0; first < n; first += window) {
     const std::int64_t count = std::min(window, n - first);
-    for (std::size_t r = 0; r < bounds.size(); ++r) window_bounds[r] = std::clamp(bounds[r], first, first + count) - first;
+    for (std::size_t r = 0; r < bounds.size(); ++r)
+      window_bounds[r] = std::clamp(bounds[r], first, first + count) - first;
     const std::int64_t lo = std::max(begin, first), hi = std::min(end, first + count);
     if (lo < hi) backend.copy(staging.tensor().slice(lo - first, hi - lo), part.slice(lo - begin, hi - lo));
     const Tensor gathered = staging.tensor().slice(0, count);
@@ -44,8 +45,7 @@ double learning_rate_at(const OptimizerConfig& c, std::int64_t step) {
   if (decay_steps <= 0) return c.learning_rate;
   double progress = static_cast<double>(step - c.warmup_steps) / static_cast<double>(decay_steps);
   progress = std::min(1.0, std::max(0.0, progress));
-  return c.min_learning_rate +
-         0.5 * (1.0 + std::cos(M_PI * progress)) * (c.learning_rate - c.min_learning_rate);
+  return c.min_learning_rate + 0.5 * (1.0 + std::cos(M_PI * progress)) * (c.learning_rate - c.min_learning_rate);
 }
 
 bool decays(const ParamInfo& info, const OptimizerConfig& config) {
@@ -163,7 +163,8 @@ void AdamW::set_state(std::span<const float> m, std::span<const float> v, std::s
   b.upload(m_, m.data());
   b.upload(v_, v.data());
   if (has_master()) {
-    if (weights.size() != n) fail_expected("optimizer state", str(weights.size(), " fp32 weights"), str(n, " (this rank's part)"));
+    if (weights.size() != n)
+      fail_expected("optimizer state", str(weights.size(), " fp32 weights"), str(n, " (this rank's part)"));
     b.upload(master_, weights.data());
   }
   steps_taken_ = steps_taken;

@@ -18,9 +18,9 @@ struct OptimizerConfig {
   std::int64_t warmup_steps = 40;
   std::int64_t total_steps = 1000;
   double weight_decay = 0.1;
-  bool decay_embeddings = true;     // embedding table and LM head decay too (nanoGPT/Megatron)
+  bool decay_embeddings = true;  // embedding table and LM head decay too (nanoGPT/Megatron)
   double beta1 = 0.9, beta2 = 0.95, epsilon = 1e-8;
-  double grad_clip = 1.0;           // global L2 norm; 0 turns clipping off
+  double grad_clip = 1.0;  // global L2 norm; 0 turns clipping off
 };
 
 // Learning rate at 0-based step s: linear warm-up to the peak over warmup_steps (reaching it

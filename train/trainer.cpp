@@ -27,8 +27,8 @@ namespace minitron {
 namespace fs = std::filesystem;
 
 double CrossEntropyObjective::step(LlamaModel& model, std::span<const std::int32_t> inputs,
-                                   std::span<const std::int32_t> targets, std::int64_t batch,
-                                   std::int64_t sequence, float grad_weight) {
+                                   std::span<const std::int32_t> targets, std::int64_t batch, std::int64_t sequence,
+                                   float grad_weight) {
   model.forward(inputs, batch, sequence);
   return cross_entropy_loss(model, targets, workspace_, grad_weight);
 }
@@ -79,8 +79,8 @@ void check_training_memory(const Backend& backend, std::int64_t trained_paramete
                 str("training ", human_count(trained_parameters), " parameters (", trained_bytes,
                     " bytes each for the weight, its gradient and ",
                     world_size > 1 ? str("1/", world_size, " of its AdamW state") : std::string("its AdamW state"), ")",
-                    frozen_parameters > 0 ? str(" beside a ", human_count(frozen_parameters), "-parameter teacher (", frozen_bytes,
-                                                " bytes each)")
+                    frozen_parameters > 0 ? str(" beside a ", human_count(frozen_parameters), "-parameter teacher (",
+                                                frozen_bytes, " bytes each)")
                                           : std::string(),
                     " needs ", gib(need), " before any activation; the device has ", gib(double(*capacity))),
                 world_size > 1 ? std::string("a model whose state fits the device (each rank holds the whole model and "
@@ -94,35 +94,37 @@ namespace {
 // A resumable checkpoint: the HF checkpoint, the training state beside it
 // (model/training_state.h) and the objective's own. A collective: every rank's part of the
 // optimizer state goes to rank 0, which alone writes.
-void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const AdamW& optimizer,
-                              const TrainLoader& loader, std::int64_t step, const TrainOptions& options,
-                              const Objective& objective, Communicator& communicator) {
+void save_training_checkpoint(const fs::path& dir, LlamaModel& model, const AdamW& optimizer, const TrainLoader& loader,
+                              std::int64_t step, const TrainOptions& options, const Objective& objective,
+                              Communicator& communicator) {
   const std::vector<float> params = optimizer.gather_weights();  // the exact fp32 weights the update works on
   std::vector<float> m, v;
   optimizer.gather_moments(m, v);
   if (communicator.rank() != 0) return;
-  write_directory_atomically(dir, [&](const fs::path& tmp) {
-    SaveOptions save;
-    save.dtype = options.save_dtype;
-    save.copy_files = options.companion_files;
-    save_checkpoint(tmp, model.config(), model.table(), params, save);
-    TrainingProgress progress;
-    progress.step = step;
-    progress.optimizer_steps = optimizer.steps_taken();
-    progress.loader = loader.state();
-    progress.batch_size = options.batch_size;
-    progress.sequence_length = options.sequence_length;
-    progress.grad_accumulation = options.grad_accumulation;
-    progress.world_size = communicator.world_size();
-    write_training_state(tmp, progress, params, m, v);
-    objective.save_state(tmp);
-  }, is_checkpoint_entry);
+  write_directory_atomically(
+      dir,
+      [&](const fs::path& tmp) {
+        SaveOptions save;
+        save.dtype = options.save_dtype;
+        save.copy_files = options.companion_files;
+        save_checkpoint(tmp, model.config(), model.table(), params, save);
+        TrainingProgress progress;
+        progress.step = step;
+        progress.optimizer_steps = optimizer.steps_taken();
+        progress.loader = loader.state();
+        progress.batch_size = options.batch_size;
+        progress.sequence_length = options.sequence_length;
+        progress.grad_accumulation = options.grad_accumulation;
+        progress.world_size = communicator.world_size();
+        write_training_state(tmp, progress, params, m, v);
+        objective.save_state(tmp);
+      },
+      is_checkpoint_entry);
 }
 
 // Returns the step to continue from.
-std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model, AdamW& optimizer,
-                                         TrainLoader& loader, const TrainOptions& options, Objective& objective,
-                                         std::int64_t world_size) {
+std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model, AdamW& optimizer, TrainLoader& loader,
+                                         const TrainOptions& options, Objective& objective, std::int64_t world_size) {
   const TrainingProgress saved = read_training_progress(dir);
   struct Shape {
     const char* name;
@@ -224,7 +226,8 @@ std::int64_t checkpoint_step(const fs::path& checkpoint) {
 std::vector<double> gather_over_ranks(Communicator& communicator, std::span<const double> values) {
   const std::size_t k = values.size();
   std::vector<double> slots(static_cast<std::size_t>(communicator.world_size()) * k, 0.0);
-  std::copy(values.begin(), values.end(), slots.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(communicator.rank()) * k));
+  std::copy(values.begin(), values.end(),
+            slots.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(communicator.rank()) * k));
   communicator.all_reduce_sum(slots);
   return slots;
 }
@@ -232,8 +235,8 @@ std::vector<double> gather_over_ranks(Communicator& communicator, std::span<cons
 // The replicas stay identical only if they start so. A node-local copy of the model that
 // differs would mix gradients of different models without an error; a different --steps or
 // batch shape would leave some ranks waiting forever in a collective the others never call.
-void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Objective& objective, const TrainOptions& options,
-                       std::int64_t start) {
+void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Objective& objective,
+                       const TrainOptions& options, std::int64_t start) {
   struct Agreed {
     const char* what;
     double value;
@@ -268,7 +271,8 @@ void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Obje
   for (std::size_t r = 1; r < all.size() / k; ++r)
     for (std::size_t i = 0; i < k; ++i)
       if (all[r * k + i] != all[i])
-        fail_expected(str("data-parallel rank ", r), str(agreed[i].what, " is ", std::setprecision(17), all[r * k + i], " but rank 0's is ", all[i]),
+        fail_expected(str("data-parallel rank ", r),
+                      str(agreed[i].what, " is ", std::setprecision(17), all[r * k + i], " but rank 0's is ", all[i]),
                       "every rank started with the same command line and the same model files");
 }
 
@@ -291,8 +295,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   const std::int64_t world = communicator.world_size();
   const bool lead = communicator.rank() == 0;  // prints, validates, writes
   if (options.steps < 1) fail_expected("--steps", str(options.steps), "at least 1");
-  if (options.grad_accumulation < 1)
-    fail_expected("--grad-accumulation", str(options.grad_accumulation), "at least 1");
+  if (options.grad_accumulation < 1) fail_expected("--grad-accumulation", str(options.grad_accumulation), "at least 1");
   if (options.save_total_limit < 0)
     fail_expected("--save-total-limit", str(options.save_total_limit), "at least 0 (0 keeps every checkpoint)");
   if (T > model.config().max_position_embeddings)
@@ -312,8 +315,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   if (lead && !options.validation_shards.empty()) {
     std::optional<std::int64_t> max_windows;
     if (options.eval_windows > 0) max_windows = options.eval_windows;
-    validation = std::make_unique<EvalLoader>(options.validation_shards, B, T, max_windows,
-                                              model.config().vocab_size);
+    validation = std::make_unique<EvalLoader>(options.validation_shards, B, T, max_windows, model.config().vocab_size);
     eval_workspace = std::make_unique<LossWorkspace>(model.backend(), model.config().vocab_size, B * T);
   }
 
@@ -359,9 +361,11 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     if (!validation) return;
     EvalResult r = evaluate_loss(model, *validation, *eval_workspace);
     summary.validation_loss = r.loss;
-    std::printf("step %lld | validation loss %.4f | perplexity %.2f | %lld tokens\n",
-                static_cast<long long>(step), r.loss, r.perplexity, static_cast<long long>(r.tokens));
-    metrics.write({{"step", step}, {"validation_loss", r.loss}, {"validation_perplexity", r.perplexity},
+    std::printf("step %lld | validation loss %.4f | perplexity %.2f | %lld tokens\n", static_cast<long long>(step),
+                r.loss, r.perplexity, static_cast<long long>(r.tokens));
+    metrics.write({{"step", step},
+                   {"validation_loss", r.loss},
+                   {"validation_perplexity", r.perplexity},
                    {"validation_tokens", r.tokens}});
   };
 
@@ -403,10 +407,14 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       double rate = window > 0 ? static_cast<double>(window_tokens) / window : 0.0;
       double elapsed = std::chrono::duration<double>(now - t0).count();
       double eta = elapsed / static_cast<double>(step + 1 - start) * static_cast<double>(options.steps - step - 1);
-      nlohmann::json record = {{"step", step + 1}, {"loss", logged[0]}, {"objective", objective.name()},
-                                {"learning_rate", stats.learning_rate}, {"grad_norm", stats.grad_norm},
-                                {"tokens_per_second", rate}, {"elapsed_seconds", elapsed},
-                                {"epoch", loader.epoch()}};
+      nlohmann::json record = {{"step", step + 1},
+                               {"loss", logged[0]},
+                               {"objective", objective.name()},
+                               {"learning_rate", stats.learning_rate},
+                               {"grad_norm", stats.grad_norm},
+                               {"tokens_per_second", rate},
+                               {"elapsed_seconds", elapsed},
+                               {"epoch", loader.epoch()}};
       std::string terms;
       for (std::size_t i = 0; i < term_names.size(); ++i) {
         char number[32];
@@ -415,8 +423,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
         record[term_names[i]] = logged[1 + i];
       }
       std::printf("step %lld/%lld | %s %.4f%s | lr %.3e | grad norm %.3f | %.0f tok/s | ETA %s\n",
-                  static_cast<long long>(step + 1), static_cast<long long>(options.steps), objective.name(),
-                  logged[0], terms.c_str(), stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
+                  static_cast<long long>(step + 1), static_cast<long long>(options.steps), objective.name(), logged[0],
+                  terms.c_str(), stats.learning_rate, stats.grad_norm, rate, format_eta(eta).c_str());
       std::fflush(stdout);
       metrics.write(record);
       window_start = now;
@@ -443,9 +451,14 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
 
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   summary.tokens_per_second =
-      summary.seconds > 0 ? static_cast<double>((options.steps - start) * B * T * global_micro_batches) / summary.seconds : 0;
-  metrics.write({{"event", "done"}, {"steps", options.steps}, {"last_train_loss", summary.last_train_loss},
-                 {"validation_loss", summary.validation_loss}, {"tokens_per_second", summary.tokens_per_second}});
+      summary.seconds > 0
+          ? static_cast<double>((options.steps - start) * B * T * global_micro_batches) / summary.seconds
+          : 0;
+  metrics.write({{"event", "done"},
+                 {"steps", options.steps},
+                 {"last_train_loss", summary.last_train_loss},
+                 {"validation_loss", summary.validation_loss},
+                 {"tokens_per_second", summary.tokens_per_second}});
   // No rank leaves (closing its connections, which the others would report as its failure)
   // while rank 0 still writes the model.
   communicator.barrier();

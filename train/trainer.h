@@ -25,9 +25,8 @@ class Objective {
  public:
   virtual ~Objective() = default;
   virtual const char* name() const = 0;  // "cross_entropy", "kl", ...
-  virtual double step(LlamaModel& model, std::span<const std::int32_t> inputs,
-                      std::span<const std::int32_t> targets, std::int64_t batch,
-                      std::int64_t sequence, float grad_weight) = 0;
+  virtual double step(LlamaModel& model, std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
+                      std::int64_t batch, std::int64_t sequence, float grad_weight) = 0;
   // Parameters an objective trains itself (the hidden-state map of distillation): updated
   // after the model's optimizer step (0-based step), saved into and restored from each
   // training checkpoint directory so that resume stays bit-exact.
@@ -48,9 +47,8 @@ class CrossEntropyObjective : public Objective {
  public:
   explicit CrossEntropyObjective(LossWorkspace& workspace) : workspace_(workspace) {}
   const char* name() const override { return "cross_entropy"; }
-  double step(LlamaModel& model, std::span<const std::int32_t> inputs,
-              std::span<const std::int32_t> targets, std::int64_t batch, std::int64_t sequence,
-              float grad_weight) override;
+  double step(LlamaModel& model, std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
+              std::int64_t batch, std::int64_t sequence, float grad_weight) override;
 
  private:
   LossWorkspace& workspace_;
@@ -61,9 +59,9 @@ struct TrainOptions {
   std::int64_t sequence_length = 256;
   std::int64_t steps = 100;
   std::int64_t grad_accumulation = 1;
-  std::int64_t eval_interval = 0;   // 0: validate only at the end
-  std::int64_t eval_windows = 0;    // 0: every validation window
-  std::int64_t save_interval = 0;   // 0: no intermediate checkpoints
+  std::int64_t eval_interval = 0;  // 0: validate only at the end
+  std::int64_t eval_windows = 0;   // 0: every validation window
+  std::int64_t save_interval = 0;  // 0: no intermediate checkpoints
   // Keep only the newest N output/checkpoint-* directories (by step), removing older ones once
   // a new one is complete; 0 keeps them all (Hugging Face's save_total_limit).
   std::int64_t save_total_limit = 0;
@@ -115,8 +113,8 @@ void check_training_output(const TrainOptions& options);
 // with their gradients and, on each of world_size data-parallel ranks, their share of the
 // AdamW state (AdamW::state_bytes_per_parameter), frozen ones (a distillation teacher) with
 // their weights only. Activations come on top.
-void check_training_memory(const Backend& backend, std::int64_t trained_parameters,
-                           std::int64_t frozen_parameters = 0, std::int64_t world_size = 1);
+void check_training_memory(const Backend& backend, std::int64_t trained_parameters, std::int64_t frozen_parameters = 0,
+                           std::int64_t world_size = 1);
 
 // The newest output/checkpoint-<step> directory, or empty.
 std::filesystem::path latest_checkpoint(const std::filesystem::path& output);

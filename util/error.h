@@ -29,16 +29,15 @@ std::string str(Args&&... args) {
 [[noreturn]] inline void fail(const std::string& message) { throw Error(message); }
 
 // fail_expected("model.safetensors", "header length 9e9 is beyond the file", "at most 1024 bytes")
-[[noreturn]] inline void fail_expected(const std::string& what, const std::string& why,
-                                       const std::string& expected) {
+[[noreturn]] inline void fail_expected(const std::string& what, const std::string& why, const std::string& expected) {
   throw Error(what + ": " + why + " (expected " + expected + ")");
 }
 
 }  // namespace minitron
 
-#define MINITRON_ASSERT(cond, ...)                                                         \
-  do {                                                                                     \
-    if (!(cond))                                                                           \
-      ::minitron::fail(::minitron::str("internal error at ", __FILE__, ":", __LINE__, ": ", \
-                                       #cond, " " __VA_OPT__(, ) __VA_ARGS__));            \
+#define MINITRON_ASSERT(cond, ...)                                                                 \
+  do {                                                                                             \
+    if (!(cond))                                                                                   \
+      ::minitron::fail(::minitron::str("internal error at ", __FILE__, ":", __LINE__, ": ", #cond, \
+                                       " " __VA_OPT__(, ) __VA_ARGS__));                           \
   } while (0)

@@ -108,9 +108,7 @@ void write_bytes_atomically(const fs::path& path, std::string_view bytes) {
 namespace {
 
 // Canonical form with no trailing separator, so that "out/" and "out" compare equal.
-fs::path resolved(const fs::path& path) {
-  return absolute_normal(fs::weakly_canonical(fs::absolute(path)));
-}
+fs::path resolved(const fs::path& path) { return absolute_normal(fs::weakly_canonical(fs::absolute(path))); }
 
 // True when `inner` is `outer` or lies somewhere below it (both resolved).
 bool is_within(const fs::path& inner, const fs::path& outer) {
@@ -139,15 +137,18 @@ void check_replaceable_directory(const fs::path& dir, const OwnedEntry& owned, s
     if (in == target)
       fail_expected(what, str("is the input model directory ", input.string()), "an output apart from the inputs");
     if (is_within(in, target))
-      fail_expected(what, str("contains the input model directory ", input.string()), "an output apart from the inputs");
+      fail_expected(what, str("contains the input model directory ", input.string()),
+                    "an output apart from the inputs");
     if (is_within(target, in))
-      fail_expected(what, str("lies inside the input model directory ", input.string()), "an output apart from the inputs");
+      fail_expected(what, str("lies inside the input model directory ", input.string()),
+                    "an output apart from the inputs");
   }
   std::error_code error;
   const fs::file_status status = fs::status(target, error);
   if (!fs::exists(status)) return;
   if (!fs::is_directory(status))
-    fail_expected(what, "exists and is not a directory", "a directory path; move the file away or choose another output");
+    fail_expected(what, "exists and is not a directory",
+                  "a directory path; move the file away or choose another output");
   std::vector<std::string> foreign;
   for (const fs::directory_entry& entry : fs::directory_iterator(target))
     if (!owned(entry)) foreign.push_back(entry.path().filename().string() + (entry.is_directory() ? "/" : ""));

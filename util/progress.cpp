@@ -63,12 +63,11 @@ void Progress::draw(bool final) {
     bar.resize(width, '.');
     std::fprintf(stderr, "\r%s [%s] %lld/%lld %.1f %s/s %s ETA %s%s", label_.c_str(), bar.c_str(),
                  static_cast<long long>(done_), static_cast<long long>(total_), rate, unit_.c_str(),
-                 format_duration(elapsed).c_str(), final ? "00:00" : format_duration(eta).c_str(),
-                 final ? "\n" : "");
+                 format_duration(elapsed).c_str(), final ? "00:00" : format_duration(eta).c_str(), final ? "\n" : "");
   } else {
     std::fprintf(stderr, "%s: %lld/%lld (%.0f%%) %.1f %s/s elapsed %s ETA %s\n", label_.c_str(),
-                 static_cast<long long>(done_), static_cast<long long>(total_), frac * 100, rate,
-                 unit_.c_str(), format_duration(elapsed).c_str(), format_duration(eta).c_str());
+                 static_cast<long long>(done_), static_cast<long long>(total_), frac * 100, rate, unit_.c_str(),
+                 format_duration(elapsed).c_str(), format_duration(eta).c_str());
   }
   std::fflush(stderr);
 }

@@ -16,8 +16,7 @@ namespace minitron {
 
 class Progress {
  public:
-  Progress(std::string label, std::int64_t total, std::string unit = "it",
-           double log_every_seconds = 10.0);
+  Progress(std::string label, std::int64_t total, std::string unit = "it", double log_every_seconds = 10.0);
   ~Progress();
   Progress(const Progress&) = delete;
   Progress& operator=(const Progress&) = delete;

@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
-#include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/cuda_backend_factory.h"
+#include "kernels/cuda/cuda_context.h"
 #include "kernels/reduce.cuh"
 
 namespace minitron {
@@ -95,7 +95,10 @@ int run(const std::string& out_path) {
 
   // Reference 2: cuBLASLt bf16 GEMM, the MLP's up projection.
   BackendBuffer x(b, N * D, bf), w_up(b, F * D, bf), h(b, N * F, bf), g_up(b, F * D, f32);
-  upload_random(x, 1); upload_random(w_up, 2); b.zero(h); b.zero(g_up);
+  upload_random(x, 1);
+  upload_random(w_up, 2);
+  b.zero(h);
+  b.zero(g_up);
   const double gemm_ms = timer.time([&] { b.matmul(h, x, w_up, N, F, D, false, true); }, 10);
   const double gemm_rate = tflops(2.0 * N * F * D, gemm_ms);
   rows.push_back({"matmul bf16 -> bf16", "4096x14336x4096 (x W^T)", "TFLOP/s", gemm_ms, gemm_rate, gemm_rate});
@@ -107,7 +110,9 @@ int run(const std::string& out_path) {
 
   // Elementwise and row ops.
   BackendBuffer y(b, N * D, bf), wn(b, D, bf), rstd(b, N, f32), dwn(b, D, f32), dy(b, N * D, bf);
-  b.zero(y); b.zero(dy); b.zero(dwn);
+  b.zero(y);
+  b.zero(dy);
+  b.zero(dwn);
   std::vector<float> ones(D, 1.0f);
   b.upload(wn, ones.data());
   double ms = timer.time([&] { b.rmsnorm_forward(y, rstd, x, wn, N, D, 1e-5f); }, 20);
@@ -116,12 +121,15 @@ int run(const std::string& out_path) {
   rows.push_back({"rmsnorm_backward", "4096x4096 bf16", "GB/s", ms, gbs(4.0 * N * D * 2, ms), copy_bw});
 
   BackendBuffer gate(b, N * F, bf), up(b, N * F, bf), dgate(b, N * F, bf), dup(b, N * F, bf);
-  b.zero(gate); b.zero(up);
+  b.zero(gate);
+  b.zero(up);
   ms = timer.time([&] { b.swiglu_forward(h, gate, up, N * F); }, 20);
   rows.push_back({"swiglu_forward", "4096x14336 bf16", "GB/s", ms, gbs(3.0 * N * F * 2, ms), copy_bw});
   ms = timer.time([&] { b.swiglu_backward(dgate, dup, h, gate, up, N * F); }, 20);
   rows.push_back({"swiglu_backward", "4096x14336 bf16", "GB/s", ms, gbs(5.0 * N * F * 2, ms), copy_bw});
-  dgate.reset(); dup.reset(); up.reset();
+  dgate.reset();
+  dup.reset();
+  up.reset();
 
   BackendBuffer q(b, N * QD, bf), k(b, N * KVD, bf), v(b, N * KVD, bf), att(b, N * QD, bf);
   BackendBuffer lse(b, Hq * N, f32), dq(b, N * QD, bf), dk(b, N * KVD, bf), dv(b, N * KVD, bf);
@@ -138,38 +146,57 @@ int run(const std::string& out_path) {
   // Causal attention FLOPs: QK^T and PV, 2 * T^2 * hd each per head, halved by the mask.
   const double attention_flops = 2.0 * 2.0 * N * N * hd * Hq / 2;
   ms = timer.time([&] { b.attention_forward(att, lse, q, k, v, 1, N, N, Hq, Hkv, hd); }, 3);
-  rows.push_back({"attention_forward", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms, tflops(attention_flops, ms), gemm_rate});
+  rows.push_back(
+      {"attention_forward", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms, tflops(attention_flops, ms), gemm_rate});
   ms = timer.time([&] { b.attention_backward(dq, dk, dv, att, att, lse, q, k, v, 1, N, Hq, Hkv, hd); }, 2);
   // The backward's model FLOPs are 2.5x the forward's (dV, dP, dQ, dK; S recomputed not counted).
-  rows.push_back({"attention_backward", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms, tflops(2.5 * attention_flops, ms), gemm_rate});
-  q.reset(); k.reset(); v.reset(); att.reset(); lse.reset(); dq.reset(); dk.reset(); dv.reset();
+  rows.push_back({"attention_backward", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms, tflops(2.5 * attention_flops, ms),
+                  gemm_rate});
+  q.reset();
+  k.reset();
+  v.reset();
+  att.reset();
+  lse.reset();
+  dq.reset();
+  dk.reset();
+  dv.reset();
 
   // Embedding with the real vocabulary.
   BackendBuffer table(b, V * D, bf), dtable(b, V * D, f32), tokens(b, N, DType::I32);
   std::vector<std::int32_t> ids(N);
   for (std::int64_t i = 0; i < N; ++i) ids[i] = static_cast<std::int32_t>((i * 7919) % V);
   b.upload_i32(tokens, ids.data());
-  b.zero(table); b.zero(dtable);
+  b.zero(table);
+  b.zero(dtable);
   ms = timer.time([&] { b.embedding_forward(y, tokens, table, N, D); }, 20);
   rows.push_back({"embedding_forward", "4096 tokens x 4096", "GB/s", ms, gbs(2.0 * N * D * 2, ms), copy_bw});
   ms = timer.time([&] { b.embedding_backward(dtable, dy, tokens, N, D); }, 20);
-  rows.push_back({"embedding_backward", "4096 tokens x 4096, vocab 128256", "GB/s", ms, gbs(N * D * (2.0 + 8.0), ms), copy_bw});
-  table.reset(); dtable.reset();
+  rows.push_back(
+      {"embedding_backward", "4096 tokens x 4096, vocab 128256", "GB/s", ms, gbs(N * D * (2.0 + 8.0), ms), copy_bw});
+  table.reset();
+  dtable.reset();
 
   // Losses over a chunk of logits.
-  BackendBuffer logits(b, loss_rows * V, bf), teacher(b, loss_rows * V, bf), losses(b, loss_rows, f32), targets(b, loss_rows, DType::I32);
-  b.zero(logits); b.zero(teacher);
+  BackendBuffer logits(b, loss_rows * V, bf), teacher(b, loss_rows * V, bf), losses(b, loss_rows, f32),
+      targets(b, loss_rows, DType::I32);
+  b.zero(logits);
+  b.zero(teacher);
   b.upload_i32(targets, ids.data());
   ms = timer.time([&] { b.cross_entropy(losses, logits, targets, loss_rows, V, 1.0f); }, 20);
   rows.push_back({"cross_entropy (+grad)", "256 x 128256 bf16", "GB/s", ms, gbs(2.0 * loss_rows * V * 2, ms), copy_bw});
   ms = timer.time([&] { b.kl_divergence(losses, logits, teacher, loss_rows, V, 1.0f, 1.0f); }, 20);
   rows.push_back({"kl_divergence (+grad)", "256 x 128256 bf16", "GB/s", ms, gbs(3.0 * loss_rows * V * 2, ms), copy_bw});
-  logits.reset(); teacher.reset();
+  logits.reset();
+  teacher.reset();
 
   // Optimizer and gradient norm over one 8B layer's parameters (~218M).
   const std::int64_t P = D * (QD + 2 * KVD) + QD * D + 3 * D * F + 2 * D;
   BackendBuffer params(b, P, bf), master(b, P, f32), grads(b, P, f32), m(b, P, f32), vv(b, P, f32);
-  b.zero(params); b.zero(master); b.zero(grads); b.zero(m); b.zero(vv);
+  b.zero(params);
+  b.zero(master);
+  b.zero(grads);
+  b.zero(m);
+  b.zero(vv);
   AdamWStep step;
   step.learning_rate = 1e-4f;
   ms = timer.time([&] { b.adamw_update(params, master, grads, m, vv, step); }, 10);
@@ -181,18 +208,20 @@ int run(const std::string& out_path) {
   const std::int64_t squares_doubles = cuda::sum_of_squares_workspace_doubles(P);
   double* squares_workspace = nullptr;
   MINITRON_CUDA_CHECK(cudaMalloc(&squares_workspace, static_cast<std::size_t>(squares_doubles) * sizeof(double)));
-  ms = timer.time([&] {
-    cuda::sum_of_squares<float>(squares_workspace + squares_doubles - 1, static_cast<const float*>(grads.tensor().data),
-                                P, squares_workspace, stream);
-  }, 10);
+  ms = timer.time(
+      [&] {
+        cuda::sum_of_squares<float>(squares_workspace + squares_doubles - 1,
+                                    static_cast<const float*>(grads.tensor().data), P, squares_workspace, stream);
+      },
+      10);
   MINITRON_CUDA_CHECK(cudaFree(squares_workspace));
   rows.push_back({"sum_of_squares", "218M f32", "GB/s", ms, gbs(4.0 * P, ms), copy_bw});
 
   std::string table_md = "| op | shape | ms | rate | unit | % of reference |\n|---|---|---|---|---|---|\n";
   for (const Row& r : rows) {
     char line[512];
-    std::snprintf(line, sizeof line, "| %s | %s | %.3f | %.1f | %s | %.0f%% |\n", r.op.c_str(),
-                  r.shape.c_str(), r.ms, r.rate, r.unit.c_str(), 100.0 * r.rate / r.reference);
+    std::snprintf(line, sizeof line, "| %s | %s | %.3f | %.1f | %s | %.0f%% |\n", r.op.c_str(), r.shape.c_str(), r.ms,
+                  r.rate, r.unit.c_str(), 100.0 * r.rate / r.reference);
     table_md += line;
   }
   std::string header = std::string("# CUDA kernels on ") + prop.name + "\n\nReference rates measured here: copy " +

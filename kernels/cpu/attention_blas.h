@@ -44,8 +44,8 @@ inline std::int64_t attention_tiles_workspace(std::int64_t Tk) {
 // Row-major C = alpha op(A) op(B) + beta C with explicit leading dimensions.
 template <typename T>
 void gemm_strided(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
-                  T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta,
-                  T* c, std::int64_t ldc) {
+                  T alpha, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
+                  std::int64_t ldc) {
   const auto ta = trans_a ? CblasTrans : CblasNoTrans;
   const auto tb = trans_b ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>)
@@ -102,8 +102,8 @@ void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v,
       const T* q_tile = q + (b * Tq + t0) * q_stride + h * hd;
       const T* kb = k + b * Tk * kv_stride + hk * hd;
       const T* vb = v + b * Tk * kv_stride + hk * hd;
-      gemm_strided<T>(false, true, rows, keys_end, hd, scale, q_tile, q_stride, kb, kv_stride,
-                      T(0), s, keys_end);
+      gemm_strided<T>(false, true, rows, keys_end, hd, scale, q_tile, q_stride, kb, kv_stride, T(0),
+                      s, keys_end);
       for (std::int64_t r = 0; r < rows; ++r) {
         T* p = s + r * keys_end;
         const std::int64_t keys = t0 + r + offset + 1;
@@ -177,8 +177,8 @@ void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, 
             std::fill(pr + keys, pr + keys_end, T(0));
             std::fill(dsr + keys, dsr + keys_end, T(0));
           }
-          gemm_strided<T>(false, false, rows, hd, keys_end, T(1), ds, keys_end, kb, kv_stride,
-                          T(0), dq + row0, q_stride);
+          gemm_strided<T>(false, false, rows, hd, keys_end, T(1), ds, keys_end, kb, kv_stride, T(0),
+                          dq + row0, q_stride);
           gemm_strided<T>(true, false, keys_end, hd, rows, T(1), p, keys_end, do_tile, q_stride,
                           T(1), dvb, kv_stride);
           gemm_strided<T>(true, false, keys_end, hd, rows, T(1), ds, keys_end, q_tile, q_stride,

@@ -8,19 +8,19 @@
 #include <limits>
 #include <vector>
 
+#include "core/bf16.h"
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/attention_blas.h"
+#include "kernels/cpu/loss_fast.h"
+#include "kernels/cpu/swiglu_fast.h"
 #include "kernels/embedding.h"
 #include "kernels/loss.h"
-#include "kernels/cpu/loss_fast.h"
 #include "kernels/reduce.h"
 #include "kernels/residual_rmsnorm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
-#include "kernels/cpu/swiglu_fast.h"
-#include "core/bf16.h"
 
 namespace minitron {
 namespace {
@@ -40,8 +40,10 @@ class StatView {
     }
     scratch_.resize(static_cast<std::size_t>(numel));
     if (read) {
-      if (t.dtype == DType::F32) std::copy_n(t.as<float>(), numel, scratch_.data());
-      else std::copy_n(t.as<double>(), numel, scratch_.data());
+      if (t.dtype == DType::F32)
+        std::copy_n(t.as<float>(), numel, scratch_.data());
+      else
+        std::copy_n(t.as<double>(), numel, scratch_.data());
     }
     data_ = scratch_.data();
   }
@@ -143,9 +145,9 @@ Tensor CpuBackend<T>::do_allocate(std::int64_t numel, DType dtype) {
   const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   void* data = std::aligned_alloc(kAlignment, rounded);
   if (!data)
-    fail_expected(str("allocating ", numel, " ", dtype_name(dtype), " elements (", bytes,
-                      " bytes)"),
-                  "out of host memory", "a smaller batch, sequence or model");
+    fail_expected(
+        str("allocating ", numel, " ", dtype_name(dtype), " elements (", bytes, " bytes)"),
+        "out of host memory", "a smaller batch, sequence or model");
   // Zeroed so that nothing an op leaves unwritten can differ from one run to the next.
   std::memset(data, 0, rounded);
   live_.insert(data);
@@ -220,8 +222,10 @@ void CpuBackend<T>::do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, st
   MINITRON_ASSERT(std::max({M, N, K}) <= std::numeric_limits<blasint>::max(),
                   "matmul: a dimension exceeds OpenBLAS's index type");
   if (K == 0) {  // BLAS semantics: beta == 0 overwrites (even NaN), otherwise scales
-    if (beta == 0) zero(out);
-    else scale_inplace(out, beta);
+    if (beta == 0)
+      zero(out);
+    else
+      scale_inplace(out, beta);
     return;
   }
   gemm<T>(trans_a, trans_b, M, N, K, static_cast<T>(alpha), a.as<T>(), b.as<T>(),
@@ -237,11 +241,15 @@ void CpuBackend<T>::do_add_inplace(Tensor dst, Tensor src) {
   };
   // F32 and T in any mix (the contract's storage or fp32); each sum is rounded once into dst.
   auto into = [&](auto* d) {
-    if (src.dtype == DType::F32) run(d, src.as<float>());
-    else run(d, src.as<double>());
+    if (src.dtype == DType::F32)
+      run(d, src.as<float>());
+    else
+      run(d, src.as<double>());
   };
-  if (dst.dtype == DType::F32) into(dst.as<float>());
-  else into(dst.as<double>());
+  if (dst.dtype == DType::F32)
+    into(dst.as<float>());
+  else
+    into(dst.as<double>());
 }
 
 template <typename T>
@@ -252,8 +260,10 @@ void CpuBackend<T>::do_scale_inplace(Tensor t, double factor) {
     for (std::int64_t i = 0; i < n; ++i) x[i] *= f;
   };
   // F32 tensors multiply by the float factor, as the CUDA engine does.
-  if (t.dtype == DType::F32) run(t.as<float>(), static_cast<float>(factor));
-  else run(t.as<double>(), factor);
+  if (t.dtype == DType::F32)
+    run(t.as<float>(), static_cast<float>(factor));
+  else
+    run(t.as<double>(), factor);
 }
 
 template <typename T>
@@ -361,8 +371,7 @@ void CpuBackend<T>::do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int
 template <typename T>
 void CpuBackend<T>::do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
                                        std::int64_t n) {
-  cpu::swiglu_backward_fast(dgate.as<T>(), dup.as<T>(), dh.as<T>(), gate.as<T>(), up.as<T>(),
-                            n);
+  cpu::swiglu_backward_fast(dgate.as<T>(), dup.as<T>(), dh.as<T>(), gate.as<T>(), up.as<T>(), n);
 }
 
 // ---- losses ----
@@ -381,8 +390,8 @@ void CpuBackend<T>::do_kl_divergence(Tensor losses, Tensor student_logits, Tenso
                                      std::int64_t rows, std::int64_t V, float temperature,
                                      float grad_scale) {
   StatView<T> l(losses, false);
-  cpu::kl_divergence(l.data(), student_logits.as<T>(), teacher_logits.as<T>(), rows, V,
-                     temperature, grad_scale);
+  cpu::kl_divergence(l.data(), student_logits.as<T>(), teacher_logits.as<T>(), rows, V, temperature,
+                     grad_scale);
   l.commit();
 }
 

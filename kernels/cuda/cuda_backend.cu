@@ -5,12 +5,13 @@
 #include <cstring>
 #include <vector>
 
+#include "core/bf16.h"
 #include "kernels/adamw.cuh"
 #include "kernels/attention.cuh"
 #include "kernels/cast.cuh"
+#include "kernels/cuda/cuda_backend_factory.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/gemm.h"
-#include "kernels/cuda/cuda_backend_factory.h"
 #include "kernels/embedding.cuh"
 #include "kernels/loss.cuh"
 #include "kernels/reduce.cuh"
@@ -18,7 +19,6 @@
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/swiglu.cuh"
-#include "core/bf16.h"
 
 namespace minitron::cuda {
 
@@ -90,7 +90,8 @@ void CudaBackend::do_upload(Tensor dst, const float* src) {
   } else if (dst.dtype == DType::BF16) {
     std::vector<std::uint16_t> bits(static_cast<std::size_t>(dst.numel));
     for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = float_to_bf16(src[i]);
-    MINITRON_CUDA_CHECK(cudaMemcpyAsync(dst.data, bits.data(), dst.bytes(), cudaMemcpyHostToDevice, s));
+    MINITRON_CUDA_CHECK(
+        cudaMemcpyAsync(dst.data, bits.data(), dst.bytes(), cudaMemcpyHostToDevice, s));
     MINITRON_CUDA_CHECK(cudaStreamSynchronize(s));  // `bits` dies here
   } else {
     fail_expected("cuda upload", str("destination dtype ", dtype_name(dst.dtype)), "f32 or bf16");
@@ -106,7 +107,8 @@ void CudaBackend::do_download(float* dst, Tensor src) {
     MINITRON_CUDA_CHECK(cudaStreamSynchronize(s));
   } else if (src.dtype == DType::BF16) {
     std::vector<std::uint16_t> bits(static_cast<std::size_t>(src.numel));
-    MINITRON_CUDA_CHECK(cudaMemcpyAsync(bits.data(), src.data, src.bytes(), cudaMemcpyDeviceToHost, s));
+    MINITRON_CUDA_CHECK(
+        cudaMemcpyAsync(bits.data(), src.data, src.bytes(), cudaMemcpyDeviceToHost, s));
     MINITRON_CUDA_CHECK(cudaStreamSynchronize(s));
     for (std::size_t i = 0; i < bits.size(); ++i) dst[i] = bf16_to_float(bits[i]);
   } else {
@@ -125,7 +127,8 @@ void CudaBackend::do_copy(Tensor dst, Tensor src) {
   if (dst.numel == 0) return;
   const cudaStream_t s = context_->stream();
   if (dst.dtype == src.dtype) {
-    MINITRON_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, s));
+    MINITRON_CUDA_CHECK(
+        cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, s));
     return;
   }
   with_float_type(dst.dtype, "copy", "destination", [&](auto to) {
@@ -167,7 +170,8 @@ void CudaBackend::do_scale_inplace(Tensor t, double factor) {
 double CudaBackend::do_sum_of_squares(Tensor t) {
   const cudaStream_t s = context_->stream();
   const std::int64_t doubles = sum_of_squares_workspace_doubles(t.numel);
-  auto* workspace = static_cast<double*>(context_->scratch(static_cast<std::size_t>(doubles) * sizeof(double)));
+  auto* workspace =
+      static_cast<double*>(context_->scratch(static_cast<std::size_t>(doubles) * sizeof(double)));
   double* result = workspace + doubles - 1;
   with_float_type(t.dtype, "sum_of_squares", "t", [&](auto tag) {
     using T = decltype(tag);
@@ -185,8 +189,8 @@ void CudaBackend::do_embedding_forward(Tensor out, Tensor tokens, Tensor table, 
                                        std::int64_t D) {
   with_float_type(table.dtype, "embedding_forward", "table", [&](auto tag) {
     using T = decltype(tag);
-    cuda::embedding_forward<T>(ptr<T>(out), ptr<const std::int32_t>(tokens), ptr<const T>(table),
-                               N, D, table.numel / D, context_->stream());
+    cuda::embedding_forward<T>(ptr<T>(out), ptr<const std::int32_t>(tokens), ptr<const T>(table), N,
+                               D, table.numel / D, context_->stream());
   });
 }
 
@@ -329,9 +333,8 @@ void CudaBackend::do_kl_divergence(Tensor losses, Tensor student_logits, Tensor 
                                    float grad_scale) {
   with_float_type(student_logits.dtype, "kl_divergence", "student_logits", [&](auto tag) {
     using T = decltype(tag);
-    cuda::kl_divergence<T>(ptr<float>(losses), ptr<T>(student_logits),
-                           ptr<const T>(teacher_logits), rows, V, temperature, grad_scale,
-                           context_->stream());
+    cuda::kl_divergence<T>(ptr<float>(losses), ptr<T>(student_logits), ptr<const T>(teacher_logits),
+                           rows, V, temperature, grad_scale, context_->stream());
   });
 }
 
@@ -403,9 +406,10 @@ std::unique_ptr<Backend> make_cuda_backend(int ordinal) {
   const std::string reason = cuda_unavailable_reason(count);
   if (!reason.empty()) fail(str("cuda: no CUDA device found (", reason, ")"));
   if (ordinal >= count)
-    fail_expected(str("device 'cuda:", ordinal, "'"),
-                  str("this machine has ", count, " CUDA device", count == 1 ? "" : "s"),
-                  count == 1 ? std::string("cuda or cuda:0") : str("cuda or cuda:0 .. cuda:", count - 1));
+    fail_expected(
+        str("device 'cuda:", ordinal, "'"),
+        str("this machine has ", count, " CUDA device", count == 1 ? "" : "s"),
+        count == 1 ? std::string("cuda or cuda:0") : str("cuda or cuda:0 .. cuda:", count - 1));
   return std::make_unique<cuda::CudaBackend>(ordinal);
 }
 

@@ -15,13 +15,12 @@ namespace minitron::cuda {
 class Gemm;
 
 // Checks a cuBLAS(Lt) call, naming the call site.
-#define MINITRON_CUBLAS_CHECK(call)                                                          \
-  do {                                                                                       \
-    cublasStatus_t minitron_cublas_status_ = (call);                                         \
-    if (minitron_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                    \
-      ::minitron::fail(::minitron::str("cuBLAS error at ", __FILE__, ":", __LINE__, ": ",    \
-                                       #call, ": status ",                                   \
-                                       static_cast<int>(minitron_cublas_status_)));          \
+#define MINITRON_CUBLAS_CHECK(call)                                                              \
+  do {                                                                                           \
+    cublasStatus_t minitron_cublas_status_ = (call);                                             \
+    if (minitron_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                        \
+      ::minitron::fail(::minitron::str("cuBLAS error at ", __FILE__, ":", __LINE__, ": ", #call, \
+                                       ": status ", static_cast<int>(minitron_cublas_status_))); \
   } while (0)
 
 // Device memory that grows to the largest request seen and is reused after that: kernels that

@@ -52,21 +52,26 @@ Gemm::~Gemm() {
 Gemm::Plan& Gemm::plan(const Key& key) {
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
-  const auto [M, N, K, trans_a, trans_b, a_type, b_type, out_type, a_align, b_align, out_align] = key;
+  const auto [M, N, K, trans_a, trans_b, a_type, b_type, out_type, a_align, b_align, out_align] =
+      key;
   Plan p;
   MINITRON_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   // Column-major: out^T [N, M] = op(b)^T [N, K] * op(a)^T [K, M]; "A" is b, "B" is a.
   const cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  MINITRON_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
-                                                       sizeof(op_a)));
-  MINITRON_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
-                                                       sizeof(op_b)));
+  MINITRON_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
+  MINITRON_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
   const DType bt = static_cast<DType>(b_type), at = static_cast<DType>(a_type);
-  if (trans_b) set_layout(&p.layout_a, bt, K, N, K);
-  else set_layout(&p.layout_a, bt, N, K, N);
-  if (trans_a) set_layout(&p.layout_b, at, M, K, M);
-  else set_layout(&p.layout_b, at, K, M, K);
+  if (trans_b)
+    set_layout(&p.layout_a, bt, K, N, K);
+  else
+    set_layout(&p.layout_a, bt, N, K, N);
+  if (trans_a)
+    set_layout(&p.layout_b, at, M, K, M);
+  else
+    set_layout(&p.layout_b, at, K, M, K);
   set_layout(&p.layout_c, static_cast<DType>(out_type), N, M, N);
 
   cublasLtMatmulPreference_t preference = nullptr;
@@ -110,8 +115,16 @@ void Gemm::run(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, s
   if (K == 0) {  // an empty sum: out = beta * out
     fail_expected("cuda matmul", "K = 0", "K >= 1");
   }
-  const Key key{M, N, K, trans_a, trans_b, static_cast<int>(a.dtype), static_cast<int>(b.dtype),
-                static_cast<int>(out.dtype), alignment(a.data), alignment(b.data),
+  const Key key{M,
+                N,
+                K,
+                trans_a,
+                trans_b,
+                static_cast<int>(a.dtype),
+                static_cast<int>(b.dtype),
+                static_cast<int>(out.dtype),
+                alignment(a.data),
+                alignment(b.data),
                 alignment(out.data)};
   Plan& p = plan(key);
   MINITRON_CUBLAS_CHECK(cublasLtMatmul(handle_, p.desc, &alpha, b.data, p.layout_a, a.data,

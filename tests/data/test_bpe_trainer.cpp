@@ -4,8 +4,8 @@
 // english_sample.txt with vocab 512 (tools/make_tokenizer_goldens.mjs --dir ... --name trained512).
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <unistd.h>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 

@@ -249,7 +249,8 @@ TEST(EvalLoader, SequentialWithSmallerLastBatch) {
   }
   EXPECT_EQ(sizes, (std::vector<std::int64_t>{8, 8, 8, 6}));
   ASSERT_EQ(seen.size(), 30u);
-  for (int i = 0; i < 30; ++i) EXPECT_EQ(seen[static_cast<std::size_t>(i)], (i < 20 ? WindowId{0, i} : WindowId{1, i - 20}));
+  for (int i = 0; i < 30; ++i)
+    EXPECT_EQ(seen[static_cast<std::size_t>(i)], (i < 20 ? WindowId{0, i} : WindowId{1, i - 20}));
 }
 
 TEST(EvalLoader, MaxWindowsAndReset) {

@@ -104,7 +104,8 @@ TEST(Shards, IdAtOrAboveVocab) {
   TempDir dir;
   write_raw_shard(dir / "id.bin", 20240801, 7, 4, {0, 99, 100, 3});
   EXPECT_NO_THROW(TokenShard::open(dir / "id.bin", 101));
-  expect_error([&] { TokenShard::open(dir / "id.bin", 100); }, {"id.bin", "token 2 has id 100", "below the vocab size 100"});
+  expect_error([&] { TokenShard::open(dir / "id.bin", 100); },
+               {"id.bin", "token 2 has id 100", "below the vocab size 100"});
 }
 
 TEST(Shards, MissingFile) {
@@ -124,7 +125,8 @@ TEST(Shards, ResolveFileGlobDirectoryAndList) {
   const auto one = resolve_shards((dir / "x_val_000000.bin").string());
   ASSERT_EQ(one.size(), 1u);
 
-  const auto list = resolve_shards((dir / "x_val_000000.bin").string() + "," + (dir / "x_train_00000[01].bin").string());
+  const auto list =
+      resolve_shards((dir / "x_val_000000.bin").string() + "," + (dir / "x_train_00000[01].bin").string());
   ASSERT_EQ(list.size(), 3u);
   EXPECT_EQ(list[0].filename(), "x_val_000000.bin");
   EXPECT_EQ(list[1].filename(), "x_train_000000.bin");

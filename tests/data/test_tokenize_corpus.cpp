@@ -45,8 +45,10 @@ TEST(TokenizeCorpus, BosFirstValidationThenFixedSizeTrainShards) {
   const Tokenizer tokenizer = load_tokenizer(dir, kBosEos);
   testing::write_text(dir / "in.txt", "ab c\n\nc ab\n\nabab\n");
   const auto summary = tokenize_to_shards(tokenizer, {dir / "in.txt"},
-                                          {.output_prefix = (dir / "out/p").string(), .shard_tokens = 4,
-                                           .validation_tokens = 3, .split_blank_lines = true});
+                                          {.output_prefix = (dir / "out/p").string(),
+                                           .shard_tokens = 4,
+                                           .validation_tokens = 3,
+                                           .split_blank_lines = true});
   EXPECT_EQ(summary.documents, 3);
   EXPECT_EQ(summary.tokens, 11);
   EXPECT_EQ(summary.validation_documents, 1);
@@ -62,8 +64,7 @@ TEST(TokenizeCorpus, EosWhenNoBosAndJsonlInput) {
   const Tokenizer tokenizer = load_tokenizer(dir, kEosOnly);
   testing::write_text(dir / "in.jsonl", "{\"text\": \"cab\"}\n{\"text\": \"ab c\"}\n");
   testing::write_text(dir / "more.txt", "c ab");
-  tokenize_to_shards(tokenizer, {dir / "in.jsonl", dir / "more.txt"},
-                     {.output_prefix = (dir / "q").string()});
+  tokenize_to_shards(tokenizer, {dir / "in.jsonl", dir / "more.txt"}, {.output_prefix = (dir / "q").string()});
   EXPECT_EQ(read_ids(dir / "q_train_000000.bin"), (Ids{2, 5, 6, 5, 3, 2, 6, 2, 3, 5, 6}));
   EXPECT_FALSE(std::filesystem::exists(dir / "q_val_000000.bin"));
 }
@@ -78,8 +79,11 @@ TEST(TokenizeCorpus, SameBytesForAnyThreadCount) {
     // (dir / "t1", dir / "t4"; std::string concatenation here trips GCC 12's false -Wrestrict.)
     const std::filesystem::path prefix = dir / (threads == 1 ? "t1" : "t4");
     tokenize_to_shards(tokenizer, {dir / "in.txt"},
-                       {.output_prefix = prefix.string(), .shard_tokens = 500,
-                        .validation_tokens = 100, .split_blank_lines = true, .threads = threads});
+                       {.output_prefix = prefix.string(),
+                        .shard_tokens = 500,
+                        .validation_tokens = 100,
+                        .split_blank_lines = true,
+                        .threads = threads});
   }
   for (const char* shard : {"_val_000000.bin", "_train_000000.bin", "_train_000001.bin"}) {
     EXPECT_EQ(read_ids(dir / (std::string("t1") + shard)), read_ids(dir / (std::string("t4") + shard))) << shard;

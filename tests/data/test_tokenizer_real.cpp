@@ -91,8 +91,8 @@ void bos_eos_and_special_tokens(const Tokenizer* tok, const std::string& name) {
 
 void arbitrary_bytes_round_trip(const Tokenizer* tok, const std::string& name) {
   // Invalid UTF-8 (lone continuation, truncated sequence, overlong, 0xFF), emoji, NUL.
-  std::string text = std::string("ok \x80\xBF x \xE2\x82 y \xC0\xAF z \xFF\xFE ") + "\xF0\x9F\x98\x80" +
-                     std::string(1, '\0') + " end";
+  std::string text =
+      std::string("ok \x80\xBF x \xE2\x82 y \xC0\xAF z \xFF\xFE ") + "\xF0\x9F\x98\x80" + std::string(1, '\0') + " end";
   auto ids = tok->encode(text);
   EXPECT_FALSE(ids.empty());
   // Byte-level: bytes back. llama2 (byte fallback): each invalid byte is its <0xNN> token,
@@ -104,8 +104,8 @@ void arbitrary_bytes_round_trip(const Tokenizer* tok, const std::string& name) {
 TEST_P(RealTokenizer, MatchesReferenceAndRoundTrips) {
   const std::string name = GetParam();
   const Tokenizer* tok = cached_tokenizer(name);
-  if (!tok) GTEST_SKIP() << "no " << name << " tokenizer in " << test::tokenizer_cache()
-                         << " (run tools/fetch_tokenizers.sh)";
+  if (!tok)
+    GTEST_SKIP() << "no " << name << " tokenizer in " << test::tokenizer_cache() << " (run tools/fetch_tokenizers.sh)";
   matches_reference_goldens(tok, name);
   decode_inverts_encode(tok, name);
   bos_eos_and_special_tokens(tok, name);

@@ -2,10 +2,10 @@
 // expected ids worked out by hand from their vocab and merges.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <thread>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -61,7 +61,7 @@ json byte_level_tokenizer() {
   json merges = json::array({"h e", "l l", "he ll", "hell o", "Ġ w", "o r"});
   for (std::string t : {"he", "ll", "hell", "hello", "Ġw", "or"}) vocab[t] = id++;
   auto added = [](int id, const std::string& content, bool special, bool lstrip = false, bool rstrip = false) {
-    return json{{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", lstrip},
+    return json{{"id", id},         {"content", content},  {"single_word", false}, {"lstrip", lstrip},
                 {"rstrip", rstrip}, {"normalized", false}, {"special", special}};
   };
   return json{
@@ -72,18 +72,29 @@ json byte_level_tokenizer() {
       {"pre_tokenizer",
        {{"type", "Sequence"},
         {"pretokenizers",
-         json::array({{{"type", "Split"}, {"pattern", {{"Regex", kLlama3Pattern}}}, {"behavior", "Isolated"}, {"invert", false}},
-                      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}})}}},
+         json::array(
+             {{{"type", "Split"},
+               {"pattern", {{"Regex", kLlama3Pattern}}},
+               {"behavior", "Isolated"},
+               {"invert", false}},
+              {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}})}}},
       {"post_processor",
        {{"type", "TemplateProcessing"},
         {"single", json::array({{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
                                 {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
         {"pair", json::array()},
-        {"special_tokens", {{"<|begin_of_text|>", {{"id", "<|begin_of_text|>"}, {"ids", {262}}, {"tokens", {"<|begin_of_text|>"}}}}}}}},
+        {"special_tokens",
+         {{"<|begin_of_text|>", {{"id", "<|begin_of_text|>"}, {"ids", {262}}, {"tokens", {"<|begin_of_text|>"}}}}}}}},
       {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
-        {"ignore_merges", false}, {"vocab", vocab}, {"merges", merges}}}};
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", merges}}}};
 }
 
 // SentencePiece-style (Llama 2 layout): <unk> <s> </s>, <0x00>..<0xFF> at 3..258, then
@@ -101,10 +112,14 @@ json sentencepiece_tokenizer() {
   vocab["\xE2\x96\x81"] = 259;
   vocab["a"] = 260;
   vocab["b"] = 261;
-  vocab["\xE2\x96\x81" "a"] = 262;
-  vocab["\xE2\x96\x81" "ab"] = 263;
+  vocab
+      ["\xE2\x96\x81"
+       "a"] = 262;
+  vocab
+      ["\xE2\x96\x81"
+       "ab"] = 263;
   auto added = [](int id, const std::string& content) {
-    return json{{"id", id}, {"content", content}, {"single_word", false}, {"lstrip", false},
+    return json{{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
                 {"rstrip", false}, {"normalized", false}, {"special", true}};
   };
   return json{
@@ -112,12 +127,14 @@ json sentencepiece_tokenizer() {
       {"added_tokens", json::array({added(0, "<unk>"), added(1, "<s>"), added(2, "</s>")})},
       {"normalizer",
        {{"type", "Sequence"},
-        {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
-                                     {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}})}}},
+        {"normalizers",
+         json::array({{{"type", "Prepend"}, {"prepend", "\xE2\x96\x81"}},
+                      {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}})}}},
       {"pre_tokenizer", nullptr},
       {"post_processor",
        {{"type", "TemplateProcessing"},
-        {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+        {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                                {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
         {"pair", json::array()},
         {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
       {"decoder",
@@ -127,8 +144,15 @@ json sentencepiece_tokenizer() {
                                   {{"type", "Fuse"}},
                                   {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"}, {"fuse_unk", true}, {"byte_fallback", true},
-        {"vocab", vocab}, {"merges", json::array({json::array({"\xE2\x96\x81", "a"}), json::array({"\xE2\x96\x81" "a", "b"})})}}}};
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", "<unk>"},
+        {"fuse_unk", true},
+        {"byte_fallback", true},
+        {"vocab", vocab},
+        {"merges", json::array({json::array({"\xE2\x96\x81", "a"}), json::array({"\xE2\x96\x81"
+                                                                                 "a",
+                                                                                 "b"})})}}}};
 }
 
 Tokenizer load_json(const TempDir& dir, const json& j, const std::string& name = "tokenizer.json") {
@@ -197,7 +221,9 @@ TEST(TokenizerTiny, ParallelEncodeMatchesSerial) {
   std::vector<Ids> results(4);
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t)
-    threads.emplace_back([&, t] { for (int k = 0; k < 5; ++k) results[t] = tok.encode(text); });
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 5; ++k) results[t] = tok.encode(text);
+    });
   for (auto& th : threads) th.join();
   for (const Ids& r : results) EXPECT_EQ(r, serial);
   EXPECT_EQ(tok.decode(serial), text);
@@ -224,8 +250,10 @@ TEST(TokenizerTiny, MetaspacePrependFirst) {
   TempDir dir;
   json j = sentencepiece_tokenizer();
   j["normalizer"] = nullptr;
-  j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
-  j["decoder"] = {{"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
+  j["pre_tokenizer"] = {
+      {"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
+  j["decoder"] = {
+      {"type", "Metaspace"}, {"replacement", "\xE2\x96\x81"}, {"prepend_scheme", "first"}, {"split", false}};
   Tokenizer tok = load_json(dir, j);
   EXPECT_EQ(tok.encode("ab a"), (Ids{263, 262}));
   EXPECT_EQ(tok.encode("<s>a"), (Ids{1, 260}));  // not at the start of the text: no ▁
@@ -247,7 +275,8 @@ TEST(TokenizerTiny, IgnoreMergesEmitsWholeVocabPreTokens) {
 TEST(TokenizerTiny, Gpt2ByteLevelPreTokenizer) {
   TempDir dir;
   json j = byte_level_tokenizer();
-  j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  j["pre_tokenizer"] = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   Tokenizer tok = load_json(dir, j);
   EXPECT_EQ(tok.encode("hello world"), (Ids{259, 260, 261, 75, 67}));
   j["pre_tokenizer"]["add_prefix_space"] = true;
@@ -276,11 +305,15 @@ TEST(TokenizerRegex, Llama3PreTokens) {
   EXPECT_EQ(split(kLlama3Pattern, "x   \n y"), (Strings{"x", "   \n", " y"}));
   EXPECT_EQ(split(kLlama3Pattern, "end  "), (Strings{"end", "  "}));
   EXPECT_EQ(split(kLlama3Pattern, "a\tb"), (Strings{"a", "\tb"}));  // [^\r\n\p{L}\p{N}]?\p{L}+
-  EXPECT_EQ(split(kLlama3Pattern, "caf\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC"), (Strings{"caf\xC3\xA9", " \xE6\x97\xA5\xE6\x9C\xAC"}));
+  EXPECT_EQ(split(kLlama3Pattern, "caf\xC3\xA9 \xE6\x97\xA5\xE6\x9C\xAC"),
+            (Strings{"caf\xC3\xA9", " \xE6\x97\xA5\xE6\x9C\xAC"}));
   EXPECT_EQ(split(kLlama3Pattern, "hi!!\n"), (Strings{"hi", "!!\n"}));
   EXPECT_EQ(split(kLlama3Pattern, "a \xF0\x9F\x98\x80"), (Strings{"a", " \xF0\x9F\x98\x80"}));
   // Invalid bytes never match; they fall between matches.
-  EXPECT_EQ(split(kLlama3Pattern, "ab\xFF" "cd"), (Strings{"ab", "cd"}));
+  EXPECT_EQ(split(kLlama3Pattern,
+                  "ab\xFF"
+                  "cd"),
+            (Strings{"ab", "cd"}));
 }
 
 // Issue 22: ids that nlohmann's get<int32_t>() wrapped (4294967297 became 1, colliding with

@@ -8,8 +8,8 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/cuda/cuda_backend.h"
 #include "dist/nccl_communicator.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace minitron::testing {
 

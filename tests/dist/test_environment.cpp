@@ -5,8 +5,8 @@
 #include <map>
 #include <string>
 
-#include "tests/util/error_test_util.h"
 #include "dist/environment.h"
+#include "tests/util/error_test_util.h"
 #include "util/error.h"
 
 namespace minitron {
@@ -40,8 +40,8 @@ TEST(DistributedEnvironment, NothingSetIsOneProcess) {
 }
 
 TEST(DistributedEnvironment, Torchrun) {
-  const DistributedEnvironment env = read({{"RANK", "5"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"},
-                                           {"MASTER_ADDR", "node07"}, {"MASTER_PORT", "29500"}});
+  const DistributedEnvironment env = read(
+      {{"RANK", "5"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "node07"}, {"MASTER_PORT", "29500"}});
   EXPECT_EQ(env.rank, 5);
   EXPECT_EQ(env.world_size, 8);
   EXPECT_EQ(env.local_rank, 1);
@@ -50,8 +50,11 @@ TEST(DistributedEnvironment, Torchrun) {
 }
 
 TEST(DistributedEnvironment, Slurm) {
-  const DistributedEnvironment env = read({{"SLURM_PROCID", "3"}, {"SLURM_STEP_NUM_TASKS", "4"}, {"SLURM_LOCALID", "3"},
-                                           {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "1234"}});
+  const DistributedEnvironment env = read({{"SLURM_PROCID", "3"},
+                                           {"SLURM_STEP_NUM_TASKS", "4"},
+                                           {"SLURM_LOCALID", "3"},
+                                           {"MASTER_ADDR", "10.0.0.1"},
+                                           {"MASTER_PORT", "1234"}});
   EXPECT_EQ(env.rank, 3);
   EXPECT_EQ(env.world_size, 4);
   EXPECT_EQ(env.local_rank, 3);
@@ -61,9 +64,14 @@ TEST(DistributedEnvironment, Slurm) {
 
 TEST(DistributedEnvironment, TorchrunWinsOverSlurm) {
   // torchrun started by srun, one agent per node: torchrun's per-process names are the truth.
-  const DistributedEnvironment env =
-      read({{"RANK", "6"}, {"WORLD_SIZE", "16"}, {"LOCAL_RANK", "6"}, {"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "2"},
-            {"SLURM_LOCALID", "0"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}});
+  const DistributedEnvironment env = read({{"RANK", "6"},
+                                           {"WORLD_SIZE", "16"},
+                                           {"LOCAL_RANK", "6"},
+                                           {"SLURM_PROCID", "0"},
+                                           {"SLURM_STEP_NUM_TASKS", "2"},
+                                           {"SLURM_LOCALID", "0"},
+                                           {"MASTER_ADDR", "a"},
+                                           {"MASTER_PORT", "1"}});
   EXPECT_EQ(env.rank, 6);
   EXPECT_EQ(env.world_size, 16);
   EXPECT_EQ(env.local_rank, 6);
@@ -78,12 +86,19 @@ TEST(DistributedEnvironment, SlurmBatchScriptIsOneProcess) {
 }
 
 TEST(DistributedEnvironment, TorchrunsAgentHoldsMasterPort) {
-  const DistributedEnvironment env = read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"},
-                                           {"MASTER_PORT", "29500"}, {"TORCHELASTIC_RUN_ID", "none"}});
+  const DistributedEnvironment env = read({{"RANK", "1"},
+                                           {"WORLD_SIZE", "2"},
+                                           {"MASTER_ADDR", "a"},
+                                           {"MASTER_PORT", "29500"},
+                                           {"TORCHELASTIC_RUN_ID", "none"}});
   EXPECT_EQ(env.master_port, 29501);
   EXPECT_EQ(env.master_port_name, "MASTER_PORT+1");
-  EXPECT_EQ(read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "29500"}}).master_port, 29500);
-  EXPECT_EQ(error_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "65535"},
+  EXPECT_EQ(read({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "29500"}}).master_port,
+            29500);
+  EXPECT_EQ(error_of({{"RANK", "1"},
+                      {"WORLD_SIZE", "2"},
+                      {"MASTER_ADDR", "a"},
+                      {"MASTER_PORT", "65535"},
                       {"TORCHELASTIC_RUN_ID", "x"}}),
             "MASTER_PORT=65535: torchrun's agent holds it and rank 0 listens on the next port (expected a MASTER_PORT "
             "below 65535)");
@@ -107,8 +122,9 @@ TEST(DistributedEnvironment, Timeout) {
 TEST(DistributedEnvironment, NotAnInteger) {
   EXPECT_EQ(error_of({{"RANK", "0"}, {"WORLD_SIZE", "abc"}}),
             "WORLD_SIZE: 'abc' is not a whole number (expected an integer from 1 to 16777216)");
-  EXPECT_EQ(error_of({{"SLURM_PROCID", "x1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}}),
-            "SLURM_PROCID: 'x1' is not a whole number (expected an integer from 0 to 16777216)");
+  EXPECT_EQ(
+      error_of({{"SLURM_PROCID", "x1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}}),
+      "SLURM_PROCID: 'x1' is not a whole number (expected an integer from 0 to 16777216)");
   EXPECT_EQ(error_of({{"RANK", "0"}, {"WORLD_SIZE", "0"}}),
             "WORLD_SIZE: value 0 is out of range (expected an integer from 1 to 16777216)");
   EXPECT_EQ(error_of({{"LOCAL_RANK", "-1"}}),
@@ -138,10 +154,11 @@ TEST(DistributedEnvironment, SeveralRanksNeedTheMaster) {
             0u)
       << no_address;
   const std::string no_port = error_of({{"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"MASTER_ADDR", "n1"}});
-  EXPECT_EQ(no_port.rfind("MASTER_PORT: not set, but SLURM_STEP_NUM_TASKS=2 asks for several processes (expected a free TCP "
-                          "port on rank 0's host;",
-                          0),
-            0u)
+  EXPECT_EQ(
+      no_port.rfind("MASTER_PORT: not set, but SLURM_STEP_NUM_TASKS=2 asks for several processes (expected a free TCP "
+                    "port on rank 0's host;",
+                    0),
+      0u)
       << no_port;
   EXPECT_EQ(error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "70000"}}),
             "MASTER_PORT: value 70000 is out of range (expected an integer from 1 to 65535)");

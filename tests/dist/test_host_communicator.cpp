@@ -13,8 +13,8 @@
 
 #include "dist/host_communicator.h"
 #include "kernels/make_backend.h"
-#include "tests/util/error_test_util.h"
 #include "tests/dist/tcp_test_util.h"
+#include "tests/util/error_test_util.h"
 
 namespace minitron {
 namespace {
@@ -43,14 +43,16 @@ std::vector<float> download(Backend& backend, Tensor t) {
 // Each rank r holds r * 1000 + i at element i and reduce-scatters; returns what each holds after.
 std::vector<std::vector<float>> reduce_scatter_as_threads(std::int64_t world, const Bounds& bounds) {
   std::vector<std::vector<float>> held(static_cast<std::size_t>(world));
-  const auto errors = run_communicators(world, [&](std::int64_t rank, Backend& backend, HostCommunicator& communicator) {
-    std::vector<float> values(static_cast<std::size_t>(bounds.back()));
-    for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(rank * 1000 + static_cast<std::int64_t>(i));
-    BackendBuffer t(backend, bounds.back(), DType::F32);
-    backend.upload(t, values.data());
-    communicator.reduce_scatter_sum(t, bounds);
-    held[static_cast<std::size_t>(rank)] = download(backend, t);
-  });
+  const auto errors =
+      run_communicators(world, [&](std::int64_t rank, Backend& backend, HostCommunicator& communicator) {
+        std::vector<float> values(static_cast<std::size_t>(bounds.back()));
+        for (std::size_t i = 0; i < values.size(); ++i)
+          values[i] = static_cast<float>(rank * 1000 + static_cast<std::int64_t>(i));
+        BackendBuffer t(backend, bounds.back(), DType::F32);
+        backend.upload(t, values.data());
+        communicator.reduce_scatter_sum(t, bounds);
+        held[static_cast<std::size_t>(rank)] = download(backend, t);
+      });
   EXPECT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world)));
   return held;
 }
@@ -93,7 +95,8 @@ TEST(HostCommunicatorReduceScatter, ThreeRanks) {
 TEST(HostCommunicatorReduceScatter, ThreeRanksWithEmptyAndUnevenParts) {
   expect_own_parts_summed(reduce_scatter_as_threads(3, Bounds{0, 0, 77, 100}), Bounds{0, 0, 77, 100});
   // 400 kB each way: partial sends and receives.
-  expect_own_parts_summed(reduce_scatter_as_threads(3, Bounds{0, 33331, 66667, 100000}), Bounds{0, 33331, 66667, 100000});
+  expect_own_parts_summed(reduce_scatter_as_threads(3, Bounds{0, 33331, 66667, 100000}),
+                          Bounds{0, 33331, 66667, 100000});
 }
 
 // all_gather moves bits, not values: the bits of element i in part p, as a rule of the test's
@@ -121,16 +124,17 @@ std::uint32_t to_bits(float f) {
 
 std::vector<std::vector<float>> gather_as_threads(std::int64_t world, const Bounds& bounds) {
   std::vector<std::vector<float>> held(static_cast<std::size_t>(world));
-  const auto errors = run_communicators(world, [&](std::int64_t rank, Backend& backend, HostCommunicator& communicator) {
-    std::vector<float> values(static_cast<std::size_t>(bounds.back()));
-    for (std::size_t p = 0; p + 1 < bounds.size(); ++p)
-      for (auto i = static_cast<std::size_t>(bounds[p]); i < static_cast<std::size_t>(bounds[p + 1]); ++i)
-        values[i] = from_bits(p == static_cast<std::size_t>(rank) ? gathered_bits(p, i) : ~gathered_bits(p, i));
-    BackendBuffer t(backend, bounds.back(), DType::F32);
-    backend.upload(t, values.data());
-    communicator.all_gather(t, bounds);
-    held[static_cast<std::size_t>(rank)] = download(backend, t);
-  });
+  const auto errors =
+      run_communicators(world, [&](std::int64_t rank, Backend& backend, HostCommunicator& communicator) {
+        std::vector<float> values(static_cast<std::size_t>(bounds.back()));
+        for (std::size_t p = 0; p + 1 < bounds.size(); ++p)
+          for (auto i = static_cast<std::size_t>(bounds[p]); i < static_cast<std::size_t>(bounds[p + 1]); ++i)
+            values[i] = from_bits(p == static_cast<std::size_t>(rank) ? gathered_bits(p, i) : ~gathered_bits(p, i));
+        BackendBuffer t(backend, bounds.back(), DType::F32);
+        backend.upload(t, values.data());
+        communicator.all_gather(t, bounds);
+        held[static_cast<std::size_t>(rank)] = download(backend, t);
+      });
   EXPECT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world)));
   return held;
 }
@@ -198,21 +202,29 @@ TEST(HostCommunicator, RefusesTensorsOtherThanF32InBothHalves) {
   auto f64_backend = make_backend("cpu-f64");
   HostCommunicator f64(*f64_backend, std::make_unique<TcpGroup>(DistributedEnvironment{}));
   BackendBuffer doubles(*f64_backend, 4, DType::F64);
-  EXPECT_EQ(error_of([&] { f64.reduce_scatter_sum(doubles, Bounds{0, 4}); }),
+  EXPECT_EQ(error_of([&] {
+              f64.reduce_scatter_sum(doubles, Bounds{0, 4});
+            }),
             "reduce_scatter_sum on cpu-f64: a tensor of dtype f64 (expected f32 (the cpu engine's parameters and "
             "gradients; the cpu-f64 engine is for gradient checks in one process))");
-  EXPECT_EQ(error_of([&] { f64.all_gather(doubles, Bounds{0, 4}); }),
+  EXPECT_EQ(error_of([&] {
+              f64.all_gather(doubles, Bounds{0, 4});
+            }),
             "all_gather on cpu-f64: a tensor of dtype f64 (expected f32 (the cpu engine's parameters and gradients; "
             "the cpu-f64 engine is for gradient checks in one process))");
   // The dtype is checked before the bounds: a tensor of the wrong kind is named first.
-  EXPECT_EQ(error_of([&] { f64.all_gather(doubles, Bounds{0, 3}); }),
+  EXPECT_EQ(error_of([&] {
+              f64.all_gather(doubles, Bounds{0, 3});
+            }),
             "all_gather on cpu-f64: a tensor of dtype f64 (expected f32 (the cpu engine's parameters and gradients; "
             "the cpu-f64 engine is for gradient checks in one process))");
 
   auto cpu = make_backend("cpu");
   HostCommunicator f32(*cpu, std::make_unique<TcpGroup>(DistributedEnvironment{}));
   BackendBuffer halves(*cpu, 4, DType::BF16);
-  EXPECT_EQ(error_of([&] { f32.all_gather(halves, Bounds{0, 4}); }),
+  EXPECT_EQ(error_of([&] {
+              f32.all_gather(halves, Bounds{0, 4});
+            }),
             "all_gather on cpu: a tensor of dtype bf16 (expected f32 (the cpu engine's parameters and gradients; "
             "the cpu-f64 engine is for gradient checks in one process))");
 }
@@ -248,7 +260,9 @@ TEST(HostCommunicator, RefusesBadBoundsBeforeSendingAnything) {
   HostCommunicator communicator(*backend, std::make_unique<TcpGroup>(DistributedEnvironment{}));
   BackendBuffer t(*backend, 10, DType::F32);
   EXPECT_EQ(error_of([&] { communicator.all_gather(t, Bounds{0, 10}); }), "");
-  EXPECT_EQ(error_of([&] { communicator.reduce_scatter_sum(t, Bounds{0, 11}); }),
+  EXPECT_EQ(error_of([&] {
+              communicator.reduce_scatter_sum(t, Bounds{0, 11});
+            }),
             "reduce_scatter_sum: bounds {0, 11} (expected 2 non-decreasing offsets from 0 to 10 (one part per rank))");
 }
 

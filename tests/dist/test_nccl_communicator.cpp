@@ -14,17 +14,17 @@
 #include <thread>
 #include <vector>
 
+#include "core/backend.h"
+#include "dist/communicator.h"
+#include "dist/host_communicator.h"
+#include "dist/nccl_communicator.h"
+#include "emu/emulator.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_backend_factory.h"
 #include "kernels/cuda/cuda_context.h"
 #include "kernels/make_backend.h"
-#include "dist/host_communicator.h"
-#include "dist/nccl_communicator.h"
-#include "emu/emulator.h"
 #include "tests/dist/nccl_test_util.h"
 #include "tests/dist/tcp_test_util.h"
-#include "core/backend.h"
-#include "dist/communicator.h"
 
 namespace minitron {
 namespace {
@@ -52,18 +52,19 @@ TEST_P(NcclRanks, AllReduceF32IsTheExactSumOnEveryRank) {
   const int world = GetParam();
   const std::size_t n = 1000003;
   std::vector<std::vector<float>> got(static_cast<std::size_t>(world));
-  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
-    EXPECT_EQ(nccl.rank(), rank);
-    EXPECT_EQ(nccl.world_size(), world);
-    std::vector<float> mine(n);
-    for (std::size_t i = 0; i < n; ++i) mine[i] = exact_value(i, rank);
-    BackendBuffer t(backend, static_cast<std::int64_t>(n), DType::F32);
-    backend.upload(t, mine.data());
-    nccl.all_reduce_sum(t);
-    std::vector<float>& out = got[static_cast<std::size_t>(rank)];
-    out.resize(n);
-    backend.download(out.data(), t);
-  }));
+  expect_no_errors(
+      testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+        EXPECT_EQ(nccl.rank(), rank);
+        EXPECT_EQ(nccl.world_size(), world);
+        std::vector<float> mine(n);
+        for (std::size_t i = 0; i < n; ++i) mine[i] = exact_value(i, rank);
+        BackendBuffer t(backend, static_cast<std::int64_t>(n), DType::F32);
+        backend.upload(t, mine.data());
+        nccl.all_reduce_sum(t);
+        std::vector<float>& out = got[static_cast<std::size_t>(rank)];
+        out.resize(n);
+        backend.download(out.data(), t);
+      }));
   std::vector<float> want(n);
   for (std::size_t i = 0; i < n; ++i) {
     double sum = 0;
@@ -87,17 +88,18 @@ TEST_P(NcclRanks, AllReduceF32GivesEveryRankTheSameBits) {
     return v;
   };
   std::vector<std::vector<float>> got(static_cast<std::size_t>(world));
-  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
-    const std::vector<float> mine = values_of(rank);
-    BackendBuffer t(backend, static_cast<std::int64_t>(n), DType::F32);
-    backend.upload(t, mine.data());
-    // Twice over the same buffer: the second collective starts from the first one's sums.
-    nccl.all_reduce_sum(t);
-    nccl.all_reduce_sum(t);
-    std::vector<float>& out = got[static_cast<std::size_t>(rank)];
-    out.resize(n);
-    backend.download(out.data(), t);
-  }));
+  expect_no_errors(
+      testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+        const std::vector<float> mine = values_of(rank);
+        BackendBuffer t(backend, static_cast<std::int64_t>(n), DType::F32);
+        backend.upload(t, mine.data());
+        // Twice over the same buffer: the second collective starts from the first one's sums.
+        nccl.all_reduce_sum(t);
+        nccl.all_reduce_sum(t);
+        std::vector<float>& out = got[static_cast<std::size_t>(rank)];
+        out.resize(n);
+        backend.download(out.data(), t);
+      }));
   std::vector<float> once(n, 0.0f), twice(n, 0.0f);
   for (int r = 0; r < world; ++r) {
     const std::vector<float> v = values_of(r);
@@ -189,21 +191,22 @@ TEST_P(NcclRanks, ReduceScatterSumsEachRanksOwnPart) {
   const auto all = partitions(world);
   // got[p][rank]: rank's own part after the collective on partition p.
   std::vector<std::vector<std::vector<float>>> got(all.size(), std::vector<std::vector<float>>(world));
-  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
-    for (std::size_t p = 0; p < all.size(); ++p) {
-      const std::vector<std::int64_t>& bounds = all[p];
-      const std::int64_t n = bounds.back();
-      std::vector<float> mine(static_cast<std::size_t>(n));
-      for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = exact_value(i, rank);
-      BackendBuffer t(backend, n, DType::F32);
-      backend.upload(t, mine.data());
-      nccl.reduce_scatter_sum(t, bounds);
-      std::vector<float> out(static_cast<std::size_t>(n));
-      backend.download(out.data(), t);
-      got[p][static_cast<std::size_t>(rank)].assign(out.begin() + bounds[static_cast<std::size_t>(rank)],
-                                                     out.begin() + bounds[static_cast<std::size_t>(rank) + 1]);
-    }
-  }));
+  expect_no_errors(
+      testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+        for (std::size_t p = 0; p < all.size(); ++p) {
+          const std::vector<std::int64_t>& bounds = all[p];
+          const std::int64_t n = bounds.back();
+          std::vector<float> mine(static_cast<std::size_t>(n));
+          for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = exact_value(i, rank);
+          BackendBuffer t(backend, n, DType::F32);
+          backend.upload(t, mine.data());
+          nccl.reduce_scatter_sum(t, bounds);
+          std::vector<float> out(static_cast<std::size_t>(n));
+          backend.download(out.data(), t);
+          got[p][static_cast<std::size_t>(rank)].assign(out.begin() + bounds[static_cast<std::size_t>(rank)],
+                                                        out.begin() + bounds[static_cast<std::size_t>(rank) + 1]);
+        }
+      }));
   for (std::size_t p = 0; p < all.size(); ++p) {
     const std::vector<std::int64_t>& bounds = all[p];
     for (int rank = 0; rank < world; ++rank) {
@@ -248,29 +251,30 @@ TEST_P(NcclRanks, AllGatherGivesEveryRankEveryPartBitForBit) {
   std::vector<std::vector<std::vector<float>>> got_f32(all.size(), std::vector<std::vector<float>>(world));
   std::vector<std::vector<std::vector<std::uint16_t>>> got_bf16(all.size(),
                                                                 std::vector<std::vector<std::uint16_t>>(world));
-  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
-    for (std::size_t p = 0; p < all.size(); ++p) {
-      const std::int64_t n = all[p].back();
-      const std::size_t count = static_cast<std::size_t>(n);
-      BackendBuffer f32(backend, n, DType::F32);
-      backend.upload(f32, f32_values_of(rank, count).data());
-      nccl.all_gather(f32, all[p]);
-      std::vector<float>& out = got_f32[p][static_cast<std::size_t>(rank)];
-      out.resize(count);
-      backend.download(out.data(), f32);
+  expect_no_errors(
+      testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+        for (std::size_t p = 0; p < all.size(); ++p) {
+          const std::int64_t n = all[p].back();
+          const std::size_t count = static_cast<std::size_t>(n);
+          BackendBuffer f32(backend, n, DType::F32);
+          backend.upload(f32, f32_values_of(rank, count).data());
+          nccl.all_gather(f32, all[p]);
+          std::vector<float>& out = got_f32[p][static_cast<std::size_t>(rank)];
+          out.resize(count);
+          backend.download(out.data(), f32);
 
-      std::vector<float> mine(count);
-      for (std::size_t i = 0; i < count; ++i) mine[i] = bf16_exact_value(i, rank);
-      BackendBuffer bf16(backend, n, DType::BF16);
-      backend.upload(bf16, mine.data());
-      nccl.all_gather(bf16, all[p]);
-      std::vector<std::uint16_t>& words = got_bf16[p][static_cast<std::size_t>(rank)];
-      words.resize(count);
-      MINITRON_CUDA_CHECK(cudaStreamSynchronize(backend.context().stream()));
-      if (count > 0)
-        MINITRON_CUDA_CHECK(cudaMemcpy(words.data(), bf16.tensor().data, count * 2, cudaMemcpyDeviceToHost));
-    }
-  }));
+          std::vector<float> mine(count);
+          for (std::size_t i = 0; i < count; ++i) mine[i] = bf16_exact_value(i, rank);
+          BackendBuffer bf16(backend, n, DType::BF16);
+          backend.upload(bf16, mine.data());
+          nccl.all_gather(bf16, all[p]);
+          std::vector<std::uint16_t>& words = got_bf16[p][static_cast<std::size_t>(rank)];
+          words.resize(count);
+          MINITRON_CUDA_CHECK(cudaStreamSynchronize(backend.context().stream()));
+          if (count > 0)
+            MINITRON_CUDA_CHECK(cudaMemcpy(words.data(), bf16.tensor().data, count * 2, cudaMemcpyDeviceToHost));
+        }
+      }));
   for (std::size_t p = 0; p < all.size(); ++p) {
     const std::vector<std::int64_t>& bounds = all[p];
     const std::size_t count = static_cast<std::size_t>(bounds.back());
@@ -297,32 +301,34 @@ TEST_P(NcclRanks, AllGatherGivesEveryRankEveryPartBitForBit) {
 TEST_P(NcclRanks, BadBoundsAreRefusedBeforeNccl) {
   const int world = GetParam();
   const std::vector<std::vector<std::int64_t>> bad = {
-      {0, 10}, world == 2 ? std::vector<std::int64_t>{0, 5, 9} : std::vector<std::int64_t>{0, 3, 5, 9},
+      {0, 10},
+      world == 2 ? std::vector<std::int64_t>{0, 5, 9} : std::vector<std::int64_t>{0, 3, 5, 9},
       world == 2 ? std::vector<std::int64_t>{0, 6, 4} : std::vector<std::int64_t>{0, 6, 4, 10}};
   std::vector<std::vector<std::string>> refusals(static_cast<std::size_t>(world));
   std::vector<float> after(static_cast<std::size_t>(world), 0.0f);
-  expect_no_errors(testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
-    BackendBuffer t(backend, 10, DType::F32);
-    backend.zero(t);
-    for (const auto& bounds : bad) {
-      for (int collective = 0; collective < 2; ++collective) {
-        try {
-          if (collective == 0)
-            nccl.reduce_scatter_sum(t, bounds);
-          else
-            nccl.all_gather(t, bounds);
-          refusals[static_cast<std::size_t>(rank)].push_back("accepted");
-        } catch (const Error& e) {
-          refusals[static_cast<std::size_t>(rank)].push_back(e.what());
+  expect_no_errors(
+      testing::run_nccl_ranks(world, [&](int rank, cuda::CudaBackend& backend, cuda::NcclCommunicator& nccl) {
+        BackendBuffer t(backend, 10, DType::F32);
+        backend.zero(t);
+        for (const auto& bounds : bad) {
+          for (int collective = 0; collective < 2; ++collective) {
+            try {
+              if (collective == 0)
+                nccl.reduce_scatter_sum(t, bounds);
+              else
+                nccl.all_gather(t, bounds);
+              refusals[static_cast<std::size_t>(rank)].push_back("accepted");
+            } catch (const Error& e) {
+              refusals[static_cast<std::size_t>(rank)].push_back(e.what());
+            }
+          }
         }
-      }
-    }
-    const float one = 1.0f;
-    BackendBuffer x(backend, 1, DType::F32);
-    backend.upload(x, &one);
-    nccl.all_reduce_sum(x);
-    backend.download(&after[static_cast<std::size_t>(rank)], x);
-  }));
+        const float one = 1.0f;
+        BackendBuffer x(backend, 1, DType::F32);
+        backend.upload(x, &one);
+        nccl.all_reduce_sum(x);
+        backend.download(&after[static_cast<std::size_t>(rank)], x);
+      }));
   const std::string expected = str(world + 1, " non-decreasing offsets from 0 to 10 (one part per rank)");
   for (int rank = 0; rank < world; ++rank) {
     const auto& messages = refusals[static_cast<std::size_t>(rank)];
@@ -515,7 +521,8 @@ TEST(NcclCommunicator, RefusesABadRankBeforeNccl) {
       cuda::NcclCommunicator nccl(backend, rank, world, id);
       ADD_FAILURE() << "rank " << rank << " of " << world << " accepted";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(str("rank ", rank, " of world size ", world)), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(str("rank ", rank, " of world size ", world)), std::string::npos)
+          << e.what();
     }
   }
 }
@@ -574,7 +581,7 @@ TEST(EmulatedNccl, ReduceReachesTheRootOnlyAndBroadcastEveryRank) {
   }
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(results, (std::vector<ncclResult_t>{ncclSuccess, ncclSuccess, ncclInvalidUsage, ncclSuccess, ncclSuccess,
-                                                 ncclInvalidUsage}));
+                                                ncclInvalidUsage}));
   EXPECT_EQ(received[0], (std::vector<std::int32_t>{-1, -1, -1}));
   EXPECT_EQ(received[1], (std::vector<std::int32_t>{11, 22, 33}));
   EXPECT_EQ(broadcast[0], (std::vector<unsigned char>{7, 8}));
@@ -628,8 +635,8 @@ TwoRanks communicators_of(const std::function<std::unique_ptr<Backend>()>& make_
         make_communicator(*backend, testing::local_environment(rank, 2, port));
     const auto r = static_cast<std::size_t>(rank);
     out.kinds[r] = dynamic_cast<cuda::NcclCommunicator*>(communicator.get()) != nullptr ? "nccl"
-                   : dynamic_cast<HostCommunicator*>(communicator.get()) != nullptr    ? "host"
-                                                                                       : "other";
+                   : dynamic_cast<HostCommunicator*>(communicator.get()) != nullptr     ? "host"
+                                                                                        : "other";
     BackendBuffer t(*backend, 1, DType::F32);
     const float mine = static_cast<float>(rank + 1);
     backend->upload(t, &mine);

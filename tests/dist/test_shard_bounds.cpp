@@ -70,33 +70,52 @@ TEST(CheckShardBounds, AcceptsPartitionsNotMadeByShardBounds) {
 }
 
 TEST(CheckShardBounds, RefusesWrongCount) {
-  EXPECT_EQ(error_of([] { check_shard_bounds("all_gather", Bounds{0, 100}, 3, 100); }),
+  EXPECT_EQ(error_of([] {
+              check_shard_bounds("all_gather", Bounds{0, 100}, 3, 100);
+            }),
             "all_gather: bounds {0, 100} (expected 4 non-decreasing offsets from 0 to 100 (one part per rank))");
-  EXPECT_EQ(error_of([] { check_shard_bounds("reduce_scatter_sum", Bounds{0, 64, 128, 200, 200}, 3, 200); }),
-            "reduce_scatter_sum: bounds {0, 64, 128, 200, 200} (expected 4 non-decreasing offsets from 0 to 200 (one part "
-            "per rank))");
+  EXPECT_EQ(
+      error_of([] {
+        check_shard_bounds("reduce_scatter_sum", Bounds{0, 64, 128, 200, 200}, 3, 200);
+      }),
+      "reduce_scatter_sum: bounds {0, 64, 128, 200, 200} (expected 4 non-decreasing offsets from 0 to 200 (one part "
+      "per rank))");
   // No bounds at all: refused without reading any.
   EXPECT_EQ(error_of([] { check_shard_bounds("all_gather", Bounds{}, 2, 5); }),
             "all_gather: bounds {} (expected 3 non-decreasing offsets from 0 to 5 (one part per rank))");
 }
 
 TEST(CheckShardBounds, RefusesAStartOtherThanZero) {
-  EXPECT_EQ(error_of([] { check_shard_bounds("all_gather", Bounds{1, 64, 128, 200}, 3, 200); }),
-            "all_gather: bounds {1, 64, 128, 200} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
+  EXPECT_EQ(
+      error_of([] {
+        check_shard_bounds("all_gather", Bounds{1, 64, 128, 200}, 3, 200);
+      }),
+      "all_gather: bounds {1, 64, 128, 200} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
 }
 
 TEST(CheckShardBounds, RefusesAnEndOtherThanNumel) {
-  EXPECT_EQ(error_of([] { check_shard_bounds("all_gather", Bounds{0, 64, 128, 199}, 3, 200); }),
-            "all_gather: bounds {0, 64, 128, 199} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
-  EXPECT_EQ(error_of([] { check_shard_bounds("all_gather", Bounds{0, 64, 128, 201}, 3, 200); }),
-            "all_gather: bounds {0, 64, 128, 201} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
+  EXPECT_EQ(
+      error_of([] {
+        check_shard_bounds("all_gather", Bounds{0, 64, 128, 199}, 3, 200);
+      }),
+      "all_gather: bounds {0, 64, 128, 199} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
+  EXPECT_EQ(
+      error_of([] {
+        check_shard_bounds("all_gather", Bounds{0, 64, 128, 201}, 3, 200);
+      }),
+      "all_gather: bounds {0, 64, 128, 201} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
 }
 
 TEST(CheckShardBounds, RefusesDecreasingOffsets) {
-  EXPECT_EQ(error_of([] { check_shard_bounds("all_gather", Bounds{0, 128, 64, 200}, 3, 200); }),
-            "all_gather: bounds {0, 128, 64, 200} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
+  EXPECT_EQ(
+      error_of([] {
+        check_shard_bounds("all_gather", Bounds{0, 128, 64, 200}, 3, 200);
+      }),
+      "all_gather: bounds {0, 128, 64, 200} (expected 4 non-decreasing offsets from 0 to 200 (one part per rank))");
   // An offset past the end, back down to numel at the last: the ends alone are not enough.
-  EXPECT_EQ(error_of([] { check_shard_bounds("reduce_scatter_sum", Bounds{0, 300, 200}, 2, 200); }),
+  EXPECT_EQ(error_of([] {
+              check_shard_bounds("reduce_scatter_sum", Bounds{0, 300, 200}, 2, 200);
+            }),
             "reduce_scatter_sum: bounds {0, 300, 200} (expected 3 non-decreasing offsets from 0 to 200 (one part "
             "per rank))");
 }

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/dist/tcp_test_util.h"
 #include "dist/tcp_group.h"
+#include "tests/dist/tcp_test_util.h"
 
 namespace minitron {
 namespace {
@@ -79,7 +79,8 @@ TEST(TcpGroup, FloatSums) {
   for (std::size_t r = 0; r < 3; ++r) {
     ASSERT_EQ(results[r].size(), n);
     EXPECT_EQ(results[r][0], 1.0f) << "rank " << r;
-    for (std::size_t i = 1; i < n; ++i) ASSERT_EQ(results[r][i], 6.0f * static_cast<float>(i)) << "rank " << r << " i " << i;
+    for (std::size_t i = 1; i < n; ++i)
+      ASSERT_EQ(results[r][i], 6.0f * static_cast<float>(i)) << "rank " << r << " i " << i;
   }
 }
 
@@ -123,9 +124,10 @@ TEST(TcpGroup, RankZeroAloneTimesOut) {
     error = e.what();
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_EQ(error, "rank 0 listening on MASTER_ADDR:MASTER_PORT = 127.0.0.1:" + std::to_string(port) +
-                       ": 1 of 2 ranks joined within 0.5 s (MINITRON_DISTRIBUTED_TIMEOUT); missing rank(s) 1 (expected "
-                       "all WORLD_SIZE=2 ranks started (torchrun or srun start them) with this MASTER_ADDR and MASTER_PORT)");
+  EXPECT_EQ(error,
+            "rank 0 listening on MASTER_ADDR:MASTER_PORT = 127.0.0.1:" + std::to_string(port) +
+                ": 1 of 2 ranks joined within 0.5 s (MINITRON_DISTRIBUTED_TIMEOUT); missing rank(s) 1 (expected "
+                "all WORLD_SIZE=2 ranks started (torchrun or srun start them) with this MASTER_ADDR and MASTER_PORT)");
   EXPECT_LT(seconds, 5.0);  // the wait is 0.5 s; 5 s leaves room for a loaded machine
 }
 
@@ -178,9 +180,8 @@ TEST(TcpGroup, SendingToADeadRankZeroIsAnErrorNotSigpipe) {
 TEST(TcpGroup, DuplicateRankIsRefused) {
   const int port = free_tcp_port();
   // Threads 1 and 2 both claim rank 1 of 3.
-  const auto errors = run_ranks(3, [&](std::int64_t thread) {
-    TcpGroup group(local_environment(thread == 2 ? 1 : thread, 3, port, 10));
-  });
+  const auto errors = run_ranks(
+      3, [&](std::int64_t thread) { TcpGroup group(local_environment(thread == 2 ? 1 : thread, 3, port, 10)); });
   EXPECT_TRUE(contains(errors[0], "rank 1 joining MASTER_ADDR:MASTER_PORT = 127.0.0.1:" + std::to_string(port) +
                                       ": a second process claims that rank"))
       << errors[0];
@@ -190,11 +191,11 @@ TEST(TcpGroup, DuplicateRankIsRefused) {
 
 TEST(TcpGroup, MismatchedWorldSizeIsRefused) {
   const int port = free_tcp_port();
-  const auto errors = run_ranks(2, [&](std::int64_t rank) {
-    TcpGroup group(local_environment(rank, rank == 0 ? 2 : 3, port, 10));
-  });
-  EXPECT_TRUE(contains(errors[0], "rank 1 joining MASTER_ADDR:MASTER_PORT = 127.0.0.1:" + std::to_string(port) +
-                                      ": it has world size 3, rank 0 has 2 (expected one WORLD_SIZE for every rank of a run)"))
+  const auto errors =
+      run_ranks(2, [&](std::int64_t rank) { TcpGroup group(local_environment(rank, rank == 0 ? 2 : 3, port, 10)); });
+  EXPECT_TRUE(
+      contains(errors[0], "rank 1 joining MASTER_ADDR:MASTER_PORT = 127.0.0.1:" + std::to_string(port) +
+                              ": it has world size 3, rank 0 has 2 (expected one WORLD_SIZE for every rank of a run)"))
       << errors[0];
   EXPECT_TRUE(contains(errors[1], "rank 0 closed its connection during the handshake")) << errors[1];
 }
@@ -215,7 +216,6 @@ TEST(TcpGroup, MismatchedCollectivesAreAnError) {
             "(expected every rank running the same collectives in the same order)");
   EXPECT_TRUE(contains(errors[1], "rank 0")) << errors[1];
 }
-
 
 // all_gather: part p of the bytes (between byte offsets bounds[p] and bounds[p + 1]) that rank
 // p holds, as a rule of the test's own: every (part, offset) gives a byte, and the garbage a
@@ -293,7 +293,8 @@ TEST(TcpGroupAllGather, BoundsThatDoNotFitAreAnError) {
     } catch (const Error& e) {
       error = e.what();
     }
-    EXPECT_TRUE(contains(error, "TcpGroup::all_gather: " + std::to_string(bounds.size()) + " bounds for 1 ranks and 8 bytes"))
+    EXPECT_TRUE(
+        contains(error, "TcpGroup::all_gather: " + std::to_string(bounds.size()) + " bounds for 1 ranks and 8 bytes"))
         << error;
   }
 }
@@ -351,7 +352,6 @@ TEST(TcpGroupAllGather, DisagreeingSizesAreAnError) {
   EXPECT_TRUE(contains(errors[1], "rank 0")) << errors[1];
   EXPECT_TRUE(contains(errors[2], "rank 0")) << errors[2];
 }
-
 
 TEST(TcpGroupAllGather, DecreasingBoundsAreAnErrorNotACrash) {
   const int port = free_tcp_port();

@@ -50,8 +50,8 @@ TEST(EmulatorAsyncCopy, DataArrivesAtTheWaitAndPoisonBefore) {
     emu::Options options = emu::options();
     options.reverse_order = reverse;
     emu::ScopedOptions scoped(options);
-    cuda::launch(copy_then_read_kernel, dim3(1), dim3(kThreads), 4 * kThreads * sizeof(unsigned), nullptr,
-                 src.data(), before.data(), after.data());
+    cuda::launch(copy_then_read_kernel, dim3(1), dim3(kThreads), 4 * kThreads * sizeof(unsigned), nullptr, src.data(),
+                 before.data(), after.data());
     for (int tid = 0; tid < kThreads; ++tid) {
       for (int e = 0; e < 4; ++e) {
         EXPECT_EQ(before[4 * tid + e], kPoison) << tid;
@@ -85,9 +85,9 @@ TEST(EmulatorAsyncCopy, WaitGroupOneLeavesExactlyTheNewestGroupPending) {
   cuda::launch(two_groups_kernel, dim3(1), dim3(kThreads), 4 * kThreads * sizeof(unsigned), nullptr, src_a.data(),
                src_b.data(), seen.data());
   for (int i = 0; i < 4 * kThreads; ++i) {
-    EXPECT_EQ(seen[i], src_a[i]) << i;                      // the older group is complete
-    EXPECT_EQ(seen[4 * kThreads + i], kPoison) << i;        // the newest is still pending
-    EXPECT_EQ(seen[2 * 4 * kThreads + i], src_b[i]) << i;   // until wait_group 0
+    EXPECT_EQ(seen[i], src_a[i]) << i;                     // the older group is complete
+    EXPECT_EQ(seen[4 * kThreads + i], kPoison) << i;       // the newest is still pending
+    EXPECT_EQ(seen[2 * 4 * kThreads + i], src_b[i]) << i;  // until wait_group 0
   }
 }
 

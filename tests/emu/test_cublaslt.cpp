@@ -64,7 +64,8 @@ void run(const Problem& p) {
   CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
   const void* bias_pointer = p.output_type == CUDA_R_32F ? static_cast<const void*>(bias.data()) : bias_bf16.data();
   if (p.with_bias) {
-    CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_pointer, sizeof bias_pointer));
+    CHECK_CUBLAS(
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_pointer, sizeof bias_pointer));
   }
   cublasLtMatrixLayout_t la, lb, lc;
   CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, a_rows, a_columns, lda));
@@ -72,8 +73,10 @@ void run(const Problem& p) {
   CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&lc, p.output_type, p.m, p.n, ldc));
   if (p.batches > 1) {
     for (auto [layout, stride] : {std::pair{la, stride_a}, std::pair{lb, stride_b}, std::pair{lc, stride_c}}) {
-      CHECK_CUBLAS(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &p.batches, sizeof p.batches));
-      CHECK_CUBLAS(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+      CHECK_CUBLAS(
+          cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &p.batches, sizeof p.batches));
+      CHECK_CUBLAS(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                    sizeof stride));
     }
   }
   cublasLtMatmulPreference_t preference;

@@ -58,8 +58,8 @@ __global__ void indices_kernel(unsigned* out) {
   const unsigned block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
   const unsigned thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
   const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
-  out[block * threads + thread] = blockIdx.x | blockIdx.y << 8 | blockIdx.z << 16 |
-                                  (threadIdx.x + threadIdx.y * 16 + threadIdx.z * 64) << 24;
+  out[block * threads + thread] =
+      blockIdx.x | blockIdx.y << 8 | blockIdx.z << 16 | (threadIdx.x + threadIdx.y * 16 + threadIdx.z * 64) << 24;
 }
 
 TEST(Emulator, ThreeDimensionalIndices) {
@@ -137,7 +137,8 @@ __global__ void divergent_halves_kernel(const int* input, int* output, unsigned*
   }
   output[threadIdx.x] = value;
   ballots[threadIdx.x] = __ballot_sync(0xffffffffu, input[threadIdx.x] % 3 == 0);
-  votes[threadIdx.x] = __any_sync(0xffffffffu, input[threadIdx.x] > 90) * 2 + __all_sync(0xffffffffu, input[threadIdx.x] >= 0);
+  votes[threadIdx.x] =
+      __any_sync(0xffffffffu, input[threadIdx.x] > 90) * 2 + __all_sync(0xffffffffu, input[threadIdx.x] >= 0);
   const int count = __syncthreads_count(input[threadIdx.x] % 2 == 0);
   const int all = __syncthreads_and(input[threadIdx.x] < 1000);
   const int any = __syncthreads_or(input[threadIdx.x] == 5);
@@ -215,8 +216,8 @@ TEST(Emulator, DynamicSharedMemory) {
   const int rows = 5, columns = 333;
   std::vector<float> input(rows * columns), output(rows * columns);
   for (int i = 0; i < rows * columns; ++i) input[i] = static_cast<float>(i);
-  cuda::launch(reverse_rows_kernel, dim3(rows), dim3(96), columns * sizeof(float), nullptr, input.data(),
-               output.data(), columns);
+  cuda::launch(reverse_rows_kernel, dim3(rows), dim3(96), columns * sizeof(float), nullptr, input.data(), output.data(),
+               columns);
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < columns; ++c) EXPECT_EQ(output[r * columns + c], input[r * columns + columns - 1 - c]);
 }
@@ -226,8 +227,10 @@ TEST(Emulator, UninitialisedDynamicSharedMemoryReadsAsNaN) {
   std::vector<float> output(3 * 64);
   cuda::launch(read_unwritten_shared_kernel, dim3(3), dim3(64), 64 * sizeof(float), nullptr, output.data());
   for (int i = 0; i < 3 * 64; ++i) {
-    if (i % 2 == 0) EXPECT_EQ(output[i], 1.0f);
-    else EXPECT_TRUE(std::isnan(output[i])) << i;
+    if (i % 2 == 0)
+      EXPECT_EQ(output[i], 1.0f);
+    else
+      EXPECT_TRUE(std::isnan(output[i])) << i;
   }
 }
 
@@ -242,9 +245,9 @@ TEST(Emulator, DynamicSharedMemoryAboveDefaultLimitNeedsTheAttribute) {
   std::vector<float> output(32);
   const std::size_t bytes = 32 * 1024 * sizeof(float);  // 128 KiB
   EXPECT_THROW(cuda::launch(large_shared_kernel, dim3(1), dim3(32), bytes, nullptr, output.data()), Error);
-  ASSERT_EQ(cudaFuncSetAttribute(large_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(bytes)),
-            cudaSuccess);
+  ASSERT_EQ(
+      cudaFuncSetAttribute(large_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+      cudaSuccess);
   cuda::launch(large_shared_kernel, dim3(1), dim3(32), bytes, nullptr, output.data());
   for (int i = 0; i < 32; ++i) EXPECT_EQ(output[i], static_cast<float>(31 - i));
 }
@@ -290,7 +293,7 @@ TEST(Emulator, AtomicsAcrossBlocksOnTwoThreads) {
   }
   EXPECT_EQ(int_sum, n * (n - 1) / 2);
   EXPECT_EQ(unsigned_sum, 2u * n);
-  EXPECT_EQ(float_sum, 0.5f * n);  // multiples of 0.5 below 2^23: exact in any order
+  EXPECT_EQ(float_sum, 0.5f * n);                 // multiples of 0.5 below 2^23: exact in any order
   EXPECT_EQ(__bfloat162float(bf16_sum), 256.0f);  // bf16 has 8 significant bits: 256 + 1 rounds back to 256
   EXPECT_EQ(maximum, expected_max);
   EXPECT_EQ(minimum, expected_min);
@@ -390,8 +393,10 @@ int wrong_outputs(bool reverse, bool with_barrier) {
   ScopedOptions scoped(with_threads(1, reverse));
   std::vector<int> input(128), output(128);
   for (int i = 0; i < 128; ++i) input[i] = i + 1000;
-  if (with_barrier) cuda::launch(neighbour_kernel<true>, dim3(1), dim3(128), 0, nullptr, input.data(), output.data());
-  else cuda::launch(neighbour_kernel<false>, dim3(1), dim3(128), 0, nullptr, input.data(), output.data());
+  if (with_barrier)
+    cuda::launch(neighbour_kernel<true>, dim3(1), dim3(128), 0, nullptr, input.data(), output.data());
+  else
+    cuda::launch(neighbour_kernel<false>, dim3(1), dim3(128), 0, nullptr, input.data(), output.data());
   int wrong = 0;
   for (int i = 0; i < 128; ++i) wrong += output[i] != input[(i + 1) % 128];
   return wrong;
@@ -448,17 +453,15 @@ __global__ void exit_during_shuffle_kernel(int* output) {
 
 __global__ void cross_wait_kernel(int* output) {
   // Lane 0 waits for lane 1 in a shuffle; lane 1 waits for lane 0 at the block barrier.
-  if (threadIdx.x == 0) output[0] = __shfl_sync(0x3u, 1, 1);
-  else __syncthreads();
+  if (threadIdx.x == 0)
+    output[0] = __shfl_sync(0x3u, 1, 1);
+  else
+    __syncthreads();
 }
 
-__global__ void mask_without_self_kernel(int* output) {
-  output[threadIdx.x] = __shfl_sync(0x1u, 1, 0);
-}
+__global__ void mask_without_self_kernel(int* output) { output[threadIdx.x] = __shfl_sync(0x1u, 1, 0); }
 
-__global__ void read_outside_mask_kernel(int* output) {
-  output[threadIdx.x] = __shfl_sync(0xffu, 1, 9);
-}
+__global__ void read_outside_mask_kernel(int* output) { output[threadIdx.x] = __shfl_sync(0xffu, 1, 9); }
 
 __global__ void read_missing_lane_kernel(int* output) {
   // In a 40-thread block lanes 0-7 of warp 1 read lanes 16-23, which the block lacks.

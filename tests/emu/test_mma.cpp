@@ -21,8 +21,10 @@ __global__ void ldmatrix_kernel(const std::uint16_t* matrices, std::uint32_t* re
   const unsigned lane = threadIdx.x;
   std::uint32_t r[4];
   const std::uint16_t* row = &tile[(lane / 8) * 64 + (lane % 8) * 8];
-  if (Transposed) mma::ldmatrix_x4_trans(r, row);
-  else mma::ldmatrix_x4(r, row);
+  if (Transposed)
+    mma::ldmatrix_x4_trans(r, row);
+  else
+    mma::ldmatrix_x4(r, row);
   for (int j = 0; j < 4; ++j) registers[lane * 4 + j] = r[j];
 }
 
@@ -31,16 +33,19 @@ TEST(TensorCoreWrapper, LdmatrixFollowsThePtxLayout) {
   for (int i = 0; i < 4 * 64; ++i) matrices[i] = static_cast<std::uint16_t>(i * 3 + 1);
   for (bool transposed : {false, true}) {
     std::vector<std::uint32_t> registers(32 * 4);
-    if (transposed) cuda::launch(ldmatrix_kernel<true>, dim3(1), dim3(32), 0, nullptr, matrices.data(), registers.data());
-    else cuda::launch(ldmatrix_kernel<false>, dim3(1), dim3(32), 0, nullptr, matrices.data(), registers.data());
+    if (transposed)
+      cuda::launch(ldmatrix_kernel<true>, dim3(1), dim3(32), 0, nullptr, matrices.data(), registers.data());
+    else
+      cuda::launch(ldmatrix_kernel<false>, dim3(1), dim3(32), 0, nullptr, matrices.data(), registers.data());
     for (int lane = 0; lane < 32; ++lane)
       for (int j = 0; j < 4; ++j) {
         // PTX ISA, ldmatrix: lane i holds row i/4, columns 2(i%4) and 2(i%4)+1 (transposed: swapped).
         const int row = lane / 4, column = 2 * (lane % 4);
         const auto at = [&](int r, int c) { return static_cast<std::uint32_t>(matrices[j * 64 + r * 8 + c]); };
-        const std::uint32_t expected = transposed ? at(column, row) | at(column + 1, row) << 16
-                                                  : at(row, column) | at(row, column + 1) << 16;
-        EXPECT_EQ(registers[lane * 4 + j], expected) << "lane " << lane << " matrix " << j << " transposed " << transposed;
+        const std::uint32_t expected =
+            transposed ? at(column, row) | at(column + 1, row) << 16 : at(row, column) | at(row, column + 1) << 16;
+        EXPECT_EQ(registers[lane * 4 + j], expected)
+            << "lane " << lane << " matrix " << j << " transposed " << transposed;
       }
   }
 }

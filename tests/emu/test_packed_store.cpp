@@ -48,8 +48,7 @@ TEST(EmulatorPackedStore, StoresMoveExactlySixteenBytesInTheirSpace) {
   std::vector<Packed128<std::uint32_t>> out(kThreads + 2);
   auto* dst = reinterpret_cast<std::uint32_t*>(out.data());
   for (int i = 0; i < 4 * (kThreads + 2); ++i) dst[i] = kUntouched;
-  cuda::launch(round_trip_kernel, dim3(1), dim3(kThreads), kWords * sizeof(std::uint32_t), nullptr, dst,
-               src.data());
+  cuda::launch(round_trip_kernel, dim3(1), dim3(kThreads), kWords * sizeof(std::uint32_t), nullptr, dst, src.data());
   for (int e = 0; e < 4; ++e) {
     EXPECT_EQ(dst[e], kUntouched) << e;
     EXPECT_EQ(dst[4 * (kThreads + 1) + e], kUntouched) << e;
@@ -88,9 +87,9 @@ TEST_F(EmulatorPackedStoreDeathTest, GlobalStoreToSharedMemoryAborts) {
   EXPECT_DEATH(cuda::launch(global_store_to_dynamic_shared_kernel, dim3(1), dim3(1), 64, nullptr, source()),
                "global_store_to_dynamic_shared_kernel.*store128: 16-byte store to .*, shared memory "
                "\\(st.global faults here");
-  EXPECT_DEATH(cuda::launch(global_store_to_static_shared_kernel, dim3(1), dim3(1), 0, nullptr, source(),
-                            destination()),
-               "global_store_to_static_shared_kernel.*store128: 16-byte store to .*, shared memory");
+  EXPECT_DEATH(
+      cuda::launch(global_store_to_static_shared_kernel, dim3(1), dim3(1), 0, nullptr, source(), destination()),
+      "global_store_to_static_shared_kernel.*store128: 16-byte store to .*, shared memory");
 }
 
 TEST_F(EmulatorPackedStoreDeathTest, SharedStoreOutsideSharedMemoryAborts) {

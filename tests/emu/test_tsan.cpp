@@ -31,8 +31,10 @@ void run(bool second_barrier) {
   const int rounds = 3;
   std::vector<float> input(64 * rounds), output(2 * 64 * rounds);
   for (int i = 0; i < 64 * rounds; ++i) input[i] = static_cast<float>(i);
-  if (second_barrier) cuda::launch(reuse_kernel<true>, dim3(2), dim3(64), 0, nullptr, input.data(), output.data(), rounds);
-  else cuda::launch(reuse_kernel<false>, dim3(2), dim3(64), 0, nullptr, input.data(), output.data(), rounds);
+  if (second_barrier)
+    cuda::launch(reuse_kernel<true>, dim3(2), dim3(64), 0, nullptr, input.data(), output.data(), rounds);
+  else
+    cuda::launch(reuse_kernel<false>, dim3(2), dim3(64), 0, nullptr, input.data(), output.data(), rounds);
   for (int block = 0; block < 2; ++block)
     for (int r = 0; r < rounds; ++r)
       for (int t = 0; t < 64; ++t) EXPECT_EQ(output[(block * rounds + r) * 64 + t], input[r * 64 + 63 - t]);
@@ -60,8 +62,10 @@ __global__ void async_copy_kernel(const unsigned* input, unsigned* output) {
 void run_async(bool barrier) {
   std::vector<unsigned> input(64 * 4), output(64 * 4);
   for (int i = 0; i < 64 * 4; ++i) input[i] = static_cast<unsigned>(i) * 3u + 1u;
-  if (barrier) cuda::launch(async_copy_kernel<true>, dim3(1), dim3(64), 0, nullptr, input.data(), output.data());
-  else cuda::launch(async_copy_kernel<false>, dim3(1), dim3(64), 0, nullptr, input.data(), output.data());
+  if (barrier)
+    cuda::launch(async_copy_kernel<true>, dim3(1), dim3(64), 0, nullptr, input.data(), output.data());
+  else
+    cuda::launch(async_copy_kernel<false>, dim3(1), dim3(64), 0, nullptr, input.data(), output.data());
   for (int i = 0; i < 64; ++i)
     for (int e = 0; e < 4; ++e) EXPECT_EQ(output[4 * i + e], input[4 * (63 - i) + e]);
 }

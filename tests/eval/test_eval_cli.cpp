@@ -3,13 +3,13 @@
 // tests/eval/data/expected_scores.json, `minitron generate` runs, bad flags fail clearly.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -48,8 +48,9 @@ const std::string kModel = " --model " + source("tests/fixtures/llama3_gqa") + "
                            source("tests/eval/data/tokenizer.json") + " --device cpu";
 
 TEST(EvalCli, MmluJsonMatchesTheReference) {
-  const CommandResult r = minitron("eval" + kModel + " --task mmlu --task-file " + source("tests/eval/data/mmlu_test.jsonl") +
-                                   " --fewshot-file " + source("tests/eval/data/mmlu_dev.jsonl") + " --shots 1 --json");
+  const CommandResult r =
+      minitron("eval" + kModel + " --task mmlu --task-file " + source("tests/eval/data/mmlu_test.jsonl") +
+               " --fewshot-file " + source("tests/eval/data/mmlu_dev.jsonl") + " --shots 1 --json");
   ASSERT_EQ(r.status, 0) << r.err;
   const nlohmann::json got = nlohmann::json::parse(r.out);
   std::ifstream in(source("tests/eval/data/expected_scores.json"));
@@ -61,7 +62,8 @@ TEST(EvalCli, MmluJsonMatchesTheReference) {
   ASSERT_EQ(got["results"].size(), (*run)["metrics"].size());
   for (std::size_t i = 0; i < got["results"].size(); ++i) {
     EXPECT_EQ(got["results"][i]["task"], (*run)["metrics"][i]["task"]);
-    EXPECT_NEAR(got["results"][i]["value"].get<double>(), (*run)["metrics"][i]["value"].get<double>(), 1e-12);  // 0/1 means
+    EXPECT_NEAR(got["results"][i]["value"].get<double>(), (*run)["metrics"][i]["value"].get<double>(),
+                1e-12);  // 0/1 means
   }
 }
 
@@ -83,10 +85,12 @@ TEST(EvalCli, BadTaskFailsWithAClearMessage) {
 }
 
 TEST(GenerateCli, RunsAndStreamsThePrompt) {
-  const CommandResult r = minitron("generate" + kModel + " --prompt 'The cat' --max-new-tokens 5 --temperature 0.8 --seed 3");
+  const CommandResult r =
+      minitron("generate" + kModel + " --prompt 'The cat' --max-new-tokens 5 --temperature 0.8 --seed 3");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out.rfind("The cat", 0), 0u) << r.out;
-  const CommandResult again = minitron("generate" + kModel + " --prompt 'The cat' --max-new-tokens 5 --temperature 0.8 --seed 3");
+  const CommandResult again =
+      minitron("generate" + kModel + " --prompt 'The cat' --max-new-tokens 5 --temperature 0.8 --seed 3");
   EXPECT_EQ(again.out, r.out);  // seeded
 }
 

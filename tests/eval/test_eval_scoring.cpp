@@ -43,7 +43,7 @@ const Tokenizer& tiny_tokenizer() {
 TEST(EncodePair, TrailingWhitespaceMovesToTheContinuation) {
   const EncodedRequest r = encode_request(tiny_tokenizer(), {"The sky is ", " blue"}, {});
   EXPECT_EQ(r.context, (std::vector<std::int32_t>{50, 12, 9, 3, 23, 15, 29, 3, 13, 23}));  // "The sky is"
-  EXPECT_EQ(r.continuation, (std::vector<std::int32_t>{3, 3, 6, 16, 25, 9}));                // "  blue"
+  EXPECT_EQ(r.continuation, (std::vector<std::int32_t>{3, 3, 6, 16, 25, 9}));              // "  blue"
   const EncodedRequest merged = encode_request(tiny_tokenizer(), {"Is it", " the end"}, {});
   EXPECT_EQ(merged.continuation, (std::vector<std::int32_t>{66, 3, 9, 18, 8}));  // " the" is one token
   EncodeOptions bos;
@@ -129,7 +129,8 @@ TEST(EncodePair, WhitespaceOnlyContextScoresLikeTheEmptyContext) {
     EXPECT_EQ(result.questions[i].correct(), reference.correct()) << "question " << i;
     expected_correct += reference.correct() ? 1.0 : 0.0;
   }
-  EXPECT_DOUBLE_EQ(task_accuracy(TaskKind::MultipleChoice, result), expected_correct / static_cast<double>(docs.size()));
+  EXPECT_DOUBLE_EQ(task_accuracy(TaskKind::MultipleChoice, result),
+                   expected_correct / static_cast<double>(docs.size()));
 }
 
 class ExpectedRuns : public testing::TestWithParam<int> {};
@@ -203,10 +204,9 @@ TEST_P(ExpectedRuns, MatchesTheReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllRuns, ExpectedRuns, testing::Range(0, 8),
-                         [](const testing::TestParamInfo<int>& info) {
-                           return expected()["runs"][static_cast<std::size_t>(info.param)]["name"].get<std::string>();
-                         });
+INSTANTIATE_TEST_SUITE_P(AllRuns, ExpectedRuns, testing::Range(0, 8), [](const testing::TestParamInfo<int>& info) {
+  return expected()["runs"][static_cast<std::size_t>(info.param)]["name"].get<std::string>();
+});
 
 }  // namespace
 }  // namespace minitron

@@ -17,12 +17,12 @@ std::filesystem::path data(const std::string& name) {
 
 // lm_eval/tasks/hellaswag/utils.py `preprocess`.
 TEST(HellaswagPreprocess, MatchesThePythonSteps) {
-  EXPECT_EQ(hellaswag_preprocess("  a [b] c "), "a c");                     // strip, drop "[b]", "  " -> " "
+  EXPECT_EQ(hellaswag_preprocess("  a [b] c "), "a c");                            // strip, drop "[b]", "  " -> " "
   EXPECT_EQ(hellaswag_preprocess("Tea [title] Boil water."), "Tea. Boil water.");  // "Tea.  Boil" -> one space
-  EXPECT_EQ(hellaswag_preprocess("x [unclosed"), "x [unclosed");            // no "]": the regex does not match
-  EXPECT_EQ(hellaswag_preprocess("a [b\n] c"), "a [b\n] c");                // '.' does not match a newline
-  EXPECT_EQ(hellaswag_preprocess("three   spaces"), "three  spaces");       // str.replace: one pass, non-overlapping
-  EXPECT_EQ(hellaswag_preprocess("[title] Go on."), " Go on.");             // stripped before: the space survives
+  EXPECT_EQ(hellaswag_preprocess("x [unclosed"), "x [unclosed");                   // no "]": the regex does not match
+  EXPECT_EQ(hellaswag_preprocess("a [b\n] c"), "a [b\n] c");                       // '.' does not match a newline
+  EXPECT_EQ(hellaswag_preprocess("three   spaces"), "three  spaces");  // str.replace: one pass, non-overlapping
+  EXPECT_EQ(hellaswag_preprocess("[title] Go on."), " Go on.");        // stripped before: the space survives
   EXPECT_EQ(python_capitalize("THE ROOTS should"), "The roots should");
   EXPECT_EQ(python_capitalize(""), "");
 }
@@ -32,11 +32,12 @@ TEST(TaskFiles, HellaswagQueryAndEndings) {
   ASSERT_EQ(docs.size(), 3u);
   EXPECT_EQ(docs[0].query, "Making tea: A woman fills a kettle with water and puts it on the stove. She");
   EXPECT_EQ(docs[0].gold, 0);
-  EXPECT_EQ(docs[1].query,
-            "Home and Garden: How to plant a tree. Dig a hole. Make the hole twice as wide as the roots. The roots should");
-  EXPECT_EQ(docs[1].choices, (std::vector<std::string>{"fit without bending. Water the soil well.",
-                                                       "be painted red before planting.", " Go to the shop and buy a cake.",
-                                                       "sing to the tree every night."}));
+  EXPECT_EQ(
+      docs[1].query,
+      "Home and Garden: How to plant a tree. Dig a hole. Make the hole twice as wide as the roots. The roots should");
+  EXPECT_EQ(docs[1].choices,
+            (std::vector<std::string>{"fit without bending. Water the soil well.", "be painted red before planting.",
+                                      " Go to the shop and buy a cake.", "sing to the tree every night."}));
   EXPECT_EQ(docs[2].query, "Riding a bike: A boy gets on his bike and rides down the hill.");  // empty ctx_b: stripped
   const Question q = build_question(TaskKind::HellaSwag, docs[0], "");
   ASSERT_EQ(q.requests.size(), 4u);
@@ -57,7 +58,8 @@ TEST(TaskFiles, WinograndePartialScoring) {
   EXPECT_EQ(q.requests[0].continuation, " ran up the tree.");
   EXPECT_EQ(q.requests[1].continuation, " ran up the tree.");
   // As a few-shot example: the gold option's context, the delimiter, the target.
-  EXPECT_EQ(fewshot_example(TaskKind::Winogrande, docs[0]), "The cup did not fit in the bag because the cup was too big.");
+  EXPECT_EQ(fewshot_example(TaskKind::Winogrande, docs[0]),
+            "The cup did not fit in the bag because the cup was too big.");
 }
 
 // lm_eval/tasks/mmlu/default/_default_template_yaml and mmlu_<subject>.yaml's description.
@@ -91,9 +93,10 @@ TEST(TaskFiles, ArcPromptAndDefaultFewshot) {
   const std::vector<const TaskDoc*> shots{&docs[0], &docs[2]};
   const Question q = build_question(TaskKind::ArcEasy, docs[1], fewshot_prefix(TaskKind::ArcEasy, "", shots));
   ASSERT_EQ(q.requests.size(), 3u);
-  EXPECT_EQ(q.requests[0].context,
-            "Question: Which of these is a liquid?\nAnswer: water\n\nQuestion: Which animal can fly?\nAnswer: a bird\n\n"
-            "Question: What makes a shadow?\nAnswer:");
+  EXPECT_EQ(
+      q.requests[0].context,
+      "Question: Which of these is a liquid?\nAnswer: water\n\nQuestion: Which animal can fly?\nAnswer: a bird\n\n"
+      "Question: What makes a shadow?\nAnswer:");
   EXPECT_EQ(q.requests[0].continuation, " light blocked by an object");
   EXPECT_EQ(q.choice_lengths, (std::vector<std::int64_t>{26, 5, 4}));
 }
@@ -113,9 +116,15 @@ TEST(TaskFiles, Utf8LengthCountsCodePoints) {
 
 TEST(TaskFiles, BadInputIsAClearError) {
   EXPECT_THROW(parse_task_kind("piqa"), Error);
-  EXPECT_THROW(parse_task_doc(TaskKind::Winogrande, R"({"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"})", "x:1"), Error);
-  EXPECT_THROW(parse_task_doc(TaskKind::MultipleChoice, R"({"context": "c", "choices": ["a"], "label": 3})", "x:1"), Error);
-  EXPECT_THROW(parse_task_doc(TaskKind::ArcEasy, R"({"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "B"})", "x:1"), Error);
+  EXPECT_THROW(parse_task_doc(TaskKind::Winogrande,
+                              R"({"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"})", "x:1"),
+               Error);
+  EXPECT_THROW(parse_task_doc(TaskKind::MultipleChoice, R"({"context": "c", "choices": ["a"], "label": 3})", "x:1"),
+               Error);
+  EXPECT_THROW(
+      parse_task_doc(TaskKind::ArcEasy,
+                     R"({"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "B"})", "x:1"),
+      Error);
   EXPECT_THROW(parse_task_doc(TaskKind::HellaSwag, "{not json", "x:1"), Error);
   try {
     parse_task_doc(TaskKind::Mmlu, R"({"question": "q", "choices": ["a", "b", "c", "d"], "answer": 0})", "f.jsonl:7");

@@ -2,11 +2,11 @@
 // top-p / temperature sampler, and streaming decode of multi-byte characters.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -107,7 +107,7 @@ TEST(SampleToken, TemperatureAndTopPFollowTheDistribution) {
   EXPECT_NEAR(frequency_of_one(logits, 1.0, 1.0), 0.75, 5 * 0.0031);
   // Temperature 2: p1 = sqrt(3) / (1 + sqrt(3)) = 0.634.
   EXPECT_NEAR(frequency_of_one(logits, 2.0, 1.0), std::sqrt(3.0) / (1 + std::sqrt(3.0)), 5 * 0.0035);
-  EXPECT_EQ(frequency_of_one(logits, 1.0, 0.7), 1.0);  // 0.75 alone reaches 0.7: the other token is cut
+  EXPECT_EQ(frequency_of_one(logits, 1.0, 0.7), 1.0);                 // 0.75 alone reaches 0.7: the other token is cut
   EXPECT_NEAR(frequency_of_one(logits, 1.0, 0.8), 0.75, 5 * 0.0031);  // both kept
 }
 
@@ -120,11 +120,19 @@ TEST(IncrementalDecoder, HoldsBackPartialCharacters) {
     vocab[name] = b + 1;
   }
   nlohmann::json tok = {
-      {"version", "1.0"}, {"added_tokens", nlohmann::json::array()}, {"normalizer", nullptr}, {"pre_tokenizer", nullptr},
+      {"version", "1.0"},
+      {"added_tokens", nlohmann::json::array()},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", nullptr},
       {"post_processor", nullptr},
-      {"decoder", {{"type", "Sequence"}, {"decoders", nlohmann::json::array({{{"type", "ByteFallback"}}, {{"type", "Fuse"}}})}}},
-      {"model", {{"type", "BPE"}, {"unk_token", "<unk>"}, {"byte_fallback", true}, {"vocab", vocab},
-                 {"merges", nlohmann::json::array()}}}};
+      {"decoder",
+       {{"type", "Sequence"}, {"decoders", nlohmann::json::array({{{"type", "ByteFallback"}}, {{"type", "Fuse"}}})}}},
+      {"model",
+       {{"type", "BPE"},
+        {"unk_token", "<unk>"},
+        {"byte_fallback", true},
+        {"vocab", vocab},
+        {"merges", nlohmann::json::array()}}}};
   const fs::path path = fs::temp_directory_path() / ("minitron_decoder_test_" + std::to_string(::getpid()) + ".json");
   std::ofstream(path) << tok.dump();
   const Tokenizer tokenizer = Tokenizer::load(path);

@@ -99,8 +99,10 @@ TEST(FewshotSampler, PicksWhatTheHarnessPicks) {
 }
 
 TEST(FewshotSampler, ZeroShotsDrawNothing) {
-  const std::vector<TaskDoc> pool = parse_docs(TaskKind::MultipleChoice, json::parse(
-      R"([{"context": "a", "choices": ["x", "y"], "label": 0}, {"context": "b", "choices": ["x", "y"], "label": 1}])"));
+  const std::vector<TaskDoc> pool = parse_docs(
+      TaskKind::MultipleChoice,
+      json::parse(
+          R"([{"context": "a", "choices": ["x", "y"], "label": 0}, {"context": "b", "choices": ["x", "y"], "label": 1}])"));
   FewshotSampler sampler(TaskKind::MultipleChoice, pool, true, 0);
   EXPECT_TRUE(sampler.next(pool[0]).empty());
   // Two shots from the file itself need three documents.

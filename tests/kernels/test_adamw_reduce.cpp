@@ -28,7 +28,8 @@ TEST(AdamW, ThreeStepsMatchTorchClosedForm) {
   s.grad_scale = 0.5f;
   const std::vector<double> p0 = random_vector(n, 130);
 
-  // torch.optim.AdamW, one element at a time, in double (the spelling of torch's _single_tensor_adamw).
+  // torch.optim.AdamW, one element at a time, in double (the spelling of torch's
+  // _single_tensor_adamw).
   std::vector<double> p = p0, m(n, 0.0), v(n, 0.0);
   std::vector<float> pf = test::to_float(p0), mf(n, 0.0f), vf(n, 0.0f);
   std::vector<double> pd = p0, md(n, 0.0), vd(n, 0.0);

@@ -81,8 +81,8 @@ TEST_P(AttentionForward, MatchesExplicitScoreMatrix) {
   // float: scores and softmax in float over <= 9 keys and 64 dims; relative error ~1e-6.
   const std::vector<float> qf = test::to_float(q), kf = test::to_float(k), vf = test::to_float(v);
   std::vector<float> outf(out.size()), lsef(lse.size());
-  cpu::attention_forward(outf.data(), lsef.data(), qf.data(), kf.data(), vf.data(), s.B, s.Tq,
-                         s.Tk, s.Hq, s.Hkv, s.hd);
+  cpu::attention_forward(outf.data(), lsef.data(), qf.data(), kf.data(), vf.data(), s.B, s.Tq, s.Tk,
+                         s.Hq, s.Hkv, s.hd);
   for (std::size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(outf[i], expected[i], 2e-5) << i;
   for (std::size_t i = 0; i < lse.size(); ++i) EXPECT_NEAR(lsef[i], expected_lse[i], 2e-5) << i;
 }
@@ -151,8 +151,8 @@ TEST(AttentionBackward, IsBitwiseDeterministicAcrossThreadCounts) {
     // The forward again, through a caller-owned workspace (one score row per thread).
     std::vector<float> workspace(cpu::attention_forward_workspace(s.Tk));
     std::vector<float> out2(out.size()), lse2(lse.size());
-    cpu::attention_forward(out2.data(), lse2.data(), q.data(), k.data(), v.data(), s.B, s.Tq,
-                           s.Tk, s.Hq, s.Hkv, s.hd, workspace.data());
+    cpu::attention_forward(out2.data(), lse2.data(), q.data(), k.data(), v.data(), s.B, s.Tq, s.Tk,
+                           s.Hq, s.Hkv, s.hd, workspace.data());
     EXPECT_EQ(0, std::memcmp(out2.data(), out.data(), out.size() * sizeof(float)));
     EXPECT_EQ(0, std::memcmp(lse2.data(), lse.data(), lse.size() * sizeof(float)));
     std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
@@ -161,8 +161,10 @@ TEST(AttentionBackward, IsBitwiseDeterministicAcrossThreadCounts) {
     std::vector<float> all = dq;
     all.insert(all.end(), dk.begin(), dk.end());
     all.insert(all.end(), dv.begin(), dv.end());
-    if (first.empty()) first = all;
-    else EXPECT_EQ(0, std::memcmp(first.data(), all.data(), all.size() * sizeof(float)));
+    if (first.empty())
+      first = all;
+    else
+      EXPECT_EQ(0, std::memcmp(first.data(), all.data(), all.size() * sizeof(float)));
   }
   omp_set_num_threads(saved_threads);
 }

@@ -7,8 +7,8 @@
 //
 // Engines: built with the CUDA emulator (test_backend_ops), "cpu", "cpu-f64" and the emulated
 // CUDA engine; built against the real CUDA engine (test_backend_ops_cuda), "cuda", skipped with
-// make_cuda_backend's reason where no GPU is present (and by bench/gpu_check.sh on a lent GPU). The two cannot share a binary: the emulated
-// engine defines the same symbols as the real one.
+// make_cuda_backend's reason where no GPU is present (and by bench/gpu_check.sh on a lent GPU). The
+// two cannot share a binary: the emulated engine defines the same symbols as the real one.
 //
 // Adding an op: one add_entry() below. The machinery (seeded inputs, upload, run, download,
 // compare and the failure line naming the worst element) is in backend_op_case.h.
@@ -26,15 +26,15 @@
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/cuda/cuda_backend_factory.h"
 #include "kernels/embedding.h"
-#include "kernels/make_backend.h"
 #include "kernels/loss.h"
+#include "kernels/make_backend.h"
 #include "kernels/reduce.h"
 #include "kernels/residual_rmsnorm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
-#include "kernels/cuda/cuda_backend_factory.h"
 #include "tests/kernels/backend_op_case.h"
 
 namespace minitron::test {

@@ -57,7 +57,8 @@ TEST(Embedding, BackwardIsBitwiseDeterministicAcrossThreadCounts) {
   // Many repeats of few tokens in float: any change in summation order shows in the last bits.
   const std::int64_t vocab = 4, D = 300, N = 3000;
   std::vector<std::int32_t> tokens(N);
-  for (std::int64_t n = 0; n < N; ++n) tokens[n] = static_cast<std::int32_t>((n * 7 + n / 3) % vocab);
+  for (std::int64_t n = 0; n < N; ++n)
+    tokens[n] = static_cast<std::int32_t>((n * 7 + n / 3) % vocab);
   const std::vector<float> dout = test::to_float(random_vector(N * D, 5));
 
   // The order the reference promises: rows in order n for every element.
@@ -115,7 +116,8 @@ TEST(RmsNorm, ForwardMatchesNaiveLoop) {
       naive_rmsnorm(std::vector<double>(xf.begin(), xf.end()),
                     std::vector<double>(wf.begin(), wf.end()), N, D, eps);
   for (std::size_t i = 0; i < outf.size(); ++i)
-    EXPECT_NEAR(outf[i], exactf[i], 4e-7 * std::max(1.0, std::abs(exactf[i])));  // 3 float roundings
+    EXPECT_NEAR(outf[i], exactf[i],
+                4e-7 * std::max(1.0, std::abs(exactf[i])));  // 3 float roundings
 }
 
 TEST(RmsNorm, BackwardAccumulatesAndMatchesFiniteDifferences) {

@@ -103,7 +103,8 @@ TEST(KlDivergence, MatchesDirectFormulaAndGradientWithTemperature) {
   expect_gradient("dstudent", student, grad, [&] {
     double total = 0;
     for (std::int64_t r = 0; r < rows; ++r)
-      total += grad_scale * static_cast<double>(direct_kl(&student[r * V], &teacher[r * V], V, tau));
+      total +=
+          grad_scale * static_cast<double>(direct_kl(&student[r * V], &teacher[r * V], V, tau));
     return total;
   });
 }
@@ -127,7 +128,7 @@ TEST(KlDivergence, ZeroForIdenticalLogitsAndFiniteWithMaskedTeacher) {
   const double lse_s = std::log(std::exp(0.5) + std::exp(-1.0) + std::exp(2.0));
   const double expected = std::exp(1.0 - lse_t) * ((1.0 - lse_t) - (0.5 - lse_s)) +
                           std::exp(2.0 - lse_t) * ((2.0 - lse_t) - (2.0 - lse_s));
-  EXPECT_NEAR(l[0], expected, 1e-6);                  // float storage of an O(1) value
+  EXPECT_NEAR(l[0], expected, 1e-6);                      // float storage of an O(1) value
   EXPECT_NEAR(student[1], std::exp(-1.0 - lse_s), 1e-6);  // p_s - 0 for the masked token
 }
 

@@ -29,8 +29,8 @@ void expect_same_as_composition(std::int64_t N, std::int64_t D) {
   const auto b = cast<T>(random_vector(N * D, 71 + N, -1, 1));
   const auto w = cast<T>(random_vector(D, 72, 0.5, 1.5));
   std::vector<T> h(N * D), out(N * D), rstd(N);
-  cpu::residual_rmsnorm_forward(h.data(), out.data(), rstd.data(), x.data(), b.data(), w.data(),
-                                N, D, eps);
+  cpu::residual_rmsnorm_forward(h.data(), out.data(), rstd.data(), x.data(), b.data(), w.data(), N,
+                                D, eps);
 
   std::vector<T> want_h(N * D), want_out(N * D), want_rstd(N);
   for (std::int64_t i = 0; i < N * D; ++i) want_h[i] = x[i] + b[i];
@@ -42,8 +42,8 @@ void expect_same_as_composition(std::int64_t N, std::int64_t D) {
 
   // In place into the branch's array.
   std::vector<T> inplace = b, out2(N * D, T(-7)), rstd2(N);
-  cpu::residual_rmsnorm_forward(inplace.data(), out2.data(), rstd2.data(), x.data(),
-                                inplace.data(), w.data(), N, D, eps);
+  cpu::residual_rmsnorm_forward(inplace.data(), out2.data(), rstd2.data(), x.data(), inplace.data(),
+                                w.data(), N, D, eps);
   EXPECT_EQ(inplace, want_h);
   EXPECT_EQ(out2, want_out);
 }
@@ -65,15 +65,15 @@ TEST(ResidualRmsNorm, BackwardIsRmsNormBackwardIntoTheStreamGradient) {
   std::vector<double> w = random_vector(D, 82, 0.5, 1.5);
   const auto dout = random_vector(N * D, 83), dh = random_vector(N * D, 84);
   std::vector<double> h(N * D), out(N * D), rstd(N);
-  cpu::residual_rmsnorm_forward(h.data(), out.data(), rstd.data(), x.data(), b.data(), w.data(),
-                                N, D, eps);
+  cpu::residual_rmsnorm_forward(h.data(), out.data(), rstd.data(), x.data(), b.data(), w.data(), N,
+                                D, eps);
   std::vector<double> grad = dh, dw(D, 0.0);
   cpu::rmsnorm_backward(grad.data(), dw.data(), dout.data(), h.data(), w.data(), rstd.data(), N, D);
 
   auto loss = [&] {
     std::vector<double> hh(N * D), yy(N * D), rr(N);
-    cpu::residual_rmsnorm_forward(hh.data(), yy.data(), rr.data(), x.data(), b.data(), w.data(),
-                                  N, D, eps);
+    cpu::residual_rmsnorm_forward(hh.data(), yy.data(), rr.data(), x.data(), b.data(), w.data(), N,
+                                  D, eps);
     return test::weighted_sum(dout, yy) + test::weighted_sum(dh, hh);
   };
   test::expect_gradient("d residual", x, grad, loss);

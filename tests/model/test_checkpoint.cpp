@@ -27,11 +27,23 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 ModelConfig tiny_config(bool tied = false) {
-  json j = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", 64},
-            {"hidden_size", 32}, {"intermediate_size", 48}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-            {"num_key_value_heads", 2}, {"head_dim", 8}, {"max_position_embeddings", 128}, {"rms_norm_eps", 1e-5},
-            {"rope_theta", 10000.0}, {"tie_word_embeddings", tied}, {"bos_token_id", 1}, {"eos_token_id", 2},
-            {"torch_dtype", "float32"}, {"transformers_version", "4.44.0"}};
+  json j = {{"architectures", {"LlamaForCausalLM"}},
+            {"model_type", "llama"},
+            {"vocab_size", 64},
+            {"hidden_size", 32},
+            {"intermediate_size", 48},
+            {"num_hidden_layers", 2},
+            {"num_attention_heads", 4},
+            {"num_key_value_heads", 2},
+            {"head_dim", 8},
+            {"max_position_embeddings", 128},
+            {"rms_norm_eps", 1e-5},
+            {"rope_theta", 10000.0},
+            {"tie_word_embeddings", tied},
+            {"bos_token_id", 1},
+            {"eos_token_id", 2},
+            {"torch_dtype", "float32"},
+            {"transformers_version", "4.44.0"}};
   return parse_model_config(j);
 }
 
@@ -52,7 +64,8 @@ SaveOptions save_options(SafetensorsDType dtype, std::uint64_t max_shard_bytes =
 
 std::map<std::string, std::string> directory_bytes(const fs::path& dir) {
   std::map<std::string, std::string> out;
-  for (const auto& entry : fs::directory_iterator(dir)) out[entry.path().filename().string()] = read_text_file(entry.path());
+  for (const auto& entry : fs::directory_iterator(dir))
+    out[entry.path().filename().string()] = read_text_file(entry.path());
   return out;
 }
 
@@ -73,8 +86,7 @@ class CheckpointTest : public ::testing::Test {
       load_parameters(dir, config, table, params);
       ADD_FAILURE() << "loaded a bad checkpoint";
     } catch (const Error& e) {
-      for (const auto& needle : needles)
-        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      for (const auto& needle : needles) EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   }
 
@@ -125,8 +137,7 @@ TEST_F(CheckpointTest, ShardedRoundTrip) {
   EXPECT_FALSE(fs::exists(root_ / "s" / "model.safetensors"));
   LoadedCheckpoint loaded = load_checkpoint(root_ / "s");
   for (std::size_t i = 0; i < params.size(); ++i) ASSERT_EQ(loaded.params[i], round_to_bf16(params[i])) << i;
-  save_checkpoint(root_ / "s2", loaded.config, loaded.table, loaded.params,
-                  save_options(SafetensorsDType::BF16, 8192));
+  save_checkpoint(root_ / "s2", loaded.config, loaded.table, loaded.params, save_options(SafetensorsDType::BF16, 8192));
   EXPECT_EQ(directory_bytes(root_ / "s"), directory_bytes(root_ / "s2"));
 }
 
@@ -253,7 +264,8 @@ TEST_F(CheckpointTest, OutputMayNotBeTheCurrentDirectoryOrOverlapTheInput) {
     expect_error([&] { check_checkpoint_output("runs", nested, "--output runs"); },
                  {"contains the input model directory runs/teacher/model"});
     EXPECT_NO_THROW(check_checkpoint_output("pruned", inputs, "--output pruned"));
-    EXPECT_NO_THROW(check_checkpoint_output("teacher-pruned", inputs, "--output teacher-pruned"));  // a prefix is not a parent
+    EXPECT_NO_THROW(
+        check_checkpoint_output("teacher-pruned", inputs, "--output teacher-pruned"));  // a prefix is not a parent
   }
   EXPECT_TRUE(fs::exists(work / "scores.json"));
   EXPECT_EQ(load_checkpoint(work / "teacher").params.size(), params.size());
@@ -297,7 +309,8 @@ TEST_F(CheckpointTest, MismatchesAreNamed) {
   ParameterTable tied_table(tied);
   std::vector<float> tied_params = random_params(tied_table, 7);
   std::vector<SafetensorsEntry> tied_entries;
-  for (const ParamInfo& p : tied_table.entries()) tied_entries.push_back({p.name, p.shape, tied_params.data() + p.offset});
+  for (const ParamInfo& p : tied_table.entries())
+    tied_entries.push_back({p.name, p.shape, tied_params.data() + p.offset});
   tied_entries.push_back({"lm_head.weight", {64, 32}, tied_params.data()});
   fs::path tied_dir = root_ / "tied";
   fs::create_directories(tied_dir);
@@ -434,7 +447,8 @@ TEST_F(CheckpointTest, TrainingProgressRefusesFieldsThatAreNotTheirIntegers) {
   json missing = valid;
   missing.erase("loader");
   write_bytes_atomically(root_ / "training_state.json", missing.dump(2));
-  EXPECT_THAT(testing::error_of([&] { read_training_progress(root_); }), ::testing::HasSubstr(str(file, ": loader is missing")));
+  EXPECT_THAT(testing::error_of([&] { read_training_progress(root_); }),
+              ::testing::HasSubstr(str(file, ": loader is missing")));
 }
 
 }  // namespace

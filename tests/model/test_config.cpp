@@ -133,8 +133,8 @@ TEST(ModelConfig, OlderRopeScalingKeyAndDefaults) {
   j["rope_scaling"] = {{"rope_type", "default"}};
   EXPECT_EQ(parse_model_config(j).rope_scaling.type, RopeScaling::Type::None);
   // Omitted fields take transformers' class defaults.
-  json minimal = {{"model_type", "llama"}, {"vocab_size", 100}, {"hidden_size", 64}, {"intermediate_size", 128},
-                  {"num_hidden_layers", 2}, {"num_attention_heads", 4}};
+  json minimal = {{"model_type", "llama"},    {"vocab_size", 100},      {"hidden_size", 64},
+                  {"intermediate_size", 128}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}};
   ModelConfig m = parse_model_config(minimal);
   EXPECT_EQ(m.architecture, "LlamaForCausalLM");
   EXPECT_EQ(m.num_key_value_heads, 4);
@@ -299,8 +299,8 @@ TEST(Rope, Llama3LeavesHighFrequenciesAndScalesLowOnes) {
   plain.rope_scaling = RopeScaling{};
   std::vector<float> a = rope_inverse_frequencies(plain), b = rope_inverse_frequencies(scaled);
   ASSERT_EQ(a.size(), 64u);
-  EXPECT_EQ(a[0], b[0]);                // wavelength 2*pi, far below 8192/4
-  EXPECT_EQ(a[63] / 8.0f, b[63]);       // wavelength far above 8192: divided by factor 8
+  EXPECT_EQ(a[0], b[0]);           // wavelength 2*pi, far below 8192/4
+  EXPECT_EQ(a[63] / 8.0f, b[63]);  // wavelength far above 8192: divided by factor 8
   EXPECT_EQ(a[0], 1.0f);
 }
 

@@ -46,11 +46,12 @@ TEST_P(LlamaGradientCheck, MatchesCentralDifferences) {
   initialize_parameters(config, model.table(), init, /*seed=*/7, /*std=*/0.5);
   for (const ParamInfo& info : model.table().entries())  // norms away from exactly 1
     if (info.kind == ParamKind::Norm)
-      for (std::int64_t i = 0; i < info.numel; ++i) init[static_cast<std::size_t>(info.offset + i)] += 0.1f * static_cast<float>(i % 3);
+      for (std::int64_t i = 0; i < info.numel; ++i)
+        init[static_cast<std::size_t>(info.offset + i)] += 0.1f * static_cast<float>(i % 3);
   model.set_parameters(init);
 
   const std::vector<std::int32_t> inputs{1, 5, 9, 2, 7, 7, 0, 10};
-  const std::vector<std::int32_t> targets{5, 9, 2, 3, 7, 0, -1, 4};  // one ignored target
+  const std::vector<std::int32_t> targets{5, 9, 2, 3, 7, 0, -1, 4};                   // one ignored target
   LossWorkspace workspace(*backend, config.vocab_size, B * T, /*rows_per_chunk=*/3);  // several chunks
 
   auto loss = [&] {
@@ -140,7 +141,8 @@ TEST(LlamaModel, KvCacheDecodingMatchesFullForward) {
     std::int64_t n = start == 0 ? 2 : 1;
     ForwardOptions options;
     options.cache = &cache;
-    model.forward(std::span(tokens).subspan(static_cast<std::size_t>(start), static_cast<std::size_t>(n)), 1, n, options);
+    model.forward(std::span(tokens).subspan(static_cast<std::size_t>(start), static_cast<std::size_t>(n)), 1, n,
+                  options);
     model.logits(out, 0, n);
     backend->download(step.data(), out.tensor().slice(0, n * V));
     for (std::int64_t i = 0; i < n * V; ++i)

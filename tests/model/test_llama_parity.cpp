@@ -30,8 +30,10 @@ struct Fixture {
     nlohmann::json tokens = nlohmann::json::parse(std::ifstream(kFixtures / name / "tokens.json"));
     batch = tokens["batch"];
     sequence = tokens["seq"];
-    for (const auto& row : tokens["inputs"]) for (int t : row) inputs.push_back(t);
-    for (const auto& row : tokens["targets"]) for (int t : row) targets.push_back(t);
+    for (const auto& row : tokens["inputs"])
+      for (int t : row) inputs.push_back(t);
+    for (const auto& row : tokens["targets"])
+      for (int t : row) targets.push_back(t);
     expected = std::make_unique<SafetensorsFile>(kFixtures / name / "expected.safetensors");
   }
   std::vector<float> tensor(const std::string& name) const {

@@ -22,17 +22,16 @@ TEST(ParameterTable, OrderShapesKindsOffsets) {
   EXPECT_EQ(e[0].shape, (std::vector<std::int64_t>{131072, 5120}));
   EXPECT_EQ(e[0].kind, ParamKind::Embedding);
   EXPECT_EQ(e[0].offset, 0);
-  const char* layer_names[] = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                               "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                               "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-                               "mlp.down_proj.weight"};
+  const char* layer_names[] = {"input_layernorm.weight",  "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                               "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+                               "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight"};
   // [out, in] shapes with q_dim 4096 != hidden 5120, so a swapped convention would show.
-  const std::vector<std::vector<std::int64_t>> layer_shapes = {
-      {5120}, {4096, 5120}, {1024, 5120}, {1024, 5120}, {5120, 4096}, {5120}, {14336, 5120}, {14336, 5120},
-      {5120, 14336}};
-  const ParamKind layer_kinds[] = {ParamKind::Norm, ParamKind::Attention, ParamKind::Attention, ParamKind::Attention,
-                                   ParamKind::Attention, ParamKind::Norm, ParamKind::Mlp, ParamKind::Mlp,
-                                   ParamKind::Mlp};
+  const std::vector<std::vector<std::int64_t>> layer_shapes = {{5120},        {4096, 5120},  {1024, 5120},
+                                                               {1024, 5120},  {5120, 4096},  {5120},
+                                                               {14336, 5120}, {14336, 5120}, {5120, 14336}};
+  const ParamKind layer_kinds[] = {ParamKind::Norm,      ParamKind::Attention, ParamKind::Attention,
+                                   ParamKind::Attention, ParamKind::Attention, ParamKind::Norm,
+                                   ParamKind::Mlp,       ParamKind::Mlp,       ParamKind::Mlp};
   std::int64_t expected_offset = 131072LL * 5120;
   for (int layer = 0; layer < 40; ++layer) {
     for (int k = 0; k < 9; ++k) {

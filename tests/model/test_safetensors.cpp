@@ -132,8 +132,8 @@ TEST_F(SafetensorsTest, F32RoundTripIsExact) {
   std::vector<float> a = test_values(12, 1), b = test_values(35, 2);
   a[3] = -0.0f;
   a[4] = INFINITY;
-  std::vector<SafetensorsEntry> entries = {{"a", {3, 4}, a.data()}, {"b.weight", {5, 7}, b.data()},
-                                           {"empty", {0, 4}, nullptr}, {"scalar", {}, a.data()}};
+  std::vector<SafetensorsEntry> entries = {
+      {"a", {3, 4}, a.data()}, {"b.weight", {5, 7}, b.data()}, {"empty", {0, 4}, nullptr}, {"scalar", {}, a.data()}};
   write_safetensors_file(dir_ / "x.safetensors", entries, SafetensorsDType::F32);
   SafetensorsFile f(dir_ / "x.safetensors");
   ASSERT_EQ(f.tensors().size(), 4u);
@@ -184,15 +184,17 @@ TEST_F(SafetensorsTest, ReadsARangeOfATensor) {
     std::vector<float> tail(3), none;
     f.read_f32_range("b", 37, tail);
     EXPECT_EQ(tail[2], whole[39]);
-    f.read_f32_range("b", 40, none);  // an empty range at the end, as an empty rank's part
-    EXPECT_THROW(f.read_f32_range("b", 38, tail), Error);   // 38..41 runs past 40
+    f.read_f32_range("b", 40, none);                       // an empty range at the end, as an empty rank's part
+    EXPECT_THROW(f.read_f32_range("b", 38, tail), Error);  // 38..41 runs past 40
     EXPECT_THROW(f.read_f32_range("b", -1, tail), Error);
     try {
       f.read_f32_range("a", 5, tail);
       ADD_FAILURE() << "a range past the end was read";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("tensor 'a': elements 5 to 8 asked of 7 (expected a range inside the tensor)"),
-                std::string::npos) << e.what();
+      EXPECT_NE(
+          std::string(e.what()).find("tensor 'a': elements 5 to 8 asked of 7 (expected a range inside the tensor)"),
+          std::string::npos)
+          << e.what();
     }
   }
 }
@@ -217,9 +219,10 @@ TEST_F(SafetensorsTest, ReadsF16AndHandWrittenFiles) {
   std::string data;
   for (std::uint16_t h : {std::uint16_t{0x3C00}, std::uint16_t{0xC000}, std::uint16_t{0x3FC0}})
     data.append(reinterpret_cast<const char*>(&h), 2);
-  auto path = raw_file("h.safetensors",
-                       R"({"y":{"data_offsets":[4,6],"shape":[1],"dtype":"BF16"},"x":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})",
-                       data);
+  auto path = raw_file(
+      "h.safetensors",
+      R"({"y":{"data_offsets":[4,6],"shape":[1],"dtype":"BF16"},"x":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})",
+      data);
   SafetensorsFile f(path);
   std::vector<float> x(2), y(1);
   f.read_f32("x", x);
@@ -241,7 +244,8 @@ TEST_F(SafetensorsTest, CorruptionGivesErrors) {
   expect_error(raw_file("huge", good, data, -2 + (std::int64_t{1} << 62)), "beyond the file");
   {
     // Truncated data region: header fine, data cut short. Said as such, with both sizes.
-    expect_error(raw_file("trunc", good, data.substr(0, 5)), "file is truncated: its data region holds 5 bytes but the tensors need 8");
+    expect_error(raw_file("trunc", good, data.substr(0, 5)),
+                 "file is truncated: its data region holds 5 bytes but the tensors need 8");
   }
   expect_error(raw_file("json", R"({"a":{"dtype":"F32",)", data), "not valid JSON");
   expect_error(raw_file("array", "[1,2]", data), "JSON object");
@@ -251,19 +255,19 @@ TEST_F(SafetensorsTest, CorruptionGivesErrors) {
   expect_error(raw_file("shape", R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data), "shape");
   expect_error(raw_file("shape2", R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", data), "shape");
   expect_error(raw_file("shape3", R"({"a":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})", data), "shape");
-  expect_error(raw_file("shapebig",
-                        R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})",
-                        data),
-               "shape");
+  expect_error(
+      raw_file("shapebig", R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})",
+               data),
+      "shape");
   expect_error(raw_file("size", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data), "needs 12");
   expect_error(raw_file("size2", R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,8]}})", data), "needs 4");
   expect_error(raw_file("range", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", data), "truncated");
   expect_error(raw_file("neg", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", data), "data_offsets");
   expect_error(raw_file("rev", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", data), "end before");
   expect_error(raw_file("pair", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data), "data_offsets");
-  expect_error(raw_file("hugeoff",
-                        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[18446744073709551615,7]}})", data),
-               "data_offsets");
+  expect_error(
+      raw_file("hugeoff", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[18446744073709551615,7]}})", data),
+      "data_offsets");
   expect_error(raw_file("overlap",
                         R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
                             "b":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}})",
@@ -284,8 +288,7 @@ TEST_F(SafetensorsTest, TensorsMustTileTheDataRegion) {
                         data12),
                "bytes [4, 8) of the data region before tensor 'b' belong to no tensor");
   // A gap at the start.
-  expect_error(raw_file("gap0", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8),
-               "bytes [0, 4)");
+  expect_error(raw_file("gap0", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8), "bytes [0, 4)");
   // Trailing bytes after the last tensor.
   expect_error(raw_file("trailing", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", data8),
                "4 trailing bytes");
@@ -305,7 +308,10 @@ TEST_F(SafetensorsTest, TensorsMustTileTheDataRegion) {
                        data8);
   EXPECT_EQ(SafetensorsFile(path).tensors().size(), 3u);
   // An empty file body with an empty tensor (offsets [0, 0]) opens too.
-  EXPECT_EQ(SafetensorsFile(raw_file("empty0", R"({"e":{"dtype":"BF16","shape":[0],"data_offsets":[0,0]}})", "")).tensors().size(), 1u);
+  EXPECT_EQ(SafetensorsFile(raw_file("empty0", R"({"e":{"dtype":"BF16","shape":[0],"data_offsets":[0,0]}})", ""))
+                .tensors()
+                .size(),
+            1u);
 }
 
 // Our writer's files tile exactly, whatever the mix of sizes (zero-size tensors included).

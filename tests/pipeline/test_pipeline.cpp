@@ -40,20 +40,24 @@ class Pipeline : public ::testing::Test {
     write_shard(dir_ / "train.bin", testing::tiny_tokens(600, c.vocab_size, 5));
     write_shard(dir_ / "val.bin", testing::tiny_tokens(200, c.vocab_size, 9));
     recipe_ = {
-        {"name", "tiny"}, {"teacher", (dir_ / "teacher").string()}, {"device", "cpu"},
-        {"batch_size", 2}, {"sequence_length", 16},
+        {"name", "tiny"},
+        {"teacher", (dir_ / "teacher").string()},
+        {"device", "cpu"},
+        {"batch_size", 2},
+        {"sequence_length", 16},
         {"data", {{"train", (dir_ / "train.bin").string()}, {"validation", (dir_ / "val.bin").string()}}},
         {"correction", {{"steps", 2}, {"warmup_steps", 0}, {"original_learning_rate", 1e-3}}},
         {"importance", {{"samples", 4}, {"layer_windows", 3}}},
-        {"students", {{{"name", "width"}, {"hidden_size", 16}, {"intermediate_size", 24}},
-                      {{"name", "depth"}, {"num_layers", 2}}}},
+        {"students",
+         {{{"name", "width"}, {"hidden_size", 16}, {"intermediate_size", 24}}, {{"name", "depth"}, {"num_layers", 2}}}},
         {"distillation", {{"steps", 3}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
         {"baseline", true},
         {"evaluation", {{"eval_windows", 4}}}};
   }
   CommandResult run(const nlohmann::json& recipe) {
     std::ofstream(dir_ / "recipe.json") << recipe.dump(2);
-    return minitron(dir_, str("pipeline --config ", (dir_ / "recipe.json").string(), " --run-dir ", (dir_ / "run").string()));
+    return minitron(dir_,
+                    str("pipeline --config ", (dir_ / "recipe.json").string(), " --run-dir ", (dir_ / "run").string()));
   }
   testing::TempDir dir_;
   nlohmann::json recipe_;
@@ -67,7 +71,8 @@ TEST_F(Pipeline, RunsEveryStepThenSkipsThemOnRerun) {
   const nlohmann::json report = nlohmann::json::parse(slurp(run_dir / "report.json"));
   // teacher, corrected, and per student: pruned, distilled, baseline.
   ASSERT_EQ(report["models"].size(), 8u);
-  for (const nlohmann::json& m : report["models"]) EXPECT_TRUE(std::isfinite(m["validation_loss"].get<double>())) << m.dump();
+  for (const nlohmann::json& m : report["models"])
+    EXPECT_TRUE(std::isfinite(m["validation_loss"].get<double>())) << m.dump();
   EXPECT_EQ(report["models"][0]["key"], "teacher");
   EXPECT_EQ(report["models"][4]["key"], "baseline-width");
   // Distilled and baseline models saw the same tokens: 3 steps x 2 x 16.
@@ -133,8 +138,8 @@ TEST_F(Pipeline, DistillRefusesAVocabularyMismatch) {
   save_checkpoint(dir_ / "student", other, ParameterTable(other), testing::tiny_parameters(other), save);
   const std::string common = str(" --data ", (dir_ / "train.bin").string(), " --output ", (dir_ / "out").string(),
                                  " --device cpu --batch-size 2 --sequence-length 16 --steps 1");
-  CommandResult r = minitron(dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ",
-                                       (dir_ / "student").string(), common));
+  CommandResult r = minitron(
+      dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ", (dir_ / "student").string(), common));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("vocab_size 50"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("sharing one tokenizer"), std::string::npos) << r.err;
@@ -144,7 +149,8 @@ TEST_F(Pipeline, DistillRefusesAVocabularyMismatch) {
                   testing::tiny_parameters(testing::tiny_config()), save);
   std::ofstream(dir_ / "teacher" / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0}}})";
   std::ofstream(dir_ / "student2" / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"b": 0}}})";
-  r = minitron(dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ", (dir_ / "student2").string(), common));
+  r = minitron(dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ", (dir_ / "student2").string(),
+                         common));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("tokenizer.json files"), std::string::npos) << r.err;
 }

@@ -46,23 +46,32 @@ TEST(PipelineTasks, ReportCarriesTheTaskAccuraciesOfEveryModel) {
   const ModelConfig c = write_teacher_and_shards(dir.path(), 13);
   {
     std::ofstream task(dir / "task.jsonl");
-    task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})" << "\n"
-         << R"({"context": "Fish swim in the", "choices": ["tree", "water", "fire"], "label": 1})" << "\n"
-         << R"({"context": "At night the sky is", "choices": ["green", "dark", "salty"], "label": 1})" << "\n"
-         << R"({"context": "We eat with a", "choices": ["cloud", "song", "spoon"], "label": 2})" << "\n";
+    task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})"
+         << "\n"
+         << R"({"context": "Fish swim in the", "choices": ["tree", "water", "fire"], "label": 1})"
+         << "\n"
+         << R"({"context": "At night the sky is", "choices": ["green", "dark", "salty"], "label": 1})"
+         << "\n"
+         << R"({"context": "We eat with a", "choices": ["cloud", "song", "spoon"], "label": 2})"
+         << "\n";
   }
   const std::string arc = source("tests/eval/data/arc_easy.jsonl").string();
   const nlohmann::json recipe = {
-      {"name", "tiny-tasks"}, {"teacher", (dir / "teacher").string()}, {"device", "cpu"},
-      {"batch_size", 2}, {"sequence_length", 16},
+      {"name", "tiny-tasks"},
+      {"teacher", (dir / "teacher").string()},
+      {"device", "cpu"},
+      {"batch_size", 2},
+      {"sequence_length", 16},
       {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "val.bin").string()}}},
       {"correction", {{"enabled", false}}},
       {"importance", {{"samples", 4}, {"layer_windows", 2}}},
       {"students", {{{"name", "depth"}, {"num_layers", 2}}}},
       {"distillation", {{"steps", 2}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
-      {"evaluation", {{"eval_windows", 2},
-                      {"tasks", {{{"task", "multiple_choice"}, {"task_file", (dir / "task.jsonl").string()}},
-                                 {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}}}}}}};
+      {"evaluation",
+       {{"eval_windows", 2},
+        {"tasks",
+         {{{"task", "multiple_choice"}, {"task_file", (dir / "task.jsonl").string()}},
+          {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}}}}}}};
   std::ofstream(dir / "recipe.json") << recipe.dump(2);
   const CommandResult r =
       minitron(dir, str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
@@ -84,7 +93,8 @@ TEST(PipelineTasks, ReportCarriesTheTaskAccuraciesOfEveryModel) {
     SCOPED_TRACE(m["key"].get<std::string>());
     ASSERT_EQ(m["tasks"].size(), 4u) << m.dump();
     for (const Run& run : runs) {
-      const CommandResult e = minitron(dir, str("eval --model ", m["dir"].get<std::string>(), " ", run.flags, " --device cpu --json"));
+      const CommandResult e =
+          minitron(dir, str("eval --model ", m["dir"].get<std::string>(), " ", run.flags, " --device cpu --json"));
       ASSERT_EQ(e.status, 0) << e.err;
       const nlohmann::json rows = nlohmann::json::parse(e.out)["results"];
       ASSERT_EQ(rows.size(), run.keys.size());
@@ -106,16 +116,25 @@ TEST(PipelineTasks, TaskKeysReachImportancePruneAndEvaluation) {
   const ModelConfig c = write_teacher_and_shards(dir.path(), 18);
   {
     std::ofstream task(dir / "task.jsonl");
-    task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})" << "\n"
-         << R"({"context": "Snow is", "choices": ["white", "loud", "late"], "label": 0})" << "\n"
-         << R"({"context": "Fish swim in the", "choices": ["tree", "water", "fire"], "label": 1})" << "\n"
-         << R"({"context": "Birds can", "choices": ["fly", "read", "melt"], "label": 0})" << "\n"
-         << R"({"context": "At night the sky is", "choices": ["green", "dark", "salty"], "label": 1})" << "\n"
-         << R"({"context": "We eat with a", "choices": ["cloud", "song", "spoon"], "label": 2})" << "\n";
+    task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})"
+         << "\n"
+         << R"({"context": "Snow is", "choices": ["white", "loud", "late"], "label": 0})"
+         << "\n"
+         << R"({"context": "Fish swim in the", "choices": ["tree", "water", "fire"], "label": 1})"
+         << "\n"
+         << R"({"context": "Birds can", "choices": ["fly", "read", "melt"], "label": 0})"
+         << "\n"
+         << R"({"context": "At night the sky is", "choices": ["green", "dark", "salty"], "label": 1})"
+         << "\n"
+         << R"({"context": "We eat with a", "choices": ["cloud", "song", "spoon"], "label": 2})"
+         << "\n";
     // A few-shot pool in arc's layout, distinct from the arc questions themselves.
     std::ofstream pool(dir / "arc_pool.jsonl");
-    pool << R"({"id": "pool-1", "question": "Which of these is hot?", "choices": {"text": ["fire", "snow"], "label": ["A", "B"]}, "answerKey": "A"})" << "\n"
-         << R"({"id": "pool-2", "question": "What do cows eat?", "choices": {"text": ["rocks", "grass", "glass"], "label": ["A", "B", "C"]}, "answerKey": "B"})" << "\n";
+    pool
+        << R"({"id": "pool-1", "question": "Which of these is hot?", "choices": {"text": ["fire", "snow"], "label": ["A", "B"]}, "answerKey": "A"})"
+        << "\n"
+        << R"({"id": "pool-2", "question": "What do cows eat?", "choices": {"text": ["rocks", "grass", "glass"], "label": ["A", "B", "C"]}, "answerKey": "B"})"
+        << "\n";
   }
   const std::string task_file = (dir / "task.jsonl").string(), arc = source("tests/eval/data/arc_easy.jsonl").string();
   const std::string pool = (dir / "arc_pool.jsonl").string();
@@ -123,19 +142,24 @@ TEST(PipelineTasks, TaskKeysReachImportancePruneAndEvaluation) {
   // model's evaluated accuracy must be the one importance recorded for the dropped block.
   const nlohmann::json mc = {{"task", "multiple_choice"}, {"task_file", task_file}, {"shots", 1}, {"limit", 5}};
   nlohmann::json recipe = {
-      {"name", "tiny-task-keys"}, {"teacher", (dir / "teacher").string()}, {"device", "cpu"},
-      {"batch_size", 2}, {"sequence_length", 16},
+      {"name", "tiny-task-keys"},
+      {"teacher", (dir / "teacher").string()},
+      {"device", "cpu"},
+      {"batch_size", 2},
+      {"sequence_length", 16},
       {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "val.bin").string()}}},
       {"correction", {{"enabled", false}}},
       {"importance", {{"samples", 4}, {"layer_windows", 2}, {"task", mc}}},
       {"students", {{{"name", "depth"}, {"num_layers", 2}, {"layer_criterion", "task"}}}},
       {"distillation", {{"steps", 2}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
-      {"evaluation", {{"eval_windows", 2},
-                      {"tasks", {mc, {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}, {"fewshot_file", pool}}}}}}};
+      {"evaluation",
+       {{"eval_windows", 2},
+        {"tasks", {mc, {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}, {"fewshot_file", pool}}}}}}};
   auto run = [&] {
     fs::remove_all(dir / "run");
     std::ofstream(dir / "recipe.json") << recipe.dump(2);
-    return minitron(dir, str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
+    return minitron(dir,
+                    str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
   };
   CommandResult r = run();
   ASSERT_EQ(r.status, 0) << r.out << r.err;
@@ -159,7 +183,8 @@ TEST(PipelineTasks, TaskKeysReachImportancePruneAndEvaluation) {
   std::size_t want = 0;
   for (std::size_t b = 1; b < accuracy.size(); ++b)
     if (std::pair(-accuracy[b], loss[b]) < std::pair(-accuracy[want], loss[want])) want = b;
-  std::printf("blocks of 2: accuracy %s, loss %s\n", nlohmann::json(accuracy).dump().c_str(), nlohmann::json(loss).dump().c_str());
+  std::printf("blocks of 2: accuracy %s, loss %s\n", nlohmann::json(accuracy).dump().c_str(),
+              nlohmann::json(loss).dump().c_str());
   // Seed 18 gives a teacher whose best block by loss is another one, so the prune step's choice
   // shows that layer_criterion reached it (the default, loss, would pick differently).
   ASSERT_NE(want, static_cast<std::size_t>(std::min_element(loss.begin(), loss.end()) - loss.begin()));
@@ -183,8 +208,8 @@ TEST(PipelineTasks, TaskKeysReachImportancePruneAndEvaluation) {
   // fewshot_file reached the evaluation: every model's arc scores equal `eval --fewshot-file`,
   // and the pool visibly matters (the teacher scores differently with the default pool).
   auto arc_scores = [&](const std::string& model_dir, const std::string& extra) {
-    const CommandResult e = minitron(dir, str("eval --model ", model_dir, " --task arc_easy --task-file ", arc, " --shots 1",
-                                              extra, " --device cpu --json"));
+    const CommandResult e = minitron(dir, str("eval --model ", model_dir, " --task arc_easy --task-file ", arc,
+                                              " --shots 1", extra, " --device cpu --json"));
     EXPECT_EQ(e.status, 0) << e.err;
     std::map<std::string, double> out;
     const nlohmann::json parsed = nlohmann::json::parse(e.out);  // outlives the loop over its rows
@@ -214,7 +239,8 @@ TEST(PipelineTasks, TaskKeysReachImportancePruneAndEvaluation) {
   r = run();
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("students[0].layer_criterion: 'accuracy' (expected loss, block-importance or task)"),
-            std::string::npos) << r.err;
+            std::string::npos)
+      << r.err;
   recipe["students"][0]["layer_criterion"] = "task";
   recipe["importance"].erase("task");
   r = run();
@@ -236,13 +262,17 @@ TEST(PipelineTasks, RefusesBadTasksBeforeAnyStep) {
   save_checkpoint(dir / "teacher", c, ParameterTable(c), testing::tiny_parameters(c), save);  // no tokenizer.json
   write_shard(dir / "train.bin", testing::tiny_tokens(600, c.vocab_size, 5));
   nlohmann::json recipe = {
-      {"teacher", (dir / "teacher").string()}, {"device", "cpu"}, {"batch_size", 2}, {"sequence_length", 16},
+      {"teacher", (dir / "teacher").string()},
+      {"device", "cpu"},
+      {"batch_size", 2},
+      {"sequence_length", 16},
       {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "train.bin").string()}}},
       {"students", {{{"name", "depth"}, {"num_layers", 2}}}},
       {"evaluation", {{"tasks", {{{"task", "arc_easy"}, {"task_file", (dir / "missing.jsonl").string()}}}}}}};
   auto run = [&] {
     std::ofstream(dir / "recipe.json") << recipe.dump(2);
-    return minitron(dir, str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
+    return minitron(dir,
+                    str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
   };
   CommandResult r = run();
   EXPECT_EQ(r.status, 1);

@@ -8,9 +8,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -92,8 +92,8 @@ class TempDir {
  public:
   TempDir() {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::temp_directory_path() /
-            (std::string("minitron-") + info->test_suite_name() + "-" + info->name() + "-" + std::to_string(::getpid()));
+    path_ = std::filesystem::temp_directory_path() / (std::string("minitron-") + info->test_suite_name() + "-" +
+                                                      info->name() + "-" + std::to_string(::getpid()));
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
   }
@@ -121,8 +121,8 @@ inline std::string slurp(const std::filesystem::path& p) {
 }
 
 inline CommandResult minitron(const TempDir& dir, const std::string& args) {
-  const std::string command = str(MINITRON_BINARY, " ", args, " > ", (dir / "stdout.txt").string(), " 2> ",
-                                  (dir / "stderr.txt").string());
+  const std::string command =
+      str(MINITRON_BINARY, " ", args, " > ", (dir / "stdout.txt").string(), " 2> ", (dir / "stderr.txt").string());
   CommandResult r;
   const int raw = std::system(command.c_str());
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;

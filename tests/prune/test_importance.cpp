@@ -66,20 +66,24 @@ std::vector<double> reference_scores(const std::vector<double>& x, std::int64_t 
         const double d = x[static_cast<std::size_t>((b * T + t) * C + c)] - mean;
         variance += d * d / static_cast<double>(T);
       }
-      a.push_back(seq == SequenceReduction::Mean ? abs_mean : seq == SequenceReduction::L2 ? std::sqrt(squares) : variance);
+      a.push_back(seq == SequenceReduction::Mean ? abs_mean
+                  : seq == SequenceReduction::L2 ? std::sqrt(squares)
+                                                 : variance);
     }
     double mean = 0, squares = 0;
     for (double v : a) mean += v / static_cast<double>(B), squares += v * v;
     double variance = 0;
     for (double v : a) variance += (v - mean) * (v - mean) / static_cast<double>(B);
-    out[static_cast<std::size_t>(c)] =
-        batch == BatchAggregation::L2 ? std::sqrt(squares) : batch == BatchAggregation::Mean ? mean : variance;
+    out[static_cast<std::size_t>(c)] = batch == BatchAggregation::L2     ? std::sqrt(squares)
+                                       : batch == BatchAggregation::Mean ? mean
+                                                                         : variance;
   }
   return out;
 }
 
 // |got - want| <= rtol * max|want| over the array.
-void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rtol, const std::string& what) {
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rtol,
+                  const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   double scale = 0;
   for (double w : want) scale = std::max(scale, std::abs(w));
@@ -115,8 +119,8 @@ TEST_P(ImportanceParity, MatchesActivationsOfTheReference) {
   ForwardOptions forward;
   forward.observer = &observer;
   for (std::int64_t i = 0; i < param.batches; ++i)
-    model.forward(std::span(f.inputs).subspan(static_cast<std::size_t>(i * b * T), static_cast<std::size_t>(b * T)), b, T,
-                  forward);
+    model.forward(std::span(f.inputs).subspan(static_cast<std::size_t>(i * b * T), static_cast<std::size_t>(b * T)), b,
+                  T, forward);
   EXPECT_EQ(observer.samples(), B);
   const WidthScores got = observer.scores();
   const SequenceReduction seq = param.aggregation.sequence;
@@ -132,7 +136,8 @@ TEST_P(ImportanceParity, MatchesActivationsOfTheReference) {
     std::vector<double> heads;
     for (std::int64_t h = 0; h < c.num_attention_heads; ++h) {
       double sq = 0;
-      for (std::int64_t i = 0; i < hd; ++i) sq += channels[static_cast<std::size_t>(h * hd + i)] * channels[static_cast<std::size_t>(h * hd + i)];
+      for (std::int64_t i = 0; i < hd; ++i)
+        sq += channels[static_cast<std::size_t>(h * hd + i)] * channels[static_cast<std::size_t>(h * hd + i)];
       heads.push_back(std::sqrt(sq));
     }
     expect_close(got.heads[static_cast<std::size_t>(l)], heads, kScoreRtol, str("heads layer ", l));
@@ -154,7 +159,8 @@ TEST_P(ImportanceParity, MatchesActivationsOfTheReference) {
     EXPECT_EQ(top_k_in_order(g, k), top_k_in_order(want, k)) << what;
   };
   same_choice(got.hidden, hidden, "hidden channels kept");
-  same_choice(got.mlp[0], reference_scores(f.act("act.layers.0.mlp.down_proj.input"), B, T, c.intermediate_size, seq, agg),
+  same_choice(got.mlp[0],
+              reference_scores(f.act("act.layers.0.mlp.down_proj.input"), B, T, c.intermediate_size, seq, agg),
               "layer 0 neurons kept");
 
   // Block Importance: 1 - mean over all tokens of cos(layer input, layer output). Layer 0's

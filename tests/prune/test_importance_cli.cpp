@@ -37,14 +37,19 @@ class ImportanceCli : public ::testing::Test {
   void SetUp() override {
     write_shard(dir_ / "data.bin", testing::tiny_tokens(400, 67, 5));
     std::ofstream task(dir_ / "task.jsonl");
-    task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})" << "\n"
-         << R"({"context": "Fish swim in the", "choices": ["tree", "water", "fire"], "label": 1})" << "\n"
-         << R"({"context": "We eat with a", "choices": ["cloud", "song", "spoon"], "label": 2})" << "\n"
-         << R"({"context": "A dog says", "choices": ["moo", "woof", "quack"], "label": 1})" << "\n";
+    task << R"({"context": "The cat sat on the", "choices": ["mat", "sky", "sea"], "label": 0})"
+         << "\n"
+         << R"({"context": "Fish swim in the", "choices": ["tree", "water", "fire"], "label": 1})"
+         << "\n"
+         << R"({"context": "We eat with a", "choices": ["cloud", "song", "spoon"], "label": 2})"
+         << "\n"
+         << R"({"context": "A dog says", "choices": ["moo", "woof", "quack"], "label": 1})"
+         << "\n";
   }
   std::string common() const {
-    return str(" --data ", (dir_ / "data.bin").string(), " --device cpu --samples 2 --sequence-length 16 --batch-size 2 ",
-               "--output ", (dir_ / "scores.json").string());
+    return str(" --data ", (dir_ / "data.bin").string(),
+               " --device cpu --samples 2 --sequence-length 16 --batch-size 2 ", "--output ",
+               (dir_ / "scores.json").string());
   }
   std::string task_flags() const {
     return str(" --task multiple_choice --task-file ", (dir_ / "task.jsonl").string(), " --tokenizer ",
@@ -58,7 +63,8 @@ class ImportanceCli : public ::testing::Test {
 // of k = 1 >= L layers and died with "internal error at prune/slicing.cpp".
 TEST_F(ImportanceCli, OneLayerModelRunsEndToEnd) {
   const std::string model = make_model("one", 1);
-  const CommandResult r = minitron(dir_, str("importance --model ", model, common(), " --layer-windows 2", task_flags()));
+  const CommandResult r =
+      minitron(dir_, str("importance --model ", model, common(), " --layer-windows 2", task_flags()));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("layer   0: loss without it"), std::string::npos) << r.out;
@@ -74,7 +80,8 @@ TEST_F(ImportanceCli, BlockSizeCheckedBeforeAnyForwardPass) {
   const std::string four = make_model("four", 4);
   CommandResult r = minitron(dir_, str("importance --model ", four, common(), " --layer-windows 2 --block-size 2,4"));
   EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.err.find("--block-size: value 4 is out of range (expected an integer from 1 to 3)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--block-size: value 4 is out of range (expected an integer from 1 to 3)"), std::string::npos)
+      << r.err;
   EXPECT_EQ(r.out.find("importance of"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(dir_ / "scores.json"));
 

@@ -51,8 +51,8 @@ class ImportanceTask : public ::testing::Test {
   std::string model() const { return (dir_ / "model").string(); }
   std::string tokenizer() const { return (fs::path(MINITRON_SOURCE_DIR) / "tests/eval/data/tokenizer.json").string(); }
   std::string task_flags() const {
-    return str(" --task multiple_choice --task-file ", (dir_ / "task.jsonl").string(), " --shots 1 --tokenizer ", tokenizer(),
-               " --device cpu");
+    return str(" --task multiple_choice --task-file ", (dir_ / "task.jsonl").string(), " --shots 1 --tokenizer ",
+               tokenizer(), " --device cpu");
   }
   double eval_accuracy(const std::string& model_dir) {
     const CommandResult r = minitron(dir_, str("eval --model ", model_dir, task_flags(), " --json"));
@@ -70,9 +70,10 @@ class ImportanceTask : public ::testing::Test {
 
 TEST_F(ImportanceTask, BlockAccuracyEqualsEvalOfThePrunedModel) {
   const std::string scores = (dir_ / "scores.json").string();
-  CommandResult r = minitron(dir_, str("importance --model ", model(), " --data ", (dir_ / "data.bin").string(),
-                                       " --samples 2 --sequence-length 16 --batch-size 2 --layer-windows 2 --block-size 2",
-                                       task_flags(), " --output ", scores));
+  CommandResult r =
+      minitron(dir_, str("importance --model ", model(), " --data ", (dir_ / "data.bin").string(),
+                         " --samples 2 --sequence-length 16 --batch-size 2 --layer-windows 2 --block-size 2",
+                         task_flags(), " --output ", scores));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("multiple_choice accuracy"), std::string::npos) << r.out;
   const ImportanceScores s = load_scores(scores);
@@ -89,8 +90,8 @@ TEST_F(ImportanceTask, BlockAccuracyEqualsEvalOfThePrunedModel) {
   for (const auto& [k, accuracies] : s.layers.block_removal_task_score)
     for (std::size_t start = 0; start < accuracies.size(); ++start) {
       const std::string pruned = (dir_ / str("pruned-", k, "-", start)).string();
-      r = minitron(dir_, str("prune --model ", model(), " --scores ", scores, " --drop-layers ", start, "-", start + k - 1,
-                             " --save-dtype float32 --device cpu --output ", pruned));
+      r = minitron(dir_, str("prune --model ", model(), " --scores ", scores, " --drop-layers ", start, "-",
+                             start + k - 1, " --save-dtype float32 --device cpu --output ", pruned));
       ASSERT_EQ(r.status, 0) << r.err;
       EXPECT_EQ(accuracies[start], eval_accuracy(pruned)) << "block " << start << ".." << start + k - 1;
     }
@@ -104,9 +105,10 @@ TEST_F(ImportanceTask, BlockAccuracyEqualsEvalOfThePrunedModel) {
 // gives that accuracy. 8 questions on a random model: ties are likely, so the rule is exercised.
 TEST_F(ImportanceTask, PruneByTaskAccuracyDropsTheBestBlock) {
   const std::string scores = (dir_ / "scores.json").string();
-  CommandResult r = minitron(dir_, str("importance --model ", model(), " --data ", (dir_ / "data.bin").string(),
-                                       " --samples 2 --sequence-length 16 --batch-size 2 --layer-windows 2 --block-size 2",
-                                       task_flags(), " --output ", scores));
+  CommandResult r =
+      minitron(dir_, str("importance --model ", model(), " --data ", (dir_ / "data.bin").string(),
+                         " --samples 2 --sequence-length 16 --batch-size 2 --layer-windows 2 --block-size 2",
+                         task_flags(), " --output ", scores));
   ASSERT_EQ(r.status, 0) << r.err;
   const ImportanceScores s = load_scores(scores);
   for (const std::int64_t k : {1, 2}) {
@@ -125,12 +127,14 @@ TEST_F(ImportanceTask, PruneByTaskAccuracyDropsTheBestBlock) {
       ASSERT_NE(want, static_cast<std::size_t>(std::min_element(loss.begin(), loss.end()) - loss.begin()));
     }
     const fs::path pruned = dir_ / str("by-task-", k);
-    r = minitron(dir_, str("prune --model ", model(), " --scores ", scores, " --num-layers ", config_.num_hidden_layers - k,
-                           " --layer-criterion task --save-dtype float32 --device cpu --output ", pruned.string()));
+    r = minitron(dir_,
+                 str("prune --model ", model(), " --scores ", scores, " --num-layers ", config_.num_hidden_layers - k,
+                     " --layer-criterion task --save-dtype float32 --device cpu --output ", pruned.string()));
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("(by task: multiple_choice accuracy without them"), std::string::npos) << r.out;
     const nlohmann::json plan = nlohmann::json::parse(testing::slurp(pruned / "pruning.json"));
-    EXPECT_EQ(plan.at("dropped_layers"), nlohmann::json::array({want, want + static_cast<std::size_t>(k) - 1})) << plan.dump();
+    EXPECT_EQ(plan.at("dropped_layers"), nlohmann::json::array({want, want + static_cast<std::size_t>(k) - 1}))
+        << plan.dump();
     EXPECT_EQ(plan.at("layer_criterion"), "task");
     // Exact: the same questions on the same weights with the block gone (see the test above).
     EXPECT_EQ(eval_accuracy(pruned.string()), accuracy[want]);
@@ -142,19 +146,22 @@ TEST_F(ImportanceTask, PruneByTaskAccuracyDropsTheBestBlock) {
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("--layer-criterion task: dropping 3 layers needs task accuracies for blocks of 3, the scores "
                        "file has them for k = 1, 2"),
-            std::string::npos) << r.err;
+            std::string::npos)
+      << r.err;
   EXPECT_NE(r.err.find("minitron importance --task NAME --task-file FILE --block-size 3"), std::string::npos) << r.err;
-  r = minitron(dir_, str("prune --model ", model(), " --random-scores 1 --num-layers 2 --layer-criterion task --device cpu",
-                         " --output ", (dir_ / "none").string()));
+  r = minitron(dir_,
+               str("prune --model ", model(), " --random-scores 1 --num-layers 2 --layer-criterion task --device cpu",
+                   " --output ", (dir_ / "none").string()));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("has them for k = none"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "none"));
 }
 
 TEST_F(ImportanceTask, RefusesATaskWithoutItsFile) {
-  const CommandResult r = minitron(dir_, str("importance --model ", model(), " --data ", (dir_ / "data.bin").string(),
-                                             " --samples 2 --sequence-length 16 --task winogrande --device cpu --output ",
-                                             (dir_ / "s.json").string()));
+  const CommandResult r =
+      minitron(dir_, str("importance --model ", model(), " --data ", (dir_ / "data.bin").string(),
+                         " --samples 2 --sequence-length 16 --task winogrande --device cpu --output ",
+                         (dir_ / "s.json").string()));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("--task-file: missing"), std::string::npos) << r.err;
 }

@@ -38,7 +38,8 @@ double plain_loss(const ModelConfig& c, const std::vector<float>& params, const 
   return cross_entropy_loss(model, w.targets, workspace);
 }
 
-std::vector<float> without_layers(const ModelConfig& c, std::vector<float> params, std::int64_t first, std::int64_t last) {
+std::vector<float> without_layers(const ModelConfig& c, std::vector<float> params, std::int64_t first,
+                                  std::int64_t last) {
   const ParameterTable t(c);
   for (std::int64_t l = first; l <= last; ++l) {
     std::fill_n(params.data() + t.layer(l).o_proj, c.hidden_size * c.q_dim(), 0.0f);

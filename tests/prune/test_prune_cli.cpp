@@ -39,9 +39,9 @@ class PruneCli : public ::testing::Test {
   std::string scores() const { return (dir_ / "scores.json").string(); }
 
   CommandResult importance() {
-    return minitron(dir_, str("importance --model ", teacher(), " --data ", data(), " --device cpu --samples 5 ",
-                              "--sequence-length 16 --batch-size 2 --layer-windows 3 --block-size 1,2 --output ",
-                              scores()));
+    return minitron(dir_,
+                    str("importance --model ", teacher(), " --data ", data(), " --device cpu --samples 5 ",
+                        "--sequence-length 16 --batch-size 2 --layer-windows 3 --block-size 1,2 --output ", scores()));
   }
 
   testing::TempDir dir_;
@@ -62,9 +62,10 @@ TEST_F(PruneCli, ImportanceThenPrune) {
   EXPECT_EQ(s.width.mlp.size(), 4u);
 
   const fs::path out = dir_ / "pruned";
-  r = minitron(dir_, str("prune --model ", teacher(), " --scores ", scores(), " --output ", out.string(),
-                         " --hidden-size 24 --intermediate-size 24 --num-attention-heads 4 --num-layers 2",
-                         " --save-dtype float32 --data ", data(), " --sequence-length 16 --eval-windows 2 --device cpu"));
+  r = minitron(dir_,
+               str("prune --model ", teacher(), " --scores ", scores(), " --output ", out.string(),
+                   " --hidden-size 24 --intermediate-size 24 --num-attention-heads 4 --num-layers 2",
+                   " --save-dtype float32 --data ", data(), " --sequence-length 16 --eval-windows 2 --device cpu"));
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("zero-shot validation loss"), std::string::npos) << r.out;
   const LoadedCheckpoint pruned = load_checkpoint(out);
@@ -96,7 +97,7 @@ TEST_F(PruneCli, ImportanceThenPrune) {
   // Refusals: one clear line, non-zero exit, no output directory.
   const auto refused = [&](const std::string& args, const std::string& text) {
     CommandResult bad = minitron(dir_, str("prune --model ", teacher(), " --scores ", scores(), " --output ",
-                                 (dir_ / "refused").string(), " ", args));
+                                           (dir_ / "refused").string(), " ", args));
     EXPECT_EQ(bad.status, 1) << args;
     EXPECT_NE(bad.err.find("minitron: error: "), std::string::npos) << bad.err;
     EXPECT_NE(bad.err.find(text), std::string::npos) << bad.err;
@@ -110,7 +111,7 @@ TEST_F(PruneCli, ImportanceThenPrune) {
   refused("--drop-layers 0-3", "drops every layer");
   refused("", "no target given");
   CommandResult other = minitron(dir_, str("prune --model ", out.string(), " --scores ", scores(), " --output ",
-                                 (dir_ / "refused").string(), " --intermediate-size 16"));
+                                           (dir_ / "refused").string(), " --intermediate-size 16"));
   EXPECT_EQ(other.status, 1);
   EXPECT_NE(other.err.find("scores were measured on a model with hidden_size = 32"), std::string::npos) << other.err;
 }
@@ -119,9 +120,10 @@ TEST_F(PruneCli, ParameterBudgetSearch) {
   ASSERT_EQ(importance().status, 0);
   const std::int64_t budget = parameter_count(config_) * 7 / 10;
   const fs::path out = dir_ / "searched";
-  CommandResult r = minitron(dir_, str("prune --model ", teacher(), " --scores ", scores(), " --output ", out.string(),
-                             " --target-params ", budget, " --data ", data(), " --sequence-length 16 --batch-size 2",
-                             " --eval-windows 2 --max-candidates 3 --search-steps 2 --search-candidates 2 --device cpu"));
+  CommandResult r =
+      minitron(dir_, str("prune --model ", teacher(), " --scores ", scores(), " --output ", out.string(),
+                         " --target-params ", budget, " --data ", data(), " --sequence-length 16 --batch-size 2",
+                         " --eval-windows 2 --max-candidates 3 --search-steps 2 --search-candidates 2 --device cpu"));
   ASSERT_EQ(r.status, 0) << r.err << r.out;
   const nlohmann::json search = nlohmann::json::parse(slurp(out / "search.json"));
   ASSERT_EQ(search.at("ranked").size(), 3u);

@@ -37,12 +37,15 @@ ImportanceScores scores_with_zeros(const ModelConfig& c) {
   ImportanceScores s = empty_scores(c);
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
     std::vector<double> mlp, heads;
-    for (std::int64_t j = 0; j < c.intermediate_size; ++j) mlp.push_back(1.0 + 0.001 * static_cast<double>((j * 7 + l) % 13));
-    for (std::int64_t h = 0; h < c.num_attention_heads; ++h) heads.push_back(1.0 + 0.001 * static_cast<double>((h * 5 + l) % 7));
+    for (std::int64_t j = 0; j < c.intermediate_size; ++j)
+      mlp.push_back(1.0 + 0.001 * static_cast<double>((j * 7 + l) % 13));
+    for (std::int64_t h = 0; h < c.num_attention_heads; ++h)
+      heads.push_back(1.0 + 0.001 * static_cast<double>((h * 5 + l) % 7));
     s.width.mlp.push_back(mlp);
     s.width.heads.push_back(heads);
   }
-  for (std::int64_t d = 0; d < c.hidden_size; ++d) s.width.hidden.push_back(1.0 + 0.001 * static_cast<double>((d * 3) % 17));
+  for (std::int64_t d = 0; d < c.hidden_size; ++d)
+    s.width.hidden.push_back(1.0 + 0.001 * static_cast<double>((d * 3) % 17));
   return s;
 }
 
@@ -111,7 +114,8 @@ TEST(Slicing, HeadsWithZeroContributionChangeNothing) {
     const auto& kept = plan.query_heads[static_cast<std::size_t>(l)];
     ASSERT_EQ(kept.size(), 6u);
     EXPECT_EQ(std::count_if(kept.begin(), kept.end(), [](std::int64_t h) { return h < 4; }), 3) << "3 per group";
-    for (std::int64_t h : kept) EXPECT_FALSE(pruned[static_cast<std::size_t>(l)].count(h)) << "layer " << l << " head " << h;
+    for (std::int64_t h : kept)
+      EXPECT_FALSE(pruned[static_cast<std::size_t>(l)].count(h)) << "layer " << l << " head " << h;
   }
   compare_logits(c, params, plan, slice_parameters(c, t, params, plan));
 }
@@ -153,7 +157,8 @@ void scale_norms(const ModelConfig& pc, std::vector<float>& params, double facto
   const ParameterTable t(pc);
   for (const ParamInfo& p : t.entries())
     if (p.kind == ParamKind::Norm)
-      for (std::int64_t i = 0; i < p.numel; ++i) params[static_cast<std::size_t>(p.offset + i)] *= static_cast<float>(factor);
+      for (std::int64_t i = 0; i < p.numel; ++i)
+        params[static_cast<std::size_t>(p.offset + i)] *= static_cast<float>(factor);
 }
 
 std::vector<std::int64_t> zero_hidden_channels(const ModelConfig& c, std::vector<float>& params, ImportanceScores& s) {
@@ -374,7 +379,8 @@ TEST(Slicing, TaskCriterionRefusesScoresWithoutTaskAccuracies) {
 }
 
 // Every refusal is a minitron::Error whose message names the problem.
-void expect_refused(const ModelConfig& c, const ImportanceScores& s, const PruneTargets& targets, const std::string& text) {
+void expect_refused(const ModelConfig& c, const ImportanceScores& s, const PruneTargets& targets,
+                    const std::string& text) {
   try {
     plan_pruning(c, s, targets);
     ADD_FAILURE() << "accepted a target that should fail with '" << text << "'";

@@ -4,9 +4,9 @@
 // is given. For R <= 3 that sum is the one-process gradient to the bit when the ranks are added
 // in rank order, as TcpGroup and the emulated NCCL add them: 2 ranks sum g + fl(2g) = fl(3g),
 // 3 ranks fl(3g) + fl(3g) = 2 fl(3g) = fl(6g) (doubling is exact and commutes with rounding).
-// (Real NCCL's ring order, e.g. fl(5g) + g, need not be; these tests run on the emulator.) The update is elementwise, so a rank that updates its part of the
-// flat parameter vector must produce the one-process values to the bit; only the global
-// gradient norm is summed in another grouping (per part, then over ranks).
+// (Real NCCL's ring order, e.g. fl(5g) + g, need not be; these tests run on the emulator.) The update is elementwise,
+// so a rank that updates its part of the flat parameter vector must produce the one-process values to the bit; only the
+// global gradient norm is summed in another grouping (per part, then over ranks).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -37,7 +37,8 @@ inline constexpr int kShardedSteps = 3;
 inline std::vector<float> sharded_test_gradient(std::size_t n, int step, float factor) {
   std::vector<float> g(n);
   for (std::size_t i = 0; i < n; ++i) {
-    const float pattern = std::sin(0.37f * static_cast<float>(i) + static_cast<float>(step)) * (1.0f + static_cast<float>(i % 7));
+    const float pattern =
+        std::sin(0.37f * static_cast<float>(i) + static_cast<float>(step)) * (1.0f + static_cast<float>(i % 7));
     g[i] = factor * pattern;
   }
   return g;
@@ -72,7 +73,8 @@ inline OptimizerRun run_sharded_optimizer(const DistillPair& pair, Communicator&
 }
 
 // The one-process run that R ranks must reproduce.
-inline OptimizerRun one_process_run(const DistillPair& pair, Backend& backend, std::int64_t world_size, double grad_clip) {
+inline OptimizerRun one_process_run(const DistillPair& pair, Backend& backend, std::int64_t world_size,
+                                    double grad_clip) {
   SingleProcessCommunicator single;
   const float total = static_cast<float>(world_size * (world_size + 1) / 2);  // 1 + 2 + ... + R, exact
   return run_sharded_optimizer(pair, single, backend, total, grad_clip);
@@ -90,7 +92,8 @@ inline void expect_sharded_matches(const OptimizerRun& expected, const std::vect
     // The norm: a double sum of squares grouped per part and then over ranks, against one
     // grouping of the whole: they differ by at most ~n eps_double ~ 1e-12 relative (n ~ 1e4).
     for (std::size_t s = 0; s < expected.grad_norms.size(); ++s)
-      EXPECT_NEAR(got.grad_norms[s], expected.grad_norms[s], 1e-10 * expected.grad_norms[s]) << "rank " << r << " step " << s;
+      EXPECT_NEAR(got.grad_norms[s], expected.grad_norms[s], 1e-10 * expected.grad_norms[s])
+          << "rank " << r << " step " << s;
     // Every rank ends with every part's update: the replicas are identical.
     ASSERT_EQ(got.params.size(), n);
     EXPECT_EQ(0, std::memcmp(got.params.data(), ranks[0].params.data(), n * sizeof(float))) << "rank " << r;

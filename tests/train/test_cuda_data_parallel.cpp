@@ -10,9 +10,9 @@
 #include "dist/make_nccl_communicator.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "model/llama.h"
-#include "tests/train/data_parallel_test_util.h"
-#include "tests/prune/prune_test_util.h"
 #include "tests/dist/tcp_test_util.h"
+#include "tests/prune/prune_test_util.h"
+#include "tests/train/data_parallel_test_util.h"
 #include "train/losses.h"
 #include "train/trainer.h"
 #include "util/files.h"
@@ -79,7 +79,8 @@ TEST(CudaDataParallel, NcclRanksMatchGradAccumulation) {
   ASSERT_EQ(errors, std::vector<std::string>(2));
   EXPECT_FALSE(fs::exists(dir / "parallel-rank1"));
   EXPECT_EQ(0, std::memcmp(ranks[0].params.data(), ranks[1].params.data(), ranks[0].params.size() * sizeof(float)));
-  const auto a = testing::logged_losses(dir / "single" / "metrics.jsonl"), b = testing::logged_losses(dir / "parallel" / "metrics.jsonl");
+  const auto a = testing::logged_losses(dir / "single" / "metrics.jsonl"),
+             b = testing::logged_losses(dir / "parallel" / "metrics.jsonl");
   ASSERT_EQ(a.size(), 2u);
   ASSERT_EQ(b.size(), 2u);
   // Step 1: the same windows on the same weights, 0 + l0/2 + l1/2 in double either way.

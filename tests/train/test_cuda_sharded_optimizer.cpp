@@ -17,10 +17,11 @@ void expect_sharded_matches_one_process(int world_size, double grad_clip) {
   cuda::CudaBackend backend(0);
   const testing::OptimizerRun expected = testing::one_process_run(pair, backend, world_size, grad_clip);
   std::vector<testing::OptimizerRun> ranks(static_cast<std::size_t>(world_size));
-  const auto errors = testing::run_nccl_ranks(world_size, [&](int rank, cuda::CudaBackend& engine, cuda::NcclCommunicator& nccl) {
-    ranks[static_cast<std::size_t>(rank)] =
-        testing::run_sharded_optimizer(pair, nccl, engine, static_cast<float>(rank + 1), grad_clip);
-  });
+  const auto errors =
+      testing::run_nccl_ranks(world_size, [&](int rank, cuda::CudaBackend& engine, cuda::NcclCommunicator& nccl) {
+        ranks[static_cast<std::size_t>(rank)] =
+            testing::run_sharded_optimizer(pair, nccl, engine, static_cast<float>(rank + 1), grad_clip);
+      });
   ASSERT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world_size)));
   testing::expect_sharded_matches(expected, ranks);
   // The master weights are not the bf16 parameters: the gather returned the fp32 copy.
@@ -32,9 +33,10 @@ void expect_sharded_matches_one_process(int world_size, double grad_clip) {
 TEST(CudaGatherToRankZero, AnyWindowAssemblesTheParts) {
   for (int world_size : {2, 3}) {
     std::vector<std::vector<std::vector<float>>> got(static_cast<std::size_t>(world_size));
-    const auto errors = testing::run_nccl_ranks(world_size, [&](int rank, cuda::CudaBackend& engine, cuda::NcclCommunicator& nccl) {
-      got[static_cast<std::size_t>(rank)] = testing::gathers_of_every_size(engine, nccl);
-    });
+    const auto errors =
+        testing::run_nccl_ranks(world_size, [&](int rank, cuda::CudaBackend& engine, cuda::NcclCommunicator& nccl) {
+          got[static_cast<std::size_t>(rank)] = testing::gathers_of_every_size(engine, nccl);
+        });
     ASSERT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world_size)));
     testing::expect_gathers(got);
   }

@@ -16,10 +16,10 @@
 #include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
+#include "tests/dist/tcp_test_util.h"
 #include "tests/train/data_parallel_test_util.h"
 #include "tests/train/distill_test_util.h"
 #include "tests/util/error_test_util.h"
-#include "tests/dist/tcp_test_util.h"
 #include "train/distill.h"
 #include "train/hidden_state_loss.h"
 #include "train/losses.h"
@@ -52,10 +52,9 @@ RunResult train_rank(const testing::DistillPair& pair, const TrainOptions& optio
     LlamaModel teacher(pair.teacher_config, *backend, B, T, ModelMode::Inference);
     teacher.set_parameters(pair.teacher_params);
     LossWorkspace workspace(*backend, V, B * T, 0, /*distillation=*/true);
-    HiddenStateDistillation hidden(*backend, pair.student_config, pair.teacher_config,
-                                   default_layer_mapping(pair.student_config.num_hidden_layers,
-                                                         pair.teacher_config.num_hidden_layers),
-                                   B * T, 5);
+    HiddenStateDistillation hidden(
+        *backend, pair.student_config, pair.teacher_config,
+        default_layer_mapping(pair.student_config.num_hidden_layers, pair.teacher_config.num_hidden_layers), B * T, 5);
     TeacherDistillationObjective objective(teacher, workspace, 1.0f, 0.0f, &hidden, 1.0f);
     result.summary = run_training(student, objective, options, *communicator);
     result.map = hidden.get_map();
@@ -114,7 +113,8 @@ void expect_same_training(const testing::TempDir& dir, const std::vector<RunResu
   // ~1e-7 relative per element, which the Adam update passes on scaled by the learning rate.
   // Losses of ~4 agreed to ~5e-8 when this was written; 1e-5 relative leaves margin for
   // another BLAS, while a wrong window changes them by ~1e-1.
-  for (std::size_t s = 1; s < 3; ++s) EXPECT_NEAR(parallel[s], single[s], 1e-5 * std::abs(single[s])) << "step " << s + 1;
+  for (std::size_t s = 1; s < 3; ++s)
+    EXPECT_NEAR(parallel[s], single[s], 1e-5 * std::abs(single[s])) << "step " << s + 1;
   // Weights (~0.3) after 3 steps: they differed by ~1e-7 (a few fp32 ulps) when this was
   // written. Adam moves each weight by up to ~lr = 1e-2 per step whatever its gradient's size,
   // so an element whose gradient is near zero (where rounding is a large relative change) may
@@ -179,7 +179,8 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
   }
   const std::vector<double> full_losses = testing::logged_losses(dir / "full" / "metrics.jsonl");
   ASSERT_EQ(full_losses.size(), 4u);
-  EXPECT_EQ(std::vector<double>(full_losses.begin() + 2, full_losses.end()), testing::logged_losses(dir / "resumed" / "metrics.jsonl"));
+  EXPECT_EQ(std::vector<double>(full_losses.begin() + 2, full_losses.end()),
+            testing::logged_losses(dir / "resumed" / "metrics.jsonl"));
 
   // The same checkpoint resumed by one process: refused, naming both world sizes.
   fs::create_directories(dir / "alone");
@@ -191,10 +192,11 @@ TEST(DataParallel, ResumeKeepsRanksAndRefusesAnotherWorldSize) {
     train_rank(pair, alone, false, 0, 1, 0);
     ADD_FAILURE() << "a two-rank checkpoint was resumed by one process";
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()),
-              "--resume from " + (dir / "alone" / "checkpoint-2").string() +
-                  ": this run has 1 process(es) (WORLD_SIZE) but the checkpoint was written by 2 (expected WORLD_SIZE=2 "
-                  "as in the interrupted run (the data order depends on it))");
+    EXPECT_EQ(
+        std::string(e.what()),
+        "--resume from " + (dir / "alone" / "checkpoint-2").string() +
+            ": this run has 1 process(es) (WORLD_SIZE) but the checkpoint was written by 2 (expected WORLD_SIZE=2 "
+            "as in the interrupted run (the data order depends on it))");
   }
 
   // Ranks that see different --output contents (storage not shared) refuse together, naming
@@ -233,13 +235,15 @@ TEST(DataParallel, ResumeRefusesMomentsOfAnotherSize) {
     file.read_f32("adam_v", v);
   }
   const std::vector<std::int64_t> whole{n}, shorter{n - 1};
-  write_safetensors_file(state, std::vector<SafetensorsEntry>{{"params", whole, params.data()},
-                                                              {"adam_m", shorter, m.data()},
-                                                              {"adam_v", whole, v.data()}},
-                         SafetensorsDType::F32);
+  write_safetensors_file(
+      state,
+      std::vector<SafetensorsEntry>{
+          {"params", whole, params.data()}, {"adam_m", shorter, m.data()}, {"adam_v", whole, v.data()}},
+      SafetensorsDType::F32);
   o.resume = true;
   EXPECT_EQ(testing::error_of([&] { train_rank(pair, o, false, 0, 1, 0); }),
-            str(state.string(), ": tensor 'adam_m': ", n - 1, " elements (expected ", n, ", one per parameter of the model)"));
+            str(state.string(), ": tensor 'adam_m': ", n - 1, " elements (expected ", n,
+                ", one per parameter of the model)"));
 }
 
 // Replicas that would not start identical are refused on every rank before the first step:
@@ -292,7 +296,8 @@ TEST(MakeCommunicator, RefusesTheDoubleEngineBeforeJoining) {
   auto backend = make_backend("cpu-f64");
   // Nobody listens on the port and the wait is 60 s: only a refusal before joining returns at once.
   const auto start = std::chrono::steady_clock::now();
-  EXPECT_EQ(testing::error_of([&] { make_communicator(*backend, testing::local_environment(1, 2, testing::free_tcp_port(), 60)); }),
+  EXPECT_EQ(testing::error_of(
+                [&] { make_communicator(*backend, testing::local_environment(1, 2, testing::free_tcp_port(), 60)); }),
             "--device cpu-f64: its gradients are f64; training on several processes sums f32 gradients "
             "(expected --device cpu (cpu-f64 is for gradient checks in one process))");
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0);
@@ -302,9 +307,10 @@ TEST(HostCommunicator, RefusesTensorsOtherThanF32) {
   auto backend = make_backend("cpu-f64");
   HostCommunicator communicator(*backend, std::make_unique<TcpGroup>(DistributedEnvironment{}));
   BackendBuffer t(*backend, 4, DType::F64);
-  EXPECT_EQ(testing::error_of([&] { communicator.all_reduce_sum(Tensor(t)); }),
-            "all_reduce_sum on cpu-f64: a tensor of dtype f64 (expected f32 (the cpu engine's parameters and gradients; "
-            "the cpu-f64 engine is for gradient checks in one process))");
+  EXPECT_EQ(
+      testing::error_of([&] { communicator.all_reduce_sum(Tensor(t)); }),
+      "all_reduce_sum on cpu-f64: a tensor of dtype f64 (expected f32 (the cpu engine's parameters and gradients; "
+      "the cpu-f64 engine is for gradient checks in one process))");
 }
 
 }  // namespace

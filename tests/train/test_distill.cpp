@@ -17,7 +17,6 @@
 namespace minitron {
 namespace {
 
-
 // Backend::kl_divergence on the fixture's logits: per-row losses and dlogits of the mean.
 void check_kernel(const std::string& device, double tolerance) {
   const nlohmann::json f = testing::load_json_fixture("kl/kl_fixture.json", "tools/make_kl_fixture.py");
@@ -56,7 +55,8 @@ TEST(KlDivergence, DoubleKernelMatchesTorch) { check_kernel("cpu-f64", 2e-5); }
 
 TEST(KlDivergence, IdenticalRowHasZeroLoss) {
   const nlohmann::json f = testing::load_json_fixture("kl/kl_fixture.json", "tools/make_kl_fixture.py");
-  for (const nlohmann::json& c : f["cases"]) EXPECT_NEAR(c["per_row"][3].get<double>(), 0.0, 1e-15);  // row 3 is identical
+  for (const nlohmann::json& c : f["cases"])
+    EXPECT_NEAR(c["per_row"][3].get<double>(), 0.0, 1e-15);  // row 3 is identical
 }
 
 // Two tiny models with the same vocabulary, different widths.
@@ -105,7 +105,8 @@ TEST(DistillationLoss, ChunkedMatchesUnchunkedAndReference) {
       // Chunks change only which rows share a GEMM call; per-row math is identical, and the
       // LM-head gradient sums chunk contributions in another order (fp32, ~1e-7 relative).
       EXPECT_NEAR(loss, first_loss, 1e-6) << "chunk " << chunk;
-      EXPECT_LE(testing::max_abs_diff(grad, first_grad), 1e-5 * std::max(1.0, testing::max_abs(first_grad))) << "chunk " << chunk;
+      EXPECT_LE(testing::max_abs_diff(grad, first_grad), 1e-5 * std::max(1.0, testing::max_abs(first_grad)))
+          << "chunk " << chunk;
     }
   }
 }

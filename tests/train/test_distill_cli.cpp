@@ -31,9 +31,10 @@ class DistillCli : public ::testing::Test {
     write_shard(dir_ / "train.bin", testing::tiny_tokens(400, teacher.vocab_size, 5));
   }
   CommandResult distill(const std::string& extra) {
-    return minitron(dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ", (dir_ / "student").string(),
-                              " --data ", (dir_ / "train.bin").string(), " --output ", (dir_ / "out").string(),
-                              " --device cpu --batch-size 2 --sequence-length 8 --warmup-steps 0 --save-dtype float32 ", extra));
+    return minitron(
+        dir_, str("distill --teacher ", (dir_ / "teacher").string(), " --student ", (dir_ / "student").string(),
+                  " --data ", (dir_ / "train.bin").string(), " --output ", (dir_ / "out").string(),
+                  " --device cpu --batch-size 2 --sequence-length 8 --warmup-steps 0 --save-dtype float32 ", extra));
   }
   testing::TempDir dir_;
 };
@@ -66,8 +67,9 @@ TEST_F(DistillCli, RefusesBadLossFlagsBeforeLoadingCheckpoints) {
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("--hard-label-weight: 1.5 (expected a value in [0, 1]"), std::string::npos) << r.err;
   EXPECT_EQ(r.out.find("distilling"), std::string::npos) << r.out;
-  r = minitron(dir_, str("distill --teacher ", (dir_ / "no-such-teacher").string(), " --student ", (dir_ / "student").string(),
-                         " --data ", (dir_ / "train.bin").string(), " --output ", (dir_ / "out").string(), " --temperature=-1"));
+  r = minitron(
+      dir_, str("distill --teacher ", (dir_ / "no-such-teacher").string(), " --student ", (dir_ / "student").string(),
+                " --data ", (dir_ / "train.bin").string(), " --output ", (dir_ / "out").string(), " --temperature=-1"));
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("--temperature: -1"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "out"));

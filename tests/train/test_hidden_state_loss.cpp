@@ -21,7 +21,6 @@
 namespace minitron {
 namespace {
 
-
 std::vector<double> download(Backend& b, Tensor t) {
   std::vector<double> out(static_cast<std::size_t>(t.numel));
   b.download_f64(out.data(), t);
@@ -32,8 +31,8 @@ void check_cosine(const std::string& device, double tolerance) {
   auto backend = make_backend(device);
   Backend& b = *backend;
   const DType act = b.activation_dtype();
-  const nlohmann::json fixture = testing::load_json_fixture("hidden_state/cosine_fixture.json",
-                                                            "tools/make_hidden_state_fixture.py");
+  const nlohmann::json fixture =
+      testing::load_json_fixture("hidden_state/cosine_fixture.json", "tools/make_hidden_state_fixture.py");
   for (const nlohmann::json& c : fixture["cases"]) {
     const std::int64_t rows = c["rows"], Ds = c["student_width"], Dt = c["teacher_width"];
     const bool with_map = c.contains("map");
@@ -53,16 +52,19 @@ void check_cosine(const std::string& device, double tolerance) {
     cosine.backward(ds, dW, s, t, W, rows, 1.0f);
     const auto expected_ds = c["dstudent"].get<std::vector<double>>();
     const auto got_ds = download(b, ds);
-    for (std::size_t i = 0; i < got_ds.size(); ++i) EXPECT_NEAR(got_ds[i], expected_ds[i], tolerance) << device << " ds[" << i << "]";
+    for (std::size_t i = 0; i < got_ds.size(); ++i)
+      EXPECT_NEAR(got_ds[i], expected_ds[i], tolerance) << device << " ds[" << i << "]";
     if (with_map) {
       const auto expected_dW = c["dmap"].get<std::vector<double>>();
       const auto got_dW = download(b, dW);
-      for (std::size_t i = 0; i < got_dW.size(); ++i) EXPECT_NEAR(got_dW[i], expected_dW[i], tolerance) << device << " dW[" << i << "]";
+      for (std::size_t i = 0; i < got_dW.size(); ++i)
+        EXPECT_NEAR(got_dW[i], expected_dW[i], tolerance) << device << " dW[" << i << "]";
       // backward() may write ds over s itself (what HiddenStateDistillation does).
       b.zero(dW);
       cosine.backward(s, dW, s, t, W, rows, 1.0f);
       const auto in_place = download(b, s);
-      for (std::size_t i = 0; i < in_place.size(); ++i) EXPECT_NEAR(in_place[i], expected_ds[i], tolerance) << device << " in place";
+      for (std::size_t i = 0; i < in_place.size(); ++i)
+        EXPECT_NEAR(in_place[i], expected_ds[i], tolerance) << device << " in place";
     }
   }
 }
@@ -247,8 +249,8 @@ TEST(HiddenStateDistillation, ResumeIsBitExact) {
   auto run = [&](const std::string& out, bool resume, std::uint64_t map_seed, std::vector<float>& map) {
     LlamaModel student(p.student_config, *models.backend, B, T, ModelMode::Training);
     student.set_parameters(p.student_params);
-    HiddenStateDistillation hidden(*models.backend, p.student_config, p.teacher_config,
-                                   default_layer_mapping(2, 4), B * T, map_seed);
+    HiddenStateDistillation hidden(*models.backend, p.student_config, p.teacher_config, default_layer_mapping(2, 4),
+                                   B * T, map_seed);
     TeacherDistillationObjective objective(models.teacher, ws, 1.0f, 0.0f, &hidden, 1.0f);
     TrainOptions options = o;
     options.output = dir / out;
@@ -264,7 +266,8 @@ TEST(HiddenStateDistillation, ResumeIsBitExact) {
   // Interrupted copy: keep a's checkpoint-2 only, then resume from it with a map initialised
   // differently (so only the restored map can make the result equal).
   std::filesystem::create_directories(dir / "b");
-  std::filesystem::copy(dir / "a" / "checkpoint-2", dir / "b" / "checkpoint-2", std::filesystem::copy_options::recursive);
+  std::filesystem::copy(dir / "a" / "checkpoint-2", dir / "b" / "checkpoint-2",
+                        std::filesystem::copy_options::recursive);
   ASSERT_TRUE(std::filesystem::exists(dir / "b" / "checkpoint-2" / "hidden_state_map.safetensors"));
   const auto b = run("b", true, 99, map_b);
   EXPECT_EQ(a.first, b.first);
@@ -273,12 +276,15 @@ TEST(HiddenStateDistillation, ResumeIsBitExact) {
   ASSERT_EQ(map_a.size(), map_b.size());
   EXPECT_EQ(0, std::memcmp(map_a.data(), map_b.data(), map_a.size() * sizeof(float)));
   // The map was trained (it moved from its seed-1 initialisation).
-  HiddenStateDistillation fresh(*models.backend, p.student_config, p.teacher_config, default_layer_mapping(2, 4), B * T, 1);
+  HiddenStateDistillation fresh(*models.backend, p.student_config, p.teacher_config, default_layer_mapping(2, 4), B * T,
+                                1);
   EXPECT_GT(testing::max_abs_diff(fresh.get_map(), map_a), 0.0);
   // Resuming with another mapping is refused.
   std::filesystem::create_directories(dir / "c");
-  std::filesystem::copy(dir / "a" / "checkpoint-2", dir / "c" / "checkpoint-2", std::filesystem::copy_options::recursive);
-  HiddenStateDistillation other(*models.backend, p.student_config, p.teacher_config, parse_layer_mapping("1:3", 2, 4), B * T);
+  std::filesystem::copy(dir / "a" / "checkpoint-2", dir / "c" / "checkpoint-2",
+                        std::filesystem::copy_options::recursive);
+  HiddenStateDistillation other(*models.backend, p.student_config, p.teacher_config, parse_layer_mapping("1:3", 2, 4),
+                                B * T);
   TeacherDistillationObjective objective(models.teacher, ws, 1.0f, 0.0f, &other, 1.0f);
   TrainOptions options = o;
   options.output = dir / "c";

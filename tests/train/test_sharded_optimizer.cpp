@@ -8,8 +8,8 @@
 
 #include "dist/host_communicator.h"
 #include "kernels/make_backend.h"
-#include "tests/train/sharded_optimizer_test_util.h"
 #include "tests/dist/tcp_test_util.h"
+#include "tests/train/sharded_optimizer_test_util.h"
 
 namespace minitron {
 namespace {
@@ -22,7 +22,8 @@ void expect_sharded_matches_one_process(std::int64_t world_size, double grad_cli
   const int port = testing::free_tcp_port();
   const auto errors = testing::run_ranks(world_size, [&](std::int64_t rank) {
     auto engine = make_backend("cpu");
-    HostCommunicator communicator(*engine, std::make_unique<TcpGroup>(testing::local_environment(rank, world_size, port)));
+    HostCommunicator communicator(*engine,
+                                  std::make_unique<TcpGroup>(testing::local_environment(rank, world_size, port)));
     ranks[static_cast<std::size_t>(rank)] =
         testing::run_sharded_optimizer(pair, communicator, *engine, static_cast<float>(rank + 1), grad_clip);
   });
@@ -37,7 +38,8 @@ TEST(GatherToRankZero, AnyWindowAssemblesTheParts) {
     const int port = testing::free_tcp_port();
     const auto errors = testing::run_ranks(world_size, [&](std::int64_t rank) {
       auto engine = make_backend("cpu");
-      HostCommunicator communicator(*engine, std::make_unique<TcpGroup>(testing::local_environment(rank, world_size, port)));
+      HostCommunicator communicator(*engine,
+                                    std::make_unique<TcpGroup>(testing::local_environment(rank, world_size, port)));
       got[static_cast<std::size_t>(rank)] = testing::gathers_of_every_size(*engine, communicator);
     });
     ASSERT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world_size)));

@@ -54,19 +54,19 @@ Results<T> run(const Shape& s, const Inputs<T>& in, bool tiled) {
   r.out.assign(in.q.size(), T(7));
   r.lse.assign(s.B * s.Hq * s.Tq, T(7));
   if (tiled)
-    cpu::attention_forward_tiles(r.out.data(), r.lse.data(), in.q.data(), in.k.data(),
-                                 in.v.data(), s.B, s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
+    cpu::attention_forward_tiles(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(),
+                                 s.B, s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
   else
-    cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(),
-                           s.B, s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
+    cpu::attention_forward(r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(), s.B,
+                           s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
   if (s.Tq != s.Tk) return r;
   r.dq.assign(in.q.size(), T(7));
   r.dk.assign(in.k.size(), T(7));
   r.dv.assign(in.v.size(), T(7));
   if (tiled)
     cpu::attention_backward_tiles(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(),
-                                  r.out.data(), r.lse.data(), in.q.data(), in.k.data(),
-                                  in.v.data(), s.B, s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
+                                  r.out.data(), r.lse.data(), in.q.data(), in.k.data(), in.v.data(),
+                                  s.B, s.Tq, s.Tk, s.Hq, s.Hkv, s.hd);
   else
     cpu::attention_backward(r.dq.data(), r.dk.data(), r.dv.data(), in.dout.data(), r.out.data(),
                             r.lse.data(), in.q.data(), in.k.data(), in.v.data(), s.B, s.Tq, s.Tk,
@@ -110,12 +110,12 @@ TEST_P(AttentionTiles, MatchesReferenceInFloat) { compare<float>(GetParam(), 20,
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionTiles,
-    ::testing::Values(Shape{1, 1, 1, 1, 1, 4},        // a single token
-                      Shape{2, 5, 5, 4, 2, 8},        // one partial tile, GQA
-                      Shape{1, 64, 64, 2, 1, 16},     // exactly one tile
-                      Shape{2, 150, 150, 4, 2, 32},   // two full tiles and a partial one
-                      Shape{1, 70, 200, 3, 1, 8},     // queries after a cache, two tiles
-                      Shape{1, 1, 9, 6, 3, 4}),       // one new query over a cache
+    ::testing::Values(Shape{1, 1, 1, 1, 1, 4},       // a single token
+                      Shape{2, 5, 5, 4, 2, 8},       // one partial tile, GQA
+                      Shape{1, 64, 64, 2, 1, 16},    // exactly one tile
+                      Shape{2, 150, 150, 4, 2, 32},  // two full tiles and a partial one
+                      Shape{1, 70, 200, 3, 1, 8},    // queries after a cache, two tiles
+                      Shape{1, 1, 9, 6, 3, 4}),      // one new query over a cache
     [](const auto& info) {
       const Shape& s = info.param;
       return str("B", s.B, "Tq", s.Tq, "Tk", s.Tk, "Hq", s.Hq, "Hkv", s.Hkv, "hd", s.hd);

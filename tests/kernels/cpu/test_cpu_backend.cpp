@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/cpu_backend.h"
-#include "kernels/swiglu.h"
-#include "kernels/make_backend.h"
 #include "core/bf16.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/make_backend.h"
+#include "kernels/swiglu.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/util/error_test_util.h"
 
@@ -132,20 +132,24 @@ TEST(CpuBackend, MisuseFailsLoudlyNamingTheArgument) {
   BackendBuffer wrong_type(backend, 6, DType::F64);
   // [2,3] @ [3,2] is fine; claiming K = 4 is not.
   backend.matmul(out, a, b, 2, 2, 3, false, false, 1.0f, 0.0f);
-  EXPECT_NE(testing::error_of([&] { backend.matmul(out, a, b, 2, 2, 4, false, false, 1.0f, 0.0f); })
-                .find("matmul: a has 6 elements (expected 8)"),
+  EXPECT_NE(testing::error_of([&] {
+              backend.matmul(out, a, b, 2, 2, 4, false, false, 1.0f, 0.0f);
+            }).find("matmul: a has 6 elements (expected 8)"),
             std::string::npos);
-  EXPECT_NE(testing::error_of([&] { backend.matmul(out, wrong_type, b, 2, 2, 3, false, false, 1.0f, 0.0f); })
-                .find("matmul: a is f64 (expected f32)"),
+  EXPECT_NE(testing::error_of([&] {
+              backend.matmul(out, wrong_type, b, 2, 2, 3, false, false, 1.0f, 0.0f);
+            }).find("matmul: a is f64 (expected f32)"),
             std::string::npos);
   EXPECT_THROW(backend.matmul(a, a, b, 2, 3, 3, false, false, 1.0f, 0.0f), Error);  // aliasing
 
   BackendBuffer lse_short(backend, 3, DType::F32), q(backend, 2 * 4 * 2, DType::F32);
   BackendBuffer att(backend, 2 * 4 * 2, DType::F32);
-  EXPECT_NE(testing::error_of([&] { backend.attention_forward(att, lse_short, q, q, q, 1, 2, 2, 4, 4, 2); })
-                .find("lse"),
+  EXPECT_NE(testing::error_of([&] {
+              backend.attention_forward(att, lse_short, q, q, q, 1, 2, 2, 4, 4, 2);
+            }).find("lse"),
             std::string::npos);
-  BackendBuffer master(backend, 6, DType::F32), m(backend, 6, DType::F32), v(backend, 6, DType::F32);
+  BackendBuffer master(backend, 6, DType::F32), m(backend, 6, DType::F32),
+      v(backend, 6, DType::F32);
   AdamWStep step;
   EXPECT_THROW(backend.adamw_update(a, master, b, m, v, step), Error);  // master must be empty
   EXPECT_NO_THROW(backend.adamw_update(a, Tensor{}, b, m, v, step));
@@ -166,16 +170,19 @@ TEST(MakeBackend, NamesDevicesAndRejectsUnknownOnes) {
   const std::vector<std::string> devices = available_devices();
   EXPECT_NE(std::find(devices.begin(), devices.end(), "cpu"), devices.end());
   EXPECT_NE(std::find(devices.begin(), devices.end(), "cpu-f64"), devices.end());
-  EXPECT_NE(testing::error_of([] { make_backend("tpu"); }).find("cpu, cpu-f64, cuda"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("tpu"); }).find("cpu, cpu-f64, cuda"),
+            std::string::npos);
 #if !defined(MINITRON_HAVE_CUDA_BACKEND)
-  EXPECT_NE(testing::error_of([] { make_backend("cuda"); }).find("no CUDA engine"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cuda"); }).find("no CUDA engine"),
+            std::string::npos);
 #endif
 }
 
 TEST(CpuBackend, StatisticsMayBeF32OrF64OnTheDoubleBackend) {
   CpuBackend<double> backend;
   const std::int64_t N = 3, D = 5;
-  Tensor in = make_f64(backend, random_vector(N * D, 210)), w = make_f64(backend, random_vector(D, 211));
+  Tensor in = make_f64(backend, random_vector(N * D, 210)),
+         w = make_f64(backend, random_vector(D, 211));
   Tensor out = backend.allocate(N * D, DType::F64);
   Tensor rstd64 = backend.allocate(N, DType::F64), rstd32 = backend.allocate(N, DType::F32);
   backend.rmsnorm_forward(out, rstd64, in, w, N, D, 1e-5f);
@@ -197,7 +204,8 @@ TEST(CpuBackendGradients, EmbeddingNormHeadCrossEntropy) {
   backend.upload_i32(tok, tokens.data());
   backend.upload_i32(tgt, targets.data());
   BackendBuffer x(backend, N * D, DType::F64), h(backend, N * D, DType::F64),
-      rstd(backend, N, DType::F32), logits(backend, N * V, DType::F64), losses(backend, N, DType::F32);
+      rstd(backend, N, DType::F32), logits(backend, N * V, DType::F64),
+      losses(backend, N, DType::F32);
 
   auto forward = [&](const std::vector<double>& tab, const std::vector<double>& nw,
                      const std::vector<double>& hd, Tensor t_tab, Tensor t_nw, Tensor t_head,
@@ -216,7 +224,8 @@ TEST(CpuBackendGradients, EmbeddingNormHeadCrossEntropy) {
   BackendBuffer t_tab(backend, V * D, DType::F64), t_nw(backend, D, DType::F64),
       t_head(backend, V * D, DType::F64);
   BackendBuffer g_tab(backend, V * D, DType::F64), g_nw(backend, D, DType::F64),
-      g_head(backend, V * D, DType::F64), dh(backend, N * D, DType::F64), dx(backend, N * D, DType::F64);
+      g_head(backend, V * D, DType::F64), dh(backend, N * D, DType::F64),
+      dx(backend, N * D, DType::F64);
   forward(table, norm_w, head, t_tab, t_nw, t_head, 1.0);  // logits now hold dloss/dlogits
   backend.matmul(dh, logits, t_head, N, D, V, false, false, 1.0f, 0.0f);
   backend.matmul(g_head, logits, h, V, D, N, true, false, 1.0f, 1.0f);
@@ -239,7 +248,8 @@ TEST(CpuBackendGradients, EmbeddingNormHeadCrossEntropy) {
 TEST(CpuBackendGradients, RopeAttention) {
   CpuBackend<double> backend;
   const std::int64_t B = 2, T = 3, Hq = 4, Hkv = 2, hd = 4;
-  std::vector<double> q = random_vector(B * T * Hq * hd, 230), k = random_vector(B * T * Hkv * hd, 231),
+  std::vector<double> q = random_vector(B * T * Hq * hd, 230),
+                      k = random_vector(B * T * Hkv * hd, 231),
                       v = random_vector(B * T * Hkv * hd, 232);
   const std::vector<double> dout = random_vector(q.size(), 233);
   const std::vector<double> inv = {1.0, 0.01};
@@ -274,7 +284,8 @@ TEST(CpuBackendGradients, RopeAttention) {
 TEST(CpuBackend, RemainingOpsRouteToTheReferences) {
   CpuBackend<double> backend;
   const std::int64_t n = 12;
-  const std::vector<double> g = random_vector(n, 240), u = random_vector(n, 241), dh = random_vector(n, 242);
+  const std::vector<double> g = random_vector(n, 240), u = random_vector(n, 241),
+                            dh = random_vector(n, 242);
   Tensor tg = make_f64(backend, g), tu = make_f64(backend, u), tdh = make_f64(backend, dh);
   Tensor th = backend.allocate(n, DType::F64), tdg = backend.allocate(n, DType::F64),
          tdu = backend.allocate(n, DType::F64);
@@ -290,18 +301,21 @@ TEST(CpuBackend, RemainingOpsRouteToTheReferences) {
   // reduce_over_sequence over [B=2, T=3, C=2] as g; row_cosine of g and u as [3, 4].
   Tensor red = backend.allocate(4, DType::F32), cosine = backend.allocate(3, DType::F64);
   backend.reduce_over_sequence(red, tg, 2, 3, 2, SequenceReduction::L2);
-  EXPECT_NEAR(red.as<float>()[1],
-              std::sqrt(g[1] * g[1] + g[3] * g[3] + g[5] * g[5]), 1e-6);  // float output
+  EXPECT_NEAR(red.as<float>()[1], std::sqrt(g[1] * g[1] + g[3] * g[3] + g[5] * g[5]),
+              1e-6);  // float output
   backend.row_cosine(cosine, tg, tu, 3, 4);
   double dot = 0, gg = 0, uu = 0;
   for (int c = 4; c < 8; ++c) dot += g[c] * u[c], gg += g[c] * g[c], uu += u[c] * u[c];
   EXPECT_NEAR(cosine.as<double>()[1], dot / std::sqrt(gg * uu), 1e-15);  // double, 4 terms
 
-  EXPECT_NEAR(backend.sum_of_squares(tg), [&] {
-    double s = 0;
-    for (double x : g) s += x * x;
-    return s;
-  }(), 1e-15);  // 12 terms of O(1) in double
+  EXPECT_NEAR(
+      backend.sum_of_squares(tg),
+      [&] {
+        double s = 0;
+        for (double x : g) s += x * x;
+        return s;
+      }(),
+      1e-15);  // 12 terms of O(1) in double
 
   // KL through the backend with F32 losses: identical logits give 0.
   Tensor kl = backend.allocate(3, DType::F32), student = make_f64(backend, g);
@@ -314,7 +328,8 @@ TEST(CpuBackend, RemainingOpsRouteToTheReferences) {
   for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ(th.as<double>()[i], 2.0 * (h[i] + g[i]));
   backend.zero(th);
   for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ(th.as<double>()[i], 0.0);
-  for (Tensor* t : {&tg, &tu, &tdh, &th, &tdg, &tdu, &red, &cosine, &kl, &student}) backend.free(*t);
+  for (Tensor* t : {&tg, &tu, &tdh, &th, &tdg, &tdu, &red, &cosine, &kl, &student})
+    backend.free(*t);
 }
 
 }  // namespace

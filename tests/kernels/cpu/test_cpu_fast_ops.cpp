@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "kernels/cpu/exp.h"
-#include "kernels/loss.h"
 #include "kernels/cpu/loss_fast.h"
-#include "kernels/swiglu.h"
 #include "kernels/cpu/swiglu_fast.h"
+#include "kernels/loss.h"
+#include "kernels/swiglu.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "util/error.h"
 
@@ -94,8 +94,8 @@ TEST(CrossEntropyFast, LossOnlyLeavesLogitsAndRejectsBadTargets) {
   cpu::cross_entropy(ref_loss.data(), logits.data(), targets.data(), rows, V, 0.0f);
   EXPECT_EQ(loss, ref_loss);
   targets[1] = static_cast<std::int32_t>(V);
-  EXPECT_THROW(
-      cpu::cross_entropy_fast(loss.data(), logits.data(), targets.data(), rows, V, 1.0f), Error);
+  EXPECT_THROW(cpu::cross_entropy_fast(loss.data(), logits.data(), targets.data(), rows, V, 1.0f),
+               Error);
 }
 
 TEST(SwigluFast, MatchesReference) {

@@ -59,7 +59,8 @@ TEST(FloatEngine, AttentionForwardBackward) {
   const std::vector<float> vf = to_float(random_vector(B * T * Hkv * hd, 312));
   const std::vector<float> df = to_float(random_vector(qf.size(), 313));
   std::vector<float> of(qf.size()), lf(B * Hq * T), dqf(qf.size()), dkf(kf.size()), dvf(vf.size());
-  cpu::attention_forward(of.data(), lf.data(), qf.data(), kf.data(), vf.data(), B, T, T, Hq, Hkv, hd);
+  cpu::attention_forward(of.data(), lf.data(), qf.data(), kf.data(), vf.data(), B, T, T, Hq, Hkv,
+                         hd);
   cpu::attention_backward(dqf.data(), dkf.data(), dvf.data(), df.data(), of.data(), lf.data(),
                           qf.data(), kf.data(), vf.data(), B, T, T, Hq, Hkv, hd);
   const std::vector<double> q = widen(qf), k = widen(kf), v = widen(vf), dout = widen(df);

@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/cuda_backend_factory.h"
 #include "core/backend.h"
 #include "core/bf16.h"
+#include "kernels/cuda/cuda_backend_factory.h"
 
 namespace minitron::test {
 
@@ -97,16 +97,16 @@ inline void expect_within(const std::string& what, const std::vector<float>& got
   for (std::size_t i = 0; i < got.size(); ++i) {
     const double err = std::abs(static_cast<double>(got[i]) - want[i]);
     if (!(err <= bound[i]) && ++misses <= 5)
-      ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", want " << want[i]
-                    << " (bound " << bound[i] << ")";
+      ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", want " << want[i] << " (bound "
+                    << bound[i] << ")";
   }
   EXPECT_EQ(misses, 0) << what << ": " << misses << " of " << got.size() << " out of tolerance";
 }
 
 // Rotation of pairs (a, b): the output's error scales with |a| + |b| (cancellation in a c - b s).
 inline void expect_rope(const std::string& what, const std::vector<float>& got,
-                 const std::vector<float>& want, const std::vector<float>& input,
-                 std::int64_t head_dim, double rel) {
+                        const std::vector<float>& want, const std::vector<float>& input,
+                        std::int64_t head_dim, double rel) {
   std::vector<double> bound(got.size());
   const std::int64_t half = head_dim / 2;
   for (std::size_t i = 0; i < got.size(); ++i) {

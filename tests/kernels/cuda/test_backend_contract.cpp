@@ -100,8 +100,8 @@ std::vector<WrongCall> wrong_calls() {
        "rmsnorm_forward: rstd has 6 elements (expected 2)"},
       {"residual_rmsnorm_out_overlaps_residual",
        [](Backend& b, ContractTensors& t) {
-         b.residual_rmsnorm_forward(t.s6b, t.s6, t.f2, t.s6, t.s6b, t.s9.tensor().slice(0, 3), 2,
-                                    3, 1e-5f);
+         b.residual_rmsnorm_forward(t.s6b, t.s6, t.f2, t.s6, t.s6b, t.s9.tensor().slice(0, 3), 2, 3,
+                                    1e-5f);
        },
        "residual_rmsnorm_forward: out overlaps residual (expected separate tensors)"},
       {"rope_odd_head_dim",
@@ -142,11 +142,11 @@ std::vector<WrongCall> wrong_calls() {
 
 std::string expected_message(const Backend& backend, std::string message) {
   const std::string act = dtype_name(backend.activation_dtype());
-  const std::string fp_or_act = backend.activation_dtype() == DType::BF16 ? "f32 or bf16"
+  const std::string fp_or_act = backend.activation_dtype() == DType::BF16  ? "f32 or bf16"
                                 : backend.activation_dtype() == DType::F64 ? "f32 or f64"
                                                                            : "f32";
-  for (const auto& [key, value] : {std::pair<std::string, std::string>{"{act}", act},
-                                   {"{fp_or_act}", fp_or_act}})
+  for (const auto& [key, value] :
+       {std::pair<std::string, std::string>{"{act}", act}, {"{fp_or_act}", fp_or_act}})
     for (std::size_t at = message.find(key); at != std::string::npos; at = message.find(key))
       message.replace(at, key.size(), value);
   return message;

@@ -100,9 +100,10 @@ Placed place(Device& dev, const std::vector<float>& host, DType dt, std::int64_t
 void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int64_t offset,
                                 bool backward = true, std::int64_t out_offset = 0) {
   const auto poisoned_at = [&](std::int64_t n) {
-    return place(dev, std::vector<float>(static_cast<std::size_t>(n),
-                                         std::numeric_limits<float>::quiet_NaN()),
-                 dt, out_offset);
+    return place(
+        dev,
+        std::vector<float>(static_cast<std::size_t>(n), std::numeric_limits<float>::quiet_NaN()),
+        dt, out_offset);
   };
   const std::int64_t qn = s.B * s.Tq * s.Hq * s.hd, kvn = s.B * s.Tk * s.Hkv * s.hd;
   const std::int64_t stats = s.B * s.Hq * s.Tq;
@@ -131,7 +132,7 @@ void check_forward_and_backward(Device& dev, DType dt, const Shape& s, std::int6
   expect_near_all("attention lse", dev.get(tlse), lse, 1e-6, 1e-5);
 
   if (s.Tq != s.Tk || !backward) return;  // the backward serves training, where Tq == Tk
-  const auto out_used = dev.get(tout);  // both backwards read the same forward output
+  const auto out_used = dev.get(tout);    // both backwards read the same forward output
   const auto dout = stored(random_floats(qn, 54, -1, 1), dt);
   const Placed tdout = place(dev, dout, dt, offset);
   auto tused = dev.put(out_used, dt), tlse_ref = dev.put(lse, DType::F32);
@@ -260,9 +261,8 @@ const Shape kBackwardShapes[] = {
     {2, 77, 77, 4, 2, 64},   // group 2
     {2, 20, 20, 4, 2, 128},  // one partial block and tile
     {2, 1, 1, 4, 1, 64},     // sequence 1
-    {2, 77, 77, 4, 2, 16},
-    {2, 20, 20, 4, 1, 32},
-    {2, 37, 37, 4, 2, 96},   // one partial key block, two query tiles (kept short: slow under TSan)
+    {2, 77, 77, 4, 2, 16},  {2, 20, 20, 4, 1, 32},
+    {2, 37, 37, 4, 2, 96},  // one partial key block, two query tiles (kept short: slow under TSan)
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionBf16Backward, ::testing::ValuesIn(kBackwardShapes),

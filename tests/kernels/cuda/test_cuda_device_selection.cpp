@@ -7,8 +7,8 @@
 #include <string>
 
 #include "kernels/cuda/cuda_backend.h"
-#include "kernels/cuda/cuda_context.h"
 #include "kernels/cuda/cuda_backend_factory.h"
+#include "kernels/cuda/cuda_context.h"
 #include "kernels/make_backend.h"
 #include "tests/util/error_test_util.h"
 
@@ -21,7 +21,8 @@ TEST(CudaDeviceSelection, ParsesCudaAndCudaN) {
   EXPECT_EQ(cuda_device_ordinal("cuda:12"), std::optional<int>(12));
   EXPECT_EQ(cuda_device_ordinal("cpu"), std::nullopt);
   EXPECT_EQ(cuda_device_ordinal("cudax"), std::nullopt);
-  for (const char* bad : {"cuda:", "cuda:x", "cuda:-1", "cuda:+1", "cuda: 1", "cuda:1x", "cuda:99999999999"}) {
+  for (const char* bad :
+       {"cuda:", "cuda:x", "cuda:-1", "cuda:+1", "cuda: 1", "cuda:1x", "cuda:99999999999"}) {
     const std::string message = testing::error_of([&] { cuda_device_ordinal(bad); });
     EXPECT_NE(message.find(str("device '", bad, "'")), std::string::npos) << message;
     EXPECT_NE(message.find("is not a device number"), std::string::npos) << message;
@@ -30,8 +31,10 @@ TEST(CudaDeviceSelection, ParsesCudaAndCudaN) {
 }
 
 TEST(CudaDeviceSelection, MakeBackendRefusesMalformedNames) {
-  EXPECT_NE(testing::error_of([] { make_backend("cuda:x"); }).find("'x' is not a device number"), std::string::npos);
-  EXPECT_NE(testing::error_of([] { make_backend("cudax"); }).find("unknown device"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cuda:x"); }).find("'x' is not a device number"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cudax"); }).find("unknown device"),
+            std::string::npos);
 }
 
 TEST(CudaDeviceSelection, OrdinalInRangeOrErrorNamingTheCount) {
@@ -49,10 +52,13 @@ TEST(CudaDeviceSelection, ThroughMakeBackend) {
 #if defined(MINITRON_HAVE_CUDA_BACKEND)
   EXPECT_EQ(make_backend("cuda:0")->name(), "cuda-emulated");
   EXPECT_EQ(make_backend("cuda")->name(), "cuda-emulated");
-  EXPECT_NE(testing::error_of([] { make_backend("cuda:7"); }).find("this machine has 1 CUDA device"), std::string::npos);
+  EXPECT_NE(
+      testing::error_of([] { make_backend("cuda:7"); }).find("this machine has 1 CUDA device"),
+      std::string::npos);
 #else
   // A build without the nvcc engine (the sanitizer builds): make_backend has no CUDA engine.
-  EXPECT_NE(testing::error_of([] { make_backend("cuda:0"); }).find("no CUDA engine"), std::string::npos);
+  EXPECT_NE(testing::error_of([] { make_backend("cuda:0"); }).find("no CUDA engine"),
+            std::string::npos);
 #endif
 }
 

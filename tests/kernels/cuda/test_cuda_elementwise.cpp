@@ -175,7 +175,8 @@ TEST_P(CudaElementwise, ReduceOverSequence) {
   const std::int64_t B = 3, T = 17, C = 70;
   const auto act = stored(random_floats(B * T * C, 15, -3, 3), dt());
   auto ta = dev.put(act, dt());
-  for (auto reduction : {SequenceReduction::Mean, SequenceReduction::L2, SequenceReduction::Variance}) {
+  for (auto reduction :
+       {SequenceReduction::Mean, SequenceReduction::L2, SequenceReduction::Variance}) {
     auto out = dev.poisoned(B * C, DType::F32);
     dev.backend().reduce_over_sequence(out, ta, B, T, C, reduction);
     std::vector<float> want(B * C);
@@ -191,8 +192,8 @@ TEST_P(CudaElementwise, RowCosine) {
   auto a = stored(random_floats(rows * C, 16, -1, 1), dt());
   auto b = stored(random_floats(rows * C, 17, -1, 1), dt());
   for (std::int64_t c = 0; c < C; ++c) {
-    b[c] = a[c] * 0.5f;     // row 0: parallel, cosine 1
-    a[2 * C + c] = 0.0f;    // row 2: a zero row, cosine 0 by definition
+    b[c] = a[c] * 0.5f;   // row 0: parallel, cosine 1
+    a[2 * C + c] = 0.0f;  // row 2: a zero row, cosine 0 by definition
   }
   b = stored(b, dt());
   auto ta = dev.put(a, dt()), tb = dev.put(b, dt());

@@ -19,7 +19,8 @@ TEST(CudaFactory, ClearErrorWithoutDeviceOrWorkingBackend) {
       FAIL() << "make_backend(\"cuda\") succeeded without a device";
     } catch (const Error& e) {
       const std::string message = e.what();
-      EXPECT_EQ(message.rfind("cuda: no CUDA device found (cudaGetDeviceCount: ", 0), 0u) << message;
+      EXPECT_EQ(message.rfind("cuda: no CUDA device found (cudaGetDeviceCount: ", 0), 0u)
+          << message;
     }
     const std::vector<std::string> devices = available_devices();
     EXPECT_EQ(std::count(devices.begin(), devices.end(), "cuda"), 0);

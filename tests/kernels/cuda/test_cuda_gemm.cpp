@@ -62,9 +62,9 @@ std::vector<GemmCase> cases() {
   std::vector<GemmCase> all;
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
-      all.push_back({DType::BF16, DType::BF16, ta, tb, 1.0f, 0.0f});   // activations
-      all.push_back({DType::BF16, DType::F32, ta, tb, 1.0f, 1.0f});    // gradient accumulation
-      all.push_back({DType::F32, DType::F32, ta, tb, -0.5f, 0.25f});   // fp32, alpha and beta
+      all.push_back({DType::BF16, DType::BF16, ta, tb, 1.0f, 0.0f});  // activations
+      all.push_back({DType::BF16, DType::F32, ta, tb, 1.0f, 1.0f});   // gradient accumulation
+      all.push_back({DType::F32, DType::F32, ta, tb, -0.5f, 0.25f});  // fp32, alpha and beta
     }
   return all;
 }
@@ -77,7 +77,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaGemm, ::testing::ValuesIn(cases()), [](const
 
 TEST(CudaGemmErrors, MixedInputDtypesAreAClearError) {
   Device dev;
-  auto a = dev.poisoned(4, DType::F32), b = dev.poisoned(4, DType::BF16), out = dev.poisoned(4, DType::F32);
+  auto a = dev.poisoned(4, DType::F32), b = dev.poisoned(4, DType::BF16),
+       out = dev.poisoned(4, DType::F32);
   try {
     dev.backend().matmul(out, a, b, 2, 2, 2, false, false, 1.0f, 0.0f);
     FAIL() << "f32 x bf16 was accepted";

@@ -23,7 +23,8 @@ class CudaNormEmbedding : public ::testing::TestWithParam<DType> {
 TEST_P(CudaNormEmbedding, EmbeddingForwardAndBackward) {
   const std::int64_t vocab = 11, D = 45, N = 150;
   std::vector<std::int32_t> tokens(N);
-  for (std::int64_t n = 0; n < N; ++n) tokens[n] = static_cast<std::int32_t>((n * n * 7 + 3) % vocab);
+  for (std::int64_t n = 0; n < N; ++n)
+    tokens[n] = static_cast<std::int32_t>((n * n * 7 + 3) % vocab);
   tokens[5] = 0;  // some tokens repeat many times, token 10 never appears in the first half
   const auto table = stored(random_floats(vocab * D, 21, -1, 1), dt());
   auto tt = dev.put(table, dt());
@@ -100,7 +101,8 @@ TEST_P(CudaNormEmbedding, RmsNormBackward) {
   std::vector<double> bound(D);
   for (std::int64_t j = 0; j < D; ++j) {
     double terms = 0;
-    for (std::int64_t n = 0; n < N; ++n) terms += std::abs(dout[n * D + j] * x[n * D + j] * rstd[n]);
+    for (std::int64_t n = 0; n < N; ++n)
+      terms += std::abs(dout[n * D + j] * x[n * D + j] * rstd[n]);
     bound[j] = (dt() == DType::BF16 ? kBf16Ulp : 1e-6) * terms + 1e-6;
   }
   expect_within("rmsnorm dweight", dev.get(tdw), dw, bound);

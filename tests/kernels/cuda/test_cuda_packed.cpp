@@ -46,9 +46,10 @@ class View {
     view_ = buffer_.tensor().slice(offset, n_);
   }
   static View poisoned(Device& dev, std::int64_t n, DType dtype, std::int64_t offset) {
-    return View(dev, std::vector<float>(static_cast<std::size_t>(n),
-                                        std::numeric_limits<float>::quiet_NaN()),
-                dtype, offset);
+    return View(
+        dev,
+        std::vector<float>(static_cast<std::size_t>(n), std::numeric_limits<float>::quiet_NaN()),
+        dtype, offset);
   }
   operator Tensor() const { return view_; }  // NOLINT: used where the backend takes a view
   std::vector<float> get() const { return dev_->get(view_); }
@@ -156,7 +157,8 @@ TEST_P(CudaPacked, AdamW) {
   const bool has_master = dt() == DType::BF16;
   for (const auto& [n, in_off, out_off] : placements()) {
     for (DType grad_type : {DType::F32, DType::BF16}) {
-      SCOPED_TRACE(str("n=", n, " offsets ", in_off, "/", out_off, " grads ", dtype_label(grad_type)));
+      SCOPED_TRACE(
+          str("n=", n, " offsets ", in_off, "/", out_off, " grads ", dtype_label(grad_type)));
       const auto master = random_floats(n, 121 + n, -1, 1);
       const auto grads = stored(random_floats(n, 122 + n, -0.1f, 0.1f), grad_type);
       const auto m0 = random_floats(n, 123 + n, -0.01f, 0.01f);
@@ -202,9 +204,9 @@ struct RowCase {
 // take packs after a 4-column head. Few rows elsewhere: under ThreadSanitizer each emulated
 // thread costs ~1000x more.
 std::vector<RowCase> row_cases() {
-  return {{70, 64, 0, 0, 0}, {9, 200, 0, 0, 0}, {9, 45, 0, 0, 0},  {37, 64, 1, 1, 1},
-          {9, 64, 0, 1, 0},  {1, 8, 1, 0, 1},   {10, 37, 3, 3, 3}, {6, 100, 5, 2, 5},
-          {2, 4100, 7, 7, 7}, {5, 64, 2, 2, 6}, {70, 64, 4, 4, 4}};
+  return {{70, 64, 0, 0, 0},  {9, 200, 0, 0, 0}, {9, 45, 0, 0, 0},  {37, 64, 1, 1, 1},
+          {9, 64, 0, 1, 0},   {1, 8, 1, 0, 1},   {10, 37, 3, 3, 3}, {6, 100, 5, 2, 5},
+          {2, 4100, 7, 7, 7}, {5, 64, 2, 2, 6},  {70, 64, 4, 4, 4}};
 }
 
 TEST_P(CudaPacked, RmsNormForwardAndBackward) {
@@ -314,8 +316,8 @@ TEST_P(CudaPacked, CrossEntropy) {
     // As in test_cuda_loss: fp32 online log-sum-exp vs double, ~1e-6 relative on the loss;
     // the gradient's exp(x - lse) ~1e-6 relative (bf16: one rounding), tiny-probability floor.
     expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 1e-5);
-    expect_near_all("cross_entropy gradient", tl.get(), want,
-                    dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+    expect_near_all("cross_entropy gradient", tl.get(), want, dt() == DType::BF16 ? kBf16Ulp : 1e-5,
+                    1e-9);
     tl.expect_guards_intact("cross_entropy logits");
 
     if (V != 61) continue;  // the loss alone: once, on rows with head, packs and tail
@@ -361,9 +363,8 @@ TEST_P(CudaPacked, Embedding) {
   // (scalar). Backward (dout at the table's offset, the gradient at the output's): whole-pack
   // rows; odd widths 61 and 37; the gradient alone misaligned (no common phase: scalar); offset
   // 3 for both (a head of 1 (f32) or 5 (bf16 dout with an f32 gradient) columns); 4100 wide.
-  for (const auto& [D, table_off, out_off] :
-       std::vector<Placement>{{64, 0, 0}, {61, 1, 1}, {64, 0, 1}, {5, 1, 0}, {37, 3, 3},
-                              {64, 3, 3}, {4100, 6, 6}}) {
+  for (const auto& [D, table_off, out_off] : std::vector<Placement>{
+           {64, 0, 0}, {61, 1, 1}, {64, 0, 1}, {5, 1, 0}, {37, 3, 3}, {64, 3, 3}, {4100, 6, 6}}) {
     SCOPED_TRACE(str("D=", D, " offsets ", table_off, "/", out_off));
     const auto table = stored(random_floats(vocab * D, 171 + D, -1, 1), dt());
     auto ttable = View(dev, table, dt(), table_off);
@@ -458,14 +459,14 @@ TEST_P(CudaPacked, ReduceOverSequence) {
   // Channels C at an offset: 64 (whole packs; at offset 3 every row starts 3 columns into a
   // pack: packs after a head), 100 (rows whole f32 packs, not bf16 ones: bf16 rows change phase
   // and go element by element), 37 (odd: element by element), 4100; the output's offset too.
-  for (const auto& [C, off, out_off] : std::vector<Placement>{
-           {64, 0, 0}, {64, 3, 1}, {100, 5, 0}, {37, 1, 2}, {4100, 6, 3}}) {
+  for (const auto& [C, off, out_off] :
+       std::vector<Placement>{{64, 0, 0}, {64, 3, 1}, {100, 5, 0}, {37, 1, 2}, {4100, 6, 3}}) {
     const auto act = stored(random_floats(B * T * C, 201 + C, -3, 3), dt());
     auto ta = View(dev, act, dt(), off);
     for (auto reduction :
          {SequenceReduction::Mean, SequenceReduction::L2, SequenceReduction::Variance}) {
-      SCOPED_TRACE(str("C=", C, " offsets ", off, "/", out_off, " reduction ",
-                       static_cast<int>(reduction)));
+      SCOPED_TRACE(
+          str("C=", C, " offsets ", off, "/", out_off, " reduction ", static_cast<int>(reduction)));
       auto out = View::poisoned(dev, B * C, DType::F32, out_off);
       dev.backend().reduce_over_sequence(out, ta, B, T, C, reduction);
       std::vector<float> want(B * C);

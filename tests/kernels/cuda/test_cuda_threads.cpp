@@ -9,8 +9,8 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/cuda/cuda_backend.h"
 #include "core/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace minitron {
 namespace {
@@ -33,7 +33,8 @@ Results run_ops() {
   const std::int64_t M = 4, N = 40, K = 29;
   cuda::CudaBackend backend(0);
   const auto a = random_values(M * K, 1), b = random_values(N * K, 2), w = random_values(N, 3);
-  BackendBuffer ta(backend, M * K, DType::BF16), tb(backend, N * K, DType::BF16), tw(backend, N, DType::F32);
+  BackendBuffer ta(backend, M * K, DType::BF16), tb(backend, N * K, DType::BF16),
+      tw(backend, N, DType::F32);
   backend.upload(ta, a.data());
   backend.upload(tb, b.data());
   backend.upload(tw, w.data());
@@ -43,7 +44,8 @@ Results run_ops() {
   backend.rmsnorm_forward(normed, rstd, product, tw, M, N, 1e-5f);
   backend.swiglu_forward(activated, product, normed, M * N);
   Results r;
-  for (auto [tensor, host] : {std::pair{&product, &r.product}, {&normed, &r.normed}, {&activated, &r.activated}}) {
+  for (auto [tensor, host] :
+       {std::pair{&product, &r.product}, {&normed, &r.normed}, {&activated, &r.activated}}) {
     host->resize(static_cast<std::size_t>(M * N));
     backend.download(host->data(), *tensor);
   }
@@ -59,7 +61,8 @@ TEST(CudaThreads, BackendsOnTwoThreadsMatchALoneThread) {
   for (int t = 0; t < kThreads; ++t)
     threads.emplace_back([&, t] {
       try {
-        for (int round = 0; round < kRounds; ++round) got[static_cast<std::size_t>(t)].push_back(run_ops());
+        for (int round = 0; round < kRounds; ++round)
+          got[static_cast<std::size_t>(t)].push_back(run_ops());
       } catch (const std::exception& e) {
         errors[static_cast<std::size_t>(t)] = e.what();
       }

@@ -6,8 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <vector>
 
 #include "core/bf16.h"
@@ -78,11 +78,12 @@ TEST_P(CudaTrainingStep, MatchesCpuEngine) {
     inputs[i] = static_cast<std::int32_t>((i * 37 + 5) % config.vocab_size);
     targets[i] = static_cast<std::int32_t>((i * 53 + 2) % config.vocab_size);
   }
-  targets[4] = -1;  // an ignored position
+  targets[4] = -1;                                                         // an ignored position
   LossWorkspace cpu_ws(*cpu, config.vocab_size, N, /*rows_per_chunk=*/5);  // several chunks
   LossWorkspace gpu_ws(*gpu, config.vocab_size, N, 5);
   OptimizerConfig oc;
-  oc.learning_rate = 1e-3;  // a typical fine-tuning rate: one step changes the loss by a few percent
+  oc.learning_rate =
+      1e-3;  // a typical fine-tuning rate: one step changes the loss by a few percent
   oc.warmup_steps = 0;
   oc.total_steps = 10;
   AdamW cpu_opt(cpu_model, oc), gpu_opt(gpu_model, oc);
@@ -147,13 +148,16 @@ TEST_P(CudaTrainingStep, MatchesCpuEngine) {
   EXPECT_LT(cpu_eval, cpu_loss);
   EXPECT_LT(gpu_eval, gpu_loss);
   EXPECT_NEAR(gpu_eval, cpu_eval, 1e-2 * cpu_eval);
-  std::printf("loss cpu %.6f gpu %.6f, eval after step cpu %.6f gpu %.6f, grad norm %.5f / %.5f, "
-              "update error %.4f\n", cpu_loss, gpu_loss, cpu_eval, gpu_eval, cpu_norm, gpu_norm,
-              update_error);
+  std::printf(
+      "loss cpu %.6f gpu %.6f, eval after step cpu %.6f gpu %.6f, grad norm %.5f / %.5f, "
+      "update error %.4f\n",
+      cpu_loss, gpu_loss, cpu_eval, gpu_eval, cpu_norm, gpu_norm, update_error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Head, CudaTrainingStep, ::testing::Values(false, true),
-                         [](const auto& info) { return std::string(info.param ? "tied" : "untied"); });
+                         [](const auto& info) {
+                           return std::string(info.param ? "tied" : "untied");
+                         });
 
 // Activation recomputation on the CUDA engine (bf16 activations, fp32 statistics): gradients
 // bit-identical to keeping every activation, also at a width whose rows start off a 16-byte
@@ -183,7 +187,8 @@ TEST(CudaTrainingMemory, RefusesParameterStateBeyondTheDevice) {
   Device device;
   Backend& gpu = device.backend();
   auto cpu = make_backend("cpu");
-  // bf16 weight 2 + fp32 gradient 4 + two fp32 moments 8 + fp32 master 4; fp32 on the CPU: 4 + 4 + 8.
+  // bf16 weight 2 + fp32 gradient 4 + two fp32 moments 8 + fp32 master 4; fp32 on the CPU: 4 + 4
+  // + 8.
   EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu), 18);
   EXPECT_EQ(AdamW::state_bytes_per_parameter(*cpu), 16);
   // 4e9 x 18 = 72e9 bytes = 67.1 GiB: fits.
@@ -200,7 +205,8 @@ TEST(CudaTrainingMemory, RefusesParameterStateBeyondTheDevice) {
   }
   // A 4e9 student beside an 8e9 bf16 teacher: 72e9 + 16e9 = 88e9 bytes = 82.0 GiB > 80 GiB.
   EXPECT_THROW(check_training_memory(gpu, 4'000'000'000, 8'000'000'000), Error);
-  EXPECT_NO_THROW(check_training_memory(gpu, 4'000'000'000, 3'000'000'000));  // 78e9 bytes = 72.6 GiB
+  EXPECT_NO_THROW(
+      check_training_memory(gpu, 4'000'000'000, 3'000'000'000));  // 78e9 bytes = 72.6 GiB
   // Data-parallel ranks each hold 1/world of the 12 bytes of AdamW state (ZeRO stage 1):
   // 2 + 4 + 12/8 = 7.5 bytes; the 8B state is 60226959360 bytes = 56.1 GiB on each of 8 ranks.
   EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu, 8), 7.5);
@@ -211,7 +217,9 @@ TEST(CudaTrainingMemory, RefusesParameterStateBeyondTheDevice) {
     ADD_FAILURE() << "an 8B training state on 2 ranks passed on an 80 GiB device";
   } catch (const Error& e) {
     const std::string message = e.what();
-    EXPECT_NE(message.find("(12 bytes each for the weight, its gradient and 1/2 of its AdamW state)"), std::string::npos)
+    EXPECT_NE(
+        message.find("(12 bytes each for the weight, its gradient and 1/2 of its AdamW state)"),
+        std::string::npos)
         << message;
     EXPECT_NE(message.find("needs 89.7 GiB"), std::string::npos) << message;
   }
