@@ -11,25 +11,9 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/util/temp_dir.h"
+
 namespace minitron::testing {
-
-// A directory unique to the running test, removed when the object goes out of scope.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::temp_directory_path() / (std::string("minitron-") + info->test_suite_name() + "-" +
-                                                      info->name() + "-" + std::to_string(::getpid()));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // Writes a shard byte by byte, independently of write_shard, so corruptions can be made.
 inline void write_raw_shard(const std::filesystem::path& path, std::int32_t magic, std::int32_t version,

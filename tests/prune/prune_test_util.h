@@ -18,6 +18,7 @@
 
 #include "kernels/make_backend.h"
 #include "model/llama.h"
+#include "tests/util/temp_dir.h"
 #include "util/error.h"
 
 namespace minitron::testing {
@@ -86,24 +87,6 @@ inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>
   for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::abs(double(a[i]) - b[i]));
   return m;
 }
-
-// A directory unique to the running test, removed when the object goes out of scope.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::temp_directory_path() / (std::string("minitron-") + info->test_suite_name() + "-" +
-                                                      info->name() + "-" + std::to_string(::getpid()));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
 
 #if defined(MINITRON_BINARY)
 // Runs the built `minitron` binary (MINITRON_BINARY) with args, capturing its exit status and
