@@ -184,7 +184,7 @@ std::string python_string_repr(const std::string& s) {
     else if (c == '\t')
       out += "\\t";
     else if (c < 0x20 || c == 0x7f) {
-      char hex[8];
+      char hex[16];  // "\\u" and 4 hex digits, with room for 8 so that GCC sees no truncation
       std::snprintf(hex, sizeof hex, "\\x%02x", c);
       out += hex;
     } else
@@ -208,7 +208,7 @@ std::uint32_t next_code_point(const std::string& s, std::size_t& i) {
 std::string json_string(const std::string& s, bool ensure_ascii) {
   std::string out = "\"";
   auto escape = [&](std::uint32_t code) {
-    char hex[8];
+    char hex[16];  // "\\u" and 4 hex digits, with room for 8 so that GCC sees no truncation
     std::snprintf(hex, sizeof hex, "\\u%04x", static_cast<unsigned>(code));
     out += hex;
   };
