@@ -101,7 +101,13 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
         b.copy(ce_logits, chunk.logits);
         b.kl_divergence(chunk.losses[0], chunk.logits, chunk.teacher_logits, chunk.rows, V, temperature_, kl_scale);
         b.cross_entropy(chunk.losses[1], ce_logits, chunk.targets, chunk.rows, V, ce_scale);
-        if (backpropagate) b.add_inplace(chunk.logits, ce_logits);  // both are now scaled gradients of the mixed loss
+        if (backpropagate) {
+          // The loss kernels write a gradient only for a scale != 0 and leave the logits as they
+          // were otherwise: a term that adds nothing (w = 1, or no counted target for CE) must not
+          // add its raw logits.
+          if (kl_scale == 0.0f) b.zero(chunk.logits);
+          if (ce_scale != 0.0f) b.add_inplace(chunk.logits, ce_logits);  // both scaled gradients now
+        }
       });
   const std::span<const double> kl = losses.first(static_cast<std::size_t>(rows)), ce = losses.subspan(kl.size());
   last_kl_ = std::accumulate(kl.begin(), kl.end(), 0.0) / static_cast<double>(rows);

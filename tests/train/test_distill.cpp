@@ -141,6 +141,20 @@ TEST(DistillationObjective, HardLabelMixIsTheWeightedSum) {
   for (std::size_t i = 0; i < expected.size(); ++i) expected[i] = (1 - w) * g_kl[i] + w * g_ce[i];
   // Summing the two dlogits before the head GEMM vs after the backward: fp32 reassociation.
   EXPECT_LE(testing::max_abs_diff(g_mix, expected), 1e-5 * std::max(1.0, testing::max_abs(expected)));
+  // The ends of the mix, where one term's gradient scale is 0: that term must add nothing (its
+  // kernel leaves the logits raw rather than writing a zero gradient). w = 1 is cross-entropy
+  // alone; a batch with no counted target is the KL part alone. Tolerances as above.
+  TeacherDistillationObjective hard_only(models.teacher, ws, 1.0f, 1.0f);
+  std::vector<float> g_hard;
+  run(hard_only, g_hard);
+  EXPECT_LE(testing::max_abs_diff(g_hard, g_ce), 1e-5 * std::max(1.0, testing::max_abs(g_ce)));
+  const std::vector<std::int32_t> ignored(targets.size(), -1);
+  models.student.zero_gradients();
+  mix.step(models.student, inputs, ignored, B, T, 1.0f);
+  models.student.backward();
+  const std::vector<float> g_unlabelled = gradients(models.student);
+  for (std::size_t i = 0; i < expected.size(); ++i) expected[i] = (1 - w) * g_kl[i];
+  EXPECT_LE(testing::max_abs_diff(g_unlabelled, expected), 1e-5 * std::max(1.0, testing::max_abs(expected)));
   EXPECT_THROW(TeacherDistillationObjective(models.teacher, ws, 1.0f, 1.5f), Error);
   EXPECT_THROW(TeacherDistillationObjective(models.teacher, ws, 0.0f, 0.0f), Error);
 }
