@@ -120,32 +120,34 @@ Tensor Backend::allocate(std::int64_t numel, DType dtype) {
 
 void Backend::upload(Tensor dst, const float* src) {
   const OpCheck check(*this, "upload");
-  check.dtype("dst", dst, kFloatDTypes);
+  check.tensor("dst", dst, kFloatDTypes, dst.numel);
   do_upload(dst, src);
 }
 
 void Backend::download(float* dst, Tensor src) {
   const OpCheck check(*this, "download");
-  check.dtype("src", src, kFloatDTypes);
+  check.tensor("src", src, kFloatDTypes, src.numel);
   do_download(dst, src);
 }
 
 void Backend::download_f64(double* dst, Tensor src) {
   const OpCheck check(*this, "download_f64");
-  check.dtype("src", src, kFloatDTypes);
+  check.tensor("src", src, kFloatDTypes, src.numel);
   do_download_f64(dst, src);
 }
 
 void Backend::upload_i32(Tensor dst, const std::int32_t* src) {
-  OpCheck(*this, "upload_i32").dtype("dst", dst, {DType::I32});
+  OpCheck(*this, "upload_i32").tensor("dst", dst, {DType::I32}, dst.numel);
   do_upload_i32(dst, src);
 }
 
 void Backend::copy(Tensor dst, Tensor src) {
   const OpCheck check(*this, "copy");
-  check.dtype("dst", dst, kFloatDTypes);
+  check.tensor("dst", dst, kFloatDTypes, dst.numel);
   check.count("src", src, dst.numel);
-  if (dst.dtype != src.dtype) check.separate("dst", dst, "src", src);
+  // The same tensor is a no-op; any other overlap is refused, since a device-to-device copy
+  // (cudaMemcpyAsync) is undefined on overlapping ranges where the CPU's memmove is not.
+  if (dst.data != src.data || dst.dtype != src.dtype) check.separate("dst", dst, "src", src);
   do_copy(dst, src);
 }
 
@@ -169,20 +171,20 @@ void Backend::add_inplace(Tensor dst, Tensor src) {
   const OpCheck check(*this, "add_inplace");
   DTypeSet accepted = check.storage();
   accepted.add(check.fp32());
-  check.dtype("dst", dst, accepted);
+  check.tensor("dst", dst, accepted, dst.numel);
   check.tensor("src", src, accepted, dst.numel);
   do_add_inplace(dst, src);
 }
 
 void Backend::scale_inplace(Tensor t, double factor) {
   const OpCheck check(*this, "scale_inplace");
-  check.dtype("t", t, check.storage().add(check.fp32()));
+  check.tensor("t", t, check.storage().add(check.fp32()), t.numel);
   do_scale_inplace(t, factor);
 }
 
 double Backend::sum_of_squares(Tensor t) {
   const OpCheck check(*this, "sum_of_squares");
-  check.dtype("t", t, check.storage().add(check.fp32()));
+  check.tensor("t", t, check.storage().add(check.fp32()), t.numel);
   return do_sum_of_squares(t);
 }
 

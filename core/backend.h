@@ -77,7 +77,8 @@ class Backend {
   // do_download_f64), widened from fp32 otherwise.
   void download_f64(double* dst, Tensor src);
   void upload_i32(Tensor dst, const std::int32_t* src);
-  // Any dtype to any float dtype, same numel. A converting copy must not overlap its source.
+  // Any dtype to any float dtype, same numel. dst and src are the same tensor (a no-op) or do
+  // not overlap.
   void copy(Tensor dst, Tensor src);
   virtual void synchronize() = 0;
 

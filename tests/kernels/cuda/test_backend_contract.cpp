@@ -64,6 +64,27 @@ std::vector<WrongCall> wrong_calls() {
          b.copy(Tensor{t.s6.tensor().data, 2, other}, t.s6.tensor().slice(0, 2));
        },
        "copy: dst overlaps src (expected separate tensors)"},
+      {"copy_shifted_in_place",  // memmove on a CPU, undefined for cudaMemcpyAsync: refused on both
+       [](Backend& b, ContractTensors& t) {
+         b.copy(t.s6.tensor().slice(1, 4), t.s6.tensor().slice(0, 4));
+       },
+       "copy: dst overlaps src (expected separate tensors)"},
+      {"scale_unallocated",
+       [](Backend& b, ContractTensors&) {
+         b.scale_inplace(Tensor{nullptr, 10, b.activation_dtype()}, 2.0);
+       },
+       "scale_inplace: t is unallocated (expected a tensor of 10 elements)"},
+      {"sum_of_squares_unallocated",
+       [](Backend& b, ContractTensors&) {
+         b.sum_of_squares(Tensor{nullptr, 3, DType::F32});
+       },
+       "sum_of_squares: t is unallocated (expected a tensor of 3 elements)"},
+      {"download_unallocated",
+       [](Backend& b, ContractTensors&) {
+         std::vector<float> host(5);
+         b.download(host.data(), Tensor{nullptr, 5, DType::F32});
+       },
+       "download: src is unallocated (expected a tensor of 5 elements)"},
       {"matmul_wrong_dtype",
        [](Backend& b, ContractTensors& t) { b.matmul(t.s4, t.s6, t.i2, 2, 2, 3, false, false); },
        "matmul: b is i32 (expected {act})"},
