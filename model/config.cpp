@@ -50,13 +50,17 @@ std::string get_string_or(const JsonField& config, const std::string& key, const
   return field ? field->as_string() : fallback;
 }
 
-// HF allows a token id field to be an int, a list of ints, or null.
+// HF allows a token id field to be an int, a list of ints, or null. Token ids are int32 wherever
+// they are used (generation stops on them), so a larger one is refused rather than wrapped.
 std::vector<std::int64_t> get_token_ids(const JsonField& config, const std::string& key, std::int64_t hf_default) {
   const JsonField field = config.at(key);
   if (!field.exists()) return {hf_default};
   if (field.is_null()) return {};
-  if (field.is_array()) return field.as_int_array<std::int64_t>();
-  return {field.as_int<std::int64_t>()};
+  if (field.is_array()) {
+    const std::vector<std::int32_t> ids = field.as_int_array<std::int32_t>();
+    return {ids.begin(), ids.end()};
+  }
+  return {field.as_int<std::int32_t>()};
 }
 
 json token_ids_to_json(const std::vector<std::int64_t>& ids) {

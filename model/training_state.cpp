@@ -43,6 +43,7 @@ TrainingProgress read_training_progress(const fs::path& dir) {
       parse_untrusted_json(read_text_file(progress_path(dir)), file, "valid JSON written by minitron train");
   const JsonField json(document, file);
   TrainingProgress progress;
+  progress.file = file;
   progress.step = json.at("step").as_int<std::int64_t>(0);
   progress.optimizer_steps = json.at("optimizer_steps").as_int<std::int64_t>(0);
   progress.loader = json.at("loader").raw();

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <span>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,7 @@ struct TrainingProgress {
   std::int64_t step = 0;             // optimizer steps done, the step to continue from
   std::int64_t optimizer_steps = 0;  // AdamW's own count, which its bias correction uses
   nlohmann::json loader;             // the data position (TrainLoader::state)
+  std::string file;                  // read_training_progress: the file it came from, for messages
   // The data order depends on these: a resume must use the same. world_size is 1 in files
   // written before data-parallel training.
   std::int64_t batch_size = 0, sequence_length = 0, grad_accumulation = 0, world_size = 1;

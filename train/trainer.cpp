@@ -18,6 +18,7 @@
 #include "model/checkpoint.h"
 #include "model/training_state.h"
 #include "train/evaluate.h"
+#include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/numbers.h"
@@ -152,7 +153,9 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
   model.set_parameters(params);
   optimizer.set_state(m, v, std::span<const float>(params).subspan(static_cast<std::size_t>(begin), part),
                       saved.optimizer_steps);
-  loader.restore(saved.loader);
+  // Under its key again, so that a refusal names the file and the field (loader.epoch).
+  const nlohmann::json loader_state = {{"loader", saved.loader}};
+  loader.restore(JsonField(loader_state, saved.file).at("loader"));
   objective.restore_state(dir);
   return saved.step;
 }

@@ -173,6 +173,10 @@ TEST(ModelConfig, Refusals) {
   missing_factor["rope_scaling"].erase("low_freq_factor");
   expect_refused(missing_factor, "low_freq_factor");
   expect_refused(with(tc::kLlama31_8B, "num_key_value_heads", 5), "num_key_value_heads");
+  // Token ids are int32 where they are used: 2^32 + 2 would stop generation at token 2.
+  expect_refused(with(tc::kLlama31_8B, "eos_token_id", 4294967298LL), "eos_token_id is 4294967298");
+  expect_refused(with(tc::kLlama31_8B, "eos_token_id", json::array({128001, 4294967298LL})), "eos_token_id[1]");
+  expect_refused(with(tc::kLlama31_8B, "bos_token_id", 7.5), "bos_token_id is 7.5");
   expect_refused(with(tc::kLlama31_8B, "num_key_value_heads", 0), "num_key_value_heads");
   expect_refused(with(tc::kLlama31_8B, "hidden_size", -4096), "hidden_size");
   expect_refused(with(tc::kLlama31_8B, "intermediate_size", 0), "intermediate_size");
