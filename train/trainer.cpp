@@ -40,21 +40,25 @@ static const std::regex& checkpoint_name_pattern() {
   return pattern;
 }
 
-fs::path latest_checkpoint(const fs::path& output) {
-  fs::path best;
-  std::int64_t best_step = -1;
-  if (!fs::is_directory(output)) return best;
+// The checkpoint-<step> directories under output, newest (highest step) first.
+std::vector<std::pair<std::int64_t, fs::path>> checkpoints_newest_first(const fs::path& output) {
+  std::vector<std::pair<std::int64_t, fs::path>> found;
+  if (!fs::is_directory(output)) return found;
   for (const auto& entry : fs::directory_iterator(output)) {
     std::smatch m;
-    std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) &&
-        has_training_state(entry.path())) {
-      const std::int64_t step =
-          parse_integer(entry.path().string(), m[1].str(), 0, std::numeric_limits<std::int64_t>::max());
-      if (step > best_step) best_step = step, best = entry.path();
-    }
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()))
+      found.emplace_back(parse_integer(entry.path().string(), m[1].str(), 0, std::numeric_limits<std::int64_t>::max()),
+                         entry.path());
   }
-  return best;
+  std::sort(found.begin(), found.end(), std::greater<>());
+  return found;
+}
+
+fs::path latest_checkpoint(const fs::path& output) {
+  for (const auto& [step, path] : checkpoints_newest_first(output))
+    if (has_training_state(path)) return path;
+  return {};
 }
 
 void check_training_output(const TrainOptions& options) {
@@ -199,15 +203,8 @@ void clean_interrupted_saves(const fs::path& output) {
 // directory under a checkpoint's name.
 void remove_old_checkpoints(const fs::path& output, const fs::path& written, std::int64_t limit) {
   if (limit <= 0) return;
-  std::vector<std::pair<std::int64_t, fs::path>> others;
-  for (const auto& entry : fs::directory_iterator(output)) {
-    std::smatch m;
-    const std::string name = entry.path().filename().string();
-    if (entry.is_directory() && std::regex_match(name, m, checkpoint_name_pattern()) && name != written.filename())
-      others.emplace_back(parse_integer(entry.path().string(), m[1].str(), 0, std::numeric_limits<std::int64_t>::max()),
-                          entry.path());
-  }
-  std::sort(others.begin(), others.end(), std::greater<>());
+  std::vector<std::pair<std::int64_t, fs::path>> others = checkpoints_newest_first(output);
+  std::erase_if(others, [&](const auto& checkpoint) { return checkpoint.second.filename() == written.filename(); });
   for (std::size_t i = static_cast<std::size_t>(limit - 1); i < others.size(); ++i) {
     const fs::path doomed = process_sibling(others[i].second, "removing");
     fs::rename(others[i].second, doomed);
