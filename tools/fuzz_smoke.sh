@@ -41,12 +41,15 @@ for target in "${targets[@]}"; do
   findings="$dir/findings/$target"
   mkdir -p "$corpus" "$findings"
   log="$dir/$target.log"
+  # A target's dictionary (tests/fuzz/<target>.dict: its grammar's tokens), when it has one.
+  dictionary=()
+  [ -f "$root/tests/fuzz/$target.dict" ] && dictionary=(-dict="$root/tests/fuzz/$target.dict")
   # -timeout: one input taking over 10 s is a hang; -rss_limit_mb: a parser must not allocate
   # gigabytes because a file says so. detect_leaks: every refusal must free what it built.
   if ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=0" \
      UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
      "$dir/tests/fuzz/$target" "$corpus" "$root/tests/fuzz/corpus/$target" -max_total_time="$seconds" \
-       -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$findings/" -print_final_stats=1 > "$log" 2>&1; then
+       -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$findings/" -print_final_stats=1 "${dictionary[@]}" > "$log" 2>&1; then
     echo "== $target: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$') runs in ${seconds} s, no finding"
   else
     echo "== $target: FAILED (log: $log; inputs: $findings)"
