@@ -63,6 +63,7 @@ std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<
     out.push_back(token);
     if (on_token) on_token(token);
     if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) != options.stop_tokens.end()) break;
+    if (options.stop_when && options.stop_when(out)) break;
     if (step + 1 == options.max_new_tokens) break;
     model.forward(std::span<const std::int32_t>(&out.back(), 1), 1, 1, forward_options);
     last_row = 0;

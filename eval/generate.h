@@ -20,6 +20,8 @@ struct SamplingOptions {
   double top_p = 1.0;        // nucleus: keep the most probable tokens whose mass reaches top_p
   std::uint64_t seed = 0;
   std::vector<std::int32_t> stop_tokens;  // generation ends after emitting one of these
+  // Also ends generation when it returns true for the tokens generated so far (stop strings).
+  std::function<bool(std::span<const std::int32_t> generated)> stop_when;
 };
 
 // Picks the next token from one row of logits: argmax (first maximum) when temperature is 0;
