@@ -18,6 +18,7 @@
 #include "data/tokenizer.h"
 #include "dist/communicator.h"
 #include "dist/environment.h"
+#include "eval/generate.h"
 #include "eval/results_report.h"
 #include "eval/run_task.h"
 #include "kernels/make_backend.h"
@@ -78,8 +79,7 @@ EvalSession open_session(const cxxopts::ParseResult& r, const std::string& model
   o.max_gen_toks = in_range<std::int64_t>(r, "max-gen-toks", 1, std::int64_t{1} << 24);
   o.encode.add_special_tokens = r.count("add-bos") > 0;
   o.encode.prefix_token = prefix_token_id(s.tokenizer);
-  for (std::int64_t id : s.checkpoint.config.eos_token_ids) o.stop_tokens.push_back(static_cast<std::int32_t>(id));
-  if (s.tokenizer.eos_id()) o.stop_tokens.push_back(*s.tokenizer.eos_id());
+  o.stop_tokens = end_of_text_tokens(s.checkpoint.config, s.tokenizer);
   check_sequence_length("--max-length", o.max_length, s.checkpoint.config);
   if (s.tokenizer.vocab_size() > s.checkpoint.config.vocab_size)
     fail_expected("--tokenizer", str("vocabulary of ", s.tokenizer.vocab_size(), " ids"),
@@ -194,11 +194,7 @@ int eval_suite(const cxxopts::ParseResult& r, const std::string& model_dir) {
   const std::string name = r["suite"].as<std::string>();
   const std::vector<SuiteTask>& tasks = suite_tasks(name);
   const std::filesystem::path dir = required<std::string>(r, "task-dir");
-  for (const SuiteTask& t : tasks)  // every file before the model loads: a missing export fails at once
-    for (const char* file : {t.task_file, t.fewshot_file})
-      if (file && !std::filesystem::is_regular_file(dir / file))
-        fail_expected("--task-dir", str((dir / file).string(), " does not exist"),
-                      str("the suite's files exported as eval/README.md shows (", task_kind_name(t.kind), ")"));
+  check_suite_files(name, dir);  // every file before the model loads: a missing export fails at once
   EvalSession s = open_session(r, model_dir);
   std::vector<TaskReport> reports;
   for (const SuiteTask& t : tasks) {
@@ -210,7 +206,7 @@ int eval_suite(const cxxopts::ParseResult& r, const std::string& model_dir) {
   if (r.count("json"))
     std::printf("%s\n", harness_results_json(reports, run_config(s, r)).dump().c_str());
   else
-    std::printf("\n%s", suite_table(name, model_dir, reports).c_str());
+    std::printf("\n%s", suite_table({{model_dir, suite_cells(name, reports)}}).c_str());
   return 0;
 }
 

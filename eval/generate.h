@@ -30,6 +30,10 @@ struct SamplingOptions {
 // renormalised, and sampled by inverse CDF with one uniform draw from rng.
 std::int32_t sample_token(std::span<const float> logits, double temperature, double top_p, Xoshiro256& rng);
 
+// The tokens that end a generation: the checkpoint's eos_token_id(s) and the tokenizer's EOS, as
+// transformers' generate stops on generation_config's eos_token_id.
+std::vector<std::int32_t> end_of_text_tokens(const ModelConfig& config, const Tokenizer& tokenizer);
+
 // Runs the prompt (>= 1 token) through the model with `cache` (cleared first), then generates
 // up to max_new_tokens tokens, calling on_token for each as soon as it is chosen. The model
 // needs max_batch >= 1, max_sequence >= prompt length, and the cache room for prompt +

@@ -72,20 +72,44 @@ const std::vector<SuiteTask>& suite_tasks(const std::string& name) {
 
 const char* suite_names() { return "minitron-base"; }
 
-std::string suite_table(const std::string& name, const std::string& model, std::span<const TaskReport> reports) {
-  const std::vector<SuiteTask>& tasks = suite_tasks(name);
-  std::string header = "| Model |", rule = "|---|", row = "| " + model + " |";
-  for (const SuiteTask& t : tasks) {
-    header += str(" ", t.column, " |");
-    rule += "---|";
-    const MetricRow* found = nullptr;
+void check_suite_files(const std::string& name, const std::filesystem::path& task_dir) {
+  for (const SuiteTask& t : suite_tasks(name))
+    for (const char* file : {t.task_file, t.fewshot_file})
+      if (file && !std::filesystem::is_regular_file(task_dir / file))
+        fail_expected("--task-dir", str((task_dir / file).string(), " does not exist"),
+                      str("the suite's files exported as eval/README.md shows (", task_kind_name(t.kind), ")"));
+}
+
+std::vector<SuiteCell> suite_cells(const std::string& name, std::span<const TaskReport> reports) {
+  std::vector<SuiteCell> cells;
+  for (const SuiteTask& t : suite_tasks(name)) {
+    SuiteCell cell{t.column, std::nullopt};
     for (const TaskReport& r : reports)
-      if (r.kind == t.kind) found = find_row(r.result, task_kind_name(t.kind), t.metric, t.filter);
-    char cell[32] = "-";
-    if (found) std::snprintf(cell, sizeof cell, "%.1f", 100.0 * found->value);
-    row += str(" ", cell, " |");
+      if (r.kind == t.kind)
+        if (const MetricRow* row = find_row(r.result, task_kind_name(t.kind), t.metric, t.filter))
+          cell.value = row->value;
+    cells.push_back(cell);
   }
-  return header + "\n" + rule + "\n" + row + "\n";
+  return cells;
+}
+
+std::string suite_table(const std::vector<std::pair<std::string, std::vector<SuiteCell>>>& rows) {
+  if (rows.empty()) return {};
+  std::string table = "| Model |";
+  for (const SuiteCell& c : rows.front().second) table += str(" ", c.column, " |");
+  table += "\n|---|";
+  for (std::size_t i = 0; i < rows.front().second.size(); ++i) table += "---|";
+  table += "\n";
+  for (const auto& [model, cells] : rows) {
+    table += "| " + model + " |";
+    for (const SuiteCell& c : cells) {
+      char cell[32] = "-";
+      if (c.value) std::snprintf(cell, sizeof cell, "%.1f", 100.0 * *c.value);
+      table += str(" ", cell, " |");
+    }
+    table += "\n";
+  }
+  return table;
 }
 
 }  // namespace minitron

@@ -10,8 +10,11 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -49,8 +52,18 @@ const std::vector<SuiteTask>& suite_tasks(const std::string& name);
 // The names suite_tasks accepts, for errors and help.
 const char* suite_names();
 
-// A Markdown table in the paper's layout: one row for `model`, one column per suite task, the
-// values in percent with one decimal as the papers print them.
-std::string suite_table(const std::string& name, const std::string& model, std::span<const TaskReport> reports);
+// Fails naming the first of the suite's files missing from `task_dir` (before any model loads).
+void check_suite_files(const std::string& name, const std::filesystem::path& task_dir);
+
+// One model's row of a suite's table: the column headers and the values (nullopt: not run).
+struct SuiteCell {
+  std::string column;
+  std::optional<double> value;
+};
+std::vector<SuiteCell> suite_cells(const std::string& name, std::span<const TaskReport> reports);
+
+// A Markdown table in the paper's layout: one row per (model, cells), one column per suite task,
+// the values in percent with one decimal as the papers print them.
+std::string suite_table(const std::vector<std::pair<std::string, std::vector<SuiteCell>>>& rows);
 
 }  // namespace minitron
