@@ -157,6 +157,16 @@ void print_training_summary(const TrainSummary& s, const TrainOptions& o) {
   std::printf("\nmodel saved to %s\n", (o.output / "model").c_str());
 }
 
+void silence_stdout() {
+  std::fflush(stdout);
+  // stdout stays a valid stream whatever happens; if /dev/null cannot be opened this rank
+  // just prints too.
+  if (const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC); null >= 0) {
+    ::dup2(null, STDOUT_FILENO);
+    ::close(null);
+  }
+}
+
 TrainingRun open_training_run(const cxxopts::ParseResult& r,
                               const std::function<void(Backend&, std::int64_t world_size)>& before_join) {
   TrainingRun run;
@@ -164,15 +174,7 @@ TrainingRun open_training_run(const cxxopts::ParseResult& r,
   const DistributedEnvironment& env = run.environment;
   // One log per run: the other ranks would print the same lines, rank 0's being the ones that
   // count (losses averaged over ranks). Errors still reach stderr from every rank.
-  if (!run.lead()) {
-    std::fflush(stdout);
-    // stdout stays a valid stream whatever happens; if /dev/null cannot be opened this rank
-    // just prints too.
-    if (const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC); null >= 0) {
-      ::dup2(null, STDOUT_FILENO);
-      ::close(null);
-    }
-  }
+  if (!run.lead()) silence_stdout();
   std::string device = choose_device(r["device"].as<std::string>());
   if (env.world_size > 1) device = device_for_local_rank(device, env.local_rank);
   run.backend = make_backend(device);

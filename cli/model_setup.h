@@ -55,6 +55,8 @@ struct TrainingRun {
   std::unique_ptr<Communicator> communicator;
   bool lead() const { return environment.rank == 0; }  // the rank that prints and writes
 };
+// Points stdout at /dev/null: the ranks of a data-parallel run other than 0 print nothing but errors.
+void silence_stdout();
 // Reads the environment, then: the backend for --device (with several ranks, cuda means
 // cuda:<LOCAL_RANK>, one GPU per process); `before_join` with the backend and the world size
 // (e.g. the memory check, so a run that cannot fit fails on every rank without waiting for the

@@ -37,6 +37,13 @@ std::int32_t sample_token(std::span<const float> logits, double temperature, dou
   return order[keep - 1];  // u rounded up to the total
 }
 
+std::vector<std::int32_t> end_of_text_tokens(const ModelConfig& config, const Tokenizer& tokenizer) {
+  std::vector<std::int32_t> ids;
+  for (std::int64_t id : config.eos_token_ids) ids.push_back(static_cast<std::int32_t>(id));
+  if (tokenizer.eos_id()) ids.push_back(*tokenizer.eos_id());
+  return ids;
+}
+
 std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<const std::int32_t> prompt,
                                    const SamplingOptions& options, const std::function<void(std::int32_t)>& on_token) {
   if (prompt.empty()) fail_expected("generate", "the prompt encodes to no tokens", "at least one prompt token");
@@ -63,6 +70,7 @@ std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<
     out.push_back(token);
     if (on_token) on_token(token);
     if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) != options.stop_tokens.end()) break;
+    if (options.stop_when && options.stop_when(out)) break;
     if (step + 1 == options.max_new_tokens) break;
     model.forward(std::span<const std::int32_t>(&out.back(), 1), 1, 1, forward_options);
     last_row = 0;

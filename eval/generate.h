@@ -20,6 +20,8 @@ struct SamplingOptions {
   double top_p = 1.0;        // nucleus: keep the most probable tokens whose mass reaches top_p
   std::uint64_t seed = 0;
   std::vector<std::int32_t> stop_tokens;  // generation ends after emitting one of these
+  // Also ends generation when it returns true for the tokens generated so far (stop strings).
+  std::function<bool(std::span<const std::int32_t> generated)> stop_when;
 };
 
 // Picks the next token from one row of logits: argmax (first maximum) when temperature is 0;
@@ -27,6 +29,10 @@ struct SamplingOptions {
 // smallest set of most probable tokens whose probability reaches top_p (at least one),
 // renormalised, and sampled by inverse CDF with one uniform draw from rng.
 std::int32_t sample_token(std::span<const float> logits, double temperature, double top_p, Xoshiro256& rng);
+
+// The tokens that end a generation: the checkpoint's eos_token_id(s) and the tokenizer's EOS, as
+// transformers' generate stops on generation_config's eos_token_id.
+std::vector<std::int32_t> end_of_text_tokens(const ModelConfig& config, const Tokenizer& tokenizer);
 
 // Runs the prompt (>= 1 token) through the model with `cache` (cleared first), then generates
 // up to max_new_tokens tokens, calling on_token for each as soon as it is chosen. The model

@@ -1,5 +1,11 @@
-// One multiple-choice task end to end: documents -> harness requests -> batched scoring on a
-// model built to the task's largest question -> metrics.
+// One task end to end: documents -> harness requests -> scoring on a model built to the task's
+// largest request -> metrics. Multiple choice: each question's choices as one batch of
+// log-likelihoods. Generative (gsm8k): greedy generation per document with a KV cache, stopped by
+// the task's stop sequences, the EOS token or the length limit, then each filter's exact match.
+// With a communicator of several ranks, rank r scores documents r, r + N, r + 2N, ... (the
+// harness's strided split) and the per-document scores are summed over ranks, so every rank ends
+// with the numbers of one process; the few-shot examples are still drawn for every document in
+// order, as one process draws them.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +14,8 @@
 
 #include "core/backend.h"
 #include "data/tokenizer.h"
+#include "dist/communicator.h"
+#include "eval/prompts.h"
 #include "eval/scoring.h"
 #include "eval/tasks.h"
 #include "model/config.h"
@@ -22,12 +30,20 @@ struct TaskRunOptions {
   std::int64_t max_length = 0;  // left-truncation length (0 = max_position_embeddings)
   EncodeOptions encode;
   bool show_progress = false;
+  PromptFormat format;  // --system-instruction, --apply-chat-template, --fewshot-as-multiturn
+  // Generative tasks: HFLM.max_gen_toks (256); the prompt is left-truncated to max_length minus this.
+  std::int64_t max_gen_toks = 256;
+  // Generative tasks: generation also ends at these tokens (the checkpoint's and tokenizer's EOS).
+  std::vector<std::int32_t> stop_tokens;
+  Communicator* communicator = nullptr;  // nullptr or one rank: every document here
 };
 
 struct TaskRunResult {
   std::vector<MetricRow> rows;
-  std::vector<QuestionResult> questions;         // in document order
-  std::int64_t max_batch = 0, max_sequence = 0;  // the model shape the task needed
+  std::vector<QuestionResult> questions;               // multiple choice, in document order
+  std::vector<std::vector<double>> generation_scores;  // generative: per document, 0/1 per filter
+  std::int64_t generations_at_limit = 0;               // generative: generations that reached max_gen_toks
+  std::int64_t max_batch = 0, max_sequence = 0;        // the model shape the task needed
 };
 
 // fewshot_pool: the documents examples are drawn from (nullptr: `docs` itself, each document
@@ -36,8 +52,8 @@ TaskRunResult run_task(TaskKind kind, const std::vector<TaskDoc>& docs, const st
                        const Tokenizer& tokenizer, const ModelConfig& config, std::span<const float> params,
                        Backend& backend, const TaskRunOptions& options);
 
-// The model shape (choices of the largest question, longest window) run_task needs, without
-// scoring: size a shared model with it. max_length 0 in options: config's max_position_embeddings.
+// The model shape (choices of the largest question, longest window) a multiple-choice task needs,
+// without scoring: size a shared model with it. max_length 0 in options: config's max_position_embeddings.
 struct TaskShape {
   std::int64_t max_batch = 0, max_sequence = 0;
 };
@@ -52,7 +68,8 @@ TaskRunResult run_task_on_model(TaskKind kind, const std::vector<TaskDoc>& docs,
                                 LossWorkspace& workspace, const TaskRunOptions& options,
                                 const ForwardOptions& forward = {});
 
-// The headline accuracy of a run: the "mmlu" average for mmlu, else the task's acc.
+// The headline accuracy of a run: the "mmlu" average for mmlu, strict-match exact_match for
+// gsm8k, else the task's acc.
 double task_accuracy(TaskKind kind, const TaskRunResult& result);
 
 }  // namespace minitron

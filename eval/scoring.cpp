@@ -5,6 +5,7 @@
 #include <limits>
 #include <map>
 
+#include "eval/answer_extraction.h"
 #include "util/error.h"
 
 namespace minitron {
@@ -115,6 +116,16 @@ bool QuestionResult::correct_norm() const {
   return static_cast<int>(argmax(normed)) == gold;
 }
 
+double QuestionResult::true_probability_mass() const {
+  double all = 0, true_mass = 0;
+  for (std::size_t i = 0; i < loglikelihoods.size(); ++i) {
+    const double p = std::exp(loglikelihoods[i]);
+    all += p;
+    if (static_cast<std::int64_t>(i) < true_count) true_mass += p;
+  }
+  return true_mass / all;
+}
+
 double mean_stderr(std::span<const double> scores) {
   const double n = static_cast<double>(scores.size());
   if (scores.size() < 2) return std::numeric_limits<double>::quiet_NaN();
@@ -139,8 +150,9 @@ double pooled_stderr(std::span<const double> stderrs, std::span<const std::int64
 }
 
 namespace {
-MetricRow make_row(const std::string& task, const std::string& metric, const std::vector<double>& scores) {
-  MetricRow row{task, metric, 0, mean_stderr(scores), static_cast<std::int64_t>(scores.size())};
+MetricRow make_row(const std::string& task, const std::string& metric, const std::vector<double>& scores,
+                   const std::string& filter = "none") {
+  MetricRow row{task, metric, filter, 0, mean_stderr(scores), static_cast<std::int64_t>(scores.size())};
   for (double s : scores) row.value += s;
   if (!scores.empty()) row.value /= static_cast<double>(scores.size());
   return row;
@@ -168,6 +180,11 @@ std::vector<MetricRow> task_metrics(TaskKind kind, std::span<const QuestionResul
     rows.push_back(average);
     return rows;
   }
+  if (kind == TaskKind::TruthfulQaMc2) {
+    std::vector<double> mass;
+    for (const QuestionResult& r : results) mass.push_back(r.true_probability_mass());
+    return {make_row(task_kind_name(kind), "acc", mass)};
+  }
   std::vector<double> acc, acc_norm;
   for (const QuestionResult& r : results) {
     acc.push_back(r.correct() ? 1.0 : 0.0);
@@ -175,6 +192,17 @@ std::vector<MetricRow> task_metrics(TaskKind kind, std::span<const QuestionResul
   }
   rows.push_back(make_row(task_kind_name(kind), "acc", acc));
   if (task_reports_acc_norm(kind)) rows.push_back(make_row(task_kind_name(kind), "acc_norm", acc_norm));
+  return rows;
+}
+
+std::vector<MetricRow> generation_metrics(TaskKind kind, std::span<const std::vector<double>> scores) {
+  const std::vector<std::string> filters = generation_filter_names(kind);
+  std::vector<MetricRow> rows;
+  for (std::size_t f = 0; f < filters.size(); ++f) {
+    std::vector<double> column;
+    for (const std::vector<double>& doc : scores) column.push_back(doc.at(f));
+    rows.push_back(make_row(task_kind_name(kind), "exact_match", column, filters[f]));
+  }
   return rows;
 }
 

@@ -62,13 +62,18 @@ struct QuestionResult {
   std::vector<std::int64_t> choice_lengths;
   int gold = 0;
   std::string subject;
-  bool correct() const;       // argmax of loglikelihoods (first on ties, as np.argmax) == gold
-  bool correct_norm() const;  // argmax of loglikelihood / len(choice) == gold
+  std::int64_t true_count = 0;  // truthfulqa_mc2: the leading choices that are true answers
+  bool correct() const;         // argmax of loglikelihoods (first on ties, as np.argmax) == gold
+  bool correct_norm() const;    // argmax of loglikelihood / len(choice) == gold
+  // truthfulqa_mc2 (utils.py process_results_mc2): sum(exp(ll) of the true answers) /
+  // sum(exp(ll) of all answers), with exp taken as it stands, as NumPy does.
+  double true_probability_mass() const;
 };
 
 struct MetricRow {
-  std::string task;    // "hellaswag", "mmlu_anatomy", "mmlu", ...
-  std::string metric;  // "acc", "acc_norm"
+  std::string task;             // "hellaswag", "mmlu_anatomy", "mmlu", ...
+  std::string metric;           // "acc", "acc_norm", "exact_match"
+  std::string filter = "none";  // the harness's filter name: "none", "strict-match", "flexible-extract"
   double value = 0;
   double stderr_value = 0;  // NaN when undefined (one document)
   std::int64_t count = 0;
@@ -81,7 +86,12 @@ double mean_stderr(std::span<const double> scores);
 double pooled_stderr(std::span<const double> stderrs, std::span<const std::int64_t> sizes);
 
 // Rows for one task: acc (and acc_norm where the harness reports it); for mmlu one row per
-// subject ("mmlu_<subject>", sorted) and the size-weighted average "mmlu".
+// subject ("mmlu_<subject>", sorted) and the size-weighted average "mmlu"; truthfulqa_mc2's acc is
+// the mean true probability mass.
 std::vector<MetricRow> task_metrics(TaskKind kind, std::span<const QuestionResult> results);
+
+// Rows of a generative task: exact_match per filter (generation_filter_names), from each
+// document's per-filter 0/1 scores.
+std::vector<MetricRow> generation_metrics(TaskKind kind, std::span<const std::vector<double>> scores);
 
 }  // namespace minitron

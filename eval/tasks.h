@@ -17,6 +17,14 @@
 //  - arc_easy / arc_challenge: lm_eval/tasks/arc/arc_easy.yaml: "Question: <q>\nAnswer:",
 //    choices = choices.text, gold = choices.label.index(answerKey).
 //  - multiple_choice: this project's generic layout {context, choices, label}.
+//  - gsm8k: lm_eval/tasks/gsm8k/gsm8k.yaml: "Question: <question>\nAnswer:", target = the whole
+//    answer (its "#### <number>" line included), few-shot from train (default sampler, K drawn).
+//  - gsm8k_cot: lm_eval/tasks/gsm8k/gsm8k-cot.yaml: "Q: <question>\nA:", target =
+//    answer.split('####')[-1].strip(); few-shot: the yaml's eight fixed exemplars (first_n).
+//  - truthfulqa_mc1 / truthfulqa_mc2: lm_eval/tasks/truthfulqa/truthfulqa_mc1.yaml (mc2 includes
+//    it): the fixed six-question QA preamble, "\n\nQ: <question>\nA:", choices =
+//    mc1_targets.choices (mc2_targets.choices), gold 0; mc2's true answers are the labels before
+//    the first 0 (utils.py process_results_mc2).
 // Every continuation is target_delimiter " " + choice; few-shot examples are
 // "<doc_to_text> <gold choice>" joined and followed by fewshot_delimiter "\n\n"
 // (lm_eval/api/samplers.py).
@@ -33,24 +41,47 @@
 
 namespace minitron {
 
-enum class TaskKind { HellaSwag, Winogrande, Mmlu, ArcEasy, ArcChallenge, MultipleChoice };
+enum class TaskKind {
+  HellaSwag,
+  Winogrande,
+  Mmlu,
+  ArcEasy,
+  ArcChallenge,
+  MultipleChoice,
+  Gsm8k,
+  Gsm8kCot,
+  TruthfulQaMc1,
+  TruthfulQaMc2
+};
 
-// "hellaswag", "winogrande", "mmlu", "arc_easy", "arc_challenge", "multiple_choice".
+// "hellaswag", "winogrande", "mmlu", "arc_easy", "arc_challenge", "multiple_choice", "gsm8k",
+// "gsm8k_cot", "truthfulqa_mc1", "truthfulqa_mc2".
 TaskKind parse_task_kind(const std::string& name);
 const char* task_kind_name(TaskKind kind);
+// The names parse_task_kind accepts, comma-separated (for flag help and errors).
+const char* task_kind_names();
 // Whether the harness reports acc_norm for the task (hellaswag, arc, generic) or acc only.
 bool task_reports_acc_norm(TaskKind kind);
+// Whether the task generates text (generate_until: gsm8k, gsm8k_cot) rather than scoring choices.
+bool task_is_generative(TaskKind kind);
+// The task yaml's num_fewshot, the harness's default when --num_fewshot is not given (gsm8k 5,
+// gsm8k_cot 8, the others 0).
+std::int64_t task_default_shots(TaskKind kind);
+// The task yaml's metadata.version, as the harness's results JSON reports it under "versions".
+double task_version(TaskKind kind);
 
 // One document after the harness's per-task processing.
 struct TaskDoc {
   std::string query;                 // doc_to_text (winogrande: the sentence before "_")
   std::vector<std::string> choices;  // doc_to_choice: what continuations are built from and
                                      // what acc_norm divides by (winogrande: the options)
-  std::string target;                // winogrande only: the shared continuation text
+  std::string target;                // winogrande: the shared continuation text; gsm8k, gsm8k_cot:
+                                     // doc_to_target (the reference answer, and a few-shot answer)
   int gold = 0;
-  std::string subject;    // mmlu only
-  nlohmann::json source;  // the JSON object as read: the harness removes the evaluated
-                          // document from its few-shot draw by dict equality
+  std::int64_t true_count = 0;  // truthfulqa_mc2: how many leading choices are true answers
+  std::string subject;          // mmlu only
+  nlohmann::json source;        // the JSON object as read: the harness removes the evaluated
+                                // document from its few-shot draw by dict equality
 };
 
 // The harness's HellaSwag text clean-up: strip, " [title]" -> ". ", drop "[...]" spans,
@@ -78,8 +109,22 @@ struct Question {
   std::string subject;
 };
 
-// The text one document contributes as a few-shot example, without the "\n\n" delimiter.
+// A few-shot example's two halves: what doc_to_text gives (winogrande: the gold option's context)
+// and its answer (the gold choice; winogrande: the shared continuation; gsm8k: the target). With a
+// chat template and --fewshot-as-multiturn they are a user and an assistant turn.
+std::string fewshot_question(TaskKind kind, const TaskDoc& doc);
+std::string fewshot_answer(TaskKind kind, const TaskDoc& doc);
+// The text one document contributes as a few-shot example, without the "\n\n" delimiter:
+// fewshot_question + " " + fewshot_answer.
 std::string fewshot_example(TaskKind kind, const TaskDoc& doc);
+// mmlu's description ("The following are multiple choice questions (with answers) about
+// <subject>.\n\n"); empty for the other tasks.
+std::string task_description(TaskKind kind, const std::string& subject);
+// The few-shot pool a task's yaml fixes (gsm8k_cot's eight exemplars), or nullptr when the
+// examples come from a split (--fewshot-file, or the evaluated file).
+const std::vector<TaskDoc>* builtin_fewshot_pool(TaskKind kind);
+// The QA preamble truthfulqa_mc1/mc2 put before every question (truthfulqa_mc1.yaml).
+extern const char* const kTruthfulQaPreamble;
 // The few-shot prefix: for mmlu the subject description, then each example + "\n\n".
 std::string fewshot_prefix(TaskKind kind, const std::string& subject, const std::vector<const TaskDoc*>& shots);
 // The requests for `doc` after `prefix`.
@@ -91,10 +136,11 @@ Question build_question(TaskKind kind, const TaskDoc& doc, const std::string& pr
 //    with one rnd = random.Random(1234) (fewshot_random_seed) per task, advanced across the
 //    documents in order (ContextSampler.get_context; Task.build_all_requests).
 //  - mmlu's first_n sampler: the first n documents of the subject's pool, then the same
-//    removal (FirstNSampler.sample).
+//    removal (FirstNSampler.sample); gsm8k_cot's first_n over its eight fixed exemplars.
 //  - n = shots + 1 when the task config's fewshot_split == test_split, else shots. In the
 //    harness's yaml files hellaswag and winogrande set neither (None == None: shots + 1),
-//    arc sets test_split only (shots), mmlu both, differently (shots). Without a few-shot
+//    arc sets test_split only (shots), mmlu both, differently (shots); gsm8k: train vs test
+//    (shots); gsm8k_cot: test_split only (shots); truthfulqa: neither (shots + 1). Without a few-shot
 //    file the pool is the evaluated file itself, i.e. fewshot_split == test_split (shots + 1).
 //  - x != doc is dict equality: TaskDoc::source compared as JSON values. The harness keeps
 //    fewer than `shots` examples when a drawn document equals the evaluated one and n = shots.

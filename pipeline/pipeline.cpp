@@ -11,6 +11,8 @@
 #include "data/dataloader.h"
 #include "data/shards.h"
 #include "data/tokenizer.h"
+#include "eval/generate.h"
+#include "eval/results_report.h"
 #include "eval/run_task.h"
 #include "kernels/make_backend.h"
 #include "model/checkpoint.h"
@@ -156,7 +158,8 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
     load_task_file(parse_task_kind(task.task), task.task_file);
     if (!task.fewshot_file.empty()) load_task_file(parse_task_kind(task.task), task.fewshot_file);
   }
-  if (!all_tasks.empty() && !fs::is_regular_file(recipe.teacher / "tokenizer.json"))
+  if (recipe.suite) check_suite_files(recipe.suite->name, recipe.suite->task_dir);
+  if ((!all_tasks.empty() || recipe.suite) && !fs::is_regular_file(recipe.teacher / "tokenizer.json"))
     fail_expected(str("recipe tasks (evaluation.tasks, importance.task) with teacher ", recipe.teacher.string()),
                   "the teacher has no tokenizer.json",
                   "a tokenizer.json beside the teacher's config.json (every derived model copies it)");
@@ -350,12 +353,42 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
         options.shots = task.shots;
         options.limit = task.limit;
         options.encode.prefix_token = prefix_token_id(tokenizer);
+        options.stop_tokens = end_of_text_tokens(checkpoint.config, tokenizer);
         const TaskRunResult tr = run_task(kind, docs, task.fewshot_file.empty() ? nullptr : &fewshot_docs, tokenizer,
                                           checkpoint.config, checkpoint.params, *backend, options);
         for (const MetricRow& row : tr.rows) {
-          entry["tasks"][row.task + "/" + row.metric] = row.value;
-          std::printf("  %-28s %s %s %.4f\n", "", row.task.c_str(), row.metric.c_str(), row.value);
+          const std::string metric = row.filter == "none" ? row.metric : row.metric + "," + row.filter;
+          entry["tasks"][row.task + "/" + metric] = row.value;
+          std::printf("  %-28s %s %s %.4f\n", "", row.task.c_str(), metric.c_str(), row.value);
         }
+      }
+      if (recipe.suite) {
+        const Tokenizer tokenizer = Tokenizer::load(m.dir);
+        TaskRunOptions options;
+        options.limit = recipe.suite->limit;
+        options.max_gen_toks = recipe.suite->max_gen_toks;
+        options.encode.prefix_token = prefix_token_id(tokenizer);
+        options.stop_tokens = end_of_text_tokens(checkpoint.config, tokenizer);
+        std::vector<TaskReport> reports;
+        for (const SuiteTask& t : suite_tasks(recipe.suite->name)) {
+          const fs::path dir = recipe.suite->task_dir;
+          const std::vector<TaskDoc> docs = load_task_file(t.kind, dir / t.task_file);
+          std::vector<TaskDoc> pool;
+          if (t.fewshot_file) pool = load_task_file(t.kind, dir / t.fewshot_file);
+          options.shots = t.shots;
+          TaskReport report{t.kind, t.shots, static_cast<std::int64_t>(docs.size()), {}};
+          report.result = run_task(t.kind, docs, t.fewshot_file ? &pool : nullptr, tokenizer, checkpoint.config,
+                                   checkpoint.params, *backend, options);
+          reports.push_back(std::move(report));
+        }
+        json cells = json::array();
+        for (const SuiteCell& c : suite_cells(recipe.suite->name, reports)) {
+          cells.push_back({{"column", c.column}, {"value", c.value ? json(*c.value) : json(nullptr)}});
+          if (c.value) std::printf("  %-28s %s %.4f\n", "", c.column.c_str(), *c.value);
+        }
+        const nlohmann::ordered_json harness =
+            harness_results_json(reports, {{"model", m.dir.string()}, {"limit", recipe.suite->limit}});
+        entry["suite"] = {{"name", recipe.suite->name}, {"cells", cells}, {"harness", json::parse(harness.dump())}};
       }
       results.push_back(entry);
     }

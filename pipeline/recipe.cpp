@@ -204,6 +204,20 @@ Recipe load_recipe(const std::filesystem::path& path) {
       if (!tasks->is_array()) tasks->refuse("a list of {task, task_file}");
       for (const JsonField& task : tasks->as_array()) recipe.tasks.push_back(read_task(task));
     }
+    if (std::optional<JsonField> suite = er.child("suite")) {
+      RecipeSuite rs;
+      Reader sr(*suite);
+      sr.get("name", rs.name);
+      sr.get("task_dir", rs.task_dir);
+      sr.get("limit", rs.limit);
+      sr.get("max_gen_toks", rs.max_gen_toks);
+      sr.finish();
+      if (rs.name.empty() || rs.task_dir.empty()) fail_expected(suite->where(), "name or task_dir missing", "both");
+      if (rs.limit < 0 || rs.max_gen_toks < 1)
+        fail_expected(suite->where(), str("limit ", rs.limit, ", max_gen_toks ", rs.max_gen_toks),
+                      "limit at least 0, max_gen_toks at least 1");
+      recipe.suite = rs;
+    }
     er.finish();
   }
   r.finish();

@@ -45,6 +45,14 @@ struct RecipeTask {
   std::string fewshot_file;  // the pool few-shot examples come from ("": the task file itself)
 };
 
+// evaluation.suite: a paper's table of lm-evaluation-harness tasks run on every model (eval --suite).
+struct RecipeSuite {
+  std::string name;                 // "minitron-base"
+  std::string task_dir;             // the exported task files (eval/README.md)
+  std::int64_t limit = 0;           // documents per task (0 = all)
+  std::int64_t max_gen_toks = 256;  // gsm8k's generation length limit
+};
+
 struct Recipe {
   std::string name;
   std::filesystem::path teacher;
@@ -61,6 +69,7 @@ struct Recipe {
   bool baseline = false;
   std::int64_t eval_windows = 0;  // 0: every validation window
   std::vector<RecipeTask> tasks;
+  std::optional<RecipeSuite> suite;
   std::string save_dtype = "bfloat16";
 };
 

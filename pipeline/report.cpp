@@ -7,6 +7,7 @@
 #include <limits>
 #include <sstream>
 
+#include "eval/results_report.h"
 #include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -175,6 +176,24 @@ void write_report(const Recipe& recipe, const fs::path& run_dir, const json& res
     }
     md << "\n";
     std::printf("\n");
+  }
+
+  // A suite of harness tasks (evaluation.suite): its table in the paper's layout, one row a model.
+  std::vector<std::pair<std::string, std::vector<SuiteCell>>> suite_rows;
+  std::string suite_name;
+  for (const JsonField& r : results.as_array()) {
+    if (!r.has("suite")) continue;
+    const JsonField suite = r.at("suite");
+    suite_name = suite.at("name").as_string();
+    std::vector<SuiteCell> cells;
+    for (const JsonField& c : suite.at("cells").as_array())
+      cells.push_back({c.at("column").as_string(),
+                       c.at("value").is_null() ? std::nullopt : std::optional<double>(c.at("value").as_float())});
+    suite_rows.emplace_back(r.at("label").as_string(), std::move(cells));
+  }
+  if (!suite_rows.empty()) {
+    md << "\n## " << suite_name << " (lm-evaluation-harness scores, %)\n\n" << suite_table(suite_rows);
+    std::printf("\n%s", suite_table(suite_rows).c_str());
   }
 
   // The claims the method makes, checked on this run's numbers.

@@ -88,10 +88,15 @@ RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED
 
 # A one-process command under a multi-process launch refuses before it reads anything, rather
 # than have every rank write the same files; a batch script's own Slurm variables are no launch.
+if SLURM_STEP_NUM_TASKS=4 SLURM_PROCID=2 "$MINITRON" generate --model parallel/model --prompt x \
+    > generate.out 2>&1; then fail "generate under a 4-process launch succeeded"; fi
+grep -qx "minitron: error: minitron generate: launched as 4 processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS) (expected one process: train, correct, distill and eval (--task, --suite) are the data-parallel commands)" generate.out \
+  || { cat generate.out; fail "generate under a 4-process launch: wrong message"; }
+# eval runs data-parallel for tasks (tests/eval/test_eval_generation_cli.sh), not for perplexity.
 if SLURM_STEP_NUM_TASKS=4 SLURM_PROCID=2 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin \
-    > eval.out 2>&1; then fail "eval under a 4-process launch succeeded"; fi
-grep -qx "minitron: error: minitron eval: launched as 4 processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS) (expected one process: train, correct and distill are the data-parallel commands)" eval.out \
-  || { cat eval.out; fail "eval under a 4-process launch: wrong message"; }
+    > eval.out 2>&1; then fail "eval --data under a 4-process launch succeeded"; fi
+grep -qx "minitron: error: minitron eval --data: launched as several processes (expected one process for perplexity (--task and --suite evaluate data-parallel))" eval.out \
+  || { cat eval.out; fail "eval --data under a 4-process launch: wrong message"; }
 SLURM_NTASKS=4 SLURM_PROCID=0 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin --sequence-length 32 > eval.out 2>&1 \
   || { cat eval.out; fail "eval in a batch script's environment (SLURM_NTASKS, no job step) was refused"; }
 

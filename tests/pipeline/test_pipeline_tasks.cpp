@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <utility>
 
@@ -284,6 +285,99 @@ TEST(PipelineTasks, RefusesBadTasksBeforeAnyStep) {
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.err.find("no tokenizer.json"), std::string::npos) << r.err;
   EXPECT_EQ(r.out.find("== step"), std::string::npos) << r.out;
+}
+
+// evaluation.suite: every model runs the paper's suite; report.md gets its table (one row a
+// model) and each model's cells are the numbers `minitron eval --suite` gives on its checkpoint.
+TEST(PipelineTasks, SuiteTableInTheReportEqualsEvalSuite) {
+  testing::TempDir dir;
+  write_teacher_and_shards(dir.path(), 17);
+  const fs::path tasks = dir / "tasks";
+  fs::create_directories(tasks);
+  auto lines = [&](const std::string& name, int n, const std::function<nlohmann::json(int)>& doc) {
+    std::ofstream out(tasks / name);
+    for (int i = 0; i < n; ++i) out << doc(i).dump() << "\n";
+  };
+  const std::vector<std::string> words = {"cat", "dog", "sun", "sea", "hat", "cup", "pen", "box", "map", "owl"};
+  auto w = [&](int i) { return words[static_cast<std::size_t>(i) % words.size()]; };
+  auto wino = [&](int i) {
+    return nlohmann::json{{"sentence", "The " + w(i) + " saw the " + w(i + 1) + " so _ ran."},
+                          {"option1", w(i)},
+                          {"option2", w(i + 1)},
+                          {"answer", i % 2 ? "1" : "2"}};
+  };
+  auto arc = [&](int i) {
+    return nlohmann::json{{"question", "Which is a " + w(i) + "?"},
+                          {"choices", {{"text", {w(i), w(i + 2), w(i + 3)}}, {"label", {"A", "B", "C"}}}},
+                          {"answerKey", "A"}};
+  };
+  auto mmlu = [&](int i) {
+    return nlohmann::json{{"question", "Pick " + w(i)},
+                          {"choices", {w(i), w(i + 1), w(i + 2), w(i + 3)}},
+                          {"answer", 0},
+                          {"subject", "art"}};
+  };
+  auto hella = [&](int i) {
+    return nlohmann::json{{"activity_label", "Walk"},
+                          {"ctx_a", "The " + w(i) + " walks."},
+                          {"ctx_b", "then it"},
+                          {"endings", {"sits", "runs", "eats", "naps"}},
+                          {"label", "1"}};
+  };
+  auto gsm = [&](int i) { return nlohmann::json{{"question", "How many " + w(i) + "s?"}, {"answer", "#### 4"}}; };
+  lines("winogrande_validation.jsonl", 2, wino);
+  lines("winogrande_train.jsonl", 6, wino);
+  lines("arc_challenge_test.jsonl", 2, arc);
+  lines("arc_challenge_train.jsonl", 25, arc);
+  lines("mmlu_test.jsonl", 2, mmlu);
+  lines("mmlu_dev.jsonl", 5, mmlu);
+  lines("hellaswag_validation.jsonl", 2, hella);
+  lines("hellaswag_train.jsonl", 11, hella);
+  lines("gsm8k_test.jsonl", 2, gsm);
+  lines("gsm8k_train.jsonl", 5, gsm);
+  fs::copy_file(source("tests/eval/data/truthfulqa_mc.jsonl"), tasks / "truthfulqa_mc_validation.jsonl");
+
+  const nlohmann::json recipe = {
+      {"name", "tiny-suite"},
+      {"teacher", (dir / "teacher").string()},
+      {"device", "cpu"},
+      {"batch_size", 2},
+      {"sequence_length", 16},
+      {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "val.bin").string()}}},
+      {"correction", {{"enabled", false}}},
+      {"importance", {{"samples", 4}, {"layer_windows", 2}}},
+      {"students", {{{"name", "depth"}, {"num_layers", 2}}}},
+      {"distillation", {{"steps", 1}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
+      {"evaluation",
+       {{"eval_windows", 1},
+        {"suite", {{"name", "minitron-base"}, {"task_dir", tasks.string()}, {"limit", 1}, {"max_gen_toks", 8}}}}}};
+  std::ofstream(dir / "recipe.json") << recipe.dump(2);
+  const CommandResult r =
+      minitron(dir, str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  const std::string report_md = slurp(dir / "run" / "report.md");
+  EXPECT_NE(report_md.find("## minitron-base (lm-evaluation-harness scores, %)\n\n| Model | Winogrande (5) | ARC "
+                           "Challenge (25) | MMLU (5) | HellaSwag (10) | GSM8K (5) | TruthfulQA (0) |"),
+            std::string::npos)
+      << report_md;
+  const nlohmann::json report = nlohmann::json::parse(slurp(dir / "run" / "report.json"));
+  ASSERT_EQ(report["models"].size(), 3u);
+  for (const nlohmann::json& m : report["models"]) {
+    SCOPED_TRACE(m["key"].get<std::string>());
+    const CommandResult e =
+        minitron(dir, str("eval --model ", m["dir"].get<std::string>(), " --suite minitron-base", " --task-dir ",
+                          tasks.string(), " --limit 1 --max-gen-toks 8", " --device cpu --json"));
+    ASSERT_EQ(e.status, 0) << e.err;
+    const nlohmann::json harness = nlohmann::json::parse(e.out);
+    const nlohmann::json& cells = m["suite"]["cells"];
+    ASSERT_EQ(cells.size(), 6u);
+    const std::vector<std::pair<std::string, std::string>> where = {
+        {"winogrande", "acc,none"},     {"arc_challenge", "acc_norm,none"},    {"mmlu", "acc,none"},
+        {"hellaswag", "acc_norm,none"}, {"gsm8k", "exact_match,strict-match"}, {"truthfulqa_mc2", "acc,none"}};
+    for (std::size_t i = 0; i < where.size(); ++i)  // the same code and weights: bit-identical
+      EXPECT_EQ(cells[i]["value"].get<double>(), harness["results"][where[i].first][where[i].second].get<double>())
+          << where[i].first;
+  }
 }
 
 }  // namespace
