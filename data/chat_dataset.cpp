@@ -51,6 +51,22 @@ RenderedConversation render_with_assistant_spans(const ChatTemplate& chat_templa
   return out;
 }
 
+std::string assistant_end_of_turn(const ChatTemplate& chat_template, const ChatTemplateInput& variables) {
+  const std::string answer = "minitron probe answer";
+  ChatTemplateInput probe = variables;
+  probe.messages = {ChatMessage{"user", "minitron probe question"}, ChatMessage{"assistant", answer}};
+  const RenderedConversation r =
+      render_with_assistant_spans(chat_template, probe, 0, "the chat template's end of turn");
+  if (r.trained_spans.empty()) return "";
+  const std::string span =
+      r.text.substr(r.trained_spans[0].first, r.trained_spans[0].second - r.trained_spans[0].first);
+  const std::size_t at = span.rfind(answer);
+  std::string tail = at == std::string::npos ? std::string() : span.substr(at + answer.size());
+  std::size_t begin = 0;
+  while (begin < tail.size() && is_space(tail[begin])) ++begin;
+  return tail.substr(begin);  // the span already ends without whitespace
+}
+
 MaskedDocument tokenize_rendered(const Tokenizer& tokenizer, const RenderedConversation& rendered,
                                  bool train_on_prompt) {
   MaskedDocument doc;

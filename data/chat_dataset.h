@@ -39,6 +39,12 @@ struct RenderedConversation {
 RenderedConversation render_with_assistant_spans(const ChatTemplate& chat_template, const ChatTemplateInput& base,
                                                  std::size_t first_trained, const std::string& what);
 
+// The text the template writes after an assistant message's content to end the turn, without
+// surrounding whitespace ("<|eot_id|>" for Llama 3, "</s>" for Mistral [INST], "<|im_end|>" for
+// ChatML), found by rendering a probe conversation (one user and one assistant turn) with
+// `variables`; empty when the template writes nothing there.
+std::string assistant_end_of_turn(const ChatTemplate& chat_template, const ChatTemplateInput& variables);
+
 // A document's tokens and its loss mask (1: a target the loss counts).
 struct MaskedDocument {
   std::vector<std::int32_t> tokens;

@@ -74,6 +74,18 @@ TEST(ChatSpans, Llama3LayoutTakesContentAndEotId) {
   EXPECT_EQ(trained_texts(r), (std::vector<std::string>{"Hello!<|eot_id|>", "Bye<|eot_id|>"}));
 }
 
+TEST(ChatSpans, EndOfTurnMarkers) {
+  EXPECT_EQ(assistant_end_of_turn(ChatTemplate(fixture_template("chatml.jinja")), ChatTemplateInput{}), "<|im_end|>");
+  EXPECT_EQ(
+      assistant_end_of_turn(ChatTemplate(fixture_template("mistral_inst.jinja")), conversation({}, "<s>", "</s>")),
+      "</s>");
+  EXPECT_EQ(assistant_end_of_turn(ChatTemplate(kLlama3Layout), conversation({}, "<|begin_of_text|>", "<|eot_id|>")),
+            "<|eot_id|>");
+  EXPECT_EQ(
+      assistant_end_of_turn(ChatTemplate("{% for m in messages %}{{ m.content }}\n{% endfor %}"), ChatTemplateInput{}),
+      "");
+}
+
 TEST(ChatSpans, FirstTrainedSkipsEarlierAssistantTurns) {
   const ChatTemplate t(fixture_template("chatml.jinja"));
   const RenderedConversation r = render_with_assistant_spans(t, conversation(kTwoTurns), 2, "test");
