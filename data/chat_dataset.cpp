@@ -1,5 +1,6 @@
 #include "data/chat_dataset.h"
 
+#include <algorithm>
 #include <limits>
 #include <string_view>
 
@@ -70,20 +71,24 @@ std::string assistant_end_of_turn(const ChatTemplate& chat_template, const ChatT
 MaskedDocument tokenize_rendered(const Tokenizer& tokenizer, const RenderedConversation& rendered,
                                  bool train_on_prompt) {
   MaskedDocument doc;
-  const std::string_view text = rendered.text;
-  auto add = [&](std::size_t begin, std::size_t end, bool trained) {
-    if (end <= begin) return;
-    const std::vector<std::int32_t> ids = tokenizer.encode(text.substr(begin, end - begin));
-    doc.tokens.insert(doc.tokens.end(), ids.begin(), ids.end());
-    doc.loss_mask.insert(doc.loss_mask.end(), ids.size(), trained || train_on_prompt ? 1 : 0);
+  doc.tokens = tokenizer.encode(rendered.text);
+  doc.loss_mask.assign(doc.tokens.size(), train_on_prompt ? 1 : 0);
+  if (train_on_prompt) return doc;
+  // The token index of character boundary c: the tokens of text[:c], when they begin the whole
+  // text's tokens; otherwise a token straddles c, and `straddler_after` says whether it counts
+  // to the part after c (a span's start) or before it (a span's end), so that a token holding
+  // any trained character is trained.
+  auto token_boundary = [&](std::size_t c, bool straddler_after) {
+    const std::vector<std::int32_t> prefix = tokenizer.encode(std::string_view(rendered.text).substr(0, c));
+    std::size_t common = 0;
+    while (common < prefix.size() && common < doc.tokens.size() && prefix[common] == doc.tokens[common]) ++common;
+    if (common == prefix.size() || straddler_after) return common;
+    return std::min(common + 1, doc.tokens.size());
   };
-  std::size_t at = 0;
   for (const auto& [begin, end] : rendered.trained_spans) {
-    add(at, begin, false);
-    add(begin, end, true);
-    at = end;
+    const std::size_t first = token_boundary(begin, true), last = token_boundary(end, false);
+    for (std::size_t k = first; k < last; ++k) doc.loss_mask[k] = 1;
   }
-  add(at, text.size(), false);
   return doc;
 }
 

