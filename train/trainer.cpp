@@ -382,7 +382,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   // With masked_targets a step's micro-batches are all read first, to count their targets.
   const std::int64_t held = options.masked_targets ? options.grad_accumulation : 1;
   std::vector<std::int32_t> inputs(static_cast<std::size_t>(held * B * T)), targets(inputs.size());
-  std::vector<double> counted(static_cast<std::size_t>(held));
+  // With masked_targets: each micro-batch's counted targets, then its share of the step's.
+  std::vector<double> micro_shares(static_cast<std::size_t>(held));
   TrainSummary summary;
   const auto t0 = std::chrono::steady_clock::now();
   auto window_start = t0;
@@ -402,18 +403,18 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
       for (std::int64_t micro = 0; micro < held; ++micro) {
         const std::span<std::int32_t> micro_targets = std::span(targets).subspan(micro * B * T, B * T);
         loader.next(std::span(inputs).subspan(micro * B * T, B * T), micro_targets);
-        counted[micro] = static_cast<double>(
+        micro_shares[micro] = static_cast<double>(
             std::count_if(micro_targets.begin(), micro_targets.end(), [](std::int32_t t) { return t >= 0; }));
       }
-      std::vector<double> step_count = {std::accumulate(counted.begin(), counted.end(), 0.0)};
+      std::vector<double> step_count = {std::accumulate(micro_shares.begin(), micro_shares.end(), 0.0)};
       communicator.all_reduce_sum(step_count);
-      for (double& c : counted) c = step_count[0] > 0 ? c / step_count[0] : 0.0;
+      for (double& share : micro_shares) share = step_count[0] > 0 ? share / step_count[0] : 0.0;
     }
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
       float weight = micro_weight;
       std::span<const std::int32_t> micro_inputs = inputs, micro_targets = targets;
       if (options.masked_targets) {
-        weight = static_cast<float>(counted[micro]);
+        weight = static_cast<float>(micro_shares[micro]);
         micro_inputs = micro_inputs.subspan(micro * B * T, B * T);
         micro_targets = micro_targets.subspan(micro * B * T, B * T);
       } else {
