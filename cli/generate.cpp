@@ -26,7 +26,7 @@ namespace {
 // --chat: the conversation from --messages and --system, then each --user turn answered in
 // order, then (interactive) one turn per line of standard input.
 int chat(const cxxopts::ParseResult& r, const std::string& model_dir, const Tokenizer& tokenizer,
-         const std::filesystem::path& tokenizer_dir, const LoadedCheckpoint& checkpoint, SamplingOptions sampling) {
+         const std::filesystem::path& tokenizer_dir, SamplingOptions sampling) {
   if (r.count("prompt")) fail_expected("--prompt", "given with --chat", "--user TEXT or --messages FILE with --chat");
   if (r.count("no-bos")) fail_expected("--no-bos", "given with --chat", "the chat template to write BOS or not");
   const ChatSetup setup = load_chat_setup(r, tokenizer_dir);
@@ -36,10 +36,10 @@ int chat(const cxxopts::ParseResult& r, const std::string& model_dir, const Toke
     const std::string path = r["messages"].as<std::string>();
     conversation.messages = parse_conversation(read_json_file(path, "--messages"), "--messages " + path);
   }
+  if (r.count("system") && !conversation.messages.empty() && conversation.messages[0].role == "system")
+    fail_expected("--system", "given, but --messages begins with a system message", "one system message");
   if (r.count("system"))
     conversation.messages.insert(conversation.messages.begin(), ChatMessage{"system", r["system"].as<std::string>()});
-  if (!r.count("ignore-eos"))
-    sampling.stop_tokens = chat_stop_tokens(chat_template, setup.variables, tokenizer, checkpoint.config, model_dir);
   const std::vector<std::string> turns =
       r.count("user") ? r["user"].as<std::vector<std::string>>() : std::vector<std::string>();
   const bool interactive = r.count("interactive") > 0 ||
@@ -49,6 +49,9 @@ int chat(const cxxopts::ParseResult& r, const std::string& model_dir, const Toke
     fail_expected("generate --chat", "no user turn to answer",
                   "--user TEXT, --messages FILE ending with a user message, or --interactive (a terminal)");
 
+  const LoadedCheckpoint checkpoint = load_checkpoint(model_dir);  // after every check of the flags
+  if (!r.count("ignore-eos"))
+    sampling.stop_tokens = chat_stop_tokens(chat_template, setup.variables, tokenizer, checkpoint.config, model_dir);
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   ChatSession session(checkpoint, *backend, tokenizer, chat_template, conversation, sampling);
   auto answer = [&] {
@@ -120,16 +123,17 @@ int generate(int argc, char** argv) {
     for (const char* flag : {"messages", "system", "user", "interactive", "tokenizer-config", "chat-template", "date"})
       if (r.count(flag)) fail_expected(str("--", flag), "given without --chat", "--chat");
 
+  const std::string prompt = r.count("chat") ? std::string() : required<std::string>(r, "prompt");
+
   const std::string tokenizer_path = r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir;
   const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
-  LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   if (r.count("chat")) {
     const std::filesystem::path tokenizer_dir = std::filesystem::is_directory(tokenizer_path)
                                                     ? std::filesystem::path(tokenizer_path)
                                                     : std::filesystem::path(tokenizer_path).parent_path();
-    return chat(r, model_dir, tokenizer, tokenizer_dir, checkpoint, sampling);
+    return chat(r, model_dir, tokenizer, tokenizer_dir, sampling);
   }
-  const std::string prompt = required<std::string>(r, "prompt");
+  LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   std::vector<std::int32_t> ids = tokenizer.encode(prompt, /*add_special_tokens=*/!r.count("no-bos"));
   if (ids.empty() && tokenizer.bos_id()) ids.push_back(*tokenizer.bos_id());
   if (ids.empty()) fail_expected("--prompt", "encodes to no tokens", "a non-empty prompt");

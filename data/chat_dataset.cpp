@@ -219,7 +219,14 @@ ChatTokenizeSummary tokenize_chat_to_shards(const Tokenizer& tokenizer, const Ch
       const std::string what = str(input.string(), " line ", line);
       const nlohmann::json record =
           parse_untrusted_json(content, what, "one JSON object per line (TRL's conversational or prompt-completion)");
-      documents.push_back(tokenize_chat_record(tokenizer, chat_template, record, options, what));
+      try {
+        documents.push_back(tokenize_chat_record(tokenizer, chat_template, record, options, what));
+      } catch (const Error& e) {
+        // The template's own refusals (raise_exception, an undefined variable) name the template
+        // line; the data line is what the user must find.
+        if (std::string_view(e.what()).starts_with(what)) throw;
+        fail(str(what, ": ", e.what()));
+      }
       if (documents.back().tokens.empty())
         fail_expected(what, "it renders to no token", "a conversation the template renders to some text");
     }

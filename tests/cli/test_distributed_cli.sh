@@ -90,7 +90,7 @@ RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED
 # than have every rank write the same files; a batch script's own Slurm variables are no launch.
 if SLURM_STEP_NUM_TASKS=4 SLURM_PROCID=2 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin \
     > eval.out 2>&1; then fail "eval under a 4-process launch succeeded"; fi
-grep -qx "minitron: error: minitron eval: launched as 4 processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS) (expected one process: train, correct and distill are the data-parallel commands)" eval.out \
+grep -qx "minitron: error: minitron eval: launched as 4 processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS) (expected one process: train, sft, correct and distill are the data-parallel commands)" eval.out \
   || { cat eval.out; fail "eval under a 4-process launch: wrong message"; }
 SLURM_NTASKS=4 SLURM_PROCID=0 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin --sequence-length 32 > eval.out 2>&1 \
   || { cat eval.out; fail "eval in a batch script's environment (SLURM_NTASKS, no job step) was refused"; }

@@ -144,6 +144,8 @@ python3 -c 'import json; json.dump({"eos_token_id": list(range(512))}, open("sto
   --user "It was a fine day" --max-new-tokens 8 --ignore-eos > ignored.txt
 [ -n "$(cat ignored.txt)" ] || fail "--ignore-eos gave nothing"
 expect_error "generate --chat: no user turn to answer" chat --system "Be brief." < /dev/null
+python3 -c 'import json; json.dump([{"role": "system", "content": "S"}, {"role": "user", "content": "u"}], open("with_system.json", "w"))'
+expect_error "--system: given, but --messages begins with a system message" chat --messages with_system.json --system T
 expect_error "--user: given without --chat" \
   "$MINITRON" generate --model full/model --prompt x --user y --device cpu
 expect_error "--prompt: given with --chat" chat --prompt x --user y

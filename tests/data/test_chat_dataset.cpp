@@ -185,7 +185,10 @@ std::string error_of(const std::function<void()>& f) {
 }
 
 TEST_F(ByteTokenizer, BadLinesAreRefusedWithTheirLineNumberAndNothingIsWritten) {
-  const ChatTemplate t(fixture_template("chatml.jinja"));
+  const ChatTemplate t(
+      "{% for m in messages %}{% if m.content == 'raise' %}{{ raise_exception('no raise') }}{% endif %}"
+      "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}");
   const std::string good =
       R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})";
   struct Case {
@@ -205,6 +208,9 @@ TEST_F(ByteTokenizer, BadLinesAreRefusedWithTheirLineNumberAndNothingIsWritten) 
       {R"({"prompt": "Q", "completion": [{"role": "assistant", "content": "A"}]})",
        "(expected a string, as the prompt is)"},
       {R"({"messages": [)", "not valid JSON"},
+      // The template's own refusal, under the data line.
+      {R"({"messages": [{"role": "user", "content": "raise"}, {"role": "assistant", "content": "Yo"}]})",
+       "data.jsonl line 3: chat template line 1 column"},
   };
   for (const Case& c : cases) {
     TempDir dir;
