@@ -95,6 +95,13 @@ first=$(grep -m1 "^step 1/12" full.log | sed 's/.*cross_entropy \([0-9.]*\).*/\1
 last=$(grep "^step 12/12" full.log | sed 's/.*cross_entropy \([0-9.]*\).*/\1/')
 python3 -c "import sys; a,b=map(float,sys.argv[1:]); sys.exit(0 if b < a - 0.5 else 1)" "$first" "$last" \
   || fail "loss did not go down ($first -> $last)"
+# eval on an SFT shard counts the unmasked targets only: the same loss and count as sft's validation.
+"$MINITRON" eval --model full/model --data sft/chat_val_000000.bin --sequence-length 64 --device cpu > eval.log 2>/dev/null
+validation=$(grep "^step 12 | validation loss" full.log | sed 's/.*validation loss \([0-9.]*\) .* \([0-9]*\) tokens/\1 \2/')
+evaluated=$(grep "^loss" eval.log | sed 's/loss \([0-9.]*\) nats.* \([0-9]*\) tokens in .*/\1 \2/')
+[ "$validation" = "$evaluated" ] || fail "eval on the SFT validation shard ($evaluated) differs from sft's ($validation)"
+python3 -c "import struct,sys; d=open('sft/chat_val_000000.bin','rb').read(); n=struct.unpack('<i',d[8:12])[0]; sys.exit(0 if int(sys.argv[1]) < n - 64 else 1)" \
+  "${evaluated#* }" || fail "eval counted every token of the SFT shard"
 # Resume continues to the same losses, to the bit.
 mkdir resumed && cp -r full/checkpoint-6 resumed/
 sft resumed 12 --save-interval 6 --grad-accumulation 2 --resume > resumed.log
