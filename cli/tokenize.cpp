@@ -27,6 +27,7 @@ int tokenize_chat(const cxxopts::ParseResult& result, const std::string& tokeniz
   settings.shard_tokens = in_range<std::int64_t>(result, "shard-tokens", 1, 2147483647);
   settings.validation_tokens = in_range<std::int64_t>(result, "validation-tokens", 0, 2147483647);
   settings.train_on_prompt = result.count("train-on-prompt") > 0;
+  settings.show_progress = true;
   const std::filesystem::path tokenizer_dir = std::filesystem::is_directory(tokenizer_path)
                                                   ? std::filesystem::path(tokenizer_path)
                                                   : std::filesystem::path(tokenizer_path).parent_path();

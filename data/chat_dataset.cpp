@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <string_view>
 
 #include "data/shards.h"
@@ -9,6 +10,7 @@
 #include "util/checked_json.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/progress.h"
 
 namespace minitron {
 
@@ -203,34 +205,49 @@ ChatTokenizeSummary tokenize_chat_to_shards(const Tokenizer& tokenizer, const Ch
                                             const std::vector<fs::path>& inputs, const ChatTokenizeOptions& options) {
   if (inputs.empty()) fail_expected("--input", "none given", "at least one JSONL file");
   std::vector<MaskedDocument> documents;
+  std::int64_t total_bytes = 0;
   for (const fs::path& input : inputs) {
-    const std::string text = read_text_file(input);
-    std::size_t at = 0;
-    std::int64_t line = 0;
-    while (at < text.size()) {
-      std::size_t end = text.find('\n', at);
-      if (end == std::string::npos) end = text.size();
-      const std::string_view content = std::string_view(text).substr(at, end - at);
-      at = end + 1;
-      ++line;
-      bool blank = true;
-      for (char c : content) blank = blank && is_space(c);
-      if (blank) continue;
-      const std::string what = str(input.string(), " line ", line);
-      const nlohmann::json record =
-          parse_untrusted_json(content, what, "one JSON object per line (TRL's conversational or prompt-completion)");
-      try {
-        documents.push_back(tokenize_chat_record(tokenizer, chat_template, record, options, what));
-      } catch (const Error& e) {
-        // The template's own refusals (raise_exception, an undefined variable) name the template
-        // line; the data line is what the user must find.
-        if (std::string_view(e.what()).starts_with(what)) throw;
-        fail(str(what, ": ", e.what()));
-      }
-      if (documents.back().tokens.empty())
-        fail_expected(what, "it renders to no token", "a conversation the template renders to some text");
-    }
+    std::error_code unreadable;  // read_text_file names a missing or unreadable file below
+    const auto bytes = fs::file_size(input, unreadable);
+    if (!unreadable) total_bytes += static_cast<std::int64_t>(bytes);
   }
+  std::optional<Progress> progress;
+  if (options.show_progress) progress.emplace("tokenize --chat", total_bytes, "B");
+  try {
+    for (const fs::path& input : inputs) {
+      const std::string text = read_text_file(input);
+      std::size_t at = 0;
+      std::int64_t line = 0;
+      while (at < text.size()) {
+        std::size_t end = text.find('\n', at);
+        if (end == std::string::npos) end = text.size();
+        const std::string_view content = std::string_view(text).substr(at, end - at);
+        if (progress) progress->advance(static_cast<std::int64_t>(std::min(end + 1, text.size()) - at));
+        at = end + 1;
+        ++line;
+        bool blank = true;
+        for (char c : content) blank = blank && is_space(c);
+        if (blank) continue;
+        const std::string what = str(input.string(), " line ", line);
+        const nlohmann::json record =
+            parse_untrusted_json(content, what, "one JSON object per line (TRL's conversational or prompt-completion)");
+        try {
+          documents.push_back(tokenize_chat_record(tokenizer, chat_template, record, options, what));
+        } catch (const Error& e) {
+          // The template's own refusals (raise_exception, an undefined variable) name the template
+          // line; the data line is what the user must find.
+          if (std::string_view(e.what()).starts_with(what)) throw;
+          fail(str(what, ": ", e.what()));
+        }
+        if (documents.back().tokens.empty())
+          fail_expected(what, "it renders to no token", "a conversation the template renders to some text");
+      }
+    }
+  } catch (const Error&) {
+    if (progress) progress->abandon();  // the refusal is the last line printed
+    throw;
+  }
+  if (progress) progress->finish();
   if (documents.empty()) fail_expected("--input", "no conversation in the files", "JSONL lines, one record each");
 
   ChatTokenizeSummary summary;

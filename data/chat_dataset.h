@@ -63,6 +63,7 @@ struct ChatTokenizeOptions {
   bool train_on_prompt = false;
   // The template's variables besides the messages (bos_token, eos_token, extra_variables, today).
   ChatTemplateInput template_variables;
+  bool show_progress = false;  // a progress bar (or periodic lines) over the input bytes, on stderr
 };
 
 struct ChatTokenizeSummary {
