@@ -6,6 +6,7 @@ namespace minitron::cli {
 
 int info(int argc, char** argv);
 int train(int argc, char** argv);
+int sft(int argc, char** argv);
 int eval(int argc, char** argv);
 int generate(int argc, char** argv);
 int tokenizer(int argc, char** argv);

@@ -9,6 +9,7 @@
 #include "cli/model_setup.h"
 #include "cli/options.h"
 #include "data/dataloader.h"
+#include "data/shards.h"
 #include "model/checkpoint.h"
 #include "model/parameters.h"
 #include "train/distill.h"
@@ -90,6 +91,12 @@ int distill(int argc, char** argv) {
     fail_expected("--intermediate-loss-weight", str(intermediate_weight), "a finite value >= 0 (0 turns the loss off)");
   if (intermediate_weight == 0 && !intermediate_layers.empty())
     fail_expected("--intermediate-layers", intermediate_layers, "--intermediate-loss-weight > 0 alongside it");
+  // SFT shards (minitron tokenize --chat): the KL on response tokens only, as Model-Optimizer's
+  // --sft distillation.
+  o.masked_targets = TokenShard::open(o.train_shards[0]).kind() == ShardKind::Sft;
+  if (o.masked_targets && intermediate_weight > 0)
+    fail_expected("--intermediate-loss-weight", "given with SFT shards",
+                  "0 with SFT shards: the hidden-state loss covers every token, not only the responses");
   const fs::path teacher_dir = checkpoint_dir(r, "teacher"), student_dir = checkpoint_dir(r, "student");
   const ModelConfig teacher_config = load_model_config(teacher_dir), student_config = load_model_config(student_dir);
   check_same_vocabulary(teacher_dir, teacher_config, student_dir, student_config);
@@ -152,8 +159,9 @@ int distill(int argc, char** argv) {
                     ? str(", learned map ", student_config.hidden_size, " -> ", teacher_config.hidden_size).c_str()
                     : "");
   }
+  if (o.masked_targets) std::printf("SFT shards: the KL counts the response tokens only\n");
   TeacherDistillationObjective objective(teacher, workspace, temperature, hard_label_weight, hidden_states.get(),
-                                         intermediate_weight);
+                                         intermediate_weight, o.masked_targets);
   const TrainSummary summary = run_training(student, objective, o, *run.communicator);
   if (!run.lead()) return 0;  // rank 0 writes the run's records
   const double share = summary.seconds > 0 ? objective.teacher_seconds() / summary.seconds : 0.0;

@@ -1,10 +1,19 @@
-// minitron generate: continue a prompt with a checkpoint (KV cache, streamed to stdout).
+// minitron generate: continue a prompt with a checkpoint (KV cache, streamed to stdout), or
+// with --chat answer a conversation in the chat template's turns.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
 
+#include "cli/chat_setup.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "data/tokenizer.h"
+#include "eval/chat.h"
 #include "eval/generate.h"
 #include "kernels/make_backend.h"
 #include "model/checkpoint.h"
@@ -12,8 +21,74 @@
 
 namespace minitron::cli {
 
+namespace {
+
+// --chat: the conversation from --messages and --system, then each --user turn answered in
+// order, then (interactive) one turn per line of standard input.
+int chat(const cxxopts::ParseResult& r, const std::string& model_dir, const Tokenizer& tokenizer,
+         const std::filesystem::path& tokenizer_dir, SamplingOptions sampling) {
+  if (r.count("prompt")) fail_expected("--prompt", "given with --chat", "--user TEXT or --messages FILE with --chat");
+  if (r.count("no-bos")) fail_expected("--no-bos", "given with --chat", "the chat template to write BOS or not");
+  const ChatSetup setup = load_chat_setup(r, tokenizer_dir);
+  const ChatTemplate chat_template(setup.chat_template);
+  ChatTemplateInput conversation = setup.variables;
+  if (r.count("messages")) {
+    const std::string path = r["messages"].as<std::string>();
+    conversation.messages = parse_conversation(read_json_file(path, "--messages"), "--messages " + path);
+  }
+  if (r.count("system") && !conversation.messages.empty() && conversation.messages[0].role == "system")
+    fail_expected("--system", "given, but --messages begins with a system message", "one system message");
+  if (r.count("system"))
+    conversation.messages.insert(conversation.messages.begin(), ChatMessage{"system", r["system"].as<std::string>()});
+  const std::vector<std::string> turns =
+      r.count("user") ? r["user"].as<std::vector<std::string>>() : std::vector<std::string>();
+  const bool interactive = r.count("interactive") > 0 ||
+                           (turns.empty() && !r.count("messages") && ::isatty(STDIN_FILENO) && ::isatty(STDOUT_FILENO));
+  const bool answer_messages = !conversation.messages.empty() && conversation.messages.back().role == "user";
+  if (!answer_messages && turns.empty() && !interactive)
+    fail_expected("generate --chat", "no user turn to answer",
+                  "--user TEXT, --messages FILE ending with a user message, or --interactive (a terminal)");
+
+  const LoadedCheckpoint checkpoint = load_checkpoint(model_dir);  // after every check of the flags
+  if (!r.count("ignore-eos"))
+    sampling.stop_tokens = chat_stop_tokens(chat_template, setup.variables, tokenizer, checkpoint.config, model_dir);
+  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  ChatSession session(checkpoint, *backend, tokenizer, chat_template, conversation, sampling);
+  auto answer = [&] {
+    session.reply([](const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    });
+    std::fputs("\n", stdout);
+    std::fflush(stdout);
+  };
+  if (answer_messages) answer();
+  for (const std::string& turn : turns) {
+    session.add_user(turn);
+    answer();
+  }
+  if (!interactive) return 0;
+  const bool terminal = ::isatty(STDIN_FILENO);
+  if (terminal) std::fputs("(one line a turn; an empty line or end of input ends the chat)\n", stderr);
+  std::string line;
+  while (true) {
+    if (terminal) std::fputs("> ", stderr);
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    session.add_user(line);
+    answer();
+  }
+  return 0;
+}
+
+}  // namespace
+
 int generate(int argc, char** argv) {
-  cxxopts::Options options("generate", "Continue a prompt with a model: greedy, or temperature / top-p sampling.");
+  cxxopts::Options options("generate",
+                           "Continue a prompt with a model: greedy, or temperature / top-p sampling.\n"
+                           "With --chat: answer a conversation rendered by the chat template (--messages FILE, "
+                           "--system,\nrepeated --user turns, each answered in order; --interactive, or a terminal "
+                           "without turns,\nreads one user turn a line). Replies stop at the template's end-of-turn "
+                           "token and every\nEOS id of config.json, generation_config.json and the tokenizer.");
   // clang-format off
   options.add_options()
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
@@ -26,18 +101,38 @@ int generate(int argc, char** argv) {
       ("no-bos", "do not add the tokenizer's BOS before the prompt")
       ("ignore-eos", "keep generating after an end-of-sequence token")
       ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""));
+  options.add_options("chat")
+      ("chat", "answer a conversation in the chat template's turns")
+      ("messages", "with --chat: JSON file, [{\"role\", \"content\"}, ...] or {\"messages\": [...]}",
+       cxxopts::value<std::string>())
+      ("system", "with --chat: a system message before the others", cxxopts::value<std::string>())
+      ("user", "with --chat: a user turn, answered before the next (repeat the flag)",
+       cxxopts::value<std::vector<std::string>>())
+      ("interactive", "with --chat: then read one user turn a line from standard input");
   // clang-format on
+  add_chat_template_options(options);
   cxxopts::ParseResult r;
   if (!parse_options(options, argc, argv, r)) return 0;
   const std::string model_dir = required<std::string>(r, "model");
-  const std::string prompt = required<std::string>(r, "prompt");
   SamplingOptions sampling;
   sampling.max_new_tokens = in_range<std::int64_t>(r, "max-new-tokens", 1, std::int64_t{1} << 20);
   sampling.temperature = in_range<double>(r, "temperature", 0.0, 100.0);
   sampling.top_p = in_range<double>(r, "top-p", 1e-6, 1.0);
   sampling.seed = r["seed"].as<std::uint64_t>();
+  if (!r.count("chat"))
+    for (const char* flag : {"messages", "system", "user", "interactive", "tokenizer-config", "chat-template", "date"})
+      if (r.count(flag)) fail_expected(str("--", flag), "given without --chat", "--chat");
 
-  const Tokenizer tokenizer = Tokenizer::load(r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir);
+  const std::string prompt = r.count("chat") ? std::string() : required<std::string>(r, "prompt");
+
+  const std::string tokenizer_path = r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir;
+  const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
+  if (r.count("chat")) {
+    const std::filesystem::path tokenizer_dir = std::filesystem::is_directory(tokenizer_path)
+                                                    ? std::filesystem::path(tokenizer_path)
+                                                    : std::filesystem::path(tokenizer_path).parent_path();
+    return chat(r, model_dir, tokenizer, tokenizer_dir, sampling);
+  }
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
   std::vector<std::int32_t> ids = tokenizer.encode(prompt, /*add_special_tokens=*/!r.count("no-bos"));
   if (ids.empty() && tokenizer.bos_id()) ids.push_back(*tokenizer.bos_id());

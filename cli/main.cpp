@@ -20,11 +20,13 @@ struct Command {
 constexpr Command kCommands[] = {
     {"info", minitron::cli::info, "show a model's architecture, parameter counts and FLOPs"},
     {"train", minitron::cli::train, "train a model (from a checkpoint or a config) on token shards", true},
+    {"sft", minitron::cli::sft, "fine-tune on chat data (SFT shards): the loss on the assistant's tokens", true},
     {"eval", minitron::cli::eval,
      "perplexity on token shards, or lm-evaluation-harness tasks and suites (data-parallel for tasks)", true},
     {"generate", minitron::cli::generate, "continue a prompt with a model (greedy or sampled, KV cache)"},
     {"tokenizer", minitron::cli::tokenizer, "encode, decode, or train a tokenizer.json"},
-    {"tokenize", minitron::cli::tokenize, "turn text or JSONL into llm.c token shards"},
+    {"tokenize", minitron::cli::tokenize,
+     "turn text or JSONL into llm.c token shards, or chat JSONL (--chat) into SFT shards"},
     {"importance", minitron::cli::importance, "score neurons, heads, channels and layers on calibration data"},
     {"prune", minitron::cli::prune, "prune width and depth by importance scores into a new checkpoint"},
     {"correct", minitron::cli::correct,
@@ -53,7 +55,7 @@ int main(int argc, char** argv) {
         minitron::fail_expected(
             minitron::str("minitron ", c.name),
             minitron::str("launched as ", processes, " processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS)"),
-            "one process: train, correct, distill and eval (--task, --suite) are the data-parallel commands");
+            "one process: train, sft, correct, distill and eval (--task, --suite) are the data-parallel commands");
       return c.run(argc - 1, argv + 1);
     } catch (const minitron::Error& e) {
       std::fprintf(stderr, "minitron: error: %s\n", e.what());

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/chat_setup.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "data/bpe_trainer.h"
@@ -128,14 +129,6 @@ int train_command(int argc, char** argv) {
   std::printf("tokenizer: %lld tokens (%lld merges) -> %s\n", static_cast<long long>(trained.vocab_size),
               static_cast<long long>(trained.merges), (out / "tokenizer.json").c_str());
   return 0;
-}
-
-nlohmann::ordered_json read_json_file(const std::string& path, const std::string& flag) {
-  try {
-    return nlohmann::ordered_json::parse(read_text_file(path));
-  } catch (const nlohmann::ordered_json::parse_error& e) {
-    fail_expected(str(flag, " ", path), str("is not JSON: ", e.what()), "a JSON file");
-  }
 }
 
 int chat_command(int argc, char** argv) {

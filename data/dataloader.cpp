@@ -41,6 +41,12 @@ TokenWindows::TokenWindows(const std::vector<fs::path>& paths, std::int64_t sequ
   first_window_.push_back(0);
   for (const auto& path : paths) {
     shards_.push_back(TokenShard::open(path, vocab_size));
+    if (shards_.size() == 1) kind_ = shards_[0].kind();
+    if (shards_.back().kind() != kind_)
+      fail_expected(path.string(),
+                    str("it is of the kind '", shard_kind_name(shards_.back().kind()), "' but ", paths[0].string(),
+                        " is of the kind '", shard_kind_name(kind_), "'"),
+                    "shards of one kind: token shards (minitron tokenize) or SFT shards (minitron tokenize --chat)");
     first_window_.push_back(first_window_.back() + windows_in(shards_.back().size(), T_));
   }
   if (count() == 0)
@@ -49,7 +55,8 @@ TokenWindows::TokenWindows(const std::vector<fs::path>& paths, std::int64_t sequ
                   str("at least ", T_ + 1, " tokens (sequence length + 1) in a shard"));
 }
 
-void TokenWindows::copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets) const {
+void TokenWindows::copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets,
+                        std::int32_t* positions) const {
   MINITRON_ASSERT(index >= 0 && index < count(), "window ", index, " of ", count());
   const auto shard = static_cast<std::size_t>(std::upper_bound(first_window_.begin(), first_window_.end(), index) -
                                               first_window_.begin() - 1);
@@ -62,6 +69,29 @@ void TokenWindows::copy(std::int64_t index, std::int32_t* inputs, std::int32_t* 
   for (std::int64_t t = 0; t < T_; ++t) {
     inputs[t] = static_cast<std::int32_t>(tokens[t]);
     targets[t] = static_cast<std::int32_t>(tokens[t + 1]);
+  }
+  if (kind_ == ShardKind::Tokens) {
+    if (positions)
+      for (std::int64_t t = 0; t < T_; ++t) positions[t] = static_cast<std::int32_t>(t);
+    return;
+  }
+  const TokenShard& s = shards_[shard];
+  const std::int64_t first = (index - first_window_[shard]) * T_;  // the window's first token in the shard
+  const std::span<const std::uint8_t> mask = s.loss_mask();
+  const std::span<const std::uint32_t> starts = s.document_starts();
+  // The document holding token `first`, then each document start inside the window in turn.
+  auto next_start = std::upper_bound(starts.begin(), starts.end(), static_cast<std::uint64_t>(first));
+  std::int64_t document_start = *(next_start - 1);
+  for (std::int64_t t = 0; t < T_; ++t) {
+    const std::int64_t k = first + t;
+    if (next_start != starts.end() && static_cast<std::int64_t>(*next_start) == k) {
+      document_start = k;
+      ++next_start;
+    }
+    if (positions) positions[t] = static_cast<std::int32_t>(k - document_start);
+    // Token k+1 is a target only if the mask counts it and it continues token k's document.
+    const bool crosses = next_start != starts.end() && static_cast<std::int64_t>(*next_start) == k + 1;
+    if (mask[static_cast<std::size_t>(k + 1)] == 0 || crosses) targets[t] = -1;
   }
 }
 
@@ -97,9 +127,11 @@ TrainLoader::TrainLoader(const std::vector<fs::path>& paths, const TrainLoaderOp
   order_ = epoch_permutation(windows_.count(), options_.seed, epoch_);
 }
 
-void TrainLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets) {
+void TrainLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets,
+                       std::span<std::int32_t> positions) {
   const std::int64_t B = options_.batch_size, T = options_.sequence_length, R = options_.world_size;
   check_batch_spans(inputs, targets, B, T);
+  MINITRON_ASSERT(positions.empty() || positions.size() >= static_cast<std::size_t>(B * T));
   if (step_ == steps_per_epoch_) {
     ++epoch_;
     step_ = 0;
@@ -107,7 +139,8 @@ void TrainLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> t
   }
   const std::int64_t base = step_ * B * R + options_.rank;
   for (std::int64_t j = 0; j < B; ++j)
-    windows_.copy(order_[static_cast<std::size_t>(base + j * R)], inputs.data() + j * T, targets.data() + j * T);
+    windows_.copy(order_[static_cast<std::size_t>(base + j * R)], inputs.data() + j * T, targets.data() + j * T,
+                  positions.empty() ? nullptr : positions.data() + j * T);
   ++step_;
 }
 
@@ -174,11 +207,15 @@ EvalLoader::EvalLoader(const std::vector<fs::path>& paths, std::int64_t batch_si
   total_ = max_windows ? std::min(*max_windows, windows_.count()) : windows_.count();
 }
 
-std::int64_t EvalLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets) {
+std::int64_t EvalLoader::next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets,
+                              std::span<std::int32_t> positions) {
   const std::int64_t T = windows_.sequence_length();
   const std::int64_t n = std::min(B_, total_ - next_window_);
   check_batch_spans(inputs, targets, n, T);
-  for (std::int64_t j = 0; j < n; ++j) windows_.copy(next_window_ + j, inputs.data() + j * T, targets.data() + j * T);
+  MINITRON_ASSERT(positions.empty() || positions.size() >= static_cast<std::size_t>(n * T));
+  for (std::int64_t j = 0; j < n; ++j)
+    windows_.copy(next_window_ + j, inputs.data() + j * T, targets.data() + j * T,
+                  positions.empty() ? nullptr : positions.data() + j * T);
   next_window_ += n;
   return n;
 }

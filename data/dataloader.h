@@ -10,6 +10,12 @@
 // the std distributions differ between standard libraries. A global step takes B*R consecutive
 // positions of the epoch's order; rank r takes positions step*B*R + j*R + r (j < B), so ranks are
 // disjoint; the epoch's last W mod (B*R) positions are skipped on every rank alike.
+//
+// SFT shards (data/shards.h) are windowed the same way; a target the shard's loss mask leaves
+// out, and one that would predict the first token of the next document from the previous
+// document, is -1 (every loss ignores negative targets), and each window can also give every
+// input token's position within its document (0 at each document start), for attention that
+// stays inside documents.
 #pragma once
 
 #include <cstdint>
@@ -37,15 +43,20 @@ class TokenWindows {
 
   std::int64_t sequence_length() const { return T_; }
   std::int64_t count() const { return first_window_.back(); }
+  // Every shard's kind (TokenWindows refuses a mix).
+  ShardKind kind() const { return kind_; }
   // Windows per shard: floor((n-1)/T), 0 for n <= T.
   static std::int64_t windows_in(std::int64_t tokens, std::int64_t sequence_length);
-  // Copies window `index` into T inputs and T targets.
-  void copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets) const;
+  // Copies window `index` into T inputs and T targets (masked targets -1 for SFT shards) and, when
+  // positions is given, T positions within the document (SFT shards; token shards, whose document
+  // boundaries are not recorded, give 0..T-1).
+  void copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets, std::int32_t* positions = nullptr) const;
   // [{"name": file name, "tokens": n}, ...]: identifies the data in a loader state.
   nlohmann::json describe() const;
 
  private:
   std::int64_t T_;
+  ShardKind kind_ = ShardKind::Tokens;
   std::vector<TokenShard> shards_;
   std::vector<std::int64_t> first_window_;  // prefix sums; size shards+1
 };
@@ -63,8 +74,10 @@ class TrainLoader {
  public:
   TrainLoader(const std::vector<std::filesystem::path>& paths, const TrainLoaderOptions& options);
 
-  // Fills inputs[B*T] and targets[B*T] (row-major: window j is [j*T, j*T+T)) and advances.
-  void next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets);
+  // Fills inputs[B*T] and targets[B*T] (row-major: window j is [j*T, j*T+T)) and advances;
+  // positions[B*T], when not empty, receives each input token's position within its document
+  // (TokenWindows::copy).
+  void next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets, std::span<std::int32_t> positions = {});
 
   std::int64_t epoch() const { return epoch_; }
   std::int64_t step_in_epoch() const { return step_; }
@@ -93,8 +106,10 @@ class EvalLoader {
              std::optional<std::int64_t> max_windows = std::nullopt,
              std::optional<std::int64_t> vocab_size = std::nullopt);
 
-  // Fills up to B windows and returns how many (0 when all windows were served).
-  std::int64_t next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets);
+  // Fills up to B windows and returns how many (0 when all windows were served); positions as
+  // TrainLoader::next.
+  std::int64_t next(std::span<std::int32_t> inputs, std::span<std::int32_t> targets,
+                    std::span<std::int32_t> positions = {});
   void reset() { next_window_ = 0; }
 
   std::int64_t total_windows() const { return total_; }

@@ -19,18 +19,22 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 TeacherDistillationObjective::TeacherDistillationObjective(LlamaModel& teacher, LossWorkspace& workspace,
                                                            float temperature, float hard_label_weight,
                                                            HiddenStateDistillation* hidden_states,
-                                                           float intermediate_weight)
+                                                           float intermediate_weight, bool response_only)
     : teacher_(teacher),
       workspace_(workspace),
       temperature_(temperature),
       hard_label_weight_(hard_label_weight),
       hidden_states_(intermediate_weight > 0 ? hidden_states : nullptr),
-      intermediate_weight_(intermediate_weight) {
+      intermediate_weight_(intermediate_weight),
+      response_only_(response_only) {
   if (!(temperature > 0)) fail_expected("--temperature", str(temperature), "a value > 0");
   if (!(intermediate_weight >= 0 && std::isfinite(intermediate_weight)))
     fail_expected("--intermediate-loss-weight", str(intermediate_weight), "a finite value >= 0 (0 turns the loss off)");
   if (intermediate_weight > 0 && !hidden_states)
     fail("distillation: an intermediate loss weight was given without the hidden-state loss to weigh");
+  if (intermediate_weight > 0 && response_only)
+    fail_expected("--intermediate-loss-weight", "given for SFT shards",
+                  "0 with SFT shards: the hidden-state loss covers every token, not only the responses");
   if (!(hard_label_weight >= 0 && hard_label_weight <= 1))
     fail_expected("--hard-label-weight", str(hard_label_weight), "a value in [0, 1]");
   if (hard_label_weight_ > 0) {
@@ -67,7 +71,8 @@ double TeacherDistillationObjective::step(LlamaModel& student, std::span<const s
   if (hard_label_weight_ > 0) {
     loss = mixed_loss(student, targets, grad_weight);
   } else {
-    loss = last_kl_ = distillation_loss(student, teacher_, workspace_, temperature_, grad_weight);
+    loss = last_kl_ = distillation_loss(student, teacher_, workspace_, temperature_, grad_weight,
+                                        response_only_ ? targets : std::span<const std::int32_t>());
     last_ce_ = std::numeric_limits<double>::quiet_NaN();
   }
   if (hidden_states_) {
@@ -91,7 +96,10 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
   std::int64_t counted = 0;
   for (std::int32_t t : targets) counted += t >= 0;
   const float w = hard_label_weight_;
-  const float kl_scale = grad_weight * (1.0f - w) / static_cast<float>(rows);
+  // The KL's rows: every row, or the counted ones only (response_only).
+  const std::int64_t kl_rows = response_only_ ? counted : rows;
+  const float kl_scale = kl_rows > 0 ? grad_weight * (1.0f - w) / static_cast<float>(kl_rows) : 0.0f;
+  std::int64_t row0 = 0;  // the chunks come in row order
   const float ce_scale = counted > 0 ? grad_weight * w / static_cast<float>(counted) : 0.0f;
   Backend& b = student.backend();
   const bool backpropagate = grad_weight != 0.0f;
@@ -100,6 +108,9 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
         const Tensor ce_logits = ce_logits_.tensor().slice(0, chunk.rows * V);
         b.copy(ce_logits, chunk.logits);
         b.kl_divergence(chunk.losses[0], chunk.logits, chunk.teacher_logits, chunk.rows, V, temperature_, kl_scale);
+        if (response_only_ && kl_scale != 0.0f)
+          zero_rows_without_target(b, chunk.logits, targets.subspan(row0, chunk.rows), V);
+        row0 += chunk.rows;
         b.cross_entropy(chunk.losses[1], ce_logits, chunk.targets, chunk.rows, V, ce_scale);
         if (backpropagate) {
           // The loss kernels write a gradient only for a scale != 0 and leave the logits as they
@@ -110,7 +121,14 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
         }
       });
   const std::span<const double> kl = losses.first(static_cast<std::size_t>(rows)), ce = losses.subspan(kl.size());
-  last_kl_ = std::accumulate(kl.begin(), kl.end(), 0.0) / static_cast<double>(rows);
+  if (response_only_) {
+    double sum = 0.0;
+    for (std::int64_t r = 0; r < rows; ++r)
+      if (targets[r] >= 0) sum += kl[r];
+    last_kl_ = counted > 0 ? sum / static_cast<double>(counted) : 0.0;
+  } else {
+    last_kl_ = std::accumulate(kl.begin(), kl.end(), 0.0) / static_cast<double>(rows);
+  }
   last_ce_ = counted > 0 ? std::accumulate(ce.begin(), ce.end(), 0.0) / static_cast<double>(counted) : 0.0;
   return (1.0 - w) * last_kl_ + w * last_ce_;
 }

@@ -26,10 +26,12 @@ class TeacherDistillationObjective : public Objective {
   // workspace must have been built with distillation = true for the trainer's batch x sequence
   // rows. hard_label_weight in [0, 1].
   // hidden_states, when given (and intermediate_weight > 0), adds the intermediate-state loss;
-  // it must outlive the objective.
+  // it must outlive the objective. response_only (SFT shards, as Model-Optimizer's --sft
+  // distillation): the KL counts only rows whose target is not masked (>= 0) and is their mean;
+  // it does not combine with the intermediate-state loss, which covers every token.
   TeacherDistillationObjective(LlamaModel& teacher, LossWorkspace& workspace, float temperature = 1.0f,
                                float hard_label_weight = 0.0f, HiddenStateDistillation* hidden_states = nullptr,
-                               float intermediate_weight = 0.0f);
+                               float intermediate_weight = 0.0f, bool response_only = false);
   const char* name() const override {
     if (hidden_states_) return hard_label_weight_ > 0 ? "kl+ce+hidden" : "kl+hidden";
     return hard_label_weight_ > 0 ? "kl+ce" : "kl";
@@ -68,6 +70,7 @@ class TeacherDistillationObjective : public Objective {
   float temperature_, hard_label_weight_;
   HiddenStateDistillation* hidden_states_;
   float intermediate_weight_;
+  bool response_only_;
   BackendBuffer ce_logits_;
   double teacher_seconds_ = 0, step_seconds_ = 0, last_kl_ = 0, last_ce_ = 0;
   double last_is_ = std::numeric_limits<double>::quiet_NaN(), last_alpha_ = std::numeric_limits<double>::quiet_NaN();

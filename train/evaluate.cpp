@@ -1,5 +1,6 @@
 #include "train/evaluate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -19,9 +20,13 @@ EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& w
   while (std::int64_t windows = loader.next(inputs, targets)) {
     const std::size_t n = static_cast<std::size_t>(windows * T);
     model.forward(std::span(inputs).first(n), windows, T);
-    double mean = cross_entropy_loss(model, std::span(targets).first(n), workspace);
-    sum += mean * static_cast<double>(n);
-    result.tokens += static_cast<std::int64_t>(n);
+    const std::span<const std::int32_t> batch_targets = std::span(targets).first(n);
+    double mean = cross_entropy_loss(model, batch_targets, workspace);
+    // SFT shards leave out masked targets: the mean is over the counted ones.
+    const auto counted =
+        std::count_if(batch_targets.begin(), batch_targets.end(), [](std::int32_t t) { return t >= 0; });
+    sum += mean * static_cast<double>(counted);
+    result.tokens += static_cast<std::int64_t>(counted);
     result.windows += windows;
     if (progress) progress->advance();
   }

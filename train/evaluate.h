@@ -1,5 +1,6 @@
 // Validation loss over token shards: mean next-token cross-entropy over the non-overlapping
-// windows defined in DESIGN.md, every target token weighted equally.
+// windows defined in DESIGN.md, every counted target token (all of a token shard's, the unmasked
+// ones of an SFT shard's) weighted equally.
 #pragma once
 
 #include <cstdint>

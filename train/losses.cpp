@@ -87,17 +87,44 @@ double cross_entropy_loss(LlamaModel& model, std::span<const std::int32_t> targe
   return std::accumulate(losses.begin(), losses.end(), 0.0) / static_cast<double>(counted);
 }
 
+void zero_rows_without_target(Backend& backend, Tensor logits, std::span<const std::int32_t> rows_targets,
+                              std::int64_t vocab) {
+  const auto rows = static_cast<std::int64_t>(rows_targets.size());
+  for (std::int64_t r = 0; r < rows;) {
+    if (rows_targets[r] >= 0) {
+      ++r;
+      continue;
+    }
+    std::int64_t end = r;
+    while (end < rows && rows_targets[end] < 0) ++end;  // one call per run of masked rows
+    backend.zero(logits.slice(r * vocab, (end - r) * vocab));
+    r = end;
+  }
+}
+
 double distillation_loss(LlamaModel& student, LlamaModel& teacher, LossWorkspace& ws, float temperature,
-                         float grad_weight) {
+                         float grad_weight, std::span<const std::int32_t> targets) {
   const std::int64_t rows = student.rows(), V = student.config().vocab_size;
   if (!(temperature > 0)) fail_expected("--temperature", str(temperature), "a value > 0");
-  const float grad_scale = grad_weight / static_cast<float>(rows);
+  MINITRON_ASSERT(targets.empty() || static_cast<std::int64_t>(targets.size()) == rows);
+  const std::int64_t counted =
+      targets.empty() ? rows : std::count_if(targets.begin(), targets.end(), [](std::int32_t t) { return t >= 0; });
+  if (counted == 0) return 0.0;
+  const float grad_scale = grad_weight / static_cast<float>(counted);
   Backend& b = student.backend();
+  std::int64_t row0 = 0;  // the chunks come in row order
   const std::span<const double> losses =
       for_each_logits_chunk(student, &teacher, {}, ws, 1, grad_scale != 0.0f, [&](const LogitsChunk& chunk) {
         b.kl_divergence(chunk.losses[0], chunk.logits, chunk.teacher_logits, chunk.rows, V, temperature, grad_scale);
+        if (!targets.empty() && grad_scale != 0.0f)
+          zero_rows_without_target(b, chunk.logits, targets.subspan(row0, chunk.rows), V);
+        row0 += chunk.rows;
       });
-  return std::accumulate(losses.begin(), losses.end(), 0.0) / static_cast<double>(rows);
+  if (targets.empty()) return std::accumulate(losses.begin(), losses.end(), 0.0) / static_cast<double>(rows);
+  double sum = 0.0;
+  for (std::int64_t r = 0; r < rows; ++r)
+    if (targets[r] >= 0) sum += losses[r];
+  return sum / static_cast<double>(counted);
 }
 
 }  // namespace minitron

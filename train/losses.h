@@ -66,8 +66,14 @@ double cross_entropy_loss(LlamaModel& model, std::span<const std::int32_t> targe
 
 // Mean forward KL(p_teacher || p_student) per token at temperature tau, after both models ran
 // forward() on the same tokens. With grad_weight != 0, back-propagates into the student's head. The teacher gets no
-// gradient and may be an Inference-mode model.
+// gradient and may be an Inference-mode model. With targets (SFT data: responses only), the
+// rows whose target is negative are left out of the mean and get no gradient (0 when no row counts).
 double distillation_loss(LlamaModel& student, LlamaModel& teacher, LossWorkspace& workspace, float temperature,
-                         float grad_weight = 0.0f);
+                         float grad_weight = 0.0f, std::span<const std::int32_t> targets = {});
+
+// Zeroes the rows of a chunk's logits gradient whose target is negative (the KL kernel writes
+// every row's): rows_targets are the chunk's targets, logits rows x vocab.
+void zero_rows_without_target(Backend& backend, Tensor logits, std::span<const std::int32_t> rows_targets,
+                              std::int64_t vocab);
 
 }  // namespace minitron

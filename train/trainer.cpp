@@ -9,6 +9,7 @@
 #include <iomanip>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <optional>
 #include <regex>
 #include <span>
@@ -248,6 +249,8 @@ void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Obje
       {"--batch-size", static_cast<double>(options.batch_size)},
       {"--sequence-length", static_cast<double>(options.sequence_length)},
       {"--grad-accumulation", static_cast<double>(options.grad_accumulation)},
+      // With masked targets each step sums its target count over the ranks: one more collective.
+      {"SFT shards (a loss mask)", options.masked_targets ? 1.0 : 0.0},
       {"the step it starts from", static_cast<double>(start)},
       // Checkpoints are collectives (the sharded optimizer state is gathered), and so is each
       // step's sum of the loss and its logged terms: ranks must agree on when and how many.
@@ -310,6 +313,13 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   loader_options.world_size = world;
   loader_options.vocab_size = model.config().vocab_size;
   TrainLoader loader(options.train_shards, loader_options);
+  const ShardKind kind = loader.windows().kind();
+  if (options.masked_targets != (kind == ShardKind::Sft))
+    fail_expected(options.train_shards[0].string(),
+                  kind == ShardKind::Sft ? "it is an SFT shard (tokens with a loss mask, from minitron tokenize --chat)"
+                                         : "it is a token shard without a loss mask (from minitron tokenize)",
+                  kind == ShardKind::Sft ? "token shards; train SFT shards with minitron sft or distill"
+                                         : "SFT shards from minitron tokenize --chat");
   std::unique_ptr<EvalLoader> validation;
   std::unique_ptr<LossWorkspace> eval_workspace;
   if (lead && !options.validation_shards.empty()) {
@@ -369,7 +379,11 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
                    {"validation_tokens", r.tokens}});
   };
 
-  std::vector<std::int32_t> inputs(static_cast<std::size_t>(B * T)), targets(inputs.size());
+  // With masked_targets a step's micro-batches are all read first, to count their targets.
+  const std::int64_t held = options.masked_targets ? options.grad_accumulation : 1;
+  std::vector<std::int32_t> inputs(static_cast<std::size_t>(held * B * T)), targets(inputs.size());
+  // With masked_targets: each micro-batch's counted targets, then its share of the step's.
+  std::vector<double> micro_shares(static_cast<std::size_t>(held));
   TrainSummary summary;
   const auto t0 = std::chrono::steady_clock::now();
   auto window_start = t0;
@@ -385,11 +399,30 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     // [0] the loss, then the objective's named terms: each the mean over every micro-batch of
     // every rank once summed over ranks.
     std::vector<double> logged(1 + term_names.size(), 0.0);
+    if (options.masked_targets) {
+      for (std::int64_t micro = 0; micro < held; ++micro) {
+        const std::span<std::int32_t> micro_targets = std::span(targets).subspan(micro * B * T, B * T);
+        loader.next(std::span(inputs).subspan(micro * B * T, B * T), micro_targets);
+        micro_shares[micro] = static_cast<double>(
+            std::count_if(micro_targets.begin(), micro_targets.end(), [](std::int32_t t) { return t >= 0; }));
+      }
+      std::vector<double> step_count = {std::accumulate(micro_shares.begin(), micro_shares.end(), 0.0)};
+      communicator.all_reduce_sum(step_count);
+      for (double& share : micro_shares) share = step_count[0] > 0 ? share / step_count[0] : 0.0;
+    }
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
-      loader.next(inputs, targets);
-      logged[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
+      float weight = micro_weight;
+      std::span<const std::int32_t> micro_inputs = inputs, micro_targets = targets;
+      if (options.masked_targets) {
+        weight = static_cast<float>(micro_shares[micro]);
+        micro_inputs = micro_inputs.subspan(micro * B * T, B * T);
+        micro_targets = micro_targets.subspan(micro * B * T, B * T);
+      } else {
+        loader.next(inputs, targets);
+      }
+      logged[0] += objective.step(model, micro_inputs, micro_targets, B, T, weight) * weight;
       const auto terms = objective.step_metrics();
-      for (std::size_t i = 0; i < term_names.size(); ++i) logged[1 + i] += terms[i].second * micro_weight;
+      for (std::size_t i = 0; i < term_names.size(); ++i) logged[1 + i] += terms[i].second * weight;
       model.backward();
     }
     objective.all_reduce_gradients(communicator);

@@ -73,6 +73,13 @@ struct TrainOptions {
   OptimizerConfig optimizer;
   std::filesystem::path output;
   bool resume = false;  // continue from the newest output/checkpoint-* when one exists
+  // Supervised fine-tuning: the shards must be SFT shards (data/shards.h; token shards
+  // otherwise), and the loss and its gradient are the mean over the counted (unmasked) targets
+  // of the whole step, every micro-batch of every rank, not a mean of micro-batch means: each
+  // micro-batch's objective gets grad_weight = its counted targets / the step's (summed over
+  // ranks before any backward), which an objective whose value is the mean over its counted rows
+  // turns into 1 / the step's count per target.
+  bool masked_targets = false;
   std::vector<std::filesystem::path> train_shards, validation_shards;
   std::vector<std::filesystem::path> companion_files;  // copied beside every saved model
   // Checkpoint directories the run reads: output/model and output/checkpoint-N must not be,
@@ -95,11 +102,11 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
 
 // The same as one rank of a data-parallel run (dist/communicator.h): each rank trains on its
 // own batch_size windows per micro-batch (TrainLoader's rank and world size), gradients are
-// summed over ranks with micro-batch weights 1 / (grad_accumulation x world size), and the
-// loss is the mean over ranks, so rank 0 logs what one process with grad_accumulation x world
-// size micro-batches would. Rank 0 alone prints, validates and writes anything under
-// options.output; every rank resumes from the same checkpoint, and all leave together (a
-// barrier) once rank 0 has saved. The summary's tokens per second count every rank.
+// summed over ranks with micro-batch weights 1 / (grad_accumulation x world size) (with
+// masked_targets: counted targets / the step's on all ranks), and the loss is the mean over ranks, so rank 0 logs what
+// one process with grad_accumulation x world size micro-batches would. Rank 0 alone prints, validates and writes
+// anything under options.output; every rank resumes from the same checkpoint, and all leave together (a barrier) once
+// rank 0 has saved. The summary's tokens per second count every rank.
 TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOptions& options,
                           Communicator& communicator);
 

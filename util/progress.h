@@ -24,6 +24,8 @@ class Progress {
   void advance(std::int64_t n = 1);
   void set(std::int64_t done);
   void finish();
+  // Ends without the final line: the work failed, and its error should be the last thing printed.
+  void abandon() { finished_ = true; }
 
  private:
   void draw(bool final);

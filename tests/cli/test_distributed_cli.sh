@@ -90,7 +90,7 @@ RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED
 # than have every rank write the same files; a batch script's own Slurm variables are no launch.
 if SLURM_STEP_NUM_TASKS=4 SLURM_PROCID=2 "$MINITRON" generate --model parallel/model --prompt x \
     > generate.out 2>&1; then fail "generate under a 4-process launch succeeded"; fi
-grep -qx "minitron: error: minitron generate: launched as 4 processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS) (expected one process: train, correct, distill and eval (--task, --suite) are the data-parallel commands)" generate.out \
+grep -qx "minitron: error: minitron generate: launched as 4 processes (WORLD_SIZE or SLURM_STEP_NUM_TASKS) (expected one process: train, sft, correct, distill and eval (--task, --suite) are the data-parallel commands)" generate.out \
   || { cat generate.out; fail "generate under a 4-process launch: wrong message"; }
 # eval runs data-parallel for tasks (tests/eval/test_eval_generation_cli.sh), not for perplexity.
 if SLURM_STEP_NUM_TASKS=4 SLURM_PROCID=2 "$MINITRON" eval --model parallel/model --data shards/austen_val_000000.bin \
