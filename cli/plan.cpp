@@ -255,11 +255,11 @@ int plan(int argc, char** argv) {
   for (PlannedStep& s : steps) s.plan = plan_training_memory(s.shape);
 
   if (r.count("json")) {
-    nlohmann::json out = {{"engine", "cuda"}, {"gpus", gpus}, {"gpu_memory", device_bytes}, {"zero_stage", 1}};
-    out["steps"] = nlohmann::json::array();
+    nlohmann::ordered_json out = {{"engine", "cuda"}, {"gpus", gpus}, {"gpu_memory", device_bytes}, {"zero_stage", 1}};
+    out["steps"] = nlohmann::ordered_json::array();
     for (const PlannedStep& s : steps) {
-      nlohmann::json step = memory_plan_json(s.shape, s.plan, device_bytes);
-      step["step"] = s.name;
+      nlohmann::ordered_json step = {{"step", s.name}};
+      step.update(memory_plan_json(s.shape, s.plan, device_bytes));
       out["steps"].push_back(step);
     }
     std::printf("%s\n", out.dump(2).c_str());

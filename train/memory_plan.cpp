@@ -195,23 +195,23 @@ std::string format_memory_plan(const MemoryPlan& plan, std::int64_t device_bytes
   return out + line;
 }
 
-nlohmann::json memory_plan_json(const TrainingShape& shape, const MemoryPlan& plan, std::int64_t device_bytes) {
-  nlohmann::json parts = nlohmann::json::object();
+nlohmann::ordered_json memory_plan_json(const TrainingShape& shape, const MemoryPlan& plan, std::int64_t device_bytes) {
+  nlohmann::ordered_json parts = nlohmann::ordered_json::object();
   for (const MemoryPart& part : plan.parts) parts[part.name] = part.bytes;
-  nlohmann::json out = {{"batch_size", shape.batch_size},
-                        {"sequence_length", shape.sequence_length},
-                        {"recompute", activation_recompute_name(shape.recompute)},
-                        {"zero_stage", 1},
-                        {"gpus", shape.world_size},
-                        {"rank", plan.rank},
-                        {"parts", parts},
-                        {"peak", plan.peak()},
-                        {"reserve", kDeviceReserveBytes},
-                        {"device", device_bytes},
-                        {"fits", fits(plan, device_bytes)}};
+  nlohmann::ordered_json out = {{"batch_size", shape.batch_size},
+                                {"sequence_length", shape.sequence_length},
+                                {"recompute", activation_recompute_name(shape.recompute)},
+                                {"zero_stage", 1},
+                                {"gpus", shape.world_size},
+                                {"rank", plan.rank},
+                                {"parts", parts},
+                                {"peak", plan.peak()},
+                                {"reserve", kDeviceReserveBytes},
+                                {"device", device_bytes},
+                                {"fits", fits(plan, device_bytes)}};
   if (!fits(plan, device_bytes)) {
     const std::string change = fitting_change(shape, device_bytes);
-    out["fitting_change"] = change.empty() ? nlohmann::json() : nlohmann::json(change);
+    out["fitting_change"] = change.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(change);
   }
   return out;
 }

@@ -73,7 +73,7 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
 std::string format_gib(std::int64_t bytes);
 // The plan as aligned "part  GiB" lines with the peak and the device.
 std::string format_memory_plan(const MemoryPlan& plan, std::int64_t device_bytes);
-nlohmann::json memory_plan_json(const TrainingShape& shape, const MemoryPlan& plan, std::int64_t device_bytes);
+nlohmann::ordered_json memory_plan_json(const TrainingShape& shape, const MemoryPlan& plan, std::int64_t device_bytes);
 
 // Refuses (an Error with the plan's breakdown and fitting_change) a run that does not fit
 // device_bytes; `what` names the command ("train", "distill").
