@@ -208,6 +208,7 @@ void distill_candidates(const LoadedCheckpoint& teacher_checkpoint, const Import
   const std::int64_t B = options.batch_size, T = validation.sequence_length, steps = options.distillation_steps;
   // Refused before the teacher loads: each candidate trains beside it.
   for (const RankedArchitecture& c : candidates) {
+    if (!backend.memory_bytes()) break;  // the CPU states no limit: nothing to plan
     TrainingShape shape;
     shape.model = plan_pruning(config, scores, targets_of(c.architecture, options.layer_criterion)).config;
     shape.teacher = config;

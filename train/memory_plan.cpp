@@ -136,8 +136,8 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
     s.recompute = mode;
     if (fits_shape(s)) return str("--recompute ", activation_recompute_name(mode));
   }
-  // Then more ranks, or a shorter sequence, each at the current recompute mode first and with
-  // more recomputation next.
+  // Then more ranks, or a shorter sequence, at the current recompute mode or with more
+  // recomputation.
   std::vector<ActivationRecompute> modes;
   for (ActivationRecompute mode :
        {ActivationRecompute::None, ActivationRecompute::Selective, ActivationRecompute::Full})
@@ -145,23 +145,33 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
   auto with_mode = [&](ActivationRecompute mode) {
     return mode == shape.recompute ? std::string() : str(" with --recompute ", activation_recompute_name(mode));
   };
+  // GPUs are the dearer resource: the fewest ranks over the modes, the least recomputation
+  // among equals. More ranks shrink only the optimizer share: 1024 leaves under 0.1% of it.
+  std::int64_t best_world = 0;
+  ActivationRecompute best_mode = shape.recompute;
   for (ActivationRecompute mode : modes) {
-    // More ranks shrink only the optimizer share: 1024 leaves under 0.1% of it.
-    for (std::int64_t world = shape.world_size + 1; world <= 1024; ++world) {
+    const std::int64_t limit = best_world > 0 ? best_world - 1 : 1024;
+    for (std::int64_t world = shape.world_size + 1; world <= limit; ++world) {
       TrainingShape s = shape;
       s.recompute = mode;
       s.world_size = world;
-      if (fits_shape(s))
-        return str(world, " ranks (data-parallel, the optimizer state sharded over them)", with_mode(mode));
+      if (!fits_shape(s)) continue;
+      best_world = world;
+      best_mode = mode;
+      break;
     }
   }
+  if (best_world > 0)
+    return str(best_world, " ranks (data-parallel, the optimizer state sharded over them)", with_mode(best_mode));
+  // Every part grows with the sequence: the longest that fits in any mode (full recomputation
+  // keeps the least per token), by bisection.
+  std::int64_t best_length = 0;
   for (ActivationRecompute mode : modes) {
     TrainingShape s = shape;
     s.recompute = mode;
-    s.sequence_length = 1;
-    if (shape.sequence_length <= 1 || !fits_shape(s)) continue;
-    // Every part grows with the sequence: the longest that fits, by bisection.
-    std::int64_t lo = 1, hi = shape.sequence_length - 1;
+    s.sequence_length = best_length + 1;
+    if (shape.sequence_length <= best_length + 1 || !fits_shape(s)) continue;
+    std::int64_t lo = best_length + 1, hi = shape.sequence_length - 1;
     while (lo < hi) {
       s.sequence_length = lo + (hi - lo + 1) / 2;
       if (fits_shape(s))
@@ -169,8 +179,10 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
       else
         hi = s.sequence_length - 1;
     }
-    return str("--sequence-length ", lo, " (the longest that fits)", with_mode(mode));
+    best_length = lo;
+    best_mode = mode;
   }
+  if (best_length > 0) return str("--sequence-length ", best_length, " (the longest that fits)", with_mode(best_mode));
   return {};
 }
 

@@ -63,10 +63,10 @@ inline constexpr std::int64_t kDeviceReserveBytes = std::int64_t{2} << 30;
 bool fits(const MemoryPlan& plan, std::int64_t device_bytes);
 
 // The cheapest change that makes `shape` fit `device_bytes`, tried in this order: recompute
-// selective, recompute full, more ranks (the fewest that fit, at the current recompute mode,
-// then with more recomputation), a shorter sequence (the longest that fits, likewise). A
-// flag-like phrase ("--recompute selective", "3 ranks (...) with --recompute full"), or empty
-// when none of them fits.
+// selective, recompute full, more ranks (the fewest that fit in any mode at least as thrifty as
+// the current one, the least recomputation among equals), a shorter sequence (the longest that
+// fits, likewise). A flag-like phrase ("--recompute selective", "4 ranks (...) with --recompute
+// full"), or empty when none of them fits.
 std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes);
 
 // "12.3 GiB"
