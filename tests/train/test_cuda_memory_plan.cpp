@@ -145,7 +145,11 @@ TEST_P(CudaMemoryPlan, CrossEntropyPeakIsTheMeasuredOne) {
 INSTANTIATE_TEST_SUITE_P(EveryModeAndRankCount, CudaMemoryPlan,
                          ::testing::Combine(::testing::Values(ActivationRecompute::None, ActivationRecompute::Selective,
                                                               ActivationRecompute::Full),
-                                            ::testing::Values(1, 2, 3)));
+                                            ::testing::Values(1, 2, 3)),
+                         [](const auto& info) {
+                           return str(activation_recompute_name(std::get<0>(info.param)), "_", std::get<1>(info.param),
+                                      "_ranks");
+                         });
 
 // Distillation: the teacher's weights and inference buffers, the teacher's logits chunk, and
 // with the mixed loss and the intermediate-state loss their buffers (a learned map: the widths
