@@ -190,6 +190,7 @@ int plan(int argc, char** argv) {
   cxxopts::Options options(command.empty() ? "plan" : "plan " + command,
                            "The device memory a training run needs per GPU on the CUDA engine, part by part, for the\n"
                            "command line of train, correct or distill, or for every training step of a recipe.");
+  if (command.empty()) options.custom_help("[train|correct|distill] [OPTION...] | --recipe FILE [OPTION...]");
   // clang-format off
   options.add_options("plan")
       ("recipe", "plan every training step of this recipe (instead of train/correct/distill flags)", cxxopts::value<std::string>())
