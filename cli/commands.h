@@ -16,5 +16,6 @@ int prune(int argc, char** argv);
 int correct(int argc, char** argv);
 int distill(int argc, char** argv);
 int pipeline(int argc, char** argv);
+int plan(int argc, char** argv);
 
 }  // namespace minitron::cli

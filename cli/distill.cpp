@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/distill_options.h"
 #include "cli/model_setup.h"
 #include "cli/options.h"
 #include "data/dataloader.h"
@@ -54,24 +55,7 @@ int distill(int argc, char** argv) {
   cxxopts::Options options("distill",
                            "Distill a teacher into a student: forward KL(p_teacher || p_student) on logits at a\n"
                            "temperature, the teacher forward-only, the loss computed in chunks of tokens.");
-  // clang-format off
-  options.add_options("model")
-      ("teacher", "teacher HF checkpoint directory (forward only)", cxxopts::value<std::string>())
-      ("student", "student HF checkpoint directory (e.g. the output of 'minitron prune')", cxxopts::value<std::string>())
-      ("temperature", "softmax temperature of both distributions", cxxopts::value<float>()->default_value("1"))
-      ("hard-label-weight", "w in loss = (1 - w) KL + w CE(next token) (0 = pure distillation, the recipe's)",
-       cxxopts::value<float>()->default_value("0"))
-      ("loss-chunk-rows", "tokens per chunk of the loss (0 = the device's default: about 16M logits per chunk on cpu, 268M on cuda)",
-       cxxopts::value<std::int64_t>()->default_value("0"))
-      ("intermediate-loss-weight",
-       "w in L = L_logits + w * alpha * L_is: cosine loss between mapped layers' hidden states (a learned linear map "
-       "when widths differ), alpha = L_logits / L_is recomputed every step (arXiv 2407.14679); 0 = off",
-       cxxopts::value<float>()->default_value("0"))
-      ("intermediate-layers",
-       "STUDENT:TEACHER zero-based layer pairs for it, e.g. 0:0,15:31 (default: every student layer, the last to "
-       "the teacher's last, evenly spaced)",
-       cxxopts::value<std::string>()->default_value(""));
-  // clang-format on
+  add_distillation_options(options);
   const TrainingDefaults defaults;
   add_training_options(options, defaults);
   cxxopts::ParseResult r;
@@ -112,8 +96,12 @@ int distill(int argc, char** argv) {
   check_training_output(o);
 
   TrainingRun run = open_training_run(r, [&](Backend& backend, std::int64_t world_size) {
-    check_training_memory(backend, ParameterTable(student_config).total_numel(),
-                          ParameterTable(teacher_config).total_numel(), world_size);
+    TrainingShape shape = training_shape(student_config, o, world_size);
+    shape.teacher = teacher_config;
+    shape.loss_chunk_rows = chunk_rows;
+    shape.hard_labels = hard_label_weight > 0;
+    shape.intermediate_pairs = static_cast<std::int64_t>(layer_pairs.size());
+    check_training_memory(shape, backend, str("--device ", backend.name()));
   });
   Backend* backend = run.backend.get();
   const std::int64_t B = o.batch_size, T = o.sequence_length;

@@ -32,6 +32,8 @@ constexpr Command kCommands[] = {
     {"correct", minitron::cli::correct,
      "teacher correction: fine-tune the teacher on the distillation data (train preset)", true},
     {"distill", minitron::cli::distill, "distill a teacher into a student (forward KL on logits)", true},
+    {"plan", minitron::cli::plan,
+     "the device memory a training run or a recipe's steps need per GPU, part by part (CUDA engine)"},
     {"pipeline", minitron::cli::pipeline,
      "the whole recipe from a JSON config: correct, score, prune, distill, evaluate, report"},
 };

@@ -106,6 +106,13 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
   // clang-format on
 }
 
+ActivationRecompute recompute_from_flags(const cxxopts::ParseResult& r) {
+  const std::string recompute = r["recompute"].as<std::string>();
+  const std::optional<ActivationRecompute> mode = parse_activation_recompute(recompute);
+  if (!mode) fail_expected("--recompute", str("'", recompute, "'"), "none, selective or full");
+  return *mode;
+}
+
 TrainOptions parse_training_options(const cxxopts::ParseResult& r, const TrainingDefaults& defaults) {
   TrainOptions o;
   o.train_shards = resolve_shards(required<std::string>(r, "data"));
@@ -119,10 +126,7 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   o.eval_windows = in_range<std::int64_t>(r, "eval-windows", 0, std::int64_t{1} << 40);
   o.save_interval = in_range<std::int64_t>(r, "save-interval", 0, std::int64_t{1} << 40);
   o.save_total_limit = in_range<std::int64_t>(r, "save-total-limit", 0, std::int64_t{1} << 40);
-  const std::string recompute = r["recompute"].as<std::string>();
-  const std::optional<ActivationRecompute> mode = parse_activation_recompute(recompute);
-  if (!mode) fail_expected("--recompute", str("'", recompute, "'"), "none, selective or full");
-  o.recompute = *mode;
+  o.recompute = recompute_from_flags(r);
   o.log_interval = in_range<std::int64_t>(r, "log-interval", 1, std::int64_t{1} << 40);
   o.seed = r["seed"].as<std::uint64_t>();
   o.save_dtype = parse_save_dtype(r["save-dtype"].as<std::string>());
@@ -187,6 +191,27 @@ TrainingRun open_training_run(const cxxopts::ParseResult& r,
   return run;
 }
 
+TrainingShape training_shape(const ModelConfig& config, const TrainOptions& o, std::int64_t world_size) {
+  TrainingShape shape;
+  shape.model = config;
+  shape.batch_size = o.batch_size;
+  shape.sequence_length = o.sequence_length;
+  shape.recompute = o.recompute;
+  shape.world_size = world_size;
+  shape.validation = !o.validation_shards.empty();
+  return shape;
+}
+
+TrainingShape training_shape_from_flags(const cxxopts::ParseResult& r, const ModelConfig& config,
+                                        std::int64_t world_size) {
+  TrainOptions o;
+  o.batch_size = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
+  o.sequence_length = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
+  o.recompute = recompute_from_flags(r);
+  if (r.count("validation-data")) o.validation_shards = {r["validation-data"].as<std::string>()};
+  return training_shape(config, o, world_size);
+}
+
 void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config) {
   if (tokens > config.max_position_embeddings)
     fail_expected(flag, std::to_string(tokens),
@@ -198,7 +223,7 @@ void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& 
   check_sequence_length("--sequence-length", o.sequence_length, source.config);
   check_training_output(o);  // before the weights load, not after
   TrainingRun run = open_training_run(r, [&](Backend& backend, std::int64_t world_size) {
-    check_training_memory(backend, ParameterTable(source.config).total_numel(), 0, world_size);
+    check_training_memory(training_shape(source.config, o, world_size), backend, str("--device ", backend.name()));
   });
   Backend* backend = run.backend.get();
   LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training, o.recompute);

@@ -15,6 +15,7 @@
 #include "dist/communicator.h"
 #include "dist/environment.h"
 #include "model/config.h"
+#include "train/memory_plan.h"
 #include "train/trainer.h"
 
 namespace minitron::cli {
@@ -64,6 +65,17 @@ void silence_stdout();
 // here on but errors.
 TrainingRun open_training_run(const cxxopts::ParseResult& result,
                               const std::function<void(Backend&, std::int64_t world_size)>& before_join = {});
+
+// The memory plan's view of a cross-entropy run of `config` with these options on world_size
+// ranks (distill adds its teacher and loss settings).
+TrainingShape training_shape(const ModelConfig& config, const TrainOptions& options, std::int64_t world_size);
+
+// The same from the training flags alone (no --data or --output needed, nothing read): what
+// `plan` computes for a command line of train, correct or distill.
+TrainingShape training_shape_from_flags(const cxxopts::ParseResult& result, const ModelConfig& config,
+                                        std::int64_t world_size);
+// --recompute as a mode, refused in one line naming the flag.
+ActivationRecompute recompute_from_flags(const cxxopts::ParseResult& result);
 
 // Fails naming `flag` unless `tokens` positions fit the model (max_position_embeddings).
 void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config);

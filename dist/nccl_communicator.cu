@@ -163,8 +163,7 @@ double* NcclCommunicator::staging(std::size_t count) {
     staging_ = nullptr;
     staging_count_ = 0;
   }
-  // A few losses and counts per step: 64 covers them, so the buffer is allocated once.
-  const std::size_t wanted = std::max<std::size_t>(count, 64);
+  const std::size_t wanted = std::max(count, static_cast<std::size_t>(kNcclStagingDoubles));
   MINITRON_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&staging_), wanted * sizeof(double)));
   // barrier() sums whatever is there: defined values (compute-sanitizer's initcheck).
   MINITRON_CUDA_CHECK(cudaMemsetAsync(staging_, 0, wanted * sizeof(double), backend_.context().stream()));

@@ -5,11 +5,14 @@
 // streams and events are in-order no-ops because launches finish before they return; events
 // record host time so cudaEventElapsedTime measures the emulated work. Allocations are tracked
 // so that freeing a pointer cudaMalloc never returned is reported as CUDA would
-// (cudaErrorInvalidValue) instead of corrupting the heap.
+// (cudaErrorInvalidValue) instead of corrupting the heap, and counted per host thread
+// (thread_device_memory), so a test can compare what a training rank allocated with the plan.
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "emu/emulator.h"
@@ -30,9 +33,16 @@ constexpr std::size_t optin_shared_limit = 227 * 1024;  // sm_90's opt-in maximu
 constexpr std::size_t emulated_memory = 80ull << 30;    // what cudaMemGetInfo reports
 
 // Process-wide like the device state it stands for.
+struct Allocation {
+  std::size_t bytes;
+  std::thread::id owner;  // the host thread whose account it counts in
+};
+
 struct RuntimeState {
   std::mutex mutex;
-  std::unordered_map<const void*, std::size_t> allocations;
+  std::unordered_map<const void*, Allocation> allocations;
+  // Per host thread: the ranks of a multi-rank test are threads sharing the one emulated device.
+  std::unordered_map<std::thread::id, DeviceMemoryUse> accounts;
   std::unordered_map<const void*, std::size_t> shared_limits;
   std::size_t allocated_bytes = 0;
 };
@@ -59,8 +69,11 @@ cudaError_t allocate(void** pointer, std::size_t bytes) {
   if (memory == nullptr) return record(cudaErrorMemoryAllocation);
   auto& runtime = state();
   std::lock_guard lock(runtime.mutex);
-  runtime.allocations.emplace(memory, bytes);
+  runtime.allocations.emplace(memory, Allocation{bytes, std::this_thread::get_id()});
   runtime.allocated_bytes += bytes;
+  DeviceMemoryUse& account = runtime.accounts[std::this_thread::get_id()];
+  account.current += bytes;
+  account.peak = std::max(account.peak, account.current);
   *pointer = memory;
   return cudaSuccess;
 }
@@ -72,7 +85,8 @@ cudaError_t release(void* pointer) {
     std::lock_guard lock(runtime.mutex);
     auto found = runtime.allocations.find(pointer);
     if (found == runtime.allocations.end()) return record(cudaErrorInvalidValue);
-    runtime.allocated_bytes -= found->second;
+    runtime.allocated_bytes -= found->second.bytes;
+    runtime.accounts[found->second.owner].current -= found->second.bytes;
     runtime.allocations.erase(found);
   }
   std::free(pointer);
@@ -89,6 +103,24 @@ std::size_t max_dynamic_shared_bytes(const void* kernel) {
 }
 
 }  // namespace minitron::emu::detail
+
+namespace minitron::emu {
+
+DeviceMemoryUse thread_device_memory() {
+  auto& runtime = detail::state();
+  std::lock_guard lock(runtime.mutex);
+  const auto found = runtime.accounts.find(std::this_thread::get_id());
+  return found == runtime.accounts.end() ? DeviceMemoryUse{} : found->second;
+}
+
+void reset_thread_device_memory_peak() {
+  auto& runtime = detail::state();
+  std::lock_guard lock(runtime.mutex);
+  DeviceMemoryUse& account = runtime.accounts[std::this_thread::get_id()];
+  account.peak = account.current;
+}
+
+}  // namespace minitron::emu
 
 namespace emu = minitron::emu::detail;
 

@@ -94,6 +94,17 @@ class ScopedOptions {
   Options saved_;
 };
 
+// Device memory (cudaMalloc and its host/async variants) that the calling host thread allocated
+// and has not freed, and the most it held at once since its first allocation or its last
+// reset_thread_device_memory_peak(): bytes as requested. Counted per host thread because the
+// ranks of a multi-rank test are threads sharing the one emulated device; a pointer freed by
+// another thread still leaves its allocator's account.
+struct DeviceMemoryUse {
+  std::size_t current = 0, peak = 0;
+};
+DeviceMemoryUse thread_device_memory();
+void reset_thread_device_memory_peak();  // peak = current
+
 namespace detail {
 
 // What the running CUDA thread sees; one per fiber, filled by the scheduler.

@@ -27,6 +27,7 @@
 
 #include "kernels/attention_mma.cuh"
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/device_memory.h"
 
 namespace minitron::cuda {
 
@@ -455,12 +456,6 @@ void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, s
 #undef MINITRON_CASE
     default: unsupported_head_dim(hd);
   }
-}
-
-// Float scratch of the backward (D = rowsum(dO * O)): B * Hq * T floats.
-inline std::int64_t attention_backward_workspace_floats(std::int64_t B, std::int64_t T_,
-                                                        std::int64_t Hq) {
-  return B * Hq * T_;
 }
 
 // Overwrites dq, dk, dv; training shapes (Tq == Tk == T).

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/device_memory.h"
 #include "kernels/packed.cuh"
 
 namespace minitron::cuda {
@@ -159,11 +160,6 @@ void embedding_forward(T* out, const std::int32_t* tokens, const T* table, std::
   if (N <= 0) return;
   launch(embedding_forward_kernel<T>, dim3(static_cast<unsigned>(N)), dim3(kEmbeddingThreads), 0,
          stream, out, tokens, table, D, vocab);
-}
-
-// Integer scratch of the backward, in device memory: embedding_workspace_ints(N, vocab) ints.
-inline std::int64_t embedding_workspace_ints(std::int64_t N, std::int64_t vocab) {
-  return 3 * vocab + 1 + 2 * N;
 }
 
 // dtable [vocab, D] += scatter of dout [N, D] by tokens, deterministically.

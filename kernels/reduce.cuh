@@ -16,11 +16,11 @@
 
 #include "core/backend.h"
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/device_memory.h"
 #include "kernels/packed.cuh"
 
 namespace minitron::cuda {
 
-constexpr std::int64_t kSquaresChunk = 1 << 14;
 constexpr int kSquaresThreads = 256;
 constexpr int kSquaresFinalThreads = 1024;
 
@@ -151,10 +151,6 @@ __global__ void row_cosine_kernel(float* out, const T* a, const T* b, std::int64
 }
 
 // ---- launchers ----
-
-inline std::int64_t sum_of_squares_workspace_doubles(std::int64_t n) {
-  return ceil_div(n, kSquaresChunk) + 1;
-}
 
 // Writes the sum into result[0] on the device (workspace: sum_of_squares_workspace_doubles(n)
 // doubles, result may be its last element).

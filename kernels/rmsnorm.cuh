@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/device_memory.h"
 #include "kernels/packed.cuh"
 
 namespace minitron::cuda {
@@ -125,8 +126,6 @@ __global__ void rmsnorm_backward_input_kernel(T* din, const T* dout, const T* in
   });
 }
 
-constexpr int kRmsnormRowsPerChunk = 64;
-
 // partial[chunk, j] = sum over the chunk's rows of dout[n, j] * round(x[n, j] * r[n]). Each
 // thread owns a column slot (column_slot): K adjacent columns read as 16-byte packs in every
 // row, or one head/tail column. That needs one split for all rows of dout and in (the
@@ -179,11 +178,6 @@ void rmsnorm_forward(T* out, float* rstd, const T* in, const T* weight, std::int
   const dim3 grid(static_cast<unsigned>(ceil_div(N, rows_per_block)));
   launch(rmsnorm_forward_kernel<T>, grid, dim3(kRmsnormThreads), 0, stream, out, rstd, in, weight,
          N, D, eps);
-}
-
-// Float scratch the backward needs for its weight-gradient partial sums.
-inline std::int64_t rmsnorm_backward_workspace_floats(std::int64_t N, std::int64_t D) {
-  return ceil_div(N, kRmsnormRowsPerChunk) * D;
 }
 
 template <typename G, typename T>

@@ -116,6 +116,32 @@ LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t
 
 LlamaModel::~LlamaModel() = default;
 
+ModelMemory LlamaModel::memory(const ModelConfig& config, DType activation, DType gradient, std::int64_t max_batch,
+                               std::int64_t max_sequence, ModelMode mode, ActivationRecompute recompute) {
+  const auto act = static_cast<std::int64_t>(dtype_size(activation));
+  const auto stat = static_cast<std::int64_t>(dtype_size(activation == DType::F64 ? DType::F64 : DType::F32));
+  const std::int64_t N = max_batch * max_sequence, D = config.hidden_size, F = config.intermediate_size;
+  const std::int64_t QD = config.q_dim(), KVD = config.kv_dim(), L = config.num_hidden_layers;
+  const std::int64_t P = ParameterTable(config).total_numel();
+  const bool training = mode == ModelMode::Training;
+  ModelMemory m;
+  m.weights = P * act;
+  if (training) m.gradients = P * static_cast<std::int64_t>(dtype_size(gradient));
+  m.saved_activations = (training ? L + 1 : 2) * N * D * act;  // the residual stream (allocate_arenas)
+  for (const SlotShape& shape : slot_shapes(config)) {
+    const std::int64_t bytes = N * shape.per_token * (shape.statistic ? stat : act);
+    if (kept_for_backward(shape, mode, recompute))
+      m.saved_activations += L * bytes;
+    else
+      m.recompute_workspace += bytes;
+  }
+  // RoPE's inverse frequencies (fp32), the tokens, the final norm's output and 1/rms.
+  m.backward_buffers = (config.head_dim / 2) * 4 + N * 4 + N * D * act + N * stat;
+  // d_residual, d_hidden, d_normed, d_q, d_k, d_v, d_attention, d_gate, d_up, d_mlp.
+  if (training) m.backward_buffers += N * (3 * D + 2 * QD + 2 * KVD + 3 * F) * act;
+  return m;
+}
+
 void LlamaModel::allocate_arenas() {
   const DType act = backend_.activation_dtype();
   // Norm statistics and log-sum-exp are fp32, except on the double engine of gradient checks.

@@ -73,8 +73,28 @@ struct ActivationArenaBytes {
   std::int64_t workspace = 0;  // one layer's worth of the rest, rewritten by each layer
 };
 
+// Every allocation a model makes at construction, in bytes, by what it holds; the memory plan
+// (train/memory_plan.h) adds these up without building a model. LlamaModel::memory computes
+// them from the same slot shapes allocate_arenas() allocates by.
+struct ModelMemory {
+  std::int64_t weights = 0;              // the parameters (activation dtype)
+  std::int64_t gradients = 0;            // their gradients (gradient dtype; Training mode)
+  std::int64_t saved_activations = 0;    // kept from forward to backward (ActivationArenaBytes::saved)
+  std::int64_t recompute_workspace = 0;  // one layer's worth of the rest (ActivationArenaBytes::workspace)
+  std::int64_t backward_buffers = 0;     // activation gradients (Training), the final norm's output, tokens, RoPE
+  std::int64_t total() const {
+    return weights + gradients + saved_activations + recompute_workspace + backward_buffers;
+  }
+};
+
 class LlamaModel {
  public:
+  // What a model of this shape allocates on an engine storing activations as `activation` and
+  // parameter gradients as `gradient` (norm statistics are fp32, fp64 beside fp64 activations).
+  static ModelMemory memory(const ModelConfig& config, DType activation, DType gradient, std::int64_t max_batch,
+                            std::int64_t max_sequence, ModelMode mode,
+                            ActivationRecompute recompute = ActivationRecompute::None);
+
   // recompute other than None needs Training mode (Inference keeps one layer's activations).
   LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch, std::int64_t max_sequence,
              ModelMode mode, ActivationRecompute recompute = ActivationRecompute::None);

@@ -9,6 +9,7 @@
 #include "model/parameters.h"
 #include "train/distill.h"
 #include "train/losses.h"
+#include "train/memory_plan.h"
 #include "train/trainer.h"
 #include "util/error.h"
 #include "util/numbers.h"
@@ -205,10 +206,17 @@ void distill_candidates(const LoadedCheckpoint& teacher_checkpoint, const Import
                         std::span<RankedArchitecture> candidates) {
   const ModelConfig& config = teacher_checkpoint.config;
   const std::int64_t B = options.batch_size, T = validation.sequence_length, steps = options.distillation_steps;
-  // Refused before the teacher loads: the largest candidate trains beside it.
-  std::int64_t largest = 0;
-  for (const RankedArchitecture& c : candidates) largest = std::max(largest, c.architecture.parameters);
-  check_training_memory(backend, largest, parameter_count(config));
+  // Refused before the teacher loads: each candidate trains beside it.
+  for (const RankedArchitecture& c : candidates) {
+    if (!backend.memory_bytes()) break;  // the CPU states no limit: nothing to plan
+    TrainingShape shape;
+    shape.model = plan_pruning(config, scores, targets_of(c.architecture, options.layer_criterion)).config;
+    shape.teacher = config;
+    shape.batch_size = B;
+    shape.sequence_length = T;
+    shape.validation = !options.validation_shards.empty();
+    check_training_memory(shape, backend, str("--device ", backend.name()));
+  }
   LlamaModel teacher(config, backend, B, T, ModelMode::Inference);
   teacher.set_parameters(teacher_checkpoint.params);
   // The runs are only needed for their losses (which go into search.json).

@@ -7,15 +7,28 @@
 
 namespace minitron {
 
-LossWorkspace::LossWorkspace(Backend& backend, std::int64_t vocab_size, std::int64_t max_rows,
-                             std::int64_t rows_per_chunk, bool distillation)
-    : backend_(backend), vocab_size_(vocab_size), max_rows_(max_rows) {
+std::int64_t LossWorkspace::chunk_rows(std::int64_t loss_chunk_logits, std::int64_t vocab_size, std::int64_t max_rows,
+                                       std::int64_t rows_per_chunk) {
   if (rows_per_chunk <= 0) {
-    rows_per_chunk = std::max<std::int64_t>(1, backend.loss_chunk_logits() / vocab_size);
+    rows_per_chunk = std::max<std::int64_t>(1, loss_chunk_logits / vocab_size);
     // Whole 128-row GEMM tiles: 2092 rows would cost a 17th tile for 44 rows.
     if (rows_per_chunk > 128) rows_per_chunk -= rows_per_chunk % 128;
   }
-  rows_per_chunk_ = std::min(rows_per_chunk, max_rows);
+  return std::min(rows_per_chunk, max_rows);
+}
+
+std::int64_t LossWorkspace::bytes(DType activation, std::int64_t vocab_size, std::int64_t max_rows,
+                                  std::int64_t rows_per_chunk, bool distillation) {
+  const auto act = static_cast<std::int64_t>(dtype_size(activation));
+  const auto loss = static_cast<std::int64_t>(dtype_size(activation == DType::F64 ? DType::F64 : DType::F32));
+  const std::int64_t terms = distillation ? kMaxLossTerms : 1;
+  return (distillation ? 2 : 1) * rows_per_chunk * vocab_size * act + terms * max_rows * loss + max_rows * 4;
+}
+
+LossWorkspace::LossWorkspace(Backend& backend, std::int64_t vocab_size, std::int64_t max_rows,
+                             std::int64_t rows_per_chunk, bool distillation)
+    : backend_(backend), vocab_size_(vocab_size), max_rows_(max_rows) {
+  rows_per_chunk_ = chunk_rows(backend.loss_chunk_logits(), vocab_size, max_rows, rows_per_chunk);
   loss_terms_ = distillation ? kMaxLossTerms : 1;
   const DType act = backend.activation_dtype();
   logits_ = BackendBuffer(backend, rows_per_chunk_ * vocab_size, act);

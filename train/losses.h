@@ -37,6 +37,12 @@ class LossWorkspace {
   LossWorkspace(Backend& backend, std::int64_t vocab_size, std::int64_t max_rows, std::int64_t rows_per_chunk = 0,
                 bool distillation = false);
   std::int64_t rows_per_chunk() const { return rows_per_chunk_; }
+  // The rows per chunk such a workspace takes (the constructor's rule), given the engine's
+  // Backend::loss_chunk_logits(); and the bytes it allocates for them (the memory plan's).
+  static std::int64_t chunk_rows(std::int64_t loss_chunk_logits, std::int64_t vocab_size, std::int64_t max_rows,
+                                 std::int64_t rows_per_chunk = 0);
+  static std::int64_t bytes(DType activation, std::int64_t vocab_size, std::int64_t max_rows,
+                            std::int64_t rows_per_chunk, bool distillation);
 
  private:
   Backend& backend_;

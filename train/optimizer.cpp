@@ -60,13 +60,19 @@ bool decays(const ParamInfo& info, const OptimizerConfig& config) {
 }
 
 // Low-precision parameters get an fp32 master copy that the update works on.
-static bool keeps_master(const Backend& backend) { return backend.activation_dtype() == DType::BF16; }
+static bool keeps_master(DType activation) { return activation == DType::BF16; }
+static bool keeps_master(const Backend& backend) { return keeps_master(backend.activation_dtype()); }
+
+std::int64_t AdamW::state_bytes_per_owned_parameter(DType activation) {
+  const std::size_t moments = 2 * dtype_size(DType::F32);
+  const std::size_t master = keeps_master(activation) ? dtype_size(DType::F32) : 0;
+  return static_cast<std::int64_t>(moments + master);
+}
 
 double AdamW::state_bytes_per_parameter(const Backend& backend, std::int64_t world_size) {
-  const std::size_t moments = 2 * dtype_size(DType::F32);
-  const std::size_t master = keeps_master(backend) ? dtype_size(DType::F32) : 0;
   return static_cast<double>(dtype_size(backend.activation_dtype()) + dtype_size(backend.gradient_dtype())) +
-         static_cast<double>(moments + master) / static_cast<double>(world_size);
+         static_cast<double>(state_bytes_per_owned_parameter(backend.activation_dtype())) /
+             static_cast<double>(world_size);
 }
 
 AdamW::AdamW(LlamaModel& model, const OptimizerConfig& config)
@@ -133,9 +139,8 @@ OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
 }
 
 std::vector<float> AdamW::gather(Tensor part) const {
-  // Through a window of device memory, so that no rank ever holds a whole state vector there:
-  // for 8B parameters one is 32 GB, the memory sharding saved.
-  return gather_to_rank0(model_.backend(), communicator_, bounds_, part, std::int64_t{1} << 24);
+  // Through a window of device memory, so that no rank ever holds a whole state vector there.
+  return gather_to_rank0(model_.backend(), communicator_, bounds_, part, kGatherWindow);
 }
 
 std::vector<float> AdamW::gather_weights() const {

@@ -87,6 +87,14 @@ class AdamW {
   // parameter and its gradient, and this rank's share of both moments and, for low-precision
   // parameters, of the fp32 master copy the update works on.
   static double state_bytes_per_parameter(const Backend& backend, std::int64_t world_size = 1);
+  // Bytes of optimizer state per parameter of a rank's own part on an engine storing
+  // parameters as `activation`: both fp32 moments and, for low-precision parameters, the fp32
+  // master copy.
+  static std::int64_t state_bytes_per_owned_parameter(DType activation);
+  // Elements of device memory a rank's part of the state travels through to rank 0 at a
+  // checkpoint (gather_to_rank0's window): for 8B parameters a whole vector is 32 GB, the
+  // memory sharding saved.
+  static constexpr std::int64_t kGatherWindow = std::int64_t{1} << 24;
 
  private:
   void allocate_state();

@@ -71,30 +71,6 @@ void check_training_output(const TrainOptions& options) {
         check_checkpoint_output(entry.path(), options.input_models, str(entry.path().string(), " (under --output)"));
 }
 
-void check_training_memory(const Backend& backend, std::int64_t trained_parameters, std::int64_t frozen_parameters,
-                           std::int64_t world_size) {
-  const std::optional<std::int64_t> capacity = backend.memory_bytes();
-  if (!capacity) return;
-  const double trained_bytes = AdamW::state_bytes_per_parameter(backend, world_size);
-  const auto frozen_bytes = static_cast<std::int64_t>(dtype_size(backend.activation_dtype()));
-  const double need = static_cast<double>(trained_parameters) * trained_bytes +
-                      static_cast<double>(frozen_parameters) * static_cast<double>(frozen_bytes);
-  if (need <= static_cast<double>(*capacity)) return;
-  auto gib = [](double bytes) { return str(std::round(bytes / double(1 << 30) * 10) / 10, " GiB"); };
-  fail_expected(str("--device ", backend.name()),
-                str("training ", human_count(trained_parameters), " parameters (", trained_bytes,
-                    " bytes each for the weight, its gradient and ",
-                    world_size > 1 ? str("1/", world_size, " of its AdamW state") : std::string("its AdamW state"), ")",
-                    frozen_parameters > 0 ? str(" beside a ", human_count(frozen_parameters), "-parameter teacher (",
-                                                frozen_bytes, " bytes each)")
-                                          : std::string(),
-                    " needs ", gib(need), " before any activation; the device has ", gib(double(*capacity))),
-                world_size > 1 ? std::string("a model whose state fits the device (each rank holds the whole model and "
-                                             "its share of the optimizer state), or more ranks")
-                               : std::string("a model whose state fits the device, or data-parallel ranks to share the "
-                                             "optimizer state (README: Training on several GPUs)"));
-}
-
 namespace {
 
 // A resumable checkpoint: the HF checkpoint, the training state beside it

@@ -115,14 +115,6 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
 // weights, and run_training again before it writes anything.
 void check_training_output(const TrainOptions& options);
 
-// Refuses, before anything is allocated or loaded, a run whose parameter state alone exceeds
-// the device's memory (Backend::memory_bytes; nothing to check on the CPU): trained parameters
-// with their gradients and, on each of world_size data-parallel ranks, their share of the
-// AdamW state (AdamW::state_bytes_per_parameter), frozen ones (a distillation teacher) with
-// their weights only. Activations come on top.
-void check_training_memory(const Backend& backend, std::int64_t trained_parameters, std::int64_t frozen_parameters = 0,
-                           std::int64_t world_size = 1);
-
 // The newest output/checkpoint-<step> directory, or empty.
 std::filesystem::path latest_checkpoint(const std::filesystem::path& output);
 

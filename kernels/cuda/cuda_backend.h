@@ -19,6 +19,7 @@
 #include <string>
 
 #include "core/backend.h"
+#include "kernels/cuda/device_memory.h"
 
 namespace minitron::cuda {
 
@@ -32,9 +33,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override;
   DType activation_dtype() const override { return DType::BF16; }
-  // 2^28 bf16 logits (512 MiB per buffer): about 2048 rows at vocab 128k, so the fp32
-  // [vocab, hidden] head gradient is read and written once per 2048 tokens, not per 130.
-  std::int64_t loss_chunk_logits() const override { return std::int64_t{1} << 28; }
+  std::int64_t loss_chunk_logits() const override { return kLossChunkLogits; }
   DType gradient_dtype() const override { return DType::F32; }
   bool computes_in(DType dtype) const override {
     return dtype == DType::BF16 || dtype == DType::F32;

@@ -1,14 +1,10 @@
 // The CUDA engine's per-device state (see cuda_context.h).
 #include "kernels/cuda/cuda_context.h"
 
+#include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/gemm.h"
 
 namespace minitron::cuda {
-
-namespace {
-// cuBLASLt's recommended workspace for Hopper-class GPUs; smaller ones use less of it.
-constexpr std::size_t kCublasWorkspaceBytes = 32u << 20;
-}  // namespace
 
 DeviceScratch::~DeviceScratch() {
   if (data_) cudaFree(data_);
@@ -37,8 +33,10 @@ CudaContext::CudaContext(int device) {
   }
   MINITRON_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   MINITRON_CUBLAS_CHECK(cublasLtCreate(&cublas_));
-  MINITRON_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
-  gemm_ = std::make_unique<Gemm>(cublas_, cublas_workspace_, kCublasWorkspaceBytes);
+  MINITRON_CUDA_CHECK(
+      cudaMalloc(&cublas_workspace_, static_cast<std::size_t>(kCublasWorkspaceBytes)));
+  gemm_ = std::make_unique<Gemm>(cublas_, cublas_workspace_,
+                                 static_cast<std::size_t>(kCublasWorkspaceBytes));
 }
 
 CudaContext::~CudaContext() {

@@ -16,6 +16,7 @@
 #include "tests/kernels/cuda/cuda_test_util.h"
 #include "tests/model/recompute_test_util.h"
 #include "train/losses.h"
+#include "train/memory_plan.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 #include "util/error.h"
@@ -181,50 +182,49 @@ TEST(CudaActivationRecompute, GradientsBitIdentical) {
   EXPECT_EQ(bytes.workspace, N * ((2 * c.hidden_size + c.intermediate_size) * 2 + 2 * 4));
 }
 
-// What a run's parameter state needs, against the device's memory: the emulated runtime's
-// cudaMemGetInfo reports 80 GiB (emu/cuda_runtime.cpp).
-TEST(CudaTrainingMemory, RefusesParameterStateBeyondTheDevice) {
+// The memory plan against the device's memory: the emulated runtime's cudaMemGetInfo reports
+// 80 GiB (emu/cuda_runtime.cpp); train/memory_plan.h's parts are checked by hand in
+// tests/train/test_memory_plan.cpp and against measured allocations in test_cuda_memory_plan.cpp.
+TEST(CudaTrainingMemory, RefusesARunBeyondTheDevice) {
   Device device;
   Backend& gpu = device.backend();
   auto cpu = make_backend("cpu");
   // bf16 weight 2 + fp32 gradient 4 + two fp32 moments 8 + fp32 master 4; fp32 on the CPU: 4 + 4
-  // + 8.
+  // + 8. Data-parallel ranks each hold 1/world of the 12 bytes of AdamW state (ZeRO stage 1).
   EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu), 18);
   EXPECT_EQ(AdamW::state_bytes_per_parameter(*cpu), 16);
-  // 4e9 x 18 = 72e9 bytes = 67.1 GiB: fits.
-  EXPECT_NO_THROW(check_training_memory(gpu, 4'000'000'000));
-  // Llama-3.1-8B: 8030261248 x 18 = 144544702464 bytes = 134.6 GiB: refused, saying how much.
-  try {
-    check_training_memory(gpu, 8'030'261'248);
-    ADD_FAILURE() << "an 8B training state passed on an 80 GiB device";
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    EXPECT_NE(message.find("training 8.03B parameters"), std::string::npos) << message;
-    EXPECT_NE(message.find("needs 134.6 GiB"), std::string::npos) << message;
-    EXPECT_NE(message.find("the device has 80 GiB"), std::string::npos) << message;
-  }
-  // A 4e9 student beside an 8e9 bf16 teacher: 72e9 + 16e9 = 88e9 bytes = 82.0 GiB > 80 GiB.
-  EXPECT_THROW(check_training_memory(gpu, 4'000'000'000, 8'000'000'000), Error);
-  EXPECT_NO_THROW(
-      check_training_memory(gpu, 4'000'000'000, 3'000'000'000));  // 78e9 bytes = 72.6 GiB
-  // Data-parallel ranks each hold 1/world of the 12 bytes of AdamW state (ZeRO stage 1):
-  // 2 + 4 + 12/8 = 7.5 bytes; the 8B state is 60226959360 bytes = 56.1 GiB on each of 8 ranks.
   EXPECT_EQ(AdamW::state_bytes_per_parameter(gpu, 8), 7.5);
-  EXPECT_NO_THROW(check_training_memory(gpu, 8'030'261'248, 0, 8));
-  // On 2 ranks, 2 + 4 + 6 = 12 bytes: 96363134976 bytes = 89.7 GiB, refused, naming the share.
+  // Llama-3.1-8B at 8192 tokens on one rank: 8030261248 x 18 bytes = 134.6 GiB of parameter
+  // state alone (2P = 15.0 GiB of weights, 4P = 29.9 of gradients, 12P = 89.7 of AdamW state);
+  // refused, naming the parts and the device; no recompute mode alone helps, more ranks do.
+  TrainingShape shape;
+  shape.model = load_model_config(std::filesystem::path(MINITRON_SOURCE_DIR) /
+                                  "recipes/configs/Meta-Llama-3.1-8B");
+  shape.batch_size = 1;
+  shape.sequence_length = 8192;
   try {
-    check_training_memory(gpu, 8'030'261'248, 0, 2);
-    ADD_FAILURE() << "an 8B training state on 2 ranks passed on an 80 GiB device";
+    check_training_memory(shape, gpu, "--device cuda");
+    ADD_FAILURE() << "an 8B training run passed on an 80 GiB device";
   } catch (const Error& e) {
     const std::string message = e.what();
+    EXPECT_NE(message.find("weights 15.0 GiB, gradients 29.9 GiB, optimizer share 89.7 GiB"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("the device has 80.0 GiB"), std::string::npos) << message;
+    // 4 ranks at full recomputation: 2 + 4 + 12/4 = 9 bytes x P = 67.3 GiB of state.
     EXPECT_NE(
-        message.find("(12 bytes each for the weight, its gradient and 1/2 of its AdamW state)"),
+        message.find(
+            "4 ranks (data-parallel, the optimizer state sharded over them) with --recompute full"),
         std::string::npos)
         << message;
-    EXPECT_NE(message.find("needs 89.7 GiB"), std::string::npos) << message;
   }
-  // The CPU engine states no limit.
-  EXPECT_NO_THROW(check_training_memory(*cpu, 1'000'000'000'000));
+  // A tiny model fits; the CPU engine states no limit, so nothing is refused there.
+  TrainingShape tiny;
+  tiny.model = tiny_config(false);
+  tiny.batch_size = 2;
+  tiny.sequence_length = 8;
+  EXPECT_NO_THROW(check_training_memory(tiny, gpu, "--device cuda"));
+  EXPECT_NO_THROW(check_training_memory(shape, *cpu, "--device cpu"));
 }
 
 }  // namespace

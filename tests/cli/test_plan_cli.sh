@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# minitron plan: a train and a distill command line (models as config.json-only directories, no
+# weights), the paper recipes on 8 x 80 GiB, JSON that adds up, and the bad input it refuses.
+set -euo pipefail
+MINITRON=$1
+WORK=$2
+SOURCE=$PWD
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+mkdir -p teacher student
+cat > teacher/config.json <<'JSON'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512,
+ "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 4, "num_attention_heads": 4,
+ "num_key_value_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
+ "max_position_embeddings": 256, "tie_word_embeddings": false, "hidden_act": "silu",
+ "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32"}
+JSON
+sed 's/"num_hidden_layers": 4/"num_hidden_layers": 2/' teacher/config.json > student/config.json
+
+# A train command line, as train takes it (--data and --output are accepted, not read).
+"$MINITRON" plan train --model teacher --data 'none_*.bin' --output run --batch-size 4 --sequence-length 128 \
+  --recompute selective > train.txt
+grep -q "^saved activations" train.txt || fail "no saved-activations row"
+grep -q "^fits  *yes" train.txt || fail "a tiny model does not fit 80 GiB"
+
+# JSON: the parts add up to the peak, and the recompute mode changes the saved activations.
+"$MINITRON" plan train --model teacher --batch-size 4 --sequence-length 128 --json > none.json
+"$MINITRON" plan train --model teacher --batch-size 4 --sequence-length 128 --recompute full --json > full.json
+python3 - <<'PY' || fail "plan JSON inconsistent"
+import json
+none, full = json.load(open("none.json")), json.load(open("full.json"))
+step = none["steps"][0]
+assert step["step"] == "train" and step["gpus"] == 1 and step["zero_stage"] == 1, step
+assert sum(step["parts"].values()) == step["peak"], step
+# 5 residual streams of 4 x 128 x 64 bf16 values are all that full recomputation keeps.
+assert full["steps"][0]["parts"]["saved activations"] == 5 * 4 * 128 * 64 * 2, full
+assert step["parts"]["saved activations"] > full["steps"][0]["parts"]["saved activations"]
+assert step["fits"] is True
+PY
+
+# A distill command line: the teacher's part appears, and more GPUs shrink the optimizer share.
+"$MINITRON" plan distill --teacher teacher --student student --sequence-length 128 --gpus 2 --json > distill.json
+python3 - <<'PY' || fail "distill plan JSON inconsistent"
+import json
+step = json.load(open("distill.json"))["steps"][0]
+assert step["parts"]["teacher"] > 0 and step["gpus"] == 2, step
+PY
+
+# The paper recipes on 8 x 80 GiB: the Llama-3.1-Minitron-4B recipes fit at their own
+# sequence length (8192); MN-Minitron-8B does not until ZeRO-2 and the bf16-only teacher land,
+# and the plan names the cheapest change instead.
+for recipe in llama-3.1-minitron-4b-width llama-3.1-minitron-4b-depth; do
+  "$MINITRON" plan --recipe "$SOURCE/recipes/$recipe.json" --teacher "$SOURCE/recipes/configs/Meta-Llama-3.1-8B" \
+    --gpus 8 --gpu-memory 80GiB --json > "$recipe.json"
+  python3 - "$recipe.json" <<'PY' || fail "$recipe does not fit 8 x 80 GiB"
+import json, sys
+plan = json.load(open(sys.argv[1]))
+assert [s["step"] for s in plan["steps"]][0] == "correct", plan
+assert all(s["fits"] and s["sequence_length"] == 8192 for s in plan["steps"]), plan
+PY
+done
+"$MINITRON" plan --recipe "$SOURCE/recipes/mn-minitron-8b.json" --teacher "$SOURCE/recipes/configs/Mistral-NeMo-12B-Base" \
+  --gpus 8 > mn.txt
+grep -q "^correct does not fit: the cheapest change that fits is" mn.txt || fail "no fitting change named for MN"
+
+# Bad input: one line naming the flag, non-zero exit.
+refused() {  # refused FLAG ARGS...
+  local flag=$1; shift
+  if "$MINITRON" plan "$@" > out.txt 2> err.txt; then fail "accepted: $*"; fi
+  [ "$(wc -l < err.txt)" -eq 1 ] || fail "not one line for: $* ($(cat err.txt))"
+  grep -q -- "$flag" err.txt || fail "error does not name $flag: $(cat err.txt)"
+}
+refused --gpus train --model teacher --gpus 0
+refused --gpu-memory train --model teacher --gpu-memory 80
+refused --gpu-memory train --model teacher --gpu-memory abcGiB
+refused --gpu-memory train --model teacher --gpu-memory 1GiB
+refused --gpu-memory train --model teacher --gpu-memory -80GiB
+refused --zero-stage train --model teacher --zero-stage 2
+refused --zero-stage train --model teacher --zero-stage 0
+refused --recompute train --model teacher --recompute some
+refused --sequence-length train --model teacher --sequence-length 0
+refused --teacher --recipe "$SOURCE/recipes/demo.json" --teacher no-such-dir
+refused "minitron plan" evaluate --model teacher
+echo "plan CLI: ok"
