@@ -187,7 +187,7 @@ def build(obj, jobs, timeout, cached=False):
 
 
 def failing_tests(output):
-    names = re.findall(r"^\[  FAILED  \] (\S+)", output, re.MULTILINE)
+    names = [name.rstrip(",") for name in re.findall(r"^\[  FAILED  \] (\S+)", output, re.MULTILINE)]
     return list(dict.fromkeys(name for name in names if "." in name))
 
 
