@@ -11,6 +11,7 @@
 // store past the end would not).
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -120,6 +121,39 @@ TEST_P(CudaPacked, CastAddScale) {
     for (float& x : want) x *= -0.37f;
     EXPECT_EQ(td.get(), stored(want, dt()));  // one fp32 product rounded once: exact
     td.expect_guards_intact("add/scale");
+  }
+}
+
+// The GEMM wrapper tells cuBLASLt each operand's alignment and caches the plan per alignment:
+// the same shapes, aligned and then each operand in turn one element off, must all run (the
+// emulated cuBLASLt refuses an operand less aligned than its plan was chosen for).
+TEST_P(CudaPacked, MatmulAtEveryOperandsOffset) {
+  const std::int64_t M = 5, N = 6, K = 7;
+  const auto a = stored(random_floats(M * K, 131, -1, 1), dt());
+  const auto b = stored(random_floats(K * N, 132, -1, 1), dt());
+  std::vector<float> want(M * N);
+  std::vector<double> bound(M * N);
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t j = 0; j < N; ++j) {
+      double sum = 0, magnitude = 0;
+      for (std::int64_t p = 0; p < K; ++p) {
+        sum += static_cast<double>(a[i * K + p]) * b[p * N + j];
+        magnitude += std::abs(static_cast<double>(a[i * K + p]) * b[p * N + j]);
+      }
+      want[i * N + j] = static_cast<float>(sum);
+      // fp32 accumulation of 7 products (well within 1e-6 of their magnitudes), then one
+      // rounding into dt.
+      bound[i * N + j] = 1e-6 * magnitude + (dt() == DType::BF16 ? kBf16Ulp : 1e-7) * std::abs(sum);
+    }
+  for (const auto& [a_off, b_off, out_off] : std::vector<std::array<std::int64_t, 3>>{
+           {0, 0, 0}, {1, 0, 0}, {0, 1, 0}, {0, 0, 1}, {1, 1, 1}}) {
+    SCOPED_TRACE(str("offsets a ", a_off, ", b ", b_off, ", out ", out_off));
+    auto ta = View(dev, a, dt(), a_off);
+    auto tb = View(dev, b, dt(), b_off);
+    auto tout = View::poisoned(dev, M * N, dt(), out_off);
+    dev.backend().matmul(tout, ta, tb, M, N, K, false, false, 1.0f, 0.0f);
+    expect_within("matmul", tout.get(), want, bound);
+    tout.expect_guards_intact("matmul");
   }
 }
 
