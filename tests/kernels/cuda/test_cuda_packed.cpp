@@ -189,10 +189,15 @@ TEST_P(CudaPacked, AdamW) {
   step.step = 2;
   step.grad_scale = 0.5f;
   const bool has_master = dt() == DType::BF16;
+  // The master copy also one element past the parameters' offset: alone misaligned, it must
+  // send the launch to the scalar path too.
+  const std::vector<std::int64_t> master_shifts =
+      has_master ? std::vector<std::int64_t>{0, 1} : std::vector<std::int64_t>{0};
   for (const auto& [n, in_off, out_off] : placements()) {
-    for (DType grad_type : {DType::F32, DType::BF16}) {
-      SCOPED_TRACE(
-          str("n=", n, " offsets ", in_off, "/", out_off, " grads ", dtype_label(grad_type)));
+    for (const auto& [grad_type, master_shift] :
+         {std::pair{DType::F32, master_shifts[0]}, std::pair{DType::BF16, master_shifts.back()}}) {
+      SCOPED_TRACE(str("n=", n, " offsets ", in_off, "/", out_off, " grads ",
+                       dtype_label(grad_type), " master shift ", master_shift));
       const auto master = random_floats(n, 121 + n, -1, 1);
       const auto grads = stored(random_floats(n, 122 + n, -0.1f, 0.1f), grad_type);
       const auto m0 = random_floats(n, 123 + n, -0.01f, 0.01f);
@@ -201,7 +206,7 @@ TEST_P(CudaPacked, AdamW) {
       auto tg = View(dev, grads, grad_type, in_off);
       auto tm = View(dev, m0, DType::F32, out_off), tv = View(dev, v0, DType::F32, in_off);
       std::vector<View> tmaster;
-      if (has_master) tmaster.push_back(View(dev, master, DType::F32, out_off));
+      if (has_master) tmaster.push_back(View(dev, master, DType::F32, out_off + master_shift));
       dev.backend().adamw_update(tp, has_master ? Tensor(tmaster[0]) : Tensor{}, tg, tm, tv, step);
 
       std::vector<float> p = master, m = m0, v = v0;
