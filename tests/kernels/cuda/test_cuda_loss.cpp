@@ -44,6 +44,30 @@ TEST_P(CudaLoss, CrossEntropy) {
   expect_near_all("cross_entropy losses (no grad)", dev.get(losses), want_losses, 1e-6, 1e-5);
 }
 
+// Softmax is shift-invariant, and the kernel's log-sum-exp shifts by the row maximum: logits all
+// near -1000 (exp of them underflows to 0 unshifted) give the same losses and gradients as
+// logits near 0. A row maximum that took a value other than the true maximum (0 from an empty
+// lane, say) would turn the sum into 0 and the loss into infinity.
+TEST_P(CudaLoss, CrossEntropyOfLogitsFarBelowZero) {
+  const std::int64_t rows = 3, V = 1000;
+  auto logits = random_floats(rows * V, 63, -8, 8);
+  for (float& x : logits) x -= 1000.0f;
+  logits = stored(logits, dt());
+  const std::vector<std::int32_t> targets = {7, 0, 999};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  const float grad_scale = 1.0f;
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, grad_scale);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, grad_scale);
+  // x - lse of two fp32 values near -1000 (ulp 6e-5): the loss (~7) to ~1e-4 absolute, and
+  // exp(x - lse) to ~1e-4 relative; bf16 adds one rounding.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-5, 2e-4);
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 2e-4, 1e-9);
+}
+
 TEST_P(CudaLoss, KlDivergence) {
   const std::int64_t rows = 4, V = 777;
   for (float tau : {1.0f, 2.0f}) {
