@@ -20,6 +20,8 @@ touched, and the copy's file is restored after every mutant, on failure and on C
 restore file left by a killed run is applied at the next start).
 
   tools/mutate_kernels.py run [--family rmsnorm] [--only id,...] [--results FILE]
+  tools/mutate_kernels.py run --sanitizer thread --only id,...   a survivor under ThreadSanitizer
+                                         (a missing barrier the plain run cannot see is a race)
   tools/mutate_kernels.py check          every mutant's snippet still matches (no build)
   tools/mutate_kernels.py summarize      markdown table of the latest outcome of every mutant
   tools/mutate_kernels.py generate FILE  candidate mutants by pattern, as JSON lines, to curate
@@ -165,12 +167,20 @@ def run_command(command, cwd, timeout, env=None):
         raise
 
 
-def configure(src, obj):
+def test_binaries(sanitizer):
+    # The emulated training step is not built under ThreadSanitizer (emu/README.md).
+    return {name: path for name, path in TEST_BINARIES.items()
+            if not (sanitizer == "thread" and name == "test_cuda_training_step")}
+
+
+def configure(src, obj, sanitizer):
     if (obj / "CMakeCache.txt").exists():
         return
     obj.mkdir(parents=True, exist_ok=True)
     command = ["cmake", "-S", str(src), "-B", str(obj), "-DCMAKE_BUILD_TYPE=Release", "-DMINITRON_CUDA=OFF",
                "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG"]
+    if sanitizer:
+        command.append(f"-DMINITRON_EMU_SANITIZER={sanitizer}")
     if shutil.which("ccache"):  # the unmutated build may come from the cache; mutants bypass it
         command.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
     code, output = run_command(command, ROOT, 600)
@@ -178,11 +188,12 @@ def configure(src, obj):
         sys.exit(f"configuring {obj} failed:\n{output[-3000:]}")
 
 
-def build(obj, jobs, timeout, cached=False):
+def build(obj, jobs, timeout, sanitizer, cached=False):
     env = dict(os.environ)
     if not cached:
         env["CCACHE_DISABLE"] = "1"  # mutants would only crowd the shared cache
-    command = ["nice", "-n", "10", "cmake", "--build", str(obj), "-j", str(jobs), "--target", *TEST_BINARIES]
+    command = ["nice", "-n", "10", "cmake", "--build", str(obj), "-j", str(jobs), "--target",
+               *test_binaries(sanitizer)]
     return run_command(command, ROOT, timeout, env)
 
 
@@ -191,21 +202,26 @@ def failing_tests(output):
     return list(dict.fromkeys(name for name in names if "." in name))
 
 
-def run_tests(obj, timeout):
+def run_tests(obj, timeout, sanitizer):
     """Returns (status, detail) for the built tests: killed, timeout or survived."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    for target, relative in TEST_BINARIES.items():
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1", ASAN_OPTIONS="detect_leaks=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    under = f" under -fsanitize={sanitizer}" if sanitizer else ""
+    for target, relative in test_binaries(sanitizer).items():
         code, output = run_command(["nice", "-n", "10", str(obj / relative), "--gtest_brief=1"], obj, timeout, env)
         if code is None:
-            return "timeout", f"{target} ran past {timeout} s"
+            return "timeout", f"{target} ran past {timeout} s{under}"
         if code != 0:
             failed = failing_tests(output)
             if failed:
                 more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
-                return "killed", f"{target}: {', '.join(failed[:3])}{more}"
+                return "killed", f"{target}{under}: {', '.join(failed[:3])}{more}"
+            report = re.search(r"WARNING: ThreadSanitizer: [^\n(]*|ERROR: \w+Sanitizer: [^\n(]*", output)
             lines = [line for line in output.splitlines() if line.strip()]
-            return "killed", f"{target} exited {code}: {lines[-1][:200] if lines else 'no output'}"
-    return "survived", "all emulated kernel tests pass"
+            last = report.group(0) if report else (lines[-1][:200] if lines else "no output")
+            return "killed", f"{target} exited {code}{under}: {last}"
+    return "survived", f"all emulated kernel tests pass{under}"
 
 
 def compile_error(output):
@@ -227,12 +243,12 @@ def run_one(mutant, src, obj, args):
     pending.write_text(json.dumps({"path": str(path), "text": text}), encoding="utf-8")
     try:
         path.write_text(text.replace(mutant["original"], mutant["replacement"], 1), encoding="utf-8")
-        code, output = build(obj, args.jobs, args.build_timeout)
+        code, output = build(obj, args.jobs, args.build_timeout, args.sanitizer)
         if code is None:
             return "did-not-compile", f"build ran past {args.build_timeout} s"
         if code != 0:
             return "did-not-compile", compile_error(output)
-        return run_tests(obj, args.timeout)
+        return run_tests(obj, args.timeout, args.sanitizer)
     finally:
         path.write_text(text, encoding="utf-8")
         pending.unlink()
@@ -249,7 +265,8 @@ def command_run(args):
     if not mutants:
         sys.exit("no mutant selected (check --family / --only against the list)")
     build_root = args.build_dir
-    src, obj = build_root / "src", build_root / "obj"
+    src = build_root / "src"
+    obj = build_root / (f"obj-{args.sanitizer}" if args.sanitizer else "obj")
     src.mkdir(parents=True, exist_ok=True)
     obj.mkdir(parents=True, exist_ok=True)
     restore_pending(obj)
@@ -257,11 +274,11 @@ def command_run(args):
     commit = head_commit()
     print(f"sources at {commit} in {src} ({changed} files rewritten); configuring and building the unmutated "
           f"tests in {obj}", flush=True)
-    configure(src, obj)
-    code, output = build(obj, args.jobs, 3600, cached=True)
+    configure(src, obj, args.sanitizer)
+    code, output = build(obj, args.jobs, 3600, args.sanitizer, cached=True)
     if code != 0:
         sys.exit(f"the unmutated sources do not build:\n{output[-3000:]}")
-    status, detail = run_tests(obj, args.timeout)
+    status, detail = run_tests(obj, args.timeout, args.sanitizer)
     if status != "survived":
         sys.exit(f"the unmutated sources fail their tests ({status}: {detail}); fix that first")
 
@@ -280,6 +297,7 @@ def command_run(args):
             counts[status] += 1
             record = {"id": mutant["id"], "family": mutant["family"], "file": mutant["file"], "kind": mutant["kind"],
                       "status": status, "detail": detail, "seconds": seconds, "commit": commit,
+                      "sanitizer": args.sanitizer or "none",
                       "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
             with args.results.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")
@@ -403,6 +421,9 @@ def main():
     run.add_argument("--skip-done", action="store_true", help="leave out mutants that --results already has")
     run.add_argument("--build-dir", type=pathlib.Path, default=DEFAULT_BUILD,
                      help="holds src/ (the copy that is mutated) and obj/ (its build)")
+    run.add_argument("--sanitizer", choices=["thread", "address,undefined"],
+                     help="build and run the tests under this sanitizer (in obj-<sanitizer>): a missing "
+                          "barrier the plain run cannot see is a ThreadSanitizer report")
     run.add_argument("--jobs", type=int, default=1, help="build jobs (default 1)")
     run.add_argument("--timeout", type=int, default=120, help="seconds each test binary may run (about 5 unmutated)")
     run.add_argument("--build-timeout", type=int, default=900, help="seconds a mutant's rebuild may take")
