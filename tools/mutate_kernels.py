@@ -260,11 +260,16 @@ def load_results(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def interrupt(signum, frame):
+    raise Interrupted(f"signal {signum}")
+
+
 def command_run(args):
+    signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: stop the build or test, restore, exit
     mutants = select(load_mutants(args.mutants), args)
     if not mutants:
         sys.exit("no mutant selected (check --family / --only against the list)")
-    build_root = args.build_dir
+    build_root = args.build_dir.resolve()
     src = build_root / "src"
     obj = build_root / (f"obj-{args.sanitizer}" if args.sanitizer else "obj")
     src.mkdir(parents=True, exist_ok=True)
@@ -282,10 +287,6 @@ def command_run(args):
     if status != "survived":
         sys.exit(f"the unmutated sources fail their tests ({status}: {detail}); fix that first")
 
-    def interrupt(signum, frame):
-        raise Interrupted(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     counts = {status: 0 for status in STATUSES}
     started = time.monotonic()
