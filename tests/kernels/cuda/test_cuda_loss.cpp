@@ -3,6 +3,7 @@
 // V is not a multiple of the 512 threads of a row's block.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -66,6 +67,33 @@ TEST_P(CudaLoss, CrossEntropyOfLogitsFarBelowZero) {
   expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-5, 2e-4);
   expect_near_all("cross_entropy gradient", dev.get(tl), want,
                   dt() == DType::BF16 ? kBf16Ulp : 2e-4, 1e-9);
+}
+
+// Targets on the device cannot throw: the first id past the vocabulary (V) gives a NaN loss and
+// a zero gradient row (loss.cuh), a negative target loss 0 and a zero gradient row, and the
+// other rows are untouched by either. The reference refuses such targets, so the expectations
+// are written out.
+TEST_P(CudaLoss, CrossEntropyTargetsOutsideTheVocabulary) {
+  const std::int64_t rows = 3, V = 37;
+  const auto logits = stored(random_floats(rows * V, 64, -3, 3), dt());
+  const std::vector<std::int32_t> targets = {static_cast<std::int32_t>(V), -1, 5};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
+  const auto got = dev.get(losses), gradient = dev.get(tl);
+  EXPECT_TRUE(std::isnan(got[0])) << got[0];
+  EXPECT_EQ(got[1], 0.0f);
+  for (std::int64_t j = 0; j < 2 * V; ++j) EXPECT_EQ(gradient[j], 0.0f) << "element " << j;
+  // Row 2 as the reference computes it alone.
+  std::vector<float> want(logits.begin() + 2 * V, logits.end());
+  float want_loss = 0;
+  cpu::cross_entropy(&want_loss, want.data(), &targets[2], 1, V, 1.0f);
+  // As in CrossEntropy: ~1e-6 relative on the loss, the gradient one rounding into dt.
+  EXPECT_NEAR(got[2], want_loss, 1e-5);
+  expect_near_all("cross_entropy row 2 gradient",
+                  std::vector<float>(gradient.begin() + 2 * V, gradient.end()), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
 }
 
 TEST_P(CudaLoss, KlDivergence) {
