@@ -69,6 +69,28 @@ TEST_P(CudaLoss, CrossEntropyOfLogitsFarBelowZero) {
                   dt() == DType::BF16 ? kBf16Ulp : 2e-4, 1e-9);
 }
 
+// Masked logits (-inf, as a vocabulary mask sets them): the first 256 of each row, whole 16-byte
+// packs, so some threads see nothing but -inf and must add nothing to the sum. (Only whole
+// packs: a thread whose first element is -inf and a later one finite gets NaN, see
+// bench/results/mutation.md.)
+TEST_P(CudaLoss, CrossEntropyWithMaskedLogits) {
+  const std::int64_t rows = 2, V = 1000, masked = 256;
+  auto logits = stored(random_floats(rows * V, 65, -4, 4), dt());
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t j = 0; j < masked; ++j) logits[r * V + j] = -INFINITY;
+  const std::vector<std::int32_t> targets = {300, 999};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, 1.0f);
+  // As in CrossEntropy: the loss to ~1e-6 relative, the gradient one rounding into dt.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 1e-5);
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+}
+
 // Targets on the device cannot throw: the first id past the vocabulary (V) gives a NaN loss and
 // a zero gradient row (loss.cuh), a negative target loss 0 and a zero gradient row, and the
 // other rows are untouched by either. The reference refuses such targets, so the expectations
