@@ -209,7 +209,7 @@ def failing_tests(output):
     return list(dict.fromkeys(name for name in names if "." in name))
 
 
-def run_tests(obj, timeout, sanitizer):
+def run_tests(obj, timeout, sanitizer, gtest_filter=None):
     """Returns (status, detail) for the built tests: killed, timeout or survived."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1", ASAN_OPTIONS="detect_leaks=1",
@@ -219,8 +219,10 @@ def run_tests(obj, timeout, sanitizer):
     if not sanitizer:
         runs.append((REVERSED_RUN + " (reversed thread order)", TEST_BINARIES[REVERSED_RUN],
                      dict(env, MINITRON_EMU_REVERSE="1")))
+    extra = [f"--gtest_filter={gtest_filter}"] if gtest_filter else []
     for target, relative, env in runs:
-        code, output = run_command(["nice", "-n", "10", str(obj / relative), "--gtest_brief=1"], obj, timeout, env)
+        code, output = run_command(["nice", "-n", "10", str(obj / relative), "--gtest_brief=1", *extra], obj, timeout,
+                                   env)
         if code is None:
             return "timeout", f"{target} ran past {timeout} s{under}"
         if code != 0:
@@ -259,7 +261,7 @@ def run_one(mutant, src, obj, args):
             return "did-not-compile", f"build ran past {args.build_timeout} s"
         if code != 0:
             return "did-not-compile", compile_error(output)
-        return run_tests(obj, args.timeout, args.sanitizer)
+        return run_tests(obj, args.timeout, args.sanitizer, args.gtest_filter)
     finally:
         path.write_text(text, encoding="utf-8")
         pending.unlink()
@@ -294,7 +296,7 @@ def command_run(args):
     code, output = build(obj, args.jobs, 3600, args.sanitizer, cached=True)
     if code != 0:
         sys.exit(f"the unmutated sources do not build:\n{output[-3000:]}")
-    status, detail = run_tests(obj, args.timeout, args.sanitizer)
+    status, detail = run_tests(obj, args.timeout, args.sanitizer, args.gtest_filter)
     if status != "survived":
         sys.exit(f"the unmutated sources fail their tests ({status}: {detail}); fix that first")
 
@@ -309,7 +311,7 @@ def command_run(args):
             counts[status] += 1
             record = {"id": mutant["id"], "family": mutant["family"], "file": mutant["file"], "kind": mutant["kind"],
                       "status": status, "detail": detail, "seconds": seconds, "commit": commit,
-                      "sanitizer": args.sanitizer or "none",
+                      "sanitizer": args.sanitizer or "none", "gtest_filter": args.gtest_filter or "",
                       "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
             with args.results.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")
@@ -436,6 +438,7 @@ def main():
     run.add_argument("--sanitizer", choices=["thread", "address,undefined"],
                      help="build and run the tests under this sanitizer (in obj-<sanitizer>): a missing "
                           "barrier the plain run cannot see is a ThreadSanitizer report")
+    run.add_argument("--gtest-filter", help="run only these tests (a sanitizer run of the whole suite takes minutes)")
     run.add_argument("--jobs", type=int, default=1, help="build jobs (default 1)")
     run.add_argument("--timeout", type=int, default=120, help="seconds each test binary may run (about 5 unmutated)")
     run.add_argument("--build-timeout", type=int, default=900, help="seconds a mutant's rebuild may take")
