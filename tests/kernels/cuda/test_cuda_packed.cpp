@@ -124,6 +124,31 @@ TEST_P(CudaPacked, CastAddScale) {
   }
 }
 
+// Element-wise kernels are grid-stride loops over at most 65536 blocks of 256 threads: past
+// 2^24 elements (element by element: one view one element off) threads take a second turn,
+// which no smaller test reaches. f32 only (the loop is the same for bf16); about 17M elements.
+TEST(CudaGridStride, ElementwiseLoopsPastTheBlockCap) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP()
+      << "17M emulated threads: minutes under ThreadSanitizer (a loop, no barrier to check)";
+#endif
+  Device dev;
+  const std::int64_t n = (std::int64_t{65536} * 256) + 37;
+  std::vector<float> a(n), b(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    a[i] = static_cast<float>(i % 1000) * 0.25f;  // exact in f32, as are sums and products below
+    b[i] = static_cast<float>(i % 7);
+  }
+  auto ta = View(dev, a, DType::F32, 1);
+  auto tb = View(dev, b, DType::F32, 0);
+  dev.backend().add_inplace(ta, tb);
+  dev.backend().scale_inplace(ta, 0.5f);
+  const auto got = ta.get();
+  std::int64_t wrong = 0;
+  for (std::int64_t i = 0; i < n; ++i) wrong += got[i] != (a[i] + b[i]) * 0.5f;
+  EXPECT_EQ(wrong, 0) << "add_inplace + scale_inplace over " << n << " elements";
+}
+
 // The GEMM wrapper tells cuBLASLt each operand's alignment and caches the plan per alignment:
 // the same shapes, aligned and then each operand in turn one element off, must all run (the
 // emulated cuBLASLt refuses an operand less aligned than its plan was chosen for).
