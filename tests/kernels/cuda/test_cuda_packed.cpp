@@ -126,7 +126,8 @@ TEST_P(CudaPacked, CastAddScale) {
 
 // Element-wise kernels are grid-stride loops over at most 65536 blocks of 256 threads: past
 // 2^24 elements (element by element: one view one element off) threads take a second turn,
-// which no smaller test reaches. f32 only (the loop is the same for bf16); about 17M elements.
+// which no smaller test reaches. f32 only (the loop is the same for bf16); about 17M elements,
+// about 6 s in all here.
 TEST(CudaGridStride, ElementwiseLoopsPastTheBlockCap) {
 #if defined(__SANITIZE_THREAD__)
   GTEST_SKIP()
@@ -147,6 +148,29 @@ TEST(CudaGridStride, ElementwiseLoopsPastTheBlockCap) {
   std::int64_t wrong = 0;
   for (std::int64_t i = 0; i < n; ++i) wrong += got[i] != (a[i] + b[i]) * 0.5f;
   EXPECT_EQ(wrong, 0) << "add_inplace + scale_inplace over " << n << " elements";
+
+  // The SwiGLU backward's loop writes two outputs per element.
+  {
+    std::vector<float> gate(n), up(n), dh(n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      gate[i] = static_cast<float>(i % 97) * 0.0625f - 3.0f;
+      up[i] = static_cast<float>(i % 13) * 0.25f - 1.5f;
+      dh[i] = static_cast<float>(i % 5) * 0.5f - 1.0f;
+    }
+    auto tg = View(dev, gate, DType::F32, 1), tu = View(dev, up, DType::F32, 0);
+    auto tdh = View(dev, dh, DType::F32, 0);
+    auto tdg = View::poisoned(dev, n, DType::F32, 0), tdu = View::poisoned(dev, n, DType::F32, 0);
+    dev.backend().swiglu_backward(tdg, tdu, tdh, tg, tu, n);
+    std::vector<float> dg(n), du(n);
+    cpu::swiglu_backward(dg.data(), du.data(), dh.data(), gate.data(), up.data(), n);
+    const auto got_dg = tdg.get(), got_du = tdu.get();
+    wrong = 0;
+    // One fp32 expression each side (as in CudaElementwise.SwiGlu): 1e-6 relative, tiny floor.
+    for (std::int64_t i = 0; i < n; ++i)
+      wrong += !(std::abs(got_dg[i] - dg[i]) <= 1e-6 * std::abs(dg[i]) + 1e-30) ||
+               !(std::abs(got_du[i] - du[i]) <= 1e-6 * std::abs(du[i]) + 1e-30);
+    EXPECT_EQ(wrong, 0) << "swiglu_backward over " << n << " elements";
+  }
 }
 
 // The GEMM wrapper tells cuBLASLt each operand's alignment and caches the plan per alignment:
