@@ -118,6 +118,42 @@ TEST_P(CudaLoss, CrossEntropyTargetsOutsideTheVocabulary) {
                   dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
 }
 
+// Rows longer than one pass of the block's 512 threads over 16-byte packs (2048 f32, 4096
+// bf16): each thread then takes several packs, so the pack stride is exercised.
+TEST_P(CudaLoss, CrossEntropyOfLongRows) {
+  const std::int64_t rows = 2, V = 9000;
+  const auto logits = stored(random_floats(rows * V, 66, -6, 6), dt());
+  const std::vector<std::int32_t> targets = {8999, 4100};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, 1.0f);
+  // fp32 log-sum-exp over 9000 terms: the loss (~9) to ~1e-6 relative, the gradient one
+  // rounding into dt.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 2e-5);
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+}
+
+// Teacher probabilities that underflow to exactly 0 in fp32 (logits 150 below the rest): their
+// terms are 0 * log 0, which KL defines as 0.
+TEST_P(CudaLoss, KlDivergenceWithVanishingTeacherProbabilities) {
+  const std::int64_t rows = 2, V = 300;
+  const auto student = stored(random_floats(rows * V, 73, -2, 2), dt());
+  auto teacher = random_floats(rows * V, 74, -2, 2);
+  for (std::int64_t i = 0; i < rows * V; i += 3) teacher[i] -= 150.0f;
+  teacher = stored(teacher, dt());
+  auto ts = dev.put(student, dt()), tt = dev.put(teacher, dt());
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().kl_divergence(losses, ts, tt, rows, V, 1.0f, 0.0f);
+  std::vector<float> s = student, want_losses(rows);
+  cpu::kl_divergence(want_losses.data(), s.data(), teacher.data(), rows, V, 1.0f, 0.0f);
+  // As in KlDivergence: an fp32 sum of 300 terms each good to ~1e-6 of its size.
+  expect_near_all("kl losses", dev.get(losses), want_losses, 1e-5, 1e-5);
+}
+
 TEST_P(CudaLoss, KlDivergence) {
   const std::int64_t rows = 4, V = 777;
   for (float tau : {1.0f, 2.0f}) {
