@@ -12,6 +12,7 @@
 #include <cublasLt.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -45,7 +46,17 @@ struct LayoutDescription {
   std::int64_t batch_stride = 0;
 };
 
+// The minimum alignments (bytes) the caller stated for A, B, C and D; 0 = not stated. The
+// heuristic copies them into the algo it returns, and cublasLtMatmul refuses operands less aligned
+// than the algo was chosen for: the library picks kernels that rely on the stated alignment, so
+// on a GPU such a call may fault or read wrong data.
+struct AlignmentPreference {
+  std::uint32_t bytes[4] = {0, 0, 0, 0};
+};
+
 static_assert(sizeof(MatmulDescription) <= sizeof(cublasLtMatmulDescOpaque_t));
+static_assert(sizeof(AlignmentPreference) <= sizeof(cublasLtMatmulPreferenceOpaque_t));
+static_assert(sizeof(AlignmentPreference) <= sizeof(cublasLtMatmulAlgo_t));
 static_assert(sizeof(LayoutDescription) <= sizeof(cublasLtMatrixLayoutOpaque_t));
 
 MatmulDescription& description(cublasLtMatmulDesc_t handle) {
@@ -223,10 +234,21 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t handle
 }
 
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t handle,
-                                                    cublasLtMatmulPreferenceAttributes_t, const void* buffer,
+                                                    cublasLtMatmulPreferenceAttributes_t attribute, const void* buffer,
                                                     size_t bytes) {
-  // Workspace limits and alignment hints do not change a CPU GEMM.
+  // Workspace limits do not change a CPU GEMM; stated alignments are checked at the call.
   if (handle == nullptr || buffer == nullptr || bytes == 0) return CUBLAS_STATUS_INVALID_VALUE;
+  int operand = -1;
+  switch (attribute) {
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: operand = 0; break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES: operand = 1; break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES: operand = 2; break;
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES: operand = 3; break;
+    default: return CUBLAS_STATUS_SUCCESS;
+  }
+  if (bytes != sizeof(std::uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+  std::memcpy(reinterpret_cast<unsigned char*>(handle->data) + operand * sizeof(std::uint32_t), buffer,
+              sizeof(std::uint32_t));
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -239,6 +261,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
       preference == nullptr || requested <= 0 || results == nullptr || returned == nullptr)
     return CUBLAS_STATUS_INVALID_VALUE;
   results[0] = cublasLtMatmulHeuristicResult_t{};
+  std::memcpy(static_cast<void*>(results[0].algo.data), preference->data, sizeof(AlignmentPreference));
   results[0].workspaceSize = 0;
   results[0].state = CUBLAS_STATUS_SUCCESS;
   results[0].wavesCount = 1.0f;
@@ -250,10 +273,24 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t oper
                               const void* a, cublasLtMatrixLayout_t a_handle, const void* b,
                               cublasLtMatrixLayout_t b_handle, const void* beta_pointer, const void* c,
                               cublasLtMatrixLayout_t c_handle, void* d, cublasLtMatrixLayout_t d_handle,
-                              const cublasLtMatmulAlgo_t*, void*, size_t, cudaStream_t) {
+                              const cublasLtMatmulAlgo_t* algo, void*, size_t, cudaStream_t) {
   if (handle == nullptr || operation == nullptr || a_handle == nullptr || b_handle == nullptr || c_handle == nullptr ||
       d_handle == nullptr || alpha_pointer == nullptr || beta_pointer == nullptr)
     return CUBLAS_STATUS_INVALID_VALUE;
+  if (algo != nullptr) {
+    AlignmentPreference stated;
+    std::memcpy(&stated, algo->data, sizeof(stated));
+    const void* operands[4] = {a, b, c, d};
+    for (int i = 0; i < 4; ++i) {
+      if (stated.bytes[i] > 1 && reinterpret_cast<std::uintptr_t>(operands[i]) % stated.bytes[i] != 0) {
+        std::fprintf(stderr,
+                     "minitron emulator: cublasLtMatmul: %c at %p is not %u-byte aligned, as the algo's "
+                     "heuristic was told (a GPU kernel chosen for that alignment may fault)\n",
+                     "ABCD"[i], operands[i], stated.bytes[i]);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+      }
+    }
+  }
   const MatmulDescription& desc = description(operation);
   const LayoutDescription& la = description(a_handle);
   const LayoutDescription& lb = description(b_handle);

@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <source_location>
 #include <tuple>
 #include <type_traits>
@@ -451,6 +452,34 @@ inline void __sincosf(float x, float* s, float* c) {
 inline void sincosf(float x, float* s, float* c) {
   *s = std::sin(x);
   *c = std::cos(x);
+}
+// sin(pi x) and cos(pi x) as CUDA defines them: exact zeros and ones at multiples of 1/2 (x - n/2
+// is exact in float, so only the remainder in [-1/4, 1/4] goes through the host's sin and cos, in
+// double), for any float x.
+inline void sincospif(float x, float* s, float* c) {
+  if (!std::isfinite(x)) {
+    *s = *c = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  const float quarter_turns = std::nearbyint(2.0f * x);  // 2x is exact
+  const double r = static_cast<double>(x - 0.5f * quarter_turns) * 3.14159265358979323846;
+  const double sr = std::sin(r), cr = std::cos(r);
+  // x = r/pi + quadrant/2 (mod 2): rotate (cos r, sin r) by quadrant quarter turns.
+  const int quadrant = static_cast<int>(std::fmod(quarter_turns, 4.0f) + 4.0f) % 4;
+  const double sin_values[4] = {sr, cr, -sr, -cr};
+  const double cos_values[4] = {cr, -sr, -cr, sr};
+  *s = static_cast<float>(sin_values[quadrant]);
+  *c = static_cast<float>(cos_values[quadrant]);
+}
+inline float sinpif(float x) {
+  float s, c;
+  sincospif(x, &s, &c);
+  return s;
+}
+inline float cospif(float x) {
+  float s, c;
+  sincospif(x, &s, &c);
+  return c;
 }
 inline float __powf(float x, float y) { return std::pow(x, y); }
 inline float __fdividef(float x, float y) { return x / y; }

@@ -27,12 +27,7 @@ namespace minitron::cuda {
 __device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
   const double half_turns = static_cast<double>(angle) * 0.31830988618379067154;  // 1/pi
   const double reduced = half_turns - 2.0 * rint(half_turns * 0.5);               // in [-1, 1]
-#if defined(MINITRON_EMULATE)
-  *s = static_cast<float>(std::sin(reduced * 3.14159265358979323846));
-  *c = static_cast<float>(std::cos(reduced * 3.14159265358979323846));
-#else
   sincospif(static_cast<float>(reduced), s, c);
-#endif
 }
 
 // With kVector p counts packs of K pairs (K divides half), otherwise single pairs.

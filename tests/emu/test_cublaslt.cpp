@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "emu/emulator.h"
@@ -126,6 +127,49 @@ void run(const Problem& p) {
   cublasLtMatrixLayoutDestroy(la);
   cublasLtMatrixLayoutDestroy(lb);
   cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(desc);
+  cublasLtDestroy(handle);
+}
+
+// Alignments stated in the preference are what the algo is chosen for: an operand less aligned
+// than stated is refused (a GPU kernel picked for it may fault), one as aligned is computed.
+TEST(CublasLtEmulation, RefusesOperandsLessAlignedThanTheHeuristicWasTold) {
+  cublasLtHandle_t handle;
+  CHECK_CUBLAS(cublasLtCreate(&handle));
+  cublasLtMatmulDesc_t desc;
+  CHECK_CUBLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasLtMatrixLayout_t layout;
+  CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&layout, CUDA_R_32F, 2, 2, 2));
+  alignas(16) float a[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  alignas(16) float identity[4] = {1, 0, 0, 1};
+  const float alpha = 1, beta = 0;
+  const cublasLtMatmulPreferenceAttributes_t attributes[] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  for (const std::uint32_t stated : {16u, 4u}) {
+    SCOPED_TRACE(testing::Message() << "stated alignment " << stated);
+    alignas(16) float d[4] = {0, 0, 0, 0};
+    cublasLtMatmulPreference_t preference;
+    CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&preference));
+    for (const auto attribute : attributes)
+      CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &stated, sizeof stated));
+    cublasLtMatmulHeuristicResult_t heuristic{};
+    int found = 0;
+    CHECK_CUBLAS(cublasLtMatmulAlgoGetHeuristic(handle, desc, layout, layout, layout, layout, preference, 1, &heuristic,
+                                                &found));
+    // A starts 4 bytes into a 16-byte aligned array.
+    const cublasStatus_t status = cublasLtMatmul(handle, desc, &alpha, a + 1, layout, identity, layout, &beta, d,
+                                                 layout, d, layout, &heuristic.algo, nullptr, 0, nullptr);
+    if (stated == 16) {
+      EXPECT_EQ(status, CUBLAS_STATUS_NOT_SUPPORTED);
+      EXPECT_EQ(d[0], 0.0f);  // nothing computed
+    } else {
+      EXPECT_EQ(status, CUBLAS_STATUS_SUCCESS);
+      for (int i = 0; i < 4; ++i) EXPECT_EQ(d[i], a[1 + i]);  // A times the identity
+    }
+    cublasLtMatmulPreferenceDestroy(preference);
+  }
+  cublasLtMatrixLayoutDestroy(layout);
   cublasLtMatmulDescDestroy(desc);
   cublasLtDestroy(handle);
 }

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <vector>
 
 #include <cooperative_groups.h>
@@ -21,6 +22,35 @@ Options with_threads(int os_threads, bool reverse = false) {
   options.os_threads = os_threads;
   options.reverse_order = reverse;
   return options;
+}
+
+// ---------------------------------------------------------------------------------------------
+// sincospif, the device intrinsic kernels/rope.cuh uses: exact at multiples of 1/2 (as CUDA's
+// is), and within a float rounding of sin(pi x), cos(pi x) computed in long double elsewhere.
+TEST(Emulator, SincospifIsExactAtHalfTurnsAndAccurateBetween) {
+  const float exact[][3] = {{0.0f, 0.0f, 1.0f},  {0.5f, 1.0f, 0.0f},   {1.0f, 0.0f, -1.0f},
+                            {1.5f, -1.0f, 0.0f}, {-0.5f, -1.0f, 0.0f}, {-1.0f, 0.0f, -1.0f},
+                            {2.0f, 0.0f, 1.0f},  {-2.5f, -1.0f, 0.0f}, {1e9f, 0.0f, 1.0f}};
+  for (const auto& row : exact) {
+    float s = -7, c = -7;
+    sincospif(row[0], &s, &c);
+    EXPECT_EQ(s, row[1]) << "sin(pi * " << row[0] << ")";
+    EXPECT_EQ(c, row[2]) << "cos(pi * " << row[0] << ")";
+    EXPECT_EQ(sinpif(row[0]), row[1]);
+    EXPECT_EQ(cospif(row[0]), row[2]);
+  }
+  const long double pi = 3.141592653589793238462643383279502884L;
+  for (float x = -3.0f; x <= 3.0f; x += 0.01171875f) {  // a step exact in float: no drift
+    float s, c;
+    sincospif(x, &s, &c);
+    // One float rounding of the double result, plus the double's own error (far below it).
+    const float tolerance = 6e-8f;
+    EXPECT_NEAR(s, static_cast<float>(std::sin(pi * x)), tolerance) << "x = " << x;
+    EXPECT_NEAR(c, static_cast<float>(std::cos(pi * x)), tolerance) << "x = " << x;
+  }
+  float s, c;
+  sincospif(std::numeric_limits<float>::infinity(), &s, &c);
+  EXPECT_TRUE(std::isnan(s) && std::isnan(c));
 }
 
 // ---------------------------------------------------------------------------------------------

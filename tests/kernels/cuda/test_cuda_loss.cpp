@@ -3,6 +3,7 @@
 // V is not a multiple of the 512 threads of a row's block.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -42,6 +43,116 @@ TEST_P(CudaLoss, CrossEntropy) {
   dev.backend().cross_entropy(losses, tl2, tt, rows, V, 0.0f);
   EXPECT_EQ(dev.get(tl2), logits);
   expect_near_all("cross_entropy losses (no grad)", dev.get(losses), want_losses, 1e-6, 1e-5);
+}
+
+// Softmax is shift-invariant, and the kernel's log-sum-exp shifts by the row maximum: logits all
+// near -1000 (exp of them underflows to 0 unshifted) give the same losses and gradients as
+// logits near 0. A row maximum that took a value other than the true maximum (0 from an empty
+// lane, say) would turn the sum into 0 and the loss into infinity.
+TEST_P(CudaLoss, CrossEntropyOfLogitsFarBelowZero) {
+  const std::int64_t rows = 3, V = 1000;
+  auto logits = random_floats(rows * V, 63, -8, 8);
+  for (float& x : logits) x -= 1000.0f;
+  logits = stored(logits, dt());
+  const std::vector<std::int32_t> targets = {7, 0, 999};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  const float grad_scale = 1.0f;
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, grad_scale);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, grad_scale);
+  // x - lse of two fp32 values near -1000 (ulp 6e-5): the loss (~7) to ~1e-4 absolute, and
+  // exp(x - lse) to ~1e-4 relative; bf16 adds one rounding.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-5, 2e-4);
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 2e-4, 1e-9);
+}
+
+// Masked logits (-inf, as a vocabulary mask sets them): the first 256 of each row, whole 16-byte
+// packs, so some threads see nothing but -inf and must add nothing to the sum. (Only whole
+// packs: a thread whose first element is -inf and a later one finite gets NaN, see
+// bench/results/mutation.md.)
+TEST_P(CudaLoss, CrossEntropyWithMaskedLogits) {
+  const std::int64_t rows = 2, V = 1000, masked = 256;
+  auto logits = stored(random_floats(rows * V, 65, -4, 4), dt());
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t j = 0; j < masked; ++j) logits[r * V + j] = -INFINITY;
+  const std::vector<std::int32_t> targets = {300, 999};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, 1.0f);
+  // As in CrossEntropy: the loss to ~1e-6 relative, the gradient one rounding into dt.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 1e-5);
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+}
+
+// Targets on the device cannot throw: the first id past the vocabulary (V) gives a NaN loss and
+// a zero gradient row (loss.cuh), a negative target loss 0 and a zero gradient row, and the
+// other rows are untouched by either. The reference refuses such targets, so the expectations
+// are written out.
+TEST_P(CudaLoss, CrossEntropyTargetsOutsideTheVocabulary) {
+  const std::int64_t rows = 3, V = 37;
+  const auto logits = stored(random_floats(rows * V, 64, -3, 3), dt());
+  const std::vector<std::int32_t> targets = {static_cast<std::int32_t>(V), -1, 5};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
+  const auto got = dev.get(losses), gradient = dev.get(tl);
+  EXPECT_TRUE(std::isnan(got[0])) << got[0];
+  EXPECT_EQ(got[1], 0.0f);
+  for (std::int64_t j = 0; j < 2 * V; ++j) EXPECT_EQ(gradient[j], 0.0f) << "element " << j;
+  // Row 2 as the reference computes it alone.
+  std::vector<float> want(logits.begin() + 2 * V, logits.end());
+  float want_loss = 0;
+  cpu::cross_entropy(&want_loss, want.data(), &targets[2], 1, V, 1.0f);
+  // As in CrossEntropy: ~1e-6 relative on the loss, the gradient one rounding into dt.
+  EXPECT_NEAR(got[2], want_loss, 1e-5);
+  expect_near_all("cross_entropy row 2 gradient",
+                  std::vector<float>(gradient.begin() + 2 * V, gradient.end()), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+}
+
+// Rows longer than one pass of the block's 512 threads over 16-byte packs (2048 f32, 4096
+// bf16): each thread then takes several packs, so the pack stride is exercised.
+TEST_P(CudaLoss, CrossEntropyOfLongRows) {
+  const std::int64_t rows = 2, V = 9000;
+  const auto logits = stored(random_floats(rows * V, 66, -6, 6), dt());
+  const std::vector<std::int32_t> targets = {8999, 4100};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, 1.0f);
+  // fp32 log-sum-exp over 9000 terms: the loss (~9) to ~1e-6 relative, the gradient one
+  // rounding into dt.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 2e-5);
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+}
+
+// Teacher probabilities of exactly 0: a masked teacher vocabulary (-inf logits, the first 256 of
+// each row, whole 16-byte packs; see CrossEntropyWithMaskedLogits). Their terms are 0 * log 0,
+// which KL defines as 0.
+TEST_P(CudaLoss, KlDivergenceWithVanishingTeacherProbabilities) {
+  const std::int64_t rows = 2, V = 512, masked = 256;
+  const auto student = stored(random_floats(rows * V, 73, -2, 2), dt());
+  auto teacher = stored(random_floats(rows * V, 74, -2, 2), dt());
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t j = 0; j < masked; ++j) teacher[r * V + j] = -INFINITY;
+  auto ts = dev.put(student, dt()), tt = dev.put(teacher, dt());
+  auto losses = dev.poisoned(rows, DType::F32);
+  dev.backend().kl_divergence(losses, ts, tt, rows, V, 1.0f, 0.0f);
+  std::vector<float> s = student, want_losses(rows);
+  cpu::kl_divergence(want_losses.data(), s.data(), teacher.data(), rows, V, 1.0f, 0.0f);
+  // As in KlDivergence: an fp32 sum of 512 terms each good to ~1e-6 of its size.
+  expect_near_all("kl losses", dev.get(losses), want_losses, 1e-5, 1e-5);
 }
 
 TEST_P(CudaLoss, KlDivergence) {

@@ -11,6 +11,7 @@
 // store past the end would not).
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -123,6 +124,88 @@ TEST_P(CudaPacked, CastAddScale) {
   }
 }
 
+// Element-wise kernels are grid-stride loops over at most 65536 blocks of 256 threads: past
+// 2^24 elements (element by element: one view one element off) threads take a second turn,
+// which no smaller test reaches. f32 only (the loop is the same for bf16); about 17M elements,
+// about 6 s in all here.
+TEST(CudaGridStride, ElementwiseLoopsPastTheBlockCap) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP()
+      << "17M emulated threads: minutes under ThreadSanitizer (a loop, no barrier to check)";
+#endif
+  Device dev;
+  const std::int64_t n = (std::int64_t{65536} * 256) + 37;
+  std::vector<float> a(n), b(n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    a[i] = static_cast<float>(i % 1000) * 0.25f;  // exact in f32, as are sums and products below
+    b[i] = static_cast<float>(i % 7);
+  }
+  auto ta = View(dev, a, DType::F32, 1);
+  auto tb = View(dev, b, DType::F32, 0);
+  dev.backend().add_inplace(ta, tb);
+  dev.backend().scale_inplace(ta, 0.5f);
+  const auto got = ta.get();
+  std::int64_t wrong = 0;
+  for (std::int64_t i = 0; i < n; ++i) wrong += got[i] != (a[i] + b[i]) * 0.5f;
+  EXPECT_EQ(wrong, 0) << "add_inplace + scale_inplace over " << n << " elements";
+
+  // The SwiGLU backward's loop writes two outputs per element.
+  {
+    std::vector<float> gate(n), up(n), dh(n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      gate[i] = static_cast<float>(i % 97) * 0.0625f - 3.0f;
+      up[i] = static_cast<float>(i % 13) * 0.25f - 1.5f;
+      dh[i] = static_cast<float>(i % 5) * 0.5f - 1.0f;
+    }
+    auto tg = View(dev, gate, DType::F32, 1), tu = View(dev, up, DType::F32, 0);
+    auto tdh = View(dev, dh, DType::F32, 0);
+    auto tdg = View::poisoned(dev, n, DType::F32, 0), tdu = View::poisoned(dev, n, DType::F32, 0);
+    dev.backend().swiglu_backward(tdg, tdu, tdh, tg, tu, n);
+    std::vector<float> dg(n), du(n);
+    cpu::swiglu_backward(dg.data(), du.data(), dh.data(), gate.data(), up.data(), n);
+    const auto got_dg = tdg.get(), got_du = tdu.get();
+    wrong = 0;
+    // One fp32 expression each side (as in CudaElementwise.SwiGlu): 1e-6 relative, tiny floor.
+    for (std::int64_t i = 0; i < n; ++i)
+      wrong += !(std::abs(got_dg[i] - dg[i]) <= 1e-6 * std::abs(dg[i]) + 1e-30) ||
+               !(std::abs(got_du[i] - du[i]) <= 1e-6 * std::abs(du[i]) + 1e-30);
+    EXPECT_EQ(wrong, 0) << "swiglu_backward over " << n << " elements";
+  }
+}
+
+// The GEMM wrapper tells cuBLASLt each operand's alignment and caches the plan per alignment:
+// the same shapes, aligned and then each operand in turn one element off, must all run (the
+// emulated cuBLASLt refuses an operand less aligned than its plan was chosen for).
+TEST_P(CudaPacked, MatmulAtEveryOperandsOffset) {
+  const std::int64_t M = 5, N = 6, K = 7;
+  const auto a = stored(random_floats(M * K, 131, -1, 1), dt());
+  const auto b = stored(random_floats(K * N, 132, -1, 1), dt());
+  std::vector<float> want(M * N);
+  std::vector<double> bound(M * N);
+  for (std::int64_t i = 0; i < M; ++i)
+    for (std::int64_t j = 0; j < N; ++j) {
+      double sum = 0, magnitude = 0;
+      for (std::int64_t p = 0; p < K; ++p) {
+        sum += static_cast<double>(a[i * K + p]) * b[p * N + j];
+        magnitude += std::abs(static_cast<double>(a[i * K + p]) * b[p * N + j]);
+      }
+      want[i * N + j] = static_cast<float>(sum);
+      // fp32 accumulation of 7 products (well within 1e-6 of their magnitudes), then one
+      // rounding into dt.
+      bound[i * N + j] = 1e-6 * magnitude + (dt() == DType::BF16 ? kBf16Ulp : 1e-7) * std::abs(sum);
+    }
+  for (const auto& [a_off, b_off, out_off] : std::vector<std::array<std::int64_t, 3>>{
+           {0, 0, 0}, {1, 0, 0}, {0, 1, 0}, {0, 0, 1}, {1, 1, 1}}) {
+    SCOPED_TRACE(str("offsets a ", a_off, ", b ", b_off, ", out ", out_off));
+    auto ta = View(dev, a, dt(), a_off);
+    auto tb = View(dev, b, dt(), b_off);
+    auto tout = View::poisoned(dev, M * N, dt(), out_off);
+    dev.backend().matmul(tout, ta, tb, M, N, K, false, false, 1.0f, 0.0f);
+    expect_within("matmul", tout.get(), want, bound);
+    tout.expect_guards_intact("matmul");
+  }
+}
+
 TEST_P(CudaPacked, SwiGlu) {
   for (const auto& [n, in_off, out_off] : placements()) {
     SCOPED_TRACE(str("n=", n, " offsets ", in_off, "/", out_off));
@@ -155,10 +238,15 @@ TEST_P(CudaPacked, AdamW) {
   step.step = 2;
   step.grad_scale = 0.5f;
   const bool has_master = dt() == DType::BF16;
+  // The master copy also one element past the parameters' offset: alone misaligned, it must
+  // send the launch to the scalar path too.
+  const std::vector<std::int64_t> master_shifts =
+      has_master ? std::vector<std::int64_t>{0, 1} : std::vector<std::int64_t>{0};
   for (const auto& [n, in_off, out_off] : placements()) {
-    for (DType grad_type : {DType::F32, DType::BF16}) {
-      SCOPED_TRACE(
-          str("n=", n, " offsets ", in_off, "/", out_off, " grads ", dtype_label(grad_type)));
+    for (const auto& [grad_type, master_shift] :
+         {std::pair{DType::F32, master_shifts[0]}, std::pair{DType::BF16, master_shifts.back()}}) {
+      SCOPED_TRACE(str("n=", n, " offsets ", in_off, "/", out_off, " grads ",
+                       dtype_label(grad_type), " master shift ", master_shift));
       const auto master = random_floats(n, 121 + n, -1, 1);
       const auto grads = stored(random_floats(n, 122 + n, -0.1f, 0.1f), grad_type);
       const auto m0 = random_floats(n, 123 + n, -0.01f, 0.01f);
@@ -167,7 +255,7 @@ TEST_P(CudaPacked, AdamW) {
       auto tg = View(dev, grads, grad_type, in_off);
       auto tm = View(dev, m0, DType::F32, out_off), tv = View(dev, v0, DType::F32, in_off);
       std::vector<View> tmaster;
-      if (has_master) tmaster.push_back(View(dev, master, DType::F32, out_off));
+      if (has_master) tmaster.push_back(View(dev, master, DType::F32, out_off + master_shift));
       dev.backend().adamw_update(tp, has_master ? Tensor(tmaster[0]) : Tensor{}, tg, tm, tv, step);
 
       std::vector<float> p = master, m = m0, v = v0;
