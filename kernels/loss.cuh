@@ -27,7 +27,7 @@ __device__ __forceinline__ void online_add(float& m, float& s, float x) {
   if (x > m) {
     s = s * expf(m - x) + 1.0f;
     m = x;
-  } else {
+  } else if (x != -INFINITY) {  // a masked logit adds 0, and exp(-inf - -inf) would be NaN
     s += expf(x - m);
   }
 }

@@ -69,26 +69,29 @@ TEST_P(CudaLoss, CrossEntropyOfLogitsFarBelowZero) {
                   dt() == DType::BF16 ? kBf16Ulp : 2e-4, 1e-9);
 }
 
-// Masked logits (-inf, as a vocabulary mask sets them): the first 256 of each row, whole 16-byte
-// packs, so some threads see nothing but -inf and must add nothing to the sum. (Only whole
-// packs: a thread whose first element is -inf and a later one finite gets NaN, see
-// bench/results/mutation.md.)
+// Masked logits (-inf, as a vocabulary mask sets them): the first 256 of each row (whole 16-byte
+// packs, so some threads see nothing but -inf and must add nothing to the sum), then the first
+// 250 (a pack that starts -inf and ends finite: a thread's running max is still -inf when its
+// second -inf arrives, where exp(-inf - -inf) would be NaN).
 TEST_P(CudaLoss, CrossEntropyWithMaskedLogits) {
-  const std::int64_t rows = 2, V = 1000, masked = 256;
-  auto logits = stored(random_floats(rows * V, 65, -4, 4), dt());
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t j = 0; j < masked; ++j) logits[r * V + j] = -INFINITY;
-  const std::vector<std::int32_t> targets = {300, 999};
-  auto tl = dev.put(logits, dt());
-  auto tt = dev.put_i32(targets);
-  auto losses = dev.poisoned(rows, DType::F32);
-  dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
-  std::vector<float> want = logits, want_losses(rows);
-  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, 1.0f);
-  // As in CrossEntropy: the loss to ~1e-6 relative, the gradient one rounding into dt.
-  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 1e-6, 1e-5);
-  expect_near_all("cross_entropy gradient", dev.get(tl), want,
-                  dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+  const std::int64_t rows = 2, V = 1000;
+  for (const std::int64_t masked : {256, 250}) {
+    auto logits = stored(random_floats(rows * V, 65, -4, 4), dt());
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = 0; j < masked; ++j) logits[r * V + j] = -INFINITY;
+    const std::vector<std::int32_t> targets = {300, 999};
+    auto tl = dev.put(logits, dt());
+    auto tt = dev.put_i32(targets);
+    auto losses = dev.poisoned(rows, DType::F32);
+    dev.backend().cross_entropy(losses, tl, tt, rows, V, 1.0f);
+    std::vector<float> want = logits, want_losses(rows);
+    cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, 1.0f);
+    // As in CrossEntropy: the loss to ~1e-6 relative, the gradient one rounding into dt.
+    expect_near_all(str("cross_entropy losses, ", masked, " masked"), dev.get(losses), want_losses,
+                    1e-6, 1e-5);
+    expect_near_all(str("cross_entropy gradient, ", masked, " masked"), dev.get(tl), want,
+                    dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
+  }
 }
 
 // Targets on the device cannot throw: the first id past the vocabulary (V) gives a NaN loss and
@@ -137,22 +140,25 @@ TEST_P(CudaLoss, CrossEntropyOfLongRows) {
                   dt() == DType::BF16 ? kBf16Ulp : 1e-5, 1e-9);
 }
 
-// Teacher probabilities of exactly 0: a masked teacher vocabulary (-inf logits, the first 256 of
-// each row, whole 16-byte packs; see CrossEntropyWithMaskedLogits). Their terms are 0 * log 0,
-// which KL defines as 0.
+// Teacher probabilities of exactly 0: a masked teacher vocabulary (-inf logits, the first 256 or
+// 250 of each row; see CrossEntropyWithMaskedLogits). Their terms are 0 * log 0, which KL defines
+// as 0.
 TEST_P(CudaLoss, KlDivergenceWithVanishingTeacherProbabilities) {
-  const std::int64_t rows = 2, V = 512, masked = 256;
-  const auto student = stored(random_floats(rows * V, 73, -2, 2), dt());
-  auto teacher = stored(random_floats(rows * V, 74, -2, 2), dt());
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t j = 0; j < masked; ++j) teacher[r * V + j] = -INFINITY;
-  auto ts = dev.put(student, dt()), tt = dev.put(teacher, dt());
-  auto losses = dev.poisoned(rows, DType::F32);
-  dev.backend().kl_divergence(losses, ts, tt, rows, V, 1.0f, 0.0f);
-  std::vector<float> s = student, want_losses(rows);
-  cpu::kl_divergence(want_losses.data(), s.data(), teacher.data(), rows, V, 1.0f, 0.0f);
-  // As in KlDivergence: an fp32 sum of 512 terms each good to ~1e-6 of its size.
-  expect_near_all("kl losses", dev.get(losses), want_losses, 1e-5, 1e-5);
+  const std::int64_t rows = 2, V = 512;
+  for (const std::int64_t masked : {256, 250}) {
+    const auto student = stored(random_floats(rows * V, 73, -2, 2), dt());
+    auto teacher = stored(random_floats(rows * V, 74, -2, 2), dt());
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = 0; j < masked; ++j) teacher[r * V + j] = -INFINITY;
+    auto ts = dev.put(student, dt()), tt = dev.put(teacher, dt());
+    auto losses = dev.poisoned(rows, DType::F32);
+    dev.backend().kl_divergence(losses, ts, tt, rows, V, 1.0f, 0.0f);
+    std::vector<float> s = student, want_losses(rows);
+    cpu::kl_divergence(want_losses.data(), s.data(), teacher.data(), rows, V, 1.0f, 0.0f);
+    // As in KlDivergence: an fp32 sum of 512 terms each good to ~1e-6 of its size.
+    expect_near_all(str("kl losses, ", masked, " masked"), dev.get(losses), want_losses, 1e-5,
+                    1e-5);
+  }
 }
 
 TEST_P(CudaLoss, KlDivergence) {
