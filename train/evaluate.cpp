@@ -7,10 +7,13 @@
 
 namespace minitron {
 
-EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress) {
+EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress,
+                         DocumentBoundaries boundaries, std::span<const std::int64_t> boundary_token_ids) {
   const std::int64_t T = loader.windows().sequence_length();
   const std::int64_t B = model.max_batch();
   std::vector<std::int32_t> inputs(static_cast<std::size_t>(B * T)), targets(inputs.size());
+  const bool packed = boundaries != DocumentBoundaries::None;
+  std::vector<std::int32_t> positions(packed ? inputs.size() : 0);
   loader.reset();
   EvalResult result;
   double sum = 0.0;
@@ -18,7 +21,13 @@ EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& w
   if (show_progress) progress = std::make_unique<Progress>("eval", loader.total_batches(), "batch");
   while (std::int64_t windows = loader.next(inputs, targets)) {
     const std::size_t n = static_cast<std::size_t>(windows * T);
-    model.forward(std::span(inputs).first(n), windows, T);
+    ForwardOptions options;
+    if (packed) {
+      options.positions = std::span(positions).first(n);
+      document_positions_from_tokens(boundaries, boundary_token_ids, std::span(inputs).first(n), T,
+                                     std::span(positions).first(n));
+    }
+    model.forward(std::span(inputs).first(n), windows, T, options);
     double mean = cross_entropy_loss(model, std::span(targets).first(n), workspace);
     sum += mean * static_cast<double>(n);
     result.tokens += static_cast<std::int64_t>(n);

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "data/dataloader.h"
+#include "model/document_positions.h"
 #include "model/llama.h"
 #include "train/losses.h"
 
@@ -18,7 +20,10 @@ struct EvalResult {
 };
 
 // Runs every batch of the loader (from its start) through the model. show_progress draws a
-// progress bar on stderr.
-EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress = false);
+// progress bar on stderr. With boundaries other than None, windows are cut into documents at
+// those token ids (--document-boundaries: document_positions_from_tokens, model/document_positions.h).
+EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress = false,
+                         DocumentBoundaries boundaries = DocumentBoundaries::None,
+                         std::span<const std::int64_t> boundary_token_ids = {});
 
 }  // namespace minitron

@@ -28,9 +28,11 @@ namespace minitron {
 namespace fs = std::filesystem;
 
 double CrossEntropyObjective::step(LlamaModel& model, std::span<const std::int32_t> inputs,
-                                   std::span<const std::int32_t> targets, std::int64_t batch, std::int64_t sequence,
-                                   float grad_weight) {
-  model.forward(inputs, batch, sequence);
+                                   std::span<const std::int32_t> targets, std::span<const std::int32_t> positions,
+                                   std::int64_t batch, std::int64_t sequence, float grad_weight) {
+  ForwardOptions forward_options;
+  forward_options.positions = positions;
+  model.forward(inputs, batch, sequence, forward_options);
   return cross_entropy_loss(model, targets, workspace_, grad_weight);
 }
 
@@ -248,6 +250,7 @@ void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Obje
       {"--batch-size", static_cast<double>(options.batch_size)},
       {"--sequence-length", static_cast<double>(options.sequence_length)},
       {"--grad-accumulation", static_cast<double>(options.grad_accumulation)},
+      {"--document-boundaries", static_cast<double>(options.document_boundaries)},
       {"the step it starts from", static_cast<double>(start)},
       // Checkpoints are collectives (the sharded optimizer state is gathered), and so is each
       // step's sum of the loss and its logged terms: ranks must agree on when and how many.
@@ -301,6 +304,10 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   if (T > model.config().max_position_embeddings)
     fail_expected("--sequence-length", str(T),
                   str("at most max_position_embeddings = ", model.config().max_position_embeddings));
+  const bool packed = options.document_boundaries != DocumentBoundaries::None;
+  if (packed && options.boundary_token_ids.empty())
+    fail_expected(str("--document-boundaries ", document_boundaries_name(options.document_boundaries)),
+                  "no token ids to cut documents at", "the model's eos_token_id or bos_token_id");
 
   TrainLoaderOptions loader_options;
   loader_options.batch_size = B;
@@ -359,7 +366,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
 
   auto validate = [&](std::int64_t step, TrainSummary& summary) {
     if (!validation) return;
-    EvalResult r = evaluate_loss(model, *validation, *eval_workspace);
+    EvalResult r = evaluate_loss(model, *validation, *eval_workspace, false, options.document_boundaries,
+                                 options.boundary_token_ids);
     summary.validation_loss = r.loss;
     std::printf("step %lld | validation loss %.4f | perplexity %.2f | %lld tokens\n", static_cast<long long>(step),
                 r.loss, r.perplexity, static_cast<long long>(r.tokens));
@@ -370,6 +378,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   };
 
   std::vector<std::int32_t> inputs(static_cast<std::size_t>(B * T)), targets(inputs.size());
+  std::vector<std::int32_t> positions(packed ? inputs.size() : 0);
   TrainSummary summary;
   const auto t0 = std::chrono::steady_clock::now();
   auto window_start = t0;
@@ -387,7 +396,9 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     std::vector<double> logged(1 + term_names.size(), 0.0);
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
       loader.next(inputs, targets);
-      logged[0] += objective.step(model, inputs, targets, B, T, micro_weight) * micro_weight;
+      if (packed)
+        document_positions_from_tokens(options.document_boundaries, options.boundary_token_ids, inputs, T, positions);
+      logged[0] += objective.step(model, inputs, targets, positions, B, T, micro_weight) * micro_weight;
       const auto terms = objective.step_metrics();
       for (std::size_t i = 0; i < term_names.size(); ++i) logged[1 + i] += terms[i].second * micro_weight;
       model.backward();

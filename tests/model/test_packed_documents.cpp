@@ -51,15 +51,30 @@ TEST(PackedDocumentsModel, RecomputationKeepsGradientsBitIdentical) {
 }
 
 TEST(DocumentPositions, RestartAfterEachEosAndAtEachRow) {
-  constexpr std::int32_t eos = 9;
-  const std::vector<std::int32_t> tokens = {4, 9, 5, 6, 9, 9, 7, /* row 2 */ 9, 1, 2, 9, 3, 3, 3};
+  const std::vector<std::int64_t> eos = {9, 8};  // any of the config's EOS ids ends a document
+  const std::vector<std::int32_t> tokens = {4, 9, 5, 6, 9, 9, 7, /* row 2 */ 9, 1, 8, 9, 3, 3, 3};
   std::vector<std::int32_t> positions(tokens.size());
-  positions_after_eos(tokens, 7, eos, positions);
+  document_positions_from_tokens(DocumentBoundaries::Eos, eos, tokens, 7, positions);
   // An EOS ends its document (its own position continues); the next token starts at 0; a row
   // always starts at 0, EOS or not; two EOS in a row make a 1-token document of the second.
-  const std::vector<std::int32_t> expected = {0, 1, 0, 1, 2, 0, 0, /* row 2 */ 0, 0, 1, 2, 0, 1, 2};
+  const std::vector<std::int32_t> expected = {0, 1, 0, 1, 2, 0, 0, /* row 2 */ 0, 0, 1, 0, 0, 1, 2};
   EXPECT_EQ(positions, expected);
   check_document_positions(positions, 2, 7);  // what it derives is always accepted
+}
+
+TEST(DocumentPositions, RestartAtEachBosAndAtEachRow) {
+  const std::vector<std::int64_t> bos = {7};
+  const std::vector<std::int32_t> tokens = {4, 7, 5, 6, 7, 7, 2, /* row 2 */ 7, 1, 2, 3, 7, 3, 3};
+  std::vector<std::int32_t> positions(tokens.size());
+  document_positions_from_tokens(DocumentBoundaries::Bos, bos, tokens, 7, positions);
+  // A BOS starts its document (position 0); a row starts one whatever its first token; two BOS
+  // in a row make a 1-token document of the first.
+  const std::vector<std::int32_t> expected = {0, 0, 1, 2, 0, 0, 1, /* row 2 */ 0, 1, 2, 3, 0, 1, 2};
+  EXPECT_EQ(positions, expected);
+  check_document_positions(positions, 2, 7);
+  for (DocumentBoundaries b : {DocumentBoundaries::None, DocumentBoundaries::Eos, DocumentBoundaries::Bos})
+    EXPECT_EQ(parse_document_boundaries(document_boundaries_name(b)), b);
+  EXPECT_FALSE(parse_document_boundaries("EOS").has_value());
 }
 
 TEST(DocumentPositions, MalformedTablesAreRefused) {

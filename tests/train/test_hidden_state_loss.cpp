@@ -309,7 +309,7 @@ TEST(HiddenStateDistillation, RecomputationKeepsTheGradientsBitIdentical) {
                                    parse_layer_mapping("0:1,1:3", 2, 4), N);
     TeacherDistillationObjective objective(models.teacher, ws, 1.0f, 0.0f, &hidden, 0.5f);
     student.zero_gradients();
-    objective.step(student, inputs, targets, B, T, 1.0f);
+    objective.step(student, inputs, targets, {}, B, T, 1.0f);
     student.backward();
     return testing::gradients(student);
   };
