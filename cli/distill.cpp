@@ -89,6 +89,7 @@ int distill(int argc, char** argv) {
   o.input_models = {teacher_dir, student_dir};
   o.companion_files = companion_files(student_dir);
   if (o.companion_files.empty()) o.companion_files = companion_files(teacher_dir);
+  set_document_boundaries(o, student_config, str("the student ", student_dir.string()));
   std::vector<LayerPair> layer_pairs;
   if (intermediate_weight > 0)  // checked before any weights are loaded
     layer_pairs =

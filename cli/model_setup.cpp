@@ -100,6 +100,11 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
        "activations kept for backward: none (all), selective (GEMM and attention outputs; norms and SwiGLU are "
        "recomputed) or full (each layer's input; the layer reruns in backward). Same gradients, less memory",
        cxxopts::value<std::string>()->default_value("none"))
+      ("document-boundaries",
+       "none (each window is one sequence), eos (a document ends at each of the model's EOS tokens) or bos (a "
+       "document starts at each BOS token, as llm.c's and minitron tokenize's shards mark them): packed documents, "
+       "attention stays inside each and positions restart at its start",
+       cxxopts::value<std::string>()->default_value("none"))
       ("log-interval", "print and log every N steps", cxxopts::value<std::int64_t>()->default_value("1"))
       ("save-dtype", "bfloat16 or float32", cxxopts::value<std::string>()->default_value("bfloat16"))
       ("resume", "continue from the newest checkpoint in --output");
@@ -127,6 +132,10 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   o.save_interval = in_range<std::int64_t>(r, "save-interval", 0, std::int64_t{1} << 40);
   o.save_total_limit = in_range<std::int64_t>(r, "save-total-limit", 0, std::int64_t{1} << 40);
   o.recompute = recompute_from_flags(r);
+  const std::string boundaries = r["document-boundaries"].as<std::string>();
+  const std::optional<DocumentBoundaries> cut = parse_document_boundaries(boundaries);
+  if (!cut) fail_expected("--document-boundaries", str("'", boundaries, "'"), "none, eos or bos");
+  o.document_boundaries = *cut;
   o.log_interval = in_range<std::int64_t>(r, "log-interval", 1, std::int64_t{1} << 40);
   o.seed = r["seed"].as<std::uint64_t>();
   o.save_dtype = parse_save_dtype(r["save-dtype"].as<std::string>());
@@ -144,6 +153,18 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   opt.beta2 = in_range<double>(r, "adam-beta2", 0.0, 0.999999999);
   opt.epsilon = in_range<double>(r, "adam-epsilon", 0.0, 1.0);
   return o;
+}
+
+void set_document_boundaries(TrainOptions& options, const ModelConfig& trained, const std::string& model_name) {
+  if (options.document_boundaries == DocumentBoundaries::None) return;
+  const bool eos = options.document_boundaries == DocumentBoundaries::Eos;
+  const std::vector<std::int64_t>& ids = eos ? trained.eos_token_ids : trained.bos_token_ids;
+  const char* field = eos ? "eos_token_id" : "bos_token_id";
+  if (ids.empty())
+    fail_expected(str("--document-boundaries ", document_boundaries_name(options.document_boundaries)),
+                  str(model_name, " has no ", field, " in its config.json"),
+                  str("a model whose config names the ", field, " that marks its documents"));
+  options.boundary_token_ids = ids;
 }
 
 void print_activation_recompute(const LlamaModel& model) {
@@ -218,9 +239,10 @@ void check_sequence_length(const char* flag, std::int64_t tokens, const ModelCon
                   str("at most max_position_embeddings = ", config.max_position_embeddings));
 }
 
-void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& source, const TrainOptions& o,
+void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& source, TrainOptions o,
                               const std::string& banner) {
   check_sequence_length("--sequence-length", o.sequence_length, source.config);
+  set_document_boundaries(o, source.config, source.description);
   check_training_output(o);  // before the weights load, not after
   TrainingRun run = open_training_run(r, [&](Backend& backend, std::int64_t world_size) {
     check_training_memory(training_shape(source.config, o, world_size), backend, str("--device ", backend.name()));

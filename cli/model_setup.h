@@ -44,6 +44,9 @@ struct TrainingDefaults {
 void add_training_options(cxxopts::Options& options, const TrainingDefaults& defaults);
 TrainOptions parse_training_options(const cxxopts::ParseResult& result, const TrainingDefaults& defaults);
 void print_training_summary(const TrainSummary& summary, const TrainOptions& options);
+// --document-boundaries eos or bos: the EOS or BOS ids of the trained model's config into options
+// (refused, naming model_name, when it has none); nothing for none.
+void set_document_boundaries(TrainOptions& options, const ModelConfig& trained, const std::string& model_name);
 // With --recompute selective or full: the activation memory the mode keeps and recomputes.
 void print_activation_recompute(const LlamaModel& model);
 
@@ -82,7 +85,7 @@ void check_sequence_length(const char* flag, std::int64_t tokens, const ModelCon
 
 // The cross-entropy run shared by train and correct: the model from `source` on --device,
 // "<banner> on <device>: <N> parameters" printed, run_training, the summary.
-void train_with_cross_entropy(const cxxopts::ParseResult& result, const ModelSource& source,
-                              const TrainOptions& options, const std::string& banner);
+void train_with_cross_entropy(const cxxopts::ParseResult& result, const ModelSource& source, TrainOptions options,
+                              const std::string& banner);
 
 }  // namespace minitron::cli

@@ -271,7 +271,7 @@ void Backend::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor r
 namespace {
 void check_rope(const Backend& backend, const char* op, const char* x_name, const Tensor& x,
                 const Tensor& inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
-                std::int64_t head_dim, std::int64_t position_offset) {
+                std::int64_t head_dim, std::int64_t position_offset, const Tensor& positions) {
   const OpCheck check(backend, op);
   check.size("B", B);
   check.size("T", T);
@@ -282,21 +282,29 @@ void check_rope(const Backend& backend, const char* op, const char* x_name, cons
                 "an even head_dim: rotate-half pairs channel i with i + head_dim / 2");
   check.storage_tensor(x_name, x, B * T * heads * head_dim);
   check.tensor("inv_freq", inv_freq, check.fp32(), head_dim / 2);
+  if (!positions.empty()) {
+    check.tensor("positions", positions, {DType::I32}, B * T);
+    check.require(position_offset == 0,
+                  str("position_offset = ", position_offset, " with positions"),
+                  "position_offset 0: positions give every token's position");
+  }
 }
 }  // namespace
 
 void Backend::rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
-                           std::int64_t heads, std::int64_t head_dim,
-                           std::int64_t position_offset) {
-  check_rope(*this, "rope_forward", "x", x, inv_freq, B, T, heads, head_dim, position_offset);
-  do_rope_forward(x, inv_freq, B, T, heads, head_dim, position_offset);
+                           std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
+                           Tensor positions) {
+  check_rope(*this, "rope_forward", "x", x, inv_freq, B, T, heads, head_dim, position_offset,
+             positions);
+  do_rope_forward(x, inv_freq, B, T, heads, head_dim, position_offset, positions);
 }
 
 void Backend::rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
-                            std::int64_t heads, std::int64_t head_dim,
-                            std::int64_t position_offset) {
-  check_rope(*this, "rope_backward", "dx", dx, inv_freq, B, T, heads, head_dim, position_offset);
-  do_rope_backward(dx, inv_freq, B, T, heads, head_dim, position_offset);
+                            std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
+                            Tensor positions) {
+  check_rope(*this, "rope_backward", "dx", dx, inv_freq, B, T, heads, head_dim, position_offset,
+             positions);
+  do_rope_backward(dx, inv_freq, B, T, heads, head_dim, position_offset, positions);
 }
 
 // ---- attention ----
@@ -314,27 +322,38 @@ void check_attention_shape(const OpCheck& check, std::int64_t B, std::int64_t Tq
                 "Hq a multiple of Hkv");
   check.require(Tk >= Tq, str("Tk = ", Tk, " keys for Tq = ", Tq, " queries"), "Tk >= Tq");
 }
+
+// Packed documents: one position per query token, and no KV cache (whose keys precede them).
+void check_attention_positions(const OpCheck& check, const Tensor& positions, std::int64_t B,
+                               std::int64_t Tq, std::int64_t Tk) {
+  if (positions.empty()) return;
+  check.tensor("positions", positions, {DType::I32}, B * Tq);
+  check.require(Tq == Tk, str("positions with Tq = ", Tq, " queries over Tk = ", Tk, " keys"),
+                "Tq == Tk: packed documents have no KV cache");
+}
 }  // namespace
 
 void Backend::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                 std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
-                                std::int64_t Hkv, std::int64_t hd) {
+                                std::int64_t Hkv, std::int64_t hd, Tensor positions) {
   const OpCheck check(*this, "attention_forward");
   check_attention_shape(check, B, Tq, Tk, Hq, Hkv, hd);
+  check_attention_positions(check, positions, B, Tq, Tk);
   const DType s = check.storage_tensor("q", q, B * Tq * Hq * hd);
   check.tensor("k", k, {s}, B * Tk * Hkv * hd);
   check.tensor("v", v, {s}, B * Tk * Hkv * hd);
   check.tensor("out", out, {s}, B * Tq * Hq * hd);
   check.tensor("lse", lse, check.fp32(), B * Hq * Tq);
-  do_attention_forward(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, hd);
+  do_attention_forward(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, hd, positions);
 }
 
 void Backend::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                  Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
-                                 std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
-                                 std::int64_t hd) {
+                                 std::int64_t T, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                                 Tensor positions) {
   const OpCheck check(*this, "attention_backward");
   check_attention_shape(check, B, T, T, Hq, Hkv, hd);
+  check_attention_positions(check, positions, B, T, T);
   const std::int64_t nq = B * T * Hq * hd, nkv = B * T * Hkv * hd;
   const DType s = check.storage_tensor("q", q, nq);
   check.tensor("k", k, {s}, nkv);
@@ -345,7 +364,7 @@ void Backend::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
   check.tensor("dk", dk, {s}, nkv);
   check.tensor("dv", dv, {s}, nkv);
   check.tensor("lse", lse, check.fp32(), B * Hq * T);
-  do_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, hd);
+  do_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, hd, positions);
 }
 
 // ---- SwiGLU ----

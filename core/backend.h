@@ -119,24 +119,30 @@ class Backend {
 
   // ---- RoPE, HF rotate-half convention, in place on x [B*T, heads * head_dim] ----
   // Position of row (b, t) is position_offset + t. inv_freq is fp32 [head_dim / 2]; head_dim
-  // is even.
+  // is even. Packed documents: `positions` (I32 [B*T], position_offset 0) gives each token's
+  // position instead, restarting at 0 at each document's first token (HF's position_ids).
   void rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
-                    std::int64_t head_dim, std::int64_t position_offset);
+                    std::int64_t head_dim, std::int64_t position_offset, Tensor positions = {});
   // In place: dx <- R^T dx (the inverse rotation).
   void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
-                     std::int64_t head_dim, std::int64_t position_offset);
+                     std::int64_t head_dim, std::int64_t position_offset, Tensor positions = {});
 
   // ---- causal attention with grouped KV heads ----
   // q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], out [B*Tq, Hq*hd], lse fp32 [B, Hq, Tq].
   // Query row t attends to keys 0 .. t + (Tk - Tq) (so Tk > Tq serves a KV cache; Tk >= Tq).
   // Query head h reads KV head h / (Hq / Hkv), so Hq is a multiple of Hkv. Scale 1/sqrt(hd).
+  // Packed documents (FlashAttention's variable-length attention, TRL's padding-free packing):
+  // with `positions` (I32 [B*T], Tq == Tk; as for RoPE) query t sees keys t - positions[t] .. t
+  // only, its own document. The caller guarantees what the kernels index by: each row's first
+  // position is 0 and every other is 0 or its predecessor's + 1 (LlamaModel::forward checks).
   void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                          std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                         std::int64_t hd);
-  // Overwrites dq, dk, dv (Tq == Tk in training).
+                         std::int64_t hd, Tensor positions = {});
+  // Overwrites dq, dk, dv (Tq == Tk in training); positions as the forward's.
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
                           Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T,
-                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd);
+                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                          Tensor positions = {});
 
   // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements ----
   void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n);
@@ -195,19 +201,21 @@ class Backend {
   virtual void do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
                                            Tensor residual, Tensor branch, Tensor weight,
                                            std::int64_t N, std::int64_t D, float eps) = 0;
+  // positions: empty, or the checked I32 [B*T] of packed documents.
   virtual void do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                std::int64_t heads, std::int64_t head_dim,
-                               std::int64_t position_offset) = 0;
+                               std::int64_t position_offset, Tensor positions) = 0;
   virtual void do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                 std::int64_t heads, std::int64_t head_dim,
-                                std::int64_t position_offset) = 0;
+                                std::int64_t position_offset, Tensor positions) = 0;
   virtual void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                     std::int64_t B, std::int64_t Tq, std::int64_t Tk,
-                                    std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) = 0;
+                                    std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                                    Tensor positions) = 0;
   virtual void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                      Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                      std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
-                                     std::int64_t hd) = 0;
+                                     std::int64_t hd, Tensor positions) = 0;
   virtual void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) = 0;
   virtual void do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
                                   std::int64_t n) = 0;

@@ -81,7 +81,10 @@ void TokenWindows::copy(std::int64_t index, std::int32_t* inputs, std::int32_t* 
   const std::span<const std::uint32_t> starts = s.document_starts();
   // The document holding token `first`, then each document start inside the window in turn.
   auto next_start = std::upper_bound(starts.begin(), starts.end(), static_cast<std::uint64_t>(first));
-  std::int64_t document_start = *(next_start - 1);
+  // A document begun before the window counts from the window's first token: what came before is
+  // out of the window's sight, and the model takes each row as starting a document (RoPE's
+  // scores depend on relative positions only, so nothing within the window changes).
+  std::int64_t document_start = std::max<std::int64_t>(static_cast<std::int64_t>(*(next_start - 1)), first);
   for (std::int64_t t = 0; t < T_; ++t) {
     const std::int64_t k = first + t;
     if (next_start != starts.end() && static_cast<std::int64_t>(*next_start) == k) {

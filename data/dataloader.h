@@ -48,8 +48,9 @@ class TokenWindows {
   // Windows per shard: floor((n-1)/T), 0 for n <= T.
   static std::int64_t windows_in(std::int64_t tokens, std::int64_t sequence_length);
   // Copies window `index` into T inputs and T targets (masked targets -1 for SFT shards) and, when
-  // positions is given, T positions within the document (SFT shards; token shards, whose document
-  // boundaries are not recorded, give 0..T-1).
+  // positions is given, T positions within the document, counted from the window's start for a
+  // document begun before it (SFT shards; token shards, whose document boundaries are not
+  // recorded, give 0..T-1).
   void copy(std::int64_t index, std::int32_t* inputs, std::int32_t* targets, std::int32_t* positions = nullptr) const;
   // [{"name": file name, "tokens": n}, ...]: identifies the data in a loader state.
   nlohmann::json describe() const;

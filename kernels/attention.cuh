@@ -3,7 +3,10 @@
 //
 // Layout: q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], out like q, lse fp32 [B, Hq, Tq]. Query row t
 // sees keys 0 .. t + (Tk - Tq); query head h reads KV head h / (Hq / Hkv) in place: K and V are
-// never copied per group.
+// never copied per group. Packed documents (kernels/attention.h): with positions (device int32
+// [B*T], Tq == Tk) query t sees keys t - positions[t] .. t only, and every kernel skips the key
+// (or query) tiles that lie wholly in other documents, so a packed row costs the sum of its
+// documents' squares rather than the row's.
 //
 // This file: the CUDA-core kernels (fp32 FMAs), used for fp32 storage and the reference shape of
 // the algorithm, and the public launchers. bf16, the engine's dtype (head_dim a multiple of 16),
@@ -51,8 +54,8 @@ __device__ __forceinline__ void attention_load_tile(T* tile, const T* base, std:
 // grid (ceil(Tq / 16), Hq, B), 128 threads.
 template <typename T, int HD>
 __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v,
-                                         int Tq, int Tk, int Hq, int Hkv, float scale_log2,
-                                         bool packed) {
+                                         const std::int32_t* positions, int Tq, int Tk, int Hq,
+                                         int Hkv, float scale_log2, bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;                // output dims per lane
@@ -70,22 +73,29 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
   const T* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
   const T* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
 
+  const std::int32_t* row_positions =
+      positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
+
   attention_load_tile<T, HD>(q_s, q_head, q_stride, q0, kAttentionQueryTile, Tq, packed);
 
   float m[R], l[R], o[R][DPL];
+  int first_key[R];  // each row's document start (0 without positions)
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     m[r] = -INFINITY;
     l[r] = 0.0f;
 #pragma unroll
     for (int j = 0; j < DPL; ++j) o[r][j] = 0.0f;
+    const int t = q0 + warp * R + r;
+    first_key[r] = t < Tq ? attention_first_key(row_positions, t) : 0;
   }
   const int last_query = (q0 + kAttentionQueryTile < Tq ? q0 + kAttentionQueryTile : Tq) - 1;
   const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
   const T* q_rows = q_s + warp * R * S;
   float* p_rows = p_s + warp * R * kAttentionKeyTile;
 
-  for (int k0 = 0; k0 < key_end; k0 += kAttentionKeyTile) {
+  for (int k0 = attention_first_key_tile(row_positions, q0, kAttentionKeyTile); k0 < key_end;
+       k0 += kAttentionKeyTile) {
     __syncthreads();  // the previous tile is consumed (and the query tile is written)
     attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
     attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
@@ -103,10 +113,12 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int t = q0 + warp * R + r;
-      const float x = key < Tk && key <= t + offset ? s[r] * scale_log2 : -INFINITY;
+      const bool visible = key < Tk && key <= t + offset && key >= first_key[r];
+      const float x = visible ? s[r] * scale_log2 : -INFINITY;
       const float m_new = fmaxf(m[r], warp_max(x));
-      // Key 0 is in the first tile and visible to every row, so m_new is finite from then on;
-      // the guard keeps exp2f(-inf - -inf) from ever producing a NaN.
+      // A row sees no key of a tile before its document's: m_new stays -inf (and p, alpha, l
+      // and o 0) until the tile with its first key; the guard keeps exp2f(-inf - -inf) from
+      // ever producing a NaN.
       const float m_safe = m_new == -INFINITY ? 0.0f : m_new;
       const float p = exp2f(x - m_safe);
       const float alpha = exp2f(m[r] - m_safe);
@@ -167,8 +179,9 @@ __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* 
 // dq_i = scale * sum_j dS_ij k_j, dS_ij = P_ij (dO_i . v_j - D_i); grid (ceil(Tq / 16), Hq, B).
 template <typename T, int HD>
 __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* lse, const float* D,
-                                             const T* q, const T* k, const T* v, int Tq, int Tk,
-                                             int Hq, int Hkv, float scale, bool packed) {
+                                             const T* q, const T* k, const T* v,
+                                             const std::int32_t* positions, int Tq, int Tk, int Hq,
+                                             int Hkv, float scale, bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;
@@ -191,12 +204,16 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
   attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
 
+  const std::int32_t* row_positions =
+      positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
   float row_lse[R], row_D[R], acc[R][DPL];
+  int first_key[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const int t = q0 + warp * R + r;
     row_lse[r] = t < Tq ? lse[stat0 + t] : 0.0f;
     row_D[r] = t < Tq ? D[stat0 + t] : 0.0f;
+    first_key[r] = t < Tq ? attention_first_key(row_positions, t) : 0;
 #pragma unroll
     for (int j = 0; j < DPL; ++j) acc[r][j] = 0.0f;
   }
@@ -206,7 +223,8 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   const T* do_rows = do_s + warp * R * S;
   float* ds_rows = ds_s + warp * R * kAttentionKeyTile;
 
-  for (int k0 = 0; k0 < key_end; k0 += kAttentionKeyTile) {
+  for (int k0 = attention_first_key_tile(row_positions, q0, kAttentionKeyTile); k0 < key_end;
+       k0 += kAttentionKeyTile) {
     __syncthreads();
     attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
     attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
@@ -228,7 +246,7 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int t = q0 + warp * R + r;
-      const bool visible = t < Tq && key < Tk && key <= t + offset;
+      const bool visible = t < Tq && key < Tk && key <= t + offset && key >= first_key[r];
       const float p = visible ? expf(s[r] * scale - row_lse[r]) : 0.0f;
       ds_rows[r * kAttentionKeyTile + lane] = p * (dp[r] - row_D[r]);
     }
@@ -266,8 +284,8 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
 template <typename T, int HD>
 __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const float* lse,
                                               const float* D, const T* q, const T* k, const T* v,
-                                              int Tq, int Tk, int Hq, int Hkv, float scale,
-                                              bool packed) {
+                                              const std::int32_t* positions, int Tq, int Tk, int Hq,
+                                              int Hkv, float scale, bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int kWarps = kAttentionThreads / kWarpSize;
@@ -296,13 +314,18 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
   const int key = j0 + lane;
   const int first_query = j0 - offset > 0 ? j0 - offset : 0;
   const int tile_begin = first_query / kAttentionQueryTile * kAttentionQueryTile;
+  const std::int32_t* row_positions =
+      positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
+  const int last_key = (j0 + kAttentionKeyTile < Tk ? j0 + kAttentionKeyTile : Tk) - 1;
+  const int query_end =
+      attention_query_end(row_positions, tile_begin, Tq, kAttentionQueryTile, last_key);
   const T* k_row = k_s + lane * S;
   const T* v_row = v_s + lane * S;
 
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
     const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
     const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
-    for (int q0 = tile_begin; q0 < Tq; q0 += kAttentionQueryTile) {
+    for (int q0 = tile_begin; q0 < query_end; q0 += kAttentionQueryTile) {
       __syncthreads();  // the previous query tile is consumed
       attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
       attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
@@ -325,7 +348,8 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const int i = warp * R + r, t = q0 + i;
-        const bool visible = t < Tq && key < Tk && key <= t + offset;
+        const bool visible =
+            t < Tq && key < Tk && key <= t + offset && key >= attention_first_key(row_positions, t);
         const float p = visible ? expf(s[r] * scale - lse[stat0 + t]) : 0.0f;
         p_s[i * kAttentionKeyTile + lane] = p;
         ds_s[i * kAttentionKeyTile + lane] = visible ? p * (dp[r] - D[stat0 + t]) : 0.0f;
@@ -374,12 +398,12 @@ inline void check_attention_shape(std::int64_t B, std::int64_t Tq, std::int64_t 
 }
 
 template <typename T, int HD>
-void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v, std::int64_t B,
-                          std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                          cudaStream_t stream) {
+void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v,
+                          const std::int32_t* positions, std::int64_t B, std::int64_t Tq,
+                          std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core kernel (fp32 tiles stay on the CUDA-core kernel below).
-    attention_forward_mma<HD>(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, stream);
+    attention_forward_mma<HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, stream);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const std::size_t smem = (kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
@@ -388,7 +412,7 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
     allow_dynamic_shared(kernel, smem);
     const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kAttentionQueryTile)),
                     static_cast<unsigned>(Hq), static_cast<unsigned>(B));
-    launch(kernel, grid, dim3(kAttentionThreads), smem, stream, out, lse, q, k, v,
+    launch(kernel, grid, dim3(kAttentionThreads), smem, stream, out, lse, q, k, v, positions,
            static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
            kLog2e / std::sqrt(static_cast<float>(HD)), rows_aligned16<T>(HD, {q, k, v}));
   }
@@ -396,9 +420,9 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
 
 template <typename T, int HD>
 void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse,
-                           const T* q, const T* k, const T* v, std::int64_t B, std::int64_t T_,
-                           std::int64_t Hq, std::int64_t Hkv, float* workspace,
-                           cudaStream_t stream) {
+                           const T* q, const T* k, const T* v, const std::int32_t* positions,
+                           std::int64_t B, std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
+                           float* workspace, cudaStream_t stream) {
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq);
   const std::int64_t rows = B * Hq * T_;
   constexpr int kDotWarps = 8;
@@ -408,7 +432,8 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
 
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core dq and dk/dv kernels (attention_mma.cuh).
-    attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, B, T_, Hq, Hkv, stream);
+    attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, positions, B, T_, Hq, Hkv,
+                               stream);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
@@ -422,7 +447,8 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
            dim3(static_cast<unsigned>(ceil_div(T_, kAttentionQueryTile)), static_cast<unsigned>(Hq),
                 static_cast<unsigned>(B)),
            dim3(kAttentionThreads), dq_smem, stream, dq, dout, lse,
-           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale, packed);
+           static_cast<const float*>(workspace), q, k, v, positions, Ti, Ti, Hqi, Hkvi, scale,
+           packed);
 
     const std::size_t dkv_smem = (2 * kAttentionKeyTile + 2 * kAttentionQueryTile) * S * sizeof(T) +
                                  2 * kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
@@ -432,7 +458,8 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
            dim3(static_cast<unsigned>(ceil_div(T_, kAttentionKeyTile)), static_cast<unsigned>(Hkv),
                 static_cast<unsigned>(B)),
            dim3(kAttentionThreads), dkv_smem, stream, dk, dv, dout, lse,
-           static_cast<const float*>(workspace), q, k, v, Ti, Ti, Hqi, Hkvi, scale, packed);
+           static_cast<const float*>(workspace), q, k, v, positions, Ti, Ti, Hqi, Hkvi, scale,
+           packed);
   }
 }
 
@@ -443,15 +470,21 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
   fail_expected("attention", str("head_dim ", hd), "one of 16, 32, 64, 96, 128");
 }
 
+// positions: device int32 [B*T] of packed documents (Tq == Tk), or null.
 template <typename T>
 void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, std::int64_t B,
                        std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                       std::int64_t hd, cudaStream_t stream) {
+                       std::int64_t hd, cudaStream_t stream,
+                       const std::int32_t* positions = nullptr) {
   check_attention_shape(B, Tq, Tk, Hq, Hkv);
+  if (positions && Tq != Tk)
+    fail_expected("attention", str("packed documents over ", Tq, " queries and ", Tk, " keys"),
+                  "Tq == Tk (no KV cache)");
   if (B <= 0 || Tq <= 0) return;
   switch (hd) {
 #define MINITRON_CASE(HD) \
-  case HD: return attention_forward_hd<T, HD>(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, stream);
+  case HD:                \
+    return attention_forward_hd<T, HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, stream);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)
 #undef MINITRON_CASE
     default: unsupported_head_dim(hd);
@@ -463,14 +496,14 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse,
                         const T* q, const T* k, const T* v, std::int64_t B, std::int64_t T_,
                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, float* workspace,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const std::int32_t* positions = nullptr) {
   check_attention_shape(B, T_, T_, Hq, Hkv);
   if (B <= 0 || T_ <= 0) return;
   switch (hd) {
-#define MINITRON_CASE(HD)                                                                    \
-  case HD:                                                                                   \
-    return attention_backward_hd<T, HD>(dq, dk, dv, dout, out, lse, q, k, v, B, T_, Hq, Hkv, \
-                                        workspace, stream);
+#define MINITRON_CASE(HD)                                                                          \
+  case HD:                                                                                         \
+    return attention_backward_hd<T, HD>(dq, dk, dv, dout, out, lse, q, k, v, positions, B, T_, Hq, \
+                                        Hkv, workspace, stream);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)
 #undef MINITRON_CASE
     default: unsupported_head_dim(hd);

@@ -5,6 +5,13 @@
 // in place (no copies of K/V per group). Scale 1/sqrt(hd). Sums run in T: fp32 for the float
 // engine, like the CUDA engine's accumulators; fp64 for gradient checks.
 //
+// Packed documents (padding-free packing, FlashAttention's variable-length attention): with
+// `positions` (int32 [B*T], Tq == Tk == T) each row holds several documents and positions[b*T+t]
+// is token t's position inside its document (0 at a document's first token, then +1 per
+// token). Query t then attends to keys t - positions[t] .. t: its own document, causally.
+// Document starts never decrease along a row, which both passes use to stop early. Null
+// positions is one document per row (keys from 0).
+//
 // The backward recomputes the probabilities from the saved log-sum-exp, as flash-attention
 // does: P_ij = exp(S_ij - lse_i), D_i = sum(dout_i * out_i), dS_ij = P_ij (dout_i.v_j - D_i).
 // It runs two passes so that every output element is owned by one thread and summed in a
@@ -68,18 +75,28 @@ inline int current_thread() {
 }
 
 inline void check_attention_shape(std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
-                                  std::int64_t Hkv, std::int64_t hd) {
+                                  std::int64_t Hkv, std::int64_t hd,
+                                  const std::int32_t* positions = nullptr) {
   MINITRON_ASSERT(Hkv > 0 && Hq % Hkv == 0, "attention: Hq ", Hq, " must be a multiple of Hkv ",
                   Hkv);
   MINITRON_ASSERT(Tq <= Tk, "attention: Tq ", Tq, " must not exceed Tk ", Tk);
   MINITRON_ASSERT(hd > 0, "attention: head_dim ", hd);
+  MINITRON_ASSERT(!positions || Tq == Tk, "attention: packed documents need Tq ", Tq, " == Tk ",
+                  Tk);
+}
+
+// The first key query t of row b sees: its document's first token, or 0 without positions.
+inline std::int64_t document_start(const std::int32_t* positions, std::int64_t b, std::int64_t T,
+                                   std::int64_t t) {
+  return positions ? t - positions[b * T + t] : 0;
 }
 
 template <typename T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::int64_t B,
                        std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                       std::int64_t hd, T* workspace = nullptr) {
-  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+                       std::int64_t hd, const std::int32_t* positions = nullptr,
+                       T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_forward_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
@@ -92,16 +109,17 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::
     for (std::int64_t task = 0; task < B * Hq * Tq; ++task) {
       const std::int64_t t = task % Tq, h = (task / Tq) % Hq, b = task / (Tq * Hq);
       const std::int64_t hk = h / group, keys = t + offset + 1;
+      const std::int64_t first = document_start(positions, b, Tq, t);
       const T* qi = q + (b * Tq + t) * q_stride + h * hd;
       const T* kb = k + b * Tk * kv_stride + hk * hd;
       const T* vb = v + b * Tk * kv_stride + hk * hd;
       T max = -std::numeric_limits<T>::infinity();
-      for (std::int64_t j = 0; j < keys; ++j) {
+      for (std::int64_t j = first; j < keys; ++j) {
         p[j] = dot(qi, kb + j * kv_stride, hd) * scale;
         max = std::max(max, p[j]);
       }
       T sum = 0;
-      for (std::int64_t j = 0; j < keys; ++j) {
+      for (std::int64_t j = first; j < keys; ++j) {
         p[j] = std::exp(p[j] - max);
         sum += p[j];
       }
@@ -109,7 +127,7 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::
       T* o = out + (b * Tq + t) * q_stride + h * hd;
       std::fill_n(o, hd, T(0));
       const T inv = T(1) / sum;
-      for (std::int64_t j = 0; j < keys; ++j) {
+      for (std::int64_t j = first; j < keys; ++j) {
         const T w = p[j] * inv;
         const T* vj = vb + j * kv_stride;
 #pragma omp simd
@@ -124,8 +142,8 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
                         const T* k, const T* v, std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                        T* workspace = nullptr) {
-  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+                        const std::int32_t* positions = nullptr, T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_backward_workspace(B, Hq, Tq), own);
   T* D = workspace;  // D_i, laid out like lse
@@ -148,7 +166,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
     std::fill_n(dqi, hd, T(0));
     const T* kb = k + b * Tk * kv_stride + hk * hd;
     const T* vb = v + b * Tk * kv_stride + hk * hd;
-    for (std::int64_t j = 0; j < keys; ++j) {
+    for (std::int64_t j = document_start(positions, b, Tq, t); j < keys; ++j) {
       const T* kj = kb + j * kv_stride;
       const T pij = std::exp(dot(qi, kj, hd) * scale - li);
       const T ds = pij * (dot(doi, vb + j * kv_stride, hd) - Di) * scale;
@@ -158,7 +176,8 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
   }
 
   // Pass 2, per key row of a KV head: dv_j = sum P_ij dout_i, dk_j = scale * sum dS_ij q_i,
-  // over the group's query heads and the queries that see key j (t + offset >= j).
+  // over the group's query heads and the queries that see key j (t + offset >= j, and key j in
+  // t's document: the queries from j to the end of j's document).
 #pragma omp parallel for schedule(static) if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
   for (std::int64_t task = 0; task < B * Hkv * Tk; ++task) {
     const std::int64_t j = task % Tk, hk = (task / Tk) % Hkv, b = task / (Tk * Hkv);
@@ -172,6 +191,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
     const std::int64_t first_query = std::max<std::int64_t>(0, j - offset);
     for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
       for (std::int64_t t = first_query; t < Tq; ++t) {
+        if (document_start(positions, b, Tq, t) > j) break;  // a later document: all after too
         const std::int64_t row = (b * Tq + t) * q_stride + h * hd;
         const std::int64_t stat = (b * Hq + h) * Tq + t;
         const T* qi = q + row;

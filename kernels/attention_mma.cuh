@@ -39,6 +39,40 @@ constexpr int kMmaQueryTile = 32;       // queries streamed per step (dk/dv)
 template <int HD>
 inline constexpr int kMmaSmemStride = HD + 8;  // 16 bytes of padding: rows start 4 banks apart
 
+// Packed documents (kernels/attention.h), for every attention kernel: `positions` points at one
+// batch row's int32 positions (restarting at 0 in each document), or is null (one document per
+// row, keys from 0). Document starts t - positions[t] never decrease along a row.
+
+// The first key query t sees: its document's first token.
+__device__ __forceinline__ int attention_first_key(const std::int32_t* positions, int t) {
+  return positions ? t - positions[t] : 0;
+}
+
+// The first `tile`-aligned key tile that queries q0 onwards need: q0's document start is the
+// smallest of theirs, and every tile before it lies wholly in earlier documents.
+__device__ __forceinline__ int attention_first_key_tile(const std::int32_t* positions, int q0,
+                                                        int tile) {
+  return attention_first_key(positions, q0) / tile * tile;
+}
+
+// The end of the query tiles (`tile` queries each, from tile_begin) that may see a key up to
+// last_key: the first tile whose first query's document starts after last_key (it and every
+// later one see none of those keys), found by bisection; Tq without positions. Needs
+// tile_begin's first key <= last_key (true when tile_begin <= the block's first key).
+__device__ __forceinline__ int attention_query_end(const std::int32_t* positions, int tile_begin,
+                                                   int Tq, int tile, int last_key) {
+  if (!positions) return Tq;
+  int lo = tile_begin / tile, hi = (Tq + tile - 1) / tile;  // the answer is in (lo, hi]
+  while (hi - lo > 1) {
+    const int mid = lo + (hi - lo) / 2;
+    if (attention_first_key(positions, mid * tile) > last_key)
+      hi = mid;
+    else
+      lo = mid;
+  }
+  return hi * tile < Tq ? hi * tile : Tq;
+}
+
 // Copies rows [row0, row0 + rows) of one head (HD contiguous elements at `base + r * stride`)
 // into shared memory rows of S elements, zero-filling rows at or beyond `limit`. Shared by every
 // attention kernel (the CUDA-core ones of attention.cuh too). `packed`: every global row starts
@@ -301,8 +335,9 @@ struct MmaKvStream {
 // grid (ceil(Tq / 64), Hq, B), 128 threads.
 template <int HD>
 __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
-                                             const bf16* v, int Tq, int Tk, int Hq, int Hkv,
-                                             float scale_log2, bool packed) {
+                                             const bf16* v, const std::int32_t* positions, int Tq,
+                                             int Tk, int Hq, int Hkv, float scale_log2,
+                                             bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int KT = kMmaForwardKeyTile;
   constexpr int KC = HD / 16;  // k-chunks of the QK^T product
@@ -332,11 +367,14 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   const int row0 = q0 + warp * kMmaWarpRows;  // this warp's first query row
   const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
   const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
+  const std::int32_t* row_positions =
+      positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
+  const int key_begin = attention_first_key_tile(row_positions, q0, KT);
 
   const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, kv_stride, Tk, key_end, packed};
   mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
   cp_async_commit();
-  stream.load(0, 0);
+  stream.load(0, key_begin);
   cp_async_commit();
   cp_async_wait<1>();  // the Q group; tile 0 may still be in flight
   __syncthreads();
@@ -345,18 +383,25 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   for (int kc = 0; kc < KC; ++kc) qa[kc] = ldsm_a<S>(q_s + warp * kMmaWarpRows * S + kc * 16, lane);
 
   const int rows[2] = {row0 + g, row0 + g + 8};
+  // Each row's document start (rows past the sequence take the last row's, so that row g + 8's
+  // is never below row g's, which the mask test relies on), and the warp's smallest.
+  const int first_key[2] = {attention_first_key(row_positions, rows[0] < Tq ? rows[0] : Tq - 1),
+                            attention_first_key(row_positions, rows[1] < Tq ? rows[1] : Tq - 1)};
+  const int warp_first_key = row0 < Tq ? attention_first_key(row_positions, row0) : 0;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   mma::Accumulator o[OB];
 #pragma unroll
   for (int j = 0; j < OB; ++j) o[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
 
-  for (int k0 = 0, n = 0; k0 < key_end; k0 += KT, ++n) {
+  int n = 0;  // tiles so far: tile n is in buffer n % 2
+  for (int k0 = key_begin; k0 < key_end; k0 += KT, ++n) {
     // Before tile 1 overwrites the Q rows in buffer 1, every warp holds its Q fragments (the
     // barrier that begins advance).
     const bf16* k_s = stream.advance(n, k0);
     const bf16* v_s = k_s + KT * S;
-    // A warp whose rows all precede this tile has nothing to add (the whole warp skips).
-    if (k0 > row0 + 15 + offset) continue;
+    // A warp whose rows all precede this tile, or whose documents all start after it, has
+    // nothing to add (the whole warp skips).
+    if (k0 > row0 + 15 + offset || k0 + KT <= warp_first_key) continue;
 
     mma::Accumulator s[NB];
 #pragma unroll
@@ -372,16 +417,18 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
       }
     }
 
-    // Mask (only where the tile reaches past the sequence or a row's diagonal; the same for the
-    // whole warp), then the online softmax for rows g (half 0) and g + 8 (half 1).
-    const bool masked = k0 + KT > Tk || k0 + KT - 1 > row0 + offset;
+    // Mask (only where the tile reaches past the sequence, a row's diagonal or, before it, the
+    // start of a row's document), then the online softmax for rows g (half 0) and g + 8 (half
+    // 1). Row g + 8's document starts no earlier than row g's.
+    const bool masked = k0 + KT > Tk || k0 + KT - 1 > row0 + offset || k0 < first_key[1];
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int key = k0 + nb * 8 + 2 * t + r % 2, half = r / 2;
-        const bool visible = !masked || (key < Tk && key <= rows[half] + offset);
+        const bool visible =
+            !masked || (key < Tk && key <= rows[half] + offset && key >= first_key[half]);
         s[nb].value[r] = visible ? s[nb].value[r] * scale_log2 : -INFINITY;
         tile_max[half] = fmaxf(tile_max[half], s[nb].value[r]);
       }
@@ -392,8 +439,9 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
       tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 1));
       tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 2));
       const float m_new = fmaxf(m[half], tile_max[half]);
-      // Key 0 is in the first tile and visible to every row, so m_new is finite from then on;
-      // the guard keeps exp2f(-inf - -inf) from ever producing a NaN.
+      // A row sees no key of a tile before its document's: m_new stays -inf (and p, alpha, l and
+      // o 0) until the tile with its first key; the guard keeps exp2f(-inf - -inf) from ever
+      // producing a NaN.
       m_safe[half] = m_new == -INFINITY ? 0.0f : m_new;
       alpha[half] = exp2f(m[half] - m_safe[half]);
       m[half] = m_new;
@@ -427,9 +475,8 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
     l[half] += __shfl_xor_sync(kFullMask, l[half], 2);
   }
   // The buffer of tile n - 2 (Q's, with one tile) is free: every warp passed the barrier that
-  // began the last tile after reading it.
-  const int tiles = (key_end + KT - 1) / KT;
-  bf16* stage = kv_s + tiles % 2 * kBuffer + warp * kMmaWarpRows * S;
+  // began the last tile after reading it (n counts the tiles).
+  bf16* stage = kv_s + n % 2 * kBuffer + warp * kMmaWarpRows * S;
   const float inv[2] = {1.0f / l[0], 1.0f / l[1]};
   store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD, q_stride, row0,
                       Tq, o, inv, stage, packed, lane);
@@ -461,7 +508,8 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
 template <int HD>
 __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16* dout,
                                                   const float* lse, const float* D, const bf16* q,
-                                                  const bf16* k, const bf16* v, int Tq, int Tk,
+                                                  const bf16* k, const bf16* v,
+                                                  const std::int32_t* positions, int Tq, int Tk,
                                                   int Hq, int Hkv, float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaQueryTile / 8;  // 8-query blocks of a tile
@@ -470,10 +518,12 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
   MINITRON_DYNAMIC_SHARED(bf16, k_s);   // [64][S]
   bf16* v_s = k_s + kMmaBlockRows * S;  // [64][S]
   // Two buffers of a Q tile and a dO tile ([QT][S] each), filled alternately: query tile n + 1
-  // loads while tile n is computed; their lse (log2 units) and D ([QT] floats each) likewise.
+  // loads while tile n is computed; their lse (log2 units) and D ([QT] floats each) likewise,
+  // and their document starts ([QT] ints).
   bf16* qdo_s = v_s + kMmaBlockRows * S;
   constexpr int kBuffer = 2 * QT * S;  // elements of one buffer (Q then dO)
   float* stats_s = reinterpret_cast<float*>(qdo_s + 2 * kBuffer);  // [2][lse QT, D QT]
+  int* first_s = reinterpret_cast<int*>(stats_s + 2 * 2 * QT);     // [2][QT]
 
   // Key tiles in order: key tile j is seen by every query from j on, so the early (low
   // blockIdx.x) tiles are the heavy ones and already start first.
@@ -488,6 +538,11 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
 
   const int first_query = j0 - offset > 0 ? j0 - offset : 0;  // the first that sees key j0
   const int tile_begin = first_query / QT * QT;
+  const std::int32_t* row_positions =
+      positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
+  // Packed documents: the query tiles after the block's last key's document see none of them.
+  const int last_key = (j0 + kMmaBlockRows < Tk ? j0 + kMmaBlockRows : Tk) - 1;
+  const int query_end = attention_query_end(row_positions, tile_begin, Tq, QT, last_key);
   // Query tile (h, q0) into buffer `p`: Q and dO by cp.async (the caller commits), lse and D by
   // plain loads, which the same barrier after the wait publishes.
   auto load_query_tile = [&](int p, int h, int q0) {
@@ -500,6 +555,7 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
       const int i = static_cast<int>(threadIdx.x), query = q0 + i;
       stats_s[p * 2 * QT + i] = query < Tq ? lse[stat0 + query] * kLog2e : 0.0f;
       stats_s[p * 2 * QT + QT + i] = query < Tq ? D[stat0 + query] : 0.0f;
+      first_s[p * QT + i] = query < Tq ? attention_first_key(row_positions, query) : 0;
     }
   };
   // One group: K, V and the first query tile (first_query < Tq, so every block has one).
@@ -522,12 +578,12 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
 
   int n = 0;  // query tiles so far, over all heads of the group: tile n is in buffer n % 2
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
-    for (int q0 = tile_begin; q0 < Tq; q0 += QT, ++n) {
+    for (int q0 = tile_begin; q0 < query_end; q0 += QT, ++n) {
       // As in the forward: the block is done with tile n - 1's buffer, the next tile (of this
       // head, or the next head's first) goes in flight (an empty group after the last keeps one
       // group per tile), tile n is waited for.
       __syncthreads();
-      if (q0 + QT < Tq)
+      if (q0 + QT < query_end)
         load_query_tile((n + 1) % 2, h, q0 + QT);
       else if (h + 1 < (hk + 1) * group)
         load_query_tile((n + 1) % 2, h + 1, tile_begin);
@@ -538,8 +594,10 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
       const bf16* do_s = q_s + QT * S;
       const float* lse_s = stats_s + n % 2 * 2 * QT;
       const float* d_s = lse_s + QT;
-      // Keys past the sequence, or all after the tile's last query: nothing visible (whole warp).
-      if (key0 >= Tk || key0 > q0 + QT - 1 + offset) continue;
+      const int* tile_first = first_s + n % 2 * QT;
+      // Keys past the sequence, all after the tile's last query, or all before the document of
+      // its first query (the smallest start): nothing visible (whole warp).
+      if (key0 >= Tk || key0 > q0 + QT - 1 + offset || key0 + 15 < tile_first[0]) continue;
 
       mma::Accumulator s[NB], dp[NB];  // S^T and dP^T
       mma_score_pair<HD>(s, dp, k_warp, v_warp, q_s, do_s, lane);
@@ -550,7 +608,8 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int i = nb * 8 + 2 * t + r % 2, query = q0 + i;
-          const bool visible = query < Tq && keys[r / 2] < Tk && keys[r / 2] <= query + offset;
+          const bool visible = query < Tq && keys[r / 2] < Tk && keys[r / 2] <= query + offset &&
+                               keys[r / 2] >= tile_first[i];
           const float p = visible ? exp2f(s[nb].value[r] * scale_log2 - lse_s[i]) : 0.0f;
           s[nb].value[r] = p;
           dp[nb].value[r] = p * (dp[nb].value[r] - d_s[i]);
@@ -582,8 +641,9 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
 template <int HD>
 __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, const float* lse,
                                                  const float* D, const bf16* q, const bf16* k,
-                                                 const bf16* v, int Tq, int Tk, int Hq, int Hkv,
-                                                 float scale, bool packed) {
+                                                 const bf16* v, const std::int32_t* positions,
+                                                 int Tq, int Tk, int Hq, int Hkv, float scale,
+                                                 bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaKeyTile / 8;
   constexpr int OB = HD / 8;
@@ -610,21 +670,27 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
 
   const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
   const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
+  const std::int32_t* row_positions =
+      positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
+  const int key_begin = attention_first_key_tile(row_positions, q0, KT);
   // One group: Q, dO and tile 0 into buffer 0.
   mma_load_tile<HD>(q_s, q + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
   mma_load_tile<HD>(do_s, dout + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
   const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, kv_stride, Tk, key_end, packed};
-  stream.load(0, 0);
+  stream.load(0, key_begin);
   cp_async_commit();
 
   const int row0 = q0 + warp * kMmaWarpRows;
   const int rows[2] = {row0 + g, row0 + g + 8};
   float row_lse[2], row_D[2];
+  int first_key[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     row_lse[half] = rows[half] < Tq ? lse[stat0 + rows[half]] * kLog2e : 0.0f;
     row_D[half] = rows[half] < Tq ? D[stat0 + rows[half]] : 0.0f;
+    first_key[half] = rows[half] < Tq ? attention_first_key(row_positions, rows[half]) : 0;
   }
+  const int warp_first_key = row0 < Tq ? attention_first_key(row_positions, row0) : 0;
   mma::Accumulator dq_acc[OB];
 #pragma unroll
   for (int j = 0; j < OB; ++j) dq_acc[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
@@ -632,11 +698,12 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   const bf16* q_warp = q_s + warp * kMmaWarpRows * S;
   const bf16* do_warp = do_s + warp * kMmaWarpRows * S;
 
-  for (int k0 = 0, n = 0; k0 < key_end; k0 += KT, ++n) {
+  for (int k0 = key_begin, n = 0; k0 < key_end; k0 += KT, ++n) {
     const bf16* k_s = stream.advance(n, k0);  // tile n (and, with tile 0, Q and dO)
     const bf16* v_s = k_s + KT * S;
-    // Rows past the sequence, or all before this tile's first key: nothing visible (whole warp).
-    if (row0 >= Tq || k0 > row0 + 15 + offset) continue;
+    // Rows past the sequence, all before this tile's first key, or all in documents that start
+    // after its last: nothing visible (whole warp).
+    if (row0 >= Tq || k0 > row0 + 15 + offset || k0 + KT <= warp_first_key) continue;
 
     mma::Accumulator s[NB], dp[NB];  // S and dP
     mma_score_pair<HD>(s, dp, q_warp, do_warp, k_s, v_s, lane);
@@ -647,7 +714,8 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int key = k0 + nb * 8 + 2 * t + r % 2, half = r / 2;
-        const bool visible = rows[half] < Tq && key < Tk && key <= rows[half] + offset;
+        const bool visible =
+            rows[half] < Tq && key < Tk && key <= rows[half] + offset && key >= first_key[half];
         const float p = visible ? exp2f(s[nb].value[r] * scale_log2 - row_lse[half]) : 0.0f;
         dp[nb].value[r] = p * (dp[nb].value[r] - row_D[half]);
       }
@@ -680,22 +748,23 @@ void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
 
 // Shared-memory bytes of each kernel (also printed by bench/gpu's register report). The streamed
 // tiles are double-buffered (cp.async), so each kernel holds 256 rows of S = head_dim + 8 bf16
-// (dk/dv 512 bytes of lse and D besides): forward 2 x (K, V) tiles of 64 (Q borrows buffer 1),
-// dq Q and dO of 64 + 2 x (K, V) tiles of 32, dk/dv K and V of 64 + 2 x (Q, dO) tiles of 32.
-// head_dim 64: 36,864 / 36,864 / 37,376 bytes; head_dim 128: 69,632 / 69,632 / 70,144 bytes
-// (68.5 KiB), under sm_80's 163 KiB per block with 2 blocks per SM (2 x (68.5 + 1 reserved)
-// = 139 KiB of 164) and sm_90's 227 KiB with 3 (208.5 KiB of 228). Above 48 KiB they opt in.
+// (dk/dv 768 bytes of lse, D and document starts besides): forward 2 x (K, V) tiles of 64 (Q
+// borrows buffer 1), dq Q and dO of 64 + 2 x (K, V) tiles of 32, dk/dv K and V of 64 + 2 x (Q,
+// dO) tiles of 32. head_dim 64: 36,864 / 36,864 / 37,632 bytes; head_dim 128: 69,632 / 69,632 /
+// 70,400 bytes (68.75 KiB), under sm_80's 163 KiB per block with 2 blocks per SM (2 x (68.75 +
+// 1 reserved) = 139.5 KiB of 164) and sm_90's 227 KiB with 3 (209.25 KiB of 228). Above 48 KiB
+// they opt in.
 template <int HD>
 inline constexpr std::size_t kMmaForwardSmem = 2 * (2 * kMmaForwardKeyTile) * kMmaSmemStride<HD> *
                                                sizeof(bf16);
 template <int HD>
 inline constexpr std::size_t kMmaDkvSmem =
     (2 * kMmaBlockRows + 2 * (2 * kMmaQueryTile)) * kMmaSmemStride<HD> * sizeof(bf16) +
-    2 * (2 * kMmaQueryTile) * sizeof(float);
+    2 * (2 * kMmaQueryTile) * sizeof(float) + 2 * kMmaQueryTile * sizeof(int);
 template <int HD>
 inline constexpr std::size_t kMmaDqSmem =
     (2 * kMmaBlockRows + 2 * (2 * kMmaKeyTile)) * kMmaSmemStride<HD> * sizeof(bf16);
-static_assert(kMmaDkvSmem<128> == 70144 && kMmaForwardSmem<128> == 69632 &&
+static_assert(kMmaDkvSmem<128> == 70400 && kMmaForwardSmem<128> == 69632 &&
                   kMmaDqSmem<128> == 69632,
               "the shared-memory budget in the comment above");
 static_assert(2 * (kMmaDkvSmem<128> + 1024) <= 164 * 1024,
@@ -703,8 +772,9 @@ static_assert(2 * (kMmaDkvSmem<128> + 1024) <= 164 * 1024,
 
 template <int HD>
 void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-                           std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
-                           std::int64_t Hkv, cudaStream_t stream) {
+                           const std::int32_t* positions, std::int64_t B, std::int64_t Tq,
+                           std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
+                           cudaStream_t stream) {
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   auto kernel = attention_forward_mma_kernel<HD>;
   allow_dynamic_shared(kernel, kMmaForwardSmem<HD>);
@@ -713,16 +783,16 @@ void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, 
   // The outputs too: `packed` also selects 16-byte stores of the output rows.
   const bool packed = rows_aligned16<bf16>(HD, {q, k, v, out});
   launch(kernel, grid, dim3(kAttentionThreads), kMmaForwardSmem<HD>, stream, out, lse, q, k, v,
-         static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
-         kLog2e / std::sqrt(static_cast<float>(HD)), packed);
+         positions, static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq),
+         static_cast<int>(Hkv), kLog2e / std::sqrt(static_cast<float>(HD)), packed);
 }
 
 // dq, dk, dv from D = rowsum(dO o O) (already in `D`, B * Hq * T floats); training shapes.
 template <int HD>
 void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* lse,
                             const float* D, const bf16* q, const bf16* k, const bf16* v,
-                            std::int64_t B, std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
-                            cudaStream_t stream) {
+                            const std::int32_t* positions, std::int64_t B, std::int64_t T_,
+                            std::int64_t Hq, std::int64_t Hkv, cudaStream_t stream) {
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
@@ -734,16 +804,16 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
   launch(dq_kernel,
          dim3(static_cast<unsigned>(ceil_div(T_, kMmaBlockRows)), static_cast<unsigned>(Hq),
               static_cast<unsigned>(B)),
-         dim3(kAttentionThreads), kMmaDqSmem<HD>, stream, dq, dout, lse, D, q, k, v, Ti, Ti, Hqi,
-         Hkvi, scale, packed);
+         dim3(kAttentionThreads), kMmaDqSmem<HD>, stream, dq, dout, lse, D, q, k, v, positions, Ti,
+         Ti, Hqi, Hkvi, scale, packed);
 
   auto dkv_kernel = attention_backward_dkv_mma_kernel<HD>;
   allow_dynamic_shared(dkv_kernel, kMmaDkvSmem<HD>);
   launch(dkv_kernel,
          dim3(static_cast<unsigned>(ceil_div(T_, kMmaBlockRows)), static_cast<unsigned>(Hkv),
               static_cast<unsigned>(B)),
-         dim3(kAttentionThreads), kMmaDkvSmem<HD>, stream, dk, dv, dout, lse, D, q, k, v, Ti, Ti,
-         Hqi, Hkvi, scale, packed);
+         dim3(kAttentionThreads), kMmaDkvSmem<HD>, stream, dk, dv, dout, lse, D, q, k, v, positions,
+         Ti, Ti, Hqi, Hkvi, scale, packed);
 }
 
 }  // namespace minitron::cuda

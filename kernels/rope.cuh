@@ -34,7 +34,7 @@ __device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
 template <typename T, bool kVector>
 __global__ void rope_kernel(T* x, const float* inv_freq, std::int64_t rows, std::int64_t T_,
                             std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                            float direction) {
+                            const std::int32_t* positions, float direction) {
   constexpr int K = kVector ? pack_elements<T>() : 1;
   const std::int64_t half = head_dim / 2;
   const std::int64_t groups = half / K;
@@ -44,7 +44,9 @@ __global__ void rope_kernel(T* x, const float* inv_freq, std::int64_t rows, std:
     const std::int64_t i = (p % groups) * K;
     const std::int64_t h = (p / groups) % heads;
     const std::int64_t row = p / (groups * heads);
-    const float position = static_cast<float>(position_offset + row % T_);
+    // Packed documents: the token's position inside its document (kernels/rope.h).
+    const float position =
+        static_cast<float>(positions ? positions[row] : position_offset + row % T_);
     T* x1 = x + row * heads * head_dim + h * head_dim + i;
     T* x2 = x1 + half;
     if constexpr (kVector) {
@@ -80,33 +82,35 @@ constexpr int kRopeThreads = 256;
 
 template <typename T>
 void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
-                 std::int64_t head_dim, std::int64_t position_offset, float direction,
-                 cudaStream_t stream) {
+                 std::int64_t head_dim, std::int64_t position_offset, const std::int32_t* positions,
+                 float direction, cudaStream_t stream) {
   MINITRON_ASSERT(head_dim % 2 == 0, "rope: head_dim ", head_dim, " must be even");
   const std::int64_t pairs = B * T_ * heads * (head_dim / 2);
   if (pairs <= 0) return;
   constexpr int K = pack_elements<T>();
   if ((head_dim / 2) % K == 0 && aligned16(x) && aligned16(inv_freq))
     launch(rope_kernel<T, true>, dim3(grid_for(pairs / K, kRopeThreads)), dim3(kRopeThreads), 0,
-           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, direction);
+           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, positions, direction);
   else
     launch(rope_kernel<T, false>, dim3(grid_for(pairs, kRopeThreads)), dim3(kRopeThreads), 0,
-           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, direction);
+           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, positions, direction);
 }
 
-// x [B*T, heads*head_dim] rotated in place; inv_freq fp32 [head_dim / 2].
+// x [B*T, heads*head_dim] rotated in place; inv_freq fp32 [head_dim / 2]; positions (device
+// int32 [B*T], packed documents) or null (row (b, t) at position_offset + t).
 template <typename T>
 void rope_forward(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
-                  std::int64_t head_dim, std::int64_t position_offset, cudaStream_t stream) {
-  rope_rotate(x, inv_freq, B, T_, heads, head_dim, position_offset, 1.0f, stream);
+                  std::int64_t head_dim, std::int64_t position_offset, cudaStream_t stream,
+                  const std::int32_t* positions = nullptr) {
+  rope_rotate(x, inv_freq, B, T_, heads, head_dim, position_offset, positions, 1.0f, stream);
 }
 
 // dx <- R^T dx in place.
 template <typename T>
 void rope_backward(T* dx, const float* inv_freq, std::int64_t B, std::int64_t T_,
                    std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                   cudaStream_t stream) {
-  rope_rotate(dx, inv_freq, B, T_, heads, head_dim, position_offset, -1.0f, stream);
+                   cudaStream_t stream, const std::int32_t* positions = nullptr) {
+  rope_rotate(dx, inv_freq, B, T_, heads, head_dim, position_offset, positions, -1.0f, stream);
 }
 
 }  // namespace minitron::cuda

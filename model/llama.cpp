@@ -3,6 +3,7 @@
 #include <array>
 #include <cmath>
 
+#include "model/document_positions.h"
 #include "util/error.h"
 #include "util/random.h"
 
@@ -135,8 +136,9 @@ ModelMemory LlamaModel::memory(const ModelConfig& config, DType activation, DTyp
     else
       m.recompute_workspace += bytes;
   }
-  // RoPE's inverse frequencies (fp32), the tokens, the final norm's output and 1/rms.
-  m.backward_buffers = (config.head_dim / 2) * 4 + N * 4 + N * D * act + N * stat;
+  // RoPE's inverse frequencies (fp32), the tokens and their positions in packed documents (int32),
+  // the final norm's output and 1/rms.
+  m.backward_buffers = (config.head_dim / 2) * 4 + 2 * N * 4 + N * D * act + N * stat;
   // d_residual, d_hidden, d_normed, d_q, d_k, d_v, d_attention, d_gate, d_up, d_mlp.
   if (training) m.backward_buffers += N * (3 * D + 2 * QD + 2 * KVD + 3 * F) * act;
   return m;
@@ -157,6 +159,7 @@ void LlamaModel::allocate_arenas() {
   inv_freq_ = BackendBuffer(b, static_cast<std::int64_t>(inv_freq.size()), DType::F32);
   b.upload(inv_freq_, inv_freq.data());
   tokens_ = BackendBuffer(b, N, DType::I32);
+  positions_ = BackendBuffer(b, N, DType::I32);
 
   const bool training = mode_ == ModelMode::Training;
   // Inference keeps nothing per layer (one layer's workspace) and two residual buffers.
@@ -258,6 +261,8 @@ Tensor LlamaModel::final_hidden() const { return final_hidden_.tensor().slice(0,
 // Forward
 // ---------------------------------------------------------------------------------------
 
+Tensor LlamaModel::document_positions() const { return packed_ ? positions_.tensor().slice(0, rows()) : Tensor{}; }
+
 void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batch, std::int64_t sequence,
                          const ForwardOptions& options) {
   if (batch < 1 || batch > max_batch_ || sequence < 1 || sequence > max_sequence_)
@@ -269,6 +274,10 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
       fail_expected("input tokens", str("token id ", t), str("ids in [0, ", config_.vocab_size, ")"));
   if (options.skip_layers)
     MINITRON_ASSERT(static_cast<std::int64_t>(options.skip_layers->size()) == config_.num_hidden_layers);
+  if (!options.positions.empty()) {
+    if (options.cache) fail_expected("forward", "packed-document positions with a KV cache", "one or the other");
+    check_document_positions(options.positions, batch, sequence);
+  }
   if (options.cache) {
     MINITRON_ASSERT(batch == 1 && mode_ == ModelMode::Inference, "a KV cache serves one sequence in Inference mode");
     if (options.cache->length() + sequence > options.cache->capacity())
@@ -283,6 +292,8 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
   Backend& b = backend_;
   Tensor token_ids = tokens_.tensor().slice(0, N);
   b.upload_i32(token_ids, tokens.data());
+  packed_ = !options.positions.empty();
+  if (packed_) b.upload_i32(positions_.tensor().slice(0, N), options.positions.data());
 
   // Training keeps every layer's input (residual_[l]); Inference ping-pongs between two.
   auto residual = [&](std::int64_t l) {
@@ -336,8 +347,9 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
   b.matmul(k, normed, p(w.k_proj, KVD * D), N, KVD, D, false, true);
   b.matmul(v, normed, p(w.v_proj, KVD * D), N, KVD, D, false, true);
   const std::int64_t past = cache ? cache->length() : 0;  // tokens before these ones
-  b.rope_forward(q, inv_freq_, B, T, Hq, hd, past);
-  b.rope_forward(k, inv_freq_, B, T, Hkv, hd, past);
+  const Tensor positions = document_positions();
+  b.rope_forward(q, inv_freq_, B, T, Hq, hd, past, positions);
+  b.rope_forward(k, inv_freq_, B, T, Hkv, hd, past, positions);
   Tensor keys = k, values = v;
   if (cache) {  // append this step's keys and values, then attend over the whole sequence
     keys = cache->keys_[static_cast<std::size_t>(l)].tensor().slice(0, (past + T) * KVD);
@@ -345,7 +357,7 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
     b.copy(keys.slice(past * KVD, T * KVD), k);
     b.copy(values.slice(past * KVD, T * KVD), v);
   }
-  b.attention_forward(att, a.lse, q, keys, values, B, T, past + T, Hq, Hkv, hd);
+  b.attention_forward(att, a.lse, q, keys, values, B, T, past + T, Hq, Hkv, hd, positions);
   observe(ActivationSite::OProjInput, att, QD);
   // mid = x + o_proj(att), and the MLP block's norm of it, in one pass (o_proj's output goes
   // into mid, then the add is in place).
@@ -481,9 +493,10 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
   // Attention block. mid = x + att @ Wo^T.
   b.matmul(datt, dx, p(w.o_proj, D * QD), N, QD, D, false, false);
   b.matmul(g(w.o_proj, D * QD), dx, att, D, QD, N, true, false, 1.0f, 1.0f);
-  b.attention_backward(dq, dk, dv, datt, att, a.lse, q, k, v, B, T, Hq, Hkv, hd);
-  b.rope_backward(dq, inv_freq_, B, T, Hq, hd, 0);
-  b.rope_backward(dk, inv_freq_, B, T, Hkv, hd, 0);
+  const Tensor positions = document_positions();
+  b.attention_backward(dq, dk, dv, datt, att, a.lse, q, k, v, B, T, Hq, Hkv, hd, positions);
+  b.rope_backward(dq, inv_freq_, B, T, Hq, hd, 0, positions);
+  b.rope_backward(dk, inv_freq_, B, T, Hkv, hd, 0, positions);
   b.matmul(dnormed, dq, p(w.q_proj, QD * D), N, D, QD, false, false);
   b.matmul(dnormed, dk, p(w.k_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);
   b.matmul(dnormed, dv, p(w.v_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);

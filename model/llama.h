@@ -62,6 +62,12 @@ struct ForwardOptions {
   KvCache* cache = nullptr;
   // When set, layers with skip_layers[l] == true are the identity (depth-importance ranking).
   const std::vector<bool>* skip_layers = nullptr;
+  // Packed documents (Hugging Face's position_ids, TRL's padding-free packing): one position per
+  // token [batch * sequence], 0 at each document's first token and +1 per token after it; each
+  // row starts a document. RoPE rotates by these positions and attention never crosses a
+  // document boundary (query t sees keys t - positions[t] .. t), so every document is computed
+  // as if it ran alone. Empty: one document per row (positions 0 .. sequence - 1). Not with a cache.
+  std::span<const std::int32_t> positions;
 };
 
 enum class ModelMode { Inference, Training };
@@ -81,7 +87,8 @@ struct ModelMemory {
   std::int64_t gradients = 0;            // their gradients (gradient dtype; Training mode)
   std::int64_t saved_activations = 0;    // kept from forward to backward (ActivationArenaBytes::saved)
   std::int64_t recompute_workspace = 0;  // one layer's worth of the rest (ActivationArenaBytes::workspace)
-  std::int64_t backward_buffers = 0;     // activation gradients (Training), the final norm's output, tokens, RoPE
+  std::int64_t backward_buffers =
+      0;  // activation gradients (Training), the final norm's output, tokens and positions, RoPE
   std::int64_t total() const {
     return weights + gradients + saved_activations + recompute_workspace + backward_buffers;
   }
@@ -155,6 +162,7 @@ class LlamaModel {
   void layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_in, Tensor x_out, ActivationObserver* observer,
                      KvCache* cache);
   void recompute_layer(std::int64_t l, const LayerTensors& a, Tensor x_in);
+  Tensor document_positions() const;  // the last forward's positions, or empty
   void layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_in);
 
   ModelConfig config_;
@@ -168,6 +176,8 @@ class LlamaModel {
   std::vector<std::pair<std::int64_t, Tensor>> layer_output_gradients_;  // add_layer_output_gradient()
 
   BackendBuffer params_, grads_, inv_freq_, tokens_;
+  BackendBuffer positions_;  // the last forward's packed-document positions (I32 [N])
+  bool packed_ = false;      // whether the last forward had positions (backward reuses them)
   // residual_[l] is the input of layer l; residual_[L] the output of the last layer.
   std::vector<BackendBuffer> residual_;
   std::vector<std::unique_ptr<LayerActivations>> layers_;  // kept for backward, per layer (Training)

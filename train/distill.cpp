@@ -55,10 +55,13 @@ std::vector<std::pair<std::string, double>> TeacherDistillationObjective::step_m
 }
 
 double TeacherDistillationObjective::step(LlamaModel& student, std::span<const std::int32_t> inputs,
-                                          std::span<const std::int32_t> targets, std::int64_t batch,
+                                          std::span<const std::int32_t> targets,
+                                          std::span<const std::int32_t> positions, std::int64_t batch,
                                           std::int64_t sequence, float grad_weight) {
   const auto t0 = std::chrono::steady_clock::now();
   ForwardOptions teacher_options, student_options;
+  // The teacher reads the same documents as the student: its targets come from their contexts.
+  teacher_options.positions = student_options.positions = positions;
   if (hidden_states_) {
     teacher_options.observer = &hidden_states_->teacher_observer();
     student_options.observer = &hidden_states_->student_observer();

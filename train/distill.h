@@ -37,7 +37,8 @@ class TeacherDistillationObjective : public Objective {
     return hard_label_weight_ > 0 ? "kl+ce" : "kl";
   }
   double step(LlamaModel& student, std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
-              std::int64_t batch, std::int64_t sequence, float grad_weight) override;
+              std::span<const std::int32_t> positions, std::int64_t batch, std::int64_t sequence,
+              float grad_weight) override;
 
   // Seconds spent in the teacher's forward and in the whole step() so far: the teacher's share
   // of the step (the trainer's optimizer and student backward come on top).

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "data/dataloader.h"
+#include "model/document_positions.h"
 #include "model/llama.h"
 #include "train/losses.h"
 
@@ -19,7 +21,11 @@ struct EvalResult {
 };
 
 // Runs every batch of the loader (from its start) through the model. show_progress draws a
-// progress bar on stderr.
-EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress = false);
+// progress bar on stderr. Windows of SFT shards are cut into their recorded documents; windows of
+// token shards, with boundaries other than None, at those token ids (--document-boundaries:
+// document_positions_from_tokens, model/document_positions.h).
+EvalResult evaluate_loss(LlamaModel& model, EvalLoader& loader, LossWorkspace& workspace, bool show_progress = false,
+                         DocumentBoundaries boundaries = DocumentBoundaries::None,
+                         std::span<const std::int64_t> boundary_token_ids = {});
 
 }  // namespace minitron

@@ -29,9 +29,11 @@ namespace minitron {
 namespace fs = std::filesystem;
 
 double CrossEntropyObjective::step(LlamaModel& model, std::span<const std::int32_t> inputs,
-                                   std::span<const std::int32_t> targets, std::int64_t batch, std::int64_t sequence,
-                                   float grad_weight) {
-  model.forward(inputs, batch, sequence);
+                                   std::span<const std::int32_t> targets, std::span<const std::int32_t> positions,
+                                   std::int64_t batch, std::int64_t sequence, float grad_weight) {
+  ForwardOptions forward_options;
+  forward_options.positions = positions;
+  model.forward(inputs, batch, sequence, forward_options);
   return cross_entropy_loss(model, targets, workspace_, grad_weight);
 }
 
@@ -227,6 +229,7 @@ void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Obje
       {"--grad-accumulation", static_cast<double>(options.grad_accumulation)},
       // With masked targets each step sums its target count over the ranks: one more collective.
       {"SFT shards (a loss mask)", options.masked_targets ? 1.0 : 0.0},
+      {"--document-boundaries", static_cast<double>(options.document_boundaries)},
       {"the step it starts from", static_cast<double>(start)},
       // Checkpoints are collectives (the sharded optimizer state is gathered), and so is each
       // step's sum of the loss and its logged terms: ranks must agree on when and how many.
@@ -280,6 +283,13 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   if (T > model.config().max_position_embeddings)
     fail_expected("--sequence-length", str(T),
                   str("at most max_position_embeddings = ", model.config().max_position_embeddings));
+  if (options.masked_targets && options.document_boundaries != DocumentBoundaries::None)
+    fail_expected(str("--document-boundaries ", document_boundaries_name(options.document_boundaries)),
+                  "given with SFT shards", "none: SFT shards record their own document starts");
+  const bool packed = options.masked_targets || options.document_boundaries != DocumentBoundaries::None;
+  if (options.document_boundaries != DocumentBoundaries::None && options.boundary_token_ids.empty())
+    fail_expected(str("--document-boundaries ", document_boundaries_name(options.document_boundaries)),
+                  "no token ids to cut documents at", "the model's eos_token_id or bos_token_id");
 
   TrainLoaderOptions loader_options;
   loader_options.batch_size = B;
@@ -345,7 +355,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
 
   auto validate = [&](std::int64_t step, TrainSummary& summary) {
     if (!validation) return;
-    EvalResult r = evaluate_loss(model, *validation, *eval_workspace);
+    EvalResult r = evaluate_loss(model, *validation, *eval_workspace, false, options.document_boundaries,
+                                 options.boundary_token_ids);
     summary.validation_loss = r.loss;
     std::printf("step %lld | validation loss %.4f | perplexity %.2f | %lld tokens\n", static_cast<long long>(step),
                 r.loss, r.perplexity, static_cast<long long>(r.tokens));
@@ -358,6 +369,9 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
   // With masked_targets a step's micro-batches are all read first, to count their targets.
   const std::int64_t held = options.masked_targets ? options.grad_accumulation : 1;
   std::vector<std::int32_t> inputs(static_cast<std::size_t>(held * B * T)), targets(inputs.size());
+  // Positions within each document: SFT shards record their documents, token shards are cut by
+  // --document-boundaries.
+  std::vector<std::int32_t> positions(packed ? inputs.size() : 0);
   // With masked_targets: each micro-batch's counted targets, then its share of the step's.
   std::vector<double> micro_shares(static_cast<std::size_t>(held));
   TrainSummary summary;
@@ -378,7 +392,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     if (options.masked_targets) {
       for (std::int64_t micro = 0; micro < held; ++micro) {
         const std::span<std::int32_t> micro_targets = std::span(targets).subspan(micro * B * T, B * T);
-        loader.next(std::span(inputs).subspan(micro * B * T, B * T), micro_targets);
+        loader.next(std::span(inputs).subspan(micro * B * T, B * T), micro_targets,
+                    std::span(positions).subspan(micro * B * T, B * T));
         micro_shares[micro] = static_cast<double>(
             std::count_if(micro_targets.begin(), micro_targets.end(), [](std::int32_t t) { return t >= 0; }));
       }
@@ -388,15 +403,18 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     }
     for (std::int64_t micro = 0; micro < options.grad_accumulation; ++micro) {
       float weight = micro_weight;
-      std::span<const std::int32_t> micro_inputs = inputs, micro_targets = targets;
+      std::span<const std::int32_t> micro_inputs = inputs, micro_targets = targets, micro_positions = positions;
       if (options.masked_targets) {
         weight = static_cast<float>(micro_shares[micro]);
         micro_inputs = micro_inputs.subspan(micro * B * T, B * T);
         micro_targets = micro_targets.subspan(micro * B * T, B * T);
+        micro_positions = micro_positions.subspan(micro * B * T, B * T);
       } else {
         loader.next(inputs, targets);
+        if (packed)
+          document_positions_from_tokens(options.document_boundaries, options.boundary_token_ids, inputs, T, positions);
       }
-      logged[0] += objective.step(model, micro_inputs, micro_targets, B, T, weight) * weight;
+      logged[0] += objective.step(model, micro_inputs, micro_targets, micro_positions, B, T, weight) * weight;
       const auto terms = objective.step_metrics();
       for (std::size_t i = 0; i < term_names.size(); ++i) logged[1 + i] += terms[i].second * weight;
       model.backward();

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "model/document_positions.h"
 #include "model/llama.h"
 #include "model/safetensors.h"
 #include "train/losses.h"
@@ -21,12 +22,15 @@ namespace minitron {
 
 // What a training step minimises on one micro-batch. step() runs the forward pass(es), the
 // loss and the head backward (with grad_weight != 0); the trainer then calls model.backward().
+// positions: the packed documents' positions of the inputs, for every forward of the step
+// (ForwardOptions::positions), or empty (one document per row).
 class Objective {
  public:
   virtual ~Objective() = default;
   virtual const char* name() const = 0;  // "cross_entropy", "kl", ...
   virtual double step(LlamaModel& model, std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
-                      std::int64_t batch, std::int64_t sequence, float grad_weight) = 0;
+                      std::span<const std::int32_t> positions, std::int64_t batch, std::int64_t sequence,
+                      float grad_weight) = 0;
   // Parameters an objective trains itself (the hidden-state map of distillation): updated
   // after the model's optimizer step (0-based step), saved into and restored from each
   // training checkpoint directory so that resume stays bit-exact.
@@ -48,7 +52,8 @@ class CrossEntropyObjective : public Objective {
   explicit CrossEntropyObjective(LossWorkspace& workspace) : workspace_(workspace) {}
   const char* name() const override { return "cross_entropy"; }
   double step(LlamaModel& model, std::span<const std::int32_t> inputs, std::span<const std::int32_t> targets,
-              std::int64_t batch, std::int64_t sequence, float grad_weight) override;
+              std::span<const std::int32_t> positions, std::int64_t batch, std::int64_t sequence,
+              float grad_weight) override;
 
  private:
   LossWorkspace& workspace_;
@@ -67,6 +72,11 @@ struct TrainOptions {
   std::int64_t save_total_limit = 0;
   // What the trained model keeps for backward: the caller builds the model with it.
   ActivationRecompute recompute = ActivationRecompute::None;
+  // Eos or Bos: every forward (training and validation) gets the positions of its inputs' documents
+  // (document_positions_from_tokens, model/document_positions.h), cut at these token ids: the
+  // model's eos_token_id or bos_token_id (non-empty then).
+  DocumentBoundaries document_boundaries = DocumentBoundaries::None;
+  std::vector<std::int64_t> boundary_token_ids;
   std::int64_t log_interval = 1;
   std::uint64_t seed = 1337;
   SafetensorsDType save_dtype = SafetensorsDType::BF16;

@@ -152,6 +152,23 @@ int run(const std::string& out_path) {
   // The backward's model FLOPs are 2.5x the forward's (dV, dP, dQ, dK; S recomputed not counted).
   rows.push_back({"attention_backward", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms, tflops(2.5 * attention_flops, ms),
                   gemm_rate});
+  // The same window packed with 8 documents of 512 tokens (--document-boundaries): the kernels skip
+  // the tiles of other documents, so only the documents' own causal FLOPs count, 1/8 of the above.
+  {
+    constexpr std::int64_t kDocument = 512;
+    std::vector<std::int32_t> host_positions(static_cast<std::size_t>(N));
+    for (std::int64_t t = 0; t < N; ++t)
+      host_positions[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t % kDocument);
+    BackendBuffer positions(b, N, DType::I32);
+    b.upload_i32(positions, host_positions.data());
+    const double packed_flops = attention_flops * kDocument / N;
+    ms = timer.time([&] { b.attention_forward(att, lse, q, k, v, 1, N, N, Hq, Hkv, hd, positions); }, 3);
+    rows.push_back({"attention_forward packed", "T=4096 as 8 x 512, 32/8 heads", "TFLOP/s", ms,
+                    tflops(packed_flops, ms), gemm_rate});
+    ms = timer.time([&] { b.attention_backward(dq, dk, dv, att, att, lse, q, k, v, 1, N, Hq, Hkv, hd, positions); }, 2);
+    rows.push_back({"attention_backward packed", "T=4096 as 8 x 512, 32/8 heads", "TFLOP/s", ms,
+                    tflops(2.5 * packed_flops, ms), gemm_rate});
+  }
   q.reset();
   k.reset();
   v.reset();

@@ -50,8 +50,8 @@ print("attention's CUDA-core kernels use (16 + 2*32) rows of head_dim + 4 bytes 
 print("more for the backward; the bf16 tensor-core kernels (kernels/attention_mma.cuh) use rows of")
 print("head_dim + 8 bf16, the streamed tiles double-buffered for cp.async: 2 x (64 K + 64 V) for")
 print("the forward (Q borrows buffer 1), 2*64 + 2 x (32 K + 32 V) for dq, 2*64 + 2 x (32 Q + 32 dO)")
-print("plus 512 bytes for dk/dv: 69,632 / 69,632 / 70,144 bytes at head_dim 128, past the 48 KiB")
-print("default, so they opt in).\n")
+print("plus 768 bytes (lse, D, document starts) for dk/dv: 69,632 / 69,632 / 70,400 bytes at head_dim")
+print("128, past the 48 KiB default, so they opt in).\n")
 print("| kernel | arch | registers | stack bytes | spill stores | spill loads | static smem bytes |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:

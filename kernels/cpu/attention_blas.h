@@ -77,12 +77,15 @@ class SingleThreadedBlas {
 };
 
 // Same contract as attention_forward in kernels/attention.h; workspace as sized by
-// attention_tiles_workspace(Tk), or null to allocate one.
+// attention_tiles_workspace(Tk), or null to allocate one. With packed documents (positions) a
+// tile's GEMMs run over the keys from its first row's document start: the keys of earlier
+// documents, which no row of the tile sees, are never multiplied.
 template <typename T>
 void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v, std::int64_t B,
                              std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                             std::int64_t hd, T* workspace = nullptr) {
-  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+                             std::int64_t hd, const std::int32_t* positions = nullptr,
+                             T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
@@ -99,37 +102,44 @@ void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v,
       const std::int64_t hk = h / group;
       const std::int64_t t0 = tile * kAttentionTile, rows = std::min(kAttentionTile, Tq - t0);
       const std::int64_t keys_end = t0 + rows + offset;  // the last row sees keys < keys_end
+      const std::int64_t key0 = document_start(positions, b, Tq, t0);  // the first row's first
+      const std::int64_t width = keys_end - key0;
       const T* q_tile = q + (b * Tq + t0) * q_stride + h * hd;
-      const T* kb = k + b * Tk * kv_stride + hk * hd;
-      const T* vb = v + b * Tk * kv_stride + hk * hd;
-      gemm_strided<T>(false, true, rows, keys_end, hd, scale, q_tile, q_stride, kb, kv_stride, T(0),
-                      s, keys_end);
+      const T* kb = k + (b * Tk + key0) * kv_stride + hk * hd;
+      const T* vb = v + (b * Tk + key0) * kv_stride + hk * hd;
+      gemm_strided<T>(false, true, rows, width, hd, scale, q_tile, q_stride, kb, kv_stride, T(0), s,
+                      width);
       for (std::int64_t r = 0; r < rows; ++r) {
-        T* p = s + r * keys_end;
-        const std::int64_t keys = t0 + r + offset + 1;
+        T* p = s + r * width;
+        // This row's keys, as columns of the tile: [first, keys).
+        const std::int64_t first = document_start(positions, b, Tq, t0 + r) - key0;
+        const std::int64_t keys = t0 + r + offset + 1 - key0;
         T max = -std::numeric_limits<T>::infinity();
-        for (std::int64_t j = 0; j < keys; ++j) max = std::max(max, p[j]);
-        exp_shifted(p, p, max, keys);
+        for (std::int64_t j = first; j < keys; ++j) max = std::max(max, p[j]);
+        exp_shifted(p + first, p + first, max, keys - first);
         T sum = 0;
-        for (std::int64_t j = 0; j < keys; ++j) sum += p[j];
+        for (std::int64_t j = first; j < keys; ++j) sum += p[j];
         lse[(b * Hq + h) * Tq + t0 + r] = max + std::log(sum);
         const T inv = T(1) / sum;
-        for (std::int64_t j = 0; j < keys; ++j) p[j] *= inv;
-        std::fill(p + keys, p + keys_end, T(0));  // masked: the P V GEMM runs over keys_end
+        for (std::int64_t j = first; j < keys; ++j) p[j] *= inv;
+        // Masked: the P V GEMM runs over the whole tile width.
+        std::fill(p, p + first, T(0));
+        std::fill(p + keys, p + width, T(0));
       }
-      gemm_strided<T>(false, false, rows, hd, keys_end, T(1), s, keys_end, vb, kv_stride, T(0),
+      gemm_strided<T>(false, false, rows, hd, width, T(1), s, width, vb, kv_stride, T(0),
                       out + (b * Tq + t0) * q_stride + h * hd, q_stride);
     }
   }
 }
 
-// Same contract as attention_backward in kernels/attention.h (overwrites dq, dk, dv).
+// Same contract as attention_backward in kernels/attention.h (overwrites dq, dk, dv); packed
+// documents narrow each tile's GEMMs as in the forward.
 template <typename T>
 void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
                               const T* q, const T* k, const T* v, std::int64_t B, std::int64_t Tq,
                               std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                              T* workspace = nullptr) {
-  check_attention_shape(Tq, Tk, Hq, Hkv, hd);
+                              const std::int32_t* positions = nullptr, T* workspace = nullptr) {
+  check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
@@ -146,43 +156,47 @@ void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, 
     for (std::int64_t task = 0; task < B * Hkv; ++task) {
       const std::int64_t hk = task % Hkv, b = task / Hkv;
       const std::int64_t kv0 = b * Tk * kv_stride + hk * hd;
-      const T* kb = k + kv0;
-      const T* vb = v + kv0;
-      T* dkb = dk + kv0;
-      T* dvb = dv + kv0;
       for (std::int64_t j = 0; j < Tk; ++j) {
-        std::fill_n(dkb + j * kv_stride, hd, T(0));
-        std::fill_n(dvb + j * kv_stride, hd, T(0));
+        std::fill_n(dk + kv0 + j * kv_stride, hd, T(0));
+        std::fill_n(dv + kv0 + j * kv_stride, hd, T(0));
       }
       for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         for (std::int64_t tile = 0; tile < tiles; ++tile) {
           const std::int64_t t0 = tile * kAttentionTile, rows = std::min(kAttentionTile, Tq - t0);
           const std::int64_t keys_end = t0 + rows + offset;
+          const std::int64_t key0 = document_start(positions, b, Tq, t0);
+          const std::int64_t width = keys_end - key0;
+          const std::int64_t keys_at = kv0 + key0 * kv_stride;  // the tile's first key row
+          const T* kb = k + keys_at;
+          const T* vb = v + keys_at;
           const std::int64_t row0 = (b * Tq + t0) * q_stride + h * hd;
           const T* q_tile = q + row0;
           const T* do_tile = dout + row0;
           for (std::int64_t r = 0; r < rows; ++r)
             D[r] = dot(do_tile + r * q_stride, out + row0 + r * q_stride, hd);
-          gemm_strided<T>(false, true, rows, keys_end, hd, scale, q_tile, q_stride, kb, kv_stride,
-                          T(0), p, keys_end);
-          gemm_strided<T>(false, true, rows, keys_end, hd, T(1), do_tile, q_stride, vb, kv_stride,
-                          T(0), ds, keys_end);
+          gemm_strided<T>(false, true, rows, width, hd, scale, q_tile, q_stride, kb, kv_stride,
+                          T(0), p, width);
+          gemm_strided<T>(false, true, rows, width, hd, T(1), do_tile, q_stride, vb, kv_stride,
+                          T(0), ds, width);
           for (std::int64_t r = 0; r < rows; ++r) {
-            T* pr = p + r * keys_end;
-            T* dsr = ds + r * keys_end;
-            const std::int64_t keys = t0 + r + offset + 1;
+            T* pr = p + r * width;
+            T* dsr = ds + r * width;
+            const std::int64_t first = document_start(positions, b, Tq, t0 + r) - key0;
+            const std::int64_t keys = t0 + r + offset + 1 - key0;
             const T li = lse[(b * Hq + h) * Tq + t0 + r], Dr = D[r];
-            exp_shifted(pr, pr, li, keys);
-            for (std::int64_t j = 0; j < keys; ++j) dsr[j] = pr[j] * (dsr[j] - Dr) * scale;
-            std::fill(pr + keys, pr + keys_end, T(0));
-            std::fill(dsr + keys, dsr + keys_end, T(0));
+            exp_shifted(pr + first, pr + first, li, keys - first);
+            for (std::int64_t j = first; j < keys; ++j) dsr[j] = pr[j] * (dsr[j] - Dr) * scale;
+            std::fill(pr, pr + first, T(0));
+            std::fill(dsr, dsr + first, T(0));
+            std::fill(pr + keys, pr + width, T(0));
+            std::fill(dsr + keys, dsr + width, T(0));
           }
-          gemm_strided<T>(false, false, rows, hd, keys_end, T(1), ds, keys_end, kb, kv_stride, T(0),
+          gemm_strided<T>(false, false, rows, hd, width, T(1), ds, width, kb, kv_stride, T(0),
                           dq + row0, q_stride);
-          gemm_strided<T>(true, false, keys_end, hd, rows, T(1), p, keys_end, do_tile, q_stride,
-                          T(1), dvb, kv_stride);
-          gemm_strided<T>(true, false, keys_end, hd, rows, T(1), ds, keys_end, q_tile, q_stride,
-                          T(1), dkb, kv_stride);
+          gemm_strided<T>(true, false, width, hd, rows, T(1), p, width, do_tile, q_stride, T(1),
+                          dv + keys_at, kv_stride);
+          gemm_strided<T>(true, false, width, hd, rows, T(1), ds, width, q_tile, q_stride, T(1),
+                          dk + keys_at, kv_stride);
         }
       }
     }

@@ -324,17 +324,19 @@ void CpuBackend<T>::do_residual_rmsnorm_forward(Tensor residual_out, Tensor out,
 template <typename T>
 void CpuBackend<T>::do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
                                     std::int64_t heads, std::int64_t head_dim,
-                                    std::int64_t position_offset) {
+                                    std::int64_t position_offset, Tensor positions) {
   InvFreqView f(inv_freq);
-  cpu::rope_forward(x.as<T>(), f.data(), B, T_, heads, head_dim, position_offset);
+  cpu::rope_forward(x.as<T>(), f.data(), B, T_, heads, head_dim, position_offset,
+                    positions.as<const std::int32_t>());
 }
 
 template <typename T>
 void CpuBackend<T>::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
                                      std::int64_t heads, std::int64_t head_dim,
-                                     std::int64_t position_offset) {
+                                     std::int64_t position_offset, Tensor positions) {
   InvFreqView f(inv_freq);
-  cpu::rope_backward(dx.as<T>(), f.data(), B, T_, heads, head_dim, position_offset);
+  cpu::rope_backward(dx.as<T>(), f.data(), B, T_, heads, head_dim, position_offset,
+                     positions.as<const std::int32_t>());
 }
 
 // ---- attention ----
@@ -342,10 +344,11 @@ void CpuBackend<T>::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B,
 template <typename T>
 void CpuBackend<T>::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                          std::int64_t B, std::int64_t Tq, std::int64_t Tk,
-                                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) {
+                                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                                         Tensor positions) {
   StatView<T> l(lse, false);
   cpu::attention_forward_tiles(out.as<T>(), l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, Tq, Tk,
-                               Hq, Hkv, hd,
+                               Hq, Hkv, hd, positions.as<const std::int32_t>(),
                                attention_workspace(cpu::attention_tiles_workspace(Tk)));
   l.commit();
 }
@@ -354,10 +357,11 @@ template <typename T>
 void CpuBackend<T>::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                           Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                           std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
-                                          std::int64_t hd) {
+                                          std::int64_t hd, Tensor positions) {
   StatView<T> l(lse, true);
   cpu::attention_backward_tiles(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), out.as<T>(),
                                 l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, T_, T_, Hq, Hkv, hd,
+                                positions.as<const std::int32_t>(),
                                 attention_workspace(cpu::attention_tiles_workspace(T_)));
 }
 

@@ -79,18 +79,19 @@ class CpuBackend final : public Backend {
                                    float eps) override;
 
   void do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
-                       std::int64_t heads, std::int64_t head_dim,
-                       std::int64_t position_offset) override;
+                       std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
+                       Tensor positions) override;
   void do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
-                        std::int64_t heads, std::int64_t head_dim,
-                        std::int64_t position_offset) override;
+                        std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
+                        Tensor positions) override;
 
   void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                             std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                            std::int64_t hd) override;
+                            std::int64_t hd, Tensor positions) override;
   void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
                              Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T_,
-                             std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) override;
+                             std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                             Tensor positions) override;
 
   void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) override;
   void do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,

@@ -254,21 +254,21 @@ void CudaBackend::do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, T
 
 void CudaBackend::do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                   std::int64_t heads, std::int64_t head_dim,
-                                  std::int64_t position_offset) {
+                                  std::int64_t position_offset, Tensor positions) {
   with_float_type(x.dtype, "rope_forward", "x", [&](auto tag) {
     using X = decltype(tag);
     cuda::rope_forward<X>(ptr<X>(x), ptr<const float>(inv_freq), B, T, heads, head_dim,
-                          position_offset, context_->stream());
+                          position_offset, context_->stream(), ptr<const std::int32_t>(positions));
   });
 }
 
 void CudaBackend::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                    std::int64_t heads, std::int64_t head_dim,
-                                   std::int64_t position_offset) {
+                                   std::int64_t position_offset, Tensor positions) {
   with_float_type(dx.dtype, "rope_backward", "dx", [&](auto tag) {
     using X = decltype(tag);
     cuda::rope_backward<X>(ptr<X>(dx), ptr<const float>(inv_freq), B, T, heads, head_dim,
-                           position_offset, context_->stream());
+                           position_offset, context_->stream(), ptr<const std::int32_t>(positions));
   });
 }
 
@@ -276,18 +276,20 @@ void CudaBackend::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, s
 
 void CudaBackend::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                        std::int64_t B, std::int64_t Tq, std::int64_t Tk,
-                                       std::int64_t Hq, std::int64_t Hkv, std::int64_t hd) {
+                                       std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                                       Tensor positions) {
   with_float_type(q.dtype, "attention_forward", "q", [&](auto tag) {
     using T = decltype(tag);
     cuda::attention_forward<T>(ptr<T>(out), ptr<float>(lse), ptr<const T>(q), ptr<const T>(k),
-                               ptr<const T>(v), B, Tq, Tk, Hq, Hkv, hd, context_->stream());
+                               ptr<const T>(v), B, Tq, Tk, Hq, Hkv, hd, context_->stream(),
+                               ptr<const std::int32_t>(positions));
   });
 }
 
 void CudaBackend::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                         Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                         std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
-                                        std::int64_t hd) {
+                                        std::int64_t hd, Tensor positions) {
   float* workspace = static_cast<float*>(context_->scratch(
       static_cast<std::size_t>(attention_backward_workspace_floats(B, T, Hq)) * sizeof(float)));
   with_float_type(q.dtype, "attention_backward", "q", [&](auto tag) {
@@ -295,7 +297,7 @@ void CudaBackend::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor 
     cuda::attention_backward<X>(ptr<X>(dq), ptr<X>(dk), ptr<X>(dv), ptr<const X>(dout),
                                 ptr<const X>(out), ptr<const float>(lse), ptr<const X>(q),
                                 ptr<const X>(k), ptr<const X>(v), B, T, Hq, Hkv, hd, workspace,
-                                context_->stream());
+                                context_->stream(), ptr<const std::int32_t>(positions));
   });
 }
 

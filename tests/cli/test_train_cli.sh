@@ -23,8 +23,11 @@ cat > config.json <<'JSON'
 JSON
 
 train() {  # train OUT STEPS [extra flags]
-  local out=$1 steps=$2; shift 2
-  "$MINITRON" train --config config.json --tokenizer tok/tokenizer.json --data 'shards/austen_train_*.bin' \
+  train_config config.json "$@"
+}
+train_config() {  # train_config CONFIG OUT STEPS [extra flags]
+  local config=$1 out=$2 steps=$3; shift 3
+  "$MINITRON" train --config "$config" --tokenizer tok/tokenizer.json --data 'shards/austen_train_*.bin' \
     --validation-data shards/austen_val_000000.bin --output "$out" --batch-size 4 --sequence-length 32 \
     --steps "$steps" --learning-rate 3e-3 --min-learning-rate 3e-4 --warmup-steps 2 --save-dtype float32 "$@"
 }
@@ -64,6 +67,26 @@ grep -q "activation recomputation selective" distilled-selective.log || fail "di
 diff <(grep -E "^step [1-3]/3" distilled-none.log | sed 's/ | [0-9]* tok\/s.*//') \
      <(grep -E "^step [1-3]/3" distilled-selective.log | sed 's/ | [0-9]* tok\/s.*//') \
   || fail "distill --recompute selective changed the losses"
+
+# --document-boundaries: `minitron tokenize` starts every document with the tokenizer's BOS (id 510
+# here), so with a config naming it, bos packs the windows' documents (attention inside each,
+# positions restarting at each BOS) in training and validation: other losses than none's, which
+# in turn are the flag's default, to the bit. distill takes the flag too (teacher and student
+# read the same documents).
+sed 's/"bos_token_id": 0/"bos_token_id": 510/' config.json > config_bos.json
+train_config config_bos.json docs-none 3 --document-boundaries none > docs-none.log
+train_config config_bos.json docs-default 3 > docs-default.log
+train_config config_bos.json docs-bos 3 --document-boundaries bos > docs-bos.log
+steps() { grep -E "^step [1-3]/3|^step [0-9]+ [|] validation loss" "$1" | sed 's/ | [0-9]* tok\/s.*//'; }
+diff <(steps docs-none.log) <(steps docs-default.log) || fail "--document-boundaries none changed the losses"
+[ "$(steps docs-none.log)" != "$(steps docs-bos.log)" ] || fail "--document-boundaries bos changed nothing"
+grep -q "validation loss" docs-bos.log || fail "no validation loss with --document-boundaries bos"
+"$MINITRON" distill --teacher docs-bos/model --student docs-bos/model --data 'shards/austen_train_*.bin' \
+  --output distilled-docs --batch-size 4 --sequence-length 32 --steps 2 --warmup-steps 1 \
+  --document-boundaries bos > distilled-docs.log
+grep -q "^step 2/2" distilled-docs.log || fail "distill --document-boundaries bos did not train"
+# A model without the token the flag names (null; absent means HF's default 2) is refused (below).
+python3 -c "import json; c=json.load(open('config.json')); c['eos_token_id'] = None; json.dump(c, open('config_noeos.json', 'w'))"
 
 # eval --json on the saved model.
 "$MINITRON" eval --model full/model --data shards/austen_val_000000.bin --sequence-length 32 --json > eval.json
@@ -105,6 +128,9 @@ expect_error "sequence-length" train bad 2 --sequence-length 100000
 expect_error "save-dtype" train bad 2 --save-dtype float8
 expect_error "--recompute: 'partial' (expected none, selective or full)" train bad 2 --recompute partial
 expect_error "save-total-limit" train bad 2 --save-total-limit -1
+expect_error "--document-boundaries: 'eod' (expected none, eos or bos)" train bad 2 --document-boundaries eod
+expect_error "--document-boundaries eos: a random init of config_noeos.json has no eos_token_id in its config.json" \
+  train_config config_noeos.json bad 2 --document-boundaries eos
 expect_error "no-such" "$MINITRON" eval --model no-such-dir --data shards/austen_val_000000.bin
 head -c 100 shards/austen_val_000000.bin > truncated.bin
 expect_error "truncated.bin" "$MINITRON" eval --model full/model --data truncated.bin

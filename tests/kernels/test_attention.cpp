@@ -152,7 +152,7 @@ TEST(AttentionBackward, IsBitwiseDeterministicAcrossThreadCounts) {
     std::vector<float> workspace(cpu::attention_forward_workspace(s.Tk));
     std::vector<float> out2(out.size()), lse2(lse.size());
     cpu::attention_forward(out2.data(), lse2.data(), q.data(), k.data(), v.data(), s.B, s.Tq, s.Tk,
-                           s.Hq, s.Hkv, s.hd, workspace.data());
+                           s.Hq, s.Hkv, s.hd, nullptr, workspace.data());
     EXPECT_EQ(0, std::memcmp(out2.data(), out.data(), out.size() * sizeof(float)));
     EXPECT_EQ(0, std::memcmp(lse2.data(), lse.data(), lse.size() * sizeof(float)));
     std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());

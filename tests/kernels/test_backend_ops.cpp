@@ -78,6 +78,42 @@ struct Heads {
     return str("B", B, "_Tq", Tq, "_Tk", Tk, "_Hq", Hq, "_Hkv", Hkv, "_hd", hd);
   }
 };
+// Rows of packed documents (the ops' `positions`): documents[b] lists row b's document lengths,
+// which sum to the same T in every row.
+struct Packed {
+  std::int64_t Hq, Hkv, hd;
+  std::vector<std::vector<std::int64_t>> documents;
+  std::int64_t B() const { return static_cast<std::int64_t>(documents.size()); }
+  std::int64_t T() const {
+    std::int64_t T = 0;
+    for (std::int64_t length : documents.front()) T += length;
+    return T;
+  }
+  // 0, 1, ..., length - 1 for each document in turn.
+  std::vector<std::int32_t> positions() const {
+    std::vector<std::int32_t> p;
+    for (const auto& row : documents)
+      for (std::int64_t length : row)
+        for (std::int64_t i = 0; i < length; ++i) p.push_back(static_cast<std::int32_t>(i));
+    return p;
+  }
+  std::string label() const {
+    std::string docs;
+    for (const auto& row : documents) {
+      docs += "_docs";
+      for (std::int64_t length : row) docs += str("x", length);
+    }
+    return str("B", B(), "_T", T(), "_Hq", Hq, "_Hkv", Hkv, "_hd", hd, docs);
+  }
+};
+
+// The shape's positions on the engine, for the run of one case.
+BackendBuffer upload_positions(Backend& b, const Packed& s) {
+  const std::vector<std::int32_t> host = s.positions();
+  BackendBuffer positions(b, static_cast<std::int64_t>(host.size()), DType::I32);
+  b.upload_i32(positions, host.data());
+  return positions;
+}
 
 const std::vector<Length> kLengths = {{1}, {3}, {67}, {130}, {1031}};
 const std::vector<Rows> kRows = {{1, 1}, {3, 67}, {5, 130}, {2, 1031}};
@@ -432,6 +468,49 @@ void add_rope_and_attention_ops(std::vector<OpCase>& cases) {
               {1e-14, 1e-14, "f64 cos/sin of the same float angle"}}});
   }
 
+  // Packed documents: RoPE at positions that restart in each document.
+  const std::vector<Packed> packed_rotaries = {{3, 3, 16, {{1, 4, 2}, {5, 1, 1}}},
+                                               {2, 2, 64, {{40, 27}}}};
+  for (const bool forward : {true, false}) {
+    add_entry<Packed>(
+        cases,
+        {.name = forward ? "rope_forward_packed" : "rope_backward_packed",
+         .shapes = packed_rotaries,
+         .tensors =
+             [](const Packed& s) {
+               return std::vector<TensorSpec>{
+                   {"x", Role::Activation, s.B() * s.T() * s.Hq * s.hd},
+                   {"inv_freq", Role::Statistic, s.hd / 2, Fill::Random, 0, 1}};
+             },
+         .run =
+             [=](Backend& b, EngineTensors& t, const Packed& s) {
+               const BackendBuffer positions = upload_positions(b, s);
+               if (forward)
+                 b.rope_forward(t["x"], t["inv_freq"], s.B(), s.T(), s.Hq, s.hd, 0, positions);
+               else
+                 b.rope_backward(t["x"], t["inv_freq"], s.B(), s.T(), s.Hq, s.hd, 0, positions);
+               b.synchronize();  // before the positions are freed
+             },
+         .reference =
+             [=](HostTensors& h, const Packed& s) {
+               const std::vector<float> inv_freq(h.values("inv_freq").begin(),
+                                                 h.values("inv_freq").end());
+               const std::vector<std::int32_t> positions = s.positions();
+               if (forward)
+                 cpu::rope_forward(h("x"), inv_freq.data(), s.B(), s.T(), s.Hq, s.hd, 0,
+                                   positions.data());
+               else
+                 cpu::rope_backward(h("x"), inv_freq.data(), s.B(), s.T(), s.Hq, s.hd, 0,
+                                    positions.data());
+             },
+         .compared = {"x"},
+         .tolerance =
+             {{kBf16AfterFp32, kBf16Rounding,
+               "one bf16 rounding of a cos - b sin, whose error scales with |a| + |b| <= 2"},
+              {1e-6, 1e-6, "fp32 cos/sin of the same float angle and one rounding; |a| + |b| <= 2"},
+              {1e-14, 1e-14, "f64 cos/sin of the same float angle"}}});
+  }
+
   // GQA (groups of 2 and 3), a KV-cache forward (Tq < Tk), sequences off the 16/32/64 tiles.
   const std::vector<Heads> forward_shapes = {{1, 1, 1, 1, 1, 16},
                                              {2, 17, 17, 4, 2, 32},
@@ -508,6 +587,89 @@ void add_rope_and_attention_ops(std::vector<OpCase>& cases) {
            [](HostTensors& h, const Heads& s) {
              cpu::attention_forward(h("out"), h("lse"), h("q"), h("k"), h("v"), s.B, s.Tq, s.Tk,
                                     s.Hq, s.Hkv, s.hd);
+           }});
+
+  // Packed documents against the reference's own packed attention (tests/kernels/
+  // test_packed_attention.cpp checks that against each document run alone): 8 KV heads in
+  // groups of 2 with a 1-token document first and one inside a row, documents across the 16-,
+  // 32- and 64-row tiles; a 130 + 70 row at head_dim 64, where the tensor-core kernels skip whole
+  // key tiles (forward, dq) and query tiles (dk/dv) of the other document.
+  const std::vector<Packed> packed_shapes = {{16, 8, 16, {{1, 40, 27, 32}, {70, 1, 29}}},
+                                             {2, 1, 64, {{130, 70}}}};
+  const auto packed_tensors = [](const Packed& s) {
+    const std::int64_t nq = s.B() * s.T() * s.Hq * s.hd, nkv = s.B() * s.T() * s.Hkv * s.hd;
+    return std::vector<TensorSpec>{{"q", Role::Activation, nq, Fill::Random, -2, 2},
+                                   {"k", Role::Activation, nkv, Fill::Random, -2, 2},
+                                   {"v", Role::Activation, nkv},
+                                   {"out", Role::Activation, nq, Fill::Poison},
+                                   {"lse", Role::Statistic, s.B() * s.Hq * s.T(), Fill::Poison}};
+  };
+  add_entry<Packed>(
+      cases,
+      {.name = "attention_forward_packed",
+       .shapes = packed_shapes,
+       .tensors = packed_tensors,
+       .run =
+           [](Backend& b, EngineTensors& t, const Packed& s) {
+             const BackendBuffer positions = upload_positions(b, s);
+             b.attention_forward(t["out"], t["lse"], t["q"], t["k"], t["v"], s.B(), s.T(), s.T(),
+                                 s.Hq, s.Hkv, s.hd, positions);
+             b.synchronize();
+           },
+       .reference =
+           [](HostTensors& h, const Packed& s) {
+             const std::vector<std::int32_t> positions = s.positions();
+             cpu::attention_forward(h("out"), h("lse"), h("q"), h("k"), h("v"), s.B(), s.T(), s.T(),
+                                    s.Hq, s.Hkv, s.hd, positions.data());
+           },
+       .compared = {"out", "lse"},
+       .tolerance =
+           {{kBf16Rounding, kBf16Rounding,
+             "probabilities rounded to bf16 before they weigh |v| <= 1, one bf16 rounding of out"},
+            {1e-5, 1e-6, "fp32 softmax over up to 130 keys; out is a convex mix of |v| <= 1"},
+            {1e-13, 1e-13, "f64 softmax over up to 130 keys"}}});
+  add_entry<Packed>(
+      cases,
+      {.name = "attention_backward_packed",
+       .shapes = packed_shapes,
+       .tensors =
+           [=](const Packed& s) {
+             std::vector<TensorSpec> specs = packed_tensors(s);
+             for (TensorSpec& spec : specs)  // out and lse are inputs here, set by prepare
+               if (spec.name == "out" || spec.name == "lse") spec.fill = Fill::Random;
+             const std::int64_t nq = s.B() * s.T() * s.Hq * s.hd;
+             const std::int64_t nkv = s.B() * s.T() * s.Hkv * s.hd;
+             specs.push_back({"dout", Role::Activation, nq});
+             specs.push_back({"dq", Role::Activation, nq, Fill::Poison});
+             specs.push_back({"dk", Role::Activation, nkv, Fill::Poison});
+             specs.push_back({"dv", Role::Activation, nkv, Fill::Poison});
+             return specs;
+           },
+       .run =
+           [](Backend& b, EngineTensors& t, const Packed& s) {
+             const BackendBuffer positions = upload_positions(b, s);
+             b.attention_backward(t["dq"], t["dk"], t["dv"], t["dout"], t["out"], t["lse"], t["q"],
+                                  t["k"], t["v"], s.B(), s.T(), s.Hq, s.Hkv, s.hd, positions);
+             b.synchronize();
+           },
+       .reference =
+           [](HostTensors& h, const Packed& s) {
+             const std::vector<std::int32_t> positions = s.positions();
+             cpu::attention_backward(h("dq"), h("dk"), h("dv"), h("dout"), h("out"), h("lse"),
+                                     h("q"), h("k"), h("v"), s.B(), s.T(), s.T(), s.Hq, s.Hkv, s.hd,
+                                     positions.data());
+           },
+       .compared = {"dq", "dk", "dv"},
+       .tolerance = {{6 * kBf16Rounding, 6 * kBf16Rounding,
+                      "P and dS rounded to bf16 before the products; a key's weights summed over "
+                      "its document's queries reach ~H(130) = 5.4; one rounding of the result"},
+                     {4e-6, 4e-6, "fp32 sums over up to 130 keys of terms |.| <~ 4"},
+                     {1e-13, 1e-13, "f64 sums over up to 130 keys"}},
+       .prepare =
+           [](HostTensors& h, const Packed& s) {
+             const std::vector<std::int32_t> positions = s.positions();
+             cpu::attention_forward(h("out"), h("lse"), h("q"), h("k"), h("v"), s.B(), s.T(), s.T(),
+                                    s.Hq, s.Hkv, s.hd, positions.data());
            }});
 }
 

@@ -3,6 +3,8 @@
 // must give bit-identical losses and gradients in every mode. Before each backward the
 // recomputed workspace is filled with NaN, so the gradients come out right only if backward
 // rebuilt every value it reads there: a skipped or partial recomputation fails the comparison.
+// With `packed`, each micro-batch's rows hold several documents (ForwardOptions::positions), so
+// the recomputed attention and RoPE must use the forward's positions too.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -23,7 +25,17 @@ struct RecomputeRun {
   ActivationArenaBytes bytes;
 };
 
-inline RecomputeRun run_recompute_steps(Backend& backend, const ModelConfig& config, ActivationRecompute recompute) {
+// Positions of rows cut into documents of 4 tokens and 1 token in turn (the last one cut short
+// by the row's end): 0 1 2 3 0 0 1 2 3 0 ...
+inline std::vector<std::int32_t> packed_test_positions(std::int64_t batch, std::int64_t sequence) {
+  std::vector<std::int32_t> positions;
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t t = 0; t < sequence; ++t) positions.push_back(static_cast<std::int32_t>(t % 5 == 4 ? 0 : t % 5));
+  return positions;
+}
+
+inline RecomputeRun run_recompute_steps(Backend& backend, const ModelConfig& config, ActivationRecompute recompute,
+                                        bool packed = false) {
   const std::int64_t B = 2, T = 9;
   LlamaModel model(config, backend, B, T, ModelMode::Training, recompute);
   std::vector<float> init(static_cast<std::size_t>(model.table().total_numel()));
@@ -40,7 +52,11 @@ inline RecomputeRun run_recompute_steps(Backend& backend, const ModelConfig& con
       inputs[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 37 + 5 + batch) % config.vocab_size);
       targets[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 53 + 2) % config.vocab_size);
     }
-    model.forward(inputs, batch, sequence);
+    const std::vector<std::int32_t> positions =
+        packed ? packed_test_positions(batch, sequence) : std::vector<std::int32_t>{};
+    ForwardOptions options;
+    options.positions = positions;
+    model.forward(inputs, batch, sequence, options);
     run.losses.push_back(cross_entropy_loss(model, targets, workspace, 0.5f));
     for (Tensor t : model.recomputed_activations()) {
       const std::vector<float> poison(static_cast<std::size_t>(t.numel), std::numeric_limits<float>::quiet_NaN());
@@ -54,11 +70,11 @@ inline RecomputeRun run_recompute_steps(Backend& backend, const ModelConfig& con
   return run;
 }
 
-inline void expect_recompute_bit_identical(Backend& backend, const ModelConfig& config) {
-  const RecomputeRun kept = run_recompute_steps(backend, config, ActivationRecompute::None);
+inline void expect_recompute_bit_identical(Backend& backend, const ModelConfig& config, bool packed = false) {
+  const RecomputeRun kept = run_recompute_steps(backend, config, ActivationRecompute::None, packed);
   for (ActivationRecompute mode : {ActivationRecompute::Selective, ActivationRecompute::Full}) {
     SCOPED_TRACE(activation_recompute_name(mode));
-    const RecomputeRun run = run_recompute_steps(backend, config, mode);
+    const RecomputeRun run = run_recompute_steps(backend, config, mode, packed);
     ASSERT_EQ(run.losses.size(), kept.losses.size());
     for (std::size_t i = 0; i < kept.losses.size(); ++i)
       EXPECT_EQ(run.losses[i], kept.losses[i]) << "micro-batch " << i;

@@ -122,7 +122,7 @@ TEST(DistillationObjective, HardLabelMixIsTheWeightedSum) {
 
   auto run = [&](Objective& o, std::vector<float>& grad) {
     models.student.zero_gradients();
-    const double loss = o.step(models.student, inputs, targets, B, T, 1.0f);
+    const double loss = o.step(models.student, inputs, targets, {}, B, T, 1.0f);
     models.student.backward();
     grad = gradients(models.student);
     return loss;
@@ -150,7 +150,7 @@ TEST(DistillationObjective, HardLabelMixIsTheWeightedSum) {
   EXPECT_LE(testing::max_abs_diff(g_hard, g_ce), 1e-5 * std::max(1.0, testing::max_abs(g_ce)));
   const std::vector<std::int32_t> ignored(targets.size(), -1);
   models.student.zero_gradients();
-  mix.step(models.student, inputs, ignored, B, T, 1.0f);
+  mix.step(models.student, inputs, ignored, {}, B, T, 1.0f);
   models.student.backward();
   const std::vector<float> g_unlabelled = gradients(models.student);
   for (std::size_t i = 0; i < expected.size(); ++i) expected[i] = (1 - w) * g_kl[i];

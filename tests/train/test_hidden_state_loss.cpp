@@ -189,7 +189,7 @@ TEST(HiddenStateDistillation, ObjectiveWeighsTheTermsDynamically) {
 
   models.student.zero_gradients();
   TeacherDistillationObjective kl(models.teacher, ws);
-  const double l_kl = kl.step(models.student, inputs, targets, B, T, 1.0f);
+  const double l_kl = kl.step(models.student, inputs, targets, {}, B, T, 1.0f);
   models.student.backward();
   const auto g_kl = gradients(models.student);
 
@@ -209,7 +209,7 @@ TEST(HiddenStateDistillation, ObjectiveWeighsTheTermsDynamically) {
   models.student.zero_gradients();
   TeacherDistillationObjective both(models.teacher, ws, 1.0f, 0.0f, &hidden, w);
   EXPECT_STREQ(both.name(), "kl+hidden");
-  const double l_both = both.step(models.student, inputs, targets, B, T, 1.0f);
+  const double l_both = both.step(models.student, inputs, targets, {}, B, T, 1.0f);
   models.student.backward();
   const auto g_both = gradients(models.student);
   const double alpha = l_kl / l_is;
@@ -309,7 +309,7 @@ TEST(HiddenStateDistillation, RecomputationKeepsTheGradientsBitIdentical) {
                                    parse_layer_mapping("0:1,1:3", 2, 4), N);
     TeacherDistillationObjective objective(models.teacher, ws, 1.0f, 0.0f, &hidden, 0.5f);
     student.zero_gradients();
-    objective.step(student, inputs, targets, B, T, 1.0f);
+    objective.step(student, inputs, targets, {}, B, T, 1.0f);
     student.backward();
     return testing::gradients(student);
   };

@@ -218,7 +218,7 @@ TEST(SftDistillation, KlCountsResponseRowsOnly) {
     TeacherDistillationObjective objective(models.teacher, workspace, 1.0f, 0.0f, nullptr, 0.0f,
                                            /*response_only=*/true);
     models.student.zero_gradients();
-    *loss = objective.step(models.student, in, targets, 1, T, 1.0f);
+    *loss = objective.step(models.student, in, targets, {}, 1, T, 1.0f);
     models.student.backward();
     return testing::gradients(models.student);
   };

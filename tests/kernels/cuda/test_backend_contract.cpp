@@ -140,6 +140,27 @@ std::vector<WrongCall> wrong_calls() {
          b.attention_forward(t.s4, t.f2, t.s4, t.s4, t.s4, 1, 2, 1, 1, 1, 2);
        },
        "attention_forward: Tk = 1 keys for Tq = 2 queries (expected Tk >= Tq)"},
+      {"rope_positions_with_offset",
+       [](Backend& b, ContractTensors& t) {
+         b.rope_forward(t.s4, t.f2.tensor().slice(0, 1), 1, 2, 1, 2, 3, t.i2);
+       },
+       "rope_forward: position_offset = 3 with positions (expected position_offset 0: positions "
+       "give every token's position)"},
+      {"attention_positions_wrong_count",
+       [](Backend& b, ContractTensors& t) {
+         b.attention_forward(t.s4, t.f2, t.s4, t.s6.tensor().slice(0, 4),
+                             t.s6b.tensor().slice(0, 4), 1, 2, 2, 1, 1, 2,
+                             t.i2.tensor().slice(0, 1));
+       },
+       "attention_forward: positions has 1 elements (expected 2)"},
+      {"attention_positions_with_kv_cache",
+       [](Backend& b, ContractTensors& t) {
+         b.attention_forward(t.s6.tensor().slice(0, 2), t.f2.tensor().slice(0, 1),
+                             t.s6b.tensor().slice(0, 2), t.s4, t.s9.tensor().slice(0, 4), 1, 1, 2,
+                             1, 1, 2, t.i2.tensor().slice(0, 1));
+       },
+       "attention_forward: positions with Tq = 1 queries over Tk = 2 keys (expected Tq == Tk: "
+       "packed documents have no KV cache)"},
       {"swiglu_negative_n",
        [](Backend& b, ContractTensors& t) { b.swiglu_forward(t.s6, t.s6b, t.s9, -1); },
        "swiglu_forward: n = -1 (expected a size >= 0)"},

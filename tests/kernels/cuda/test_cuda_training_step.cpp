@@ -14,6 +14,7 @@
 #include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/model/packed_model_test_util.h"
 #include "tests/model/recompute_test_util.h"
 #include "train/losses.h"
 #include "train/memory_plan.h"
@@ -180,6 +181,19 @@ TEST(CudaActivationRecompute, GradientsBitIdentical) {
       LlamaModel(c, *gpu, 2, 9, ModelMode::Training, ActivationRecompute::Selective)
           .activation_arena_bytes();
   EXPECT_EQ(bytes.workspace, N * ((2 * c.hidden_size + c.intermediate_size) * 2 + 2 * 4));
+}
+
+// Packed documents through the whole model on the CUDA engine (bf16 activations, tensor-core
+// attention): the packed batch against each document alone (tests/model/packed_model_test_util.h),
+// and recomputation with positions bit-identical to keeping every activation. Both runs round
+// the same values to bf16 with tiles falling elsewhere (P to 2^-8 against other running maxima,
+// every stored activation to 2^-9), so an element can differ by a few such roundings carried
+// through the two layers and the head: 4 x 2^-8 of the largest logit, 8 x 2^-8 of the largest
+// gradient (gradients pass through twice as many rounded products).
+TEST(CudaPackedDocuments, MatchEachDocumentAloneAndRecompute) {
+  auto gpu = make_cuda_backend();
+  expect_packed_model_matches_documents_alone(*gpu, 4.0 / 256, 8.0 / 256);
+  expect_recompute_bit_identical(*gpu, tiny_config(false), /*packed=*/true);
 }
 
 // The memory plan against the device's memory: the emulated runtime's cudaMemGetInfo reports
