@@ -4,6 +4,7 @@
 // counts the response rows only.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -171,6 +172,49 @@ TEST(Sft, AMaskedTargetHasNoInfluence) {
   tokens[8] = (tokens[8] + 1) % static_cast<std::int32_t>(config.vocab_size);
   const std::vector<float> counted_b = run("counted_b");
   EXPECT_GT(testing::max_abs_diff(counted_a, counted_b), 1e-6);
+}
+
+// The sum of the cross-entropy over a document's counted targets, from a forward pass of the
+// document alone (targets -1 where not counted).
+double document_loss_sum(const ModelConfig& config, const std::vector<float>& params,
+                         const std::vector<std::int32_t>& inputs, const std::vector<std::int32_t>& targets) {
+  auto backend = make_backend("cpu");
+  const auto T = static_cast<std::int64_t>(inputs.size());
+  LlamaModel model(config, *backend, 1, T, ModelMode::Inference);
+  model.set_parameters(params);
+  model.forward(inputs, 1, T);
+  LossWorkspace workspace(*backend, config.vocab_size, T);
+  const auto counted = std::count_if(targets.begin(), targets.end(), [](std::int32_t t) { return t >= 0; });
+  return cross_entropy_loss(model, targets, workspace) * static_cast<double>(counted);
+}
+
+// Two documents packed in one window (starts 0 and 4): sft's loss is the one of each document run
+// alone (padding-free packing), not the one of the window read as one sequence.
+TEST(Sft, PackedDocumentsAttendOnlyWithinTheirOwn) {
+  testing::TempDir dir;
+  const ModelConfig config = testing::tiny_config();
+  const std::vector<float> initial = testing::tiny_parameters(config, 25);
+  const std::vector<std::int32_t> tokens = testing::tiny_tokens(kT + 1, config.vocab_size, 8);
+  write_sft_shard(dir / "sft.bin", tokens, std::vector<std::uint8_t>(kT + 1, 1), std::vector<std::int64_t>{0, 4});
+  TrainOptions o = sft_options(dir / "sft.bin", dir / "run");
+  o.steps = 1;
+  const RunResult run = train(config, initial, o);
+  ASSERT_EQ(run.losses.size(), 1u);
+
+  // Document 1: inputs 0..3, targets 1..3 (token 4 starts document 2: no target); document 2:
+  // inputs 4..7, targets 5..8. 3 + 4 counted targets.
+  auto slice = [&](int from, int to) { return std::vector<std::int32_t>(tokens.begin() + from, tokens.begin() + to); };
+  std::vector<std::int32_t> first_targets = slice(1, 5);
+  first_targets[3] = -1;
+  const double alone = (document_loss_sum(config, initial, slice(0, 4), first_targets) +
+                        document_loss_sum(config, initial, slice(4, 8), slice(5, 9))) /
+                       7;
+  std::vector<std::int32_t> window_targets = slice(1, 9);
+  window_targets[3] = -1;
+  const double as_one_sequence = document_loss_sum(config, initial, slice(0, 8), window_targets) / 7;
+  ASSERT_GT(std::abs(alone - as_one_sequence), 1e-3) << "cross-talk must change the loss for the test to tell";
+  // fp32 logits and per-row losses summed in double, in another grouping: ~1e-7 relative apart.
+  EXPECT_NEAR(run.losses[0], alone, 1e-5 * alone);
 }
 
 TEST(Sft, TokenShardsAreRefusedAndSftShardsNeedSft) {
