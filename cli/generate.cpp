@@ -146,11 +146,7 @@ int generate(int argc, char** argv) {
   if (prompt_tokens >= limit)
     fail_expected("--prompt", str(prompt_tokens, " tokens"), str("fewer than max_position_embeddings = ", limit));
   sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - prompt_tokens);
-  if (!r.count("ignore-eos")) {
-    for (std::int64_t id : checkpoint.config.eos_token_ids)
-      sampling.stop_tokens.push_back(static_cast<std::int32_t>(id));
-    if (tokenizer.eos_id()) sampling.stop_tokens.push_back(*tokenizer.eos_id());
-  }
+  if (!r.count("ignore-eos")) sampling.stop_tokens = end_of_text_tokens(checkpoint.config, tokenizer);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   LlamaModel model(checkpoint.config, *backend, 1, prompt_tokens, ModelMode::Inference);
