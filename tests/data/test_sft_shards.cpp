@@ -15,19 +15,8 @@
 namespace minitron {
 namespace {
 
+using testing::expect_error;
 using testing::TempDir;
-
-template <typename F>
-void expect_error(F&& f, std::initializer_list<std::string> fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-          << "message '" << e.what() << "' lacks '" << fragment << "'";
-  }
-}
 
 // An SFT shard written byte by byte, independently of write_sft_shard, so corruptions can be made.
 void write_raw_sft(const std::filesystem::path& path, std::vector<std::int32_t> header_head,

@@ -11,21 +11,9 @@
 namespace minitron {
 namespace {
 
+using testing::expect_error;
 using testing::TempDir;
 using testing::write_raw_shard;
-
-// Expects an Error whose message contains every fragment.
-template <typename F>
-void expect_error(F&& f, std::initializer_list<std::string> fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-          << "message '" << e.what() << "' lacks '" << fragment << "'";
-  }
-}
 
 TEST(Shards, WriterProducesLlmcBytes) {
   TempDir dir;
