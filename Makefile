@@ -37,10 +37,13 @@ ifeq ($(FUZZ_TESTS),1)
 	BUILD_ROOT=$(abspath $(BUILD_DIR)) JOBS=$(JOBS) FUZZ_SECONDS=10 bash tools/fuzz_smoke.sh
 endif
 
-# Every fuzz target for FUZZ_SECONDS seconds each (findings in $(BUILD_DIR)/build-fuzz/findings).
+# Every fuzz target for FUZZ_SECONDS seconds each, FUZZ_PARALLEL at once (findings in
+# $(BUILD_DIR)/build-fuzz/findings).
 FUZZ_SECONDS ?= 60
+FUZZ_PARALLEL ?= 1
 fuzz: deps
-	BUILD_ROOT=$(abspath $(BUILD_DIR)) JOBS=$(JOBS) FUZZ_SECONDS=$(FUZZ_SECONDS) bash tools/fuzz_smoke.sh
+	BUILD_ROOT=$(abspath $(BUILD_DIR)) JOBS=$(JOBS) FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	  FUZZ_PARALLEL=$(FUZZ_PARALLEL) bash tools/fuzz_smoke.sh
 
 # The demo needs only the binary, not the tests and benchmarks.
 demo: configure
