@@ -194,10 +194,26 @@ int run(int argc, char** argv) {
   std::fprintf(stderr, "roofline_layer: optimizer step done\n");
   if (!std::isfinite(loss))
     fail("the loss is " + std::to_string(loss) + ", not finite (expected finite weights to give a finite loss)");
+  const std::vector<emu::LaunchTraffic> launches = recording.take();
   const std::string table =
-      "Predictions from counted traffic under emulation, not measurements.\n\n" + report(shape, T, recording.take());
+      "Predictions from counted traffic under emulation, not measurements.\n\n" + report(shape, T, launches);
   std::fputs(table.c_str(), stdout);
   if (parsed.count("markdown")) write_bytes_atomically(parsed["markdown"].as<std::string>(), table);
+  if (parsed.count("jsonl")) {
+    std::string lines;
+    for (const emu::LaunchTraffic& l : launches) {
+      const nlohmann::json row = {{"kernel", l.library_call ? "cublasLtMatmul" : short_name(l.kernel)},
+                                  {"library_call", l.library_call},
+                                  {"blocks", l.blocks},
+                                  {"bytes_read", l.bytes_read},
+                                  {"bytes_written", l.bytes_written},
+                                  {"distinct_bytes_read", l.distinct_bytes_read},
+                                  {"distinct_bytes_written", l.distinct_bytes_written},
+                                  {"flops", l.flops}};
+      lines += row.dump() + "\n";
+    }
+    write_bytes_atomically(parsed["jsonl"].as<std::string>(), lines);
+  }
   return 0;
 }
 
