@@ -3,7 +3,8 @@
 # -dev packages, no network): builds the CUDA engine there, runs the kernel tests on the device
 # (and under compute-sanitizer memcheck/racecheck when present), benchmarks every kernel, times a
 # training step of 8B-shaped layers next to PyTorch eager and torch.compile, and writes a summary
-# table to $OUT/gpu_check.md and bench/results/gpu_check.md. Budget: about 8 minutes.
+# table to $OUT/gpu_check.md and bench/results/gpu_check.md, every log packed into
+# $OUT/gpu_check_logs.tar.gz, the summary printed last. Budget: about 8 minutes.
 #
 #   here, once:        bench/gpu_check.sh --prepare-deps   # copies GoogleTest sources and the
 #                                                           # nlohmann headers into .deps/
@@ -171,7 +172,8 @@ timeout 20 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 [[ -d "$deps/include/nlohmann" ]] || log "warning: $deps/include/nlohmann missing (run --prepare-deps where it exists)"
 
 # 1. Build: only the device's architecture (sm_90 on an H200) to save time; the main build
-#    checks sm_80 and sm_90 with the same flags, spills fatal there and only reported here.
+#    builds sm_80, sm_90, sm_100 and sm_120 SASS and compute_90 PTX with the same flags, spills
+#    fatal there and only reported here.
 #    (-j16 on the H200: ~140 CPU-s of compiling whose longest file, cuda_backend.cu, takes about
 #    a minute.) The empty launchers undo a relaxed build's (below) left in the CMake cache by an
 #    earlier run on the same machine, which would otherwise drop -Werror from this one silently.
@@ -226,10 +228,21 @@ if [[ -x "$tests" ]]; then
   fi
 fi
 
-# 6. Summary.
+# 6. Summary, and every log in one tarball: a machine that hands back only a few files still
+#    returns them all (gpu_check_logs.tar.gz beside gpu_check.md). The summary table is printed
+#    last, so it is what a cut-off tail of the output shows.
 write_summary "$out"
 # Run here without $OUT, the table also lands in bench/results/ (a lent machine's $OUT comes
 # back on its own; its working tree does not).
 [[ -z "${OUT:-}" ]] && cp "$out/gpu_check.md" "$root/bench/results/gpu_check.md"
+tarball="$out/gpu_check_logs.tar.gz"
+if tar -czf "$tarball.tmp" -C "$out" --exclude=gpu_check_logs.tar.gz --exclude=gpu_check_logs.tar.gz.tmp . \
+  && mv "$tarball.tmp" "$tarball"; then
+  echo "every log: $tarball ($(tar -tzf "$tarball" | grep -vc '/$') files)"
+else
+  echo "error: could not write $tarball (the logs are still in $out)"
+  rm -f "$tarball.tmp"
+  failed=1
+fi
 cat "$out/gpu_check.md"
 exit $failed

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "emu/emulator.h"
+#include "emu/traffic.h"
 
 struct cublasLtContext {
   int unused;
@@ -351,6 +352,13 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t oper
         store(d_bytes, ld.type, offset(ld, i, j), value);
       }
   }
+  // For a roofline (emu/traffic.h): what cuBLAS needs at the least, each operand once.
+  const std::uint64_t b_count = static_cast<std::uint64_t>(batches);
+  const std::uint64_t bytes_read = b_count * (m * k * element_size(la.type) + k * n * element_size(lb.type) +
+                                              (beta != 0.0f ? m * n * element_size(lc.type) : 0)) +
+                                   (bias ? m * element_size(bias_type) : 0);
+  ::minitron::emu::detail::record_library_call("cublasLtMatmul", bytes_read, b_count * m * n * element_size(ld.type),
+                                               2 * b_count * m * n * k);
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -17,6 +17,7 @@
 
 #include "emu/emulator.h"
 #include "emu/runtime_state.h"
+#include "emu/traffic.h"
 
 struct CUstream_st {
   int unused;
@@ -94,6 +95,21 @@ cudaError_t release(void* pointer) {
 }
 
 }  // namespace
+
+std::vector<std::pair<std::uintptr_t, std::uintptr_t>> device_ranges() {
+  auto& runtime = state();
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+  {
+    std::lock_guard lock(runtime.mutex);
+    ranges.reserve(runtime.allocations.size());
+    for (const auto& [pointer, allocation] : runtime.allocations) {
+      const auto begin = reinterpret_cast<std::uintptr_t>(pointer);
+      ranges.emplace_back(begin, begin + allocation.bytes);
+    }
+  }
+  std::sort(ranges.begin(), ranges.end());
+  return ranges;
+}
 
 std::size_t max_dynamic_shared_bytes(const void* kernel) {
   auto& runtime = state();

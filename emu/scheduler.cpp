@@ -42,6 +42,7 @@
 #include "emu/emulator.h"
 #include "emu/runtime_state.h"
 #include "emu/symbol_name.h"
+#include "emu/traffic.h"
 #include "util/error.h"
 
 #if defined(__has_feature)
@@ -1022,6 +1023,7 @@ void Worker::async_copy(void* shared_dst, const void* global_src, bool zero_fill
     });
   poison_async_destination(dst);
   current_->async_copies.push_back(AsyncCopy{dst, src, 0, zero_fill});
+  if (!zero_fill) count_global_read(src, 16);  // the global read happens here, not in kernel code
 }
 
 void Worker::async_wait(unsigned newest_pending) {
@@ -1120,11 +1122,13 @@ void run_kernel(const KernelLaunch& launch) {
       worker.run_block(block_idx);
     }
   };
+  begin_launch_traffic(launch.kernel_address, launch.signature, blocks);
   std::vector<std::thread> helpers;
   helpers.reserve(os_threads - 1);
   for (unsigned t = 1; t < os_threads; ++t) helpers.emplace_back(work);
   work();
   for (std::thread& helper : helpers) helper.join();
+  end_launch_traffic();
 }
 
 }  // namespace detail

@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "emu/emulator.h"
+#include "emu/traffic.h"
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -110,6 +111,8 @@ inline void mma_m16n8k16_bf16(Accumulator& d, const FragmentA& a, const Fragment
     return detail::bf16_half(all[column * 4 + (k % 8) / 2].b.reg[k / 8], k % 2);
   };
   const unsigned lane = ::minitron::emu::detail::current("mma").lane;
+  // The roofline's tensor-core work (emu/traffic.h): one m16n8k16 per warp, counted once.
+  if (lane == 0) ::minitron::emu::detail::count_tensor_flops(2 * 16 * 8 * 16);
   const unsigned g = lane / 4, t = lane % 4;
   Accumulator result;
   for (unsigned r = 0; r < 4; ++r) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/gpu_check.sh's parts that need no GPU: torch_layer.py at a tiny CPU shape, the summary
-# from fake logs (missing, cut short, failed rows, no minitron row), and the time budget.
+# from fake logs (missing, cut short, failed rows, no minitron row), the time budget, and the
+# tarball of every log with the summary printed last.
 # Usage: test_gpu_check_cpu.sh PYTHON_WITH_TORCH WORK_DIR   (exit 77: skipped, no torch)
 set -euo pipefail
 python=$1 work=$2
@@ -75,6 +76,12 @@ OUT="$work/spent" MINITRON_GPU_CHECK_SECONDS=0 PYTHON="$python" bash "$root/benc
 expect "$work/spent/stages.txt" "configure: skipped, out of time (budget 0 s)"
 expect "$work/spent/stages.txt" "torch_layer: skipped, out of time (budget 0 s)"
 expect "$work/spent/gpu_check.md" "| (no results: see layer_step.log and torch_layer.log) |"
+# Every log in the tarball, and the summary table printed last.
+tar -tzf "$work/spent/gpu_check_logs.tar.gz" > "$work/spent_tarball.txt" || fail "no tarball of the logs"
+expect "$work/spent_tarball.txt" "./stages.txt"
+expect "$work/spent_tarball.txt" "./gpu_check.md"
+[[ "$(tail -n 1 "$work/spent.out")" == "$(tail -n 1 "$work/spent/gpu_check.md")" ]] \
+  || fail "the summary table is not printed last: $(tail -n 1 "$work/spent.out")"
 
 # 7. A whole run with a fake cmake whose build fails (so the relaxed rebuild runs) and prints
 #    ptxas -v counts, and a fake torch_layer.py: the strict configure empties the compiler
@@ -118,6 +125,12 @@ expect "$work/fake_run/gpu_check.md" "## Register spills and stack frames (ptxas
 expect "$work/fake_run/gpu_check.md" "16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads"
 ! grep -qF "clean" "$work/fake_run/gpu_check.md" || fail "a kernel without spills is listed"
 expect "$work/fake_run/gpu_check.md" "| torch eager | 4096.0 | 1000.0 | 20.0% | 10.6 | - |"
+tar -tzf "$work/fake_run/gpu_check_logs.tar.gz" > "$work/fake_run_tarball.txt" || fail "no tarball of the logs"
+for log in stages.txt build.log build_relaxed.log torch_layer.log gpu_check.md; do
+  expect "$work/fake_run_tarball.txt" "./$log"
+done
+[[ "$(tail -n 1 "$work/fake_run.out")" == "$(tail -n 1 "$work/fake_run/gpu_check.md")" ]] \
+  || fail "the summary table is not printed last: $(tail -n 1 "$work/fake_run.out")"
 
 # 8. A build log without spills says so.
 mkdir "$work/no_spills"
