@@ -107,18 +107,9 @@ int distill(int argc, char** argv) {
   Backend* backend = run.backend.get();
   const std::int64_t B = o.batch_size, T = o.sequence_length;
   LlamaModel teacher(teacher_config, *backend, B, T, ModelMode::Inference);
-  {
-    ParameterTable table(teacher_config);
-    std::vector<float> params(static_cast<std::size_t>(table.total_numel()));
-    load_parameters(teacher_dir, teacher_config, table, params);
-    teacher.set_parameters(params);
-  }
+  load_parameters(teacher_dir, teacher);
   LlamaModel student(student_config, *backend, B, T, ModelMode::Training, o.recompute);  // the teacher only infers
-  {
-    std::vector<float> params(static_cast<std::size_t>(student.table().total_numel()));
-    load_parameters(student_dir, student_config, student.table(), params);
-    student.set_parameters(params);
-  }
+  load_parameters(student_dir, student);
   std::printf("distilling %s (%lld parameters) into %s (%lld parameters) on %s, temperature %g, hard-label weight %g\n",
               teacher_dir.c_str(), static_cast<long long>(teacher.table().total_numel()), student_dir.c_str(),
               static_cast<long long>(student.table().total_numel()), backend->name().c_str(), temperature,

@@ -133,25 +133,25 @@ int generate(int argc, char** argv) {
                                                     : std::filesystem::path(tokenizer_path).parent_path();
     return chat(r, model_dir, tokenizer, tokenizer_dir, sampling);
   }
-  LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
+  const ModelConfig config = load_model_config(model_dir);
   std::vector<std::int32_t> ids = tokenizer.encode(prompt, /*add_special_tokens=*/!r.count("no-bos"));
   if (ids.empty() && tokenizer.bos_id()) ids.push_back(*tokenizer.bos_id());
   if (ids.empty()) fail_expected("--prompt", "encodes to no tokens", "a non-empty prompt");
   for (std::int32_t id : ids)
-    if (id >= checkpoint.config.vocab_size)
+    if (id >= config.vocab_size)
       fail_expected("--tokenizer", str("token id ", id, " from the prompt"),
-                    str("ids below the model's vocab_size ", checkpoint.config.vocab_size));
+                    str("ids below the model's vocab_size ", config.vocab_size));
   const std::int64_t prompt_tokens = static_cast<std::int64_t>(ids.size());
-  const std::int64_t limit = checkpoint.config.max_position_embeddings;
+  const std::int64_t limit = config.max_position_embeddings;
   if (prompt_tokens >= limit)
     fail_expected("--prompt", str(prompt_tokens, " tokens"), str("fewer than max_position_embeddings = ", limit));
   sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - prompt_tokens);
-  if (!r.count("ignore-eos")) sampling.stop_tokens = end_of_text_tokens(checkpoint.config, tokenizer);
+  if (!r.count("ignore-eos")) sampling.stop_tokens = end_of_text_tokens(config, tokenizer);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
-  LlamaModel model(checkpoint.config, *backend, 1, prompt_tokens, ModelMode::Inference);
-  model.set_parameters(checkpoint.params);
-  KvCache cache(checkpoint.config, *backend, prompt_tokens + sampling.max_new_tokens);
+  LlamaModel model(config, *backend, 1, prompt_tokens, ModelMode::Inference);
+  load_parameters(model_dir, model);  // streamed: no host copy of the whole model
+  KvCache cache(config, *backend, prompt_tokens + sampling.max_new_tokens);
 
   std::fputs(prompt.c_str(), stdout);
   std::fflush(stdout);

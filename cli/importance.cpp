@@ -112,8 +112,7 @@ int importance(int argc, char** argv) {
   // Flags checked against the config before the weights load.
   const std::vector<std::int64_t> block_sizes =
       parse_block_sizes(r["block-size"].as<std::string>(), load_model_config(model_dir).num_hidden_layers);
-  LoadedCheckpoint checkpoint = load_checkpoint(model_dir);
-  const ModelConfig& config = checkpoint.config;
+  const ModelConfig config = load_model_config(model_dir);
   check_sequence_length("--sequence-length", T, config);
   const auto shards = resolve_shards(data_spec);
   TokenWindows windows(shards, T, config.vocab_size);
@@ -164,7 +163,7 @@ int importance(int argc, char** argv) {
   // One model serves calibration, removal losses and the task: as large as the largest of them.
   LlamaModel model(config, *backend, std::max(max_batch, task_model.max_batch), std::max(T, task_model.max_sequence),
                    ModelMode::Inference);
-  model.set_parameters(checkpoint.params);
+  load_parameters(model_dir, model);  // streamed: no host copy of the whole model
   std::printf("importance of %s on %s: %lld samples x %lld tokens, %s, mlp site %s\n", model_dir.c_str(),
               backend->name().c_str(), static_cast<long long>(S), static_cast<long long>(T),
               aggregation_string(io.aggregation).c_str(), mlp_site_name(io.mlp_site));

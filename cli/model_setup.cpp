@@ -51,16 +51,15 @@ ModelSource model_source_from_flags(const cxxopts::ParseResult& r) {
   return source;
 }
 
-std::vector<float> initial_parameters(const ModelSource& source, std::uint64_t seed) {
-  ParameterTable table(source.config);
-  std::vector<float> params(static_cast<std::size_t>(table.total_numel()));
-  if (source.checkpoint_dir.empty()) {
-    const std::optional<JsonField> range = JsonField(source.config.source, "config.json").optional("initializer_range");
-    initialize_parameters(source.config, table, params, seed, range ? range->as_float() : 0.02);
-  } else {
-    load_parameters(source.checkpoint_dir, source.config, table, params);
+void set_initial_parameters(const ModelSource& source, std::uint64_t seed, LlamaModel& model) {
+  if (!source.checkpoint_dir.empty()) {
+    load_parameters(source.checkpoint_dir, model);
+    return;
   }
-  return params;
+  std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
+  const std::optional<JsonField> range = JsonField(source.config.source, "config.json").optional("initializer_range");
+  initialize_parameters(source.config, model.table(), params, seed, range ? range->as_float() : 0.02);
+  model.set_parameters(params);
 }
 
 // The flags shared by train, correct and distill (Hugging Face TrainingArguments names).
@@ -249,7 +248,7 @@ void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& 
   });
   Backend* backend = run.backend.get();
   LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training, o.recompute);
-  model.set_parameters(initial_parameters(source, o.seed));
+  set_initial_parameters(source, o.seed, model);
   std::printf("%s on %s: %lld parameters, %zu training shard(s)\n", banner.c_str(), backend->name().c_str(),
               static_cast<long long>(model.table().total_numel()), o.train_shards.size());
   print_activation_recompute(model);

@@ -29,8 +29,9 @@ struct ModelSource {
 
 // From --model DIR or --config FILE (exactly one), plus an optional --tokenizer.
 ModelSource model_source_from_flags(const cxxopts::ParseResult& result);
-// The checkpoint's weights, or a seeded random init.
-std::vector<float> initial_parameters(const ModelSource& source, std::uint64_t seed);
+// The checkpoint's weights, streamed tensor by tensor into the model (no host copy of the whole
+// model), or a seeded random init.
+void set_initial_parameters(const ModelSource& source, std::uint64_t seed, LlamaModel& model);
 
 struct TrainingDefaults {
   std::int64_t steps = 1000;

@@ -164,6 +164,11 @@ void print_table(const std::vector<PlannedStep>& steps, std::int64_t gpus, std::
   std::printf("\n%-24s", "fits");
   for (const PlannedStep& s : steps) std::printf(" %18s", fits(s.plan, device_bytes) ? "yes" : "NO");
   std::printf("\n");
+  for (std::size_t i = 0; i < host_memory_part_names().size(); ++i) {
+    std::printf("%-24s", str("host: ", host_memory_part_names()[i]).c_str());
+    for (const PlannedStep& s : steps) std::printf(" %18s", format_size(s.plan.host_parts[i].bytes).c_str());
+    std::printf("\n");
+  }
   for (const PlannedStep& s : steps) {
     if (fits(s.plan, device_bytes)) continue;
     const std::string change = fitting_change(s.shape, device_bytes);

@@ -3,6 +3,7 @@
 #include <regex>
 #include <set>
 
+#include "model/llama.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -63,17 +64,43 @@ std::vector<std::string> checkpoint_mismatches(const SafetensorsCheckpoint& chec
   return problems;
 }
 
+namespace {
+
+// Opens dir (every shard's header and size checked) and checks its tensors against the table.
+SafetensorsCheckpoint open_matching_checkpoint(const fs::path& dir, const ModelConfig& config,
+                                               const ParameterTable& table) {
+  SafetensorsCheckpoint checkpoint(dir);
+  std::vector<std::string> problems = checkpoint_mismatches(checkpoint, config, table);
+  if (!problems.empty())
+    fail_expected(dir.string(), summarize(problems), "the tensors and shapes that config.json describes");
+  return checkpoint;
+}
+
+}  // namespace
+
 void load_parameters(const fs::path& dir, const ModelConfig& config, const ParameterTable& table,
                      std::span<float> params) {
   if (static_cast<std::int64_t>(params.size()) != table.total_numel())
     fail_expected("load_parameters", str("buffer holds ", params.size(), " floats"),
                   str(table.total_numel(), ", the table's total"));
-  SafetensorsCheckpoint checkpoint(dir);
-  std::vector<std::string> problems = checkpoint_mismatches(checkpoint, config, table);
-  if (!problems.empty())
-    fail_expected(dir.string(), summarize(problems), "the tensors and shapes that config.json describes");
+  const SafetensorsCheckpoint checkpoint = open_matching_checkpoint(dir, config, table);
   for (const ParamInfo& p : table.entries())
     checkpoint.read_f32(p.name, params.subspan(static_cast<std::size_t>(p.offset), static_cast<std::size_t>(p.numel)));
+}
+
+void load_parameters(const fs::path& dir, const ModelConfig& config, const ParameterTable& table, Backend& backend,
+                     Tensor params, HostStaging& staging) {
+  if (params.numel != table.total_numel())
+    fail_expected("load_parameters", str("destination holds ", params.numel, " elements"),
+                  str(table.total_numel(), ", the table's total"));
+  const SafetensorsCheckpoint checkpoint = open_matching_checkpoint(dir, config, table);
+  for (const ParamInfo& p : table.entries())
+    staging.stream(checkpoint.file_of(p.name), checkpoint.at(p.name), 0, backend, params.slice(p.offset, p.numel));
+}
+
+void load_parameters(const fs::path& dir, LlamaModel& model) {
+  HostStaging staging;
+  load_parameters(dir, model.config(), model.table(), model.backend(), model.parameters(), staging);
 }
 
 LoadedCheckpoint load_checkpoint(const fs::path& dir) {

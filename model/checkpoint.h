@@ -10,11 +10,15 @@
 #include <utility>
 #include <vector>
 
+#include "core/backend.h"
 #include "model/config.h"
 #include "model/parameters.h"
 #include "model/safetensors.h"
+#include "model/tensor_streaming.h"
 
 namespace minitron {
+
+class LlamaModel;
 
 // Problems that keep a checkpoint's tensors from matching the table: missing tensors, shape
 // mismatches ("name: found [a, b], expected [c, d]"), unexpected tensors. Harmless extras are
@@ -27,6 +31,15 @@ std::vector<std::string> checkpoint_mismatches(const SafetensorsCheckpoint& chec
 // Throws an Error naming the directory and the first problems found.
 void load_parameters(const std::filesystem::path& dir, const ModelConfig& config, const ParameterTable& table,
                      std::span<float> params);
+
+// The streamed load: every table tensor from the checkpoint into `params` (a tensor of `backend`
+// holding table.total_numel() elements in table order), tensor by tensor through `staging`, so no
+// host copy of the whole model is ever made. Every file, name and shape is checked before the first
+// element is written: a refused checkpoint (a truncated shard, a wrong shape) leaves params as it was.
+void load_parameters(const std::filesystem::path& dir, const ModelConfig& config, const ParameterTable& table,
+                     Backend& backend, Tensor params, HostStaging& staging);
+// The same into a model's parameters, through a staging chunk of the default size.
+void load_parameters(const std::filesystem::path& dir, LlamaModel& model);
 
 struct LoadedCheckpoint {
   ModelConfig config;

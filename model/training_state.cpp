@@ -54,17 +54,22 @@ TrainingProgress read_training_progress(const fs::path& dir) {
   return progress;
 }
 
-void read_training_tensors(const fs::path& dir, std::span<float> weights, std::int64_t moments_begin,
-                           std::span<float> m, std::span<float> v) {
-  SafetensorsFile file(tensors_path(dir));
-  file.read_f32("params", weights);
-  const auto parameters = static_cast<std::int64_t>(weights.size());
-  for (const char* name : {"adam_m", "adam_v"})
+void load_training_tensors(const fs::path& dir, Backend& backend, const TrainingStateTargets& targets,
+                           HostStaging& staging) {
+  const SafetensorsFile file(tensors_path(dir));
+  const std::int64_t parameters = targets.parameters.numel;
+  for (const char* name : {"params", "adam_m", "adam_v"})
     if (const std::int64_t numel = file.at(name).numel; numel != parameters)
       fail_expected(str(file.path().string(), ": tensor '", name, "'"), str(numel, " elements"),
                     str(parameters, ", one per parameter of the model"));
-  file.read_f32_range("adam_m", moments_begin, m);
-  file.read_f32_range("adam_v", moments_begin, v);
+  const std::int64_t part = targets.m.numel;
+  MINITRON_ASSERT(targets.v.numel == part && (targets.master.empty() || targets.master.numel == part) &&
+                      targets.part_begin >= 0 && targets.part_begin + part <= parameters,
+                  "training state targets: a part of ", part, " at ", targets.part_begin, " of ", parameters);
+  staging.stream(file, file.at("params"), 0, backend, targets.parameters);
+  if (!targets.master.empty()) staging.stream(file, file.at("params"), targets.part_begin, backend, targets.master);
+  staging.stream(file, file.at("adam_m"), targets.part_begin, backend, targets.m);
+  staging.stream(file, file.at("adam_v"), targets.part_begin, backend, targets.v);
 }
 
 }  // namespace minitron

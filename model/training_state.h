@@ -12,6 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/backend.h"
+#include "model/tensor_streaming.h"
+
 namespace minitron {
 
 struct TrainingProgress {
@@ -33,11 +36,21 @@ bool has_training_state(const std::filesystem::path& dir);
 
 TrainingProgress read_training_progress(const std::filesystem::path& dir);
 
-// Every fp32 weight, and the moments of [moments_begin, moments_begin + m.size()) only (one
-// rank's part: the whole of each is 4 bytes per parameter). Both moments' whole size is checked
-// against the weights' first, so that a damaged file fails every rank alike rather than only
-// those whose part lies past its end.
-void read_training_tensors(const std::filesystem::path& dir, std::span<float> weights, std::int64_t moments_begin,
-                           std::span<float> m, std::span<float> v);
+// Where a resume puts the saved tensors, all on one engine.
+struct TrainingStateTargets {
+  Tensor parameters;            // every parameter, in the engine's storage dtype (a model's replica)
+  std::int64_t part_begin = 0;  // this rank's part of the optimizer state starts at this element
+  Tensor m, v;                  // fp32, this rank's part of the AdamW moments
+  Tensor master;                // fp32 master weights of the part; empty where the engine keeps none
+};
+
+// Streams the saved tensors into `targets` through `staging` (model/tensor_streaming.h): every
+// weight into the parameters, and of the moments and master weights only this rank's part is
+// read from disk. No host copy of the whole model (or of the part) is made. The sizes of all
+// three saved tensors are checked before anything is written, on every rank alike (so a damaged
+// file fails every rank, not only those whose part lies past its end), and a refused file leaves
+// the targets as they were.
+void load_training_tensors(const std::filesystem::path& dir, Backend& backend, const TrainingStateTargets& targets,
+                           HostStaging& staging);
 
 }  // namespace minitron

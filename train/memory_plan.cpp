@@ -8,6 +8,7 @@
 #include "kernels/cuda/device_memory.h"
 #include "model/llama.h"
 #include "model/parameters.h"
+#include "model/tensor_streaming.h"
 #include "train/losses.h"
 #include "train/optimizer.h"
 #include "util/error.h"
@@ -29,6 +30,11 @@ const std::vector<std::string>& memory_part_names() {
       "weights",          "gradients",         "optimizer share", "saved activations",       "recompute workspace",
       "backward buffers", "logits chunk",      "teacher",         "intermediate-state loss", "communication",
       "kernel scratch",   "cuBLASLt workspace"};
+  return names;
+}
+
+const std::vector<std::string>& host_memory_part_names() {
+  static const std::vector<std::string> names = {"load staging", "rank 0 checkpoint"};
   return names;
 }
 
@@ -112,6 +118,13 @@ MemoryPlan plan_training_memory(const TrainingShape& s, std::int64_t rank) {
                                  cuda::kCublasWorkspaceBytes};
   const std::vector<std::string>& names = memory_part_names();
   for (std::size_t i = 0; i < names.size(); ++i) plan.parts.push_back({names[i], values[i]});
+
+  // Host: the streamed load's chunk and the engine's bf16 rounding of it (every rank, every
+  // model it loads, one at a time); at a resumable checkpoint rank 0 receives the whole fp32
+  // weights and both moments (train/trainer.cpp, AdamW::gather_weights and gather_moments).
+  const std::int64_t host_values[] = {host_staging_bytes(kActivation), 3 * P * kF32};
+  const std::vector<std::string>& host_names = host_memory_part_names();
+  for (std::size_t i = 0; i < host_names.size(); ++i) plan.host_parts.push_back({host_names[i], host_values[i]});
   return plan;
 }
 
@@ -192,6 +205,13 @@ std::string format_gib(std::int64_t bytes) {
   return text;
 }
 
+std::string format_size(std::int64_t bytes) {
+  if (bytes >= (std::int64_t{1} << 30)) return format_gib(bytes);
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / static_cast<double>(std::int64_t{1} << 20));
+  return text;
+}
+
 std::string format_memory_plan(const MemoryPlan& plan, std::int64_t device_bytes) {
   std::string out;
   for (const MemoryPart& part : plan.parts) {
@@ -204,7 +224,14 @@ std::string format_memory_plan(const MemoryPlan& plan, std::int64_t device_bytes
                 format_gib(plan.peak()).c_str(), static_cast<long long>(plan.rank), "reserve",
                 format_gib(kDeviceReserveBytes).c_str(), "device", format_gib(device_bytes).c_str(),
                 fits(plan, device_bytes) ? "fits" : "does not fit");
-  return out + line;
+  out += line;
+  for (const MemoryPart& part : plan.host_parts) {
+    char host_line[96];
+    std::snprintf(host_line, sizeof host_line, "  host: %-18s %12s\n", part.name.c_str(),
+                  format_size(part.bytes).c_str());
+    out += host_line;
+  }
+  return out;
 }
 
 nlohmann::ordered_json memory_plan_json(const TrainingShape& shape, const MemoryPlan& plan, std::int64_t device_bytes) {
@@ -218,9 +245,11 @@ nlohmann::ordered_json memory_plan_json(const TrainingShape& shape, const Memory
                                 {"rank", plan.rank},
                                 {"parts", parts},
                                 {"peak", plan.peak()},
+                                {"host", nlohmann::ordered_json::object()},
                                 {"reserve", kDeviceReserveBytes},
                                 {"device", device_bytes},
                                 {"fits", fits(plan, device_bytes)}};
+  for (const MemoryPart& part : plan.host_parts) out["host"][part.name] = part.bytes;
   if (!fits(plan, device_bytes)) {
     const std::string change = fitting_change(shape, device_bytes);
     out["fitting_change"] = change.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(change);

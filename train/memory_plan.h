@@ -43,7 +43,14 @@ struct MemoryPlan {
   std::vector<MemoryPart> parts;  // the same names in the same order for every shape
   std::int64_t peak() const;
   std::int64_t bytes(const std::string& part) const;  // 0 for a name not in parts
+  // Host memory beside the device's, not in peak() (host_memory_part_names() order): the chunk
+  // every rank streams weights and resumed state through (model/tensor_streaming.h), and what
+  // rank 0 gathers at each resumable checkpoint. They never coexist: loading ends before training.
+  std::vector<MemoryPart> host_parts;
 };
+
+// The names of MemoryPlan::host_parts, in order.
+const std::vector<std::string>& host_memory_part_names();
 
 // The names of MemoryPlan::parts, in order.
 const std::vector<std::string>& memory_part_names();
@@ -71,6 +78,8 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
 
 // "12.3 GiB"
 std::string format_gib(std::int64_t bytes);
+// "24.0 MiB" below 1 GiB, else as format_gib: for the host parts, some of which are small.
+std::string format_size(std::int64_t bytes);
 // The plan as aligned "part  GiB" lines with the peak and the device.
 std::string format_memory_plan(const MemoryPlan& plan, std::int64_t device_bytes);
 nlohmann::ordered_json memory_plan_json(const TrainingShape& shape, const MemoryPlan& plan, std::int64_t device_bytes);

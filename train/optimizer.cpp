@@ -159,20 +159,4 @@ void AdamW::gather_moments(std::vector<float>& m, std::vector<float>& v) const {
   v = gather(v_);
 }
 
-void AdamW::set_state(std::span<const float> m, std::span<const float> v, std::span<const float> weights,
-                      std::int64_t steps_taken) {
-  Backend& b = model_.backend();
-  const auto n = static_cast<std::size_t>(part_end() - part_begin());
-  if (m.size() != n || v.size() != n)
-    fail_expected("optimizer state", str(m.size(), " and ", v.size(), " moments"), str(n, " each (this rank's part)"));
-  b.upload(m_, m.data());
-  b.upload(v_, v.data());
-  if (has_master()) {
-    if (weights.size() != n)
-      fail_expected("optimizer state", str(weights.size(), " fp32 weights"), str(n, " (this rank's part)"));
-    b.upload(master_, weights.data());
-  }
-  steps_taken_ = steps_taken;
-}
-
 }  // namespace minitron

@@ -76,11 +76,14 @@ class AdamW {
   // checkpoint must hold for a bit-exact resume. gather_moments: the AdamW moments.
   std::vector<float> gather_weights() const;
   void gather_moments(std::vector<float>& m, std::vector<float>& v) const;
-  // This rank's part (part_begin() to part_end()) of the state for resume: the moments and,
-  // where the backend keeps master weights, the fp32 weights (ignored otherwise: the parameters
-  // themselves are the model's).
-  void set_state(std::span<const float> m, std::span<const float> v, std::span<const float> weights,
-                 std::int64_t steps_taken);
+  // This rank's part (part_begin() to part_end()) of the state on the engine, for a resume that
+  // streams it there from disk (model/training_state.h): the moments and, where the backend
+  // keeps master weights, the fp32 weights (empty otherwise: the parameters are the model's).
+  struct StateTensors {
+    Tensor m, v, master;
+  };
+  StateTensors state_tensors() const { return {m_, v_, master_}; }
+  void set_steps_taken(std::int64_t steps_taken) { steps_taken_ = steps_taken; }
   bool has_master() const { return keeps_master_; }
 
   // Bytes per parameter of a trained model on each of world_size ranks of `backend`: the

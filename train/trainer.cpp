@@ -128,14 +128,11 @@ std::int64_t restore_training_checkpoint(const fs::path& dir, LlamaModel& model,
                   str("this run has ", world_size, " process(es) (WORLD_SIZE) but the checkpoint was written by ",
                       saved.world_size),
                   str("WORLD_SIZE=", saved.world_size, " as in the interrupted run (the data order depends on it)"));
-  std::vector<float> params(static_cast<std::size_t>(model.table().total_numel()));
-  const std::int64_t begin = optimizer.part_begin();
-  const auto part = static_cast<std::size_t>(optimizer.part_end() - begin);
-  std::vector<float> m(part), v(part);
-  read_training_tensors(dir, params, begin, m, v);
-  model.set_parameters(params);
-  optimizer.set_state(m, v, std::span<const float>(params).subspan(static_cast<std::size_t>(begin), part),
-                      saved.optimizer_steps);
+  const AdamW::StateTensors state = optimizer.state_tensors();
+  HostStaging staging;
+  load_training_tensors(dir, model.backend(),
+                        {model.parameters(), optimizer.part_begin(), state.m, state.v, state.master}, staging);
+  optimizer.set_steps_taken(saved.optimizer_steps);
   // Under its key again, so that a refusal names the file and the field (loader.epoch).
   const nlohmann::json loader_state = {{"loader", saved.loader}};
   loader.restore(JsonField(loader_state, saved.file).at("loader"));

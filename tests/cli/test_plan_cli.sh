@@ -37,7 +37,12 @@ assert sum(step["parts"].values()) == step["peak"], step
 assert full["steps"][0]["parts"]["saved activations"] == 5 * 4 * 128 * 64 * 2, full
 assert step["parts"]["saved activations"] > full["steps"][0]["parts"]["saved activations"]
 assert step["fits"] is True
+# Host memory beside the device's, not in the peak: the streamed load's 2^22-value fp32 chunk and
+# its bf16 rounding, and rank 0's gather of the fp32 weights and both moments at a checkpoint
+# (P = 2 x 512 x 64 + 4 x (2 x 64 x 64 + 2 x 64 x 32 + 3 x 64 x 160 + 2 x 64) + 64 = 238,144).
+assert step["host"] == {"load staging": (1 << 22) * 6, "rank 0 checkpoint": 3 * 4 * 238144}, step
 PY
+grep -q "^host: load staging  *24.0 MiB" train.txt || fail "no host staging row"
 
 # A distill command line: the teacher's part appears, and more GPUs shrink the optimizer share.
 "$MINITRON" plan distill --teacher teacher --student student --sequence-length 128 --gpus 2 --json > distill.json

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/bf16.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "tests/util/error_test_util.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -411,11 +412,21 @@ TEST_F(CheckpointTest, TrainingStateRoundTripsWithAPartOfTheMoments) {
             std::tie(written.step, written.optimizer_steps, written.batch_size, written.sequence_length,
                      written.grad_accumulation, written.world_size));
   EXPECT_EQ(read.loader, written.loader);
-  std::vector<float> read_weights(weights.size()), part_m(4), part_v(4);
-  read_training_tensors(root_, read_weights, 3, part_m, part_v);
-  EXPECT_EQ(read_weights, weights);
-  EXPECT_EQ(part_m, std::vector<float>(m.begin() + 3, m.begin() + 7));
-  EXPECT_EQ(part_v, std::vector<float>(v.begin() + 3, v.begin() + 7));
+  CpuBackend<float> cpu;
+  BackendBuffer read_weights(cpu, 10, DType::F32), part_m(cpu, 4, DType::F32), part_v(cpu, 4, DType::F32),
+      part_master(cpu, 4, DType::F32);
+  HostStaging staging(3);  // smaller than the part: each tensor crosses in pieces
+  load_training_tensors(root_, cpu, {read_weights, 3, part_m, part_v, part_master}, staging);
+  auto host = [&](const BackendBuffer& b) {
+    std::vector<float> out(static_cast<std::size_t>(b.numel()));
+    cpu.download(out.data(), b);
+    return out;
+  };
+  EXPECT_EQ(host(read_weights), weights);
+  EXPECT_EQ(host(part_master), std::vector<float>(weights.begin() + 3, weights.begin() + 7));
+  EXPECT_EQ(host(part_m), std::vector<float>(m.begin() + 3, m.begin() + 7));
+  EXPECT_EQ(host(part_v), std::vector<float>(v.begin() + 3, v.begin() + 7));
+  EXPECT_EQ(staging.high_water(), 3);
 
   json older = json::parse(read_text_file(root_ / "training_state.json"));
   older.erase("world_size");

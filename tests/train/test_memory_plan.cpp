@@ -48,6 +48,13 @@ TEST(MemoryPlan, Llama31_8BPartsByHand) {
   EXPECT_EQ(last.bytes("cuBLASLt workspace"), 32 << 20);
   // Rank 0 validates: a second logits workspace.
   EXPECT_EQ(plan_training_memory(shape, 0).bytes("logits chunk"), 2 * last.bytes("logits chunk"));
+  // On the host: a streamed load's chunk of 2^22 fp32 values and its bf16 rounding (24 MiB,
+  // whatever the model's size), and the whole fp32 weights and both moments rank 0 gathers at a
+  // resumable checkpoint.
+  ASSERT_EQ(last.host_parts.size(), 2u);
+  EXPECT_EQ(last.host_parts[0].name, "load staging");
+  EXPECT_EQ(last.host_parts[0].bytes, (std::int64_t{1} << 22) * (4 + 2));
+  EXPECT_EQ(last.host_parts[1].bytes, 3 * 4 * P);
 
   // Selective recomputation keeps neither norm output (2 x 4096 bf16 + 2 fp32 per token and
   // layer) nor the SwiGLU product (14336 bf16): those live in one layer's workspace instead.
