@@ -81,6 +81,10 @@ inline void expect_inference_matches_training(Backend& backend, const ModelConfi
   LlamaModel inference(config, backend, B, T, ModelMode::Inference);
   training.set_parameters(init);
   inference.set_parameters(init);
+  // A frozen model's storage: the parameters in the engine's storage dtype (bf16 on CUDA, fp32 on
+  // the CPU), no gradients.
+  EXPECT_EQ(inference.parameters().dtype, backend.activation_dtype());
+  EXPECT_TRUE(inference.gradients().empty());
   for (const auto& [batch, sequence, packed] :
        {std::tuple<std::int64_t, std::int64_t, bool>{B, T, false}, {1, 7, true}}) {
     SCOPED_TRACE(str(batch, " x ", sequence, packed ? " packed" : ""));

@@ -107,7 +107,6 @@ void check_run(const PlannedRun& run, const std::string& name) {
   o.output = dir / "out";
   TrainingShape shape = run.shape;
   shape.validation = true;
-  shape.hard_labels = run.hard_label_weight > 0;
   const std::int64_t world = shape.world_size;
   std::vector<std::int64_t> measured(static_cast<std::size_t>(world));
   const int port = world > 1 ? testing::free_tcp_port() : 0;
