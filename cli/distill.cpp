@@ -100,7 +100,6 @@ int distill(int argc, char** argv) {
     TrainingShape shape = training_shape(student_config, o, world_size);
     shape.teacher = teacher_config;
     shape.loss_chunk_rows = chunk_rows;
-    shape.hard_labels = hard_label_weight > 0;
     shape.intermediate_pairs = static_cast<std::int64_t>(layer_pairs.size());
     check_training_memory(shape, backend, str("--device ", backend.name()));
   });

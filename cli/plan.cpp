@@ -121,7 +121,6 @@ std::vector<PlannedStep> recipe_steps(const fs::path& path, const std::string& t
     const ModelConfig config = student_config(teacher, student);
     TrainingShape distill = shape_of(config, recipe.distillation);
     distill.teacher = teacher;
-    distill.hard_labels = recipe.distillation.hard_label_weight > 0;
     if (recipe.distillation.intermediate_loss_weight > 0)
       distill.intermediate_pairs =
           static_cast<std::int64_t>(parse_layer_mapping(recipe.distillation.intermediate_layers,
@@ -247,7 +246,6 @@ int plan(int argc, char** argv) {
     TrainingShape shape = training_shape_from_flags(r, student, gpus);
     shape.teacher = teacher;
     shape.loss_chunk_rows = in_range<std::int64_t>(r, "loss-chunk-rows", 0, std::int64_t{1} << 40);
-    shape.hard_labels = r["hard-label-weight"].as<float>() > 0;
     if (r["intermediate-loss-weight"].as<float>() > 0)
       shape.intermediate_pairs =
           static_cast<std::int64_t>(parse_layer_mapping(r["intermediate-layers"].as<std::string>(),

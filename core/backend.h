@@ -144,7 +144,7 @@ class Backend {
                           std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
                           Tensor positions = {});
 
-  // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements ----
+  // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements; h may be gate or up ----
   void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n);
   void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, std::int64_t n);
 

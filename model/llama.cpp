@@ -1,5 +1,6 @@
 #include "model/llama.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -80,6 +81,45 @@ bool kept_for_backward(const SlotShape& shape, ModelMode mode, ActivationRecompu
   return true;
 }
 
+// Inference keeps nothing beyond the layer that runs, and less than a layer's slots: its two
+// halves take one region of storage values in turn. The attention half holds its norm's output,
+// q, k, v and the head outputs; the MLP half, once those are dead, its norm's output, gate and
+// up, with the SwiGLU product written over gate (an elementwise op may). The residual after
+// attention goes straight into the layer's output stream (no `mid`), and the 1/rms of both norms
+// and attention's log-sum-exp share one statistics region. Each view starts on a 256-byte
+// boundary, as a buffer of its own would (cudaMalloc's alignment), so the kernels take the same
+// paths as on separate buffers. Offsets in elements, for max_rows rows.
+struct InferenceLayout {
+  std::int64_t normed = 0, q = 0, k = 0, v = 0, attention = 0;  // attention half
+  std::int64_t mlp_normed = 0, gate = 0, up = 0;                // MLP half
+  std::int64_t activations = 0;                                 // the region's size
+  std::int64_t rstd = 0, lse = 0, statistics = 0;               // the statistics region
+};
+
+InferenceLayout inference_layout(const ModelConfig& c, std::int64_t max_rows, DType activation, DType statistic) {
+  auto place = [](std::int64_t& end, std::int64_t numel, DType dtype) {
+    const auto align = static_cast<std::int64_t>(256 / dtype_size(dtype));
+    const std::int64_t offset = (end + align - 1) / align * align;
+    end = offset + numel;
+    return offset;
+  };
+  const std::int64_t N = max_rows;
+  InferenceLayout l;
+  std::int64_t attention_end = 0, mlp_end = 0;
+  l.normed = place(attention_end, N * c.hidden_size, activation);
+  l.q = place(attention_end, N * c.q_dim(), activation);
+  l.k = place(attention_end, N * c.kv_dim(), activation);
+  l.v = place(attention_end, N * c.kv_dim(), activation);
+  l.attention = place(attention_end, N * c.q_dim(), activation);
+  l.mlp_normed = place(mlp_end, N * c.hidden_size, activation);
+  l.gate = place(mlp_end, N * c.intermediate_size, activation);
+  l.up = place(mlp_end, N * c.intermediate_size, activation);
+  l.activations = std::max(attention_end, mlp_end);
+  l.rstd = place(l.statistics, N, statistic);
+  l.lse = place(l.statistics, N * c.num_attention_heads, statistic);
+  return l;
+}
+
 }  // namespace
 
 // One layer's activation buffers, sized for max_batch * max_sequence rows; a slot the owner
@@ -129,12 +169,18 @@ ModelMemory LlamaModel::memory(const ModelConfig& config, DType activation, DTyp
   m.weights = P * act;
   if (training) m.gradients = P * static_cast<std::int64_t>(dtype_size(gradient));
   m.saved_activations = (training ? L + 1 : 2) * N * D * act;  // the residual stream (allocate_arenas)
-  for (const SlotShape& shape : slot_shapes(config)) {
-    const std::int64_t bytes = N * shape.per_token * (shape.statistic ? stat : act);
-    if (kept_for_backward(shape, mode, recompute))
-      m.saved_activations += L * bytes;
-    else
-      m.recompute_workspace += bytes;
+  if (training) {
+    for (const SlotShape& shape : slot_shapes(config)) {
+      const std::int64_t bytes = N * shape.per_token * (shape.statistic ? stat : act);
+      if (kept_for_backward(shape, mode, recompute))
+        m.saved_activations += L * bytes;
+      else
+        m.recompute_workspace += bytes;
+    }
+  } else {
+    const InferenceLayout layout =
+        inference_layout(config, N, activation, activation == DType::F64 ? DType::F64 : DType::F32);
+    m.recompute_workspace = layout.activations * act + layout.statistics * stat;
   }
   // RoPE's inverse frequencies (fp32), the tokens and their positions in packed documents (int32),
   // the final norm's output and 1/rms.
@@ -175,7 +221,13 @@ void LlamaModel::allocate_arenas() {
     allocate(*layers_.back(), true);
   }
   workspace_ = std::make_unique<LayerActivations>();
-  allocate(*workspace_, false);
+  if (training) {
+    allocate(*workspace_, false);
+  } else {
+    const InferenceLayout layout = inference_layout(config_, N, act, stat);
+    inference_activations_ = BackendBuffer(b, layout.activations, act);
+    inference_statistics_ = BackendBuffer(b, layout.statistics, stat);
+  }
   final_hidden_ = BackendBuffer(b, N * D, act);
   final_rstd_ = BackendBuffer(b, N, stat);
 
@@ -214,6 +266,26 @@ void LlamaModel::zero_gradients() {
 LlamaModel::LayerTensors LlamaModel::layer_tensors(std::int64_t l) const {
   const std::array<SlotShape, kActivationSlots> shapes = slot_shapes(config_);
   const std::int64_t N = rows();
+  if (mode_ == ModelMode::Inference) {
+    const ModelConfig& c = config_;
+    const InferenceLayout layout = inference_layout(c, max_batch_ * max_sequence_, backend_.activation_dtype(),
+                                                    inference_statistics_.tensor().dtype);
+    const Tensor act = inference_activations_.tensor(), stat = inference_statistics_.tensor();
+    const Tensor gate = act.slice(layout.gate, N * c.intermediate_size), rstd = stat.slice(layout.rstd, N);
+    return {act.slice(layout.normed, N * c.hidden_size),
+            rstd,
+            act.slice(layout.q, N * c.q_dim()),
+            act.slice(layout.k, N * c.kv_dim()),
+            act.slice(layout.v, N * c.kv_dim()),
+            act.slice(layout.attention, N * c.q_dim()),
+            stat.slice(layout.lse, N * c.num_attention_heads),
+            Tensor{},  // mid: the layer's output stream
+            act.slice(layout.mlp_normed, N * c.hidden_size),
+            rstd,
+            gate,
+            act.slice(layout.up, N * c.intermediate_size),
+            gate};
+  }
   auto view = [&](ActivationSlot s) {
     const LayerActivations& owner =
         kept_for_backward(shapes[s], mode_, recompute_) ? *layers_[static_cast<std::size_t>(l)] : *workspace_;
@@ -243,7 +315,8 @@ ActivationArenaBytes LlamaModel::activation_arena_bytes() const {
   };
   for (const BackendBuffer& r : residual_) bytes.saved += static_cast<std::int64_t>(r.tensor().bytes());
   for (const auto& layer : layers_) bytes.saved += sum(*layer);
-  bytes.workspace = sum(*workspace_);
+  bytes.workspace = sum(*workspace_) + static_cast<std::int64_t>(inference_activations_.tensor().bytes()) +
+                    static_cast<std::int64_t>(inference_statistics_.tensor().bytes());
   return bytes;
 }
 
@@ -335,7 +408,10 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
     if (observer && observer->wants(site)) observer->observe(site, l, act, B, T, channels);
   };
 
-  const Tensor normed = a.attention_normed, q = a.q, k = a.k, v = a.v, att = a.attention, mid = a.mid;
+  // Inference writes the residual after attention straight into the layer's output.
+  const bool inference = mode_ == ModelMode::Inference;
+  const Tensor normed = a.attention_normed, q = a.q, k = a.k, v = a.v, att = a.attention;
+  const Tensor mid = inference ? x_out : a.mid;
   const Tensor mlp_normed = a.mlp_normed, gate = a.gate, up = a.up, mlp = a.mlp;
 
   observe(ActivationSite::LayerInput, x_in, D);
@@ -372,7 +448,7 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
   b.swiglu_forward(mlp, gate, up, N * F);
   observe(ActivationSite::DownProjInput, mlp, F);
   if (x_out.empty()) return;
-  b.copy(x_out, mid);
+  if (!inference) b.copy(x_out, mid);
   b.matmul(x_out, mlp, p(w.down_proj, D * F), N, D, F, false, true, 1.0f, 1.0f);
 
   observe(ActivationSite::LayerOutput, x_out, D);

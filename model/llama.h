@@ -181,7 +181,9 @@ class LlamaModel {
   // residual_[l] is the input of layer l; residual_[L] the output of the last layer.
   std::vector<BackendBuffer> residual_;
   std::vector<std::unique_ptr<LayerActivations>> layers_;  // kept for backward, per layer (Training)
-  std::unique_ptr<LayerActivations> workspace_;            // the rest, shared by the layers
+  std::unique_ptr<LayerActivations> workspace_;            // the rest, shared by the layers (Training)
+  // Inference: one layer's activations, its two halves in turn, and its statistics (llama.cpp).
+  BackendBuffer inference_activations_, inference_statistics_;
   BackendBuffer final_hidden_, final_rstd_;
   // Backward scratch (Training mode only).
   BackendBuffer d_residual_, d_hidden_, d_normed_, d_q_, d_k_, d_v_, d_attention_, d_gate_, d_up_, d_mlp_;

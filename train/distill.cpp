@@ -37,10 +37,6 @@ TeacherDistillationObjective::TeacherDistillationObjective(LlamaModel& teacher, 
                   "0 with SFT shards: the hidden-state loss covers every token, not only the responses");
   if (!(hard_label_weight >= 0 && hard_label_weight <= 1))
     fail_expected("--hard-label-weight", str(hard_label_weight), "a value in [0, 1]");
-  if (hard_label_weight_ > 0) {
-    Backend& b = teacher.backend();
-    ce_logits_ = BackendBuffer(b, workspace.rows_per_chunk() * teacher.config().vocab_size, b.activation_dtype());
-  }
 }
 
 std::vector<std::pair<std::string, double>> TeacherDistillationObjective::step_metrics() const {
@@ -108,20 +104,27 @@ double TeacherDistillationObjective::mixed_loss(LlamaModel& student, std::span<c
   const bool backpropagate = grad_weight != 0.0f;
   const std::span<const double> losses =
       for_each_logits_chunk(student, &teacher_, targets, workspace_, 2, backpropagate, [&](const LogitsChunk& chunk) {
-        const Tensor ce_logits = ce_logits_.tensor().slice(0, chunk.rows * V);
-        b.copy(ce_logits, chunk.logits);
         b.kl_divergence(chunk.losses[0], chunk.logits, chunk.teacher_logits, chunk.rows, V, temperature_, kl_scale);
         if (response_only_ && kl_scale != 0.0f)
           zero_rows_without_target(b, chunk.logits, targets.subspan(row0, chunk.rows), V);
+        // The loss kernels write a gradient only for a scale != 0 and leave the logits as they
+        // were otherwise. A KL that wrote its gradient has overwritten the student's logits, which
+        // the cross-entropy needs: the same GEMM forms them again, bit for bit, in the teacher's
+        // buffer (the KL has read it). One more head GEMM per chunk, instead of a third chunk of
+        // logits kept beside the two.
+        Tensor ce_logits = chunk.logits;
+        if (kl_scale != 0.0f) {
+          ce_logits = chunk.teacher_logits;
+          student.logits(ce_logits, row0, chunk.rows);
+        }
         row0 += chunk.rows;
         b.cross_entropy(chunk.losses[1], ce_logits, chunk.targets, chunk.rows, V, ce_scale);
-        if (backpropagate) {
-          // The loss kernels write a gradient only for a scale != 0 and leave the logits as they
-          // were otherwise: a term that adds nothing (w = 1, or no counted target for CE) must not
-          // add its raw logits.
-          if (kl_scale == 0.0f) b.zero(chunk.logits);
-          if (ce_scale != 0.0f) b.add_inplace(chunk.logits, ce_logits);  // both scaled gradients now
-        }
+        if (!backpropagate) return;
+        // A term that adds nothing (w = 1, or no counted target for CE) must not add its raw logits.
+        if (kl_scale != 0.0f && ce_scale != 0.0f)
+          b.add_inplace(chunk.logits, ce_logits);  // both scaled gradients now
+        else if (kl_scale == 0.0f && ce_scale == 0.0f)
+          b.zero(chunk.logits);
       });
   const std::span<const double> kl = losses.first(static_cast<std::size_t>(rows)), ce = losses.subspan(kl.size());
   if (response_only_) {

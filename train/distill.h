@@ -63,7 +63,8 @@ class TeacherDistillationObjective : public Objective {
  private:
   // (1 - w) KL + w CE over the same student logits chunk, gradients summed before head_backward
   // (head_backward overwrites the hidden-state gradient of its rows, so two separate loss calls
-  // cannot be combined): the CE works on a copy of the chunk's logits in ce_logits_.
+  // cannot be combined). No buffer of its own: the CE takes the chunk's logits formed again in
+  // the teacher's chunk buffer once the KL is done with it.
   double mixed_loss(LlamaModel& student, std::span<const std::int32_t> targets, float grad_weight);
 
   LlamaModel& teacher_;
@@ -72,7 +73,6 @@ class TeacherDistillationObjective : public Objective {
   HiddenStateDistillation* hidden_states_;
   float intermediate_weight_;
   bool response_only_;
-  BackendBuffer ce_logits_;
   double teacher_seconds_ = 0, step_seconds_ = 0, last_kl_ = 0, last_ce_ = 0;
   double last_is_ = std::numeric_limits<double>::quiet_NaN(), last_alpha_ = std::numeric_limits<double>::quiet_NaN();
 };

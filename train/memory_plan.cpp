@@ -64,12 +64,11 @@ MemoryPlan plan_training_memory(const TrainingShape& s, std::int64_t rank) {
   const std::int64_t part = bounds[static_cast<std::size_t>(rank) + 1] - bounds[static_cast<std::size_t>(rank)];
   const std::int64_t optimizer = part * AdamW::state_bytes_per_owned_parameter(kActivation);
 
-  // The objective's loss workspace (distillation keeps the teacher's chunk too), the hard-label
-  // chunk of a mixed distillation, and rank 0's validation workspace (default chunk rows).
+  // The objective's loss workspace (distillation keeps the teacher's chunk too; a mixed
+  // distillation's cross-entropy reuses it) and rank 0's validation workspace (default chunk rows).
   const bool distillation = s.teacher.has_value();
   const std::int64_t rows = LossWorkspace::chunk_rows(cuda::kLossChunkLogits, V, N, s.loss_chunk_rows);
   std::int64_t logits = LossWorkspace::bytes(kActivation, V, N, rows, distillation);
-  if (distillation && s.hard_labels) logits += rows * V * kAct;
   if (s.validation && rank == 0)
     logits += LossWorkspace::bytes(kActivation, V, N, LossWorkspace::chunk_rows(cuda::kLossChunkLogits, V, N), false);
 

@@ -27,7 +27,6 @@ struct TrainingShape {
   std::int64_t world_size = 1;
   std::int64_t loss_chunk_rows = 0;     // distill's --loss-chunk-rows (0: the engine's default)
   bool validation = false;              // rank 0 keeps a second loss workspace for validation
-  bool hard_labels = false;             // distill's --hard-label-weight > 0: a cross-entropy logits chunk
   std::int64_t intermediate_pairs = 0;  // distill's intermediate-state loss: its layer pairs (0 = off)
 };
 

@@ -107,7 +107,6 @@ void check_run(const PlannedRun& run, const std::string& name) {
   o.output = dir / "out";
   TrainingShape shape = run.shape;
   shape.validation = true;
-  shape.hard_labels = run.hard_label_weight > 0;
   const std::int64_t world = shape.world_size;
   std::vector<std::int64_t> measured(static_cast<std::size_t>(world));
   const int port = world > 1 ? testing::free_tcp_port() : 0;
@@ -151,11 +150,12 @@ INSTANTIATE_TEST_SUITE_P(EveryModeAndRankCount, CudaMemoryPlan,
                                       "_ranks");
                          });
 
-// Distillation: the teacher's weights and inference buffers, the teacher's logits chunk, and
-// with the mixed loss and the intermediate-state loss their buffers (a learned map: the widths
-// differ), in 16-row loss chunks.
+// Distillation on 1, 2 and 3 ranks: the teacher's bf16 weights and one layer's region (here the
+// attention half is the larger: 8 heads of 16 against an MLP of 64), the teacher's logits chunk,
+// with the mixed loss nothing more (its cross-entropy reuses the teacher's chunk), and the
+// intermediate-state loss's buffers (a learned map: the widths differ), in 16-row loss chunks.
 TEST(CudaMemoryPlanDistillation, PeakIsTheMeasuredOne) {
-  for (std::int64_t world : {1, 2}) {
+  for (std::int64_t world : {1, 2, 3}) {
     for (bool extras : {false, true}) {
       PlannedRun run;
       run.shape.model = student_config();

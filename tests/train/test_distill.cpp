@@ -9,6 +9,7 @@
 #include "data/shards.h"
 #include "kernels/make_backend.h"
 #include "model/llama.h"
+#include "tests/train/chunked_distillation_test_util.h"
 #include "tests/train/distill_test_util.h"
 #include "train/distill.h"
 #include "train/losses.h"
@@ -108,6 +109,27 @@ TEST(DistillationLoss, ChunkedMatchesUnchunkedAndReference) {
       EXPECT_LE(testing::max_abs_diff(grad, first_grad), 1e-5 * std::max(1.0, testing::max_abs(first_grad)))
           << "chunk " << chunk;
     }
+  }
+}
+
+// Chunks of 1, 5, 7 and all 16 rows, pure KL and mixed with hard labels: the head's gradient and
+// the loss against the full logits in double (tests/train/chunked_distillation_test_util.h). fp32
+// dlogits (2^-24 relative each, a few ulps from the kernels' softmax) summed in fp32 over 16 rows:
+// 1e-5 of the terms' magnitudes is about a hundred ulps.
+TEST(DistillationChunks, HeadGradientCoversEveryRow) {
+  Pair p;
+  auto backend = make_backend("cpu");
+  testing::expect_head_gradient_covers_every_row(*backend, p.teacher_config, p.student_config, 1e-5);
+}
+
+// The mixed loss's cross-entropy on the student's logits formed again in the teacher's chunk
+// buffer: the same bits as on a copy of them, on the fp32 and fp64 engines.
+TEST(DistillationChunks, MixedLossMatchesTheCopyFormulation) {
+  Pair p;
+  for (const char* engine : {"cpu", "cpu-f64"}) {
+    SCOPED_TRACE(engine);
+    auto backend = make_backend(engine);
+    testing::expect_mixed_loss_matches_copy_formulation(*backend, p.teacher_config, p.student_config);
   }
 }
 

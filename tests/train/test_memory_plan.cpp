@@ -68,6 +68,37 @@ TEST(MemoryPlan, Llama31_8BPartsByHand) {
   EXPECT_EQ(plan_training_memory(shape, 7).bytes("saved activations"), 33 * N * 4096 * 2);
 }
 
+// Distillation of Llama-3.1-8B into the width-pruned 4.5B student (hidden 3072, MLP 9216, heads
+// and layers kept), 8 ranks, 8192 tokens: the teacher holds its bf16 weights, no gradient or
+// optimizer state, and one layer's activations; the logits chunk is the student's and the
+// teacher's, with or without hard labels.
+TEST(MemoryPlan, Distillation8BInto4BPartsByHand) {
+  TrainingShape shape;
+  shape.teacher = llama_3_1_8b();
+  shape.model = *shape.teacher;
+  shape.model.hidden_size = 3072;
+  shape.model.intermediate_size = 9216;
+  shape.batch_size = 1;
+  shape.sequence_length = 8192;
+  shape.world_size = 8;
+  const std::int64_t P = 8030261248, N = 8192;
+  const MemoryPlan plan = plan_training_memory(shape, 7);
+  // Two residual streams, the final norm's output (bf16) and 1/rms (fp32); RoPE's 64 fp32
+  // inverse frequencies, int32 tokens and positions. One layer: the attention half 4096 (norm) +
+  // 2 x 4096 (q, head outputs) + 2 x 1024 (k, v) = 14336 bf16 values per token, the MLP half
+  // 4096 (norm) + 2 x 14336 (gate with SwiGLU over it, up) = 32768, one region of the larger;
+  // 1 + 32 fp32 statistics (1/rms, one log-sum-exp per head). Every view is a whole number of
+  // 256-byte blocks at 8192 tokens.
+  EXPECT_EQ(plan.bytes("teacher"), 2 * P + N * (3 * 4096 * 2 + 4) + 64 * 4 + 2 * N * 4 + N * 32768 * 2 + N * 33 * 4);
+  // 2048 rows of bf16 logits each for the student and the teacher; fp32 losses of two terms (KL
+  // and cross-entropy) and int32 targets for all 8192 rows.
+  const std::int64_t logits = 2 * 2048 * 128256 * 2 + 2 * N * 4 + N * 4;
+  EXPECT_EQ(plan.bytes("logits chunk"), logits);
+  // The teacher's buffers are under 5% of its weights (0.69 GiB beside 14.96; a layer's slots
+  // each in a buffer of their own made them 1.19 GiB, 8%).
+  EXPECT_LT(plan.bytes("teacher") - 2 * P, 2 * P / 20);
+}
+
 // The figures: the width recipe's correction (8 ranks, 8192 tokens) needs about 100 GB
 // per GPU without recomputation and does not fit 80 GiB; with full recomputation it does.
 TEST(MemoryPlan, TheCheapestFittingChangeComesInOrder) {
@@ -122,6 +153,17 @@ TEST(MemoryPlan, ModelMemoryMatchesTheArenas) {
     EXPECT_EQ(memory.weights, model.parameters().bytes());
     EXPECT_EQ(memory.gradients, model.gradients().bytes());
   }
+  // Inference (a distillation's teacher): weights only, one layer's region; 15 rows, so that the
+  // region's views start on rounded offsets.
+  LlamaModel teacher(config, *cpu, 3, 5, ModelMode::Inference);
+  const ModelMemory memory =
+      LlamaModel::memory(config, cpu->activation_dtype(), cpu->gradient_dtype(), 3, 5, ModelMode::Inference);
+  const ActivationArenaBytes arenas = teacher.activation_arena_bytes();
+  EXPECT_EQ(memory.saved_activations, arenas.saved);
+  EXPECT_EQ(memory.recompute_workspace, arenas.workspace);
+  EXPECT_EQ(memory.weights, teacher.parameters().bytes());
+  EXPECT_EQ(memory.gradients, 0);
+  EXPECT_TRUE(teacher.gradients().empty());
 }
 
 }  // namespace

@@ -14,8 +14,10 @@
 #include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
+#include "tests/model/inference_test_util.h"
 #include "tests/model/packed_model_test_util.h"
 #include "tests/model/recompute_test_util.h"
+#include "tests/train/chunked_distillation_test_util.h"
 #include "train/losses.h"
 #include "train/memory_plan.h"
 #include "train/optimizer.h"
@@ -181,6 +183,47 @@ TEST(CudaActivationRecompute, GradientsBitIdentical) {
       LlamaModel(c, *gpu, 2, 9, ModelMode::Training, ActivationRecompute::Selective)
           .activation_arena_bytes();
   EXPECT_EQ(bytes.workspace, N * ((2 * c.hidden_size + c.intermediate_size) * 2 + 2 * 4));
+}
+
+// The Inference forward on the CUDA engine (bf16 activations, fp32 statistics, tensor-core GEMMs
+// and attention): the same bits as the Training forward, at a width whose bf16 rows are not a
+// multiple of 256 bytes (hidden 36) and at one that is (64).
+TEST(CudaInferenceForward, MatchesTrainingForward) {
+  auto gpu = make_cuda_backend();
+  for (const std::int64_t hidden : {64, 36}) {
+    SCOPED_TRACE(hidden);
+    ModelConfig config = tiny_config(false);
+    config.hidden_size = hidden;
+    expect_inference_matches_training(*gpu, config);
+  }
+}
+
+// Distillation on the CUDA engine (bf16 logits): a teacher of 2 layers, a narrower student of 1.
+ModelConfig distillation_student() {
+  ModelConfig c = tiny_config(false);
+  c.hidden_size = 48;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 1;
+  return c;
+}
+
+// The head's gradient and the loss of the chunked KL and mixed loss against the full logits in
+// double (tests/train/chunked_distillation_test_util.h). The dlogits are bf16: the KL's and the
+// CE's each rounded (2^-9 relative), their sum rounded again (2^-9 of at most both terms'
+// magnitudes), summed in fp32 by the GEMM over the same bf16 hidden state the reference reads:
+// 2^-8 of the terms' magnitudes at most, 2^-7 allowed.
+TEST(CudaDistillation, HeadGradientCoversEveryRow) {
+  auto gpu = make_cuda_backend();
+  testing::expect_head_gradient_covers_every_row(*gpu, tiny_config(false), distillation_student(),
+                                                 1.0 / 128);
+}
+
+// The mixed loss's cross-entropy on the student's logits formed again by the same cuBLASLt plan
+// in the teacher's chunk buffer: the same bits as on a copy of them.
+TEST(CudaDistillation, MixedLossMatchesTheCopyFormulation) {
+  auto gpu = make_cuda_backend();
+  testing::expect_mixed_loss_matches_copy_formulation(*gpu, tiny_config(false),
+                                                      distillation_student());
 }
 
 // Packed documents through the whole model on the CUDA engine (bf16 activations, tensor-core
