@@ -53,6 +53,8 @@ TEST_BINARIES = {
     "test_cuda_kernels": "tests/kernels/cuda/test_cuda_kernels",
     "test_backend_ops": "tests/kernels/test_backend_ops",
     "test_cuda_training_step": "tests/kernels/cuda/test_cuda_training_step",
+    # packed documents (positions through RoPE and attention) against each document run alone
+    "test_packed_attention": "tests/kernels/test_packed_attention",
 }
 # ...and the kernel tests once more with every block's threads in reverse order (the ctest
 # cuda_kernels_reversed_thread_order): a missing barrier often breaks results in one order only.

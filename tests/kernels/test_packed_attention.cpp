@@ -3,9 +3,9 @@
 // alone as its own sequence, on the same engine and the same stored inputs. The documents sit
 // off every tile size (a 1-token document first and one inside a row, documents across the 16-,
 // 32- and 64-row tiles, 8 KV heads in groups of 2, a 130 + 70 row where the CUDA kernels skip
-// whole tiles). Then the comparison is shown to bite: the same row without positions (one
-// causal sequence, documents seeing each other) and RoPE at positions that do not restart both
-// miss the per-document results by far more than the tolerance.
+// whole tiles, documents starting on a tile's last key). Then the comparison is shown to bite: the
+// same row without positions (one causal sequence, documents seeing each other) and RoPE at
+// positions that do not restart both miss the per-document results by far more than the tolerance.
 //
 // Engines: cpu (the BLAS fast path), cpu-f64, and, built with the emulator, the CUDA engine in
 // fp32 (the CUDA-core kernels) and bf16 (the tensor-core kernels).
@@ -62,7 +62,13 @@ void PrintTo(const Packing& p, std::ostream* os) {
   *os << "T " << p.T() << ", " << p.Hq << "/" << p.Hkv << " heads, head_dim " << p.hd;
 }
 
-const Packing kPackings[] = {{16, 8, 16, {{1, 40, 27, 32}, {70, 1, 29}}}, {4, 2, 64, {{130, 70}}}};
+// The third puts document starts on the last key of a key tile (31: the CUDA-core 32-key tiles;
+// 63: the tensor-core 64-key blocks and the CUDA-core second tile) with query tiles (16, 32) and
+// warps (16 rows) beginning one token later, in those documents: the first query of such a tile
+// sees exactly one key of the tile before, the case where every tile-skipping test is tightest.
+const Packing kPackings[] = {{16, 8, 16, {{1, 40, 27, 32}, {70, 1, 29}}},
+                             {4, 2, 64, {{130, 70}}},
+                             {2, 1, 32, {{31, 32, 37}}}};
 
 // How close the packed run and the documents run alone must be, per engine dtype.
 struct Tolerance {

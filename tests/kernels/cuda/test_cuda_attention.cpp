@@ -201,7 +201,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
 
 // The bf16 tensor-core forward alone, over more than one of its 64-key tiles: a last tile cut
 // short by the sequence, tiles wholly below the diagonal (which skip the mask), query blocks
-// with rows past the sequence, a KV cache whose queries see every key of the early tiles.
+// with rows past the sequence, a KV cache whose queries see every key of the early tiles, one
+// whose warp sees a single key of a tile.
 class CudaAttentionBf16Forward : public ::testing::TestWithParam<Shape> {
  protected:
   Device dev;
@@ -216,7 +217,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Shape{2, 130, 130, 2, 1, 128},  // three key tiles, the last of 2 keys
                       Shape{1, 128, 128, 3, 3, 64},   // whole tiles only, no grouping
                       Shape{1, 7, 150, 4, 2, 64},     // KV cache: two unmasked tiles, a cut third
-                      Shape{1, 1, 70, 2, 1, 128}),    // one query over 70 keys
+                      Shape{1, 1, 70, 2, 1, 128},     // one query over 70 keys
+                      // KV cache whose last query (row 15, the end of warp 0's rows) sees key
+                      // 15 + 49 = 64, the first of the second tile, and no further one
+                      Shape{1, 16, 65, 2, 1, 64}),
     [](const auto& info) {
       const Shape& s = info.param;
       return str("B", s.B, "_Tq", s.Tq, "_Tk", s.Tk, "_Hq", s.Hq, "_Hkv", s.Hkv, "_hd", s.hd);
