@@ -85,7 +85,7 @@ inline std::vector<std::vector<std::int32_t>> varied_prompts(std::int64_t vocab,
     std::vector<std::int32_t> p;
     const int length = 3 + (i * 7) % 15;
     for (int t = 0; t < length; ++t)
-      p.push_back(static_cast<std::int32_t>(4 + (i * 31 + t * 17 + t * t) % (vocab - 4)));
+      p.push_back(static_cast<std::int32_t>(4 + (i * 37 + t * 17 + t * t * 5 + i * t) % (vocab - 4)));
     prompts.push_back(p);
   }
   return prompts;

@@ -55,8 +55,15 @@ std::vector<float> download(Backend& backend, Tensor t) {
 TEST(CudaBatchedCacheForward, EachRowsLogitsAreItsAloneLogitsWithinBf16Rounding) {
   Fixture f;
   const std::int64_t V = f.config.vocab_size;
-  const std::vector<std::vector<std::int32_t>> prompts = varied_prompts(V, 3);
-  const std::vector<std::int32_t> sequence_of = {2, 0, 1}, next = {5, 40, 77};
+  constexpr int kRows = 20;  // enough rows for the emulator's sgemm to round some differently
+  const std::vector<std::vector<std::int32_t>> prompts = varied_prompts(V, kRows);
+  std::vector<std::int32_t> sequence_of, next;
+  std::vector<std::size_t> order;  // the prompt of each batch row
+  for (int i = 0; i < kRows; ++i) {
+    sequence_of.push_back((i * 7 + 3) % kRows);
+    next.push_back(4 + (i * 13) % (V - 4));
+    order.push_back(static_cast<std::size_t>((i * 11 + 2) % kRows));
+  }
   std::vector<std::vector<float>> alone;
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     const std::int64_t n = static_cast<std::int64_t>(prompts[i].size());
@@ -71,16 +78,15 @@ TEST(CudaBatchedCacheForward, EachRowsLogitsAreItsAloneLogitsWithinBf16Rounding)
     model.logits(out.tensor(), 0, 1);
     alone.push_back(download(*f.backend, out.tensor()));
   }
-  LlamaModel model(f.config, *f.backend, 3, 17, ModelMode::Inference);
+  LlamaModel model(f.config, *f.backend, kRows, 17, ModelMode::Inference);
   model.set_parameters(f.params);
-  KvCache cache(f.config, *f.backend, 18, 3);
+  KvCache cache(f.config, *f.backend, 18, kRows);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     ForwardOptions forward;
     forward.cache = &cache;
     forward.cache_sequences = std::span<const std::int32_t>(&sequence_of[i], 1);
     model.forward(prompts[i], 1, static_cast<std::int64_t>(prompts[i].size()), forward);
   }
-  const std::vector<std::size_t> order = {1, 2, 0};
   std::vector<std::int32_t> tokens, sequences;
   for (std::size_t p : order) {
     tokens.push_back(next[p]);
@@ -89,9 +95,9 @@ TEST(CudaBatchedCacheForward, EachRowsLogitsAreItsAloneLogitsWithinBf16Rounding)
   ForwardOptions forward;
   forward.cache = &cache;
   forward.cache_sequences = sequences;
-  model.forward(tokens, 3, 1, forward);
-  BackendBuffer out(*f.backend, 3 * V, f.backend->activation_dtype());
-  model.logits(out.tensor(), 0, 3);
+  model.forward(tokens, kRows, 1, forward);
+  BackendBuffer out(*f.backend, kRows * V, f.backend->activation_dtype());
+  model.logits(out.tensor(), 0, kRows);
   const std::vector<float> batched = download(*f.backend, out.tensor());
   for (std::size_t r = 0; r < order.size(); ++r) {
     const std::vector<float>& want = alone[order[r]];
@@ -109,11 +115,11 @@ TEST(CudaGenerateBatch, EveryRowIsItsPromptAlone) {
   Fixture f;
   // The premise: prompts whose free-running alone runs never bring a greedy choice within reach
   // of rounding (8 ulps, twice the bound above). The rules below only cut those runs short.
-  constexpr std::int64_t kMaxNew = 10;
+  constexpr std::int64_t kMaxNew = 8;
   StopRules free_run;
   free_run.max_new_tokens = kMaxNew;
   std::vector<std::vector<std::int32_t>> prompts;
-  for (const auto& p : varied_prompts(f.config.vocab_size, 40))
+  for (const auto& p : varied_prompts(f.config.vocab_size, 60))
     if (prompts.size() < 5 && run_alone(f.config, f.params, *f.backend, p, free_run).smallest_margin > 8 * kBf16Ulp)
       prompts.push_back(p);
   ASSERT_EQ(prompts.size(), 5u) << "too few prompts with decisive greedy choices";
