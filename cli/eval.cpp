@@ -77,6 +77,7 @@ EvalSession open_session(const cxxopts::ParseResult& r, const std::string& model
   o.limit = in_range<std::int64_t>(r, "limit", 0, std::int64_t{1} << 40);
   o.max_length = in_range<std::int64_t>(r, "max-length", 0, std::int64_t{1} << 24);
   o.max_gen_toks = in_range<std::int64_t>(r, "max-gen-toks", 1, std::int64_t{1} << 24);
+  if (r.count("batch-size")) o.batch_size = in_range<std::int64_t>(r, "batch-size", 1, 1 << 16);
   o.encode.add_special_tokens = r.count("add-bos") > 0;
   o.encode.prefix_token = prefix_token_id(s.tokenizer);
   o.stop_tokens = end_of_text_tokens(s.checkpoint.config, s.tokenizer);
@@ -222,7 +223,9 @@ int eval(int argc, char** argv) {
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
       ("data", "token shards: a file, a glob or a comma list", cxxopts::value<std::string>())
       ("sequence-length", "tokens per window", cxxopts::value<std::int64_t>()->default_value("256"))
-      ("batch-size", "windows per forward pass", cxxopts::value<std::int64_t>()->default_value("8"))
+      ("batch-size", "windows per forward pass (--data; default 8), or documents generated at once by generative "
+                     "tasks (default 32; each stops on its own and the next takes its place)",
+       cxxopts::value<std::int64_t>())
       ("max-windows", "evaluate at most N windows (0 = all)", cxxopts::value<std::int64_t>()->default_value("0"))
       ("device", "cpu or cuda (default: cuda when a GPU is present)", cxxopts::value<std::string>()->default_value(""))
       ("json", "print one JSON object instead of text");
@@ -270,7 +273,7 @@ int eval(int argc, char** argv) {
     fail("--data: missing (give --data SHARDS for perplexity, or --task NAME --task-file FILE for a benchmark)");
   const auto shards = resolve_shards(required<std::string>(r, "data"));
   const std::int64_t T = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
-  const std::int64_t B = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
+  const std::int64_t B = r.count("batch-size") ? in_range<std::int64_t>(r, "batch-size", 1, 1 << 20) : 8;
   const std::int64_t max_windows = in_range<std::int64_t>(r, "max-windows", 0, std::int64_t{1} << 40);
 
   LoadedCheckpoint checkpoint = load_checkpoint(model_dir);

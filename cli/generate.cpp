@@ -1,5 +1,6 @@
-// minitron generate: continue a prompt with a checkpoint (KV cache, streamed to stdout), or
-// with --chat answer a conversation in the chat template's turns.
+// minitron generate: continue a prompt with a checkpoint (KV cache, streamed to stdout), many
+// prompts of a file at once (--prompts-file, batched), or with --chat answer a conversation in
+// the chat template's turns.
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <filesystem>
 #include <iostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/chat_setup.h"
@@ -18,6 +20,9 @@
 #include "kernels/make_backend.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "util/checked_json.h"
+#include "util/files.h"
+#include "util/progress.h"
 
 namespace minitron::cli {
 
@@ -80,6 +85,72 @@ int chat(const cxxopts::ParseResult& r, const std::string& model_dir, const Toke
   return 0;
 }
 
+// --prompts-file: each {"prompt": TEXT} line of a JSONL file continued, --batch-size prompts at a
+// time (generate_batch: each stops on its own, the next takes its place), printed as one JSON line
+// per prompt in file order once all are done.
+int generate_many(const cxxopts::ParseResult& r, const std::string& model_dir, const Tokenizer& tokenizer,
+                  SamplingOptions sampling) {
+  const std::string path = r["prompts-file"].as<std::string>();
+  const std::int64_t batch = in_range<std::int64_t>(r, "batch-size", 1, 1 << 16);
+  std::vector<std::string> texts;
+  {
+    const std::string text = read_text_file(path);
+    std::size_t line = 0, begin = 0;
+    while (begin < text.size()) {
+      const std::size_t end = std::min(text.find('\n', begin), text.size());
+      ++line;
+      const std::string_view row(text.data() + begin, end - begin);
+      begin = end + 1;
+      if (row.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+      const std::string where = str(path, " line ", line);
+      const nlohmann::json document = parse_untrusted_json(row, where, "one JSON object {\"prompt\": TEXT} a line");
+      texts.push_back(JsonField(document, where).at("prompt").as_string());
+    }
+  }
+  if (texts.empty()) fail_expected("--prompts-file", str(path, " holds no prompt"), "lines {\"prompt\": TEXT}");
+
+  const ModelConfig config = load_model_config(model_dir);
+  const std::int64_t limit = config.max_position_embeddings;
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::int64_t longest = 1;
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    std::vector<std::int32_t> ids = tokenizer.encode(texts[i], /*add_special_tokens=*/!r.count("no-bos"));
+    if (ids.empty() && tokenizer.bos_id()) ids.push_back(*tokenizer.bos_id());
+    if (ids.empty())
+      fail_expected("--prompts-file", str("prompt ", i + 1, " encodes to no tokens"), "a non-empty prompt");
+    for (std::int32_t id : ids)
+      if (id >= config.vocab_size)
+        fail_expected("--tokenizer", str("token id ", id, " from prompt ", i + 1),
+                      str("ids below the model's vocab_size ", config.vocab_size));
+    if (static_cast<std::int64_t>(ids.size()) >= limit)
+      fail_expected("--prompts-file", str("prompt ", i + 1, " of ", ids.size(), " tokens"),
+                    str("fewer than max_position_embeddings = ", limit));
+    longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(ids.size()));
+    prompts.push_back(std::move(ids));
+  }
+  // One limit for every prompt: the room the longest leaves.
+  sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - longest);
+  if (!r.count("ignore-eos")) sampling.stop_tokens = end_of_text_tokens(config, tokenizer);
+
+  auto backend = make_backend(choose_device(r["device"].as<std::string>()));
+  const std::int64_t rows = std::min<std::int64_t>(batch, static_cast<std::int64_t>(prompts.size()));
+  LlamaModel model(config, *backend, rows, longest, ModelMode::Inference);
+  load_parameters(model_dir, model);  // streamed: no host copy of the whole model
+  KvCache cache(config, *backend, longest + sampling.max_new_tokens, rows);
+  Progress progress("generate", static_cast<std::int64_t>(prompts.size()), "prompts");
+  const std::vector<Generation> generations =
+      generate_batch(model, cache, prompts, sampling, [&](std::size_t, const Generation&) { progress.advance(); });
+  progress.finish();
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    const nlohmann::ordered_json line = {
+        {"prompt", texts[i]},
+        {"completion", tokenizer.decode(generations[i].tokens, true)},
+        {"finish_reason", generations[i].end == GenerationEnd::Length ? "length" : "stop"}};
+    std::printf("%s\n", line.dump().c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int generate(int argc, char** argv) {
@@ -93,6 +164,10 @@ int generate(int argc, char** argv) {
   options.add_options()
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
       ("prompt", "text to continue", cxxopts::value<std::string>())
+      ("prompts-file", "JSONL, {\"prompt\": TEXT} a line: continue each, --batch-size at a time, and print one JSON "
+                       "line per prompt in file order: {\"prompt\", \"completion\", \"finish_reason\": \"stop\" or "
+                       "\"length\"}", cxxopts::value<std::string>())
+      ("batch-size", "with --prompts-file: prompts generated at once", cxxopts::value<std::int64_t>()->default_value("8"))
       ("max-new-tokens", "tokens to generate at most", cxxopts::value<std::int64_t>()->default_value("64"))
       ("temperature", "0 = greedy", cxxopts::value<double>()->default_value("0"))
       ("top-p", "nucleus sampling mass (1 = off)", cxxopts::value<double>()->default_value("1"))
@@ -123,7 +198,12 @@ int generate(int argc, char** argv) {
     for (const char* flag : {"messages", "system", "user", "interactive", "tokenizer-config", "chat-template", "date"})
       if (r.count(flag)) fail_expected(str("--", flag), "given without --chat", "--chat");
 
-  const std::string prompt = r.count("chat") ? std::string() : required<std::string>(r, "prompt");
+  if (r.count("prompts-file") && (r.count("prompt") || r.count("chat")))
+    fail_expected("--prompts-file", str("given with --", r.count("chat") ? "chat" : "prompt"), "one of them");
+  if (r.count("batch-size") && !r.count("prompts-file"))
+    fail_expected("--batch-size", "given without --prompts-file", "--prompts-file");
+  const std::string prompt =
+      r.count("chat") || r.count("prompts-file") ? std::string() : required<std::string>(r, "prompt");
 
   const std::string tokenizer_path = r.count("tokenizer") ? r["tokenizer"].as<std::string>() : model_dir;
   const Tokenizer tokenizer = Tokenizer::load(tokenizer_path);
@@ -133,6 +213,7 @@ int generate(int argc, char** argv) {
                                                     : std::filesystem::path(tokenizer_path).parent_path();
     return chat(r, model_dir, tokenizer, tokenizer_dir, sampling);
   }
+  if (r.count("prompts-file")) return generate_many(r, model_dir, tokenizer, sampling);
   const ModelConfig config = load_model_config(model_dir);
   std::vector<std::int32_t> ids = tokenizer.encode(prompt, /*add_special_tokens=*/!r.count("no-bos"));
   if (ids.empty() && tokenizer.bos_id()) ids.push_back(*tokenizer.bos_id());

@@ -79,6 +79,132 @@ std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<
 }
 
 namespace {
+
+// One prompt in the batch: its sequence of the cache and what it has generated.
+struct BatchRow {
+  std::size_t prompt = 0;
+  std::int32_t sequence = 0;
+  Xoshiro256 rng{0};
+  Generation generation;
+};
+
+// Appends the token chosen from `logits` and says whether the row is done (generate()'s tests,
+// in generate()'s order).
+bool take_token(BatchRow& row, std::span<const float> logits, const SamplingOptions& options) {
+  const std::int32_t token = sample_token(logits, options.temperature, options.top_p, row.rng);
+  std::vector<std::int32_t>& out = row.generation.tokens;
+  out.push_back(token);
+  if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) != options.stop_tokens.end()) {
+    row.generation.end = GenerationEnd::StopToken;
+    return true;
+  }
+  if (options.stop_when && options.stop_when(out)) {
+    row.generation.end = GenerationEnd::StopCondition;
+    return true;
+  }
+  row.generation.end = GenerationEnd::Length;
+  return static_cast<std::int64_t>(out.size()) >= options.max_new_tokens;
+}
+
+}  // namespace
+
+std::vector<Generation> generate_batch(LlamaModel& model, KvCache& cache,
+                                       std::span<const std::vector<std::int32_t>> prompts,
+                                       const SamplingOptions& options,
+                                       const std::function<void(std::size_t, const Generation&)>& on_finished) {
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    const std::int64_t n = static_cast<std::int64_t>(prompts[i].size());
+    if (n == 0) fail_expected("generate", str("prompt ", i + 1, " encodes to no tokens"), "at least one prompt token");
+    if (n > model.max_sequence())
+      fail_expected("generate", str("prompt ", i + 1, " of ", n, " tokens"),
+                    str("at most ", model.max_sequence(), " (the model's sequence length)"));
+    if (n + options.max_new_tokens > cache.capacity())
+      fail_expected("generate", str("prompt ", i + 1, ": ", n, " tokens + ", options.max_new_tokens, " new tokens"),
+                    str("at most ", cache.capacity(), " tokens (the KV cache size)"));
+  }
+  std::vector<Generation> results(prompts.size());
+  if (prompts.empty()) return results;
+  const std::int64_t width =
+      std::min({cache.sequences(), model.max_batch(), static_cast<std::int64_t>(prompts.size())});
+  const std::int64_t V = model.config().vocab_size;
+  Backend& backend = model.backend();
+  BackendBuffer logits_buffer(backend, width * V, backend.activation_dtype());
+  std::vector<float> logits(static_cast<std::size_t>(width * V));
+  auto row_logits = [&](std::int64_t r) {
+    return std::span<const float>(logits).subspan(static_cast<std::size_t>(r * V), static_cast<std::size_t>(V));
+  };
+  auto finish = [&](BatchRow& row) {
+    results[row.prompt] = std::move(row.generation);
+    if (on_finished) on_finished(row.prompt, results[row.prompt]);
+  };
+
+  std::vector<BatchRow> rows;  // the prompts decoding now, in the order they joined
+  std::vector<std::int32_t> free_sequences;
+  for (std::int64_t s = width - 1; s >= 0; --s) free_sequences.push_back(static_cast<std::int32_t>(s));
+  std::size_t next = 0;
+  // Prefills waiting prompts into free sequences, each alone, until the batch is full; a prompt
+  // done at its first token (a stop token, max_new_tokens 1) hands its sequence straight on.
+  auto refill = [&] {
+    while (!free_sequences.empty() && next < prompts.size()) {
+      BatchRow row;
+      row.prompt = next++;
+      row.rng = Xoshiro256(options.seed);
+      if (options.max_new_tokens <= 0) {
+        finish(row);
+        continue;
+      }
+      row.sequence = free_sequences.back();
+      const std::vector<std::int32_t>& prompt = prompts[row.prompt];
+      const std::int64_t n = static_cast<std::int64_t>(prompt.size());
+      ForwardOptions forward;
+      forward.cache = &cache;
+      forward.cache_sequences = std::span<const std::int32_t>(&row.sequence, 1);
+      cache.clear(row.sequence);
+      model.forward(prompt, 1, n, forward);
+      model.logits(logits_buffer.tensor(), n - 1, 1);
+      backend.download(logits.data(), logits_buffer.tensor().slice(0, V));
+      if (take_token(row, row_logits(0), options)) {
+        finish(row);
+        continue;
+      }
+      free_sequences.pop_back();
+      rows.push_back(std::move(row));
+    }
+  };
+
+  refill();
+  std::vector<std::int32_t> tokens, sequences;
+  while (!rows.empty()) {
+    const std::int64_t R = static_cast<std::int64_t>(rows.size());
+    tokens.clear();
+    sequences.clear();
+    for (const BatchRow& row : rows) {
+      tokens.push_back(row.generation.tokens.back());
+      sequences.push_back(row.sequence);
+    }
+    ForwardOptions forward;
+    forward.cache = &cache;
+    forward.cache_sequences = sequences;
+    model.forward(tokens, R, 1, forward);
+    model.logits(logits_buffer.tensor(), 0, R);
+    backend.download(logits.data(), logits_buffer.tensor().slice(0, R * V));
+    std::vector<BatchRow> going_on;
+    for (std::int64_t r = 0; r < R; ++r) {
+      BatchRow& row = rows[static_cast<std::size_t>(r)];
+      if (take_token(row, row_logits(r), options)) {
+        free_sequences.push_back(row.sequence);
+        finish(row);
+      } else {
+        going_on.push_back(std::move(row));
+      }
+    }
+    rows = std::move(going_on);
+    refill();
+  }
+  return results;
+}
+
+namespace {
 const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD: how HF decodes a partial UTF-8 sequence
 
 // Bytes of `text` that can be shown now: all but a trailing incomplete UTF-8 sequence (kept

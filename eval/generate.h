@@ -42,6 +42,31 @@ std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<
                                    const SamplingOptions& options,
                                    const std::function<void(std::int32_t)>& on_token = {});
 
+// Why a generation ended: a stop token (emitted, and kept in the output), the stop condition
+// (stop_when), or max_new_tokens.
+enum class GenerationEnd { StopToken, StopCondition, Length };
+
+struct Generation {
+  std::vector<std::int32_t> tokens;  // the prompt excluded
+  GenerationEnd end = GenerationEnd::Length;
+};
+
+// Batched generation: up to min(cache.sequences(), model.max_batch()) prompts decode together,
+// each in its own sequence of the cache (no padding: every row attends to its own tokens only,
+// ForwardOptions::cache_sequences). A prompt is prefilled alone (a batch of one, as generate()
+// does), then joins the rows that decode one token each per forward; a row that stops (its stop
+// token, stop_when, or max_new_tokens) leaves the batch at once and the next prompt takes its
+// sequence, so finished rows cost nothing and the batch stays full while prompts remain. Each
+// row keeps its own RNG seeded with options.seed, so a prompt's generation is what generate()
+// gives it alone wherever the engine's products are row-independent (the CPU engine's are up
+// to 64 rows: bit for bit). Needs model.max_sequence() >= the longest prompt and cache room for
+// each prompt + max_new_tokens. on_finished(i, generation) runs as prompt i finishes (progress);
+// the result is in prompt order.
+std::vector<Generation> generate_batch(LlamaModel& model, KvCache& cache,
+                                       std::span<const std::vector<std::int32_t>> prompts,
+                                       const SamplingOptions& options,
+                                       const std::function<void(std::size_t, const Generation&)>& on_finished = {});
+
 // Streams decoded text: push() returns the text the new token adds, computed as the
 // difference of decoded prefixes, and holds text back while it ends in an incomplete UTF-8
 // sequence (raw bytes, or U+FFFD as HF byte-fallback gives), so characters are never split.

@@ -84,13 +84,6 @@ class TaskRequests {
     return s;
   }
 
-  std::int64_t longest_prompt() const {
-    std::int64_t n = 0;
-    for (std::int64_t i = 0; i < count_; ++i)
-      n = std::max<std::int64_t>(n, static_cast<std::int64_t>(prompt_tokens(i).size()));
-    return n;
-  }
-
   TaskRunResult score(LlamaModel& model, LossWorkspace& workspace, const ForwardOptions& forward) const {
     // Every rank knows every question's shape; it fills its own documents' log-likelihoods and
     // the sum over ranks (each slot written by one rank, zeros elsewhere) gathers them exactly.
@@ -132,40 +125,45 @@ class TaskRequests {
     return result;
   }
 
-  TaskRunResult generate(LlamaModel& model, KvCache& cache) const {
+  // This rank's documents, in document order.
+  std::vector<std::int64_t> my_documents() const {
+    std::vector<std::int64_t> out;
+    for (std::int64_t i = 0; i < count_; ++i)
+      if (mine(i)) out.push_back(i);
+    return out;
+  }
+
+  TaskRunResult generate(LlamaModel& model, KvCache& cache, std::span<const std::int64_t> documents,
+                         std::span<const std::vector<std::int32_t>> prompts) const {
     const std::vector<std::string> until = stop_sequences(kind_, tokenizer_);
     const std::size_t filters = generation_filter_names(kind_).size();
     const std::size_t stride = filters + 1;  // per document: each filter's score, then "at the limit"
     std::vector<double> packed(static_cast<std::size_t>(count_) * stride, 0.0);
     std::unique_ptr<Progress> progress;
-    if (options_.show_progress) progress = std::make_unique<Progress>(task_kind_name(kind_), my_count(), "docs");
-    for (std::int64_t i = 0; i < count_; ++i) {
-      if (!mine(i)) continue;
-      SamplingOptions sampling;
-      sampling.max_new_tokens = options_.max_gen_toks;
-      sampling.stop_tokens = options_.stop_tokens;
-      bool stopped_by_text = false;
-      // The harness's stopping criterion decodes the new tokens with special tokens kept.
-      sampling.stop_when = [&](std::span<const std::int32_t> generated) {
-        const std::string text = tokenizer_.decode(generated, false);
-        for (const std::string& term : until)
-          if (text.find(term) != std::string::npos) return stopped_by_text = true;
-        return false;
-      };
-      const std::vector<std::int32_t> out = minitron::generate(model, cache, prompt_tokens(i), sampling);
+    if (options_.show_progress)
+      progress = std::make_unique<Progress>(task_kind_name(kind_), static_cast<std::int64_t>(documents.size()), "docs");
+    SamplingOptions sampling;
+    sampling.max_new_tokens = options_.max_gen_toks;
+    sampling.stop_tokens = options_.stop_tokens;
+    // The harness's stopping criterion decodes the new tokens with special tokens kept.
+    sampling.stop_when = [&](std::span<const std::int32_t> generated) {
+      const std::string text = tokenizer_.decode(generated, false);
+      for (const std::string& term : until)
+        if (text.find(term) != std::string::npos) return true;
+      return false;
+    };
+    auto scored = [&](std::size_t k, const Generation& generation) {
+      const std::int64_t i = documents[k];
       // tok_decode(cont_toks) (special tokens skipped), then s.split(term)[0] for every term.
-      std::string text = tokenizer_.decode(out, true);
+      std::string text = tokenizer_.decode(generation.tokens, true);
       for (const std::string& term : until)
         if (const std::size_t at = text.find(term); at != std::string::npos) text.resize(at);
-      const bool ended_by_token = !out.empty() && std::find(options_.stop_tokens.begin(), options_.stop_tokens.end(),
-                                                            out.back()) != options_.stop_tokens.end();
-      const bool at_limit =
-          static_cast<std::int64_t>(out.size()) >= options_.max_gen_toks && !stopped_by_text && !ended_by_token;
       const std::vector<double> scores = score_generation(kind_, text, docs_[static_cast<std::size_t>(i)].target);
       std::copy(scores.begin(), scores.end(), packed.begin() + static_cast<std::ptrdiff_t>(i * stride));
-      packed[static_cast<std::size_t>(i) * stride + filters] = at_limit ? 1.0 : 0.0;
+      packed[static_cast<std::size_t>(i) * stride + filters] = generation.end == GenerationEnd::Length ? 1.0 : 0.0;
       if (progress) progress->advance();
-    }
+    };
+    minitron::generate_batch(model, cache, prompts, sampling, scored);
     if (progress) progress->finish();
     if (world_of(options_) > 1) options_.communicator->all_reduce_sum(packed);
     TaskRunResult result;
@@ -210,12 +208,22 @@ TaskRunResult run_task(TaskKind kind, const std::vector<TaskDoc>& docs, const st
   const TaskRequests requests(kind, docs, fewshot_pool, tokenizer, max_length, options);
   if (requests.count() == 0) return {};
   if (task_is_generative(kind)) {
-    const std::int64_t longest = requests.longest_prompt();
-    LlamaModel model(config, backend, 1, longest, ModelMode::Inference);
+    if (options.batch_size < 1) fail_expected("--batch-size", std::to_string(options.batch_size), "at least 1");
+    const std::vector<std::int64_t> documents = requests.my_documents();
+    std::vector<std::vector<std::int32_t>> prompts;
+    std::int64_t longest = 1;
+    for (const std::int64_t i : documents) {
+      prompts.push_back(requests.prompt_tokens(i));
+      longest = std::max<std::int64_t>(longest, static_cast<std::int64_t>(prompts.back().size()));
+    }
+    // A rank without documents still joins the ranks' sum, on the smallest model.
+    const std::int64_t batch = std::max<std::int64_t>(
+        1, std::min<std::int64_t>(options.batch_size, static_cast<std::int64_t>(prompts.size())));
+    LlamaModel model(config, backend, batch, longest, ModelMode::Inference);
     model.set_parameters(params);
-    KvCache cache(config, backend, longest + options.max_gen_toks);
-    TaskRunResult result = requests.generate(model, cache);
-    result.max_batch = 1;
+    KvCache cache(config, backend, longest + options.max_gen_toks, batch);
+    TaskRunResult result = requests.generate(model, cache, documents, prompts);
+    result.max_batch = batch;
     result.max_sequence = longest + options.max_gen_toks;
     return result;
   }

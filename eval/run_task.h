@@ -1,7 +1,8 @@
 // One task end to end: documents -> harness requests -> scoring on a model built to the task's
 // largest request -> metrics. Multiple choice: each question's choices as one batch of
-// log-likelihoods. Generative (gsm8k): greedy generation per document with a KV cache, stopped by
-// the task's stop sequences, the EOS token or the length limit, then each filter's exact match.
+// log-likelihoods. Generative (gsm8k): greedy generation with a KV cache, batch_size documents at
+// once (generate_batch), each stopped by the task's stop sequences, the EOS token or the length
+// limit on its own, then each filter's exact match.
 // With a communicator of several ranks, rank r scores documents r, r + N, r + 2N, ... (the
 // harness's strided split) and the per-document scores are summed over ranks, so every rank ends
 // with the numbers of one process; the few-shot examples are still drawn for every document in
@@ -35,6 +36,9 @@ struct TaskRunOptions {
   std::int64_t max_gen_toks = 256;
   // Generative tasks: generation also ends at these tokens (the checkpoint's and tokenizer's EOS).
   std::vector<std::int32_t> stop_tokens;
+  // Generative tasks: documents generated together (the batch refills as each one finishes).
+  // The scores do not depend on it on the CPU engine (up to 64: row-independent products).
+  std::int64_t batch_size = 32;
   Communicator* communicator = nullptr;  // nullptr or one rank: every document here
 };
 

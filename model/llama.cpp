@@ -132,11 +132,20 @@ struct LlamaModel::LayerTensors {
   Tensor attention_normed, attention_rstd, q, k, v, attention, lse, mid, mlp_normed, mlp_rstd, gate, up, mlp;
 };
 
-KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens) : max_tokens_(max_tokens) {
+KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens, std::int64_t sequences)
+    : max_tokens_(max_tokens) {
+  if (max_tokens < 1 || sequences < 1)
+    fail_expected("KV cache", str(sequences, " sequences of ", max_tokens, " tokens"), "both >= 1");
+  lengths_.assign(static_cast<std::size_t>(sequences), 0);
   for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    keys_.emplace_back(backend, max_tokens * config.kv_dim(), backend.activation_dtype());
-    values_.emplace_back(backend, max_tokens * config.kv_dim(), backend.activation_dtype());
+    keys_.emplace_back(backend, sequences * max_tokens * config.kv_dim(), backend.activation_dtype());
+    values_.emplace_back(backend, sequences * max_tokens * config.kv_dim(), backend.activation_dtype());
   }
+}
+
+std::size_t KvCache::checked(std::int64_t sequence) const {
+  MINITRON_ASSERT(sequence >= 0 && sequence < sequences(), "KV cache sequence ", sequence, " of ", sequences());
+  return static_cast<std::size_t>(sequence);
 }
 
 LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch, std::int64_t max_sequence,
@@ -352,10 +361,28 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
     check_document_positions(options.positions, batch, sequence);
   }
   if (options.cache) {
-    MINITRON_ASSERT(batch == 1 && mode_ == ModelMode::Inference, "a KV cache serves one sequence in Inference mode");
-    if (options.cache->length() + sequence > options.cache->capacity())
-      fail_expected("generation", str(options.cache->length() + sequence, " tokens"),
-                    str("at most ", options.cache->capacity(), " (the KV cache size)"));
+    const KvCache& cache = *options.cache;
+    MINITRON_ASSERT(mode_ == ModelMode::Inference, "a KV cache serves Inference mode");
+    if (options.cache_sequences.empty()) {
+      MINITRON_ASSERT(batch == 1, "a KV cache without cache_sequences serves batch 1, not ", batch);
+      cache_rows_.assign(1, 0);
+    } else {
+      MINITRON_ASSERT(static_cast<std::int64_t>(options.cache_sequences.size()) == batch,
+                      "cache_sequences: ", options.cache_sequences.size(), " for a batch of ", batch);
+      cache_rows_.assign(options.cache_sequences.begin(), options.cache_sequences.end());
+    }
+    std::vector<bool> taken(static_cast<std::size_t>(cache.sequences()), false);
+    for (const std::int32_t s : cache_rows_) {
+      if (s < 0 || s >= cache.sequences() || taken[static_cast<std::size_t>(s)])
+        fail_expected("forward", str("KV cache sequence ", s, " for a row"),
+                      str("distinct sequences in [0, ", cache.sequences(), ")"));
+      taken[static_cast<std::size_t>(s)] = true;
+      if (cache.length(s) + sequence > cache.capacity())
+        fail_expected("generation", str(cache.length(s) + sequence, " tokens"),
+                      str("at most ", cache.capacity(), " (the KV cache size)"));
+    }
+  } else {
+    MINITRON_ASSERT(options.cache_sequences.empty(), "cache_sequences without a cache");
   }
 
   batch_ = batch;
@@ -367,6 +394,14 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
   b.upload_i32(token_ids, tokens.data());
   packed_ = !options.positions.empty();
   if (packed_) b.upload_i32(positions_.tensor().slice(0, N), options.positions.data());
+  if (options.cache) {  // each token's place in its cached sequence, for RoPE (cached_attention)
+    std::vector<std::int32_t> place(static_cast<std::size_t>(N));
+    for (std::int64_t r = 0; r < batch; ++r)
+      for (std::int64_t t = 0; t < sequence; ++t)
+        place[static_cast<std::size_t>(r * sequence + t)] =
+            static_cast<std::int32_t>(options.cache->length(cache_rows_[static_cast<std::size_t>(r)]) + t);
+    b.upload_i32(positions_.tensor().slice(0, N), place.data());
+  }
 
   // Training keeps every layer's input (residual_[l]); Inference ping-pongs between two.
   auto residual = [&](std::int64_t l) {
@@ -383,7 +418,8 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
     }
     layer_forward(l, layer_tensors(l), x_in, x_out, options.observer, options.cache);
   }
-  if (options.cache) options.cache->length_ += sequence;
+  if (options.cache)
+    for (const std::int32_t s : cache_rows_) options.cache->lengths_[static_cast<std::size_t>(s)] += sequence;
 
   b.rmsnorm_forward(final_hidden(), final_rstd_.tensor().slice(0, N), residual(config_.num_hidden_layers),
                     p(table_.final_norm(), D), N, D, static_cast<float>(config_.rms_norm_eps));
@@ -422,18 +458,14 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
   b.matmul(q, normed, p(w.q_proj, QD * D), N, QD, D, false, true);
   b.matmul(k, normed, p(w.k_proj, KVD * D), N, KVD, D, false, true);
   b.matmul(v, normed, p(w.v_proj, KVD * D), N, KVD, D, false, true);
-  const std::int64_t past = cache ? cache->length() : 0;  // tokens before these ones
-  const Tensor positions = document_positions();
-  b.rope_forward(q, inv_freq_, B, T, Hq, hd, past, positions);
-  b.rope_forward(k, inv_freq_, B, T, Hkv, hd, past, positions);
-  Tensor keys = k, values = v;
-  if (cache) {  // append this step's keys and values, then attend over the whole sequence
-    keys = cache->keys_[static_cast<std::size_t>(l)].tensor().slice(0, (past + T) * KVD);
-    values = cache->values_[static_cast<std::size_t>(l)].tensor().slice(0, (past + T) * KVD);
-    b.copy(keys.slice(past * KVD, T * KVD), k);
-    b.copy(values.slice(past * KVD, T * KVD), v);
+  if (cache) {
+    cached_attention(l, a, *cache);
+  } else {
+    const Tensor positions = document_positions();
+    b.rope_forward(q, inv_freq_, B, T, Hq, hd, 0, positions);
+    b.rope_forward(k, inv_freq_, B, T, Hkv, hd, 0, positions);
+    b.attention_forward(att, a.lse, q, k, v, B, T, T, Hq, Hkv, hd, positions);
   }
-  b.attention_forward(att, a.lse, q, keys, values, B, T, past + T, Hq, Hkv, hd, positions);
   observe(ActivationSite::OProjInput, att, QD);
   // mid = x + o_proj(att), and the MLP block's norm of it, in one pass (o_proj's output goes
   // into mid, then the add is in place).
@@ -452,6 +484,33 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
   b.matmul(x_out, mlp, p(w.down_proj, D * F), N, D, F, false, true, 1.0f, 1.0f);
 
   observe(ActivationSite::LayerOutput, x_out, D);
+}
+
+// Each row's keys and values join its own cached sequence, and its queries attend to that
+// sequence alone: one attention call per row, the very call a batch of one makes, so batched
+// generation never pads and a finished sequence costs nothing. The per-row calls are cheap
+// beside the matrix products the rows share (one token per row while decoding).
+void LlamaModel::cached_attention(std::int64_t l, const LayerTensors& a, KvCache& cache) {
+  const ModelConfig& c = config_;
+  const std::int64_t B = batch_, T = sequence_, hd = c.head_dim;
+  const std::int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const std::int64_t QD = c.q_dim(), KVD = c.kv_dim();
+  Backend& b = backend_;
+  const Tensor places = positions_.tensor().slice(0, B * T);  // forward() wrote each token's place
+  b.rope_forward(a.q, inv_freq_, B, T, Hq, hd, 0, places);
+  b.rope_forward(a.k, inv_freq_, B, T, Hkv, hd, 0, places);
+  const Tensor all_keys = cache.keys_[static_cast<std::size_t>(l)].tensor();
+  const Tensor all_values = cache.values_[static_cast<std::size_t>(l)].tensor();
+  for (std::int64_t r = 0; r < B; ++r) {
+    const std::int32_t s = cache_rows_[static_cast<std::size_t>(r)];
+    const std::int64_t past = cache.lengths_[static_cast<std::size_t>(s)];  // tokens before these ones
+    const Tensor keys = all_keys.slice(s * cache.max_tokens_ * KVD, (past + T) * KVD);
+    const Tensor values = all_values.slice(s * cache.max_tokens_ * KVD, (past + T) * KVD);
+    b.copy(keys.slice(past * KVD, T * KVD), a.k.slice(r * T * KVD, T * KVD));
+    b.copy(values.slice(past * KVD, T * KVD), a.v.slice(r * T * KVD, T * KVD));
+    b.attention_forward(a.attention.slice(r * T * QD, T * QD), a.lse.slice(r * Hq * T, Hq * T),
+                        a.q.slice(r * T * QD, T * QD), keys, values, 1, T, past + T, Hq, Hkv, hd);
+  }
 }
 
 // ---------------------------------------------------------------------------------------

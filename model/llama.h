@@ -41,25 +41,35 @@ class ActivationObserver {
                        std::int64_t channels) = 0;
 };
 
-// Keys and values of every layer for incremental decoding (generation) of one sequence.
+// Keys and values of every layer for incremental decoding (generation): `sequences` independent
+// sequences (batched generation gives each prompt one), each of up to max_tokens tokens and with
+// its own length.
 class KvCache {
  public:
-  KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens);
-  std::int64_t length() const { return length_; }
-  std::int64_t capacity() const { return max_tokens_; }
-  void clear() { length_ = 0; }
+  KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens, std::int64_t sequences = 1);
+  std::int64_t length(std::int64_t sequence = 0) const { return lengths_[checked(sequence)]; }
+  std::int64_t capacity() const { return max_tokens_; }  // tokens per sequence
+  std::int64_t sequences() const { return static_cast<std::int64_t>(lengths_.size()); }
+  void clear() { lengths_.assign(lengths_.size(), 0); }
+  void clear(std::int64_t sequence) { lengths_[checked(sequence)] = 0; }
 
  private:
   friend class LlamaModel;
-  std::int64_t max_tokens_, length_ = 0;
-  std::vector<BackendBuffer> keys_, values_;  // per layer [max_tokens, kv_heads * head_dim]
+  std::size_t checked(std::int64_t sequence) const;
+  std::int64_t max_tokens_;
+  std::vector<std::int64_t> lengths_;
+  std::vector<BackendBuffer> keys_, values_;  // per layer [sequences * max_tokens, kv_heads * head_dim]
 };
 
 struct ForwardOptions {
   ActivationObserver* observer = nullptr;
-  // When set (batch 1, Inference mode), the tokens continue the cached sequence: they sit at
-  // positions cache->length() onwards and attend to every cached token; the cache grows.
+  // When set (Inference mode), row b of the batch continues cached sequence cache_sequences[b]
+  // (empty: batch 1 continuing sequence 0): its tokens sit at positions cache->length(s) onwards
+  // and attend to every token cached for that sequence, and only those; the sequence grows.
+  // Rows share every matrix product and attend to their own sequences one by one, so a row
+  // computes what it computes alone wherever the engine's products are row-independent.
   KvCache* cache = nullptr;
+  std::span<const std::int32_t> cache_sequences;  // distinct sequences of the cache, one per row
   // When set, layers with skip_layers[l] == true are the identity (depth-importance ranking).
   const std::vector<bool>* skip_layers = nullptr;
   // Packed documents (Hugging Face's position_ids, TRL's padding-free packing): one position per
@@ -161,6 +171,7 @@ class LlamaModel {
   Tensor g(std::int64_t offset, std::int64_t numel) const { return grads_.tensor().slice(offset, numel); }
   void layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_in, Tensor x_out, ActivationObserver* observer,
                      KvCache* cache);
+  void cached_attention(std::int64_t l, const LayerTensors& a, KvCache& cache);
   void recompute_layer(std::int64_t l, const LayerTensors& a, Tensor x_in);
   Tensor document_positions() const;  // the last forward's positions, or empty
   void layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_in);
@@ -176,8 +187,9 @@ class LlamaModel {
   std::vector<std::pair<std::int64_t, Tensor>> layer_output_gradients_;  // add_layer_output_gradient()
 
   BackendBuffer params_, grads_, inv_freq_, tokens_;
-  BackendBuffer positions_;  // the last forward's packed-document positions (I32 [N])
-  bool packed_ = false;      // whether the last forward had positions (backward reuses them)
+  BackendBuffer positions_;               // the last forward's packed-document positions (I32 [N])
+  bool packed_ = false;                   // whether the last forward had positions (backward reuses them)
+  std::vector<std::int32_t> cache_rows_;  // with a cache: the sequence each row of the last forward continues
   // residual_[l] is the input of layer l; residual_[L] the output of the last layer.
   std::vector<BackendBuffer> residual_;
   std::vector<std::unique_ptr<LayerActivations>> layers_;  // kept for backward, per layer (Training)

@@ -27,6 +27,10 @@ namespace {
 
 constexpr std::size_t kAlignment = 64;
 
+// Products of at most this many rows (a batch of generated tokens, one per sequence) are
+// row-independent (rowwise_gemm); larger ones go to OpenBLAS.
+constexpr std::int64_t kRowIndependentRows = 64;
+
 // A statistic tensor ("fp32" in backend.h) seen as T*: used in place when its dtype is T,
 // otherwise converted into a scratch copy and, for outputs, written back by commit().
 template <typename T>
@@ -115,6 +119,24 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
   else
     cblas_dgemm(CblasRowMajor, ta, tb, static_cast<blasint>(M), static_cast<blasint>(N),
                 static_cast<blasint>(K), alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// out[M,N] = alpha a[M,K] b[N,K]^T + beta out with every element one dot product summed in the
+// same order whatever M is, so a row's result depends on its own row of `a` only. OpenBLAS's
+// sgemm does not promise that (its kernels for a few rows block K differently, so a row computed
+// among 17 rows can differ in the last bit from the same row alone), and batched generation
+// needs it: each prompt of a batch must get the logits it gets alone. Each row of b is read once
+// for all M rows, so a batch of M tokens costs about what one costs (memory-bound either way).
+template <typename T>
+void rowwise_gemm(std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* a, const T* b,
+                  T beta, T* out) {
+#pragma omp parallel for schedule(static) if (M * N * K >= cpu::kMinParallelWork)
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t m = 0; m < M; ++m) {
+      const T product = alpha * cpu::dot(a + m * K, b + n * K, K);
+      T& o = out[m * N + n];
+      o = beta == T(0) ? product : product + beta * o;  // BLAS: beta 0 never reads out
+    }
 }
 
 }  // namespace
@@ -226,6 +248,11 @@ void CpuBackend<T>::do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, st
       zero(out);
     else
       scale_inplace(out, beta);
+    return;
+  }
+  if (!trans_a && trans_b && M <= kRowIndependentRows) {
+    rowwise_gemm<T>(M, N, K, static_cast<T>(alpha), a.as<T>(), b.as<T>(), static_cast<T>(beta),
+                    out.as<T>());
     return;
   }
   gemm<T>(trans_a, trans_b, M, N, K, static_cast<T>(alpha), a.as<T>(), b.as<T>(),

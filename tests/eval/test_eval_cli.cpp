@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -92,6 +93,44 @@ TEST(GenerateCli, RunsAndStreamsThePrompt) {
   const CommandResult again =
       minitron("generate" + kModel + " --prompt 'The cat' --max-new-tokens 5 --temperature 0.8 --seed 3");
   EXPECT_EQ(again.out, r.out);  // seeded
+}
+
+// --prompts-file generates its prompts two at a time (the batch refills; rows end at the length
+// limit or an EOS id on their own); each JSON line's completion is what `--prompt` alone
+// prints after its prompt, in file order.
+TEST(GenerateCli, PromptsFileGivesEachPromptsAloneContinuation) {
+  const std::vector<std::string> prompts = {"The cat", "A dog ran far away", "x", "She said"};
+  const fs::path file = fs::temp_directory_path() / ("minitron_prompts_" + std::to_string(::getpid()) + ".jsonl");
+  {
+    std::ofstream out(file);
+    for (const std::string& p : prompts) out << nlohmann::json{{"prompt", p}}.dump() << "\n\n";  // blank lines skipped
+  }
+  const CommandResult many =
+      minitron("generate" + kModel + " --prompts-file " + file.string() + " --batch-size 2 --max-new-tokens 6");
+  ASSERT_EQ(many.status, 0) << many.err;
+  std::istringstream lines(many.out);
+  std::string line;
+  std::size_t i = 0;
+  for (; std::getline(lines, line); ++i) {
+    ASSERT_LT(i, prompts.size()) << many.out;
+    const nlohmann::json got = nlohmann::json::parse(line);
+    EXPECT_EQ(got["prompt"], prompts[i]);
+    const CommandResult alone = minitron("generate" + kModel + " --prompt '" + prompts[i] + "' --max-new-tokens 6");
+    ASSERT_EQ(alone.status, 0) << alone.err;
+    EXPECT_EQ(prompts[i] + got["completion"].get<std::string>() + "\n", alone.out) << "prompt " << i;
+    EXPECT_TRUE(got["finish_reason"] == "stop" || got["finish_reason"] == "length") << line;
+  }
+  EXPECT_EQ(i, prompts.size());
+
+  std::ofstream(file) << "{\"text\": \"no prompt\"}\n";
+  CommandResult bad = minitron("generate" + kModel + " --prompts-file " + file.string());
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("line 1: prompt"), std::string::npos) << bad.err;
+  fs::remove(file);
+  bad = minitron("generate" + kModel + " --prompt 'The cat' --batch-size 2");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("--batch-size: given without --prompts-file (expected --prompts-file)"), std::string::npos)
+      << bad.err;
 }
 
 }  // namespace

@@ -191,6 +191,38 @@ TEST_F(EvalGenerationCli, Gsm8kGenerationsAtTheLengthLimitAreScoredAndCounted) {
   EXPECT_NE(table.out.find("gsm8k: 3 of 3 generations reached --max-gen-toks"), std::string::npos) << table.out;
 }
 
+// Batched generation gives one document at a time's numbers: --batch-size 2 (three documents:
+// the batch refills as rows finish) and 8 (more rows than documents), with two-shot prompts of
+// different lengths, rows stopped by "Question:" and rows stopped by the length limit, print the
+// same results and write the same harness JSON as --batch-size 1. The progress line counts
+// documents per second and an ETA.
+TEST_F(EvalGenerationCli, BatchSizeGivesTheNumbersOfOneDocumentAtATime) {
+  const std::string task =
+      "--task gsm8k --task-file " + data("gsm8k.jsonl") + " --shots 2 --fewshot-file " + data("gsm8k_train.jsonl");
+  const fs::path one_json = dir_ / "batch1.json", many_json = dir_ / "batchN.json";
+  for (const std::string& limit : {std::string(), std::string(" --max-gen-toks 3")}) {
+    const CommandResult one = run(task + limit + " --batch-size 1 --json --output-json " + one_json.string());
+    ASSERT_EQ(one.status, 0) << one.err;
+    for (const char* batch : {"2", "8"}) {
+      const CommandResult many =
+          run(task + limit + " --batch-size " + batch + " --json --output-json " + many_json.string());
+      ASSERT_EQ(many.status, 0) << many.err;
+      EXPECT_EQ(json::parse(many.out), json::parse(one.out)) << "--batch-size " << batch << limit;
+      EXPECT_EQ(slurp(many_json), slurp(one_json)) << "--batch-size " << batch << limit;
+    }
+  }
+  const CommandResult shown = run(task + " --batch-size 2");
+  ASSERT_EQ(shown.status, 0) << shown.err;
+  EXPECT_NE(shown.err.find("gsm8k: 3/3"), std::string::npos) << shown.err;
+  EXPECT_NE(shown.err.find("docs/s"), std::string::npos) << shown.err;
+  EXPECT_NE(shown.err.find("ETA"), std::string::npos) << shown.err;
+  const CommandResult zero = run(task + " --batch-size 0");
+  EXPECT_NE(zero.status, 0);
+  EXPECT_NE(zero.err.find("--batch-size: value 0 is out of range (expected a value from 1 to 65536)"),
+            std::string::npos)
+      << zero.err;
+}
+
 // The continuations' log-likelihoods from the three numbers: " 42" follows ':' ' ' '4' (three
 // hits), " 4" two hits, " ab" a hit, a miss (after ' ') and a uniform token (after 'a').
 TEST_F(EvalGenerationCli, TruthfulQaMc1AndMc2MatchTheClosedForm) {
