@@ -113,7 +113,8 @@ int distill(int argc, char** argv) {
     load_parameters(teacher_dir, teacher_config, table, params);
     teacher.set_parameters(params);
   }
-  LlamaModel student(student_config, *backend, B, T, ModelMode::Training, o.recompute);  // the teacher only infers
+  // The teacher only infers.
+  LlamaModel student(student_config, *backend, B, T, ModelMode::Training, o.recompute, gradient_sharding(o, run));
   {
     std::vector<float> params(static_cast<std::size_t>(student.table().total_numel()));
     load_parameters(student_dir, student_config, student.table(), params);
