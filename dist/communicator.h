@@ -7,7 +7,9 @@
 // flat parameter vector only. Each step the gradients are reduce-scattered (every rank gets
 // the sum over ranks of its own part), each rank updates its part, and the parameters are
 // all-gathered, so the replicas stay identical while the AdamW state, 12 of the 18 bytes per
-// parameter of the cuda engine, is divided by the number of ranks.
+// parameter of the cuda engine, is divided by the number of ranks. ZeRO stage 2 divides the 4
+// bytes of fp32 gradient too: backward reduce-scatters the gradients bucket by bucket as they are
+// complete (start_reduce_scatter_sum below; model/gradient_buckets.h).
 //
 // A run is launched the way torchrun or Slurm launch one process per GPU; each process reads
 // its place from the environment (dist/environment.h). Rank 0 is the only one that prints,
