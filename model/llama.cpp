@@ -438,7 +438,9 @@ void LlamaModel::backward() {
   // Final norm: its input is the last layer's output; rmsnorm_backward accumulates into dx.
   GradientBuckets& buckets = *gradient_buckets_;
   // head_backward covered every row: the LM head's gradient is whole (a tied head's waits for
-  // the embedding's, at the end).
+  // the embedding's, at the end). A loss that never reached the logits (on hidden states only)
+  // gave it none: zero, not whatever the buffer held.
+  g_accumulated(table_.lm_head(), config_.vocab_size * D);
   if (table_.lm_head() != table_.embed_tokens()) buckets.complete(table_.lm_head());
   b.zero(dx);
   b.rmsnorm_backward(dx, g_accumulated(table_.final_norm(), D), d_hidden_.tensor().slice(0, N * D),
