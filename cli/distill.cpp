@@ -107,7 +107,8 @@ int distill(int argc, char** argv) {
   const std::int64_t B = o.batch_size, T = o.sequence_length;
   LlamaModel teacher(teacher_config, *backend, B, T, ModelMode::Inference);
   load_parameters(teacher_dir, teacher);
-  LlamaModel student(student_config, *backend, B, T, ModelMode::Training, o.recompute);  // the teacher only infers
+  // The teacher only infers.
+  LlamaModel student(student_config, *backend, B, T, ModelMode::Training, o.recompute, gradient_sharding(o, run));
   load_parameters(student_dir, student);
   std::printf("distilling %s (%lld parameters) into %s (%lld parameters) on %s, temperature %g, hard-label weight %g\n",
               teacher_dir.c_str(), static_cast<long long>(teacher.table().total_numel()), student_dir.c_str(),

@@ -99,6 +99,10 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
        "activations kept for backward: none (all), selective (GEMM and attention outputs; norms and SwiGLU are "
        "recomputed) or full (each layer's input; the layer reruns in backward). Same gradients, less memory",
        cxxopts::value<std::string>()->default_value("none"))
+      ("zero-stage",
+       "ZeRO stage of a data-parallel run: 1 (optimizer state sharded over the ranks) or 2 (gradients too, "
+       "reduce-scattered in buckets during backward; the same results). Default: 2 with several ranks, 1 alone",
+       cxxopts::value<std::int64_t>())
       ("document-boundaries",
        "none (each window is one sequence), eos (a document ends at each of the model's EOS tokens) or bos (a "
        "document starts at each BOS token, as llm.c's and minitron tokenize's shards mark them): packed documents, "
@@ -117,6 +121,15 @@ ActivationRecompute recompute_from_flags(const cxxopts::ParseResult& r) {
   return *mode;
 }
 
+int zero_stage_from_flags(const cxxopts::ParseResult& r) {
+  if (!r.count("zero-stage")) return 0;
+  const std::int64_t stage = r["zero-stage"].as<std::int64_t>();
+  if (stage != 1 && stage != 2)
+    fail_expected("--zero-stage", str(stage),
+                  "1 (optimizer state sharded) or 2 (gradients too); stage 3 (weights sharded) is not implemented");
+  return static_cast<int>(stage);
+}
+
 TrainOptions parse_training_options(const cxxopts::ParseResult& r, const TrainingDefaults& defaults) {
   TrainOptions o;
   o.train_shards = resolve_shards(required<std::string>(r, "data"));
@@ -131,6 +144,7 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   o.save_interval = in_range<std::int64_t>(r, "save-interval", 0, std::int64_t{1} << 40);
   o.save_total_limit = in_range<std::int64_t>(r, "save-total-limit", 0, std::int64_t{1} << 40);
   o.recompute = recompute_from_flags(r);
+  o.zero_stage = zero_stage_from_flags(r);
   const std::string boundaries = r["document-boundaries"].as<std::string>();
   const std::optional<DocumentBoundaries> cut = parse_document_boundaries(boundaries);
   if (!cut) fail_expected("--document-boundaries", str("'", boundaries, "'"), "none, eos or bos");
@@ -211,12 +225,24 @@ TrainingRun open_training_run(const cxxopts::ParseResult& r,
   return run;
 }
 
+GradientSharding gradient_sharding(TrainOptions& o, const TrainingRun& run) {
+  o.zero_stage = zero_stage_for(o.zero_stage, run.communicator->world_size());
+  GradientSharding sharding;
+  sharding.stage = o.zero_stage;
+  sharding.communicator = run.communicator.get();
+  if (o.zero_stage == 2 && run.lead())
+    std::printf("ZeRO stage 2: gradients sharded over %lld ranks, reduce-scattered in buckets during backward\n",
+                static_cast<long long>(run.communicator->world_size()));
+  return sharding;
+}
+
 TrainingShape training_shape(const ModelConfig& config, const TrainOptions& o, std::int64_t world_size) {
   TrainingShape shape;
   shape.model = config;
   shape.batch_size = o.batch_size;
   shape.sequence_length = o.sequence_length;
   shape.recompute = o.recompute;
+  shape.zero_stage = zero_stage_for(o.zero_stage, world_size);
   shape.world_size = world_size;
   shape.validation = !o.validation_shards.empty();
   return shape;
@@ -228,6 +254,7 @@ TrainingShape training_shape_from_flags(const cxxopts::ParseResult& r, const Mod
   o.batch_size = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
   o.sequence_length = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
   o.recompute = recompute_from_flags(r);
+  o.zero_stage = zero_stage_from_flags(r);
   if (r.count("validation-data")) o.validation_shards = {r["validation-data"].as<std::string>()};
   return training_shape(config, o, world_size);
 }
@@ -247,7 +274,8 @@ void train_with_cross_entropy(const cxxopts::ParseResult& r, const ModelSource& 
     check_training_memory(training_shape(source.config, o, world_size), backend, str("--device ", backend.name()));
   });
   Backend* backend = run.backend.get();
-  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training, o.recompute);
+  LlamaModel model(source.config, *backend, o.batch_size, o.sequence_length, ModelMode::Training, o.recompute,
+                   gradient_sharding(o, run));
   set_initial_parameters(source, o.seed, model);
   std::printf("%s on %s: %lld parameters, %zu training shard(s)\n", banner.c_str(), backend->name().c_str(),
               static_cast<long long>(model.table().total_numel()), o.train_shards.size());

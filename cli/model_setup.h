@@ -80,6 +80,10 @@ TrainingShape training_shape_from_flags(const cxxopts::ParseResult& result, cons
                                         std::int64_t world_size);
 // --recompute as a mode, refused in one line naming the flag.
 ActivationRecompute recompute_from_flags(const cxxopts::ParseResult& result);
+// --zero-stage: 1 or 2, 0 when not given (zero_stage_for picks), refused in one line otherwise.
+int zero_stage_from_flags(const cxxopts::ParseResult& result);
+// How the trained model keeps its gradients on this run's ranks; settles options.zero_stage.
+GradientSharding gradient_sharding(TrainOptions& options, const TrainingRun& run);
 
 // Fails naming `flag` unless `tokens` positions fit the model (max_position_embeddings).
 void check_sequence_length(const char* flag, std::int64_t tokens, const ModelConfig& config);

@@ -95,7 +95,8 @@ ActivationRecompute recipe_recompute(const std::string& name) {
 
 // The training steps of a recipe, in the order `minitron pipeline` runs them. Importance and
 // pruning run the teacher forward only and are not planned.
-std::vector<PlannedStep> recipe_steps(const fs::path& path, const std::string& teacher_override, std::int64_t gpus) {
+std::vector<PlannedStep> recipe_steps(const fs::path& path, const std::string& teacher_override, std::int64_t gpus,
+                                      int zero_stage) {
   const Recipe recipe = load_recipe(path);
   const fs::path teacher_dir = teacher_override.empty() ? recipe.teacher : fs::path(teacher_override);
   if (!fs::exists(teacher_dir))
@@ -111,6 +112,7 @@ std::vector<PlannedStep> recipe_steps(const fs::path& path, const std::string& t
     s.batch_size = t.batch_size > 0 ? t.batch_size : recipe.batch_size;
     s.sequence_length = recipe.sequence_length;
     s.recompute = recipe_recompute(t.recompute);
+    s.zero_stage = zero_stage_for(zero_stage != 0 ? zero_stage : static_cast<int>(t.zero_stage), gpus);
     s.world_size = gpus;
     s.validation = validation;
     return s;
@@ -141,12 +143,14 @@ fs::path config_dir(const cxxopts::ParseResult& r, const std::string& flag) {
 }
 
 void print_table(const std::vector<PlannedStep>& steps, std::int64_t gpus, std::int64_t device_bytes) {
-  std::printf("memory per GPU on the CUDA engine: %lld GPU(s) of %s, ZeRO-1 (optimizer state sharded)\n\n",
-              static_cast<long long>(gpus), format_gib(device_bytes).c_str());
+  std::printf("memory per GPU on the CUDA engine: %lld GPU(s) of %s\n\n", static_cast<long long>(gpus),
+              format_gib(device_bytes).c_str());
   std::printf("%-24s", "");
   for (const PlannedStep& s : steps) std::printf(" %18s", s.name.c_str());
   std::printf("\n%-24s", "recompute");
   for (const PlannedStep& s : steps) std::printf(" %18s", activation_recompute_name(s.shape.recompute));
+  std::printf("\n%-24s", "zero stage");
+  for (const PlannedStep& s : steps) std::printf(" %18d", s.shape.zero_stage);
   std::printf("\n%-24s", "batch x sequence");
   for (const PlannedStep& s : steps)
     std::printf(" %18s", str(s.shape.batch_size, " x ", s.shape.sequence_length).c_str());
@@ -200,7 +204,6 @@ int plan(int argc, char** argv) {
       ("recipe", "plan every training step of this recipe (instead of train/correct/distill flags)", cxxopts::value<std::string>())
       ("gpus", "data-parallel GPUs (ranks)", cxxopts::value<std::int64_t>()->default_value("1"))
       ("gpu-memory", "memory of each GPU, e.g. 80GiB, 80GB or 81920MiB", cxxopts::value<std::string>()->default_value("80GiB"))
-      ("zero-stage", "ZeRO stage: 1 (optimizer state sharded), the only one the engine has", cxxopts::value<std::int64_t>()->default_value("1"))
       ("json", "print the plan as JSON");
   // clang-format on
   if (command == "distill") {
@@ -216,7 +219,8 @@ int plan(int argc, char** argv) {
   } else {
     // clang-format off
     options.add_options("recipe")
-        ("teacher", "the teacher's checkpoint or config.json directory, instead of the recipe's", cxxopts::value<std::string>());
+        ("teacher", "the teacher's checkpoint or config.json directory, instead of the recipe's", cxxopts::value<std::string>())
+        ("zero-stage", "ZeRO stage of every step, instead of the recipe's: 1 or 2", cxxopts::value<std::int64_t>());
     // clang-format on
   }
   if (!command.empty()) add_training_options(options, TrainingDefaults{});
@@ -225,18 +229,14 @@ int plan(int argc, char** argv) {
 
   const std::int64_t gpus = in_range<std::int64_t>(r, "gpus", 1, 4096);
   const std::int64_t device_bytes = parse_gpu_memory(r["gpu-memory"].as<std::string>());
-  const std::int64_t zero_stage = r["zero-stage"].as<std::int64_t>();
-  if (zero_stage != 1)
-    fail_expected("--zero-stage", str(zero_stage),
-                  zero_stage == 2 || zero_stage == 3
-                      ? "1: ZeRO stage 2 and 3 (gradients and weights sharded too) are not implemented yet"
-                      : "1 (the engine shards the AdamW state over the ranks; it has no other stage)");
+  const int zero_stage = zero_stage_from_flags(r);  // 0: the recipe's, or the default
 
   std::vector<PlannedStep> steps;
   if (command.empty()) {
     if (!r.count("recipe"))
       fail_expected("minitron plan", "no run given", "train, correct or distill and its flags, or --recipe FILE");
-    steps = recipe_steps(r["recipe"].as<std::string>(), r.count("teacher") ? r["teacher"].as<std::string>() : "", gpus);
+    steps = recipe_steps(r["recipe"].as<std::string>(), r.count("teacher") ? r["teacher"].as<std::string>() : "", gpus,
+                         zero_stage);
   } else if (command == "distill") {
     const ModelConfig teacher = load_model_config(config_dir(r, "teacher"));
     const ModelConfig student = load_model_config(config_dir(r, "student"));
@@ -259,7 +259,7 @@ int plan(int argc, char** argv) {
   for (PlannedStep& s : steps) s.plan = plan_training_memory(s.shape);
 
   if (r.count("json")) {
-    nlohmann::ordered_json out = {{"engine", "cuda"}, {"gpus", gpus}, {"gpu_memory", device_bytes}, {"zero_stage", 1}};
+    nlohmann::ordered_json out = {{"engine", "cuda"}, {"gpus", gpus}, {"gpu_memory", device_bytes}};
     out["steps"] = nlohmann::ordered_json::array();
     for (const PlannedStep& s : steps) {
       nlohmann::ordered_json step = {{"step", s.name}};

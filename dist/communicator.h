@@ -7,7 +7,9 @@
 // flat parameter vector only. Each step the gradients are reduce-scattered (every rank gets
 // the sum over ranks of its own part), each rank updates its part, and the parameters are
 // all-gathered, so the replicas stay identical while the AdamW state, 12 of the 18 bytes per
-// parameter of the cuda engine, is divided by the number of ranks.
+// parameter of the cuda engine, is divided by the number of ranks. ZeRO stage 2 divides the 4
+// bytes of fp32 gradient too: backward reduce-scatters the gradients bucket by bucket as they are
+// complete (start_reduce_scatter_sum below; model/gradient_buckets.h).
 //
 // A run is launched the way torchrun or Slurm launch one process per GPU; each process reads
 // its place from the environment (dist/environment.h). Rank 0 is the only one that prints,
@@ -48,6 +50,18 @@ class Communicator {
   virtual void all_gather(Tensor t, std::span<const std::int64_t> bounds) = 0;
   // Returns once every rank has called it.
   virtual void barrier() = 0;
+  // reduce_scatter_sum, started behind every op queued on the backend so far and left running
+  // beside the ops queued after it (ZeRO-2's gradient buckets, model/gradient_buckets.h):
+  // engines with streams (NCCL) queue it on a communication stream of their own after an event
+  // on the backend's stream; others reduce at once. t must not be read or written until
+  // wait_reduction(the returned ticket). Every rank starts the same reductions in the same order.
+  virtual std::int64_t start_reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) {
+    reduce_scatter_sum(t, bounds);
+    return 0;
+  }
+  // Ops queued on the backend after this call see the result of the reduction `ticket` (and of
+  // those started before it), without the host waiting for it.
+  virtual void wait_reduction(std::int64_t /*ticket*/) {}
 };
 
 // World size 1: every collective is the identity.

@@ -43,9 +43,13 @@ NcclCommunicator::~NcclCommunicator() {
     // be printed nor the process exit for the launcher to see. Abort does not wait.
     if (comm_) ncclCommAbort(comm_);
   } else {
+    if (communication_) cudaStreamSynchronize(communication_);
     cudaStreamSynchronize(backend_.context().stream());
     if (comm_) ncclCommDestroy(comm_);
   }
+  for (const auto& [ticket, event] : pending_) cudaEventDestroy(event);
+  for (cudaEvent_t event : free_events_) cudaEventDestroy(event);
+  if (communication_) cudaStreamDestroy(communication_);
   if (staging_) cudaFree(staging_);
 }
 
@@ -80,13 +84,54 @@ void require_device_memory(const char* what, Tensor t) {
 }  // namespace
 
 void NcclCommunicator::reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) {
+  reduce_scatter_on(backend_.context().stream(), t, bounds);
+}
+
+cudaEvent_t NcclCommunicator::take_event() {
+  if (free_events_.empty()) {
+    cudaEvent_t event = nullptr;
+    // Timing off: these events only order the two streams.
+    MINITRON_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    return event;
+  }
+  cudaEvent_t event = free_events_.back();
+  free_events_.pop_back();
+  return event;
+}
+
+std::int64_t NcclCommunicator::start_reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) {
+  if (communication_ == nullptr) MINITRON_CUDA_CHECK(cudaStreamCreateWithFlags(&communication_, cudaStreamNonBlocking));
+  // The communication stream starts once the backend's stream has written t (the bucket's
+  // gradients); the backend's stream goes on with the rest of backward meanwhile.
+  cudaEvent_t written = take_event();
+  MINITRON_CUDA_CHECK(cudaEventRecord(written, backend_.context().stream()));
+  MINITRON_CUDA_CHECK(cudaStreamWaitEvent(communication_, written, 0));
+  free_events_.push_back(written);  // the wait took the event's state: it may be recorded again
+  reduce_scatter_on(communication_, t, bounds);
+  cudaEvent_t reduced = take_event();
+  MINITRON_CUDA_CHECK(cudaEventRecord(reduced, communication_));
+  pending_.emplace_back(next_ticket_, reduced);
+  return next_ticket_++;
+}
+
+void NcclCommunicator::wait_reduction(std::int64_t ticket) {
+  // The communication stream runs its reductions in order: the wait for `ticket` covers the
+  // earlier ones, whose events are released with it.
+  while (!pending_.empty() && pending_.front().first <= ticket) {
+    const auto [done, event] = pending_.front();
+    pending_.pop_front();
+    if (done == ticket) MINITRON_CUDA_CHECK(cudaStreamWaitEvent(backend_.context().stream(), event, 0));
+    free_events_.push_back(event);
+  }
+}
+
+void NcclCommunicator::reduce_scatter_on(cudaStream_t stream, Tensor t, std::span<const std::int64_t> bounds) {
   const char* what = "NCCL reduce_scatter_sum";
   if (t.dtype != DType::F32) fail_expected(what, str("the tensor has dtype ", dtype_name(t.dtype)), "f32");
   check_shard_bounds(what, bounds, world_size_, t.numel);
   if (world_size_ == 1 || t.numel == 0) return;
   require_device_memory(what, t);
   float* data = static_cast<float*>(t.data);
-  const cudaStream_t stream = backend_.context().stream();
   const std::int64_t c = uniform_part(bounds, world_size_);
   if (c > 0) {
     // In place as NCCL defines it: this rank's part of the send buffer is its receive buffer.

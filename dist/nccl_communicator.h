@@ -10,7 +10,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "dist/communicator.h"
 
@@ -56,8 +59,15 @@ class NcclCommunicator final : public Communicator {
   void all_gather(Tensor t, std::span<const std::int64_t> bounds) override;
   // A one-element all-reduce, then waits for the stream: every rank has reached it when it returns.
   void barrier() override;
+  // On the communication stream, after an event recorded on the backend's stream; an event
+  // recorded after it on the communication stream is what wait_reduction makes the backend's
+  // stream wait for (cudaStreamWaitEvent: the host never blocks).
+  std::int64_t start_reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) override;
+  void wait_reduction(std::int64_t ticket) override;
 
  private:
+  void reduce_scatter_on(cudaStream_t stream, Tensor t, std::span<const std::int64_t> bounds);
+  cudaEvent_t take_event();
   // Device memory for at least `count` doubles.
   double* staging(std::size_t count);
 
@@ -67,6 +77,12 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   double* staging_ = nullptr;
   std::size_t staging_count_ = 0;
+  // start_reduce_scatter_sum's stream (made at its first use) and events: the pending
+  // reductions' completion events by ticket, and the events free for reuse.
+  cudaStream_t communication_ = nullptr;
+  std::int64_t next_ticket_ = 1;
+  std::deque<std::pair<std::int64_t, cudaEvent_t>> pending_;
+  std::vector<cudaEvent_t> free_events_;
 };
 
 }  // namespace minitron::cuda

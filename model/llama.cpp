@@ -149,14 +149,15 @@ std::size_t KvCache::checked(std::int64_t sequence) const {
 }
 
 LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch, std::int64_t max_sequence,
-                       ModelMode mode, ActivationRecompute recompute)
+                       ModelMode mode, ActivationRecompute recompute, const GradientSharding& sharding)
     : config_(config),
       table_(config),
       backend_(backend),
       mode_(mode),
       recompute_(recompute),
       max_batch_(max_batch),
-      max_sequence_(max_sequence) {
+      max_sequence_(max_sequence),
+      sharding_(sharding) {
   if (max_batch < 1 || max_sequence < 1)
     fail_expected("model", str("batch ", max_batch, " x sequence ", max_sequence), "both >= 1");
   MINITRON_ASSERT(mode == ModelMode::Training || recompute == ActivationRecompute::None, "activation recomputation (",
@@ -241,8 +242,7 @@ void LlamaModel::allocate_arenas() {
   final_rstd_ = BackendBuffer(b, N, stat);
 
   if (training) {
-    grads_ = BackendBuffer(b, table_.total_numel(), b.gradient_dtype());
-    b.zero(grads_);
+    gradient_buckets_ = std::make_unique<GradientBuckets>(b, table_, sharding_);
     d_residual_ = BackendBuffer(b, N * D, act);
     d_hidden_ = BackendBuffer(b, N * D, act);
     d_normed_ = BackendBuffer(b, N * D, act);
@@ -267,9 +267,25 @@ void LlamaModel::get_parameters(std::span<float> host) const {
   backend_.download(host.data(), params_);
 }
 
-void LlamaModel::zero_gradients() {
+GradientBuckets& LlamaModel::gradient_buckets() const {
   MINITRON_ASSERT(mode_ == ModelMode::Training, "gradients need a Training-mode model");
-  backend_.zero(grads_);
+  return *gradient_buckets_;
+}
+
+void LlamaModel::zero_gradients() { gradient_buckets().begin_step(); }
+
+void LlamaModel::weight_gradient(std::int64_t offset, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
+                                 std::int64_t K) {
+  const GradientBuckets::Destination dw = g(offset, M * N);
+  backend_.matmul(dw.tensor, a, b, M, N, K, true, false, 1.0f, dw.accumulate ? 1.0f : 0.0f);
+}
+
+void LlamaModel::complete_layer_gradients(std::int64_t l) {
+  const LayerOffsets& w = table_.layer(l);
+  GradientBuckets& buckets = *gradient_buckets_;
+  for (std::int64_t offset : {w.input_layernorm, w.q_proj, w.k_proj, w.v_proj, w.o_proj, w.post_attention_layernorm,
+                              w.gate_proj, w.up_proj, w.down_proj})
+    buckets.complete(offset);
 }
 
 LlamaModel::LayerTensors LlamaModel::layer_tensors(std::int64_t l) const {
@@ -531,8 +547,7 @@ void LlamaModel::head_backward(Tensor dlogits, std::int64_t row0, std::int64_t r
   // d_hidden[rows] = dlogits @ W ; dW += dlogits^T @ hidden[rows]
   backend_.matmul(d_hidden_.tensor().slice(row0 * D, rows * D), dl, p(table_.lm_head(), V * D), rows, D, V, false,
                   false);
-  backend_.matmul(g(table_.lm_head(), V * D), dl, final_hidden_.tensor().slice(row0 * D, rows * D), V, D, rows, true,
-                  false, 1.0f, 1.0f);
+  weight_gradient(table_.lm_head(), dl, final_hidden_.tensor().slice(row0 * D, rows * D), V, D, rows);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -556,10 +571,17 @@ void LlamaModel::backward() {
   Tensor dx = d_residual_.tensor().slice(0, N * D);
 
   // Final norm: its input is the last layer's output; rmsnorm_backward accumulates into dx.
+  GradientBuckets& buckets = *gradient_buckets_;
+  // head_backward covered every row: the LM head's gradient is whole (a tied head's waits for
+  // the embedding's, at the end). A loss that never reached the logits (on hidden states only)
+  // gave it none: zero, not whatever the buffer held.
+  g_accumulated(table_.lm_head(), config_.vocab_size * D);
+  if (table_.lm_head() != table_.embed_tokens()) buckets.complete(table_.lm_head());
   b.zero(dx);
-  b.rmsnorm_backward(dx, g(table_.final_norm(), D), d_hidden_.tensor().slice(0, N * D),
+  b.rmsnorm_backward(dx, g_accumulated(table_.final_norm(), D), d_hidden_.tensor().slice(0, N * D),
                      residual_[static_cast<std::size_t>(L)].tensor().slice(0, N * D), p(table_.final_norm(), D),
                      final_rstd_.tensor().slice(0, N), N, D);
+  buckets.complete(table_.final_norm());
   for (std::int64_t l = L - 1; l >= 0; --l) {
     // dx is dloss/d(output of layer l) here: losses on that hidden state add their part.
     for (const auto& [layer, grad] : layer_output_gradients_)
@@ -568,9 +590,13 @@ void LlamaModel::backward() {
     const Tensor x_in = residual_[static_cast<std::size_t>(l)].tensor().slice(0, N * D);
     recompute_layer(l, a, x_in);
     layer_backward(l, a, x_in);
+    complete_layer_gradients(l);
   }
   layer_output_gradients_.clear();
-  b.embedding_backward(g(table_.embed_tokens(), config_.vocab_size * D), dx, tokens_.tensor().slice(0, N), N, D);
+  b.embedding_backward(g_accumulated(table_.embed_tokens(), config_.vocab_size * D), dx, tokens_.tensor().slice(0, N),
+                       N, D);
+  buckets.complete(table_.embed_tokens());
+  buckets.end_micro_batch();
   ready_for_backward_ = false;
 }
 
@@ -616,18 +642,18 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
 
   // MLP block. y = mid + mlp @ Wd^T.
   b.matmul(dmlp, dx, p(w.down_proj, D * F), N, F, D, false, false);
-  b.matmul(g(w.down_proj, D * F), dx, mlp, D, F, N, true, false, 1.0f, 1.0f);
+  weight_gradient(w.down_proj, dx, mlp, D, F, N);
   b.swiglu_backward(dgate, dup, dmlp, gate, up, N * F);
   b.matmul(dnormed, dgate, p(w.gate_proj, F * D), N, D, F, false, false);
   b.matmul(dnormed, dup, p(w.up_proj, F * D), N, D, F, false, false, 1.0f, 1.0f);
-  b.matmul(g(w.gate_proj, F * D), dgate, mlp_normed, F, D, N, true, false, 1.0f, 1.0f);
-  b.matmul(g(w.up_proj, F * D), dup, mlp_normed, F, D, N, true, false, 1.0f, 1.0f);
-  b.rmsnorm_backward(dx, g(w.post_attention_layernorm, D), dnormed, a.mid, p(w.post_attention_layernorm, D), a.mlp_rstd,
-                     N, D);
+  weight_gradient(w.gate_proj, dgate, mlp_normed, F, D, N);
+  weight_gradient(w.up_proj, dup, mlp_normed, F, D, N);
+  b.rmsnorm_backward(dx, g_accumulated(w.post_attention_layernorm, D), dnormed, a.mid, p(w.post_attention_layernorm, D),
+                     a.mlp_rstd, N, D);
 
   // Attention block. mid = x + att @ Wo^T.
   b.matmul(datt, dx, p(w.o_proj, D * QD), N, QD, D, false, false);
-  b.matmul(g(w.o_proj, D * QD), dx, att, D, QD, N, true, false, 1.0f, 1.0f);
+  weight_gradient(w.o_proj, dx, att, D, QD, N);
   const Tensor positions = document_positions();
   b.attention_backward(dq, dk, dv, datt, att, a.lse, q, k, v, B, T, Hq, Hkv, hd, positions);
   b.rope_backward(dq, inv_freq_, B, T, Hq, hd, 0, positions);
@@ -635,10 +661,11 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
   b.matmul(dnormed, dq, p(w.q_proj, QD * D), N, D, QD, false, false);
   b.matmul(dnormed, dk, p(w.k_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);
   b.matmul(dnormed, dv, p(w.v_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);
-  b.matmul(g(w.q_proj, QD * D), dq, normed, QD, D, N, true, false, 1.0f, 1.0f);
-  b.matmul(g(w.k_proj, KVD * D), dk, normed, KVD, D, N, true, false, 1.0f, 1.0f);
-  b.matmul(g(w.v_proj, KVD * D), dv, normed, KVD, D, N, true, false, 1.0f, 1.0f);
-  b.rmsnorm_backward(dx, g(w.input_layernorm, D), dnormed, x_in, p(w.input_layernorm, D), a.attention_rstd, N, D);
+  weight_gradient(w.q_proj, dq, normed, QD, D, N);
+  weight_gradient(w.k_proj, dk, normed, KVD, D, N);
+  weight_gradient(w.v_proj, dv, normed, KVD, D, N);
+  b.rmsnorm_backward(dx, g_accumulated(w.input_layernorm, D), dnormed, x_in, p(w.input_layernorm, D), a.attention_rstd,
+                     N, D);
 }
 
 // ---------------------------------------------------------------------------------------

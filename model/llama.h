@@ -16,6 +16,7 @@
 #include "core/backend.h"
 #include "model/activation_recompute.h"
 #include "model/config.h"
+#include "model/gradient_buckets.h"
 #include "model/parameters.h"
 
 namespace minitron {
@@ -113,8 +114,11 @@ class LlamaModel {
                             ActivationRecompute recompute = ActivationRecompute::None);
 
   // recompute other than None needs Training mode (Inference keeps one layer's activations).
+  // `sharding`: where a Training-mode model keeps its parameter gradients (model/gradient_buckets.h:
+  // ZeRO stage 1, the whole vector; stage 2, this rank's part and the buckets' slots).
   LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t max_batch, std::int64_t max_sequence,
-             ModelMode mode, ActivationRecompute recompute = ActivationRecompute::None);
+             ModelMode mode, ActivationRecompute recompute = ActivationRecompute::None,
+             const GradientSharding& sharding = {});
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
@@ -135,8 +139,13 @@ class LlamaModel {
   void set_parameters(std::span<const float> host);
   void get_parameters(std::span<float> host) const;
   Tensor parameters() const { return params_; }
-  Tensor gradients() const { return grads_; }  // empty in Inference mode
+  // ZeRO stage 1: the whole gradient vector; stage 2: this rank's part of it (GradientBuckets).
+  // Empty in Inference mode.
+  Tensor gradients() const { return gradient_buckets_ ? gradient_buckets_->gradients() : Tensor{}; }
+  GradientBuckets& gradient_buckets() const;  // Training mode
   Tensor parameter(const ParamInfo& info) const { return params_.tensor().slice(info.offset, info.numel); }
+  // Starts a new optimizer step's gradient: the next backward overwrites what the buffers hold
+  // (the first weight-gradient GEMM of each parameter writes with beta = 0; no memset).
   void zero_gradients();
 
   // Runs the decoder on tokens [batch * sequence] and leaves the final normalised hidden
@@ -168,7 +177,18 @@ class LlamaModel {
   void allocate_arenas();
   LayerTensors layer_tensors(std::int64_t l) const;
   Tensor p(std::int64_t offset, std::int64_t numel) const { return params_.tensor().slice(offset, numel); }
-  Tensor g(std::int64_t offset, std::int64_t numel) const { return grads_.tensor().slice(offset, numel); }
+  // The gradient of the parameter at `offset` for this micro-batch, and the GEMM beta that writes
+  // it (0 on its first write, 1 after): GradientBuckets::destination.
+  GradientBuckets::Destination g(std::int64_t offset, std::int64_t numel) const {
+    return gradient_buckets_->destination(offset, numel);
+  }
+  // For ops that only accumulate (norm and embedding weight gradients): zeroed on a first write.
+  Tensor g_accumulated(std::int64_t offset, std::int64_t numel) const {
+    return gradient_buckets_->destination(offset, numel, /*zero_first=*/true).tensor;
+  }
+  // dW (+)= a^T b for the weight at `offset` [M, N], as a weight-gradient GEMM over K rows.
+  void weight_gradient(std::int64_t offset, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K);
+  void complete_layer_gradients(std::int64_t l);
   void layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_in, Tensor x_out, ActivationObserver* observer,
                      KvCache* cache);
   void cached_attention(std::int64_t l, const LayerTensors& a, KvCache& cache);
@@ -186,8 +206,10 @@ class LlamaModel {
   bool ready_for_backward_ = false;
   std::vector<std::pair<std::int64_t, Tensor>> layer_output_gradients_;  // add_layer_output_gradient()
 
-  BackendBuffer params_, grads_, inv_freq_, tokens_;
-  BackendBuffer positions_;               // the last forward's packed-document positions (I32 [N])
+  BackendBuffer params_, inv_freq_, tokens_;
+  GradientSharding sharding_;
+  std::unique_ptr<GradientBuckets> gradient_buckets_;  // Training mode
+  BackendBuffer positions_;                            // the last forward's packed-document positions (I32 [N])
   bool packed_ = false;                   // whether the last forward had positions (backward reuses them)
   std::vector<std::int32_t> cache_rows_;  // with a cache: the sequence each row of the last forward continues
   // residual_[l] is the input of layer l; residual_[L] the output of the last layer.

@@ -92,6 +92,7 @@ std::vector<std::string> training_flags(const Recipe& r, const RecipeTraining& t
                                 "--resume"};
   if (!r.device.empty()) f.insert(f.end(), {"--device", r.device});
   if (t.recompute != "none") f.insert(f.end(), {"--recompute", t.recompute});
+  if (t.zero_stage != 0) f.insert(f.end(), {"--zero-stage", std::to_string(t.zero_stage)});
   return f;
 }
 

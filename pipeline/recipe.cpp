@@ -78,10 +78,13 @@ void read_training(const JsonField& j, RecipeTraining& t) {
   r.get("intermediate_layers", t.intermediate_layers);
   r.get("enabled", t.enabled);
   r.get("recompute", t.recompute);
+  r.get("zero_stage", t.zero_stage);
   r.finish();
   if (t.steps < 1) fail_expected(j.at("steps").where(), str(t.steps), "at least 1");
   if (!parse_activation_recompute(t.recompute))
     fail_expected(j.at("recompute").where(), str("'", t.recompute, "'"), "none, selective or full");
+  if (t.zero_stage != 0 && t.zero_stage != 1 && t.zero_stage != 2)
+    fail_expected(j.at("zero_stage").where(), str(t.zero_stage), "1 or 2 (or no zero_stage: 2 with several ranks)");
 }
 
 // One {task, task_file, shots, limit, fewshot_file} object; name is its key path ("importance.task").

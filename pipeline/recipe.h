@@ -28,6 +28,7 @@ struct RecipeTraining {
   std::string intermediate_layers;        // distillation only: "s:t,..." ("" = the default mapping)
   bool enabled = true;                    // correction: false skips it (the teacher is used as is)
   std::string recompute = "none";         // --recompute: none, selective or full (the baseline takes distillation's)
+  std::int64_t zero_stage = 0;            // --zero-stage: 1 or 2; 0 = the default (2 with several ranks)
 };
 
 // One pruned architecture: explicit targets (any subset) or a parameter budget.

@@ -6,6 +6,7 @@
 
 #include "dist/communicator.h"
 #include "kernels/cuda/device_memory.h"
+#include "model/gradient_buckets.h"
 #include "model/llama.h"
 #include "model/parameters.h"
 #include "model/tensor_streaming.h"
@@ -54,6 +55,7 @@ MemoryPlan plan_training_memory(const TrainingShape& s, std::int64_t rank) {
   MINITRON_ASSERT(s.batch_size >= 1 && s.sequence_length >= 1 && s.world_size >= 1 && rank >= 0 && rank < s.world_size,
                   "memory plan of rank ", rank, " of ", s.world_size);
   MINITRON_ASSERT(s.teacher || s.intermediate_pairs == 0, "an intermediate-state loss needs a teacher");
+  MINITRON_ASSERT(s.zero_stage == 1 || s.zero_stage == 2, "ZeRO stage ", s.zero_stage);
   const ModelConfig& c = s.model;
   const std::int64_t B = s.batch_size, T = s.sequence_length, N = B * T, V = c.vocab_size;
   const std::int64_t P = ParameterTable(c).total_numel();
@@ -85,10 +87,16 @@ MemoryPlan plan_training_memory(const TrainingShape& s, std::int64_t rank) {
     if (Ds != Dt) intermediate += Dt * Ds * (kAct + kF32 + 3 * kF32);
   }
 
+  // The gradients (model/gradient_buckets.h): the whole vector for ZeRO-1, this rank's part and
+  // the bucket slots for ZeRO-2.
+  const GradientBuckets::DeviceBytes gradients = GradientBuckets::device_bytes(
+      ParameterTable(c), kGradient, s.zero_stage, kDefaultBucketElements, s.world_size, rank);
+
   // NCCL's staging of summed host values, and the window the optimizer state is gathered
-  // through at each checkpoint (one process needs neither).
+  // through at each checkpoint (one process needs neither); ZeRO-2's gradient bucket slots.
   const std::int64_t communication =
-      s.world_size > 1 ? cuda::kNcclStagingDoubles * 8 + std::min(AdamW::kGatherWindow, P) * kF32 : 0;
+      (s.world_size > 1 ? cuda::kNcclStagingDoubles * 8 + std::min(AdamW::kGatherWindow, P) * kF32 : 0) +
+      gradients.slots;
 
   // The kernels' scratch grows to the largest request and stays (cuda_context.h): embedding
   // and RMSNorm weight gradients, attention's backward, and the sums of squares of the whole
@@ -104,7 +112,7 @@ MemoryPlan plan_training_memory(const TrainingShape& s, std::int64_t rank) {
   MemoryPlan plan;
   plan.rank = rank;
   const std::int64_t values[] = {model.weights,
-                                 model.gradients,
+                                 gradients.gradients,
                                  optimizer,
                                  model.saved_activations,
                                  model.recompute_workspace,
@@ -140,13 +148,21 @@ bool fits(const MemoryPlan& plan, std::int64_t device_bytes) {
   return plan.peak() + kDeviceReserveBytes <= device_bytes;
 }
 
-std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes) {
+std::string fitting_change(const TrainingShape& asked, std::int64_t device_bytes) {
   auto fits_shape = [&](const TrainingShape& s) { return fits(plan_training_memory(s), device_bytes); };
+  // ZeRO-2 first: the same results and no recomputation. The changes after it come with it.
+  TrainingShape shape = asked;
+  std::string zero;
+  if (asked.zero_stage == 1 && asked.world_size > 1) {
+    shape.zero_stage = 2;
+    if (fits_shape(shape)) return "--zero-stage 2";
+    zero = "--zero-stage 2 and ";
+  }
   for (ActivationRecompute mode : {ActivationRecompute::Selective, ActivationRecompute::Full}) {
     if (static_cast<int>(mode) <= static_cast<int>(shape.recompute)) continue;
     TrainingShape s = shape;
     s.recompute = mode;
-    if (fits_shape(s)) return str("--recompute ", activation_recompute_name(mode));
+    if (fits_shape(s)) return str(zero, "--recompute ", activation_recompute_name(mode));
   }
   // Then more ranks, or a shorter sequence, at the current recompute mode or with more
   // recomputation.
@@ -158,7 +174,8 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
     return mode == shape.recompute ? std::string() : str(" with --recompute ", activation_recompute_name(mode));
   };
   // GPUs are the dearer resource: the fewest ranks over the modes, the least recomputation
-  // among equals. More ranks shrink only the optimizer share: 1024 leaves under 0.1% of it.
+  // among equals. More ranks shrink only the optimizer share and the gradient part: 1024 leave
+  // under 0.1% of them.
   std::int64_t best_world = 0;
   ActivationRecompute best_mode = shape.recompute;
   for (ActivationRecompute mode : modes) {
@@ -167,6 +184,7 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
       TrainingShape s = shape;
       s.recompute = mode;
       s.world_size = world;
+      s.zero_stage = 2;  // the default with several ranks
       if (!fits_shape(s)) continue;
       best_world = world;
       best_mode = mode;
@@ -174,7 +192,8 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
     }
   }
   if (best_world > 0)
-    return str(best_world, " ranks (data-parallel, the optimizer state sharded over them)", with_mode(best_mode));
+    return str(best_world, " ranks (data-parallel, ZeRO-2: optimizer state and gradients sharded over them)",
+               with_mode(best_mode));
   // Every part grows with the sequence: the longest that fits in any mode (full recomputation
   // keeps the least per token), by bisection.
   std::int64_t best_length = 0;
@@ -194,7 +213,8 @@ std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes
     best_length = lo;
     best_mode = mode;
   }
-  if (best_length > 0) return str("--sequence-length ", best_length, " (the longest that fits)", with_mode(best_mode));
+  if (best_length > 0)
+    return str(zero, "--sequence-length ", best_length, " (the longest that fits)", with_mode(best_mode));
   return {};
 }
 
@@ -239,7 +259,7 @@ nlohmann::ordered_json memory_plan_json(const TrainingShape& shape, const Memory
   nlohmann::ordered_json out = {{"batch_size", shape.batch_size},
                                 {"sequence_length", shape.sequence_length},
                                 {"recompute", activation_recompute_name(shape.recompute)},
-                                {"zero_stage", 1},
+                                {"zero_stage", shape.zero_stage},
                                 {"gpus", shape.world_size},
                                 {"rank", plan.rank},
                                 {"parts", parts},

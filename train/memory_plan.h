@@ -24,6 +24,7 @@ struct TrainingShape {
   std::optional<ModelConfig> teacher;                // a distillation's teacher: weights and inference buffers only
   std::int64_t batch_size = 1, sequence_length = 1;  // per rank and micro-batch
   ActivationRecompute recompute = ActivationRecompute::None;
+  int zero_stage = 1;  // 2: the gradient sharded too (model/gradient_buckets.h)
   std::int64_t world_size = 1;
   std::int64_t loss_chunk_rows = 0;     // distill's --loss-chunk-rows (0: the engine's default)
   bool validation = false;              // rank 0 keeps a second loss workspace for validation
@@ -68,11 +69,11 @@ inline constexpr std::int64_t kDeviceReserveBytes = std::int64_t{2} << 30;
 
 bool fits(const MemoryPlan& plan, std::int64_t device_bytes);
 
-// The cheapest change that makes `shape` fit `device_bytes`, tried in this order: recompute
-// selective, recompute full, more ranks (the fewest that fit in any mode at least as thrifty as
-// the current one, the least recomputation among equals), a shorter sequence (the longest that
-// fits, likewise). A flag-like phrase ("--recompute selective", "4 ranks (...) with --recompute
-// full"), or empty when none of them fits.
+// The cheapest change that makes `shape` fit `device_bytes`, tried in this order: ZeRO stage 2
+// (with several ranks), recompute selective, recompute full, more ranks (the fewest that fit in any mode at least as
+// thrifty as the current one, the least recomputation among equals), a shorter sequence (the longest that fits,
+// likewise). A flag-like phrase ("--recompute selective", "4 ranks (...) with --recompute full"), or empty when none of
+// them fits.
 std::string fitting_change(const TrainingShape& shape, std::int64_t device_bytes);
 
 // "12.3 GiB"

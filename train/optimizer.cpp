@@ -89,6 +89,9 @@ void AdamW::allocate_state() {
   if (model_.mode() != ModelMode::Training) fail("optimizer: the model was not built for training");
   Backend& b = model_.backend();
   bounds_ = ::minitron::shard_bounds(model_.table().total_numel(), communicator_.world_size());
+  if (model_.gradient_buckets().stage() == 2 && model_.gradient_buckets().shard_bounds() != bounds_)
+    fail_expected("optimizer", "a model whose ZeRO-2 gradient parts are not the optimizer's",
+                  "the model built with the run's communicator");
   const std::int64_t n = part_end() - part_begin();
   m_ = BackendBuffer(b, n, DType::F32);
   v_ = BackendBuffer(b, n, DType::F32);
@@ -107,11 +110,17 @@ std::int64_t AdamW::part_end() const { return bounds_[static_cast<std::size_t>(c
 OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
   Backend& b = model_.backend();
   const std::int64_t begin = part_begin(), end = part_end();
-  communicator_.reduce_scatter_sum(model_.gradients(), bounds_);
+  // This rank's part of the gradient, summed over ranks: ZeRO-2's buckets were reduced during
+  // backward; ZeRO-1 reduce-scatters the whole vector now.
+  const bool sharded = model_.gradient_buckets().stage() == 2;
+  if (!sharded) communicator_.reduce_scatter_sum(model_.gradients(), bounds_);
+  auto gradient = [&](std::int64_t lo, std::int64_t count) {
+    return model_.gradients().slice(sharded ? lo - begin : lo, count);
+  };
   OptimizerStepStats stats;
   stats.learning_rate = learning_rate_at(config_, step);
   // The global norm from each rank's part: the sum of squares is additive over parts.
-  double sum_of_squares = end > begin ? b.sum_of_squares(model_.gradients().slice(begin, end - begin)) : 0.0;
+  double sum_of_squares = end > begin ? b.sum_of_squares(gradient(begin, end - begin)) : 0.0;
   communicator_.all_reduce_sum(std::span<double>(&sum_of_squares, 1));
   stats.grad_norm = std::sqrt(sum_of_squares) * grad_scale;
   float scale = grad_scale;
@@ -131,7 +140,7 @@ OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
     s.step = steps_taken_;
     s.grad_scale = scale;
     Tensor master = has_master() ? master_.tensor().slice(lo - begin, hi - lo) : Tensor{};
-    b.adamw_update(model_.parameters().slice(lo, hi - lo), master, model_.gradients().slice(lo, hi - lo),
+    b.adamw_update(model_.parameters().slice(lo, hi - lo), master, gradient(lo, hi - lo),
                    m_.tensor().slice(lo - begin, hi - lo), v_.tensor().slice(lo - begin, hi - lo), s);
   }
   communicator_.all_gather(model_.parameters(), bounds_);

@@ -44,7 +44,9 @@ std::vector<float> gather_to_rank0(Backend& backend, Communicator& communicator,
 // With a communicator of several ranks the state is sharded as in ZeRO stage 1
 // (dist/communicator.h): each rank keeps the moments and master weights of its own part of the
 // flat parameter vector (shard_bounds), updates that part from the reduce-scattered gradients
-// and all-gathers the parameters, so every rank ends the step with the same weights.
+// and all-gathers the parameters, so every rank ends the step with the same weights. A model
+// built for ZeRO stage 2 (model/gradient_buckets.h) brings its part of the gradient already
+// summed over ranks, reduced bucket by bucket during backward.
 class AdamW {
  public:
   AdamW(LlamaModel& model, const OptimizerConfig& config);  // one process: the whole state
@@ -59,7 +61,7 @@ class AdamW {
   // several ranks it is a collective that takes each rank's own, unsummed gradients: it sums
   // over ranks only this rank's part (a reduce-scatter, after which the other parts of the
   // model's gradients are stale), updates that part and all-gathers the parameters. In one
-  // process the gradients are already the sum.
+  // process the gradients are already the sum. ZeRO-2: the model's gradient part is the sum.
   OptimizerStepStats step(std::int64_t step, float grad_scale = 1.0f);
 
   const OptimizerConfig& config() const { return config_; }

@@ -58,6 +58,12 @@ std::vector<std::pair<std::int64_t, fs::path>> checkpoints_newest_first(const fs
   return found;
 }
 
+int zero_stage_for(int requested, std::int64_t world_size) {
+  if (requested == 1 || requested == 2) return requested;
+  MINITRON_ASSERT(requested == 0, "ZeRO stage ", requested);
+  return world_size > 1 ? 2 : 1;
+}
+
 fs::path latest_checkpoint(const fs::path& output) {
   for (const auto& [step, path] : checkpoints_newest_first(output))
     if (has_training_state(path)) return path;
@@ -232,6 +238,8 @@ void check_ranks_agree(Communicator& communicator, LlamaModel& model, const Obje
       // step's sum of the loss and its logged terms: ranks must agree on when and how many.
       {"--save-interval", static_cast<double>(options.save_interval)},
       {"the number of logged loss terms", static_cast<double>(objective.step_metrics().size())},
+      // ZeRO-2 sums gradient buckets during backward, ZeRO-1 the whole vector after it.
+      {"--zero-stage", static_cast<double>(model.gradient_buckets().stage())},
       // Each rank updates its own part of the weights: with other hyperparameters the parts
       // would follow different optimizers.
       {"--learning-rate", o.learning_rate},
@@ -312,6 +320,9 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     eval_workspace = std::make_unique<LossWorkspace>(model.backend(), model.config().vocab_size, B * T);
   }
 
+  if (options.zero_stage != 0 && options.zero_stage != model.gradient_buckets().stage())
+    fail_expected("--zero-stage", str(options.zero_stage),
+                  str(model.gradient_buckets().stage(), ", the stage the model was built for"));
   OptimizerConfig optimizer_config = options.optimizer;
   optimizer_config.total_steps = options.steps;
   AdamW optimizer(model, optimizer_config, communicator);
@@ -418,7 +429,7 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     }
     objective.all_reduce_gradients(communicator);
     communicator.all_reduce_sum(logged);
-    OptimizerStepStats stats = optimizer.step(step);  // sums the gradients over ranks (ZeRO stage 1)
+    OptimizerStepStats stats = optimizer.step(step);  // ZeRO-1 sums the gradients over ranks here
     objective.optimizer_step(step, optimizer.config());
     window_tokens += B * T * global_micro_batches;
     summary.last_train_loss = logged[0];

@@ -72,6 +72,10 @@ struct TrainOptions {
   std::int64_t save_total_limit = 0;
   // What the trained model keeps for backward: the caller builds the model with it.
   ActivationRecompute recompute = ActivationRecompute::None;
+  // ZeRO stage (model/gradient_buckets.h) the caller builds the model with: 1 or 2, or 0 for
+  // zero_stage_for's default. The run's results are stage 1's (to the bit with one micro-batch
+  // per step).
+  int zero_stage = 0;
   // Eos or Bos: every forward (training and validation) gets the positions of its inputs' documents
   // (document_positions_from_tokens, model/document_positions.h), cut at these token ids: the
   // model's eos_token_id or bos_token_id (non-empty then).
@@ -124,6 +128,10 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
 // run would replace but must not (check_checkpoint_output): callers check it before loading
 // weights, and run_training again before it writes anything.
 void check_training_output(const TrainOptions& options);
+
+// The ZeRO stage of a run of world_size ranks asked for `requested` (TrainOptions::zero_stage):
+// itself when 1 or 2, else 2 with several ranks (the gradient sharded too) and 1 alone.
+int zero_stage_for(int requested, std::int64_t world_size);
 
 // The newest output/checkpoint-<step> directory, or empty.
 std::filesystem::path latest_checkpoint(const std::filesystem::path& output);

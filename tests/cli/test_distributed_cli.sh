@@ -69,6 +69,28 @@ va, vb = (records(p, "validation_loss")[-1]["validation_loss"] for p in sys.argv
 assert abs(va - vb) <= 1e-4 * abs(va), (va, vb)
 PY
 
+# Several processes default to ZeRO stage 2 (gradients sharded, reduced in buckets during
+# backward); --zero-stage 1 trains to the same losses, gradient norms and weights, to the bit
+# (one micro-batch per step: the same sums in the same rank order).
+grep -q "^ZeRO stage 2: gradients sharded over 2 ranks" rank0.log || { cat rank0.log; fail "no ZeRO-2 by default"; }
+port=$(free_port)
+RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port train zero1 --zero-stage 1 > zero1.log 2>&1 &
+rank0=$!
+RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port train zero1-rank1 --zero-stage 1 > /dev/null 2>&1 &
+rank1=$!
+wait $rank0 || { cat zero1.log; fail "--zero-stage 1: rank 0 failed"; }
+wait $rank1 || fail "--zero-stage 1: rank 1 failed"
+! grep -q "ZeRO stage 2" zero1.log || fail "--zero-stage 1 ran stage 2"
+python3 - zero1/metrics.jsonl parallel/metrics.jsonl <<'PY' || fail "--zero-stage 1 and 2 differ"
+import json, sys
+one, two = ([(r["loss"], r["grad_norm"]) for r in map(json.loads, open(p)) if "loss" in r] for p in sys.argv[1:3])
+assert len(one) == 4 and one == two, (one, two)
+PY
+cmp zero1/model/model.safetensors parallel/model/model.safetensors || fail "--zero-stage 1 and 2 saved different weights"
+if train bad-stage --zero-stage 3 > err.out 2>&1; then fail "--zero-stage 3 accepted"; fi
+grep -qx "minitron: error: --zero-stage: 3 (expected 1 (optimizer state sharded) or 2 (gradients too); stage 3 (weights sharded) is not implemented)" err.out \
+  || { cat err.out; fail "--zero-stage 3: wrong message"; }
+
 # Bad launches: one line on stderr, a non-zero exit, nothing written.
 expect_error() {  # expect_error PATTERN OUT, the launcher's variables from the caller
   local pattern=$1 out=$2

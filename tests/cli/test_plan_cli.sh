@@ -52,22 +52,38 @@ step = json.load(open("distill.json"))["steps"][0]
 assert step["parts"]["teacher"] > 0 and step["gpus"] == 2, step
 PY
 
-# The paper recipes on 8 x 80 GiB: the Llama-3.1-Minitron-4B recipes fit at their own
-# sequence length (8192); MN-Minitron-8B does not until ZeRO-2 and the bf16-only teacher land,
-# and the plan names the cheapest change instead.
-for recipe in llama-3.1-minitron-4b-width llama-3.1-minitron-4b-depth; do
-  "$MINITRON" plan --recipe "$SOURCE/recipes/$recipe.json" --teacher "$SOURCE/recipes/configs/Meta-Llama-3.1-8B" \
-    --gpus 8 --gpu-memory 80GiB --json > "$recipe.json"
-  python3 - "$recipe.json" <<'PY' || fail "$recipe does not fit 8 x 80 GiB"
+# ZeRO stage: 2 by default on several GPUs, where the gradient part is this rank's share (plus
+# the bucket slots under communication); --zero-stage 1 keeps the whole gradient.
+"$MINITRON" plan train --model teacher --sequence-length 128 --gpus 2 --json > zero2.json
+"$MINITRON" plan train --model teacher --sequence-length 128 --gpus 2 --zero-stage 1 --json > zero1.json
+python3 - <<'PY' || fail "zero-stage plan JSON inconsistent"
+import json
+two, one = json.load(open("zero2.json"))["steps"][0], json.load(open("zero1.json"))["steps"][0]
+assert two["zero_stage"] == 2 and one["zero_stage"] == 1, (two, one)
+# 4 layers of 64 + 64*64 + 2*32*64 + 64*64 + 64 + 3*160*64 = 43,136, two 512 x 64 tables and a
+# norm of 64: 238,144 fp32 gradients; shard_bounds gives rank 1 of 2 the last 119,104 of them.
+assert one["parts"]["gradients"] == 238144 * 4, one
+assert two["parts"]["gradients"] == 119104 * 4 and two["rank"] == 1, two
+assert two["parts"]["communication"] > one["parts"]["communication"], (two, one)
+PY
+
+# The paper recipes on 8 x 80 GiB: every step fits at its own sequence length (8192), with the
+# recipes' zero_stage 2 and recompute modes. With ZeRO-1 forced, MN-Minitron-8B does not, and the
+# plan names ZeRO-2 as the cheapest change.
+for recipe in llama-3.1-minitron-4b-width:Meta-Llama-3.1-8B llama-3.1-minitron-4b-depth:Meta-Llama-3.1-8B \
+  mn-minitron-8b:Mistral-NeMo-12B-Base; do
+  "$MINITRON" plan --recipe "$SOURCE/recipes/${recipe%%:*}.json" --teacher "$SOURCE/recipes/configs/${recipe##*:}" \
+    --gpus 8 --gpu-memory 80GiB --json > "${recipe%%:*}.json"
+  python3 - "${recipe%%:*}.json" <<'PY' || fail "$recipe does not fit 8 x 80 GiB"
 import json, sys
 plan = json.load(open(sys.argv[1]))
 assert [s["step"] for s in plan["steps"]][0] == "correct", plan
-assert all(s["fits"] and s["sequence_length"] == 8192 for s in plan["steps"]), plan
+assert all(s["fits"] and s["sequence_length"] == 8192 and s["zero_stage"] == 2 for s in plan["steps"]), plan
 PY
 done
 "$MINITRON" plan --recipe "$SOURCE/recipes/mn-minitron-8b.json" --teacher "$SOURCE/recipes/configs/Mistral-NeMo-12B-Base" \
-  --gpus 8 > mn.txt
-grep -q "^correct does not fit: the cheapest change that fits is" mn.txt || fail "no fitting change named for MN"
+  --gpus 8 --zero-stage 1 > mn.txt
+grep -qx "correct does not fit: the cheapest change that fits is --zero-stage 2" mn.txt || fail "no ZeRO-2 named for MN"
 
 # Bad input: one line naming the flag, non-zero exit.
 refused() {  # refused FLAG ARGS...
@@ -81,8 +97,9 @@ refused --gpu-memory train --model teacher --gpu-memory 80
 refused --gpu-memory train --model teacher --gpu-memory abcGiB
 refused --gpu-memory train --model teacher --gpu-memory 1GiB
 refused --gpu-memory train --model teacher --gpu-memory -80GiB
-refused --zero-stage train --model teacher --zero-stage 2
+refused --zero-stage train --model teacher --zero-stage 3
 refused --zero-stage train --model teacher --zero-stage 0
+refused --zero-stage --recipe "$SOURCE/recipes/demo.json" --zero-stage 3
 refused --recompute train --model teacher --recompute some
 refused --sequence-length train --model teacher --sequence-length 0
 refused --teacher --recipe "$SOURCE/recipes/demo.json" --teacher no-such-dir

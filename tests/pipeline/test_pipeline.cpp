@@ -130,6 +130,22 @@ TEST_F(Pipeline, ReadsAndRefusesRecomputeModes) {
       << r.err;
 }
 
+// A ZeRO stage likewise: 1 or 2, absent (0: the default, 2 on several ranks) or refused.
+TEST_F(Pipeline, ReadsAndRefusesZeroStages) {
+  nlohmann::json recipe = recipe_;
+  recipe["distillation"]["zero_stage"] = 2;
+  std::ofstream(dir_ / "zero.json") << recipe.dump();
+  const Recipe loaded = load_recipe(dir_ / "zero.json");
+  EXPECT_EQ(loaded.distillation.zero_stage, 2);
+  EXPECT_EQ(loaded.correction.zero_stage, 0);
+  recipe["correction"]["zero_stage"] = 3;
+  CommandResult r = run(recipe);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("correction.zero_stage: 3 (expected 1 or 2 (or no zero_stage: 2 with several ranks))"),
+            std::string::npos)
+      << r.err;
+}
+
 TEST_F(Pipeline, DistillRefusesAVocabularyMismatch) {
   ModelConfig other = testing::tiny_config();
   other.vocab_size = 60;

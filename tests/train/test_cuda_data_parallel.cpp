@@ -13,6 +13,7 @@
 #include "tests/dist/tcp_test_util.h"
 #include "tests/prune/prune_test_util.h"
 #include "tests/train/data_parallel_test_util.h"
+#include "tests/train/zero_stage_test_util.h"
 #include "train/losses.h"
 #include "train/trainer.h"
 #include "util/files.h"
@@ -124,6 +125,67 @@ TEST(CudaDataParallel, ResumeOfShardedStateIsBitExact) {
   ASSERT_EQ(resumed.size(), 2u);
   for (std::size_t r = 0; r < 2; ++r) EXPECT_EQ(full[0].params, resumed[r].params) << "rank " << r;
   EXPECT_EQ(read_text_file(dir / "full" / "model" / "model.safetensors"),
+            read_text_file(dir / "resumed" / "model" / "model.safetensors"));
+}
+
+// `world` NCCL ranks trained with ZeRO `stage` (buckets of bucket_elements); rank 0's run.
+testing::StageRun stage_run(const TinyCudaModel& model, const TrainOptions& o, int world, int stage,
+                            std::int64_t bucket_elements) {
+  std::vector<testing::StageRun> ranks(static_cast<std::size_t>(world));
+  const int port = testing::free_tcp_port();
+  const auto errors = testing::run_ranks(world, [&](std::int64_t rank) {
+    cuda::CudaBackend backend(0);
+    TcpGroup bootstrap(testing::local_environment(rank, world, port));
+    auto communicator = make_nccl_communicator(backend, bootstrap);
+    ranks[static_cast<std::size_t>(rank)] =
+        testing::train_with_stage(model.config, model.init, backend, *communicator, o, stage, bucket_elements);
+  });
+  EXPECT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world)));
+  for (int r = 1; r < world; ++r) EXPECT_EQ(ranks[0].params, ranks[static_cast<std::size_t>(r)].params) << "rank " << r;
+  return ranks[0];
+}
+
+// ZeRO-2's buckets, reduce-scattered on NCCL's own stream during backward, give ZeRO-1's run to
+// the bit on 2 and 3 ranks (the emulated NCCL sums in rank order in both), with every step
+// clipped; and a ZeRO-2 run resumed from its checkpoint continues to ZeRO-1's weights.
+TEST(CudaDataParallel, ZeroStage2EqualsStageOneToTheBit) {
+  testing::TempDir dir;
+  const TinyCudaModel model(dir.path());
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
+  o.steps = 2;
+  o.optimizer.grad_clip = 0.05;  // far below the norm: both steps are clipped
+  for (int world : {2, 3}) {
+    o.output = dir / str("s1-", world);
+    const testing::StageRun stage1 = stage_run(model, o, world, 1, kDefaultBucketElements);
+    ASSERT_EQ(stage1.grad_norms.size(), 2u);
+    for (double norm : stage1.grad_norms) EXPECT_GT(norm, 0.05);
+    for (std::int64_t bucket : {std::int64_t{1}, kDefaultBucketElements}) {
+      o.output = dir / str("s2-", world, "-", bucket);
+      const testing::StageRun stage2 = stage_run(model, o, world, 2, bucket);
+      EXPECT_GT(stage2.buckets, 1);
+      testing::expect_same_bits(stage1, stage2, str(world, " ranks, buckets of ", bucket));
+    }
+  }
+}
+
+TEST(CudaDataParallel, ZeroStage2ResumeEqualsStageOne) {
+  testing::TempDir dir;
+  const TinyCudaModel model(dir.path());
+  TrainOptions o = testing::data_parallel_options(dir / "train.bin");
+  o.steps = 4;
+  o.save_interval = 2;
+  o.output = dir / "s1";
+  const testing::StageRun stage1 = stage_run(model, o, 2, 1, kDefaultBucketElements);
+  o.output = dir / "s2";
+  stage_run(model, o, 2, 2, 1);
+  fs::create_directories(dir / "resumed");
+  fs::copy(dir / "s2" / "checkpoint-2", dir / "resumed" / "checkpoint-2", fs::copy_options::recursive);
+  o.output = dir / "resumed";
+  o.resume = true;
+  const testing::StageRun resumed = stage_run(model, o, 2, 2, 1);
+  EXPECT_EQ(stage1.params, resumed.params);
+  EXPECT_EQ(std::vector<double>(stage1.losses.begin() + 2, stage1.losses.end()), resumed.losses);
+  EXPECT_EQ(read_text_file(dir / "s1" / "model" / "model.safetensors"),
             read_text_file(dir / "resumed" / "model" / "model.safetensors"));
 }
 

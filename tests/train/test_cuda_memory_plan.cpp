@@ -59,12 +59,23 @@ std::int64_t measure_rank(const PlannedRun& run, const TrainOptions& base, std::
   {
     const TrainingShape& s = run.shape;
     cuda::CudaBackend backend(0);
-    LlamaModel model(s.model, backend, s.batch_size, s.sequence_length, ModelMode::Training, s.recompute);
+    // The communicator first: a ZeRO-2 model keeps its part of the gradient by it.
+    std::unique_ptr<TcpGroup> bootstrap;
+    std::unique_ptr<Communicator> communicator = std::make_unique<SingleProcessCommunicator>();
+    if (s.world_size > 1) {
+      bootstrap = std::make_unique<TcpGroup>(testing::local_environment(rank, s.world_size, port));
+      communicator = make_nccl_communicator(backend, *bootstrap);
+    }
+    GradientSharding sharding;
+    sharding.stage = s.zero_stage;
+    sharding.communicator = communicator.get();
+    LlamaModel model(s.model, backend, s.batch_size, s.sequence_length, ModelMode::Training, s.recompute, sharding);
     model.set_parameters(testing::tiny_parameters(s.model, 3));
     TrainOptions o = base;
     o.batch_size = s.batch_size;
     o.sequence_length = s.sequence_length;
     o.recompute = s.recompute;
+    o.zero_stage = s.zero_stage;
     std::unique_ptr<LlamaModel> teacher;
     std::unique_ptr<HiddenStateDistillation> hidden_states;
     std::unique_ptr<Objective> objective;
@@ -83,13 +94,7 @@ std::int64_t measure_rank(const PlannedRun& run, const TrainOptions& base, std::
     } else {
       objective = std::make_unique<CrossEntropyObjective>(workspace);
     }
-    if (s.world_size == 1) {
-      run_training(model, *objective, o);
-    } else {
-      TcpGroup bootstrap(testing::local_environment(rank, s.world_size, port));
-      auto communicator = make_nccl_communicator(backend, bootstrap);
-      run_training(model, *objective, o, *communicator);
-    }
+    run_training(model, *objective, o, *communicator);
   }
   const emu::DeviceMemoryUse after = emu::thread_device_memory();
   EXPECT_EQ(after.current, before.current) << "rank " << rank << " left device memory allocated";
@@ -150,6 +155,23 @@ INSTANTIATE_TEST_SUITE_P(EveryModeAndRankCount, CudaMemoryPlan,
                                       "_ranks");
                          });
 
+// ZeRO-2: this rank's part of the gradient and the bucket slots instead of the whole gradient.
+class CudaMemoryPlanZeroStage2 : public ::testing::TestWithParam<std::int64_t> {};
+
+TEST_P(CudaMemoryPlanZeroStage2, CrossEntropyPeakIsTheMeasuredOne) {
+  const std::int64_t world = GetParam();
+  PlannedRun run;
+  run.shape.model = student_config();
+  run.shape.batch_size = 2;
+  run.shape.sequence_length = 32;
+  run.shape.zero_stage = 2;
+  run.shape.world_size = world;
+  check_run(run, str("cross-entropy, ZeRO-2, ", world, " ranks"));
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryRankCount, CudaMemoryPlanZeroStage2, ::testing::Values(1, 2, 3),
+                         [](const auto& info) { return str(info.param, "_ranks"); });
+
 // Distillation on 1, 2 and 3 ranks: the teacher's bf16 weights and one layer's region (here the
 // attention half is the larger: 8 heads of 16 against an MLP of 64), the teacher's logits chunk,
 // with the mixed loss nothing more (its cross-entropy reuses the teacher's chunk), and the
@@ -164,6 +186,7 @@ TEST(CudaMemoryPlanDistillation, PeakIsTheMeasuredOne) {
       run.shape.sequence_length = 32;
       run.shape.recompute = ActivationRecompute::Selective;
       run.shape.world_size = world;
+      run.shape.zero_stage = extras ? 2 : 1;  // ZeRO-2 with the teacher too
       run.shape.loss_chunk_rows = 16;
       if (extras) {
         run.hard_label_weight = 0.5f;

@@ -112,15 +112,32 @@ TEST(MemoryPlan, TheCheapestFittingChangeComesInOrder) {
   EXPECT_GT(none.peak(), std::int64_t{95'000'000'000});
   EXPECT_LT(none.peak(), std::int64_t{105'000'000'000});
   EXPECT_FALSE(fits(none, gpu));
-  // Selective (about 88 GB) is not enough; full is.
-  EXPECT_EQ(fitting_change(shape, gpu), "--recompute full");
-  shape.recompute = ActivationRecompute::Full;
-  EXPECT_TRUE(fits(plan_training_memory(shape), gpu));
+  // ZeRO-2 first: the gradient becomes rank 7's part, 4 x 1003782656 bytes instead of 4 x P (32
+  // GB less), plus two slots of the largest bucket, the embedding or the head (128256 x 4096;
+  // every layer, 218 M elements, is a bucket of its own): about 76 GB, which fits.
+  EXPECT_EQ(fitting_change(shape, gpu), "--zero-stage 2");
+  shape.zero_stage = 2;
+  const MemoryPlan zero2 = plan_training_memory(shape);
+  EXPECT_EQ(zero2.bytes("gradients"), 4 * std::int64_t{1003782656});
+  EXPECT_EQ(zero2.bytes("communication"), 64 * 8 + (std::int64_t{1} << 24) * 4 + 2 * std::int64_t{128256} * 4096 * 4);
+  EXPECT_EQ(none.peak() - zero2.peak(), none.bytes("gradients") + none.bytes("communication") -
+                                            zero2.bytes("gradients") - zero2.bytes("communication"));
+  EXPECT_TRUE(fits(zero2, gpu));
+  // With ZeRO-1 kept, selective (about 88 GB) is not enough; full is.
+  shape.zero_stage = 1;
+  TrainingShape zero1 = shape;
+  zero1.recompute = ActivationRecompute::Selective;
+  EXPECT_FALSE(fits(plan_training_memory(zero1), gpu));
+  zero1.recompute = ActivationRecompute::Full;
+  EXPECT_TRUE(fits(plan_training_memory(zero1), gpu));
   // On one rank no recompute mode helps (134.6 GiB of parameter state): the fewest ranks that
-  // fit at full recomputation. 3 ranks: 6 + 12/3 = 10 bytes x P = 74.8 GiB of state plus about
-  // 6 GiB of activations and buffers is over 78 GiB; 4: 9 bytes x P = 67.3 GiB fits.
+  // fit at full recomputation, with ZeRO-2 (the default on several). 2 ranks: 2 + (4 + 12) / 2
+  // = 10 bytes x P = 74.8 GiB of state plus 3.9 GiB of slots and about 6 GiB of activations and
+  // buffers is over 78 GiB; 3: 7.3 bytes x P = 54.8 GiB fits.
+  shape.recompute = ActivationRecompute::Full;
   shape.world_size = 1;
-  EXPECT_EQ(fitting_change(shape, gpu), "4 ranks (data-parallel, the optimizer state sharded over them)");
+  EXPECT_EQ(fitting_change(shape, gpu),
+            "3 ranks (data-parallel, ZeRO-2: optimizer state and gradients sharded over them)");
   // A model whose state fits but whose activations do not: the longest sequence that fits.
   TrainingShape tiny;
   tiny.model = testing::tiny_config();
@@ -164,6 +181,13 @@ TEST(MemoryPlan, ModelMemoryMatchesTheArenas) {
   EXPECT_EQ(memory.weights, teacher.parameters().bytes());
   EXPECT_EQ(memory.gradients, 0);
   EXPECT_TRUE(teacher.gradients().empty());
+  // ZeRO-2's part and slots (model/gradient_buckets.h) against a model built for it.
+  SingleProcessCommunicator single;
+  LlamaModel sharded(config, *cpu, 3, 16, ModelMode::Training, ActivationRecompute::None, {2, &single, 10000});
+  const GradientBuckets::DeviceBytes bytes =
+      GradientBuckets::device_bytes(sharded.table(), cpu->gradient_dtype(), 2, 10000, 1, 0);
+  EXPECT_EQ(bytes.gradients, sharded.gradients().bytes());
+  EXPECT_EQ(bytes.slots, 2 * 19584 * 4);  // two slots of the largest bucket (test_zero_stage2.cpp)
 }
 
 }  // namespace
