@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -17,6 +18,36 @@
 #include "model/llama.h"
 
 namespace minitron::test {
+
+// The model both engines' tests generate with: small, with grouped KV heads, initialised with std
+// 0.3 (not training's 0.02) so that logits lie far apart and greedy paths vary.
+struct BatchGenerationModel {
+  ModelConfig config;
+  std::vector<float> params;
+  std::unique_ptr<Backend> backend;
+
+  explicit BatchGenerationModel(std::unique_ptr<Backend> engine) : backend(std::move(engine)) {
+    config.vocab_size = 97;
+    config.hidden_size = 64;
+    config.intermediate_size = 96;
+    config.num_hidden_layers = 2;
+    config.num_attention_heads = 4;
+    config.num_key_value_heads = 2;
+    config.head_dim = 16;
+    config.rope_theta = 10000.0;
+    config.rms_norm_eps = 1e-5;
+    config.max_position_embeddings = 256;
+    const ParameterTable table(config);
+    params.resize(static_cast<std::size_t>(table.total_numel()));
+    initialize_parameters(config, table, params, /*seed=*/11, /*std=*/0.3);
+  }
+};
+
+inline std::vector<float> download(Backend& backend, Tensor t) {
+  std::vector<float> host(static_cast<std::size_t>(t.numel));
+  backend.download(host.data(), t);
+  return host;
+}
 
 struct AloneRun {
   std::vector<std::int32_t> tokens;

@@ -20,37 +20,9 @@ namespace {
 
 constexpr double kBf16Ulp = 1.0 / 256;  // bf16 keeps 8 significant bits: 2^-8 relative
 
-ModelConfig small_config() {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.rope_theta = 10000.0;
-  c.rms_norm_eps = 1e-5;
-  c.max_position_embeddings = 256;
-  return c;
-}
-
-struct Fixture {
-  ModelConfig config = small_config();
-  std::vector<float> params;
-  std::unique_ptr<Backend> backend = make_cuda_backend();
-  Fixture() {
-    const ParameterTable table(config);
-    params.resize(static_cast<std::size_t>(table.total_numel()));
-    initialize_parameters(config, table, params, /*seed=*/11, /*std=*/0.3);  // far-apart logits
-  }
+struct Fixture : BatchGenerationModel {
+  Fixture() : BatchGenerationModel(make_cuda_backend()) {}
 };
-
-std::vector<float> download(Backend& backend, Tensor t) {
-  std::vector<float> host(static_cast<std::size_t>(t.numel));
-  backend.download(host.data(), t);
-  return host;
-}
 
 TEST(CudaBatchedCacheForward, EachRowsLogitsAreItsAloneLogitsWithinBf16Rounding) {
   Fixture f;

@@ -18,38 +18,9 @@ namespace {
 
 using minitron::testing::error_of;
 
-ModelConfig small_config() {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.rope_theta = 10000.0;
-  c.rms_norm_eps = 1e-5;
-  c.max_position_embeddings = 256;
-  return c;
-}
-
-struct Fixture {
-  ModelConfig config = small_config();
-  std::vector<float> params;
-  std::unique_ptr<Backend> backend = make_backend("cpu");
-  Fixture() {
-    const ParameterTable table(config);
-    params.resize(static_cast<std::size_t>(table.total_numel()));
-    // std 0.3 (not the 0.02 of training): logits far apart, so greedy paths are varied.
-    initialize_parameters(config, table, params, /*seed=*/11, /*std=*/0.3);
-  }
+struct Fixture : BatchGenerationModel {
+  Fixture() : BatchGenerationModel(make_backend("cpu")) {}
 };
-
-std::vector<float> download(Backend& backend, Tensor t) {
-  std::vector<float> host(static_cast<std::size_t>(t.numel));
-  backend.download(host.data(), t);
-  return host;
-}
 
 // Twenty sequences prefilled alone into the cache in a shuffled order, then decoded as one batch
 // (rows in yet another order) and again with every third row dropped: each row's logits are the
