@@ -210,7 +210,7 @@ class LlamaModel {
   GradientSharding sharding_;
   std::unique_ptr<GradientBuckets> gradient_buckets_;  // Training mode
   BackendBuffer positions_;                            // the last forward's packed-document positions (I32 [N])
-  bool packed_ = false;                   // whether the last forward had positions (backward reuses them)
+  bool packed_ = false;                                // whether the last forward had positions (backward reuses them)
   std::vector<std::int32_t> cache_rows_;  // with a cache: the sequence each row of the last forward continues
   // residual_[l] is the input of layer l; residual_[L] the output of the last layer.
   std::vector<BackendBuffer> residual_;
