@@ -16,9 +16,13 @@
 #    GPU machine's build, bench/gpu, whose ptxas may differ from the one here) has ptxas report
 #    every kernel's registers, spills and stack (-v) instead: visible in the build log, not an
 #    error. Every other warning stays an error there too.
-set(MINITRON_CUDA_GENCODE
-    "arch=compute_80,code=sm_80;arch=compute_90,code=sm_90;arch=compute_100,code=sm_100;arch=compute_120,code=sm_120;arch=compute_90,code=compute_90"
-    CACHE STRING "nvcc -gencode values for the CUDA engine")
+# The cache entry holds only an override, so that a build folder configured before the default
+# changed still picks up the new default.
+set(MINITRON_CUDA_GENCODE "" CACHE STRING "nvcc -gencode values for the CUDA engine (empty: the default targets)")
+if(NOT MINITRON_CUDA_GENCODE)
+  set(MINITRON_CUDA_GENCODE
+      "arch=compute_80,code=sm_80;arch=compute_90,code=sm_90;arch=compute_100,code=sm_100;arch=compute_120,code=sm_120;arch=compute_90,code=compute_90")
+endif()
 set(MINITRON_CUDA_SPILLS_FATAL ON CACHE BOOL "ptxas register spills and local memory fail the build")
 # CMake 3.25 does not know nvcc 13's C++20 flag; CUDA targets inherit the project's
 # CXX_STANDARD 20, so tell it (harmless where CMake knows it already).
