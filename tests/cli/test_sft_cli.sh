@@ -4,17 +4,11 @@
 # generate --chat (--user turns, --messages, piped --interactive turns, stop ids), plus the
 # refusals a user meets first.
 set -euo pipefail
+source "$(dirname "$0")/cli_test_lib.sh"
 MINITRON=$1
 WORK=$2
 SOURCE=$PWD
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
-fail() { echo "FAIL: $*" >&2; exit 1; }
-expect_error() {  # expect_error PATTERN command...
-  local pattern=$1; shift
-  if "$@" > out.txt 2> err.txt; then fail "expected failure: $*"; fi
-  [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt; fail "error is not one line: $*"; }
-  grep -q "^minitron: error: .*$pattern" err.txt || { cat err.txt; fail "message lacks '$pattern'"; }
-}
 
 # A byte-level tokenizer with ChatML's special tokens, and a tokenizer_config.json with the ChatML template.
 xz -dc "$SOURCE/data/corpora/austen.txt.xz" > austen.txt && head -c 200000 austen.txt > text.txt

@@ -3,17 +3,11 @@
 # string or the named list), or by --chat-template FILE, printed byte for byte; the template's own
 # raise_exception and a config without a template fail with one line.
 set -euo pipefail
+source "$(dirname "$0")/cli_test_lib.sh"
 MINITRON=$1
 WORK=$2
 SOURCE=$PWD
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
-fail() { echo "FAIL: $*" >&2; exit 1; }
-expect_error() {  # expect_error PATTERN command...
-  local pattern=$1; shift
-  if "$@" > out.txt 2> err.txt; then fail "expected failure: $*"; fi
-  [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt; fail "error is not one line: $*"; }
-  grep -q "^minitron: error: .*$pattern" err.txt || { cat err.txt; fail "message lacks '$pattern'"; }
-}
 chat() { "$MINITRON" tokenizer chat "$@"; }
 
 python3 - "$SOURCE" <<'PY'

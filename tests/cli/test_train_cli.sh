@@ -2,10 +2,10 @@
 # tokenizer train -> tokenize -> train (random init) -> resume bit-exactly -> eval -> info,
 # plus the errors a user meets first.
 set -euo pipefail
+source "$(dirname "$0")/cli_test_lib.sh"
 MINITRON=$1
 WORK=$2
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # A small English text from the embedded corpus.
 xz -dc "$OLDPWD/data/corpora/austen.txt.xz" > austen.txt && head -c 400000 austen.txt > text.txt
@@ -118,11 +118,6 @@ expect_min_error() {
 expect_min_error
 
 # Bad input: clear one-line errors, non-zero exit, nothing written.
-expect_error() {  # expect_error PATTERN command...
-  local pattern=$1; shift
-  if "$@" > err.out 2>&1; then fail "expected failure: $*"; fi
-  grep -q "^minitron: error: .*$pattern" err.out || { cat err.out; fail "message lacks '$pattern'"; }
-}
 expect_error "batch-size" train bad 2 --batch-size 0
 expect_error "sequence-length" train bad 2 --sequence-length 100000
 expect_error "save-dtype" train bad 2 --save-dtype float8
