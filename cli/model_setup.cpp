@@ -85,7 +85,11 @@ void add_training_options(cxxopts::Options& options, const TrainingDefaults& def
       ("weight-decay", "decoupled weight decay (matrices; never norms)", cxxopts::value<double>()->default_value("0.1"))
       ("no-embedding-weight-decay", "exclude the embedding table and LM head from weight decay")
       ("grad-clip", "global gradient-norm clip (0 = off)", cxxopts::value<double>()->default_value("1.0"))
-      ("grad-accumulation", "micro-batches per optimizer step", cxxopts::value<std::int64_t>()->default_value("1"))
+      ("grad-accumulation", "micro-batches per optimizer step on each rank", cxxopts::value<std::int64_t>()->default_value("1"))
+      ("global-batch-size",
+       "sequences per optimizer step over all ranks, instead of --grad-accumulation: each rank accumulates "
+       "N / (--batch-size x ranks) micro-batches, so the step is the same on 1 or 8 GPUs",
+       cxxopts::value<std::int64_t>())
       ("adam-beta1", "AdamW beta1", cxxopts::value<double>()->default_value("0.9"))
       ("adam-beta2", "AdamW beta2", cxxopts::value<double>()->default_value("0.95"))
       ("adam-epsilon", "AdamW epsilon", cxxopts::value<double>()->default_value("1e-8"))
@@ -130,6 +134,29 @@ int zero_stage_from_flags(const cxxopts::ParseResult& r) {
   return static_cast<int>(stage);
 }
 
+namespace {
+
+// Each rank's micro-batches per optimizer step: --grad-accumulation, or --global-batch-size N
+// (Megatron-LM's: sequences per step over all ranks) as N / (batch_size x world_size), so a
+// recipe's global batch holds whatever the number of GPUs.
+std::int64_t grad_accumulation_from_flags(const cxxopts::ParseResult& r, std::int64_t batch_size,
+                                          std::int64_t world_size) {
+  if (!r.count("global-batch-size")) return in_range<std::int64_t>(r, "grad-accumulation", 1, 1 << 20);
+  if (r.count("grad-accumulation"))
+    fail_expected("--global-batch-size and --grad-accumulation", "both given",
+                  "one: the global batch over all ranks, or each rank's micro-batches per step");
+  const std::int64_t global = in_range<std::int64_t>(r, "global-batch-size", 1, std::int64_t{1} << 40);
+  const std::int64_t per_step = batch_size * world_size;  // sequences one micro-batch of every rank covers
+  if (global % per_step != 0 || global / per_step > (1 << 20))
+    fail_expected(
+        str("--global-batch-size ", global),
+        str("not a whole number of micro-batches of --batch-size ", batch_size, " on ", world_size, " rank(s)"),
+        str("a multiple of ", batch_size, " x ", world_size, " = ", per_step, ", at most ", per_step << 20));
+  return global / per_step;
+}
+
+}  // namespace
+
 TrainOptions parse_training_options(const cxxopts::ParseResult& r, const TrainingDefaults& defaults) {
   TrainOptions o;
   o.train_shards = resolve_shards(required<std::string>(r, "data"));
@@ -138,7 +165,7 @@ TrainOptions parse_training_options(const cxxopts::ParseResult& r, const Trainin
   o.batch_size = in_range<std::int64_t>(r, "batch-size", 1, 1 << 20);
   o.sequence_length = in_range<std::int64_t>(r, "sequence-length", 1, 1 << 20);
   o.steps = in_range<std::int64_t>(r, "steps", 1, std::int64_t{1} << 40);
-  o.grad_accumulation = in_range<std::int64_t>(r, "grad-accumulation", 1, 1 << 20);
+  o.grad_accumulation = grad_accumulation_from_flags(r, o.batch_size, launched_world_size());
   o.eval_interval = in_range<std::int64_t>(r, "eval-interval", 0, std::int64_t{1} << 40);
   o.eval_windows = in_range<std::int64_t>(r, "eval-windows", 0, std::int64_t{1} << 40);
   o.save_interval = in_range<std::int64_t>(r, "save-interval", 0, std::int64_t{1} << 40);
