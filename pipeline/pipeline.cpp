@@ -53,6 +53,11 @@ std::int64_t batch_of(const Recipe& r, const RecipeTraining& t) {
   return t.batch_size > 0 ? t.batch_size : r.batch_size;
 }
 
+// Sequences per optimizer step as the recipe asks for them (grad_accumulation's: on one process).
+std::int64_t sequences_per_step(const Recipe& r, const RecipeTraining& t) {
+  return t.global_batch_size > 0 ? t.global_batch_size : batch_of(r, t) * t.grad_accumulation;
+}
+
 // The flags every training step shares (train, correct and distill take the same ones).
 std::vector<std::string> training_flags(const Recipe& r, const RecipeTraining& t, const fs::path& output,
                                         double learning_rate, double min_learning_rate) {
@@ -69,8 +74,6 @@ std::vector<std::string> training_flags(const Recipe& r, const RecipeTraining& t
                                 std::to_string(r.sequence_length),
                                 "--steps",
                                 std::to_string(t.steps),
-                                "--grad-accumulation",
-                                std::to_string(t.grad_accumulation),
                                 "--learning-rate",
                                 number(learning_rate),
                                 "--min-learning-rate",
@@ -90,6 +93,10 @@ std::vector<std::string> training_flags(const Recipe& r, const RecipeTraining& t
                                 "--log-interval",
                                 std::to_string(std::max<std::int64_t>(1, t.steps / 20)),
                                 "--resume"};
+  if (t.global_batch_size > 0)
+    f.insert(f.end(), {"--global-batch-size", std::to_string(t.global_batch_size)});
+  else
+    f.insert(f.end(), {"--grad-accumulation", std::to_string(t.grad_accumulation)});
   if (!r.device.empty()) f.insert(f.end(), {"--device", r.device});
   if (t.recompute != "none") f.insert(f.end(), {"--recompute", t.recompute});
   if (t.zero_stage != 0) f.insert(f.end(), {"--zero-stage", std::to_string(t.zero_stage)});
@@ -231,11 +238,11 @@ std::vector<PipelineStepStatus> run_pipeline(const Recipe& recipe, const fs::pat
   std::vector<ReportModel> models;
   models.push_back({"teacher", "teacher (original)", recipe.teacher, 0});
   if (recipe.correction.enabled)
-    models.push_back({"corrected", "teacher (corrected)", corrected,
-                      recipe.correction.steps * batch_of(recipe, recipe.correction) *
-                          recipe.correction.grad_accumulation * recipe.sequence_length});
-  const std::int64_t distill_tokens = recipe.distillation.steps * batch_of(recipe, recipe.distillation) *
-                                      recipe.distillation.grad_accumulation * recipe.sequence_length;
+    models.push_back(
+        {"corrected", "teacher (corrected)", corrected,
+         recipe.correction.steps * sequences_per_step(recipe, recipe.correction) * recipe.sequence_length});
+  const std::int64_t distill_tokens =
+      recipe.distillation.steps * sequences_per_step(recipe, recipe.distillation) * recipe.sequence_length;
   for (const RecipeStudent& s : recipe.students) {
     const fs::path pruned = run_dir / str("03-prune-", s.name);
     steps.run("prune-" + s.name, pruned, [&] {

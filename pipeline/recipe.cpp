@@ -66,6 +66,7 @@ void read_training(const JsonField& j, RecipeTraining& t) {
   r.get("steps", t.steps);
   r.get("batch_size", t.batch_size);
   r.get("grad_accumulation", t.grad_accumulation);
+  r.get("global_batch_size", t.global_batch_size);
   r.get("learning_rate", t.learning_rate);
   r.get("min_learning_rate", t.min_learning_rate);
   r.get("original_learning_rate", t.original_learning_rate);
@@ -81,6 +82,11 @@ void read_training(const JsonField& j, RecipeTraining& t) {
   r.get("zero_stage", t.zero_stage);
   r.finish();
   if (t.steps < 1) fail_expected(j.at("steps").where(), str(t.steps), "at least 1");
+  if (j.at("global_batch_size").exists() && j.at("grad_accumulation").exists())
+    fail_expected(j.where(), "both global_batch_size and grad_accumulation given",
+                  "one: the global batch over all ranks, or each rank's micro-batches per step");
+  if (j.at("global_batch_size").exists() && t.global_batch_size < 1)
+    fail_expected(j.at("global_batch_size").where(), str(t.global_batch_size), "at least 1");
   if (!parse_activation_recompute(t.recompute))
     fail_expected(j.at("recompute").where(), str("'", t.recompute, "'"), "none, selective or full");
   if (t.zero_stage != 0 && t.zero_stage != 1 && t.zero_stage != 2)
@@ -140,6 +146,14 @@ Recipe load_recipe(const std::filesystem::path& path) {
   if (std::optional<JsonField> c = r.child("correction"); !c || !c->at("min_learning_rate").exists())
     recipe.correction.min_learning_rate = recipe.correction.learning_rate / 10.0;
   if (std::optional<JsonField> d = r.child("distillation")) read_training(*d, recipe.distillation);
+  // The ranks' count is the launch's, but a global batch no single rank's micro-batches divide
+  // would fail on any number of GPUs: refused here rather than after the steps before it.
+  for (const auto& [key, t] : {std::pair{"correction", &recipe.correction}, {"distillation", &recipe.distillation}}) {
+    const std::int64_t batch = t->batch_size > 0 ? t->batch_size : recipe.batch_size;
+    if (t->global_batch_size > 0 && t->global_batch_size % batch != 0)
+      fail_expected(str(path.string(), ": ", key, ".global_batch_size"), str(t->global_batch_size),
+                    str("a multiple of its batch_size ", batch));
+  }
   if (std::optional<JsonField> i = r.child("importance")) {
     Reader ir(*i);
     ir.get("samples", recipe.importance_samples);

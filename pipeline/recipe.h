@@ -16,7 +16,8 @@ struct RecipeTraining {
   std::int64_t steps = 100;
   std::int64_t batch_size = 0;  // 0: the recipe's batch_size
   std::int64_t grad_accumulation = 1;
-  double learning_rate = 1e-4;  // correction: derived from original_learning_rate
+  std::int64_t global_batch_size = 0;  // sequences per step over all ranks (--global-batch-size); 0: not given
+  double learning_rate = 1e-4;         // correction: derived from original_learning_rate
   double min_learning_rate = 1e-5;
   double original_learning_rate = 1e-4;  // correction only: peak = 1/5 of this
   std::int64_t warmup_steps = 40;

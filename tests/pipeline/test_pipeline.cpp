@@ -50,7 +50,12 @@ class Pipeline : public ::testing::Test {
         {"importance", {{"samples", 4}, {"layer_windows", 3}}},
         {"students",
          {{{"name", "width"}, {"hidden_size", 16}, {"intermediate_size", 24}}, {{"name", "depth"}, {"num_layers", 2}}}},
-        {"distillation", {{"steps", 3}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
+        {"distillation",
+         {{"steps", 3},
+          {"learning_rate", 1e-3},
+          {"min_learning_rate", 1e-4},
+          {"warmup_steps", 0},
+          {"global_batch_size", 4}}},
         {"baseline", true},
         {"evaluation", {{"eval_windows", 4}}}};
   }
@@ -75,9 +80,12 @@ TEST_F(Pipeline, RunsEveryStepThenSkipsThemOnRerun) {
     EXPECT_TRUE(std::isfinite(m["validation_loss"].get<double>())) << m.dump();
   EXPECT_EQ(report["models"][0]["key"], "teacher");
   EXPECT_EQ(report["models"][4]["key"], "baseline-width");
-  // Distilled and baseline models saw the same tokens: 3 steps x 2 x 16.
-  EXPECT_EQ(report["models"][3]["training_tokens"], 96);
-  EXPECT_EQ(report["models"][4]["training_tokens"], 96);
+  // Distilled and baseline models saw the same tokens: 3 steps x global batch 4 x 16, the global
+  // batch passed on to distill and the baseline's train (2 micro-batches of 2 on one process).
+  EXPECT_EQ(report["models"][3]["training_tokens"], 192);
+  EXPECT_EQ(report["models"][4]["training_tokens"], 192);
+  EXPECT_EQ(occurrences(first.out, "--global-batch-size 4"), 4u) << first.out;  // 2 students x (distill, baseline)
+  EXPECT_EQ(occurrences(first.out, "--grad-accumulation 1"), 1u) << first.out;  // correction's default
   EXPECT_EQ(report["findings"].size(), 5u);  // correction, and two claims per student
   EXPECT_EQ(slurp(run_dir / "loss_curves.svg").rfind("<svg", 0), 0u);
   EXPECT_NE(slurp(run_dir / "report.md").find("| model |"), std::string::npos);
@@ -146,6 +154,36 @@ TEST_F(Pipeline, ReadsAndRefusesZeroStages) {
       << r.err;
 }
 
+// global_batch_size: sequences per step over all ranks, exclusive with grad_accumulation and a
+// multiple of the step's batch_size (whatever the ranks, a micro-batch holds batch_size sequences).
+TEST_F(Pipeline, ReadsAndRefusesGlobalBatchSizes) {
+  nlohmann::json recipe = recipe_;
+  recipe["correction"]["global_batch_size"] = 6;
+  std::ofstream(dir_ / "global.json") << recipe.dump();
+  const Recipe loaded = load_recipe(dir_ / "global.json");
+  EXPECT_EQ(loaded.correction.global_batch_size, 6);
+  EXPECT_EQ(loaded.distillation.global_batch_size, 4);
+
+  recipe["correction"]["grad_accumulation"] = 3;
+  CommandResult both = run(recipe);
+  EXPECT_EQ(both.status, 1);
+  EXPECT_NE(both.err.find("correction: both global_batch_size and grad_accumulation given"), std::string::npos)
+      << both.err;
+
+  recipe["correction"].erase("grad_accumulation");
+  recipe["correction"]["global_batch_size"] = 5;
+  CommandResult odd = run(recipe);
+  EXPECT_EQ(odd.status, 1);
+  EXPECT_NE(odd.err.find("correction.global_batch_size: 5 (expected a multiple of its batch_size 2)"),
+            std::string::npos)
+      << odd.err;
+
+  recipe["correction"]["global_batch_size"] = 0;
+  CommandResult zero = run(recipe);
+  EXPECT_EQ(zero.status, 1);
+  EXPECT_NE(zero.err.find("correction.global_batch_size: 0 (expected at least 1)"), std::string::npos) << zero.err;
+}
+
 TEST_F(Pipeline, DistillRefusesAVocabularyMismatch) {
   ModelConfig other = testing::tiny_config();
   other.vocab_size = 60;
@@ -179,13 +217,14 @@ TEST(LossCurves, SvgHasOnePolylinePerSeries) {
 }
 
 // The shipped recipes parse, and their distillation runs match the published settings: tokens
-// = steps x grad_accumulation x batch_size x sequence_length.
+// = steps x global_batch_size x sequence_length, the global batch being the paper's on any number
+// of GPUs (grad_accumulation would multiply it by the ranks).
 TEST(ShippedRecipes, DistillationMatchesThePublishedSettings) {
   const fs::path dir = fs::path(MINITRON_SOURCE_DIR) / "recipes";
   auto tokens = [](const Recipe& r) {
     const RecipeTraining& d = r.distillation;
-    return static_cast<double>(d.steps) * static_cast<double>(d.grad_accumulation) *
-           static_cast<double>(d.batch_size > 0 ? d.batch_size : r.batch_size) * static_cast<double>(r.sequence_length);
+    return static_cast<double>(d.steps) * static_cast<double>(d.global_batch_size) *
+           static_cast<double>(r.sequence_length);
   };
   for (const char* name : {"llama-3.1-minitron-4b-width.json", "llama-3.1-minitron-4b-depth.json"}) {
     SCOPED_TRACE(name);
@@ -194,7 +233,7 @@ TEST(ShippedRecipes, DistillationMatchesThePublishedSettings) {
     EXPECT_EQ(r.distillation.learning_rate, 1e-4);
     EXPECT_EQ(r.distillation.min_learning_rate, 1e-5);
     EXPECT_EQ(r.distillation.warmup_steps, 40);
-    EXPECT_EQ(r.distillation.grad_accumulation * r.batch_size, 1152);
+    EXPECT_EQ(r.distillation.global_batch_size, 1152);
     EXPECT_NEAR(tokens(r), 94e9, 0.001 * 94e9);  // whole steps: 9960 x 1152 x 8192 is 93.99e9
   }
   const Recipe mn = load_recipe(dir / "mn-minitron-8b.json");
@@ -203,10 +242,11 @@ TEST(ShippedRecipes, DistillationMatchesThePublishedSettings) {
   EXPECT_EQ(mn.distillation.learning_rate, 1e-4);
   EXPECT_EQ(mn.distillation.min_learning_rate, 4.5e-7);
   EXPECT_EQ(mn.distillation.warmup_steps, 60);
-  EXPECT_EQ(mn.distillation.grad_accumulation * mn.batch_size, 768);
+  EXPECT_EQ(mn.distillation.global_batch_size, 768);
   EXPECT_NEAR(tokens(mn), 380e9, 0.001 * 380e9);  // whole steps: 60400 x 768 x 8192 is 380.007e9
   const RecipeTraining& c = mn.correction;
-  EXPECT_NEAR(static_cast<double>(c.steps * c.grad_accumulation * mn.batch_size * mn.sequence_length), 0.1e12,
+  EXPECT_EQ(c.global_batch_size, 1152);
+  EXPECT_NEAR(static_cast<double>(c.steps * c.global_batch_size * mn.sequence_length), 0.1e12,
               0.001 * 0.1e12);  // whole steps: 10600 x 1152 x 8192 is 100.03e9
   EXPECT_NO_THROW(load_recipe(dir / "demo.json"));
 }
