@@ -4,28 +4,16 @@
 # micro-batches (--grad-accumulation 2); rank 1 writing nothing; the launcher mistakes a user
 # meets first (no MASTER_ADDR, a rank that never comes) as one-line errors.
 set -euo pipefail
+source "$(dirname "$0")/cli_test_lib.sh"
 MINITRON=$1
 WORK=$2
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
-fail() { echo "FAIL: $*" >&2; exit 1; }
 # Two processes share the machine's cores: one OpenMP thread each, as torchrun sets for several
 # processes per node (threads spinning while their process waits for the other slow both ~20x).
 export OMP_NUM_THREADS=1
 
-xz -dc "$OLDPWD/data/corpora/austen.txt.xz" > austen.txt && head -c 200000 austen.txt > text.txt
-"$MINITRON" tokenizer train --vocab-size 300 --input text.txt --output tok >/dev/null
-"$MINITRON" tokenize --tokenizer tok/tokenizer.json --input text.txt --output-prefix shards/austen \
-  --validation-tokens 2000 --split-blank-lines >/dev/null 2>&1
+small_training_run "$OLDPWD"
 
-cat > config.json <<'JSON'
-{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 300,
- "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
- "num_key_value_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
- "max_position_embeddings": 64, "tie_word_embeddings": false, "hidden_act": "silu",
- "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32"}
-JSON
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 train() {  # train OUT [extra flags]; the launcher's variables come from the caller's environment
   local out=$1; shift
   timeout 300 "$MINITRON" train --device cpu --config config.json --tokenizer tok/tokenizer.json \
@@ -92,20 +80,20 @@ grep -qx "minitron: error: --zero-stage: 3 (expected 1 (optimizer state sharded)
   || { cat err.out; fail "--zero-stage 3: wrong message"; }
 
 # Bad launches: one line on stderr, a non-zero exit, nothing written.
-expect_error() {  # expect_error PATTERN OUT, the launcher's variables from the caller
+expect_launch_error() {  # expect_launch_error PATTERN OUT, the launcher's variables from the caller
   local pattern=$1 out=$2
   if train "$out" > err.out 2>&1; then fail "expected failure ($pattern)"; fi
   [ "$(wc -l < err.out)" -eq 1 ] || { cat err.out; fail "not a one-line error: $pattern"; }
   grep -q "^minitron: error: .*$pattern" err.out || { cat err.out; fail "message lacks '$pattern'"; }
   [ ! -e "$out" ] || fail "a failed launch created $out"
 }
-RANK=0 WORLD_SIZE=2 expect_error "MASTER_ADDR: not set, but WORLD_SIZE=2 asks for several processes" no-master
+RANK=0 WORLD_SIZE=2 expect_launch_error "MASTER_ADDR: not set, but WORLD_SIZE=2 asks for several processes" no-master
 port=$(free_port)
 start=$(date +%s)
 RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED_TIMEOUT=1 \
-  expect_error "127.0.0.1:$port: 1 of 2 ranks joined within 1 s .*missing rank(s) 1" lone-rank0
+  expect_launch_error "127.0.0.1:$port: 1 of 2 ranks joined within 1 s .*missing rank(s) 1" lone-rank0
 RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port MINITRON_DISTRIBUTED_TIMEOUT=1 \
-  expect_error "rank 1 connecting to rank 0 at MASTER_ADDR:MASTER_PORT = 127.0.0.1:$port: no connection within 1 s" lone-rank1
+  expect_launch_error "rank 1 connecting to rank 0 at MASTER_ADDR:MASTER_PORT = 127.0.0.1:$port: no connection within 1 s" lone-rank1
 [ $(( $(date +%s) - start )) -lt 30 ] || fail "lone ranks took more than 30 s to give up with a 1 s timeout"
 
 # A one-process command under a multi-process launch refuses before it reads anything, rather

@@ -10,19 +10,8 @@ rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
 # Two processes share the machine's cores: one OpenMP thread each (see test_distributed_cli.sh).
 export OMP_NUM_THREADS=1
 
-xz -dc "$OLDPWD/data/corpora/austen.txt.xz" > austen.txt && head -c 200000 austen.txt > text.txt
-"$MINITRON" tokenizer train --vocab-size 300 --input text.txt --output tok >/dev/null
-"$MINITRON" tokenize --tokenizer tok/tokenizer.json --input text.txt --output-prefix shards/austen \
-  --validation-tokens 2000 --split-blank-lines >/dev/null 2>&1
-cat > config.json <<'JSON'
-{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 300,
- "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
- "num_key_value_heads": 2, "rope_theta": 10000.0, "rms_norm_eps": 1e-5,
- "max_position_embeddings": 64, "tie_word_embeddings": false, "hidden_act": "silu",
- "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32"}
-JSON
+small_training_run "$OLDPWD"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 train() {  # train OUT [extra flags]; the launcher's variables come from the caller's environment
   local out=$1; shift
   timeout 300 "$MINITRON" train --device cpu --config config.json --data 'shards/austen_train_*.bin' \
