@@ -49,6 +49,27 @@ inline std::vector<float> download(Backend& backend, Tensor t) {
   return host;
 }
 
+// The logits a prompt alone gives after each token of `continuation`: a model built for it (batch
+// 1) with a cache of one sequence, the prompt, then the continuation one token a forward.
+inline std::vector<std::vector<float>> logits_alone(const BatchGenerationModel& m, std::span<const std::int32_t> prompt,
+                                                    std::span<const std::int32_t> continuation) {
+  const std::int64_t n = static_cast<std::int64_t>(prompt.size());
+  LlamaModel model(m.config, *m.backend, 1, n, ModelMode::Inference);
+  model.set_parameters(m.params);
+  KvCache cache(m.config, *m.backend, n + static_cast<std::int64_t>(continuation.size()));
+  ForwardOptions forward;
+  forward.cache = &cache;
+  BackendBuffer out(*m.backend, m.config.vocab_size, m.backend->activation_dtype());
+  model.forward(prompt, 1, n, forward);
+  std::vector<std::vector<float>> logits;
+  for (const std::int32_t& token : continuation) {
+    model.forward(std::span<const std::int32_t>(&token, 1), 1, 1, forward);
+    model.logits(out.tensor(), 0, 1);
+    logits.push_back(download(*m.backend, out.tensor()));
+  }
+  return logits;
+}
+
 struct AloneRun {
   std::vector<std::int32_t> tokens;
   GenerationEnd end = GenerationEnd::Length;

@@ -37,19 +37,8 @@ TEST(CudaBatchedCacheForward, EachRowsLogitsAreItsAloneLogitsWithinBf16Rounding)
     order.push_back(static_cast<std::size_t>((i * 11 + 2) % kRows));
   }
   std::vector<std::vector<float>> alone;
-  for (std::size_t i = 0; i < prompts.size(); ++i) {
-    const std::int64_t n = static_cast<std::int64_t>(prompts[i].size());
-    LlamaModel model(f.config, *f.backend, 1, n, ModelMode::Inference);
-    model.set_parameters(f.params);
-    KvCache cache(f.config, *f.backend, n + 1);
-    ForwardOptions forward;
-    forward.cache = &cache;
-    BackendBuffer out(*f.backend, V, f.backend->activation_dtype());
-    model.forward(prompts[i], 1, n, forward);
-    model.forward(std::span<const std::int32_t>(&next[i], 1), 1, 1, forward);
-    model.logits(out.tensor(), 0, 1);
-    alone.push_back(download(*f.backend, out.tensor()));
-  }
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    alone.push_back(logits_alone(f, prompts[i], std::vector{next[i]})[0]);
   LlamaModel model(f.config, *f.backend, kRows, 17, ModelMode::Inference);
   model.set_parameters(f.params);
   KvCache cache(f.config, *f.backend, 18, kRows);

@@ -43,20 +43,9 @@ TEST(BatchedCacheForward, EachRowsLogitsAreItsAloneLogitsBitForBit) {
   // Alone: prompt, then next[i], then after[i]; logits of the last two forwards.
   std::vector<std::vector<float>> alone_next, alone_after;
   for (std::size_t i = 0; i < prompts.size(); ++i) {
-    const std::int64_t n = static_cast<std::int64_t>(prompts[i].size());
-    LlamaModel model(f.config, *f.backend, 1, n, ModelMode::Inference);
-    model.set_parameters(f.params);
-    KvCache cache(f.config, *f.backend, n + 2);
-    ForwardOptions forward;
-    forward.cache = &cache;
-    BackendBuffer out(*f.backend, V, f.backend->activation_dtype());
-    model.forward(prompts[i], 1, n, forward);
-    model.forward(std::span<const std::int32_t>(&next[i], 1), 1, 1, forward);
-    model.logits(out.tensor(), 0, 1);
-    alone_next.push_back(download(*f.backend, out.tensor()));
-    model.forward(std::span<const std::int32_t>(&after[i], 1), 1, 1, forward);
-    model.logits(out.tensor(), 0, 1);
-    alone_after.push_back(download(*f.backend, out.tensor()));
+    const std::vector<std::vector<float>> logits = logits_alone(f, prompts[i], std::vector{next[i], after[i]});
+    alone_next.push_back(logits[0]);
+    alone_after.push_back(logits[1]);
   }
 
   LlamaModel model(f.config, *f.backend, kRows, 17, ModelMode::Inference);
