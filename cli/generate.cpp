@@ -28,6 +28,17 @@ namespace minitron::cli {
 
 namespace {
 
+// Where a plain generation stops: config.json's and the tokenizer's EOS ids, and those of
+// generation_config.json, which transformers' generate reads first (Llama 3.1 Instruct lists
+// <|eom_id|> and <|eot_id|> there); each id once.
+std::vector<std::int32_t> plain_stop_tokens(const ModelConfig& config, const Tokenizer& tokenizer,
+                                            const std::string& model_dir) {
+  std::vector<std::int32_t> ids = end_of_text_tokens(config, tokenizer);
+  for (std::int32_t id : generation_config_eos_ids(model_dir))
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  return ids;
+}
+
 // --chat: the conversation from --messages and --system, then each --user turn answered in
 // order, then (interactive) one turn per line of standard input.
 int chat(const cxxopts::ParseResult& r, const std::string& model_dir, const Tokenizer& tokenizer,
@@ -130,7 +141,7 @@ int generate_many(const cxxopts::ParseResult& r, const std::string& model_dir, c
   }
   // One limit for every prompt: the room the longest leaves.
   sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - longest);
-  if (!r.count("ignore-eos")) sampling.stop_tokens = end_of_text_tokens(config, tokenizer);
+  if (!r.count("ignore-eos")) sampling.stop_tokens = plain_stop_tokens(config, tokenizer, model_dir);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   const std::int64_t rows = std::min<std::int64_t>(batch, static_cast<std::int64_t>(prompts.size()));
@@ -154,12 +165,14 @@ int generate_many(const cxxopts::ParseResult& r, const std::string& model_dir, c
 }  // namespace
 
 int generate(int argc, char** argv) {
-  cxxopts::Options options("generate",
-                           "Continue a prompt with a model: greedy, or temperature / top-p sampling.\n"
-                           "With --chat: answer a conversation rendered by the chat template (--messages FILE, "
-                           "--system,\nrepeated --user turns, each answered in order; --interactive, or a terminal "
-                           "without turns,\nreads one user turn a line). Replies stop at the template's end-of-turn "
-                           "token and every\nEOS id of config.json, generation_config.json and the tokenizer.");
+  cxxopts::Options options(
+      "generate",
+      "Continue a prompt with a model: greedy, or temperature / top-p sampling, up to an EOS id of\n"
+      "config.json, generation_config.json or the tokenizer (--ignore-eos: past them).\n"
+      "With --chat: answer a conversation rendered by the chat template (--messages FILE, "
+      "--system,\nrepeated --user turns, each answered in order; --interactive, or a terminal "
+      "without turns,\nreads one user turn a line). Replies stop at the template's end-of-turn "
+      "token and every\nEOS id of config.json, generation_config.json and the tokenizer.");
   // clang-format off
   options.add_options()
       ("model", "HF checkpoint directory", cxxopts::value<std::string>())
@@ -227,7 +240,7 @@ int generate(int argc, char** argv) {
   if (prompt_tokens >= limit)
     fail_expected("--prompt", str(prompt_tokens, " tokens"), str("fewer than max_position_embeddings = ", limit));
   sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - prompt_tokens);
-  if (!r.count("ignore-eos")) sampling.stop_tokens = end_of_text_tokens(config, tokenizer);
+  if (!r.count("ignore-eos")) sampling.stop_tokens = plain_stop_tokens(config, tokenizer, model_dir);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   LlamaModel model(config, *backend, 1, prompt_tokens, ModelMode::Inference);

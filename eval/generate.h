@@ -30,8 +30,9 @@ struct SamplingOptions {
 // renormalised, and sampled by inverse CDF with one uniform draw from rng.
 std::int32_t sample_token(std::span<const float> logits, double temperature, double top_p, Xoshiro256& rng);
 
-// The tokens that end a generation: the checkpoint's eos_token_id(s) and the tokenizer's EOS, as
-// transformers' generate stops on generation_config's eos_token_id.
+// The tokens that end a generation: config.json's eos_token_id(s) and the tokenizer's EOS (eval's
+// generative tasks stop there, as lm-evaluation-harness does at the tokenizer's EOS; `minitron
+// generate` adds generation_config.json's, as transformers' generate does).
 std::vector<std::int32_t> end_of_text_tokens(const ModelConfig& config, const Tokenizer& tokenizer);
 
 // Runs the prompt (>= 1 token) through the model with `cache` (cleared first), then generates

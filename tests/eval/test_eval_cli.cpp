@@ -133,5 +133,39 @@ TEST(GenerateCli, PromptsFileGivesEachPromptsAloneContinuation) {
       << bad.err;
 }
 
+// generation_config.json's eos_token_id stops a plain generation, as transformers' generate
+// does: listing every id there stops each prompt after its first token, where the fixture alone
+// runs to the length limit.
+TEST(GenerateCli, StopsAtGenerationConfigEos) {
+  const fs::path model = fs::temp_directory_path() / ("minitron_genconfig_" + std::to_string(::getpid()));
+  fs::create_directories(model);
+  for (const char* name : {"config.json", "model.safetensors"})
+    fs::copy_file(source("tests/fixtures/llama3_gqa") + "/" + name, model / name, fs::copy_options::overwrite_existing);
+  const std::string args = " --model " + model.string() + " --tokenizer " + source("tests/eval/data/tokenizer.json") +
+                           " --device cpu --prompt 'The cat' --max-new-tokens 4";
+  const CommandResult free_run = minitron("generate" + args + " --ignore-eos");
+  ASSERT_EQ(free_run.status, 0) << free_run.err;
+  const CommandResult plain = minitron("generate" + args);
+  ASSERT_EQ(plain.status, 0) << plain.err;
+  ASSERT_EQ(plain.out, free_run.out);  // the fixture's own EOS ids do not come up in these 4 tokens
+
+  nlohmann::json every_id = nlohmann::json::array();
+  const nlohmann::json config = nlohmann::json::parse(std::ifstream(model / "config.json"));
+  for (std::int64_t id = 0; id < config["vocab_size"].get<std::int64_t>(); ++id) every_id.push_back(id);
+  std::ofstream(model / "generation_config.json") << nlohmann::json{{"eos_token_id", every_id}}.dump();
+  const CommandResult stopped = minitron("generate" + args);
+  ASSERT_EQ(stopped.status, 0) << stopped.err;
+  EXPECT_LT(stopped.out.size(), free_run.out.size()) << stopped.out;
+  EXPECT_EQ(free_run.out.rfind(stopped.out.substr(0, stopped.out.size() - 1), 0), 0u)  // its first token
+      << stopped.out << " vs " << free_run.out;
+  EXPECT_EQ(minitron("generate" + args + " --ignore-eos").out, free_run.out);  // the flag still overrides
+
+  std::ofstream(model / "generation_config.json") << R"({"eos_token_id": "two"})";
+  const CommandResult bad = minitron("generate" + args);
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.err.find("generation_config.json"), std::string::npos) << bad.err;
+  fs::remove_all(model);
+}
+
 }  // namespace
 }  // namespace minitron
