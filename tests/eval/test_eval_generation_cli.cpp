@@ -24,6 +24,7 @@
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/parameters.h"
+#include "tests/eval/suite_task_files.h"
 #include "util/error.h"
 
 namespace minitron {
@@ -318,45 +319,7 @@ TEST_F(EvalGenerationCli, DataParallelRanksGiveOneProcessesNumbers) {
 // The suite on generated task files big enough for the paper's shot counts, with --limit 2.
 TEST_F(EvalGenerationCli, SuitePrintsThePapersTableAndTheHarnessJson) {
   const fs::path tasks = dir_ / "tasks";
-  fs::create_directories(tasks);
-  auto lines = [&](const std::string& name, int n, const std::function<json(int)>& doc) {
-    std::ofstream out(tasks / name);
-    for (int i = 0; i < n; ++i) out << doc(i).dump() << "\n";
-  };
-  auto wino = [](int i) {
-    return json{{"sentence", str("Ann gave Bo a pen because _ had ", i, " pens.")},
-                {"option1", "Ann"},
-                {"option2", "Bo"},
-                {"answer", i % 2 ? "1" : "2"}};
-  };
-  auto arc = [](int i) {
-    return json{{"question", str("What is ", i, "?")},
-                {"choices", {{"text", {"a", "b", "c"}}, {"label", {"A", "B", "C"}}}},
-                {"answerKey", "B"}};
-  };
-  auto mmlu = [](int i) {
-    return json{
-        {"question", str("Pick ", i)}, {"choices", {"w", "x", "y", "z"}}, {"answer", i % 4}, {"subject", "math"}};
-  };
-  auto hella = [](int i) {
-    return json{{"activity_label", "Cooking"},
-                {"ctx_a", str("Step ", i, ".")},
-                {"ctx_b", "then"},
-                {"endings", {"a", "b", "c", "d"}},
-                {"label", "1"}};
-  };
-  auto gsm = [](int i) { return json{{"question", str("What is ", i, " + 0?")}, {"answer", str("#### ", i)}}; };
-  lines("winogrande_validation.jsonl", 3, wino);
-  lines("winogrande_train.jsonl", 6, wino);
-  lines("arc_challenge_test.jsonl", 3, arc);
-  lines("arc_challenge_train.jsonl", 25, arc);
-  lines("mmlu_test.jsonl", 3, mmlu);
-  lines("mmlu_dev.jsonl", 5, mmlu);
-  lines("hellaswag_validation.jsonl", 3, hella);
-  lines("hellaswag_train.jsonl", 11, hella);
-  lines("gsm8k_test.jsonl", 3, [](int i) { return json{{"question", "Sum?"}, {"answer", str("#### ", 42 - i)}}; });
-  lines("gsm8k_train.jsonl", 5, gsm);
-  fs::copy_file(data("truthfulqa_mc.jsonl"), tasks / "truthfulqa_mc_validation.jsonl");
+  test::write_suite_task_files(tasks, MINITRON_SOURCE_DIR);
 
   const fs::path results = dir_ / "results.json";
   const CommandResult r =

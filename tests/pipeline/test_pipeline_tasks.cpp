@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <utility>
 
@@ -14,6 +13,7 @@
 
 #include "data/shards.h"
 #include "model/checkpoint.h"
+#include "tests/eval/suite_task_files.h"
 #include "tests/prune/prune_test_util.h"
 
 namespace minitron {
@@ -293,49 +293,7 @@ TEST(PipelineTasks, SuiteTableInTheReportEqualsEvalSuite) {
   testing::TempDir dir;
   write_teacher_and_shards(dir.path(), 17);
   const fs::path tasks = dir / "tasks";
-  fs::create_directories(tasks);
-  auto lines = [&](const std::string& name, int n, const std::function<nlohmann::json(int)>& doc) {
-    std::ofstream out(tasks / name);
-    for (int i = 0; i < n; ++i) out << doc(i).dump() << "\n";
-  };
-  const std::vector<std::string> words = {"cat", "dog", "sun", "sea", "hat", "cup", "pen", "box", "map", "owl"};
-  auto w = [&](int i) { return words[static_cast<std::size_t>(i) % words.size()]; };
-  auto wino = [&](int i) {
-    return nlohmann::json{{"sentence", "The " + w(i) + " saw the " + w(i + 1) + " so _ ran."},
-                          {"option1", w(i)},
-                          {"option2", w(i + 1)},
-                          {"answer", i % 2 ? "1" : "2"}};
-  };
-  auto arc = [&](int i) {
-    return nlohmann::json{{"question", "Which is a " + w(i) + "?"},
-                          {"choices", {{"text", {w(i), w(i + 2), w(i + 3)}}, {"label", {"A", "B", "C"}}}},
-                          {"answerKey", "A"}};
-  };
-  auto mmlu = [&](int i) {
-    return nlohmann::json{{"question", "Pick " + w(i)},
-                          {"choices", {w(i), w(i + 1), w(i + 2), w(i + 3)}},
-                          {"answer", 0},
-                          {"subject", "art"}};
-  };
-  auto hella = [&](int i) {
-    return nlohmann::json{{"activity_label", "Walk"},
-                          {"ctx_a", "The " + w(i) + " walks."},
-                          {"ctx_b", "then it"},
-                          {"endings", {"sits", "runs", "eats", "naps"}},
-                          {"label", "1"}};
-  };
-  auto gsm = [&](int i) { return nlohmann::json{{"question", "How many " + w(i) + "s?"}, {"answer", "#### 4"}}; };
-  lines("winogrande_validation.jsonl", 2, wino);
-  lines("winogrande_train.jsonl", 6, wino);
-  lines("arc_challenge_test.jsonl", 2, arc);
-  lines("arc_challenge_train.jsonl", 25, arc);
-  lines("mmlu_test.jsonl", 2, mmlu);
-  lines("mmlu_dev.jsonl", 5, mmlu);
-  lines("hellaswag_validation.jsonl", 2, hella);
-  lines("hellaswag_train.jsonl", 11, hella);
-  lines("gsm8k_test.jsonl", 2, gsm);
-  lines("gsm8k_train.jsonl", 5, gsm);
-  fs::copy_file(source("tests/eval/data/truthfulqa_mc.jsonl"), tasks / "truthfulqa_mc_validation.jsonl");
+  test::write_suite_task_files(tasks, MINITRON_SOURCE_DIR);
 
   const nlohmann::json recipe = {
       {"name", "tiny-suite"},
