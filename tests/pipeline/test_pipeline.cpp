@@ -64,6 +64,17 @@ class Pipeline : public ::testing::Test {
     return minitron(dir_,
                     str("pipeline --config ", (dir_ / "recipe.json").string(), " --run-dir ", (dir_ / "run").string()));
   }
+  // The recipe as load_recipe reads it.
+  Recipe load(const nlohmann::json& recipe) {
+    std::ofstream(dir_ / "loaded.json") << recipe.dump();
+    return load_recipe(dir_ / "loaded.json");
+  }
+  // The pipeline refuses the recipe (exit 1) with `message` among its errors.
+  void expect_refused(const nlohmann::json& recipe, const std::string& message) {
+    const CommandResult r = run(recipe);
+    EXPECT_EQ(r.status, 1) << message;
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+  }
   testing::TempDir dir_;
   nlohmann::json recipe_;
 };
@@ -118,40 +129,29 @@ TEST_F(Pipeline, RunsEveryStepThenSkipsThemOnRerun) {
 TEST_F(Pipeline, RefusesUnknownRecipeKeys) {
   nlohmann::json recipe = recipe_;
   recipe["distillation"]["learning_rte"] = 1e-3;
-  CommandResult r = run(recipe);
-  EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.err.find("distillation.learning_rte: unknown key"), std::string::npos) << r.err;
+  expect_refused(recipe, "distillation.learning_rte: unknown key");
 }
 
 // A recompute mode is read per training step and refused, naming its key, when it is no mode.
 TEST_F(Pipeline, ReadsAndRefusesRecomputeModes) {
   nlohmann::json recipe = recipe_;
   recipe["distillation"]["recompute"] = "selective";
-  std::ofstream(dir_ / "recompute.json") << recipe.dump();
-  const Recipe loaded = load_recipe(dir_ / "recompute.json");
+  const Recipe loaded = load(recipe);
   EXPECT_EQ(loaded.distillation.recompute, "selective");
   EXPECT_EQ(loaded.correction.recompute, "none");
   recipe["correction"]["recompute"] = "partial";
-  CommandResult r = run(recipe);
-  EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.err.find("correction.recompute: 'partial' (expected none, selective or full)"), std::string::npos)
-      << r.err;
+  expect_refused(recipe, "correction.recompute: 'partial' (expected none, selective or full)");
 }
 
 // A ZeRO stage likewise: 1 or 2, absent (0: the default, 2 on several ranks) or refused.
 TEST_F(Pipeline, ReadsAndRefusesZeroStages) {
   nlohmann::json recipe = recipe_;
   recipe["distillation"]["zero_stage"] = 2;
-  std::ofstream(dir_ / "zero.json") << recipe.dump();
-  const Recipe loaded = load_recipe(dir_ / "zero.json");
+  const Recipe loaded = load(recipe);
   EXPECT_EQ(loaded.distillation.zero_stage, 2);
   EXPECT_EQ(loaded.correction.zero_stage, 0);
   recipe["correction"]["zero_stage"] = 3;
-  CommandResult r = run(recipe);
-  EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.err.find("correction.zero_stage: 3 (expected 1 or 2 (or no zero_stage: 2 with several ranks))"),
-            std::string::npos)
-      << r.err;
+  expect_refused(recipe, "correction.zero_stage: 3 (expected 1 or 2 (or no zero_stage: 2 with several ranks))");
 }
 
 // global_batch_size: sequences per step over all ranks, exclusive with grad_accumulation and a
@@ -159,29 +159,17 @@ TEST_F(Pipeline, ReadsAndRefusesZeroStages) {
 TEST_F(Pipeline, ReadsAndRefusesGlobalBatchSizes) {
   nlohmann::json recipe = recipe_;
   recipe["correction"]["global_batch_size"] = 6;
-  std::ofstream(dir_ / "global.json") << recipe.dump();
-  const Recipe loaded = load_recipe(dir_ / "global.json");
+  const Recipe loaded = load(recipe);
   EXPECT_EQ(loaded.correction.global_batch_size, 6);
   EXPECT_EQ(loaded.distillation.global_batch_size, 4);
 
   recipe["correction"]["grad_accumulation"] = 3;
-  CommandResult both = run(recipe);
-  EXPECT_EQ(both.status, 1);
-  EXPECT_NE(both.err.find("correction: both global_batch_size and grad_accumulation given"), std::string::npos)
-      << both.err;
-
+  expect_refused(recipe, "correction: both global_batch_size and grad_accumulation given");
   recipe["correction"].erase("grad_accumulation");
   recipe["correction"]["global_batch_size"] = 5;
-  CommandResult odd = run(recipe);
-  EXPECT_EQ(odd.status, 1);
-  EXPECT_NE(odd.err.find("correction.global_batch_size: 5 (expected a multiple of its batch_size 2)"),
-            std::string::npos)
-      << odd.err;
-
+  expect_refused(recipe, "correction.global_batch_size: 5 (expected a multiple of its batch_size 2)");
   recipe["correction"]["global_batch_size"] = 0;
-  CommandResult zero = run(recipe);
-  EXPECT_EQ(zero.status, 1);
-  EXPECT_NE(zero.err.find("correction.global_batch_size: 0 (expected at least 1)"), std::string::npos) << zero.err;
+  expect_refused(recipe, "correction.global_batch_size: 0 (expected at least 1)");
 }
 
 TEST_F(Pipeline, DistillRefusesAVocabularyMismatch) {
