@@ -42,6 +42,23 @@ ModelConfig write_teacher_and_shards(const fs::path& dir, std::uint64_t seed) {
   return c;
 }
 
+// A recipe over write_teacher_and_shards' teacher and shards: no correction, one depth-pruned
+// student of 2 layers, `distill_steps` of distillation, and the given evaluation section.
+nlohmann::json tiny_recipe(const fs::path& dir, const std::string& name, int distill_steps, nlohmann::json evaluation) {
+  return {{"name", name},
+          {"teacher", (dir / "teacher").string()},
+          {"device", "cpu"},
+          {"batch_size", 2},
+          {"sequence_length", 16},
+          {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "val.bin").string()}}},
+          {"correction", {{"enabled", false}}},
+          {"importance", {{"samples", 4}, {"layer_windows", 2}}},
+          {"students", {{{"name", "depth"}, {"num_layers", 2}}}},
+          {"distillation",
+           {{"steps", distill_steps}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
+          {"evaluation", std::move(evaluation)}};
+}
+
 TEST(PipelineTasks, ReportCarriesTheTaskAccuraciesOfEveryModel) {
   testing::TempDir dir;
   const ModelConfig c = write_teacher_and_shards(dir.path(), 13);
@@ -57,22 +74,12 @@ TEST(PipelineTasks, ReportCarriesTheTaskAccuraciesOfEveryModel) {
          << "\n";
   }
   const std::string arc = source("tests/eval/data/arc_easy.jsonl").string();
-  const nlohmann::json recipe = {
-      {"name", "tiny-tasks"},
-      {"teacher", (dir / "teacher").string()},
-      {"device", "cpu"},
-      {"batch_size", 2},
-      {"sequence_length", 16},
-      {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "val.bin").string()}}},
-      {"correction", {{"enabled", false}}},
-      {"importance", {{"samples", 4}, {"layer_windows", 2}}},
-      {"students", {{{"name", "depth"}, {"num_layers", 2}}}},
-      {"distillation", {{"steps", 2}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
-      {"evaluation",
-       {{"eval_windows", 2},
-        {"tasks",
-         {{{"task", "multiple_choice"}, {"task_file", (dir / "task.jsonl").string()}},
-          {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}}}}}}};
+  const nlohmann::json recipe =
+      tiny_recipe(dir, "tiny-tasks", 2,
+                  {{"eval_windows", 2},
+                   {"tasks",
+                    {{{"task", "multiple_choice"}, {"task_file", (dir / "task.jsonl").string()}},
+                     {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}}}}});
   std::ofstream(dir / "recipe.json") << recipe.dump(2);
   const CommandResult r =
       minitron(dir, str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
@@ -142,20 +149,12 @@ TEST(PipelineTasks, TaskKeysReachImportancePruneAndEvaluation) {
   // The evaluation repeats the importance task exactly (file, shots, limit), so the pruned
   // model's evaluated accuracy must be the one importance recorded for the dropped block.
   const nlohmann::json mc = {{"task", "multiple_choice"}, {"task_file", task_file}, {"shots", 1}, {"limit", 5}};
-  nlohmann::json recipe = {
-      {"name", "tiny-task-keys"},
-      {"teacher", (dir / "teacher").string()},
-      {"device", "cpu"},
-      {"batch_size", 2},
-      {"sequence_length", 16},
-      {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "val.bin").string()}}},
-      {"correction", {{"enabled", false}}},
-      {"importance", {{"samples", 4}, {"layer_windows", 2}, {"task", mc}}},
-      {"students", {{{"name", "depth"}, {"num_layers", 2}, {"layer_criterion", "task"}}}},
-      {"distillation", {{"steps", 2}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
-      {"evaluation",
-       {{"eval_windows", 2},
-        {"tasks", {mc, {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}, {"fewshot_file", pool}}}}}}};
+  nlohmann::json recipe =
+      tiny_recipe(dir, "tiny-task-keys", 2,
+                  {{"eval_windows", 2},
+                   {"tasks", {mc, {{"task", "arc_easy"}, {"task_file", arc}, {"shots", 1}, {"fewshot_file", pool}}}}});
+  recipe["importance"]["task"] = mc;
+  recipe["students"][0]["layer_criterion"] = "task";
   auto run = [&] {
     fs::remove_all(dir / "run");
     std::ofstream(dir / "recipe.json") << recipe.dump(2);
@@ -295,20 +294,10 @@ TEST(PipelineTasks, SuiteTableInTheReportEqualsEvalSuite) {
   const fs::path tasks = dir / "tasks";
   test::write_suite_task_files(tasks, MINITRON_SOURCE_DIR);
 
-  const nlohmann::json recipe = {
-      {"name", "tiny-suite"},
-      {"teacher", (dir / "teacher").string()},
-      {"device", "cpu"},
-      {"batch_size", 2},
-      {"sequence_length", 16},
-      {"data", {{"train", (dir / "train.bin").string()}, {"validation", (dir / "val.bin").string()}}},
-      {"correction", {{"enabled", false}}},
-      {"importance", {{"samples", 4}, {"layer_windows", 2}}},
-      {"students", {{{"name", "depth"}, {"num_layers", 2}}}},
-      {"distillation", {{"steps", 1}, {"learning_rate", 1e-3}, {"min_learning_rate", 1e-4}, {"warmup_steps", 0}}},
-      {"evaluation",
-       {{"eval_windows", 1},
-        {"suite", {{"name", "minitron-base"}, {"task_dir", tasks.string()}, {"limit", 1}, {"max_gen_toks", 8}}}}}};
+  const nlohmann::json recipe = tiny_recipe(
+      dir, "tiny-suite", 1,
+      {{"eval_windows", 1},
+       {"suite", {{"name", "minitron-base"}, {"task_dir", tasks.string()}, {"limit", 1}, {"max_gen_toks", 8}}}});
   std::ofstream(dir / "recipe.json") << recipe.dump(2);
   const CommandResult r =
       minitron(dir, str("pipeline --config ", (dir / "recipe.json").string(), " --run-dir ", (dir / "run").string()));
