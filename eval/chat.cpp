@@ -77,9 +77,18 @@ std::string ChatSession::reply(const std::function<void(const std::string&)>& on
     model_ = std::make_unique<LlamaModel>(config, backend_, 1, model_tokens_, ModelMode::Inference);
     model_->set_parameters(checkpoint_.params);
   }
+  // Keep the keys and values of the longest prefix this prompt shares with what the cache holds
+  // (every earlier turn, where adding messages leaves the rendering before them as it was) and
+  // run the rest: at least one token, for the logits.
+  const auto shared = std::mismatch(cached_.begin(), cached_.end(), prompt.begin(), prompt.end()).first;
+  reused_tokens_ = std::min<std::int64_t>(shared - cached_.begin(), n - 1);
+  if (cache_) cache_->truncate(reused_tokens_);
+  cached_.clear();  // until this turn's tokens are all in the cache
   if (!cache_ || cache_tokens_ < n + sampling.max_new_tokens) {
     cache_tokens_ = std::min(limit, std::max(2 * n, n + sampling.max_new_tokens));
-    cache_ = std::make_unique<KvCache>(config, backend_, cache_tokens_);
+    auto grown = std::make_unique<KvCache>(config, backend_, cache_tokens_);
+    if (cache_) grown->copy_from(backend_, *cache_);
+    cache_ = std::move(grown);
   }
   IncrementalDecoder decoder(tokenizer_);
   std::string text;
@@ -88,9 +97,13 @@ std::string ChatSession::reply(const std::function<void(const std::string&)>& on
     if (on_text && !piece.empty()) on_text(piece);
   };
   const std::vector<std::int32_t> stop = sampling.stop_tokens;
-  generate(*model_, *cache_, prompt, sampling, [&](std::int32_t token) {
-    if (std::find(stop.begin(), stop.end(), token) == stop.end()) emit(decoder.push(token));
-  });
+  const std::vector<std::int32_t> generated =
+      continue_generation(*model_, *cache_, std::span(prompt).subspan(static_cast<std::size_t>(reused_tokens_)),
+                          sampling, [&](std::int32_t token) {
+                            if (std::find(stop.begin(), stop.end(), token) == stop.end()) emit(decoder.push(token));
+                          });
+  cached_ = prompt;
+  cached_.insert(cached_.end(), generated.begin(), generated.end() - 1);  // the last was never run
   emit(decoder.flush());
   conversation_.messages.push_back(ChatMessage{"assistant", text});
   return text;

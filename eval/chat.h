@@ -44,6 +44,9 @@ class ChatSession {
   // leaves no room for a new token (max_position_embeddings).
   std::string reply(const std::function<void(const std::string&)>& on_text = {});
   const std::vector<ChatMessage>& messages() const { return conversation_.messages; }
+  // Tokens of the last reply's prompt taken from the KV cache instead of run again: the longest
+  // prefix it shares with what the turn before ran (its prompt and its reply but the last token).
+  std::int64_t reused_tokens() const { return reused_tokens_; }
 
  private:
   const LoadedCheckpoint& checkpoint_;
@@ -56,6 +59,8 @@ class ChatSession {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KvCache> cache_;
   std::int64_t model_tokens_ = 0, cache_tokens_ = 0;
+  std::vector<std::int32_t> cached_;  // the tokens whose keys and values cache_ holds, in order
+  std::int64_t reused_tokens_ = 0;
 };
 
 }  // namespace minitron

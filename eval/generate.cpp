@@ -46,17 +46,25 @@ std::vector<std::int32_t> end_of_text_tokens(const ModelConfig& config, const To
 
 std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<const std::int32_t> prompt,
                                    const SamplingOptions& options, const std::function<void(std::int32_t)>& on_token) {
+  cache.clear();
+  return continue_generation(model, cache, prompt, options, on_token);
+}
+
+std::vector<std::int32_t> continue_generation(LlamaModel& model, KvCache& cache, std::span<const std::int32_t> prompt,
+                                              const SamplingOptions& options,
+                                              const std::function<void(std::int32_t)>& on_token) {
   if (prompt.empty()) fail_expected("generate", "the prompt encodes to no tokens", "at least one prompt token");
   const std::int64_t n = static_cast<std::int64_t>(prompt.size());
-  if (n + options.max_new_tokens > cache.capacity())
-    fail_expected("generate", str(n, " prompt tokens + ", options.max_new_tokens, " new tokens"),
+  if (cache.length() + n + options.max_new_tokens > cache.capacity())
+    fail_expected("generate",
+                  str(cache.length() ? str(cache.length(), " cached + ") : std::string(), n, " prompt tokens + ",
+                      options.max_new_tokens, " new tokens"),
                   str("at most ", cache.capacity(), " tokens (the KV cache size)"));
   const std::int64_t V = model.config().vocab_size;
   Backend& backend = model.backend();
   BackendBuffer logits_buffer(backend, V, backend.activation_dtype());
   std::vector<float> logits(static_cast<std::size_t>(V));
   Xoshiro256 rng(options.seed);
-  cache.clear();
 
   std::vector<std::int32_t> out;
   ForwardOptions forward_options;

@@ -43,6 +43,14 @@ std::vector<std::int32_t> generate(LlamaModel& model, KvCache& cache, std::span<
                                    const SamplingOptions& options,
                                    const std::function<void(std::int32_t)>& on_token = {});
 
+// generate() on a cache that already holds the sequence's first tokens (its sequence 0, not
+// cleared): `tokens` (>= 1) continue them, so a conversation's next turn runs only what it adds.
+// The cache needs room for what it holds + tokens + max_new_tokens. On return it holds every
+// token run through the model: the prompt and the generated tokens but the last.
+std::vector<std::int32_t> continue_generation(LlamaModel& model, KvCache& cache, std::span<const std::int32_t> tokens,
+                                              const SamplingOptions& options,
+                                              const std::function<void(std::int32_t)>& on_token = {});
+
 // Why a generation ended: a stop token (emitted, and kept in the output), the stop condition
 // (stop_when), or max_new_tokens.
 enum class GenerationEnd { StopToken, StopCondition, Length };

@@ -143,6 +143,32 @@ KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_t
   }
 }
 
+void KvCache::truncate(std::int64_t length, std::int64_t sequence) {
+  std::int64_t& cached = lengths_[checked(sequence)];
+  MINITRON_ASSERT(length >= 0 && length <= cached, "KV cache: keeping ", length, " of ", cached, " tokens");
+  cached = length;
+}
+
+void KvCache::copy_from(Backend& backend, const KvCache& from) {
+  MINITRON_ASSERT(from.sequences() == sequences() && from.keys_.size() == keys_.size(), "KV cache: copying ",
+                  from.sequences(), " sequences of ", from.keys_.size(), " layers into ", sequences(), " of ",
+                  keys_.size());
+  if (keys_.empty()) return;
+  const std::int64_t row = keys_[0].tensor().numel / (sequences() * max_tokens_);  // kv_heads * head_dim
+  for (std::size_t s = 0; s < lengths_.size(); ++s) {
+    const std::int64_t n = from.lengths_[s];
+    MINITRON_ASSERT(n <= max_tokens_, "KV cache: ", n, " cached tokens into room for ", max_tokens_);
+    lengths_[s] = n;
+    if (n == 0) continue;
+    const std::int64_t to = static_cast<std::int64_t>(s) * max_tokens_ * row;
+    const std::int64_t at = static_cast<std::int64_t>(s) * from.max_tokens_ * row;
+    for (std::size_t l = 0; l < keys_.size(); ++l) {
+      backend.copy(keys_[l].tensor().slice(to, n * row), from.keys_[l].tensor().slice(at, n * row));
+      backend.copy(values_[l].tensor().slice(to, n * row), from.values_[l].tensor().slice(at, n * row));
+    }
+  }
+}
+
 std::size_t KvCache::checked(std::int64_t sequence) const {
   MINITRON_ASSERT(sequence >= 0 && sequence < sequences(), "KV cache sequence ", sequence, " of ", sequences());
   return static_cast<std::size_t>(sequence);

@@ -53,6 +53,12 @@ class KvCache {
   std::int64_t sequences() const { return static_cast<std::int64_t>(lengths_.size()); }
   void clear() { lengths_.assign(lengths_.size(), 0); }
   void clear(std::int64_t sequence) { lengths_[checked(sequence)] = 0; }
+  // Keeps the first `length` tokens of a sequence (a shared prefix of the next prompt) and forgets
+  // the rest, which the next forward overwrites.
+  void truncate(std::int64_t length, std::int64_t sequence = 0);
+  // Takes every sequence's cached tokens from `from` (as many sequences, of as many layers, each
+  // fitting this cache): a conversation outgrowing its cache keeps what it ran.
+  void copy_from(Backend& backend, const KvCache& from);
 
  private:
   friend class LlamaModel;

@@ -44,7 +44,8 @@ ModelConfig write_teacher_and_shards(const fs::path& dir, std::uint64_t seed) {
 
 // A recipe over write_teacher_and_shards' teacher and shards: no correction, one depth-pruned
 // student of 2 layers, `distill_steps` of distillation, and the given evaluation section.
-nlohmann::json tiny_recipe(const fs::path& dir, const std::string& name, int distill_steps, nlohmann::json evaluation) {
+nlohmann::json tiny_recipe(const testing::TempDir& dir, const std::string& name, int distill_steps,
+                           nlohmann::json evaluation) {
   return {{"name", name},
           {"teacher", (dir / "teacher").string()},
           {"device", "cpu"},
