@@ -187,7 +187,7 @@ void GradientBuckets::complete(std::int64_t offset) {
 void GradientBuckets::retire(Slot& slot) {
   MINITRON_ASSERT(slot.bucket >= 0, "a gradient slot retired twice");
   const std::size_t b = static_cast<std::size_t>(slot.bucket);
-  communicator_->wait_reduction(slot.ticket);
+  communicator_->wait_collective(slot.ticket);
   const GradientBucket& bucket = buckets_[b];
   const auto rank = static_cast<std::size_t>(communicator_->rank());
   const std::int64_t lo = std::max(bucket.begin, bounds_[rank]), hi = std::min(bucket.end, bounds_[rank + 1]);

@@ -52,6 +52,10 @@ struct GradientSharding {
   int stage = 1;                         // 1: whole gradient on every rank; 2: this rank's part only
   Communicator* communicator = nullptr;  // stage 2: the ranks (must outlive the model)
   std::int64_t bucket_elements = kDefaultBucketElements;
+  // After a sharded optimizer step, the parameters are all-gathered bucket by bucket beside the
+  // next forward (model/parameter_gather.h); false: in one all_gather of the whole vector on
+  // the compute stream, in the step (the same bits, without the overlap).
+  bool overlap_parameter_gather = true;
 };
 
 // One bucket: [begin, end) of the flat vector, whole units.
