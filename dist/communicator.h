@@ -54,14 +54,22 @@ class Communicator {
   // beside the ops queued after it (ZeRO-2's gradient buckets, model/gradient_buckets.h):
   // engines with streams (NCCL) queue it on a communication stream of their own after an event
   // on the backend's stream; others reduce at once. t must not be read or written until
-  // wait_reduction(the returned ticket). Every rank starts the same reductions in the same order.
+  // wait_collective(the returned ticket). Every rank starts the same reductions in the same order.
   virtual std::int64_t start_reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) {
     reduce_scatter_sum(t, bounds);
     return 0;
   }
-  // Ops queued on the backend after this call see the result of the reduction `ticket` (and of
-  // those started before it), without the host waiting for it.
-  virtual void wait_reduction(std::int64_t /*ticket*/) {}
+  // all_gather, started the same way (behind every op queued so far, beside the ops queued
+  // after it): the bf16 parameters of the next forward, bucket by bucket after the optimizer
+  // step (model/parameter_gather.h). t must not be read or written until
+  // wait_collective(the returned ticket). Every rank starts the same gathers in the same order.
+  virtual std::int64_t start_all_gather(Tensor t, std::span<const std::int64_t> bounds) {
+    all_gather(t, bounds);
+    return 0;
+  }
+  // Ops queued on the backend after this call see the result of the started collective
+  // `ticket` (and of those started before it), without the host waiting for it.
+  virtual void wait_collective(std::int64_t /*ticket*/) {}
 };
 
 // World size 1: every collective is the identity.

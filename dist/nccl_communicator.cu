@@ -59,6 +59,7 @@ void NcclCommunicator::all_reduce_sum(Tensor t) {
   if (t.numel == 0) return;
   if (t.data == nullptr || t.numel < 0)
     fail_expected("NCCL all_reduce_sum", str("a tensor of ", t.numel, " elements at null"), "device memory");
+  wait_all_started();
   MINITRON_NCCL_CHECK(ncclAllReduce(t.data, t.data, static_cast<std::size_t>(t.numel), ncclFloat32, ncclSum, comm_,
                                     backend_.context().stream()));
 }
@@ -84,6 +85,7 @@ void require_device_memory(const char* what, Tensor t) {
 }  // namespace
 
 void NcclCommunicator::reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) {
+  wait_all_started();
   reduce_scatter_on(backend_.context().stream(), t, bounds);
 }
 
@@ -99,23 +101,37 @@ cudaEvent_t NcclCommunicator::take_event() {
   return event;
 }
 
-std::int64_t NcclCommunicator::start_reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) {
+cudaStream_t NcclCommunicator::communication_stream() {
   if (communication_ == nullptr) MINITRON_CUDA_CHECK(cudaStreamCreateWithFlags(&communication_, cudaStreamNonBlocking));
-  // The communication stream starts once the backend's stream has written t (the bucket's
-  // gradients); the backend's stream goes on with the rest of backward meanwhile.
+  // The communication stream starts once the backend's stream has written what the collective
+  // reads (a bucket's gradients, this rank's updated parameters); the backend's stream goes on
+  // meanwhile.
   cudaEvent_t written = take_event();
   MINITRON_CUDA_CHECK(cudaEventRecord(written, backend_.context().stream()));
   MINITRON_CUDA_CHECK(cudaStreamWaitEvent(communication_, written, 0));
   free_events_.push_back(written);  // the wait took the event's state: it may be recorded again
-  reduce_scatter_on(communication_, t, bounds);
-  cudaEvent_t reduced = take_event();
-  MINITRON_CUDA_CHECK(cudaEventRecord(reduced, communication_));
-  pending_.emplace_back(next_ticket_, reduced);
+  return communication_;
+}
+
+std::int64_t NcclCommunicator::started() {
+  cudaEvent_t done = take_event();
+  MINITRON_CUDA_CHECK(cudaEventRecord(done, communication_));
+  pending_.emplace_back(next_ticket_, done);
   return next_ticket_++;
 }
 
-void NcclCommunicator::wait_reduction(std::int64_t ticket) {
-  // The communication stream runs its reductions in order: the wait for `ticket` covers the
+std::int64_t NcclCommunicator::start_reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) {
+  reduce_scatter_on(communication_stream(), t, bounds);
+  return started();
+}
+
+std::int64_t NcclCommunicator::start_all_gather(Tensor t, std::span<const std::int64_t> bounds) {
+  all_gather_on(communication_stream(), t, bounds);
+  return started();
+}
+
+void NcclCommunicator::wait_collective(std::int64_t ticket) {
+  // The communication stream runs its collectives in order: the wait for `ticket` covers the
   // earlier ones, whose events are released with it.
   while (!pending_.empty() && pending_.front().first <= ticket) {
     const auto [done, event] = pending_.front();
@@ -123,6 +139,10 @@ void NcclCommunicator::wait_reduction(std::int64_t ticket) {
     if (done == ticket) MINITRON_CUDA_CHECK(cudaStreamWaitEvent(backend_.context().stream(), event, 0));
     free_events_.push_back(event);
   }
+}
+
+void NcclCommunicator::wait_all_started() {
+  if (!pending_.empty()) wait_collective(pending_.back().first);
 }
 
 void NcclCommunicator::reduce_scatter_on(cudaStream_t stream, Tensor t, std::span<const std::int64_t> bounds) {
@@ -154,6 +174,11 @@ void NcclCommunicator::reduce_scatter_on(cudaStream_t stream, Tensor t, std::spa
 }
 
 void NcclCommunicator::all_gather(Tensor t, std::span<const std::int64_t> bounds) {
+  wait_all_started();
+  all_gather_on(backend_.context().stream(), t, bounds);
+}
+
+void NcclCommunicator::all_gather_on(cudaStream_t stream, Tensor t, std::span<const std::int64_t> bounds) {
   const char* what = "NCCL all_gather";
   check_shard_bounds(what, bounds, world_size_, t.numel);
   if (world_size_ == 1 || t.numel == 0) return;
@@ -161,7 +186,6 @@ void NcclCommunicator::all_gather(Tensor t, std::span<const std::int64_t> bounds
   // Bytes, whatever the dtype: nothing is computed, and bf16 needs no NCCL type of its own.
   auto* bytes = static_cast<unsigned char*>(t.data);
   const auto size = static_cast<std::int64_t>(dtype_size(t.dtype));
-  const cudaStream_t stream = backend_.context().stream();
   const std::int64_t c = uniform_part(bounds, world_size_);
   if (c > 0) {
     // In place as NCCL defines it: this rank's part of the receive buffer is its send buffer.
@@ -185,6 +209,7 @@ void NcclCommunicator::all_gather(Tensor t, std::span<const std::int64_t> bounds
 
 void NcclCommunicator::all_reduce_sum(std::span<double> values) {
   if (values.empty()) return;
+  wait_all_started();
   const cudaStream_t stream = backend_.context().stream();
   double* device = staging(values.size());
   MINITRON_CUDA_CHECK(cudaMemcpyAsync(device, values.data(), values.size_bytes(), cudaMemcpyHostToDevice, stream));
@@ -194,6 +219,7 @@ void NcclCommunicator::all_reduce_sum(std::span<double> values) {
 }
 
 void NcclCommunicator::barrier() {
+  wait_all_started();
   const cudaStream_t stream = backend_.context().stream();
   double* device = staging(1);
   MINITRON_NCCL_CHECK(ncclAllReduce(device, device, 1, ncclFloat64, ncclSum, comm_, stream));

@@ -59,14 +59,23 @@ class NcclCommunicator final : public Communicator {
   void all_gather(Tensor t, std::span<const std::int64_t> bounds) override;
   // A one-element all-reduce, then waits for the stream: every rank has reached it when it returns.
   void barrier() override;
-  // On the communication stream, after an event recorded on the backend's stream; an event
-  // recorded after it on the communication stream is what wait_reduction makes the backend's
-  // stream wait for (cudaStreamWaitEvent: the host never blocks).
+  // Both on the communication stream, after an event recorded on the backend's stream; an
+  // event recorded after it on the communication stream is what wait_collective makes the
+  // backend's stream wait for (cudaStreamWaitEvent: the host never blocks).
   std::int64_t start_reduce_scatter_sum(Tensor t, std::span<const std::int64_t> bounds) override;
-  void wait_reduction(std::int64_t ticket) override;
+  std::int64_t start_all_gather(Tensor t, std::span<const std::int64_t> bounds) override;
+  void wait_collective(std::int64_t ticket) override;
 
  private:
   void reduce_scatter_on(cudaStream_t stream, Tensor t, std::span<const std::int64_t> bounds);
+  void all_gather_on(cudaStream_t stream, Tensor t, std::span<const std::int64_t> bounds);
+  // The communication stream, behind the backend's stream's work so far (made at first use).
+  cudaStream_t communication_stream();
+  // Records a started collective's completion on the communication stream: its ticket.
+  std::int64_t started();
+  // Before a collective on the backend's stream: that stream waits for every started one, so
+  // each rank's GPU runs the communicator's collectives in the order every rank issued them.
+  void wait_all_started();
   cudaEvent_t take_event();
   // Device memory for at least `count` doubles.
   double* staging(std::size_t count);
@@ -77,8 +86,8 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   double* staging_ = nullptr;
   std::size_t staging_count_ = 0;
-  // start_reduce_scatter_sum's stream (made at its first use) and events: the pending
-  // reductions' completion events by ticket, and the events free for reuse.
+  // The started collectives' stream (made at its first use) and events: the pending
+  // collectives' completion events by ticket, and the events free for reuse.
   cudaStream_t communication_ = nullptr;
   std::int64_t next_ticket_ = 1;
   std::deque<std::pair<std::int64_t, cudaEvent_t>> pending_;

@@ -32,15 +32,36 @@ std::vector<Unit> units_of(const ParameterTable& table) {
 
 bool tied_head(const ParameterTable& table) { return table.lm_head() == table.embed_tokens(); }
 
-int slot_count(const ParameterTable& table) { return GradientBuckets::kSlots + (tied_head(table) ? 1 : 0); }
-
-std::int64_t largest_bucket(const std::vector<GradientBucket>& buckets) {
-  std::int64_t largest = 0;
-  for (const GradientBucket& b : buckets) largest = std::max(largest, b.end - b.begin);
-  return largest;
-}
-
 }  // namespace
+
+GradientSlotLayout gradient_slot_layout(const ParameterTable& table, const std::vector<GradientBucket>& buckets) {
+  GradientSlotLayout layout;
+  layout.offsets.assign(buckets.size(), 0);
+  layout.slots.assign(buckets.size(), 0);
+  // A tied head's bucket (the embedding, alone and first) is written from head_backward() until
+  // the end of backward: below the others, for good.
+  const bool tied = tied_head(table) && !buckets.empty();
+  const std::int64_t base = tied ? buckets.front().end - buckets.front().begin : 0;
+  if (tied) layout.slots.front() = 2;
+  const std::size_t first = tied ? 1 : 0;
+  // The others in the order backward completes them (from the end of the vector): at most two
+  // hold gradients at once, the one being written and the one before it (reducing), so
+  // alternate ones go to the bottom and to the top of a span as large as any two in a row.
+  std::int64_t span = 0;
+  for (std::size_t b = first; b < buckets.size(); ++b) {
+    std::int64_t live = buckets[b].end - buckets[b].begin;
+    if (b + 1 < buckets.size()) live += buckets[b + 1].end - buckets[b + 1].begin;
+    span = std::max(span, live);
+  }
+  for (std::size_t b = buckets.size(); b-- > first;) {
+    const std::size_t order = buckets.size() - 1 - b;  // 0 for the bucket completed first
+    const std::int64_t size = buckets[b].end - buckets[b].begin;
+    layout.slots[b] = static_cast<int>(order % 2);
+    layout.offsets[b] = order % 2 == 0 ? base : base + span - size;
+  }
+  layout.elements = base + span;
+  return layout;
+}
 
 std::vector<GradientBucket> gradient_buckets(const ParameterTable& table, std::int64_t bucket_elements) {
   MINITRON_ASSERT(bucket_elements >= 1, "gradient bucket of ", bucket_elements, " elements");
@@ -72,8 +93,7 @@ GradientBuckets::DeviceBytes GradientBuckets::device_bytes(const ParameterTable&
   if (stage == 1) return {table.total_numel() * size, 0};
   const std::vector<std::int64_t> bounds = ::minitron::shard_bounds(table.total_numel(), world_size);
   const std::int64_t part = bounds[static_cast<std::size_t>(rank) + 1] - bounds[static_cast<std::size_t>(rank)];
-  const std::int64_t slot = largest_bucket(gradient_buckets(table, bucket_elements));
-  return {part * size, slot_count(table) * slot * size};
+  return {part * size, gradient_slot_layout(table, gradient_buckets(table, bucket_elements)).elements * size};
 }
 
 GradientBuckets::GradientBuckets(Backend& backend, const ParameterTable& table, const GradientSharding& sharding)
@@ -93,9 +113,9 @@ GradientBuckets::GradientBuckets(Backend& backend, const ParameterTable& table, 
   const auto rank = static_cast<std::size_t>(communicator_->rank());
   storage_ = BackendBuffer(backend, bounds_[rank + 1] - bounds_[rank], backend.gradient_dtype());
   buckets_ = gradient_buckets(table, sharding.bucket_elements);
-  const std::int64_t slot = largest_bucket(buckets_);
-  for (int s = 0; s < slot_count(table); ++s)
-    slots_.push_back({BackendBuffer(backend, slot, backend.gradient_dtype())});
+  layout_ = gradient_slot_layout(table, buckets_);
+  slot_arena_ = BackendBuffer(backend, layout_.elements, backend.gradient_dtype());
+  slots_.resize(3);
   bucket_slot_.assign(buckets_.size(), -1);
   bucket_done_.assign(buckets_.size(), false);
   completed_.assign(offsets_.size(), false);
@@ -135,7 +155,7 @@ GradientBuckets::Destination GradientBuckets::destination(std::int64_t offset, s
     const int b = bucket_of(offset);
     int& slot = bucket_slot_[static_cast<std::size_t>(b)];
     if (slot < 0) slot = acquire_slot(b);
-    d.tensor = slots_[static_cast<std::size_t>(slot)].buffer.tensor().slice(offset - buckets_[b].begin, numel);
+    d.tensor = slot_tensor(b).slice(offset - buckets_[b].begin, numel);
   }
   d.accumulate = written_[i];
   if (!written_[i] && zero_first) {
@@ -146,20 +166,30 @@ GradientBuckets::Destination GradientBuckets::destination(std::int64_t offset, s
   return d;
 }
 
+Tensor GradientBuckets::slot_tensor(int bucket) const {
+  const GradientBucket& b = buckets_[static_cast<std::size_t>(bucket)];
+  return slot_arena_.tensor().slice(layout_.offsets[static_cast<std::size_t>(bucket)], b.end - b.begin);
+}
+
 int GradientBuckets::acquire_slot(int bucket) {
-  for (;;) {
-    for (std::size_t s = 0; s < slots_.size(); ++s)
-      if (slots_[s].bucket < 0) {
-        slots_[s].bucket = bucket;
-        return static_cast<int>(s);
-      }
-    // Every slot holds a bucket: the oldest reduction frees one. None running means more buckets
-    // are open for writing at once than there are slots, which the unit order rules out.
-    MINITRON_ASSERT(!reducing_.empty(), "every gradient slot holds a bucket still being written");
+  // The layout holds two buckets in a row apart only if the one before this (in backward's
+  // order, the next in the vector) is complete: at most one is being written at a time.
+  const auto next = static_cast<std::size_t>(bucket) + 1;
+  const bool tied_embedding = layout_.slots[static_cast<std::size_t>(bucket)] == 2;
+  MINITRON_ASSERT(tied_embedding || next == buckets_.size() || unfinished_[next] == 0, "gradient bucket ", bucket,
+                  " written before bucket ", next, " was complete");
+  const int s = layout_.slots[static_cast<std::size_t>(bucket)];
+  // Its place is free once the bucket that had it (two before, in the same place) is reduced
+  // and added into the shard: the oldest reduction. None running means that bucket is still
+  // being written, which the unit order rules out.
+  while (slots_[static_cast<std::size_t>(s)].bucket >= 0) {
+    MINITRON_ASSERT(!reducing_.empty(), "gradient bucket ", bucket, "'s slot holds a bucket still being written");
     const int oldest = reducing_.front();
     reducing_.pop_front();
     retire(slots_[static_cast<std::size_t>(oldest)]);
   }
+  slots_[static_cast<std::size_t>(s)].bucket = bucket;
+  return s;
 }
 
 void GradientBuckets::complete(std::int64_t offset) {
@@ -179,20 +209,19 @@ void GradientBuckets::complete(std::int64_t offset) {
   const int s = bucket_slot_[static_cast<std::size_t>(b)];
   MINITRON_ASSERT(s >= 0 && !bucket_done_[static_cast<std::size_t>(b)], "gradient bucket ", b, " reduced twice");
   Slot& slot = slots_[static_cast<std::size_t>(s)];
-  slot.ticket =
-      communicator_->start_reduce_scatter_sum(slot.buffer.tensor().slice(0, bucket.end - bucket.begin), local);
+  slot.ticket = communicator_->start_reduce_scatter_sum(slot_tensor(b), local);
   reducing_.push_back(s);
 }
 
 void GradientBuckets::retire(Slot& slot) {
   MINITRON_ASSERT(slot.bucket >= 0, "a gradient slot retired twice");
   const std::size_t b = static_cast<std::size_t>(slot.bucket);
-  communicator_->wait_reduction(slot.ticket);
+  communicator_->wait_collective(slot.ticket);
   const GradientBucket& bucket = buckets_[b];
   const auto rank = static_cast<std::size_t>(communicator_->rank());
   const std::int64_t lo = std::max(bucket.begin, bounds_[rank]), hi = std::min(bucket.end, bounds_[rank + 1]);
   if (lo < hi) {
-    const Tensor sum = slot.buffer.tensor().slice(lo - bucket.begin, hi - lo);
+    const Tensor sum = slot_tensor(static_cast<int>(b)).slice(lo - bucket.begin, hi - lo);
     const Tensor part = storage_.tensor().slice(lo - bounds_[rank], hi - lo);
     if (shard_written_)
       backend_.add_inplace(part, sum);

@@ -12,11 +12,17 @@
 // The flat vector is cut into buckets, each a contiguous run of whole "units" (a decoder layer's
 // tensors, the embedding, the final norm, the LM head), which backward() completes one after the
 // other from the end of the vector to its start. A bucket's gradient of one micro-batch is
-// written into one of a few equal slots (kSlots; each holds the largest bucket); once the model
-// completes the bucket, its reduce-scatter starts (Communicator::start_reduce_scatter_sum: NCCL's
-// own stream, behind an event on the compute stream) while backward goes on into the next bucket
-// in another slot. A slot is reused only after the compute stream has waited for its reduction
+// written into its slot, a place in one arena (gradient_slot_layout); once the model completes
+// the bucket, its reduce-scatter starts (Communicator::start_reduce_scatter_sum: NCCL's own
+// stream, behind an event on the compute stream) while backward goes on into the next bucket in
+// another place. A place is reused only after the compute stream has waited for its reduction
 // (an event, not a device synchronisation) and added this rank's part of the sum into the shard.
+// The arena holds two buckets in a row (the one being written and the one reducing: alternate
+// buckets at its bottom and its top), not two of the largest: for Llama-3.1-8B the 128256 x 4096
+// LM head and the final norm with the last layer, 2.8 GiB of fp32 where two slots of the head
+// took 3.9. Bucket boundaries inside a parameter would not bound it further: the head's and the
+// embedding's gradients are each written whole by every chunk of rows (head_backward, the
+// embedding's scatter), so each is in memory whole until it is complete.
 //
 // The sums: a bucket's elements are summed over the ranks by the same collective, in the same
 // order, as stage 1's one reduce-scatter of the whole vector sums them, so with one micro-batch
@@ -52,6 +58,10 @@ struct GradientSharding {
   int stage = 1;                         // 1: whole gradient on every rank; 2: this rank's part only
   Communicator* communicator = nullptr;  // stage 2: the ranks (must outlive the model)
   std::int64_t bucket_elements = kDefaultBucketElements;
+  // After a sharded optimizer step, the parameters are all-gathered bucket by bucket beside the
+  // next forward (model/parameter_gather.h); false: in one all_gather of the whole vector on
+  // the compute stream, in the step (the same bits, without the overlap).
+  bool overlap_parameter_gather = true;
 };
 
 // One bucket: [begin, end) of the flat vector, whole units.
@@ -64,18 +74,28 @@ struct GradientBucket {
 // embedding (which a tied LM head writes first and completes last, so it stays alone).
 std::vector<GradientBucket> gradient_buckets(const ParameterTable& table, std::int64_t bucket_elements);
 
+// Where stage 2 writes each bucket's gradient: one arena of `elements`, bucket b at offsets[b].
+// In backward's order (from the last bucket) the k-th goes to the arena's bottom for even k and
+// to its top for odd k, in a span as large as the largest two buckets in a row, so a bucket never
+// overlaps the one before it (still reducing while it is written); the bucket two before, in the
+// same place, is reduced and added by then. A tied head's bucket (the embedding) is written all
+// backward long: it lies below that span, in place 2. slots[b]: the place (0 bottom, 1 top, 2).
+struct GradientSlotLayout {
+  std::vector<std::int64_t> offsets;
+  std::vector<int> slots;
+  std::int64_t elements = 0;
+};
+GradientSlotLayout gradient_slot_layout(const ParameterTable& table, const std::vector<GradientBucket>& buckets);
+
 class GradientBuckets {
  public:
-  // Stage 2 keeps kSlots slots (one more with a tied LM head, whose bucket is open all backward):
-  // one filled by backward while the other's reduction runs.
-  static constexpr int kSlots = 2;
-
   GradientBuckets(Backend& backend, const ParameterTable& table, const GradientSharding& sharding);
   GradientBuckets(const GradientBuckets&) = delete;
   GradientBuckets& operator=(const GradientBuckets&) = delete;
 
   // Bytes rank `rank` of world_size allocates (the memory plan): gradients, the whole vector
-  // (stage 1) or the rank's part (stage 2); slots, stage 2's buckets being written and reduced.
+  // (stage 1) or the rank's part (stage 2); slots, stage 2's arena of buckets being written and
+  // reduced (gradient_slot_layout).
   struct DeviceBytes {
     std::int64_t gradients = 0, slots = 0;
   };
@@ -112,15 +132,16 @@ class GradientBuckets {
   const std::vector<std::int64_t>& shard_bounds() const { return bounds_; }
 
  private:
+  // A place of the arena (GradientSlotLayout::slots): the bucket in it.
   struct Slot {
-    BackendBuffer buffer;
     int bucket = -1;          // the bucket written into it, -1 when free
     std::int64_t ticket = 0;  // its reduction's (Communicator::start_reduce_scatter_sum)
   };
   std::size_t parameter_index(std::int64_t offset) const;  // the table entry at `offset`
   int bucket_of(std::int64_t offset) const;
-  int acquire_slot(int bucket);  // a free slot for `bucket`, after retiring the oldest reduction if needed
-  void retire(Slot& slot);       // waits for its reduction and adds this rank's part into the shard
+  Tensor slot_tensor(int bucket) const;  // the bucket's place in the arena
+  int acquire_slot(int bucket);          // the bucket's place, once the bucket there before is retired
+  void retire(Slot& slot);               // waits for its reduction and adds this rank's part into the shard
 
   Backend& backend_;
   const ParameterTable& table_;
@@ -137,7 +158,9 @@ class GradientBuckets {
   std::vector<std::int64_t> unfinished_;  // per bucket: parameters not yet complete
   std::vector<std::int64_t> parameters_per_bucket_;
   std::vector<bool> bucket_done_;  // per bucket: reduced and added this micro-batch
-  std::vector<Slot> slots_;
+  GradientSlotLayout layout_;
+  BackendBuffer slot_arena_;
+  std::vector<Slot> slots_;     // the three places
   std::deque<int> reducing_;    // slots whose reduction runs, oldest first
   bool shard_written_ = false;  // a micro-batch of this step was added into the shard
 };

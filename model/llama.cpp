@@ -269,6 +269,8 @@ void LlamaModel::allocate_arenas() {
 
   if (training) {
     gradient_buckets_ = std::make_unique<GradientBuckets>(b, table_, sharding_);
+    if (sharding_.overlap_parameter_gather)
+      parameter_gather_ = std::make_unique<ParameterGather>(table_, sharding_.bucket_elements);
     d_residual_ = BackendBuffer(b, N * D, act);
     d_hidden_ = BackendBuffer(b, N * D, act);
     d_normed_ = BackendBuffer(b, N * D, act);
@@ -290,7 +292,19 @@ void LlamaModel::set_parameters(std::span<const float> host) {
 
 void LlamaModel::get_parameters(std::span<float> host) const {
   MINITRON_ASSERT(static_cast<std::int64_t>(host.size()) == table_.total_numel());
-  backend_.download(host.data(), params_);
+  backend_.download(host.data(), parameters());
+}
+
+Tensor LlamaModel::parameters() const {
+  if (parameter_gather_) parameter_gather_->wait_all();
+  return params_;
+}
+
+void LlamaModel::gather_parameters(Communicator& communicator, std::span<const std::int64_t> bounds) {
+  if (parameter_gather_)
+    parameter_gather_->start(communicator, params_, bounds);
+  else
+    communicator.all_gather(params_, bounds);
 }
 
 GradientBuckets& LlamaModel::gradient_buckets() const {
@@ -450,6 +464,10 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
     std::int64_t slot = mode_ == ModelMode::Training ? l : l % 2;
     return residual_[static_cast<std::size_t>(slot)].tensor().slice(0, N * D);
   };
+  // After a sharded optimizer step each bucket of parameters arrives while the layers before it
+  // compute: the compute stream waits for a bucket just before it reads it (parameter_gather.h).
+  ParameterGather* gather = parameter_gather_.get();
+  if (gather) gather->wait(table_.embed_tokens(), table_.embed_tokens() + config_.vocab_size * D);
   b.embedding_forward(residual(0), token_ids, p(table_.embed_tokens(), config_.vocab_size * D), N, D);
 
   for (std::int64_t l = 0; l < config_.num_hidden_layers; ++l) {
@@ -458,13 +476,18 @@ void LlamaModel::forward(std::span<const std::int32_t> tokens, std::int64_t batc
       b.copy(x_out, x_in);
       continue;
     }
+    if (gather) gather->wait_layer(l);
     layer_forward(l, layer_tensors(l), x_in, x_out, options.observer, options.cache);
   }
   if (options.cache)
     for (const std::int32_t s : cache_rows_) options.cache->lengths_[static_cast<std::size_t>(s)] += sequence;
 
+  if (gather) gather->wait(table_.final_norm(), table_.final_norm() + D);
   b.rmsnorm_forward(final_hidden(), final_rstd_.tensor().slice(0, N), residual(config_.num_hidden_layers),
                     p(table_.final_norm(), D), N, D, static_cast<float>(config_.rms_norm_eps));
+  // The rest (the LM head, which logits() reads next): backward, and its recomputation of
+  // activations, are then queued after every wait.
+  if (gather) gather->wait_all();
   // Skipped layers have no saved activations, so such a forward cannot be differentiated.
   ready_for_backward_ = mode_ == ModelMode::Training && !options.skip_layers;
   if (ready_for_backward_) b.zero(d_hidden_.tensor().slice(0, N * D));

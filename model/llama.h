@@ -17,6 +17,7 @@
 #include "model/activation_recompute.h"
 #include "model/config.h"
 #include "model/gradient_buckets.h"
+#include "model/parameter_gather.h"
 #include "model/parameters.h"
 
 namespace minitron {
@@ -144,12 +145,23 @@ class LlamaModel {
   // All parameters in table order, as fp32 on the host.
   void set_parameters(std::span<const float> host);
   void get_parameters(std::span<float> host) const;
-  Tensor parameters() const { return params_; }
+  // The whole vector, every bucket of a started parameter gather waited for first.
+  Tensor parameters() const;
   // ZeRO stage 1: the whole gradient vector; stage 2: this rank's part of it (GradientBuckets).
   // Empty in Inference mode.
   Tensor gradients() const { return gradient_buckets_ ? gradient_buckets_->gradients() : Tensor{}; }
   GradientBuckets& gradient_buckets() const;  // Training mode
-  Tensor parameter(const ParamInfo& info) const { return params_.tensor().slice(info.offset, info.numel); }
+  Tensor parameter(const ParamInfo& info) const { return parameters().slice(info.offset, info.numel); }
+  // After a sharded optimizer step (this rank's part of the parameters updated): every rank's
+  // parts to every rank, as communicator.all_gather(parameters(), bounds) does. A Training-mode
+  // model built with GradientSharding::overlap_parameter_gather starts it bucket by bucket and
+  // the next forward waits for each bucket just before its first use (model/parameter_gather.h).
+  void gather_parameters(Communicator& communicator, std::span<const std::int64_t> bounds);
+  // Ops queued after this call see the whole gathered vector, and the model no longer refers to
+  // the gather's communicator (which may then go away).
+  void finish_parameter_gather() {
+    if (parameter_gather_) parameter_gather_->wait_all();
+  }
   // Starts a new optimizer step's gradient: the next backward overwrites what the buffers hold
   // (the first weight-gradient GEMM of each parameter writes with beta = 0; no memset).
   void zero_gradients();
@@ -215,6 +227,7 @@ class LlamaModel {
   BackendBuffer params_, inv_freq_, tokens_;
   GradientSharding sharding_;
   std::unique_ptr<GradientBuckets> gradient_buckets_;  // Training mode
+  std::unique_ptr<ParameterGather> parameter_gather_;  // Training mode with overlap_parameter_gather
   BackendBuffer positions_;                            // the last forward's packed-document positions (I32 [N])
   bool packed_ = false;                                // whether the last forward had positions (backward reuses them)
   std::vector<std::int32_t> cache_rows_;  // with a cache: the sequence each row of the last forward continues

@@ -143,7 +143,8 @@ OptimizerStepStats AdamW::step(std::int64_t step, float grad_scale) {
     b.adamw_update(model_.parameters().slice(lo, hi - lo), master, gradient(lo, hi - lo),
                    m_.tensor().slice(lo - begin, hi - lo), v_.tensor().slice(lo - begin, hi - lo), s);
   }
-  communicator_.all_gather(model_.parameters(), bounds_);
+  // Every rank's part to every rank: overlapped with the next forward where the model allows it.
+  model_.gather_parameters(communicator_, bounds_);
   return stats;
 }
 

@@ -474,6 +474,8 @@ TrainSummary run_training(LlamaModel& model, Objective& objective, const TrainOp
     }
   }
   validate(options.steps, summary);
+  // The last step's parameter gather, waited for while its communicator is sure to exist.
+  model.finish_parameter_gather();
 
   // The final model, in HF format, for the next step of the recipe.
   const std::vector<float> params = optimizer.gather_weights();

@@ -55,19 +55,40 @@ TEST(GradientBuckets, WholeUnitsFromTheEndWithTheEmbeddingAlone) {
   EXPECT_EQ(ranges(gradient_buckets(tied, std::int64_t{1} << 40)), (R{{0, 1600}, {1600, 40800}}));
 }
 
-// Stage 2's memory: this rank's part and the slots (two of the largest bucket, three with a tied
-// head); stage 1 the whole vector.
+// Stage 2's memory: this rank's part and the slot arena (the largest two buckets in a row of
+// backward's order, and below them a tied head's embedding); stage 1 the whole vector.
 TEST(GradientBuckets, DeviceBytes) {
   const ParameterTable table(testing::tiny_config());
   const auto one = GradientBuckets::device_bytes(table, DType::F32, 1, 10000, 2, 0);
   EXPECT_EQ(one.gradients, 42400 * 4);
   EXPECT_EQ(one.slots, 0);
-  // shard_bounds(42400, 2): 21184 per rank but the last (21216).
+  // shard_bounds(42400, 2): 21184 per rank but the last (21216). Buckets of 10000 in backward's
+  // order: 11424, 19584, 9792, 1600; the largest two in a row 11424 + 19584.
   const auto two = GradientBuckets::device_bytes(table, DType::F32, 2, 10000, 2, 1);
   EXPECT_EQ(two.gradients, 21216 * 4);
-  EXPECT_EQ(two.slots, 2 * 19584 * 4);
+  EXPECT_EQ(two.slots, (11424 + 19584) * 4);
+  // Tied, one unit per bucket: the embedding (1600) below two layers (9792 each).
   const ParameterTable tied(testing::tiny_config(/*tied=*/true));
-  EXPECT_EQ(GradientBuckets::device_bytes(tied, DType::F32, 2, 1, 1, 0).slots, 3 * 9792 * 4);
+  EXPECT_EQ(GradientBuckets::device_bytes(tied, DType::F32, 2, 1, 1, 0).slots, (1600 + 2 * 9792) * 4);
+}
+
+// The places of the buckets in the arena, by hand: alternately at the bottom and the top in
+// backward's order, so two buckets in a row never overlap; a tied embedding below them all.
+TEST(GradientBuckets, SlotLayout) {
+  const ParameterTable table(testing::tiny_config());
+  // Buckets [0, 1600) [1600, 11392) [11392, 30976) [30976, 42400); span 31008. Backward's order:
+  // 3 at the bottom (0), 2 at the top (31008 - 19584), 1 at the bottom, 0 at the top.
+  const GradientSlotLayout layout = gradient_slot_layout(table, gradient_buckets(table, 10000));
+  EXPECT_EQ(layout.elements, 31008);
+  EXPECT_EQ(layout.offsets, (std::vector<std::int64_t>{31008 - 1600, 0, 31008 - 19584, 0}));
+  EXPECT_EQ(layout.slots, (std::vector<int>{1, 0, 1, 0}));
+  // Tied, one unit per bucket: embedding [0, 1600), layers 0..3, final norm (32). Backward's
+  // order: the norm at the bottom of the span (1600), layer 3 at its top, layer 2 at its bottom...
+  const ParameterTable tied(testing::tiny_config(/*tied=*/true));
+  const GradientSlotLayout t = gradient_slot_layout(tied, gradient_buckets(tied, 1));
+  EXPECT_EQ(t.elements, 1600 + 19584);
+  EXPECT_EQ(t.offsets, (std::vector<std::int64_t>{0, 1600, 1600 + 9792, 1600, 1600 + 9792, 1600}));
+  EXPECT_EQ(t.slots, (std::vector<int>{2, 0, 1, 0, 1, 0}));
 }
 
 // A one-process communicator that keeps a copy of each tensor it is asked to reduce, as the

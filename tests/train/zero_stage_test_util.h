@@ -27,13 +27,16 @@ struct StageRun {
 };
 
 // One rank's cross-entropy run of `config` from `init` with the model's gradients kept as
-// `stage` (buckets of at least bucket_elements elements).
+// `stage` (buckets of at least bucket_elements elements), the parameters gathered after each step
+// beside the next forward (overlap_parameter_gather) or in the step.
 inline StageRun train_with_stage(const ModelConfig& config, const std::vector<float>& init, Backend& backend,
-                                 Communicator& communicator, TrainOptions o, int stage, std::int64_t bucket_elements) {
+                                 Communicator& communicator, TrainOptions o, int stage, std::int64_t bucket_elements,
+                                 bool overlap_parameter_gather = true) {
   GradientSharding sharding;
   sharding.stage = stage;
   sharding.communicator = &communicator;
   sharding.bucket_elements = bucket_elements;
+  sharding.overlap_parameter_gather = overlap_parameter_gather;
   LlamaModel model(config, backend, o.batch_size, o.sequence_length, ModelMode::Training, o.recompute, sharding);
   model.set_parameters(init);
   LossWorkspace workspace(backend, config.vocab_size, o.batch_size * o.sequence_length);
