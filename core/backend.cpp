@@ -341,7 +341,7 @@ void Backend::rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64
   check_rope(*this, "rope_forward", "x", x, inv_freq, B, T, heads, head_dim, position_offset,
              positions, row_stride);
   do_rope_forward(x, inv_freq, B, T, heads, head_dim, position_offset, positions,
-          row_stride_or(row_stride, heads * head_dim));
+                  row_stride_or(row_stride, heads * head_dim));
 }
 
 void Backend::rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
@@ -350,7 +350,7 @@ void Backend::rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int
   check_rope(*this, "rope_backward", "dx", dx, inv_freq, B, T, heads, head_dim, position_offset,
              positions, row_stride);
   do_rope_backward(dx, inv_freq, B, T, heads, head_dim, position_offset, positions,
-          row_stride_or(row_stride, heads * head_dim));
+                   row_stride_or(row_stride, heads * head_dim));
 }
 
 // ---- attention ----

@@ -171,8 +171,8 @@ class Backend {
   // dk, dv may be strided views of one fused gradient, written in place).
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
                           Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T,
-                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                          Tensor positions = {}, const AttentionStrides& strides = {});
+                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, Tensor positions = {},
+                          const AttentionStrides& strides = {});
 
   // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements; h may be gate or up ----
   // With width > 0 the n elements are n / width rows of `width`, and gate and up (dgate and dup

@@ -24,10 +24,9 @@ struct AttentionStrides {
 
   // Every 0 replaced by its dense width.
   AttentionStrides resolved(std::int64_t q_width, std::int64_t kv_width) const {
-    return {row_stride_or(q, q_width),     row_stride_or(k, kv_width),
-            row_stride_or(v, kv_width),    row_stride_or(out, q_width),
-            row_stride_or(dout, q_width),  row_stride_or(dq, q_width),
-            row_stride_or(dk, kv_width),   row_stride_or(dv, kv_width)};
+    return {row_stride_or(q, q_width),   row_stride_or(k, kv_width),   row_stride_or(v, kv_width),
+            row_stride_or(out, q_width), row_stride_or(dout, q_width), row_stride_or(dq, q_width),
+            row_stride_or(dk, kv_width), row_stride_or(dv, kv_width)};
   }
 };
 

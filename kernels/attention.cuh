@@ -454,8 +454,8 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
     constexpr int S = kAttentionSmemStride<T, HD>;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     const int Hkvi = static_cast<int>(Hkv);
-    const bool packed = rows_aligned16<T>(HD, {q, k, v, dout}) &&
-                        strides_aligned16<T>({st.q, st.k, st.v, st.dout});
+    const bool packed =
+        rows_aligned16<T>(HD, {q, k, v, dout}) && strides_aligned16<T>({st.q, st.k, st.v, st.dout});
     const std::size_t dq_smem = (2 * kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
                                 kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
     auto dq_kernel = attention_backward_dq_kernel<T, HD>;
@@ -502,8 +502,8 @@ void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, s
   if (B <= 0 || Tq <= 0) return;
   const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   switch (hd) {
-#define MINITRON_CASE(HD)                                                                        \
-  case HD:                                                                                       \
+#define MINITRON_CASE(HD)                                                                    \
+  case HD:                                                                                   \
     return attention_forward_hd<T, HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st, \
                                        stream);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)

@@ -77,8 +77,8 @@ __device__ __forceinline__ int attention_query_end(const std::int32_t* positions
 // into shared memory rows of S elements, zero-filling rows at or beyond `limit`. Shared by every
 // attention kernel (the CUDA-core ones of attention.cuh too). `packed`: every global row starts
 // on a 16-byte boundary (the launcher checked the base pointers with rows_aligned16 and the row
-// strides with strides_aligned16), so one 16-byte load moves a pack; it is stored whole where shared rows are
-// 16-byte aligned too (the tensor-core tiles), element by element otherwise.
+// strides with strides_aligned16), so one 16-byte load moves a pack; it is stored whole where
+// shared rows are 16-byte aligned too (the tensor-core tiles), element by element otherwise.
 template <typename T, int HD, int S>
 __device__ __forceinline__ void attention_fill_tile(T* tile, const T* base, std::int64_t stride,
                                                     int row0, int rows, int limit, bool packed) {
@@ -338,8 +338,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
                                              const bf16* v, const std::int32_t* positions, int Tq,
                                              int Tk, int Hq, int Hkv, std::int64_t q_stride,
                                              std::int64_t k_stride, std::int64_t v_stride,
-                                             std::int64_t o_stride, float scale_log2,
-                                             bool packed) {
+                                             std::int64_t o_stride, float scale_log2, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int KT = kMmaForwardKeyTile;
   constexpr int KC = HD / 16;  // k-chunks of the QK^T product
@@ -506,15 +505,11 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
 // K and V fragments are read from shared memory per tile (ldmatrix) rather than held in
 // registers, which keeps head_dim 128 free of spills. grid (ceil(Tk / 64), Hkv, B).
 template <int HD>
-__global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16* dout,
-                                                  const float* lse, const float* D, const bf16* q,
-                                                  const bf16* k, const bf16* v,
-                                                  const std::int32_t* positions, int Tq, int Tk,
-                                                  int Hq, int Hkv, std::int64_t q_stride,
-                                                  std::int64_t k_stride, std::int64_t v_stride,
-                                                  std::int64_t do_stride, std::int64_t dk_stride,
-                                                  std::int64_t dv_stride, float scale,
-                                                  bool packed) {
+__global__ void attention_backward_dkv_mma_kernel(
+    bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* D, const bf16* q,
+    const bf16* k, const bf16* v, const std::int32_t* positions, int Tq, int Tk, int Hq, int Hkv,
+    std::int64_t q_stride, std::int64_t k_stride, std::int64_t v_stride, std::int64_t do_stride,
+    std::int64_t dk_stride, std::int64_t dv_stride, float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaQueryTile / 8;  // 8-query blocks of a tile
   constexpr int OB = HD / 8;             // 8-dim blocks of dK and dV
@@ -650,8 +645,7 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
                                                  int Tq, int Tk, int Hq, int Hkv,
                                                  std::int64_t q_stride, std::int64_t k_stride,
                                                  std::int64_t v_stride, std::int64_t do_stride,
-                                                 std::int64_t dq_stride, float scale,
-                                                 bool packed) {
+                                                 std::int64_t dq_stride, float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaKeyTile / 8;
   constexpr int OB = HD / 8;
@@ -682,8 +676,8 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   // One group: Q, dO and tile 0 into buffer 0.
   mma_load_tile<HD>(q_s, q + query_row0 * q_stride + h * HD, q_stride, q0, kMmaBlockRows, Tq,
                     packed);
-  mma_load_tile<HD>(do_s, dout + query_row0 * do_stride + h * HD, do_stride, q0, kMmaBlockRows,
-                    Tq, packed);
+  mma_load_tile<HD>(do_s, dout + query_row0 * do_stride + h * HD, do_stride, q0, kMmaBlockRows, Tq,
+                    packed);
   const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, k_stride, v_stride, Tk, key_end, packed};
   stream.load(0, key_begin);
   cp_async_commit();
@@ -811,10 +805,9 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
   // The outputs too: `packed` also selects 16-byte stores of dq, dk, dv.
-  const bool packed =
-      rows_aligned16<bf16>(HD, {q, k, v, dout, dq, dk, dv}) &&
-      strides_aligned16<bf16>({q_stride, k_stride, v_stride, do_stride, dq_stride, dk_stride,
-                               dv_stride});
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout, dq, dk, dv}) &&
+                      strides_aligned16<bf16>({q_stride, k_stride, v_stride, do_stride, dq_stride,
+                                               dk_stride, dv_stride});
 
   auto dq_kernel = attention_backward_dq_mma_kernel<HD>;
   allow_dynamic_shared(dq_kernel, kMmaDqSmem<HD>);

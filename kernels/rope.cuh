@@ -109,7 +109,8 @@ void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, s
   const std::int64_t rows = B * T_;
   if (rows <= 0 || heads <= 0 || head_dim <= 0) return;
   constexpr int K = pack_elements<T>();
-  const std::size_t smem = static_cast<std::size_t>(head_dim / 2 + kRopeRowsPerStep) * sizeof(float);
+  const std::size_t smem =
+      static_cast<std::size_t>(head_dim / 2 + kRopeRowsPerStep) * sizeof(float);
   const dim3 grid(grid_for(rows, kRopeRowsPerStep));
   // Whole packs: every row's start (its stride) and each half-head on a 16-byte boundary.
   if ((head_dim / 2) % K == 0 && aligned16(x) && (row_stride * sizeof(T)) % 16 == 0)

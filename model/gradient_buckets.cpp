@@ -163,8 +163,10 @@ GradientBuckets::Destination GradientBuckets::destination_of_run(std::int64_t of
   }
   Destination d = destination(offset, table_.entries()[first].numel);
   // The first parameter's destination starts the run: the others follow it in the same buffer.
-  const Tensor whole = stage_ == 1 ? storage_.tensor() : slots_[static_cast<std::size_t>(bucket_slot_[bucket_of(offset)])].buffer.tensor();
-  const std::int64_t start = stage_ == 1 ? offset : offset - buckets_[static_cast<std::size_t>(bucket_of(offset))].begin;
+  const Tensor whole = stage_ == 1 ? storage_.tensor()
+                                   : slots_[static_cast<std::size_t>(bucket_slot_[bucket_of(offset)])].buffer.tensor();
+  const std::int64_t start =
+      stage_ == 1 ? offset : offset - buckets_[static_cast<std::size_t>(bucket_of(offset))].begin;
   d.tensor = whole.slice(start, numel);
   for (std::size_t i = first + 1; i < end; ++i) {
     MINITRON_ASSERT(stage_ == 1 || !completed_[i], "gradient of ", table_.entries()[i].name,

@@ -502,8 +502,7 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
   } else {
     const Tensor positions = document_positions();
     // The q and k heads lie side by side in each row: one rotation over Hq + Hkv heads.
-    b.rope_forward(a.qkv.slice(0, strided_numel(N, QD + KVD, QKV)), inv_freq_, B, T, Hq + Hkv, hd, 0, positions,
-                   QKV);
+    b.rope_forward(a.qkv.slice(0, strided_numel(N, QD + KVD, QKV)), inv_freq_, B, T, Hq + Hkv, hd, 0, positions, QKV);
     b.attention_forward(att, a.lse, a.q, a.k, a.v, B, T, T, Hq, Hkv, hd, positions, {QKV, QKV, QKV, 0});
   }
   observe(ActivationSite::OProjInput, att, QD);
@@ -553,8 +552,7 @@ void LlamaModel::cached_attention(std::int64_t l, const LayerTensors& a, KvCache
     // This row's T rows of the fused q|k|v: its keys and values go into the cache densely.
     const Tensor row = a.qkv.slice(r * T * QKV, strided_numel(T, QKV, QKV));
     b.copy_rows(keys.slice(past * KVD, T * KVD), row.slice(QD, strided_numel(T, KVD, QKV)), T, KVD, KVD, QKV);
-    b.copy_rows(values.slice(past * KVD, T * KVD), row.slice(QD + KVD, strided_numel(T, KVD, QKV)), T, KVD, KVD,
-                QKV);
+    b.copy_rows(values.slice(past * KVD, T * KVD), row.slice(QD + KVD, strided_numel(T, KVD, QKV)), T, KVD, KVD, QKV);
     b.attention_forward(a.attention.slice(r * T * QD, T * QD), a.lse.slice(r * Hq * T, Hq * T),
                         row.slice(0, strided_numel(T, QD, QKV)), keys, values, 1, T, past + T, Hq, Hkv, hd, {},
                         {QKV, 0, 0, 0});
@@ -671,7 +669,8 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
   // The fused gradients, written in place by attention's and SwiGLU's backwards through their
   // strided parts, then each one GEMM for the input gradient and one for the weights'.
   const Tensor dqkv = d_qkv_.tensor().slice(0, N * QKV), dgate_up = d_gate_up_.tensor().slice(0, N * 2 * F);
-  const Tensor dgate = dgate_up.slice(0, strided_numel(N, F, 2 * F)), dup = dgate_up.slice(F, strided_numel(N, F, 2 * F));
+  const Tensor dgate = dgate_up.slice(0, strided_numel(N, F, 2 * F)),
+               dup = dgate_up.slice(F, strided_numel(N, F, 2 * F));
   const Tensor dq = dqkv.slice(0, strided_numel(N, QD, QKV)), dk = dqkv.slice(QD, strided_numel(N, KVD, QKV));
   const Tensor dv = dqkv.slice(QD + KVD, strided_numel(N, KVD, QKV));
   Tensor dmlp = d_mlp_.tensor().slice(0, N * F), datt = d_attention_.tensor().slice(0, N * QD);

@@ -242,9 +242,10 @@ void CpuBackend<T>::do_copy_rows(Tensor dst, Tensor src, std::int64_t rows, std:
                                  std::int64_t dst_stride, std::int64_t src_stride) {
   const std::size_t size = dtype_size(dst.dtype);
   for (std::int64_t r = 0; r < rows; ++r)
-    std::memcpy(static_cast<char*>(dst.data) + static_cast<std::size_t>(r * dst_stride) * size,
-                static_cast<const char*>(src.data) + static_cast<std::size_t>(r * src_stride) * size,
-                static_cast<std::size_t>(width) * size);
+    std::memcpy(
+        static_cast<char*>(dst.data) + static_cast<std::size_t>(r * dst_stride) * size,
+        static_cast<const char*>(src.data) + static_cast<std::size_t>(r * src_stride) * size,
+        static_cast<std::size_t>(width) * size);
 }
 
 // ---- dense algebra ----

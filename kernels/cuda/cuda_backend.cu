@@ -144,11 +144,10 @@ void CudaBackend::do_copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::i
                                std::int64_t dst_stride, std::int64_t src_stride) {
   if (rows == 0 || width == 0) return;
   const std::size_t size = dtype_size(dst.dtype);
-  MINITRON_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, static_cast<std::size_t>(dst_stride) * size,
-                                        src.data, static_cast<std::size_t>(src_stride) * size,
-                                        static_cast<std::size_t>(width) * size,
-                                        static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice,
-                                        context_->stream()));
+  MINITRON_CUDA_CHECK(cudaMemcpy2DAsync(
+      dst.data, static_cast<std::size_t>(dst_stride) * size, src.data,
+      static_cast<std::size_t>(src_stride) * size, static_cast<std::size_t>(width) * size,
+      static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, context_->stream()));
 }
 
 void CudaBackend::synchronize() { MINITRON_CUDA_CHECK(cudaStreamSynchronize(context_->stream())); }

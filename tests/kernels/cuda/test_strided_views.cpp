@@ -92,7 +92,8 @@ TEST_P(StridedViews, RopeOverTheQAndKHeadsOfAFusedRow) {
   for (const bool packed : {false, true}) {
     std::vector<std::int32_t> positions(static_cast<std::size_t>(N));
     for (std::int64_t r = 0; r < N; ++r)
-      positions[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(r % T < 3 ? r % T : r % T - 3);
+      positions[static_cast<std::size_t>(r)] =
+          static_cast<std::int32_t>(r % T < 3 ? r % T : r % T - 3);
     BackendBuffer pos(b(), N, DType::I32);
     b().upload_i32(pos, positions.data());
     const Tensor places = packed ? pos.tensor() : Tensor{};
@@ -166,8 +167,8 @@ TEST_P(StridedViews, AttentionOverTheFusedQkvAndItsGradient) {
 
   // The output at a row stride too (o_stride): a padded [N, QD + 8] buffer.
   auto padded = put(std::vector<float>(static_cast<std::size_t>(N * (QD + 8)), 7.0f));
-  b().attention_forward(padded.tensor().slice(0, strided_numel(N, QD, QD + 8)), lse, qs, ks, vs,
-                        B, T, T, Hq, Hkv, hd, {}, {S, S, S, QD + 8});
+  b().attention_forward(padded.tensor().slice(0, strided_numel(N, QD, QD + 8)), lse, qs, ks, vs, B,
+                        T, T, Hq, Hkv, hd, {}, {S, S, S, QD + 8});
   const auto got_padded = get(padded);
   expect_same("attention strided out", columns(got_padded, N, QD + 8, 0, QD), get(want_out));
   expect_same("attention strided out padding", outside(got_padded, N, QD + 8, 0, QD),
@@ -239,8 +240,7 @@ TEST(CpuConcatenatedMatmul, EqualsTheSeparateProducts) {
                           parts);
     // Weight gradient: dW [W, D] = dy^T x.
     auto dw = put(std::vector<float>(static_cast<std::size_t>(W * D), 0.0f));
-    b.matmul_concatenated(dw, dyt, xt, W, D, N, true, false, 1.0f, 0.0f, ConcatenatedDim::M,
-                          parts);
+    b.matmul_concatenated(dw, dyt, xt, W, D, N, true, false, 1.0f, 0.0f, ConcatenatedDim::M, parts);
 
     std::vector<float> want_y(static_cast<std::size_t>(N * W)), want_dw;
     std::vector<float> want_dx(static_cast<std::size_t>(N * D), 1.0f);
@@ -257,7 +257,8 @@ TEST(CpuConcatenatedMatmul, EqualsTheSeparateProducts) {
       const auto ypart = get(yp), dwpart = get(dwp);
       for (std::int64_t r = 0; r < N; ++r)
         for (std::int64_t c = 0; c < p; ++c)
-          want_y[static_cast<std::size_t>(r * W + at + c)] = ypart[static_cast<std::size_t>(r * p + c)];
+          want_y[static_cast<std::size_t>(r * W + at + c)] =
+              ypart[static_cast<std::size_t>(r * p + c)];
       want_dw.insert(want_dw.end(), dwpart.begin(), dwpart.end());
       at += p;
     }
