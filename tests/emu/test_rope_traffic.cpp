@@ -28,7 +28,7 @@ TEST(RopeTraffic, MovesWithin115PercentOfItsDistinctBytes) {
   // Llama-3 8B's heads over 64 rows: 32 q heads and 8 k heads of 128 in rows of q|k|v.
   const std::int64_t B = 2, T = 32, hd = 128, Hq = 32, Hkv = 8;
   const std::int64_t stride = (Hq + 2 * Hkv) * hd, rows = B * T;
-  bf16* x = device_copy(std::vector<bf16>(static_cast<std::size_t>(rows * stride), bf16{}));
+  cuda::bf16* x = device_copy(std::vector<cuda::bf16>(static_cast<std::size_t>(rows * stride), cuda::bf16{}));
   float* inv_freq = device_copy(std::vector<float>(hd / 2, 0.01f));
   std::vector<std::int32_t> places(static_cast<std::size_t>(rows));
   for (std::int64_t r = 0; r < rows; ++r) places[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(r % T);
@@ -44,7 +44,7 @@ TEST(RopeTraffic, MovesWithin115PercentOfItsDistinctBytes) {
       const double moved = static_cast<double>(launch.bytes_read + launch.bytes_written);
       const double ideal = static_cast<double>(launch.distinct_bytes_read + launch.distinct_bytes_written);
       // x's q and k columns, read and written: the ideal is at least that (v is never touched).
-      EXPECT_GE(ideal, 2.0 * static_cast<double>(rows * (Hq + Hkv) * hd * sizeof(bf16)));
+      EXPECT_GE(ideal, 2.0 * static_cast<double>(rows * (Hq + Hkv) * hd * sizeof(cuda::bf16)));
       EXPECT_LE(moved / ideal, 1.15) << launch.kernel << (packed ? " with positions" : "");
     }
   }
