@@ -151,6 +151,20 @@ void Backend::copy(Tensor dst, Tensor src) {
   do_copy(dst, src);
 }
 
+void Backend::copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::int64_t width,
+                        std::int64_t dst_stride, std::int64_t src_stride) {
+  const OpCheck check(*this, "copy_rows");
+  check.size("rows", rows);
+  check.size("width", width);
+  check.require(dst_stride >= width && src_stride >= width,
+                str("strides ", dst_stride, " and ", src_stride, " for rows of ", width),
+                "strides of at least the width");
+  check.tensor("dst", dst, kFloatDTypes, strided_numel(rows, width, dst_stride));
+  check.tensor("src", src, {dst.dtype}, strided_numel(rows, width, src_stride));
+  check.separate("dst", dst, "src", src);
+  do_copy_rows(dst, src, rows, width, dst_stride, src_stride);
+}
+
 // ---- dense algebra ----
 
 void Backend::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
@@ -165,6 +179,31 @@ void Backend::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_
   check.separate("out", out, "a", a);
   check.separate("out", out, "b", b);
   do_matmul(out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
+}
+
+void Backend::matmul_concatenated(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
+                                  std::int64_t K, bool trans_a, bool trans_b, float alpha,
+                                  float beta, ConcatenatedDim dim,
+                                  std::span<const std::int64_t> parts) {
+  const OpCheck check(*this, "matmul_concatenated");
+  check.size("M", M);
+  check.size("N", N);
+  check.size("K", K);
+  const DType s = check.storage_tensor("a", a, M * K);
+  check.tensor("b", b, {s}, K * N);
+  check.tensor("out", out, {s, gradient_dtype()}, M * N);
+  check.separate("out", out, "a", a);
+  check.separate("out", out, "b", b);
+  const std::int64_t whole = dim == ConcatenatedDim::M ? M : dim == ConcatenatedDim::N ? N : K;
+  std::int64_t sum = 0;
+  for (const std::int64_t part : parts) {
+    check.positive("a part", part);
+    sum += part;
+  }
+  check.require(!parts.empty() && sum == whole,
+                str(parts.size(), " parts summing to ", sum, " of a dimension of ", whole),
+                "parts that add up to the concatenated dimension");
+  do_matmul_concatenated(out, a, b, M, N, K, trans_a, trans_b, alpha, beta, dim, parts);
 }
 
 void Backend::add_inplace(Tensor dst, Tensor src) {
@@ -271,7 +310,8 @@ void Backend::residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor r
 namespace {
 void check_rope(const Backend& backend, const char* op, const char* x_name, const Tensor& x,
                 const Tensor& inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
-                std::int64_t head_dim, std::int64_t position_offset, const Tensor& positions) {
+                std::int64_t head_dim, std::int64_t position_offset, const Tensor& positions,
+                std::int64_t row_stride) {
   const OpCheck check(backend, op);
   check.size("B", B);
   check.size("T", T);
@@ -280,7 +320,11 @@ void check_rope(const Backend& backend, const char* op, const char* x_name, cons
   check.size("position_offset", position_offset);
   check.require(head_dim % 2 == 0, str("head_dim = ", head_dim),
                 "an even head_dim: rotate-half pairs channel i with i + head_dim / 2");
-  check.storage_tensor(x_name, x, B * T * heads * head_dim);
+  check.size("row_stride", row_stride);
+  const std::int64_t width = heads * head_dim, stride = row_stride_or(row_stride, width);
+  check.require(stride >= width, str("row_stride = ", row_stride, " for rows of ", width),
+                "0 (dense) or at least heads * head_dim");
+  check.storage_tensor(x_name, x, strided_numel(B * T, width, stride));
   check.tensor("inv_freq", inv_freq, check.fp32(), head_dim / 2);
   if (!positions.empty()) {
     check.tensor("positions", positions, {DType::I32}, B * T);
@@ -293,18 +337,20 @@ void check_rope(const Backend& backend, const char* op, const char* x_name, cons
 
 void Backend::rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
                            std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                           Tensor positions) {
+                           Tensor positions, std::int64_t row_stride) {
   check_rope(*this, "rope_forward", "x", x, inv_freq, B, T, heads, head_dim, position_offset,
-             positions);
-  do_rope_forward(x, inv_freq, B, T, heads, head_dim, position_offset, positions);
+             positions, row_stride);
+  do_rope_forward(x, inv_freq, B, T, heads, head_dim, position_offset, positions,
+                  row_stride_or(row_stride, heads * head_dim));
 }
 
 void Backend::rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
                             std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                            Tensor positions) {
+                            Tensor positions, std::int64_t row_stride) {
   check_rope(*this, "rope_backward", "dx", dx, inv_freq, B, T, heads, head_dim, position_offset,
-             positions);
-  do_rope_backward(dx, inv_freq, B, T, heads, head_dim, position_offset, positions);
+             positions, row_stride);
+  do_rope_backward(dx, inv_freq, B, T, heads, head_dim, position_offset, positions,
+                   row_stride_or(row_stride, heads * head_dim));
 }
 
 // ---- attention ----
@@ -331,63 +377,120 @@ void check_attention_positions(const OpCheck& check, const Tensor& positions, st
   check.require(Tq == Tk, str("positions with Tq = ", Tq, " queries over Tk = ", Tk, " keys"),
                 "Tq == Tk: packed documents have no KV cache");
 }
+
+// Each given stride is 0 (dense) or at least its tensor's row width.
+void check_attention_strides(const OpCheck& check, const AttentionStrides& given,
+                             std::int64_t q_width, std::int64_t kv_width) {
+  struct Stride {
+    const char* name;
+    std::int64_t stride, width;
+  };
+  const Stride strides[] = {{"q", given.q, q_width},       {"k", given.k, kv_width},
+                            {"v", given.v, kv_width},      {"out", given.out, q_width},
+                            {"dout", given.dout, q_width}, {"dq", given.dq, q_width},
+                            {"dk", given.dk, kv_width},    {"dv", given.dv, kv_width}};
+  for (const auto& [name, stride, width] : strides) {
+    check.require(stride == 0 || stride >= width, str(name, " row stride ", stride),
+                  str("0 (dense) or at least its row width ", width));
+  }
+}
 }  // namespace
 
 void Backend::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                 std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
-                                std::int64_t Hkv, std::int64_t hd, Tensor positions) {
+                                std::int64_t Hkv, std::int64_t hd, Tensor positions,
+                                const AttentionStrides& strides) {
   const OpCheck check(*this, "attention_forward");
   check_attention_shape(check, B, Tq, Tk, Hq, Hkv, hd);
   check_attention_positions(check, positions, B, Tq, Tk);
-  const DType s = check.storage_tensor("q", q, B * Tq * Hq * hd);
-  check.tensor("k", k, {s}, B * Tk * Hkv * hd);
-  check.tensor("v", v, {s}, B * Tk * Hkv * hd);
-  check.tensor("out", out, {s}, B * Tq * Hq * hd);
+  const std::int64_t qw = Hq * hd, kvw = Hkv * hd;
+  check_attention_strides(check, strides, qw, kvw);
+  const AttentionStrides st = strides.resolved(qw, kvw);
+  const DType s = check.storage_tensor("q", q, strided_numel(B * Tq, qw, st.q));
+  check.tensor("k", k, {s}, strided_numel(B * Tk, kvw, st.k));
+  check.tensor("v", v, {s}, strided_numel(B * Tk, kvw, st.v));
+  check.tensor("out", out, {s}, strided_numel(B * Tq, qw, st.out));
   check.tensor("lse", lse, check.fp32(), B * Hq * Tq);
-  do_attention_forward(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, hd, positions);
+  do_attention_forward(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, hd, positions, st);
 }
 
 void Backend::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                  Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                  std::int64_t T, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                 Tensor positions) {
+                                 Tensor positions, const AttentionStrides& strides) {
   const OpCheck check(*this, "attention_backward");
   check_attention_shape(check, B, T, T, Hq, Hkv, hd);
   check_attention_positions(check, positions, B, T, T);
-  const std::int64_t nq = B * T * Hq * hd, nkv = B * T * Hkv * hd;
-  const DType s = check.storage_tensor("q", q, nq);
-  check.tensor("k", k, {s}, nkv);
-  check.tensor("v", v, {s}, nkv);
-  check.tensor("out", out, {s}, nq);
-  check.tensor("dout", dout, {s}, nq);
-  check.tensor("dq", dq, {s}, nq);
-  check.tensor("dk", dk, {s}, nkv);
-  check.tensor("dv", dv, {s}, nkv);
+  const std::int64_t qw = Hq * hd, kvw = Hkv * hd, rows = B * T;
+  check_attention_strides(check, strides, qw, kvw);
+  const AttentionStrides st = strides.resolved(qw, kvw);
+  const DType s = check.storage_tensor("q", q, strided_numel(rows, qw, st.q));
+  check.tensor("k", k, {s}, strided_numel(rows, kvw, st.k));
+  check.tensor("v", v, {s}, strided_numel(rows, kvw, st.v));
+  check.tensor("out", out, {s}, strided_numel(rows, qw, st.out));
+  check.tensor("dout", dout, {s}, strided_numel(rows, qw, st.dout));
+  check.tensor("dq", dq, {s}, strided_numel(rows, qw, st.dq));
+  check.tensor("dk", dk, {s}, strided_numel(rows, kvw, st.dk));
+  check.tensor("dv", dv, {s}, strided_numel(rows, kvw, st.dv));
   check.tensor("lse", lse, check.fp32(), B * Hq * T);
-  do_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, hd, positions);
+  do_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, hd, positions, st);
 }
 
 // ---- SwiGLU ----
 
-void Backend::swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) {
-  const OpCheck check(*this, "swiglu_forward");
+namespace {
+// The rows x width shape of SwiGLU's n elements and the row stride of gate and up.
+struct SwigluShape {
+  std::int64_t rows, width, stride;
+};
+
+SwigluShape swiglu_shape(const OpCheck& check, std::int64_t n, std::int64_t width,
+                         std::int64_t gate_up_stride) {
   check.size("n", n);
-  const DType s = check.storage_tensor("gate", gate, n);
-  check.tensor("up", up, {s}, n);
+  check.size("width", width);
+  if (width == 0) {
+    check.require(gate_up_stride == 0, str("gate_up_stride = ", gate_up_stride, " without a width"),
+                  "0: dense tensors are one run of n elements");
+    return {1, n, n};
+  }
+  check.require(n % width == 0, str("n = ", n, " over rows of width ", width), "whole rows");
+  const std::int64_t stride = row_stride_or(gate_up_stride, width);
+  check.require(stride >= width, str("gate_up_stride = ", gate_up_stride, " for rows of ", width),
+                "0 (dense) or at least the width");
+  return {n / width, width, stride};
+}
+}  // namespace
+
+void Backend::swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n, std::int64_t width,
+                             std::int64_t gate_up_stride) {
+  const OpCheck check(*this, "swiglu_forward");
+  const SwigluShape shape = swiglu_shape(check, n, width, gate_up_stride);
+  const std::int64_t strided = strided_numel(shape.rows, shape.width, shape.stride);
+  const DType s = check.storage_tensor("gate", gate, strided);
+  check.tensor("up", up, {s}, strided);
   check.tensor("h", h, {s}, n);
-  do_swiglu_forward(h, gate, up, n);
+  if (shape.stride != shape.width) {  // in place only elementwise, over dense tensors
+    check.separate("h", h, "gate", gate);
+    check.separate("h", h, "up", up);
+  }
+  do_swiglu_forward(h, gate, up, shape.rows, shape.width, shape.stride);
 }
 
 void Backend::swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                              std::int64_t n) {
+                              std::int64_t n, std::int64_t width, std::int64_t gate_up_stride) {
   const OpCheck check(*this, "swiglu_backward");
-  check.size("n", n);
-  const DType s = check.storage_tensor("gate", gate, n);
-  check.tensor("up", up, {s}, n);
+  const SwigluShape shape = swiglu_shape(check, n, width, gate_up_stride);
+  const std::int64_t strided = strided_numel(shape.rows, shape.width, shape.stride);
+  const DType s = check.storage_tensor("gate", gate, strided);
+  check.tensor("up", up, {s}, strided);
   check.tensor("dh", dh, {s}, n);
-  check.tensor("dgate", dgate, {s}, n);
-  check.tensor("dup", dup, {s}, n);
-  do_swiglu_backward(dgate, dup, dh, gate, up, n);
+  check.tensor("dgate", dgate, {s}, strided);
+  check.tensor("dup", dup, {s}, strided);
+  if (shape.stride != shape.width) {
+    check.separate("dh", dh, "dgate", dgate);
+    check.separate("dh", dh, "dup", dup);
+  }
+  do_swiglu_backward(dgate, dup, dh, gate, up, shape.rows, shape.width, shape.stride);
 }
 
 // ---- losses ----

@@ -14,9 +14,11 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "core/row_strides.h"
 #include "core/tensor.h"
 
 namespace minitron {
@@ -31,6 +33,11 @@ struct AdamWStep {
 
 // How a per-channel activation statistic is reduced over a sequence (importance scoring).
 enum class SequenceReduction { Mean, L2, Variance };
+
+// The dimension of a matmul that runs over a weight concatenated from several (the fused
+// projections): out's columns N (forward, x W^T), the reduction K (input gradient, dY W) or out's
+// rows M (weight gradient, dY^T x).
+enum class ConcatenatedDim { M, N, K };
 
 // Where an engine's tensors live: what a communicator must move them through.
 enum class MemorySpace { Host, CudaDevice };
@@ -80,6 +87,12 @@ class Backend {
   // Any dtype to any float dtype, same numel. dst and src are the same tensor (a no-op) or do
   // not overlap.
   void copy(Tensor dst, Tensor src);
+  // Row r of `rows` rows of `width` elements, src at row stride src_stride, into dst at
+  // dst_stride (same dtype; strides >= width): the strided views of the fused projections
+  // copied out (keys and values into a KV cache) or made dense (an observed gate_proj output).
+  // dst and src do not overlap.
+  void copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::int64_t width,
+                 std::int64_t dst_stride, std::int64_t src_stride);
   virtual void synchronize() = 0;
 
   // ---- dense algebra ----
@@ -88,6 +101,14 @@ class Backend {
   // are storage; out is their dtype or gradient_dtype() and overlaps neither.
   void matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
               bool trans_a, bool trans_b, float alpha = 1.0f, float beta = 0.0f);
+  // matmul where dimension `dim` is the concatenation of parts (sizes summing to it): the fused
+  // q|k|v and gate|up projections, whose weights lie one after the other. The result is one
+  // matmul's; an engine may compute it as one GEMM (CUDA) or as one product per part into the
+  // strided slices of out (the CPU engine, so that its results are the separate products' to
+  // the bit, whatever BLAS does over a wider dimension).
+  void matmul_concatenated(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
+                           std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta,
+                           ConcatenatedDim dim, std::span<const std::int64_t> parts);
   // dst += src, same numel; each storage or fp32, in any mix.
   void add_inplace(Tensor dst, Tensor src);
   // A double factor so the f64 engine keeps factors like 1/42 exact to double precision; fp32
@@ -121,11 +142,16 @@ class Backend {
   // Position of row (b, t) is position_offset + t. inv_freq is fp32 [head_dim / 2]; head_dim
   // is even. Packed documents: `positions` (I32 [B*T], position_offset 0) gives each token's
   // position instead, restarting at 0 at each document's first token (HF's position_ids).
+  // row_stride: elements between rows of x (0: dense), so one call rotates the q and k heads of
+  // the fused q|k|v projection, which lie side by side in each row (x then spans
+  // strided_numel(B*T, heads*head_dim, row_stride) elements).
   void rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
-                    std::int64_t head_dim, std::int64_t position_offset, Tensor positions = {});
+                    std::int64_t head_dim, std::int64_t position_offset, Tensor positions = {},
+                    std::int64_t row_stride = 0);
   // In place: dx <- R^T dx (the inverse rotation).
   void rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T, std::int64_t heads,
-                     std::int64_t head_dim, std::int64_t position_offset, Tensor positions = {});
+                     std::int64_t head_dim, std::int64_t position_offset, Tensor positions = {},
+                     std::int64_t row_stride = 0);
 
   // ---- causal attention with grouped KV heads ----
   // q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], out [B*Tq, Hq*hd], lse fp32 [B, Hq, Tq].
@@ -135,18 +161,28 @@ class Backend {
   // with `positions` (I32 [B*T], Tq == Tk; as for RoPE) query t sees keys t - positions[t] .. t
   // only, its own document. The caller guarantees what the kernels index by: each row's first
   // position is 0 and every other is 0 or its predecessor's + 1 (LlamaModel::forward checks).
+  // strides: each tensor's row stride (0: dense), so q, k, v can be strided views of the fused
+  // q|k|v projection (each spanning strided_numel(rows, width, stride) elements).
   void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                          std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                         std::int64_t hd, Tensor positions = {});
-  // Overwrites dq, dk, dv (Tq == Tk in training); positions as the forward's.
+                         std::int64_t hd, Tensor positions = {},
+                         const AttentionStrides& strides = {});
+  // Overwrites dq, dk, dv (Tq == Tk in training); positions and strides as the forward's (dq,
+  // dk, dv may be strided views of one fused gradient, written in place).
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
                           Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T,
-                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                          Tensor positions = {});
+                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, Tensor positions = {},
+                          const AttentionStrides& strides = {});
 
   // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements; h may be gate or up ----
-  void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n);
-  void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, std::int64_t n);
+  // With width > 0 the n elements are n / width rows of `width`, and gate and up (dgate and dup
+  // too) are strided views at row stride gate_up_stride: SwiGLU reading the fused gate|up
+  // projection [N, 2F] in place (gate its columns [0, F), up [F, 2F)); h and dh stay dense
+  // and may then alias no input.
+  void swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n, std::int64_t width = 0,
+                      std::int64_t gate_up_stride = 0);
+  void swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up, std::int64_t n,
+                       std::int64_t width = 0, std::int64_t gate_up_stride = 0);
 
   // ---- losses over one chunk of rows of logits [rows, V] (fp32 results) ----
   // losses[r] = logsumexp(logits[r]) - logits[r, targets[r]]; rows whose target is negative
@@ -185,8 +221,19 @@ class Backend {
   }
   virtual void do_upload_i32(Tensor dst, const std::int32_t* src) = 0;
   virtual void do_copy(Tensor dst, Tensor src) = 0;
+  virtual void do_copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::int64_t width,
+                            std::int64_t dst_stride, std::int64_t src_stride) = 0;
   virtual void do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
                          std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta) = 0;
+  // One GEMM over the whole concatenated dimension unless an engine computes per part.
+  virtual void do_matmul_concatenated(Tensor out, Tensor a, Tensor b, std::int64_t M,
+                                      std::int64_t N, std::int64_t K, bool trans_a, bool trans_b,
+                                      float alpha, float beta, ConcatenatedDim dim,
+                                      std::span<const std::int64_t> parts) {
+    (void)dim;
+    (void)parts;
+    do_matmul(out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
+  }
   virtual void do_add_inplace(Tensor dst, Tensor src) = 0;
   virtual void do_scale_inplace(Tensor t, double factor) = 0;
   virtual double do_sum_of_squares(Tensor t) = 0;
@@ -201,24 +248,32 @@ class Backend {
   virtual void do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, Tensor rstd,
                                            Tensor residual, Tensor branch, Tensor weight,
                                            std::int64_t N, std::int64_t D, float eps) = 0;
-  // positions: empty, or the checked I32 [B*T] of packed documents.
+  // positions: empty, or the checked I32 [B*T] of packed documents. Row strides reach the
+  // engines resolved: never 0 (a dense tensor's is its row width).
   virtual void do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                std::int64_t heads, std::int64_t head_dim,
-                               std::int64_t position_offset, Tensor positions) = 0;
+                               std::int64_t position_offset, Tensor positions,
+                               std::int64_t row_stride) = 0;
   virtual void do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                 std::int64_t heads, std::int64_t head_dim,
-                                std::int64_t position_offset, Tensor positions) = 0;
+                                std::int64_t position_offset, Tensor positions,
+                                std::int64_t row_stride) = 0;
   virtual void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                     std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                                     std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                    Tensor positions) = 0;
+                                    Tensor positions, const AttentionStrides& strides) = 0;
   virtual void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                      Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                      std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
-                                     std::int64_t hd, Tensor positions) = 0;
-  virtual void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) = 0;
+                                     std::int64_t hd, Tensor positions,
+                                     const AttentionStrides& strides) = 0;
+  // rows x width elements; gate, up (dgate, dup) at row stride gate_up_stride, h and dh dense.
+  // Dense tensors come as one row of n.
+  virtual void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t rows,
+                                 std::int64_t width, std::int64_t gate_up_stride) = 0;
   virtual void do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                                  std::int64_t n) = 0;
+                                  std::int64_t rows, std::int64_t width,
+                                  std::int64_t gate_up_stride) = 0;
   virtual void do_cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
                                 std::int64_t V, float grad_scale) = 0;
   virtual void do_kl_divergence(Tensor losses, Tensor student_logits, Tensor teacher_logits,

@@ -167,6 +167,10 @@ cudaError_t cudaMemcpy2D(void* destination, size_t destination_pitch, const void
                  static_cast<const char*>(source) + row * source_pitch, width);
   return cudaSuccess;
 }
+cudaError_t cudaMemcpy2DAsync(void* destination, size_t destination_pitch, const void* source, size_t source_pitch,
+                              size_t width, size_t height, enum cudaMemcpyKind kind, cudaStream_t) {
+  return cudaMemcpy2D(destination, destination_pitch, source, source_pitch, width, height, kind);
+}
 cudaError_t cudaMemcpyPeer(void* destination, int, const void* source, int, size_t bytes) {
   return cudaMemcpy(destination, source, bytes, cudaMemcpyDefault);
 }

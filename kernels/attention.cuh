@@ -6,7 +6,9 @@
 // never copied per group. Packed documents (kernels/attention.h): with positions (device int32
 // [B*T], Tq == Tk) query t sees keys t - positions[t] .. t only, and every kernel skips the key
 // (or query) tiles that lie wholly in other documents, so a packed row costs the sum of its
-// documents' squares rather than the row's.
+// documents' squares rather than the row's. Every tensor's row stride is its own argument
+// (q_stride, k_stride, v_stride, o_stride, do_stride, dq_stride, dk_stride, dv_stride): q, k, v
+// and their gradients may be strided views of the fused q|k|v projection.
 //
 // This file: the CUDA-core kernels (fp32 FMAs), used for fp32 storage and the reference shape of
 // the algorithm, and the public launchers. bf16, the engine's dtype (head_dim a multiple of 16),
@@ -28,6 +30,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "core/row_strides.h"
 #include "kernels/attention_mma.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/device_memory.h"
@@ -55,7 +58,9 @@ __device__ __forceinline__ void attention_load_tile(T* tile, const T* base, std:
 template <typename T, int HD>
 __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v,
                                          const std::int32_t* positions, int Tq, int Tk, int Hq,
-                                         int Hkv, float scale_log2, bool packed) {
+                                         int Hkv, std::int64_t q_stride, std::int64_t k_stride,
+                                         std::int64_t v_stride, std::int64_t o_stride,
+                                         float scale_log2, bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;                // output dims per lane
@@ -67,11 +72,9 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kAttentionQueryTile;
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
   const T* q_head = q + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
-  const T* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
-  const T* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const T* k_head = k + static_cast<std::int64_t>(b) * Tk * k_stride + hk * HD;
+  const T* v_head = v + static_cast<std::int64_t>(b) * Tk * v_stride + hk * HD;
 
   const std::int32_t* row_positions =
       positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
@@ -97,8 +100,8 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
   for (int k0 = attention_first_key_tile(row_positions, q0, kAttentionKeyTile); k0 < key_end;
        k0 += kAttentionKeyTile) {
     __syncthreads();  // the previous tile is consumed (and the query tile is written)
-    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
-    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(k_s, k_head, k_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(v_s, v_head, v_stride, k0, kAttentionKeyTile, Tk, packed);
     __syncthreads();
 
     float s[R] = {};
@@ -148,7 +151,7 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
     const int t = q0 + warp * R + r;
     if (t >= Tq) continue;
     const float inv = 1.0f / l[r];
-    T* o_row = out + (static_cast<std::int64_t>(b) * Tq + t) * q_stride + h * HD;
+    T* o_row = out + (static_cast<std::int64_t>(b) * Tq + t) * o_stride + h * HD;
 #pragma unroll
     for (int j = 0; j < DPL; ++j) {
       const int d = lane + j * kWarpSize;
@@ -162,16 +165,18 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
 // D[b, h, t] = sum_d dout * out over one head row; one warp per row.
 template <typename T, int HD>
 __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* out,
-                                              std::int64_t rows, int Tq, int Hq) {
+                                              std::int64_t rows, int Tq, int Hq,
+                                              std::int64_t do_stride, std::int64_t o_stride) {
   const std::int64_t w =
       blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (w >= rows) return;  // whole warps leave together
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t t = w % Tq, h = (w / Tq) % Hq, b = w / (static_cast<std::int64_t>(Tq) * Hq);
-  const std::int64_t base = ((b * Tq + t) * Hq + h) * HD;
+  const std::int64_t row = b * Tq + t;
+  const T* do_row = dout + row * do_stride + h * HD;
+  const T* o_row = out + row * o_stride + h * HD;
   float sum = 0.0f;
-  for (int d = lane; d < HD; d += kWarpSize)
-    sum += to_float(dout[base + d]) * to_float(out[base + d]);
+  for (int d = lane; d < HD; d += kWarpSize) sum += to_float(do_row[d]) * to_float(o_row[d]);
   sum = warp_sum(sum);
   if (lane == 0) D[w] = sum;
 }
@@ -181,7 +186,9 @@ template <typename T, int HD>
 __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* lse, const float* D,
                                              const T* q, const T* k, const T* v,
                                              const std::int32_t* positions, int Tq, int Tk, int Hq,
-                                             int Hkv, float scale, bool packed) {
+                                             int Hkv, std::int64_t q_stride, std::int64_t k_stride,
+                                             std::int64_t v_stride, std::int64_t do_stride,
+                                             std::int64_t dq_stride, float scale, bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int DPL = (HD + kWarpSize - 1) / kWarpSize;
@@ -194,15 +201,15 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * kAttentionQueryTile;
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
-  const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
-  const T* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
-  const T* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const std::int64_t query_row0 = static_cast<std::int64_t>(b) * Tq;  // the batch's first row
+  const T* k_head = k + static_cast<std::int64_t>(b) * Tk * k_stride + hk * HD;
+  const T* v_head = v + static_cast<std::int64_t>(b) * Tk * v_stride + hk * HD;
   const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
 
-  attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
-  attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
+  attention_load_tile<T, HD>(q_s, q + query_row0 * q_stride + h * HD, q_stride, q0,
+                             kAttentionQueryTile, Tq, packed);
+  attention_load_tile<T, HD>(do_s, dout + query_row0 * do_stride + h * HD, do_stride, q0,
+                             kAttentionQueryTile, Tq, packed);
 
   const std::int32_t* row_positions =
       positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
@@ -226,8 +233,8 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   for (int k0 = attention_first_key_tile(row_positions, q0, kAttentionKeyTile); k0 < key_end;
        k0 += kAttentionKeyTile) {
     __syncthreads();
-    attention_load_tile<T, HD>(k_s, k_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
-    attention_load_tile<T, HD>(v_s, v_head, kv_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(k_s, k_head, k_stride, k0, kAttentionKeyTile, Tk, packed);
+    attention_load_tile<T, HD>(v_s, v_head, v_stride, k0, kAttentionKeyTile, Tk, packed);
     __syncthreads();
 
     float s[R] = {}, dp[R] = {};
@@ -269,7 +276,7 @@ __global__ void attention_backward_dq_kernel(T* dq, const T* dout, const float* 
   for (int r = 0; r < R; ++r) {
     const int t = q0 + warp * R + r;
     if (t >= Tq) continue;
-    T* dq_row = dq + q_offset + static_cast<std::int64_t>(t) * q_stride;
+    T* dq_row = dq + (query_row0 + t) * dq_stride + h * HD;
 #pragma unroll
     for (int j = 0; j < DPL; ++j) {
       const int d = lane + j * kWarpSize;
@@ -285,7 +292,10 @@ template <typename T, int HD>
 __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const float* lse,
                                               const float* D, const T* q, const T* k, const T* v,
                                               const std::int32_t* positions, int Tq, int Tk, int Hq,
-                                              int Hkv, float scale, bool packed) {
+                                              int Hkv, std::int64_t q_stride, std::int64_t k_stride,
+                                              std::int64_t v_stride, std::int64_t do_stride,
+                                              std::int64_t dk_stride, std::int64_t dv_stride,
+                                              float scale, bool packed) {
   constexpr int S = kAttentionSmemStride<T, HD>;
   constexpr int R = kAttentionRowsPerWarp;
   constexpr int kWarps = kAttentionThreads / kWarpSize;
@@ -300,12 +310,12 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
   const int b = blockIdx.z, hk = blockIdx.y, j0 = blockIdx.x * kAttentionKeyTile;
   const int group = Hq / Hkv, offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
-  const std::int64_t kv_offset = static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const std::int64_t key_row0 = static_cast<std::int64_t>(b) * Tk;  // the batch's first key row
 
-  attention_load_tile<T, HD>(k_s, k + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk, packed);
-  attention_load_tile<T, HD>(v_s, v + kv_offset, kv_stride, j0, kAttentionKeyTile, Tk, packed);
+  attention_load_tile<T, HD>(k_s, k + key_row0 * k_stride + hk * HD, k_stride, j0,
+                             kAttentionKeyTile, Tk, packed);
+  attention_load_tile<T, HD>(v_s, v + key_row0 * v_stride + hk * HD, v_stride, j0,
+                             kAttentionKeyTile, Tk, packed);
 
   float dk_acc[DPT], dv_acc[DPT];
 #pragma unroll
@@ -323,13 +333,14 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
   const T* v_row = v_s + lane * S;
 
   for (int h = hk * group; h < (hk + 1) * group; ++h) {
-    const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
+    const std::int64_t query_row0 = static_cast<std::int64_t>(b) * Tq;
     const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
     for (int q0 = tile_begin; q0 < query_end; q0 += kAttentionQueryTile) {
       __syncthreads();  // the previous query tile is consumed
-      attention_load_tile<T, HD>(q_s, q + q_offset, q_stride, q0, kAttentionQueryTile, Tq, packed);
-      attention_load_tile<T, HD>(do_s, dout + q_offset, q_stride, q0, kAttentionQueryTile, Tq,
-                                 packed);
+      attention_load_tile<T, HD>(q_s, q + query_row0 * q_stride + h * HD, q_stride, q0,
+                                 kAttentionQueryTile, Tq, packed);
+      attention_load_tile<T, HD>(do_s, dout + query_row0 * do_stride + h * HD, do_stride, q0,
+                                 kAttentionQueryTile, Tq, packed);
       __syncthreads();
 
       // Scores for the warp's 4 query rows against this lane's key.
@@ -372,8 +383,8 @@ __global__ void attention_backward_dkv_kernel(T* dk, T* dv, const T* dout, const
   }
 
   if (key < Tk) {
-    T* dk_row = dk + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
-    T* dv_row = dv + kv_offset + static_cast<std::int64_t>(key) * kv_stride;
+    T* dk_row = dk + (key_row0 + key) * dk_stride + hk * HD;
+    T* dv_row = dv + (key_row0 + key) * dv_stride + hk * HD;
 #pragma unroll
     for (int c = 0; c < DPT; ++c) {
       const int d = warp + c * kWarps;
@@ -397,13 +408,16 @@ inline void check_attention_shape(std::int64_t B, std::int64_t Tq, std::int64_t 
     fail_expected("attention", str("batch ", B, ", heads ", Hq), "both <= 65535 (grid limits)");
 }
 
+// st: the resolved row strides (none 0).
 template <typename T, int HD>
 void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v,
                           const std::int32_t* positions, std::int64_t B, std::int64_t Tq,
-                          std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, cudaStream_t stream) {
+                          std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
+                          const AttentionStrides& st, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core kernel (fp32 tiles stay on the CUDA-core kernel below).
-    attention_forward_mma<HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, stream);
+    attention_forward_mma<HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st.q, st.k, st.v,
+                              st.out, stream);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const std::size_t smem = (kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
@@ -412,9 +426,11 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
     allow_dynamic_shared(kernel, smem);
     const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kAttentionQueryTile)),
                     static_cast<unsigned>(Hq), static_cast<unsigned>(B));
+    const bool packed =
+        rows_aligned16<T>(HD, {q, k, v}) && strides_aligned16<T>({st.q, st.k, st.v});
     launch(kernel, grid, dim3(kAttentionThreads), smem, stream, out, lse, q, k, v, positions,
            static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq), static_cast<int>(Hkv),
-           kLog2e / std::sqrt(static_cast<float>(HD)), rows_aligned16<T>(HD, {q, k, v}));
+           st.q, st.k, st.v, st.out, kLog2e / std::sqrt(static_cast<float>(HD)), packed);
   }
 }
 
@@ -422,23 +438,24 @@ template <typename T, int HD>
 void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse,
                            const T* q, const T* k, const T* v, const std::int32_t* positions,
                            std::int64_t B, std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
-                           float* workspace, cudaStream_t stream) {
+                           const AttentionStrides& st, float* workspace, cudaStream_t stream) {
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq);
   const std::int64_t rows = B * Hq * T_;
   constexpr int kDotWarps = 8;
   launch(attention_backward_dot_kernel<T, HD>,
          dim3(static_cast<unsigned>(ceil_div(rows, kDotWarps))), dim3(kDotWarps * kWarpSize), 0,
-         stream, workspace, dout, out, rows, Ti, Hqi);
+         stream, workspace, dout, out, rows, Ti, Hqi, st.dout, st.out);
 
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core dq and dk/dv kernels (attention_mma.cuh).
     attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, positions, B, T_, Hq, Hkv,
-                               stream);
+                               st.q, st.k, st.v, st.dout, st.dq, st.dk, st.dv, stream);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     const int Hkvi = static_cast<int>(Hkv);
-    const bool packed = rows_aligned16<T>(HD, {q, k, v, dout});
+    const bool packed =
+        rows_aligned16<T>(HD, {q, k, v, dout}) && strides_aligned16<T>({st.q, st.k, st.v, st.dout});
     const std::size_t dq_smem = (2 * kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
                                 kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
     auto dq_kernel = attention_backward_dq_kernel<T, HD>;
@@ -447,8 +464,8 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
            dim3(static_cast<unsigned>(ceil_div(T_, kAttentionQueryTile)), static_cast<unsigned>(Hq),
                 static_cast<unsigned>(B)),
            dim3(kAttentionThreads), dq_smem, stream, dq, dout, lse,
-           static_cast<const float*>(workspace), q, k, v, positions, Ti, Ti, Hqi, Hkvi, scale,
-           packed);
+           static_cast<const float*>(workspace), q, k, v, positions, Ti, Ti, Hqi, Hkvi, st.q, st.k,
+           st.v, st.dout, st.dq, scale, packed);
 
     const std::size_t dkv_smem = (2 * kAttentionKeyTile + 2 * kAttentionQueryTile) * S * sizeof(T) +
                                  2 * kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
@@ -458,8 +475,8 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
            dim3(static_cast<unsigned>(ceil_div(T_, kAttentionKeyTile)), static_cast<unsigned>(Hkv),
                 static_cast<unsigned>(B)),
            dim3(kAttentionThreads), dkv_smem, stream, dk, dv, dout, lse,
-           static_cast<const float*>(workspace), q, k, v, positions, Ti, Ti, Hqi, Hkvi, scale,
-           packed);
+           static_cast<const float*>(workspace), q, k, v, positions, Ti, Ti, Hqi, Hkvi, st.q, st.k,
+           st.v, st.dout, st.dk, st.dv, scale, packed);
   }
 }
 
@@ -470,21 +487,25 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
   fail_expected("attention", str("head_dim ", hd), "one of 16, 32, 64, 96, 128");
 }
 
-// positions: device int32 [B*T] of packed documents (Tq == Tk), or null.
+// positions: device int32 [B*T] of packed documents (Tq == Tk), or null. strides: each
+// tensor's row stride (0: dense).
 template <typename T>
 void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, std::int64_t B,
                        std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
                        std::int64_t hd, cudaStream_t stream,
-                       const std::int32_t* positions = nullptr) {
+                       const std::int32_t* positions = nullptr,
+                       const AttentionStrides& strides = {}) {
   check_attention_shape(B, Tq, Tk, Hq, Hkv);
   if (positions && Tq != Tk)
     fail_expected("attention", str("packed documents over ", Tq, " queries and ", Tk, " keys"),
                   "Tq == Tk (no KV cache)");
   if (B <= 0 || Tq <= 0) return;
+  const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   switch (hd) {
-#define MINITRON_CASE(HD) \
-  case HD:                \
-    return attention_forward_hd<T, HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, stream);
+#define MINITRON_CASE(HD)                                                                    \
+  case HD:                                                                                   \
+    return attention_forward_hd<T, HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st, \
+                                       stream);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)
 #undef MINITRON_CASE
     default: unsupported_head_dim(hd);
@@ -496,14 +517,16 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse,
                         const T* q, const T* k, const T* v, std::int64_t B, std::int64_t T_,
                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, float* workspace,
-                        cudaStream_t stream, const std::int32_t* positions = nullptr) {
+                        cudaStream_t stream, const std::int32_t* positions = nullptr,
+                        const AttentionStrides& strides = {}) {
   check_attention_shape(B, T_, T_, Hq, Hkv);
   if (B <= 0 || T_ <= 0) return;
+  const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   switch (hd) {
 #define MINITRON_CASE(HD)                                                                          \
   case HD:                                                                                         \
     return attention_backward_hd<T, HD>(dq, dk, dv, dout, out, lse, q, k, v, positions, B, T_, Hq, \
-                                        Hkv, workspace, stream);
+                                        Hkv, st, workspace, stream);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)
 #undef MINITRON_CASE
     default: unsupported_head_dim(hd);

@@ -17,6 +17,9 @@
 // It runs two passes so that every output element is owned by one thread and summed in a
 // fixed order (deterministic for any thread count): one over query rows for dq, one over key
 // rows for dk and dv (each key row loops over the query heads of its group, then the queries).
+//
+// `strides` gives each tensor's row stride (0: dense), so q, k, v (dq, dk, dv) may be strided
+// views of the fused q|k|v projection (its gradient).
 #pragma once
 
 #include <algorithm>
@@ -29,6 +32,7 @@
 #include <omp.h>
 #endif
 
+#include "core/row_strides.h"
 #include "kernels/cpu/parallel.h"
 #include "util/error.h"
 
@@ -95,12 +99,12 @@ template <typename T>
 void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::int64_t B,
                        std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
                        std::int64_t hd, const std::int32_t* positions = nullptr,
-                       T* workspace = nullptr) {
+                       T* workspace = nullptr, const AttentionStrides& strides = {}) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_forward_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
-  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
 #pragma omp parallel if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
   {
@@ -110,12 +114,12 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::
       const std::int64_t t = task % Tq, h = (task / Tq) % Hq, b = task / (Tq * Hq);
       const std::int64_t hk = h / group, keys = t + offset + 1;
       const std::int64_t first = document_start(positions, b, Tq, t);
-      const T* qi = q + (b * Tq + t) * q_stride + h * hd;
-      const T* kb = k + b * Tk * kv_stride + hk * hd;
-      const T* vb = v + b * Tk * kv_stride + hk * hd;
+      const T* qi = q + (b * Tq + t) * st.q + h * hd;
+      const T* kb = k + b * Tk * st.k + hk * hd;
+      const T* vb = v + b * Tk * st.v + hk * hd;
       T max = -std::numeric_limits<T>::infinity();
       for (std::int64_t j = first; j < keys; ++j) {
-        p[j] = dot(qi, kb + j * kv_stride, hd) * scale;
+        p[j] = dot(qi, kb + j * st.k, hd) * scale;
         max = std::max(max, p[j]);
       }
       T sum = 0;
@@ -124,12 +128,12 @@ void attention_forward(T* out, T* lse, const T* q, const T* k, const T* v, std::
         sum += p[j];
       }
       lse[(b * Hq + h) * Tq + t] = max + std::log(sum);
-      T* o = out + (b * Tq + t) * q_stride + h * hd;
+      T* o = out + (b * Tq + t) * st.out + h * hd;
       std::fill_n(o, hd, T(0));
       const T inv = T(1) / sum;
       for (std::int64_t j = first; j < keys; ++j) {
         const T w = p[j] * inv;
-        const T* vj = vb + j * kv_stride;
+        const T* vj = vb + j * st.v;
 #pragma omp simd
         for (std::int64_t d = 0; d < hd; ++d) o[d] += w * vj[d];
       }
@@ -142,13 +146,14 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse, const T* q,
                         const T* k, const T* v, std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                        const std::int32_t* positions = nullptr, T* workspace = nullptr) {
+                        const std::int32_t* positions = nullptr, T* workspace = nullptr,
+                        const AttentionStrides& strides = {}) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_backward_workspace(B, Hq, Tq), own);
   T* D = workspace;  // D_i, laid out like lse
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
-  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
 
   // Pass 1, per query row: D_i, then dq_i = scale * sum_j dS_ij k_j.
@@ -156,20 +161,20 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
   for (std::int64_t task = 0; task < B * Hq * Tq; ++task) {
     const std::int64_t t = task % Tq, h = (task / Tq) % Hq, b = task / (Tq * Hq);
     const std::int64_t hk = h / group, keys = t + offset + 1;
-    const std::int64_t row = (b * Tq + t) * q_stride + h * hd;
-    const T* qi = q + row;
-    const T* doi = dout + row;
-    const T Di = dot(doi, out + row, hd);
+    const std::int64_t row = b * Tq + t;
+    const T* qi = q + row * st.q + h * hd;
+    const T* doi = dout + row * st.dout + h * hd;
+    const T Di = dot(doi, out + row * st.out + h * hd, hd);
     const T li = lse[(b * Hq + h) * Tq + t];
     D[task] = Di;
-    T* dqi = dq + row;
+    T* dqi = dq + row * st.dq + h * hd;
     std::fill_n(dqi, hd, T(0));
-    const T* kb = k + b * Tk * kv_stride + hk * hd;
-    const T* vb = v + b * Tk * kv_stride + hk * hd;
+    const T* kb = k + b * Tk * st.k + hk * hd;
+    const T* vb = v + b * Tk * st.v + hk * hd;
     for (std::int64_t j = document_start(positions, b, Tq, t); j < keys; ++j) {
-      const T* kj = kb + j * kv_stride;
+      const T* kj = kb + j * st.k;
       const T pij = std::exp(dot(qi, kj, hd) * scale - li);
-      const T ds = pij * (dot(doi, vb + j * kv_stride, hd) - Di) * scale;
+      const T ds = pij * (dot(doi, vb + j * st.v, hd) - Di) * scale;
 #pragma omp simd
       for (std::int64_t d = 0; d < hd; ++d) dqi[d] += ds * kj[d];
     }
@@ -181,21 +186,21 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 #pragma omp parallel for schedule(static) if (B * Hq * Tq * Tk * hd >= kMinParallelWork)
   for (std::int64_t task = 0; task < B * Hkv * Tk; ++task) {
     const std::int64_t j = task % Tk, hk = (task / Tk) % Hkv, b = task / (Tk * Hkv);
-    const std::int64_t krow = (b * Tk + j) * kv_stride + hk * hd;
-    const T* kj = k + krow;
-    const T* vj = v + krow;
-    T* dkj = dk + krow;
-    T* dvj = dv + krow;
+    const std::int64_t krow = b * Tk + j;
+    const T* kj = k + krow * st.k + hk * hd;
+    const T* vj = v + krow * st.v + hk * hd;
+    T* dkj = dk + krow * st.dk + hk * hd;
+    T* dvj = dv + krow * st.dv + hk * hd;
     std::fill_n(dkj, hd, T(0));
     std::fill_n(dvj, hd, T(0));
     const std::int64_t first_query = std::max<std::int64_t>(0, j - offset);
     for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
       for (std::int64_t t = first_query; t < Tq; ++t) {
         if (document_start(positions, b, Tq, t) > j) break;  // a later document: all after too
-        const std::int64_t row = (b * Tq + t) * q_stride + h * hd;
+        const std::int64_t row = b * Tq + t;
         const std::int64_t stat = (b * Hq + h) * Tq + t;
-        const T* qi = q + row;
-        const T* doi = dout + row;
+        const T* qi = q + row * st.q + h * hd;
+        const T* doi = dout + row * st.dout + h * hd;
         const T pij = std::exp(dot(qi, kj, hd) * scale - lse[stat]);
         const T ds = pij * (dot(doi, vj, hd) - D[stat]) * scale;
 #pragma omp simd

@@ -76,9 +76,9 @@ __device__ __forceinline__ int attention_query_end(const std::int32_t* positions
 // Copies rows [row0, row0 + rows) of one head (HD contiguous elements at `base + r * stride`)
 // into shared memory rows of S elements, zero-filling rows at or beyond `limit`. Shared by every
 // attention kernel (the CUDA-core ones of attention.cuh too). `packed`: every global row starts
-// on a 16-byte boundary (the launcher checked the base pointers with rows_aligned16; strides are
-// multiples of HD), so one 16-byte load moves a pack; it is stored whole where shared rows are
-// 16-byte aligned too (the tensor-core tiles), element by element otherwise.
+// on a 16-byte boundary (the launcher checked the base pointers with rows_aligned16 and the row
+// strides with strides_aligned16), so one 16-byte load moves a pack; it is stored whole where
+// shared rows are 16-byte aligned too (the tensor-core tiles), element by element otherwise.
 template <typename T, int HD, int S>
 __device__ __forceinline__ void attention_fill_tile(T* tile, const T* base, std::int64_t stride,
                                                     int row0, int rows, int limit, bool packed) {
@@ -296,7 +296,7 @@ struct MmaKvStream {
   bf16* buffers;
   const bf16* k_head;
   const bf16* v_head;
-  std::int64_t stride;
+  std::int64_t k_stride, v_stride;
   int Tk, key_end;
   bool packed;
 
@@ -304,8 +304,8 @@ struct MmaKvStream {
   __device__ __forceinline__ void load(int slot, int k0) const {
     if (k0 >= key_end) return;
     bf16* buffer = buffers + slot * kBuffer;
-    mma_load_tile<HD>(buffer, k_head, stride, k0, KT, Tk, packed);
-    mma_load_tile<HD>(buffer + KT * kMmaSmemStride<HD>, v_head, stride, k0, KT, Tk, packed);
+    mma_load_tile<HD>(buffer, k_head, k_stride, k0, KT, Tk, packed);
+    mma_load_tile<HD>(buffer + KT * kMmaSmemStride<HD>, v_head, v_stride, k0, KT, Tk, packed);
   }
 
   // Tile n (keys from k0), ready for every thread: the block is done with tile n - 1, whose
@@ -336,8 +336,9 @@ struct MmaKvStream {
 template <int HD>
 __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
                                              const bf16* v, const std::int32_t* positions, int Tq,
-                                             int Tk, int Hq, int Hkv, float scale_log2,
-                                             bool packed) {
+                                             int Tk, int Hq, int Hkv, std::int64_t q_stride,
+                                             std::int64_t k_stride, std::int64_t v_stride,
+                                             std::int64_t o_stride, float scale_log2, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int KT = kMmaForwardKeyTile;
   constexpr int KC = HD / 16;  // k-chunks of the QK^T product
@@ -358,11 +359,9 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
   const bf16* q_head = q + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
-  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
-  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * k_stride + hk * HD;
+  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * v_stride + hk * HD;
 
   const int row0 = q0 + warp * kMmaWarpRows;  // this warp's first query row
   const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
@@ -371,7 +370,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
       positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
   const int key_begin = attention_first_key_tile(row_positions, q0, KT);
 
-  const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, kv_stride, Tk, key_end, packed};
+  const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, k_stride, v_stride, Tk, key_end, packed};
   mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
   cp_async_commit();
   stream.load(0, key_begin);
@@ -478,7 +477,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   // began the last tile after reading it (n counts the tiles).
   bf16* stage = kv_s + n % 2 * kBuffer + warp * kMmaWarpRows * S;
   const float inv[2] = {1.0f / l[0], 1.0f / l[1]};
-  store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD, q_stride, row0,
+  store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * o_stride + h * HD, o_stride, row0,
                       Tq, o, inv, stage, packed, lane);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -506,11 +505,11 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
 // K and V fragments are read from shared memory per tile (ldmatrix) rather than held in
 // registers, which keeps head_dim 128 free of spills. grid (ceil(Tk / 64), Hkv, B).
 template <int HD>
-__global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16* dout,
-                                                  const float* lse, const float* D, const bf16* q,
-                                                  const bf16* k, const bf16* v,
-                                                  const std::int32_t* positions, int Tq, int Tk,
-                                                  int Hq, int Hkv, float scale, bool packed) {
+__global__ void attention_backward_dkv_mma_kernel(
+    bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* D, const bf16* q,
+    const bf16* k, const bf16* v, const std::int32_t* positions, int Tq, int Tk, int Hq, int Hkv,
+    std::int64_t q_stride, std::int64_t k_stride, std::int64_t v_stride, std::int64_t do_stride,
+    std::int64_t dk_stride, std::int64_t dv_stride, float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaQueryTile / 8;  // 8-query blocks of a tile
   constexpr int OB = HD / 8;             // 8-dim blocks of dK and dV
@@ -531,9 +530,7 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
   const int group = Hq / Hkv, offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
-  const std::int64_t kv_offset = static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const std::int64_t key_row0 = static_cast<std::int64_t>(b) * Tk;  // the batch's first key row
   const float scale_log2 = scale * kLog2e;
 
   const int first_query = j0 - offset > 0 ? j0 - offset : 0;  // the first that sees key j0
@@ -546,10 +543,11 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
   // Query tile (h, q0) into buffer `p`: Q and dO by cp.async (the caller commits), lse and D by
   // plain loads, which the same barrier after the wait publishes.
   auto load_query_tile = [&](int p, int h, int q0) {
-    const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
+    const std::int64_t query_row0 = static_cast<std::int64_t>(b) * Tq;
     bf16* buffer = qdo_s + p * kBuffer;
-    mma_load_tile<HD>(buffer, q + q_offset, q_stride, q0, QT, Tq, packed);
-    mma_load_tile<HD>(buffer + QT * S, dout + q_offset, q_stride, q0, QT, Tq, packed);
+    mma_load_tile<HD>(buffer, q + query_row0 * q_stride + h * HD, q_stride, q0, QT, Tq, packed);
+    mma_load_tile<HD>(buffer + QT * S, dout + query_row0 * do_stride + h * HD, do_stride, q0, QT,
+                      Tq, packed);
     if (static_cast<int>(threadIdx.x) < QT) {
       const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
       const int i = static_cast<int>(threadIdx.x), query = q0 + i;
@@ -559,8 +557,10 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
     }
   };
   // One group: K, V and the first query tile (first_query < Tq, so every block has one).
-  mma_load_tile<HD>(k_s, k + kv_offset, kv_stride, j0, kMmaBlockRows, Tk, packed);
-  mma_load_tile<HD>(v_s, v + kv_offset, kv_stride, j0, kMmaBlockRows, Tk, packed);
+  mma_load_tile<HD>(k_s, k + key_row0 * k_stride + hk * HD, k_stride, j0, kMmaBlockRows, Tk,
+                    packed);
+  mma_load_tile<HD>(v_s, v + key_row0 * v_stride + hk * HD, v_stride, j0, kMmaBlockRows, Tk,
+                    packed);
   load_query_tile(0, hk * group, tile_begin);
   cp_async_commit();
 
@@ -629,9 +629,9 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
 
   // The warp's own K and V rows (no other warp reads them) stage dK and dV.
   const float dk_scale[2] = {scale, scale}, dv_scale[2] = {1.0f, 1.0f};
-  store_warp_rows<HD>(dk + kv_offset, kv_stride, key0, Tk, dk_acc, dk_scale,
+  store_warp_rows<HD>(dk + key_row0 * dk_stride + hk * HD, dk_stride, key0, Tk, dk_acc, dk_scale,
                       k_s + warp * kMmaWarpRows * S, packed, lane);
-  store_warp_rows<HD>(dv + kv_offset, kv_stride, key0, Tk, dv_acc, dv_scale,
+  store_warp_rows<HD>(dv + key_row0 * dv_stride + hk * HD, dv_stride, key0, Tk, dv_acc, dv_scale,
                       v_s + warp * kMmaWarpRows * S, packed, lane);
 }
 
@@ -642,8 +642,10 @@ template <int HD>
 __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, const float* lse,
                                                  const float* D, const bf16* q, const bf16* k,
                                                  const bf16* v, const std::int32_t* positions,
-                                                 int Tq, int Tk, int Hq, int Hkv, float scale,
-                                                 bool packed) {
+                                                 int Tq, int Tk, int Hq, int Hkv,
+                                                 std::int64_t q_stride, std::int64_t k_stride,
+                                                 std::int64_t v_stride, std::int64_t do_stride,
+                                                 std::int64_t dq_stride, float scale, bool packed) {
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int NB = kMmaKeyTile / 8;
   constexpr int OB = HD / 8;
@@ -660,11 +662,9 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const std::int64_t q_stride = static_cast<std::int64_t>(Hq) * HD;
-  const std::int64_t kv_stride = static_cast<std::int64_t>(Hkv) * HD;
-  const std::int64_t q_offset = static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
-  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
-  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * kv_stride + hk * HD;
+  const std::int64_t query_row0 = static_cast<std::int64_t>(b) * Tq;  // the batch's first row
+  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * k_stride + hk * HD;
+  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * v_stride + hk * HD;
   const std::int64_t stat0 = (static_cast<std::int64_t>(b) * Hq + h) * Tq;
   const float scale_log2 = scale * kLog2e;
 
@@ -674,9 +674,11 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
       positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
   const int key_begin = attention_first_key_tile(row_positions, q0, KT);
   // One group: Q, dO and tile 0 into buffer 0.
-  mma_load_tile<HD>(q_s, q + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
-  mma_load_tile<HD>(do_s, dout + q_offset, q_stride, q0, kMmaBlockRows, Tq, packed);
-  const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, kv_stride, Tk, key_end, packed};
+  mma_load_tile<HD>(q_s, q + query_row0 * q_stride + h * HD, q_stride, q0, kMmaBlockRows, Tq,
+                    packed);
+  mma_load_tile<HD>(do_s, dout + query_row0 * do_stride + h * HD, do_stride, q0, kMmaBlockRows, Tq,
+                    packed);
+  const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, k_stride, v_stride, Tk, key_end, packed};
   stream.load(0, key_begin);
   cp_async_commit();
 
@@ -731,7 +733,7 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
 
   // The warp's own Q rows (no other warp reads them) stage dQ.
   const float dq_scale[2] = {scale, scale};
-  store_warp_rows<HD>(dq + q_offset, q_stride, row0, Tq, dq_acc, dq_scale,
+  store_warp_rows<HD>(dq + query_row0 * dq_stride + h * HD, dq_stride, row0, Tq, dq_acc, dq_scale,
                       q_s + warp * kMmaWarpRows * S, packed, lane);
 }
 
@@ -774,17 +776,20 @@ template <int HD>
 void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                            const std::int32_t* positions, std::int64_t B, std::int64_t Tq,
                            std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                           cudaStream_t stream) {
+                           std::int64_t q_stride, std::int64_t k_stride, std::int64_t v_stride,
+                           std::int64_t o_stride, cudaStream_t stream) {
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   auto kernel = attention_forward_mma_kernel<HD>;
   allow_dynamic_shared(kernel, kMmaForwardSmem<HD>);
   const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kMmaBlockRows)), static_cast<unsigned>(Hq),
                   static_cast<unsigned>(B));
   // The outputs too: `packed` also selects 16-byte stores of the output rows.
-  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, out});
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, out}) &&
+                      strides_aligned16<bf16>({q_stride, k_stride, v_stride, o_stride});
   launch(kernel, grid, dim3(kAttentionThreads), kMmaForwardSmem<HD>, stream, out, lse, q, k, v,
          positions, static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq),
-         static_cast<int>(Hkv), kLog2e / std::sqrt(static_cast<float>(HD)), packed);
+         static_cast<int>(Hkv), q_stride, k_stride, v_stride, o_stride,
+         kLog2e / std::sqrt(static_cast<float>(HD)), packed);
 }
 
 // dq, dk, dv from D = rowsum(dO o O) (already in `D`, B * Hq * T floats); training shapes.
@@ -792,12 +797,17 @@ template <int HD>
 void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* lse,
                             const float* D, const bf16* q, const bf16* k, const bf16* v,
                             const std::int32_t* positions, std::int64_t B, std::int64_t T_,
-                            std::int64_t Hq, std::int64_t Hkv, cudaStream_t stream) {
+                            std::int64_t Hq, std::int64_t Hkv, std::int64_t q_stride,
+                            std::int64_t k_stride, std::int64_t v_stride, std::int64_t do_stride,
+                            std::int64_t dq_stride, std::int64_t dk_stride, std::int64_t dv_stride,
+                            cudaStream_t stream) {
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
   // The outputs too: `packed` also selects 16-byte stores of dq, dk, dv.
-  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout, dq, dk, dv});
+  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, dout, dq, dk, dv}) &&
+                      strides_aligned16<bf16>({q_stride, k_stride, v_stride, do_stride, dq_stride,
+                                               dk_stride, dv_stride});
 
   auto dq_kernel = attention_backward_dq_mma_kernel<HD>;
   allow_dynamic_shared(dq_kernel, kMmaDqSmem<HD>);
@@ -805,7 +815,7 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
          dim3(static_cast<unsigned>(ceil_div(T_, kMmaBlockRows)), static_cast<unsigned>(Hq),
               static_cast<unsigned>(B)),
          dim3(kAttentionThreads), kMmaDqSmem<HD>, stream, dq, dout, lse, D, q, k, v, positions, Ti,
-         Ti, Hqi, Hkvi, scale, packed);
+         Ti, Hqi, Hkvi, q_stride, k_stride, v_stride, do_stride, dq_stride, scale, packed);
 
   auto dkv_kernel = attention_backward_dkv_mma_kernel<HD>;
   allow_dynamic_shared(dkv_kernel, kMmaDkvSmem<HD>);
@@ -813,7 +823,8 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
          dim3(static_cast<unsigned>(ceil_div(T_, kMmaBlockRows)), static_cast<unsigned>(Hkv),
               static_cast<unsigned>(B)),
          dim3(kAttentionThreads), kMmaDkvSmem<HD>, stream, dk, dv, dout, lse, D, q, k, v, positions,
-         Ti, Ti, Hqi, Hkvi, scale, packed);
+         Ti, Ti, Hqi, Hkvi, q_stride, k_stride, v_stride, do_stride, dk_stride, dv_stride, scale,
+         packed);
 }
 
 }  // namespace minitron::cuda

@@ -51,6 +51,15 @@ bool rows_aligned16(std::int64_t D, std::initializer_list<const void*> pointers)
   return true;
 }
 
+// Whether row strides (in elements of T) keep every row on the 16-byte boundary of its first:
+// strided views (the fused projections) take the packed paths only then.
+template <typename T>
+bool strides_aligned16(std::initializer_list<std::int64_t> strides) {
+  for (const std::int64_t stride : strides)
+    if ((stride * static_cast<std::int64_t>(sizeof(T))) % 16 != 0) return false;
+  return true;
+}
+
 // Elements one thread handles per step: one 16-byte access of the narrowest type involved
 // (a float beside bf16 then takes two accesses), so every type's accesses stay whole packs.
 template <typename... Ts>

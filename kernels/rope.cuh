@@ -8,9 +8,9 @@
 // large arguments (Payne-Hanek) needs a local-memory stack, which the build forbids; so the
 // angle is reduced in double to [-pi, pi] (exactly enough: |angle| < 2^17) and sincospif, which
 // needs no such path, finishes. The backward is the inverse rotation (angle negated).
-// When head_dim / 2 is a multiple of a 16-byte pack and x and inv_freq are 16-byte aligned, a
+// When head_dim / 2 is a multiple of a 16-byte pack and x and its rows are 16-byte aligned, a
 // thread rotates K pairs at once: the pack at channel i and the pack at i + head_dim/2 (both
-// aligned then), with the pack of inv_freq at i; otherwise one pair per thread. Same results.
+// aligned then); otherwise one pair per thread. Same results.
 #pragma once
 
 #include <cmath>
@@ -30,48 +30,68 @@ __device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
   sincospif(static_cast<float>(reduced), s, c);
 }
 
-// With kVector p counts packs of K pairs (K divides half), otherwise single pairs.
+// Rows per block step: their positions go into shared memory once, read by every pair.
+constexpr int kRopeRowsPerStep = 8;
+
+// With kVector a unit is a pack of K pairs (K divides half), otherwise a single pair. A block
+// stages inv_freq (head_dim / 2 floats) in shared memory once, then walks steps of
+// kRopeRowsPerStep rows (grid-stride), reading each row's position once into shared memory, so
+// global traffic is x's bytes plus a float per channel pair per block and an int per row.
+// Rows lie row_stride elements apart: the q and k heads of the fused q|k|v projection.
 template <typename T, bool kVector>
 __global__ void rope_kernel(T* x, const float* inv_freq, std::int64_t rows, std::int64_t T_,
-                            std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                            const std::int32_t* positions, float direction) {
+                            std::int64_t heads, std::int64_t head_dim, std::int64_t row_stride,
+                            std::int64_t position_offset, const std::int32_t* positions,
+                            float direction) {
   constexpr int K = kVector ? pack_elements<T>() : 1;
+  MINITRON_DYNAMIC_SHARED(float, frequencies);  // [head_dim / 2], then [kRopeRowsPerStep]
+  float* step_positions = frequencies + head_dim / 2;
   const std::int64_t half = head_dim / 2;
   const std::int64_t groups = half / K;
-  const std::int64_t units = rows * heads * groups;
-  for (std::int64_t p = grid_start(); p < units; p += grid_stride()) {
-    // i fastest, so a warp touches consecutive channels of one head.
-    const std::int64_t i = (p % groups) * K;
-    const std::int64_t h = (p / groups) % heads;
-    const std::int64_t row = p / (groups * heads);
-    // Packed documents: the token's position inside its document (kernels/rope.h).
-    const float position =
-        static_cast<float>(positions ? positions[row] : position_offset + row % T_);
-    T* x1 = x + row * heads * head_dim + h * head_dim + i;
-    T* x2 = x1 + half;
-    if constexpr (kVector) {
-      float a[K], b[K], f[K];
-      load_floats(a, x1);
-      load_floats(b, x2);
-      load_floats(f, inv_freq + i);
+  const std::int64_t units_per_row = heads * groups;
+  for (std::int64_t i = threadIdx.x; i < half; i += blockDim.x) frequencies[i] = inv_freq[i];
+  for (std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kRopeRowsPerStep; row0 < rows;
+       row0 += static_cast<std::int64_t>(gridDim.x) * kRopeRowsPerStep) {
+    const std::int64_t step_rows = rows - row0 < kRopeRowsPerStep ? rows - row0 : kRopeRowsPerStep;
+    __syncthreads();  // the previous step's positions are consumed (and the frequencies staged)
+    if (threadIdx.x < step_rows) {
+      const std::int64_t row = row0 + threadIdx.x;
+      // Packed documents: the token's position inside its document (kernels/rope.h).
+      step_positions[threadIdx.x] =
+          static_cast<float>(positions ? positions[row] : position_offset + row % T_);
+    }
+    __syncthreads();
+    for (std::int64_t u = threadIdx.x; u < step_rows * units_per_row; u += blockDim.x) {
+      // i fastest, so a warp touches consecutive channels of one head.
+      const std::int64_t i = (u % groups) * K;
+      const std::int64_t h = (u / groups) % heads;
+      const std::int64_t r = u / units_per_row;
+      const float position = step_positions[r];
+      T* x1 = x + (row0 + r) * row_stride + h * head_dim + i;
+      T* x2 = x1 + half;
+      if constexpr (kVector) {
+        float a[K], b[K];
+        load_floats(a, x1);
+        load_floats(b, x2);
 #pragma unroll
-      for (int e = 0; e < K; ++e) {
+        for (int e = 0; e < K; ++e) {
+          float sn, c;
+          rope_sincos(position * frequencies[i + e], &sn, &c);
+          sn *= direction;
+          const float v = a[e] * c - b[e] * sn;
+          b[e] = b[e] * c + a[e] * sn;
+          a[e] = v;
+        }
+        store_floats(x1, a);
+        store_floats(x2, b);
+      } else {
         float sn, c;
-        rope_sincos(position * f[e], &sn, &c);
+        rope_sincos(position * frequencies[i], &sn, &c);
         sn *= direction;
-        const float u = a[e] * c - b[e] * sn;
-        b[e] = b[e] * c + a[e] * sn;
-        a[e] = u;
+        const float a = to_float(*x1), b = to_float(*x2);
+        *x1 = from_float<T>(a * c - b * sn);
+        *x2 = from_float<T>(b * c + a * sn);
       }
-      store_floats(x1, a);
-      store_floats(x2, b);
-    } else {
-      float sn, c;
-      rope_sincos(position * inv_freq[i], &sn, &c);
-      sn *= direction;
-      const float a = to_float(*x1), b = to_float(*x2);
-      *x1 = from_float<T>(a * c - b * sn);
-      *x2 = from_float<T>(b * c + a * sn);
     }
   }
 }
@@ -82,35 +102,44 @@ constexpr int kRopeThreads = 256;
 
 template <typename T>
 void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
-                 std::int64_t head_dim, std::int64_t position_offset, const std::int32_t* positions,
-                 float direction, cudaStream_t stream) {
+                 std::int64_t head_dim, std::int64_t row_stride, std::int64_t position_offset,
+                 const std::int32_t* positions, float direction, cudaStream_t stream) {
   MINITRON_ASSERT(head_dim % 2 == 0, "rope: head_dim ", head_dim, " must be even");
-  const std::int64_t pairs = B * T_ * heads * (head_dim / 2);
-  if (pairs <= 0) return;
+  if (row_stride == 0) row_stride = heads * head_dim;
+  const std::int64_t rows = B * T_;
+  if (rows <= 0 || heads <= 0 || head_dim <= 0) return;
   constexpr int K = pack_elements<T>();
-  if ((head_dim / 2) % K == 0 && aligned16(x) && aligned16(inv_freq))
-    launch(rope_kernel<T, true>, dim3(grid_for(pairs / K, kRopeThreads)), dim3(kRopeThreads), 0,
-           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, positions, direction);
+  const std::size_t smem =
+      static_cast<std::size_t>(head_dim / 2 + kRopeRowsPerStep) * sizeof(float);
+  const dim3 grid(grid_for(rows, kRopeRowsPerStep));
+  // Whole packs: every row's start (its stride) and each half-head on a 16-byte boundary.
+  if ((head_dim / 2) % K == 0 && aligned16(x) && (row_stride * sizeof(T)) % 16 == 0)
+    launch(rope_kernel<T, true>, grid, dim3(kRopeThreads), smem, stream, x, inv_freq, rows, T_,
+           heads, head_dim, row_stride, position_offset, positions, direction);
   else
-    launch(rope_kernel<T, false>, dim3(grid_for(pairs, kRopeThreads)), dim3(kRopeThreads), 0,
-           stream, x, inv_freq, B * T_, T_, heads, head_dim, position_offset, positions, direction);
+    launch(rope_kernel<T, false>, grid, dim3(kRopeThreads), smem, stream, x, inv_freq, rows, T_,
+           heads, head_dim, row_stride, position_offset, positions, direction);
 }
 
-// x [B*T, heads*head_dim] rotated in place; inv_freq fp32 [head_dim / 2]; positions (device
-// int32 [B*T], packed documents) or null (row (b, t) at position_offset + t).
+// x [B*T, heads*head_dim] rotated in place, rows row_stride apart (0: dense); inv_freq fp32
+// [head_dim / 2]; positions (device int32 [B*T], packed documents) or null (row (b, t) at
+// position_offset + t).
 template <typename T>
 void rope_forward(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
                   std::int64_t head_dim, std::int64_t position_offset, cudaStream_t stream,
-                  const std::int32_t* positions = nullptr) {
-  rope_rotate(x, inv_freq, B, T_, heads, head_dim, position_offset, positions, 1.0f, stream);
+                  const std::int32_t* positions = nullptr, std::int64_t row_stride = 0) {
+  rope_rotate(x, inv_freq, B, T_, heads, head_dim, row_stride, position_offset, positions, 1.0f,
+              stream);
 }
 
 // dx <- R^T dx in place.
 template <typename T>
 void rope_backward(T* dx, const float* inv_freq, std::int64_t B, std::int64_t T_,
                    std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                   cudaStream_t stream, const std::int32_t* positions = nullptr) {
-  rope_rotate(dx, inv_freq, B, T_, heads, head_dim, position_offset, positions, -1.0f, stream);
+                   cudaStream_t stream, const std::int32_t* positions = nullptr,
+                   std::int64_t row_stride = 0) {
+  rope_rotate(dx, inv_freq, B, T_, heads, head_dim, row_stride, position_offset, positions, -1.0f,
+              stream);
 }
 
 }  // namespace minitron::cuda

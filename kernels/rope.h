@@ -17,15 +17,15 @@
 
 namespace minitron::cpu {
 
-// x [B*T, heads*head_dim] in place; direction +1 rotates forward, -1 applies the inverse
-// (transposed) rotation, which is the backward of the forward.
+// x [B*T, heads*head_dim] in place, rows row_stride apart (0: dense); direction +1 rotates
+// forward, -1 applies the inverse (transposed) rotation, which is the backward of the forward.
 template <typename T>
 void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
                  std::int64_t head_dim, std::int64_t position_offset, int direction,
-                 const std::int32_t* positions = nullptr) {
+                 const std::int32_t* positions = nullptr, std::int64_t row_stride = 0) {
   MINITRON_ASSERT(head_dim % 2 == 0, "rope: head_dim ", head_dim, " must be even");
   const std::int64_t half = head_dim / 2;
-  const std::int64_t width = heads * head_dim;
+  const std::int64_t width = row_stride > 0 ? row_stride : heads * head_dim;
 #pragma omp parallel for schedule(static) if (B * T_ * heads * head_dim >= kMinParallelWork)
   for (std::int64_t row = 0; row < B * T_; ++row) {
     const std::int64_t position = positions ? positions[row] : position_offset + row % T_;
@@ -48,16 +48,16 @@ void rope_rotate(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, s
 template <typename T>
 void rope_forward(T* x, const float* inv_freq, std::int64_t B, std::int64_t T_, std::int64_t heads,
                   std::int64_t head_dim, std::int64_t position_offset,
-                  const std::int32_t* positions = nullptr) {
-  rope_rotate(x, inv_freq, B, T_, heads, head_dim, position_offset, +1, positions);
+                  const std::int32_t* positions = nullptr, std::int64_t row_stride = 0) {
+  rope_rotate(x, inv_freq, B, T_, heads, head_dim, position_offset, +1, positions, row_stride);
 }
 
 // dx <- R^T dx, in place.
 template <typename T>
 void rope_backward(T* dx, const float* inv_freq, std::int64_t B, std::int64_t T_,
                    std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                   const std::int32_t* positions = nullptr) {
-  rope_rotate(dx, inv_freq, B, T_, heads, head_dim, position_offset, -1, positions);
+                   const std::int32_t* positions = nullptr, std::int64_t row_stride = 0) {
+  rope_rotate(dx, inv_freq, B, T_, heads, head_dim, position_offset, -1, positions, row_stride);
 }
 
 }  // namespace minitron::cpu

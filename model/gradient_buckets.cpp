@@ -171,6 +171,35 @@ Tensor GradientBuckets::slot_tensor(int bucket) const {
   return slot_arena_.tensor().slice(layout_.offsets[static_cast<std::size_t>(bucket)], b.end - b.begin);
 }
 
+GradientBuckets::Destination GradientBuckets::destination_of_run(std::int64_t offset, std::int64_t count) {
+  const std::size_t first = parameter_index(offset);
+  MINITRON_ASSERT(count >= 1 && first + static_cast<std::size_t>(count) <= offsets_.size(), "a run of ", count,
+                  " parameters from ", table_.entries()[first].name);
+  const std::size_t end = first + static_cast<std::size_t>(count);
+  std::int64_t numel = 0;
+  for (std::size_t i = first; i < end; ++i) {
+    const ParamInfo& info = table_.entries()[i];
+    MINITRON_ASSERT(info.offset == offset + numel, "gradient run: ", info.name, " is not adjacent to the one before");
+    MINITRON_ASSERT(written_[i] == written_[first], "gradient run: ", info.name, " written apart from ",
+                    table_.entries()[first].name);
+    if (stage_ == 2)
+      MINITRON_ASSERT(bucket_of(info.offset) == bucket_of(offset), "gradient run: ", info.name, " in another bucket");
+    numel += info.numel;
+  }
+  Destination d = destination(offset, table_.entries()[first].numel);
+  // The first parameter's destination starts the run: the others follow it in the same buffer.
+  const Tensor whole = stage_ == 1 ? storage_.tensor() : slot_tensor(bucket_of(offset));
+  const std::int64_t start =
+      stage_ == 1 ? offset : offset - buckets_[static_cast<std::size_t>(bucket_of(offset))].begin;
+  d.tensor = whole.slice(start, numel);
+  for (std::size_t i = first + 1; i < end; ++i) {
+    MINITRON_ASSERT(stage_ == 1 || !completed_[i], "gradient of ", table_.entries()[i].name,
+                    " written after it was complete");
+    written_[i] = true;
+  }
+  return d;
+}
+
 int GradientBuckets::acquire_slot(int bucket) {
   // The layout holds two buckets in a row apart only if the one before this (in backward's
   // order, the next in the vector) is complete: at most one is being written at a time.

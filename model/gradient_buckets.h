@@ -117,6 +117,11 @@ class GradientBuckets {
     bool accumulate = false;
   };
   Destination destination(std::int64_t offset, std::int64_t numel, bool zero_first = false);
+  // The gradient of `count` consecutive parameters from the one at `offset` (a fused
+  // projection's weights, adjacent in the table and so in every gradient layout: the whole vector,
+  // a bucket's slot), as one tensor of their numel together, for one GEMM that writes them all.
+  // They must share their state (all written before in this micro-batch, or none) and a bucket.
+  Destination destination_of_run(std::int64_t offset, std::int64_t count);
   // The parameter at `offset` has all of this micro-batch's gradient: stage 2 starts the
   // reduction of a bucket once every parameter in it is complete.
   void complete(std::int64_t offset);

@@ -25,20 +25,20 @@ const char* activation_site_name(ActivationSite site) {
 
 namespace {
 
-// The activations one decoder layer writes in forward, in that order.
+// The activations one decoder layer writes in forward, in that order. The projections are
+// fused: one GEMM writes q|k|v, one gate|up, over the weights that lie one after the other in
+// the parameter buffer (q_proj, k_proj, v_proj; gate_proj, up_proj), and RoPE, attention and
+// SwiGLU read (and their backwards write) the parts in place as strided views.
 enum ActivationSlot : int {
   kAttentionNormed,  // input_layernorm output
   kAttentionRstd,    // its 1/rms
-  kQ,                // q_proj output after RoPE
-  kK,                // k_proj output after RoPE
-  kV,                // v_proj output
+  kQkv,              // q_proj | k_proj | v_proj output [N, q_dim + 2 kv_dim], q and k after RoPE
   kAttention,        // concatenated head outputs
   kLse,              // attention's log-sum-exp
   kMid,              // residual stream after attention
   kMlpNormed,        // post_attention_layernorm output
   kMlpRstd,          // its 1/rms
-  kGate,             // gate_proj output
-  kUp,               // up_proj output
+  kGateUp,           // gate_proj | up_proj output [N, 2 intermediate]
   kMlp,              // silu(gate) * up
   kActivationSlots
 };
@@ -56,16 +56,13 @@ std::array<SlotShape, kActivationSlots> slot_shapes(const ModelConfig& c) {
   const std::int64_t D = c.hidden_size, F = c.intermediate_size, QD = c.q_dim(), KVD = c.kv_dim();
   return {{{D, false, true},
            {1, true, true},
-           {QD, false, false},
-           {KVD, false, false},
-           {KVD, false, false},
+           {QD + 2 * KVD, false, false},
            {QD, false, false},
            {c.num_attention_heads, true, false},
            {D, false, false},
            {D, false, true},
            {1, true, true},
-           {F, false, false},
-           {F, false, false},
+           {2 * F, false, false},
            {F, false, true}}};
 }
 
@@ -83,17 +80,18 @@ bool kept_for_backward(const SlotShape& shape, ModelMode mode, ActivationRecompu
 
 // Inference keeps nothing beyond the layer that runs, and less than a layer's slots: its two
 // halves take one region of storage values in turn. The attention half holds its norm's output,
-// q, k, v and the head outputs; the MLP half, once those are dead, its norm's output, gate and
-// up, with the SwiGLU product written over gate (an elementwise op may). The residual after
+// q|k|v and the head outputs; the MLP half, once those are dead, gate|up and its norm's output,
+// with the SwiGLU product written over the norm's output (dead once the gate|up GEMM read it;
+// the product cannot go over the strided gate, whose rows interleave with up's). The residual after
 // attention goes straight into the layer's output stream (no `mid`), and the 1/rms of both norms
 // and attention's log-sum-exp share one statistics region. Each view starts on a 256-byte
 // boundary, as a buffer of its own would (cudaMalloc's alignment), so the kernels take the same
 // paths as on separate buffers. Offsets in elements, for max_rows rows.
 struct InferenceLayout {
-  std::int64_t normed = 0, q = 0, k = 0, v = 0, attention = 0;  // attention half
-  std::int64_t mlp_normed = 0, gate = 0, up = 0;                // MLP half
-  std::int64_t activations = 0;                                 // the region's size
-  std::int64_t rstd = 0, lse = 0, statistics = 0;               // the statistics region
+  std::int64_t normed = 0, qkv = 0, attention = 0;  // attention half
+  std::int64_t gate_up = 0, mlp_normed = 0;         // MLP half (the SwiGLU product at mlp_normed)
+  std::int64_t activations = 0;                     // the region's size
+  std::int64_t rstd = 0, lse = 0, statistics = 0;   // the statistics region
 };
 
 InferenceLayout inference_layout(const ModelConfig& c, std::int64_t max_rows, DType activation, DType statistic) {
@@ -107,13 +105,10 @@ InferenceLayout inference_layout(const ModelConfig& c, std::int64_t max_rows, DT
   InferenceLayout l;
   std::int64_t attention_end = 0, mlp_end = 0;
   l.normed = place(attention_end, N * c.hidden_size, activation);
-  l.q = place(attention_end, N * c.q_dim(), activation);
-  l.k = place(attention_end, N * c.kv_dim(), activation);
-  l.v = place(attention_end, N * c.kv_dim(), activation);
+  l.qkv = place(attention_end, N * (c.q_dim() + 2 * c.kv_dim()), activation);
   l.attention = place(attention_end, N * c.q_dim(), activation);
-  l.mlp_normed = place(mlp_end, N * c.hidden_size, activation);
-  l.gate = place(mlp_end, N * c.intermediate_size, activation);
-  l.up = place(mlp_end, N * c.intermediate_size, activation);
+  l.gate_up = place(mlp_end, N * 2 * c.intermediate_size, activation);
+  l.mlp_normed = place(mlp_end, N * std::max(c.hidden_size, c.intermediate_size), activation);
   l.activations = std::max(attention_end, mlp_end);
   l.rstd = place(l.statistics, N, statistic);
   l.lse = place(l.statistics, N * c.num_attention_heads, statistic);
@@ -128,8 +123,11 @@ struct LlamaModel::LayerActivations {
   std::array<BackendBuffer, kActivationSlots> slots;
 };
 
+// q, k, v are strided views of qkv (row stride q_dim + 2 kv_dim), gate and up of gate_up (row
+// stride 2 intermediate): each spans strided_numel(rows, its width, the stride) elements.
 struct LlamaModel::LayerTensors {
-  Tensor attention_normed, attention_rstd, q, k, v, attention, lse, mid, mlp_normed, mlp_rstd, gate, up, mlp;
+  Tensor attention_normed, attention_rstd, qkv, q, k, v, attention, lse, mid, mlp_normed, mlp_rstd, gate_up, gate, up,
+      mlp;
 };
 
 KvCache::KvCache(const ModelConfig& config, Backend& backend, std::int64_t max_tokens, std::int64_t sequences)
@@ -188,6 +186,14 @@ LlamaModel::LlamaModel(const ModelConfig& config, Backend& backend, std::int64_t
     fail_expected("model", str("batch ", max_batch, " x sequence ", max_sequence), "both >= 1");
   MINITRON_ASSERT(mode == ModelMode::Training || recompute == ActivationRecompute::None, "activation recomputation (",
                   activation_recompute_name(recompute), ") needs a Training-mode model");
+  // The fused projections read each layer's q|k|v and gate|up weights as one matrix.
+  const std::int64_t D = config.hidden_size, QD = config.q_dim(), KVD = config.kv_dim();
+  for (std::int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    const LayerOffsets& w = table_.layer(l);
+    MINITRON_ASSERT(w.k_proj == w.q_proj + QD * D && w.v_proj == w.k_proj + KVD * D &&
+                        w.up_proj == w.gate_proj + config.intermediate_size * D,
+                    "layer ", l, ": the fused projections' weights are not adjacent in the parameter table");
+  }
   allocate_arenas();
 }
 
@@ -221,7 +227,7 @@ ModelMemory LlamaModel::memory(const ModelConfig& config, DType activation, DTyp
   // RoPE's inverse frequencies (fp32), the tokens and their positions in packed documents (int32),
   // the final norm's output and 1/rms.
   m.backward_buffers = (config.head_dim / 2) * 4 + 2 * N * 4 + N * D * act + N * stat;
-  // d_residual, d_hidden, d_normed, d_q, d_k, d_v, d_attention, d_gate, d_up, d_mlp.
+  // d_residual, d_hidden, d_normed, d_qkv, d_attention, d_gate_up, d_mlp.
   if (training) m.backward_buffers += N * (3 * D + 2 * QD + 2 * KVD + 3 * F) * act;
   return m;
 }
@@ -274,12 +280,9 @@ void LlamaModel::allocate_arenas() {
     d_residual_ = BackendBuffer(b, N * D, act);
     d_hidden_ = BackendBuffer(b, N * D, act);
     d_normed_ = BackendBuffer(b, N * D, act);
-    d_q_ = BackendBuffer(b, N * QD, act);
-    d_k_ = BackendBuffer(b, N * KVD, act);
-    d_v_ = BackendBuffer(b, N * KVD, act);
+    d_qkv_ = BackendBuffer(b, N * (QD + 2 * KVD), act);
     d_attention_ = BackendBuffer(b, N * QD, act);
-    d_gate_ = BackendBuffer(b, N * F, act);
-    d_up_ = BackendBuffer(b, N * F, act);
+    d_gate_up_ = BackendBuffer(b, N * 2 * F, act);
     d_mlp_ = BackendBuffer(b, N * F, act);
   }
 }
@@ -320,6 +323,16 @@ void LlamaModel::weight_gradient(std::int64_t offset, Tensor a, Tensor b, std::i
   backend_.matmul(dw.tensor, a, b, M, N, K, true, false, 1.0f, dw.accumulate ? 1.0f : 0.0f);
 }
 
+void LlamaModel::fused_weight_gradient(std::int64_t offset, std::span<const std::int64_t> rows, Tensor a, Tensor b,
+                                       std::int64_t N, std::int64_t K) {
+  const GradientBuckets::Destination dw =
+      gradient_buckets_->destination_of_run(offset, static_cast<std::int64_t>(rows.size()));
+  std::int64_t M = 0;
+  for (const std::int64_t r : rows) M += r;
+  backend_.matmul_concatenated(dw.tensor, a, b, M, N, K, true, false, 1.0f, dw.accumulate ? 1.0f : 0.0f,
+                               ConcatenatedDim::M, rows);
+}
+
 void LlamaModel::complete_layer_gradients(std::int64_t l) {
   const LayerOffsets& w = table_.layer(l);
   GradientBuckets& buckets = *gradient_buckets_;
@@ -330,45 +343,52 @@ void LlamaModel::complete_layer_gradients(std::int64_t l) {
 
 LlamaModel::LayerTensors LlamaModel::layer_tensors(std::int64_t l) const {
   const std::array<SlotShape, kActivationSlots> shapes = slot_shapes(config_);
-  const std::int64_t N = rows();
+  const ModelConfig& c = config_;
+  const std::int64_t N = rows(), QD = c.q_dim(), KVD = c.kv_dim(), F = c.intermediate_size;
+  // The strided parts of the fused outputs.
+  auto parts = [&](LayerTensors& t) {
+    const std::int64_t qkv = QD + 2 * KVD;
+    t.q = t.qkv.slice(0, strided_numel(N, QD, qkv));
+    t.k = t.qkv.slice(QD, strided_numel(N, KVD, qkv));
+    t.v = t.qkv.slice(QD + KVD, strided_numel(N, KVD, qkv));
+    t.gate = t.gate_up.slice(0, strided_numel(N, F, 2 * F));
+    t.up = t.gate_up.slice(F, strided_numel(N, F, 2 * F));
+    return t;
+  };
+  LayerTensors t;
   if (mode_ == ModelMode::Inference) {
-    const ModelConfig& c = config_;
     const InferenceLayout layout = inference_layout(c, max_batch_ * max_sequence_, backend_.activation_dtype(),
                                                     inference_statistics_.tensor().dtype);
     const Tensor act = inference_activations_.tensor(), stat = inference_statistics_.tensor();
-    const Tensor gate = act.slice(layout.gate, N * c.intermediate_size), rstd = stat.slice(layout.rstd, N);
-    return {act.slice(layout.normed, N * c.hidden_size),
-            rstd,
-            act.slice(layout.q, N * c.q_dim()),
-            act.slice(layout.k, N * c.kv_dim()),
-            act.slice(layout.v, N * c.kv_dim()),
-            act.slice(layout.attention, N * c.q_dim()),
-            stat.slice(layout.lse, N * c.num_attention_heads),
-            Tensor{},  // mid: the layer's output stream
-            act.slice(layout.mlp_normed, N * c.hidden_size),
-            rstd,
-            gate,
-            act.slice(layout.up, N * c.intermediate_size),
-            gate};
+    const Tensor rstd = stat.slice(layout.rstd, N);
+    t.attention_normed = act.slice(layout.normed, N * c.hidden_size);
+    t.attention_rstd = rstd;
+    t.qkv = act.slice(layout.qkv, N * (QD + 2 * KVD));
+    t.attention = act.slice(layout.attention, N * QD);
+    t.lse = stat.slice(layout.lse, N * c.num_attention_heads);
+    // mid: the layer's output stream (left empty)
+    t.mlp_normed = act.slice(layout.mlp_normed, N * c.hidden_size);
+    t.mlp_rstd = rstd;
+    t.gate_up = act.slice(layout.gate_up, N * 2 * F);
+    t.mlp = act.slice(layout.mlp_normed, N * F);
+    return parts(t);
   }
   auto view = [&](ActivationSlot s) {
     const LayerActivations& owner =
         kept_for_backward(shapes[s], mode_, recompute_) ? *layers_[static_cast<std::size_t>(l)] : *workspace_;
     return owner.slots[s].tensor().slice(0, N * shapes[s].per_token);
   };
-  return {view(kAttentionNormed),
-          view(kAttentionRstd),
-          view(kQ),
-          view(kK),
-          view(kV),
-          view(kAttention),
-          view(kLse),
-          view(kMid),
-          view(kMlpNormed),
-          view(kMlpRstd),
-          view(kGate),
-          view(kUp),
-          view(kMlp)};
+  t.attention_normed = view(kAttentionNormed);
+  t.attention_rstd = view(kAttentionRstd);
+  t.qkv = view(kQkv);
+  t.attention = view(kAttention);
+  t.lse = view(kLse);
+  t.mid = view(kMid);
+  t.mlp_normed = view(kMlpNormed);
+  t.mlp_rstd = view(kMlpRstd);
+  t.gate_up = view(kGateUp);
+  t.mlp = view(kMlp);
+  return parts(t);
 }
 
 ActivationArenaBytes LlamaModel::activation_arena_bytes() const {
@@ -511,25 +531,28 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
 
   // Inference writes the residual after attention straight into the layer's output.
   const bool inference = mode_ == ModelMode::Inference;
-  const Tensor normed = a.attention_normed, q = a.q, k = a.k, v = a.v, att = a.attention;
+  const Tensor normed = a.attention_normed, att = a.attention;
   const Tensor mid = inference ? x_out : a.mid;
-  const Tensor mlp_normed = a.mlp_normed, gate = a.gate, up = a.up, mlp = a.mlp;
+  const Tensor mlp_normed = a.mlp_normed, mlp = a.mlp;
+  const std::int64_t QKV = QD + 2 * KVD;  // the fused q|k|v row
+  const std::array<std::int64_t, 3> qkv_parts{QD, KVD, KVD};
+  const std::array<std::int64_t, 2> gate_up_parts{F, F};
 
   observe(ActivationSite::LayerInput, x_in, D);
 
-  // Attention block: x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = norm(x).
+  // Attention block: x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))), n = norm(x),
+  // the three projections one GEMM over the adjacent weights.
   b.rmsnorm_forward(normed, a.attention_rstd, x_in, p(w.input_layernorm, D), N, D, eps);
   observe(ActivationSite::AttentionNormOutput, normed, D);
-  b.matmul(q, normed, p(w.q_proj, QD * D), N, QD, D, false, true);
-  b.matmul(k, normed, p(w.k_proj, KVD * D), N, KVD, D, false, true);
-  b.matmul(v, normed, p(w.v_proj, KVD * D), N, KVD, D, false, true);
+  b.matmul_concatenated(a.qkv, normed, p(w.q_proj, QKV * D), N, QKV, D, false, true, 1.0f, 0.0f, ConcatenatedDim::N,
+                        qkv_parts);
   if (cache) {
     cached_attention(l, a, *cache);
   } else {
     const Tensor positions = document_positions();
-    b.rope_forward(q, inv_freq_, B, T, Hq, hd, 0, positions);
-    b.rope_forward(k, inv_freq_, B, T, Hkv, hd, 0, positions);
-    b.attention_forward(att, a.lse, q, k, v, B, T, T, Hq, Hkv, hd, positions);
+    // The q and k heads lie side by side in each row: one rotation over Hq + Hkv heads.
+    b.rope_forward(a.qkv.slice(0, strided_numel(N, QD + KVD, QKV)), inv_freq_, B, T, Hq + Hkv, hd, 0, positions, QKV);
+    b.attention_forward(att, a.lse, a.q, a.k, a.v, B, T, T, Hq, Hkv, hd, positions, {QKV, QKV, QKV, 0});
   }
   observe(ActivationSite::OProjInput, att, QD);
   // mid = x + o_proj(att), and the MLP block's norm of it, in one pass (o_proj's output goes
@@ -539,10 +562,15 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
   // MLP block: mid + down_proj(silu(gate_proj(n)) * up_proj(n)), n = norm(mid).
   b.residual_rmsnorm_forward(mid, mlp_normed, a.mlp_rstd, x_in, mid, p(w.post_attention_layernorm, D), N, D, eps);
   observe(ActivationSite::MlpNormOutput, mlp_normed, D);
-  b.matmul(gate, mlp_normed, p(w.gate_proj, F * D), N, F, D, false, true);
-  b.matmul(up, mlp_normed, p(w.up_proj, F * D), N, F, D, false, true);
-  observe(ActivationSite::GateProjOutput, gate, F);
-  b.swiglu_forward(mlp, gate, up, N * F);
+  b.matmul_concatenated(a.gate_up, mlp_normed, p(w.gate_proj, 2 * F * D), N, 2 * F, D, false, true, 1.0f, 0.0f,
+                        ConcatenatedDim::N, gate_up_parts);
+  if (observer && observer->wants(ActivationSite::GateProjOutput)) {
+    // Observers read dense [N, F] activations: the gate columns, copied into the SwiGLU
+    // product's buffer, which the product overwrites next.
+    b.copy_rows(mlp, a.gate, N, F, F, 2 * F);
+    observe(ActivationSite::GateProjOutput, mlp, F);
+  }
+  b.swiglu_forward(mlp, a.gate, a.up, N * F, F, 2 * F);
   observe(ActivationSite::DownProjInput, mlp, F);
   if (x_out.empty()) return;
   if (!inference) b.copy(x_out, mid);
@@ -559,11 +587,10 @@ void LlamaModel::cached_attention(std::int64_t l, const LayerTensors& a, KvCache
   const ModelConfig& c = config_;
   const std::int64_t B = batch_, T = sequence_, hd = c.head_dim;
   const std::int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
-  const std::int64_t QD = c.q_dim(), KVD = c.kv_dim();
+  const std::int64_t QD = c.q_dim(), KVD = c.kv_dim(), QKV = QD + 2 * KVD;
   Backend& b = backend_;
   const Tensor places = positions_.tensor().slice(0, B * T);  // forward() wrote each token's place
-  b.rope_forward(a.q, inv_freq_, B, T, Hq, hd, 0, places);
-  b.rope_forward(a.k, inv_freq_, B, T, Hkv, hd, 0, places);
+  b.rope_forward(a.qkv.slice(0, strided_numel(B * T, QD + KVD, QKV)), inv_freq_, B, T, Hq + Hkv, hd, 0, places, QKV);
   const Tensor all_keys = cache.keys_[static_cast<std::size_t>(l)].tensor();
   const Tensor all_values = cache.values_[static_cast<std::size_t>(l)].tensor();
   for (std::int64_t r = 0; r < B; ++r) {
@@ -571,10 +598,13 @@ void LlamaModel::cached_attention(std::int64_t l, const LayerTensors& a, KvCache
     const std::int64_t past = cache.lengths_[static_cast<std::size_t>(s)];  // tokens before these ones
     const Tensor keys = all_keys.slice(s * cache.max_tokens_ * KVD, (past + T) * KVD);
     const Tensor values = all_values.slice(s * cache.max_tokens_ * KVD, (past + T) * KVD);
-    b.copy(keys.slice(past * KVD, T * KVD), a.k.slice(r * T * KVD, T * KVD));
-    b.copy(values.slice(past * KVD, T * KVD), a.v.slice(r * T * KVD, T * KVD));
+    // This row's T rows of the fused q|k|v: its keys and values go into the cache densely.
+    const Tensor row = a.qkv.slice(r * T * QKV, strided_numel(T, QKV, QKV));
+    b.copy_rows(keys.slice(past * KVD, T * KVD), row.slice(QD, strided_numel(T, KVD, QKV)), T, KVD, KVD, QKV);
+    b.copy_rows(values.slice(past * KVD, T * KVD), row.slice(QD + KVD, strided_numel(T, KVD, QKV)), T, KVD, KVD, QKV);
     b.attention_forward(a.attention.slice(r * T * QD, T * QD), a.lse.slice(r * Hq * T, Hq * T),
-                        a.q.slice(r * T * QD, T * QD), keys, values, 1, T, past + T, Hq, Hkv, hd);
+                        row.slice(0, strided_numel(T, QD, QKV)), keys, values, 1, T, past + T, Hq, Hkv, hd, {},
+                        {QKV, 0, 0, 0});
   }
 }
 
@@ -664,7 +694,7 @@ void LlamaModel::recompute_layer(std::int64_t l, const LayerTensors& a, Tensor x
       // Forward normed `mid` inside residual_rmsnorm_forward, whose norm reads the stored
       // (rounded) stream exactly as rmsnorm_forward does (kernels/residual_rmsnorm.h).
       b.rmsnorm_forward(a.mlp_normed, a.mlp_rstd, a.mid, p(w.post_attention_layernorm, D), N, D, eps);
-      b.swiglu_forward(a.mlp, a.gate, a.up, N * F);
+      b.swiglu_forward(a.mlp, a.gate, a.up, N * F, F, 2 * F);
       return;
   }
 }
@@ -682,21 +712,26 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
 
   Tensor dx = d_residual_.tensor().slice(0, N * D);
   Tensor dnormed = d_normed_.tensor().slice(0, N * D);
-  Tensor dgate = d_gate_.tensor().slice(0, N * F), dup = d_up_.tensor().slice(0, N * F);
-  Tensor dmlp = d_mlp_.tensor().slice(0, N * F);
-  Tensor dq = d_q_.tensor().slice(0, N * QD), dk = d_k_.tensor().slice(0, N * KVD);
-  Tensor dv = d_v_.tensor().slice(0, N * KVD), datt = d_attention_.tensor().slice(0, N * QD);
-  const Tensor normed = a.attention_normed, mlp_normed = a.mlp_normed, gate = a.gate, up = a.up, mlp = a.mlp;
-  const Tensor q = a.q, k = a.k, v = a.v, att = a.attention;
+  const std::int64_t QKV = QD + 2 * KVD;
+  const std::array<std::int64_t, 3> qkv_parts{QD, KVD, KVD};
+  const std::array<std::int64_t, 2> gate_up_parts{F, F};
+  // The fused gradients, written in place by attention's and SwiGLU's backwards through their
+  // strided parts, then each one GEMM for the input gradient and one for the weights'.
+  const Tensor dqkv = d_qkv_.tensor().slice(0, N * QKV), dgate_up = d_gate_up_.tensor().slice(0, N * 2 * F);
+  const Tensor dgate = dgate_up.slice(0, strided_numel(N, F, 2 * F)),
+               dup = dgate_up.slice(F, strided_numel(N, F, 2 * F));
+  const Tensor dq = dqkv.slice(0, strided_numel(N, QD, QKV)), dk = dqkv.slice(QD, strided_numel(N, KVD, QKV));
+  const Tensor dv = dqkv.slice(QD + KVD, strided_numel(N, KVD, QKV));
+  Tensor dmlp = d_mlp_.tensor().slice(0, N * F), datt = d_attention_.tensor().slice(0, N * QD);
+  const Tensor normed = a.attention_normed, mlp_normed = a.mlp_normed, mlp = a.mlp, att = a.attention;
 
   // MLP block. y = mid + mlp @ Wd^T.
   b.matmul(dmlp, dx, p(w.down_proj, D * F), N, F, D, false, false);
   weight_gradient(w.down_proj, dx, mlp, D, F, N);
-  b.swiglu_backward(dgate, dup, dmlp, gate, up, N * F);
-  b.matmul(dnormed, dgate, p(w.gate_proj, F * D), N, D, F, false, false);
-  b.matmul(dnormed, dup, p(w.up_proj, F * D), N, D, F, false, false, 1.0f, 1.0f);
-  weight_gradient(w.gate_proj, dgate, mlp_normed, F, D, N);
-  weight_gradient(w.up_proj, dup, mlp_normed, F, D, N);
+  b.swiglu_backward(dgate, dup, dmlp, a.gate, a.up, N * F, F, 2 * F);
+  b.matmul_concatenated(dnormed, dgate_up, p(w.gate_proj, 2 * F * D), N, D, 2 * F, false, false, 1.0f, 0.0f,
+                        ConcatenatedDim::K, gate_up_parts);
+  fused_weight_gradient(w.gate_proj, gate_up_parts, dgate_up, mlp_normed, D, N);
   b.rmsnorm_backward(dx, g_accumulated(w.post_attention_layernorm, D), dnormed, a.mid, p(w.post_attention_layernorm, D),
                      a.mlp_rstd, N, D);
 
@@ -704,15 +739,12 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
   b.matmul(datt, dx, p(w.o_proj, D * QD), N, QD, D, false, false);
   weight_gradient(w.o_proj, dx, att, D, QD, N);
   const Tensor positions = document_positions();
-  b.attention_backward(dq, dk, dv, datt, att, a.lse, q, k, v, B, T, Hq, Hkv, hd, positions);
-  b.rope_backward(dq, inv_freq_, B, T, Hq, hd, 0, positions);
-  b.rope_backward(dk, inv_freq_, B, T, Hkv, hd, 0, positions);
-  b.matmul(dnormed, dq, p(w.q_proj, QD * D), N, D, QD, false, false);
-  b.matmul(dnormed, dk, p(w.k_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);
-  b.matmul(dnormed, dv, p(w.v_proj, KVD * D), N, D, KVD, false, false, 1.0f, 1.0f);
-  weight_gradient(w.q_proj, dq, normed, QD, D, N);
-  weight_gradient(w.k_proj, dk, normed, KVD, D, N);
-  weight_gradient(w.v_proj, dv, normed, KVD, D, N);
+  b.attention_backward(dq, dk, dv, datt, att, a.lse, a.q, a.k, a.v, B, T, Hq, Hkv, hd, positions,
+                       {QKV, QKV, QKV, 0, 0, QKV, QKV, QKV});
+  b.rope_backward(dqkv.slice(0, strided_numel(N, QD + KVD, QKV)), inv_freq_, B, T, Hq + Hkv, hd, 0, positions, QKV);
+  b.matmul_concatenated(dnormed, dqkv, p(w.q_proj, QKV * D), N, D, QKV, false, false, 1.0f, 0.0f, ConcatenatedDim::K,
+                        qkv_parts);
+  fused_weight_gradient(w.q_proj, qkv_parts, dqkv, normed, D, N);
   b.rmsnorm_backward(dx, g_accumulated(w.input_layernorm, D), dnormed, x_in, p(w.input_layernorm, D), a.attention_rstd,
                      N, D);
 }

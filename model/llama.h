@@ -206,6 +206,10 @@ class LlamaModel {
   }
   // dW (+)= a^T b for the weight at `offset` [M, N], as a weight-gradient GEMM over K rows.
   void weight_gradient(std::int64_t offset, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K);
+  // The same for a fused projection: the adjacent weights from `offset` of rows[i] rows each
+  // (a is [K, sum(rows)]), one GEMM into their gradients together.
+  void fused_weight_gradient(std::int64_t offset, std::span<const std::int64_t> rows, Tensor a, Tensor b,
+                             std::int64_t N, std::int64_t K);
   void complete_layer_gradients(std::int64_t l);
   void layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_in, Tensor x_out, ActivationObserver* observer,
                      KvCache* cache);
@@ -239,7 +243,8 @@ class LlamaModel {
   BackendBuffer inference_activations_, inference_statistics_;
   BackendBuffer final_hidden_, final_rstd_;
   // Backward scratch (Training mode only).
-  BackendBuffer d_residual_, d_hidden_, d_normed_, d_q_, d_k_, d_v_, d_attention_, d_gate_, d_up_, d_mlp_;
+  // d_qkv_ and d_gate_up_ hold the fused projections' output gradients (as the activations).
+  BackendBuffer d_residual_, d_hidden_, d_normed_, d_qkv_, d_attention_, d_gate_up_, d_mlp_;
 };
 
 // Seeded random initialisation as transformers' LlamaPreTrainedModel does it: every matrix

@@ -8,7 +8,7 @@
 // Backward, per (batch, KV head): for each query head of the group and each query tile,
 // recompute P from lse, dP = dO V^T, dS = P (dP - D) scale, then dQ_tile = dS K, dV += P^T dO,
 // dK += dS^T Q (GEMMs). GQA reads the KV head's columns in place through the leading
-// dimensions; nothing is copied.
+// dimensions; nothing is copied. Row strides (AttentionStrides) enter as leading dimensions too.
 //
 // Deterministic for any thread count: every output element is owned by one task, a task runs
 // on one thread with single-threaded BLAS, and dK/dV accumulate over heads and tiles in a
@@ -84,12 +84,12 @@ template <typename T>
 void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v, std::int64_t B,
                              std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
                              std::int64_t hd, const std::int32_t* positions = nullptr,
-                             T* workspace = nullptr) {
+                             T* workspace = nullptr, const AttentionStrides& strides = {}) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
-  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   const std::int64_t tiles = (Tq + kAttentionTile - 1) / kAttentionTile;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
   const SingleThreadedBlas single;
@@ -104,11 +104,10 @@ void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v,
       const std::int64_t keys_end = t0 + rows + offset;  // the last row sees keys < keys_end
       const std::int64_t key0 = document_start(positions, b, Tq, t0);  // the first row's first
       const std::int64_t width = keys_end - key0;
-      const T* q_tile = q + (b * Tq + t0) * q_stride + h * hd;
-      const T* kb = k + (b * Tk + key0) * kv_stride + hk * hd;
-      const T* vb = v + (b * Tk + key0) * kv_stride + hk * hd;
-      gemm_strided<T>(false, true, rows, width, hd, scale, q_tile, q_stride, kb, kv_stride, T(0), s,
-                      width);
+      const T* q_tile = q + (b * Tq + t0) * st.q + h * hd;
+      const T* kb = k + (b * Tk + key0) * st.k + hk * hd;
+      const T* vb = v + (b * Tk + key0) * st.v + hk * hd;
+      gemm_strided<T>(false, true, rows, width, hd, scale, q_tile, st.q, kb, st.k, T(0), s, width);
       for (std::int64_t r = 0; r < rows; ++r) {
         T* p = s + r * width;
         // This row's keys, as columns of the tile: [first, keys).
@@ -126,8 +125,8 @@ void attention_forward_tiles(T* out, T* lse, const T* q, const T* k, const T* v,
         std::fill(p, p + first, T(0));
         std::fill(p + keys, p + width, T(0));
       }
-      gemm_strided<T>(false, false, rows, hd, width, T(1), s, width, vb, kv_stride, T(0),
-                      out + (b * Tq + t0) * q_stride + h * hd, q_stride);
+      gemm_strided<T>(false, false, rows, hd, width, T(1), s, width, vb, st.v, T(0),
+                      out + (b * Tq + t0) * st.out + h * hd, st.out);
     }
   }
 }
@@ -138,12 +137,13 @@ template <typename T>
 void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, const T* lse,
                               const T* q, const T* k, const T* v, std::int64_t B, std::int64_t Tq,
                               std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                              const std::int32_t* positions = nullptr, T* workspace = nullptr) {
+                              const std::int32_t* positions = nullptr, T* workspace = nullptr,
+                              const AttentionStrides& strides = {}) {
   check_attention_shape(Tq, Tk, Hq, Hkv, hd, positions);
   std::vector<T> own;
   workspace = workspace_or_own(workspace, attention_tiles_workspace(Tk), own);
   const std::int64_t group = Hq / Hkv, offset = Tk - Tq;
-  const std::int64_t q_stride = Hq * hd, kv_stride = Hkv * hd;
+  const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   const std::int64_t tiles = (Tq + kAttentionTile - 1) / kAttentionTile;
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
   const SingleThreadedBlas single;
@@ -155,10 +155,10 @@ void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, 
 #pragma omp for schedule(static)
     for (std::int64_t task = 0; task < B * Hkv; ++task) {
       const std::int64_t hk = task % Hkv, b = task / Hkv;
-      const std::int64_t kv0 = b * Tk * kv_stride + hk * hd;
+      const std::int64_t kv_row0 = b * Tk;  // the batch's first key row
       for (std::int64_t j = 0; j < Tk; ++j) {
-        std::fill_n(dk + kv0 + j * kv_stride, hd, T(0));
-        std::fill_n(dv + kv0 + j * kv_stride, hd, T(0));
+        std::fill_n(dk + (kv_row0 + j) * st.dk + hk * hd, hd, T(0));
+        std::fill_n(dv + (kv_row0 + j) * st.dv + hk * hd, hd, T(0));
       }
       for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         for (std::int64_t tile = 0; tile < tiles; ++tile) {
@@ -166,18 +166,19 @@ void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, 
           const std::int64_t keys_end = t0 + rows + offset;
           const std::int64_t key0 = document_start(positions, b, Tq, t0);
           const std::int64_t width = keys_end - key0;
-          const std::int64_t keys_at = kv0 + key0 * kv_stride;  // the tile's first key row
-          const T* kb = k + keys_at;
-          const T* vb = v + keys_at;
-          const std::int64_t row0 = (b * Tq + t0) * q_stride + h * hd;
-          const T* q_tile = q + row0;
-          const T* do_tile = dout + row0;
+          const std::int64_t key_row = kv_row0 + key0;  // the tile's first key row
+          const T* kb = k + key_row * st.k + hk * hd;
+          const T* vb = v + key_row * st.v + hk * hd;
+          const std::int64_t row0 = b * Tq + t0;
+          const T* q_tile = q + row0 * st.q + h * hd;
+          const T* do_tile = dout + row0 * st.dout + h * hd;
+          const T* out_tile = out + row0 * st.out + h * hd;
           for (std::int64_t r = 0; r < rows; ++r)
-            D[r] = dot(do_tile + r * q_stride, out + row0 + r * q_stride, hd);
-          gemm_strided<T>(false, true, rows, width, hd, scale, q_tile, q_stride, kb, kv_stride,
-                          T(0), p, width);
-          gemm_strided<T>(false, true, rows, width, hd, T(1), do_tile, q_stride, vb, kv_stride,
-                          T(0), ds, width);
+            D[r] = dot(do_tile + r * st.dout, out_tile + r * st.out, hd);
+          gemm_strided<T>(false, true, rows, width, hd, scale, q_tile, st.q, kb, st.k, T(0), p,
+                          width);
+          gemm_strided<T>(false, true, rows, width, hd, T(1), do_tile, st.dout, vb, st.v, T(0), ds,
+                          width);
           for (std::int64_t r = 0; r < rows; ++r) {
             T* pr = p + r * width;
             T* dsr = ds + r * width;
@@ -191,12 +192,12 @@ void attention_backward_tiles(T* dq, T* dk, T* dv, const T* dout, const T* out, 
             std::fill(pr + keys, pr + width, T(0));
             std::fill(dsr + keys, dsr + width, T(0));
           }
-          gemm_strided<T>(false, false, rows, hd, width, T(1), ds, width, kb, kv_stride, T(0),
-                          dq + row0, q_stride);
-          gemm_strided<T>(true, false, width, hd, rows, T(1), p, width, do_tile, q_stride, T(1),
-                          dv + keys_at, kv_stride);
-          gemm_strided<T>(true, false, width, hd, rows, T(1), ds, width, q_tile, q_stride, T(1),
-                          dk + keys_at, kv_stride);
+          gemm_strided<T>(false, false, rows, hd, width, T(1), ds, width, kb, st.k, T(0),
+                          dq + row0 * st.dq + h * hd, st.dq);
+          gemm_strided<T>(true, false, width, hd, rows, T(1), p, width, do_tile, st.dout, T(1),
+                          dv + key_row * st.dv + hk * hd, st.dv);
+          gemm_strided<T>(true, false, width, hd, rows, T(1), ds, width, q_tile, st.q, T(1),
+                          dk + key_row * st.dk + hk * hd, st.dk);
         }
       }
     }

@@ -127,14 +127,16 @@ void gemm(bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64
 // among 17 rows can differ in the last bit from the same row alone), and batched generation
 // needs it: each prompt of a batch must get the logits it gets alone. Each row of b is read once
 // for all M rows, so a batch of M tokens costs about what one costs (memory-bound either way).
+// lda, ldb, ldc: the row strides of a, b and out (K, K and N when dense).
 template <typename T>
-void rowwise_gemm(std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* a, const T* b,
-                  T beta, T* out) {
+void rowwise_gemm(std::int64_t M, std::int64_t N, std::int64_t K, T alpha, const T* a,
+                  std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* out,
+                  std::int64_t ldc) {
 #pragma omp parallel for schedule(static) if (M * N * K >= cpu::kMinParallelWork)
   for (std::int64_t n = 0; n < N; ++n)
     for (std::int64_t m = 0; m < M; ++m) {
-      const T product = alpha * cpu::dot(a + m * K, b + n * K, K);
-      T& o = out[m * N + n];
+      const T product = alpha * cpu::dot(a + m * lda, b + n * ldb, K);
+      T& o = out[m * ldc + n];
       o = beta == T(0) ? product : product + beta * o;  // BLAS: beta 0 never reads out
     }
 }
@@ -235,6 +237,17 @@ void CpuBackend<T>::do_copy(Tensor dst, Tensor src) {
   for (std::int64_t i = 0; i < dst.numel; ++i) store_element(dst, i, load_element(src, i));
 }
 
+template <typename T>
+void CpuBackend<T>::do_copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::int64_t width,
+                                 std::int64_t dst_stride, std::int64_t src_stride) {
+  const std::size_t size = dtype_size(dst.dtype);
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::memcpy(
+        static_cast<char*>(dst.data) + static_cast<std::size_t>(r * dst_stride) * size,
+        static_cast<const char*>(src.data) + static_cast<std::size_t>(r * src_stride) * size,
+        static_cast<std::size_t>(width) * size);
+}
+
 // ---- dense algebra ----
 
 template <typename T>
@@ -251,12 +264,64 @@ void CpuBackend<T>::do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, st
     return;
   }
   if (!trans_a && trans_b && M <= kRowIndependentRows) {
-    rowwise_gemm<T>(M, N, K, static_cast<T>(alpha), a.as<T>(), b.as<T>(), static_cast<T>(beta),
-                    out.as<T>());
+    rowwise_gemm<T>(M, N, K, static_cast<T>(alpha), a.as<T>(), K, b.as<T>(), K,
+                    static_cast<T>(beta), out.as<T>(), N);
     return;
   }
   gemm<T>(trans_a, trans_b, M, N, K, static_cast<T>(alpha), a.as<T>(), b.as<T>(),
           static_cast<T>(beta), out.as<T>());
+}
+
+// Part p of the concatenated dimension is the matmul do_matmul would run on that part's weight
+// alone, with the same M, N, K, flags and path (rowwise_gemm or BLAS): its operands and output
+// are strided slices (leading dimensions), which BLAS reads through its packing and writes
+// element by element, so each part rounds exactly as the separate product did. The reduction
+// (ConcatenatedDim::K) accumulates the parts in order, as consecutive matmuls with beta 1 would.
+template <typename T>
+void CpuBackend<T>::do_matmul_concatenated(Tensor out, Tensor a, Tensor b, std::int64_t M,
+                                           std::int64_t N, std::int64_t K, bool trans_a,
+                                           bool trans_b, float alpha, float beta,
+                                           ConcatenatedDim dim,
+                                           std::span<const std::int64_t> parts) {
+  if (parts.size() == 1 || M == 0 || N == 0 || K == 0)
+    return do_matmul(out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
+  const std::int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N, ldc = N;
+  const T* a0 = a.as<T>();
+  const T* b0 = b.as<T>();
+  T* c0 = out.as<T>();
+  std::int64_t at = 0;  // the part's start in the concatenated dimension
+  for (std::size_t p = 0; p < parts.size(); ++p) {
+    const std::int64_t n = parts[p];
+    std::int64_t m = M, cols = N, k = K;
+    const T* ap = a0;
+    const T* bp = b0;
+    T* cp = c0;
+    T part_beta = static_cast<T>(beta);
+    switch (dim) {
+      case ConcatenatedDim::M:  // out's rows [at, at + n); a's rows (columns when transposed)
+        m = n;
+        ap = a0 + (trans_a ? at : at * lda);
+        cp = c0 + at * ldc;
+        break;
+      case ConcatenatedDim::N:  // out's columns; b's columns (rows when transposed)
+        cols = n;
+        bp = b0 + (trans_b ? at * ldb : at);
+        cp = c0 + at;
+        break;
+      case ConcatenatedDim::K:  // a's columns and b's rows, each part added onto the last
+        k = n;
+        ap = a0 + (trans_a ? at * lda : at);
+        bp = b0 + (trans_b ? at : at * ldb);
+        if (p > 0) part_beta = T(1);
+        break;
+    }
+    if (!trans_a && trans_b && m <= kRowIndependentRows)  // do_matmul's choice, per part
+      rowwise_gemm<T>(m, cols, k, static_cast<T>(alpha), ap, lda, bp, ldb, part_beta, cp, ldc);
+    else
+      cpu::gemm_strided<T>(trans_a, trans_b, m, cols, k, static_cast<T>(alpha), ap, lda, bp, ldb,
+                           part_beta, cp, ldc);
+    at += n;
+  }
 }
 
 template <typename T>
@@ -351,19 +416,21 @@ void CpuBackend<T>::do_residual_rmsnorm_forward(Tensor residual_out, Tensor out,
 template <typename T>
 void CpuBackend<T>::do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
                                     std::int64_t heads, std::int64_t head_dim,
-                                    std::int64_t position_offset, Tensor positions) {
+                                    std::int64_t position_offset, Tensor positions,
+                                    std::int64_t row_stride) {
   InvFreqView f(inv_freq);
   cpu::rope_forward(x.as<T>(), f.data(), B, T_, heads, head_dim, position_offset,
-                    positions.as<const std::int32_t>());
+                    positions.as<const std::int32_t>(), row_stride);
 }
 
 template <typename T>
 void CpuBackend<T>::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
                                      std::int64_t heads, std::int64_t head_dim,
-                                     std::int64_t position_offset, Tensor positions) {
+                                     std::int64_t position_offset, Tensor positions,
+                                     std::int64_t row_stride) {
   InvFreqView f(inv_freq);
   cpu::rope_backward(dx.as<T>(), f.data(), B, T_, heads, head_dim, position_offset,
-                     positions.as<const std::int32_t>());
+                     positions.as<const std::int32_t>(), row_stride);
 }
 
 // ---- attention ----
@@ -372,11 +439,11 @@ template <typename T>
 void CpuBackend<T>::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                          std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                         Tensor positions) {
+                                         Tensor positions, const AttentionStrides& strides) {
   StatView<T> l(lse, false);
   cpu::attention_forward_tiles(out.as<T>(), l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, Tq, Tk,
                                Hq, Hkv, hd, positions.as<const std::int32_t>(),
-                               attention_workspace(cpu::attention_tiles_workspace(Tk)));
+                               attention_workspace(cpu::attention_tiles_workspace(Tk)), strides);
   l.commit();
 }
 
@@ -384,25 +451,29 @@ template <typename T>
 void CpuBackend<T>::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                           Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                           std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
-                                          std::int64_t hd, Tensor positions) {
+                                          std::int64_t hd, Tensor positions,
+                                          const AttentionStrides& strides) {
   StatView<T> l(lse, true);
   cpu::attention_backward_tiles(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), out.as<T>(),
                                 l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, T_, T_, Hq, Hkv, hd,
                                 positions.as<const std::int32_t>(),
-                                attention_workspace(cpu::attention_tiles_workspace(T_)));
+                                attention_workspace(cpu::attention_tiles_workspace(T_)), strides);
 }
 
 // ---- SwiGLU ----
 
 template <typename T>
-void CpuBackend<T>::do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) {
-  cpu::swiglu_forward_fast(h.as<T>(), gate.as<T>(), up.as<T>(), n);
+void CpuBackend<T>::do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t rows,
+                                      std::int64_t width, std::int64_t gate_up_stride) {
+  cpu::swiglu_forward_fast(h.as<T>(), gate.as<T>(), up.as<T>(), rows, width, gate_up_stride);
 }
 
 template <typename T>
 void CpuBackend<T>::do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                                       std::int64_t n) {
-  cpu::swiglu_backward_fast(dgate.as<T>(), dup.as<T>(), dh.as<T>(), gate.as<T>(), up.as<T>(), n);
+                                       std::int64_t rows, std::int64_t width,
+                                       std::int64_t gate_up_stride) {
+  cpu::swiglu_backward_fast(dgate.as<T>(), dup.as<T>(), dh.as<T>(), gate.as<T>(), up.as<T>(), rows,
+                            width, gate_up_stride);
 }
 
 // ---- losses ----

@@ -58,9 +58,16 @@ class CpuBackend final : public Backend {
   void do_download_f64(double* dst, Tensor src) override;  // exact for F64 tensors
   void do_upload_i32(Tensor dst, const std::int32_t* src) override;
   void do_copy(Tensor dst, Tensor src) override;
+  void do_copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::int64_t width,
+                    std::int64_t dst_stride, std::int64_t src_stride) override;
 
   void do_matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
                  bool trans_a, bool trans_b, float alpha, float beta) override;
+  // One product per part, into out's slices: each part's result is the separate matmul's to
+  // the bit (the CPU engine's results do not change with fused projections).
+  void do_matmul_concatenated(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N,
+                              std::int64_t K, bool trans_a, bool trans_b, float alpha, float beta,
+                              ConcatenatedDim dim, std::span<const std::int64_t> parts) override;
   void do_add_inplace(Tensor dst, Tensor src) override;
   void do_scale_inplace(Tensor t, double factor) override;
   double do_sum_of_squares(Tensor t) override;
@@ -80,22 +87,25 @@ class CpuBackend final : public Backend {
 
   void do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T_,
                        std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                       Tensor positions) override;
+                       Tensor positions, std::int64_t row_stride) override;
   void do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T_,
                         std::int64_t heads, std::int64_t head_dim, std::int64_t position_offset,
-                        Tensor positions) override;
+                        Tensor positions, std::int64_t row_stride) override;
 
   void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                             std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                            std::int64_t hd, Tensor positions) override;
+                            std::int64_t hd, Tensor positions,
+                            const AttentionStrides& strides) override;
   void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
                              Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T_,
-                             std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                             Tensor positions) override;
+                             std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, Tensor positions,
+                             const AttentionStrides& strides) override;
 
-  void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) override;
+  void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t rows, std::int64_t width,
+                         std::int64_t gate_up_stride) override;
   void do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                          std::int64_t n) override;
+                          std::int64_t rows, std::int64_t width,
+                          std::int64_t gate_up_stride) override;
 
   void do_cross_entropy(Tensor losses, Tensor logits, Tensor targets, std::int64_t rows,
                         std::int64_t V, float grad_scale) override;

@@ -140,6 +140,16 @@ void CudaBackend::do_copy(Tensor dst, Tensor src) {
   });
 }
 
+void CudaBackend::do_copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::int64_t width,
+                               std::int64_t dst_stride, std::int64_t src_stride) {
+  if (rows == 0 || width == 0) return;
+  const std::size_t size = dtype_size(dst.dtype);
+  MINITRON_CUDA_CHECK(cudaMemcpy2DAsync(
+      dst.data, static_cast<std::size_t>(dst_stride) * size, src.data,
+      static_cast<std::size_t>(src_stride) * size, static_cast<std::size_t>(width) * size,
+      static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, context_->stream()));
+}
+
 void CudaBackend::synchronize() { MINITRON_CUDA_CHECK(cudaStreamSynchronize(context_->stream())); }
 
 // ---- dense algebra ----
@@ -254,21 +264,25 @@ void CudaBackend::do_residual_rmsnorm_forward(Tensor residual_out, Tensor out, T
 
 void CudaBackend::do_rope_forward(Tensor x, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                   std::int64_t heads, std::int64_t head_dim,
-                                  std::int64_t position_offset, Tensor positions) {
+                                  std::int64_t position_offset, Tensor positions,
+                                  std::int64_t row_stride) {
   with_float_type(x.dtype, "rope_forward", "x", [&](auto tag) {
     using X = decltype(tag);
     cuda::rope_forward<X>(ptr<X>(x), ptr<const float>(inv_freq), B, T, heads, head_dim,
-                          position_offset, context_->stream(), ptr<const std::int32_t>(positions));
+                          position_offset, context_->stream(), ptr<const std::int32_t>(positions),
+                          row_stride);
   });
 }
 
 void CudaBackend::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, std::int64_t T,
                                    std::int64_t heads, std::int64_t head_dim,
-                                   std::int64_t position_offset, Tensor positions) {
+                                   std::int64_t position_offset, Tensor positions,
+                                   std::int64_t row_stride) {
   with_float_type(dx.dtype, "rope_backward", "dx", [&](auto tag) {
     using X = decltype(tag);
     cuda::rope_backward<X>(ptr<X>(dx), ptr<const float>(inv_freq), B, T, heads, head_dim,
-                           position_offset, context_->stream(), ptr<const std::int32_t>(positions));
+                           position_offset, context_->stream(), ptr<const std::int32_t>(positions),
+                           row_stride);
   });
 }
 
@@ -277,19 +291,20 @@ void CudaBackend::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, s
 void CudaBackend::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                        std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                                        std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                       Tensor positions) {
+                                       Tensor positions, const AttentionStrides& strides) {
   with_float_type(q.dtype, "attention_forward", "q", [&](auto tag) {
     using T = decltype(tag);
     cuda::attention_forward<T>(ptr<T>(out), ptr<float>(lse), ptr<const T>(q), ptr<const T>(k),
                                ptr<const T>(v), B, Tq, Tk, Hq, Hkv, hd, context_->stream(),
-                               ptr<const std::int32_t>(positions));
+                               ptr<const std::int32_t>(positions), strides);
   });
 }
 
 void CudaBackend::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                         Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                         std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
-                                        std::int64_t hd, Tensor positions) {
+                                        std::int64_t hd, Tensor positions,
+                                        const AttentionStrides& strides) {
   float* workspace = static_cast<float*>(context_->scratch(
       static_cast<std::size_t>(attention_backward_workspace_floats(B, T, Hq)) * sizeof(float)));
   with_float_type(q.dtype, "attention_backward", "q", [&](auto tag) {
@@ -297,25 +312,29 @@ void CudaBackend::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor 
     cuda::attention_backward<X>(ptr<X>(dq), ptr<X>(dk), ptr<X>(dv), ptr<const X>(dout),
                                 ptr<const X>(out), ptr<const float>(lse), ptr<const X>(q),
                                 ptr<const X>(k), ptr<const X>(v), B, T, Hq, Hkv, hd, workspace,
-                                context_->stream(), ptr<const std::int32_t>(positions));
+                                context_->stream(), ptr<const std::int32_t>(positions), strides);
   });
 }
 
 // ---- SwiGLU ----
 
-void CudaBackend::do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t n) {
+void CudaBackend::do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t rows,
+                                    std::int64_t width, std::int64_t gate_up_stride) {
   with_float_type(gate.dtype, "swiglu_forward", "gate", [&](auto tag) {
     using T = decltype(tag);
-    cuda::swiglu_forward<T>(ptr<T>(h), ptr<const T>(gate), ptr<const T>(up), n, context_->stream());
+    cuda::swiglu_forward<T>(ptr<T>(h), ptr<const T>(gate), ptr<const T>(up), rows * width,
+                            context_->stream(), width, gate_up_stride);
   });
 }
 
 void CudaBackend::do_swiglu_backward(Tensor dgate, Tensor dup, Tensor dh, Tensor gate, Tensor up,
-                                     std::int64_t n) {
+                                     std::int64_t rows, std::int64_t width,
+                                     std::int64_t gate_up_stride) {
   with_float_type(gate.dtype, "swiglu_backward", "gate", [&](auto tag) {
     using T = decltype(tag);
     cuda::swiglu_backward<T>(ptr<T>(dgate), ptr<T>(dup), ptr<const T>(dh), ptr<const T>(gate),
-                             ptr<const T>(up), n, context_->stream());
+                             ptr<const T>(up), rows * width, context_->stream(), width,
+                             gate_up_stride);
   });
 }
 

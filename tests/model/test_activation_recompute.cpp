@@ -4,6 +4,8 @@
 // mode names the flags take.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "kernels/make_backend.h"
 #include "model/llama.h"
 #include "tests/model/recompute_test_util.h"
@@ -66,12 +68,12 @@ TEST(ActivationRecompute, ArenaBytesFollowTheFormula) {
     EXPECT_EQ(full.workspace, layer);
     const ActivationArenaBytes inference = bytes(ModelMode::Inference, ActivationRecompute::None);
     EXPECT_EQ(inference.saved, 2 * N * D * a);  // two residual buffers, ping-pong
-    // Inference: the attention half (D + 2 QD + 2 KVD) and then the MLP half (D + 2 F, SwiGLU's
-    // product over gate) in one region, each view on a 256-byte boundary; 1 + Hq statistics.
+    // Inference: the attention half (D, the fused q|k|v of QD + 2 KVD, QD) and then the MLP half
+    // (the fused gate|up of 2 F, then max(D, F): the norm's output, SwiGLU's product over it) in one
+    // region, each view on a 256-byte boundary; 1 + Hq statistics.
     auto aligned = [](std::int64_t bytes) { return (bytes + 255) / 256 * 256; };
-    const std::int64_t attention_half =
-        aligned(N * D * a) + aligned(N * QD * a) + 2 * aligned(N * KVD * a) + N * QD * a;
-    const std::int64_t mlp_half = aligned(N * D * a) + aligned(N * F * a) + N * F * a;
+    const std::int64_t attention_half = aligned(N * D * a) + aligned(N * (QD + 2 * KVD) * a) + N * QD * a;
+    const std::int64_t mlp_half = aligned(N * 2 * F * a) + N * std::max(D, F) * a;
     EXPECT_EQ(inference.workspace, std::max(attention_half, mlp_half) + aligned(N * s) + N * Hq * s);
     EXPECT_LT(inference.workspace, layer);
   }

@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 cat > "$work/mutants.jsonl" <<'LIST'
 {"id": "eps", "family": "rmsnorm", "file": "kernels/rmsnorm.cuh", "kind": "epsilon-or-scale-dropped", "original": "rsqrtf(sum / static_cast<float>(D) + eps)", "replacement": "rsqrtf(sum / static_cast<float>(D) + 0.0f * eps)"}
 {"id": "gone", "family": "rmsnorm", "file": "kernels/rmsnorm.cuh", "kind": "comparison", "original": "no such line in the kernel", "replacement": "x"}
-{"id": "split", "family": "swiglu", "file": "kernels/swiglu.cuh", "kind": "vector-scalar-split", "original": "if (aligned16(h) && aligned16(gate) && aligned16(up))", "replacement": "if (false)", "equivalent": "the scalar loop computes the same values"}
+{"id": "split", "family": "swiglu", "file": "kernels/swiglu.cuh", "kind": "vector-scalar-split", "original": "if (aligned16(h) && aligned16(gate) && aligned16(up) && swiglu_packs<T>(n, width, gate_up_stride))", "replacement": "if (false)", "equivalent": "the scalar loop computes the same values"}
 LIST
 if out=$(python3 "$tool" --mutants "$work/mutants.jsonl" check 2>&1); then
   echo "FAIL: check passed with a stale mutant: $out"; exit 1

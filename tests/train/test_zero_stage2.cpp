@@ -91,6 +91,28 @@ TEST(GradientBuckets, SlotLayout) {
   EXPECT_EQ(t.slots, (std::vector<int>{2, 0, 1, 0, 1, 0}));
 }
 
+// A fused projection's gradient (model/llama.cpp): one destination over q_proj, k_proj and
+// v_proj, their numel together at q_proj's offset, first written (beta 0) then accumulated; a run
+// whose parameters were written apart is refused.
+TEST(GradientBuckets, DestinationOfARunSpansTheAdjacentParameters) {
+  const ParameterTable table(testing::tiny_config());
+  auto backend = make_backend("cpu");
+  GradientBuckets buckets(*backend, table, GradientSharding{});
+  buckets.begin_step();
+  const LayerOffsets& w = table.layer(1);
+  const std::int64_t qkv = 64 * 32 + 2 * 16 * 32;  // tiny_config: q_dim 64, kv_dim 16, hidden 32
+  const GradientBuckets::Destination first = buckets.destination_of_run(w.q_proj, 3);
+  EXPECT_EQ(first.tensor.numel, qkv);
+  EXPECT_EQ(first.tensor.data, buckets.gradients().slice(w.q_proj, qkv).data);
+  EXPECT_FALSE(first.accumulate);
+  EXPECT_TRUE(buckets.destination_of_run(w.q_proj, 3).accumulate);
+  EXPECT_TRUE(buckets.destination(w.v_proj, 16 * 32).accumulate);  // each part written too
+  // gate_proj written alone, then as the start of gate|up: up_proj's state differs.
+  buckets.destination(w.gate_proj, 48 * 32);
+  EXPECT_NE(testing::error_of([&] { buckets.destination_of_run(w.gate_proj, 2); }).find("written apart from"),
+            std::string::npos);
+}
+
 // A one-process communicator that keeps a copy of each tensor it is asked to reduce, as the
 // reduction starts: what a bucket holds then.
 class RecordingCommunicator final : public Communicator {
