@@ -58,7 +58,7 @@ TEST_P(CudaNormEmbedding, EmbeddingForwardAndBackward) {
 // repeated more often than the accumulating block keeps positions in shared memory (1024), and
 // rows of odd width: bit-identical to the reference, which adds in the same order.
 TEST_P(CudaNormEmbedding, EmbeddingBackwardOverALargeVocabularyAndALongBucket) {
-  const std::int64_t vocab = 10001, D = 5, N = 1500;
+  const std::int64_t vocab = 10001, D = 5, N = 1800;  // token 4500 at 1200 positions
   std::vector<std::int32_t> tokens(N);
   for (std::int64_t n = 0; n < N; ++n)
     tokens[n] = static_cast<std::int32_t>(n % 3 == 0 ? (n * 7919) % vocab : 4500);
