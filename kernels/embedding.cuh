@@ -63,32 +63,44 @@ __global__ void embedding_count_kernel(int* counts, const std::int32_t* tokens, 
   if (token >= 0 && token < vocab) atomicAdd(&counts[token], 1);
 }
 
-// Step 2: offsets[v] = sum of counts[0 .. v), offsets[vocab] = total. One block; each thread
-// scans a contiguous stretch, then the stretch totals are scanned across the block.
+// Step 2: offsets[v] = sum of counts[0 .. v), offsets[vocab] = total. One block walks the
+// counts in tiles of 4096: each thread takes 4 adjacent counts (kept in registers), the 1024
+// thread totals are scanned across the block, and the tile's offsets are written with the
+// running total of the tiles before: every count is read once and every offset written once.
 constexpr int kScanThreads = 1024;
+constexpr int kScanPerThread = 4;
 __global__ void embedding_scan_kernel(int* offsets, const int* counts, std::int64_t vocab) {
   __shared__ int partial[kScanThreads];
   const int tid = static_cast<int>(threadIdx.x);
-  const std::int64_t per_thread = (vocab + kScanThreads - 1) / kScanThreads;
-  const std::int64_t begin = tid * per_thread;
-  const std::int64_t end = begin + per_thread < vocab ? begin + per_thread : vocab;
-  int sum = 0;
-  for (std::int64_t v = begin; v < end; ++v) sum += counts[v];
-  partial[tid] = sum;
-  __syncthreads();
-  // Hillis-Steele inclusive scan over the 1024 stretch totals.
-  for (int stride = 1; stride < kScanThreads; stride *= 2) {
-    const int add = tid >= stride ? partial[tid - stride] : 0;
+  int carry = 0;  // the sum of the counts of the tiles before, the same in every thread
+  for (std::int64_t tile = 0; tile < vocab; tile += kScanThreads * kScanPerThread) {
+    const std::int64_t first = tile + static_cast<std::int64_t>(tid) * kScanPerThread;
+    int c[kScanPerThread];
+    int sum = 0;
+#pragma unroll
+    for (int e = 0; e < kScanPerThread; ++e) {
+      c[e] = first + e < vocab ? counts[first + e] : 0;
+      sum += c[e];
+    }
+    partial[tid] = sum;
     __syncthreads();
-    partial[tid] += add;
-    __syncthreads();
+    // Hillis-Steele inclusive scan over the 1024 thread totals.
+    for (int stride = 1; stride < kScanThreads; stride *= 2) {
+      const int add = tid >= stride ? partial[tid - stride] : 0;
+      __syncthreads();
+      partial[tid] += add;
+      __syncthreads();
+    }
+    int running = carry + (tid == 0 ? 0 : partial[tid - 1]);
+#pragma unroll
+    for (int e = 0; e < kScanPerThread; ++e) {
+      if (first + e < vocab) offsets[first + e] = running;
+      running += c[e];
+    }
+    carry += partial[kScanThreads - 1];
+    __syncthreads();  // every thread has read partial before the next tile rewrites it
   }
-  int running = tid == 0 ? 0 : partial[tid - 1];
-  for (std::int64_t v = begin; v < end; ++v) {
-    offsets[v] = running;
-    running += counts[v];
-  }
-  if (tid == kScanThreads - 1) offsets[vocab] = partial[kScanThreads - 1];
+  if (tid == 0) offsets[vocab] = carry;
 }
 
 // Step 3: drop each position into its token's bucket (order inside a bucket is arbitrary).
@@ -103,16 +115,21 @@ __global__ void embedding_bucket_kernel(int* slots, int* cursor, const int* offs
 }
 
 // Step 4: restore position order inside each bucket: a position's rank is the number of
-// smaller positions in its bucket (buckets are short except for very frequent tokens).
+// smaller positions in its bucket (buckets are short except for very frequent tokens; a bucket
+// of L slots costs L * (L - 1) reads of slots). The slot count is read once per block.
 __global__ void embedding_order_kernel(int* sorted, const int* slots, const int* offsets,
                                        const std::int32_t* tokens, const int* total) {
+  __shared__ int total_shared;
+  if (threadIdx.x == 0) total_shared = *total;
+  __syncthreads();
   const std::int64_t s = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (s >= *total) return;
+  if (s >= total_shared) return;
   const int n = slots[s];
   const int token = tokens[n];
   const int begin = offsets[token], end = offsets[token + 1];
   int rank = 0;
-  for (int i = begin; i < end; ++i) rank += slots[i] < n;
+  for (int i = begin; i < end; ++i)
+    if (i != s) rank += slots[i] < n;  // its own slot holds n, never smaller
   sorted[begin + rank] = n;
 }
 
@@ -120,29 +137,52 @@ __global__ void embedding_order_kernel(int* sorted, const int* slots, const int*
 // row and adds its dout rows in position order. The table row and all its dout rows are walked
 // with one split (packs of K adjacent columns per thread between a scalar head and tail); when
 // a dout row starts at another phase (rows of odd width), the whole row goes element by element.
+// The slot's token and bucket bounds are read once per block (thread 0, through shared memory),
+// and the bucket's first kEmbeddingBucketShared positions are staged in shared memory for every
+// thread's columns; positions past them (only very frequent tokens) are read from global memory.
+constexpr int kEmbeddingBucketShared = 1024;
 template <typename G, typename T>
 __global__ void embedding_accumulate_kernel(G* dtable, const T* dout, const int* sorted,
                                             const int* offsets, const std::int32_t* tokens,
                                             const int* total, std::int64_t D) {
   constexpr int K = pack_elements<G, T>();
+  __shared__ int bucket[3];  // token, begin, end; begin = -1: this slot owns no row
+  __shared__ int positions[kEmbeddingBucketShared];
   const int s = blockIdx.x;
-  if (s >= *total) return;
-  const int token = tokens[sorted[s]];
-  const int begin = offsets[token], end = offsets[token + 1];
-  if (s != begin) return;
+  if (threadIdx.x == 0) {
+    bucket[1] = -1;
+    if (s < *total) {
+      const int token = tokens[sorted[s]];
+      const int begin = offsets[token];
+      if (s == begin) {
+        bucket[0] = token;
+        bucket[1] = begin;
+        bucket[2] = offsets[token + 1];
+      }
+    }
+  }
+  __syncthreads();
+  const int begin = bucket[1];
+  if (begin < 0) return;  // the whole block leaves: no barrier follows for it
+  const int token = bucket[0], end = bucket[2];
+  const int staged = end - begin < kEmbeddingBucketShared ? end - begin : kEmbeddingBucketShared;
+  for (int i = static_cast<int>(threadIdx.x); i < staged; i += static_cast<int>(blockDim.x))
+    positions[i] = sorted[begin + i];
+  __syncthreads();
+  auto position = [&](int i) { return i - begin < staged ? positions[i - begin] : sorted[i]; };
   G* row = dtable + static_cast<std::int64_t>(token) * D;
-  const T* first = dout + static_cast<std::int64_t>(sorted[begin]) * D;
+  const T* first = dout + static_cast<std::int64_t>(position(begin)) * D;
   RowSplit split = split_rows16<K>(D, static_cast<const G*>(row), first);
   if (split.body_end > split.head && (D * static_cast<std::int64_t>(sizeof(T))) % 16 != 0) {
     for (int i = begin + 1; i < end; ++i)
-      if (!same_phase16(dout + static_cast<std::int64_t>(sorted[i]) * D, first)) split = {0, 0};
+      if (!same_phase16(dout + static_cast<std::int64_t>(position(i)) * D, first)) split = {0, 0};
   }
   for_each_span<K>(split, D, threadIdx.x, blockDim.x, [&](auto width, std::int64_t d) {
     constexpr int W = decltype(width)::value;
     float acc[W], v[W];
     load_span(acc, row + d);
     for (int i = begin; i < end; ++i) {
-      load_span(v, dout + static_cast<std::int64_t>(sorted[i]) * D + d);
+      load_span(v, dout + static_cast<std::int64_t>(position(i)) * D + d);
 #pragma unroll
       for (int e = 0; e < W; ++e) acc[e] += v[e];
     }

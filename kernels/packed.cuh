@@ -225,6 +225,23 @@ __device__ __forceinline__ void store_span(T* p, const float (&in)[W]) {
   else
     store_floats(p, in);
 }
+// store_span into shared memory (a row kept between two passes): p 16-byte aligned when W > 1.
+template <int W, typename T>
+__device__ __forceinline__ void store_span_shared(T* p, const float (&in)[W]) {
+  if constexpr (W == 1) {
+    *p = from_float<T>(in[0]);
+  } else {
+    constexpr int per = Packed128<T>::kSize;
+    static_assert(W % per == 0, "a pack must be whole 16-byte accesses");
+#pragma unroll
+    for (int q = 0; q < W / per; ++q) {
+      Packed128<T> v;
+#pragma unroll
+      for (int e = 0; e < per; ++e) v.payload[e] = from_float<T>(in[q * per + e]);
+      store128_shared(p + q * per, v);
+    }
+  }
+}
 // As load_span / store_span, but element by element unless `packed`: for a pointer whose phase
 // may differ from the row's split and that moves little memory (a weight vector every row
 // re-reads, served from cache; a small partial-sum output), so that it does not cost the
@@ -247,6 +264,33 @@ __device__ __forceinline__ void store_span(T* p, const float (&in)[W], bool pack
     for (int e = 0; e < W; ++e) p[e] = from_float<T>(in[e]);
   }
 }
+
+// A split row that a kernel's second pass reads again, kept in shared memory as far as it fits:
+// the row rotated by the split's head (column j at slot j - head, the head's columns after the
+// tail) so that the packs' slots are 16-byte aligned whatever the row's phase, and slots
+// [0, kept) held (kept a multiple of the pack, or the whole row), so a pack is held whole or not
+// at all. A column not held is read from the global row again. Each thread reads back only the
+// columns it kept itself.
+template <typename T>
+struct RowCopy {
+  T* cache;  // shared memory, 16-byte aligned; nullptr: nothing kept
+  std::int64_t head, n, kept;
+
+  __device__ __forceinline__ std::int64_t slot(std::int64_t j) const {
+    return j >= head ? j - head : n - head + j;
+  }
+  __device__ __forceinline__ bool holds(std::int64_t j) const {
+    return cache != nullptr && slot(j) < kept;
+  }
+  template <int W>
+  __device__ __forceinline__ void keep(std::int64_t j, const float (&v)[W]) const {
+    if (holds(j)) store_span_shared(cache + slot(j), v);
+  }
+  // Where to read column j again, `row` being the global row.
+  __device__ __forceinline__ const T* at(const T* row, std::int64_t j) const {
+    return holds(j) ? cache + slot(j) : row + j;
+  }
+};
 
 template <int W>
 using SpanWidth = std::integral_constant<int, W>;

@@ -45,6 +45,30 @@ TEST_P(CudaLoss, CrossEntropy) {
   expect_near_all("cross_entropy losses (no grad)", dev.get(losses), want_losses, 1e-6, 1e-5);
 }
 
+// Llama 3's vocabulary and a bit (128259, odd, so rows start at every phase): a row is more than
+// a block may keep on chip, so the kernel keeps its first slots in shared memory between the
+// passes and reads the rest again; both parts, and the head and tail of a misaligned row, must
+// give the reference's gradient. Row 1 targets the last logit (a tail element).
+TEST_P(CudaLoss, CrossEntropyOfRowsLargerThanSharedMemory) {
+  const std::int64_t rows = 3, V = 128259;
+  const auto logits = stored(random_floats(rows * V, 65, -8, 8), dt());
+  const std::vector<std::int32_t> targets = {5, static_cast<std::int32_t>(V - 1), 100000};
+  auto tl = dev.put(logits, dt());
+  auto tt = dev.put_i32(targets);
+  auto losses = dev.poisoned(rows, DType::F32);
+  const float grad_scale = 0.5f;
+  dev.backend().cross_entropy(losses, tl, tt, rows, V, grad_scale);
+  std::vector<float> want = logits, want_losses(rows);
+  cpu::cross_entropy(want_losses.data(), want.data(), targets.data(), rows, V, grad_scale);
+  // fp32 online log-sum-exp over 128259 terms vs double: the sum good to ~log2(V) = 17 ulps of
+  // its terms' scale, the loss (~12) to ~2e-6 relative.
+  expect_near_all("cross_entropy losses", dev.get(losses), want_losses, 2e-6, 1e-5);
+  // exp(x - lse) with lse off by ~2e-5 absolute gives ~2e-5 relative; bf16 adds one rounding.
+  // The probabilities are ~1e-5 each: the floor is far below them.
+  expect_near_all("cross_entropy gradient", dev.get(tl), want,
+                  dt() == DType::BF16 ? kBf16Ulp : 3e-5, 1e-12);
+}
+
 // Softmax is shift-invariant, and the kernel's log-sum-exp shifts by the row maximum: logits all
 // near -1000 (exp of them underflows to 0 unshifted) give the same losses and gradients as
 // logits near 0. A row maximum that took a value other than the true maximum (0 from an empty

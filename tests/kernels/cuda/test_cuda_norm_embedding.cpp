@@ -54,6 +54,64 @@ TEST_P(CudaNormEmbedding, EmbeddingForwardAndBackward) {
   EXPECT_EQ(dev.get(tdtable), got);
 }
 
+// The backward's scan over a vocabulary of several 4096-count tiles (carried totals), a token
+// repeated more often than the accumulating block keeps positions in shared memory (1024), and
+// rows of odd width: bit-identical to the reference, which adds in the same order.
+TEST_P(CudaNormEmbedding, EmbeddingBackwardOverALargeVocabularyAndALongBucket) {
+  const std::int64_t vocab = 10001, D = 5, N = 1800;  // token 4500 at 1200 positions
+  std::vector<std::int32_t> tokens(N);
+  for (std::int64_t n = 0; n < N; ++n)
+    tokens[n] = static_cast<std::int32_t>(n % 3 == 0 ? (n * 7919) % vocab : 4500);
+  const auto dout = stored(random_floats(N * D, 24, -1, 1), dt());
+  const auto dtable0 = random_floats(vocab * D, 25, -1, 1);
+  auto tk = dev.put_i32(tokens);
+  auto tdout = dev.put(dout, dt());
+  auto tdtable = dev.put(dtable0, DType::F32);
+  dev.backend().embedding_backward(tdtable, tdout, tk, N, D);
+  std::vector<float> dtable = dtable0;
+  cpu::embedding_backward(dtable.data(), dout.data(), tokens.data(), N, D, vocab);
+  EXPECT_EQ(dev.get(tdtable), dtable);  // same additions in the same order: exact
+}
+
+// Rows wide enough that the kernels' shared memory (kernels/rmsnorm.cuh, 96 KiB a block) holds
+// every warp's rows and the weight (4096: 8 warps a block forward, 4 backward, in bf16), the
+// weight alone (20001), or nothing (50001): each way must give the reference's results. 9 rows:
+// more than one block, the last one partial.
+TEST_P(CudaNormEmbedding, RmsNormWithRowsInAndOutOfSharedMemory) {
+  const std::int64_t N = 9;
+  for (const std::int64_t D : {4096, 20001, 50001}) {
+    SCOPED_TRACE(str("D=", D));
+    const auto x = stored(random_floats(N * D, 46 + D, -2, 2), dt());
+    const auto w = stored(random_floats(D, 47, 0.5f, 1.5f), dt());
+    const auto dout = stored(random_floats(N * D, 48, -1, 1), dt());
+    const auto din0 = stored(random_floats(N * D, 49, -1, 1), dt());
+    auto tx = dev.put(x, dt()), tw = dev.put(w, dt());
+    auto out = dev.poisoned(N * D, dt());
+    auto rstd = dev.poisoned(N, DType::F32);
+    dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, 1e-5f);
+    std::vector<float> want(N * D), want_rstd(N);
+    cpu::rmsnorm_forward(want.data(), want_rstd.data(), x.data(), w.data(), N, D, 1e-5f);
+    // rstd: an fp32 sum of up to 50001 squares vs double, ~log2(D) ulps, under 1e-5 relative.
+    expect_near_all("rmsnorm rstd", dev.get(rstd), want_rstd, 1e-5, 0);
+    // As RmsNormForward: bf16 rounds twice against the reference's once (2 ulps); fp32 carries
+    // rstd's error.
+    expect_near_all("rmsnorm out", dev.get(out), want, dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5,
+                    1e-30);
+
+    auto tdout = dev.put(dout, dt()), tdin = dev.put(din0, dt());
+    auto tdw = dev.put(std::vector<float>(D, 0.0f), DType::F32);
+    auto tr = dev.put(want_rstd, DType::F32);
+    dev.backend().rmsnorm_backward(tdin, tdw, tdout, tx, tw, tr, N, D);
+    std::vector<float> din = din0, dw(D, 0.0f);
+    cpu::rmsnorm_backward(din.data(), dw.data(), dout.data(), x.data(), w.data(), want_rstd.data(),
+                          N, D);
+    // din: the increment's fp32 dot over D terms (~log2(D) ulps of the terms' scale, rstd ~0.9
+    // times O(1) terms), then one rounding into dt (bf16: 2^-8 of |din| ~ 2, hence 1e-2 absolute).
+    expect_near_all("rmsnorm din", dev.get(tdin), din, dt() == DType::BF16 ? kBf16Ulp : 1e-5,
+                    dt() == DType::BF16 ? 1e-2 : 1e-4);
+  }
+}
+
 TEST_P(CudaNormEmbedding, RmsNormForward) {
   // The last case's rows have a mean square of ~1.3e-6, below eps = 1e-5, so eps sets most of
   // rstd there: an engine that dropped or misplaced eps fails it (at magnitude ~1, eps is below

@@ -1,0 +1,194 @@
+// The memory-bound row kernels move close to their ideal bytes (bench/results/roofline.md's
+// target: at most 1.15x the distinct 32-byte sectors read and written), counted by the
+// emulator's instrumentation (emu/traffic.h; this file is a counted build) at the shapes of an
+// 8B-class layer: rows of 4096 bf16, Llama 3's vocabulary of 128256 logits. A kernel that reads
+// a row twice (once per pass), or the weight once per row, or a value every thread needs once per
+// thread, shows up here as 1.5x to 3x. Correctness is tested elsewhere (test_cuda_kernels, against
+// the CPU references); here only the traffic.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "emu/traffic.h"
+#include "kernels/embedding.cuh"
+#include "kernels/loss.cuh"
+#include "kernels/residual_rmsnorm.cuh"
+#include "kernels/rmsnorm.cuh"
+
+namespace minitron {
+namespace {
+
+using cuda::bf16;
+
+// The target, with room for what is not a row: the weight staged once per block, sectors shared
+// by two rows' ends.
+constexpr double kMaxMovedOverIdeal = 1.15;
+
+template <typename T>
+T* device_buffer(std::size_t count) {
+  void* p = nullptr;
+  EXPECT_EQ(cudaMalloc(&p, count * sizeof(T)), cudaSuccess);
+  return static_cast<T*>(p);
+}
+
+template <typename T>
+void upload(T* device, const std::vector<T>& host) {
+  ASSERT_EQ(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+}
+
+// bf16 values in [-2, 2), seeded.
+std::vector<bf16> random_bf16(std::size_t count, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  std::vector<bf16> out(count);
+  for (bf16& v : out) v = __float2bfloat16_rn(dist(rng));
+  return out;
+}
+
+double moved_over_ideal(const emu::LaunchTraffic& launch) {
+  const double moved = static_cast<double>(launch.bytes_read + launch.bytes_written);
+  const double ideal = static_cast<double>(launch.distinct_bytes_read + launch.distinct_bytes_written);
+  return moved / ideal;
+}
+
+// The one launch of minitron::cuda::`kernel` (a template or not) in the recording.
+const emu::LaunchTraffic& launch_named(const std::vector<emu::LaunchTraffic>& launches, const std::string& kernel) {
+  const std::string qualified = "minitron::cuda::" + kernel;
+  const emu::LaunchTraffic* found = nullptr;
+  for (const emu::LaunchTraffic& launch : launches) {
+    const std::size_t at = launch.kernel.find(qualified);
+    if (at == std::string::npos || (at > 0 && launch.kernel[at - 1] != ' ')) continue;
+    const char next = launch.kernel[at + qualified.size()];
+    if (next != '<' && next != '(') continue;
+    EXPECT_EQ(found, nullptr) << "two launches of " << kernel;
+    found = &launch;
+  }
+  if (found == nullptr) ADD_FAILURE() << "no launch of " << kernel;
+  static const emu::LaunchTraffic none;
+  return found ? *found : none;
+}
+
+void expect_near_ideal(const std::vector<emu::LaunchTraffic>& launches, const std::string& kernel) {
+  const emu::LaunchTraffic& launch = launch_named(launches, kernel);
+  EXPECT_GT(launch.distinct_bytes_read, 0u) << kernel;
+  std::printf("%s: moved / ideal %.3f\n", kernel.c_str(), moved_over_ideal(launch));
+  EXPECT_LE(moved_over_ideal(launch), kMaxMovedOverIdeal)
+      << kernel << ": " << launch.bytes_read << " bytes read, " << launch.bytes_written << " written, ideal "
+      << launch.distinct_bytes_read << " + " << launch.distinct_bytes_written;
+}
+
+// 8B-shaped rows: hidden 4096, 64 rows (8 blocks of the forward, 16 of the backward).
+constexpr std::int64_t kRows = 64, kHidden = 4096;
+
+TEST(KernelTraffic, RmsnormReadsEachRowAndTheWeightOncePerBlock) {
+  const std::size_t n = kRows * kHidden;
+  bf16 *x = device_buffer<bf16>(n), *y = device_buffer<bf16>(n), *w = device_buffer<bf16>(kHidden);
+  bf16 *dy = device_buffer<bf16>(n), *dx = device_buffer<bf16>(n);
+  float *rstd = device_buffer<float>(kRows), *dw = device_buffer<float>(kHidden);
+  float* workspace = device_buffer<float>(kHidden * 2);
+  upload(x, random_bf16(n, 1));
+  upload(dy, random_bf16(n, 2));
+  upload(dx, random_bf16(n, 3));
+  upload(w, random_bf16(kHidden, 4));
+  upload(dw, std::vector<float>(kHidden, 0.0f));
+  emu::TrafficRecording recording;
+  cuda::rmsnorm_forward(y, rstd, x, w, kRows, kHidden, 1e-5f, nullptr);
+  cuda::rmsnorm_backward(dx, dw, dy, x, w, rstd, kRows, kHidden, workspace, nullptr);
+  const std::vector<emu::LaunchTraffic> launches = recording.take();
+  expect_near_ideal(launches, "rmsnorm_forward_kernel");
+  expect_near_ideal(launches, "rmsnorm_backward_input_kernel");
+  for (void* p :
+       {static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(w), static_cast<void*>(dy),
+        static_cast<void*>(dx), static_cast<void*>(rstd), static_cast<void*>(dw), static_cast<void*>(workspace)})
+    cudaFree(p);
+}
+
+// In place, as the model runs it: the branch's buffer becomes the new residual stream.
+TEST(KernelTraffic, ResidualRmsnormReadsTheNewResidualOnce) {
+  const std::size_t n = kRows * kHidden;
+  bf16 *x = device_buffer<bf16>(n), *b = device_buffer<bf16>(n), *y = device_buffer<bf16>(n);
+  bf16* w = device_buffer<bf16>(kHidden);
+  float* rstd = device_buffer<float>(kRows);
+  upload(x, random_bf16(n, 5));
+  upload(b, random_bf16(n, 6));
+  upload(w, random_bf16(kHidden, 7));
+  emu::TrafficRecording recording;
+  cuda::residual_rmsnorm_forward(b, y, rstd, x, b, w, kRows, kHidden, 1e-5f, nullptr);
+  expect_near_ideal(recording.take(), "residual_rmsnorm_forward_kernel");
+  for (void* p : {static_cast<void*>(x), static_cast<void*>(b), static_cast<void*>(y), static_cast<void*>(w),
+                  static_cast<void*>(rstd)})
+    cudaFree(p);
+}
+
+// A loss over rows of V bf16 logits with their gradient written in place: the row is read once
+// (kept on chip between the passes as far as it fits) and its target once per row.
+void expect_cross_entropy_near_ideal(std::int64_t rows, std::int64_t V) {
+  SCOPED_TRACE(::testing::Message() << rows << " rows of " << V << " logits");
+  bf16* logits = device_buffer<bf16>(rows * V);
+  float* losses = device_buffer<float>(rows);
+  std::int32_t* targets = device_buffer<std::int32_t>(rows);
+  upload(logits, random_bf16(rows * V, 8));
+  std::vector<std::int32_t> host_targets(rows);
+  for (std::int64_t r = 0; r < rows; ++r) host_targets[r] = static_cast<std::int32_t>((r * 7919) % V);
+  upload(targets, host_targets);
+  emu::TrafficRecording recording;
+  cuda::cross_entropy(losses, logits, targets, rows, V, 1.0f / rows, nullptr);
+  expect_near_ideal(recording.take(), "cross_entropy_kernel");
+  cudaFree(logits);
+  cudaFree(losses);
+  cudaFree(targets);
+}
+
+TEST(KernelTraffic, CrossEntropyReadsTheLogitsOnce) {
+  expect_cross_entropy_near_ideal(64, 512);    // the roofline layer's small vocabulary
+  expect_cross_entropy_near_ideal(2, 128256);  // Llama 3's: 250.5 KiB a row, 90% of it on chip
+}
+
+// The deterministic scatter-add of the embedding gradient, 256 positions: at hidden 4096 (the
+// accumulation's rows), and over Llama 3's vocabulary of 128256 (the scan and the ordering walk
+// lists of that length; narrow rows keep the fp32 table small). Tokens all distinct (the roofline
+// layer's), or drawn uniformly from the vocabulary (some repeat: buckets of 2 or 3 at 1024). The
+// ordering kernel ranks a bucket of L positions in L * (L - 1) reads, so the few very frequent
+// tokens of real text cost more than this (bench/results/roofline.md).
+void expect_embedding_backward_near_ideal(std::int64_t D, std::int64_t vocab, bool distinct,
+                                          const std::vector<std::string>& kernels) {
+  SCOPED_TRACE(::testing::Message() << "hidden " << D << ", vocabulary " << vocab
+                                    << (distinct ? ", distinct tokens" : ", uniform tokens"));
+  constexpr std::int64_t N = 256;
+  bf16* dout = device_buffer<bf16>(N * D);
+  float* dtable = device_buffer<float>(vocab * D);
+  std::int32_t* tokens = device_buffer<std::int32_t>(N);
+  int* workspace = device_buffer<int>(3 * vocab + 1 + 2 * N);
+  upload(dout, random_bf16(N * D, 9));
+  upload(dtable, std::vector<float>(vocab * D, 0.0f));
+  std::vector<std::int32_t> host_tokens(N);
+  std::mt19937 rng(10);
+  for (std::int64_t i = 0; i < N; ++i)
+    host_tokens[i] = static_cast<std::int32_t>(distinct ? (i * 7919) % vocab : rng() % vocab);
+  upload(tokens, host_tokens);
+  emu::TrafficRecording recording;
+  cuda::embedding_backward(dtable, dout, tokens, N, D, vocab, workspace, nullptr);
+  const std::vector<emu::LaunchTraffic> launches = recording.take();
+  for (const std::string& kernel : kernels) expect_near_ideal(launches, kernel);
+  cudaFree(dout);
+  cudaFree(dtable);
+  cudaFree(tokens);
+  cudaFree(workspace);
+}
+
+TEST(KernelTraffic, EmbeddingBackwardReadsItsListsOnce) {
+  const std::vector<std::string> all = {"embedding_scan_kernel", "embedding_order_kernel",
+                                        "embedding_accumulate_kernel"};
+  expect_embedding_backward_near_ideal(kHidden, 512, true, all);
+  expect_embedding_backward_near_ideal(kHidden, 1024, false, all);
+  expect_embedding_backward_near_ideal(8, 128256, false, {"embedding_scan_kernel", "embedding_order_kernel"});
+}
+
+}  // namespace
+}  // namespace minitron
