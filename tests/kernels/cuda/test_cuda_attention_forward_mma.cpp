@@ -174,17 +174,21 @@ const std::vector<std::int64_t> kDocs64 = {63, 1, 63, 73};
 const std::vector<std::int64_t> kDocs128 = {31, 16, 48, 105};
 
 const Case kCases[] = {
-    {1, 1, 1, 2, 1, 64},                          // one token
-    {1, 1, 1, 2, 1, 128},                         //
-    {2, 37, 37, 4, 2, 64},                        // a partial warp, two batches
-    {1, 129, 129, 4, 2, 128},                     // a second block of one row
-    {1, 200, 200, 4, 1, 64},                      // 4 key tiles, the last partial
-    {1, 200, 200, 4, 2, 128},                     // 7 key tiles
-    {1, 37, 37, 32, 8, 64},                       // 8 KV heads, groups of 4
-    {1, 20, 20, 64, 8, 128},                      // 8 KV heads, groups of 8
-    {2, 5, 200, 4, 2, 64},                        // KV cache: 5 new queries over 200 keys
-    {1, 1, 129, 4, 1, 128},                       // one decode query over 129 keys
-    {1, 130, 300, 2, 1, 128},                     // two blocks over a longer cache
+    {1, 1, 1, 2, 1, 64},       // one token
+    {1, 1, 1, 2, 1, 128},      //
+    {2, 37, 37, 4, 2, 64},     // a partial warp, two batches
+    {1, 129, 129, 4, 2, 128},  // a second block of one row
+    {1, 200, 200, 4, 1, 64},   // 4 key tiles, the last partial
+    {1, 200, 200, 4, 2, 128},  // 7 key tiles
+    {1, 37, 37, 32, 8, 64},    // 8 KV heads, groups of 4
+    {1, 20, 20, 64, 8, 128},   // 8 KV heads, groups of 8
+    {2, 5, 200, 4, 2, 64},     // KV cache: 5 new queries over 200 keys
+    {1, 1, 129, 4, 1, 128},    // one decode query over 129 keys
+    {1, 130, 300, 2, 1, 128},  // two blocks over a longer cache
+    // KV caches whose warp 0 needs exactly one key of a tile, for its last row only: row 31 sees
+    // up to key 31 + 33 = 64, the first of tile 1 (64 or 32 keys a tile)
+    {1, 32, 65, 2, 1, 64},
+    {1, 40, 73, 2, 1, 128},
     {1, 200, 200, 4, 2, 64, kDocs64},             // packed documents
     {2, 200, 200, 4, 2, 128, kDocs128},           //
     {1, 129, 129, 4, 2, 64, {}, true},            // fused QKV, aligned
