@@ -30,6 +30,7 @@ struct Case {
   bool fused = false;                        // Q, K, V in one buffer; out with a gap column block
   bool padded = false;      // separate buffers, each row followed by NaN padding of its own width
   std::int64_t offset = 0;  // elements before the buffers' first row
+  std::int64_t v_padding = 24;  // with `padded`; odd puts most v rows off 16 bytes
 };
 
 void PrintTo(const Case& c, std::ostream* os) {
@@ -70,15 +71,15 @@ void run(const Case& c) {
   cpu::attention_forward(want.data(), want_lse.data(), q.data(), k.data(), v.data(), c.B, c.Tq,
                          c.Tk, c.Hq, c.Hkv, hd, positions.empty() ? nullptr : positions.data());
 
-  // Device layout: separate q, k, v (row strides Hq hd, Hkv hd, or with `padded` 8, 16 and 24
-  // more elements of NaN, so that each operand has its own stride and a row read at another's
-  // lands in NaN), or one buffer whose row t holds q, k and v of token t (Tq == Tk). The output
-  // gets Hq hd columns, plus hd sentinel columns per row when fused (8 when padded).
+  // Device layout: separate q, k, v (row strides Hq hd, Hkv hd, or with `padded` 8, 16 and
+  // v_padding more elements of NaN, so that each operand has its own stride and a row read at
+  // another's lands in NaN), or one buffer whose row t holds q, k and v of token t (Tq == Tk). The
+  // output gets Hq hd columns, plus hd sentinel columns per row when fused (8 when padded).
   const std::int64_t qkv_w = c.fused ? qw + 2 * kvw : 0;
   const std::int64_t out_w = c.fused ? qw + hd : c.padded ? qw + 8 : qw;
   const cuda::AttentionStrides strides =
       c.fused    ? cuda::AttentionStrides{qkv_w, qkv_w, qkv_w, out_w}
-      : c.padded ? cuda::AttentionStrides{qw + 8, kvw + 16, kvw + 24, out_w}
+      : c.padded ? cuda::AttentionStrides{qw + 8, kvw + 16, kvw + c.v_padding, out_w}
                  : cuda::AttentionStrides{qw, kvw, kvw, out_w};
   constexpr float kSentinel = 7.0f;  // out of the output's range (a convex combination of |v| <= 1)
   auto bits = [](float x) { return float_to_bf16(x); };
@@ -197,6 +198,9 @@ const Case kCases[] = {
     {1, 40, 70, 4, 2, 128, {}, false, false, 1},  // separate, unaligned, KV cache
     {1, 150, 150, 4, 2, 64, {}, false, true},     // a row stride of each operand's own
     {1, 40, 90, 4, 2, 128, {}, false, true},      // the same over a KV cache
+    // v rows off their 16-byte boundary (stride Hkv hd + 3) beside aligned q, k and out: the
+    // element-wise fallback for all (a cp.async from a misaligned v row aborts the emulator)
+    {1, 40, 90, 4, 2, 64, {}, false, true, 0, 3},
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionForwardMma, ::testing::ValuesIn(kCases),
@@ -205,7 +209,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionForwardMma, ::testing::ValuesIn(kC
                            return str("B", c.B, "_Tq", c.Tq, "_Tk", c.Tk, "_Hq", c.Hq, "_Hkv",
                                       c.Hkv, "_hd", c.hd, c.documents.empty() ? "" : "_packed",
                                       c.fused ? "_fused" : "", c.padded ? "_padded" : "",
-                                      c.offset ? "_unaligned" : "");
+                                      c.offset ? "_unaligned" : "",
+                                      c.v_padding % 8 ? "_odd_v" : "");
                          });
 
 }  // namespace
