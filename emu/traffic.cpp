@@ -42,7 +42,7 @@ struct Range {
 
 struct ActiveLaunch {
   std::vector<Range> ranges;  // device memory, sorted by begin
-  std::atomic<std::uint64_t> read{0}, written{0}, flops{0};
+  std::atomic<std::uint64_t> read{0}, written{0}, flops{0}, ldmatrix{0};
   std::string kernel;
   unsigned long long blocks = 0;
 };
@@ -96,6 +96,11 @@ void count_tensor_flops(std::uint64_t flops) {
   if (launch != nullptr) launch->flops.fetch_add(flops, std::memory_order_relaxed);
 }
 
+void count_ldmatrix() {
+  ActiveLaunch* launch = g_active.load(std::memory_order_acquire);
+  if (launch != nullptr) launch->ldmatrix.fetch_add(1, std::memory_order_relaxed);
+}
+
 void record_library_call(const char* name, std::uint64_t bytes_read, std::uint64_t bytes_written, std::uint64_t flops) {
   Recorder& state = recorder();
   std::lock_guard lock(state.mutex);
@@ -145,6 +150,7 @@ void end_launch_traffic() {
   done.bytes_read = state.active->read.load();
   done.bytes_written = state.active->written.load();
   done.flops = state.active->flops.load();
+  done.ldmatrix = state.active->ldmatrix.load();
   for (const Range& range : state.active->ranges) {
     done.distinct_bytes_read += range.distinct_bytes(range.read_sectors.get());
     done.distinct_bytes_written += range.distinct_bytes(range.written_sectors.get());

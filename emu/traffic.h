@@ -8,9 +8,9 @@
 // adds the access to the launch's bytes read or written when the address lies in device memory
 // (a cudaMalloc allocation); shared memory, registers and the fiber stacks are not device memory
 // and are not counted. cp.async copies (whose global reads happen in the emulator) add their 16
-// bytes, mma.sync adds 2*16*8*16 flops per warp. A cuBLASLt matmul is not kernel code here
-// (emu/cublaslt.cpp computes it with OpenBLAS): it is recorded as a library call with its
-// operands read once and D written once, and 2*m*n*k flops.
+// bytes, mma.sync adds 2*16*8*16 flops per warp, ldmatrix one instruction per warp. A cuBLASLt
+// matmul is not kernel code here (emu/cublaslt.cpp computes it with OpenBLAS): it is recorded as
+// a library call with its operands read once and D written once, and 2*m*n*k flops.
 //
 // The ideal beside each count is measured too: the launch's distinct 32-byte sectors read and
 // written (a bitmap per device allocation while recording).
@@ -40,7 +40,10 @@ struct LaunchTraffic {
   // input read once, every output written once). Equal to the counts for a library call.
   std::uint64_t distinct_bytes_read = 0;
   std::uint64_t distinct_bytes_written = 0;
-  std::uint64_t flops = 0;    // mma.sync, or 2*m*n*k of a matmul
+  std::uint64_t flops = 0;  // mma.sync, or 2*m*n*k of a matmul
+  // ldmatrix instructions (x1, x2 or x4, .trans or not), one per warp: with flops / 4096 (the
+  // mma.sync count) the shared-memory fragment loads per tensor-core instruction.
+  std::uint64_t ldmatrix = 0;
   bool library_call = false;  // a cuBLASLt matmul: operands counted once, not instrumented
 };
 
@@ -67,6 +70,8 @@ void count_global_read(const void* address, std::size_t bytes);
 void count_global_write(const void* address, std::size_t bytes);
 // Tensor-core work of the running launch (mma.sync in kernels/mma.cuh).
 void count_tensor_flops(std::uint64_t flops);
+// One warp's ldmatrix in the running launch (kernels/mma.cuh).
+void count_ldmatrix();
 // A cuBLASLt matmul, when recording.
 void record_library_call(const char* name, std::uint64_t bytes_read, std::uint64_t bytes_written, std::uint64_t flops);
 

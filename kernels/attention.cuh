@@ -12,8 +12,8 @@
 //
 // This file: the CUDA-core kernels (fp32 FMAs), used for fp32 storage and the reference shape of
 // the algorithm, and the public launchers. bf16, the engine's dtype (head_dim a multiple of 16),
-// dispatches to the tensor-core forward and backward of kernels/attention_mma.cuh; the D kernel
-// below serves both backwards.
+// dispatches to the tensor-core forward of kernels/attention_forward_mma.cuh and backward of
+// kernels/attention_mma.cuh; the D kernel below serves both backwards.
 // Shape of the CUDA-core work:
 //  - A block of 4 warps owns 16 query rows (4 per warp) of one (batch, head). Keys stream
 //    through shared memory 32 at a time; in a tile each lane owns one key, so a score is a
@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "core/row_strides.h"
+#include "kernels/attention_forward_mma.cuh"
 #include "kernels/attention_mma.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/device_memory.h"
@@ -416,8 +417,7 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
                           const AttentionStrides& st, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core kernel (fp32 tiles stay on the CUDA-core kernel below).
-    attention_forward_mma<HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st.q, st.k, st.v,
-                              st.out, stream);
+    attention_forward_mma<HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st, stream);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const std::size_t smem = (kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +

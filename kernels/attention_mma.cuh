@@ -1,12 +1,13 @@
-// Tensor-core causal attention for bf16 (head_dim a multiple of 16): FlashAttention-2's forward
-// and backward on mma.sync m16n8k16 through kernels/mma.cuh. kernels/attention.cuh holds the
-// CUDA-core kernels (fp32 storage) and the public launchers, which dispatch here for bf16.
+// Tensor-core causal attention for bf16 (head_dim a multiple of 16): FlashAttention-2's backward
+// on mma.sync m16n8k16 through kernels/mma.cuh, and the tile helpers it shares with the forward
+// (kernels/attention_forward_mma.cuh). kernels/attention.cuh holds the CUDA-core kernels (fp32
+// storage) and the public launchers, which dispatch to both for bf16.
 //
 // Layout as in attention.cuh: q [B*Tq, Hq*hd], k/v [B*Tk, Hkv*hd], lse fp32 [B, Hq, Tq] (natural
 // log); query head h reads KV head h / (Hq / Hkv) in place.
 //
-// Common shape of the three kernels: 4 warps per block, each warp owns 16 rows of the operand
-// it accumulates for (queries for the forward and dq, keys for dk/dv), so that its fp32
+// Common shape of the backward kernels: 4 warps per block, each warp owns 16 rows of the operand
+// it accumulates for (queries for dq, keys for dk/dv), so that its fp32
 // accumulators stay in registers; the other operand streams through shared memory in tiles,
 // double-buffered: cp.async (kernels/async_copy.cuh) loads tile n + 1 while tile n is computed,
 // each tile one commit group, waited for with wait_group 1 and a __syncthreads. Shared rows
@@ -33,9 +34,8 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 constexpr int kMmaWarpRows = 16;                                             // rows a warp owns
 constexpr int kMmaBlockRows = kAttentionThreads / kWarpSize * kMmaWarpRows;  // 64
-constexpr int kMmaKeyTile = 32;         // keys streamed per step (dq)
-constexpr int kMmaForwardKeyTile = 64;  // keys streamed per step (forward)
-constexpr int kMmaQueryTile = 32;       // queries streamed per step (dk/dv)
+constexpr int kMmaKeyTile = 32;    // keys streamed per step (dq)
+constexpr int kMmaQueryTile = 32;  // queries streamed per step (dk/dv)
 template <int HD>
 inline constexpr int kMmaSmemStride = HD + 8;  // 16 bytes of padding: rows start 4 banks apart
 
@@ -324,169 +324,6 @@ struct MmaKvStream {
 
 // ---- kernels ----
 
-// Forward: a warp owns 16 query rows, a block 64; keys stream through shared memory 64 at a
-// time, double-buffered (cp.async: tile n + 1 loads while tile n is computed). Each warp loads its
-// Q fragments once (ldmatrix, HD / 16 A fragments) and keeps them in registers over the whole key
-// loop, so the Q tile borrows the second buffer until tile 1 arrives there;
-// K fragments come by ldmatrix (K rows are the n index of Q K^T), V fragments by ldmatrix .trans.
-// S = Q K^T and O += P V with fp32 accumulators; row statistics live in the 4 lanes of a quad
-// (same g) and are combined with two shuffles. P is rounded to bf16 for the PV product (relative
-// error <= 2^-8 per weight): each output moves by at most 2^-8 of max |v|.
-// grid (ceil(Tq / 64), Hq, B), 128 threads.
-template <int HD>
-__global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
-                                             const bf16* v, const std::int32_t* positions, int Tq,
-                                             int Tk, int Hq, int Hkv, std::int64_t q_stride,
-                                             std::int64_t k_stride, std::int64_t v_stride,
-                                             std::int64_t o_stride, float scale_log2, bool packed) {
-  constexpr int S = kMmaSmemStride<HD>;
-  constexpr int KT = kMmaForwardKeyTile;
-  constexpr int KC = HD / 16;  // k-chunks of the QK^T product
-  constexpr int NB = KT / 8;   // 8-key blocks of a tile
-  constexpr int OB = HD / 8;   // 8-dim blocks of the output
-  static_assert(kMmaBlockRows <= 2 * KT, "the Q tile fits in buffer 1");
-  // Two buffers of a K tile and a V tile ([KT][S] each), filled alternately: tile n + 1 loads
-  // while tile n is computed. The Q tile [64][S] is first loaded into buffer 1's K rows (read
-  // into registers before tile 1 arrives there).
-  MINITRON_DYNAMIC_SHARED(bf16, kv_s);
-  constexpr int kBuffer = MmaKvStream<HD, KT>::kBuffer;
-  bf16* q_s = kv_s + kBuffer;
-
-  // Query tiles in reverse: a causal tile's work grows with its index, so the heaviest blocks
-  // start first and the light ones fill the tail (FlashAttention's order).
-  const int b = blockIdx.z, h = blockIdx.y;
-  const int q0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * kMmaBlockRows;
-  const int hk = h / (Hq / Hkv), offset = Tk - Tq;
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int g = lane / 4, t = lane % 4;
-  const bf16* q_head = q + static_cast<std::int64_t>(b) * Tq * q_stride + h * HD;
-  const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * k_stride + hk * HD;
-  const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * v_stride + hk * HD;
-
-  const int row0 = q0 + warp * kMmaWarpRows;  // this warp's first query row
-  const int last_query = (q0 + kMmaBlockRows < Tq ? q0 + kMmaBlockRows : Tq) - 1;
-  const int key_end = last_query + offset + 1 < Tk ? last_query + offset + 1 : Tk;
-  const std::int32_t* row_positions =
-      positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
-  const int key_begin = attention_first_key_tile(row_positions, q0, KT);
-
-  const MmaKvStream<HD, KT> stream{kv_s, k_head, v_head, k_stride, v_stride, Tk, key_end, packed};
-  mma_load_tile<HD>(q_s, q_head, q_stride, q0, kMmaBlockRows, Tq, packed);
-  cp_async_commit();
-  stream.load(0, key_begin);
-  cp_async_commit();
-  cp_async_wait<1>();  // the Q group; tile 0 may still be in flight
-  __syncthreads();
-  mma::FragmentA qa[KC];
-#pragma unroll
-  for (int kc = 0; kc < KC; ++kc) qa[kc] = ldsm_a<S>(q_s + warp * kMmaWarpRows * S + kc * 16, lane);
-
-  const int rows[2] = {row0 + g, row0 + g + 8};
-  // Each row's document start (rows past the sequence take the last row's, so that row g + 8's
-  // is never below row g's, which the mask test relies on), and the warp's smallest.
-  const int first_key[2] = {attention_first_key(row_positions, rows[0] < Tq ? rows[0] : Tq - 1),
-                            attention_first_key(row_positions, rows[1] < Tq ? rows[1] : Tq - 1)};
-  const int warp_first_key = row0 < Tq ? attention_first_key(row_positions, row0) : 0;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  mma::Accumulator o[OB];
-#pragma unroll
-  for (int j = 0; j < OB; ++j) o[j] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-
-  int n = 0;  // tiles so far: tile n is in buffer n % 2
-  for (int k0 = key_begin; k0 < key_end; k0 += KT, ++n) {
-    // Before tile 1 overwrites the Q rows in buffer 1, every warp holds its Q fragments (the
-    // barrier that begins advance).
-    const bf16* k_s = stream.advance(n, k0);
-    const bf16* v_s = k_s + KT * S;
-    // A warp whose rows all precede this tile, or whose documents all start after it, has
-    // nothing to add (the whole warp skips).
-    if (k0 > row0 + 15 + offset || k0 + KT <= warp_first_key) continue;
-
-    mma::Accumulator s[NB];
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) s[nb] = mma::Accumulator{{0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-#pragma unroll
-      for (int np = 0; np < NB / 2; ++np) {
-        mma::FragmentB b0, b1;
-        ldsm_b_pair<S>(b0, b1, k_s + np * 16 * S + kc * 16, lane);
-        mma::mma_m16n8k16_bf16(s[2 * np], qa[kc], b0, s[2 * np]);
-        mma::mma_m16n8k16_bf16(s[2 * np + 1], qa[kc], b1, s[2 * np + 1]);
-      }
-    }
-
-    // Mask (only where the tile reaches past the sequence, a row's diagonal or, before it, the
-    // start of a row's document), then the online softmax for rows g (half 0) and g + 8 (half
-    // 1). Row g + 8's document starts no earlier than row g's.
-    const bool masked = k0 + KT > Tk || k0 + KT - 1 > row0 + offset || k0 < first_key[1];
-    float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int key = k0 + nb * 8 + 2 * t + r % 2, half = r / 2;
-        const bool visible =
-            !masked || (key < Tk && key <= rows[half] + offset && key >= first_key[half]);
-        s[nb].value[r] = visible ? s[nb].value[r] * scale_log2 : -INFINITY;
-        tile_max[half] = fmaxf(tile_max[half], s[nb].value[r]);
-      }
-    }
-    float alpha[2], m_safe[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 1));
-      tile_max[half] = fmaxf(tile_max[half], __shfl_xor_sync(kFullMask, tile_max[half], 2));
-      const float m_new = fmaxf(m[half], tile_max[half]);
-      // A row sees no key of a tile before its document's: m_new stays -inf (and p, alpha, l and
-      // o 0) until the tile with its first key; the guard keeps exp2f(-inf - -inf) from ever
-      // producing a NaN.
-      m_safe[half] = m_new == -INFINITY ? 0.0f : m_new;
-      alpha[half] = exp2f(m[half] - m_safe[half]);
-      m[half] = m_new;
-      l[half] *= alpha[half];  // per-lane partial sums; the quad adds them at the end
-    }
-#pragma unroll
-    for (int j = 0; j < OB; ++j) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) o[j].value[r] *= alpha[r / 2];
-    }
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const float p = exp2f(s[nb].value[r] - m_safe[r / 2]);
-        s[nb].value[r] = p;
-        l[r / 2] += p;
-      }
-    }
-
-    // O += P V: P's A fragment for keys 16c .. 16c+15 is S blocks 2c and 2c+1 as they are.
-#pragma unroll
-    for (int c = 0; c < KT / 16; ++c) {
-      mma_accumulate_rows<HD>(o, accumulators_as_a(s[2 * c], s[2 * c + 1]), v_s + c * 16 * S, lane);
-    }
-  }
-
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    l[half] += __shfl_xor_sync(kFullMask, l[half], 1);
-    l[half] += __shfl_xor_sync(kFullMask, l[half], 2);
-  }
-  // The buffer of tile n - 2 (Q's, with one tile) is free: every warp passed the barrier that
-  // began the last tile after reading it (n counts the tiles).
-  bf16* stage = kv_s + n % 2 * kBuffer + warp * kMmaWarpRows * S;
-  const float inv[2] = {1.0f / l[0], 1.0f / l[1]};
-  store_warp_rows<HD>(out + static_cast<std::int64_t>(b) * Tq * o_stride + h * HD, o_stride, row0,
-                      Tq, o, inv, stage, packed, lane);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = rows[half];
-    if (row < Tq && t == 0)
-      lse[(static_cast<std::int64_t>(b) * Hq + h) * Tq + row] = (m[half] + log2f(l[half])) * kLn2;
-  }
-}
-
 // Backward, FlashAttention-2's math in two deterministic kernels (no atomics: every gradient
 // element is accumulated by one lane in a fixed order). Both recompute P = exp2(S * scale_log2 -
 // lse_log2) from the saved lse, dP = dO V^T and dS = P o (dP - D) with D = rowsum(dO o O) (the
@@ -750,15 +587,11 @@ void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
 
 // Shared-memory bytes of each kernel (also printed by bench/gpu's register report). The streamed
 // tiles are double-buffered (cp.async), so each kernel holds 256 rows of S = head_dim + 8 bf16
-// (dk/dv 768 bytes of lse, D and document starts besides): forward 2 x (K, V) tiles of 64 (Q
-// borrows buffer 1), dq Q and dO of 64 + 2 x (K, V) tiles of 32, dk/dv K and V of 64 + 2 x (Q,
-// dO) tiles of 32. head_dim 64: 36,864 / 36,864 / 37,632 bytes; head_dim 128: 69,632 / 69,632 /
-// 70,400 bytes (68.75 KiB), under sm_80's 163 KiB per block with 2 blocks per SM (2 x (68.75 +
-// 1 reserved) = 139.5 KiB of 164) and sm_90's 227 KiB with 3 (209.25 KiB of 228). Above 48 KiB
-// they opt in.
-template <int HD>
-inline constexpr std::size_t kMmaForwardSmem = 2 * (2 * kMmaForwardKeyTile) * kMmaSmemStride<HD> *
-                                               sizeof(bf16);
+// (dk/dv 768 bytes of lse, D and document starts besides): dq Q and dO of 64 + 2 x (K, V) tiles
+// of 32, dk/dv K and V of 64 + 2 x (Q, dO) tiles of 32 (the forward's: attention_forward_mma.cuh).
+// head_dim 64: 36,864 / 37,632 bytes; head_dim 128: 69,632 / 70,400 bytes (68.75 KiB), under
+// sm_80's 163 KiB per block with 2 blocks per SM (2 x (68.75 + 1 reserved) = 139.5 KiB of 164) and
+// sm_90's 227 KiB with 3 (209.25 KiB of 228). Above 48 KiB they opt in.
 template <int HD>
 inline constexpr std::size_t kMmaDkvSmem =
     (2 * kMmaBlockRows + 2 * (2 * kMmaQueryTile)) * kMmaSmemStride<HD> * sizeof(bf16) +
@@ -766,31 +599,10 @@ inline constexpr std::size_t kMmaDkvSmem =
 template <int HD>
 inline constexpr std::size_t kMmaDqSmem =
     (2 * kMmaBlockRows + 2 * (2 * kMmaKeyTile)) * kMmaSmemStride<HD> * sizeof(bf16);
-static_assert(kMmaDkvSmem<128> == 70400 && kMmaForwardSmem<128> == 69632 &&
-                  kMmaDqSmem<128> == 69632,
+static_assert(kMmaDkvSmem<128> == 70400 && kMmaDqSmem<128> == 69632,
               "the shared-memory budget in the comment above");
 static_assert(2 * (kMmaDkvSmem<128> + 1024) <= 164 * 1024,
               "2 blocks per SM on sm_80 at head_dim 128 (1 KiB reserved per block)");
-
-template <int HD>
-void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-                           const std::int32_t* positions, std::int64_t B, std::int64_t Tq,
-                           std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                           std::int64_t q_stride, std::int64_t k_stride, std::int64_t v_stride,
-                           std::int64_t o_stride, cudaStream_t stream) {
-  static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
-  auto kernel = attention_forward_mma_kernel<HD>;
-  allow_dynamic_shared(kernel, kMmaForwardSmem<HD>);
-  const dim3 grid(static_cast<unsigned>(ceil_div(Tq, kMmaBlockRows)), static_cast<unsigned>(Hq),
-                  static_cast<unsigned>(B));
-  // The outputs too: `packed` also selects 16-byte stores of the output rows.
-  const bool packed = rows_aligned16<bf16>(HD, {q, k, v, out}) &&
-                      strides_aligned16<bf16>({q_stride, k_stride, v_stride, o_stride});
-  launch(kernel, grid, dim3(kAttentionThreads), kMmaForwardSmem<HD>, stream, out, lse, q, k, v,
-         positions, static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq),
-         static_cast<int>(Hkv), q_stride, k_stride, v_stride, o_stride,
-         kLog2e / std::sqrt(static_cast<float>(HD)), packed);
-}
 
 // dq, dk, dv from D = rowsum(dO o O) (already in `D`, B * Hq * T floats); training shapes.
 template <int HD>

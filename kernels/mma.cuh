@@ -68,6 +68,8 @@ template <unsigned Matrices, bool Transposed>
 void ldmatrix(std::uint32_t* registers, const void* row_address,
               const std::source_location& where) {
   const unsigned lane = ::minitron::emu::detail::current("ldmatrix").lane;
+  // The roofline's fragment loads (emu/traffic.h): one instruction per warp, counted once.
+  if (lane == 0) ::minitron::emu::detail::count_ldmatrix();
   unsigned char row[16] = {};
   if (lane < 8 * Matrices)
     std::memcpy(row, row_address, sizeof row);  // other lanes' addresses are ignored

@@ -110,6 +110,21 @@ std::string report(const Shape& s, std::int64_t T, const std::vector<emu::Launch
                 h100 * 1e6, 100.0 * model_flops / (h100 * kPeakFlops), h200 * 1e6,
                 100.0 * model_flops / (h200 * kPeakFlops));
   out << line;
+  // Shared-memory fragment loads per tensor-core instruction (one m16n8k16 is 4096 flops): the
+  // fewer, the less an mma waits on ldmatrix issue and shared-memory bandwidth.
+  out << "ldmatrix per mma.sync: ";
+  index = 0;
+  bool any_mma = false;
+  for (const emu::LaunchTraffic& l : launches) {
+    ++index;
+    if (l.library_call || l.flops == 0) continue;
+    std::snprintf(line, sizeof line, "%s%d `%s` %.3f (%llu / %llu)", any_mma ? "; " : "", index,
+                  short_name(l.kernel).c_str(), double(l.ldmatrix) / (double(l.flops) / 4096.0),
+                  static_cast<unsigned long long>(l.ldmatrix), static_cast<unsigned long long>(l.flops / 4096));
+    out << line;
+    any_mma = true;
+  }
+  out << (any_mma ? ".\n\n" : "none.\n\n");
   out << "Memory-bound launches moving more than " << kExcessLimit << "x their ideal bytes: ";
   if (excess.empty()) out << "none.\n";
   for (std::size_t i = 0; i < excess.size(); ++i) out << (i == 0 ? "" : "; ") << excess[i];
@@ -209,7 +224,8 @@ int run(int argc, char** argv) {
                                   {"bytes_written", l.bytes_written},
                                   {"distinct_bytes_read", l.distinct_bytes_read},
                                   {"distinct_bytes_written", l.distinct_bytes_written},
-                                  {"flops", l.flops}};
+                                  {"flops", l.flops},
+                                  {"ldmatrix", l.ldmatrix}};
       lines += row.dump() + "\n";
     }
     write_bytes_atomically(parsed["jsonl"].as<std::string>(), lines);

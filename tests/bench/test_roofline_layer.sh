@@ -3,7 +3,8 @@
 # times are predictions, the cuBLASLt calls' flops are the step's 6 x tokens x matmul weights
 # (computed here from the shape, not by the tool), each call moves exactly its ideal bytes, the
 # kernels' counts are consistent (distinct bytes never above the bytes counted, up to 32-byte
-# sector rounding), the markdown and JSONL files are written, and bad flags fail with a message.
+# sector rounding), the attention forward's ldmatrix and mma.sync counts are those worked out by
+# hand below, the markdown and JSONL files are written, and bad flags fail with a message.
 # Usage: test_roofline_layer.sh ROOFLINE_LAYER PYTHON WORK_DIR
 set -euo pipefail
 tool=$1 python=$2 work=$3
@@ -39,6 +40,14 @@ for r in kernels:
 # Every kernel of a training step touches global memory; the attention kernels do tensor-core work.
 assert all(r["bytes_read"] + r["bytes_written"] > 0 for r in kernels), kernels
 assert any(r["flops"] > 0 and "attention_forward" in r["kernel"] for r in kernels), kernels
+# The tensor-core forward at head_dim 64 over 48 tokens, by hand: one 128-row block per head.
+# Each of its 4 warps loads its Q fragments once (2 slices x 4 k-chunks = 8 ldmatrix); the two
+# with rows below 48 then work on the single 64-key tile: K (4 k-chunks x 4 key pairs) and V (4
+# key chunks x 4 dim pairs), 32 ldmatrix, feeding 64 QK^T and 64 PV mma.sync.
+forward = [r for r in kernels if r["kernel"].startswith("attention_forward_mma_kernel")]
+assert len(forward) == 1, forward
+assert forward[0]["ldmatrix"] == 4 * (4 * 8 + 2 * 32), forward
+assert forward[0]["flops"] == 4 * 2 * 128 * 4096, forward
 PY
 
 # Bad flags: a one-line error naming the flag and what was expected, non-zero exit.

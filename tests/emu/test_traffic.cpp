@@ -1,8 +1,8 @@
 // The roofline's counters (emu/traffic.h) on kernels whose traffic is known by hand: global loads
 // and stores are counted per launch from the instrumented code (this file is compiled as a
 // counted build), shared memory, the stack and host memory are not, a kernel that reads its
-// input twice shows twice the bytes of one that reads it once, cp.async reads and mma.sync flops
-// are counted, and nothing is counted outside a recording.
+// input twice shows twice the bytes of one that reads it once, cp.async reads, mma.sync flops and
+// ldmatrix instructions are counted, and nothing is counted outside a recording.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>
@@ -64,7 +64,8 @@ __global__ void async_copy_and_mma_kernel(const std::uint32_t* in, float* out) {
   cuda::cp_async_commit();
   cuda::cp_async_wait<0>();
   __syncthreads();
-  mma::FragmentA a{{tile[4 * lane], tile[4 * lane + 1], tile[4 * lane + 2], tile[4 * lane + 3]}};
+  mma::FragmentA a;
+  mma::ldmatrix_x4(a.reg, tile + 4 * (lane % 16));  // rows of the tile as the A fragment
   mma::FragmentB b{{tile[4 * lane], tile[4 * lane + 1]}};
   mma::Accumulator d{{0.0f, 0.0f, 0.0f, 0.0f}};
   mma::mma_m16n8k16_bf16(d, a, b, d);
@@ -96,6 +97,7 @@ TEST(EmulatorTraffic, CountsEachGlobalLoadAndStoreOfALaunch) {
   EXPECT_EQ(launches[0].distinct_bytes_read, 4000u);  // 125 whole sectors
   EXPECT_EQ(launches[0].distinct_bytes_written, 4000u);
   EXPECT_EQ(launches[0].flops, 0u);
+  EXPECT_EQ(launches[0].ldmatrix, 0u);
   EXPECT_FALSE(launches[0].library_call);
   cudaFree(in);
   cudaFree(out);
@@ -134,6 +136,7 @@ TEST(EmulatorTraffic, CountsAsyncCopiesAndTensorCoreWork) {
   EXPECT_EQ(launches[0].bytes_read, 32u * 16u);       // one 16-byte cp.async per lane
   EXPECT_EQ(launches[0].bytes_written, 32u * 16u);    // 4 floats per lane
   EXPECT_EQ(launches[0].flops, 2u * 16u * 8u * 16u);  // one m16n8k16 for the warp
+  EXPECT_EQ(launches[0].ldmatrix, 1u);                // one ldmatrix.x4 for the warp
   cudaFree(in);
   cudaFree(out);
 }

@@ -199,10 +199,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                       "_Tk", s.Tk, "_Hq", s.Hq, "_Hkv", s.Hkv, "_hd", s.hd);
                          });
 
-// The bf16 tensor-core forward alone, over more than one of its 64-key tiles: a last tile cut
-// short by the sequence, tiles wholly below the diagonal (which skip the mask), query blocks
-// with rows past the sequence, a KV cache whose queries see every key of the early tiles, one
-// whose warp sees a single key of a tile.
+// The bf16 tensor-core forward alone, over more than one of its key tiles (64 keys at head_dim
+// 64, 32 at 128): a last tile cut short by the sequence, tiles wholly below the diagonal (which
+// skip the mask), query blocks with rows past the sequence, a KV cache whose queries see every
+// key of the early tiles, one whose last query sees a single key of a tile.
+// test_cuda_attention_forward_mma.cpp has the forward's own suite.
 class CudaAttentionBf16Forward : public ::testing::TestWithParam<Shape> {
  protected:
   Device dev;
@@ -218,8 +219,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Shape{1, 128, 128, 3, 3, 64},   // whole tiles only, no grouping
                       Shape{1, 7, 150, 4, 2, 64},     // KV cache: two unmasked tiles, a cut third
                       Shape{1, 1, 70, 2, 1, 128},     // one query over 70 keys
-                      // KV cache whose last query (row 15, the end of warp 0's rows) sees key
-                      // 15 + 49 = 64, the first of the second tile, and no further one
+                      // KV cache whose last query (row 15, the end of warp 0's first slice)
+                      // sees key 15 + 49 = 64, the first of the second tile, and no further one
                       Shape{1, 16, 65, 2, 1, 64}),
     [](const auto& info) {
       const Shape& s = info.param;
