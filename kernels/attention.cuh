@@ -10,8 +10,8 @@
 //
 // This file: the CUDA-core kernels (fp32 FMAs), used for fp32 storage and the reference shape of
 // the algorithm, and the public launchers. bf16, the engine's dtype (head_dim a multiple of 16),
-// dispatches to the tensor-core forward and backward of kernels/attention_mma.cuh; the D kernel
-// below serves both backwards.
+// dispatches to the tensor-core forward of kernels/attention_mma.cuh and backward of
+// kernels/attention_backward_mma.cuh; the D kernel below serves both backwards.
 // Shape of the CUDA-core work:
 //  - A block of 4 warps owns 16 query rows (4 per warp) of one (batch, head). Keys stream
 //    through shared memory 32 at a time; in a tile each lane owns one key, so a score is a
@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/attention_backward_mma.cuh"
 #include "kernels/attention_mma.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/device_memory.h"
@@ -159,19 +160,21 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
   }
 }
 
-// D[b, h, t] = sum_d dout * out over one head row; one warp per row.
+// D[b, h, t] = sum_d dout * out over one head row; one warp per row. dout and out rows are
+// `dout_stride` and `out_stride` elements apart (Hq * HD unless they are views into wider rows).
 template <typename T, int HD>
 __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* out,
-                                              std::int64_t rows, int Tq, int Hq) {
+                                              std::int64_t rows, int Tq, int Hq,
+                                              std::int64_t dout_stride, std::int64_t out_stride) {
   const std::int64_t w =
       blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (w >= rows) return;  // whole warps leave together
   const int lane = threadIdx.x % kWarpSize;
   const std::int64_t t = w % Tq, h = (w / Tq) % Hq, b = w / (static_cast<std::int64_t>(Tq) * Hq);
-  const std::int64_t base = ((b * Tq + t) * Hq + h) * HD;
+  const T* dout_row = dout + (b * Tq + t) * dout_stride + h * HD;
+  const T* out_row = out + (b * Tq + t) * out_stride + h * HD;
   float sum = 0.0f;
-  for (int d = lane; d < HD; d += kWarpSize)
-    sum += to_float(dout[base + d]) * to_float(out[base + d]);
+  for (int d = lane; d < HD; d += kWarpSize) sum += to_float(dout_row[d]) * to_float(out_row[d]);
   sum = warp_sum(sum);
   if (lane == 0) D[w] = sum;
 }
@@ -418,23 +421,45 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
   }
 }
 
+// The bf16 tensor-core backward over tensors of any row strides (views into fused QKV and
+// gradient buffers): D = rowsum(dO o O) into `workspace` (B * Hq * T floats), then dq, dk, dv.
+template <int HD>
+void attention_backward_bf16_strided(bf16* dq, bf16* dk, bf16* dv, const bf16* dout,
+                                     const bf16* out, const float* lse, const bf16* q,
+                                     const bf16* k, const bf16* v, const std::int32_t* positions,
+                                     std::int64_t B, std::int64_t T_, std::int64_t Hq,
+                                     std::int64_t Hkv, const AttentionBackwardStrides& strides,
+                                     float* workspace, cudaStream_t stream) {
+  const std::int64_t rows = B * Hq * T_;
+  constexpr int kDotWarps = 8;
+  launch(attention_backward_dot_kernel<bf16, HD>,
+         dim3(static_cast<unsigned>(ceil_div(rows, kDotWarps))), dim3(kDotWarps * kWarpSize), 0,
+         stream, workspace, dout, out, rows, static_cast<int>(T_), static_cast<int>(Hq),
+         strides.dout, strides.out);
+  attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, positions, B, T_, Hq, Hkv,
+                             strides, stream);
+}
+
 template <typename T, int HD>
 void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse,
                            const T* q, const T* k, const T* v, const std::int32_t* positions,
                            std::int64_t B, std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
                            float* workspace, cudaStream_t stream) {
-  const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq);
-  const std::int64_t rows = B * Hq * T_;
-  constexpr int kDotWarps = 8;
-  launch(attention_backward_dot_kernel<T, HD>,
-         dim3(static_cast<unsigned>(ceil_div(rows, kDotWarps))), dim3(kDotWarps * kWarpSize), 0,
-         stream, workspace, dout, out, rows, Ti, Hqi);
-
+  const std::int64_t q_stride = Hq * HD, kv_stride = Hkv * HD;
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
-    // bf16: the tensor-core dq and dk/dv kernels (attention_mma.cuh).
-    attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, positions, B, T_, Hq, Hkv,
-                               stream);
+    // bf16: the tensor-core dq and dk/dv kernels (attention_backward_mma.cuh), with today's
+    // unfused row strides.
+    const AttentionBackwardStrides strides{q_stride, kv_stride, kv_stride, q_stride,
+                                           q_stride, q_stride,  kv_stride, kv_stride};
+    attention_backward_bf16_strided<HD>(dq, dk, dv, dout, out, lse, q, k, v, positions, B, T_, Hq,
+                                        Hkv, strides, workspace, stream);
   } else {
+    const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq);
+    const std::int64_t rows = B * Hq * T_;
+    constexpr int kDotWarps = 8;
+    launch(attention_backward_dot_kernel<T, HD>,
+           dim3(static_cast<unsigned>(ceil_div(rows, kDotWarps))), dim3(kDotWarps * kWarpSize), 0,
+           stream, workspace, dout, out, rows, Ti, Hqi, q_stride, q_stride);
     constexpr int S = kAttentionSmemStride<T, HD>;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
     const int Hkvi = static_cast<int>(Hkv);
