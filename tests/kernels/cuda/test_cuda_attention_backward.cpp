@@ -4,6 +4,7 @@
 // group of 8; packed documents, one starting on the last key of a 32-key tile and of a 128-key
 // block; q, k, v as views into one fused QKV buffer and dq, dk, dv into one fused gradient buffer
 // (row stride (Hq + 2 Hkv) hd plus a gap that must stay untouched), out and dout with wider rows,
+// every tensor in its own buffer with a different row stride,
 // rows off their 16-byte boundary and strides that are not whole 16-byte packs (the element-wise
 // paths); two runs bit-identical.
 #include <gtest/gtest.h>
@@ -27,6 +28,7 @@ using Bf16 = __nv_bfloat16;
 // How the tensors lie in memory.
 enum class Layout {
   separate,  // one buffer each, today's strides (Hq hd, Hkv hd)
+  padded,    // one buffer each, every row stride wider than its rows by a different gap
   fused,     // q, k, v in one buffer, dq, dk, dv in another, rows (Hq + 2 Hkv) hd + 8 (a gap)
   offset,    // fused, every base one element past a 16-byte boundary: element-wise tiles
   odd,       // fused with rows (Hq + 2 Hkv) hd + 3: most rows off their 16-byte boundary
@@ -34,6 +36,7 @@ enum class Layout {
 const char* layout_label(Layout l) {
   switch (l) {
     case Layout::separate: return "separate";
+    case Layout::padded: return "padded";
     case Layout::fused: return "fused";
     case Layout::offset: return "offset";
     case Layout::odd: return "odd";
@@ -91,7 +94,7 @@ constexpr std::uint16_t kGapBits = 0x7fc1;  // a NaN no kernel computes: a write
 
 BackwardRun run_backward(const Case& c, const Problem& p) {
   const std::int64_t N = c.B * c.T, Hq = c.Hq, Hkv = c.Hkv, hd = c.hd;
-  const bool fused = c.layout != Layout::separate;
+  const bool fused = c.layout != Layout::separate && c.layout != Layout::padded;
   const std::int64_t base = c.layout == Layout::offset ? 1 : 0;
   const std::int64_t pad = c.layout == Layout::odd ? 3 : 8;
   // Row strides: fused rows hold a head block of q, k, v (or dq, dk, dv) and a gap; out and dout
@@ -101,6 +104,9 @@ BackwardRun run_backward(const Case& c, const Problem& p) {
   AttentionBackwardStrides s{};
   if (fused) {
     s = {row, row, row, Hq * hd + pad, Hq * hd + 2 * pad, row, row, row};
+  } else if (c.layout == Layout::padded) {  // 8 .. 64 more: no stride stands in for another
+    s = {Hq * hd + 8,  Hkv * hd + 16, Hkv * hd + 24, Hq * hd + 32,
+         Hq * hd + 40, Hq * hd + 48,  Hkv * hd + 56, Hkv * hd + 64};
   } else {
     s = {Hq * hd, Hkv * hd, Hkv * hd, Hq * hd, Hq * hd, Hq * hd, Hkv * hd, Hkv * hd};
   }
@@ -124,9 +130,9 @@ BackwardRun run_backward(const Case& c, const Problem& p) {
     return out;
   };
 
-  std::vector<Bf16> qkv = buffer(fused ? N * row : N * Hq * hd);
+  std::vector<Bf16> qkv = buffer(fused ? N * row : N * s.q);
   std::vector<Bf16> k_own, v_own, dk_own, dv_own;
-  std::vector<Bf16> grads = buffer(fused ? N * row : N * Hq * hd);
+  std::vector<Bf16> grads = buffer(fused ? N * row : N * s.dq);
   std::vector<Bf16> out = buffer(N * s.out), dout = buffer(N * s.dout);
   Bf16 *q_at = qkv.data() + base, *k_at, *v_at, *dq_at = grads.data() + base, *dk_at, *dv_at;
   const std::int64_t k_col = fused ? Hq * hd : 0, v_col = fused ? (Hq + Hkv) * hd : 0;
@@ -139,10 +145,10 @@ BackwardRun run_backward(const Case& c, const Problem& p) {
     dk_at = dq_at + k_col;
     dv_at = dq_at + v_col;
   } else {
-    k_own = buffer(N * Hkv * hd);
-    v_own = buffer(N * Hkv * hd);
-    dk_own = buffer(N * Hkv * hd);
-    dv_own = buffer(N * Hkv * hd);
+    k_own = buffer(N * s.k);
+    v_own = buffer(N * s.v);
+    dk_own = buffer(N * s.dk);
+    dv_own = buffer(N * s.dv);
     scatter(k_own, p.k, 0, s.k, Hkv * hd);
     scatter(v_own, p.v, 0, s.v, Hkv * hd);
     k_at = k_own.data() + base;
@@ -174,14 +180,21 @@ BackwardRun run_backward(const Case& c, const Problem& p) {
   const std::vector<Bf16>* outputs[] = {&grads, &dk_own, &dv_own};
   for (const auto* o : outputs)
     for (const Bf16& x : *o) r.bits.push_back(__bfloat16_as_ushort(x));
-  if (fused) {  // the gap after each row's dv and the elements around the buffer
-    for (std::int64_t rr = 0; rr < N; ++rr)
-      for (std::int64_t e = (Hq + 2 * Hkv) * hd; e < row; ++e)
-        r.gaps_untouched &= __bfloat16_as_ushort(grads[base + rr * row + e]) == kGapBits;
-    for (std::int64_t e = 0; e < base; ++e)
-      r.gaps_untouched &= __bfloat16_as_ushort(grads[e]) == kGapBits;
-    for (std::size_t e = static_cast<std::size_t>(base + N * row); e < grads.size(); ++e)
-      r.gaps_untouched &= __bfloat16_as_ushort(grads[e]) == kGapBits;
+  // Every element of an output buffer outside its rows' data (the gap after each row, the
+  // elements before and after the rows) keeps the gap NaN.
+  auto check_gaps = [&](const std::vector<Bf16>& buf, std::int64_t used, std::int64_t stride) {
+    for (std::int64_t e = 0; e < static_cast<std::int64_t>(buf.size()); ++e) {
+      const std::int64_t at = e - base;
+      const bool data = at >= 0 && at < N * stride && at % stride < used;
+      if (!data) r.gaps_untouched &= __bfloat16_as_ushort(buf[e]) == kGapBits;
+    }
+  };
+  if (fused) {
+    check_gaps(grads, (Hq + 2 * Hkv) * hd, row);
+  } else {
+    check_gaps(grads, Hq * hd, s.dq);
+    check_gaps(dk_own, Hkv * hd, s.dk);
+    check_gaps(dv_own, Hkv * hd, s.dv);
   }
   return r;
 }
@@ -239,7 +252,7 @@ TEST_P(CudaAttentionBackwardMma, MatchesReferenceAndLeavesGapsAlone) {
   const Problem p = make_problem(c);
   const BackwardRun r = run_backward(c, p);
   expect_gradients(r, c, p);
-  EXPECT_TRUE(r.gaps_untouched) << "a kernel wrote outside dq, dk, dv in the fused buffer";
+  EXPECT_TRUE(r.gaps_untouched) << "a kernel wrote outside the rows of dq, dk or dv";
 }
 
 // Every gradient element is summed by one lane in a fixed order (no atomics): two runs give the
@@ -255,17 +268,17 @@ TEST(CudaAttentionBackwardMmaDeterminism, TwoRunsAreBitIdentical) {
 // Keys and queries past a multiple of every tile (16- and 32-row tiles, 128-row blocks, 32-row
 // warps), and the group of 8 and 32 over 8 heads.
 const Case kCases[] = {
-    {2, 1, 2, 1, 64, Layout::separate, {}},     // one token, two batches
-    {1, 1, 8, 1, 128, Layout::fused, {}},       // one token, group of 8
-    {1, 37, 4, 2, 128, Layout::fused, {}},      // a warp's second 16-row slice half full
-    {2, 77, 8, 1, 64, Layout::odd, {}},         // group of 8, strides not whole packs
-    {1, 129, 4, 1, 64, Layout::offset, {}},     // one key past a 128-key block, misaligned rows
-    {1, 200, 2, 1, 128, Layout::separate, {}},  // two blocks, the second 72 rows
-    {1, 37, 32, 8, 64, Layout::fused, {}},      // 32 query heads over 8 KV heads
+    {2, 1, 2, 1, 64, Layout::separate, {}},   // one token, two batches
+    {1, 1, 8, 1, 128, Layout::fused, {}},     // one token, group of 8
+    {1, 37, 4, 2, 128, Layout::fused, {}},    // a warp's second 16-row slice half full
+    {2, 77, 8, 1, 64, Layout::odd, {}},       // group of 8, strides not whole packs
+    {1, 129, 4, 1, 64, Layout::offset, {}},   // one key past a 128-key block, misaligned rows
+    {1, 200, 2, 1, 128, Layout::padded, {}},  // two blocks, the second 72 rows
+    {1, 37, 32, 8, 64, Layout::fused, {}},    // 32 query heads over 8 KV heads
     // Packed documents: starts at 0, 31 (a 32-key tile's last key), 127 (a 128-key block's and a
     // 32-key tile's last key); and a row of a 1-token document, a 16-token one and a long one.
     {2, 200, 4, 2, 64, Layout::fused, {{31, 96, 73}, {1, 16, 150, 33}}},
-    {1, 200, 4, 1, 128, Layout::separate, {{31, 96, 73}}},
+    {1, 200, 4, 1, 128, Layout::padded, {{31, 96, 73}}},
 };
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionBackwardMma, ::testing::ValuesIn(kCases),
