@@ -13,7 +13,7 @@
 // This file: the CUDA-core kernels (fp32 FMAs), used for fp32 storage and the reference shape of
 // the algorithm, and the public launchers. bf16, the engine's dtype (head_dim a multiple of 16),
 // dispatches to the tensor-core forward of kernels/attention_forward_mma.cuh and backward of
-// kernels/attention_mma.cuh; the D kernel below serves both backwards.
+// kernels/attention_backward_mma.cuh; the D kernel below serves both backwards.
 // Shape of the CUDA-core work:
 //  - A block of 4 warps owns 16 query rows (4 per warp) of one (batch, head). Keys stream
 //    through shared memory 32 at a time; in a tile each lane owns one key, so a score is a
@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "core/row_strides.h"
+#include "kernels/attention_backward_mma.cuh"
 #include "kernels/attention_forward_mma.cuh"
 #include "kernels/attention_mma.cuh"
 #include "kernels/cuda/device_common.cuh"
@@ -163,7 +164,8 @@ __global__ void attention_forward_kernel(T* out, float* lse, const T* q, const T
   }
 }
 
-// D[b, h, t] = sum_d dout * out over one head row; one warp per row.
+// D[b, h, t] = sum_d dout * out over one head row; one warp per row. dout and out rows are
+// `dout_stride` and `out_stride` elements apart (Hq * HD unless they are views into wider rows).
 template <typename T, int HD>
 __global__ void attention_backward_dot_kernel(float* D, const T* dout, const T* out,
                                               std::int64_t rows, int Tq, int Hq,
@@ -447,9 +449,9 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
          stream, workspace, dout, out, rows, Ti, Hqi, st.dout, st.out);
 
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
-    // bf16: the tensor-core dq and dk/dv kernels (attention_mma.cuh).
+    // bf16: the tensor-core dq and dk/dv kernels (attention_backward_mma.cuh).
     attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, positions, B, T_, Hq, Hkv,
-                               st.q, st.k, st.v, st.dout, st.dq, st.dk, st.dv, stream);
+                               st, stream);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));

@@ -113,8 +113,8 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
       positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr;
   const int key_begin = attention_first_key_tile(row_positions, q0, KT);
 
-  // The K/V tile at keys k0 .. k0 + KT into buffer `slot` (none past key_end): MmaKvStream's
-  // layout, but K and V each with its own row stride.
+  // The K/V tile at keys k0 .. k0 + KT into buffer `slot` (none past key_end): K's rows, then
+  // V's, each with its own row stride.
   auto load_tile = [&](int slot, int k0) {
     if (k0 >= key_end) return;
     bf16* buffer = kv_s + slot * kBuffer;

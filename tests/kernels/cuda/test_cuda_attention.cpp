@@ -2,8 +2,9 @@
 // Shapes: sequence 1; sequences that are not multiples of the 16-row query tiles or the 32- and
 // 64-key tiles; several query heads per KV head (group 2 and 3) and none; head_dim 16, 32, 64
 // and 128 (fp32 tiles of 128 need the >48 KiB shared-memory opt-in); a KV-cache forward (Tk > Tq).
-// bf16 runs the tensor-core kernels (kernels/attention_mma.cuh); their backward has its own
-// suite over the 64-row blocks, 32-row tiles and KV groups it is built around.
+// bf16 runs the tensor-core kernels (kernels/attention_mma.cuh, attention_backward_mma.cuh); their
+// backward has its own suites (below, and test_cuda_attention_backward.cpp for its 128-row blocks,
+// row strides and packed documents).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -228,8 +229,8 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // The bf16 tensor-core backward alone (Tq == Tk), two batches with NaN-poisoned outputs:
-// sequences that are not multiples of the 64-row blocks or the 32-row tiles (1, 20, 37, 77), KV
-// groups of 4 and 2, head_dim 64 and 128 and once each 16, 32 and 96.
+// sequences that are not multiples of the 128-row blocks, the 32-row warps or the 16- and 32-row
+// tiles (1, 20, 37, 77), KV groups of 4 and 2, head_dim 64 and 128 and once each 16, 32 and 96.
 class CudaAttentionBf16Backward : public ::testing::TestWithParam<Shape> {
  protected:
   Device dev;
@@ -262,7 +263,7 @@ TEST_P(CudaAttentionBf16Backward, MatchesReferenceWithinRoundingOfPAndDs) {
 }
 
 const Shape kBackwardShapes[] = {
-    {2, 77, 77, 4, 1, 128},  // two 64-key blocks (the second partial), three query tiles, group 4
+    {2, 77, 77, 4, 1, 128},  // a partial 128-key block, three query tiles, group 4
     {2, 77, 77, 4, 2, 64},   // group 2
     {2, 20, 20, 4, 2, 128},  // one partial block and tile
     {2, 1, 1, 4, 1, 64},     // sequence 1
