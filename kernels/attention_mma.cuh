@@ -34,7 +34,6 @@ constexpr int kAttentionThreads = 128;  // 4 warps
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-constexpr int kMmaWarpRows = 16;  // rows a warp owns
 constexpr int kMmaWarpRows = 16;  // rows of one m-tile
 template <int HD>
 inline constexpr int kMmaSmemStride = HD + 8;  // 16 bytes of padding: rows start 4 banks apart
