@@ -81,37 +81,39 @@ void expect_same(const std::string& what, const std::vector<float>& got,
 }
 
 TEST_P(StridedViews, RopeOverTheQAndKHeadsOfAFusedRow) {
-  // q|k|v of 3 + 1 + 1 heads of 16: rotate q and k (4 heads) in place, v untouched.
+  // q|k|v of 3 + 1 + 1 heads of 16: rotate q and k (4 heads) in place, v untouched; rows of the
+  // fused width, and 3 elements wider (rows off 16-byte boundaries: the element-wise path).
   const std::int64_t B = 2, T = 7, hd = 16, Hq = 3, Hkv = 1;
-  const std::int64_t QD = Hq * hd, KVD = Hkv * hd, S = QD + 2 * KVD, N = B * T;
+  const std::int64_t QD = Hq * hd, KVD = Hkv * hd, N = B * T;
   std::vector<float> inv_freq(hd / 2);
   for (std::int64_t i = 0; i < hd / 2; ++i)
     inv_freq[static_cast<std::size_t>(i)] = static_cast<float>(std::pow(10000.0, -2.0 * i / hd));
-  const auto fused = stored(random_floats(static_cast<std::size_t>(N * S), 11, -2, 2), dt());
   auto f = put(inv_freq, DType::F32);
-  for (const bool packed : {false, true}) {
-    std::vector<std::int32_t> positions(static_cast<std::size_t>(N));
-    for (std::int64_t r = 0; r < N; ++r)
-      positions[static_cast<std::size_t>(r)] =
-          static_cast<std::int32_t>(r % T < 3 ? r % T : r % T - 3);
-    BackendBuffer pos(b(), N, DType::I32);
-    b().upload_i32(pos, positions.data());
-    const Tensor places = packed ? pos.tensor() : Tensor{};
-    const std::int64_t offset = packed ? 0 : 5;
-    auto x = put(fused);
-    auto dense = put(columns(fused, N, S, 0, QD + KVD));
-    const Tensor view = x.tensor().slice(0, strided_numel(N, QD + KVD, S));
-    b().rope_forward(view, f, B, T, Hq + Hkv, hd, offset, places, S);
-    b().rope_forward(dense, f, B, T, Hq + Hkv, hd, offset, places);
-    const std::string what = packed ? "packed" : "offset";
-    const auto got = get(x);
-    expect_same("rope forward " + what, columns(got, N, S, 0, QD + KVD), get(dense));
-    expect_same("rope forward leaves v " + what, outside(got, N, S, 0, QD + KVD),
-                outside(fused, N, S, 0, QD + KVD));
-    b().rope_backward(view, f, B, T, Hq + Hkv, hd, offset, places, S);
-    b().rope_backward(dense, f, B, T, Hq + Hkv, hd, offset, places);
-    expect_same("rope backward " + what, columns(get(x), N, S, 0, QD + KVD), get(dense));
-  }
+  for (const std::int64_t S : {QD + 2 * KVD, QD + 2 * KVD + 3})
+    for (const bool packed : {false, true}) {
+      const auto fused = stored(random_floats(static_cast<std::size_t>(N * S), 11, -2, 2), dt());
+      std::vector<std::int32_t> positions(static_cast<std::size_t>(N));
+      for (std::int64_t r = 0; r < N; ++r)
+        positions[static_cast<std::size_t>(r)] =
+            static_cast<std::int32_t>(r % T < 3 ? r % T : r % T - 3);
+      BackendBuffer pos(b(), N, DType::I32);
+      b().upload_i32(pos, positions.data());
+      const Tensor places = packed ? pos.tensor() : Tensor{};
+      const std::int64_t offset = packed ? 0 : 5;
+      auto x = put(fused);
+      auto dense = put(columns(fused, N, S, 0, QD + KVD));
+      const Tensor view = x.tensor().slice(0, strided_numel(N, QD + KVD, S));
+      b().rope_forward(view, f, B, T, Hq + Hkv, hd, offset, places, S);
+      b().rope_forward(dense, f, B, T, Hq + Hkv, hd, offset, places);
+      const std::string what = str(packed ? "packed" : "offset", ", row stride ", S);
+      const auto got = get(x);
+      expect_same("rope forward " + what, columns(got, N, S, 0, QD + KVD), get(dense));
+      expect_same("rope forward leaves v " + what, outside(got, N, S, 0, QD + KVD),
+                  outside(fused, N, S, 0, QD + KVD));
+      b().rope_backward(view, f, B, T, Hq + Hkv, hd, offset, places, S);
+      b().rope_backward(dense, f, B, T, Hq + Hkv, hd, offset, places);
+      expect_same("rope backward " + what, columns(get(x), N, S, 0, QD + KVD), get(dense));
+    }
 }
 
 TEST_P(StridedViews, SwigluReadsAndWritesTheFusedGateUp) {
