@@ -53,8 +53,7 @@ print("for cp.async: 2 x (64 K + 64 V) for the forward at head_dim <= 64 (Q borr
 print("2 x (32 K + 32 V) above, 2*128 + 2 x (32 K + 32 V) plus 1,536 bytes (lse, D, document starts)")
 print("for dq, 2*128 + 2 x (QT Q + QT dO) plus 24 QT bytes for dk/dv (QT = 16 at head_dim <= 64, else")
 print("32): 69,632 / 105,984 / 105,216 bytes at head_dim 128, past the 48 KiB default, so they opt in;")
-print("each kernel's budget per head_dim is in its file's header).
-")
+print("each kernel's budget per head_dim is in its file's header).\n")
 print("| kernel | arch | registers | stack bytes | spill stores | spill loads | static smem bytes |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
