@@ -29,6 +29,8 @@
 namespace minitron {
 namespace {
 
+using testing::same_bits;
+
 namespace fs = std::filesystem;
 
 // What the forward asked of the gathers and what it ran, in order: "gather k" (the k-th bucket's
@@ -136,10 +138,6 @@ Pass run_pass(bool gather, std::int64_t bucket_elements, ActivationRecompute rec
   return pass;
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 // Every gather starts before the forward; each bucket is waited for just before the first layer
 // that reads it, and after the layers before it are queued (so their compute overlaps its
 // gather). tiny_config's 7 units (embedding, 4 layers, final norm, LM head) by hand:
@@ -216,38 +214,10 @@ TEST(ParameterGather, WaitsForTheBucketsOfARange) {
   EXPECT_FALSE(gather.pending());
 }
 
-// Runs of `world` TCP ranks (threads on 127.0.0.1); returns rank 0's, after checking every rank
-// ended with its weights.
-testing::StageRun tcp_run(const ModelConfig& config, const std::vector<float>& init, const TrainOptions& o, int world,
-                          int stage, bool overlap) {
-  std::vector<testing::StageRun> ranks(static_cast<std::size_t>(world));
-  const int port = testing::free_tcp_port();
-  const auto errors = testing::run_ranks(world, [&](std::int64_t rank) {
-    auto backend = make_backend("cpu");
-    HostCommunicator communicator(*backend, std::make_unique<TcpGroup>(testing::local_environment(rank, world, port)));
-    // Buckets of 10000: the gather moves 4 buckets (and the gradient buckets with stage 2), some
-    // of them inside one rank's part, some across two.
-    ranks[static_cast<std::size_t>(rank)] =
-        testing::train_with_stage(config, init, *backend, communicator, o, stage, 10000, overlap);
-  });
-  EXPECT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world)));
-  for (int r = 1; r < world; ++r)
-    EXPECT_TRUE(same_bits(ranks[0].params, ranks[static_cast<std::size_t>(r)].params)) << "rank " << r;
-  return ranks[0];
-}
-
-struct TcpFixture {
-  testing::TempDir dir;
-  ModelConfig config = testing::tiny_config();
-  std::vector<float> init = testing::tiny_parameters(config, 3);
-  TcpFixture() { write_shard(dir / "train.bin", testing::tiny_tokens(400, config.vocab_size, 4)); }
-  TrainOptions options(const std::string& name) const {
-    TrainOptions o = testing::data_parallel_options(dir / "train.bin");
-    o.batch_size = 2;
-    o.output = dir / name;
-    return o;
-  }
-};
+using TcpFixture = testing::TcpTrainingSetup;
+// Buckets of 10000 elements: the gather moves 4 buckets (and the gradient buckets with stage 2),
+// some of them inside one rank's part, some across two.
+constexpr std::int64_t kGatherBuckets = 10000;
 
 // The gather is a copy: bucket by bucket it gives every rank the bits of the one all_gather.
 TEST(ParameterGather, TcpRanksEqualTheGatherInOnePiece) {
@@ -258,9 +228,10 @@ TEST(ParameterGather, TcpRanksEqualTheGatherInOnePiece) {
         const std::string what = str(world, " ranks, stage ", stage, ", ", activation_recompute_name(recompute));
         TrainOptions o = f.options(str("one-piece-", world, stage, static_cast<int>(recompute)));
         o.recompute = recompute;
-        const testing::StageRun one_piece = tcp_run(f.config, f.init, o, world, stage, false);
+        const testing::StageRun one_piece = testing::tcp_run(f.config, f.init, o, world, stage, kGatherBuckets, false);
         o.output = f.dir / str("overlapped-", world, stage, static_cast<int>(recompute));
-        testing::expect_same_bits(one_piece, tcp_run(f.config, f.init, o, world, stage, true), what);
+        testing::expect_same_bits(one_piece, testing::tcp_run(f.config, f.init, o, world, stage, kGatherBuckets, true),
+                                  what);
       }
 }
 
@@ -274,15 +245,15 @@ TEST(ParameterGather, TcpResumeEqualsTheGatherInOnePiece) {
   for (int stage : {1, 2}) {
     o.output = f.dir / str("one-piece-", stage);
     o.resume = false;
-    const testing::StageRun one_piece = tcp_run(f.config, f.init, o, 2, stage, false);
+    const testing::StageRun one_piece = testing::tcp_run(f.config, f.init, o, 2, stage, kGatherBuckets, false);
     o.output = f.dir / str("overlapped-", stage);
-    tcp_run(f.config, f.init, o, 2, stage, true);
+    testing::tcp_run(f.config, f.init, o, 2, stage, kGatherBuckets, true);
     const fs::path resumed = f.dir / str("resumed-", stage);
     fs::create_directories(resumed);
     fs::copy(o.output / "checkpoint-2", resumed / "checkpoint-2", fs::copy_options::recursive);
     o.output = resumed;
     o.resume = true;
-    const testing::StageRun run = tcp_run(f.config, f.init, o, 2, stage, true);
+    const testing::StageRun run = testing::tcp_run(f.config, f.init, o, 2, stage, kGatherBuckets, true);
     EXPECT_TRUE(same_bits(one_piece.params, run.params)) << "stage " << stage;
     EXPECT_EQ(std::vector<double>(one_piece.losses.begin() + 2, one_piece.losses.end()), run.losses);
     EXPECT_EQ(read_text_file(f.dir / str("one-piece-", stage) / "model" / "model.safetensors"),

@@ -28,6 +28,8 @@
 namespace minitron {
 namespace {
 
+using testing::same_bits;
+
 namespace fs = std::filesystem;
 
 std::vector<std::pair<std::int64_t, std::int64_t>> ranges(const std::vector<GradientBucket>& buckets) {
@@ -167,10 +169,6 @@ std::vector<float> accumulated_gradient(bool tied, const GradientSharding& shard
   return testing::gradients(model);
 }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 // In one process stage 2's part is the whole vector, reduced bucket by bucket by the identity:
 // the same gradient as stage 1 to the bit for one micro-batch, whatever the buckets.
 TEST(ZeroStage2, OneProcessGradientIsStageOnes) {
@@ -250,34 +248,11 @@ TEST(ZeroStage2, EachBucketIsReducedOnceWhenWhole) {
   }
 }
 
-// Runs of `world` ranks over TCP, once per stage, with these options; returns rank 0's.
-testing::StageRun tcp_run(const ModelConfig& config, const std::vector<float>& init, const TrainOptions& o, int world,
-                          int stage, std::int64_t bucket_elements) {
-  std::vector<testing::StageRun> ranks(static_cast<std::size_t>(world));
-  const int port = testing::free_tcp_port();
-  const auto errors = testing::run_ranks(world, [&](std::int64_t rank) {
-    auto backend = make_backend("cpu");
-    HostCommunicator communicator(*backend, std::make_unique<TcpGroup>(testing::local_environment(rank, world, port)));
-    ranks[static_cast<std::size_t>(rank)] =
-        testing::train_with_stage(config, init, *backend, communicator, o, stage, bucket_elements);
-  });
-  EXPECT_EQ(errors, std::vector<std::string>(static_cast<std::size_t>(world)));
-  for (int r = 1; r < world; ++r)
-    EXPECT_TRUE(same_bits(ranks[0].params, ranks[static_cast<std::size_t>(r)].params)) << "rank " << r;
-  return ranks[0];
-}
-
-struct TcpFixture {
-  testing::TempDir dir;
-  ModelConfig config = testing::tiny_config();
-  std::vector<float> init = testing::tiny_parameters(config, 3);
-  TcpFixture() { write_shard(dir / "train.bin", testing::tiny_tokens(400, config.vocab_size, 4)); }
+struct TcpFixture : testing::TcpTrainingSetup {
   TrainOptions options(const std::string& name) const {
-    TrainOptions o = testing::data_parallel_options(dir / "train.bin");
-    o.batch_size = 2;
+    TrainOptions o = TcpTrainingSetup::options(name);
     // Far below the gradient norm (~5 here): every step is clipped.
     o.optimizer.grad_clip = 0.05;
-    o.output = dir / name;
     return o;
   }
 };
@@ -286,12 +261,12 @@ TEST(ZeroStage2, TcpRanksEqualStageOneToTheBit) {
   TcpFixture f;
   for (int world : {2, 3}) {
     const testing::StageRun stage1 =
-        tcp_run(f.config, f.init, f.options(str("s1-", world)), world, 1, kDefaultBucketElements);
+        testing::tcp_run(f.config, f.init, f.options(str("s1-", world)), world, 1, kDefaultBucketElements);
     ASSERT_EQ(stage1.grad_norms.size(), 3u);
     for (double norm : stage1.grad_norms) EXPECT_GT(norm, 0.05) << "the clip must bite";
     for (std::int64_t bucket : {std::int64_t{1}, std::int64_t{10000}, kDefaultBucketElements}) {
       const testing::StageRun stage2 =
-          tcp_run(f.config, f.init, f.options(str("s2-", world, "-", bucket)), world, 2, bucket);
+          testing::tcp_run(f.config, f.init, f.options(str("s2-", world, "-", bucket)), world, 2, bucket);
       EXPECT_GT(stage2.buckets, 1);
       testing::expect_same_bits(stage1, stage2, str(world, " ranks, buckets of ", bucket));
     }
@@ -303,9 +278,9 @@ TEST(ZeroStage2, TcpRanksWithAccumulationMatchStageOne) {
   TcpFixture f;
   TrainOptions o = f.options("s1");
   o.grad_accumulation = 2;
-  const testing::StageRun stage1 = tcp_run(f.config, f.init, o, 2, 1, kDefaultBucketElements);
+  const testing::StageRun stage1 = testing::tcp_run(f.config, f.init, o, 2, 1, kDefaultBucketElements);
   o.output = f.dir / "s2";
-  const testing::StageRun stage2 = tcp_run(f.config, f.init, o, 2, 2, 1);
+  const testing::StageRun stage2 = testing::tcp_run(f.config, f.init, o, 2, 2, 1);
   // Adam steps of lr 1e-2 from gradients that differ by a few fp32 ulps: weights (~0.3) within
   // 1e-4 (1% of a step; an element with a near-zero gradient may flip further), while a lost
   // or doubled micro-batch moves them by whole steps.
@@ -323,12 +298,12 @@ TEST(ZeroStage2, TcpResumeEqualsStageOne) {
   TrainOptions o = f.options("s1");
   o.steps = 4;
   o.save_interval = 2;
-  const testing::StageRun stage1 = tcp_run(f.config, f.init, o, 2, 1, kDefaultBucketElements);
+  const testing::StageRun stage1 = testing::tcp_run(f.config, f.init, o, 2, 1, kDefaultBucketElements);
   for (const char* source : {"s1", "s2"}) {
     if (std::string(source) == "s2") {
       TrainOptions full = o;
       full.output = f.dir / "s2";
-      testing::expect_same_bits(stage1, tcp_run(f.config, f.init, full, 2, 2, 1), "uninterrupted stage 2");
+      testing::expect_same_bits(stage1, testing::tcp_run(f.config, f.init, full, 2, 2, 1), "uninterrupted stage 2");
     }
     const fs::path resumed = f.dir / str("resumed-from-", source);
     fs::create_directories(resumed);
@@ -336,7 +311,7 @@ TEST(ZeroStage2, TcpResumeEqualsStageOne) {
     TrainOptions r = o;
     r.output = resumed;
     r.resume = true;
-    const testing::StageRun run = tcp_run(f.config, f.init, r, 2, 2, 1);
+    const testing::StageRun run = testing::tcp_run(f.config, f.init, r, 2, 2, 1);
     EXPECT_TRUE(same_bits(stage1.params, run.params)) << "resumed from " << source;
     EXPECT_EQ(std::vector<double>(stage1.losses.begin() + 2, stage1.losses.end()), run.losses) << source;
     EXPECT_EQ(read_text_file(f.dir / "s1" / "model" / "model.safetensors"),
