@@ -167,17 +167,27 @@ void Backend::copy_rows(Tensor dst, Tensor src, std::int64_t rows, std::int64_t 
 
 // ---- dense algebra ----
 
-void Backend::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
-                     bool trans_a, bool trans_b, float alpha, float beta) {
-  const OpCheck check(*this, "matmul");
+namespace {
+
+// A matmul's operands: a [M, K] and b [K, N] in one storage dtype, out [M, N] in it or the
+// gradient dtype, overlapping neither.
+void check_matmul_operands(const OpCheck& check, DType gradient_dtype, Tensor out, Tensor a,
+                           Tensor b, std::int64_t M, std::int64_t N, std::int64_t K) {
   check.size("M", M);
   check.size("N", N);
   check.size("K", K);
   const DType s = check.storage_tensor("a", a, M * K);
   check.tensor("b", b, {s}, K * N);
-  check.tensor("out", out, {s, gradient_dtype()}, M * N);
+  check.tensor("out", out, {s, gradient_dtype}, M * N);
   check.separate("out", out, "a", a);
   check.separate("out", out, "b", b);
+}
+
+}  // namespace
+
+void Backend::matmul(Tensor out, Tensor a, Tensor b, std::int64_t M, std::int64_t N, std::int64_t K,
+                     bool trans_a, bool trans_b, float alpha, float beta) {
+  check_matmul_operands(OpCheck(*this, "matmul"), gradient_dtype(), out, a, b, M, N, K);
   do_matmul(out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
 }
 
@@ -186,14 +196,7 @@ void Backend::matmul_concatenated(Tensor out, Tensor a, Tensor b, std::int64_t M
                                   float beta, ConcatenatedDim dim,
                                   std::span<const std::int64_t> parts) {
   const OpCheck check(*this, "matmul_concatenated");
-  check.size("M", M);
-  check.size("N", N);
-  check.size("K", K);
-  const DType s = check.storage_tensor("a", a, M * K);
-  check.tensor("b", b, {s}, K * N);
-  check.tensor("out", out, {s, gradient_dtype()}, M * N);
-  check.separate("out", out, "a", a);
-  check.separate("out", out, "b", b);
+  check_matmul_operands(check, gradient_dtype(), out, a, b, M, N, K);
   const std::int64_t whole = dim == ConcatenatedDim::M ? M : dim == ConcatenatedDim::N ? N : K;
   std::int64_t sum = 0;
   for (const std::int64_t part : parts) {
