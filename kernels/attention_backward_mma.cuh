@@ -1,6 +1,7 @@
 // Tensor-core causal attention backward for bf16 (head_dim a multiple of 16): FlashAttention-2's
 // math on mma.sync m16n8k16 (kernels/mma.cuh) in two deterministic kernels, built on the tiles and
-// fragment helpers of kernels/attention_mma.cuh (which holds the forward).
+// fragment helpers of kernels/attention_mma.cuh (which the forward, attention_forward_mma.cuh,
+// shares).
 //
 // Both kernels recompute P = exp2(S * scale_log2 - lse_log2) from the saved lse, dP = dO V^T and
 // dS = P o (dP - D), D = rowsum(dO o O) (attention.cuh's dot kernel, run first, into the

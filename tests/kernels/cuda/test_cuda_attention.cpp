@@ -2,7 +2,7 @@
 // Shapes: sequence 1; sequences that are not multiples of the 16-row query tiles or the 32- and
 // 64-key tiles; several query heads per KV head (group 2 and 3) and none; head_dim 16, 32, 64
 // and 128 (fp32 tiles of 128 need the >48 KiB shared-memory opt-in); a KV-cache forward (Tk > Tq).
-// bf16 runs the tensor-core kernels (kernels/attention_mma.cuh, attention_backward_mma.cuh); their
+// bf16 runs the tensor-core kernels (attention_forward_mma.cuh, attention_backward_mma.cuh); their
 // backward has its own suites (below, and test_cuda_attention_backward.cpp for its 128-row blocks,
 // row strides and packed documents).
 #include <gtest/gtest.h>
