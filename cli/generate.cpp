@@ -28,17 +28,6 @@ namespace minitron::cli {
 
 namespace {
 
-// Where a plain generation stops: config.json's and the tokenizer's EOS ids, and those of
-// generation_config.json, which transformers' generate reads first (Llama 3.1 Instruct lists
-// <|eom_id|> and <|eot_id|> there); each id once.
-std::vector<std::int32_t> plain_stop_tokens(const ModelConfig& config, const Tokenizer& tokenizer,
-                                            const std::string& model_dir) {
-  std::vector<std::int32_t> ids = end_of_text_tokens(config, tokenizer);
-  for (std::int32_t id : generation_config_eos_ids(model_dir))
-    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
-  return ids;
-}
-
 // --chat: the conversation from --messages and --system, then each --user turn answered in
 // order, then (interactive) one turn per line of standard input.
 int chat(const cxxopts::ParseResult& r, const std::string& model_dir, const Tokenizer& tokenizer,
@@ -141,7 +130,7 @@ int generate_many(const cxxopts::ParseResult& r, const std::string& model_dir, c
   }
   // One limit for every prompt: the room the longest leaves.
   sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - longest);
-  if (!r.count("ignore-eos")) sampling.stop_tokens = plain_stop_tokens(config, tokenizer, model_dir);
+  if (!r.count("ignore-eos")) sampling.stop_tokens = checkpoint_eos_ids(config, tokenizer, model_dir);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   const std::int64_t rows = std::min<std::int64_t>(batch, static_cast<std::int64_t>(prompts.size()));
@@ -240,7 +229,7 @@ int generate(int argc, char** argv) {
   if (prompt_tokens >= limit)
     fail_expected("--prompt", str(prompt_tokens, " tokens"), str("fewer than max_position_embeddings = ", limit));
   sampling.max_new_tokens = std::min(sampling.max_new_tokens, limit - prompt_tokens);
-  if (!r.count("ignore-eos")) sampling.stop_tokens = plain_stop_tokens(config, tokenizer, model_dir);
+  if (!r.count("ignore-eos")) sampling.stop_tokens = checkpoint_eos_ids(config, tokenizer, model_dir);
 
   auto backend = make_backend(choose_device(r["device"].as<std::string>()));
   LlamaModel model(config, *backend, 1, prompt_tokens, ModelMode::Inference);

@@ -24,21 +24,29 @@ std::vector<std::int32_t> generation_config_eos_ids(const fs::path& model_dir) {
   return {eos.as_int<std::int32_t>(0)};
 }
 
-std::vector<std::int32_t> chat_stop_tokens(const ChatTemplate& chat_template, const ChatTemplateInput& variables,
-                                           const Tokenizer& tokenizer, const ModelConfig& config,
-                                           const fs::path& model_dir) {
+std::vector<std::int32_t> checkpoint_eos_ids(const ModelConfig& config, const Tokenizer& tokenizer,
+                                             const fs::path& model_dir) {
   std::vector<std::int32_t> ids;
   auto add = [&](std::int64_t id) {
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(static_cast<std::int32_t>(id));
   };
-  const std::string end_of_turn = assistant_end_of_turn(chat_template, variables);
-  if (!end_of_turn.empty()) {
-    const std::vector<std::int32_t> marker = tokenizer.encode(end_of_turn);
-    if (marker.size() == 1) add(marker[0]);
-  }
   for (std::int64_t id : config.eos_token_ids) add(id);
   for (std::int32_t id : generation_config_eos_ids(model_dir)) add(id);
   if (tokenizer.eos_id()) add(*tokenizer.eos_id());
+  return ids;
+}
+
+std::vector<std::int32_t> chat_stop_tokens(const ChatTemplate& chat_template, const ChatTemplateInput& variables,
+                                           const Tokenizer& tokenizer, const ModelConfig& config,
+                                           const fs::path& model_dir) {
+  std::vector<std::int32_t> ids;
+  const std::string end_of_turn = assistant_end_of_turn(chat_template, variables);
+  if (!end_of_turn.empty()) {
+    const std::vector<std::int32_t> marker = tokenizer.encode(end_of_turn);
+    if (marker.size() == 1) ids.push_back(marker[0]);
+  }
+  for (std::int32_t id : checkpoint_eos_ids(config, tokenizer, model_dir))
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
   return ids;
 }
 

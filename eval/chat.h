@@ -22,6 +22,11 @@ namespace minitron {
 // empty when the file is absent or has none.
 std::vector<std::int32_t> generation_config_eos_ids(const std::filesystem::path& model_dir);
 
+// Every end-of-sequence id of a checkpoint: config.json's eos_token_id(s), generation_config.json's
+// (which transformers' generate reads) and the tokenizer's EOS; each id once, in that order.
+std::vector<std::int32_t> checkpoint_eos_ids(const ModelConfig& config, const Tokenizer& tokenizer,
+                                             const std::filesystem::path& model_dir);
+
 // Where a chat reply ends: the template's end-of-turn marker when it is one token of the
 // tokenizer (assistant_end_of_turn: <|eot_id|>, <|im_end|>, </s>), config.json's eos_token_id(s),
 // generation_config.json's and the tokenizer's EOS; each id once, in that order.

@@ -32,7 +32,7 @@ std::int32_t sample_token(std::span<const float> logits, double temperature, dou
 
 // The tokens that end a generation: config.json's eos_token_id(s) and the tokenizer's EOS (eval's
 // generative tasks stop there, as lm-evaluation-harness does at the tokenizer's EOS; `minitron
-// generate` adds generation_config.json's, as transformers' generate does).
+// generate` stops at eval/chat.h's checkpoint_eos_ids, generation_config.json's too).
 std::vector<std::int32_t> end_of_text_tokens(const ModelConfig& config, const Tokenizer& tokenizer);
 
 // Runs the prompt (>= 1 token) through the model with `cache` (cleared first), then generates
