@@ -397,15 +397,28 @@ void check_attention_strides(const OpCheck& check, const AttentionStrides& given
                   str("0 (dense) or at least its row width ", width));
   }
 }
+
+// RoPE inside attention: rope_forward's frequencies, and no KV cache (whose keys were rotated
+// when they were cached).
+void check_attention_rope(const OpCheck& check, const Tensor& rope_inv_freq, std::int64_t Tq,
+                          std::int64_t Tk, std::int64_t hd) {
+  if (rope_inv_freq.empty()) return;
+  check.require(hd % 2 == 0, str("RoPE with hd = ", hd),
+                "an even hd: rotate-half pairs channel i with i + hd / 2");
+  check.tensor("rope_inv_freq", rope_inv_freq, check.fp32(), hd / 2);
+  check.require(Tq == Tk, str("RoPE with Tq = ", Tq, " queries over Tk = ", Tk, " keys"),
+                "Tq == Tk: cached keys are rotated when they are cached");
+}
 }  // namespace
 
 void Backend::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                 std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
                                 std::int64_t Hkv, std::int64_t hd, Tensor positions,
-                                const AttentionStrides& strides) {
+                                const AttentionStrides& strides, Tensor rope_inv_freq) {
   const OpCheck check(*this, "attention_forward");
   check_attention_shape(check, B, Tq, Tk, Hq, Hkv, hd);
   check_attention_positions(check, positions, B, Tq, Tk);
+  check_attention_rope(check, rope_inv_freq, Tq, Tk, hd);
   const std::int64_t qw = Hq * hd, kvw = Hkv * hd;
   check_attention_strides(check, strides, qw, kvw);
   const AttentionStrides st = strides.resolved(qw, kvw);
@@ -414,16 +427,18 @@ void Backend::attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tens
   check.tensor("v", v, {s}, strided_numel(B * Tk, kvw, st.v));
   check.tensor("out", out, {s}, strided_numel(B * Tq, qw, st.out));
   check.tensor("lse", lse, check.fp32(), B * Hq * Tq);
-  do_attention_forward(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, hd, positions, st);
+  do_attention_forward(out, lse, q, k, v, B, Tq, Tk, Hq, Hkv, hd, positions, st, rope_inv_freq);
 }
 
 void Backend::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                  Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                  std::int64_t T, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                 Tensor positions, const AttentionStrides& strides) {
+                                 Tensor positions, const AttentionStrides& strides,
+                                 Tensor rope_inv_freq) {
   const OpCheck check(*this, "attention_backward");
   check_attention_shape(check, B, T, T, Hq, Hkv, hd);
   check_attention_positions(check, positions, B, T, T);
+  check_attention_rope(check, rope_inv_freq, T, T, hd);
   const std::int64_t qw = Hq * hd, kvw = Hkv * hd, rows = B * T;
   check_attention_strides(check, strides, qw, kvw);
   const AttentionStrides st = strides.resolved(qw, kvw);
@@ -436,7 +451,8 @@ void Backend::attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, T
   check.tensor("dk", dk, {s}, strided_numel(rows, kvw, st.dk));
   check.tensor("dv", dv, {s}, strided_numel(rows, kvw, st.dv));
   check.tensor("lse", lse, check.fp32(), B * Hq * T);
-  do_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, hd, positions, st);
+  do_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, hd, positions, st,
+                        rope_inv_freq);
 }
 
 // ---- SwiGLU ----

@@ -163,16 +163,23 @@ class Backend {
   // position is 0 and every other is 0 or its predecessor's + 1 (LlamaModel::forward checks).
   // strides: each tensor's row stride (0: dense), so q, k, v can be strided views of the fused
   // q|k|v projection (each spanning strided_numel(rows, width, stride) elements).
+  // rope_inv_freq: RoPE inside attention (rope_forward's frequencies, Tq == Tk, row t at
+  // position t or its packed document's position): q and k arrive unrotated and leave rotated in
+  // place, exactly as rope_forward over each would leave them (the backward reads them so), and
+  // out is the attention over the rotated ones. Engines fuse what pays (CUDA bf16: Q rotated as
+  // the attention kernel loads it, K by one pass over K alone). Empty: no RoPE.
   void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                          std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
                          std::int64_t hd, Tensor positions = {},
-                         const AttentionStrides& strides = {});
+                         const AttentionStrides& strides = {}, Tensor rope_inv_freq = {});
   // Overwrites dq, dk, dv (Tq == Tk in training); positions and strides as the forward's (dq,
-  // dk, dv may be strided views of one fused gradient, written in place).
+  // dk, dv may be strided views of one fused gradient, written in place). With rope_inv_freq, q
+  // and k are the rotated ones the forward left and dq, dk the gradients of the unrotated inputs
+  // (RoPE's backward included: CUDA bf16 rotates them back as it stores them).
   void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
                           Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T,
                           std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, Tensor positions = {},
-                          const AttentionStrides& strides = {});
+                          const AttentionStrides& strides = {}, Tensor rope_inv_freq = {});
 
   // ---- SwiGLU: h = silu(gate) * up, elementwise over n elements; h may be gate or up ----
   // With width > 0 the n elements are n / width rows of `width`, and gate and up (dgate and dup
@@ -258,15 +265,17 @@ class Backend {
                                 std::int64_t heads, std::int64_t head_dim,
                                 std::int64_t position_offset, Tensor positions,
                                 std::int64_t row_stride) = 0;
+  // rope_inv_freq: checked (fp32 [hd / 2], Tq == Tk) or empty.
   virtual void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                     std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                                     std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                    Tensor positions, const AttentionStrides& strides) = 0;
+                                    Tensor positions, const AttentionStrides& strides,
+                                    Tensor rope_inv_freq) = 0;
   virtual void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out,
                                      Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                      std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
                                      std::int64_t hd, Tensor positions,
-                                     const AttentionStrides& strides) = 0;
+                                     const AttentionStrides& strides, Tensor rope_inv_freq) = 0;
   // rows x width elements; gate, up (dgate, dup) at row stride gate_up_stride, h and dh dense.
   // Dense tensors come as one row of n.
   virtual void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t rows,

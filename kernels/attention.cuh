@@ -10,6 +10,15 @@
 // (q_stride, k_stride, v_stride, o_stride, do_stride, dq_stride, dk_stride, dv_stride): q, k, v
 // and their gradients may be strided views of the fused q|k|v projection.
 //
+// RoPE inside attention (rope_inv_freq; Tq == Tk): q and k arrive unrotated and leave rotated in
+// place (the backward reads them so), and the backward's dq and dk are those of the unrotated
+// inputs. The launchers run RoPE over K alone first (a key is read by every later query block:
+// rotating it at each load would cost more than one pass over K); the bf16 tensor-core forward
+// rotates each Q tile as it lands and writes it back, and the tensor-core backward rotates dQ and
+// dK back as it stores them, so per layer RoPE moves k's bytes twice and q's once instead of q's
+// and k's four times (a pass each way over q|k): 70% less at Llama-3 8B's 32/8 heads. The fp32
+// CUDA-core path runs the rope kernel before and after its kernels.
+//
 // This file: the CUDA-core kernels (fp32 FMAs), used for fp32 storage and the reference shape of
 // the algorithm, and the public launchers. bf16, the engine's dtype (head_dim a multiple of 16),
 // dispatches to the tensor-core forward of kernels/attention_forward_mma.cuh and backward of
@@ -36,6 +45,7 @@
 #include "kernels/attention_mma.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/device_memory.h"
+#include "kernels/rope.cuh"
 
 namespace minitron::cuda {
 
@@ -412,15 +422,22 @@ inline void check_attention_shape(std::int64_t B, std::int64_t Tq, std::int64_t 
 }
 
 // st: the resolved row strides (none 0).
+// With rope_inv_freq, q and k arrive unrotated and leave rotated: RoPE runs over K first (a
+// key is read by every later query block, so rotating it on each load would cost more than one
+// pass over K alone), and the tensor-core kernel rotates Q as it loads it; the CUDA-core path
+// (fp32 storage, the algorithm's reference shape) runs RoPE over Q before it.
 template <typename T, int HD>
-void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v,
-                          const std::int32_t* positions, std::int64_t B, std::int64_t Tq,
-                          std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                          const AttentionStrides& st, cudaStream_t stream) {
+void attention_forward_hd(T* out, float* lse, T* q, T* k, const T* v, const std::int32_t* positions,
+                          std::int64_t B, std::int64_t Tq, std::int64_t Tk, std::int64_t Hq,
+                          std::int64_t Hkv, const AttentionStrides& st, cudaStream_t stream,
+                          const float* rope_inv_freq) {
+  if (rope_inv_freq) rope_forward<T>(k, rope_inv_freq, B, Tk, Hkv, HD, 0, stream, positions, st.k);
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core kernel (fp32 tiles stay on the CUDA-core kernel below).
-    attention_forward_mma<HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st, stream);
+    attention_forward_mma<HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st, stream,
+                              rope_inv_freq);
   } else {
+    if (rope_inv_freq) rope_forward<T>(q, rope_inv_freq, B, Tq, Hq, HD, 0, stream, positions, st.q);
     constexpr int S = kAttentionSmemStride<T, HD>;
     const std::size_t smem = (kAttentionQueryTile + 2 * kAttentionKeyTile) * S * sizeof(T) +
                              kAttentionQueryTile * kAttentionKeyTile * sizeof(float);
@@ -436,11 +453,15 @@ void attention_forward_hd(T* out, float* lse, const T* q, const T* k, const T* v
   }
 }
 
+// With rope_inv_freq, q and k are the rotated ones the forward left and dq, dk come out as the
+// gradients of the unrotated inputs: the tensor-core kernels rotate them back in the shared rows
+// that stage their stores, the CUDA-core path runs RoPE's backward over them after.
 template <typename T, int HD>
 void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse,
                            const T* q, const T* k, const T* v, const std::int32_t* positions,
                            std::int64_t B, std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
-                           const AttentionStrides& st, float* workspace, cudaStream_t stream) {
+                           const AttentionStrides& st, float* workspace, cudaStream_t stream,
+                           const float* rope_inv_freq) {
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq);
   const std::int64_t rows = B * Hq * T_;
   constexpr int kDotWarps = 8;
@@ -451,7 +472,7 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
   if constexpr (std::is_same_v<T, bf16> && HD % 16 == 0) {
     // bf16: the tensor-core dq and dk/dv kernels (attention_backward_mma.cuh).
     attention_backward_mma<HD>(dq, dk, dv, dout, lse, workspace, q, k, v, positions, B, T_, Hq, Hkv,
-                               st, stream);
+                               st, stream, rope_inv_freq);
   } else {
     constexpr int S = kAttentionSmemStride<T, HD>;
     const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
@@ -479,6 +500,10 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
            dim3(kAttentionThreads), dkv_smem, stream, dk, dv, dout, lse,
            static_cast<const float*>(workspace), q, k, v, positions, Ti, Ti, Hqi, Hkvi, st.q, st.k,
            st.v, st.dout, st.dk, st.dv, scale, packed);
+    if (rope_inv_freq) {
+      rope_backward<T>(dq, rope_inv_freq, B, T_, Hq, HD, 0, stream, positions, st.dq);
+      rope_backward<T>(dk, rope_inv_freq, B, T_, Hkv, HD, 0, stream, positions, st.dk);
+    }
   }
 }
 
@@ -490,37 +515,42 @@ void attention_backward_hd(T* dq, T* dk, T* dv, const T* dout, const T* out, con
 }
 
 // positions: device int32 [B*T] of packed documents (Tq == Tk), or null. strides: each
-// tensor's row stride (0: dense).
+// tensor's row stride (0: dense). rope_inv_freq: RoPE applied inside (q and k in place, see
+// attention_forward_hd; Tq == Tk), or none.
 template <typename T>
-void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, std::int64_t B,
-                       std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                       std::int64_t hd, cudaStream_t stream,
-                       const std::int32_t* positions = nullptr,
-                       const AttentionStrides& strides = {}) {
+void attention_forward(T* out, float* lse, T* q, T* k, const T* v, std::int64_t B, std::int64_t Tq,
+                       std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
+                       cudaStream_t stream, const std::int32_t* positions = nullptr,
+                       const AttentionStrides& strides = {}, const float* rope_inv_freq = nullptr) {
   check_attention_shape(B, Tq, Tk, Hq, Hkv);
   if (positions && Tq != Tk)
     fail_expected("attention", str("packed documents over ", Tq, " queries and ", Tk, " keys"),
                   "Tq == Tk (no KV cache)");
+  if (rope_inv_freq && Tq != Tk)
+    fail_expected("attention", str("RoPE inside attention over ", Tq, " queries and ", Tk, " keys"),
+                  "Tq == Tk (a KV cache holds keys rotated already)");
   if (B <= 0 || Tq <= 0) return;
   const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
   switch (hd) {
 #define MINITRON_CASE(HD)                                                                    \
   case HD:                                                                                   \
     return attention_forward_hd<T, HD>(out, lse, q, k, v, positions, B, Tq, Tk, Hq, Hkv, st, \
-                                       stream);
+                                       stream, rope_inv_freq);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)
 #undef MINITRON_CASE
     default: unsupported_head_dim(hd);
   }
 }
 
-// Overwrites dq, dk, dv; training shapes (Tq == Tk == T).
+// Overwrites dq, dk, dv; training shapes (Tq == Tk == T). rope_inv_freq: as the forward's (dq and
+// dk then the gradients of the unrotated q and k), or none.
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const float* lse,
                         const T* q, const T* k, const T* v, std::int64_t B, std::int64_t T_,
                         std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, float* workspace,
                         cudaStream_t stream, const std::int32_t* positions = nullptr,
-                        const AttentionStrides& strides = {}) {
+                        const AttentionStrides& strides = {},
+                        const float* rope_inv_freq = nullptr) {
   check_attention_shape(B, T_, T_, Hq, Hkv);
   if (B <= 0 || T_ <= 0) return;
   const AttentionStrides st = strides.resolved(Hq * hd, Hkv * hd);
@@ -528,7 +558,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* out, const 
 #define MINITRON_CASE(HD)                                                                          \
   case HD:                                                                                         \
     return attention_backward_hd<T, HD>(dq, dk, dv, dout, out, lse, q, k, v, positions, B, T_, Hq, \
-                                        Hkv, st, workspace, stream);
+                                        Hkv, st, workspace, stream, rope_inv_freq);
     MINITRON_ATTENTION_HEAD_DIMS(MINITRON_CASE)
 #undef MINITRON_CASE
     default: unsupported_head_dim(hd);

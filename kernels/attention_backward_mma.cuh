@@ -60,6 +60,11 @@
 // |error dK_j| <= 2^-8 scale sum_i |dS_ij| |q_i| and |error dQ_i| <= 2^-8 scale sum_j |dS_ij| |k_j|
 // (elementwise over dims), plus one bf16 rounding of each output.
 //
+// RoPE (rope_inv_freq): q and k arrive rotated (the forward left them so); each warp rotates its
+// dQ or dK rows back in the shared rows that stage its stores (store_warp_rows), after rounding
+// them to bf16 as the separate rope_backward pass would read them, so the gradients are
+// bit-identical to attention's followed by RoPE's backward, with no pass of their own.
+//
 // Row strides: every tensor has its own row stride in elements (AttentionStrides, resolved by the
 // launcher: Hq * HD for q, out, dout, dq and Hkv * HD for k, v, dk, dv when unfused), so q, k, v
 // may be views into one fused QKV buffer and dq, dk, dv into one fused gradient buffer.
@@ -186,12 +191,10 @@ __device__ __forceinline__ void mma_accumulate_rows_mt(mma::Accumulator (&acc)[M
 // K and V are loaded into shared memory once per block; their fragments are read there by
 // ldmatrix (holding them too would not fit beside the accumulators). grid (ceil(Tk / 128), Hkv, B).
 template <int HD>
-__global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16* dout,
-                                                  const float* lse, const float* D, const bf16* q,
-                                                  const bf16* k, const bf16* v,
-                                                  const std::int32_t* positions, int Tq, int Tk,
-                                                  int Hq, int Hkv, float scale,
-                                                  AttentionStrides strides, bool packed) {
+__global__ void attention_backward_dkv_mma_kernel(
+    bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* D, const bf16* q,
+    const bf16* k, const bf16* v, const std::int32_t* positions, int Tq, int Tk, int Hq, int Hkv,
+    float scale, AttentionStrides strides, const float* rope_inv_freq, bool packed) {
   using Shape = AttentionDkvShape<HD>;
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int MT = Shape::kMt;
@@ -336,13 +339,18 @@ __global__ void attention_backward_dkv_mma_kernel(bf16* dk, bf16* dv, const bf16
     }
   }
 
-  // The warp's own K and V rows (no other warp reads them) stage dK and dV.
+  // The warp's own K and V rows (no other warp reads them) stage dK and dV. With RoPE, dK goes
+  // back through the rotation there (the gradient of the unrotated keys); the positions' row is
+  // recomputed from the parameter, as keeping row_positions live across the loop spills (dQ 64
+  // on sm_100).
   const float dk_scale[2] = {scale, scale}, dv_scale[2] = {1.0f, 1.0f};
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     const int row0 = key0 + m * 16;
     store_warp_rows<HD>(dk + static_cast<std::int64_t>(b) * Tk * strides.dk + hk * HD, strides.dk,
-                        row0, Tk, dk_acc[m], dk_scale, k_s + (row0 - j0) * S, packed, lane);
+                        row0, Tk, dk_acc[m], dk_scale, k_s + (row0 - j0) * S, packed, lane,
+                        rope_inv_freq,
+                        positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr);
     store_warp_rows<HD>(dv + static_cast<std::int64_t>(b) * Tk * strides.dv + hk * HD, strides.dv,
                         row0, Tk, dv_acc[m], dv_scale, v_s + (row0 - j0) * S, packed, lane);
   }
@@ -357,7 +365,8 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
                                                  const float* D, const bf16* q, const bf16* k,
                                                  const bf16* v, const std::int32_t* positions,
                                                  int Tq, int Tk, int Hq, int Hkv, float scale,
-                                                 AttentionStrides strides, bool packed) {
+                                                 AttentionStrides strides,
+                                                 const float* rope_inv_freq, bool packed) {
   using Shape = AttentionDqShape<HD>;
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int MT = Shape::kMt;
@@ -485,13 +494,16 @@ __global__ void attention_backward_dq_mma_kernel(bf16* dq, const bf16* dout, con
     }
   }
 
-  // The warp's own Q rows (no other warp reads them) stage dQ.
+  // The warp's own Q rows (no other warp reads them) stage dQ. With RoPE, dQ goes back through
+  // the rotation there (the gradient of the unrotated queries; positions as in dK/dV's).
   const float dq_scale[2] = {scale, scale};
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     const int rows0 = row0 + m * 16;
     store_warp_rows<HD>(dq + static_cast<std::int64_t>(b) * Tq * strides.dq + h * HD, strides.dq,
-                        rows0, Tq, dq_acc[m], dq_scale, q_s + (rows0 - q0) * S, packed, lane);
+                        rows0, Tq, dq_acc[m], dq_scale, q_s + (rows0 - q0) * S, packed, lane,
+                        rope_inv_freq,
+                        positions ? positions + static_cast<std::int64_t>(b) * Tq : nullptr);
   }
 }
 
@@ -520,7 +532,7 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
                             const float* D, const bf16* q, const bf16* k, const bf16* v,
                             const std::int32_t* positions, std::int64_t B, std::int64_t T_,
                             std::int64_t Hq, std::int64_t Hkv, const AttentionStrides& strides,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const float* rope_inv_freq = nullptr) {
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   const int Ti = static_cast<int>(T_), Hqi = static_cast<int>(Hq), Hkvi = static_cast<int>(Hkv);
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD));
@@ -538,7 +550,7 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
          dim3(static_cast<unsigned>(ceil_div(T_, AttentionDqShape<HD>::kBlockQueries)),
               static_cast<unsigned>(Hq), static_cast<unsigned>(B)),
          dim3(AttentionDqShape<HD>::kWarps * kWarpSize), kDqSmem<HD>, stream, dq, dout, lse, D, q,
-         k, v, positions, Ti, Ti, Hqi, Hkvi, scale, strides, packed);
+         k, v, positions, Ti, Ti, Hqi, Hkvi, scale, strides, rope_inv_freq, packed);
 
   auto dkv_kernel = attention_backward_dkv_mma_kernel<HD>;
   allow_dynamic_shared(dkv_kernel, kDkvSmem<HD>);
@@ -546,7 +558,7 @@ void attention_backward_mma(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, cons
          dim3(static_cast<unsigned>(ceil_div(T_, AttentionDkvShape<HD>::kBlockKeys)),
               static_cast<unsigned>(Hkv), static_cast<unsigned>(B)),
          dim3(AttentionDkvShape<HD>::kWarps * kWarpSize), kDkvSmem<HD>, stream, dk, dv, dout, lse,
-         D, q, k, v, positions, Ti, Ti, Hqi, Hkvi, scale, strides, packed);
+         D, q, k, v, positions, Ti, Ti, Hqi, Hkvi, scale, strides, rope_inv_freq, packed);
 }
 
 }  // namespace minitron::cuda

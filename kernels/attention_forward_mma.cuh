@@ -38,6 +38,10 @@
 // (folded into the softmax loop it cost 30 registers and spilled at head_dim 128), and with Q in
 // shared memory the k-chunk loop is unrolled by 2 (fully unrolled, sm_120 spilled).
 //
+// RoPE (rope_inv_freq): once Q's tile has landed, the block rotates it in shared memory (the rope
+// kernel's arithmetic, kernels/rope.cuh) and each thread writes the pair it rotated back to q,
+// which no other block reads for this head; K arrives rotated (the launcher's pass over K).
+//
 // Rounding: P is rounded to bf16 for the PV product (relative error <= 2^-8 per weight), so each
 // output moves by at most 2^-8 of max |v|; O is rounded to bf16 once.
 #pragma once
@@ -83,10 +87,11 @@ struct ForwardStrides {
 // scale_log2 = log2(e) / sqrt(HD). `packed`: every row of q, k, v and out starts on a 16-byte
 // boundary (cp.async tiles and 16-byte output stores); otherwise element-wise copies.
 template <int HD>
-__global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
+__global__ void attention_forward_mma_kernel(bf16* out, float* lse, bf16* q, const bf16* k,
                                              const bf16* v, const std::int32_t* positions, int Tq,
                                              int Tk, int Hq, int Hkv, ForwardStrides strides,
-                                             float scale_log2, bool packed) {
+                                             const float* rope_inv_freq, float scale_log2,
+                                             bool packed) {
   using Shape = ForwardMmaShape<HD>;
   constexpr int S = kMmaSmemStride<HD>;
   constexpr int KT = Shape::kKeyTile;
@@ -108,7 +113,7 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   const int hk = h / (Hq / Hkv), offset = Tk - Tq;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const bf16* q_head = q + static_cast<std::int64_t>(b) * Tq * strides.q + h * HD;
+  bf16* q_head = q + static_cast<std::int64_t>(b) * Tq * strides.q + h * HD;
   const bf16* k_head = k + static_cast<std::int64_t>(b) * Tk * strides.k + hk * HD;
   const bf16* v_head = v + static_cast<std::int64_t>(b) * Tk * strides.v + hk * HD;
 
@@ -131,6 +136,15 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   cp_async_commit();
   load_tile(0, key_begin);
   cp_async_commit();
+
+  // RoPE: the block rotates its Q rows once, in shared memory, and writes them back rotated,
+  // as the backward reads them (no other block reads these rows of this head).
+  if (rope_inv_freq) {
+    cp_async_wait<1>();  // the Q group; tile 0 may still be in flight
+    __syncthreads();
+    mma_rope_tile<HD>(q_s, q_head, strides.q, q0, BR, Tq, rope_inv_freq, row_positions);
+    __syncthreads();
+  }
 
   // The warp's slices of Q: in registers (read once, before tile 1 overwrites buffer 1) or at
   // q_warp in shared memory (re-read each tile).
@@ -323,12 +337,16 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, const bf16* 
   }
 }
 
-// The forward on the tensor cores; `strides` in elements (the fused-QKV views pass theirs).
+// The forward on the tensor cores; `strides` in elements (the fused-QKV views pass theirs). With
+// `rope_inv_freq` (RoPE's inv_freq), q arrives unrotated and the kernel rotates it as it loads it
+// and writes it back rotated (k must be rotated already: attention_forward's launcher runs RoPE
+// over K first).
 template <int HD>
-void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+void attention_forward_mma(bf16* out, float* lse, bf16* q, const bf16* k, const bf16* v,
                            const std::int32_t* positions, std::int64_t B, std::int64_t Tq,
                            std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                           const AttentionStrides& strides, cudaStream_t stream) {
+                           const AttentionStrides& strides, cudaStream_t stream,
+                           const float* rope_inv_freq = nullptr) {
   static_assert(HD % 16 == 0, "the tensor-core kernels take head_dim in 16-wide k-chunks");
   auto kernel = attention_forward_mma_kernel<HD>;
   allow_dynamic_shared(kernel, kForwardMmaSmem<HD>);
@@ -341,7 +359,7 @@ void attention_forward_mma(bf16* out, float* lse, const bf16* q, const bf16* k, 
   launch(kernel, grid, dim3(kAttentionThreads), kForwardMmaSmem<HD>, stream, out, lse, q, k, v,
          positions, static_cast<int>(Tq), static_cast<int>(Tk), static_cast<int>(Hq),
          static_cast<int>(Hkv), ForwardStrides{strides.q, strides.k, strides.v, strides.out},
-         kLog2e / std::sqrt(static_cast<float>(HD)), packed);
+         rope_inv_freq, kLog2e / std::sqrt(static_cast<float>(HD)), packed);
 }
 
 }  // namespace minitron::cuda

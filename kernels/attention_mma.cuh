@@ -26,6 +26,7 @@
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/packed.cuh"
+#include "kernels/rope.cuh"
 
 namespace minitron::cuda {
 
@@ -134,6 +135,41 @@ __device__ __forceinline__ void mma_load_tile(bf16* tile, const bf16* base, std:
   }
 }
 
+// RoPE on a landed tile of Q (rows `rows` of a shared tile, row r being row row0 + r of a batch
+// row whose positions start at `positions`; without them, at position row0 + r), in place, and
+// the rotated rows written back to where they came from (HD elements at `base + row * stride`,
+// rows at or past `limit` left out): the rotation of kernels/rope.cuh's kernel, the same
+// arithmetic, so both equal rope_forward's rows bit for bit. Each thread stores the pair it
+// rotated (a warp writes 64 consecutive bytes of each half-head): a separate pass of 16-byte
+// copies needs registers that the forward kernel does not have. The caller meets the block at a
+// __syncthreads before and after.
+template <int HD>
+__device__ __forceinline__ void mma_rope_tile(bf16* tile, bf16* base, std::int64_t stride, int row0,
+                                              int rows, int limit, const float* inv_freq,
+                                              const std::int32_t* positions) {
+  constexpr int S = kMmaSmemStride<HD>, H = HD / 2;
+  static_assert(H <= kAttentionThreads, "a thread per channel pair of a row");
+  const int valid = limit - row0 < rows ? limit - row0 : rows;
+  // Thread (i, r0) rotates pair i of rows r0, r0 + step, ...: its frequency is read once.
+  const int step = static_cast<int>(blockDim.x) / H, i = threadIdx.x % H;
+  const int r0 = static_cast<int>(threadIdx.x) / H;
+  if (r0 >= step) return;
+  const float frequency = inv_freq[i];
+#pragma unroll 1  // one pair at a time: the kernels around it sit at their register limit
+  for (int r = r0; r < valid; r += step) {
+    float s, c;
+    rope_sincos(rope_position(positions, row0 + r) * frequency, &s, &c);
+    bf16* x1 = tile + r * S + i;
+    float a = to_float(x1[0]), b = to_float(x1[H]);
+    rope_rotate_pair(a, b, s, c);
+    x1[0] = from_float<bf16>(a);
+    x1[H] = from_float<bf16>(b);
+    bf16* g1 = base + static_cast<std::int64_t>(row0 + r) * stride + i;
+    g1[0] = x1[0];
+    g1[H] = x1[H];
+  }
+}
+
 // The A fragment of the 16x16 block at `at` (row-major, row stride S): ldmatrix x4 with
 // matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) = regs 0..3.
 template <int S>
@@ -222,14 +258,21 @@ __device__ __forceinline__ void stage_accumulator_row(bf16* row,
 // `packed` (dst rows 16-byte aligned) the rows go through `stage`, 16 shared rows of stride S
 // that only this warp uses, so that every global store is a whole 16-byte pack; otherwise each
 // lane stores its 2-byte values in place.
+// With `rope_inv_freq` (the gradients of rotated q or k rows) the rows go through `stage` and are
+// rotated back from there (rope_backward's rotation at the rows' positions: `positions` at the
+// batch row's first token, or the row itself) with the rope kernel's arithmetic, each lane
+// storing the pairs it rotated, so the rows equal attention's gradient followed by rope_backward
+// bit for bit. From the staged bf16 rows rather than the fp32 accumulators: 32 inlined rotations
+// beside the accumulators spill.
 template <int HD>
 __device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, int row0, int limit,
                                                 const mma::Accumulator (&acc)[HD / 8],
                                                 const float (&scale)[2], bf16* stage, bool packed,
-                                                int lane) {
+                                                int lane, const float* rope_inv_freq = nullptr,
+                                                const std::int32_t* positions = nullptr) {
   constexpr int S = kMmaSmemStride<HD>;
   const int g = lane / 4, t = lane % 4;
-  if (!packed) {
+  if (!packed && !rope_inv_freq) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = row0 + g + 8 * half;
@@ -244,6 +287,31 @@ __device__ __forceinline__ void store_warp_rows(bf16* dst, std::int64_t stride, 
   for (int half = 0; half < 2; ++half)
     stage_accumulator_row<HD>(stage + (g + 8 * half) * S, acc, half, t, scale[half]);
   __syncwarp();
+  if (rope_inv_freq) {
+    // Lane (i, r0) rotates pairs i, i + 32, ... of rows r0, r0 + step, ...: each frequency is
+    // read once.
+    constexpr int H = HD / 2;
+    constexpr int kLanesPerRow = H < kWarpSize ? H : kWarpSize;
+    constexpr int kStep = kWarpSize / kLanesPerRow;
+    static_assert(kWarpSize % kLanesPerRow == 0, "half a head of 8, 16 or >= 32 pairs");
+    const int valid = limit - row0 < kMmaWarpRows ? limit - row0 : kMmaWarpRows;
+#pragma unroll
+    for (int i = lane % kLanesPerRow; i < H; i += kLanesPerRow) {
+      const float frequency = rope_inv_freq[i];
+#pragma unroll 1
+      for (int r = lane / kLanesPerRow; r < valid; r += kStep) {
+        float s, c;
+        rope_sincos(rope_position(positions, row0 + r) * frequency, &s, &c);
+        const bf16* x1 = stage + r * S + i;
+        float a = to_float(x1[0]), b = to_float(x1[H]);
+        rope_rotate_pair(a, b, -s, c);
+        bf16* d1 = dst + static_cast<std::int64_t>(row0 + r) * stride + i;
+        d1[0] = from_float<bf16>(a);
+        d1[H] = from_float<bf16>(b);
+      }
+    }
+    return;
+  }
   constexpr int K = Packed128<bf16>::kSize;
   constexpr int P = HD / K;  // packs per row
 #pragma unroll

@@ -30,6 +30,24 @@ __device__ __forceinline__ void rope_sincos(float angle, float* s, float* c) {
   sincospif(static_cast<float>(reduced), s, c);
 }
 
+// Rotates the pair (a, b) by the angle whose sine and cosine are s and c (s negated: the inverse
+// rotation). Each output's second product is rounded and the first fused into the sum (fmaf),
+// spelled out so that every kernel rotating pairs (this one, and attention's, which rotates Q as
+// it loads it and dQ, dK as it stores them) gets the same bits whatever the compiler contracts.
+__device__ __forceinline__ void rope_rotate_pair(float& a, float& b, float s, float c) {
+  const float bs = b * s, as = a * s;
+  const float a_new = fmaf(a, c, -bs);
+  b = fmaf(b, c, as);
+  a = a_new;
+}
+
+// The position of row `row` (0-based within its batch row) when attention applies RoPE (kernels/
+// attention.cuh): positions[row] for packed documents (`positions` at the batch row's first
+// token), the row itself otherwise (as rope_forward with position_offset 0).
+__device__ __forceinline__ float rope_position(const std::int32_t* positions, int row) {
+  return static_cast<float>(positions ? positions[row] : row);
+}
+
 // Rows per block step: their positions go into shared memory once, read by every pair.
 constexpr int kRopeRowsPerStep = 8;
 
@@ -77,20 +95,17 @@ __global__ void rope_kernel(T* x, const float* inv_freq, std::int64_t rows, std:
         for (int e = 0; e < K; ++e) {
           float sn, c;
           rope_sincos(position * frequencies[i + e], &sn, &c);
-          sn *= direction;
-          const float v = a[e] * c - b[e] * sn;
-          b[e] = b[e] * c + a[e] * sn;
-          a[e] = v;
+          rope_rotate_pair(a[e], b[e], sn * direction, c);
         }
         store_floats(x1, a);
         store_floats(x2, b);
       } else {
         float sn, c;
         rope_sincos(position * frequencies[i], &sn, &c);
-        sn *= direction;
-        const float a = to_float(*x1), b = to_float(*x2);
-        *x1 = from_float<T>(a * c - b * sn);
-        *x2 = from_float<T>(b * c + a * sn);
+        float a = to_float(*x1), b = to_float(*x2);
+        rope_rotate_pair(a, b, sn * direction, c);
+        *x1 = from_float<T>(a);
+        *x2 = from_float<T>(b);
       }
     }
   }

@@ -549,10 +549,9 @@ void LlamaModel::layer_forward(std::int64_t l, const LayerTensors& a, Tensor x_i
   if (cache) {
     cached_attention(l, a, *cache);
   } else {
-    const Tensor positions = document_positions();
-    // The q and k heads lie side by side in each row: one rotation over Hq + Hkv heads.
-    b.rope_forward(a.qkv.slice(0, strided_numel(N, QD + KVD, QKV)), inv_freq_, B, T, Hq + Hkv, hd, 0, positions, QKV);
-    b.attention_forward(att, a.lse, a.q, a.k, a.v, B, T, T, Hq, Hkv, hd, positions, {QKV, QKV, QKV, 0});
+    // RoPE inside attention: q and k are rotated in place there (the backward reads them so).
+    b.attention_forward(att, a.lse, a.q, a.k, a.v, B, T, T, Hq, Hkv, hd, document_positions(), {QKV, QKV, QKV, 0},
+                        inv_freq_);
   }
   observe(ActivationSite::OProjInput, att, QD);
   // mid = x + o_proj(att), and the MLP block's norm of it, in one pass (o_proj's output goes
@@ -738,10 +737,9 @@ void LlamaModel::layer_backward(std::int64_t l, const LayerTensors& a, Tensor x_
   // Attention block. mid = x + att @ Wo^T.
   b.matmul(datt, dx, p(w.o_proj, D * QD), N, QD, D, false, false);
   weight_gradient(w.o_proj, dx, att, D, QD, N);
-  const Tensor positions = document_positions();
-  b.attention_backward(dq, dk, dv, datt, att, a.lse, a.q, a.k, a.v, B, T, Hq, Hkv, hd, positions,
-                       {QKV, QKV, QKV, 0, 0, QKV, QKV, QKV});
-  b.rope_backward(dqkv.slice(0, strided_numel(N, QD + KVD, QKV)), inv_freq_, B, T, Hq + Hkv, hd, 0, positions, QKV);
+  // RoPE's backward inside attention's: dq and dk of the unrotated q and k.
+  b.attention_backward(dq, dk, dv, datt, att, a.lse, a.q, a.k, a.v, B, T, Hq, Hkv, hd, document_positions(),
+                       {QKV, QKV, QKV, 0, 0, QKV, QKV, QKV}, inv_freq_);
   b.matmul_concatenated(dnormed, dqkv, p(w.q_proj, QKV * D), N, D, QKV, false, false, 1.0f, 0.0f, ConcatenatedDim::K,
                         qkv_parts);
   fused_weight_gradient(w.q_proj, qkv_parts, dqkv, normed, D, N);

@@ -152,6 +152,16 @@ int run(const std::string& out_path) {
   // The backward's model FLOPs are 2.5x the forward's (dV, dP, dQ, dK; S recomputed not counted).
   rows.push_back({"attention_backward", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms, tflops(2.5 * attention_flops, ms),
                   gemm_rate});
+  // The same with RoPE inside attention (the model's calls): the forward adds the pass over K and
+  // Q's rotation and write-back, the backward dQ's and dK's rotation back; against the rows above
+  // plus rope_forward's that is what fusing saved (q and k are rotated again each repetition).
+  ms = timer.time([&] { b.attention_forward(att, lse, q, k, v, 1, N, N, Hq, Hkv, hd, {}, {}, inv_freq); }, 3);
+  rows.push_back({"attention_forward with RoPE", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms,
+                  tflops(attention_flops, ms), gemm_rate});
+  ms = timer.time(
+      [&] { b.attention_backward(dq, dk, dv, att, att, lse, q, k, v, 1, N, Hq, Hkv, hd, {}, {}, inv_freq); }, 2);
+  rows.push_back({"attention_backward with RoPE", "T=4096, 32/8 heads, hd 128", "TFLOP/s", ms,
+                  tflops(2.5 * attention_flops, ms), gemm_rate});
   // The same window packed with 8 documents of 512 tokens (--document-boundaries): the kernels skip
   // the tiles of other documents, so only the documents' own causal FLOPs count, 1/8 of the above.
   {

@@ -439,7 +439,13 @@ template <typename T>
 void CpuBackend<T>::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                          std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                                          std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                         Tensor positions, const AttentionStrides& strides) {
+                                         Tensor positions, const AttentionStrides& strides,
+                                         Tensor rope_inv_freq) {
+  // RoPE as its own pass over q and k (nothing here gains from fusing it), in place.
+  if (!rope_inv_freq.empty()) {
+    do_rope_forward(q, rope_inv_freq, B, Tq, Hq, hd, 0, positions, strides.q);
+    do_rope_forward(k, rope_inv_freq, B, Tk, Hkv, hd, 0, positions, strides.k);
+  }
   StatView<T> l(lse, false);
   cpu::attention_forward_tiles(out.as<T>(), l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, Tq, Tk,
                                Hq, Hkv, hd, positions.as<const std::int32_t>(),
@@ -452,12 +458,16 @@ void CpuBackend<T>::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tenso
                                           Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                           std::int64_t T_, std::int64_t Hq, std::int64_t Hkv,
                                           std::int64_t hd, Tensor positions,
-                                          const AttentionStrides& strides) {
+                                          const AttentionStrides& strides, Tensor rope_inv_freq) {
   StatView<T> l(lse, true);
   cpu::attention_backward_tiles(dq.as<T>(), dk.as<T>(), dv.as<T>(), dout.as<T>(), out.as<T>(),
                                 l.data(), q.as<T>(), k.as<T>(), v.as<T>(), B, T_, T_, Hq, Hkv, hd,
                                 positions.as<const std::int32_t>(),
                                 attention_workspace(cpu::attention_tiles_workspace(T_)), strides);
+  if (!rope_inv_freq.empty()) {
+    do_rope_backward(dq, rope_inv_freq, B, T_, Hq, hd, 0, positions, strides.dq);
+    do_rope_backward(dk, rope_inv_freq, B, T_, Hkv, hd, 0, positions, strides.dk);
+  }
 }
 
 // ---- SwiGLU ----

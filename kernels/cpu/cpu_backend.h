@@ -94,12 +94,12 @@ class CpuBackend final : public Backend {
 
   void do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                             std::int64_t Tq, std::int64_t Tk, std::int64_t Hq, std::int64_t Hkv,
-                            std::int64_t hd, Tensor positions,
-                            const AttentionStrides& strides) override;
+                            std::int64_t hd, Tensor positions, const AttentionStrides& strides,
+                            Tensor rope_inv_freq) override;
   void do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor out, Tensor lse,
                              Tensor q, Tensor k, Tensor v, std::int64_t B, std::int64_t T_,
                              std::int64_t Hq, std::int64_t Hkv, std::int64_t hd, Tensor positions,
-                             const AttentionStrides& strides) override;
+                             const AttentionStrides& strides, Tensor rope_inv_freq) override;
 
   void do_swiglu_forward(Tensor h, Tensor gate, Tensor up, std::int64_t rows, std::int64_t width,
                          std::int64_t gate_up_stride) override;

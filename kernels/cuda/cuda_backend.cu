@@ -291,12 +291,14 @@ void CudaBackend::do_rope_backward(Tensor dx, Tensor inv_freq, std::int64_t B, s
 void CudaBackend::do_attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v,
                                        std::int64_t B, std::int64_t Tq, std::int64_t Tk,
                                        std::int64_t Hq, std::int64_t Hkv, std::int64_t hd,
-                                       Tensor positions, const AttentionStrides& strides) {
+                                       Tensor positions, const AttentionStrides& strides,
+                                       Tensor rope_inv_freq) {
   with_float_type(q.dtype, "attention_forward", "q", [&](auto tag) {
     using T = decltype(tag);
-    cuda::attention_forward<T>(ptr<T>(out), ptr<float>(lse), ptr<const T>(q), ptr<const T>(k),
-                               ptr<const T>(v), B, Tq, Tk, Hq, Hkv, hd, context_->stream(),
-                               ptr<const std::int32_t>(positions), strides);
+    cuda::attention_forward<T>(ptr<T>(out), ptr<float>(lse), ptr<T>(q), ptr<T>(k), ptr<const T>(v),
+                               B, Tq, Tk, Hq, Hkv, hd, context_->stream(),
+                               ptr<const std::int32_t>(positions), strides,
+                               ptr<const float>(rope_inv_freq));
   });
 }
 
@@ -304,7 +306,7 @@ void CudaBackend::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor 
                                         Tensor lse, Tensor q, Tensor k, Tensor v, std::int64_t B,
                                         std::int64_t T, std::int64_t Hq, std::int64_t Hkv,
                                         std::int64_t hd, Tensor positions,
-                                        const AttentionStrides& strides) {
+                                        const AttentionStrides& strides, Tensor rope_inv_freq) {
   float* workspace = static_cast<float*>(context_->scratch(
       static_cast<std::size_t>(attention_backward_workspace_floats(B, T, Hq)) * sizeof(float)));
   with_float_type(q.dtype, "attention_backward", "q", [&](auto tag) {
@@ -312,7 +314,8 @@ void CudaBackend::do_attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor 
     cuda::attention_backward<X>(ptr<X>(dq), ptr<X>(dk), ptr<X>(dv), ptr<const X>(dout),
                                 ptr<const X>(out), ptr<const float>(lse), ptr<const X>(q),
                                 ptr<const X>(k), ptr<const X>(v), B, T, Hq, Hkv, hd, workspace,
-                                context_->stream(), ptr<const std::int32_t>(positions), strides);
+                                context_->stream(), ptr<const std::int32_t>(positions), strides,
+                                ptr<const float>(rope_inv_freq));
   });
 }
 

@@ -673,6 +673,128 @@ void add_rope_and_attention_ops(std::vector<OpCase>& cases) {
            }});
 }
 
+// RoPE inside attention (rope_inv_freq) against the reference's RoPE then attention: the forward
+// leaves q and k rotated as rope_forward would, the backward's dq and dk are those of the
+// unrotated inputs (attention's backward, then RoPE's). Plain rows (row t at position t) and
+// packed documents (positions restarting in each document). q and k
+// lie in [-0.5, 0.5] so that rounding them to bf16 after the rotation (the reference keeps them
+// exact) moves a score by about 2^-8 * 0.7 here, well inside the tolerances.
+void add_attention_with_rope_ops(std::vector<OpCase>& cases) {
+  const std::vector<Heads> shapes = {
+      {1, 1, 1, 1, 1, 16}, {2, 17, 17, 4, 2, 32}, {1, 67, 67, 2, 1, 64}, {1, 33, 33, 4, 2, 128}};
+  const std::vector<Packed> packed_shapes = {{4, 2, 16, {{1, 40, 27, 32}, {70, 1, 29}}},
+                                             {2, 1, 64, {{130, 70}}}};
+  // B, T, Hq, Hkv, hd of either shape; the forward's outputs and the backward's inputs alike.
+  struct Dims {
+    std::int64_t B, T, Hq, Hkv, hd;
+  };
+  const auto tensors = [](const Dims& d, bool backward) {
+    const std::int64_t nq = d.B * d.T * d.Hq * d.hd, nkv = d.B * d.T * d.Hkv * d.hd;
+    const Fill output = backward ? Fill::Random : Fill::Poison;  // backward: set by prepare
+    std::vector<TensorSpec> specs = {{"q", Role::Activation, nq, Fill::Random, -0.5, 0.5},
+                                     {"k", Role::Activation, nkv, Fill::Random, -0.5, 0.5},
+                                     {"v", Role::Activation, nkv},
+                                     {"out", Role::Activation, nq, output},
+                                     {"lse", Role::Statistic, d.B * d.Hq * d.T, output},
+                                     {"inv_freq", Role::Statistic, d.hd / 2, Fill::Random, 0, 1}};
+    if (backward) {
+      specs.push_back({"dout", Role::Activation, nq});
+      specs.push_back({"dq", Role::Activation, nq, Fill::Poison});
+      specs.push_back({"dk", Role::Activation, nkv, Fill::Poison});
+      specs.push_back({"dv", Role::Activation, nkv, Fill::Poison});
+    }
+    return specs;
+  };
+  // The engine's call and the reference's, with positions (packed) or without.
+  const auto engine = [](Backend& b, EngineTensors& t, const Dims& d, Tensor positions,
+                         bool backward) {
+    if (backward)
+      b.attention_backward(t["dq"], t["dk"], t["dv"], t["dout"], t["out"], t["lse"], t["q"], t["k"],
+                           t["v"], d.B, d.T, d.Hq, d.Hkv, d.hd, positions, {}, t["inv_freq"]);
+    else
+      b.attention_forward(t["out"], t["lse"], t["q"], t["k"], t["v"], d.B, d.T, d.T, d.Hq, d.Hkv,
+                          d.hd, positions, {}, t["inv_freq"]);
+    b.synchronize();  // before the positions are freed
+  };
+  const auto reference = [](HostTensors& h, const Dims& d, const std::int32_t* positions,
+                            bool backward) {
+    const std::vector<float> inv(h.values("inv_freq").begin(), h.values("inv_freq").end());
+    if (backward) {
+      cpu::attention_backward(h("dq"), h("dk"), h("dv"), h("dout"), h("out"), h("lse"), h("q"),
+                              h("k"), h("v"), d.B, d.T, d.T, d.Hq, d.Hkv, d.hd, positions);
+      cpu::rope_backward(h("dq"), inv.data(), d.B, d.T, d.Hq, d.hd, 0, positions);
+      cpu::rope_backward(h("dk"), inv.data(), d.B, d.T, d.Hkv, d.hd, 0, positions);
+    } else {
+      cpu::rope_forward(h("q"), inv.data(), d.B, d.T, d.Hq, d.hd, 0, positions);
+      cpu::rope_forward(h("k"), inv.data(), d.B, d.T, d.Hkv, d.hd, 0, positions);
+      cpu::attention_forward(h("out"), h("lse"), h("q"), h("k"), h("v"), d.B, d.T, d.T, d.Hq, d.Hkv,
+                             d.hd, positions);
+    }
+  };
+  // The backward reads out and lse as the forward leaves them over the (rotated) q and k.
+  const auto prepare = [](HostTensors& h, const Dims& d, const std::int32_t* positions) {
+    cpu::attention_forward(h("out"), h("lse"), h("q"), h("k"), h("v"), d.B, d.T, d.T, d.Hq, d.Hkv,
+                           d.hd, positions);
+  };
+  const Tolerances forward_tolerance = {
+      {3 * kBf16Rounding, 3 * kBf16Rounding,
+       "q and k rounded to bf16 after the rotation (scores move ~2^-8 * 0.7), probabilities "
+       "rounded before they weigh |v| <= 1, one rounding of out"},
+      {1e-5, 1e-6, "fp32 cos/sin of one float angle, then an fp32 softmax over up to 130 keys"},
+      {1e-13, 1e-13, "f64 softmax over up to 130 keys"}};
+  // A rotation adds the errors of a channel pair (|cos| + |sin| <= sqrt(2)): the plain backward's
+  // tolerances (2x and 6x a rounding, attention_backward and _packed) times 1.5.
+  const auto backward_tolerance = [](double bf16_roundings, double fp32) {
+    return Tolerances{
+        {bf16_roundings * kBf16Rounding, bf16_roundings * kBf16Rounding,
+         "P and dS rounded to bf16 before the products, a key's weights summed over its queries, "
+         "the pair's errors combined by the rotation; one rounding of the result"},
+        {fp32, fp32, "fp32 sums over up to 130 keys of terms |.| <~ 1, then a rotation"},
+        {1e-13, 1e-13, "f64 sums over up to 130 keys"}};
+  };
+  for (const bool backward : {false, true}) {
+    const char* name = backward ? "attention_backward_rope" : "attention_forward_rope";
+    const std::vector<std::string> compared =
+        backward ? std::vector<std::string>{"dq", "dk", "dv"}
+                 : std::vector<std::string>{"out", "lse", "q", "k"};
+    const auto dims = [](const Heads& s) { return Dims{s.B, s.Tq, s.Hq, s.Hkv, s.hd}; };
+    add_entry<Heads>(
+        cases, {.name = name,
+                .shapes = shapes,
+                .tensors = [=](const Heads& s) { return tensors(dims(s), backward); },
+                .run = [=](Backend& b, EngineTensors& t,
+                           const Heads& s) { engine(b, t, dims(s), Tensor{}, backward); },
+                .reference = [=](HostTensors& h,
+                                 const Heads& s) { reference(h, dims(s), nullptr, backward); },
+                .compared = compared,
+                .tolerance = backward ? backward_tolerance(3, 3e-6) : forward_tolerance,
+                .prepare =
+                    [=](HostTensors& h, const Heads& s) {
+                      if (backward) prepare(h, dims(s), nullptr);
+                    }});
+    const auto packed_dims = [](const Packed& s) { return Dims{s.B(), s.T(), s.Hq, s.Hkv, s.hd}; };
+    add_entry<Packed>(
+        cases, {.name = str(name, "_packed"),
+                .shapes = packed_shapes,
+                .tensors = [=](const Packed& s) { return tensors(packed_dims(s), backward); },
+                .run =
+                    [=](Backend& b, EngineTensors& t, const Packed& s) {
+                      const BackendBuffer positions = upload_positions(b, s);
+                      engine(b, t, packed_dims(s), positions, backward);
+                    },
+                .reference =
+                    [=](HostTensors& h, const Packed& s) {
+                      reference(h, packed_dims(s), s.positions().data(), backward);
+                    },
+                .compared = compared,
+                .tolerance = backward ? backward_tolerance(9, 6e-6) : forward_tolerance,
+                .prepare =
+                    [=](HostTensors& h, const Packed& s) {
+                      if (backward) prepare(h, packed_dims(s), s.positions().data());
+                    }});
+  }
+}
+
 void add_elementwise_and_loss_ops(std::vector<OpCase>& cases) {
   const auto swiglu_inputs = [](const Length& s) {
     return std::vector<TensorSpec>{{"gate", Role::Activation, s.n, Fill::Random, -6, 6},
@@ -877,6 +999,7 @@ const std::vector<OpCase>& op_table() {
     add_algebra_ops(all);
     add_embedding_and_norm_ops(all);
     add_rope_and_attention_ops(all);
+    add_attention_with_rope_ops(all);
     add_elementwise_and_loss_ops(all);
     add_optimizer_and_observer_ops(all);
     return all;

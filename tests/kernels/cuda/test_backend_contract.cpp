@@ -161,6 +161,20 @@ std::vector<WrongCall> wrong_calls() {
        },
        "attention_forward: positions with Tq = 1 queries over Tk = 2 keys (expected Tq == Tk: "
        "packed documents have no KV cache)"},
+      {"attention_rope_with_kv_cache",
+       [](Backend& b, ContractTensors& t) {
+         b.attention_forward(t.s6.tensor().slice(0, 2), t.f2.tensor().slice(0, 1),
+                             t.s6b.tensor().slice(0, 2), t.s4, t.s9.tensor().slice(0, 4), 1, 1, 2,
+                             1, 1, 2, {}, {}, t.f2.tensor().slice(0, 1));
+       },
+       "attention_forward: RoPE with Tq = 1 queries over Tk = 2 keys (expected Tq == Tk: cached "
+       "keys are rotated when they are cached)"},
+      {"attention_rope_frequencies_wrong_count",
+       [](Backend& b, ContractTensors& t) {
+         b.attention_backward(t.s4, t.s4, t.s4, t.s4, t.s4, t.f2, t.s4, t.s4, t.s4, 1, 2, 1, 1, 2,
+                              {}, {}, t.f2);
+       },
+       "attention_backward: rope_inv_freq has 2 elements (expected 1)"},
       {"swiglu_negative_n",
        [](Backend& b, ContractTensors& t) { b.swiglu_forward(t.s6, t.s6b, t.s9, -1); },
        "swiglu_forward: n = -1 (expected a size >= 0)"},

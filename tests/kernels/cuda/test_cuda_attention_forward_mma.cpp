@@ -119,7 +119,7 @@ void run(const Case& c) {
   auto* d_out = device_copy(out_host);
   auto* d_lse = device_copy(std::vector<float>(want_lse.size(), std::nanf("")));
   auto* d_pos = positions.empty() ? nullptr : device_copy(positions);
-  const auto* q_at = reinterpret_cast<const cuda::bf16*>(d_q) + c.offset;
+  auto* q_at = reinterpret_cast<cuda::bf16*>(d_q) + c.offset;
   const auto* k_at = reinterpret_cast<const cuda::bf16*>(d_k) + c.offset + (c.fused ? qw : 0);
   const auto* v_at = reinterpret_cast<const cuda::bf16*>(d_v) + c.offset + (c.fused ? qw + kvw : 0);
   auto* out_at = reinterpret_cast<cuda::bf16*>(d_out) + c.offset;
