@@ -47,10 +47,10 @@
 // shared bytes per block from kDkvSmem / kDqSmem below; blocks per SM from 64K registers and the
 // shared memory, sm_80 164 KiB, sm_90/100 228 KiB, 1 KiB reserved per block):
 //   kernel     warps x rows  registers sm_80/90/100/120  shared bytes  blocks (warps) per SM
-//   dK/dV 64   4 x 32        234 / 242 / 255 / 242       46,464        2 (8) on sm_80 and sm_90
-//   dK/dV 128  8 x 16        241 / 248 / 249 / 246       105,216       1 (8) on sm_80 and sm_90
-//   dQ 64      4 x 32        234 / 232 / 255 / 254       56,832        2 (8) on sm_80 and sm_90
-//   dQ 128     4 x 32        252 / 243 / 255 / 254       105,984       1 (4) on sm_80, 2 (8) sm_90
+//   dK/dV 64   4 x 32        238 / 242 / 255 / 240       46,464        2 (8) on sm_80 and sm_90
+//   dK/dV 128  8 x 16        239 / 248 / 252 / 242       105,216       1 (8) on sm_80 and sm_90
+//   dQ 64      4 x 32        242 / 240 / 250 / 248       56,832        2 (8) on sm_80 and sm_90
+//   dQ 128     4 x 32        244 / 246 / 251 / 254       105,984       1 (4) on sm_80, 2 (8) sm_90
 // (old: dK/dV 244 registers at 128 on sm_80, 70,400 bytes, 2 blocks of 4 warps.) dQ 128 on sm_80
 // trades occupancy (4 warps a SM, each with two m-tiles of independent mma in flight) for half
 // the ldmatrix per mma; bench/gpu times it against the old shape on a GPU.
