@@ -138,12 +138,13 @@ __global__ void attention_forward_mma_kernel(bf16* out, float* lse, bf16* q, con
   cp_async_commit();
 
   // RoPE: the block rotates its Q rows once, in shared memory, and writes them back rotated,
-  // as the backward reads them (no other block reads these rows of this head).
+  // as the backward reads them (no other block reads these rows of this head). The barrier
+  // that publishes the rotated tile is the next one: before Q's fragments are read into
+  // registers, or the key loop's first (Q in shared memory).
   if (rope_inv_freq) {
     cp_async_wait<1>();  // the Q group; tile 0 may still be in flight
     __syncthreads();
     mma_rope_tile<HD>(q_s, q_head, strides.q, q0, BR, Tq, rope_inv_freq, row_positions);
-    __syncthreads();
   }
 
   // The warp's slices of Q: in registers (read once, before tile 1 overwrites buffer 1) or at
