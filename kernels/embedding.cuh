@@ -135,27 +135,28 @@ __device__ inline int radix_key(std::int32_t token, std::int64_t vocab) {
 
 // Ranks the block's keys by digit: returns this thread's rank among the block's keys with its
 // digit (lower threads first) and sets `total` to the block's number of keys with digit
-// threadIdx.x. Within a warp, the lanes sharing a digit are found by one ballot per digit bit;
-// per_warp then turns the warps' counts of each digit into each warp's first rank. Every thread
-// of the block calls it (the ballots and barriers need them all); one without a key
-// (has_key false: past N) is left out of every count.
+// threadIdx.x. A warp's lanes with digit d are found from one ballot per digit bit; each lane
+// writes the warp's counts of digits lane, lane + 32, ... (so every entry of per_warp is written,
+// none needs zeroing), then thread d turns the warps' counts of digit d into each warp's first
+// rank. Every thread of the block calls it (the ballots and barriers need them all); one without
+// a key (has_key false: past N) is left out of every count.
 __device__ inline int radix_block_rank(int digit, bool has_key,
                                        int (&per_warp)[kRadixWarps][kRadix], int& total) {
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid % 32, warp = tid / 32;
-  for (int i = tid; i < kRadixWarps * kRadix; i += kRadixThreads)
-    per_warp[i / kRadix][i % kRadix] = 0;
-  unsigned peers = __ballot_sync(0xffffffffu, has_key);
+  const unsigned keyed = __ballot_sync(0xffffffffu, has_key);
+  unsigned votes[kRadixBits];
 #pragma unroll
-  for (int b = 0; b < kRadixBits; ++b) {
-    const bool bit = (digit >> b) & 1;
-    const unsigned vote = __ballot_sync(0xffffffffu, bit);
-    peers &= bit ? vote : ~vote;
-  }
-  const int rank_in_warp = __popc(peers & ((1u << lane) - 1u));
-  __syncthreads();  // per_warp zeroed
-  if (has_key && rank_in_warp == 0) per_warp[warp][digit] = __popc(peers);
-  __syncthreads();
+  for (int b = 0; b < kRadixBits; ++b) votes[b] = __ballot_sync(0xffffffffu, (digit >> b) & 1);
+  auto lanes_with = [&](int d) {  // the warp's lanes with a key and digit d
+    unsigned lanes = keyed;
+#pragma unroll
+    for (int b = 0; b < kRadixBits; ++b) lanes &= (d >> b) & 1 ? votes[b] : ~votes[b];
+    return lanes;
+  };
+  for (int d = lane; d < kRadix; d += 32) per_warp[warp][d] = __popc(lanes_with(d));
+  const int rank_in_warp = __popc(lanes_with(digit) & ((1u << lane) - 1u));
+  __syncthreads();  // every warp's counts written
   int running = 0;
   for (int w = 0; w < kRadixWarps; ++w) {
     const int count = per_warp[w][tid];
