@@ -42,9 +42,12 @@ inline std::int64_t attention_backward_workspace_floats(std::int64_t B, std::int
   return B * Hq * T;
 }
 
-// Integer scratch of the embedding backward: embedding_workspace_ints(N, vocab) ints.
+// Integer scratch of the embedding backward (kernels/embedding.cuh): the token counts and
+// offsets, a radix pass's digit counts and offsets (256 per block of 256 positions) and four
+// lists of N (the sorted positions, two key buffers, a second position buffer).
 inline std::int64_t embedding_workspace_ints(std::int64_t N, std::int64_t vocab) {
-  return 3 * vocab + 1 + 2 * N;
+  const std::int64_t digits = 256 * ((N + 255) / 256);
+  return 2 * vocab + 1 + 2 * digits + 1 + 4 * N;
 }
 
 }  // namespace minitron::cuda

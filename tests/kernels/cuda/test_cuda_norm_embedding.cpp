@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "kernels/embedding.h"
@@ -71,6 +72,66 @@ TEST_P(CudaNormEmbedding, EmbeddingBackwardOverALargeVocabularyAndALongBucket) {
   std::vector<float> dtable = dtable0;
   cpu::embedding_backward(dtable.data(), dout.data(), tokens.data(), N, D, vocab);
   EXPECT_EQ(dev.get(tdtable), dtable);  // same additions in the same order: exact
+}
+
+// The backward against the CPU reference, bit for bit: both add each row's contributions in
+// position order in fp32. A position whose token lies outside [0, vocab) adds nothing on the
+// device (the reference refuses such ids), so the reference gets the other positions, in order.
+void expect_backward_matches_reference(Device& dev, DType dt,
+                                       const std::vector<std::int32_t>& tokens, std::int64_t vocab,
+                                       std::int64_t D, unsigned seed) {
+  const auto N = static_cast<std::int64_t>(tokens.size());
+  const auto dout = stored(random_floats(N * D, seed, -1, 1), dt);
+  const auto dtable0 = random_floats(vocab * D, seed + 1, -1, 1);
+  auto tk = dev.put_i32(tokens);
+  auto tdout = dev.put(dout, dt);
+  auto tdtable = dev.put(dtable0, DType::F32);
+  dev.backend().embedding_backward(tdtable, tdout, tk, N, D);
+  std::vector<std::int32_t> valid_tokens;
+  std::vector<float> valid_dout;
+  for (std::int64_t n = 0; n < N; ++n) {
+    if (tokens[n] < 0 || tokens[n] >= vocab) continue;
+    valid_tokens.push_back(tokens[n]);
+    valid_dout.insert(valid_dout.end(), dout.begin() + n * D, dout.begin() + (n + 1) * D);
+  }
+  std::vector<float> want = dtable0;
+  cpu::embedding_backward(want.data(), valid_dout.data(), valid_tokens.data(),
+                          static_cast<std::int64_t>(valid_tokens.size()), D, vocab);
+  EXPECT_EQ(dev.get(tdtable), want);  // same additions in the same order: exact
+}
+
+// Real text's frequent tokens: one token at 5000 of 6000 positions (the others spread over a
+// vocabulary of 70000, whose 17 bits take the sort three passes; the frequent token's id uses the
+// top one). N is not a multiple of the sort's 256-position blocks.
+TEST_P(CudaNormEmbedding, EmbeddingBackwardWithAVeryFrequentToken) {
+  const std::int64_t vocab = 70000, N = 6000;
+  std::vector<std::int32_t> tokens(N);
+  for (std::int64_t n = 0; n < N; ++n)
+    tokens[n] = static_cast<std::int32_t>(n % 6 == 1 ? (n * 7919) % vocab : 65537);
+  expect_backward_matches_reference(dev, dt(), tokens, vocab, 3, 31);
+}
+
+// Every position the same token (a bucket of all 700 slots, the last sort block partial), a
+// vocabulary of one token (one pass), and fewer positions than a warp.
+TEST_P(CudaNormEmbedding, EmbeddingBackwardWithOneToken) {
+  expect_backward_matches_reference(dev, dt(), std::vector<std::int32_t>(700, 42), 50, 5, 32);
+  expect_backward_matches_reference(dev, dt(), std::vector<std::int32_t>(300, 0), 1, 7, 33);
+  expect_backward_matches_reference(dev, dt(), {3, 1, 3, 3, 0}, 4, 9, 34);
+}
+
+// Ids outside [0, vocab) (negative, vocab itself, far past it) among valid ones, some of them
+// inside a frequent token's run: those positions add nothing, the others in position order.
+TEST_P(CudaNormEmbedding, EmbeddingBackwardSkipsTokensOutsideTheVocabulary) {
+  const std::int64_t vocab = 300, N = 1000;
+  std::vector<std::int32_t> tokens(N);
+  for (std::int64_t n = 0; n < N; ++n) {
+    tokens[n] = static_cast<std::int32_t>(n % 2 == 0 ? 299 : (n * 37) % vocab);
+    if (n % 7 == 3) tokens[n] = n % 3 == 0 ? -1 : (n % 3 == 1 ? 300 : 1 << 20);
+  }
+  tokens[0] = -5;
+  tokens[2] = std::numeric_limits<std::int32_t>::min();
+  tokens[N - 1] = 300;
+  expect_backward_matches_reference(dev, dt(), tokens, vocab, 4, 35);
 }
 
 // Rows wide enough that the kernels' shared memory (kernels/rmsnorm.cuh, 96 KiB a block) holds
