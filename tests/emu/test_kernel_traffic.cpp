@@ -109,6 +109,25 @@ TEST(KernelTraffic, RmsnormReadsEachRowAndTheWeightOncePerBlock) {
     cudaFree(p);
 }
 
+// Wider rows, up to 16384 (the forward's bound): above 8192 bf16 only 2 warps' rows fit beside
+// the weight in the block's 96 KiB, so each warp takes several rows and the block still stages
+// the weight once per 8 rows (one row a warp read it once per 2 rows: 1.25x).
+TEST(KernelTraffic, RmsnormForwardOfWideRowsReadsTheWeightOncePer8Rows) {
+  for (const std::int64_t D : {12288, 16384}) {
+    SCOPED_TRACE(::testing::Message() << "hidden " << D);
+    const std::size_t n = kRows * D;
+    bf16 *x = device_buffer<bf16>(n), *y = device_buffer<bf16>(n), *w = device_buffer<bf16>(D);
+    float* rstd = device_buffer<float>(kRows);
+    upload(x, random_bf16(n, 13));
+    upload(w, random_bf16(D, 14));
+    emu::TrafficRecording recording;
+    cuda::rmsnorm_forward(y, rstd, x, w, kRows, D, 1e-5f, nullptr);
+    expect_near_ideal(recording.take(), "rmsnorm_forward_kernel");
+    for (void* p : {static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(w), static_cast<void*>(rstd)})
+      cudaFree(p);
+  }
+}
+
 // In place, as the model runs it: the branch's buffer becomes the new residual stream.
 TEST(KernelTraffic, ResidualRmsnormReadsTheNewResidualOnce) {
   const std::size_t n = kRows * kHidden;
