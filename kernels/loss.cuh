@@ -13,6 +13,9 @@
 // logits: 1.27x); rows that fit whole move 1.0x. A row split over several blocks would need
 // every block's partial (max, sum) before any block could write its gradient: without a grid or
 // cluster barrier (not emulated) that is a second kernel reading the row again, 1.5x.
+// The KL keeps its loss online in one pass (the loss alone reads each row once) and, for the
+// gradient, as much of both rows as half that budget holds each (kl_divergence_kept): rows up
+// to 57856 bf16 logits whole on sm_90 (1.0x); Llama 3's two rows, 501 KiB, 1.37x there.
 // Rows move as 16-byte packs (kernels/packed.cuh) whatever V and the row's start: each row is
 // split into a scalar head up to its first 16-byte boundary, whole packs, and a scalar tail
 // (the KL's two rows share the split when they start at the same address modulo 16, else the
@@ -119,23 +122,36 @@ __global__ void cross_entropy_kernel(float* losses, T* logits, const std::int32_
   }
 }
 
-// One element of a KL row: its term of the loss, and its gradient in `grad` (see below).
-__device__ __forceinline__ float kl_term(float s, float t, float inv_tau, float lse_s, float lse_t,
-                                         float grad_scale, float& grad) {
-  const float log_ps = s * inv_tau - lse_s;
-  const float log_pt = t * inv_tau - lse_t;
-  const float pt = expf(log_pt);
-  grad = grad_scale != 0.0f ? grad_scale * (expf(log_ps) - pt) * inv_tau : 0.0f;
-  return pt > 0.0f ? pt * (log_pt - log_ps) : 0.0f;
+// As online_add, also adding exp(x - m) * y to a: a sum weighted as the pair's terms, rescaled
+// with them, so that a / s is the mean of y under softmax(x) when the row is done.
+__device__ __forceinline__ void online_add_weighted(float& m, float& s, float& a, float x,
+                                                    float y) {
+  if (x > m) {
+    const float c = expf(m - x);
+    s = s * c + 1.0f;
+    a = a * c + y;
+    m = x;
+  } else if (x != -INFINITY) {  // a masked logit adds nothing (its y may be NaN or infinite)
+    const float e = expf(x - m);
+    s += e;
+    a += e * y;
+  }
 }
 
 // losses[r] = sum_v p_t (log p_t - log p_s), p = softmax(logits / tau), 0 log 0 = 0; with
 // grad_scale != 0, student[r] <- grad_scale * (p_s - p_t) / tau.
+// The loss is kept online in the one pass over both rows: with t' = t / tau, s' = s / tau, it is
+// E_pt[t' - s'] - (lse_t - lse_s), and E_pt[t' - s'] is the teacher's weighted sum a / s. Rows
+// that agree exactly give a = 0 and the same two log-sum-exps (the same operations on the same
+// values), so a loss of exactly 0. The gradient needs both log-sum-exps, so a second pass; the
+// first `kept` slots of each row (RowCopy) stay in dynamic shared memory for it, the student's
+// then the teacher's, each on a 16-byte boundary.
 template <typename T>
 __global__ void kl_divergence_kernel(float* losses, T* student, const T* teacher, std::int64_t V,
-                                     float inv_tau, float grad_scale) {
+                                     float inv_tau, float grad_scale, std::int64_t kept) {
   constexpr int K = Packed128<T>::kSize;
   __shared__ float scratch[kWarpSize];
+  MINITRON_DYNAMIC_SHARED(T, row_cache);
   const std::int64_t r = blockIdx.x;
   T* s_row = student + r * V;
   const T* t_row = teacher + r * V;
@@ -143,42 +159,56 @@ __global__ void kl_divergence_kernel(float* losses, T* student, const T* teacher
   const std::int64_t scalars = split_scalars(split, V);
   const std::int64_t first_pack = split.head + threadIdx.x * static_cast<std::int64_t>(K);
   const std::int64_t pack_stride = static_cast<std::int64_t>(blockDim.x) * K;
-  float ms = -INFINITY, ss = 0.0f, mt = -INFINITY, st = 0.0f;
+  const std::int64_t teacher_slots = (kept + K - 1) / K * K;
+  const RowCopy<T> s_copy{kept > 0 ? row_cache : nullptr, split.head, V, kept};
+  const RowCopy<T> t_copy{kept > 0 ? row_cache + teacher_slots : nullptr, split.head, V, kept};
+  float ms = -INFINITY, ss = 0.0f, mt = -INFINITY, st = 0.0f, at = 0.0f;
   for (std::int64_t i = first_pack; i < split.body_end; i += pack_stride) {
     float a[K], b[K];
     load_floats(a, s_row + i);
     load_floats(b, t_row + i);
+    s_copy.keep(i, a);
+    t_copy.keep(i, b);
 #pragma unroll
     for (int e = 0; e < K; ++e) {
-      online_add(ms, ss, a[e] * inv_tau);
-      online_add(mt, st, b[e] * inv_tau);
+      const float xs = a[e] * inv_tau, xt = b[e] * inv_tau;
+      online_add(ms, ss, xs);
+      online_add_weighted(mt, st, at, xt, xt - xs);
     }
   }
   for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x) {
     const std::int64_t i = split_scalar_index(split, j);
-    online_add(ms, ss, to_float(s_row[i]) * inv_tau);
-    online_add(mt, st, to_float(t_row[i]) * inv_tau);
+    const float a[1] = {to_float(s_row[i])}, b[1] = {to_float(t_row[i])};
+    s_copy.keep(i, a);
+    t_copy.keep(i, b);
+    const float xs = a[0] * inv_tau, xt = b[0] * inv_tau;
+    online_add(ms, ss, xs);
+    online_add_weighted(mt, st, at, xt, xt - xs);
   }
   const float lse_s = block_log_sum_exp(ms, ss, scratch);
-  const float lse_t = block_log_sum_exp(mt, st, scratch);
-  float loss = 0.0f;
+  // block_log_sum_exp's steps for the teacher, with its weighted sum rescaled as its terms.
+  const float mt_row = block_max(mt, scratch);
+  const float wt = mt == -INFINITY ? 0.0f : expf(mt - mt_row);
+  const float st_row = block_sum(st * wt, scratch);
+  const float at_row = block_sum(at * wt, scratch);
+  const float lse_t = mt_row + logf(st_row);
+  if (threadIdx.x == 0) losses[r] = at_row / st_row - (lse_t - lse_s);
+  if (grad_scale == 0.0f) return;
   for (std::int64_t i = first_pack; i < split.body_end; i += pack_stride) {
     float a[K], b[K];
-    load_floats(a, s_row + i);
-    load_floats(b, t_row + i);
+    load_floats(a, s_copy.at(s_row, i));
+    load_floats(b, t_copy.at(t_row, i));
 #pragma unroll
     for (int e = 0; e < K; ++e)
-      loss += kl_term(a[e], b[e], inv_tau, lse_s, lse_t, grad_scale, a[e]);
-    if (grad_scale != 0.0f) store_floats(s_row + i, a);
+      a[e] = grad_scale * (expf(a[e] * inv_tau - lse_s) - expf(b[e] * inv_tau - lse_t)) * inv_tau;
+    store_floats(s_row + i, a);
   }
   for (std::int64_t j = threadIdx.x; j < scalars; j += blockDim.x) {
     const std::int64_t i = split_scalar_index(split, j);
-    float g;
-    loss += kl_term(to_float(s_row[i]), to_float(t_row[i]), inv_tau, lse_s, lse_t, grad_scale, g);
-    if (grad_scale != 0.0f) s_row[i] = from_float<T>(g);
+    const float a = to_float(*s_copy.at(s_row, i)), b = to_float(*t_copy.at(t_row, i));
+    s_row[i] = from_float<T>(grad_scale * (expf(a * inv_tau - lse_s) - expf(b * inv_tau - lse_t)) *
+                             inv_tau);
   }
-  loss = block_sum(loss, scratch);
-  if (threadIdx.x == 0) losses[r] = loss;
 }
 
 // ---- launchers ----
@@ -189,21 +219,41 @@ constexpr int kLossThreads = 512;
 // bytes; one KiB is set aside for them).
 constexpr std::int64_t kLossStaticSharedReserve = 1024;
 
+// Bytes of dynamic shared memory one block may take on the current device (its opt-in maximum
+// less the static reserve).
+inline std::int64_t loss_shared_budget() {
+  int device = 0, optin = 0;
+  MINITRON_CUDA_CHECK(cudaGetDevice(&device));
+  MINITRON_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return optin - kLossStaticSharedReserve;
+}
+
 // How many slots of a row of V logits cross_entropy_kernel keeps in shared memory: the whole
 // row when it fits in what the current device lets one block opt into, else as many whole
 // packs as fit (none with grad_scale 0: there is no second pass).
 template <typename T>
 std::int64_t cross_entropy_kept(std::int64_t V, float grad_scale) {
   if (grad_scale == 0.0f) return 0;
-  int device = 0, optin = 0;
-  MINITRON_CUDA_CHECK(cudaGetDevice(&device));
-  MINITRON_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const std::int64_t fit =
-      (optin - kLossStaticSharedReserve) / static_cast<std::int64_t>(sizeof(T));
+  const std::int64_t fit = loss_shared_budget() / static_cast<std::int64_t>(sizeof(T));
   if (V <= fit) return V;
   constexpr std::int64_t K = Packed128<T>::kSize;
   return fit > 0 ? fit / K * K : 0;
+}
+
+// How many slots of each of its two rows kl_divergence_kernel keeps in shared memory: both whole
+// rows when they fit (each copy starts on a 16-byte boundary), else as many whole packs of each
+// as fit in half the budget (none with grad_scale 0: the loss alone is one pass). Llama 3's
+// 128256 bf16 logits a row: 57856 slots of each on sm_90 (227 KiB), 1.37x the ideal bytes;
+// 41472 on sm_80 (163 KiB), 1.45x; 25088 on sm_120 (99 KiB), 1.54x. Rows up to 57856 bf16
+// logits (sm_90) stay whole: 1.0x.
+template <typename T>
+std::int64_t kl_divergence_kept(std::int64_t V, float grad_scale) {
+  if (grad_scale == 0.0f) return 0;
+  constexpr std::int64_t K = Packed128<T>::kSize;
+  const std::int64_t fit =
+      loss_shared_budget() / (2 * static_cast<std::int64_t>(sizeof(T))) / K * K;
+  return (V + K - 1) / K * K <= fit ? V : fit;
 }
 
 template <typename T>
@@ -226,8 +276,16 @@ void kl_divergence(float* losses, T* student, const T* teacher, std::int64_t row
                    float temperature, float grad_scale, cudaStream_t stream) {
   MINITRON_ASSERT(temperature > 0, "kl_divergence: temperature ", temperature, " must be > 0");
   if (rows <= 0) return;
-  launch(kl_divergence_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kLossThreads), 0, stream,
-         losses, student, teacher, V, 1.0f / temperature, grad_scale);
+  const std::int64_t kept = kl_divergence_kept<T>(V, grad_scale);
+  constexpr std::int64_t K = Packed128<T>::kSize;
+  const auto bytes =
+      static_cast<std::size_t>(2 * ((kept + K - 1) / K * K) * static_cast<std::int64_t>(sizeof(T)));
+  if (bytes > 48 * 1024)
+    MINITRON_CUDA_CHECK(cudaFuncSetAttribute(kl_divergence_kernel<T>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(bytes)));
+  launch(kl_divergence_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(kLossThreads), bytes,
+         stream, losses, student, teacher, V, 1.0f / temperature, grad_scale, kept);
 }
 
 }  // namespace minitron::cuda

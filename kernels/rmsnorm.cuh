@@ -9,7 +9,8 @@
 // once: the block stages the weight in shared memory for its warps, and each warp keeps the row
 // streams its second pass needs (x; dy and x) in shared memory, as far as they fit
 // (rmsnorm_shared_plan): at D = 4096 in bf16 a forward moves 1.06x its distinct bytes, against
-// 2x when x was read in both passes and the weight by every row.
+// 2x when x was read in both passes and the weight by every row; up to D = 16384 too, where
+// fewer warps' rows fit and each forward warp takes several rows of its block.
 // Rows move as 16-byte packs (kernels/packed.cuh) whatever their width or offset: each warp
 // splits its row into a scalar head, whole packs and a scalar tail (see rmsnorm_row); which
 // lane sums which element follows the split: same fp32 accuracy, last bits may differ.
@@ -119,20 +120,14 @@ __device__ RmsnormBlockShared<T> rmsnorm_block_shared(const T* weight, std::int6
   return {w, rows};
 }
 
+// One warp's forward row: y = weight * round(x * rstd), x kept in `cache` (the warp's, or
+// nullptr) between the sum of squares and the scaling.
 template <typename T>
-__global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T* weight,
-                                       std::int64_t N, std::int64_t D, float eps,
-                                       bool weight_shared, bool cache_rows) {
+__device__ void rmsnorm_forward_row(T* y, float* rstd, const T* x, T* cache, const T* weight,
+                                    std::int64_t D, float eps) {
   const int lane = threadIdx.x % kWarpSize;
-  const RmsnormBlockShared<T> shared =
-      rmsnorm_block_shared(weight, D, weight_shared, cache_rows, 1);
-  const std::int64_t n =
-      blockIdx.x * static_cast<std::int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
-  if (n >= N) return;  // after the staging barrier; whole warps leave: shuffles stay full-warp
-  const T* x = in + n * D;
-  T* y = out + n * D;
-  const RmsnormRow row = rmsnorm_row(D, shared.weight, x, static_cast<const T*>(y));
-  const RowCopy<T> copy{shared.rows, row.split.head, D, D};
+  const RmsnormRow row = rmsnorm_row(D, weight, x, static_cast<const T*>(y));
+  const RowCopy<T> copy{cache, row.split.head, D, D};
   float sum = 0;
   for_each_span<pack_elements<T>()>(row.split, D, lane, kWarpSize, [&](auto width, std::int64_t j) {
     constexpr int W = decltype(width)::value;
@@ -142,7 +137,29 @@ __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T
 #pragma unroll
     for (int e = 0; e < W; ++e) sum += v[e] * v[e];
   });
-  rmsnorm_finish_row(y, rstd + n, x, copy, shared.weight, D, row, sum, eps);
+  rmsnorm_finish_row(y, rstd, x, copy, weight, D, row, sum, eps);
+}
+
+// Each warp takes `rows_per_warp` rows (warp w of a block of `warps`: rows first + w, first + w
+// + warps, ...), so that a block covers kRmsnormBlockRows rows whatever its warps and the staged
+// weight is read once per that many rows: above D = 8192 (bf16) only 2 warps' rows fit beside
+// the weight, and one row a warp read the weight once every 2 rows (1.24x the ideal bytes).
+template <typename T>
+__global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* in, const T* weight,
+                                       std::int64_t N, std::int64_t D, float eps,
+                                       bool weight_shared, bool cache_rows, int rows_per_warp) {
+  const RmsnormBlockShared<T> shared =
+      rmsnorm_block_shared(weight, D, weight_shared, cache_rows, 1);
+  const std::int64_t warps = blockDim.x / kWarpSize;
+  const std::int64_t first = blockIdx.x * warps * rows_per_warp + threadIdx.x / kWarpSize;
+  for (int k = 0; k < rows_per_warp; ++k) {
+    const std::int64_t n = first + k * warps;
+    if (n >= N) return;  // after the staging barrier; whole warps leave: shuffles stay full-warp
+    // The warp's cache serves row after row, and a row at another phase gives a lane other
+    // slots: every lane must be done reading the last row's before any lane writes this one's.
+    __syncwarp();
+    rmsnorm_forward_row(out + n * D, rstd + n, in + n * D, shared.rows, shared.weight, D, eps);
+  }
 }
 
 // din += r * g - r^3 / D * x * sum(g * x), g = dout * weight; one warp per row, dout and x
@@ -236,6 +253,8 @@ __global__ void rmsnorm_weight_reduce_kernel(G* dweight, const float* partial, s
 // ---- launchers ----
 
 constexpr int kRmsnormThreads = 256;  // at most 8 rows (warps) per block
+// Rows a forward block covers whatever its warps (rmsnorm_forward_kernel).
+constexpr int kRmsnormBlockRows = kRmsnormThreads / kWarpSize;
 constexpr int kRmsnormColumnThreads = 128;
 // Shared memory a row kernel may take per block: under the 99 KiB that sm_86/89/120 allow a
 // block after opting in (sm_80 163 KiB, sm_90/100 227 KiB), so every target runs one plan.
@@ -279,10 +298,11 @@ void rmsnorm_forward(T* out, float* rstd, const T* in, const T* weight, std::int
                      std::int64_t D, float eps, cudaStream_t stream) {
   if (N <= 0) return;
   const RmsnormSharedPlan plan = rmsnorm_shared_plan<T>(D, 1);
-  const dim3 grid(static_cast<unsigned>(ceil_div(N, plan.threads / kWarpSize)));
+  const int rows_per_warp = kRmsnormBlockRows / (plan.threads / kWarpSize);
+  const dim3 grid(static_cast<unsigned>(ceil_div(N, kRmsnormBlockRows)));
   allow_row_kernel_shared(rmsnorm_forward_kernel<T>, plan.bytes);
   launch(rmsnorm_forward_kernel<T>, grid, dim3(plan.threads), plan.bytes, stream, out, rstd, in,
-         weight, N, D, eps, plan.weight_shared, plan.cache_rows);
+         weight, N, D, eps, plan.weight_shared, plan.cache_rows, rows_per_warp);
 }
 
 template <typename G, typename T>

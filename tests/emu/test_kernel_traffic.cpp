@@ -124,6 +124,25 @@ TEST(KernelTraffic, RmsnormReadsEachRowAndTheWeightOncePerBlock) {
     cudaFree(p);
 }
 
+// Wider rows, up to 16384 (the forward's bound): above 8192 bf16 only 2 warps' rows fit beside
+// the weight in the block's 96 KiB, so each warp takes several rows and the block still stages
+// the weight once per 8 rows (one row a warp read it once per 2 rows: 1.25x).
+TEST(KernelTraffic, RmsnormForwardOfWideRowsReadsTheWeightOncePer8Rows) {
+  for (const std::int64_t D : {12288, 16384}) {
+    SCOPED_TRACE(::testing::Message() << "hidden " << D);
+    const std::size_t n = kRows * D;
+    bf16 *x = device_buffer<bf16>(n), *y = device_buffer<bf16>(n), *w = device_buffer<bf16>(D);
+    float* rstd = device_buffer<float>(kRows);
+    upload(x, random_bf16(n, 13));
+    upload(w, random_bf16(D, 14));
+    emu::TrafficRecording recording;
+    cuda::rmsnorm_forward(y, rstd, x, w, kRows, D, 1e-5f, nullptr);
+    expect_near_ideal(recording.take(), "rmsnorm_forward_kernel");
+    for (void* p : {static_cast<void*>(x), static_cast<void*>(y), static_cast<void*>(w), static_cast<void*>(rstd)})
+      cudaFree(p);
+  }
+}
+
 // In place, as the model runs it: the branch's buffer becomes the new residual stream.
 TEST(KernelTraffic, ResidualRmsnormReadsTheNewResidualOnce) {
   const std::size_t n = kRows * kHidden;
@@ -163,6 +182,45 @@ void expect_cross_entropy_near_ideal(std::int64_t rows, std::int64_t V) {
 TEST(KernelTraffic, CrossEntropyReadsTheLogitsOnce) {
   expect_cross_entropy_near_ideal(64, 512);    // the roofline layer's small vocabulary
   expect_cross_entropy_near_ideal(2, 128256);  // Llama 3's: 250.5 KiB a row, 90% of it on chip
+}
+
+// The distillation loss over rows of V bf16 logits, student and teacher, with the student's
+// gradient written in place: the ideal reads each row once and writes the student's once. The
+// loss alone (grad_scale 0) is one pass at any V (its teacher-weighted sum is kept online). With
+// the gradient, the second pass needs both rows: at a small vocabulary both stay on chip (1.0x);
+// at Llama 3's 128256 the two rows (501 KiB) are over twice the 227 KiB a block may hold, so the
+// kernel keeps 57856 slots of each (sm_90's opt-in less the static reserve, kl_divergence_kept)
+// and reads the other 70400 of each again: (6 + 4 * 70400 / 128256) / 6 = 1.366x. A reading
+// kernel one block per row cannot do better; 1.15x there needs a row spread over a cluster's
+// shared memory (not emulated). The old kernel read both rows twice: 1.67x, 2x without the
+// gradient.
+void expect_kl_divergence_within(std::int64_t rows, std::int64_t V, float grad_scale, double bound) {
+  SCOPED_TRACE(::testing::Message() << rows << " rows of " << V << " logits, grad_scale " << grad_scale);
+  bf16* student = device_buffer<bf16>(rows * V);
+  bf16* teacher = device_buffer<bf16>(rows * V);
+  float* losses = device_buffer<float>(rows);
+  upload(student, random_bf16(rows * V, 11));
+  upload(teacher, random_bf16(rows * V, 12));
+  emu::TrafficRecording recording;
+  cuda::kl_divergence(losses, student, teacher, rows, V, 1.0f, grad_scale, nullptr);
+  const emu::LaunchTraffic& launch = launch_named(recording.take(), "kl_divergence_kernel");
+  EXPECT_GT(launch.distinct_bytes_read, 0u);
+  std::printf("kl_divergence_kernel (V %lld, grad_scale %g): moved / ideal %.3f\n", static_cast<long long>(V),
+              grad_scale, moved_over_ideal(launch));
+  EXPECT_LE(moved_over_ideal(launch), bound)
+      << launch.bytes_read << " bytes read, " << launch.bytes_written << " written, ideal "
+      << launch.distinct_bytes_read << " + " << launch.distinct_bytes_written;
+  cudaFree(student);
+  cudaFree(teacher);
+  cudaFree(losses);
+}
+
+TEST(KernelTraffic, KlDivergenceReadsBothRowsOnceWhereTheyFitOnChip) {
+  expect_kl_divergence_within(64, 512, 1.0f / 64, kMaxMovedOverIdeal);  // the roofline layer's vocabulary
+  expect_kl_divergence_within(2, 128256, 0.0f, kMaxMovedOverIdeal);     // the loss alone: one pass
+  // Both rows kept as far as sm_90's shared memory goes (above): 1.366x, with room for the
+  // sectors that rows' ends and the losses share.
+  expect_kl_divergence_within(2, 128256, 0.5f, 1.37);
 }
 
 // The deterministic scatter-add of the embedding gradient, 256 positions: at hidden 4096 (the

@@ -1,10 +1,12 @@
 // Emulated CUDA losses over a chunk of logits vs the CPU reference (double sums): cross-entropy
-// with ignored rows and KL divergence at two temperatures, with their in-place gradients.
+// with ignored rows and KL divergence at three temperatures, with their in-place gradients, on
+// rows that fit in shared memory and rows that do not.
 // V is not a multiple of the 512 threads of a row's block.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "kernels/loss.h"
@@ -202,6 +204,62 @@ TEST_P(CudaLoss, KlDivergence) {
     // relative, so ~1e-9 absolute; bf16 adds one rounding.
     expect_near_all(str("kl gradient tau ", tau), dev.get(ts), s,
                     dt() == DType::BF16 ? kBf16Ulp : 1e-4, 1e-8);
+  }
+}
+
+// Rows of both kinds the gradient pass reads (loss.cuh, kl_divergence_kept): 20001 logits (both
+// rows kept whole in shared memory, over the 48 KiB a launch gets without opting in) and Llama
+// 3's vocabulary and a bit, 128259 (odd: rows start at every phase, a scalar head and tail
+// around the packs; more than a block holds, so each row's first slots come from shared memory
+// and the rest from global memory again). Temperature 1.5, and the loss alone (one pass).
+TEST_P(CudaLoss, KlDivergenceOfRowsLargerThanSharedMemory) {
+  for (const auto& [rows, V] :
+       std::vector<std::pair<std::int64_t, std::int64_t>>{{2, 20001}, {3, 128259}}) {
+    SCOPED_TRACE(str(rows, " rows of ", V));
+    const float tau = 1.5f, grad_scale = 0.5f;
+    const auto student = stored(random_floats(rows * V, 75 + V, -4, 4), dt());
+    const auto teacher = stored(random_floats(rows * V, 76 + V, -4, 4), dt());
+    auto ts = dev.put(student, dt()), tt = dev.put(teacher, dt());
+    auto losses = dev.poisoned(rows, DType::F32);
+    dev.backend().kl_divergence(losses, ts, tt, rows, V, tau, grad_scale);
+    std::vector<float> s = student, want_losses(rows);
+    cpu::kl_divergence(want_losses.data(), s.data(), teacher.data(), rows, V, tau, grad_scale);
+    // KL ~ 1.7 as E_pt[t' - s'] less the difference of two fp32 log-sum-exps (~13 each) over up
+    // to 128259 terms, each good to ~log2(V) = 17 ulps of its terms' scale: 2e-5 absolute.
+    expect_near_all("kl losses", dev.get(losses), want_losses, 1e-5, 2e-5);
+    // exp(x / tau - lse) with lse off by ~2e-5 gives ~2e-5 relative on probabilities of ~1e-5,
+    // so ~1e-10 absolute on their difference; bf16 adds one rounding.
+    expect_near_all("kl gradient", dev.get(ts), s, dt() == DType::BF16 ? kBf16Ulp : 1e-4, 1e-9);
+    EXPECT_EQ(dev.get(tt), teacher);
+
+    auto ts2 = dev.put(student, dt());
+    dev.backend().kl_divergence(losses, ts2, tt, rows, V, tau, 0.0f);
+    EXPECT_EQ(dev.get(ts2), student);  // no gradient: the student's logits stay as they were
+    // As above: the same one pass gives the loss.
+    expect_near_all("kl losses (no grad)", dev.get(losses), want_losses, 1e-5, 2e-5);
+  }
+}
+
+// Student and teacher rows that agree exactly have KL 0 and gradient 0 (p_s = p_t), whatever the
+// temperature: the kernel's loss E_pt[t' - s'] - (lse_t - lse_s) sums exact zeros and subtracts
+// two log-sum-exps computed by the same operations on the same values, so both come out exactly
+// 0, not merely small. A row of one logit (softmax 1 for student and teacher whatever their
+// values) has KL 0 and gradient 0 too, rows of 61 start at every phase, and 5000 spans several
+// packs a thread. Expectations by hand.
+TEST_P(CudaLoss, KlDivergenceOfAgreeingRowsIsExactlyZero) {
+  const std::int64_t rows = 3;
+  for (const std::int64_t V : {1, 61, 5000}) {
+    for (const float tau : {1.0f, 0.7f}) {
+      SCOPED_TRACE(str("V=", V, " tau ", tau));
+      const auto student = stored(random_floats(rows * V, 77 + V, -6, 6), dt());
+      // One logit a row: the teacher's differs and the softmaxes still agree.
+      const auto teacher = V == 1 ? stored(random_floats(rows * V, 76, -6, 6), dt()) : student;
+      auto ts = dev.put(student, dt()), tt = dev.put(teacher, dt());
+      auto losses = dev.poisoned(rows, DType::F32);
+      dev.backend().kl_divergence(losses, ts, tt, rows, V, tau, 0.25f);
+      EXPECT_EQ(dev.get(losses), std::vector<float>(rows, 0.0f));
+      EXPECT_EQ(dev.get(ts), std::vector<float>(rows * V, 0.0f));
+    }
   }
 }
 

@@ -173,6 +173,32 @@ TEST_P(CudaNormEmbedding, RmsNormWithRowsInAndOutOfSharedMemory) {
   }
 }
 
+// Rows for which fewer than 8 warps' rows fit beside the weight in the forward's shared memory:
+// each warp then takes several rows of its block, one after another in the same cache (6001: 4
+// warps of 2 rows in bf16, 2 warps of 4 in fp32; 12289: 2 warps of 4 in bf16, the weight alone
+// in fp32; 16384, the most that still holds 2 warps' rows in bf16). Odd widths start each next
+// row at another phase, so a lane's slots in the cache move from row to row. 11 rows: the
+// second block's warps take 2 and 1 rows and stop early.
+TEST_P(CudaNormEmbedding, RmsNormForwardOfSeveralWideRowsPerWarp) {
+  const std::int64_t N = 11;
+  for (const std::int64_t D : {6001, 12289, 16384}) {
+    SCOPED_TRACE(str("D=", D));
+    const auto x = stored(random_floats(N * D, 50 + D, -2, 2), dt());
+    const auto w = stored(random_floats(D, 51, 0.5f, 1.5f), dt());
+    auto tx = dev.put(x, dt()), tw = dev.put(w, dt());
+    auto out = dev.poisoned(N * D, dt());
+    auto rstd = dev.poisoned(N, DType::F32);
+    dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, 1e-5f);
+    std::vector<float> want(N * D), want_rstd(N);
+    cpu::rmsnorm_forward(want.data(), want_rstd.data(), x.data(), w.data(), N, D, 1e-5f);
+    // As RmsNormWithRowsInAndOutOfSharedMemory: an fp32 sum of up to 16384 squares, under 1e-5
+    // relative; bf16 rounds twice against the reference's once (2 ulps), fp32 carries rstd's error.
+    expect_near_all("rmsnorm rstd", dev.get(rstd), want_rstd, 1e-5, 0);
+    expect_near_all("rmsnorm out", dev.get(out), want, dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5,
+                    1e-30);
+  }
+}
+
 TEST_P(CudaNormEmbedding, RmsNormForward) {
   // The last case's rows have a mean square of ~1.3e-6, below eps = 1e-5, so eps sets most of
   // rstd there: an engine that dropped or misplaced eps fails it (at magnitude ~1, eps is below
