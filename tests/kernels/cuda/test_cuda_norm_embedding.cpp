@@ -19,6 +19,31 @@ class CudaNormEmbedding : public ::testing::TestWithParam<DType> {
  protected:
   Device dev;
   DType dt() const { return GetParam(); }
+
+  // The forward of N rows of D (x in [-2, 2] and the weight in [0.5, 1.5], drawn with their
+  // seeds) against the reference; gives back x, the weight and the reference's rstd for a
+  // backward after it.
+  struct RmsnormInputs {
+    std::vector<float> x, w, rstd;
+  };
+  RmsnormInputs expect_rmsnorm_forward(std::int64_t N, std::int64_t D, std::uint64_t x_seed,
+                                       std::uint64_t w_seed) {
+    RmsnormInputs in{stored(random_floats(N * D, x_seed, -2, 2), dt()),
+                     stored(random_floats(D, w_seed, 0.5f, 1.5f), dt()), std::vector<float>(N)};
+    auto tx = dev.put(in.x, dt()), tw = dev.put(in.w, dt());
+    auto out = dev.poisoned(N * D, dt());
+    auto rstd = dev.poisoned(N, DType::F32);
+    dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, 1e-5f);
+    std::vector<float> want(N * D);
+    cpu::rmsnorm_forward(want.data(), in.rstd.data(), in.x.data(), in.w.data(), N, D, 1e-5f);
+    // rstd: an fp32 sum of up to 50001 squares vs double, ~log2(D) ulps, under 1e-5 relative.
+    expect_near_all("rmsnorm rstd", dev.get(rstd), in.rstd, 1e-5, 0);
+    // As RmsNormForward: bf16 rounds twice against the reference's once (2 ulps); fp32 carries
+    // rstd's error.
+    expect_near_all("rmsnorm out", dev.get(out), want, dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5,
+                    1e-30);
+    return in;
+  }
 };
 
 TEST_P(CudaNormEmbedding, EmbeddingForwardAndBackward) {
@@ -142,23 +167,10 @@ TEST_P(CudaNormEmbedding, RmsNormWithRowsInAndOutOfSharedMemory) {
   const std::int64_t N = 9;
   for (const std::int64_t D : {4096, 20001, 50001}) {
     SCOPED_TRACE(str("D=", D));
-    const auto x = stored(random_floats(N * D, 46 + D, -2, 2), dt());
-    const auto w = stored(random_floats(D, 47, 0.5f, 1.5f), dt());
+    const auto [x, w, want_rstd] = expect_rmsnorm_forward(N, D, 46 + D, 47);
     const auto dout = stored(random_floats(N * D, 48, -1, 1), dt());
     const auto din0 = stored(random_floats(N * D, 49, -1, 1), dt());
     auto tx = dev.put(x, dt()), tw = dev.put(w, dt());
-    auto out = dev.poisoned(N * D, dt());
-    auto rstd = dev.poisoned(N, DType::F32);
-    dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, 1e-5f);
-    std::vector<float> want(N * D), want_rstd(N);
-    cpu::rmsnorm_forward(want.data(), want_rstd.data(), x.data(), w.data(), N, D, 1e-5f);
-    // rstd: an fp32 sum of up to 50001 squares vs double, ~log2(D) ulps, under 1e-5 relative.
-    expect_near_all("rmsnorm rstd", dev.get(rstd), want_rstd, 1e-5, 0);
-    // As RmsNormForward: bf16 rounds twice against the reference's once (2 ulps); fp32 carries
-    // rstd's error.
-    expect_near_all("rmsnorm out", dev.get(out), want, dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5,
-                    1e-30);
-
     auto tdout = dev.put(dout, dt()), tdin = dev.put(din0, dt());
     auto tdw = dev.put(std::vector<float>(D, 0.0f), DType::F32);
     auto tr = dev.put(want_rstd, DType::F32);
@@ -183,19 +195,7 @@ TEST_P(CudaNormEmbedding, RmsNormForwardOfSeveralWideRowsPerWarp) {
   const std::int64_t N = 11;
   for (const std::int64_t D : {6001, 12289, 16384}) {
     SCOPED_TRACE(str("D=", D));
-    const auto x = stored(random_floats(N * D, 50 + D, -2, 2), dt());
-    const auto w = stored(random_floats(D, 51, 0.5f, 1.5f), dt());
-    auto tx = dev.put(x, dt()), tw = dev.put(w, dt());
-    auto out = dev.poisoned(N * D, dt());
-    auto rstd = dev.poisoned(N, DType::F32);
-    dev.backend().rmsnorm_forward(out, rstd, tx, tw, N, D, 1e-5f);
-    std::vector<float> want(N * D), want_rstd(N);
-    cpu::rmsnorm_forward(want.data(), want_rstd.data(), x.data(), w.data(), N, D, 1e-5f);
-    // As RmsNormWithRowsInAndOutOfSharedMemory: an fp32 sum of up to 16384 squares, under 1e-5
-    // relative; bf16 rounds twice against the reference's once (2 ulps), fp32 carries rstd's error.
-    expect_near_all("rmsnorm rstd", dev.get(rstd), want_rstd, 1e-5, 0);
-    expect_near_all("rmsnorm out", dev.get(out), want, dt() == DType::BF16 ? 2 * kBf16Ulp : 2e-5,
-                    1e-30);
+    expect_rmsnorm_forward(N, D, 50 + D, 51);
   }
 }
 
