@@ -142,7 +142,7 @@ __device__ __forceinline__ void mma_load_tile(bf16* tile, const bf16* base, std:
 // arithmetic, so both equal rope_forward's rows bit for bit. Each thread stores the pair it
 // rotated (a warp writes 64 consecutive bytes of each half-head): a separate pass of 16-byte
 // copies needs registers that the forward kernel does not have. The caller meets the block at a
-// __syncthreads before and after.
+// __syncthreads before (the tile has landed) and lets its next barrier publish the rotated tile.
 template <int HD>
 __device__ __forceinline__ void mma_rope_tile(bf16* tile, bf16* base, std::int64_t stride, int row0,
                                               int rows, int limit, const float* inv_freq,
